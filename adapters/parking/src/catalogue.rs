@@ -1,0 +1,229 @@
+//! The car parks this adapter sells parking at, and how to find the ones near a car.
+//!
+//! A real partner would read lots, prices and occupancy from its own systems. The reference
+//! adapter ships a fixed catalogue of Shanghai lots so that demos and tests are reproducible.
+
+use proto::parking::v1::{GeoPoint, Lot, Money};
+
+/// Currency of every price in the catalogue (ISO 4217).
+pub const CURRENCY: &str = "CNY";
+
+/// Search radius used when a request leaves `radius_m` at 0.
+pub const DEFAULT_RADIUS_M: u32 = 2_000;
+
+/// Number of lots returned when a request leaves `max_results` at 0.
+pub const DEFAULT_MAX_RESULTS: u32 = 10;
+
+/// Mean Earth radius (IUGG), in metres.
+const EARTH_RADIUS_M: f64 = 6_371_008.8;
+
+/// One car park of the catalogue.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct LotInfo {
+    /// Stable identifier that cars send back in `StartSession`.
+    pub id: &'static str,
+    /// Name shown on the dashboard and printed on receipts.
+    pub name: &'static str,
+    /// Latitude of the entrance, in degrees.
+    pub latitude: f64,
+    /// Longitude of the entrance, in degrees.
+    pub longitude: f64,
+    /// Price of one started hour, in fen (1/100 CNY).
+    pub price_per_hour_fen: i64,
+    /// Free spaces, as the lot's sensors last reported them.
+    pub free_spaces: u32,
+}
+
+/// The fixed catalogue: six lots in central Shanghai.
+pub const LOTS: &[LotInfo] = &[
+    LotInfo {
+        id: "lot-peoplessquare-01",
+        name: "People's Square Underground Car Park",
+        latitude: 31.2317,
+        longitude: 121.4726,
+        price_per_hour_fen: 1_200,
+        free_spaces: 156,
+    },
+    LotInfo {
+        id: "lot-xintiandi-01",
+        name: "Xintiandi South Block Car Park",
+        latitude: 31.2190,
+        longitude: 121.4760,
+        price_per_hour_fen: 2_000,
+        free_spaces: 18,
+    },
+    LotInfo {
+        id: "lot-bund-01",
+        name: "The Bund Riverside Garage",
+        latitude: 31.2380,
+        longitude: 121.4880,
+        price_per_hour_fen: 2_500,
+        free_spaces: 7,
+    },
+    LotInfo {
+        id: "lot-jingan-01",
+        name: "Jing'an Temple Plaza Car Park",
+        latitude: 31.2236,
+        longitude: 121.4454,
+        price_per_hour_fen: 1_500,
+        free_spaces: 42,
+    },
+    LotInfo {
+        id: "lot-lujiazui-01",
+        name: "Lujiazui IFC Car Park",
+        latitude: 31.2368,
+        longitude: 121.5018,
+        price_per_hour_fen: 2_000,
+        free_spaces: 230,
+    },
+    LotInfo {
+        id: "lot-xujiahui-01",
+        name: "Xujiahui Grand Gateway Car Park",
+        latitude: 31.1940,
+        longitude: 121.4375,
+        price_per_hour_fen: 1_000,
+        free_spaces: 64,
+    },
+];
+
+/// The lot with id `lot_id`, if the catalogue has one.
+pub fn find(lot_id: &str) -> Option<&'static LotInfo> {
+    LOTS.iter().find(|lot| lot.id == lot_id)
+}
+
+/// Lots within `radius_m` of `near`, nearest first, at most `max_results` of them.
+///
+/// Zero means "the default" for both limits, because proto3 cannot tell an unset field from 0.
+pub fn nearby(near: &GeoPoint, radius_m: u32, max_results: u32) -> Vec<Lot> {
+    let radius_m = if radius_m == 0 {
+        DEFAULT_RADIUS_M
+    } else {
+        radius_m
+    };
+    let max_results = if max_results == 0 {
+        DEFAULT_MAX_RESULTS
+    } else {
+        max_results
+    };
+
+    let mut found: Vec<(f64, &LotInfo)> = LOTS
+        .iter()
+        .map(|lot| (distance_m(near, &lot.location()), lot))
+        .filter(|(distance, _)| *distance <= f64::from(radius_m))
+        .collect();
+    // Ties broken by id so that the order never depends on the catalogue's layout.
+    found.sort_by(|(da, a), (db, b)| da.total_cmp(db).then_with(|| a.id.cmp(b.id)));
+    found
+        .into_iter()
+        .take(usize::try_from(max_results).unwrap_or(usize::MAX))
+        .map(|(distance, lot)| lot.to_proto(distance))
+        .collect()
+}
+
+/// Whether `point` is a real position: finite, latitude within ±90° and longitude within ±180°.
+pub fn is_valid(point: &GeoPoint) -> bool {
+    point.latitude.is_finite()
+        && point.longitude.is_finite()
+        && (-90.0..=90.0).contains(&point.latitude)
+        && (-180.0..=180.0).contains(&point.longitude)
+}
+
+/// Great-circle distance between two points in metres (haversine formula).
+///
+/// Haversine treats the Earth as a sphere; the error (under 0.5 %) is far below what matters
+/// when choosing a car park.
+pub fn distance_m(a: &GeoPoint, b: &GeoPoint) -> f64 {
+    let (lat_a, lat_b) = (a.latitude.to_radians(), b.latitude.to_radians());
+    let d_lat = lat_b - lat_a;
+    let d_lon = (b.longitude - a.longitude).to_radians();
+    let h = (d_lat / 2.0).sin().powi(2) + lat_a.cos() * lat_b.cos() * (d_lon / 2.0).sin().powi(2);
+    // min(1.0) guards asin against rounding just above 1 for antipodal points.
+    2.0 * EARTH_RADIUS_M * h.sqrt().min(1.0).asin()
+}
+
+impl LotInfo {
+    /// Where the lot is.
+    pub fn location(&self) -> GeoPoint {
+        GeoPoint {
+            latitude: self.latitude,
+            longitude: self.longitude,
+        }
+    }
+
+    /// The hourly price as a contract `Money`.
+    pub fn price_per_hour(&self) -> Money {
+        Money {
+            currency: CURRENCY.to_owned(),
+            amount_minor: self.price_per_hour_fen,
+        }
+    }
+
+    /// The lot as the contract describes it, `distance_m` away from the caller.
+    pub fn to_proto(&self, distance_m: f64) -> Lot {
+        Lot {
+            lot_id: self.id.to_owned(),
+            name: self.name.to_owned(),
+            location: Some(self.location()),
+            // Saturating float-to-int cast: distances are non-negative and far below u32::MAX.
+            distance_m: distance_m.round() as u32,
+            price_per_hour: Some(self.price_per_hour()),
+            free_spaces: self.free_spaces,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn point(latitude: f64, longitude: f64) -> GeoPoint {
+        GeoPoint {
+            latitude,
+            longitude,
+        }
+    }
+
+    #[test]
+    fn haversine_matches_known_distance() {
+        // People's Square to Lujiazui IFC: about 2.8 km as the crow flies.
+        let d = distance_m(&point(31.2317, 121.4726), &point(31.2368, 121.5018));
+        assert!((2_700.0..2_900.0).contains(&d), "{d}");
+        assert_eq!(distance_m(&point(31.2, 121.4), &point(31.2, 121.4)), 0.0);
+    }
+
+    #[test]
+    fn ids_are_unique() {
+        for (i, lot) in LOTS.iter().enumerate() {
+            assert!(
+                LOTS[i + 1..].iter().all(|other| other.id != lot.id),
+                "{}",
+                lot.id
+            );
+        }
+    }
+
+    #[test]
+    fn nearby_applies_defaults_and_orders_by_distance() {
+        let lots = nearby(&point(31.2317, 121.4726), 0, 0);
+        let ids: Vec<&str> = lots.iter().map(|l| l.lot_id.as_str()).collect();
+        assert_eq!(
+            ids,
+            ["lot-peoplessquare-01", "lot-xintiandi-01", "lot-bund-01"]
+        );
+        assert!(lots.iter().all(|l| l.distance_m <= DEFAULT_RADIUS_M));
+        assert_eq!(
+            nearby(&point(31.2317, 121.4726), 50_000, 0).len(),
+            LOTS.len()
+        );
+        assert_eq!(nearby(&point(31.2317, 121.4726), 50_000, 2).len(), 2);
+        assert!(nearby(&point(0.0, 0.0), 0, 0).is_empty());
+    }
+
+    #[test]
+    fn rejects_impossible_points() {
+        assert!(is_valid(&point(31.2, 121.4)));
+        assert!(!is_valid(&point(91.0, 0.0)));
+        assert!(!is_valid(&point(0.0, -180.5)));
+        assert!(!is_valid(&point(f64::NAN, 0.0)));
+    }
+}

@@ -1,0 +1,75 @@
+//! Reference partner adapter for `parking.v1.ParkingPayment`.
+//!
+//! This crate stands where a parking partner stands: it depends on the published contract
+//! (`proto`) and nothing else of the platform, and it is meant to be read as the example of how
+//! to write an adapter. Cars never reach it directly. The gateway calls it over mutual TLS and
+//! attaches to every call:
+//!
+//! - `x-vehicle-vin`: the calling car, from its certificate. The only identity to trust; every
+//!   session and receipt belongs to the VIN that created it, and other cars get NOT_FOUND.
+//! - `x-request-id`: logged with every call so one driver action can be followed end to end.
+//! - `idempotency-key`: identical on every retry of one driver intent. Mobile links drop replies,
+//!   so the same StartSession or EndSession can arrive twice; the adapter remembers its answer
+//!   per (VIN, key) and replays it instead of charging again.
+//!
+//! Reading order: [`service`] (the handlers), `caller.rs` (reading the metadata),
+//! `idempotency.rs` (replaying retries), [`catalogue`] (lots and distances), [`clock`]
+//! (injectable time, so tests can advance it), then [`serve`] and [`mtls_config`] below.
+
+pub mod catalogue;
+pub mod clock;
+pub mod service;
+
+mod caller;
+mod idempotency;
+
+use std::future::Future;
+use std::time::Duration;
+
+use anyhow::Context as _;
+use tokio_stream::wrappers::TcpListenerStream;
+use tonic::transport::{Certificate, Identity, Server, ServerTlsConfig};
+
+pub use clock::{Clock, ManualClock, SystemClock};
+pub use service::ParkingService;
+
+/// Longest a client may take to complete the TLS handshake before its connection is dropped.
+const TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Serves until `shutdown` completes. `tls` = None means plaintext (dev only).
+///
+/// Takes an already bound listener so that callers (and tests) know the address before the
+/// server starts, and can bind port 0 without racing for a free port.
+pub async fn serve(
+    listener: tokio::net::TcpListener,
+    tls: Option<ServerTlsConfig>,
+    service: ParkingService,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> anyhow::Result<()> {
+    let mut builder = Server::builder();
+    if let Some(tls) = tls {
+        builder = builder
+            .tls_config(tls)
+            .context("invalid TLS configuration")?;
+    }
+    builder
+        .add_service(service.into_server())
+        .serve_with_incoming_shutdown(TcpListenerStream::new(listener), shutdown)
+        .await
+        .context("parking adapter server failed")
+}
+
+/// Builds an mTLS server config from PEM strings: server cert+key, and the CA that client certificates must chain to.
+///
+/// Client certificates are required, not optional: the adapter trusts the `x-vehicle-vin`
+/// metadata only because the caller proved it is the gateway. In production, trust a CA that
+/// signs only the gateway's client certificate (not cars'), so that a car holding a valid
+/// certificate of its own cannot call the adapter directly and claim another VIN. PEM errors
+/// are reported by [`serve`] when it applies the config.
+pub fn mtls_config(cert_pem: &str, key_pem: &str, client_ca_pem: &str) -> ServerTlsConfig {
+    ServerTlsConfig::new()
+        .identity(Identity::from_pem(cert_pem, key_pem))
+        .client_ca_root(Certificate::from_pem(client_ca_pem))
+        // Handshakes run concurrently, but a client that stalls one still holds a socket.
+        .timeout(TLS_HANDSHAKE_TIMEOUT)
+}

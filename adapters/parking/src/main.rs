@@ -1,0 +1,125 @@
+//! `parking-adapter`: runs the reference parking partner service.
+//!
+//! ```text
+//! parking-adapter --listen 127.0.0.1:50061 --cert adapter.pem --key adapter.key --client-ca ca.pem
+//! parking-adapter --listen 127.0.0.1:50061     # plaintext, for local development only
+//! ```
+
+use std::io::IsTerminal as _;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use anyhow::Context as _;
+use clap::Parser;
+use parking_adapter::{ParkingService, mtls_config, serve};
+use tracing_subscriber::EnvFilter;
+
+/// Exit status for a command line that cannot be used (sysexits.h EX_USAGE).
+const EX_USAGE: u8 = 64;
+
+/// Reference partner adapter for parking.v1.ParkingPayment.
+#[derive(Debug, Parser)]
+#[command(version)]
+struct Args {
+    /// Address to listen on.
+    #[arg(long, default_value = "127.0.0.1:50061")]
+    listen: SocketAddr,
+    /// PEM certificate the adapter presents to the gateway.
+    #[arg(long)]
+    cert: Option<PathBuf>,
+    /// PEM private key of --cert.
+    #[arg(long)]
+    key: Option<PathBuf>,
+    /// PEM CA that the gateway's client certificate must chain to.
+    #[arg(long)]
+    client_ca: Option<PathBuf>,
+}
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    // rustls needs exactly one process-wide crypto provider; install it before any TLS use.
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")),
+        )
+        // Logs go to stderr so that stdout carries only the "listening" line scripts wait for.
+        .with_writer(std::io::stderr)
+        // No colour codes when logs go to a file or a log collector.
+        .with_ansi(std::io::stderr().is_terminal())
+        .init();
+
+    let args = Args::parse();
+    let tls_files = match (&args.cert, &args.key, &args.client_ca) {
+        (Some(cert), Some(key), Some(ca)) => Some((cert.as_path(), key.as_path(), ca.as_path())),
+        (None, None, None) => None,
+        _ => {
+            eprintln!(
+                "parking-adapter: --cert, --key and --client-ca go together: give all three for mTLS, or none for plaintext"
+            );
+            return ExitCode::from(EX_USAGE);
+        }
+    };
+
+    match run(args.listen, tls_files).await {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("parking-adapter: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(listen: SocketAddr, tls_files: Option<(&Path, &Path, &Path)>) -> anyhow::Result<()> {
+    let tls = match tls_files {
+        Some((cert, key, ca)) => Some(mtls_config(&read(cert)?, &read(key)?, &read(ca)?)),
+        None => None,
+    };
+    let mode = if tls.is_some() { "mTLS" } else { "plaintext" };
+    // Register signal handlers before announcing the address, so that a supervisor which stops
+    // us right after reading the line still gets a graceful shutdown.
+    let shutdown = shutdown_signal()?;
+    let listener = tokio::net::TcpListener::bind(listen)
+        .await
+        .with_context(|| format!("cannot listen on {listen}"))?;
+    let addr = listener
+        .local_addr()
+        .context("cannot read the listening address")?;
+    println!("parking adapter listening on {addr} ({mode})");
+
+    serve(listener, tls, ParkingService::new(), shutdown).await?;
+    tracing::info!("parking adapter stopped");
+    Ok(())
+}
+
+fn read(path: &Path) -> anyhow::Result<String> {
+    std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))
+}
+
+/// Completes on SIGINT or SIGTERM (Ctrl-C elsewhere); in-flight calls then finish before exit.
+#[cfg(unix)]
+fn shutdown_signal() -> anyhow::Result<impl Future<Output = ()> + Send + 'static> {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut interrupt = signal(SignalKind::interrupt()).context("cannot handle SIGINT")?;
+    let mut terminate = signal(SignalKind::terminate()).context("cannot handle SIGTERM")?;
+    Ok(async move {
+        let name = tokio::select! {
+            _ = interrupt.recv() => "SIGINT",
+            _ = terminate.recv() => "SIGTERM",
+        };
+        tracing::info!(signal = name, "shutting down");
+    })
+}
+
+/// Completes on Ctrl-C; in-flight calls then finish before exit.
+#[cfg(not(unix))]
+fn shutdown_signal() -> anyhow::Result<impl Future<Output = ()> + Send + 'static> {
+    Ok(async {
+        if tokio::signal::ctrl_c().await.is_ok() {
+            tracing::info!("shutting down");
+        } else {
+            std::future::pending::<()>().await;
+        }
+    })
+}

@@ -1,0 +1,318 @@
+//! One vehicle's MQTT session: frames MQTT 3.1.1 over the TLS stream, enforces the VIN's
+//! namespace, and shuttles packets between the socket and the car's router link.
+
+use std::fmt;
+use std::io;
+use std::time::Duration;
+
+use bytes::BytesMut;
+use futures::FutureExt;
+use proto::topics::is_within_tenant;
+use proto::Vin;
+use rumqttd::protocol::{
+    self, ConnAck, ConnectReturnCode, Disconnect, DisconnectReasonCode, LastWill, Packet, Protocol, Publish,
+    SubAck, SubscribeReasonCode, v4::V4,
+};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::time::{Instant, sleep_until, timeout};
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, info, warn};
+
+use crate::bus::{Bus, LinkSpec};
+
+/// Per-connection limits.
+#[derive(Debug, Clone)]
+pub struct SessionLimits {
+    /// Time allowed between the handshake and CONNECT.
+    pub connect_timeout: Duration,
+    /// Cap on the keep-alive a car may ask for, and the value used when it asks for none.
+    pub max_keep_alive: Duration,
+    /// Largest MQTT packet accepted (remaining length).
+    pub max_packet_bytes: usize,
+}
+
+/// Why a vehicle's session ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum DisconnectReason {
+    /// The car sent DISCONNECT.
+    Clean,
+    /// Nothing heard from the car for 1.5 × its keep-alive.
+    KeepAliveTimeout,
+    /// Another connection with the same VIN took over the session.
+    Kicked,
+    /// The car broke the protocol or left its namespace.
+    ProtocolError(String),
+    /// The CONNECT was refused (the code sent in CONNACK).
+    Refused(String),
+    /// The socket closed or failed without a DISCONNECT.
+    ConnectionLost(String),
+    /// The gateway is shutting down.
+    ServerShutdown,
+}
+
+impl fmt::Display for DisconnectReason {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            DisconnectReason::Clean => f.write_str("clean"),
+            DisconnectReason::KeepAliveTimeout => f.write_str("keep-alive timeout"),
+            DisconnectReason::Kicked => f.write_str("kicked: session taken over by a new connection"),
+            DisconnectReason::ProtocolError(why) => write!(f, "protocol error: {why}"),
+            DisconnectReason::Refused(why) => write!(f, "refused: {why}"),
+            DisconnectReason::ConnectionLost(why) => write!(f, "connection lost: {why}"),
+            DisconnectReason::ServerShutdown => f.write_str("server shutdown"),
+        }
+    }
+}
+
+/// What the connection layer reports about a session's lifetime.
+#[derive(Debug, Clone)]
+pub enum SessionEvent {
+    /// The car's CONNECT was accepted.
+    Connected {
+        /// Who.
+        vin: Vin,
+        /// The MQTT client id it used.
+        client_id: String,
+    },
+    /// The session ended.
+    Disconnected {
+        /// Who.
+        vin: Vin,
+        /// Why.
+        reason: DisconnectReason,
+    },
+}
+
+/// MQTT framing over any byte stream.
+struct MqttIo<S> {
+    io: S,
+    read: BytesMut,
+    write: BytesMut,
+    max_packet_bytes: usize,
+}
+
+impl<S: AsyncRead + AsyncWrite + Unpin> MqttIo<S> {
+    /// Reads one packet. Cancel-safe: partial input stays in the buffer.
+    async fn read(&mut self) -> Result<Packet, DisconnectReason> {
+        loop {
+            match V4.read_mut(&mut self.read, self.max_packet_bytes) {
+                Ok(packet) => return Ok(packet),
+                Err(protocol::Error::InsufficientBytes(_)) => {}
+                Err(protocol::Error::PayloadSizeLimitExceeded(n)) => {
+                    return Err(DisconnectReason::ProtocolError(format!(
+                        "packet of {n} bytes exceeds the {}-byte limit",
+                        self.max_packet_bytes
+                    )));
+                }
+                Err(e) => return Err(DisconnectReason::ProtocolError(e.to_string())),
+            }
+            match self.io.read_buf(&mut self.read).await {
+                Ok(0) if self.read.is_empty() => return Err(DisconnectReason::ConnectionLost("closed by peer".into())),
+                Ok(0) => return Err(DisconnectReason::ConnectionLost("closed mid-packet".into())),
+                Ok(_) => {}
+                Err(e) => return Err(lost(e)),
+            }
+        }
+    }
+
+    fn queue(&mut self, packet: Packet) -> Result<(), DisconnectReason> {
+        V4.write(packet, &mut self.write).map_err(|e| DisconnectReason::ProtocolError(e.to_string()))?;
+        Ok(())
+    }
+
+    async fn flush(&mut self) -> Result<(), DisconnectReason> {
+        self.io.write_all(&self.write).await.map_err(lost)?;
+        self.io.flush().await.map_err(lost)?;
+        self.write.clear();
+        Ok(())
+    }
+
+    async fn send(&mut self, packet: Packet) -> Result<(), DisconnectReason> {
+        self.queue(packet)?;
+        self.flush().await
+    }
+}
+
+fn lost(e: io::Error) -> DisconnectReason {
+    DisconnectReason::ConnectionLost(e.to_string())
+}
+
+fn connack(code: ConnectReturnCode) -> Packet {
+    Packet::ConnAck(ConnAck { session_present: false, code }, None)
+}
+
+/// Runs one vehicle's MQTT session on an authenticated stream until it ends, and says why.
+pub async fn serve_vehicle<S>(
+    io: S,
+    vin: &Vin,
+    bus: &Bus,
+    limits: &SessionLimits,
+    events: &tokio::sync::broadcast::Sender<SessionEvent>,
+    shutdown: &CancellationToken,
+) -> DisconnectReason
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    let mut mqtt = MqttIo { io, read: BytesMut::with_capacity(1024), write: BytesMut::new(), max_packet_bytes: limits.max_packet_bytes };
+    let first = match timeout(limits.connect_timeout, mqtt.read()).await {
+        Ok(Ok(packet)) => packet,
+        Ok(Err(reason)) => return reason,
+        Err(_) => return DisconnectReason::ProtocolError("no CONNECT within the connect timeout".into()),
+    };
+    let Packet::Connect(connect, _, will, _, _) = first else {
+        return DisconnectReason::ProtocolError("first packet is not CONNECT".into());
+    };
+    // The certificate is the identity: the client id may only repeat it.
+    if !(connect.client_id == vin.as_str() || connect.client_id.is_empty() && connect.clean_session) {
+        let _ = mqtt.send(connack(ConnectReturnCode::ClientIdentifierNotValid)).await;
+        return DisconnectReason::Refused(format!("client id {:?} is not the certificate's VIN", truncate(&connect.client_id)));
+    }
+    if let Some(will) = &will
+        && !topic_allowed(vin, &will.topic)
+    {
+        let _ = mqtt.send(connack(ConnectReturnCode::NotAuthorized)).await;
+        return DisconnectReason::Refused("will topic outside the vehicle's namespace".into());
+    }
+    let keep_alive = match connect.keep_alive {
+        0 => limits.max_keep_alive,
+        secs => Duration::from_secs(secs.into()).min(limits.max_keep_alive),
+    }
+    .mul_f32(1.5);
+
+    let spec = LinkSpec { client_id: vin.to_string(), tenant: Some(vin.clone()), clean_session: connect.clean_session };
+    let (mut link_tx, mut link_rx, ack) = match bus.link(spec).await {
+        Ok(link) => link,
+        Err(e) => {
+            warn!(error = %e, "router refused the session");
+            let _ = mqtt.send(connack(ConnectReturnCode::ServerUnavailable)).await;
+            return DisconnectReason::Refused("server unavailable".into());
+        }
+    };
+    if let Some(packet) = Option::<Packet>::from(ack)
+        && let Err(reason) = mqtt.send(packet).await
+    {
+        let _ = link_tx.send(disconnect_packet()).await;
+        return reason;
+    }
+    info!(keep_alive_s = connect.keep_alive, clean_session = connect.clean_session, "vehicle connected");
+    let _ = events.send(SessionEvent::Connected { vin: vin.clone(), client_id: connect.client_id.clone() });
+
+    let mut deadline = Instant::now() + keep_alive;
+    let reason = loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => break DisconnectReason::ServerShutdown,
+            _ = sleep_until(deadline) => break DisconnectReason::KeepAliveTimeout,
+            read = mqtt.read() => {
+                let packet = match read {
+                    Ok(packet) => packet,
+                    Err(reason) => break reason,
+                };
+                deadline = Instant::now() + keep_alive;
+                match packet {
+                    Packet::Publish(publish, _) => {
+                        if !topic_allowed(vin, &publish.topic) || has_wildcard(&publish.topic) {
+                            warn!(topic = %String::from_utf8_lossy(&publish.topic), "publish outside the vehicle's namespace");
+                            break DisconnectReason::ProtocolError("publish outside the vehicle's namespace".into());
+                        }
+                        if link_tx.send(Packet::Publish(publish, None)).await.is_err() {
+                            break DisconnectReason::Kicked;
+                        }
+                    }
+                    Packet::Subscribe(subscribe, _) => {
+                        if subscribe.filters.iter().all(|f| is_within_tenant(vin, &f.path)) {
+                            if link_tx.send(Packet::Subscribe(subscribe, None)).await.is_err() {
+                                break DisconnectReason::Kicked;
+                            }
+                        } else {
+                            // MQTT 3.1.1 lets us refuse a SUBSCRIBE politely instead of dropping the car.
+                            warn!(filters = ?subscribe.filters.iter().map(|f| &f.path).collect::<Vec<_>>(), "subscribe outside the vehicle's namespace refused");
+                            let codes = vec![SubscribeReasonCode::Failure; subscribe.filters.len()];
+                            if let Err(reason) = mqtt.send(Packet::SubAck(SubAck { pkid: subscribe.pkid, return_codes: codes }, None)).await {
+                                break reason;
+                            }
+                        }
+                    }
+                    Packet::Disconnect(..) => {
+                        let _ = link_tx.send(disconnect_packet()).await;
+                        return finish(events, vin, DisconnectReason::Clean);
+                    }
+                    Packet::Connect(..) => break DisconnectReason::ProtocolError("second CONNECT".into()),
+                    other => {
+                        if link_tx.send(other).await.is_err() {
+                            break DisconnectReason::Kicked;
+                        }
+                    }
+                }
+            }
+            notification = link_rx.next() => {
+                let first = match notification {
+                    Ok(Some(n)) => n,
+                    Ok(None) => continue,
+                    // The router dropped this link: a newer session with the same VIN replaced it.
+                    Err(_) => return finish(events, vin, DisconnectReason::Kicked),
+                };
+                let mut unscheduled = false;
+                let mut next = Some(first);
+                while let Some(n) = next {
+                    match Option::<Packet>::from(n) {
+                        Some(packet) => {
+                            if let Err(reason) = mqtt.queue(packet) {
+                                warn!(%reason, "cannot encode packet for vehicle");
+                            }
+                        }
+                        None => unscheduled = true,
+                    }
+                    // Batch whatever else the router has ready into the same write.
+                    next = link_rx.next().now_or_never().and_then(|r| r.ok()).flatten();
+                }
+                if let Err(reason) = mqtt.flush().await {
+                    break reason;
+                }
+                if unscheduled && link_rx.wake().await.is_err() {
+                    return finish(events, vin, DisconnectReason::Kicked);
+                }
+            }
+        }
+    };
+    if let Some(will) = will.filter(|_| reason != DisconnectReason::ServerShutdown) {
+        let _ = link_tx.send(will_publish(will)).await;
+    }
+    if reason == DisconnectReason::ServerShutdown {
+        let _ = mqtt.send(Packet::Disconnect(Disconnect { reason_code: DisconnectReasonCode::ServerShuttingDown }, None)).await;
+        let _ = mqtt.io.shutdown().await;
+    }
+    let _ = link_tx.send(disconnect_packet()).await;
+    finish(events, vin, reason)
+}
+
+fn finish(
+    events: &tokio::sync::broadcast::Sender<SessionEvent>,
+    vin: &Vin,
+    reason: DisconnectReason,
+) -> DisconnectReason {
+    debug!(%reason, "session ended");
+    let _ = events.send(SessionEvent::Disconnected { vin: vin.clone(), reason: reason.clone() });
+    reason
+}
+
+/// Tells the router the session is over (rumqttd's internal disconnect event is private).
+fn disconnect_packet() -> Packet {
+    Packet::Disconnect(Disconnect { reason_code: DisconnectReasonCode::NormalDisconnection }, None)
+}
+
+/// The car's last will, published on its behalf at QoS 0 (the session that would ack it is gone).
+fn will_publish(will: LastWill) -> Packet {
+    Packet::Publish(Publish::new(will.topic, will.message, will.retain), None)
+}
+
+fn topic_allowed(vin: &Vin, topic: &[u8]) -> bool {
+    std::str::from_utf8(topic).is_ok_and(|t| is_within_tenant(vin, t))
+}
+
+fn has_wildcard(topic: &[u8]) -> bool {
+    topic.iter().any(|b| matches!(b, b'+' | b'#'))
+}
+
+fn truncate(s: &str) -> String {
+    s.chars().take(64).collect()
+}

@@ -1,0 +1,339 @@
+//! Gateway configuration: a TOML file with `GATEWAY_*` environment overrides, parsed and
+//! validated once at startup so that a bad deployment fails before it accepts a car.
+
+use std::collections::HashSet;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use figment::Figment;
+use figment::providers::{Env, Format, Serialized, Toml};
+use serde::{Deserialize, Serialize};
+
+/// Everything the gateway needs to run.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct GatewayConfig {
+    /// The vehicle-facing MQTT over mTLS listener.
+    pub mqtt: MqttConfig,
+    /// The gateway's certificate and the CA vehicles' certificates must chain to.
+    pub tls: TlsConfig,
+    /// Limits applied to every vehicle request.
+    pub requests: RequestLimits,
+    /// One entry per partner service the gateway brokers to.
+    #[serde(default)]
+    pub partners: Vec<PartnerConfig>,
+}
+
+/// The vehicle-facing listener.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct MqttConfig {
+    /// Address to listen on.
+    pub listen: SocketAddr,
+    /// How long a TLS handshake may take before the socket is dropped.
+    #[serde(with = "humantime_serde")]
+    pub handshake_timeout: Duration,
+    /// How long after the handshake the car has to send CONNECT.
+    #[serde(with = "humantime_serde")]
+    pub connect_timeout: Duration,
+    /// Upper bound on the keep-alive a car may ask for (also used when it asks for none).
+    #[serde(with = "humantime_serde")]
+    pub max_keep_alive: Duration,
+    /// Vehicles connected at once; further connection attempts are closed before TLS.
+    pub max_connections: usize,
+}
+
+/// Certificates of the vehicle-facing listener.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TlsConfig {
+    /// The gateway's server certificate chain (PEM).
+    pub cert: PathBuf,
+    /// Its private key (PEM).
+    pub key: PathBuf,
+    /// CA certificate(s) vehicle certificates must chain to (PEM).
+    pub client_ca: PathBuf,
+    /// Certificate revocation lists (PEM) checked for every vehicle certificate.
+    #[serde(default)]
+    pub crls: Vec<PathBuf>,
+}
+
+/// Limits on vehicle requests.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RequestLimits {
+    /// Largest request payload (the encoded partner message) a car may send.
+    pub max_payload_bytes: usize,
+    /// Deadline applied when a car sends none and its partner entry sets none.
+    #[serde(with = "humantime_serde")]
+    pub default_timeout: Duration,
+    /// No call waits longer than this, whatever the car asks for.
+    #[serde(with = "humantime_serde")]
+    pub max_timeout: Duration,
+}
+
+/// One partner adapter: which gRPC service it serves and how to reach it.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PartnerConfig {
+    /// Fully qualified gRPC service, e.g. `parking.v1.ParkingPayment`.
+    pub service: String,
+    /// `https://host:port` (mTLS) or, for local development only, `http://host:port`.
+    pub endpoint: String,
+    /// Deadline for calls whose car sent none.
+    #[serde(default, with = "humantime_serde")]
+    pub timeout: Option<Duration>,
+    /// How long establishing a connection to the adapter may take.
+    #[serde(default = "default_partner_connect_timeout", with = "humantime_serde")]
+    pub connect_timeout: Duration,
+    /// CA the adapter's server certificate must chain to (required for https).
+    #[serde(default)]
+    pub ca_cert: Option<PathBuf>,
+    /// Client certificate the gateway presents to the adapter (mTLS).
+    #[serde(default)]
+    pub client_cert: Option<PathBuf>,
+    /// Key of `client_cert`.
+    #[serde(default)]
+    pub client_key: Option<PathBuf>,
+    /// Name to verify the adapter's certificate against, if not the endpoint's host.
+    #[serde(default)]
+    pub tls_server_name: Option<String>,
+}
+
+fn default_partner_connect_timeout() -> Duration {
+    Duration::from_secs(3)
+}
+
+impl Default for MqttConfig {
+    fn default() -> Self {
+        MqttConfig {
+            listen: "0.0.0.0:8883".parse().expect("valid address"),
+            handshake_timeout: Duration::from_secs(10),
+            connect_timeout: Duration::from_secs(10),
+            max_keep_alive: Duration::from_secs(20 * 60),
+            max_connections: 20_000,
+        }
+    }
+}
+
+impl Default for RequestLimits {
+    fn default() -> Self {
+        RequestLimits {
+            max_payload_bytes: 128 * 1024,
+            default_timeout: Duration::from_secs(30),
+            max_timeout: Duration::from_secs(300),
+        }
+    }
+}
+
+/// A configuration that cannot run, with a message naming the field at fault.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The file or environment could not be parsed.
+    #[error("{0}")]
+    Parse(#[from] Box<figment::Error>),
+    /// A value is out of range or refers to something missing.
+    #[error("{field}: {problem}")]
+    Invalid {
+        /// Dotted path of the setting.
+        field: String,
+        /// What is wrong with it.
+        problem: String,
+    },
+}
+
+fn invalid(field: impl Into<String>, problem: impl Into<String>) -> ConfigError {
+    ConfigError::Invalid { field: field.into(), problem: problem.into() }
+}
+
+impl GatewayConfig {
+    /// A configuration with default limits for the given certificate files and no partners.
+    pub fn new(cert: PathBuf, key: PathBuf, client_ca: PathBuf) -> GatewayConfig {
+        GatewayConfig {
+            mqtt: MqttConfig::default(),
+            tls: TlsConfig { cert, key, client_ca, crls: Vec::new() },
+            requests: RequestLimits::default(),
+            partners: Vec::new(),
+        }
+    }
+
+    /// Reads `path` (if given) then `GATEWAY_*` environment variables (`__` separates
+    /// levels, e.g. `GATEWAY_MQTT__LISTEN=0.0.0.0:8883`), and validates the result.
+    pub fn load(path: Option<&Path>) -> Result<GatewayConfig, ConfigError> {
+        let mut figment = Figment::new()
+            .merge(Serialized::default("mqtt", MqttConfig::default()))
+            .merge(Serialized::default("requests", RequestLimits::default()));
+        if let Some(path) = path {
+            if !path.exists() {
+                return Err(invalid("config file", format!("{} does not exist", path.display())));
+            }
+            figment = figment.merge(Toml::file(path));
+        }
+        let config: GatewayConfig =
+            figment.merge(Env::prefixed("GATEWAY_").split("__")).extract().map_err(Box::new)?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// Checks ranges, files and partner entries.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let m = &self.mqtt;
+        if m.handshake_timeout.is_zero() || m.handshake_timeout > Duration::from_secs(60) {
+            return Err(invalid("mqtt.handshake_timeout", "must be between 1ms and 60s"));
+        }
+        if m.connect_timeout.is_zero() || m.connect_timeout > Duration::from_secs(60) {
+            return Err(invalid("mqtt.connect_timeout", "must be between 1ms and 60s"));
+        }
+        if m.max_keep_alive < Duration::from_secs(5) || m.max_keep_alive > Duration::from_secs(65_535) {
+            return Err(invalid("mqtt.max_keep_alive", "must be between 5s and 65535s"));
+        }
+        if m.max_connections == 0 {
+            return Err(invalid("mqtt.max_connections", "must be at least 1"));
+        }
+        for (field, path) in [
+            ("tls.cert", &self.tls.cert),
+            ("tls.key", &self.tls.key),
+            ("tls.client_ca", &self.tls.client_ca),
+        ] {
+            must_exist(field, path)?;
+        }
+        for (i, crl) in self.tls.crls.iter().enumerate() {
+            must_exist(&format!("tls.crls[{i}]"), crl)?;
+        }
+        let r = &self.requests;
+        if r.max_payload_bytes == 0 || r.max_payload_bytes > 16 * 1024 * 1024 {
+            return Err(invalid("requests.max_payload_bytes", "must be between 1 and 16 MiB"));
+        }
+        if r.default_timeout.is_zero() || r.default_timeout > r.max_timeout {
+            return Err(invalid("requests.default_timeout", "must be positive and at most requests.max_timeout"));
+        }
+        let mut services = HashSet::new();
+        for (i, p) in self.partners.iter().enumerate() {
+            let field = |name: &str| format!("partners[{i}].{name}");
+            if !is_service_name(&p.service) {
+                return Err(invalid(field("service"), format!("{:?} is not a fully qualified gRPC service such as parking.v1.ParkingPayment", p.service)));
+            }
+            if !services.insert(p.service.as_str()) {
+                return Err(invalid(field("service"), format!("{} is configured twice", p.service)));
+            }
+            let uri: http::Uri = p.endpoint.parse().map_err(|e| invalid(field("endpoint"), format!("{:?}: {e}", p.endpoint)))?;
+            match uri.scheme_str() {
+                Some("https") => {
+                    let ca = p.ca_cert.as_ref().ok_or_else(|| invalid(field("ca_cert"), "required for an https endpoint"))?;
+                    must_exist(&field("ca_cert"), ca)?;
+                }
+                Some("http") => {}
+                _ => return Err(invalid(field("endpoint"), format!("{:?} must start with https:// or http://", p.endpoint))),
+            }
+            if uri.host().is_none() || uri.port_u16().is_none() {
+                return Err(invalid(field("endpoint"), format!("{:?} must name a host and a port", p.endpoint)));
+            }
+            match (&p.client_cert, &p.client_key) {
+                (Some(c), Some(k)) => {
+                    must_exist(&field("client_cert"), c)?;
+                    must_exist(&field("client_key"), k)?;
+                }
+                (None, None) => {}
+                _ => return Err(invalid(field("client_cert"), "client_cert and client_key go together")),
+            }
+            if p.timeout.is_some_and(|t| t.is_zero() || t > r.max_timeout) {
+                return Err(invalid(field("timeout"), "must be positive and at most requests.max_timeout"));
+            }
+        }
+        Ok(())
+    }
+}
+
+fn must_exist(field: &str, path: &Path) -> Result<(), ConfigError> {
+    if path.is_file() {
+        Ok(())
+    } else {
+        Err(invalid(field, format!("{} is not a readable file", path.display())))
+    }
+}
+
+fn is_service_name(s: &str) -> bool {
+    s.contains('.')
+        && s.split('.').all(|part| !part.is_empty() && part.chars().all(|c| c.is_ascii_alphanumeric() || c == '_'))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn files() -> (tempfile::TempDir, GatewayConfig) {
+        let dir = tempfile::tempdir().unwrap();
+        for f in ["cert.pem", "key.pem", "ca.pem"] {
+            std::fs::write(dir.path().join(f), "x").unwrap();
+        }
+        let c = GatewayConfig::new(dir.path().join("cert.pem"), dir.path().join("key.pem"), dir.path().join("ca.pem"));
+        (dir, c)
+    }
+
+    fn partner(endpoint: &str) -> PartnerConfig {
+        PartnerConfig {
+            service: "parking.v1.ParkingPayment".into(),
+            endpoint: endpoint.into(),
+            timeout: None,
+            connect_timeout: Duration::from_secs(1),
+            ca_cert: None,
+            client_cert: None,
+            client_key: None,
+            tls_server_name: None,
+        }
+    }
+
+    #[test]
+    fn defaults_are_valid() {
+        let (_d, c) = files();
+        c.validate().unwrap();
+        assert_eq!(c.requests.max_payload_bytes, 131_072);
+        assert_eq!(c.mqtt.listen.port(), 8883);
+    }
+
+    #[test]
+    fn missing_certificate_names_the_field() {
+        let (_d, mut c) = files();
+        c.tls.key = "/nonexistent/key.pem".into();
+        let e = c.validate().unwrap_err().to_string();
+        assert!(e.starts_with("tls.key:"), "{e}");
+    }
+
+    #[test]
+    fn partner_entries_are_checked() {
+        let (_d, mut c) = files();
+        c.partners = vec![partner("https://127.0.0.1:50061")];
+        assert!(c.validate().unwrap_err().to_string().contains("partners[0].ca_cert"));
+        c.partners = vec![partner("ftp://x:1")];
+        assert!(c.validate().unwrap_err().to_string().contains("partners[0].endpoint"));
+        c.partners = vec![partner("http://127.0.0.1:50061"), partner("http://127.0.0.1:50062")];
+        assert!(c.validate().unwrap_err().to_string().contains("configured twice"));
+        c.partners = vec![PartnerConfig { service: "Parking".into(), ..partner("http://127.0.0.1:1") }];
+        assert!(c.validate().unwrap_err().to_string().contains("partners[0].service"));
+    }
+
+    #[test]
+    fn toml_file_and_env_are_merged() {
+        let (dir, c) = files();
+        let toml = format!(
+            "[tls]\ncert = {:?}\nkey = {:?}\nclient_ca = {:?}\n[mqtt]\nlisten = \"127.0.0.1:9999\"\n[[partners]]\nservice = \"parking.v1.ParkingPayment\"\nendpoint = \"http://127.0.0.1:50061\"\ntimeout = \"2s\"\n",
+            c.tls.cert, c.tls.key, c.tls.client_ca
+        );
+        let path = dir.path().join("gateway.toml");
+        std::fs::write(&path, toml).unwrap();
+        let loaded = GatewayConfig::load(Some(&path)).unwrap();
+        assert_eq!(loaded.mqtt.listen.port(), 9999);
+        assert_eq!(loaded.partners[0].timeout, Some(Duration::from_secs(2)));
+        assert_eq!(loaded.mqtt.handshake_timeout, Duration::from_secs(10));
+    }
+
+    #[test]
+    fn unknown_keys_are_refused() {
+        let (dir, c) = files();
+        let path = dir.path().join("gateway.toml");
+        std::fs::write(&path, format!("[tls]\ncert = {:?}\nkey = {:?}\nclient_ca = {:?}\ncrl = []\n", c.tls.cert, c.tls.key, c.tls.client_ca)).unwrap();
+        let e = GatewayConfig::load(Some(&path)).unwrap_err().to_string();
+        assert!(e.contains("crl"), "{e}");
+    }
+}

@@ -1,0 +1,8 @@
+//! Request routing: from a car's envelope to the partner adapter that serves its method and
+//! back. It knows nothing of TLS or sockets; it sees the bus and partner channels.
+
+pub mod dispatcher;
+pub mod partners;
+
+pub use dispatcher::RequestRouter;
+pub use partners::{CallContext, PartnerAdapter, PartnerDirectory};

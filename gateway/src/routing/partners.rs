@@ -1,0 +1,155 @@
+//! Partner adapters: one gRPC channel per configured service, called without decoding the
+//! messages (the gateway brokers bytes; the contract is between car and partner).
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::uri::PathAndQuery;
+use proto::raw::RawCodec;
+use proto::{MethodPath, Vin, metadata};
+use tonic::metadata::MetadataValue;
+use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity};
+
+use crate::config::PartnerConfig;
+
+/// Who is asking, passed to the partner as metadata.
+#[derive(Debug, Clone)]
+pub struct CallContext {
+    /// The calling car.
+    pub vin: Vin,
+    /// The car's request id.
+    pub request_id: String,
+    /// The driver intent's idempotency key.
+    pub idempotency_key: String,
+}
+
+/// One partner's adapter endpoint.
+#[derive(Debug, Clone)]
+pub struct PartnerAdapter {
+    service: String,
+    channel: Channel,
+    default_timeout: Option<Duration>,
+}
+
+impl PartnerAdapter {
+    /// The gRPC service this adapter serves.
+    pub fn service(&self) -> &str {
+        &self.service
+    }
+
+    /// Deadline for cars that give none, if this partner sets one.
+    pub fn default_timeout(&self) -> Option<Duration> {
+        self.default_timeout
+    }
+
+    /// Calls `method` with the encoded `payload`, giving up after `timeout`.
+    pub async fn call(
+        &self,
+        ctx: &CallContext,
+        method: &MethodPath,
+        payload: Bytes,
+        timeout: Duration,
+    ) -> Result<Bytes, tonic::Status> {
+        let call = async {
+            let mut grpc = tonic::client::Grpc::new(self.channel.clone());
+            grpc.ready()
+                .await
+                .map_err(|e| tonic::Status::unavailable(format!("partner {} unreachable: {e}", self.service)))?;
+            let mut request = tonic::Request::new(payload);
+            request.set_timeout(timeout);
+            let md = request.metadata_mut();
+            md.insert(metadata::VIN, ascii(ctx.vin.as_str())?);
+            md.insert(metadata::REQUEST_ID, ascii(&ctx.request_id)?);
+            md.insert(metadata::IDEMPOTENCY_KEY, ascii(&ctx.idempotency_key)?);
+            let path = PathAndQuery::try_from(method.as_str())
+                .map_err(|_| tonic::Status::invalid_argument("method is not a valid path"))?;
+            grpc.unary(request, path, RawCodec).await.map(tonic::Response::into_inner)
+        };
+        // tonic does not enforce the deadline on the client side by itself; this does, and
+        // it covers connection setup too.
+        match tokio::time::timeout(timeout, call).await {
+            Ok(Ok(reply)) => Ok(reply),
+            Ok(Err(status)) => Err(explain(status, &self.service)),
+            Err(_) => Err(tonic::Status::deadline_exceeded(format!(
+                "partner {} did not answer within {timeout:?}",
+                self.service
+            ))),
+        }
+    }
+}
+
+fn ascii(s: &str) -> Result<MetadataValue<tonic::metadata::Ascii>, tonic::Status> {
+    s.parse().map_err(|_| tonic::Status::invalid_argument("metadata value is not printable ASCII"))
+}
+
+/// Transport failures reach us as bare statuses; say which partner failed.
+fn explain(status: tonic::Status, service: &str) -> tonic::Status {
+    match status.code() {
+        tonic::Code::Unavailable | tonic::Code::Unknown if status.message().contains("transport")
+            || status.message().contains("connect") =>
+        {
+            tonic::Status::unavailable(format!("partner {service} unreachable: {}", status.message()))
+        }
+        _ => status,
+    }
+}
+
+/// Every configured partner, by service name.
+#[derive(Debug, Clone, Default)]
+pub struct PartnerDirectory {
+    by_service: HashMap<String, PartnerAdapter>,
+}
+
+/// A partner entry whose TLS material could not be loaded.
+#[derive(Debug, thiserror::Error)]
+#[error("partner {service}: {problem}")]
+pub struct PartnerSetupError {
+    service: String,
+    problem: String,
+}
+
+impl PartnerDirectory {
+    /// Builds lazily-connecting channels for every entry (a partner that is down at startup
+    /// does not stop the gateway; its calls fail with UNAVAILABLE until it is back).
+    pub fn from_config(partners: &[PartnerConfig]) -> Result<PartnerDirectory, PartnerSetupError> {
+        let mut by_service = HashMap::new();
+        for p in partners {
+            let err = |problem: String| PartnerSetupError { service: p.service.clone(), problem };
+            let mut endpoint = Endpoint::from_shared(p.endpoint.clone())
+                .map_err(|e| err(e.to_string()))?
+                .connect_timeout(p.connect_timeout)
+                .tcp_nodelay(true);
+            if p.endpoint.starts_with("https://") {
+                let mut tls = ClientTlsConfig::new();
+                if let Some(ca) = &p.ca_cert {
+                    let pem = std::fs::read(ca).map_err(|e| err(format!("{}: {e}", ca.display())))?;
+                    tls = tls.ca_certificate(Certificate::from_pem(pem));
+                }
+                if let (Some(cert), Some(key)) = (&p.client_cert, &p.client_key) {
+                    let cert = std::fs::read(cert).map_err(|e| err(format!("{}: {e}", cert.display())))?;
+                    let key = std::fs::read(key).map_err(|e| err(format!("{}: {e}", key.display())))?;
+                    tls = tls.identity(Identity::from_pem(cert, key));
+                }
+                if let Some(name) = &p.tls_server_name {
+                    tls = tls.domain_name(name.clone());
+                }
+                endpoint = endpoint.tls_config(tls).map_err(|e| err(e.to_string()))?;
+            }
+            let adapter =
+                PartnerAdapter { service: p.service.clone(), channel: endpoint.connect_lazy(), default_timeout: p.timeout };
+            by_service.insert(p.service.clone(), adapter);
+        }
+        Ok(PartnerDirectory { by_service })
+    }
+
+    /// The adapter serving `service`, if any.
+    pub fn get(&self, service: &str) -> Option<&PartnerAdapter> {
+        self.by_service.get(service)
+    }
+
+    /// Names of every configured service.
+    pub fn services(&self) -> impl Iterator<Item = &str> {
+        self.by_service.keys().map(String::as_str)
+    }
+}

@@ -1,0 +1,68 @@
+//! The MQTT topic scheme. Every topic of a car lives under `/tenants/{VIN}/`, the prefix the
+//! broker enforces for the identity in the car's certificate.
+
+use crate::Vin;
+
+/// Filter the gateway subscribes to for requests from every car.
+pub const ALL_REQUESTS: &str = "/tenants/+/v1/req";
+
+/// The namespace a car may publish and subscribe in.
+pub fn tenant_prefix(vin: &Vin) -> String {
+    format!("/tenants/{vin}/")
+}
+
+/// Where a car publishes its requests.
+pub fn requests(vin: &Vin) -> String {
+    format!("/tenants/{vin}/v1/req")
+}
+
+/// Where the gateway publishes responses for a car.
+pub fn responses(vin: &Vin) -> String {
+    format!("/tenants/{vin}/v1/resp")
+}
+
+/// Where the gateway publishes partner events for a car.
+pub fn events(vin: &Vin) -> String {
+    format!("/tenants/{vin}/v1/events")
+}
+
+/// The VIN of a request topic, or `None` if `topic` is not one.
+pub fn vin_of_request_topic(topic: &str) -> Option<Vin> {
+    let vin = topic.strip_prefix("/tenants/")?.strip_suffix("/v1/req")?;
+    Vin::parse(vin).ok()
+}
+
+/// Whether `topic` (or a filter) lies inside `vin`'s namespace and names no other tenant.
+pub fn is_within_tenant(vin: &Vin, topic: &str) -> bool {
+    topic
+        .strip_prefix("/tenants/")
+        .and_then(|rest| rest.strip_prefix(vin.as_str()))
+        .is_some_and(|rest| rest.starts_with('/'))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn vin() -> Vin {
+        Vin::parse("WBA3B5C50DF123456").unwrap()
+    }
+
+    #[test]
+    fn request_topic_round_trips() {
+        assert_eq!(vin_of_request_topic(&requests(&vin())), Some(vin()));
+        assert_eq!(vin_of_request_topic("/tenants/WBA3B5C50DF123456/v1/resp"), None);
+        assert_eq!(vin_of_request_topic("/tenants/+/v1/req"), None);
+    }
+
+    #[test]
+    fn tenant_namespace_is_exact() {
+        assert!(is_within_tenant(&vin(), "/tenants/WBA3B5C50DF123456/v1/resp"));
+        assert!(is_within_tenant(&vin(), "/tenants/WBA3B5C50DF123456/#"));
+        assert!(!is_within_tenant(&vin(), "/tenants/WBA3B5C50DF123456"));
+        assert!(!is_within_tenant(&vin(), "/tenants/WBA3B5C50DF1234567/x"));
+        assert!(!is_within_tenant(&vin(), "/tenants/+/v1/resp"));
+        assert!(!is_within_tenant(&vin(), "#"));
+        assert!(!is_within_tenant(&vin(), "$share/g/tenants/WBA3B5C50DF123456/x"));
+    }
+}

@@ -1,0 +1,335 @@
+//! Fixtures for end-to-end tests: a throwaway PKI, a reference parking adapter on mTLS, the
+//! gateway, agents and raw MQTT clients, all real and on 127.0.0.1 port 0.
+//!
+//! Tests read like sentences: `let platform = Platform::start().await; let car =
+//! platform.agent(VIN_A).await; ...`.
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::{Arc, Once};
+use std::time::Duration;
+
+use certs::{CertificateAuthority, IssuedCert, Validity};
+use gateway::config::PartnerConfig;
+use gateway::{Gateway, GatewayConfig, SessionEvent};
+use parking_adapter::ParkingService;
+use proto::Vin;
+use proto::parking::v1::parking_payment_client::ParkingPaymentClient;
+use rumqttc::{AsyncClient, EventLoop, MqttOptions, TlsConfiguration, Transport};
+use rustls::ClientConfig;
+use rustls_pki_types::pem::PemObject;
+use rustls_pki_types::{CertificateDer, PrivateKeyDer};
+use tempfile::TempDir;
+use tokio::net::TcpListener;
+use tokio::sync::broadcast;
+use tonic::transport::Channel;
+use vehicle_agent::{Agent, AgentConfig};
+
+/// A VIN for the car most tests drive.
+pub const VIN_A: &str = "LSVAU2180N2183294";
+/// A second car, for isolation tests.
+pub const VIN_B: &str = "WBA3B5C50DF123456";
+/// The parking partner's gRPC service.
+pub const PARKING: &str = "parking.v1.ParkingPayment";
+
+/// Installs the process's one crypto provider and a test log subscriber.
+pub fn init() {
+    static ONCE: Once = Once::new();
+    ONCE.call_once(|| {
+        let _ = rustls::crypto::ring::default_provider().install_default();
+        let _ = tracing_subscriber::fmt()
+            .with_env_filter(
+                tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into()),
+            )
+            .with_test_writer()
+            .try_init();
+    });
+}
+
+/// Certificate and key files of one party.
+#[derive(Debug, Clone)]
+pub struct Credentials {
+    /// Certificate (PEM) path.
+    pub cert: PathBuf,
+    /// Key (PEM) path.
+    pub key: PathBuf,
+    /// The PEMs themselves.
+    pub pem: IssuedCert,
+}
+
+/// A CA and everything it issued, in a temporary directory.
+pub struct TestPki {
+    /// Where the files are.
+    pub dir: TempDir,
+    /// The CA.
+    pub ca: CertificateAuthority,
+    /// The CA certificate file.
+    pub ca_cert: PathBuf,
+    /// The gateway's server certificate.
+    pub gateway: Credentials,
+}
+
+impl TestPki {
+    /// A fresh CA with a gateway certificate for localhost.
+    pub fn new() -> TestPki {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let ca = CertificateAuthority::generate().expect("CA");
+        ca.save(dir.path()).expect("save CA");
+        let ca_cert = dir.path().join("ca.pem");
+        let gateway = write(&dir, "gateway", ca.issue_gateway(&[]).expect("gateway cert"));
+        TestPki { dir, ca, ca_cert, gateway }
+    }
+
+    /// A vehicle certificate for `vin`.
+    pub fn vehicle(&self, vin: &str) -> Credentials {
+        let vin = Vin::parse(vin).expect("valid VIN");
+        write(&self.dir, vin.as_str(), self.ca.issue_vehicle(&vin).expect("vehicle cert"))
+    }
+
+    /// A vehicle certificate for `vin` that expired yesterday.
+    pub fn expired_vehicle(&self, vin: &str) -> Credentials {
+        let vin = Vin::parse(vin).expect("valid VIN");
+        let pem = self.ca.issue_vehicle_with_validity(&vin, Validity::expired()).expect("expired cert");
+        write(&self.dir, &format!("{vin}-expired"), pem)
+    }
+
+    /// A partner certificate named `name`.
+    pub fn partner(&self, name: &str) -> Credentials {
+        write(&self.dir, name, self.ca.issue_partner(name).expect("partner cert"))
+    }
+}
+
+impl Default for TestPki {
+    fn default() -> Self {
+        TestPki::new()
+    }
+}
+
+fn write(dir: &TempDir, stem: &str, pem: IssuedCert) -> Credentials {
+    let (cert, key) = pem.write(dir.path(), stem).expect("write cert");
+    Credentials { cert, key, pem }
+}
+
+/// A running parking adapter (the reference one, or any tonic service standing in for it).
+pub struct RunningPartner {
+    /// Where it listens.
+    pub addr: SocketAddr,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+}
+
+impl Drop for RunningPartner {
+    fn drop(&mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+    }
+}
+
+/// Starts the reference parking adapter on mTLS, trusting `pki`'s CA.
+pub async fn start_parking(pki: &TestPki, service: ParkingService) -> RunningPartner {
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind adapter");
+    let addr = listener.local_addr().unwrap();
+    let me = pki.partner("parking");
+    let tls = parking_adapter::mtls_config(&me.pem.cert_pem, &me.pem.key_pem, pki.ca.cert_pem());
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    tokio::spawn(parking_adapter::serve(listener, Some(tls), service, async {
+        let _ = stopped.await;
+    }));
+    RunningPartner { addr, stop: Some(stop) }
+}
+
+/// Starts any tonic service over mTLS as if it were a partner adapter.
+pub async fn start_partner_service<S>(pki: &TestPki, service: S) -> RunningPartner
+where
+    S: tower_service_bound::Routable,
+{
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind partner");
+    let addr = listener.local_addr().unwrap();
+    let me = pki.partner("partner");
+    let tls = parking_adapter::mtls_config(&me.pem.cert_pem, &me.pem.key_pem, pki.ca.cert_pem());
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let server = tonic::transport::Server::builder().tls_config(tls).expect("tls").add_service(service);
+    tokio::spawn(server.serve_with_incoming_shutdown(
+        tokio_stream::wrappers::TcpListenerStream::new(listener),
+        async {
+            let _ = stopped.await;
+        },
+    ));
+    RunningPartner { addr, stop: Some(stop) }
+}
+
+/// The bound a service must meet to be served by tonic, spelled once.
+pub mod tower_service_bound {
+    use std::convert::Infallible;
+
+    /// A tonic-servable service.
+    pub trait Routable:
+        tower::Service<
+                http::Request<tonic::body::Body>,
+                Response = http::Response<tonic::body::Body>,
+                Error = Infallible,
+                Future: Send + 'static,
+            > + tonic::server::NamedService
+        + Clone
+        + Send
+        + Sync
+        + 'static
+    {
+    }
+
+    impl<T> Routable for T where
+        T: tower::Service<
+                http::Request<tonic::body::Body>,
+                Response = http::Response<tonic::body::Body>,
+                Error = Infallible,
+                Future: Send + 'static,
+            > + tonic::server::NamedService
+            + Clone
+            + Send
+            + Sync
+            + 'static
+    {
+    }
+}
+
+/// A partner entry pointing at `addr` over mTLS with the gateway's partner client certificate.
+pub fn partner_entry(pki: &TestPki, service: &str, addr: SocketAddr) -> PartnerConfig {
+    let client = pki.partner("gateway-client");
+    PartnerConfig {
+        service: service.into(),
+        endpoint: format!("https://localhost:{}", addr.port()),
+        timeout: Some(Duration::from_secs(5)),
+        connect_timeout: Duration::from_secs(2),
+        ca_cert: Some(pki.ca_cert.clone()),
+        client_cert: Some(client.cert),
+        client_key: Some(client.key),
+        tls_server_name: None,
+    }
+}
+
+/// Gateway configuration for `pki` with the given partners; tweak fields before starting.
+pub fn gateway_config(pki: &TestPki, partners: Vec<PartnerConfig>) -> GatewayConfig {
+    let mut config = GatewayConfig::new(pki.gateway.cert.clone(), pki.gateway.key.clone(), pki.ca_cert.clone());
+    config.mqtt.listen = "127.0.0.1:0".parse().unwrap();
+    config.partners = partners;
+    config
+}
+
+/// The whole system: PKI, the reference parking adapter, and the gateway routing to it.
+pub struct Platform {
+    /// The PKI everything trusts.
+    pub pki: TestPki,
+    /// The reference adapter's state (counts charges).
+    pub parking: ParkingService,
+    /// The running adapter.
+    pub parking_server: RunningPartner,
+    /// The gateway.
+    pub gateway: Gateway,
+}
+
+impl Platform {
+    /// Starts adapter and gateway with default settings.
+    pub async fn start() -> Platform {
+        Platform::start_with(|_| {}).await
+    }
+
+    /// Starts adapter and gateway, letting `tweak` adjust the gateway's configuration.
+    pub async fn start_with(tweak: impl FnOnce(&mut GatewayConfig)) -> Platform {
+        init();
+        let pki = TestPki::new();
+        let parking = ParkingService::new();
+        let parking_server = start_parking(&pki, parking.clone()).await;
+        let mut config = gateway_config(&pki, vec![partner_entry(&pki, PARKING, parking_server.addr)]);
+        tweak(&mut config);
+        let gateway = start_gateway(config).await;
+        Platform { pki, parking, parking_server, gateway }
+    }
+
+    /// Where cars connect.
+    pub fn mqtt_addr(&self) -> SocketAddr {
+        self.gateway.mqtt_addr()
+    }
+
+    /// Agent configuration for `vin` against this gateway (local gRPC on port 0).
+    pub fn agent_config(&self, vin: &str) -> AgentConfig {
+        let me = self.pki.vehicle(vin);
+        let mut config =
+            AgentConfig::new(format!("localhost:{}", self.mqtt_addr().port()), self.pki.ca_cert.clone(), me.cert, me.key);
+        config.local_listen = "127.0.0.1:0".parse().unwrap();
+        config.backoff_initial = Duration::from_millis(50);
+        config.backoff_max = Duration::from_millis(500);
+        config
+    }
+
+    /// A started agent for `vin`, connected to the gateway.
+    pub async fn agent(&self, vin: &str) -> Agent {
+        let agent = Agent::start(self.agent_config(vin)).await.expect("agent starts");
+        within(Duration::from_secs(10), agent.wait_connected(), "agent connects").await;
+        agent
+    }
+
+    /// A raw MQTT client presenting `creds`, with client id `client_id`.
+    pub fn mqtt_client(&self, creds: &Credentials, client_id: &str) -> (AsyncClient, EventLoop) {
+        mqtt_client(self.mqtt_addr(), &self.pki.ca_cert, creds, client_id)
+    }
+
+    /// Session events from now on.
+    pub fn session_events(&self) -> broadcast::Receiver<SessionEvent> {
+        self.gateway.session_events()
+    }
+}
+
+/// Starts a gateway, panicking with the reason if it cannot.
+pub async fn start_gateway(config: GatewayConfig) -> Gateway {
+    let listener = TcpListener::bind(config.mqtt.listen).await.expect("bind gateway");
+    Gateway::start_on(config, listener).await.expect("gateway starts")
+}
+
+/// A rustls client config trusting `ca` and presenting `creds`.
+pub fn client_tls(ca: &PathBuf, creds: &Credentials) -> Arc<ClientConfig> {
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in CertificateDer::pem_file_iter(ca).unwrap() {
+        roots.add(cert.unwrap()).unwrap();
+    }
+    let chain: Vec<_> = CertificateDer::pem_file_iter(&creds.cert).unwrap().map(Result::unwrap).collect();
+    let key = PrivateKeyDer::from_pem_file(&creds.key).unwrap();
+    Arc::new(ClientConfig::builder().with_root_certificates(roots).with_client_auth_cert(chain, key).unwrap())
+}
+
+/// A raw MQTT 3.1.1 client over mTLS, for tests that play a misbehaving car.
+pub fn mqtt_client(addr: SocketAddr, ca: &PathBuf, creds: &Credentials, client_id: &str) -> (AsyncClient, EventLoop) {
+    let mut options = MqttOptions::new(client_id, "localhost", addr.port());
+    options.set_keep_alive(Duration::from_secs(30));
+    options.set_max_packet_size(1024 * 1024, 1024 * 1024);
+    options.set_transport(Transport::tls_with_config(TlsConfiguration::Rustls(client_tls(ca, creds))));
+    AsyncClient::new(options, 100)
+}
+
+/// A generated parking client talking to an agent's local gRPC endpoint, as an in-car app would.
+pub async fn in_car_app(agent: &Agent) -> ParkingPaymentClient<Channel> {
+    ParkingPaymentClient::connect(format!("http://{}", agent.local_addr())).await.expect("connect to agent")
+}
+
+/// Awaits `fut`, failing the test with `what` if it takes longer than `limit`. A guard against
+/// hangs, not a synchronisation device.
+pub async fn within<T>(limit: Duration, fut: impl Future<Output = T>, what: &str) -> T {
+    tokio::time::timeout(limit, fut).await.unwrap_or_else(|_| panic!("timed out: {what}"))
+}
+
+/// Waits for the next `Disconnected` event of `vin` and returns its reason.
+pub async fn disconnected(events: &mut broadcast::Receiver<SessionEvent>, vin: &str) -> gateway::DisconnectReason {
+    within(
+        Duration::from_secs(10),
+        async {
+            loop {
+                match events.recv().await.expect("session events") {
+                    SessionEvent::Disconnected { vin: v, reason } if v.as_str() == vin => return reason,
+                    _ => {}
+                }
+            }
+        },
+        "disconnect event",
+    )
+    .await
+}

@@ -1,0 +1,184 @@
+//! The `vehicle-agent` command line: `run` the agent, or `call` a partner through a running one.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::str::FromStr;
+use std::time::Duration;
+
+use bytes::Bytes;
+use clap::{Parser, Subcommand};
+use http::uri::PathAndQuery;
+use tonic::Status;
+use tonic::metadata::MetadataValue;
+use tonic::transport::Endpoint;
+
+use proto::MethodPath;
+use proto::metadata::IDEMPOTENCY_KEY;
+use proto::raw::RawCodec;
+
+use crate::agent::Agent;
+use crate::config::AgentConfig;
+
+/// Exit status for a bad command line, configuration or input (BSD `EX_USAGE`).
+pub const EXIT_USAGE: u8 = 64;
+/// Exit status for a call that failed or an agent that could not run.
+pub const EXIT_FAILURE: u8 = 1;
+
+/// The vehicle agent of the connected-car platform.
+#[derive(Debug, Parser)]
+#[command(name = "vehicle-agent", version, about)]
+pub struct Cli {
+    /// What to do.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// The subcommands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Runs the agent until SIGINT or SIGTERM (configuration: the file, then AGENT_* variables).
+    Run {
+        /// TOML configuration file.
+        #[arg(long, env = "AGENT_CONFIG")]
+        config: Option<PathBuf>,
+    },
+    /// Calls a partner method through a running agent and prints the response as JSON.
+    Call {
+        /// Full gRPC method path, e.g. /parking.v1.ParkingPayment/ListNearbyLots.
+        method: String,
+        /// The request message as JSON (proto3 JSON mapping).
+        json: String,
+        /// The agent's local gRPC endpoint.
+        #[arg(long, default_value = "http://127.0.0.1:50051")]
+        agent: String,
+        /// How long to wait for the answer, e.g. 10s or 1500ms.
+        #[arg(long, default_value = "10s", value_parser = parse_duration)]
+        timeout: Duration,
+        /// Identifies one intent across retries; the partner deduplicates on it.
+        #[arg(long)]
+        idempotency_key: Option<String>,
+    },
+}
+
+fn parse_duration(s: &str) -> Result<Duration, String> {
+    humantime_serde::re::humantime::parse_duration(s).map_err(|e| e.to_string())
+}
+
+/// Parses the command line and runs it; the process's exit status.
+pub fn main() -> ExitCode {
+    // The first thing: rustls panics later if two providers are linked and none is chosen.
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    match Cli::parse().command {
+        Command::Run { config } => run(config),
+        Command::Call { method, json, agent, timeout, idempotency_key } => {
+            call(&method, &json, &agent, timeout, idempotency_key.as_deref())
+        }
+    }
+}
+
+fn fail(code: u8, message: impl std::fmt::Display) -> ExitCode {
+    eprintln!("error: {message}");
+    ExitCode::from(code)
+}
+
+fn run(config_path: Option<PathBuf>) -> ExitCode {
+    let config = match AgentConfig::load(config_path.as_deref()) {
+        Ok(config) => config,
+        Err(e) => return fail(EXIT_USAGE, e),
+    };
+    if let Err(e) = config.validate() {
+        return fail(EXIT_USAGE, e);
+    }
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let runtime = match tokio::runtime::Runtime::new() {
+        Ok(rt) => rt,
+        Err(e) => return fail(EXIT_FAILURE, format!("cannot start the runtime: {e}")),
+    };
+    runtime.block_on(async {
+        let agent = match Agent::start(config).await {
+            Ok(agent) => agent,
+            Err(e) => return fail(EXIT_FAILURE, format!("{e:#}")),
+        };
+        if let Err(e) = shutdown_signal().await {
+            agent.shutdown().await;
+            return fail(EXIT_FAILURE, format!("cannot wait for signals: {e}"));
+        }
+        tracing::info!("shutting down");
+        agent.shutdown().await;
+        ExitCode::SUCCESS
+    })
+}
+
+/// Resolves on SIGINT or SIGTERM.
+async fn shutdown_signal() -> std::io::Result<()> {
+    #[cfg(unix)]
+    {
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+        tokio::select! {
+            r = tokio::signal::ctrl_c() => r,
+            _ = term.recv() => Ok(()),
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        tokio::signal::ctrl_c().await
+    }
+}
+
+fn call(method: &str, json: &str, agent: &str, timeout: Duration, key: Option<&str>) -> ExitCode {
+    let method = match MethodPath::parse(method) {
+        Ok(m) => m,
+        Err(e) => return fail(EXIT_USAGE, e),
+    };
+    let payload = match proto::json::request_from_json(&method, json) {
+        Ok(p) => Bytes::from(p),
+        Err(e) => return fail(EXIT_USAGE, e),
+    };
+    let key = match key.map(MetadataValue::try_from).transpose() {
+        Ok(k) => k,
+        Err(_) => return fail(EXIT_USAGE, "--idempotency-key must be printable ASCII"),
+    };
+    let endpoint = match Endpoint::from_shared(agent.to_owned()) {
+        Ok(e) => e.connect_timeout(timeout),
+        Err(e) => return fail(EXIT_USAGE, format!("--agent {agent:?} is not a URI: {e}")),
+    };
+    let path = PathAndQuery::from_str(method.as_str()).expect("a MethodPath is a valid URI path");
+    let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => return fail(EXIT_FAILURE, format!("cannot start the runtime: {e}")),
+    };
+    let result: Result<Bytes, Status> = runtime.block_on(async {
+        let mut grpc = tonic::client::Grpc::new(endpoint.connect_lazy());
+        grpc.ready().await.map_err(|e| Status::unavailable(format!("the agent at {agent} is unreachable: {e}")))?;
+        let mut request = tonic::Request::new(payload);
+        // Sent as grpc-timeout: the agent gives up (and tells the gateway) at the same moment.
+        request.set_timeout(timeout);
+        if let Some(key) = key {
+            request.metadata_mut().insert(IDEMPOTENCY_KEY, key);
+        }
+        // The agent answers by the deadline; this only guards against a hung agent.
+        let slack = Duration::from_secs(2);
+        match tokio::time::timeout(timeout + slack, grpc.unary(request, path, RawCodec)).await {
+            Ok(response) => response.map(tonic::Response::into_inner),
+            Err(_) => Err(Status::deadline_exceeded(format!("the agent at {agent} did not answer within {}", {
+                humantime_serde::re::humantime::format_duration(timeout + slack)
+            }))),
+        }
+    });
+    match result {
+        Ok(bytes) => match proto::json::response_to_json(&method, &bytes) {
+            Ok(json) => {
+                println!("{json}");
+                ExitCode::SUCCESS
+            }
+            Err(e) => fail(EXIT_FAILURE, e),
+        },
+        Err(status) => fail(EXIT_FAILURE, format!("{:?}: {}", status.code(), status.message())),
+    }
+}

@@ -1,0 +1,386 @@
+//! The agent's configuration: a TOML file, overridden by `AGENT_*` environment variables.
+//!
+//! Relative certificate paths in the file are taken relative to the file's directory, so a
+//! config and its certificates can be moved together; paths from the environment are taken
+//! relative to the working directory.
+
+use std::net::{Ipv4Addr, SocketAddr};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use figment::Figment;
+use figment::providers::{Env, Format, Toml};
+use figment::value::magic::RelativePathBuf;
+use serde::{Deserialize, Serialize};
+
+use proto::Vin;
+
+/// The prefix of environment variables that override the file, e.g. `AGENT_GATEWAY`.
+pub const ENV_PREFIX: &str = "AGENT_";
+
+/// MQTT's largest remaining length (268,435,455 bytes) less the room kept for the envelope.
+const MAX_PAYLOAD_LIMIT: usize = 268_435_455 - ENVELOPE_HEADROOM;
+
+/// Room for the envelope fields and MQTT headers around a payload.
+pub(crate) const ENVELOPE_HEADROOM: usize = 16 * 1024;
+
+const KEYS: [&str; 11] = [
+    "gateway",
+    "server_name",
+    "ca_cert",
+    "cert",
+    "key",
+    "local_listen",
+    "keep_alive",
+    "backoff_initial",
+    "backoff_max",
+    "default_timeout",
+    "max_payload_bytes",
+];
+
+/// Why the configuration cannot be used.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The file or the environment could not be read or does not fit the schema.
+    #[error("{0}")]
+    Load(Box<figment::Error>),
+    /// A value is out of range, or a file it names is missing or unusable.
+    #[error("{field}: {message}")]
+    Invalid {
+        /// The offending field, as spelled in the file.
+        field: &'static str,
+        /// What is wrong with it.
+        message: String,
+    },
+}
+
+impl ConfigError {
+    pub(crate) fn invalid(field: &'static str, message: impl Into<String>) -> ConfigError {
+        ConfigError::Invalid { field, message: message.into() }
+    }
+}
+
+impl From<figment::Error> for ConfigError {
+    fn from(e: figment::Error) -> Self {
+        ConfigError::Load(Box::new(e))
+    }
+}
+
+/// Everything the agent needs to reach the gateway and serve in-car apps.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct AgentConfig {
+    /// The gateway's MQTT endpoint, `host:port`.
+    pub gateway: String,
+    /// The name the gateway's certificate must carry; `None` means the host of `gateway`.
+    pub server_name: Option<String>,
+    /// PEM file of the CA that signed the gateway's certificate.
+    pub ca_cert: PathBuf,
+    /// PEM file of this car's certificate (subject `CN=<VIN>`, `OU=vehicle`).
+    pub cert: PathBuf,
+    /// PEM file of this car's private key.
+    pub key: PathBuf,
+    /// Where in-car apps reach the local gRPC server; port 0 picks a free port.
+    pub local_listen: SocketAddr,
+    /// MQTT keep-alive interval.
+    #[serde(with = "humantime_serde")]
+    pub keep_alive: Duration,
+    /// Upper bound of the first reconnection delay.
+    #[serde(with = "humantime_serde")]
+    pub backoff_initial: Duration,
+    /// Upper bound of every reconnection delay.
+    #[serde(with = "humantime_serde")]
+    pub backoff_max: Duration,
+    /// Deadline of a call whose app set none.
+    #[serde(with = "humantime_serde")]
+    pub default_timeout: Duration,
+    /// Largest request payload the agent sends.
+    pub max_payload_bytes: usize,
+}
+
+/// The schema as read, before relative paths are resolved.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawConfig {
+    #[serde(default = "default_gateway")]
+    gateway: String,
+    #[serde(default)]
+    server_name: Option<String>,
+    ca_cert: RelativePathBuf,
+    cert: RelativePathBuf,
+    key: RelativePathBuf,
+    #[serde(default = "default_local_listen")]
+    local_listen: SocketAddr,
+    #[serde(default = "default_keep_alive", with = "humantime_serde")]
+    keep_alive: Duration,
+    #[serde(default = "default_backoff_initial", with = "humantime_serde")]
+    backoff_initial: Duration,
+    #[serde(default = "default_backoff_max", with = "humantime_serde")]
+    backoff_max: Duration,
+    #[serde(default = "default_timeout", with = "humantime_serde")]
+    default_timeout: Duration,
+    #[serde(default = "default_max_payload_bytes")]
+    max_payload_bytes: usize,
+}
+
+fn default_gateway() -> String {
+    "localhost:8883".to_owned()
+}
+fn default_local_listen() -> SocketAddr {
+    SocketAddr::from((Ipv4Addr::LOCALHOST, 50051))
+}
+fn default_keep_alive() -> Duration {
+    Duration::from_secs(30)
+}
+fn default_backoff_initial() -> Duration {
+    Duration::from_millis(500)
+}
+fn default_backoff_max() -> Duration {
+    Duration::from_secs(60)
+}
+fn default_timeout() -> Duration {
+    Duration::from_secs(30)
+}
+fn default_max_payload_bytes() -> usize {
+    128 * 1024
+}
+
+impl AgentConfig {
+    /// A configuration with the given endpoint and files and defaults for everything else.
+    pub fn new(gateway: impl Into<String>, ca_cert: PathBuf, cert: PathBuf, key: PathBuf) -> AgentConfig {
+        AgentConfig {
+            gateway: gateway.into(),
+            server_name: None,
+            ca_cert,
+            cert,
+            key,
+            local_listen: default_local_listen(),
+            keep_alive: default_keep_alive(),
+            backoff_initial: default_backoff_initial(),
+            backoff_max: default_backoff_max(),
+            default_timeout: default_timeout(),
+            max_payload_bytes: default_max_payload_bytes(),
+        }
+    }
+
+    /// Reads `path` (if any), then applies `AGENT_*` environment overrides. Does not validate.
+    pub fn load(path: Option<&Path>) -> Result<AgentConfig, ConfigError> {
+        let mut figment = Figment::new();
+        if let Some(path) = path {
+            if !path.is_file() {
+                return Err(ConfigError::invalid("config", format!("{} is not a readable file", path.display())));
+            }
+            figment = figment.merge(Toml::file_exact(path));
+        }
+        AgentConfig::extract(figment.merge(Env::prefixed(ENV_PREFIX).only(&KEYS)))
+    }
+
+    /// Extracts a configuration from any figment, e.g. one built by a test.
+    pub fn extract(figment: Figment) -> Result<AgentConfig, ConfigError> {
+        let raw: RawConfig = figment.extract()?;
+        Ok(AgentConfig {
+            gateway: raw.gateway,
+            server_name: raw.server_name,
+            ca_cert: raw.ca_cert.relative(),
+            cert: raw.cert.relative(),
+            key: raw.key.relative(),
+            local_listen: raw.local_listen,
+            keep_alive: raw.keep_alive,
+            backoff_initial: raw.backoff_initial,
+            backoff_max: raw.backoff_max,
+            default_timeout: raw.default_timeout,
+            max_payload_bytes: raw.max_payload_bytes,
+        })
+    }
+
+    /// Checks every value and the certificate files; returns the VIN the certificate names.
+    pub fn validate(&self) -> Result<Vin, ConfigError> {
+        Ok(crate::tls::Identity::load(self)?.vin)
+    }
+
+    /// The checks that need no file; [`AgentConfig::validate`] runs them first.
+    pub(crate) fn validate_values(&self) -> Result<(), ConfigError> {
+        self.gateway_addr()?;
+        self.server_name()?;
+        let ka = self.keep_alive;
+        if !(Duration::from_secs(5)..=Duration::from_secs(3600)).contains(&ka) {
+            return Err(ConfigError::invalid(
+                "keep_alive",
+                format!("{} is out of range: it must be between 5s and 1h", show(ka)),
+            ));
+        }
+        if self.backoff_initial.is_zero() {
+            return Err(ConfigError::invalid("backoff_initial", "must be greater than zero"));
+        }
+        if self.backoff_initial > self.backoff_max {
+            return Err(ConfigError::invalid(
+                "backoff_initial",
+                format!(
+                    "{} is greater than backoff_max ({})",
+                    show(self.backoff_initial),
+                    show(self.backoff_max)
+                ),
+            ));
+        }
+        if self.default_timeout.is_zero() || self.default_timeout.as_millis() > u128::from(u32::MAX) {
+            return Err(ConfigError::invalid(
+                "default_timeout",
+                format!("{} is out of range: it must be above zero and below 49 days", show(self.default_timeout)),
+            ));
+        }
+        if self.max_payload_bytes == 0 || self.max_payload_bytes > MAX_PAYLOAD_LIMIT {
+            return Err(ConfigError::invalid(
+                "max_payload_bytes",
+                format!("{} is out of range: it must be between 1 and {MAX_PAYLOAD_LIMIT}", self.max_payload_bytes),
+            ));
+        }
+        Ok(())
+    }
+
+    /// The host and port of `gateway`.
+    pub fn gateway_addr(&self) -> Result<(String, u16), ConfigError> {
+        let bad = || ConfigError::invalid("gateway", format!("{:?} is not of the form host:port", self.gateway));
+        let (host, port) = self.gateway.rsplit_once(':').ok_or_else(bad)?;
+        let port: u16 = port.parse().map_err(|_| bad())?;
+        // IPv6 literals are written in brackets, "[::1]:8883"; the brackets are not the host.
+        let host = match host.strip_prefix('[').and_then(|h| h.strip_suffix(']')) {
+            Some(v6) => v6.parse::<std::net::Ipv6Addr>().map_err(|_| bad())?.to_string(),
+            None if host.is_empty() || host.contains([':', '[', ']', '/']) => return Err(bad()),
+            None => host.to_owned(),
+        };
+        Ok((host, port))
+    }
+
+    /// The name the gateway's certificate is checked against: `server_name`, else the gateway's host.
+    pub fn server_name(&self) -> Result<String, ConfigError> {
+        let (field, name) = match &self.server_name {
+            Some(name) => ("server_name", name.clone()),
+            None => ("gateway", self.gateway_addr()?.0),
+        };
+        rustls_pki_types::ServerName::try_from(name.as_str())
+            .map_err(|_| ConfigError::invalid(field, format!("{name:?} is not a valid TLS server name")))?;
+        Ok(name)
+    }
+}
+
+fn show(d: Duration) -> humantime_serde::re::humantime::FormattedDuration {
+    humantime_serde::re::humantime::format_duration(d)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use figment::providers::Serialized;
+
+    fn base() -> AgentConfig {
+        AgentConfig::new("localhost:8883", "ca.pem".into(), "car.pem".into(), "car.key".into())
+    }
+
+    fn err_of(c: &AgentConfig) -> String {
+        c.validate_values().unwrap_err().to_string()
+    }
+
+    #[test]
+    fn defaults() {
+        let c = base();
+        assert_eq!(c.gateway_addr().unwrap(), ("localhost".to_owned(), 8883));
+        assert_eq!(c.server_name().unwrap(), "localhost");
+        assert_eq!(c.local_listen, "127.0.0.1:50051".parse().unwrap());
+        assert_eq!(c.keep_alive, Duration::from_secs(30));
+        assert_eq!(c.backoff_initial, Duration::from_millis(500));
+        assert_eq!(c.backoff_max, Duration::from_secs(60));
+        assert_eq!(c.default_timeout, Duration::from_secs(30));
+        assert_eq!(c.max_payload_bytes, 131_072);
+        c.validate_values().unwrap();
+    }
+
+    #[test]
+    fn gateway_forms() {
+        let mut c = base();
+        c.gateway = "[::1]:1883".into();
+        assert_eq!(c.gateway_addr().unwrap(), ("::1".to_owned(), 1883));
+        for bad in ["localhost", "localhost:", "localhost:99999", ":8883", "::1:8883", "[::1:8883", "[x]:1", "a/b:1"] {
+            c.gateway = bad.into();
+            let e = err_of(&c);
+            assert!(e.starts_with("gateway:"), "{bad}: {e}");
+        }
+        c.gateway = "10.0.0.1:8883".into();
+        c.server_name = Some("gw.example".into());
+        assert_eq!(c.server_name().unwrap(), "gw.example");
+        c.server_name = Some("not a name".into());
+        assert!(err_of(&c).starts_with("server_name:"));
+    }
+
+    #[test]
+    fn ranges_name_the_field() {
+        let mut c = base();
+        c.keep_alive = Duration::from_secs(4);
+        assert!(err_of(&c).starts_with("keep_alive: 4s is out of range"), "{}", err_of(&c));
+        c.keep_alive = Duration::from_secs(3601);
+        assert!(err_of(&c).starts_with("keep_alive:"));
+        c.keep_alive = Duration::from_secs(5);
+        c.validate_values().unwrap();
+
+        let mut c = base();
+        c.backoff_initial = Duration::from_secs(61);
+        assert_eq!(err_of(&c), "backoff_initial: 1m 1s is greater than backoff_max (1m)");
+        c.backoff_initial = Duration::ZERO;
+        assert!(err_of(&c).starts_with("backoff_initial:"));
+
+        let mut c = base();
+        c.default_timeout = Duration::ZERO;
+        assert!(err_of(&c).starts_with("default_timeout:"));
+
+        let mut c = base();
+        c.max_payload_bytes = 0;
+        assert!(err_of(&c).starts_with("max_payload_bytes:"));
+    }
+
+    #[test]
+    fn file_paths_are_relative_to_the_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("agent.toml");
+        std::fs::write(
+            &path,
+            "gateway = \"gw.example:8883\"\nca_cert = \"ca.pem\"\ncert = \"/abs/car.pem\"\nkey = \"car.key\"\nkeep_alive = \"10s\"\nlocal_listen = \"127.0.0.1:0\"\nmax_payload_bytes = 1000\n",
+        )
+        .unwrap();
+        // Environment overrides are tested through the binary (tests/cli.rs): setting
+        // variables in-process would race with other tests.
+        let c = AgentConfig::extract(Figment::new().merge(Toml::file_exact(&path))).unwrap();
+        assert_eq!(c.gateway, "gw.example:8883");
+        assert_eq!(c.ca_cert, dir.path().join("ca.pem"));
+        assert_eq!(c.key, dir.path().join("car.key"));
+        assert_eq!(c.cert, PathBuf::from("/abs/car.pem"));
+        assert_eq!(c.keep_alive, Duration::from_secs(10));
+        assert_eq!(c.backoff_initial, Duration::from_millis(500));
+        assert_eq!(c.max_payload_bytes, 1000);
+        assert_eq!(c.local_listen.port(), 0);
+    }
+
+    #[test]
+    fn load_errors_are_clear() {
+        let dir = tempfile::tempdir().unwrap();
+        let missing = dir.path().join("nope.toml");
+        let e = AgentConfig::load(Some(&missing)).unwrap_err().to_string();
+        assert!(e.starts_with("config:") && e.contains("nope.toml"), "{e}");
+
+        let path = dir.path().join("agent.toml");
+        std::fs::write(&path, "ca_cert = \"ca.pem\"\nkey = \"k\"\n").unwrap();
+        let e = AgentConfig::load(Some(&path)).unwrap_err().to_string();
+        assert!(e.contains("cert"), "{e}");
+
+        std::fs::write(&path, "ca_cert = \"a\"\ncert = \"b\"\nkey = \"c\"\nkeepalive = \"1s\"\n").unwrap();
+        let e = AgentConfig::load(Some(&path)).unwrap_err().to_string();
+        assert!(e.contains("keepalive"), "{e}");
+
+        std::fs::write(&path, "ca_cert = \"a\"\ncert = \"b\"\nkey = \"c\"\nkeep_alive = \"soon\"\n").unwrap();
+        let e = AgentConfig::load(Some(&path)).unwrap_err().to_string();
+        assert!(e.contains("keep_alive"), "{e}");
+    }
+
+    #[test]
+    fn extract_from_serialized() {
+        let c = AgentConfig::extract(Figment::from(Serialized::defaults(base()))).unwrap();
+        assert_eq!(c, base());
+    }
+}

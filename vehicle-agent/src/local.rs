@@ -1,0 +1,215 @@
+//! The in-car gRPC server: the partner services the gateway offers, forwarded without decoding.
+//!
+//! In-car apps use ordinary generated clients against this loopback endpoint. Each call's
+//! bytes, path, deadline and idempotency key are handed to a [`Caller`] (the gateway link),
+//! so a new method of a known service needs no agent change.
+
+use std::convert::Infallible;
+use std::future::Future;
+use std::marker::PhantomData;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use bytes::Bytes;
+use futures::future::BoxFuture;
+use tokio::net::TcpListener;
+use tokio_stream::wrappers::TcpListenerStream;
+use tonic::codegen::{Body, Service, StdError};
+use tonic::server::{Grpc, NamedService, UnaryService};
+use tonic::Status;
+
+use proto::MethodPath;
+use proto::metadata::IDEMPOTENCY_KEY;
+use proto::raw::RawCodec;
+
+use crate::link::GatewayLink;
+
+/// Where forwarded calls go: the gateway link, or a stub in tests.
+pub trait Caller: Send + Sync + 'static {
+    /// Calls `method` with the encoded request `payload`, giving up after `timeout`.
+    fn call(
+        &self,
+        method: MethodPath,
+        payload: Bytes,
+        timeout: Duration,
+        idempotency_key: Option<String>,
+    ) -> BoxFuture<'static, Result<Bytes, Status>>;
+}
+
+impl Caller for GatewayLink {
+    fn call(
+        &self,
+        method: MethodPath,
+        payload: Bytes,
+        timeout: Duration,
+        idempotency_key: Option<String>,
+    ) -> BoxFuture<'static, Result<Bytes, Status>> {
+        let link = self.clone();
+        Box::pin(async move { GatewayLink::call(&link, &method, payload, timeout, idempotency_key).await })
+    }
+}
+
+/// A partner service the agent serves, named as in its contract.
+pub trait ServiceName: Send + Sync + 'static {
+    /// The fully qualified gRPC service name.
+    const NAME: &'static str;
+}
+
+/// `parking.v1.ParkingPayment`.
+#[derive(Debug, Clone, Copy)]
+pub struct ParkingPayment;
+
+impl ServiceName for ParkingPayment {
+    const NAME: &'static str = proto::parking::v1::parking_payment_server::SERVICE_NAME;
+}
+
+/// Serves every method of service `S` by forwarding it to a [`Caller`].
+pub struct Forwarder<S> {
+    caller: Arc<dyn Caller>,
+    default_timeout: Duration,
+    service: PhantomData<fn() -> S>,
+}
+
+impl<S> Clone for Forwarder<S> {
+    fn clone(&self) -> Self {
+        Forwarder { caller: self.caller.clone(), default_timeout: self.default_timeout, service: PhantomData }
+    }
+}
+
+impl<S> std::fmt::Debug for Forwarder<S> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Forwarder").field("default_timeout", &self.default_timeout).finish_non_exhaustive()
+    }
+}
+
+impl<S: ServiceName> Forwarder<S> {
+    /// Forwards to `caller`; calls without a `grpc-timeout` get `default_timeout`.
+    pub fn new(caller: Arc<dyn Caller>, default_timeout: Duration) -> Forwarder<S> {
+        Forwarder { caller, default_timeout, service: PhantomData }
+    }
+}
+
+impl<S: ServiceName> NamedService for Forwarder<S> {
+    const NAME: &'static str = S::NAME;
+}
+
+impl<S, B> Service<http::Request<B>> for Forwarder<S>
+where
+    S: ServiceName,
+    B: Body + Send + 'static,
+    B::Error: Into<StdError> + Send + 'static,
+{
+    type Response = http::Response<tonic::body::Body>;
+    type Error = Infallible;
+    type Future = BoxFuture<'static, Result<Self::Response, Infallible>>;
+
+    fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, req: http::Request<B>) -> Self::Future {
+        let handler = Handler {
+            caller: self.caller.clone(),
+            path: req.uri().path().to_owned(),
+            default_timeout: self.default_timeout,
+        };
+        Box::pin(async move { Ok(Grpc::new(RawCodec).unary(handler, req).await) })
+    }
+}
+
+/// One call: knows its path, which the codec-level request no longer carries.
+struct Handler {
+    caller: Arc<dyn Caller>,
+    path: String,
+    default_timeout: Duration,
+}
+
+impl UnaryService<Bytes> for Handler {
+    type Response = Bytes;
+    type Future = BoxFuture<'static, Result<tonic::Response<Bytes>, Status>>;
+
+    fn call(&mut self, request: tonic::Request<Bytes>) -> Self::Future {
+        let method = MethodPath::parse(&self.path);
+        let timeout = match request.metadata().get("grpc-timeout") {
+            Some(value) => value.to_str().ok().and_then(parse_grpc_timeout).map(leave_room_for_tonic),
+            None => Some(self.default_timeout),
+        };
+        let key = request.metadata().get(IDEMPOTENCY_KEY).map(|v| v.to_str().map(str::to_owned));
+        let caller = self.caller.clone();
+        Box::pin(async move {
+            let method = method.map_err(|e| Status::unimplemented(e.to_string()))?;
+            let timeout = timeout.ok_or_else(|| Status::invalid_argument("malformed grpc-timeout header"))?;
+            let key = key
+                .transpose()
+                .map_err(|_| Status::invalid_argument(format!("{IDEMPOTENCY_KEY} metadata must be printable ASCII")))?;
+            caller.call(method, request.into_inner(), timeout, key).await.map(tonic::Response::new)
+        })
+    }
+}
+
+/// tonic's server enforces `grpc-timeout` itself and then answers CANCELLED ("Timeout
+/// expired"); ending our wait slightly earlier lets the app see DEADLINE_EXCEEDED with the
+/// reason (link down or gateway silent) instead.
+fn leave_room_for_tonic(timeout: Duration) -> Duration {
+    timeout.saturating_sub((timeout / 20).min(Duration::from_millis(50)))
+}
+
+/// Parses a `grpc-timeout` header value (`<up to 8 digits><H|M|S|m|u|n>`).
+pub fn parse_grpc_timeout(value: &str) -> Option<Duration> {
+    if value.len() < 2 || value.len() > 9 || !value.is_ascii() {
+        return None;
+    }
+    let (digits, unit) = value.split_at(value.len() - 1);
+    if !digits.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    let n: u64 = digits.parse().ok()?;
+    Some(match unit {
+        "H" => Duration::from_secs(n * 3600),
+        "M" => Duration::from_secs(n * 60),
+        "S" => Duration::from_secs(n),
+        "m" => Duration::from_millis(n),
+        "u" => Duration::from_micros(n),
+        "n" => Duration::from_nanos(n),
+        _ => return None,
+    })
+}
+
+/// Serves the forwarded partner services on `listener` until `shutdown` resolves.
+pub async fn serve(
+    listener: TcpListener,
+    caller: Arc<dyn Caller>,
+    default_timeout: Duration,
+    shutdown: impl Future<Output = ()> + Send,
+) -> Result<(), tonic::transport::Error> {
+    tonic::transport::Server::builder()
+        .add_service(Forwarder::<ParkingPayment>::new(caller, default_timeout))
+        .serve_with_incoming_shutdown(TcpListenerStream::new(listener), shutdown)
+        .await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn grpc_timeout_units() {
+        assert_eq!(parse_grpc_timeout("10S"), Some(Duration::from_secs(10)));
+        assert_eq!(parse_grpc_timeout("2H"), Some(Duration::from_secs(7200)));
+        assert_eq!(parse_grpc_timeout("3M"), Some(Duration::from_secs(180)));
+        assert_eq!(parse_grpc_timeout("1500m"), Some(Duration::from_millis(1500)));
+        assert_eq!(parse_grpc_timeout("99999999u"), Some(Duration::from_micros(99_999_999)));
+        assert_eq!(parse_grpc_timeout("7n"), Some(Duration::from_nanos(7)));
+        for bad in ["", "S", "10", "10s", "123456789S", "-1S", "+1S", "1.5S", "１S"] {
+            assert_eq!(parse_grpc_timeout(bad), None, "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn room_for_tonic_is_small() {
+        assert_eq!(leave_room_for_tonic(Duration::from_secs(10)), Duration::from_millis(9950));
+        assert_eq!(leave_room_for_tonic(Duration::from_millis(100)), Duration::from_millis(95));
+        assert_eq!(leave_room_for_tonic(Duration::ZERO), Duration::ZERO);
+    }
+}

@@ -1,0 +1,158 @@
+//! The car's TLS identity: CA, certificate and key files turned into a rustls client config.
+//!
+//! Error messages name files and fields but never echo file contents, so a misplaced key
+//! cannot end up in a log.
+
+use std::path::Path;
+use std::sync::Arc;
+
+use rustls::client::WebPkiServerVerifier;
+use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
+use rustls::{ClientConfig, DigitallySignedStruct, RootCertStore, SignatureScheme};
+use rustls_pki_types::pem::{self, PemObject};
+use rustls_pki_types::{CertificateDer, PrivateKeyDer, ServerName, UnixTime};
+use x509_parser::prelude::{FromDer, X509Certificate};
+
+use proto::Vin;
+use proto::identity::VEHICLE_ROLE;
+
+use crate::config::{AgentConfig, ConfigError};
+
+/// Who this car is and how it proves it to the gateway.
+#[derive(Debug, Clone)]
+pub struct Identity {
+    /// The VIN in the certificate's subject CN.
+    pub vin: Vin,
+    /// Trusts only the configured CA, presents the car's certificate.
+    pub client_config: Arc<ClientConfig>,
+}
+
+impl Identity {
+    /// Validates `config` and loads its CA, certificate and key.
+    pub fn load(config: &AgentConfig) -> Result<Identity, ConfigError> {
+        config.validate_values()?;
+        let server_name = ServerName::try_from(config.server_name()?)
+            .expect("validated by AgentConfig::server_name");
+        // Our own provider rather than the process default, so a second provider linked
+        // into the binary cannot make the builder panic.
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+
+        let mut roots = RootCertStore::empty();
+        for ca in read_certs("ca_cert", &config.ca_cert)? {
+            roots.add(ca).map_err(|e| {
+                ConfigError::invalid("ca_cert", format!("{}: unusable CA certificate: {e}", config.ca_cert.display()))
+            })?;
+        }
+        let chain = read_certs("cert", &config.cert)?;
+        let vin = vin_of_certificate(&chain[0]).map_err(|m| ConfigError::invalid("cert", format!("{}: {m}", config.cert.display())))?;
+        let key = read_key(&config.key)?;
+
+        let verifier = FixedNameVerifier {
+            inner: WebPkiServerVerifier::builder_with_provider(Arc::new(roots), provider.clone())
+                .build()
+                .map_err(|e| ConfigError::invalid("ca_cert", format!("{}: {e}", config.ca_cert.display())))?,
+            name: server_name,
+        };
+        let client_config = ClientConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .map_err(|e| ConfigError::invalid("cert", format!("TLS setup failed: {e}")))?
+            .dangerous()
+            .with_custom_certificate_verifier(Arc::new(verifier))
+            .with_client_auth_cert(chain, key)
+            .map_err(|e| {
+                ConfigError::invalid(
+                    "key",
+                    format!("{} does not fit the certificate in {}: {e}", config.key.display(), config.cert.display()),
+                )
+            })?;
+        Ok(Identity { vin, client_config: Arc::new(client_config) })
+    }
+}
+
+/// The VIN a vehicle certificate names: its subject CN, provided its OU is `vehicle`.
+pub fn vin_of_certificate(der: &CertificateDer<'_>) -> Result<Vin, String> {
+    let (_, cert) = X509Certificate::from_der(der).map_err(|e| format!("not a valid X.509 certificate: {e}"))?;
+    let subject = cert.subject();
+    let ous: Vec<&str> = subject.iter_organizational_unit().filter_map(|a| a.as_str().ok()).collect();
+    if !ous.contains(&VEHICLE_ROLE) {
+        return Err(format!(
+            "not a vehicle certificate: subject OU is {ous:?}, expected \"{VEHICLE_ROLE}\" (subject: {subject})"
+        ));
+    }
+    let cn = subject
+        .iter_common_name()
+        .next()
+        .and_then(|a| a.as_str().ok())
+        .ok_or_else(|| format!("the subject has no CN to take the VIN from (subject: {subject})"))?;
+    Vin::parse(cn).map_err(|e| format!("the subject CN is not a VIN: {e}"))
+}
+
+fn read_file(field: &'static str, path: &Path) -> Result<Vec<u8>, ConfigError> {
+    std::fs::read(path).map_err(|e| ConfigError::invalid(field, format!("cannot read {}: {e}", path.display())))
+}
+
+fn read_certs(field: &'static str, path: &Path) -> Result<Vec<CertificateDer<'static>>, ConfigError> {
+    let pem = read_file(field, path)?;
+    let certs = CertificateDer::pem_slice_iter(&pem)
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| ConfigError::invalid(field, format!("{} is not valid PEM: {e}", path.display())))?;
+    if certs.is_empty() {
+        return Err(ConfigError::invalid(field, format!("{} contains no PEM certificate", path.display())));
+    }
+    Ok(certs)
+}
+
+fn read_key(path: &Path) -> Result<PrivateKeyDer<'static>, ConfigError> {
+    let pem = read_file("key", path)?;
+    PrivateKeyDer::from_pem_slice(&pem).map_err(|e| {
+        // pem errors can quote lines of the file: say only what kind of problem it was.
+        let why = match e {
+            pem::Error::NoItemsFound => "contains no PEM private key",
+            _ => "is not a valid PEM private key (PKCS#8, PKCS#1 or SEC1)",
+        };
+        ConfigError::invalid("key", format!("{} {why}", path.display()))
+    })
+}
+
+/// Checks the gateway's certificate against the configured name instead of the dialled host,
+/// because rumqttc always verifies against the host it connects to.
+#[derive(Debug)]
+struct FixedNameVerifier {
+    inner: Arc<WebPkiServerVerifier>,
+    name: ServerName<'static>,
+}
+
+impl ServerCertVerifier for FixedNameVerifier {
+    fn verify_server_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        _dialled: &ServerName<'_>,
+        ocsp_response: &[u8],
+        now: UnixTime,
+    ) -> Result<ServerCertVerified, rustls::Error> {
+        self.inner.verify_server_cert(end_entity, intermediates, &self.name, ocsp_response, now)
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        self.inner.verify_tls12_signature(message, cert, dss)
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        self.inner.verify_tls13_signature(message, cert, dss)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.inner.supported_verify_schemes()
+    }
+}
