@@ -7,7 +7,7 @@
 use std::sync::Arc;
 
 use proto::Vin;
-use rumqttd::local::{LinkBuilder, LinkError, LinkRx, LinkTx};
+use rumqttd::local::{LinkBuilder, LinkRx, LinkTx};
 use rumqttd::{Notification, Router, RouterConfig};
 
 /// Who a new link is for.
@@ -21,10 +21,21 @@ pub struct LinkSpec {
     pub clean_session: bool,
 }
 
+/// The router refused or dropped a link (rumqttd's own error type is too large to pass around).
+#[derive(Debug, Clone, thiserror::Error)]
+#[error("router: {0}")]
+pub struct BusError(pub String);
+
+impl From<rumqttd::local::LinkError> for BusError {
+    fn from(e: rumqttd::local::LinkError) -> Self {
+        BusError(e.to_string())
+    }
+}
+
 /// Both halves of a link plus the router's CONNACK.
 pub type Link = (LinkTx, LinkRx, Notification);
 
-type LinkFactory = dyn Fn(LinkSpec) -> Result<Link, LinkError> + Send + Sync;
+type LinkFactory = dyn Fn(LinkSpec) -> Result<Link, BusError> + Send + Sync;
 
 /// A running router; cheap to clone.
 #[derive(Clone)]
@@ -52,17 +63,18 @@ impl Bus {
                 .tenant_id(spec.tenant.map(|v| v.to_string()))
                 .clean_session(spec.clean_session)
                 .build()
+                .map_err(BusError::from)
         };
         Bus { make_link: Arc::new(make_link) }
     }
 
     /// Attaches a new link. Building one waits for the router's answer, so it runs off the
     /// async worker threads.
-    pub async fn link(&self, spec: LinkSpec) -> Result<Link, LinkError> {
+    pub async fn link(&self, spec: LinkSpec) -> Result<Link, BusError> {
         let make = self.make_link.clone();
         match tokio::task::spawn_blocking(move || make(spec)).await {
             Ok(result) => result,
-            Err(_) => Err(LinkError::NotConnectionAck),
+            Err(e) => Err(BusError(format!("link builder failed: {e}"))),
         }
     }
 }

@@ -53,8 +53,8 @@ pub enum StartError {
     #[error(transparent)]
     Partner(#[from] routing::partners::PartnerSetupError),
     /// The in-process router refused the dispatcher.
-    #[error("router: {0}")]
-    Router(#[from] rumqttd::local::LinkError),
+    #[error(transparent)]
+    Router(#[from] bus::BusError),
 }
 
 /// Binds `addr` with a large accept backlog.
@@ -97,7 +97,7 @@ impl Gateway {
                 }
             });
         }
-        ready_rx.await.map_err(|_| rumqttd::local::LinkError::NotConnectionAck)??;
+        ready_rx.await.map_err(|_| bus::BusError("dispatcher did not start".into()))??;
 
         let settings = broker::ListenerSettings {
             handshake_timeout: config.mqtt.handshake_timeout,

@@ -333,3 +333,114 @@ pub async fn disconnected(events: &mut broadcast::Receiver<SessionEvent>, vin: &
     )
     .await
 }
+
+/// Polls a raw client until its CONNACK arrives (or the connection fails).
+pub async fn connack(eventloop: &mut EventLoop) -> Result<rumqttc::ConnAck, rumqttc::ConnectionError> {
+    within(
+        Duration::from_secs(10),
+        async {
+            loop {
+                if let rumqttc::Event::Incoming(rumqttc::Packet::ConnAck(ack)) = eventloop.poll().await? {
+                    return Ok(ack);
+                }
+            }
+        },
+        "CONNACK",
+    )
+    .await
+}
+
+/// Polls a raw client until a packet matching `pick` arrives, returning what `pick` returns.
+pub async fn next_incoming<T>(
+    eventloop: &mut EventLoop,
+    mut pick: impl FnMut(&rumqttc::Packet) -> Option<T>,
+) -> Result<T, rumqttc::ConnectionError> {
+    within(
+        Duration::from_secs(10),
+        async {
+            loop {
+                if let rumqttc::Event::Incoming(packet) = eventloop.poll().await?
+                    && let Some(found) = pick(&packet)
+                {
+                    return Ok(found);
+                }
+            }
+        },
+        "incoming packet",
+    )
+    .await
+}
+
+/// Polls until the gateway closes the connection, returning the error that ended it.
+pub async fn closed(eventloop: &mut EventLoop) -> rumqttc::ConnectionError {
+    within(
+        Duration::from_secs(10),
+        async {
+            loop {
+                if let Err(e) = eventloop.poll().await {
+                    return e;
+                }
+            }
+        },
+        "connection closed",
+    )
+    .await
+}
+
+/// Encodes a vehicle request envelope.
+pub fn envelope(request_id: &str, method: &str, payload: Vec<u8>) -> Vec<u8> {
+    use prost::Message;
+    proto::vehicle::v1::Request {
+        request_id: request_id.into(),
+        idempotency_key: String::new(),
+        method: method.into(),
+        timeout_ms: 5_000,
+        payload,
+    }
+    .encode_to_vec()
+}
+
+/// Decodes the payload of a publish as a response envelope.
+pub fn response_of(packet: &rumqttc::Packet) -> Option<proto::vehicle::v1::Response> {
+    use prost::Message;
+    match packet {
+        rumqttc::Packet::Publish(p) => proto::vehicle::v1::Response::decode(p.payload.clone()).ok(),
+        _ => None,
+    }
+}
+
+/// A raw car: connected, subscribed to its own responses, ready to publish envelopes.
+pub struct RawCar {
+    /// The VIN.
+    pub vin: Vin,
+    /// The client.
+    pub client: AsyncClient,
+    /// Its event loop; poll it to make progress.
+    pub eventloop: EventLoop,
+}
+
+impl RawCar {
+    /// Connects as `vin` with its own certificate and subscribes to its responses.
+    pub async fn connect(platform: &Platform, vin: &str) -> RawCar {
+        let creds = platform.pki.vehicle(vin);
+        let (client, mut eventloop) = platform.mqtt_client(&creds, vin);
+        connack(&mut eventloop).await.expect("raw car connects");
+        let vin = Vin::parse(vin).unwrap();
+        client.subscribe(proto::topics::responses(&vin), rumqttc::QoS::AtLeastOnce).await.unwrap();
+        next_incoming(&mut eventloop, |p| matches!(p, rumqttc::Packet::SubAck(_)).then_some(())).await.unwrap();
+        RawCar { vin, client, eventloop }
+    }
+
+    /// Publishes raw bytes on this car's request topic.
+    pub async fn publish_request(&mut self, bytes: Vec<u8>) {
+        self.client
+            .publish(proto::topics::requests(&self.vin), rumqttc::QoS::AtLeastOnce, false, bytes)
+            .await
+            .unwrap();
+    }
+
+    /// The next response envelope delivered to this car.
+    pub async fn next_response(&mut self) -> proto::vehicle::v1::Response {
+        next_incoming(&mut self.eventloop, response_of).await.expect("response")
+    }
+}

@@ -1,5 +1,6 @@
 //! The `vehicle-agent` command line: `run` the agent, or `call` a partner through a running one.
 
+use std::io::IsTerminal;
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::str::FromStr;
@@ -70,9 +71,13 @@ pub fn main() -> ExitCode {
     let _ = rustls::crypto::ring::default_provider().install_default();
     match Cli::parse().command {
         Command::Run { config } => run(config),
-        Command::Call { method, json, agent, timeout, idempotency_key } => {
-            call(&method, &json, &agent, timeout, idempotency_key.as_deref())
-        }
+        Command::Call {
+            method,
+            json,
+            agent,
+            timeout,
+            idempotency_key,
+        } => call(&method, &json, &agent, timeout, idempotency_key.as_deref()),
     }
 }
 
@@ -95,6 +100,7 @@ fn run(config_path: Option<PathBuf>) -> ExitCode {
                 .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
         )
         .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal())
         .init();
     let runtime = match tokio::runtime::Runtime::new() {
         Ok(rt) => rt,
@@ -149,13 +155,18 @@ fn call(method: &str, json: &str, agent: &str, timeout: Duration, key: Option<&s
         Err(e) => return fail(EXIT_USAGE, format!("--agent {agent:?} is not a URI: {e}")),
     };
     let path = PathAndQuery::from_str(method.as_str()).expect("a MethodPath is a valid URI path");
-    let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
         Ok(rt) => rt,
         Err(e) => return fail(EXIT_FAILURE, format!("cannot start the runtime: {e}")),
     };
     let result: Result<Bytes, Status> = runtime.block_on(async {
         let mut grpc = tonic::client::Grpc::new(endpoint.connect_lazy());
-        grpc.ready().await.map_err(|e| Status::unavailable(format!("the agent at {agent} is unreachable: {e}")))?;
+        grpc.ready().await.map_err(|e| {
+            Status::unavailable(format!("the agent at {agent} is unreachable: {e}"))
+        })?;
         let mut request = tonic::Request::new(payload);
         // Sent as grpc-timeout: the agent gives up (and tells the gateway) at the same moment.
         request.set_timeout(timeout);
@@ -166,9 +177,10 @@ fn call(method: &str, json: &str, agent: &str, timeout: Duration, key: Option<&s
         let slack = Duration::from_secs(2);
         match tokio::time::timeout(timeout + slack, grpc.unary(request, path, RawCodec)).await {
             Ok(response) => response.map(tonic::Response::into_inner),
-            Err(_) => Err(Status::deadline_exceeded(format!("the agent at {agent} did not answer within {}", {
-                humantime_serde::re::humantime::format_duration(timeout + slack)
-            }))),
+            Err(_) => Err(Status::deadline_exceeded(format!(
+                "the agent at {agent} did not answer within {}",
+                { humantime_serde::re::humantime::format_duration(timeout + slack) }
+            ))),
         }
     });
     match result {
@@ -179,6 +191,19 @@ fn call(method: &str, json: &str, agent: &str, timeout: Duration, key: Option<&s
             }
             Err(e) => fail(EXIT_FAILURE, e),
         },
-        Err(status) => fail(EXIT_FAILURE, format!("{:?}: {}", status.code(), status.message())),
+        Err(status) => fail(EXIT_FAILURE, describe_status(&status, agent)),
     }
+}
+
+/// `<Code>: <message>`; errors of our own transport (rather than answers) also say where
+/// and the root cause, since tonic's message alone is as terse as "tcp connect error".
+fn describe_status(status: &Status, agent: &str) -> String {
+    let text = format!("{:?}: {}", status.code(), status.message());
+    let Some(mut cause) = std::error::Error::source(status) else {
+        return text;
+    };
+    while let Some(next) = cause.source() {
+        cause = next;
+    }
+    format!("{text} (the agent at {agent}: {cause})")
 }

@@ -42,7 +42,7 @@ const KEYS: [&str; 11] = [
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
     /// The file or the environment could not be read or does not fit the schema.
-    #[error("{0}")]
+    #[error("{}", describe_load_error(.0))]
     Load(Box<figment::Error>),
     /// A value is out of range, or a file it names is missing or unusable.
     #[error("{field}: {message}")]
@@ -56,7 +56,20 @@ pub enum ConfigError {
 
 impl ConfigError {
     pub(crate) fn invalid(field: &'static str, message: impl Into<String>) -> ConfigError {
-        ConfigError::Invalid { field, message: message.into() }
+        ConfigError::Invalid {
+            field,
+            message: message.into(),
+        }
+    }
+}
+
+fn describe_load_error(e: &figment::Error) -> String {
+    match &e.kind {
+        figment::error::Kind::MissingField(field) => format!(
+            "{field}: missing: set it in the config file or as {ENV_PREFIX}{}",
+            field.to_ascii_uppercase()
+        ),
+        _ => e.to_string(),
     }
 }
 
@@ -146,7 +159,12 @@ fn default_max_payload_bytes() -> usize {
 
 impl AgentConfig {
     /// A configuration with the given endpoint and files and defaults for everything else.
-    pub fn new(gateway: impl Into<String>, ca_cert: PathBuf, cert: PathBuf, key: PathBuf) -> AgentConfig {
+    pub fn new(
+        gateway: impl Into<String>,
+        ca_cert: PathBuf,
+        cert: PathBuf,
+        key: PathBuf,
+    ) -> AgentConfig {
         AgentConfig {
             gateway: gateway.into(),
             server_name: None,
@@ -167,7 +185,10 @@ impl AgentConfig {
         let mut figment = Figment::new();
         if let Some(path) = path {
             if !path.is_file() {
-                return Err(ConfigError::invalid("config", format!("{} is not a readable file", path.display())));
+                return Err(ConfigError::invalid(
+                    "config",
+                    format!("{} is not a readable file", path.display()),
+                ));
             }
             figment = figment.merge(Toml::file_exact(path));
         }
@@ -199,7 +220,13 @@ impl AgentConfig {
 
     /// The checks that need no file; [`AgentConfig::validate`] runs them first.
     pub(crate) fn validate_values(&self) -> Result<(), ConfigError> {
-        self.gateway_addr()?;
+        if self.gateway_addr()?.0.contains(':') {
+            // rumqttc dials "host:port" unbracketed, which cannot work for an IPv6 literal.
+            return Err(ConfigError::invalid(
+                "gateway",
+                "IPv6 literals are not supported: use a host name",
+            ));
+        }
         self.server_name()?;
         let ka = self.keep_alive;
         if !(Duration::from_secs(5)..=Duration::from_secs(3600)).contains(&ka) {
@@ -209,7 +236,10 @@ impl AgentConfig {
             ));
         }
         if self.backoff_initial.is_zero() {
-            return Err(ConfigError::invalid("backoff_initial", "must be greater than zero"));
+            return Err(ConfigError::invalid(
+                "backoff_initial",
+                "must be greater than zero",
+            ));
         }
         if self.backoff_initial > self.backoff_max {
             return Err(ConfigError::invalid(
@@ -221,16 +251,23 @@ impl AgentConfig {
                 ),
             ));
         }
-        if self.default_timeout.is_zero() || self.default_timeout.as_millis() > u128::from(u32::MAX) {
+        if self.default_timeout.is_zero() || self.default_timeout.as_millis() > u128::from(u32::MAX)
+        {
             return Err(ConfigError::invalid(
                 "default_timeout",
-                format!("{} is out of range: it must be above zero and below 49 days", show(self.default_timeout)),
+                format!(
+                    "{} is out of range: it must be above zero and below 49 days",
+                    show(self.default_timeout)
+                ),
             ));
         }
         if self.max_payload_bytes == 0 || self.max_payload_bytes > MAX_PAYLOAD_LIMIT {
             return Err(ConfigError::invalid(
                 "max_payload_bytes",
-                format!("{} is out of range: it must be between 1 and {MAX_PAYLOAD_LIMIT}", self.max_payload_bytes),
+                format!(
+                    "{} is out of range: it must be between 1 and {MAX_PAYLOAD_LIMIT}",
+                    self.max_payload_bytes
+                ),
             ));
         }
         Ok(())
@@ -238,12 +275,20 @@ impl AgentConfig {
 
     /// The host and port of `gateway`.
     pub fn gateway_addr(&self) -> Result<(String, u16), ConfigError> {
-        let bad = || ConfigError::invalid("gateway", format!("{:?} is not of the form host:port", self.gateway));
+        let bad = || {
+            ConfigError::invalid(
+                "gateway",
+                format!("{:?} is not of the form host:port", self.gateway),
+            )
+        };
         let (host, port) = self.gateway.rsplit_once(':').ok_or_else(bad)?;
         let port: u16 = port.parse().map_err(|_| bad())?;
         // IPv6 literals are written in brackets, "[::1]:8883"; the brackets are not the host.
         let host = match host.strip_prefix('[').and_then(|h| h.strip_suffix(']')) {
-            Some(v6) => v6.parse::<std::net::Ipv6Addr>().map_err(|_| bad())?.to_string(),
+            Some(v6) => v6
+                .parse::<std::net::Ipv6Addr>()
+                .map_err(|_| bad())?
+                .to_string(),
             None if host.is_empty() || host.contains([':', '[', ']', '/']) => return Err(bad()),
             None => host.to_owned(),
         };
@@ -256,8 +301,9 @@ impl AgentConfig {
             Some(name) => ("server_name", name.clone()),
             None => ("gateway", self.gateway_addr()?.0),
         };
-        rustls_pki_types::ServerName::try_from(name.as_str())
-            .map_err(|_| ConfigError::invalid(field, format!("{name:?} is not a valid TLS server name")))?;
+        rustls_pki_types::ServerName::try_from(name.as_str()).map_err(|_| {
+            ConfigError::invalid(field, format!("{name:?} is not a valid TLS server name"))
+        })?;
         Ok(name)
     }
 }
@@ -272,7 +318,12 @@ mod tests {
     use figment::providers::Serialized;
 
     fn base() -> AgentConfig {
-        AgentConfig::new("localhost:8883", "ca.pem".into(), "car.pem".into(), "car.key".into())
+        AgentConfig::new(
+            "localhost:8883",
+            "ca.pem".into(),
+            "car.pem".into(),
+            "car.key".into(),
+        )
     }
 
     fn err_of(c: &AgentConfig) -> String {
@@ -298,7 +349,17 @@ mod tests {
         let mut c = base();
         c.gateway = "[::1]:1883".into();
         assert_eq!(c.gateway_addr().unwrap(), ("::1".to_owned(), 1883));
-        for bad in ["localhost", "localhost:", "localhost:99999", ":8883", "::1:8883", "[::1:8883", "[x]:1", "a/b:1"] {
+        assert!(err_of(&c).contains("IPv6"));
+        for bad in [
+            "localhost",
+            "localhost:",
+            "localhost:99999",
+            ":8883",
+            "::1:8883",
+            "[::1:8883",
+            "[x]:1",
+            "a/b:1",
+        ] {
             c.gateway = bad.into();
             let e = err_of(&c);
             assert!(e.starts_with("gateway:"), "{bad}: {e}");
@@ -314,7 +375,11 @@ mod tests {
     fn ranges_name_the_field() {
         let mut c = base();
         c.keep_alive = Duration::from_secs(4);
-        assert!(err_of(&c).starts_with("keep_alive: 4s is out of range"), "{}", err_of(&c));
+        assert!(
+            err_of(&c).starts_with("keep_alive: 4s is out of range"),
+            "{}",
+            err_of(&c)
+        );
         c.keep_alive = Duration::from_secs(3601);
         assert!(err_of(&c).starts_with("keep_alive:"));
         c.keep_alive = Duration::from_secs(5);
@@ -322,7 +387,10 @@ mod tests {
 
         let mut c = base();
         c.backoff_initial = Duration::from_secs(61);
-        assert_eq!(err_of(&c), "backoff_initial: 1m 1s is greater than backoff_max (1m)");
+        assert_eq!(
+            err_of(&c),
+            "backoff_initial: 1m 1s is greater than backoff_max (1m)"
+        );
         c.backoff_initial = Duration::ZERO;
         assert!(err_of(&c).starts_with("backoff_initial:"));
 
@@ -367,13 +435,24 @@ mod tests {
         let path = dir.path().join("agent.toml");
         std::fs::write(&path, "ca_cert = \"ca.pem\"\nkey = \"k\"\n").unwrap();
         let e = AgentConfig::load(Some(&path)).unwrap_err().to_string();
-        assert!(e.contains("cert"), "{e}");
+        assert_eq!(
+            e,
+            "cert: missing: set it in the config file or as AGENT_CERT"
+        );
 
-        std::fs::write(&path, "ca_cert = \"a\"\ncert = \"b\"\nkey = \"c\"\nkeepalive = \"1s\"\n").unwrap();
+        std::fs::write(
+            &path,
+            "ca_cert = \"a\"\ncert = \"b\"\nkey = \"c\"\nkeepalive = \"1s\"\n",
+        )
+        .unwrap();
         let e = AgentConfig::load(Some(&path)).unwrap_err().to_string();
         assert!(e.contains("keepalive"), "{e}");
 
-        std::fs::write(&path, "ca_cert = \"a\"\ncert = \"b\"\nkey = \"c\"\nkeep_alive = \"soon\"\n").unwrap();
+        std::fs::write(
+            &path,
+            "ca_cert = \"a\"\ncert = \"b\"\nkey = \"c\"\nkeep_alive = \"soon\"\n",
+        )
+        .unwrap();
         let e = AgentConfig::load(Some(&path)).unwrap_err().to_string();
         assert!(e.contains("keep_alive"), "{e}");
     }

@@ -13,6 +13,8 @@
 //! - [`agent`]: [`Agent`], both together;
 //! - [`cli`]: the `vehicle-agent` command line.
 
+#![warn(missing_docs)]
+
 pub mod agent;
 pub mod backoff;
 pub mod cli;

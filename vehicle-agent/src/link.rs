@@ -11,8 +11,8 @@ use std::time::Duration;
 use bytes::Bytes;
 use prost::Message;
 use rumqttc::{
-    AsyncClient, ConnectionError, Event as MqttEvent, EventLoop, MqttOptions, Outgoing, Packet, Publish, QoS,
-    SubscribeFilter, SubscribeReasonCode, TlsConfiguration, Transport,
+    AsyncClient, ConnectionError, Event as MqttEvent, EventLoop, MqttOptions, Outgoing, Packet,
+    Publish, QoS, SubscribeFilter, SubscribeReasonCode, TlsConfiguration, Transport,
 };
 use tokio::sync::{broadcast, watch};
 use tokio::task::JoinHandle;
@@ -97,7 +97,9 @@ impl GatewayLink {
             .set_keep_alive(config.keep_alive)
             .set_clean_session(true)
             .set_max_packet_size(max_packet, max_packet)
-            .set_transport(Transport::tls_with_config(TlsConfiguration::Rustls(identity.client_config)));
+            .set_transport(Transport::tls_with_config(TlsConfiguration::Rustls(
+                identity.client_config,
+            )));
         let (client, eventloop) = AsyncClient::new(options, REQUEST_CHANNEL_CAPACITY);
 
         let core = Arc::new(Core {
@@ -108,14 +110,24 @@ impl GatewayLink {
             event_topic: topics::events(&vin),
             vin,
             max_payload_bytes: config.max_payload_bytes,
-            state: Mutex::new(State { pending: PendingRequests::new(), closed: false, last_event_sequence: 0 }),
+            state: Mutex::new(State {
+                pending: PendingRequests::new(),
+                closed: false,
+                last_event_sequence: 0,
+            }),
             connected: watch::Sender::new(false),
             events: broadcast::Sender::new(EVENT_CHANNEL_CAPACITY),
         });
         let (stop, stop_rx) = watch::channel(false);
         let backoff = Backoff::new(config.backoff_initial, config.backoff_max);
         let task = tokio::spawn(run(core.clone(), eventloop, backoff, stop_rx));
-        Ok(GatewayLink { inner: Arc::new(Inner { core, stop, task: Mutex::new(Some(task)) }) })
+        Ok(GatewayLink {
+            inner: Arc::new(Inner {
+                core,
+                stop,
+                task: Mutex::new(Some(task)),
+            }),
+        })
     }
 
     /// The VIN this link speaks for.
@@ -180,7 +192,9 @@ impl GatewayLink {
         }
         let now = Instant::now();
         // A deadline beyond what Instant can hold is as good as none: about 30 years.
-        let deadline = now.checked_add(timeout).unwrap_or_else(|| now + Duration::from_secs(86_400 * 365 * 30));
+        let deadline = now
+            .checked_add(timeout)
+            .unwrap_or_else(|| now + Duration::from_secs(86_400 * 365 * 30));
         let request_id = uuid::Uuid::new_v4().to_string();
         let request = Request {
             idempotency_key: idempotency_key.unwrap_or_else(|| request_id.clone()),
@@ -198,10 +212,17 @@ impl GatewayLink {
             let reply = state.pending.insert(request, deadline);
             // Decided under the lock the event loop takes to republish, so that exactly one
             // of us publishes a request made while the link comes up.
-            let first = if *core.connected.borrow() { state.pending.prepare(&request_id, now) } else { None };
+            let first = if *core.connected.borrow() {
+                state.pending.prepare(&request_id, now)
+            } else {
+                None
+            };
             (reply, first)
         };
-        let _forget = Forget { core, request_id: &request_id };
+        let _forget = Forget {
+            core,
+            request_id: &request_id,
+        };
         debug!(request_id, %method, published = first.is_some(), "call");
 
         let outcome = tokio::time::timeout_at(deadline, async {
@@ -229,7 +250,12 @@ impl GatewayLink {
             state.pending.clear();
         }
         self.inner.stop.send_replace(true);
-        let task = self.inner.task.lock().unwrap_or_else(PoisonError::into_inner).take();
+        let task = self
+            .inner
+            .task
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .take();
         if let Some(task) = task
             && let Err(e) = task.await
         {
@@ -241,9 +267,15 @@ impl GatewayLink {
 fn deadline_exceeded(timeout: Duration, published: bool, up: bool) -> Status {
     let after = humantime_serde::re::humantime::format_duration(timeout);
     Status::deadline_exceeded(match (published, up) {
-        (false, _) => format!("no response within {after}: the link to the gateway was down, the request was never sent"),
-        (true, false) => format!("no response within {after}: the link to the gateway went down after the request was sent"),
-        (true, true) => format!("no response within {after} from the gateway (the link to the gateway is up)"),
+        (false, _) => format!(
+            "no response within {after}: the link to the gateway was down, the request was never sent"
+        ),
+        (true, false) => format!(
+            "no response within {after}: the link to the gateway went down after the request was sent"
+        ),
+        (true, true) => {
+            format!("no response within {after} from the gateway (the link to the gateway is up)")
+        }
     })
 }
 
@@ -268,7 +300,11 @@ impl Core {
     async fn publish(&self, request: Request) {
         let request_id = request.request_id.clone();
         let bytes = request.encode_to_vec();
-        if let Err(e) = self.client.publish(self.request_topic.as_str(), QoS::AtLeastOnce, false, bytes).await {
+        if let Err(e) = self
+            .client
+            .publish(self.request_topic.as_str(), QoS::AtLeastOnce, false, bytes)
+            .await
+        {
             // Only when the event loop is gone; the request stays pending until its deadline.
             debug!(request_id, error = %e, "could not queue a request");
         }
@@ -291,7 +327,10 @@ impl Core {
     }
 
     fn on_subscribed(self: &Arc<Self>, codes: &[SubscribeReasonCode]) {
-        if codes.iter().any(|c| matches!(c, SubscribeReasonCode::Failure)) {
+        if codes
+            .iter()
+            .any(|c| matches!(c, SubscribeReasonCode::Failure))
+        {
             error!(
                 topics = %format!("{}, {}", self.response_topic, self.event_topic),
                 "the gateway refused the subscription; calls cannot be answered"
@@ -320,10 +359,15 @@ impl Core {
                 Ok(response) => {
                     let request_id = response.request_id.clone();
                     if !self.lock().pending.complete(response) {
-                        debug!(request_id, "ignoring a response nobody waits for (duplicate, late or unknown)");
+                        debug!(
+                            request_id,
+                            "ignoring a response nobody waits for (duplicate, late or unknown)"
+                        );
                     }
                 }
-                Err(e) => warn!(bytes = publish.payload.len(), error = %e, "dropping a malformed response"),
+                Err(e) => {
+                    warn!(bytes = publish.payload.len(), error = %e, "dropping a malformed response")
+                }
             }
         } else if publish.topic == self.event_topic {
             match Event::decode(publish.payload.clone()) {
@@ -339,20 +383,32 @@ impl Core {
                             state.last_event_sequence = event.sequence;
                         }
                     }
-                    debug!(partner = event.partner, kind = event.kind, sequence = event.sequence, "event");
+                    debug!(
+                        partner = event.partner,
+                        kind = event.kind,
+                        sequence = event.sequence,
+                        "event"
+                    );
                     // No subscriber is fine: nobody in the car is listening right now.
                     let _ = self.events.send(event);
                 }
-                Err(e) => warn!(bytes = publish.payload.len(), error = %e, "dropping a malformed event"),
+                Err(e) => {
+                    warn!(bytes = publish.payload.len(), error = %e, "dropping a malformed event")
+                }
             }
         } else {
-            debug!(topic = publish.topic, "ignoring a message on an unexpected topic");
+            debug!(
+                topic = publish.topic,
+                "ignoring a message on an unexpected topic"
+            );
         }
     }
 
     fn on_error(&self, error: &ConnectionError, delay: Duration) {
         let was_up = self.connected.send_replace(false);
-        let retry_in = humantime_serde::re::humantime::format_duration(delay);
+        let retry_in = humantime_serde::re::humantime::format_duration(Duration::from_millis(
+            u64::try_from(delay.as_millis()).unwrap_or(u64::MAX),
+        ));
         if was_up {
             warn!(gateway = %self.gateway, reason = %error, %retry_in, "disconnected from the gateway");
         } else {
@@ -362,7 +418,12 @@ impl Core {
 }
 
 /// The event-loop task: polls until stopped, reconnecting with backoff.
-async fn run(core: Arc<Core>, mut eventloop: EventLoop, mut backoff: Backoff, mut stop: watch::Receiver<bool>) {
+async fn run(
+    core: Arc<Core>,
+    mut eventloop: EventLoop,
+    mut backoff: Backoff,
+    mut stop: watch::Receiver<bool>,
+) {
     loop {
         let event = tokio::select! {
             biased;

@@ -15,9 +15,9 @@ use bytes::Bytes;
 use futures::future::BoxFuture;
 use tokio::net::TcpListener;
 use tokio_stream::wrappers::TcpListenerStream;
+use tonic::Status;
 use tonic::codegen::{Body, Service, StdError};
 use tonic::server::{Grpc, NamedService, UnaryService};
-use tonic::Status;
 
 use proto::MethodPath;
 use proto::metadata::IDEMPOTENCY_KEY;
@@ -46,7 +46,9 @@ impl Caller for GatewayLink {
         idempotency_key: Option<String>,
     ) -> BoxFuture<'static, Result<Bytes, Status>> {
         let link = self.clone();
-        Box::pin(async move { GatewayLink::call(&link, &method, payload, timeout, idempotency_key).await })
+        Box::pin(async move {
+            GatewayLink::call(&link, &method, payload, timeout, idempotency_key).await
+        })
     }
 }
 
@@ -73,20 +75,30 @@ pub struct Forwarder<S> {
 
 impl<S> Clone for Forwarder<S> {
     fn clone(&self) -> Self {
-        Forwarder { caller: self.caller.clone(), default_timeout: self.default_timeout, service: PhantomData }
+        Forwarder {
+            caller: self.caller.clone(),
+            default_timeout: self.default_timeout,
+            service: PhantomData,
+        }
     }
 }
 
 impl<S> std::fmt::Debug for Forwarder<S> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Forwarder").field("default_timeout", &self.default_timeout).finish_non_exhaustive()
+        f.debug_struct("Forwarder")
+            .field("default_timeout", &self.default_timeout)
+            .finish_non_exhaustive()
     }
 }
 
 impl<S: ServiceName> Forwarder<S> {
     /// Forwards to `caller`; calls without a `grpc-timeout` get `default_timeout`.
     pub fn new(caller: Arc<dyn Caller>, default_timeout: Duration) -> Forwarder<S> {
-        Forwarder { caller, default_timeout, service: PhantomData }
+        Forwarder {
+            caller,
+            default_timeout,
+            service: PhantomData,
+        }
     }
 }
 
@@ -132,18 +144,31 @@ impl UnaryService<Bytes> for Handler {
     fn call(&mut self, request: tonic::Request<Bytes>) -> Self::Future {
         let method = MethodPath::parse(&self.path);
         let timeout = match request.metadata().get("grpc-timeout") {
-            Some(value) => value.to_str().ok().and_then(parse_grpc_timeout).map(leave_room_for_tonic),
+            Some(value) => value
+                .to_str()
+                .ok()
+                .and_then(parse_grpc_timeout)
+                .map(leave_room_for_tonic),
             None => Some(self.default_timeout),
         };
-        let key = request.metadata().get(IDEMPOTENCY_KEY).map(|v| v.to_str().map(str::to_owned));
+        let key = request
+            .metadata()
+            .get(IDEMPOTENCY_KEY)
+            .map(|v| v.to_str().map(str::to_owned));
         let caller = self.caller.clone();
         Box::pin(async move {
             let method = method.map_err(|e| Status::unimplemented(e.to_string()))?;
-            let timeout = timeout.ok_or_else(|| Status::invalid_argument("malformed grpc-timeout header"))?;
-            let key = key
-                .transpose()
-                .map_err(|_| Status::invalid_argument(format!("{IDEMPOTENCY_KEY} metadata must be printable ASCII")))?;
-            caller.call(method, request.into_inner(), timeout, key).await.map(tonic::Response::new)
+            let timeout =
+                timeout.ok_or_else(|| Status::invalid_argument("malformed grpc-timeout header"))?;
+            let key = key.transpose().map_err(|_| {
+                Status::invalid_argument(format!(
+                    "{IDEMPOTENCY_KEY} metadata must be printable ASCII"
+                ))
+            })?;
+            caller
+                .call(method, request.into_inner(), timeout, key)
+                .await
+                .map(tonic::Response::new)
         })
     }
 }
@@ -198,18 +223,40 @@ mod tests {
         assert_eq!(parse_grpc_timeout("10S"), Some(Duration::from_secs(10)));
         assert_eq!(parse_grpc_timeout("2H"), Some(Duration::from_secs(7200)));
         assert_eq!(parse_grpc_timeout("3M"), Some(Duration::from_secs(180)));
-        assert_eq!(parse_grpc_timeout("1500m"), Some(Duration::from_millis(1500)));
-        assert_eq!(parse_grpc_timeout("99999999u"), Some(Duration::from_micros(99_999_999)));
+        assert_eq!(
+            parse_grpc_timeout("1500m"),
+            Some(Duration::from_millis(1500))
+        );
+        assert_eq!(
+            parse_grpc_timeout("99999999u"),
+            Some(Duration::from_micros(99_999_999))
+        );
         assert_eq!(parse_grpc_timeout("7n"), Some(Duration::from_nanos(7)));
-        for bad in ["", "S", "10", "10s", "123456789S", "-1S", "+1S", "1.5S", "１S"] {
+        for bad in [
+            "",
+            "S",
+            "10",
+            "10s",
+            "123456789S",
+            "-1S",
+            "+1S",
+            "1.5S",
+            "１S",
+        ] {
             assert_eq!(parse_grpc_timeout(bad), None, "{bad:?}");
         }
     }
 
     #[test]
     fn room_for_tonic_is_small() {
-        assert_eq!(leave_room_for_tonic(Duration::from_secs(10)), Duration::from_millis(9950));
-        assert_eq!(leave_room_for_tonic(Duration::from_millis(100)), Duration::from_millis(95));
+        assert_eq!(
+            leave_room_for_tonic(Duration::from_secs(10)),
+            Duration::from_millis(9950)
+        );
+        assert_eq!(
+            leave_room_for_tonic(Duration::from_millis(100)),
+            Duration::from_millis(95)
+        );
         assert_eq!(leave_room_for_tonic(Duration::ZERO), Duration::ZERO);
     }
 }

@@ -40,17 +40,23 @@ impl Identity {
         let mut roots = RootCertStore::empty();
         for ca in read_certs("ca_cert", &config.ca_cert)? {
             roots.add(ca).map_err(|e| {
-                ConfigError::invalid("ca_cert", format!("{}: unusable CA certificate: {e}", config.ca_cert.display()))
+                ConfigError::invalid(
+                    "ca_cert",
+                    format!("{}: unusable CA certificate: {e}", config.ca_cert.display()),
+                )
             })?;
         }
         let chain = read_certs("cert", &config.cert)?;
-        let vin = vin_of_certificate(&chain[0]).map_err(|m| ConfigError::invalid("cert", format!("{}: {m}", config.cert.display())))?;
+        let vin = vin_of_certificate(&chain[0])
+            .map_err(|m| ConfigError::invalid("cert", format!("{}: {m}", config.cert.display())))?;
         let key = read_key(&config.key)?;
 
         let verifier = FixedNameVerifier {
             inner: WebPkiServerVerifier::builder_with_provider(Arc::new(roots), provider.clone())
                 .build()
-                .map_err(|e| ConfigError::invalid("ca_cert", format!("{}: {e}", config.ca_cert.display())))?,
+                .map_err(|e| {
+                    ConfigError::invalid("ca_cert", format!("{}: {e}", config.ca_cert.display()))
+                })?,
             name: server_name,
         };
         let client_config = ClientConfig::builder_with_provider(provider)
@@ -62,18 +68,29 @@ impl Identity {
             .map_err(|e| {
                 ConfigError::invalid(
                     "key",
-                    format!("{} does not fit the certificate in {}: {e}", config.key.display(), config.cert.display()),
+                    format!(
+                        "{} does not fit the certificate in {}: {e}",
+                        config.key.display(),
+                        config.cert.display()
+                    ),
                 )
             })?;
-        Ok(Identity { vin, client_config: Arc::new(client_config) })
+        Ok(Identity {
+            vin,
+            client_config: Arc::new(client_config),
+        })
     }
 }
 
 /// The VIN a vehicle certificate names: its subject CN, provided its OU is `vehicle`.
 pub fn vin_of_certificate(der: &CertificateDer<'_>) -> Result<Vin, String> {
-    let (_, cert) = X509Certificate::from_der(der).map_err(|e| format!("not a valid X.509 certificate: {e}"))?;
+    let (_, cert) = X509Certificate::from_der(der)
+        .map_err(|e| format!("not a valid X.509 certificate: {e}"))?;
     let subject = cert.subject();
-    let ous: Vec<&str> = subject.iter_organizational_unit().filter_map(|a| a.as_str().ok()).collect();
+    let ous: Vec<&str> = subject
+        .iter_organizational_unit()
+        .filter_map(|a| a.as_str().ok())
+        .collect();
     if !ous.contains(&VEHICLE_ROLE) {
         return Err(format!(
             "not a vehicle certificate: subject OU is {ous:?}, expected \"{VEHICLE_ROLE}\" (subject: {subject})"
@@ -83,21 +100,32 @@ pub fn vin_of_certificate(der: &CertificateDer<'_>) -> Result<Vin, String> {
         .iter_common_name()
         .next()
         .and_then(|a| a.as_str().ok())
-        .ok_or_else(|| format!("the subject has no CN to take the VIN from (subject: {subject})"))?;
+        .ok_or_else(|| {
+            format!("the subject has no CN to take the VIN from (subject: {subject})")
+        })?;
     Vin::parse(cn).map_err(|e| format!("the subject CN is not a VIN: {e}"))
 }
 
 fn read_file(field: &'static str, path: &Path) -> Result<Vec<u8>, ConfigError> {
-    std::fs::read(path).map_err(|e| ConfigError::invalid(field, format!("cannot read {}: {e}", path.display())))
+    std::fs::read(path)
+        .map_err(|e| ConfigError::invalid(field, format!("cannot read {}: {e}", path.display())))
 }
 
-fn read_certs(field: &'static str, path: &Path) -> Result<Vec<CertificateDer<'static>>, ConfigError> {
+fn read_certs(
+    field: &'static str,
+    path: &Path,
+) -> Result<Vec<CertificateDer<'static>>, ConfigError> {
     let pem = read_file(field, path)?;
     let certs = CertificateDer::pem_slice_iter(&pem)
         .collect::<Result<Vec<_>, _>>()
-        .map_err(|e| ConfigError::invalid(field, format!("{} is not valid PEM: {e}", path.display())))?;
+        .map_err(|e| {
+            ConfigError::invalid(field, format!("{} is not valid PEM: {e}", path.display()))
+        })?;
     if certs.is_empty() {
-        return Err(ConfigError::invalid(field, format!("{} contains no PEM certificate", path.display())));
+        return Err(ConfigError::invalid(
+            field,
+            format!("{} contains no PEM certificate", path.display()),
+        ));
     }
     Ok(certs)
 }
@@ -131,7 +159,8 @@ impl ServerCertVerifier for FixedNameVerifier {
         ocsp_response: &[u8],
         now: UnixTime,
     ) -> Result<ServerCertVerified, rustls::Error> {
-        self.inner.verify_server_cert(end_entity, intermediates, &self.name, ocsp_response, now)
+        self.inner
+            .verify_server_cert(end_entity, intermediates, &self.name, ocsp_response, now)
     }
 
     fn verify_tls12_signature(

@@ -27,6 +27,7 @@ use std::future::Future;
 use std::time::Duration;
 
 use anyhow::Context as _;
+use tokio_stream::StreamExt as _;
 use tokio_stream::wrappers::TcpListenerStream;
 use tonic::transport::{Certificate, Identity, Server, ServerTlsConfig};
 
@@ -46,6 +47,14 @@ pub async fn serve(
     service: ParkingService,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
+    // tonic ignores its own tcp_nodelay setting for a listener we hand it; without it every
+    // small reply waits out Nagle's algorithm and the peer's delayed ACK (~40 ms).
+    let incoming = TcpListenerStream::new(listener).map(|conn| {
+        conn.and_then(|tcp| {
+            tcp.set_nodelay(true)?;
+            Ok(tcp)
+        })
+    });
     let mut builder = Server::builder();
     if let Some(tls) = tls {
         builder = builder
@@ -54,7 +63,7 @@ pub async fn serve(
     }
     builder
         .add_service(service.into_server())
-        .serve_with_incoming_shutdown(TcpListenerStream::new(listener), shutdown)
+        .serve_with_incoming_shutdown(incoming, shutdown)
         .await
         .context("parking adapter server failed")
 }

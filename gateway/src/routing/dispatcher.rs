@@ -9,7 +9,6 @@ use prost::Message;
 use proto::vehicle::v1::{Code, Request, Response};
 use proto::{MethodPath, Vin, topics};
 use rumqttd::Notification;
-use rumqttd::local::LinkError;
 use tokio::sync::mpsc;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
@@ -17,7 +16,7 @@ use tokio_util::task::TaskTracker;
 use tracing::{Instrument, debug, error, info, info_span, warn};
 
 use super::partners::{CallContext, PartnerDirectory};
-use crate::bus::{Bus, LinkSpec};
+use crate::bus::{Bus, BusError, LinkSpec};
 use crate::config::RequestLimits;
 
 /// Longest request id or idempotency key accepted (Stripe's limit for keys).
@@ -109,8 +108,8 @@ pub async fn run(
     router: Arc<RequestRouter>,
     shutdown: CancellationToken,
     tracker: TaskTracker,
-    ready: tokio::sync::oneshot::Sender<Result<(), LinkError>>,
-) -> Result<(), LinkError> {
+    ready: tokio::sync::oneshot::Sender<Result<(), BusError>>,
+) -> Result<(), BusError> {
     let spec = LinkSpec { client_id: "gateway-dispatcher".into(), tenant: None, clean_session: true };
     let (mut link_tx, mut link_rx, _) = bus.link(spec).await?;
     let (out_tx, mut out_rx) = mpsc::channel::<(String, Vec<u8>)>(4096);
@@ -119,7 +118,7 @@ pub async fn run(
     std::thread::Builder::new()
         .name("gateway-publisher".into())
         .spawn(move || {
-            let subscribed = link_tx.subscribe(topics::ALL_REQUESTS).map(|_| ());
+            let subscribed = link_tx.subscribe(topics::ALL_REQUESTS).map(|_| ()).map_err(BusError::from);
             let _ = subscribed_tx.send(subscribed);
             while let Some((topic, payload)) = out_rx.blocking_recv() {
                 if let Err(e) = link_tx.publish(topic, payload) {
@@ -129,7 +128,7 @@ pub async fn run(
             }
         })
         .expect("spawn publisher thread");
-    let subscribed = subscribed_rx.await.unwrap_or(Err(LinkError::NotConnectionAck));
+    let subscribed = subscribed_rx.await.unwrap_or_else(|_| Err(BusError("publisher thread died".into())));
     let failed = subscribed.is_err();
     let _ = ready.send(subscribed);
     if failed {
@@ -139,7 +138,7 @@ pub async fn run(
     loop {
         let notification = tokio::select! {
             _ = shutdown.cancelled() => break,
-            n = link_rx.next() => n?,
+            n = link_rx.next() => n.map_err(BusError::from)?,
         };
         match notification {
             Some(Notification::Forward(forward)) => {
@@ -158,7 +157,7 @@ pub async fn run(
                     }
                 });
             }
-            Some(Notification::Unschedule) => link_rx.wake().await?,
+            Some(Notification::Unschedule) => link_rx.wake().await.map_err(BusError::from)?,
             _ => {}
         }
     }

@@ -1,0 +1,262 @@
+//! `demo`: the whole system on one machine with no setup. Makes development certificates,
+//! starts the reference parking adapter, the gateway and one simulated car, pays for parking
+//! from a simulated in-car app, prints what happened, then keeps running for you to try.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result};
+use certs::{CertificateAuthority, DevPki};
+use clap::Parser;
+use gateway::config::PartnerConfig;
+use gateway::{Gateway, GatewayConfig};
+use parking_adapter::ParkingService;
+use proto::Vin;
+use proto::parking::v1::parking_payment_client::ParkingPaymentClient;
+use proto::parking::v1::{EndSessionRequest, GeoPoint, GetReceiptRequest, ListNearbyLotsRequest, StartSessionRequest};
+use tonic::transport::Channel;
+use vehicle_agent::{Agent, AgentConfig};
+
+/// The demo car.
+const DEMO_VIN: &str = "LSVAU2180N2183294";
+
+#[derive(Parser)]
+#[command(name = "demo", about = "Run gateway, reference parking adapter and a simulated car on this machine")]
+struct Args {
+    /// Where development certificates and sample configs are kept (created if missing).
+    #[arg(long, default_value = "dev-certs")]
+    dir: PathBuf,
+    /// Vehicle-facing MQTT over mTLS listener of the gateway.
+    #[arg(long, default_value = "127.0.0.1:8883")]
+    mqtt_listen: SocketAddr,
+    /// The reference parking adapter's gRPC listener.
+    #[arg(long, default_value = "127.0.0.1:50061")]
+    adapter_listen: SocketAddr,
+    /// The simulated car's local gRPC endpoint for in-car apps.
+    #[arg(long, default_value = "127.0.0.1:50051")]
+    agent_listen: SocketAddr,
+    /// Exit after the demo round trip instead of running until Ctrl-C.
+    #[arg(long)]
+    once: bool,
+    /// After the demo, time this many sequential round trips and print latency percentiles.
+    #[arg(long, value_name = "N")]
+    bench: Option<usize>,
+}
+
+#[tokio::main]
+async fn main() -> Result<()> {
+    let args = Args::parse();
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into()),
+        )
+        .init();
+
+    let files = DemoFiles::ensure(&args.dir)?;
+    println!("certificates in {}/ (CA, gateway, partner and vehicle {DEMO_VIN})", args.dir.display());
+
+    let parking = ParkingService::new();
+    let adapter = tokio::net::TcpListener::bind(args.adapter_listen)
+        .await
+        .with_context(|| format!("adapter cannot listen on {}", args.adapter_listen))?;
+    let adapter_addr = adapter.local_addr()?;
+    let tls = parking_adapter::mtls_config(
+        &std::fs::read_to_string(&files.parking_cert)?,
+        &std::fs::read_to_string(&files.parking_key)?,
+        &std::fs::read_to_string(&files.ca_cert)?,
+    );
+    let (stop_adapter, adapter_stopped) = tokio::sync::oneshot::channel::<()>();
+    let adapter_task = tokio::spawn(parking_adapter::serve(adapter, Some(tls), parking.clone(), async {
+        let _ = adapter_stopped.await;
+    }));
+    println!("parking adapter   https://{adapter_addr}  (parking.v1.ParkingPayment, mTLS)");
+
+    let mut config = GatewayConfig::new(files.gateway_cert.clone(), files.gateway_key.clone(), files.ca_cert.clone());
+    config.mqtt.listen = args.mqtt_listen;
+    config.partners = vec![files.partner_entry(adapter_addr)];
+    config.validate()?;
+    let gateway = Gateway::start(config).await?;
+    println!("gateway           mqtts://{}  (MQTT 3.1.1, mutual TLS)", gateway.mqtt_addr());
+
+    let mut agent_config = AgentConfig::new(
+        format!("localhost:{}", gateway.mqtt_addr().port()),
+        files.ca_cert.clone(),
+        files.vehicle_cert.clone(),
+        files.vehicle_key.clone(),
+    );
+    agent_config.local_listen = args.agent_listen;
+    let car = Agent::start(agent_config).await?;
+    tokio::time::timeout(Duration::from_secs(10), car.wait_connected())
+        .await
+        .context("the simulated car did not connect within 10 s")?;
+    println!("simulated car     {} connected; in-car apps call http://{}\n", car.vin(), car.local_addr());
+
+    let mut app = ParkingPaymentClient::connect(format!("http://{}", car.local_addr())).await?;
+    drive_to_the_bund_and_park(&mut app).await?;
+    println!("\npartner charged {} time(s)", parking.charges());
+
+    if let Some(n) = args.bench {
+        bench(&mut app, n).await?;
+    }
+
+    if !args.once {
+        println!(
+            "\nRunning. Try, from another terminal:\n  cargo run -q -p vehicle-agent -- call /parking.v1.ParkingPayment/ListNearbyLots \
+             '{{\"near\":{{\"latitude\":31.2304,\"longitude\":121.4737}}}}'\nCtrl-C to stop."
+        );
+        tokio::signal::ctrl_c().await?;
+    }
+    car.shutdown().await;
+    gateway.shutdown().await;
+    let _ = stop_adapter.send(());
+    adapter_task.await??;
+    Ok(())
+}
+
+async fn drive_to_the_bund_and_park(app: &mut ParkingPaymentClient<Channel>) -> Result<()> {
+    let t = Instant::now();
+    let lots = app
+        .list_nearby_lots(ListNearbyLotsRequest {
+            near: Some(GeoPoint { latitude: 31.2400, longitude: 121.4900 }),
+            radius_m: 5_000,
+            max_results: 3,
+        })
+        .await?
+        .into_inner()
+        .lots;
+    println!("1. ListNearbyLots  -> {} lots ({:.1} ms)", lots.len(), ms(t));
+    for lot in &lots {
+        let price = lot.price_per_hour.as_ref().map_or(0, |p| p.amount_minor);
+        println!("     {:<28} {:>5} m  ¥{}.{:02}/h", lot.name, lot.distance_m, price / 100, price % 100);
+    }
+    let lot = lots.first().context("no lot nearby")?;
+    let t = Instant::now();
+    let session = app
+        .start_session(StartSessionRequest { lot_id: lot.lot_id.clone(), plate: "沪A12345".into() })
+        .await?
+        .into_inner()
+        .session
+        .context("no session")?;
+    println!("2. StartSession    -> {} at {} ({:.1} ms)", session.session_id, lot.name, ms(t));
+    let t = Instant::now();
+    let ended = app.end_session(EndSessionRequest { session_id: session.session_id.clone() }).await?.into_inner();
+    let receipt = ended.receipt.context("no receipt")?;
+    let fee = receipt.fee.as_ref().map_or(0, |f| f.amount_minor);
+    println!("3. EndSession      -> fee ¥{}.{:02}, receipt {} ({:.1} ms)", fee / 100, fee % 100, receipt.receipt_id, ms(t));
+    let t = Instant::now();
+    let again = app.get_receipt(GetReceiptRequest { receipt_id: receipt.receipt_id.clone() }).await?.into_inner();
+    println!("4. GetReceipt      -> {} paid by {} ({:.1} ms)", again.receipt_id, again.payment_reference, ms(t));
+    Ok(())
+}
+
+/// Sequential round trips app -> agent -> gateway -> adapter -> back; prints percentiles.
+async fn bench(app: &mut ParkingPaymentClient<Channel>, n: usize) -> Result<()> {
+    let request = ListNearbyLotsRequest {
+        near: Some(GeoPoint { latitude: 31.2304, longitude: 121.4737 }),
+        radius_m: 5_000,
+        max_results: 5,
+    };
+    for _ in 0..n.min(100) {
+        app.list_nearby_lots(request).await?;
+    }
+    let mut samples = Vec::with_capacity(n);
+    let started = Instant::now();
+    for _ in 0..n {
+        let t = Instant::now();
+        app.list_nearby_lots(request).await?;
+        samples.push(t.elapsed());
+    }
+    let total = started.elapsed();
+    samples.sort();
+    let pct = |p: f64| samples[((samples.len() as f64 * p) as usize).min(samples.len() - 1)].as_secs_f64() * 1e3;
+    println!(
+        "\nbench: {n} sequential ListNearbyLots round trips (app -> agent -> MQTT/mTLS -> gateway -> gRPC/mTLS -> adapter)\n  \
+         p50 {:.2} ms  p90 {:.2} ms  p99 {:.2} ms  max {:.2} ms  ({:.0} req/s on one connection)",
+        pct(0.50),
+        pct(0.90),
+        pct(0.99),
+        pct(1.0),
+        n as f64 / total.as_secs_f64()
+    );
+    Ok(())
+}
+
+fn ms(t: Instant) -> f64 {
+    t.elapsed().as_secs_f64() * 1e3
+}
+
+/// The demo's files: a development PKI plus sample configs for running the binaries yourself.
+struct DemoFiles {
+    ca_cert: PathBuf,
+    gateway_cert: PathBuf,
+    gateway_key: PathBuf,
+    parking_cert: PathBuf,
+    parking_key: PathBuf,
+    client_cert: PathBuf,
+    client_key: PathBuf,
+    vehicle_cert: PathBuf,
+    vehicle_key: PathBuf,
+}
+
+impl DemoFiles {
+    /// Reuses the PKI in `dir` if there is one, so repeated runs keep the same CA.
+    fn ensure(dir: &Path) -> Result<DemoFiles> {
+        let pki = if dir.join("ca.pem").exists() { DevPki::open(dir) } else { DevPki::init(dir, &[], false)? };
+        let ca: CertificateAuthority = pki.authority()?;
+        let vin = Vin::parse(DEMO_VIN)?;
+        let (vehicle_cert, vehicle_key) = ca.issue_vehicle(&vin)?.write(dir, vin.as_str())?;
+        let (parking_cert, parking_key) = ca.issue_partner("parking")?.write(dir, "parking")?;
+        let (client_cert, client_key) = ca.issue_partner("gateway-client")?.write(dir, "gateway-client")?;
+        let files = DemoFiles {
+            ca_cert: pki.ca_cert(),
+            gateway_cert: pki.gateway_cert(),
+            gateway_key: pki.gateway_key(),
+            parking_cert,
+            parking_key,
+            client_cert,
+            client_key,
+            vehicle_cert,
+            vehicle_key,
+        };
+        files.write_sample_configs(dir)?;
+        Ok(files)
+    }
+
+    fn partner_entry(&self, adapter: SocketAddr) -> PartnerConfig {
+        PartnerConfig {
+            service: "parking.v1.ParkingPayment".into(),
+            endpoint: format!("https://localhost:{}", adapter.port()),
+            timeout: Some(Duration::from_secs(10)),
+            connect_timeout: Duration::from_secs(3),
+            ca_cert: Some(self.ca_cert.clone()),
+            client_cert: Some(self.client_cert.clone()),
+            client_key: Some(self.client_key.clone()),
+            tls_server_name: None,
+        }
+    }
+
+    /// `gateway.toml` and `agent.toml` matching the demo, for `gateway run` / `vehicle-agent run`.
+    fn write_sample_configs(&self, dir: &Path) -> Result<()> {
+        let abs = |p: &Path| std::fs::canonicalize(p).unwrap_or_else(|_| p.to_path_buf()).display().to_string();
+        let gateway = format!(
+            "# Sample gateway configuration written by `demo`.\n[mqtt]\nlisten = \"127.0.0.1:8883\"\n\n[tls]\ncert = {:?}\nkey = {:?}\nclient_ca = {:?}\n\n[requests]\nmax_payload_bytes = 131072\ndefault_timeout = \"30s\"\n\n[[partners]]\nservice = \"parking.v1.ParkingPayment\"\nendpoint = \"https://localhost:50061\"\ntimeout = \"10s\"\nca_cert = {:?}\nclient_cert = {:?}\nclient_key = {:?}\n",
+            abs(&self.gateway_cert),
+            abs(&self.gateway_key),
+            abs(&self.ca_cert),
+            abs(&self.ca_cert),
+            abs(&self.client_cert),
+            abs(&self.client_key),
+        );
+        let agent = format!(
+            "# Sample vehicle agent configuration written by `demo`.\ngateway = \"localhost:8883\"\nca_cert = {:?}\ncert = {:?}\nkey = {:?}\nlocal_listen = \"127.0.0.1:50051\"\n",
+            abs(&self.ca_cert),
+            abs(&self.vehicle_cert),
+            abs(&self.vehicle_key),
+        );
+        std::fs::write(dir.join("gateway.toml"), gateway)?;
+        std::fs::write(dir.join("agent.toml"), agent)?;
+        Ok(())
+    }
+}

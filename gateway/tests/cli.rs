@@ -1,0 +1,59 @@
+//! The gateway binary refuses a configuration it cannot run, with a clear message and exit 64.
+
+use std::process::Command;
+
+fn gateway(args: &[&str], env: &[(&str, &str)]) -> std::process::Output {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_gateway"));
+    cmd.args(args).env_remove("GATEWAY_CONFIG");
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    cmd.output().expect("run gateway")
+}
+
+#[test]
+fn a_missing_config_file_exits_64_with_its_name() {
+    let out = gateway(&["run", "--config", "/nonexistent/gateway.toml"], &[]);
+    assert_eq!(out.status.code(), Some(64));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("/nonexistent/gateway.toml"));
+}
+
+#[test]
+fn missing_certificates_exit_64_naming_the_setting() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("gateway.toml");
+    std::fs::write(&path, "[tls]\ncert = \"/nope/cert.pem\"\nkey = \"/nope/key.pem\"\nclient_ca = \"/nope/ca.pem\"\n").unwrap();
+    let out = gateway(&["check-config", "--config", path.to_str().unwrap()], &[]);
+    assert_eq!(out.status.code(), Some(64));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("tls.cert"), "{stderr}");
+}
+
+#[test]
+fn an_invalid_environment_override_exits_64() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("gateway.toml");
+    std::fs::write(&path, "[tls]\ncert = \"a\"\nkey = \"b\"\nclient_ca = \"c\"\n").unwrap();
+    let out = gateway(&["check-config", "--config", path.to_str().unwrap()], &[("GATEWAY_MQTT__LISTEN", "not-an-address")]);
+    assert_eq!(out.status.code(), Some(64));
+    assert!(String::from_utf8_lossy(&out.stderr).to_lowercase().contains("mqtt.listen"));
+}
+
+#[test]
+fn a_valid_configuration_checks_out() {
+    let dir = tempfile::tempdir().unwrap();
+    let pki = certs::DevPki::init(dir.path(), &[], false).unwrap();
+    let path = dir.path().join("gateway.toml");
+    std::fs::write(
+        &path,
+        format!(
+            "[tls]\ncert = {:?}\nkey = {:?}\nclient_ca = {:?}\n",
+            pki.gateway_cert(),
+            pki.gateway_key(),
+            pki.ca_cert()
+        ),
+    )
+    .unwrap();
+    let out = gateway(&["check-config", "--config", path.to_str().unwrap()], &[]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+}

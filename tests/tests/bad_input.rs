@@ -1,0 +1,194 @@
+//! Bad input gets a clear error and the gateway keeps serving: malformed envelopes, unknown
+//! services and methods, oversize payloads, partners that are down or slow.
+
+use std::time::Duration;
+
+use gateway::DisconnectReason;
+use integration_tests::*;
+use proto::parking::v1::parking_payment_server::{ParkingPayment, ParkingPaymentServer};
+use proto::parking::v1::*;
+use proto::vehicle::v1::Code;
+use prost::Message;
+use tonic::{Request, Response, Status};
+
+const LIST: &str = "/parking.v1.ParkingPayment/ListNearbyLots";
+
+fn list_payload() -> Vec<u8> {
+    ListNearbyLotsRequest { near: Some(GeoPoint { latitude: 31.23, longitude: 121.47 }), radius_m: 5000, max_results: 1 }
+        .encode_to_vec()
+}
+
+fn code(response: &proto::vehicle::v1::Response) -> Code {
+    response.status.clone().unwrap_or_default().code()
+}
+
+#[tokio::test]
+async fn a_malformed_envelope_gets_invalid_argument_and_the_gateway_keeps_serving() {
+    let platform = Platform::start().await;
+    let mut car = RawCar::connect(&platform, VIN_A).await;
+    car.publish_request(vec![0xff, 0xff, 0xff, 0x07, 0x01]).await;
+    let answer = car.next_response().await;
+    assert_eq!(code(&answer), Code::InvalidArgument);
+    assert!(answer.status.unwrap().message.contains("malformed"), "clear message");
+
+    car.publish_request(envelope("ok-1", LIST, list_payload())).await;
+    let answer = car.next_response().await;
+    assert_eq!((answer.request_id.as_str(), code(&answer)), ("ok-1", Code::Ok));
+}
+
+#[tokio::test]
+async fn a_malformed_partner_message_is_the_partners_invalid_argument() {
+    let platform = Platform::start().await;
+    let mut car = RawCar::connect(&platform, VIN_A).await;
+    car.publish_request(envelope("bad-payload", LIST, vec![0x0a, 0xff, 0xff])).await;
+    let answer = car.next_response().await;
+    assert_eq!(answer.request_id, "bad-payload");
+    assert_ne!(code(&answer), Code::Ok);
+}
+
+#[tokio::test]
+async fn unknown_services_and_methods_are_unimplemented() {
+    let platform = Platform::start().await;
+    let mut car = RawCar::connect(&platform, VIN_A).await;
+    car.publish_request(envelope("u-1", "/teleport.v1.Teleporter/Beam", vec![])).await;
+    let answer = car.next_response().await;
+    assert_eq!((answer.request_id.as_str(), code(&answer)), ("u-1", Code::Unimplemented));
+    assert!(answer.status.unwrap().message.contains("teleport.v1.Teleporter"));
+
+    car.publish_request(envelope("u-2", "/parking.v1.ParkingPayment/Teleport", vec![])).await;
+    let answer = car.next_response().await;
+    assert_eq!((answer.request_id.as_str(), code(&answer)), ("u-2", Code::Unimplemented));
+
+    car.publish_request(envelope("u-3", "not a method", vec![])).await;
+    let answer = car.next_response().await;
+    assert_eq!((answer.request_id.as_str(), code(&answer)), ("u-3", Code::InvalidArgument));
+}
+
+#[tokio::test]
+async fn an_oversize_payload_is_refused_with_a_clear_error() {
+    let platform = Platform::start_with(|c| c.requests.max_payload_bytes = 1024).await;
+    let mut car = RawCar::connect(&platform, VIN_A).await;
+    car.publish_request(envelope("big", LIST, vec![0u8; 2048])).await;
+    let answer = car.next_response().await;
+    assert_eq!(code(&answer), Code::ResourceExhausted);
+    assert!(answer.status.unwrap().message.contains("1024-byte limit"));
+    assert_eq!(platform.parking.charges(), 0);
+}
+
+#[tokio::test]
+async fn a_packet_beyond_the_frame_limit_closes_only_that_connection() {
+    let platform = Platform::start_with(|c| c.requests.max_payload_bytes = 1024).await;
+    let mut events = platform.session_events();
+    let mut car = RawCar::connect(&platform, VIN_A).await;
+    let mut other = RawCar::connect(&platform, VIN_B).await;
+    // 1 KiB limit + 16 KiB envelope headroom: 64 KiB cannot be a request.
+    car.publish_request(vec![0u8; 64 * 1024]).await;
+    closed(&mut car.eventloop).await;
+    let reason = disconnected(&mut events, VIN_A).await;
+    assert!(matches!(reason, DisconnectReason::ProtocolError(ref why) if why.contains("exceeds")), "{reason:?}");
+    other.publish_request(envelope("still-ok", LIST, list_payload())).await;
+    assert_eq!(code(&other.next_response().await), Code::Ok);
+}
+
+#[tokio::test]
+async fn the_agent_refuses_an_oversize_request_before_sending_it() {
+    let platform = Platform::start().await;
+    let car = platform.agent(VIN_A).await;
+    let method = proto::MethodPath::parse(LIST).unwrap();
+    let err = car
+        .link()
+        .call(&method, vec![0u8; 200 * 1024].into(), Duration::from_secs(5), None)
+        .await
+        .expect_err("oversize");
+    assert_eq!(err.code(), tonic::Code::ResourceExhausted);
+    car.shutdown().await;
+}
+
+#[tokio::test]
+async fn an_unreachable_partner_is_unavailable_promptly() {
+    init();
+    let pki = TestPki::new();
+    let dead = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = dead.local_addr().unwrap();
+    drop(dead);
+    let gateway = start_gateway(gateway_config(&pki, vec![partner_entry(&pki, PARKING, addr)])).await;
+    let mut car = {
+        let creds = pki.vehicle(VIN_A);
+        let (client, mut eventloop) = mqtt_client(gateway.mqtt_addr(), &pki.ca_cert, &creds, VIN_A);
+        connack(&mut eventloop).await.unwrap();
+        let vin = proto::Vin::parse(VIN_A).unwrap();
+        client.subscribe(proto::topics::responses(&vin), rumqttc::QoS::AtLeastOnce).await.unwrap();
+        next_incoming(&mut eventloop, |p| matches!(p, rumqttc::Packet::SubAck(_)).then_some(())).await.unwrap();
+        RawCar { vin, client, eventloop }
+    };
+    car.publish_request(envelope("down-1", LIST, list_payload())).await;
+    let answer = car.next_response().await;
+    // UNAVAILABLE, not DEADLINE_EXCEEDED: a refused connection is reported at once rather
+    // than waited out until the car's 5 s deadline.
+    assert_eq!(code(&answer), Code::Unavailable, "{answer:?}");
+    assert!(answer.status.unwrap().message.contains("parking.v1.ParkingPayment"));
+    gateway.shutdown().await;
+}
+
+/// A partner that accepts calls and never answers.
+struct Stalling;
+
+#[tonic::async_trait]
+impl ParkingPayment for Stalling {
+    async fn list_nearby_lots(&self, _: Request<ListNearbyLotsRequest>) -> Result<Response<ListNearbyLotsResponse>, Status> {
+        std::future::pending().await
+    }
+    async fn start_session(&self, _: Request<StartSessionRequest>) -> Result<Response<StartSessionResponse>, Status> {
+        std::future::pending().await
+    }
+    async fn end_session(&self, _: Request<EndSessionRequest>) -> Result<Response<EndSessionResponse>, Status> {
+        std::future::pending().await
+    }
+    async fn get_receipt(&self, _: Request<GetReceiptRequest>) -> Result<Response<Receipt>, Status> {
+        std::future::pending().await
+    }
+}
+
+#[tokio::test]
+async fn a_partner_past_the_cars_deadline_is_deadline_exceeded() {
+    init();
+    let pki = TestPki::new();
+    let partner = start_partner_service(&pki, ParkingPaymentServer::new(Stalling)).await;
+    let gateway = start_gateway(gateway_config(&pki, vec![partner_entry(&pki, PARKING, partner.addr)])).await;
+    let creds = pki.vehicle(VIN_A);
+    let (client, mut eventloop) = mqtt_client(gateway.mqtt_addr(), &pki.ca_cert, &creds, VIN_A);
+    connack(&mut eventloop).await.unwrap();
+    let vin = proto::Vin::parse(VIN_A).unwrap();
+    client.subscribe(proto::topics::responses(&vin), rumqttc::QoS::AtLeastOnce).await.unwrap();
+    let request = proto::vehicle::v1::Request {
+        request_id: "slow-1".into(),
+        idempotency_key: String::new(),
+        method: LIST.into(),
+        timeout_ms: 300,
+        payload: list_payload(),
+    };
+    client.publish(proto::topics::requests(&vin), rumqttc::QoS::AtLeastOnce, false, request.encode_to_vec()).await.unwrap();
+    let answer = next_incoming(&mut eventloop, response_of).await.unwrap();
+    assert_eq!((answer.request_id.as_str(), code(&answer)), ("slow-1", Code::DeadlineExceeded));
+    gateway.shutdown().await;
+}
+
+#[tokio::test]
+async fn the_app_sees_deadline_exceeded_through_the_agent() {
+    init();
+    let pki = TestPki::new();
+    let partner = start_partner_service(&pki, ParkingPaymentServer::new(Stalling)).await;
+    let gateway = start_gateway(gateway_config(&pki, vec![partner_entry(&pki, PARKING, partner.addr)])).await;
+    let me = pki.vehicle(VIN_A);
+    let mut config = vehicle_agent::AgentConfig::new(format!("localhost:{}", gateway.mqtt_addr().port()), pki.ca_cert.clone(), me.cert, me.key);
+    config.local_listen = "127.0.0.1:0".parse().unwrap();
+    let car = vehicle_agent::Agent::start(config).await.unwrap();
+    within(Duration::from_secs(10), car.wait_connected(), "connect").await;
+    let mut app = in_car_app(&car).await;
+    let mut request = tonic::Request::new(ListNearbyLotsRequest::default());
+    request.set_timeout(Duration::from_millis(400));
+    let err = app.list_nearby_lots(request).await.expect_err("stalled partner");
+    assert_eq!(err.code(), tonic::Code::DeadlineExceeded, "{err:?}");
+    car.shutdown().await;
+    gateway.shutdown().await;
+}
