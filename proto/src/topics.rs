@@ -40,6 +40,15 @@ pub fn is_within_tenant(vin: &Vin, topic: &str) -> bool {
         .is_some_and(|rest| rest.starts_with('/'))
 }
 
+/// Whether a car may publish on `topic`: inside its namespace, but not on the topics the
+/// gateway owns (responses and events), so a car cannot forge gateway messages even to itself.
+pub fn may_publish(vin: &Vin, topic: &str) -> bool {
+    is_within_tenant(vin, topic)
+        && !topic.contains(['+', '#'])
+        && topic != responses(vin)
+        && topic != events(vin)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -53,6 +62,14 @@ mod tests {
         assert_eq!(vin_of_request_topic(&requests(&vin())), Some(vin()));
         assert_eq!(vin_of_request_topic("/tenants/WBA3B5C50DF123456/v1/resp"), None);
         assert_eq!(vin_of_request_topic("/tenants/+/v1/req"), None);
+    }
+
+    #[test]
+    fn cars_publish_requests_but_not_gateway_topics() {
+        assert!(may_publish(&vin(), &requests(&vin())));
+        assert!(!may_publish(&vin(), &responses(&vin())));
+        assert!(!may_publish(&vin(), &events(&vin())));
+        assert!(!may_publish(&vin(), "/tenants/WBA3B5C50DF123456/v1/+"));
     }
 
     #[test]

@@ -45,6 +45,22 @@ async fn subscribing_outside_its_namespace_is_refused() {
         .expect("suback");
         assert_eq!(codes, vec![SubscribeReasonCode::Failure], "{filter}");
     }
+    // A mixed SUBSCRIBE: the car's own topic is granted, the other refused, in order.
+    let own_events = proto::topics::events(&a.vin);
+    a.client
+        .subscribe_many([
+            rumqttc::SubscribeFilter::new("#".into(), QoS::AtLeastOnce),
+            rumqttc::SubscribeFilter::new(own_events, QoS::AtLeastOnce),
+        ])
+        .await
+        .unwrap();
+    let codes = next_incoming(&mut a.eventloop, |p| match p {
+        Packet::SubAck(ack) => Some(ack.return_codes.clone()),
+        _ => None,
+    })
+    .await
+    .expect("suback");
+    assert_eq!(codes, vec![SubscribeReasonCode::Failure, SubscribeReasonCode::Success(QoS::AtLeastOnce)]);
     // Still connected and served after the refusals.
     a.publish_request(envelope("a-after", LIST, list_payload())).await;
     assert_eq!(a.next_response().await.request_id, "a-after");
@@ -91,4 +107,16 @@ async fn a_second_connection_with_the_same_certificate_takes_over_the_session() 
     assert_eq!(disconnected(&mut events, VIN_A).await, DisconnectReason::Kicked);
     second.publish_request(envelope("second", LIST, list_payload())).await;
     assert_eq!(second.next_response().await.request_id, "second");
+}
+
+#[tokio::test]
+async fn a_car_cannot_forge_gateway_responses_even_to_itself() {
+    let platform = Platform::start().await;
+    let mut events = platform.session_events();
+    let mut a = RawCar::connect(&platform, VIN_A).await;
+    let own = a.vin.clone();
+    a.client.publish(proto::topics::responses(&own), QoS::AtLeastOnce, false, b"forged".to_vec()).await.unwrap();
+    closed(&mut a.eventloop).await;
+    let reason = disconnected(&mut events, VIN_A).await;
+    assert!(matches!(reason, DisconnectReason::ProtocolError(ref why) if why.contains("gateway-owned")), "{reason:?}");
 }

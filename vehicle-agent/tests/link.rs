@@ -156,55 +156,33 @@ async fn calls_errors_duplicates_and_events() {
 }
 
 #[tokio::test]
-async fn requests_made_while_down_go_out_on_connect() {
+async fn requests_made_before_the_link_is_up_go_out_on_connect() {
     install_provider();
     if !mosquitto_available() {
         return;
     }
     let pki = Pki::new();
-    let port = free_port();
-    let link = GatewayLink::start(&pki.agent_config(VIN, &format!("localhost:{port}"))).unwrap();
+    let broker = Broker::start(&pki, free_port()).await;
+    let mut gw = FakeGateway::connect(&pki, broker.port).await;
+    let link = GatewayLink::start(&pki.agent_config(VIN, &format!("localhost:{}", broker.port))).unwrap();
 
-    let err = link
-        .call(&list(), Bytes::new(), Duration::from_millis(200), None)
-        .await
-        .unwrap_err();
-    assert_eq!(err.code(), Code::DeadlineExceeded);
-    assert!(
-        err.message().contains("link to the gateway was down"),
-        "{}",
-        err.message()
-    );
-    assert_eq!(link.pending_calls(), 0);
+    // On this single-threaded runtime the link's task has not run yet: the call's first
+    // poll finds the link down and leaves the request pending.
+    let call = link.call(&list(), Bytes::from_static(b"queued"), Duration::from_secs(30), Some("k".into()));
+    tokio::pin!(call);
+    assert!(futures::poll!(&mut call).is_pending());
+    assert!(!link.is_connected());
+    assert_eq!(link.pending_calls(), 1);
 
-    let call = tokio::spawn({
-        let link = link.clone();
-        async move {
-            link.call(
-                &list(),
-                Bytes::from_static(b"queued"),
-                Duration::from_secs(30),
-                Some("k".into()),
-            )
-            .await
-        }
-    });
-    while link.pending_calls() == 0 {
-        tokio::task::yield_now().await;
-    }
-    let broker = Broker::start(&pki, port).await;
-    let mut gw = FakeGateway::connect(&pki, port).await;
-    let (_, req) = gw.next_request().await;
-    assert_eq!(req.payload, b"queued");
-    assert_eq!(req.idempotency_key, "k");
-    assert!(
-        req.timeout_ms < 30_000 && req.timeout_ms > 10_000,
-        "timeout_ms {}",
-        req.timeout_ms
-    );
-    gw.respond(VIN, Response::ok(req.request_id, b"done".to_vec()))
-        .await;
-    assert_eq!(call.await.unwrap().unwrap(), Bytes::from_static(b"done"));
+    let gateway = async {
+        let (_, req) = gw.next_request().await;
+        assert_eq!(req.payload, b"queued");
+        assert_eq!(req.idempotency_key, "k");
+        assert!(req.timeout_ms <= 30_000 && req.timeout_ms > 10_000, "timeout_ms {}", req.timeout_ms);
+        gw.respond(VIN, Response::ok(req.request_id, b"done".to_vec())).await;
+    };
+    let (got, ()) = tokio::join!(call, gateway);
+    assert_eq!(got.unwrap(), Bytes::from_static(b"done"));
     assert!(link.is_connected());
     link.shutdown().await;
     broker.stop().await;
@@ -220,38 +198,37 @@ async fn pending_requests_survive_a_link_drop() {
     let port = free_port();
     let broker = Broker::start(&pki, port).await;
     let mut gw = FakeGateway::connect(&pki, port).await;
-    let link = GatewayLink::start(&pki.agent_config(VIN, &format!("localhost:{port}"))).unwrap();
+    let config = pki.agent_config(VIN, &format!("localhost:{port}"));
+    let link = GatewayLink::start(&config).unwrap();
     connected(&link).await;
 
     let call = tokio::spawn({
         let link = link.clone();
-        async move {
-            link.call(
-                &list(),
-                Bytes::from_static(b"again"),
-                Duration::from_secs(30),
-                None,
-            )
-            .await
-        }
+        async move { link.call(&list(), Bytes::from_static(b"again"), Duration::from_secs(30), None).await }
     });
     let (_, first) = gw.next_request().await;
 
-    // The gateway goes away before answering.
+    // Before the gateway answers, another connection with the car's identity takes the
+    // session over (the broker drops the agent's link), then goes away again. The gateway
+    // stays subscribed throughout, so the resend cannot be lost.
+    let car = common::CertFiles { cert: config.cert.clone(), key: config.key.clone() };
+    let (intruder, mut eventloop) = common::mqtt_client(&pki, &car, VIN, port);
     let mut state = link.connection_state();
-    broker.stop().await;
-    tokio::time::timeout(SOON, state.wait_for(|up| !*up))
-        .await
-        .unwrap()
-        .unwrap();
-    let broker = Broker::start(&pki, port).await;
-    let mut gw = FakeGateway::connect(&pki, port).await;
+    tokio::time::timeout(SOON, async {
+        while !matches!(eventloop.poll().await, Ok(rumqttc::Event::Incoming(rumqttc::Packet::ConnAck(_)))) {}
+    })
+    .await
+    .expect("the intruder connects");
+    drop((intruder, eventloop));
+
     let (_, again) = gw.next_request().await;
     assert_eq!(again.request_id, first.request_id);
     assert_eq!(again.idempotency_key, first.idempotency_key);
+    assert_eq!(again.payload, first.payload);
     assert!(again.timeout_ms <= first.timeout_ms);
-    gw.respond(VIN, Response::ok(again.request_id, b"once".to_vec()))
-        .await;
+    // The link went down and came back in between.
+    assert!(state.has_changed().unwrap());
+    gw.respond(VIN, Response::ok(again.request_id, b"once".to_vec())).await;
     assert_eq!(call.await.unwrap().unwrap(), Bytes::from_static(b"once"));
     link.shutdown().await;
     broker.stop().await;

@@ -1,13 +1,14 @@
 //! One vehicle's MQTT session: frames MQTT 3.1.1 over the TLS stream, enforces the VIN's
 //! namespace, and shuttles packets between the socket and the car's router link.
 
+use std::collections::HashMap;
 use std::fmt;
 use std::io;
 use std::time::Duration;
 
 use bytes::BytesMut;
 use futures::FutureExt;
-use proto::topics::is_within_tenant;
+use proto::topics::{is_within_tenant, may_publish};
 use proto::Vin;
 use rumqttd::protocol::{
     self, ConnAck, ConnectReturnCode, Disconnect, DisconnectReasonCode, LastWill, Packet, Protocol, Publish,
@@ -173,9 +174,14 @@ where
         let _ = mqtt.send(connack(ConnectReturnCode::NotAuthorized)).await;
         return DisconnectReason::Refused("will topic outside the vehicle's namespace".into());
     }
-    let keep_alive = match connect.keep_alive {
-        0 => limits.max_keep_alive,
-        secs => Duration::from_secs(secs.into()).min(limits.max_keep_alive),
+    let asked = Duration::from_secs(connect.keep_alive.into());
+    if asked > limits.max_keep_alive || asked.is_zero() {
+        // MQTT 3.1.1 cannot tell the car; the log tells its operator.
+        warn!(asked_s = connect.keep_alive, max_s = limits.max_keep_alive.as_secs(), "keep-alive capped to the gateway's maximum");
+    }
+    let keep_alive = match asked.is_zero() {
+        true => limits.max_keep_alive,
+        false => asked.min(limits.max_keep_alive),
     }
     .mul_f32(1.5);
 
@@ -198,6 +204,8 @@ where
     let _ = events.send(SessionEvent::Connected { vin: vin.clone(), client_id: connect.client_id.clone() });
 
     let mut deadline = Instant::now() + keep_alive;
+    // SUBSCRIBE packet id -> which of its filters were passed to the router.
+    let mut refused_filters: HashMap<u16, Vec<bool>> = HashMap::new();
     let reason = loop {
         tokio::select! {
             _ = shutdown.cancelled() => break DisconnectReason::ServerShutdown,
@@ -210,26 +218,34 @@ where
                 deadline = Instant::now() + keep_alive;
                 match packet {
                     Packet::Publish(publish, _) => {
-                        if !topic_allowed(vin, &publish.topic) || has_wildcard(&publish.topic) {
-                            warn!(topic = %String::from_utf8_lossy(&publish.topic), "publish outside the vehicle's namespace");
-                            break DisconnectReason::ProtocolError("publish outside the vehicle's namespace".into());
+                        if !topic_allowed(vin, &publish.topic) {
+                            warn!(topic = %String::from_utf8_lossy(&publish.topic), "publish refused: outside the vehicle's namespace or on a gateway-owned topic");
+                            break DisconnectReason::ProtocolError("publish refused: outside the vehicle's namespace or on a gateway-owned topic".into());
                         }
                         if link_tx.send(Packet::Publish(publish, None)).await.is_err() {
                             break DisconnectReason::Kicked;
                         }
                     }
-                    Packet::Subscribe(subscribe, _) => {
-                        if subscribe.filters.iter().all(|f| is_within_tenant(vin, &f.path)) {
-                            if link_tx.send(Packet::Subscribe(subscribe, None)).await.is_err() {
-                                break DisconnectReason::Kicked;
-                            }
-                        } else {
-                            // MQTT 3.1.1 lets us refuse a SUBSCRIBE politely instead of dropping the car.
+                    Packet::Subscribe(mut subscribe, _) => {
+                        let allowed: Vec<bool> = subscribe.filters.iter().map(|f| is_within_tenant(vin, &f.path)).collect();
+                        if allowed.contains(&false) {
+                            // MQTT 3.1.1 lets us refuse filters one by one instead of dropping the car.
                             warn!(filters = ?subscribe.filters.iter().map(|f| &f.path).collect::<Vec<_>>(), "subscribe outside the vehicle's namespace refused");
-                            let codes = vec![SubscribeReasonCode::Failure; subscribe.filters.len()];
+                        }
+                        if !allowed.contains(&true) {
+                            let codes = vec![SubscribeReasonCode::Failure; allowed.len()];
                             if let Err(reason) = mqtt.send(Packet::SubAck(SubAck { pkid: subscribe.pkid, return_codes: codes }, None)).await {
                                 break reason;
                             }
+                            continue;
+                        }
+                        if allowed.contains(&false) {
+                            let mut keep = allowed.iter();
+                            subscribe.filters.retain(|_| *keep.next().unwrap_or(&false));
+                            refused_filters.insert(subscribe.pkid, allowed);
+                        }
+                        if link_tx.send(Packet::Subscribe(subscribe, None)).await.is_err() {
+                            break DisconnectReason::Kicked;
                         }
                     }
                     Packet::Disconnect(..) => {
@@ -255,6 +271,19 @@ where
                 let mut next = Some(first);
                 while let Some(n) = next {
                     match Option::<Packet>::from(n) {
+                        Some(Packet::SubAck(mut ack, props)) => {
+                            // Put the refused filters back into the router's answer, in order.
+                            if let Some(allowed) = refused_filters.remove(&ack.pkid) {
+                                let mut granted = ack.return_codes.into_iter();
+                                ack.return_codes = allowed
+                                    .iter()
+                                    .map(|ok| if *ok { granted.next().unwrap_or(SubscribeReasonCode::Failure) } else { SubscribeReasonCode::Failure })
+                                    .collect();
+                            }
+                            if let Err(reason) = mqtt.queue(Packet::SubAck(ack, props)) {
+                                warn!(%reason, "cannot encode packet for vehicle");
+                            }
+                        }
                         Some(packet) => {
                             if let Err(reason) = mqtt.queue(packet) {
                                 warn!(%reason, "cannot encode packet for vehicle");
@@ -306,11 +335,7 @@ fn will_publish(will: LastWill) -> Packet {
 }
 
 fn topic_allowed(vin: &Vin, topic: &[u8]) -> bool {
-    std::str::from_utf8(topic).is_ok_and(|t| is_within_tenant(vin, t))
-}
-
-fn has_wildcard(topic: &[u8]) -> bool {
-    topic.iter().any(|b| matches!(b, b'+' | b'#'))
+    std::str::from_utf8(topic).is_ok_and(|t| may_publish(vin, t))
 }
 
 fn truncate(s: &str) -> String {

@@ -58,7 +58,9 @@ impl RequestRouter {
 
     async fn route(&self, vin: &Vin, request: Request) -> Response {
         let Request { request_id, idempotency_key, method, timeout_ms, payload } = request;
-        let fail = |code: Code, message: String| Response::error(request_id.clone(), code, message);
+        // An invalid id is echoed back cut to size, so a car cannot make us amplify junk.
+        let echoed_id: String = request_id.chars().take(MAX_ID_LEN).collect();
+        let fail = |code: Code, message: String| Response::error(echoed_id.clone(), code, message);
         if !valid_id(&request_id) {
             return fail(Code::InvalidArgument, format!("request_id must be 1 to {MAX_ID_LEN} printable ASCII characters"));
         }

@@ -86,6 +86,11 @@ fn ascii(s: &str) -> Result<MetadataValue<tonic::metadata::Ascii>, tonic::Status
 /// Transport failures reach us as bare statuses; say which partner failed.
 fn explain(status: tonic::Status, service: &str) -> tonic::Status {
     match status.code() {
+        // The partner's server enforces the same deadline and may fire first; to the car it
+        // is one outcome.
+        tonic::Code::Cancelled if status.message().contains("Timeout expired") => {
+            tonic::Status::deadline_exceeded(format!("partner {service} did not answer within the deadline"))
+        }
         tonic::Code::Unavailable | tonic::Code::Unknown if status.message().contains("transport")
             || status.message().contains("connect") =>
         {

@@ -11,7 +11,7 @@ use rcgen::{
     BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair,
     KeyUsagePurpose,
 };
-use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS, TlsConfiguration, Transport};
+use rumqttc::{AsyncClient, Event, EventLoop, MqttOptions, Packet, QoS, TlsConfiguration, Transport};
 use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer};
 use tempfile::TempDir;
@@ -212,6 +212,33 @@ impl Broker {
     }
 }
 
+/// A raw MQTT client over mutual TLS presenting `files`.
+pub fn mqtt_client(pki: &Pki, files: &CertFiles, client_id: &str, port: u16) -> (AsyncClient, EventLoop) {
+    let mut roots = rustls::RootCertStore::empty();
+    for ca in CertificateDer::pem_file_iter(&pki.ca).unwrap() {
+        roots.add(ca.unwrap()).unwrap();
+    }
+    let certs = CertificateDer::pem_file_iter(&files.cert)
+        .unwrap()
+        .map(Result::unwrap)
+        .collect();
+    let key = PrivateKeyDer::from_pem_file(&files.key).unwrap();
+    let tls = rustls::ClientConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .unwrap()
+    .with_root_certificates(roots)
+    .with_client_auth_cert(certs, key)
+    .unwrap();
+    let mut options = MqttOptions::new(client_id, "localhost", port);
+    options.set_transport(Transport::tls_with_config(TlsConfiguration::Rustls(
+        Arc::new(tls),
+    )));
+    options.set_max_packet_size(1 << 20, 1 << 20);
+    AsyncClient::new(options, 64)
+}
+
 /// Stands in for the gateway: sees every car's requests, answers and pushes events.
 pub struct FakeGateway {
     client: AsyncClient,
@@ -227,29 +254,7 @@ impl FakeGateway {
             &[],
             ExtendedKeyUsagePurpose::ClientAuth,
         );
-        let mut roots = rustls::RootCertStore::empty();
-        for ca in CertificateDer::pem_file_iter(&pki.ca).unwrap() {
-            roots.add(ca.unwrap()).unwrap();
-        }
-        let certs = CertificateDer::pem_file_iter(&files.cert)
-            .unwrap()
-            .map(Result::unwrap)
-            .collect();
-        let key = PrivateKeyDer::from_pem_file(&files.key).unwrap();
-        let tls = rustls::ClientConfig::builder_with_provider(Arc::new(
-            rustls::crypto::ring::default_provider(),
-        ))
-        .with_safe_default_protocol_versions()
-        .unwrap()
-        .with_root_certificates(roots)
-        .with_client_auth_cert(certs, key)
-        .unwrap();
-        let mut options = MqttOptions::new("fake-gateway", "localhost", port);
-        options.set_transport(Transport::tls_with_config(TlsConfiguration::Rustls(
-            Arc::new(tls),
-        )));
-        options.set_max_packet_size(1 << 20, 1 << 20);
-        let (client, mut eventloop) = AsyncClient::new(options, 64);
+        let (client, mut eventloop) = mqtt_client(pki, &files, "fake-gateway", port);
         client
             .subscribe(proto::topics::ALL_REQUESTS, QoS::AtLeastOnce)
             .await
