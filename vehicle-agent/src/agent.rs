@@ -33,24 +33,15 @@ impl Agent {
             Ok(listener) => listener,
             Err(e) => {
                 link.shutdown().await;
-                return Err(e).with_context(|| {
-                    format!("local_listen: cannot listen on {}", config.local_listen)
-                });
+                return Err(e).with_context(|| format!("local_listen: cannot listen on {}", config.local_listen));
             }
         };
-        let local_addr = listener
-            .local_addr()
-            .context("local_listen: no local address")?;
+        let local_addr = listener.local_addr().context("local_listen: no local address")?;
         let (stop_server, stopped) = oneshot::channel::<()>();
         let caller: Arc<dyn local::Caller> = Arc::new(link.clone());
-        let server = tokio::spawn(local::serve(
-            listener,
-            caller,
-            config.default_timeout,
-            async {
-                let _ = stopped.await;
-            },
-        ));
+        let server = tokio::spawn(local::serve(listener, caller, config.default_timeout, async {
+            let _ = stopped.await;
+        }));
         info!(vin = %link.vin(), %local_addr, gateway = %config.gateway, "vehicle agent started");
         Ok(Agent {
             link,

@@ -42,10 +42,7 @@ impl Backoff {
     pub fn ceiling(&self, attempt: u32) -> Duration {
         // Past 2^31 the product saturates anyway; the shift must not overflow.
         let factor = 1u32.checked_shl(attempt.min(31)).unwrap_or(u32::MAX);
-        self.initial
-            .checked_mul(factor)
-            .unwrap_or(Duration::MAX)
-            .min(self.max)
+        self.initial.checked_mul(factor).unwrap_or(Duration::MAX).min(self.max)
     }
 
     /// Draws the delay before the next attempt and counts the attempt.
@@ -92,10 +89,7 @@ mod tests {
             for attempt in 0..40 {
                 let bound = b.ceiling(attempt);
                 let d = b.next_delay();
-                assert!(
-                    d <= bound,
-                    "seed {seed} attempt {attempt}: {d:?} > {bound:?}"
-                );
+                assert!(d <= bound, "seed {seed} attempt {attempt}: {d:?} > {bound:?}");
                 assert!(d <= 5000 * MS);
             }
         }

@@ -155,18 +155,15 @@ fn call(method: &str, json: &str, agent: &str, timeout: Duration, key: Option<&s
         Err(e) => return fail(EXIT_USAGE, format!("--agent {agent:?} is not a URI: {e}")),
     };
     let path = PathAndQuery::from_str(method.as_str()).expect("a MethodPath is a valid URI path");
-    let runtime = match tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-    {
+    let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
         Ok(rt) => rt,
         Err(e) => return fail(EXIT_FAILURE, format!("cannot start the runtime: {e}")),
     };
     let result: Result<Bytes, Status> = runtime.block_on(async {
         let mut grpc = tonic::client::Grpc::new(endpoint.connect_lazy());
-        grpc.ready().await.map_err(|e| {
-            Status::unavailable(format!("the agent at {agent} is unreachable: {e}"))
-        })?;
+        grpc.ready()
+            .await
+            .map_err(|e| Status::unavailable(format!("the agent at {agent} is unreachable: {e}")))?;
         let mut request = tonic::Request::new(payload);
         // Sent as grpc-timeout: the agent gives up (and tells the gateway) at the same moment.
         request.set_timeout(timeout);

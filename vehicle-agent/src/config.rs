@@ -159,12 +159,7 @@ fn default_max_payload_bytes() -> usize {
 
 impl AgentConfig {
     /// A configuration with the given endpoint and files and defaults for everything else.
-    pub fn new(
-        gateway: impl Into<String>,
-        ca_cert: PathBuf,
-        cert: PathBuf,
-        key: PathBuf,
-    ) -> AgentConfig {
+    pub fn new(gateway: impl Into<String>, ca_cert: PathBuf, cert: PathBuf, key: PathBuf) -> AgentConfig {
         AgentConfig {
             gateway: gateway.into(),
             server_name: None,
@@ -236,10 +231,7 @@ impl AgentConfig {
             ));
         }
         if self.backoff_initial.is_zero() {
-            return Err(ConfigError::invalid(
-                "backoff_initial",
-                "must be greater than zero",
-            ));
+            return Err(ConfigError::invalid("backoff_initial", "must be greater than zero"));
         }
         if self.backoff_initial > self.backoff_max {
             return Err(ConfigError::invalid(
@@ -251,8 +243,7 @@ impl AgentConfig {
                 ),
             ));
         }
-        if self.default_timeout.is_zero() || self.default_timeout.as_millis() > u128::from(u32::MAX)
-        {
+        if self.default_timeout.is_zero() || self.default_timeout.as_millis() > u128::from(u32::MAX) {
             return Err(ConfigError::invalid(
                 "default_timeout",
                 format!(
@@ -275,20 +266,12 @@ impl AgentConfig {
 
     /// The host and port of `gateway`.
     pub fn gateway_addr(&self) -> Result<(String, u16), ConfigError> {
-        let bad = || {
-            ConfigError::invalid(
-                "gateway",
-                format!("{:?} is not of the form host:port", self.gateway),
-            )
-        };
+        let bad = || ConfigError::invalid("gateway", format!("{:?} is not of the form host:port", self.gateway));
         let (host, port) = self.gateway.rsplit_once(':').ok_or_else(bad)?;
         let port: u16 = port.parse().map_err(|_| bad())?;
         // IPv6 literals are written in brackets, "[::1]:8883"; the brackets are not the host.
         let host = match host.strip_prefix('[').and_then(|h| h.strip_suffix(']')) {
-            Some(v6) => v6
-                .parse::<std::net::Ipv6Addr>()
-                .map_err(|_| bad())?
-                .to_string(),
+            Some(v6) => v6.parse::<std::net::Ipv6Addr>().map_err(|_| bad())?.to_string(),
             None if host.is_empty() || host.contains([':', '[', ']', '/']) => return Err(bad()),
             None => host.to_owned(),
         };
@@ -301,9 +284,8 @@ impl AgentConfig {
             Some(name) => ("server_name", name.clone()),
             None => ("gateway", self.gateway_addr()?.0),
         };
-        rustls_pki_types::ServerName::try_from(name.as_str()).map_err(|_| {
-            ConfigError::invalid(field, format!("{name:?} is not a valid TLS server name"))
-        })?;
+        rustls_pki_types::ServerName::try_from(name.as_str())
+            .map_err(|_| ConfigError::invalid(field, format!("{name:?} is not a valid TLS server name")))?;
         Ok(name)
     }
 }
@@ -318,12 +300,7 @@ mod tests {
     use figment::providers::Serialized;
 
     fn base() -> AgentConfig {
-        AgentConfig::new(
-            "localhost:8883",
-            "ca.pem".into(),
-            "car.pem".into(),
-            "car.key".into(),
-        )
+        AgentConfig::new("localhost:8883", "ca.pem".into(), "car.pem".into(), "car.key".into())
     }
 
     fn err_of(c: &AgentConfig) -> String {
@@ -387,10 +364,7 @@ mod tests {
 
         let mut c = base();
         c.backoff_initial = Duration::from_secs(61);
-        assert_eq!(
-            err_of(&c),
-            "backoff_initial: 1m 1s is greater than backoff_max (1m)"
-        );
+        assert_eq!(err_of(&c), "backoff_initial: 1m 1s is greater than backoff_max (1m)");
         c.backoff_initial = Duration::ZERO;
         assert!(err_of(&c).starts_with("backoff_initial:"));
 
@@ -435,10 +409,7 @@ mod tests {
         let path = dir.path().join("agent.toml");
         std::fs::write(&path, "ca_cert = \"ca.pem\"\nkey = \"k\"\n").unwrap();
         let e = AgentConfig::load(Some(&path)).unwrap_err().to_string();
-        assert_eq!(
-            e,
-            "cert: missing: set it in the config file or as AGENT_CERT"
-        );
+        assert_eq!(e, "cert: missing: set it in the config file or as AGENT_CERT");
 
         std::fs::write(
             &path,

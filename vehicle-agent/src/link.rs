@@ -11,8 +11,8 @@ use std::time::Duration;
 use bytes::Bytes;
 use prost::Message;
 use rumqttc::{
-    AsyncClient, ConnectionError, Event as MqttEvent, EventLoop, MqttOptions, Outgoing, Packet,
-    Publish, QoS, SubscribeFilter, SubscribeReasonCode, TlsConfiguration, Transport,
+    AsyncClient, ConnectionError, Event as MqttEvent, EventLoop, MqttOptions, Outgoing, Packet, Publish, QoS,
+    SubscribeFilter, SubscribeReasonCode, TlsConfiguration, Transport,
 };
 use tokio::sync::{broadcast, watch};
 use tokio::task::JoinHandle;
@@ -250,12 +250,7 @@ impl GatewayLink {
             state.pending.clear();
         }
         self.inner.stop.send_replace(true);
-        let task = self
-            .inner
-            .task
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .take();
+        let task = self.inner.task.lock().unwrap_or_else(PoisonError::into_inner).take();
         if let Some(task) = task
             && let Err(e) = task.await
         {
@@ -267,12 +262,12 @@ impl GatewayLink {
 fn deadline_exceeded(timeout: Duration, published: bool, up: bool) -> Status {
     let after = humantime_serde::re::humantime::format_duration(timeout);
     Status::deadline_exceeded(match (published, up) {
-        (false, _) => format!(
-            "no response within {after}: the link to the gateway was down, the request was never sent"
-        ),
-        (true, false) => format!(
-            "no response within {after}: the link to the gateway went down after the request was sent"
-        ),
+        (false, _) => {
+            format!("no response within {after}: the link to the gateway was down, the request was never sent")
+        }
+        (true, false) => {
+            format!("no response within {after}: the link to the gateway went down after the request was sent")
+        }
         (true, true) => {
             format!("no response within {after} from the gateway (the link to the gateway is up)")
         }
@@ -327,10 +322,7 @@ impl Core {
     }
 
     fn on_subscribed(self: &Arc<Self>, codes: &[SubscribeReasonCode]) {
-        if codes
-            .iter()
-            .any(|c| matches!(c, SubscribeReasonCode::Failure))
-        {
+        if codes.iter().any(|c| matches!(c, SubscribeReasonCode::Failure)) {
             error!(
                 topics = %format!("{}, {}", self.response_topic, self.event_topic),
                 "the gateway refused the subscription; calls cannot be answered"
@@ -397,10 +389,7 @@ impl Core {
                 }
             }
         } else {
-            debug!(
-                topic = publish.topic,
-                "ignoring a message on an unexpected topic"
-            );
+            debug!(topic = publish.topic, "ignoring a message on an unexpected topic");
         }
     }
 
@@ -418,12 +407,7 @@ impl Core {
 }
 
 /// The event-loop task: polls until stopped, reconnecting with backoff.
-async fn run(
-    core: Arc<Core>,
-    mut eventloop: EventLoop,
-    mut backoff: Backoff,
-    mut stop: watch::Receiver<bool>,
-) {
+async fn run(core: Arc<Core>, mut eventloop: EventLoop, mut backoff: Backoff, mut stop: watch::Receiver<bool>) {
     loop {
         let event = tokio::select! {
             biased;

@@ -46,9 +46,7 @@ impl Caller for GatewayLink {
         idempotency_key: Option<String>,
     ) -> BoxFuture<'static, Result<Bytes, Status>> {
         let link = self.clone();
-        Box::pin(async move {
-            GatewayLink::call(&link, &method, payload, timeout, idempotency_key).await
-        })
+        Box::pin(async move { GatewayLink::call(&link, &method, payload, timeout, idempotency_key).await })
     }
 }
 
@@ -158,13 +156,10 @@ impl UnaryService<Bytes> for Handler {
         let caller = self.caller.clone();
         Box::pin(async move {
             let method = method.map_err(|e| Status::unimplemented(e.to_string()))?;
-            let timeout =
-                timeout.ok_or_else(|| Status::invalid_argument("malformed grpc-timeout header"))?;
-            let key = key.transpose().map_err(|_| {
-                Status::invalid_argument(format!(
-                    "{IDEMPOTENCY_KEY} metadata must be printable ASCII"
-                ))
-            })?;
+            let timeout = timeout.ok_or_else(|| Status::invalid_argument("malformed grpc-timeout header"))?;
+            let key = key
+                .transpose()
+                .map_err(|_| Status::invalid_argument(format!("{IDEMPOTENCY_KEY} metadata must be printable ASCII")))?;
             caller
                 .call(method, request.into_inner(), timeout, key)
                 .await
@@ -223,26 +218,10 @@ mod tests {
         assert_eq!(parse_grpc_timeout("10S"), Some(Duration::from_secs(10)));
         assert_eq!(parse_grpc_timeout("2H"), Some(Duration::from_secs(7200)));
         assert_eq!(parse_grpc_timeout("3M"), Some(Duration::from_secs(180)));
-        assert_eq!(
-            parse_grpc_timeout("1500m"),
-            Some(Duration::from_millis(1500))
-        );
-        assert_eq!(
-            parse_grpc_timeout("99999999u"),
-            Some(Duration::from_micros(99_999_999))
-        );
+        assert_eq!(parse_grpc_timeout("1500m"), Some(Duration::from_millis(1500)));
+        assert_eq!(parse_grpc_timeout("99999999u"), Some(Duration::from_micros(99_999_999)));
         assert_eq!(parse_grpc_timeout("7n"), Some(Duration::from_nanos(7)));
-        for bad in [
-            "",
-            "S",
-            "10",
-            "10s",
-            "123456789S",
-            "-1S",
-            "+1S",
-            "1.5S",
-            "１S",
-        ] {
+        for bad in ["", "S", "10", "10s", "123456789S", "-1S", "+1S", "1.5S", "１S"] {
             assert_eq!(parse_grpc_timeout(bad), None, "{bad:?}");
         }
     }

@@ -92,15 +92,9 @@ impl PendingRequests {
     /// Every request still within its deadline, oldest first, prepared as by [`PendingRequests::prepare`].
     /// Expired ones are skipped; their callers remove them when they give up.
     pub fn due(&mut self, now: Instant) -> Vec<Request> {
-        let mut ids: Vec<(u64, String)> = self
-            .entries
-            .iter()
-            .map(|(id, e)| (e.seq, id.clone()))
-            .collect();
+        let mut ids: Vec<(u64, String)> = self.entries.iter().map(|(id, e)| (e.seq, id.clone())).collect();
         ids.sort_unstable();
-        ids.into_iter()
-            .filter_map(|(_, id)| self.prepare(&id, now))
-            .collect()
+        ids.into_iter().filter_map(|(_, id)| self.prepare(&id, now)).collect()
     }
 
     /// Whether the request was ever handed to the link for publishing.
@@ -159,10 +153,7 @@ mod tests {
         assert_eq!(again.timeout_ms, 1800);
         assert_eq!(again.idempotency_key, "key-a");
         assert_eq!(again.payload, vec![1, 2, 3]);
-        assert_eq!(
-            p.prepare("a", t0 + 4999 * MS + Duration::from_micros(500)),
-            None
-        );
+        assert_eq!(p.prepare("a", t0 + 4999 * MS + Duration::from_micros(500)), None);
         assert_eq!(p.prepare("a", t0 + 6000 * MS), None);
         assert_eq!(p.prepare("nope", t0), None);
     }
@@ -175,17 +166,10 @@ mod tests {
         let _b = p.insert(req("b"), t0 + 100 * MS);
         let _c = p.insert(req("c"), t0 + 3000 * MS);
         let due = p.due(t0 + 500 * MS);
-        let got: Vec<(&str, u32)> = due
-            .iter()
-            .map(|r| (r.request_id.as_str(), r.timeout_ms))
-            .collect();
+        let got: Vec<(&str, u32)> = due.iter().map(|r| (r.request_id.as_str(), r.timeout_ms)).collect();
         assert_eq!(got, vec![("a", 500), ("c", 2500)]);
         assert!(!p.was_published("b"));
-        assert_eq!(
-            p.len(),
-            3,
-            "expired requests stay until their caller removes them"
-        );
+        assert_eq!(p.len(), 3, "expired requests stay until their caller removes them");
         assert!(p.due(t0 + 3000 * MS).is_empty());
     }
 
@@ -214,19 +198,13 @@ mod tests {
         assert!(a.try_recv().is_err());
         assert!(p.contains("b"));
         p.clear();
-        assert!(matches!(
-            b.try_recv(),
-            Err(oneshot::error::TryRecvError::Closed)
-        ));
+        assert!(matches!(b.try_recv(), Err(oneshot::error::TryRecvError::Closed)));
         assert!(p.is_empty());
     }
 
     #[test]
     fn huge_deadlines_saturate() {
         let t0 = Instant::now();
-        assert_eq!(
-            timeout_ms(t0 + Duration::from_secs(100 * 86_400), t0),
-            Some(u32::MAX)
-        );
+        assert_eq!(timeout_ms(t0 + Duration::from_secs(100 * 86_400), t0), Some(u32::MAX));
     }
 }

@@ -31,8 +31,7 @@ impl Identity {
     /// Validates `config` and loads its CA, certificate and key.
     pub fn load(config: &AgentConfig) -> Result<Identity, ConfigError> {
         config.validate_values()?;
-        let server_name = ServerName::try_from(config.server_name()?)
-            .expect("validated by AgentConfig::server_name");
+        let server_name = ServerName::try_from(config.server_name()?).expect("validated by AgentConfig::server_name");
         // Our own provider rather than the process default, so a second provider linked
         // into the binary cannot make the builder panic.
         let provider = Arc::new(rustls::crypto::ring::default_provider());
@@ -54,9 +53,7 @@ impl Identity {
         let verifier = FixedNameVerifier {
             inner: WebPkiServerVerifier::builder_with_provider(Arc::new(roots), provider.clone())
                 .build()
-                .map_err(|e| {
-                    ConfigError::invalid("ca_cert", format!("{}: {e}", config.ca_cert.display()))
-                })?,
+                .map_err(|e| ConfigError::invalid("ca_cert", format!("{}: {e}", config.ca_cert.display())))?,
             name: server_name,
         };
         let client_config = ClientConfig::builder_with_provider(provider)
@@ -84,8 +81,7 @@ impl Identity {
 
 /// The VIN a vehicle certificate names: its subject CN, provided its OU is `vehicle`.
 pub fn vin_of_certificate(der: &CertificateDer<'_>) -> Result<Vin, String> {
-    let (_, cert) = X509Certificate::from_der(der)
-        .map_err(|e| format!("not a valid X.509 certificate: {e}"))?;
+    let (_, cert) = X509Certificate::from_der(der).map_err(|e| format!("not a valid X.509 certificate: {e}"))?;
     let subject = cert.subject();
     let ous: Vec<&str> = subject
         .iter_organizational_unit()
@@ -100,27 +96,19 @@ pub fn vin_of_certificate(der: &CertificateDer<'_>) -> Result<Vin, String> {
         .iter_common_name()
         .next()
         .and_then(|a| a.as_str().ok())
-        .ok_or_else(|| {
-            format!("the subject has no CN to take the VIN from (subject: {subject})")
-        })?;
+        .ok_or_else(|| format!("the subject has no CN to take the VIN from (subject: {subject})"))?;
     Vin::parse(cn).map_err(|e| format!("the subject CN is not a VIN: {e}"))
 }
 
 fn read_file(field: &'static str, path: &Path) -> Result<Vec<u8>, ConfigError> {
-    std::fs::read(path)
-        .map_err(|e| ConfigError::invalid(field, format!("cannot read {}: {e}", path.display())))
+    std::fs::read(path).map_err(|e| ConfigError::invalid(field, format!("cannot read {}: {e}", path.display())))
 }
 
-fn read_certs(
-    field: &'static str,
-    path: &Path,
-) -> Result<Vec<CertificateDer<'static>>, ConfigError> {
+fn read_certs(field: &'static str, path: &Path) -> Result<Vec<CertificateDer<'static>>, ConfigError> {
     let pem = read_file(field, path)?;
     let certs = CertificateDer::pem_slice_iter(&pem)
         .collect::<Result<Vec<_>, _>>()
-        .map_err(|e| {
-            ConfigError::invalid(field, format!("{} is not valid PEM: {e}", path.display()))
-        })?;
+        .map_err(|e| ConfigError::invalid(field, format!("{} is not valid PEM: {e}", path.display())))?;
     if certs.is_empty() {
         return Err(ConfigError::invalid(
             field,

@@ -15,9 +15,7 @@ use tokio::net::TcpListener;
 use tokio::process::Command;
 use tonic::{Code, Status};
 
-use common::{
-    Broker, FakeGateway, Pki, SOON, VIN, free_port, install_provider, mosquitto_available,
-};
+use common::{Broker, FakeGateway, Pki, SOON, VIN, free_port, install_provider, mosquitto_available};
 use proto::MethodPath;
 use proto::parking::v1::{ListNearbyLotsRequest, ListNearbyLotsResponse, Lot};
 use proto::vehicle::v1::Response;
@@ -38,14 +36,7 @@ fn agent() -> Command {
 }
 
 async fn output(cmd: &mut Command) -> (Option<i32>, String, String) {
-    let Output {
-        status,
-        stdout,
-        stderr,
-    } = tokio::time::timeout(SOON, cmd.output())
-        .await
-        .unwrap()
-        .unwrap();
+    let Output { status, stdout, stderr } = tokio::time::timeout(SOON, cmd.output()).await.unwrap().unwrap();
     (
         status.code(),
         String::from_utf8(stdout).unwrap(),
@@ -122,13 +113,9 @@ async fn bad_method_or_json_exits_64() {
         "{err}"
     );
 
-    let (code, _, err) =
-        output(agent().args(["call", "/parking.v1.ParkingPayment/Teleport", "{}"])).await;
+    let (code, _, err) = output(agent().args(["call", "/parking.v1.ParkingPayment/Teleport", "{}"])).await;
     assert_eq!(code, Some(64));
-    assert!(
-        err.contains("no method /parking.v1.ParkingPayment/Teleport"),
-        "{err}"
-    );
+    assert!(err.contains("no method /parking.v1.ParkingPayment/Teleport"), "{err}");
 
     let (code, _, err) = output(agent().args(["call", LIST, r#"{"near": 5}"#])).await;
     assert_eq!(code, Some(64));
@@ -202,10 +189,7 @@ async fn call_prints_the_response_as_json() {
     assert!(out.contains("\n  "), "pretty-printed: {out}");
 
     let (payload, timeout, key) = stub.1.lock().unwrap().clone().unwrap();
-    assert_eq!(
-        ListNearbyLotsRequest::decode(payload).unwrap().max_results,
-        3
-    );
+    assert_eq!(ListNearbyLotsRequest::decode(payload).unwrap().max_results, 3);
     assert!(
         timeout <= Duration::from_secs(4) && timeout > Duration::from_secs(3),
         "{timeout:?}"
@@ -267,9 +251,8 @@ async fn run_serves_calls_until_sigterm() {
     .expect("the agent connects");
 
     let url = format!("http://{local}");
-    let call = tokio::spawn(async move {
-        output(agent().args(["call", LIST, r#"{"maxResults":1}"#, "--agent", &url])).await
-    });
+    let call =
+        tokio::spawn(async move { output(agent().args(["call", LIST, r#"{"maxResults":1}"#, "--agent", &url])).await });
     let (vin, req) = gw.next_request().await;
     assert_eq!(vin, VIN);
     let lots = ListNearbyLotsResponse {
@@ -285,25 +268,14 @@ async fn run_serves_calls_until_sigterm() {
     assert!(out.contains("Lot B"), "{out}");
 
     let pid = child.id().unwrap().to_string();
-    let killed = Command::new("kill")
-        .args(["-TERM", &pid])
-        .status()
-        .await
-        .unwrap();
+    let killed = Command::new("kill").args(["-TERM", &pid]).status().await.unwrap();
     assert!(killed.success());
     let mut rest = String::new();
-    while let Some(line) = tokio::time::timeout(SOON, log.next_line())
-        .await
-        .unwrap()
-        .unwrap()
-    {
+    while let Some(line) = tokio::time::timeout(SOON, log.next_line()).await.unwrap().unwrap() {
         rest.push_str(&line);
         rest.push('\n');
     }
-    let status = tokio::time::timeout(SOON, child.wait())
-        .await
-        .unwrap()
-        .unwrap();
+    let status = tokio::time::timeout(SOON, child.wait()).await.unwrap().unwrap();
     assert!(status.success(), "{status:?}\n{rest}");
     assert!(rest.contains("disconnected from the gateway"), "{rest}");
     assert!(!rest.to_lowercase().contains("private key"), "{rest}");

@@ -35,10 +35,7 @@ fn missing_files_name_the_field_and_the_path() {
     let mut c = config(&pki);
     c.cert = missing.clone();
     let e = error(&c);
-    assert!(
-        e.starts_with("cert: cannot read /nonexistent/car.pem"),
-        "{e}"
-    );
+    assert!(e.starts_with("cert: cannot read /nonexistent/car.pem"), "{e}");
 
     let mut c = config(&pki);
     c.ca_cert = missing.clone();
@@ -94,9 +91,7 @@ fn unusable_pem_files_are_reported_without_their_contents() {
     let empty = dir.path().join("empty.pem");
     std::fs::write(&empty, "").unwrap();
     c.ca_cert = empty.clone();
-    assert!(
-        error(&c).starts_with("ca_cert: ") && error(&c).contains("contains no PEM certificate")
-    );
+    assert!(error(&c).starts_with("ca_cert: ") && error(&c).contains("contains no PEM certificate"));
 
     let mut c = config(&pki);
     c.key = c.cert.clone();
@@ -132,9 +127,5 @@ fn values_are_checked_before_files() {
     let pki = Pki::new();
     let mut c = config(&pki);
     c.keep_alive = std::time::Duration::from_secs(7200);
-    assert!(
-        error(&c).starts_with("keep_alive: 2h is out of range"),
-        "{}",
-        error(&c)
-    );
+    assert!(error(&c).starts_with("keep_alive: 2h is out of range"), "{}", error(&c));
 }

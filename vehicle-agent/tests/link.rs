@@ -8,13 +8,9 @@ use bytes::Bytes;
 use prost::Message;
 use tonic::Code;
 
-use common::{
-    Broker, FakeGateway, Pki, SOON, VIN, free_port, install_provider, mosquitto_available,
-};
+use common::{Broker, FakeGateway, Pki, SOON, VIN, free_port, install_provider, mosquitto_available};
 use proto::MethodPath;
-use proto::parking::v1::{
-    ListNearbyLotsResponse, Lot, ParkingSession, StartSessionRequest, StartSessionResponse,
-};
+use proto::parking::v1::{ListNearbyLotsResponse, Lot, ParkingSession, StartSessionRequest, StartSessionResponse};
 use proto::vehicle::v1::{Code as EnvCode, Event, Response};
 use vehicle_agent::{Agent, GatewayLink};
 
@@ -37,8 +33,7 @@ async fn calls_errors_duplicates_and_events() {
     let pki = Pki::new();
     let broker = Broker::start(&pki, free_port()).await;
     let mut gw = FakeGateway::connect(&pki, broker.port).await;
-    let link =
-        GatewayLink::start(&pki.agent_config(VIN, &format!("localhost:{}", broker.port))).unwrap();
+    let link = GatewayLink::start(&pki.agent_config(VIN, &format!("localhost:{}", broker.port))).unwrap();
     connected(&link).await;
     assert!(link.is_connected());
     assert_eq!(link.vin().as_str(), VIN);
@@ -73,11 +68,8 @@ async fn calls_errors_duplicates_and_events() {
             ..Default::default()
         }],
     };
-    gw.respond(
-        VIN,
-        Response::ok(req.request_id.clone(), lots.encode_to_vec()),
-    )
-    .await;
+    gw.respond(VIN, Response::ok(req.request_id.clone(), lots.encode_to_vec()))
+        .await;
     let got = call.await.unwrap().unwrap();
     assert_eq!(ListNearbyLotsResponse::decode(got).unwrap(), lots);
     assert_eq!(link.pending_calls(), 0);
@@ -85,25 +77,20 @@ async fn calls_errors_duplicates_and_events() {
     // Without a key the request id is the key; an error status comes back as that status.
     let call = tokio::spawn({
         let link = link.clone();
-        async move {
-            link.call(&list(), Bytes::new(), Duration::from_secs(5), None)
-                .await
-        }
+        async move { link.call(&list(), Bytes::new(), Duration::from_secs(5), None).await }
     });
     let (_, req) = gw.next_request().await;
     assert_eq!(req.idempotency_key, req.request_id);
     // Garbage and answers nobody waits for are dropped without harm.
     gw.publish(&format!("/tenants/{VIN}/v1/resp"), vec![0xff, 0xff, 0xff])
         .await;
-    gw.respond(VIN, Response::ok("not-a-request-of-ours", vec![]))
-        .await;
+    gw.respond(VIN, Response::ok("not-a-request-of-ours", vec![])).await;
     gw.respond(
         VIN,
         Response::error(req.request_id.clone(), EnvCode::NotFound, "no such lot"),
     )
     .await;
-    gw.respond(VIN, Response::ok(req.request_id.clone(), vec![1]))
-        .await;
+    gw.respond(VIN, Response::ok(req.request_id.clone(), vec![1])).await;
     let err = call.await.unwrap().unwrap_err();
     assert_eq!(err.code(), Code::NotFound);
     assert_eq!(err.message(), "no such lot");
@@ -121,28 +108,18 @@ async fn calls_errors_duplicates_and_events() {
     gw.publish(&topic, vec![0x0a, 0xff]).await;
     gw.publish(&topic, event(1).encode_to_vec()).await;
     gw.publish(&topic, event(2).encode_to_vec()).await;
-    let first = tokio::time::timeout(SOON, events.recv())
-        .await
-        .unwrap()
-        .unwrap();
+    let first = tokio::time::timeout(SOON, events.recv()).await.unwrap().unwrap();
     assert_eq!(first, event(1));
-    let second = tokio::time::timeout(SOON, events.recv())
-        .await
-        .unwrap()
-        .unwrap();
+    let second = tokio::time::timeout(SOON, events.recv()).await.unwrap().unwrap();
     assert_eq!(second, event(2));
 
     // Still working after all that.
     let call = tokio::spawn({
         let link = link.clone();
-        async move {
-            link.call(&list(), Bytes::new(), Duration::from_secs(5), None)
-                .await
-        }
+        async move { link.call(&list(), Bytes::new(), Duration::from_secs(5), None).await }
     });
     let (_, req) = gw.next_request().await;
-    gw.respond(VIN, Response::ok(req.request_id, b"ok".to_vec()))
-        .await;
+    gw.respond(VIN, Response::ok(req.request_id, b"ok".to_vec())).await;
     assert_eq!(call.await.unwrap().unwrap(), Bytes::from_static(b"ok"));
 
     link.shutdown().await;
@@ -168,7 +145,13 @@ async fn requests_made_before_the_link_is_up_go_out_on_connect() {
 
     // On this single-threaded runtime the link's task has not run yet: the call's first
     // poll finds the link down and leaves the request pending.
-    let call = link.call(&list(), Bytes::from_static(b"queued"), Duration::from_secs(30), Some("k".into()));
+    let method = list();
+    let call = link.call(
+        &method,
+        Bytes::from_static(b"queued"),
+        Duration::from_secs(30),
+        Some("k".into()),
+    );
     tokio::pin!(call);
     assert!(futures::poll!(&mut call).is_pending());
     assert!(!link.is_connected());
@@ -178,7 +161,11 @@ async fn requests_made_before_the_link_is_up_go_out_on_connect() {
         let (_, req) = gw.next_request().await;
         assert_eq!(req.payload, b"queued");
         assert_eq!(req.idempotency_key, "k");
-        assert!(req.timeout_ms <= 30_000 && req.timeout_ms > 10_000, "timeout_ms {}", req.timeout_ms);
+        assert!(
+            req.timeout_ms <= 30_000 && req.timeout_ms > 10_000,
+            "timeout_ms {}",
+            req.timeout_ms
+        );
         gw.respond(VIN, Response::ok(req.request_id, b"done".to_vec())).await;
     };
     let (got, ()) = tokio::join!(call, gateway);
@@ -204,18 +191,27 @@ async fn pending_requests_survive_a_link_drop() {
 
     let call = tokio::spawn({
         let link = link.clone();
-        async move { link.call(&list(), Bytes::from_static(b"again"), Duration::from_secs(30), None).await }
+        async move {
+            link.call(&list(), Bytes::from_static(b"again"), Duration::from_secs(30), None)
+                .await
+        }
     });
     let (_, first) = gw.next_request().await;
 
     // Before the gateway answers, another connection with the car's identity takes the
     // session over (the broker drops the agent's link), then goes away again. The gateway
     // stays subscribed throughout, so the resend cannot be lost.
-    let car = common::CertFiles { cert: config.cert.clone(), key: config.key.clone() };
+    let car = common::CertFiles {
+        cert: config.cert.clone(),
+        key: config.key.clone(),
+    };
     let (intruder, mut eventloop) = common::mqtt_client(&pki, &car, VIN, port);
-    let mut state = link.connection_state();
+    let state = link.connection_state();
     tokio::time::timeout(SOON, async {
-        while !matches!(eventloop.poll().await, Ok(rumqttc::Event::Incoming(rumqttc::Packet::ConnAck(_)))) {}
+        while !matches!(
+            eventloop.poll().await,
+            Ok(rumqttc::Event::Incoming(rumqttc::Packet::ConnAck(_)))
+        ) {}
     })
     .await
     .expect("the intruder connects");
@@ -247,19 +243,16 @@ async fn agent_serves_partner_services_to_apps() {
     let mut config = pki.agent_config(VIN, &format!("127.0.0.1:{}", broker.port));
     config.server_name = Some("localhost".into());
     let agent = Agent::start(config).await.unwrap();
-    tokio::time::timeout(SOON, agent.wait_connected())
-        .await
-        .unwrap();
+    tokio::time::timeout(SOON, agent.wait_connected()).await.unwrap();
     assert!(agent.is_connected());
     assert_eq!(agent.vin().as_str(), VIN);
 
     let addr = agent.local_addr();
     let app = tokio::spawn(async move {
-        let mut client = proto::parking::v1::parking_payment_client::ParkingPaymentClient::connect(
-            format!("http://{addr}"),
-        )
-        .await
-        .unwrap();
+        let mut client =
+            proto::parking::v1::parking_payment_client::ParkingPaymentClient::connect(format!("http://{addr}"))
+                .await
+                .unwrap();
         let mut request = tonic::Request::new(StartSessionRequest {
             lot_id: "lot-1".into(),
             plate: "沪A12345".into(),

@@ -43,12 +43,7 @@ async fn oversize_payloads_are_refused_without_sending() {
 
     // At the limit it is accepted (and then waits for the link).
     let err = link
-        .call(
-            &start(),
-            Bytes::from(vec![0u8; 1024]),
-            Duration::from_millis(50),
-            None,
-        )
+        .call(&start(), Bytes::from(vec![0u8; 1024]), Duration::from_millis(50), None)
         .await
         .unwrap_err();
     assert_eq!(err.code(), Code::DeadlineExceeded);
@@ -67,19 +62,10 @@ async fn idempotency_keys_are_limited_to_255_characters() {
         .unwrap()
         .unwrap_err();
     assert_eq!(err.code(), Code::InvalidArgument);
-    assert!(
-        err.message().contains("256 characters"),
-        "{}",
-        err.message()
-    );
+    assert!(err.message().contains("256 characters"), "{}", err.message());
 
     let err = link
-        .call(
-            &start(),
-            Bytes::new(),
-            Duration::ZERO,
-            Some("é".repeat(255)),
-        )
+        .call(&start(), Bytes::new(), Duration::ZERO, Some("é".repeat(255)))
         .await
         .unwrap_err();
     assert_eq!(err.code(), Code::DeadlineExceeded);
@@ -112,10 +98,7 @@ async fn shutdown_fails_waiting_calls_at_once() {
     let link = offline_link(&pki, 1024);
     let call = tokio::spawn({
         let link = link.clone();
-        async move {
-            link.call(&start(), Bytes::new(), Duration::from_secs(600), None)
-                .await
-        }
+        async move { link.call(&start(), Bytes::new(), Duration::from_secs(600), None).await }
     });
     while link.pending_calls() == 0 {
         tokio::task::yield_now().await;
@@ -133,10 +116,7 @@ async fn dropping_a_call_forgets_its_request() {
     let link = offline_link(&pki, 1024);
     let call = tokio::spawn({
         let link = link.clone();
-        async move {
-            link.call(&start(), Bytes::new(), Duration::from_secs(600), None)
-                .await
-        }
+        async move { link.call(&start(), Bytes::new(), Duration::from_secs(600), None).await }
     });
     while link.pending_calls() == 0 {
         tokio::task::yield_now().await;

@@ -47,10 +47,7 @@ impl Caller for Stub {
             timeout,
             key,
         });
-        let answer = self
-            .answer
-            .clone()
-            .map_err(|(code, msg)| Status::new(code, msg));
+        let answer = self.answer.clone().map_err(|(code, msg)| Status::new(code, msg));
         Box::pin(async move { answer })
     }
 }
@@ -72,20 +69,10 @@ async fn serve(answer: Result<Bytes, (Code, &'static str)>) -> Server {
         answer,
     });
     let (stop, stopped) = oneshot::channel::<()>();
-    let task = tokio::spawn(local::serve(
-        listener,
-        stub.clone(),
-        DEFAULT_TIMEOUT,
-        async {
-            let _ = stopped.await;
-        },
-    ));
-    Server {
-        addr,
-        stub,
-        stop,
-        task,
-    }
+    let task = tokio::spawn(local::serve(listener, stub.clone(), DEFAULT_TIMEOUT, async {
+        let _ = stopped.await;
+    }));
+    Server { addr, stub, stop, task }
 }
 
 impl Server {
@@ -162,11 +149,7 @@ async fn any_method_of_the_service_is_forwarded_raw() {
     grpc.ready().await.unwrap();
     let path = PathAndQuery::from_static("/parking.v1.ParkingPayment/FutureMethod");
     let got = grpc
-        .unary(
-            tonic::Request::new(Bytes::from_static(b"raw")),
-            path,
-            RawCodec,
-        )
+        .unary(tonic::Request::new(Bytes::from_static(b"raw")), path, RawCodec)
         .await
         .unwrap()
         .into_inner();
@@ -199,15 +182,10 @@ async fn the_callers_status_reaches_the_app() {
         .await
         .unwrap();
     let err = client
-        .get_receipt(GetReceiptRequest {
-            receipt_id: "x".into(),
-        })
+        .get_receipt(GetReceiptRequest { receipt_id: "x".into() })
         .await
         .unwrap_err();
     assert_eq!(err.code(), Code::ResourceExhausted);
-    assert_eq!(
-        err.message(),
-        "request payload of 9 bytes exceeds the 8-byte limit"
-    );
+    assert_eq!(err.message(), "request payload of 9 bytes exceeds the 8-byte limit");
     server.stop().await;
 }

@@ -8,8 +8,7 @@ use std::time::Duration;
 
 use prost::Message;
 use rcgen::{
-    BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair,
-    KeyUsagePurpose,
+    BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair, KeyUsagePurpose,
 };
 use rumqttc::{AsyncClient, Event, EventLoop, MqttOptions, Packet, QoS, TlsConfiguration, Transport};
 use rustls_pki_types::pem::PemObject;
@@ -51,9 +50,7 @@ impl Pki {
         let key = KeyPair::generate().unwrap();
         let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
         params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-        params
-            .distinguished_name
-            .push(DnType::CommonName, "Test CA");
+        params.distinguished_name.push(DnType::CommonName, "Test CA");
         params.key_usages = vec![
             KeyUsagePurpose::KeyCertSign,
             KeyUsagePurpose::CrlSign,
@@ -79,18 +76,12 @@ impl Pki {
         eku: ExtendedKeyUsagePurpose,
     ) -> CertFiles {
         let key = KeyPair::generate().unwrap();
-        let mut params =
-            CertificateParams::new(sans.iter().map(|s| s.to_string()).collect::<Vec<_>>()).unwrap();
+        let mut params = CertificateParams::new(sans.iter().map(|s| s.to_string()).collect::<Vec<_>>()).unwrap();
         params.distinguished_name.push(DnType::CommonName, cn);
         if let Some(ou) = ou {
-            params
-                .distinguished_name
-                .push(DnType::OrganizationalUnitName, ou);
+            params.distinguished_name.push(DnType::OrganizationalUnitName, ou);
         }
-        params.key_usages = vec![
-            KeyUsagePurpose::DigitalSignature,
-            KeyUsagePurpose::KeyEncipherment,
-        ];
+        params.key_usages = vec![KeyUsagePurpose::DigitalSignature, KeyUsagePurpose::KeyEncipherment];
         params.extended_key_usages = vec![eku];
         let cert = params.signed_by(&key, &self.issuer).unwrap();
         let files = CertFiles {
@@ -103,13 +94,7 @@ impl Pki {
     }
 
     pub fn vehicle(&self, vin: &str) -> CertFiles {
-        self.issue(
-            vin,
-            vin,
-            Some("vehicle"),
-            &[],
-            ExtendedKeyUsagePurpose::ClientAuth,
-        )
+        self.issue(vin, vin, Some("vehicle"), &[], ExtendedKeyUsagePurpose::ClientAuth)
     }
 
     pub fn server(&self) -> CertFiles {
@@ -200,11 +185,7 @@ impl Broker {
         assert_eq!(ready, Ok(true), "mosquitto did not start listening");
         // Keep draining so the broker never blocks on a full pipe.
         tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
-        Broker {
-            child,
-            port,
-            _dir: dir,
-        }
+        Broker { child, port, _dir: dir }
     }
 
     pub async fn stop(mut self) {
@@ -223,18 +204,14 @@ pub fn mqtt_client(pki: &Pki, files: &CertFiles, client_id: &str, port: u16) -> 
         .map(Result::unwrap)
         .collect();
     let key = PrivateKeyDer::from_pem_file(&files.key).unwrap();
-    let tls = rustls::ClientConfig::builder_with_provider(Arc::new(
-        rustls::crypto::ring::default_provider(),
-    ))
-    .with_safe_default_protocol_versions()
-    .unwrap()
-    .with_root_certificates(roots)
-    .with_client_auth_cert(certs, key)
-    .unwrap();
+    let tls = rustls::ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_root_certificates(roots)
+        .with_client_auth_cert(certs, key)
+        .unwrap();
     let mut options = MqttOptions::new(client_id, "localhost", port);
-    options.set_transport(Transport::tls_with_config(TlsConfiguration::Rustls(
-        Arc::new(tls),
-    )));
+    options.set_transport(Transport::tls_with_config(TlsConfiguration::Rustls(Arc::new(tls))));
     options.set_max_packet_size(1 << 20, 1 << 20);
     AsyncClient::new(options, 64)
 }
@@ -271,9 +248,7 @@ impl FakeGateway {
                         }
                     }
                     Ok(Event::Incoming(Packet::Publish(p))) => {
-                        let vin = proto::topics::vin_of_request_topic(&p.topic)
-                            .unwrap()
-                            .to_string();
+                        let vin = proto::topics::vin_of_request_topic(&p.topic).unwrap().to_string();
                         let request = Request::decode(p.payload).unwrap();
                         if tx.send((vin, request)).is_err() {
                             return;
