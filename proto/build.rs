@@ -4,7 +4,12 @@ use prost::Message;
 use std::path::PathBuf;
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
-    let files = ["proto/vehicle/v1/envelope.proto", "proto/parking/v1/parking.proto"];
+    let files = [
+        "proto/vehicle/v1/envelope.proto",
+        "proto/parking/v1/parking.proto",
+        "proto/events/v1/events.proto",
+        "proto/agent/v1/agent.proto",
+    ];
     for f in &files {
         println!("cargo:rerun-if-changed={f}");
     }

@@ -2,6 +2,8 @@
 //!
 //! - [`vehicle::v1`]: the envelope carried over MQTT between a car and the gateway;
 //! - [`parking::v1`]: the first partner service, `parking.v1.ParkingPayment`;
+//! - [`events::v1`]: how partners push events to cars through the gateway;
+//! - [`agent::v1`]: the agent's own local API for in-car apps (results, events);
 //! - [`Vin`], [`topics`] and [`metadata`]: how identity appears on the wire;
 //! - [`json`]: JSON <-> protobuf by method name, for shells and demos;
 //! - [`raw`]: a pass-through gRPC codec for brokering calls without decoding them.
@@ -35,6 +37,24 @@ pub mod parking {
     pub mod v1 {
         #![allow(missing_docs, clippy::all)]
         tonic::include_proto!("parking.v1");
+    }
+}
+
+/// Partner -> car events (`events.v1`), hosted by the gateway.
+pub mod events {
+    /// Version 1 of the partner events contract.
+    pub mod v1 {
+        #![allow(missing_docs, clippy::all)]
+        tonic::include_proto!("events.v1");
+    }
+}
+
+/// The vehicle agent's local API for in-car apps (`agent.v1`).
+pub mod agent {
+    /// Version 1 of the agent API.
+    pub mod v1 {
+        #![allow(missing_docs, clippy::all)]
+        tonic::include_proto!("agent.v1");
     }
 }
 

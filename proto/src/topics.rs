@@ -6,6 +6,9 @@ use crate::Vin;
 /// Filter the gateway subscribes to for requests from every car.
 pub const ALL_REQUESTS: &str = "/tenants/+/v1/req";
 
+/// Filter the gateway subscribes to for event acknowledgements from every car.
+pub const ALL_EVENT_ACKS: &str = "/tenants/+/v1/events/ack";
+
 /// The namespace a car may publish and subscribe in.
 pub fn tenant_prefix(vin: &Vin) -> String {
     format!("/tenants/{vin}/")
@@ -24,6 +27,17 @@ pub fn responses(vin: &Vin) -> String {
 /// Where the gateway publishes partner events for a car.
 pub fn events(vin: &Vin) -> String {
     format!("/tenants/{vin}/v1/events")
+}
+
+/// Where a car acknowledges events.
+pub fn event_acks(vin: &Vin) -> String {
+    format!("/tenants/{vin}/v1/events/ack")
+}
+
+/// The VIN of an event-acknowledgement topic, or `None` if `topic` is not one.
+pub fn vin_of_event_ack_topic(topic: &str) -> Option<Vin> {
+    let vin = topic.strip_prefix("/tenants/")?.strip_suffix("/v1/events/ack")?;
+    Vin::parse(vin).ok()
 }
 
 /// The VIN of a request topic, or `None` if `topic` is not one.
@@ -62,6 +76,8 @@ mod tests {
         assert_eq!(vin_of_request_topic(&requests(&vin())), Some(vin()));
         assert_eq!(vin_of_request_topic("/tenants/WBA3B5C50DF123456/v1/resp"), None);
         assert_eq!(vin_of_request_topic("/tenants/+/v1/req"), None);
+        assert_eq!(vin_of_event_ack_topic(&event_acks(&vin())), Some(vin()));
+        assert!(may_publish(&vin(), &event_acks(&vin())));
     }
 
     #[test]

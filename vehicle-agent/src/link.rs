@@ -100,7 +100,12 @@ impl GatewayLink {
             .set_transport(Transport::tls_with_config(TlsConfiguration::Rustls(
                 identity.client_config,
             )));
-        let (client, eventloop) = AsyncClient::new(options, REQUEST_CHANNEL_CAPACITY);
+        let (client, mut eventloop) = AsyncClient::new(options, REQUEST_CHANNEL_CAPACITY);
+        // Requests and responses are small: without NODELAY each one waits out Nagle's
+        // algorithm against the gateway's delayed ACK (~40 ms per round trip).
+        let mut network = rumqttc::NetworkOptions::new();
+        network.set_tcp_nodelay(true);
+        eventloop.set_network_options(network);
 
         let core = Arc::new(Core {
             gateway: config.gateway.clone(),

@@ -14,6 +14,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use futures::future::BoxFuture;
 use tokio::net::TcpListener;
+use tokio_stream::StreamExt as _;
 use tokio_stream::wrappers::TcpListenerStream;
 use tonic::Status;
 use tonic::codegen::{Body, Service, StdError};
@@ -203,9 +204,17 @@ pub async fn serve(
     default_timeout: Duration,
     shutdown: impl Future<Output = ()> + Send,
 ) -> Result<(), tonic::transport::Error> {
+    // tonic ignores its own tcp_nodelay for a listener handed to it; small replies would
+    // otherwise wait for the app's delayed ACK.
+    let incoming = TcpListenerStream::new(listener).map(|conn| {
+        conn.and_then(|tcp| {
+            tcp.set_nodelay(true)?;
+            Ok(tcp)
+        })
+    });
     tonic::transport::Server::builder()
         .add_service(Forwarder::<ParkingPayment>::new(caller, default_timeout))
-        .serve_with_incoming_shutdown(TcpListenerStream::new(listener), shutdown)
+        .serve_with_incoming_shutdown(incoming, shutdown)
         .await
 }
 
