@@ -5,8 +5,8 @@ use std::path::Path;
 
 use proto::identity::{GATEWAY_ROLE, PARTNER_ROLE, VEHICLE_ROLE};
 use rcgen::{
-    BasicConstraints, CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose, IsCa,
-    Issuer, KeyPair, KeyUsagePurpose, PublicKeyData, SanType, SerialNumber,
+    BasicConstraints, CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair,
+    KeyUsagePurpose, PublicKeyData, SanType, SerialNumber,
 };
 
 use crate::files::{self, IssuedCert};
@@ -36,9 +36,7 @@ impl CertificateAuthority {
         let key = new_key()?;
         let mut params = CertificateParams::default();
         params.distinguished_name = DistinguishedName::new();
-        params
-            .distinguished_name
-            .push(DnType::CommonName, CA_COMMON_NAME);
+        params.distinguished_name.push(DnType::CommonName, CA_COMMON_NAME);
         // Path length 0: this CA signs leaves only, never intermediate CAs.
         params.is_ca = IsCa::Ca(BasicConstraints::Constrained(0));
         params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
@@ -89,8 +87,7 @@ impl CertificateAuthority {
                 key: key_path,
             });
         }
-        let issuer =
-            Issuer::from_ca_cert_pem(&cert_pem, key).map_err(|e| bad_cert(e.to_string()))?;
+        let issuer = Issuer::from_ca_cert_pem(&cert_pem, key).map_err(|e| bad_cert(e.to_string()))?;
         Ok(CertificateAuthority { cert_pem, issuer })
     }
 
@@ -132,11 +129,7 @@ impl CertificateAuthority {
     }
 
     /// Issues the certificate of one vehicle with a chosen validity (e.g. [`Validity::expired`]).
-    pub fn issue_vehicle_with_validity(
-        &self,
-        vin: &proto::Vin,
-        validity: Validity,
-    ) -> Result<IssuedCert, CertsError> {
+    pub fn issue_vehicle_with_validity(&self, vin: &proto::Vin, validity: Validity) -> Result<IssuedCert, CertsError> {
         let mut params = leaf_params(VEHICLE_ROLE, vin.as_str());
         params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
         self.issue(params, validity)
@@ -146,10 +139,7 @@ impl CertificateAuthority {
     pub fn issue_partner(&self, name: &str) -> Result<IssuedCert, CertsError> {
         check_partner_name(name)?;
         let mut params = leaf_params(PARTNER_ROLE, name);
-        params.extended_key_usages = vec![
-            ExtendedKeyUsagePurpose::ClientAuth,
-            ExtendedKeyUsagePurpose::ServerAuth,
-        ];
+        params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth, ExtendedKeyUsagePurpose::ServerAuth];
         let mut sans = Vec::new();
         if is_dns_name(name) && name != "localhost" {
             sans.push(SanType::DnsName(name.try_into()?));
@@ -160,11 +150,7 @@ impl CertificateAuthority {
         self.issue(params, Validity::days_from_now(LEAF_VALIDITY_DAYS))
     }
 
-    fn issue(
-        &self,
-        mut params: CertificateParams,
-        validity: Validity,
-    ) -> Result<IssuedCert, CertsError> {
+    fn issue(&self, mut params: CertificateParams, validity: Validity) -> Result<IssuedCert, CertsError> {
         let key = new_key()?;
         params.not_before = validity.not_before;
         params.not_after = validity.not_after;
@@ -184,12 +170,8 @@ fn new_key() -> Result<KeyPair, CertsError> {
 fn leaf_params(role: &str, common_name: &str) -> CertificateParams {
     let mut params = CertificateParams::default();
     params.distinguished_name = DistinguishedName::new();
-    params
-        .distinguished_name
-        .push(DnType::OrganizationalUnitName, role);
-    params
-        .distinguished_name
-        .push(DnType::CommonName, common_name);
+    params.distinguished_name.push(DnType::OrganizationalUnitName, role);
+    params.distinguished_name.push(DnType::CommonName, common_name);
     params.is_ca = IsCa::ExplicitNoCa;
     params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
     params.use_authority_key_identifier_extension = true;
@@ -231,9 +213,7 @@ fn is_dns_name(name: &str) -> bool {
 
 fn is_dns_label(label: &str) -> bool {
     (1..=63).contains(&label.len())
-        && label
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b == b'-')
+        && label.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
         && !label.starts_with('-')
         && !label.ends_with('-')
 }

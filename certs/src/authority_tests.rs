@@ -69,19 +69,9 @@ fn assert_signed_by(leaf: &X509Certificate<'_>, ca_pem: &str) {
 
 fn assert_leaf(cert: &X509Certificate<'_>) {
     assert!(!cert.is_ca());
-    let bc = cert
-        .basic_constraints()
-        .unwrap()
-        .expect("basic constraints")
-        .value;
+    let bc = cert.basic_constraints().unwrap().expect("basic constraints").value;
     assert!(!bc.ca);
-    assert!(
-        cert.key_usage()
-            .unwrap()
-            .expect("key usage")
-            .value
-            .digital_signature()
-    );
+    assert!(cert.key_usage().unwrap().expect("key usage").value.digital_signature());
 }
 
 fn vin() -> proto::Vin {
@@ -99,8 +89,7 @@ fn ca_is_a_self_signed_ten_year_ca() {
     let usage = cert.key_usage().unwrap().expect("key usage").value;
     assert!(usage.key_cert_sign() && usage.crl_sign());
     cert.verify_signature(None).expect("self-signed");
-    let years =
-        (cert.validity().not_after.to_datetime() - OffsetDateTime::now_utc()).whole_days() / 365;
+    let years = (cert.validity().not_after.to_datetime() - OffsetDateTime::now_utc()).whole_days() / 365;
     assert_eq!(years, 10);
 }
 
@@ -119,10 +108,7 @@ fn vehicle_certificate_names_the_vin_and_only_allows_client_auth() {
     let days = (cert.validity().not_after.to_datetime() - OffsetDateTime::now_utc()).whole_days();
     assert!((824..=825).contains(&days), "{days} days");
     let started = OffsetDateTime::now_utc() - cert.validity().not_before.to_datetime();
-    assert!(
-        started >= time::Duration::minutes(59),
-        "not backdated: {started}"
-    );
+    assert!(started >= time::Duration::minutes(59), "not backdated: {started}");
     assert!(KeyPair::from_pem(&issued.key_pem).is_ok());
 }
 
@@ -138,9 +124,7 @@ fn vehicle_certificates_get_distinct_random_serials() {
 #[test]
 fn expired_validity_ends_in_the_past() {
     let ca = CertificateAuthority::generate().unwrap();
-    let issued = ca
-        .issue_vehicle_with_validity(&vin(), Validity::expired())
-        .unwrap();
+    let issued = ca.issue_vehicle_with_validity(&vin(), Validity::expired()).unwrap();
     let der = der(&issued.cert_pem);
     let cert = parse(&der);
 
@@ -208,10 +192,7 @@ fn partner_certificate_is_client_and_server() {
     assert_eq!(common_name(&cert), "parking-1");
     assert_eq!(role(&cert).as_deref(), Some(proto::identity::PARTNER_ROLE));
     assert_eq!(eku(&cert), (true, true));
-    assert_eq!(
-        sans(&cert),
-        ["DNS:parking-1", "DNS:localhost", "IP:127.0.0.1"]
-    );
+    assert_eq!(sans(&cert), ["DNS:parking-1", "DNS:localhost", "IP:127.0.0.1"]);
     assert_leaf(&cert);
     assert_signed_by(&cert, ca.cert_pem());
 }
@@ -234,10 +215,7 @@ fn partner_names_are_checked() {
         ("a.b", "'.'"),
     ] {
         let err = ca.issue_partner(bad).unwrap_err();
-        assert!(
-            matches!(err, CertsError::InvalidPartnerName { .. }),
-            "{bad:?}: {err}"
-        );
+        assert!(matches!(err, CertsError::InvalidPartnerName { .. }), "{bad:?}: {err}");
         assert!(err.to_string().contains(hint), "{bad:?}: {err}");
     }
     assert!(ca.issue_partner(&"a".repeat(64)).is_ok());
@@ -276,10 +254,7 @@ fn loading_without_a_ca_names_the_missing_file_and_suggests_init() {
     );
     assert!(message.contains("certs init"), "{message}");
 
-    CertificateAuthority::generate()
-        .unwrap()
-        .save(dir.path())
-        .unwrap();
+    CertificateAuthority::generate().unwrap().save(dir.path()).unwrap();
     std::fs::remove_file(dir.path().join("ca.key")).unwrap();
     let err = CertificateAuthority::load(dir.path()).unwrap_err();
     assert!(err.to_string().contains("ca.key"), "{err}");
@@ -289,14 +264,8 @@ fn loading_without_a_ca_names_the_missing_file_and_suggests_init() {
 fn loading_a_ca_with_someone_elses_key_fails() {
     let dir = tempfile::tempdir().unwrap();
     let other = tempfile::tempdir().unwrap();
-    CertificateAuthority::generate()
-        .unwrap()
-        .save(dir.path())
-        .unwrap();
-    CertificateAuthority::generate()
-        .unwrap()
-        .save(other.path())
-        .unwrap();
+    CertificateAuthority::generate().unwrap().save(dir.path()).unwrap();
+    CertificateAuthority::generate().unwrap().save(other.path()).unwrap();
     std::fs::copy(other.path().join("ca.key"), dir.path().join("ca.key")).unwrap();
 
     let err = CertificateAuthority::load(dir.path()).unwrap_err();

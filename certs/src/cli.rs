@@ -71,9 +71,7 @@ pub fn main() -> ExitCode {
 /// Runs one command; returns the files it wrote.
 fn run(cli: Cli) -> Result<Vec<PathBuf>, CertsError> {
     match cli.command {
-        Command::Init { out, names, force } => {
-            Ok(DevPki::init(&out, &names, force)?.files().to_vec())
-        }
+        Command::Init { out, names, force } => Ok(DevPki::init(&out, &names, force)?.files().to_vec()),
         Command::Vehicle { vin, out, ca } => {
             // Validate before touching the CA, so a typo is reported as such.
             let vin = proto::Vin::parse(&vin)?;

@@ -46,11 +46,8 @@ impl IssuedCert {
 
 /// Refuses stems that are empty or would place the files outside `dir`.
 fn check_stem(stem: &str) -> Result<(), CertsError> {
-    let bad = stem.is_empty()
-        || stem == "."
-        || stem == ".."
-        || stem.contains(['/', '\\', '\0'])
-        || stem.starts_with('.');
+    let bad =
+        stem.is_empty() || stem == "." || stem == ".." || stem.contains(['/', '\\', '\0']) || stem.starts_with('.');
     if bad {
         return Err(CertsError::InvalidFileStem(stem.to_owned()));
     }
@@ -75,12 +72,7 @@ pub(crate) fn write_cert(path: &Path, pem: &str) -> Result<(), CertsError> {
 ///
 /// Writing in place would keep the permissions of an existing file (perhaps world-readable) and
 /// could leave a truncated file behind; the rename replaces the file atomically.
-fn write_replacing(
-    path: &Path,
-    contents: &[u8],
-    mode: u32,
-    exact_mode: bool,
-) -> Result<(), CertsError> {
+fn write_replacing(path: &Path, contents: &[u8], mode: u32, exact_mode: bool) -> Result<(), CertsError> {
     let dir = match path.parent() {
         Some(parent) if !parent.as_os_str().is_empty() => parent,
         _ => Path::new("."),
@@ -108,8 +100,7 @@ fn write_new(path: &Path, contents: &[u8], mode: u32, exact_mode: bool) -> Resul
         // The umask can only remove bits; this restores owner read/write under a strict umask.
         set_exact_mode(&file, mode).map_err(CertsError::io("set permissions of", path))?;
     }
-    file.write_all(contents)
-        .map_err(CertsError::io("write", path))?;
+    file.write_all(contents).map_err(CertsError::io("write", path))?;
     file.sync_all().map_err(CertsError::io("write", path))
 }
 
@@ -134,10 +125,7 @@ fn set_exact_mode(_file: &fs::File, _mode: u32) -> std::io::Result<()> {
 }
 
 /// Reads a whole text file, mapping "not found" to `missing()`.
-pub(crate) fn read_to_string(
-    path: &Path,
-    missing: impl FnOnce() -> CertsError,
-) -> Result<String, CertsError> {
+pub(crate) fn read_to_string(path: &Path, missing: impl FnOnce() -> CertsError) -> Result<String, CertsError> {
     match fs::read_to_string(path) {
         Ok(text) => Ok(text),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Err(missing()),
@@ -197,10 +185,7 @@ mod tests {
         };
         for stem in ["", "..", "../x", "a/b", ".hidden"] {
             assert!(
-                matches!(
-                    issued.write(dir.path(), stem),
-                    Err(CertsError::InvalidFileStem(_))
-                ),
+                matches!(issued.write(dir.path(), stem), Err(CertsError::InvalidFileStem(_))),
                 "{stem:?} accepted"
             );
         }

@@ -17,8 +17,7 @@ use std::path::PathBuf;
 use time::{Duration, OffsetDateTime};
 
 pub use authority::{
-    CA_CERT_FILE, CA_COMMON_NAME, CA_KEY_FILE, CertificateAuthority, GATEWAY_COMMON_NAME,
-    check_partner_name,
+    CA_CERT_FILE, CA_COMMON_NAME, CA_KEY_FILE, CertificateAuthority, GATEWAY_COMMON_NAME, check_partner_name,
 };
 pub use files::IssuedCert;
 pub use pki::{DevPki, GATEWAY_STEM};
@@ -133,15 +132,8 @@ pub enum CertsError {
 }
 
 impl CertsError {
-    pub(crate) fn io(
-        action: &'static str,
-        path: impl Into<PathBuf>,
-    ) -> impl FnOnce(std::io::Error) -> CertsError {
+    pub(crate) fn io(action: &'static str, path: impl Into<PathBuf>) -> impl FnOnce(std::io::Error) -> CertsError {
         let path = path.into();
-        move |source| CertsError::Io {
-            action,
-            path,
-            source,
-        }
+        move |source| CertsError::Io { action, path, source }
     }
 }

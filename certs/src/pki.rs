@@ -18,9 +18,7 @@ pub struct DevPki {
 impl DevPki {
     /// Creates `dir/ca.pem`, `ca.key`, `gateway.pem` and `gateway.key`; refuses to replace a CA unless `force`.
     pub fn init(dir: &Path, extra_names: &[String], force: bool) -> Result<DevPki, CertsError> {
-        let pki = DevPki {
-            dir: dir.to_path_buf(),
-        };
+        let pki = DevPki { dir: dir.to_path_buf() };
         if !force {
             // Replacing a CA silently would orphan every certificate issued so far.
             for existing in [pki.ca_cert(), pki.ca_key()] {
@@ -39,9 +37,7 @@ impl DevPki {
 
     /// Refers to an existing PKI directory (nothing is checked until a file is used).
     pub fn open(dir: &Path) -> DevPki {
-        DevPki {
-            dir: dir.to_path_buf(),
-        }
+        DevPki { dir: dir.to_path_buf() }
     }
 
     /// Loads the CA of this PKI, to issue vehicle or partner certificates.
@@ -71,12 +67,7 @@ impl DevPki {
 
     /// Every file [`DevPki::init`] writes, in the order a reader would want them listed.
     pub fn files(&self) -> [PathBuf; 4] {
-        [
-            self.ca_cert(),
-            self.ca_key(),
-            self.gateway_cert(),
-            self.gateway_key(),
-        ]
+        [self.ca_cert(), self.ca_key(), self.gateway_cert(), self.gateway_key()]
     }
 }
 
@@ -93,10 +84,7 @@ mod tests {
             assert!(file.is_file(), "{} missing", file.display());
         }
         let ca = pki.authority().unwrap();
-        assert_eq!(
-            ca.cert_pem(),
-            std::fs::read_to_string(pki.ca_cert()).unwrap()
-        );
+        assert_eq!(ca.cert_pem(), std::fs::read_to_string(pki.ca_cert()).unwrap());
     }
 
     #[test]

@@ -123,10 +123,7 @@ fn init_refuses_to_replace_a_ca_without_force() {
     let before = std::fs::read(dir.path().join("ca.pem")).unwrap();
 
     let err = assert_failure(&certs(&["init", "--out", arg(dir.path())]));
-    assert!(
-        err.contains("already exists") && err.contains("--force"),
-        "{err}"
-    );
+    assert!(err.contains("already exists") && err.contains("--force"), "{err}");
     assert_eq!(std::fs::read(dir.path().join("ca.pem")).unwrap(), before);
 
     assert_success(&certs(&["init", "--out", arg(dir.path()), "--force"]));
@@ -138,40 +135,20 @@ fn bad_vins_are_refused_with_the_reason() {
     let dir = tempfile::tempdir().unwrap();
     assert_success(&certs(&["init", "--out", arg(dir.path())]));
 
-    let err = assert_failure(&certs(&[
-        "vehicle",
-        "WBA3B5C50DF12345I",
-        "--out",
-        arg(dir.path()),
-    ]));
+    let err = assert_failure(&certs(&["vehicle", "WBA3B5C50DF12345I", "--out", arg(dir.path())]));
     assert!(err.contains("'I'") && err.contains("position 17"), "{err}");
 
-    let err = assert_failure(&certs(&[
-        "vehicle",
-        "WBA3B5C50DF12345",
-        "--out",
-        arg(dir.path()),
-    ]));
-    assert!(
-        err.contains("17 characters") && err.contains("has 16"),
-        "{err}"
-    );
+    let err = assert_failure(&certs(&["vehicle", "WBA3B5C50DF12345", "--out", arg(dir.path())]));
+    assert!(err.contains("17 characters") && err.contains("has 16"), "{err}");
 
-    assert_eq!(
-        std::fs::read_dir(dir.path()).unwrap().count(),
-        4,
-        "files were written"
-    );
+    assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 4, "files were written");
 }
 
 #[test]
 fn vehicle_without_a_ca_explains_how_to_create_one() {
     let dir = tempfile::tempdir().unwrap();
     let err = assert_failure(&certs(&["vehicle", VIN, "--out", arg(dir.path())]));
-    assert!(
-        err.contains("ca.pem") && err.contains("certs init"),
-        "{err}"
-    );
+    assert!(err.contains("ca.pem") && err.contains("certs init"), "{err}");
     assert!(!dir.path().join(format!("{VIN}.pem")).exists());
 }
 
@@ -185,13 +162,7 @@ fn bad_partner_names_are_refused() {
 #[test]
 fn bad_gateway_names_are_refused() {
     let dir = tempfile::tempdir().unwrap();
-    let err = assert_failure(&certs(&[
-        "init",
-        "--out",
-        arg(dir.path()),
-        "--name",
-        "no spaces",
-    ]));
+    let err = assert_failure(&certs(&["init", "--out", arg(dir.path()), "--name", "no spaces"]));
     assert!(err.contains("\"no spaces\""), "{err}");
 }
 

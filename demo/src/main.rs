@@ -22,7 +22,10 @@ use vehicle_agent::{Agent, AgentConfig};
 const DEMO_VIN: &str = "LSVAU2180N2183294";
 
 #[derive(Parser)]
-#[command(name = "demo", about = "Run gateway, reference parking adapter and a simulated car on this machine")]
+#[command(
+    name = "demo",
+    about = "Run gateway, reference parking adapter and a simulated car on this machine"
+)]
 struct Args {
     /// Where development certificates and sample configs are kept (created if missing).
     #[arg(long, default_value = "dev-certs")]
@@ -49,13 +52,14 @@ async fn main() -> Result<()> {
     let args = Args::parse();
     let _ = rustls::crypto::ring::default_provider().install_default();
     tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into()),
-        )
+        .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into()))
         .init();
 
     let files = DemoFiles::ensure(&args.dir)?;
-    println!("certificates in {}/ (CA, gateway, partner and vehicle {DEMO_VIN})", args.dir.display());
+    println!(
+        "certificates in {}/ (CA, gateway, partner and vehicle {DEMO_VIN})",
+        args.dir.display()
+    );
 
     let parking = ParkingService::new();
     let adapter = tokio::net::TcpListener::bind(args.adapter_listen)
@@ -73,12 +77,20 @@ async fn main() -> Result<()> {
     }));
     println!("parking adapter   https://{adapter_addr}  (parking.v1.ParkingPayment, mTLS)");
 
-    let mut config = GatewayConfig::new(files.gateway_cert.clone(), files.gateway_key.clone(), files.ca_cert.clone());
+    let mut config = GatewayConfig::new(
+        files.gateway_cert.clone(),
+        files.gateway_key.clone(),
+        files.ca_cert.clone(),
+    );
     config.mqtt.listen = args.mqtt_listen;
     config.partners = vec![files.partner_entry(adapter_addr)];
+    config.storage.url = format!("sqlite://{}", args.dir.join("gateway.db").display());
     config.validate()?;
     let gateway = Gateway::start(config).await?;
-    println!("gateway           mqtts://{}  (MQTT 3.1.1, mutual TLS)", gateway.mqtt_addr());
+    println!(
+        "gateway           mqtts://{}  (MQTT 3.1.1, mutual TLS)",
+        gateway.mqtt_addr()
+    );
 
     let mut agent_config = AgentConfig::new(
         format!("localhost:{}", gateway.mqtt_addr().port()),
@@ -87,11 +99,16 @@ async fn main() -> Result<()> {
         files.vehicle_key.clone(),
     );
     agent_config.local_listen = args.agent_listen;
+    agent_config.state_dir = args.dir.join("agent-state");
     let car = Agent::start(agent_config).await?;
     tokio::time::timeout(Duration::from_secs(10), car.wait_connected())
         .await
         .context("the simulated car did not connect within 10 s")?;
-    println!("simulated car     {} connected; in-car apps call http://{}\n", car.vin(), car.local_addr());
+    println!(
+        "simulated car     {} connected; in-car apps call http://{}\n",
+        car.vin(),
+        car.local_addr()
+    );
 
     let mut app = ParkingPaymentClient::connect(format!("http://{}", car.local_addr())).await?;
     drive_to_the_bund_and_park(&mut app).await?;
@@ -119,7 +136,10 @@ async fn drive_to_the_bund_and_park(app: &mut ParkingPaymentClient<Channel>) -> 
     let t = Instant::now();
     let lots = app
         .list_nearby_lots(ListNearbyLotsRequest {
-            near: Some(GeoPoint { latitude: 31.2400, longitude: 121.4900 }),
+            near: Some(GeoPoint {
+                latitude: 31.2400,
+                longitude: 121.4900,
+            }),
             radius_m: 5_000,
             max_results: 3,
         })
@@ -129,32 +149,70 @@ async fn drive_to_the_bund_and_park(app: &mut ParkingPaymentClient<Channel>) -> 
     println!("1. ListNearbyLots  -> {} lots ({:.1} ms)", lots.len(), ms(t));
     for lot in &lots {
         let price = lot.price_per_hour.as_ref().map_or(0, |p| p.amount_minor);
-        println!("     {:<28} {:>5} m  ¥{}.{:02}/h", lot.name, lot.distance_m, price / 100, price % 100);
+        println!(
+            "     {:<28} {:>5} m  ¥{}.{:02}/h",
+            lot.name,
+            lot.distance_m,
+            price / 100,
+            price % 100
+        );
     }
     let lot = lots.first().context("no lot nearby")?;
     let t = Instant::now();
     let session = app
-        .start_session(StartSessionRequest { lot_id: lot.lot_id.clone(), plate: "沪A12345".into() })
+        .start_session(StartSessionRequest {
+            lot_id: lot.lot_id.clone(),
+            plate: "沪A12345".into(),
+        })
         .await?
         .into_inner()
         .session
         .context("no session")?;
-    println!("2. StartSession    -> {} at {} ({:.1} ms)", session.session_id, lot.name, ms(t));
+    println!(
+        "2. StartSession    -> {} at {} ({:.1} ms)",
+        session.session_id,
+        lot.name,
+        ms(t)
+    );
     let t = Instant::now();
-    let ended = app.end_session(EndSessionRequest { session_id: session.session_id.clone() }).await?.into_inner();
+    let ended = app
+        .end_session(EndSessionRequest {
+            session_id: session.session_id.clone(),
+        })
+        .await?
+        .into_inner();
     let receipt = ended.receipt.context("no receipt")?;
     let fee = receipt.fee.as_ref().map_or(0, |f| f.amount_minor);
-    println!("3. EndSession      -> fee ¥{}.{:02}, receipt {} ({:.1} ms)", fee / 100, fee % 100, receipt.receipt_id, ms(t));
+    println!(
+        "3. EndSession      -> fee ¥{}.{:02}, receipt {} ({:.1} ms)",
+        fee / 100,
+        fee % 100,
+        receipt.receipt_id,
+        ms(t)
+    );
     let t = Instant::now();
-    let again = app.get_receipt(GetReceiptRequest { receipt_id: receipt.receipt_id.clone() }).await?.into_inner();
-    println!("4. GetReceipt      -> {} paid by {} ({:.1} ms)", again.receipt_id, again.payment_reference, ms(t));
+    let again = app
+        .get_receipt(GetReceiptRequest {
+            receipt_id: receipt.receipt_id.clone(),
+        })
+        .await?
+        .into_inner();
+    println!(
+        "4. GetReceipt      -> {} paid by {} ({:.1} ms)",
+        again.receipt_id,
+        again.payment_reference,
+        ms(t)
+    );
     Ok(())
 }
 
 /// Sequential round trips app -> agent -> gateway -> adapter -> back; prints percentiles.
 async fn bench(app: &mut ParkingPaymentClient<Channel>, n: usize) -> Result<()> {
     let request = ListNearbyLotsRequest {
-        near: Some(GeoPoint { latitude: 31.2304, longitude: 121.4737 }),
+        near: Some(GeoPoint {
+            latitude: 31.2304,
+            longitude: 121.4737,
+        }),
         radius_m: 5_000,
         max_results: 5,
     };
@@ -203,7 +261,11 @@ struct DemoFiles {
 impl DemoFiles {
     /// Reuses the PKI in `dir` if there is one, so repeated runs keep the same CA.
     fn ensure(dir: &Path) -> Result<DemoFiles> {
-        let pki = if dir.join("ca.pem").exists() { DevPki::open(dir) } else { DevPki::init(dir, &[], false)? };
+        let pki = if dir.join("ca.pem").exists() {
+            DevPki::open(dir)
+        } else {
+            DevPki::init(dir, &[], false)?
+        };
         let ca: CertificateAuthority = pki.authority()?;
         let vin = Vin::parse(DEMO_VIN)?;
         let (vehicle_cert, vehicle_key) = ca.issue_vehicle(&vin)?.write(dir, vin.as_str())?;
@@ -227,6 +289,7 @@ impl DemoFiles {
     fn partner_entry(&self, adapter: SocketAddr) -> PartnerConfig {
         PartnerConfig {
             service: "parking.v1.ParkingPayment".into(),
+            name: Some("parking".into()),
             endpoint: format!("https://localhost:{}", adapter.port()),
             timeout: Some(Duration::from_secs(10)),
             connect_timeout: Duration::from_secs(3),
@@ -239,9 +302,15 @@ impl DemoFiles {
 
     /// `gateway.toml` and `agent.toml` matching the demo, for `gateway run` / `vehicle-agent run`.
     fn write_sample_configs(&self, dir: &Path) -> Result<()> {
-        let abs = |p: &Path| std::fs::canonicalize(p).unwrap_or_else(|_| p.to_path_buf()).display().to_string();
+        let abs = |p: &Path| {
+            std::fs::canonicalize(p)
+                .unwrap_or_else(|_| p.to_path_buf())
+                .display()
+                .to_string()
+        };
         let gateway = format!(
-            "# Sample gateway configuration written by `demo`.\n[mqtt]\nlisten = \"127.0.0.1:8883\"\n\n[tls]\ncert = {:?}\nkey = {:?}\nclient_ca = {:?}\n\n[requests]\nmax_payload_bytes = 131072\ndefault_timeout = \"30s\"\n\n[[partners]]\nservice = \"parking.v1.ParkingPayment\"\nendpoint = \"https://localhost:50061\"\ntimeout = \"10s\"\nca_cert = {:?}\nclient_cert = {:?}\nclient_key = {:?}\n",
+            "# Sample gateway configuration written by `demo`.\n[mqtt]\nlisten = \"127.0.0.1:8883\"\n\n[storage]\nurl = \"sqlite://{}\"\n\n[tls]\ncert = {:?}\nkey = {:?}\nclient_ca = {:?}\n\n[requests]\nmax_payload_bytes = 131072\ndefault_timeout = \"30s\"\n\n[[partners]]\nservice = \"parking.v1.ParkingPayment\"\nendpoint = \"https://localhost:50061\"\ntimeout = \"10s\"\nca_cert = {:?}\nclient_cert = {:?}\nclient_key = {:?}\n",
+            abs(dir).trim_end_matches('/').to_owned() + "/gateway.db",
             abs(&self.gateway_cert),
             abs(&self.gateway_key),
             abs(&self.ca_cert),

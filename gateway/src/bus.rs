@@ -65,7 +65,9 @@ impl Bus {
                 .build()
                 .map_err(BusError::from)
         };
-        Bus { make_link: Arc::new(make_link) }
+        Bus {
+            make_link: Arc::new(make_link),
+        }
     }
 
     /// Attaches a new link. Building one waits for the router's answer, so it runs off the

@@ -23,6 +23,93 @@ pub struct GatewayConfig {
     /// One entry per partner service the gateway brokers to.
     #[serde(default)]
     pub partners: Vec<PartnerConfig>,
+    /// Where sessions, the idempotency ledger and events are kept.
+    #[serde(default)]
+    pub storage: StorageConfig,
+    /// Idempotency ledger retention.
+    #[serde(default)]
+    pub idempotency: IdempotencyConfig,
+    /// Partner -> car events.
+    #[serde(default)]
+    pub events: EventsConfig,
+    /// The gRPC endpoint partners call to push events (off when absent).
+    #[serde(default)]
+    pub partner_api: Option<PartnerApiConfig>,
+}
+
+/// The database.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct StorageConfig {
+    /// `sqlite://path/gateway.db` (embedded, the default) or `postgres://user@host/db` (multi-node).
+    pub url: String,
+    /// This node's name in the session registry; nodes sharing a database need distinct names.
+    pub node: String,
+}
+
+impl Default for StorageConfig {
+    fn default() -> Self {
+        StorageConfig {
+            url: "sqlite://gateway.db".into(),
+            node: "gateway-1".into(),
+        }
+    }
+}
+
+/// Idempotency ledger settings.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct IdempotencyConfig {
+    /// How long a completed response is replayed for retries with the same key.
+    #[serde(with = "humantime_serde")]
+    pub retention: Duration,
+    /// How often expired entries are purged.
+    #[serde(with = "humantime_serde")]
+    pub purge_interval: Duration,
+}
+
+impl Default for IdempotencyConfig {
+    fn default() -> Self {
+        IdempotencyConfig {
+            retention: Duration::from_secs(24 * 3600),
+            purge_interval: Duration::from_secs(300),
+        }
+    }
+}
+
+/// Partner -> car event settings.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct EventsConfig {
+    /// How long an event is kept for delivery when the partner sets no TTL.
+    #[serde(with = "humantime_serde")]
+    pub default_ttl: Duration,
+    /// Upper bound on any event's TTL.
+    #[serde(with = "humantime_serde")]
+    pub max_ttl: Duration,
+    /// Largest event payload a partner may push.
+    pub max_payload_bytes: usize,
+}
+
+impl Default for EventsConfig {
+    fn default() -> Self {
+        EventsConfig {
+            default_ttl: Duration::from_secs(24 * 3600),
+            max_ttl: Duration::from_secs(7 * 24 * 3600),
+            max_payload_bytes: 64 * 1024,
+        }
+    }
+}
+
+/// The partner-facing gRPC endpoint (mTLS; partners are identified by their certificate's CN).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PartnerApiConfig {
+    /// Address to listen on.
+    pub listen: SocketAddr,
+    /// CA partner client certificates must chain to; defaults to `tls.client_ca`.
+    #[serde(default)]
+    pub client_ca: Option<PathBuf>,
 }
 
 /// The vehicle-facing listener.
@@ -79,6 +166,9 @@ pub struct RequestLimits {
 pub struct PartnerConfig {
     /// Fully qualified gRPC service, e.g. `parking.v1.ParkingPayment`.
     pub service: String,
+    /// The partner's name: the CN of the certificate allowed to push events for `service`.
+    #[serde(default)]
+    pub name: Option<String>,
     /// `https://host:port` (mTLS) or, for local development only, `http://host:port`.
     pub endpoint: String,
     /// Deadline for calls whose car sent none.
@@ -144,7 +234,10 @@ pub enum ConfigError {
 }
 
 fn invalid(field: impl Into<String>, problem: impl Into<String>) -> ConfigError {
-    ConfigError::Invalid { field: field.into(), problem: problem.into() }
+    ConfigError::Invalid {
+        field: field.into(),
+        problem: problem.into(),
+    }
 }
 
 impl GatewayConfig {
@@ -152,9 +245,18 @@ impl GatewayConfig {
     pub fn new(cert: PathBuf, key: PathBuf, client_ca: PathBuf) -> GatewayConfig {
         GatewayConfig {
             mqtt: MqttConfig::default(),
-            tls: TlsConfig { cert, key, client_ca, crls: Vec::new() },
+            tls: TlsConfig {
+                cert,
+                key,
+                client_ca,
+                crls: Vec::new(),
+            },
             requests: RequestLimits::default(),
             partners: Vec::new(),
+            storage: StorageConfig::default(),
+            idempotency: IdempotencyConfig::default(),
+            events: EventsConfig::default(),
+            partner_api: None,
         }
     }
 
@@ -170,8 +272,10 @@ impl GatewayConfig {
             }
             figment = figment.merge(Toml::file(path));
         }
-        let config: GatewayConfig =
-            figment.merge(Env::prefixed("GATEWAY_").split("__")).extract().map_err(Box::new)?;
+        let config: GatewayConfig = figment
+            .merge(Env::prefixed("GATEWAY_").split("__"))
+            .extract()
+            .map_err(Box::new)?;
         config.validate()?;
         Ok(config)
     }
@@ -206,28 +310,108 @@ impl GatewayConfig {
             return Err(invalid("requests.max_payload_bytes", "must be between 1 and 16 MiB"));
         }
         if r.default_timeout.is_zero() || r.default_timeout > r.max_timeout {
-            return Err(invalid("requests.default_timeout", "must be positive and at most requests.max_timeout"));
+            return Err(invalid(
+                "requests.default_timeout",
+                "must be positive and at most requests.max_timeout",
+            ));
+        }
+        let st = &self.storage;
+        if !(st.url.starts_with("sqlite:") || st.url.starts_with("postgres://") || st.url.starts_with("postgresql://"))
+        {
+            return Err(invalid(
+                "storage.url",
+                "must start with sqlite:, postgres:// or postgresql://",
+            ));
+        }
+        if st.node.is_empty()
+            || st.node.len() > 64
+            || !st
+                .node
+                .chars()
+                .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
+        {
+            return Err(invalid(
+                "storage.node",
+                "must be 1 to 64 of a-z, 0-9, - (unique per running gateway)",
+            ));
+        }
+        let id = &self.idempotency;
+        if id.retention < Duration::from_secs(60) {
+            return Err(invalid(
+                "idempotency.retention",
+                "must be at least 1 minute (24h recommended)",
+            ));
+        }
+        if id.purge_interval.is_zero() {
+            return Err(invalid("idempotency.purge_interval", "must be positive"));
+        }
+        let ev = &self.events;
+        if ev.default_ttl.is_zero() || ev.default_ttl > ev.max_ttl {
+            return Err(invalid(
+                "events.default_ttl",
+                "must be positive and at most events.max_ttl",
+            ));
+        }
+        if ev.max_payload_bytes == 0 || ev.max_payload_bytes > 1024 * 1024 {
+            return Err(invalid("events.max_payload_bytes", "must be between 1 byte and 1 MiB"));
+        }
+        if let Some(api) = &self.partner_api
+            && let Some(ca) = &api.client_ca
+        {
+            must_exist("partner_api.client_ca", ca)?;
         }
         let mut services = HashSet::new();
         for (i, p) in self.partners.iter().enumerate() {
             let field = |name: &str| format!("partners[{i}].{name}");
             if !is_service_name(&p.service) {
-                return Err(invalid(field("service"), format!("{:?} is not a fully qualified gRPC service such as parking.v1.ParkingPayment", p.service)));
+                return Err(invalid(
+                    field("service"),
+                    format!(
+                        "{:?} is not a fully qualified gRPC service such as parking.v1.ParkingPayment",
+                        p.service
+                    ),
+                ));
+            }
+            if let Some(name) = &p.name
+                && (name.is_empty()
+                    || name.len() > 64
+                    || !name
+                        .chars()
+                        .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-'))
+            {
+                return Err(invalid(
+                    field("name"),
+                    format!("{name:?} must be the partner certificate's CN: 1 to 64 of a-z, 0-9, -"),
+                ));
             }
             if !services.insert(p.service.as_str()) {
                 return Err(invalid(field("service"), format!("{} is configured twice", p.service)));
             }
-            let uri: http::Uri = p.endpoint.parse().map_err(|e| invalid(field("endpoint"), format!("{:?}: {e}", p.endpoint)))?;
+            let uri: http::Uri = p
+                .endpoint
+                .parse()
+                .map_err(|e| invalid(field("endpoint"), format!("{:?}: {e}", p.endpoint)))?;
             match uri.scheme_str() {
                 Some("https") => {
-                    let ca = p.ca_cert.as_ref().ok_or_else(|| invalid(field("ca_cert"), "required for an https endpoint"))?;
+                    let ca = p
+                        .ca_cert
+                        .as_ref()
+                        .ok_or_else(|| invalid(field("ca_cert"), "required for an https endpoint"))?;
                     must_exist(&field("ca_cert"), ca)?;
                 }
                 Some("http") => {}
-                _ => return Err(invalid(field("endpoint"), format!("{:?} must start with https:// or http://", p.endpoint))),
+                _ => {
+                    return Err(invalid(
+                        field("endpoint"),
+                        format!("{:?} must start with https:// or http://", p.endpoint),
+                    ));
+                }
             }
             if uri.host().is_none() || uri.port_u16().is_none() {
-                return Err(invalid(field("endpoint"), format!("{:?} must name a host and a port", p.endpoint)));
+                return Err(invalid(
+                    field("endpoint"),
+                    format!("{:?} must name a host and a port", p.endpoint),
+                ));
             }
             match (&p.client_cert, &p.client_key) {
                 (Some(c), Some(k)) => {
@@ -238,7 +422,10 @@ impl GatewayConfig {
                 _ => return Err(invalid(field("client_cert"), "client_cert and client_key go together")),
             }
             if p.timeout.is_some_and(|t| t.is_zero() || t > r.max_timeout) {
-                return Err(invalid(field("timeout"), "must be positive and at most requests.max_timeout"));
+                return Err(invalid(
+                    field("timeout"),
+                    "must be positive and at most requests.max_timeout",
+                ));
             }
         }
         Ok(())
@@ -255,7 +442,8 @@ fn must_exist(field: &str, path: &Path) -> Result<(), ConfigError> {
 
 fn is_service_name(s: &str) -> bool {
     s.contains('.')
-        && s.split('.').all(|part| !part.is_empty() && part.chars().all(|c| c.is_ascii_alphanumeric() || c == '_'))
+        && s.split('.')
+            .all(|part| !part.is_empty() && part.chars().all(|c| c.is_ascii_alphanumeric() || c == '_'))
 }
 
 #[cfg(test)]
@@ -267,13 +455,18 @@ mod tests {
         for f in ["cert.pem", "key.pem", "ca.pem"] {
             std::fs::write(dir.path().join(f), "x").unwrap();
         }
-        let c = GatewayConfig::new(dir.path().join("cert.pem"), dir.path().join("key.pem"), dir.path().join("ca.pem"));
+        let c = GatewayConfig::new(
+            dir.path().join("cert.pem"),
+            dir.path().join("key.pem"),
+            dir.path().join("ca.pem"),
+        );
         (dir, c)
     }
 
     fn partner(endpoint: &str) -> PartnerConfig {
         PartnerConfig {
             service: "parking.v1.ParkingPayment".into(),
+            name: None,
             endpoint: endpoint.into(),
             timeout: None,
             connect_timeout: Duration::from_secs(1),
@@ -288,6 +481,8 @@ mod tests {
     fn defaults_are_valid() {
         let (_d, c) = files();
         c.validate().unwrap();
+        assert_eq!(c.storage.url, "sqlite://gateway.db");
+        assert_eq!(c.idempotency.retention, Duration::from_secs(86_400));
         assert_eq!(c.requests.max_payload_bytes, 131_072);
         assert_eq!(c.mqtt.listen.port(), 8883);
     }
@@ -309,7 +504,10 @@ mod tests {
         assert!(c.validate().unwrap_err().to_string().contains("partners[0].endpoint"));
         c.partners = vec![partner("http://127.0.0.1:50061"), partner("http://127.0.0.1:50062")];
         assert!(c.validate().unwrap_err().to_string().contains("configured twice"));
-        c.partners = vec![PartnerConfig { service: "Parking".into(), ..partner("http://127.0.0.1:1") }];
+        c.partners = vec![PartnerConfig {
+            service: "Parking".into(),
+            ..partner("http://127.0.0.1:1")
+        }];
         assert!(c.validate().unwrap_err().to_string().contains("partners[0].service"));
     }
 
@@ -332,7 +530,14 @@ mod tests {
     fn unknown_keys_are_refused() {
         let (dir, c) = files();
         let path = dir.path().join("gateway.toml");
-        std::fs::write(&path, format!("[tls]\ncert = {:?}\nkey = {:?}\nclient_ca = {:?}\ncrl = []\n", c.tls.cert, c.tls.key, c.tls.client_ca)).unwrap();
+        std::fs::write(
+            &path,
+            format!(
+                "[tls]\ncert = {:?}\nkey = {:?}\nclient_ca = {:?}\ncrl = []\n",
+                c.tls.cert, c.tls.key, c.tls.client_ca
+            ),
+        )
+        .unwrap();
         let e = GatewayConfig::load(Some(&path)).unwrap_err().to_string();
         assert!(e.contains("crl"), "{e}");
     }

@@ -8,13 +8,17 @@
 pub mod broker;
 pub mod bus;
 pub mod config;
+pub mod events;
 pub mod routing;
+pub mod sessions;
+pub mod store;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
 
 use tokio::net::{TcpListener, TcpSocket};
-use tokio::sync::broadcast;
+use tokio::sync::{broadcast, mpsc};
+use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{error, info};
@@ -30,9 +34,12 @@ const LISTEN_BACKLOG: u32 = 8192;
 /// A running gateway.
 pub struct Gateway {
     mqtt_addr: SocketAddr,
+    partner_api_addr: Option<SocketAddr>,
     shutdown: CancellationToken,
     tracker: TaskTracker,
     sessions: broadcast::Sender<SessionEvent>,
+    recorder: JoinHandle<()>,
+    store: store::Store,
 }
 
 /// Why the gateway could not start.
@@ -55,11 +62,21 @@ pub enum StartError {
     /// The in-process router refused the dispatcher.
     #[error(transparent)]
     Router(#[from] bus::BusError),
+    /// The database could not be reached or migrated.
+    #[error("storage: {0}")]
+    Storage(#[from] store::StoreError),
+    /// The partner API listener could not be set up.
+    #[error("partner API: {0}")]
+    PartnerApi(String),
 }
 
 /// Binds `addr` with a large accept backlog.
 pub fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
-    let socket = if addr.is_ipv4() { TcpSocket::new_v4()? } else { TcpSocket::new_v6()? };
+    let socket = if addr.is_ipv4() {
+        TcpSocket::new_v4()?
+    } else {
+        TcpSocket::new_v6()?
+    };
     socket.set_reuseaddr(true)?;
     socket.bind(addr)?;
     socket.listen(LISTEN_BACKLOG)
@@ -75,7 +92,10 @@ impl Gateway {
 
     /// Starts serving vehicles on an already-bound listener (tests bind port 0).
     pub async fn start_on(config: GatewayConfig, listener: TcpListener) -> Result<Gateway, StartError> {
-        let mqtt_addr = listener.local_addr().map_err(|source| StartError::Bind { addr: config.mqtt.listen, source })?;
+        let mqtt_addr = listener.local_addr().map_err(|source| StartError::Bind {
+            addr: config.mqtt.listen,
+            source,
+        })?;
         let tls = broker::tls::server_config(&config.tls)?;
         let partners = routing::PartnerDirectory::from_config(&config.partners)?;
         let max_packet_bytes = config.requests.max_payload_bytes + ENVELOPE_OVERHEAD_BYTES;
@@ -84,12 +104,46 @@ impl Gateway {
         let tracker = TaskTracker::new();
         let (sessions, _) = broadcast::channel(1024);
 
-        let router = Arc::new(routing::RequestRouter::new(partners.clone(), config.requests.clone()));
+        let store = store::Store::connect(&config.storage.url).await?;
+        let node = config.storage.node.clone();
+        let closed = store
+            .close_open_sessions_of_node(&node, "gateway restarted", broker::now_ms())
+            .await?;
+        if closed > 0 {
+            info!(closed, "closed sessions left open by this node's previous run");
+        }
+        // One ledger owner per process; what this node's previous (killed) process still
+        // claimed is freed, so cars retrying after the restart are not kept waiting.
+        let owner = format!("{node}/{}-{}", std::process::id(), broker::now_ms());
+        let freed = store.ledger_abandon_claims(&format!("{node}/")).await?;
+        if freed > 0 {
+            info!(freed, "freed idempotency claims left by this node's previous run");
+        }
+        let ledger = Arc::new(routing::Ledger::new(store.clone(), owner, config.idempotency.retention));
+        let (out_tx, out_rx) = mpsc::channel(4096);
+        let delivery = events::EventDelivery::spawn(store.clone(), out_tx.clone());
+        let publications = routing::dispatcher::Publications { tx: out_tx, rx: out_rx };
+
+        let router = Arc::new(routing::RequestRouter::new(
+            partners.clone(),
+            config.requests.clone(),
+            ledger.clone(),
+        ));
         let (ready_tx, ready_rx) = tokio::sync::oneshot::channel();
         {
-            let (bus, shutdown, requests) = (bus.clone(), shutdown.clone(), TaskTracker::new());
+            let (bus, shutdown, requests, delivery) =
+                (bus.clone(), shutdown.clone(), TaskTracker::new(), delivery.clone());
             tracker.spawn(async move {
-                let served = routing::dispatcher::run(bus, router, shutdown, requests.clone(), ready_tx).await;
+                let served = routing::dispatcher::run(
+                    bus,
+                    router,
+                    shutdown,
+                    requests.clone(),
+                    delivery,
+                    publications,
+                    ready_tx,
+                )
+                .await;
                 requests.close();
                 requests.wait().await;
                 if let Err(e) = served {
@@ -97,7 +151,31 @@ impl Gateway {
                 }
             });
         }
-        ready_rx.await.map_err(|_| bus::BusError("dispatcher did not start".into()))??;
+        ready_rx
+            .await
+            .map_err(|_| bus::BusError("dispatcher did not start".into()))??;
+
+        tracker.spawn(purge_expired(
+            ledger,
+            store.clone(),
+            config.idempotency.purge_interval,
+            shutdown.clone(),
+        ));
+        let (session_tx, session_rx) = mpsc::channel(64 * 1024);
+        let recorder = tokio::spawn(sessions::record(
+            session_rx,
+            store.clone(),
+            node,
+            delivery.clone(),
+            sessions.clone(),
+        ));
+
+        let partner_api_addr = match &config.partner_api {
+            Some(api) => {
+                Some(serve_partner_api(&config, api, store.clone(), delivery, shutdown.clone(), &tracker).await?)
+            }
+            None => None,
+        };
 
         let settings = broker::ListenerSettings {
             handshake_timeout: config.mqtt.handshake_timeout,
@@ -113,13 +191,21 @@ impl Gateway {
             tls,
             bus,
             settings,
-            sessions.clone(),
+            broker::SessionSink(session_tx),
             shutdown.clone(),
             tracker.clone(),
         ));
         let services: Vec<_> = partners.services().collect();
         info!(%mqtt_addr, partners = ?services, "gateway listening for vehicles (MQTT 3.1.1 over mTLS)");
-        Ok(Gateway { mqtt_addr, shutdown, tracker, sessions })
+        Ok(Gateway {
+            mqtt_addr,
+            partner_api_addr,
+            shutdown,
+            tracker,
+            sessions,
+            recorder,
+            store,
+        })
     }
 
     /// Where vehicles connect.
@@ -127,16 +213,95 @@ impl Gateway {
         self.mqtt_addr
     }
 
-    /// Session connect/disconnect events from now on.
+    /// Where partners push events, if the partner API is enabled.
+    pub fn partner_api_addr(&self) -> Option<SocketAddr> {
+        self.partner_api_addr
+    }
+
+    /// Session events from now on, each passed on once it is recorded in the registry.
     pub fn session_events(&self) -> broadcast::Receiver<SessionEvent> {
         self.sessions.subscribe()
     }
 
-    /// Stops accepting, disconnects every car, finishes requests in flight, then returns.
+    /// The gateway's store (session registry, ledger, events), for operators and tests.
+    pub fn store(&self) -> &store::Store {
+        &self.store
+    }
+
+    /// Stops accepting, disconnects every car, finishes requests in flight, records the
+    /// disconnects, then returns.
     pub async fn shutdown(self) {
         self.shutdown.cancel();
         self.tracker.close();
         self.tracker.wait().await;
+        let _ = self.recorder.await;
+        self.store.close().await;
         info!("gateway stopped");
     }
+}
+
+/// Deletes expired ledger entries and events every `interval` until shutdown.
+async fn purge_expired(
+    ledger: Arc<routing::Ledger>,
+    store: store::Store,
+    interval: std::time::Duration,
+    shutdown: CancellationToken,
+) {
+    let mut ticks = tokio::time::interval(interval);
+    loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            _ = ticks.tick() => {}
+        }
+        match ledger.purge().await {
+            Ok(n) if n > 0 => info!(purged = n, "expired idempotency keys purged"),
+            Ok(_) => {}
+            Err(e) => tracing::warn!(error = %e, "idempotency purge failed; will retry"),
+        }
+        if let Err(e) = store.purge_events(broker::now_ms()).await {
+            tracing::warn!(error = %e, "event purge failed; will retry");
+        }
+    }
+}
+
+/// Starts the partner-facing gRPC endpoint (mTLS, partners' client certificates required).
+async fn serve_partner_api(
+    config: &GatewayConfig,
+    api: &config::PartnerApiConfig,
+    store: store::Store,
+    delivery: events::EventDelivery,
+    shutdown: CancellationToken,
+    tracker: &TaskTracker,
+) -> Result<SocketAddr, StartError> {
+    use tonic::transport::{Certificate, Identity, Server, ServerTlsConfig};
+    let read =
+        |p: &std::path::Path| std::fs::read(p).map_err(|e| StartError::PartnerApi(format!("{}: {e}", p.display())));
+    let ca = read(api.client_ca.as_deref().unwrap_or(&config.tls.client_ca))?;
+    let tls = ServerTlsConfig::new()
+        .identity(Identity::from_pem(read(&config.tls.cert)?, read(&config.tls.key)?))
+        .client_ca_root(Certificate::from_pem(ca));
+    let listener = bind(api.listen).map_err(|source| StartError::Bind {
+        addr: api.listen,
+        source,
+    })?;
+    let addr = listener.local_addr().map_err(|source| StartError::Bind {
+        addr: api.listen,
+        source,
+    })?;
+    let service = events::PartnerEventsApi::new(store, delivery, &config.partners, config.events.clone());
+    let server = Server::builder()
+        .tls_config(tls)
+        .map_err(|e| StartError::PartnerApi(e.to_string()))?
+        .add_service(service.into_server());
+    tracker.spawn(async move {
+        let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
+        if let Err(e) = server
+            .serve_with_incoming_shutdown(incoming, shutdown.cancelled_owned())
+            .await
+        {
+            error!(error = %e, "partner API stopped");
+        }
+    });
+    info!(%addr, "partner API listening (gRPC over mTLS)");
+    Ok(addr)
 }

@@ -8,9 +8,15 @@ use gateway::{Gateway, GatewayConfig, StartError};
 
 /// Exit code for a configuration that cannot run (sysexits' EX_USAGE).
 const EXIT_BAD_CONFIG: u8 = 64;
+/// Exit code when the database cannot be reached at startup (sysexits' EX_UNAVAILABLE).
+const EXIT_UNAVAILABLE: u8 = 69;
 
 #[derive(Parser)]
-#[command(name = "gateway", version, about = "Connected-car gateway: MQTT over mTLS for vehicles, gRPC to partners")]
+#[command(
+    name = "gateway",
+    version,
+    about = "Connected-car gateway: MQTT over mTLS for vehicles, gRPC to partners"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -62,6 +68,7 @@ fn main() -> ExitCode {
                 eprintln!("error: {e}");
                 return match e {
                     StartError::Tls(_) | StartError::Partner(_) => ExitCode::from(EXIT_BAD_CONFIG),
+                    StartError::Storage(_) => ExitCode::from(EXIT_UNAVAILABLE),
                     _ => ExitCode::FAILURE,
                 };
             }

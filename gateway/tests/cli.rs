@@ -22,7 +22,11 @@ fn a_missing_config_file_exits_64_with_its_name() {
 fn missing_certificates_exit_64_naming_the_setting() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("gateway.toml");
-    std::fs::write(&path, "[tls]\ncert = \"/nope/cert.pem\"\nkey = \"/nope/key.pem\"\nclient_ca = \"/nope/ca.pem\"\n").unwrap();
+    std::fs::write(
+        &path,
+        "[tls]\ncert = \"/nope/cert.pem\"\nkey = \"/nope/key.pem\"\nclient_ca = \"/nope/ca.pem\"\n",
+    )
+    .unwrap();
     let out = gateway(&["check-config", "--config", path.to_str().unwrap()], &[]);
     assert_eq!(out.status.code(), Some(64));
     let stderr = String::from_utf8_lossy(&out.stderr);
@@ -34,9 +38,16 @@ fn an_invalid_environment_override_exits_64() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("gateway.toml");
     std::fs::write(&path, "[tls]\ncert = \"a\"\nkey = \"b\"\nclient_ca = \"c\"\n").unwrap();
-    let out = gateway(&["check-config", "--config", path.to_str().unwrap()], &[("GATEWAY_MQTT__LISTEN", "not-an-address")]);
+    let out = gateway(
+        &["check-config", "--config", path.to_str().unwrap()],
+        &[("GATEWAY_MQTT__LISTEN", "not-an-address")],
+    );
     assert_eq!(out.status.code(), Some(64));
-    assert!(String::from_utf8_lossy(&out.stderr).to_lowercase().contains("mqtt.listen"));
+    assert!(
+        String::from_utf8_lossy(&out.stderr)
+            .to_lowercase()
+            .contains("mqtt.listen")
+    );
 }
 
 #[test]

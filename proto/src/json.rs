@@ -9,9 +9,8 @@ use prost_reflect::{DescriptorPool, DynamicMessage, MethodDescriptor};
 
 use crate::{FILE_DESCRIPTOR_SET, MethodPath};
 
-static POOL: LazyLock<DescriptorPool> = LazyLock::new(|| {
-    DescriptorPool::decode(FILE_DESCRIPTOR_SET).expect("descriptor set built by build.rs is valid")
-});
+static POOL: LazyLock<DescriptorPool> =
+    LazyLock::new(|| DescriptorPool::decode(FILE_DESCRIPTOR_SET).expect("descriptor set built by build.rs is valid"));
 
 /// Why a JSON request or a response could not be translated.
 #[derive(Debug, thiserror::Error)]
@@ -47,7 +46,10 @@ pub fn method_descriptor(method: &MethodPath) -> Result<MethodDescriptor, JsonEr
 /// Encodes a JSON request (proto3 JSON mapping) for `method`.
 pub fn request_from_json(method: &MethodPath, json: &str) -> Result<Vec<u8>, JsonError> {
     let input = method_descriptor(method)?.input();
-    let bad = |source| JsonError::BadJson { message: input.full_name().to_owned(), source };
+    let bad = |source| JsonError::BadJson {
+        message: input.full_name().to_owned(),
+        source,
+    };
     let mut de = serde_json::Deserializer::from_str(json);
     let msg = DynamicMessage::deserialize(input.clone(), &mut de).map_err(bad)?;
     de.end().map_err(bad)?;
@@ -57,8 +59,10 @@ pub fn request_from_json(method: &MethodPath, json: &str) -> Result<Vec<u8>, Jso
 /// Decodes `method`'s encoded response into pretty JSON.
 pub fn response_to_json(method: &MethodPath, bytes: &[u8]) -> Result<String, JsonError> {
     let output = method_descriptor(method)?.output();
-    let msg = DynamicMessage::decode(output.clone(), bytes)
-        .map_err(|source| JsonError::BadProtobuf { message: output.full_name().to_owned(), source })?;
+    let msg = DynamicMessage::decode(output.clone(), bytes).map_err(|source| JsonError::BadProtobuf {
+        message: output.full_name().to_owned(),
+        source,
+    })?;
     Ok(serde_json::to_string_pretty(&msg).expect("a dynamic message always serializes"))
 }
 
@@ -73,7 +77,11 @@ mod tests {
 
     #[test]
     fn json_request_encodes_to_the_generated_type() {
-        let bytes = request_from_json(&list(), r#"{"near":{"latitude":31.2,"longitude":121.5},"maxResults":3}"#).unwrap();
+        let bytes = request_from_json(
+            &list(),
+            r#"{"near":{"latitude":31.2,"longitude":121.5},"maxResults":3}"#,
+        )
+        .unwrap();
         let req = ListNearbyLotsRequest::decode(bytes.as_slice()).unwrap();
         assert_eq!(req.max_results, 3);
         assert_eq!(req.near.unwrap().latitude, 31.2);
@@ -81,7 +89,12 @@ mod tests {
 
     #[test]
     fn response_decodes_to_json() {
-        let resp = ListNearbyLotsResponse { lots: vec![Lot { name: "Lot A".into(), ..Default::default() }] };
+        let resp = ListNearbyLotsResponse {
+            lots: vec![Lot {
+                name: "Lot A".into(),
+                ..Default::default()
+            }],
+        };
         let json = response_to_json(&list(), &resp.encode_to_vec()).unwrap();
         assert!(json.contains("Lot A"), "{json}");
     }
@@ -91,6 +104,9 @@ mod tests {
         let e = request_from_json(&list(), r#"{"nope":1}"#).unwrap_err();
         assert!(e.to_string().contains("parking.v1.ListNearbyLotsRequest"), "{e}");
         let unknown = MethodPath::parse("/parking.v1.ParkingPayment/Teleport").unwrap();
-        assert!(matches!(request_from_json(&unknown, "{}"), Err(JsonError::UnknownMethod(_))));
+        assert!(matches!(
+            request_from_json(&unknown, "{}"),
+            Err(JsonError::UnknownMethod(_))
+        ));
     }
 }

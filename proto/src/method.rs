@@ -22,12 +22,16 @@ impl MethodPath {
             !s.is_empty()
                 && !s.starts_with('.')
                 && !s.ends_with('.')
-                && s.chars().all(|c| c.is_ascii_alphanumeric() || c == '_' || (dots && c == '.'))
+                && s.chars()
+                    .all(|c| c.is_ascii_alphanumeric() || c == '_' || (dots && c == '.'))
         };
         if !ident(service, true) || !service.contains('.') || !ident(method, false) {
             return Err(err());
         }
-        Ok(MethodPath { path: path.to_owned(), slash: service.len() + 1 })
+        Ok(MethodPath {
+            path: path.to_owned(),
+            slash: service.len() + 1,
+        })
     }
 
     /// The whole path, e.g. `/parking.v1.ParkingPayment/StartSession`.

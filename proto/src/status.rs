@@ -19,7 +19,10 @@ impl Response {
     pub fn ok(request_id: impl Into<String>, payload: impl Into<Vec<u8>>) -> Response {
         Response {
             request_id: request_id.into(),
-            status: Some(Status { code: Code::Ok as i32, message: String::new() }),
+            status: Some(Status {
+                code: Code::Ok as i32,
+                message: String::new(),
+            }),
             payload: payload.into(),
         }
     }
@@ -28,7 +31,10 @@ impl Response {
     pub fn error(request_id: impl Into<String>, code: Code, message: impl Into<String>) -> Response {
         Response {
             request_id: request_id.into(),
-            status: Some(Status { code: code as i32, message: message.into() }),
+            status: Some(Status {
+                code: code as i32,
+                message: message.into(),
+            }),
             payload: Vec::new(),
         }
     }
@@ -49,7 +55,12 @@ mod tests {
 
     #[test]
     fn codes_match_grpc_numbers() {
-        for c in [tonic::Code::Ok, tonic::Code::DeadlineExceeded, tonic::Code::Unimplemented, tonic::Code::Unauthenticated] {
+        for c in [
+            tonic::Code::Ok,
+            tonic::Code::DeadlineExceeded,
+            tonic::Code::Unimplemented,
+            tonic::Code::Unauthenticated,
+        ] {
             let ours: Code = c.into();
             assert_eq!(ours as i32, c as i32);
             assert_eq!(tonic::Code::from(ours), c);
@@ -58,7 +69,9 @@ mod tests {
 
     #[test]
     fn error_response_converts_to_status() {
-        let err = Response::error("r1", Code::Unavailable, "partner down").into_result().unwrap_err();
+        let err = Response::error("r1", Code::Unavailable, "partner down")
+            .into_result()
+            .unwrap_err();
         assert_eq!(err.code(), tonic::Code::Unavailable);
         assert_eq!(err.message(), "partner down");
         assert_eq!(Response::ok("r1", b"x".to_vec()).into_result().unwrap(), b"x");

@@ -57,10 +57,7 @@ pub fn is_within_tenant(vin: &Vin, topic: &str) -> bool {
 /// Whether a car may publish on `topic`: inside its namespace, but not on the topics the
 /// gateway owns (responses and events), so a car cannot forge gateway messages even to itself.
 pub fn may_publish(vin: &Vin, topic: &str) -> bool {
-    is_within_tenant(vin, topic)
-        && !topic.contains(['+', '#'])
-        && topic != responses(vin)
-        && topic != events(vin)
+    is_within_tenant(vin, topic) && !topic.contains(['+', '#']) && topic != responses(vin) && topic != events(vin)
 }
 
 #[cfg(test)]

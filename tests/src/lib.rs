@@ -39,9 +39,7 @@ pub fn init() {
     ONCE.call_once(|| {
         let _ = rustls::crypto::ring::default_provider().install_default();
         let _ = tracing_subscriber::fmt()
-            .with_env_filter(
-                tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into()),
-            )
+            .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into()))
             .with_test_writer()
             .try_init();
     });
@@ -78,19 +76,31 @@ impl TestPki {
         ca.save(dir.path()).expect("save CA");
         let ca_cert = dir.path().join("ca.pem");
         let gateway = write(&dir, "gateway", ca.issue_gateway(&[]).expect("gateway cert"));
-        TestPki { dir, ca, ca_cert, gateway }
+        TestPki {
+            dir,
+            ca,
+            ca_cert,
+            gateway,
+        }
     }
 
     /// A vehicle certificate for `vin`.
     pub fn vehicle(&self, vin: &str) -> Credentials {
         let vin = Vin::parse(vin).expect("valid VIN");
-        write(&self.dir, vin.as_str(), self.ca.issue_vehicle(&vin).expect("vehicle cert"))
+        write(
+            &self.dir,
+            vin.as_str(),
+            self.ca.issue_vehicle(&vin).expect("vehicle cert"),
+        )
     }
 
     /// A vehicle certificate for `vin` that expired yesterday.
     pub fn expired_vehicle(&self, vin: &str) -> Credentials {
         let vin = Vin::parse(vin).expect("valid VIN");
-        let pem = self.ca.issue_vehicle_with_validity(&vin, Validity::expired()).expect("expired cert");
+        let pem = self
+            .ca
+            .issue_vehicle_with_validity(&vin, Validity::expired())
+            .expect("expired cert");
         write(&self.dir, &format!("{vin}-expired"), pem)
     }
 
@@ -149,7 +159,10 @@ where
     let me = pki.partner("partner");
     let tls = parking_adapter::mtls_config(&me.pem.cert_pem, &me.pem.key_pem, pki.ca.cert_pem());
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let server = tonic::transport::Server::builder().tls_config(tls).expect("tls").add_service(service);
+    let server = tonic::transport::Server::builder()
+        .tls_config(tls)
+        .expect("tls")
+        .add_service(service);
     tokio::spawn(server.serve_with_incoming_shutdown(
         tokio_stream::wrappers::TcpListenerStream::new(listener),
         async {
@@ -166,11 +179,11 @@ pub mod tower_service_bound {
     /// A tonic-servable service.
     pub trait Routable:
         tower::Service<
-                http::Request<tonic::body::Body>,
-                Response = http::Response<tonic::body::Body>,
-                Error = Infallible,
-                Future: Send + 'static,
-            > + tonic::server::NamedService
+            http::Request<tonic::body::Body>,
+            Response = http::Response<tonic::body::Body>,
+            Error = Infallible,
+            Future: Send + 'static,
+        > + tonic::server::NamedService
         + Clone
         + Send
         + Sync
@@ -198,6 +211,7 @@ pub fn partner_entry(pki: &TestPki, service: &str, addr: SocketAddr) -> PartnerC
     let client = pki.partner("gateway-client");
     PartnerConfig {
         service: service.into(),
+        name: Some("parking".into()),
         endpoint: format!("https://localhost:{}", addr.port()),
         timeout: Some(Duration::from_secs(5)),
         connect_timeout: Duration::from_secs(2),
@@ -213,7 +227,40 @@ pub fn gateway_config(pki: &TestPki, partners: Vec<PartnerConfig>) -> GatewayCon
     let mut config = GatewayConfig::new(pki.gateway.cert.clone(), pki.gateway.key.clone(), pki.ca_cert.clone());
     config.mqtt.listen = "127.0.0.1:0".parse().unwrap();
     config.partners = partners;
+    config.storage.url = storage_url(pki);
     config
+}
+
+/// The database tests use: a fresh SQLite file in the PKI's temp dir, or, when
+/// `TEST_GATEWAY_STORAGE=postgres`, a fresh schema in the local PostgreSQL.
+pub fn storage_url(pki: &TestPki) -> String {
+    match std::env::var("TEST_GATEWAY_STORAGE").as_deref() {
+        Ok("postgres") => postgres_schema_url(),
+        _ => format!("sqlite://{}", pki.dir.path().join("gateway.db").display()),
+    }
+}
+
+/// A URL for a new, empty schema in the test PostgreSQL (`TEST_POSTGRES_URL`, default local).
+pub fn postgres_schema_url() -> String {
+    let base = std::env::var("TEST_POSTGRES_URL").unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".into());
+    let schema = format!("it_{}", uuid_like());
+    let status = std::process::Command::new("psql")
+        .args([base.as_str(), "-qc", &format!("CREATE SCHEMA {schema}")])
+        .status()
+        .expect("psql");
+    assert!(status.success(), "cannot create schema {schema}");
+    let sep = if base.contains('?') { '&' } else { '?' };
+    format!("{base}{sep}options=-c%20search_path%3D{schema}")
+}
+
+fn uuid_like() -> String {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static N: AtomicU64 = AtomicU64::new(0);
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_nanos();
+    format!("{}_{}_{}", std::process::id(), nanos, N.fetch_add(1, Ordering::Relaxed))
 }
 
 /// The whole system: PKI, the reference parking adapter, and the gateway routing to it.
@@ -243,7 +290,12 @@ impl Platform {
         let mut config = gateway_config(&pki, vec![partner_entry(&pki, PARKING, parking_server.addr)]);
         tweak(&mut config);
         let gateway = start_gateway(config).await;
-        Platform { pki, parking, parking_server, gateway }
+        Platform {
+            pki,
+            parking,
+            parking_server,
+            gateway,
+        }
     }
 
     /// Where cars connect.
@@ -254,9 +306,14 @@ impl Platform {
     /// Agent configuration for `vin` against this gateway (local gRPC on port 0).
     pub fn agent_config(&self, vin: &str) -> AgentConfig {
         let me = self.pki.vehicle(vin);
-        let mut config =
-            AgentConfig::new(format!("localhost:{}", self.mqtt_addr().port()), self.pki.ca_cert.clone(), me.cert, me.key);
+        let mut config = AgentConfig::new(
+            format!("localhost:{}", self.mqtt_addr().port()),
+            self.pki.ca_cert.clone(),
+            me.cert,
+            me.key,
+        );
         config.local_listen = "127.0.0.1:0".parse().unwrap();
+        config.state_dir = self.pki.dir.path().join(format!("agent-{vin}-{}", uuid_like()));
         config.backoff_initial = Duration::from_millis(50);
         config.backoff_max = Duration::from_millis(500);
         config
@@ -292,9 +349,17 @@ pub fn client_tls(ca: &PathBuf, creds: &Credentials) -> Arc<ClientConfig> {
     for cert in CertificateDer::pem_file_iter(ca).unwrap() {
         roots.add(cert.unwrap()).unwrap();
     }
-    let chain: Vec<_> = CertificateDer::pem_file_iter(&creds.cert).unwrap().map(Result::unwrap).collect();
+    let chain: Vec<_> = CertificateDer::pem_file_iter(&creds.cert)
+        .unwrap()
+        .map(Result::unwrap)
+        .collect();
     let key = PrivateKeyDer::from_pem_file(&creds.key).unwrap();
-    Arc::new(ClientConfig::builder().with_root_certificates(roots).with_client_auth_cert(chain, key).unwrap())
+    Arc::new(
+        ClientConfig::builder()
+            .with_root_certificates(roots)
+            .with_client_auth_cert(chain, key)
+            .unwrap(),
+    )
 }
 
 /// A raw MQTT 3.1.1 client over mTLS, for tests that play a misbehaving car.
@@ -302,19 +367,25 @@ pub fn mqtt_client(addr: SocketAddr, ca: &PathBuf, creds: &Credentials, client_i
     let mut options = MqttOptions::new(client_id, "localhost", addr.port());
     options.set_keep_alive(Duration::from_secs(30));
     options.set_max_packet_size(1024 * 1024, 1024 * 1024);
-    options.set_transport(Transport::tls_with_config(TlsConfiguration::Rustls(client_tls(ca, creds))));
+    options.set_transport(Transport::tls_with_config(TlsConfiguration::Rustls(client_tls(
+        ca, creds,
+    ))));
     AsyncClient::new(options, 100)
 }
 
 /// A generated parking client talking to an agent's local gRPC endpoint, as an in-car app would.
 pub async fn in_car_app(agent: &Agent) -> ParkingPaymentClient<Channel> {
-    ParkingPaymentClient::connect(format!("http://{}", agent.local_addr())).await.expect("connect to agent")
+    ParkingPaymentClient::connect(format!("http://{}", agent.local_addr()))
+        .await
+        .expect("connect to agent")
 }
 
 /// Awaits `fut`, failing the test with `what` if it takes longer than `limit`. A guard against
 /// hangs, not a synchronisation device.
 pub async fn within<T>(limit: Duration, fut: impl Future<Output = T>, what: &str) -> T {
-    tokio::time::timeout(limit, fut).await.unwrap_or_else(|_| panic!("timed out: {what}"))
+    tokio::time::timeout(limit, fut)
+        .await
+        .unwrap_or_else(|_| panic!("timed out: {what}"))
 }
 
 /// Waits for the next `Disconnected` event of `vin` and returns its reason.
@@ -324,7 +395,7 @@ pub async fn disconnected(events: &mut broadcast::Receiver<SessionEvent>, vin: &
         async {
             loop {
                 match events.recv().await.expect("session events") {
-                    SessionEvent::Disconnected { vin: v, reason } if v.as_str() == vin => return reason,
+                    SessionEvent::Disconnected { vin: v, reason, .. } if v.as_str() == vin => return reason,
                     _ => {}
                 }
             }
@@ -426,15 +497,27 @@ impl RawCar {
         let (client, mut eventloop) = platform.mqtt_client(&creds, vin);
         connack(&mut eventloop).await.expect("raw car connects");
         let vin = Vin::parse(vin).unwrap();
-        client.subscribe(proto::topics::responses(&vin), rumqttc::QoS::AtLeastOnce).await.unwrap();
-        next_incoming(&mut eventloop, |p| matches!(p, rumqttc::Packet::SubAck(_)).then_some(())).await.unwrap();
+        client
+            .subscribe(proto::topics::responses(&vin), rumqttc::QoS::AtLeastOnce)
+            .await
+            .unwrap();
+        next_incoming(&mut eventloop, |p| {
+            matches!(p, rumqttc::Packet::SubAck(_)).then_some(())
+        })
+        .await
+        .unwrap();
         RawCar { vin, client, eventloop }
     }
 
     /// Publishes raw bytes on this car's request topic.
     pub async fn publish_request(&mut self, bytes: Vec<u8>) {
         self.client
-            .publish(proto::topics::requests(&self.vin), rumqttc::QoS::AtLeastOnce, false, bytes)
+            .publish(
+                proto::topics::requests(&self.vin),
+                rumqttc::QoS::AtLeastOnce,
+                false,
+                bytes,
+            )
             .await
             .unwrap();
     }
@@ -443,4 +526,271 @@ impl RawCar {
     pub async fn next_response(&mut self) -> proto::vehicle::v1::Response {
         next_incoming(&mut self.eventloop, response_of).await.expect("response")
     }
+}
+
+/// A parking partner that wraps the reference one with scripted faults: it can fail the first
+/// EndSession with UNAVAILABLE, or hold EndSession calls until the test releases them. It
+/// counts the EndSession calls that reach it (the reference service counts actual charges).
+#[derive(Clone)]
+pub struct ScriptedParking {
+    inner: ParkingService,
+    fail_first_end: Arc<std::sync::atomic::AtomicBool>,
+    hold: Arc<tokio::sync::Semaphore>,
+    holding: bool,
+    arrived: Arc<tokio::sync::Notify>,
+    end_calls: Arc<std::sync::atomic::AtomicU64>,
+}
+
+impl ScriptedParking {
+    /// Behaves exactly like `inner`.
+    pub fn new(inner: ParkingService) -> ScriptedParking {
+        ScriptedParking {
+            inner,
+            fail_first_end: Arc::default(),
+            hold: Arc::new(tokio::sync::Semaphore::new(0)),
+            holding: false,
+            arrived: Arc::default(),
+            end_calls: Arc::default(),
+        }
+    }
+
+    /// The first EndSession answers UNAVAILABLE without touching the session.
+    pub fn failing_first_end(self) -> Self {
+        self.fail_first_end.store(true, std::sync::atomic::Ordering::SeqCst);
+        self
+    }
+
+    /// Every EndSession waits for [`ScriptedParking::release`] before running.
+    pub fn holding_ends(mut self) -> Self {
+        self.holding = true;
+        self
+    }
+
+    /// Lets `n` held EndSession calls proceed.
+    pub fn release(&self, n: usize) {
+        self.hold.add_permits(n);
+    }
+
+    /// Resolves when an EndSession call has reached the partner (register before triggering).
+    pub fn end_arrived(&self) -> tokio::sync::futures::OwnedNotified {
+        self.arrived.clone().notified_owned()
+    }
+
+    /// EndSession calls that reached this partner.
+    pub fn end_calls(&self) -> u64 {
+        self.end_calls.load(std::sync::atomic::Ordering::SeqCst)
+    }
+}
+
+#[tonic::async_trait]
+impl proto::parking::v1::parking_payment_server::ParkingPayment for ScriptedParking {
+    async fn list_nearby_lots(
+        &self,
+        r: tonic::Request<proto::parking::v1::ListNearbyLotsRequest>,
+    ) -> Result<tonic::Response<proto::parking::v1::ListNearbyLotsResponse>, tonic::Status> {
+        self.inner.list_nearby_lots(r).await
+    }
+
+    async fn start_session(
+        &self,
+        r: tonic::Request<proto::parking::v1::StartSessionRequest>,
+    ) -> Result<tonic::Response<proto::parking::v1::StartSessionResponse>, tonic::Status> {
+        self.inner.start_session(r).await
+    }
+
+    async fn end_session(
+        &self,
+        r: tonic::Request<proto::parking::v1::EndSessionRequest>,
+    ) -> Result<tonic::Response<proto::parking::v1::EndSessionResponse>, tonic::Status> {
+        self.end_calls.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        self.arrived.notify_waiters();
+        if self.fail_first_end.swap(false, std::sync::atomic::Ordering::SeqCst) {
+            return Err(tonic::Status::unavailable("payment provider briefly unavailable"));
+        }
+        if self.holding {
+            self.hold.acquire().await.expect("hold semaphore").forget();
+        }
+        self.inner.end_session(r).await
+    }
+
+    async fn get_receipt(
+        &self,
+        r: tonic::Request<proto::parking::v1::GetReceiptRequest>,
+    ) -> Result<tonic::Response<proto::parking::v1::Receipt>, tonic::Status> {
+        self.inner.get_receipt(r).await
+    }
+}
+
+impl Platform {
+    /// Starts the gateway in front of a scripted parking partner instead of the plain one.
+    pub async fn start_scripted(
+        script: impl FnOnce(ScriptedParking) -> ScriptedParking,
+    ) -> (Platform, ScriptedParking) {
+        init();
+        let pki = TestPki::new();
+        let parking = ParkingService::new();
+        let scripted = script(ScriptedParking::new(parking.clone()));
+        let server = start_partner_service(
+            &pki,
+            proto::parking::v1::parking_payment_server::ParkingPaymentServer::new(scripted.clone()),
+        )
+        .await;
+        let config = gateway_config(&pki, vec![partner_entry(&pki, PARKING, server.addr)]);
+        let gateway = start_gateway(config).await;
+        (
+            Platform {
+                pki,
+                parking,
+                parking_server: server,
+                gateway,
+            },
+            scripted,
+        )
+    }
+}
+
+/// Encodes a request envelope with an explicit idempotency key.
+pub fn keyed_envelope(request_id: &str, key: &str, method: &str, payload: Vec<u8>) -> Vec<u8> {
+    use prost::Message;
+    proto::vehicle::v1::Request {
+        request_id: request_id.into(),
+        idempotency_key: key.into(),
+        method: method.into(),
+        timeout_ms: 10_000,
+        payload,
+    }
+    .encode_to_vec()
+}
+
+/// A binary of the workspace, as `cargo test --workspace` builds it next to the test binary.
+pub fn workspace_binary(name: &str) -> PathBuf {
+    let exe = std::env::current_exe().expect("test binary path");
+    let dir = exe.parent().and_then(|deps| deps.parent()).expect("target profile dir");
+    let path = dir.join(name);
+    assert!(
+        path.exists(),
+        "{} is missing: run the tests with `cargo test --workspace` (it builds every binary), or `cargo build --bins` first",
+        path.display()
+    );
+    path
+}
+
+/// A free port on 127.0.0.1 for a process that must come back on the same port after a kill.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// A child process whose output is watched line by line; killed with SIGKILL when dropped.
+pub struct Process {
+    child: tokio::process::Child,
+    lines: tokio::sync::mpsc::UnboundedReceiver<String>,
+}
+
+impl Process {
+    /// Spawns `binary` with `args`, capturing stdout and stderr.
+    pub fn spawn(binary: &str, args: &[&str], env: &[(&str, &str)]) -> Process {
+        let mut cmd = tokio::process::Command::new(workspace_binary(binary));
+        cmd.args(args)
+            .env("RUST_LOG", "info,rumqttd=off")
+            .env("NO_COLOR", "1")
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .kill_on_drop(true);
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        let mut child = cmd.spawn().unwrap_or_else(|e| panic!("spawn {binary}: {e}"));
+        let (tx, lines) = tokio::sync::mpsc::unbounded_channel();
+        for stream in [
+            child
+                .stdout
+                .take()
+                .map(|s| Box::new(s) as Box<dyn tokio::io::AsyncRead + Send + Unpin>),
+            child
+                .stderr
+                .take()
+                .map(|s| Box::new(s) as Box<dyn tokio::io::AsyncRead + Send + Unpin>),
+        ]
+        .into_iter()
+        .flatten()
+        {
+            let tx = tx.clone();
+            tokio::spawn(async move {
+                use tokio::io::AsyncBufReadExt;
+                let mut reader = tokio::io::BufReader::new(stream).lines();
+                while let Ok(Some(line)) = reader.next_line().await {
+                    let _ = tx.send(line);
+                }
+            });
+        }
+        Process { child, lines }
+    }
+
+    /// Waits for an output line containing `needle` (and returns it).
+    pub async fn wait_for_line(&mut self, needle: &str) -> String {
+        within(
+            Duration::from_secs(30),
+            async {
+                let mut seen = Vec::new();
+                while let Some(line) = self.lines.recv().await {
+                    if line.contains(needle) {
+                        return line;
+                    }
+                    seen.push(line);
+                }
+                panic!(
+                    "process ended without printing {needle:?}; it printed:\n{}",
+                    seen.join("\n")
+                );
+            },
+            needle,
+        )
+        .await
+    }
+
+    /// SIGKILL, and wait for the process to be gone.
+    pub async fn kill9(mut self) {
+        self.child.kill().await.expect("kill -9");
+    }
+
+    /// Waits for the process to exit and returns its code and everything it printed.
+    pub async fn exit(mut self) -> (Option<i32>, String) {
+        let status = within(Duration::from_secs(30), self.child.wait(), "process exit")
+            .await
+            .expect("wait");
+        let mut out = Vec::new();
+        while let Ok(line) = self.lines.try_recv() {
+            out.push(line);
+        }
+        // Output may still be in flight after exit; drain what is left.
+        while let Ok(Some(line)) = tokio::time::timeout(Duration::from_millis(200), self.lines.recv()).await {
+            out.push(line);
+        }
+        (status.code(), out.join("\n"))
+    }
+}
+
+/// Writes a gateway TOML configuration for `config` next to the PKI and returns its path.
+pub fn write_gateway_toml(pki: &TestPki, config: &GatewayConfig) -> PathBuf {
+    let mut toml = format!(
+        "[mqtt]\nlisten = \"{}\"\n\n[tls]\ncert = {:?}\nkey = {:?}\nclient_ca = {:?}\n\n[storage]\nurl = {:?}\n",
+        config.mqtt.listen, config.tls.cert, config.tls.key, config.tls.client_ca, config.storage.url
+    );
+    for p in &config.partners {
+        toml.push_str(&format!(
+            "\n[[partners]]\nservice = {:?}\nname = \"parking\"\nendpoint = {:?}\ntimeout = \"30s\"\nca_cert = {:?}\nclient_cert = {:?}\nclient_key = {:?}\n",
+            p.service,
+            p.endpoint,
+            p.ca_cert.as_ref().unwrap(),
+            p.client_cert.as_ref().unwrap(),
+            p.client_key.as_ref().unwrap()
+        ));
+    }
+    let path = pki.dir.path().join(format!("gateway-{}.toml", uuid_like()));
+    std::fs::write(&path, toml).expect("write gateway.toml");
+    path
 }

@@ -5,17 +5,24 @@ use std::time::Duration;
 
 use gateway::DisconnectReason;
 use integration_tests::*;
+use prost::Message;
 use proto::parking::v1::parking_payment_server::{ParkingPayment, ParkingPaymentServer};
 use proto::parking::v1::*;
 use proto::vehicle::v1::Code;
-use prost::Message;
 use tonic::{Request, Response, Status};
 
 const LIST: &str = "/parking.v1.ParkingPayment/ListNearbyLots";
 
 fn list_payload() -> Vec<u8> {
-    ListNearbyLotsRequest { near: Some(GeoPoint { latitude: 31.23, longitude: 121.47 }), radius_m: 5000, max_results: 1 }
-        .encode_to_vec()
+    ListNearbyLotsRequest {
+        near: Some(GeoPoint {
+            latitude: 31.23,
+            longitude: 121.47,
+        }),
+        radius_m: 5000,
+        max_results: 1,
+    }
+    .encode_to_vec()
 }
 
 fn code(response: &proto::vehicle::v1::Response) -> Code {
@@ -40,7 +47,8 @@ async fn a_malformed_envelope_gets_invalid_argument_and_the_gateway_keeps_servin
 async fn a_malformed_partner_message_is_the_partners_invalid_argument() {
     let platform = Platform::start().await;
     let mut car = RawCar::connect(&platform, VIN_A).await;
-    car.publish_request(envelope("bad-payload", LIST, vec![0x0a, 0xff, 0xff])).await;
+    car.publish_request(envelope("bad-payload", LIST, vec![0x0a, 0xff, 0xff]))
+        .await;
     let answer = car.next_response().await;
     assert_eq!(answer.request_id, "bad-payload");
     assert_ne!(code(&answer), Code::Ok);
@@ -50,18 +58,29 @@ async fn a_malformed_partner_message_is_the_partners_invalid_argument() {
 async fn unknown_services_and_methods_are_unimplemented() {
     let platform = Platform::start().await;
     let mut car = RawCar::connect(&platform, VIN_A).await;
-    car.publish_request(envelope("u-1", "/teleport.v1.Teleporter/Beam", vec![])).await;
+    car.publish_request(envelope("u-1", "/teleport.v1.Teleporter/Beam", vec![]))
+        .await;
     let answer = car.next_response().await;
-    assert_eq!((answer.request_id.as_str(), code(&answer)), ("u-1", Code::Unimplemented));
+    assert_eq!(
+        (answer.request_id.as_str(), code(&answer)),
+        ("u-1", Code::Unimplemented)
+    );
     assert!(answer.status.unwrap().message.contains("teleport.v1.Teleporter"));
 
-    car.publish_request(envelope("u-2", "/parking.v1.ParkingPayment/Teleport", vec![])).await;
+    car.publish_request(envelope("u-2", "/parking.v1.ParkingPayment/Teleport", vec![]))
+        .await;
     let answer = car.next_response().await;
-    assert_eq!((answer.request_id.as_str(), code(&answer)), ("u-2", Code::Unimplemented));
+    assert_eq!(
+        (answer.request_id.as_str(), code(&answer)),
+        ("u-2", Code::Unimplemented)
+    );
 
     car.publish_request(envelope("u-3", "not a method", vec![])).await;
     let answer = car.next_response().await;
-    assert_eq!((answer.request_id.as_str(), code(&answer)), ("u-3", Code::InvalidArgument));
+    assert_eq!(
+        (answer.request_id.as_str(), code(&answer)),
+        ("u-3", Code::InvalidArgument)
+    );
 }
 
 #[tokio::test]
@@ -85,7 +104,10 @@ async fn a_packet_beyond_the_frame_limit_closes_only_that_connection() {
     car.publish_request(vec![0u8; 64 * 1024]).await;
     closed(&mut car.eventloop).await;
     let reason = disconnected(&mut events, VIN_A).await;
-    assert!(matches!(reason, DisconnectReason::ProtocolError(ref why) if why.contains("exceeds")), "{reason:?}");
+    assert!(
+        matches!(reason, DisconnectReason::ProtocolError(ref why) if why.contains("exceeds")),
+        "{reason:?}"
+    );
     other.publish_request(envelope("still-ok", LIST, list_payload())).await;
     assert_eq!(code(&other.next_response().await), Code::Ok);
 }
@@ -117,8 +139,15 @@ async fn an_unreachable_partner_is_unavailable_promptly() {
         let (client, mut eventloop) = mqtt_client(gateway.mqtt_addr(), &pki.ca_cert, &creds, VIN_A);
         connack(&mut eventloop).await.unwrap();
         let vin = proto::Vin::parse(VIN_A).unwrap();
-        client.subscribe(proto::topics::responses(&vin), rumqttc::QoS::AtLeastOnce).await.unwrap();
-        next_incoming(&mut eventloop, |p| matches!(p, rumqttc::Packet::SubAck(_)).then_some(())).await.unwrap();
+        client
+            .subscribe(proto::topics::responses(&vin), rumqttc::QoS::AtLeastOnce)
+            .await
+            .unwrap();
+        next_incoming(&mut eventloop, |p| {
+            matches!(p, rumqttc::Packet::SubAck(_)).then_some(())
+        })
+        .await
+        .unwrap();
         RawCar { vin, client, eventloop }
     };
     car.publish_request(envelope("down-1", LIST, list_payload())).await;
@@ -135,7 +164,10 @@ struct Stalling;
 
 #[tonic::async_trait]
 impl ParkingPayment for Stalling {
-    async fn list_nearby_lots(&self, _: Request<ListNearbyLotsRequest>) -> Result<Response<ListNearbyLotsResponse>, Status> {
+    async fn list_nearby_lots(
+        &self,
+        _: Request<ListNearbyLotsRequest>,
+    ) -> Result<Response<ListNearbyLotsResponse>, Status> {
         std::future::pending().await
     }
     async fn start_session(&self, _: Request<StartSessionRequest>) -> Result<Response<StartSessionResponse>, Status> {
@@ -159,7 +191,10 @@ async fn a_partner_past_the_cars_deadline_is_deadline_exceeded() {
     let (client, mut eventloop) = mqtt_client(gateway.mqtt_addr(), &pki.ca_cert, &creds, VIN_A);
     connack(&mut eventloop).await.unwrap();
     let vin = proto::Vin::parse(VIN_A).unwrap();
-    client.subscribe(proto::topics::responses(&vin), rumqttc::QoS::AtLeastOnce).await.unwrap();
+    client
+        .subscribe(proto::topics::responses(&vin), rumqttc::QoS::AtLeastOnce)
+        .await
+        .unwrap();
     let request = proto::vehicle::v1::Request {
         request_id: "slow-1".into(),
         idempotency_key: String::new(),
@@ -167,9 +202,20 @@ async fn a_partner_past_the_cars_deadline_is_deadline_exceeded() {
         timeout_ms: 300,
         payload: list_payload(),
     };
-    client.publish(proto::topics::requests(&vin), rumqttc::QoS::AtLeastOnce, false, request.encode_to_vec()).await.unwrap();
+    client
+        .publish(
+            proto::topics::requests(&vin),
+            rumqttc::QoS::AtLeastOnce,
+            false,
+            request.encode_to_vec(),
+        )
+        .await
+        .unwrap();
     let answer = next_incoming(&mut eventloop, response_of).await.unwrap();
-    assert_eq!((answer.request_id.as_str(), code(&answer)), ("slow-1", Code::DeadlineExceeded));
+    assert_eq!(
+        (answer.request_id.as_str(), code(&answer)),
+        ("slow-1", Code::DeadlineExceeded)
+    );
     gateway.shutdown().await;
 }
 
@@ -180,8 +226,14 @@ async fn the_app_sees_deadline_exceeded_through_the_agent() {
     let partner = start_partner_service(&pki, ParkingPaymentServer::new(Stalling)).await;
     let gateway = start_gateway(gateway_config(&pki, vec![partner_entry(&pki, PARKING, partner.addr)])).await;
     let me = pki.vehicle(VIN_A);
-    let mut config = vehicle_agent::AgentConfig::new(format!("localhost:{}", gateway.mqtt_addr().port()), pki.ca_cert.clone(), me.cert, me.key);
+    let mut config = vehicle_agent::AgentConfig::new(
+        format!("localhost:{}", gateway.mqtt_addr().port()),
+        pki.ca_cert.clone(),
+        me.cert,
+        me.key,
+    );
     config.local_listen = "127.0.0.1:0".parse().unwrap();
+    config.state_dir = pki.dir.path().join("agent-state");
     let car = vehicle_agent::Agent::start(config).await.unwrap();
     within(Duration::from_secs(10), car.wait_connected(), "connect").await;
     let mut app = in_car_app(&car).await;

@@ -3,16 +3,23 @@
 
 use gateway::DisconnectReason;
 use integration_tests::*;
+use prost::Message;
 use proto::Vin;
 use proto::parking::v1::{GeoPoint, ListNearbyLotsRequest};
-use prost::Message;
 use rumqttc::{ConnectReturnCode, ConnectionError, Packet, QoS, SubscribeReasonCode};
 
 const LIST: &str = "/parking.v1.ParkingPayment/ListNearbyLots";
 
 fn list_payload() -> Vec<u8> {
-    ListNearbyLotsRequest { near: Some(GeoPoint { latitude: 31.23, longitude: 121.47 }), radius_m: 5000, max_results: 1 }
-        .encode_to_vec()
+    ListNearbyLotsRequest {
+        near: Some(GeoPoint {
+            latitude: 31.23,
+            longitude: 121.47,
+        }),
+        radius_m: 5000,
+        max_results: 1,
+    }
+    .encode_to_vec()
 }
 
 #[tokio::test]
@@ -35,7 +42,11 @@ async fn subscribing_outside_its_namespace_is_refused() {
     let platform = Platform::start().await;
     let mut a = RawCar::connect(&platform, VIN_A).await;
     let other = Vin::parse(VIN_B).unwrap();
-    for filter in ["#".to_string(), "/tenants/+/v1/resp".to_string(), proto::topics::responses(&other)] {
+    for filter in [
+        "#".to_string(),
+        "/tenants/+/v1/resp".to_string(),
+        proto::topics::responses(&other),
+    ] {
         a.client.subscribe(filter.clone(), QoS::AtLeastOnce).await.unwrap();
         let codes = next_incoming(&mut a.eventloop, |p| match p {
             Packet::SubAck(ack) => Some(ack.return_codes.clone()),
@@ -60,7 +71,13 @@ async fn subscribing_outside_its_namespace_is_refused() {
     })
     .await
     .expect("suback");
-    assert_eq!(codes, vec![SubscribeReasonCode::Failure, SubscribeReasonCode::Success(QoS::AtLeastOnce)]);
+    assert_eq!(
+        codes,
+        vec![
+            SubscribeReasonCode::Failure,
+            SubscribeReasonCode::Success(QoS::AtLeastOnce)
+        ]
+    );
     // Still connected and served after the refusals.
     a.publish_request(envelope("a-after", LIST, list_payload())).await;
     assert_eq!(a.next_response().await.request_id, "a-after");
@@ -75,10 +92,21 @@ async fn publishing_into_another_cars_namespace_disconnects_the_offender() {
 
     // A forges a request as B, and a response into B's inbox.
     let b_vin = Vin::parse(VIN_B).unwrap();
-    a.client.publish(proto::topics::requests(&b_vin), QoS::AtLeastOnce, false, envelope("forged", LIST, list_payload())).await.unwrap();
+    a.client
+        .publish(
+            proto::topics::requests(&b_vin),
+            QoS::AtLeastOnce,
+            false,
+            envelope("forged", LIST, list_payload()),
+        )
+        .await
+        .unwrap();
     closed(&mut a.eventloop).await;
     let reason = disconnected(&mut events, VIN_A).await;
-    assert!(matches!(reason, DisconnectReason::ProtocolError(ref why) if why.contains("namespace")), "{reason:?}");
+    assert!(
+        matches!(reason, DisconnectReason::ProtocolError(ref why) if why.contains("namespace")),
+        "{reason:?}"
+    );
 
     // B never saw a response to the forged request: its first response is its own.
     b.publish_request(envelope("b-1", LIST, list_payload())).await;
@@ -115,8 +143,19 @@ async fn a_car_cannot_forge_gateway_responses_even_to_itself() {
     let mut events = platform.session_events();
     let mut a = RawCar::connect(&platform, VIN_A).await;
     let own = a.vin.clone();
-    a.client.publish(proto::topics::responses(&own), QoS::AtLeastOnce, false, b"forged".to_vec()).await.unwrap();
+    a.client
+        .publish(
+            proto::topics::responses(&own),
+            QoS::AtLeastOnce,
+            false,
+            b"forged".to_vec(),
+        )
+        .await
+        .unwrap();
     closed(&mut a.eventloop).await;
     let reason = disconnected(&mut events, VIN_A).await;
-    assert!(matches!(reason, DisconnectReason::ProtocolError(ref why) if why.contains("gateway-owned")), "{reason:?}");
+    assert!(
+        matches!(reason, DisconnectReason::ProtocolError(ref why) if why.contains("gateway-owned")),
+        "{reason:?}"
+    );
 }

@@ -14,7 +14,10 @@ async fn an_in_car_app_pays_for_parking_through_the_agent() {
 
     let lots = app
         .list_nearby_lots(ListNearbyLotsRequest {
-            near: Some(GeoPoint { latitude: 31.2304, longitude: 121.4737 }),
+            near: Some(GeoPoint {
+                latitude: 31.2304,
+                longitude: 121.4737,
+            }),
             radius_m: 20_000,
             max_results: 3,
         })
@@ -23,10 +26,16 @@ async fn an_in_car_app_pays_for_parking_through_the_agent() {
         .into_inner()
         .lots;
     assert!(!lots.is_empty() && lots.len() <= 3, "{lots:?}");
-    assert!(lots.windows(2).all(|w| w[0].distance_m <= w[1].distance_m), "nearest first");
+    assert!(
+        lots.windows(2).all(|w| w[0].distance_m <= w[1].distance_m),
+        "nearest first"
+    );
 
     let session = app
-        .start_session(StartSessionRequest { lot_id: lots[0].lot_id.clone(), plate: "沪A12345".into() })
+        .start_session(StartSessionRequest {
+            lot_id: lots[0].lot_id.clone(),
+            plate: "沪A12345".into(),
+        })
         .await
         .expect("session starts")
         .into_inner()
@@ -35,7 +44,9 @@ async fn an_in_car_app_pays_for_parking_through_the_agent() {
     assert_eq!(session.lot_id, lots[0].lot_id);
 
     let ended = app
-        .end_session(EndSessionRequest { session_id: session.session_id.clone() })
+        .end_session(EndSessionRequest {
+            session_id: session.session_id.clone(),
+        })
         .await
         .expect("session ends")
         .into_inner();
@@ -43,7 +54,9 @@ async fn an_in_car_app_pays_for_parking_through_the_agent() {
     assert!(receipt.fee.as_ref().expect("fee").amount_minor > 0);
 
     let again = app
-        .get_receipt(GetReceiptRequest { receipt_id: receipt.receipt_id.clone() })
+        .get_receipt(GetReceiptRequest {
+            receipt_id: receipt.receipt_id.clone(),
+        })
         .await
         .expect("receipt")
         .into_inner();
@@ -58,7 +71,10 @@ async fn partner_errors_reach_the_app_with_their_code() {
     let car = platform.agent(VIN_A).await;
     let mut app = in_car_app(&car).await;
     let err = app
-        .start_session(StartSessionRequest { lot_id: "no-such-lot".into(), plate: "沪A12345".into() })
+        .start_session(StartSessionRequest {
+            lot_id: "no-such-lot".into(),
+            plate: "沪A12345".into(),
+        })
         .await
         .expect_err("unknown lot");
     assert_eq!(err.code(), tonic::Code::NotFound, "{err:?}");
@@ -73,7 +89,10 @@ async fn the_partner_learns_the_vin_from_the_certificate_not_the_payload() {
     let b = platform.agent(VIN_B).await;
     let session = in_car_app(&a)
         .await
-        .start_session(StartSessionRequest { lot_id: "lot-jingan-01".into(), plate: "沪A12345".into() })
+        .start_session(StartSessionRequest {
+            lot_id: "lot-jingan-01".into(),
+            plate: "沪A12345".into(),
+        })
         .await
         .expect("A starts")
         .into_inner()
@@ -81,7 +100,9 @@ async fn the_partner_learns_the_vin_from_the_certificate_not_the_payload() {
         .unwrap();
     let err = in_car_app(&b)
         .await
-        .end_session(EndSessionRequest { session_id: session.session_id })
+        .end_session(EndSessionRequest {
+            session_id: session.session_id,
+        })
         .await
         .expect_err("B cannot end A's session");
     assert_eq!(err.code(), tonic::Code::NotFound);

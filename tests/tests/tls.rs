@@ -22,9 +22,14 @@ async fn a_certificate_from_another_ca_is_refused_at_the_handshake() {
     let creds = foreign.vehicle(VIN_A);
     // Trusts our gateway, but presents a certificate our CA never signed.
     let (_c, mut eventloop) = mqtt_client(platform.mqtt_addr(), &platform.pki.ca_cert, &creds, VIN_A);
-    let err = connack(&mut eventloop).await.expect_err("foreign certificate must be refused");
+    let err = connack(&mut eventloop)
+        .await
+        .expect_err("foreign certificate must be refused");
     // The foreign CA has the same name as ours, so its signature is what fails.
-    assert!(refused_with(&err, &["DecryptError", "UnknownCA", "BadCertificate"]), "{err:?}");
+    assert!(
+        refused_with(&err, &["DecryptError", "UnknownCA", "BadCertificate"]),
+        "{err:?}"
+    );
 }
 
 #[tokio::test]
@@ -32,7 +37,9 @@ async fn an_expired_certificate_is_refused() {
     let platform = Platform::start().await;
     let creds = platform.pki.expired_vehicle(VIN_A);
     let (_c, mut eventloop) = platform.mqtt_client(&creds, VIN_A);
-    let err = connack(&mut eventloop).await.expect_err("expired certificate must be refused");
+    let err = connack(&mut eventloop)
+        .await
+        .expect_err("expired certificate must be refused");
     assert!(refused_with(&err, &["CertificateExpired"]), "{err:?}");
 }
 

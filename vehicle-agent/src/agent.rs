@@ -1,4 +1,5 @@
-//! The running agent: the gateway link plus the local gRPC server that uses it.
+//! The running agent: the gateway link plus the local gRPC server that uses it (the
+//! forwarded partner services and `agent.v1.VehicleAgent`).
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -11,6 +12,7 @@ use tracing::{error, info};
 
 use proto::Vin;
 
+use crate::api::AgentApi;
 use crate::config::AgentConfig;
 use crate::link::GatewayLink;
 use crate::local;
@@ -25,8 +27,8 @@ pub struct Agent {
 }
 
 impl Agent {
-    /// Binds the local gRPC listener (`config.local_listen`, port 0 ok), starts the link;
-    /// returns without waiting for the gateway.
+    /// Binds the local gRPC listener (`config.local_listen`, port 0 ok), loads the state
+    /// directory and starts the link; returns without waiting for the gateway.
     pub async fn start(config: AgentConfig) -> anyhow::Result<Agent> {
         let link = GatewayLink::start(&config)?;
         let listener = match TcpListener::bind(config.local_listen).await {
@@ -39,9 +41,16 @@ impl Agent {
         let local_addr = listener.local_addr().context("local_listen: no local address")?;
         let (stop_server, stopped) = oneshot::channel::<()>();
         let caller: Arc<dyn local::Caller> = Arc::new(link.clone());
-        let server = tokio::spawn(local::serve(listener, caller, config.default_timeout, async {
-            let _ = stopped.await;
-        }));
+        let api = AgentApi::new(link.clone());
+        let server = tokio::spawn(local::serve_with_api(
+            listener,
+            caller,
+            Some(api),
+            config.default_timeout,
+            async {
+                let _ = stopped.await;
+            },
+        ));
         info!(vin = %link.vin(), %local_addr, gateway = %config.gateway, "vehicle agent started");
         Ok(Agent {
             link,
@@ -76,7 +85,8 @@ impl Agent {
         self.link.is_connected()
     }
 
-    /// Sends MQTT DISCONNECT, stops the local server and waits for both to finish.
+    /// Sends MQTT DISCONNECT, stops the local server and waits for both to finish. Requests
+    /// still waiting stay on disk and go out when the agent starts again.
     pub async fn shutdown(self) {
         // Stop taking calls first, then fail the ones in flight so the server's graceful
         // shutdown does not wait for their deadlines.

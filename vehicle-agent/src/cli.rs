@@ -1,4 +1,5 @@
-//! The `vehicle-agent` command line: `run` the agent, or `call` a partner through a running one.
+//! The `vehicle-agent` command line: `run` the agent, `call` a partner through a running one,
+//! or ask it for the `result` of an earlier call.
 
 use std::io::IsTerminal;
 use std::path::PathBuf;
@@ -14,10 +15,13 @@ use tonic::metadata::MetadataValue;
 use tonic::transport::Endpoint;
 
 use proto::MethodPath;
-use proto::metadata::IDEMPOTENCY_KEY;
+use proto::agent::v1::vehicle_agent_client::VehicleAgentClient;
+use proto::agent::v1::{GetResultRequest, ResultState};
+use proto::metadata::{IDEMPOTENCY_KEY, REQUEST_ID};
 use proto::raw::RawCodec;
 
 use crate::agent::Agent;
+use crate::api::METHOD_METADATA;
 use crate::config::AgentConfig;
 
 /// Exit status for a bad command line, configuration or input (BSD `EX_USAGE`).
@@ -58,6 +62,18 @@ pub enum Command {
         /// Identifies one intent across retries; the partner deduplicates on it.
         #[arg(long)]
         idempotency_key: Option<String>,
+        /// Names the call (sent as x-request-id), so `result` can find it later.
+        #[arg(long)]
+        request_id: Option<String>,
+    },
+    /// Prints what a running agent knows of an earlier call: UNKNOWN, PENDING, or DONE and
+    /// the outcome (the response as JSON when it succeeded).
+    Result {
+        /// The call's request id (its x-request-id).
+        request_id: String,
+        /// The agent's local gRPC endpoint.
+        #[arg(long, default_value = "http://127.0.0.1:50051")]
+        agent: String,
     },
 }
 
@@ -77,7 +93,9 @@ pub fn main() -> ExitCode {
             agent,
             timeout,
             idempotency_key,
-        } => call(&method, &json, &agent, timeout, idempotency_key.as_deref()),
+            request_id,
+        } => call(&method, &json, &agent, timeout, [idempotency_key, request_id]),
+        Command::Result { request_id, agent } => result(&request_id, &agent),
     }
 }
 
@@ -137,7 +155,7 @@ async fn shutdown_signal() -> std::io::Result<()> {
     }
 }
 
-fn call(method: &str, json: &str, agent: &str, timeout: Duration, key: Option<&str>) -> ExitCode {
+fn call(method: &str, json: &str, agent: &str, timeout: Duration, ids: [Option<String>; 2]) -> ExitCode {
     let method = match MethodPath::parse(method) {
         Ok(m) => m,
         Err(e) => return fail(EXIT_USAGE, e),
@@ -146,9 +164,12 @@ fn call(method: &str, json: &str, agent: &str, timeout: Duration, key: Option<&s
         Ok(p) => Bytes::from(p),
         Err(e) => return fail(EXIT_USAGE, e),
     };
-    let key = match key.map(MetadataValue::try_from).transpose() {
-        Ok(k) => k,
-        Err(_) => return fail(EXIT_USAGE, "--idempotency-key must be printable ASCII"),
+    let [key, request_id] = ids;
+    let Ok(key) = key.map(MetadataValue::try_from).transpose() else {
+        return fail(EXIT_USAGE, "--idempotency-key must be printable ASCII");
+    };
+    let Ok(request_id) = request_id.map(MetadataValue::try_from).transpose() else {
+        return fail(EXIT_USAGE, "--request-id must be printable ASCII");
     };
     let endpoint = match Endpoint::from_shared(agent.to_owned()) {
         Ok(e) => e.connect_timeout(timeout),
@@ -169,6 +190,9 @@ fn call(method: &str, json: &str, agent: &str, timeout: Duration, key: Option<&s
         request.set_timeout(timeout);
         if let Some(key) = key {
             request.metadata_mut().insert(IDEMPOTENCY_KEY, key);
+        }
+        if let Some(id) = request_id {
+            request.metadata_mut().insert(REQUEST_ID, id);
         }
         // The agent answers by the deadline; this only guards against a hung agent.
         let slack = Duration::from_secs(2);
@@ -203,4 +227,51 @@ fn describe_status(status: &Status, agent: &str) -> String {
         cause = next;
     }
     format!("{text} (the agent at {agent}: {cause})")
+}
+
+fn result(request_id: &str, agent: &str) -> ExitCode {
+    if !crate::store::is_valid_request_id(request_id) {
+        return fail(EXIT_USAGE, format!("{request_id:?} is not a request id"));
+    }
+    let endpoint = match Endpoint::from_shared(agent.to_owned()) {
+        Ok(e) => e
+            .connect_timeout(Duration::from_secs(5))
+            .timeout(Duration::from_secs(10)),
+        Err(e) => return fail(EXIT_USAGE, format!("--agent {agent:?} is not a URI: {e}")),
+    };
+    let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => return fail(EXIT_FAILURE, format!("cannot start the runtime: {e}")),
+    };
+    let answer = runtime.block_on(async {
+        let request = GetResultRequest {
+            request_id: request_id.to_owned(),
+        };
+        VehicleAgentClient::new(endpoint.connect_lazy())
+            .get_result(request)
+            .await
+    });
+    let answer = match answer {
+        Ok(answer) => answer,
+        Err(status) => return fail(EXIT_FAILURE, describe_status(&status, agent)),
+    };
+    let method = answer.metadata().get(METHOD_METADATA).and_then(|v| v.to_str().ok());
+    let method = method.and_then(|m| MethodPath::parse(m).ok());
+    let answer = answer.into_inner();
+    let state = answer.state();
+    let Some(response) = answer.response.filter(|_| state == ResultState::Done) else {
+        println!("{}", state.as_str_name().trim_start_matches("RESULT_STATE_"));
+        return ExitCode::SUCCESS;
+    };
+    match response.into_result() {
+        Ok(payload) => {
+            println!("DONE OK");
+            match method.map(|m| proto::json::response_to_json(&m, &payload)) {
+                Some(Ok(json)) => println!("{json}"),
+                _ => println!("({} bytes of an unknown message)", payload.len()),
+            }
+        }
+        Err(status) => println!("DONE {:?}: {}", status.code(), status.message()),
+    }
+    ExitCode::SUCCESS
 }

@@ -24,7 +24,7 @@ const MAX_PAYLOAD_LIMIT: usize = 268_435_455 - ENVELOPE_HEADROOM;
 /// Room for the envelope fields and MQTT headers around a payload.
 pub(crate) const ENVELOPE_HEADROOM: usize = 16 * 1024;
 
-const KEYS: [&str; 11] = [
+const KEYS: [&str; 14] = [
     "gateway",
     "server_name",
     "ca_cert",
@@ -36,6 +36,9 @@ const KEYS: [&str; 11] = [
     "backoff_max",
     "default_timeout",
     "max_payload_bytes",
+    "state_dir",
+    "outbox_capacity",
+    "result_retention",
 ];
 
 /// Why the configuration cannot be used.
@@ -108,6 +111,14 @@ pub struct AgentConfig {
     pub default_timeout: Duration,
     /// Largest request payload the agent sends.
     pub max_payload_bytes: usize,
+    /// Where the agent keeps what must survive a reboot: `outbox/`, `results/`, `events/`
+    /// (default `/var/lib/vehicle-agent`). One agent per directory; tests set their own.
+    pub state_dir: PathBuf,
+    /// Most requests waiting for the gateway at once; more are refused (RESOURCE_EXHAUSTED).
+    pub outbox_capacity: usize,
+    /// How long the outcome of a request is kept for `GetResult` and retries.
+    #[serde(with = "humantime_serde")]
+    pub result_retention: Duration,
 }
 
 /// The schema as read, before relative paths are resolved.
@@ -133,6 +144,12 @@ struct RawConfig {
     default_timeout: Duration,
     #[serde(default = "default_max_payload_bytes")]
     max_payload_bytes: usize,
+    #[serde(default = "default_state_dir")]
+    state_dir: RelativePathBuf,
+    #[serde(default = "default_outbox_capacity")]
+    outbox_capacity: usize,
+    #[serde(default = "default_result_retention", with = "humantime_serde")]
+    result_retention: Duration,
 }
 
 fn default_gateway() -> String {
@@ -156,6 +173,17 @@ fn default_timeout() -> Duration {
 fn default_max_payload_bytes() -> usize {
     128 * 1024
 }
+/// The default `state_dir`.
+pub const DEFAULT_STATE_DIR: &str = "/var/lib/vehicle-agent";
+fn default_state_dir() -> RelativePathBuf {
+    RelativePathBuf::from(DEFAULT_STATE_DIR)
+}
+fn default_outbox_capacity() -> usize {
+    1000
+}
+fn default_result_retention() -> Duration {
+    Duration::from_secs(24 * 3600)
+}
 
 impl AgentConfig {
     /// A configuration with the given endpoint and files and defaults for everything else.
@@ -172,6 +200,9 @@ impl AgentConfig {
             backoff_max: default_backoff_max(),
             default_timeout: default_timeout(),
             max_payload_bytes: default_max_payload_bytes(),
+            state_dir: PathBuf::from(DEFAULT_STATE_DIR),
+            outbox_capacity: default_outbox_capacity(),
+            result_retention: default_result_retention(),
         }
     }
 
@@ -205,6 +236,9 @@ impl AgentConfig {
             backoff_max: raw.backoff_max,
             default_timeout: raw.default_timeout,
             max_payload_bytes: raw.max_payload_bytes,
+            state_dir: raw.state_dir.relative(),
+            outbox_capacity: raw.outbox_capacity,
+            result_retention: raw.result_retention,
         })
     }
 
@@ -259,6 +293,18 @@ impl AgentConfig {
                     "{} is out of range: it must be between 1 and {MAX_PAYLOAD_LIMIT}",
                     self.max_payload_bytes
                 ),
+            ));
+        }
+        if self.state_dir.as_os_str().is_empty() {
+            return Err(ConfigError::invalid("state_dir", "must not be empty"));
+        }
+        if self.outbox_capacity == 0 {
+            return Err(ConfigError::invalid("outbox_capacity", "must be at least 1"));
+        }
+        if self.result_retention < Duration::from_secs(1) {
+            return Err(ConfigError::invalid(
+                "result_retention",
+                format!("{} is too short: it must be at least 1s", show(self.result_retention)),
             ));
         }
         Ok(())
@@ -318,6 +364,9 @@ mod tests {
         assert_eq!(c.backoff_max, Duration::from_secs(60));
         assert_eq!(c.default_timeout, Duration::from_secs(30));
         assert_eq!(c.max_payload_bytes, 131_072);
+        assert_eq!(c.state_dir, PathBuf::from("/var/lib/vehicle-agent"));
+        assert_eq!(c.outbox_capacity, 1000);
+        assert_eq!(c.result_retention, Duration::from_secs(86_400));
         c.validate_values().unwrap();
     }
 
@@ -375,6 +424,19 @@ mod tests {
         let mut c = base();
         c.max_payload_bytes = 0;
         assert!(err_of(&c).starts_with("max_payload_bytes:"));
+
+        let mut c = base();
+        c.outbox_capacity = 0;
+        assert_eq!(err_of(&c), "outbox_capacity: must be at least 1");
+        let mut c = base();
+        c.result_retention = Duration::from_millis(10);
+        assert_eq!(
+            err_of(&c),
+            "result_retention: 10ms is too short: it must be at least 1s"
+        );
+        let mut c = base();
+        c.state_dir = PathBuf::new();
+        assert!(err_of(&c).starts_with("state_dir:"));
     }
 
     #[test]
@@ -383,7 +445,7 @@ mod tests {
         let path = dir.path().join("agent.toml");
         std::fs::write(
             &path,
-            "gateway = \"gw.example:8883\"\nca_cert = \"ca.pem\"\ncert = \"/abs/car.pem\"\nkey = \"car.key\"\nkeep_alive = \"10s\"\nlocal_listen = \"127.0.0.1:0\"\nmax_payload_bytes = 1000\n",
+            "gateway = \"gw.example:8883\"\nca_cert = \"ca.pem\"\ncert = \"/abs/car.pem\"\nkey = \"car.key\"\nkeep_alive = \"10s\"\nlocal_listen = \"127.0.0.1:0\"\nmax_payload_bytes = 1000\nstate_dir = \"state\"\noutbox_capacity = 5\nresult_retention = \"1h\"\n",
         )
         .unwrap();
         // Environment overrides are tested through the binary (tests/cli.rs): setting
@@ -397,6 +459,9 @@ mod tests {
         assert_eq!(c.backoff_initial, Duration::from_millis(500));
         assert_eq!(c.max_payload_bytes, 1000);
         assert_eq!(c.local_listen.port(), 0);
+        assert_eq!(c.state_dir, dir.path().join("state"));
+        assert_eq!(c.outbox_capacity, 5);
+        assert_eq!(c.result_retention, Duration::from_secs(3600));
     }
 
     #[test]

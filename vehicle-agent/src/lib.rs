@@ -7,23 +7,33 @@
 //! - [`config`]: [`AgentConfig`], from a TOML file and `AGENT_*` variables;
 //! - [`tls`]: the car's identity (VIN) and rustls client configuration;
 //! - [`backoff`]: reconnection delays with full jitter;
-//! - [`pending`]: requests waiting for their response across link drops;
-//! - [`link`]: [`GatewayLink`], the MQTT session and the request/response matching;
+//! - [`store`]: crash-safe files in the state directory;
+//! - [`outbox`]: accepted requests and their outcomes, on disk across crashes and reboots;
+//! - [`events`]: the last partner event delivered, on disk, for dedupe across restarts;
+//! - [`pending`]: app calls waiting for a response, in memory;
+//! - [`link`]: [`GatewayLink`], accepting calls and matching responses;
+//! - `session`: the link's MQTT event loop and housekeeping tasks;
 //! - [`local`]: the in-car gRPC server forwarding partner services;
+//! - [`api`]: `agent.v1.VehicleAgent`, results of earlier calls and events for apps;
 //! - [`agent`]: [`Agent`], both together;
 //! - [`cli`]: the `vehicle-agent` command line.
 
 #![warn(missing_docs)]
 
 pub mod agent;
+pub mod api;
 pub mod backoff;
 pub mod cli;
 pub mod config;
+pub mod events;
 pub mod link;
 pub mod local;
+pub mod outbox;
 pub mod pending;
+mod session;
+pub mod store;
 pub mod tls;
 
 pub use agent::Agent;
 pub use config::{AgentConfig, ConfigError};
-pub use link::GatewayLink;
+pub use link::{CallIds, GatewayLink};

@@ -1,42 +1,54 @@
-//! The MQTT session to the gateway: publishes requests, matches responses, relays events.
+//! The gateway link: accepts calls into the durable outbox, publishes them, matches responses.
 //!
-//! One background task owns the rumqttc event loop. It reconnects with jittered backoff,
-//! subscribes after every CONNACK (the session is clean, so subscriptions do not survive a
-//! drop) and republishes every request still waiting once the subscription is acknowledged,
-//! so that answers to requests made while the link was down have somewhere to go.
+//! A call is written to the [`Outbox`] before anything is published or answered; the
+//! `session` task owns the MQTT event loop, (re)publishes the outbox on
+//! every new subscription and stores each response before waking the caller. A caller that
+//! goes away leaves its request in the outbox: the driver's intent outlives the app's call.
 
+use std::fs::File;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 
 use bytes::Bytes;
-use prost::Message;
-use rumqttc::{
-    AsyncClient, ConnectionError, Event as MqttEvent, EventLoop, MqttOptions, Outgoing, Packet, Publish, QoS,
-    SubscribeFilter, SubscribeReasonCode, TlsConfiguration, Transport,
-};
-use tokio::sync::{broadcast, watch};
+use rumqttc::{AsyncClient, TlsConfiguration, Transport};
+use tokio::sync::{Notify, broadcast, watch};
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
 use tonic::Status;
-use tracing::{debug, error, info, warn};
+use tracing::{debug, error};
 
-use proto::vehicle::v1::{Event, Request, Response};
+use proto::vehicle::v1::{Code, Event, Request, Response};
 use proto::{MethodPath, Vin, topics};
 
 use crate::backoff::Backoff;
-use crate::config::{AgentConfig, ConfigError, ENVELOPE_HEADROOM};
-use crate::pending::PendingRequests;
+use crate::config::{AgentConfig, ConfigError};
+use crate::events::EventCursor;
+use crate::outbox::{Admission, Lookup, Outbox, Sent, StoredResult};
+use crate::pending::{Token, Waiters};
+use crate::session;
+use crate::store::{self, is_valid_request_id, unix_ms_now};
 use crate::tls::Identity;
 
 /// Longest idempotency key the envelope allows, in characters.
 pub const MAX_IDEMPOTENCY_KEY_CHARS: usize = 255;
 
+/// The MQTT username: the gateway authenticates by certificate and records this as the agent version.
+pub const MQTT_USERNAME: &str = concat!("vehicle-agent/", env!("CARGO_PKG_VERSION"));
+
 /// Requests queued towards the event loop; callers wait (within their deadline) when it is full.
 const REQUEST_CHANNEL_CAPACITY: usize = 64;
 /// Events kept for slow in-car subscribers before they start missing some.
 const EVENT_CHANNEL_CAPACITY: usize = 256;
-/// How long shutdown waits for the DISCONNECT to be written.
-const DISCONNECT_GRACE: Duration = Duration::from_secs(2);
+
+/// The ids an app gives a call.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct CallIds {
+    /// The app's `x-request-id`; `None` (or empty) means a fresh UUID.
+    pub request_id: Option<String>,
+    /// One driver intent across retries; `None` (or empty) means the request id.
+    pub idempotency_key: Option<String>,
+}
 
 /// A handle to the agent's MQTT session with the gateway. Cheap to clone.
 #[derive(Clone)]
@@ -44,33 +56,41 @@ pub struct GatewayLink {
     inner: Arc<Inner>,
 }
 
-/// Owned by the handles only: when the last one goes, `stop` drops and the task ends.
+/// Owned by the handles only: when the last one goes, `stop` drops and the tasks end.
 struct Inner {
     core: Arc<Core>,
     stop: watch::Sender<bool>,
-    task: Mutex<Option<JoinHandle<()>>>,
+    tasks: Mutex<Vec<JoinHandle<()>>>,
 }
 
-/// Shared between the handles and the event-loop task.
-struct Core {
-    vin: Vin,
-    gateway: String,
-    client: AsyncClient,
-    request_topic: String,
-    response_topic: String,
-    event_topic: String,
+/// Shared between the handles and the session tasks.
+pub(crate) struct Core {
+    pub(crate) vin: Vin,
+    pub(crate) gateway: String,
+    pub(crate) client: AsyncClient,
+    pub(crate) request_topic: String,
+    pub(crate) response_topic: String,
+    pub(crate) event_topic: String,
+    pub(crate) event_ack_topic: String,
     max_payload_bytes: usize,
+    pub(crate) outbox: Arc<Outbox>,
+    pub(crate) cursor: Arc<Mutex<EventCursor>>,
+    /// Counts subscribed sessions, so each request is published once per session.
+    pub(crate) epoch: AtomicU64,
     state: Mutex<State>,
-    connected: watch::Sender<bool>,
-    events: broadcast::Sender<Event>,
+    pub(crate) connected: watch::Sender<bool>,
+    /// Set by shutdown; ends event streams and refuses new calls.
+    pub(crate) closed: watch::Sender<bool>,
+    pub(crate) events: broadcast::Sender<Event>,
+    /// Pokes the housekeeping task when a new deadline may come before the one it sleeps to.
+    pub(crate) new_deadline: Notify,
+    /// The state directory's lock, released at shutdown so a successor can take over.
+    lock: Mutex<Option<File>>,
 }
 
 struct State {
-    pending: PendingRequests,
-    /// Set by shutdown: no new calls, nothing left to wait for.
+    waiters: Waiters,
     closed: bool,
-    /// Partners' events are numbered per VIN; QoS 1 may deliver one twice.
-    last_event_sequence: u64,
 }
 
 impl std::fmt::Debug for GatewayLink {
@@ -84,22 +104,28 @@ impl std::fmt::Debug for GatewayLink {
 }
 
 impl GatewayLink {
-    /// Validates `config`, loads the car's identity and starts connecting in the background.
-    /// Must be called within a tokio runtime; returns without waiting for the gateway.
+    /// Validates `config`, loads the car's identity, locks and loads `state_dir` (blocking file
+    /// IO) and starts connecting in the background. Must be called within a tokio runtime.
     pub fn start(config: &AgentConfig) -> Result<GatewayLink, ConfigError> {
         let identity = Identity::load(config)?;
         let (host, port) = config.gateway_addr()?;
+        let state_error = |e: std::io::Error| {
+            ConfigError::invalid("state_dir", format!("cannot use {}: {e}", config.state_dir.display()))
+        };
+        let lock = store::lock_state_dir(&config.state_dir).map_err(state_error)?;
+        let outbox = Outbox::open(
+            &config.state_dir,
+            config.outbox_capacity,
+            config.result_retention,
+            unix_ms_now(),
+        )
+        .map_err(state_error)?;
+        let cursor = EventCursor::open(&config.state_dir).map_err(state_error)?;
         let vin = identity.vin;
-        // The gateway refuses any client id but the VIN of the certificate.
-        let mut options = MqttOptions::new(vin.as_str(), host, port);
-        let max_packet = config.max_payload_bytes + ENVELOPE_HEADROOM;
-        options
-            .set_keep_alive(config.keep_alive)
-            .set_clean_session(true)
-            .set_max_packet_size(max_packet, max_packet)
-            .set_transport(Transport::tls_with_config(TlsConfiguration::Rustls(
-                identity.client_config,
-            )));
+        let mut options = session::mqtt_options(&vin, host, port, config);
+        options.set_transport(Transport::tls_with_config(TlsConfiguration::Rustls(
+            identity.client_config,
+        )));
         let (client, mut eventloop) = AsyncClient::new(options, REQUEST_CHANNEL_CAPACITY);
         // Requests and responses are small: without NODELAY each one waits out Nagle's
         // algorithm against the gateway's delayed ACK (~40 ms per round trip).
@@ -113,24 +139,33 @@ impl GatewayLink {
             request_topic: topics::requests(&vin),
             response_topic: topics::responses(&vin),
             event_topic: topics::events(&vin),
+            event_ack_topic: topics::event_acks(&vin),
             vin,
             max_payload_bytes: config.max_payload_bytes,
+            outbox: Arc::new(outbox),
+            cursor: Arc::new(Mutex::new(cursor)),
+            epoch: AtomicU64::new(0),
             state: Mutex::new(State {
-                pending: PendingRequests::new(),
+                waiters: Waiters::new(),
                 closed: false,
-                last_event_sequence: 0,
             }),
             connected: watch::Sender::new(false),
+            closed: watch::Sender::new(false),
             events: broadcast::Sender::new(EVENT_CHANNEL_CAPACITY),
+            new_deadline: Notify::new(),
+            lock: Mutex::new(Some(lock)),
         });
         let (stop, stop_rx) = watch::channel(false);
         let backoff = Backoff::new(config.backoff_initial, config.backoff_max);
-        let task = tokio::spawn(run(core.clone(), eventloop, backoff, stop_rx));
+        let tasks = vec![
+            tokio::spawn(session::run(core.clone(), eventloop, backoff, stop_rx.clone())),
+            tokio::spawn(session::housekeeping(core.clone(), stop_rx)),
+        ];
         Ok(GatewayLink {
             inner: Arc::new(Inner {
                 core,
                 stop,
-                task: Mutex::new(Some(task)),
+                tasks: Mutex::new(tasks),
             }),
         })
     }
@@ -157,26 +192,53 @@ impl GatewayLink {
         self.inner.core.connected.subscribe()
     }
 
-    /// Partner events pushed by the gateway, from now on.
+    /// Partner events pushed by the gateway, from now on (each new sequence once).
     pub fn events(&self) -> broadcast::Receiver<Event> {
         self.inner.core.events.subscribe()
     }
 
-    /// How many calls wait for a response.
-    pub fn pending_calls(&self) -> usize {
-        self.inner.core.lock().pending.len()
+    /// Follows shutdown: becomes `true` once [`GatewayLink::shutdown`] has begun.
+    pub fn closed(&self) -> watch::Receiver<bool> {
+        self.inner.core.closed.subscribe()
     }
 
-    /// Calls `method` on the partner behind the gateway and waits at most `timeout` for its answer.
-    ///
-    /// While the link is down the request waits and goes out on the next connection;
-    /// `idempotency_key` (default: the request id) lets the partner deduplicate resends.
+    /// How many app calls wait for a response right now.
+    pub fn pending_calls(&self) -> usize {
+        self.inner.core.lock().waiters.len()
+    }
+
+    /// How many accepted requests wait in the outbox for a response (with or without a caller).
+    pub fn pending_requests(&self) -> usize {
+        self.inner.core.outbox.len()
+    }
+
+    /// Calls `method` with a fresh request id; see [`GatewayLink::call_with_ids`].
     pub async fn call(
         &self,
         method: &MethodPath,
         payload: Bytes,
         timeout: Duration,
         idempotency_key: Option<String>,
+    ) -> Result<Bytes, Status> {
+        let ids = CallIds {
+            request_id: None,
+            idempotency_key,
+        };
+        self.call_with_ids(method, payload, timeout, ids).await
+    }
+
+    /// Calls `method` on the partner behind the gateway and waits at most `timeout` for its answer.
+    ///
+    /// The request is on disk before anything is sent; it is (re)sent on every connection
+    /// until answered or `timeout` has passed, even if this call is dropped or the agent
+    /// restarts. A request id that already has an outcome gets it back without sending; one
+    /// still pending is waited for, not sent twice.
+    pub async fn call_with_ids(
+        &self,
+        method: &MethodPath,
+        payload: Bytes,
+        timeout: Duration,
+        ids: CallIds,
     ) -> Result<Bytes, Status> {
         let core = &self.inner.core;
         if payload.len() > core.max_payload_bytes {
@@ -186,7 +248,7 @@ impl GatewayLink {
                 core.max_payload_bytes
             )));
         }
-        let idempotency_key = idempotency_key.filter(|k| !k.is_empty());
+        let idempotency_key = ids.idempotency_key.filter(|k| !k.is_empty());
         if let Some(key) = &idempotency_key {
             let chars = key.chars().count();
             if chars > MAX_IDEMPOTENCY_KEY_CHARS {
@@ -195,12 +257,18 @@ impl GatewayLink {
                 )));
             }
         }
-        let now = Instant::now();
+        let request_id = match ids.request_id.filter(|id| !id.is_empty()) {
+            Some(id) if !is_valid_request_id(&id) => return Err(invalid_request_id(&id)),
+            Some(id) => id,
+            None => uuid::Uuid::new_v4().to_string(),
+        };
+        let started = Instant::now();
         // A deadline beyond what Instant can hold is as good as none: about 30 years.
-        let deadline = now
+        let deadline = started
             .checked_add(timeout)
-            .unwrap_or_else(|| now + Duration::from_secs(86_400 * 365 * 30));
-        let request_id = uuid::Uuid::new_v4().to_string();
+            .unwrap_or_else(|| started + Duration::from_secs(86_400 * 365 * 30));
+        let now_ms = unix_ms_now();
+        let deadline_ms = now_ms.saturating_add(u64::try_from(timeout.as_millis()).unwrap_or(u64::MAX));
         let request = Request {
             idempotency_key: idempotency_key.unwrap_or_else(|| request_id.clone()),
             request_id: request_id.clone(),
@@ -209,85 +277,112 @@ impl GatewayLink {
             payload: payload.into(),
         };
 
-        let (reply, first) = {
+        // Registered before the request can be published, so no answer can come unseen.
+        let (token, reply) = {
             let mut state = core.lock();
             if state.closed {
                 return Err(Status::unavailable("the vehicle agent is shutting down"));
             }
-            let reply = state.pending.insert(request, deadline);
-            // Decided under the lock the event loop takes to republish, so that exactly one
-            // of us publishes a request made while the link comes up.
-            let first = if *core.connected.borrow() {
-                state.pending.prepare(&request_id, now)
-            } else {
-                None
-            };
-            (reply, first)
+            state.waiters.register(&request_id)
         };
         let _forget = Forget {
             core,
             request_id: &request_id,
+            token,
         };
-        debug!(request_id, %method, published = first.is_some(), "call");
+        let outbox = core.outbox.clone();
+        let owner = match blocking(move || outbox.submit(request, deadline_ms, now_ms)).await?? {
+            Admission::Done(result) => return into_result(result),
+            Admission::Pending => false,
+            Admission::Accepted => {
+                core.new_deadline.notify_one();
+                true
+            }
+        };
+        debug!(request_id, %method, owner, "call");
 
         let outcome = tokio::time::timeout_at(deadline, async {
-            if let Some(request) = first {
-                core.publish(request).await;
+            if *core.connected.borrow() {
+                // Once per session: if the session task already republished it, this is None.
+                let epoch = core.epoch.load(Ordering::SeqCst);
+                if let Some(request) = core.outbox.prepare(&request_id, epoch, unix_ms_now()) {
+                    core.publish(request).await;
+                }
             }
             reply.await
         })
         .await;
         match outcome {
             Ok(Ok(response)) => response.into_result().map(Bytes::from),
-            Ok(Err(_)) => Err(Status::unavailable("the vehicle agent is shutting down")),
-            Err(_) => {
-                let published = core.lock().pending.was_published(&request_id);
-                Err(deadline_exceeded(timeout, published, self.is_connected()))
+            Ok(Err(_)) => Err(Status::unavailable(
+                "the vehicle agent is shutting down; the request is kept and sent when it restarts",
+            )),
+            Err(_) => core.give_up(&request_id, owner, timeout).await,
+        }
+    }
+
+    /// What the agent knows of `request_id`: unknown, pending, or its outcome.
+    pub async fn result(&self, request_id: &str) -> Result<Lookup, Status> {
+        if !is_valid_request_id(request_id) {
+            return Err(invalid_request_id(request_id));
+        }
+        let core = &self.inner.core;
+        if core.outbox.deadline_of(request_id).is_some_and(|d| d <= unix_ms_now()) {
+            core.expire(request_id).await;
+        }
+        core.lookup(request_id).await
+    }
+
+    /// Sends MQTT DISCONNECT if connected, fails the calls still waiting (their requests stay
+    /// in the outbox), stops the tasks and releases the state directory.
+    pub async fn shutdown(&self) {
+        let core = &self.inner.core;
+        {
+            let mut state = core.lock();
+            state.closed = true;
+            state.waiters.clear();
+        }
+        core.closed.send_replace(true);
+        self.inner.stop.send_replace(true);
+        let tasks = std::mem::take(&mut *self.inner.tasks.lock().unwrap_or_else(PoisonError::into_inner));
+        for task in tasks {
+            if let Err(e) = task.await {
+                error!(error = %e, "a gateway link task failed");
             }
         }
-    }
-
-    /// Sends MQTT DISCONNECT if connected, fails the calls still waiting and stops the task.
-    pub async fn shutdown(&self) {
-        {
-            let mut state = self.inner.core.lock();
-            state.closed = true;
-            state.pending.clear();
-        }
-        self.inner.stop.send_replace(true);
-        let task = self.inner.task.lock().unwrap_or_else(PoisonError::into_inner).take();
-        if let Some(task) = task
-            && let Err(e) = task.await
-        {
-            error!(error = %e, "the gateway link task failed");
-        }
+        core.outbox.close();
+        drop(core.lock.lock().unwrap_or_else(PoisonError::into_inner).take());
     }
 }
 
-fn deadline_exceeded(timeout: Duration, published: bool, up: bool) -> Status {
-    let after = humantime_serde::re::humantime::format_duration(timeout);
-    Status::deadline_exceeded(match (published, up) {
-        (false, _) => {
-            format!("no response within {after}: the link to the gateway was down, the request was never sent")
-        }
-        (true, false) => {
-            format!("no response within {after}: the link to the gateway went down after the request was sent")
-        }
-        (true, true) => {
-            format!("no response within {after} from the gateway (the link to the gateway is up)")
-        }
-    })
+fn invalid_request_id(id: &str) -> Status {
+    Status::invalid_argument(format!(
+        "request id {id:?} must be 1 to {} characters of A-Z, a-z, 0-9, '.', '_' and '-'",
+        store::MAX_REQUEST_ID_CHARS
+    ))
 }
 
-/// Removes a call's request when the call ends, however it ends (answered, timed out, dropped).
+fn into_result(result: StoredResult) -> Result<Bytes, Status> {
+    result.response.unwrap_or_default().into_result().map(Bytes::from)
+}
+
+/// Runs blocking file IO off the async workers.
+pub(crate) async fn blocking<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> Result<T, Status> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(|_| Status::unavailable("the vehicle agent is shutting down"))
+}
+
+/// Forgets a caller when its call ends, however it ends; its request stays in the outbox.
 struct Forget<'a> {
     core: &'a Core,
     request_id: &'a str,
+    token: Token,
 }
 
 impl Drop for Forget<'_> {
     fn drop(&mut self) {
-        self.core.lock().pending.remove(self.request_id);
+        self.core.lock().waiters.forget(self.request_id, self.token);
     }
 }
 
@@ -297,168 +392,96 @@ impl Core {
         self.state.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
-    async fn publish(&self, request: Request) {
+    /// Queues `request` for publishing; the event loop sends it.
+    pub(crate) async fn publish(&self, request: Request) {
+        use prost::Message as _;
         let request_id = request.request_id.clone();
         let bytes = request.encode_to_vec();
         if let Err(e) = self
             .client
-            .publish(self.request_topic.as_str(), QoS::AtLeastOnce, false, bytes)
+            .publish(self.request_topic.as_str(), rumqttc::QoS::AtLeastOnce, false, bytes)
             .await
         {
-            // Only when the event loop is gone; the request stays pending until its deadline.
+            // Only when the event loop is gone; the request stays in the outbox.
             debug!(request_id, error = %e, "could not queue a request");
         }
     }
 
-    fn subscribe(self: &Arc<Self>) {
-        let filters = [
-            SubscribeFilter::new(self.response_topic.clone(), QoS::AtLeastOnce),
-            SubscribeFilter::new(self.event_topic.clone(), QoS::AtLeastOnce),
-        ];
-        // The event loop task must not wait on the channel it drains.
-        if self.client.try_subscribe_many(filters.clone()).is_err() {
-            let core = self.clone();
-            tokio::spawn(async move {
-                if let Err(e) = core.client.subscribe_many(filters).await {
-                    debug!(error = %e, "could not queue the subscription");
-                }
-            });
-        }
-    }
-
-    fn on_subscribed(self: &Arc<Self>, codes: &[SubscribeReasonCode]) {
-        if codes.iter().any(|c| matches!(c, SubscribeReasonCode::Failure)) {
-            error!(
-                topics = %format!("{}, {}", self.response_topic, self.event_topic),
-                "the gateway refused the subscription; calls cannot be answered"
-            );
-            return;
-        }
-        let due = {
-            let mut state = self.lock();
-            self.connected.send_replace(true);
-            state.pending.due(Instant::now())
-        };
-        info!(gateway = %self.gateway, vin = %self.vin, resending = due.len(), "connected to the gateway");
-        if !due.is_empty() {
-            let core = self.clone();
-            tokio::spawn(async move {
-                for request in due {
-                    core.publish(request).await;
-                }
-            });
-        }
-    }
-
-    fn on_publish(&self, publish: Publish) {
-        if publish.topic == self.response_topic {
-            match Response::decode(publish.payload.clone()) {
-                Ok(response) => {
-                    let request_id = response.request_id.clone();
-                    if !self.lock().pending.complete(response) {
-                        debug!(
-                            request_id,
-                            "ignoring a response nobody waits for (duplicate, late or unknown)"
-                        );
-                    }
-                }
-                Err(e) => {
-                    warn!(bytes = publish.payload.len(), error = %e, "dropping a malformed response")
-                }
+    /// Stores `response` as its request's outcome, then wakes the callers waiting for it.
+    pub(crate) async fn finish(&self, response: Response) {
+        let outbox = self.outbox.clone();
+        let stored = response.clone();
+        match blocking(move || outbox.complete(&stored, unix_ms_now())).await {
+            Ok(Ok(true)) => {}
+            Ok(Ok(false)) => {
+                debug!(
+                    request_id = response.request_id,
+                    "ignoring a response nobody waits for (duplicate, late or unknown)"
+                );
+                return;
             }
-        } else if publish.topic == self.event_topic {
-            match Event::decode(publish.payload.clone()) {
-                Ok(event) => {
-                    {
-                        let mut state = self.lock();
-                        // Sequence 0 means unnumbered: it cannot be deduplicated.
-                        if event.sequence != 0 {
-                            if event.sequence <= state.last_event_sequence {
-                                debug!(sequence = event.sequence, "ignoring an event seen before");
-                                return;
-                            }
-                            state.last_event_sequence = event.sequence;
-                        }
-                    }
-                    debug!(
-                        partner = event.partner,
-                        kind = event.kind,
-                        sequence = event.sequence,
-                        "event"
-                    );
-                    // No subscriber is fine: nobody in the car is listening right now.
-                    let _ = self.events.send(event);
-                }
-                Err(e) => {
-                    warn!(bytes = publish.payload.len(), error = %e, "dropping a malformed event")
-                }
-            }
-        } else {
-            debug!(topic = publish.topic, "ignoring a message on an unexpected topic");
+            // The caller still gets the answer; the request stays on disk and is sent again
+            // (same idempotency key), so the outcome is stored once the disk recovers.
+            Ok(Err(e)) => error!(request_id = response.request_id, error = %e, "cannot store a response"),
+            Err(_) => return,
         }
+        self.lock().waiters.wake(&response);
     }
 
-    fn on_error(&self, error: &ConnectionError, delay: Duration) {
-        let was_up = self.connected.send_replace(false);
-        let retry_in = humantime_serde::re::humantime::format_duration(Duration::from_millis(
-            u64::try_from(delay.as_millis()).unwrap_or(u64::MAX),
-        ));
-        if was_up {
-            warn!(gateway = %self.gateway, reason = %error, %retry_in, "disconnected from the gateway");
-        } else {
-            warn!(gateway = %self.gateway, reason = %error, %retry_in, "cannot connect to the gateway");
+    /// Gives up on a request whose deadline passed: stores DEADLINE_EXCEEDED saying why.
+    pub(crate) async fn expire(&self, request_id: &str) {
+        let message = deadline_message(&self.outbox, request_id, *self.connected.borrow());
+        self.finish(Response::error(request_id, Code::DeadlineExceeded, message))
+            .await;
+    }
+
+    async fn lookup(&self, request_id: &str) -> Result<Lookup, Status> {
+        let outbox = self.outbox.clone();
+        let id = request_id.to_owned();
+        blocking(move || outbox.lookup(&id))
+            .await?
+            .map_err(|e| Status::data_loss(format!("the result of {request_id} cannot be read: {e}")))
+    }
+
+    /// A caller's own deadline passed. Its request expires with it unless other callers
+    /// joined it with a later deadline than the request's.
+    async fn give_up(&self, request_id: &str, owner: bool, timeout: Duration) -> Result<Bytes, Status> {
+        let request_due = self.outbox.deadline_of(request_id).is_none_or(|d| d <= unix_ms_now());
+        if !owner && !request_due {
+            let after = humantime_serde::re::humantime::format_duration(timeout);
+            return Err(Status::deadline_exceeded(format!(
+                "no response within {after}; request {request_id} is still pending (ask GetResult later)"
+            )));
+        }
+        self.expire(request_id).await;
+        // Whatever is stored now is the outcome: ours, or an answer that just beat us.
+        match self.lookup(request_id).await? {
+            Lookup::Done(result) => into_result(result),
+            _ => Err(Status::deadline_exceeded(deadline_message(
+                &self.outbox,
+                request_id,
+                false,
+            ))),
         }
     }
 }
 
-/// The event-loop task: polls until stopped, reconnecting with backoff.
-async fn run(core: Arc<Core>, mut eventloop: EventLoop, mut backoff: Backoff, mut stop: watch::Receiver<bool>) {
-    loop {
-        let event = tokio::select! {
-            biased;
-            _ = stop.wait_for(|s| *s) => break,
-            event = eventloop.poll() => event,
-        };
-        match event {
-            Ok(MqttEvent::Incoming(Packet::ConnAck(_))) => {
-                backoff.reset();
-                debug!(gateway = %core.gateway, "MQTT session open, subscribing");
-                core.subscribe();
-            }
-            Ok(MqttEvent::Incoming(Packet::SubAck(ack))) => core.on_subscribed(&ack.return_codes),
-            Ok(MqttEvent::Incoming(Packet::Publish(publish))) => core.on_publish(publish),
-            Ok(_) => {}
-            Err(e) => {
-                let delay = backoff.next_delay();
-                core.on_error(&e, delay);
-                tokio::select! {
-                    biased;
-                    _ = stop.wait_for(|s| *s) => break,
-                    _ = tokio::time::sleep(delay) => {}
-                }
-            }
+/// Why a request got no response, from what the outbox knows of it.
+fn deadline_message(outbox: &Outbox, request_id: &str, up: bool) -> String {
+    let (timeout, sent) = outbox.expiry_facts(request_id).unwrap_or_default();
+    let after = humantime_serde::re::humantime::format_duration(timeout);
+    match (sent, up) {
+        (Sent::Never, _) => {
+            format!("no response within {after}: the link to the gateway was down, the request was never sent")
         }
-    }
-    disconnect(&core, &mut eventloop).await;
-}
-
-/// Says goodbye to the gateway if there is a session, so it need not wait for the keep-alive.
-async fn disconnect(core: &Core, eventloop: &mut EventLoop) {
-    let was_up = core.connected.send_replace(false);
-    if eventloop.network.is_none() || core.client.try_disconnect().is_err() {
-        return;
-    }
-    let sent = tokio::time::timeout(DISCONNECT_GRACE, async {
-        loop {
-            match eventloop.poll().await {
-                Ok(MqttEvent::Outgoing(Outgoing::Disconnect)) => return true,
-                Ok(_) => {}
-                Err(_) => return false,
-            }
+        (Sent::BeforeRestart, _) => format!(
+            "no response within {after}: the vehicle agent restarted and the link to the gateway did not come back in time"
+        ),
+        (Sent::Yes, false) => {
+            format!("no response within {after}: the link to the gateway went down after the request was sent")
         }
-    })
-    .await;
-    if was_up {
-        info!(gateway = %core.gateway, disconnect_sent = matches!(sent, Ok(true)), "disconnected from the gateway: shutting down");
+        (Sent::Yes, true) => {
+            format!("no response within {after} from the gateway (the link to the gateway is up)")
+        }
     }
 }

@@ -1,8 +1,9 @@
 //! The in-car gRPC server: the partner services the gateway offers, forwarded without decoding.
 //!
 //! In-car apps use ordinary generated clients against this loopback endpoint. Each call's
-//! bytes, path, deadline and idempotency key are handed to a [`Caller`] (the gateway link),
-//! so a new method of a known service needs no agent change.
+//! bytes, path, deadline, `x-request-id` and `idempotency-key` are handed to a [`Caller`]
+//! (the gateway link), so a new method of a known service needs no agent change. The agent's
+//! own API ([`crate::api`]) is served next to the forwarded services.
 
 use std::convert::Infallible;
 use std::future::Future;
@@ -21,20 +22,21 @@ use tonic::codegen::{Body, Service, StdError};
 use tonic::server::{Grpc, NamedService, UnaryService};
 
 use proto::MethodPath;
-use proto::metadata::IDEMPOTENCY_KEY;
+use proto::metadata::{IDEMPOTENCY_KEY, REQUEST_ID};
 use proto::raw::RawCodec;
 
-use crate::link::GatewayLink;
+use crate::api::AgentApi;
+use crate::link::{CallIds, GatewayLink};
 
 /// Where forwarded calls go: the gateway link, or a stub in tests.
 pub trait Caller: Send + Sync + 'static {
-    /// Calls `method` with the encoded request `payload`, giving up after `timeout`.
+    /// Calls `method` with the encoded request `payload` and the app's ids, giving up after `timeout`.
     fn call(
         &self,
         method: MethodPath,
         payload: Bytes,
         timeout: Duration,
-        idempotency_key: Option<String>,
+        ids: CallIds,
     ) -> BoxFuture<'static, Result<Bytes, Status>>;
 }
 
@@ -44,10 +46,10 @@ impl Caller for GatewayLink {
         method: MethodPath,
         payload: Bytes,
         timeout: Duration,
-        idempotency_key: Option<String>,
+        ids: CallIds,
     ) -> BoxFuture<'static, Result<Bytes, Status>> {
         let link = self.clone();
-        Box::pin(async move { GatewayLink::call(&link, &method, payload, timeout, idempotency_key).await })
+        Box::pin(async move { link.call_with_ids(&method, payload, timeout, ids).await })
     }
 }
 
@@ -150,19 +152,25 @@ impl UnaryService<Bytes> for Handler {
                 .map(leave_room_for_tonic),
             None => Some(self.default_timeout),
         };
-        let key = request
-            .metadata()
-            .get(IDEMPOTENCY_KEY)
-            .map(|v| v.to_str().map(str::to_owned));
+        let ascii = |name: &'static str| {
+            request.metadata().get(name).map(|v| {
+                v.to_str()
+                    .map(str::to_owned)
+                    .map_err(|_| Status::invalid_argument(format!("{name} metadata must be printable ASCII")))
+            })
+        };
+        let key = ascii(IDEMPOTENCY_KEY).transpose();
+        let request_id = ascii(REQUEST_ID).transpose();
         let caller = self.caller.clone();
         Box::pin(async move {
             let method = method.map_err(|e| Status::unimplemented(e.to_string()))?;
             let timeout = timeout.ok_or_else(|| Status::invalid_argument("malformed grpc-timeout header"))?;
-            let key = key
-                .transpose()
-                .map_err(|_| Status::invalid_argument(format!("{IDEMPOTENCY_KEY} metadata must be printable ASCII")))?;
+            let ids = CallIds {
+                request_id: request_id?,
+                idempotency_key: key?,
+            };
             caller
-                .call(method, request.into_inner(), timeout, key)
+                .call(method, request.into_inner(), timeout, ids)
                 .await
                 .map(tonic::Response::new)
         })
@@ -204,6 +212,17 @@ pub async fn serve(
     default_timeout: Duration,
     shutdown: impl Future<Output = ()> + Send,
 ) -> Result<(), tonic::transport::Error> {
+    serve_with_api(listener, caller, None, default_timeout, shutdown).await
+}
+
+/// Serves the forwarded partner services and, if given, `agent.v1.VehicleAgent`, until `shutdown`.
+pub async fn serve_with_api(
+    listener: TcpListener,
+    caller: Arc<dyn Caller>,
+    api: Option<AgentApi>,
+    default_timeout: Duration,
+    shutdown: impl Future<Output = ()> + Send,
+) -> Result<(), tonic::transport::Error> {
     // tonic ignores its own tcp_nodelay for a listener handed to it; small replies would
     // otherwise wait for the app's delayed ACK.
     let incoming = TcpListenerStream::new(listener).map(|conn| {
@@ -214,6 +233,7 @@ pub async fn serve(
     });
     tonic::transport::Server::builder()
         .add_service(Forwarder::<ParkingPayment>::new(caller, default_timeout))
+        .add_optional_service(api.map(AgentApi::into_service))
         .serve_with_incoming_shutdown(incoming, shutdown)
         .await
 }

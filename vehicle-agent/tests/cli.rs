@@ -19,6 +19,7 @@ use common::{Broker, FakeGateway, Pki, SOON, VIN, free_port, install_provider, m
 use proto::MethodPath;
 use proto::parking::v1::{ListNearbyLotsRequest, ListNearbyLotsResponse, Lot};
 use proto::vehicle::v1::Response;
+use vehicle_agent::CallIds;
 use vehicle_agent::local::{self, Caller};
 
 const LIST: &str = "/parking.v1.ParkingPayment/ListNearbyLots";
@@ -134,9 +135,9 @@ impl Caller for Stub {
         _: MethodPath,
         payload: Bytes,
         timeout: Duration,
-        key: Option<String>,
+        ids: CallIds,
     ) -> BoxFuture<'static, Result<Bytes, Status>> {
-        *self.1.lock().unwrap() = Some((payload, timeout, key));
+        *self.1.lock().unwrap() = Some((payload, timeout, ids.idempotency_key));
         let answer = match &self.0 {
             Ok(b) => Ok(Bytes::from(b.clone())),
             Err(s) => Err(Status::new(s.code(), s.message())),
@@ -212,27 +213,13 @@ async fn call_reports_grpc_errors_and_exits_1() {
     assert!(err.starts_with("error: Unavailable: "), "{err}");
 }
 
-#[tokio::test]
-async fn run_serves_calls_until_sigterm() {
-    install_provider();
-    if !mosquitto_available() {
-        return;
-    }
-    let pki = Pki::new();
-    let broker = Broker::start(&pki, free_port()).await;
-    let mut gw = FakeGateway::connect(&pki, broker.port).await;
-    let car = pki.vehicle(VIN);
-    let local = format!("127.0.0.1:{}", free_port());
-    let path = write_config(
-        pki.dir.path(),
-        &format!(
-            "gateway = \"localhost:{}\"\nca_cert = \"ca.pem\"\ncert = {:?}\nkey = {:?}\nlocal_listen = \"{local}\"\nbackoff_initial = \"50ms\"\n",
-            broker.port, car.cert, car.key
-        ),
-    );
+type Log = tokio::io::Lines<BufReader<tokio::process::ChildStderr>>;
+
+/// `vehicle-agent run --config path`, once it has logged that it is connected.
+async fn run_until_connected(path: &Path) -> (tokio::process::Child, Log) {
     let mut child = agent()
         .args(["run", "--config"])
-        .arg(&path)
+        .arg(path)
         .env("RUST_LOG", "info")
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
@@ -249,6 +236,28 @@ async fn run_serves_calls_until_sigterm() {
     })
     .await
     .expect("the agent connects");
+    (child, log)
+}
+
+#[tokio::test]
+async fn run_serves_calls_until_sigterm() {
+    install_provider();
+    if !mosquitto_available() {
+        return;
+    }
+    let pki = Pki::new();
+    let broker = Broker::start(&pki, free_port()).await;
+    let mut gw = FakeGateway::connect(&pki, broker.port).await;
+    let car = pki.vehicle(VIN);
+    let local = format!("127.0.0.1:{}", free_port());
+    let path = write_config(
+        pki.dir.path(),
+        &format!(
+            "gateway = \"localhost:{}\"\nca_cert = \"ca.pem\"\ncert = {:?}\nkey = {:?}\nlocal_listen = \"{local}\"\nbackoff_initial = \"50ms\"\nstate_dir = \"state\"\n",
+            broker.port, car.cert, car.key
+        ),
+    );
+    let (mut child, mut log) = run_until_connected(&path).await;
 
     let url = format!("http://{local}");
     let call =
@@ -279,5 +288,89 @@ async fn run_serves_calls_until_sigterm() {
     assert!(status.success(), "{status:?}\n{rest}");
     assert!(rest.contains("disconnected from the gateway"), "{rest}");
     assert!(!rest.to_lowercase().contains("private key"), "{rest}");
+    broker.stop().await;
+}
+
+#[tokio::test]
+async fn a_call_survives_kill_9_and_result_shows_it() {
+    install_provider();
+    if !mosquitto_available() {
+        return;
+    }
+    let pki = Pki::new();
+    let broker = Broker::start(&pki, free_port()).await;
+    let mut gw = FakeGateway::connect(&pki, broker.port).await;
+    let car = pki.vehicle(VIN);
+    let local = format!("127.0.0.1:{}", free_port());
+    let path = write_config(
+        pki.dir.path(),
+        &format!(
+            "gateway = \"localhost:{}\"\nca_cert = \"ca.pem\"\ncert = {:?}\nkey = {:?}\nlocal_listen = \"{local}\"\nbackoff_initial = \"50ms\"\nstate_dir = \"state\"\n",
+            broker.port, car.cert, car.key
+        ),
+    );
+    let url = format!("http://{local}");
+    let call_args = [
+        "call",
+        LIST,
+        r#"{"maxResults":1}"#,
+        "--agent",
+        &url,
+        "--timeout",
+        "60s",
+        "--request-id",
+        "lots-1",
+        "--idempotency-key",
+        "intent-9",
+    ]
+    .map(str::to_owned);
+
+    let (mut child, _log) = run_until_connected(&path).await;
+    let call = tokio::spawn({
+        let args = call_args.clone();
+        async move { output(agent().args(args)).await }
+    });
+    let (_, sent) = gw.next_request().await;
+    assert_eq!(
+        (sent.request_id.as_str(), sent.idempotency_key.as_str()),
+        ("lots-1", "intent-9")
+    );
+    // kill -9: no shutdown, no flush; only what was fsynced before the call was sent counts.
+    child.kill().await.unwrap();
+    let (code, _, _) = call.await.unwrap();
+    assert_eq!(code, Some(1));
+
+    let (mut child, _log) = run_until_connected(&path).await;
+    let (_, again) = gw.next_request().await;
+    assert_eq!(again.request_id, "lots-1");
+    assert_eq!(again.idempotency_key, "intent-9");
+    assert_eq!(again.payload, sent.payload);
+    let (code, out, err) = output(agent().args(["result", "lots-1", "--agent", &url])).await;
+    assert_eq!((code, out.as_str()), (Some(0), "PENDING\n"), "{err}");
+
+    let lots = ListNearbyLotsResponse {
+        lots: vec![Lot {
+            name: "Lot C".into(),
+            ..Default::default()
+        }],
+    };
+    gw.respond(VIN, Response::ok("lots-1", lots.encode_to_vec())).await;
+    // The app retries the same call: it gets the stored answer (or waits for it).
+    let (code, out, err) = output(agent().args(call_args)).await;
+    assert_eq!(code, Some(0), "{err}");
+    assert!(out.contains("Lot C"), "{out}");
+
+    let (code, out, err) = output(agent().args(["result", "lots-1", "--agent", &url])).await;
+    assert_eq!(code, Some(0), "{err}");
+    let (state, json) = out.split_once('\n').unwrap();
+    assert_eq!(state, "DONE OK");
+    let printed: serde_json::Value = serde_json::from_str(json).unwrap();
+    assert_eq!(printed["lots"][0]["name"], "Lot C");
+    let (code, out, _) = output(agent().args(["result", "nope", "--agent", &url])).await;
+    assert_eq!((code, out.as_str()), (Some(0), "UNKNOWN\n"));
+    let (code, _, err) = output(agent().args(["result", "a/b", "--agent", &url])).await;
+    assert_eq!(code, Some(64), "{err}");
+
+    child.kill().await.unwrap();
     broker.stop().await;
 }

@@ -112,6 +112,23 @@ async fn calls_errors_duplicates_and_events() {
     assert_eq!(first, event(1));
     let second = tokio::time::timeout(SOON, events.recv()).await.unwrap().unwrap();
     assert_eq!(second, event(2));
+    // Each numbered event is acknowledged (cumulatively), the redelivered one again.
+    for expected in [1, 1, 2] {
+        let (vin, ack) = gw.next_ack().await;
+        assert_eq!((vin.as_str(), ack.sequence), (VIN, expected));
+    }
+    // Unnumbered events are shown but cannot be acknowledged.
+    gw.publish(&topic, event(0).encode_to_vec()).await;
+    gw.publish(&topic, event(3).encode_to_vec()).await;
+    assert_eq!(
+        tokio::time::timeout(SOON, events.recv()).await.unwrap().unwrap(),
+        event(0)
+    );
+    assert_eq!(
+        tokio::time::timeout(SOON, events.recv()).await.unwrap().unwrap(),
+        event(3)
+    );
+    assert_eq!(gw.next_ack().await.1.sequence, 3);
 
     // Still working after all that.
     let call = tokio::spawn({
@@ -307,6 +324,33 @@ async fn a_gateway_with_the_wrong_name_is_refused() {
         .unwrap_err();
     assert_eq!(err.code(), Code::DeadlineExceeded);
     assert!(!link.is_connected());
+    link.shutdown().await;
+    broker.stop().await;
+}
+
+#[tokio::test]
+async fn the_agent_version_is_the_mqtt_username() {
+    install_provider();
+    if !mosquitto_available() {
+        return;
+    }
+    let pki = Pki::new();
+    // Taking the username from CONNECT (not the certificate) makes Mosquitto log it.
+    let mut broker = Broker::start_with(&pki, free_port(), "allow_anonymous true\n").await;
+    let link = GatewayLink::start(&pki.agent_config(VIN, &format!("localhost:{}", broker.port))).unwrap();
+    connected(&link).await;
+    let expected = format!("as {VIN} (p2, c1, k30, u'vehicle-agent/{}')", env!("CARGO_PKG_VERSION"));
+    tokio::time::timeout(SOON, async {
+        while let Some(line) = broker.log.recv().await {
+            if line.contains("New client connected") {
+                assert!(line.contains(&expected), "{line}");
+                return;
+            }
+        }
+        panic!("mosquitto exited");
+    })
+    .await
+    .expect("mosquitto logs the connection");
     link.shutdown().await;
     broker.stop().await;
 }

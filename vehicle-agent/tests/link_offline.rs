@@ -10,7 +10,8 @@ use tonic::Code;
 
 use common::{Pki, VIN, free_port, install_provider};
 use proto::MethodPath;
-use vehicle_agent::GatewayLink;
+use vehicle_agent::outbox::Lookup;
+use vehicle_agent::{CallIds, GatewayLink};
 
 fn start() -> MethodPath {
     MethodPath::parse("/parking.v1.ParkingPayment/StartSession").unwrap()
@@ -91,38 +92,181 @@ async fn deadline_says_the_link_was_down() {
     link.shutdown().await;
 }
 
-#[tokio::test]
-async fn shutdown_fails_waiting_calls_at_once() {
-    install_provider();
-    let pki = Pki::new();
-    let link = offline_link(&pki, 1024);
+fn ids(request_id: &str) -> CallIds {
+    CallIds {
+        request_id: Some(request_id.into()),
+        idempotency_key: None,
+    }
+}
+
+/// Makes a call with `request_id` in the background and returns once it is on disk.
+async fn accepted_call(
+    link: &GatewayLink,
+    request_id: &str,
+    timeout: Duration,
+) -> tokio::task::JoinHandle<Result<Bytes, tonic::Status>> {
+    let before = link.pending_requests();
     let call = tokio::spawn({
-        let link = link.clone();
-        async move { link.call(&start(), Bytes::new(), Duration::from_secs(600), None).await }
+        let (link, ids) = (link.clone(), ids(request_id));
+        async move { link.call_with_ids(&start(), Bytes::new(), timeout, ids).await }
     });
-    while link.pending_calls() == 0 {
+    // The outbox write runs on the blocking pool; yield until it is done.
+    while link.pending_requests() == before {
         tokio::task::yield_now().await;
     }
-    link.shutdown().await;
-    let err = call.await.unwrap().unwrap_err();
-    assert_eq!(err.code(), Code::Unavailable);
-    assert_eq!(link.pending_calls(), 0);
+    call
 }
 
 #[tokio::test]
-async fn dropping_a_call_forgets_its_request() {
+async fn shutdown_fails_waiting_calls_at_once_and_keeps_their_requests() {
     install_provider();
     let pki = Pki::new();
     let link = offline_link(&pki, 1024);
-    let call = tokio::spawn({
-        let link = link.clone();
-        async move { link.call(&start(), Bytes::new(), Duration::from_secs(600), None).await }
-    });
-    while link.pending_calls() == 0 {
-        tokio::task::yield_now().await;
-    }
+    let call = accepted_call(&link, "kept", Duration::from_secs(600)).await;
+    link.shutdown().await;
+    let err = call.await.unwrap().unwrap_err();
+    assert_eq!(err.code(), Code::Unavailable);
+    assert!(err.message().contains("the request is kept"), "{}", err.message());
+    assert_eq!(link.pending_calls(), 0);
+    assert_eq!(link.pending_requests(), 1);
+
+    // The next agent on the same state directory has it (shutdown released the directory).
+    let link = offline_link(&pki, 1024);
+    assert_eq!(link.pending_requests(), 1);
+    assert_eq!(link.result("kept").await.unwrap(), Lookup::Pending);
+    link.shutdown().await;
+}
+
+#[tokio::test]
+async fn dropping_a_call_keeps_its_request() {
+    install_provider();
+    let pki = Pki::new();
+    let link = offline_link(&pki, 1024);
+    let call = accepted_call(&link, "dropped", Duration::from_secs(600)).await;
     call.abort();
     let _ = call.await;
     assert_eq!(link.pending_calls(), 0);
+    // The driver's intent outlives the app's call.
+    assert_eq!(link.pending_requests(), 1);
+    assert_eq!(link.result("dropped").await.unwrap(), Lookup::Pending);
+    link.shutdown().await;
+}
+
+#[tokio::test]
+async fn one_request_id_is_one_request() {
+    install_provider();
+    let pki = Pki::new();
+    let link = offline_link(&pki, 1024);
+    assert_eq!(link.result("same").await.unwrap(), Lookup::Unknown);
+    let first = accepted_call(&link, "same", Duration::from_millis(300)).await;
+    // The app retries with the same x-request-id: it waits for the same request.
+    let again = tokio::spawn({
+        let link = link.clone();
+        async move {
+            link.call_with_ids(&start(), Bytes::new(), Duration::from_secs(60), ids("same"))
+                .await
+        }
+    });
+    while link.pending_calls() < 2 {
+        tokio::task::yield_now().await;
+    }
+    assert_eq!(link.pending_requests(), 1);
+    // The first caller's deadline is the request's: both get its DEADLINE_EXCEEDED.
+    let first = first.await.unwrap().unwrap_err();
+    assert_eq!(first.code(), Code::DeadlineExceeded);
+    let again = again.await.unwrap().unwrap_err();
+    assert_eq!(again.code(), Code::DeadlineExceeded);
+    assert_eq!(again.message(), first.message());
+    assert_eq!(link.pending_requests(), 0);
+
+    // Later calls with that id get the stored outcome without anything being sent.
+    let stored = link
+        .call_with_ids(&start(), Bytes::new(), Duration::from_secs(60), ids("same"))
+        .await
+        .unwrap_err();
+    assert_eq!(stored.message(), first.message());
+    let Lookup::Done(result) = link.result("same").await.unwrap() else {
+        panic!("same is done");
+    };
+    assert_eq!(result.method, "/parking.v1.ParkingPayment/StartSession");
+    assert_eq!(link.pending_requests(), 0);
+    link.shutdown().await;
+}
+
+#[tokio::test]
+async fn bad_request_ids_are_refused_at_once() {
+    install_provider();
+    let pki = Pki::new();
+    let link = offline_link(&pki, 1024);
+    for bad in ["../x", "a b", &"x".repeat(129)] {
+        let err = link
+            .call_with_ids(&start(), Bytes::new(), Duration::from_secs(5), ids(bad))
+            .now_or_never()
+            .expect("refused at once")
+            .unwrap_err();
+        assert_eq!(err.code(), Code::InvalidArgument, "{bad:?}");
+        assert_eq!(link.result(bad).await.unwrap_err().code(), Code::InvalidArgument);
+    }
+    assert_eq!(link.pending_requests(), 0);
+    link.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_full_outbox_refuses_calls() {
+    install_provider();
+    let pki = Pki::new();
+    let mut config = pki.agent_config(VIN, &format!("localhost:{}", free_port()));
+    config.outbox_capacity = 1;
+    let link = GatewayLink::start(&config).unwrap();
+    let _waiting = accepted_call(&link, "one", Duration::from_secs(600)).await;
+    let err = link
+        .call_with_ids(&start(), Bytes::new(), Duration::from_secs(600), ids("two"))
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::ResourceExhausted);
+    assert_eq!(err.message(), "outbox full: 1 requests waiting for the gateway");
+    assert_eq!(link.result("two").await.unwrap(), Lookup::Unknown);
+    link.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_disk_failure_refuses_calls() {
+    install_provider();
+    let pki = Pki::new();
+    let link = offline_link(&pki, 1024);
+    // A regular file where the outbox directory was: writes fail, even for root.
+    let outbox_dir = pki.state_dir().join("outbox");
+    std::fs::remove_dir(&outbox_dir).unwrap();
+    std::fs::write(&outbox_dir, b"").unwrap();
+    let err = link
+        .call_with_ids(&start(), Bytes::new(), Duration::from_secs(600), ids("lost"))
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::Unavailable);
+    assert!(err.message().contains("it was not accepted"), "{}", err.message());
+    assert_eq!(link.pending_requests(), 0);
+    assert_eq!(link.pending_calls(), 0);
+    link.shutdown().await;
+}
+
+#[tokio::test]
+async fn an_unusable_state_dir_stops_the_start() {
+    install_provider();
+    let pki = Pki::new();
+    let mut config = pki.agent_config(VIN, &format!("localhost:{}", free_port()));
+    let file = pki.dir.path().join("a-file");
+    std::fs::write(&file, b"").unwrap();
+    config.state_dir = file.join("state");
+    let e = GatewayLink::start(&config).unwrap_err().to_string();
+    assert!(
+        e.starts_with("state_dir: cannot use ") && e.contains("a-file/state"),
+        "{e}"
+    );
+
+    // Two agents never share one state directory.
+    let link = offline_link(&pki, 1024);
+    let config = pki.agent_config(VIN, &format!("localhost:{}", free_port()));
+    let e = GatewayLink::start(&config).unwrap_err().to_string();
+    assert!(e.contains("in use by another vehicle agent"), "{e}");
     link.shutdown().await;
 }

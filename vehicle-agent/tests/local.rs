@@ -17,6 +17,7 @@ use proto::MethodPath;
 use proto::parking::v1::parking_payment_client::ParkingPaymentClient;
 use proto::parking::v1::{GetReceiptRequest, Receipt};
 use proto::raw::RawCodec;
+use vehicle_agent::CallIds;
 use vehicle_agent::local::{self, Caller};
 
 #[derive(Debug, Clone, PartialEq)]
@@ -25,6 +26,7 @@ struct Seen {
     payload: Bytes,
     timeout: Duration,
     key: Option<String>,
+    request_id: Option<String>,
 }
 
 /// Records each call and answers with a fixed result.
@@ -39,13 +41,14 @@ impl Caller for Stub {
         method: MethodPath,
         payload: Bytes,
         timeout: Duration,
-        key: Option<String>,
+        ids: CallIds,
     ) -> BoxFuture<'static, Result<Bytes, Status>> {
         self.seen.lock().unwrap().push(Seen {
             method: method.to_string(),
             payload,
             timeout,
-            key,
+            key: ids.idempotency_key,
+            request_id: ids.request_id,
         });
         let answer = self.answer.clone().map_err(|(code, msg)| Status::new(code, msg));
         Box::pin(async move { answer })
@@ -102,6 +105,9 @@ async fn forwards_path_bytes_deadline_and_key() {
     request
         .metadata_mut()
         .insert("idempotency-key", "intent-1".parse().unwrap());
+    request
+        .metadata_mut()
+        .insert("x-request-id", "app-req-1".parse().unwrap());
     let got = client.get_receipt(request).await.unwrap().into_inner();
     assert_eq!(got, receipt);
 
@@ -126,6 +132,7 @@ async fn forwards_path_bytes_deadline_and_key() {
         )
     );
     assert_eq!(seen[0].key.as_deref(), Some("intent-1"));
+    assert_eq!(seen[0].request_id.as_deref(), Some("app-req-1"));
     assert!(
         seen[0].timeout <= Duration::from_secs(3) && seen[0].timeout >= Duration::from_millis(2900),
         "{:?}",
@@ -133,6 +140,7 @@ async fn forwards_path_bytes_deadline_and_key() {
     );
     assert_eq!(seen[1].timeout, DEFAULT_TIMEOUT);
     assert_eq!(seen[1].key, None);
+    assert_eq!(seen[1].request_id, None);
     server.stop().await;
 }
 

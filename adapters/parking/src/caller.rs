@@ -47,9 +47,9 @@ impl Caller {
 
     /// The calling car's VIN; UNAUTHENTICATED when the gateway did not say who is calling.
     pub(crate) fn vin(&self) -> Result<&str, Status> {
-        self.vin.as_deref().ok_or_else(|| {
-            Status::unauthenticated(format!("{} metadata is missing", metadata::VIN))
-        })
+        self.vin
+            .as_deref()
+            .ok_or_else(|| Status::unauthenticated(format!("{} metadata is missing", metadata::VIN)))
     }
 
     /// The idempotency key, if the call carries one.
@@ -90,10 +90,7 @@ mod tests {
         assert_eq!(caller.request_id_for_log(), "-");
 
         let anonymous = Caller::from_metadata(&MetadataMap::new());
-        assert_eq!(
-            anonymous.vin().unwrap_err().code(),
-            tonic::Code::Unauthenticated
-        );
+        assert_eq!(anonymous.vin().unwrap_err().code(), tonic::Code::Unauthenticated);
         assert_eq!(anonymous.idempotency_key().unwrap(), None);
     }
 

@@ -95,11 +95,7 @@ pub fn find(lot_id: &str) -> Option<&'static LotInfo> {
 ///
 /// Zero means "the default" for both limits, because proto3 cannot tell an unset field from 0.
 pub fn nearby(near: &GeoPoint, radius_m: u32, max_results: u32) -> Vec<Lot> {
-    let radius_m = if radius_m == 0 {
-        DEFAULT_RADIUS_M
-    } else {
-        radius_m
-    };
+    let radius_m = if radius_m == 0 { DEFAULT_RADIUS_M } else { radius_m };
     let max_results = if max_results == 0 {
         DEFAULT_MAX_RESULTS
     } else {
@@ -177,10 +173,7 @@ mod tests {
     use super::*;
 
     fn point(latitude: f64, longitude: f64) -> GeoPoint {
-        GeoPoint {
-            latitude,
-            longitude,
-        }
+        GeoPoint { latitude, longitude }
     }
 
     #[test]
@@ -194,11 +187,7 @@ mod tests {
     #[test]
     fn ids_are_unique() {
         for (i, lot) in LOTS.iter().enumerate() {
-            assert!(
-                LOTS[i + 1..].iter().all(|other| other.id != lot.id),
-                "{}",
-                lot.id
-            );
+            assert!(LOTS[i + 1..].iter().all(|other| other.id != lot.id), "{}", lot.id);
         }
     }
 
@@ -206,15 +195,9 @@ mod tests {
     fn nearby_applies_defaults_and_orders_by_distance() {
         let lots = nearby(&point(31.2317, 121.4726), 0, 0);
         let ids: Vec<&str> = lots.iter().map(|l| l.lot_id.as_str()).collect();
-        assert_eq!(
-            ids,
-            ["lot-peoplessquare-01", "lot-xintiandi-01", "lot-bund-01"]
-        );
+        assert_eq!(ids, ["lot-peoplessquare-01", "lot-xintiandi-01", "lot-bund-01"]);
         assert!(lots.iter().all(|l| l.distance_m <= DEFAULT_RADIUS_M));
-        assert_eq!(
-            nearby(&point(31.2317, 121.4726), 50_000, 0).len(),
-            LOTS.len()
-        );
+        assert_eq!(nearby(&point(31.2317, 121.4726), 50_000, 0).len(), LOTS.len());
         assert_eq!(nearby(&point(31.2317, 121.4726), 50_000, 2).len(), 2);
         assert!(nearby(&point(0.0, 0.0), 0, 0).is_empty());
     }

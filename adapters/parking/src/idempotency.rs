@@ -7,9 +7,7 @@
 use std::collections::HashMap;
 use std::time::Duration;
 
-use proto::parking::v1::{
-    EndSessionRequest, EndSessionResponse, StartSessionRequest, StartSessionResponse,
-};
+use proto::parking::v1::{EndSessionRequest, EndSessionResponse, StartSessionRequest, StartSessionResponse};
 use tonic::Status;
 
 /// How long a key answers retries. The gateway retries for minutes at most; a day leaves room
@@ -86,9 +84,7 @@ mod tests {
         let day_ms = i64::try_from(RETENTION.as_millis()).unwrap();
         let mut store = IdempotencyStore::default();
         store.remember("VIN-A", "k", 0, start_outcome("lot-a"));
-        assert!(
-            matches!(store.recall("VIN-A", "k", 1), Some(Outcome::Start(r, _)) if r.lot_id == "lot-a")
-        );
+        assert!(matches!(store.recall("VIN-A", "k", 1), Some(Outcome::Start(r, _)) if r.lot_id == "lot-a"));
         assert!(store.recall("VIN-B", "k", 1).is_none());
         assert!(store.recall("VIN-A", "k", day_ms).is_none());
 

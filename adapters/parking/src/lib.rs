@@ -57,9 +57,7 @@ pub async fn serve(
     });
     let mut builder = Server::builder();
     if let Some(tls) = tls {
-        builder = builder
-            .tls_config(tls)
-            .context("invalid TLS configuration")?;
+        builder = builder.tls_config(tls).context("invalid TLS configuration")?;
     }
     builder
         .add_service(service.into_server())

@@ -41,9 +41,7 @@ async fn main() -> ExitCode {
     // rustls needs exactly one process-wide crypto provider; install it before any TLS use.
     let _ = rustls::crypto::ring::default_provider().install_default();
     tracing_subscriber::fmt()
-        .with_env_filter(
-            EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")),
-        )
+        .with_env_filter(EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")))
         // Logs go to stderr so that stdout carries only the "listening" line scripts wait for.
         .with_writer(std::io::stderr)
         // No colour codes when logs go to a file or a log collector.
@@ -83,9 +81,7 @@ async fn run(listen: SocketAddr, tls_files: Option<(&Path, &Path, &Path)>) -> an
     let listener = tokio::net::TcpListener::bind(listen)
         .await
         .with_context(|| format!("cannot listen on {listen}"))?;
-    let addr = listener
-        .local_addr()
-        .context("cannot read the listening address")?;
+    let addr = listener.local_addr().context("cannot read the listening address")?;
     println!("parking adapter listening on {addr} ({mode})");
 
     serve(listener, tls, ParkingService::new(), shutdown).await?;

@@ -10,9 +10,8 @@ use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
 use proto::parking::v1::parking_payment_server::{ParkingPayment, ParkingPaymentServer};
 use proto::parking::v1::{
-    EndSessionRequest, EndSessionResponse, GetReceiptRequest, ListNearbyLotsRequest,
-    ListNearbyLotsResponse, Money, ParkingSession, Receipt, SessionState, StartSessionRequest,
-    StartSessionResponse,
+    EndSessionRequest, EndSessionResponse, GetReceiptRequest, ListNearbyLotsRequest, ListNearbyLotsResponse, Money,
+    ParkingSession, Receipt, SessionState, StartSessionRequest, StartSessionResponse,
 };
 use tonic::{Request, Response, Status};
 
@@ -112,11 +111,7 @@ impl ParkingService {
         result.map(Response::new)
     }
 
-    fn list_nearby(
-        &self,
-        _caller: &Caller,
-        request: ListNearbyLotsRequest,
-    ) -> Result<ListNearbyLotsResponse, Status> {
+    fn list_nearby(&self, _caller: &Caller, request: ListNearbyLotsRequest) -> Result<ListNearbyLotsResponse, Status> {
         // Lots are public information, so no VIN is required here.
         let near = request
             .near
@@ -131,11 +126,7 @@ impl ParkingService {
         })
     }
 
-    fn start(
-        &self,
-        caller: &Caller,
-        request: StartSessionRequest,
-    ) -> Result<StartSessionResponse, Status> {
+    fn start(&self, caller: &Caller, request: StartSessionRequest) -> Result<StartSessionResponse, Status> {
         let vin = caller.vin()?;
         let key = caller.idempotency_key()?;
         let now = self.clock.now_unix_ms();
@@ -159,11 +150,7 @@ impl ParkingService {
         Ok(response)
     }
 
-    fn end(
-        &self,
-        caller: &Caller,
-        request: EndSessionRequest,
-    ) -> Result<EndSessionResponse, Status> {
+    fn end(&self, caller: &Caller, request: EndSessionRequest) -> Result<EndSessionResponse, Status> {
         let vin = caller.vin()?;
         let key = caller.idempotency_key()?;
         let now = self.clock.now_unix_ms();
@@ -212,9 +199,7 @@ impl State {
     /// The session `session_id` if `vin` owns it. Someone else's session is reported exactly like
     /// a missing one, so a car cannot probe which session ids exist.
     fn owned_session(&self, vin: &str, session_id: &str) -> Option<&SessionRecord> {
-        self.sessions
-            .get(session_id)
-            .filter(|record| record.vin == vin)
+        self.sessions.get(session_id).filter(|record| record.vin == vin)
     }
 
     fn start_session(
@@ -253,8 +238,7 @@ impl State {
             ended_at_unix_ms: 0,
             fee: None,
         };
-        self.active_by_vin
-            .insert(vin.to_owned(), session.session_id.clone());
+        self.active_by_vin.insert(vin.to_owned(), session.session_id.clone());
         let record = SessionRecord {
             vin: vin.to_owned(),
             lot,
@@ -262,17 +246,10 @@ impl State {
             receipt: None,
         };
         self.sessions.insert(session.session_id.clone(), record);
-        Ok(StartSessionResponse {
-            session: Some(session),
-        })
+        Ok(StartSessionResponse { session: Some(session) })
     }
 
-    fn end_session(
-        &mut self,
-        vin: &str,
-        request: &EndSessionRequest,
-        now: i64,
-    ) -> Result<EndSessionResponse, Status> {
+    fn end_session(&mut self, vin: &str, request: &EndSessionRequest, now: i64) -> Result<EndSessionResponse, Status> {
         if request.session_id.is_empty() {
             return Err(Status::invalid_argument("session_id is required"));
         }
@@ -355,17 +332,11 @@ impl ParkingPayment for ParkingService {
         self.handle("StartSession", request, Self::start)
     }
 
-    async fn end_session(
-        &self,
-        request: Request<EndSessionRequest>,
-    ) -> Result<Response<EndSessionResponse>, Status> {
+    async fn end_session(&self, request: Request<EndSessionRequest>) -> Result<Response<EndSessionResponse>, Status> {
         self.handle("EndSession", request, Self::end)
     }
 
-    async fn get_receipt(
-        &self,
-        request: Request<GetReceiptRequest>,
-    ) -> Result<Response<Receipt>, Status> {
+    async fn get_receipt(&self, request: Request<GetReceiptRequest>) -> Result<Response<Receipt>, Status> {
         self.handle("GetReceipt", request, Self::receipt)
     }
 }

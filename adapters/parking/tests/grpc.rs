@@ -8,8 +8,7 @@ use parking_adapter::{Clock, ManualClock, ParkingService, serve};
 use proto::metadata;
 use proto::parking::v1::parking_payment_client::ParkingPaymentClient;
 use proto::parking::v1::{
-    EndSessionRequest, GeoPoint, GetReceiptRequest, ListNearbyLotsRequest, Money, SessionState,
-    StartSessionRequest,
+    EndSessionRequest, GeoPoint, GetReceiptRequest, ListNearbyLotsRequest, Money, SessionState, StartSessionRequest,
 };
 use tokio::net::TcpListener;
 use tokio::sync::oneshot;
@@ -42,9 +41,7 @@ async fn start() -> Harness {
         let _ = stopped.await;
     };
     tokio::spawn(serve(listener, None, service.clone(), shutdown));
-    let client = ParkingPaymentClient::connect(format!("http://{addr}"))
-        .await
-        .unwrap();
+    let client = ParkingPaymentClient::connect(format!("http://{addr}")).await.unwrap();
     Harness {
         client,
         service,
@@ -102,10 +99,7 @@ async fn nearby_lots_are_nearest_first_and_limited() {
     let lots = lots.into_inner().lots;
     assert_eq!(lots.len(), 3);
     assert_eq!(lots[0].lot_id, "lot-peoplessquare-01");
-    assert!(
-        lots.windows(2).all(|w| w[0].distance_m <= w[1].distance_m),
-        "{lots:?}"
-    );
+    assert!(lots.windows(2).all(|w| w[0].distance_m <= w[1].distance_m), "{lots:?}");
     assert_eq!(
         lots[0].price_per_hour,
         Some(Money {
@@ -115,11 +109,7 @@ async fn nearby_lots_are_nearest_first_and_limited() {
     );
 
     // Defaults: 2000 m, 10 results. Jing'an and Lujiazui are about 2.8 km away.
-    let lots = h
-        .client
-        .list_nearby_lots(call(near(0, 0), CAR_A, "n2"))
-        .await
-        .unwrap();
+    let lots = h.client.list_nearby_lots(call(near(0, 0), CAR_A, "n2")).await.unwrap();
     let lots = lots.into_inner().lots;
     assert!(
         !lots.is_empty() && lots.iter().all(|l| l.distance_m <= 2_000),
@@ -132,11 +122,7 @@ async fn nearby_lots_are_nearest_first_and_limited() {
         radius_m: 0,
         max_results: 0,
     };
-    let err = h
-        .client
-        .list_nearby_lots(call(missing, CAR_A, "n3"))
-        .await
-        .unwrap_err();
+    let err = h.client.list_nearby_lots(call(missing, CAR_A, "n3")).await.unwrap_err();
     assert_eq!(err.code(), Code::InvalidArgument);
 }
 
@@ -209,10 +195,7 @@ async fn retries_with_the_same_key_charge_once() {
         .end_session(call(end(&session_id), CAR_A, "end-2"))
         .await
         .unwrap();
-    assert_eq!(
-        again.into_inner().receipt.unwrap().payment_reference,
-        "wxpay-1"
-    );
+    assert_eq!(again.into_inner().receipt.unwrap().payment_reference, "wxpay-1");
     assert_eq!(h.service.charges(), 1);
 }
 
@@ -263,11 +246,7 @@ async fn other_vehicles_cannot_end_or_read_a_session() {
         .unwrap();
     let receipt_id = ended.into_inner().receipt.unwrap().receipt_id;
     let read = GetReceiptRequest { receipt_id };
-    let err = h
-        .client
-        .get_receipt(call(read, CAR_B, "b-read"))
-        .await
-        .unwrap_err();
+    let err = h.client.get_receipt(call(read, CAR_B, "b-read")).await.unwrap_err();
     assert_eq!(err.code(), Code::NotFound);
 }
 
@@ -281,11 +260,7 @@ async fn missing_vin_is_unauthenticated() {
     let err = h.client.start_session(request).await.unwrap_err();
     assert_eq!(err.code(), Code::Unauthenticated);
 
-    let err = h
-        .client
-        .end_session(Request::new(end("ps-1")))
-        .await
-        .unwrap_err();
+    let err = h.client.end_session(Request::new(end("ps-1"))).await.unwrap_err();
     assert_eq!(err.code(), Code::Unauthenticated);
 }
 
@@ -302,18 +277,11 @@ async fn start_session_checks_lot_plate_and_active_session() {
         lot_id: "lot-bund-01".into(),
         plate: " ".into(),
     };
-    let err = h
-        .client
-        .start_session(call(no_plate, CAR_A, "k2"))
-        .await
-        .unwrap_err();
+    let err = h.client.start_session(call(no_plate, CAR_A, "k2")).await.unwrap_err();
     assert_eq!(err.code(), Code::InvalidArgument);
 
     let session_id = park(&mut h, CAR_A, "k3").await;
-    let err = h
-        .client
-        .start_session(call(start_at("lot-bund-01"), CAR_A, "k4"))
-        .await;
+    let err = h.client.start_session(call(start_at("lot-bund-01"), CAR_A, "k4")).await;
     let err = err.unwrap_err();
     assert_eq!(err.code(), Code::FailedPrecondition);
     assert!(err.message().contains(&session_id), "{}", err.message());
@@ -328,16 +296,10 @@ async fn reusing_a_key_for_a_different_request_is_refused() {
     let session_id = park(&mut h, CAR_A, "k1").await;
 
     // Same method, different request.
-    let other_lot = h
-        .client
-        .start_session(call(start_at("lot-bund-01"), CAR_A, "k1"))
-        .await;
+    let other_lot = h.client.start_session(call(start_at("lot-bund-01"), CAR_A, "k1")).await;
     let err = other_lot.unwrap_err();
     assert_eq!(err.code(), Code::FailedPrecondition);
-    assert_eq!(
-        err.message(),
-        "idempotency key reused with a different request"
-    );
+    assert_eq!(err.message(), "idempotency key reused with a different request");
 
     // Different method.
     let err = h

@@ -4,8 +4,7 @@ use parking_adapter::{ParkingService, mtls_config, serve};
 use proto::parking::v1::parking_payment_client::ParkingPaymentClient;
 use proto::parking::v1::{GeoPoint, ListNearbyLotsRequest};
 use rcgen::{
-    BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair,
-    KeyUsagePurpose,
+    BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair, KeyUsagePurpose,
 };
 use tokio::net::TcpListener;
 use tokio::sync::oneshot;
@@ -32,11 +31,7 @@ impl TestCa {
         params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
         params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
         let cert_pem = params.self_signed(&key).unwrap().pem();
-        TestCa {
-            params,
-            key,
-            cert_pem,
-        }
+        TestCa { params, key, cert_pem }
     }
 
     fn issue(&self, name: &str, usage: ExtendedKeyUsagePurpose) -> Pem {
@@ -105,11 +100,7 @@ async fn mtls_requires_a_client_certificate_from_the_trusted_ca() {
 
     assert_eq!(list_lots(port, &ca.cert_pem, Some(&gateway)).await, Ok(3));
     assert!(list_lots(port, &ca.cert_pem, None).await.is_err());
-    assert!(
-        list_lots(port, &ca.cert_pem, Some(&stranger))
-            .await
-            .is_err()
-    );
+    assert!(list_lots(port, &ca.cert_pem, Some(&stranger)).await.is_err());
 }
 
 #[tokio::test]
@@ -117,12 +108,6 @@ async fn invalid_pem_is_reported_by_serve() {
     let _ = rustls::crypto::ring::default_provider().install_default();
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let tls = mtls_config("not a certificate", "not a key", "not a CA");
-    let result = serve(
-        listener,
-        Some(tls),
-        ParkingService::new(),
-        std::future::pending(),
-    )
-    .await;
+    let result = serve(listener, Some(tls), ParkingService::new(), std::future::pending()).await;
     assert!(result.is_err());
 }

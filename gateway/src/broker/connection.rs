@@ -4,15 +4,16 @@
 use std::collections::HashMap;
 use std::fmt;
 use std::io;
+use std::net::SocketAddr;
 use std::time::Duration;
 
 use bytes::BytesMut;
 use futures::FutureExt;
-use proto::topics::{is_within_tenant, may_publish};
 use proto::Vin;
+use proto::topics::{is_within_tenant, may_publish};
 use rumqttd::protocol::{
-    self, ConnAck, ConnectReturnCode, Disconnect, DisconnectReasonCode, LastWill, Packet, Protocol, Publish,
-    SubAck, SubscribeReasonCode, v4::V4,
+    self, ConnAck, ConnectReturnCode, Disconnect, DisconnectReasonCode, LastWill, Packet, Protocol, Publish, SubAck,
+    SubscribeReasonCode, v4::V4,
 };
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::time::{Instant, sleep_until, timeout};
@@ -65,23 +66,77 @@ impl fmt::Display for DisconnectReason {
     }
 }
 
+/// Who connected, as recorded in the session registry.
+#[derive(Debug, Clone)]
+pub struct SessionInfo {
+    /// This connection, unique within the process.
+    pub conn: u64,
+    /// The VIN from the certificate.
+    pub vin: Vin,
+    /// SHA-256 of the certificate.
+    pub fingerprint: String,
+    /// What the car says it runs (the CONNECT user name, e.g. `vehicle-agent/0.1.0`).
+    pub agent_version: Option<String>,
+    /// The car's address as seen by the gateway.
+    pub remote: SocketAddr,
+    /// When the session was accepted (unix ms).
+    pub at_ms: i64,
+}
+
 /// What the connection layer reports about a session's lifetime.
 #[derive(Debug, Clone)]
 pub enum SessionEvent {
     /// The car's CONNECT was accepted.
-    Connected {
+    Connected(SessionInfo),
+    /// The router confirmed the car's subscription to its events topic: events can flow.
+    EventsSubscribed {
+        /// The connection.
+        conn: u64,
         /// Who.
         vin: Vin,
-        /// The MQTT client id it used.
-        client_id: String,
     },
     /// The session ended.
     Disconnected {
+        /// The connection.
+        conn: u64,
         /// Who.
         vin: Vin,
         /// Why.
         reason: DisconnectReason,
+        /// When (unix ms).
+        at_ms: i64,
     },
+}
+
+/// Where sessions report their lifetime events. Sending waits when the consumer is behind, so
+/// no connect or disconnect goes unrecorded.
+#[derive(Debug, Clone)]
+pub struct SessionSink(pub tokio::sync::mpsc::Sender<SessionEvent>);
+
+impl SessionSink {
+    async fn send(&self, event: SessionEvent) {
+        let _ = self.0.send(event).await;
+    }
+}
+
+/// The current time in unix milliseconds.
+pub fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as i64)
+}
+
+/// The peer of one vehicle connection, as the listener saw it.
+#[derive(Debug, Clone)]
+pub struct Peer {
+    /// This connection, unique within the process.
+    pub conn: u64,
+    /// Identity from the certificate.
+    pub vin: Vin,
+    /// SHA-256 of the certificate.
+    pub fingerprint: String,
+    /// Remote address.
+    pub remote: SocketAddr,
 }
 
 /// MQTT framing over any byte stream.
@@ -117,7 +172,8 @@ impl<S: AsyncRead + AsyncWrite + Unpin> MqttIo<S> {
     }
 
     fn queue(&mut self, packet: Packet) -> Result<(), DisconnectReason> {
-        V4.write(packet, &mut self.write).map_err(|e| DisconnectReason::ProtocolError(e.to_string()))?;
+        V4.write(packet, &mut self.write)
+            .map_err(|e| DisconnectReason::ProtocolError(e.to_string()))?;
         Ok(())
     }
 
@@ -139,34 +195,49 @@ fn lost(e: io::Error) -> DisconnectReason {
 }
 
 fn connack(code: ConnectReturnCode) -> Packet {
-    Packet::ConnAck(ConnAck { session_present: false, code }, None)
+    Packet::ConnAck(
+        ConnAck {
+            session_present: false,
+            code,
+        },
+        None,
+    )
 }
 
 /// Runs one vehicle's MQTT session on an authenticated stream until it ends, and says why.
 pub async fn serve_vehicle<S>(
     io: S,
-    vin: &Vin,
+    peer: &Peer,
     bus: &Bus,
     limits: &SessionLimits,
-    events: &tokio::sync::broadcast::Sender<SessionEvent>,
+    events: &SessionSink,
     shutdown: &CancellationToken,
 ) -> DisconnectReason
 where
     S: AsyncRead + AsyncWrite + Unpin,
 {
-    let mut mqtt = MqttIo { io, read: BytesMut::with_capacity(1024), write: BytesMut::new(), max_packet_bytes: limits.max_packet_bytes };
+    let vin = &peer.vin;
+    let mut mqtt = MqttIo {
+        io,
+        read: BytesMut::with_capacity(1024),
+        write: BytesMut::new(),
+        max_packet_bytes: limits.max_packet_bytes,
+    };
     let first = match timeout(limits.connect_timeout, mqtt.read()).await {
         Ok(Ok(packet)) => packet,
         Ok(Err(reason)) => return reason,
         Err(_) => return DisconnectReason::ProtocolError("no CONNECT within the connect timeout".into()),
     };
-    let Packet::Connect(connect, _, will, _, _) = first else {
+    let Packet::Connect(connect, _, will, _, login) = first else {
         return DisconnectReason::ProtocolError("first packet is not CONNECT".into());
     };
     // The certificate is the identity: the client id may only repeat it.
     if !(connect.client_id == vin.as_str() || connect.client_id.is_empty() && connect.clean_session) {
         let _ = mqtt.send(connack(ConnectReturnCode::ClientIdentifierNotValid)).await;
-        return DisconnectReason::Refused(format!("client id {:?} is not the certificate's VIN", truncate(&connect.client_id)));
+        return DisconnectReason::Refused(format!(
+            "client id {:?} is not the certificate's VIN",
+            truncate(&connect.client_id)
+        ));
     }
     if let Some(will) = &will
         && !topic_allowed(vin, &will.topic)
@@ -177,7 +248,11 @@ where
     let asked = Duration::from_secs(connect.keep_alive.into());
     if asked > limits.max_keep_alive || asked.is_zero() {
         // MQTT 3.1.1 cannot tell the car; the log tells its operator.
-        warn!(asked_s = connect.keep_alive, max_s = limits.max_keep_alive.as_secs(), "keep-alive capped to the gateway's maximum");
+        warn!(
+            asked_s = connect.keep_alive,
+            max_s = limits.max_keep_alive.as_secs(),
+            "keep-alive capped to the gateway's maximum"
+        );
     }
     let keep_alive = match asked.is_zero() {
         true => limits.max_keep_alive,
@@ -185,7 +260,11 @@ where
     }
     .mul_f32(1.5);
 
-    let spec = LinkSpec { client_id: vin.to_string(), tenant: Some(vin.clone()), clean_session: connect.clean_session };
+    let spec = LinkSpec {
+        client_id: vin.to_string(),
+        tenant: Some(vin.clone()),
+        clean_session: connect.clean_session,
+    };
     let (mut link_tx, mut link_rx, ack) = match bus.link(spec).await {
         Ok(link) => link,
         Err(e) => {
@@ -200,8 +279,33 @@ where
         let _ = link_tx.send(disconnect_packet()).await;
         return reason;
     }
-    info!(keep_alive_s = connect.keep_alive, clean_session = connect.clean_session, "vehicle connected");
-    let _ = events.send(SessionEvent::Connected { vin: vin.clone(), client_id: connect.client_id.clone() });
+    info!(
+        keep_alive_s = connect.keep_alive,
+        clean_session = connect.clean_session,
+        "vehicle connected"
+    );
+    let agent_version = login
+        .map(|l| {
+            l.username
+                .chars()
+                .filter(|c| !c.is_control())
+                .take(64)
+                .collect::<String>()
+        })
+        .filter(|v| !v.is_empty());
+    events
+        .send(SessionEvent::Connected(SessionInfo {
+            conn: peer.conn,
+            vin: vin.clone(),
+            fingerprint: peer.fingerprint.clone(),
+            agent_version,
+            remote: peer.remote,
+            at_ms: now_ms(),
+        }))
+        .await;
+    let events_topic = proto::topics::events(vin);
+    // SUBSCRIBE packet ids that cover the events topic; their SUBACK opens event delivery.
+    let mut events_subscriptions: Vec<u16> = Vec::new();
 
     let mut deadline = Instant::now() + keep_alive;
     // SUBSCRIBE packet id -> which of its filters were passed to the router.
@@ -239,6 +343,9 @@ where
                             }
                             continue;
                         }
+                        if subscribe.filters.iter().zip(&allowed).any(|(f, ok)| *ok && covers(&f.path, &events_topic)) {
+                            events_subscriptions.push(subscribe.pkid);
+                        }
                         if allowed.contains(&false) {
                             let mut keep = allowed.iter();
                             subscribe.filters.retain(|_| *keep.next().unwrap_or(&false));
@@ -250,7 +357,7 @@ where
                     }
                     Packet::Disconnect(..) => {
                         let _ = link_tx.send(disconnect_packet()).await;
-                        return finish(events, vin, DisconnectReason::Clean);
+                        return finish(events, peer, DisconnectReason::Clean).await;
                     }
                     Packet::Connect(..) => break DisconnectReason::ProtocolError("second CONNECT".into()),
                     other => {
@@ -265,13 +372,18 @@ where
                     Ok(Some(n)) => n,
                     Ok(None) => continue,
                     // The router dropped this link: a newer session with the same VIN replaced it.
-                    Err(_) => return finish(events, vin, DisconnectReason::Kicked),
+                    Err(_) => return finish(events, peer, DisconnectReason::Kicked).await,
                 };
                 let mut unscheduled = false;
+                let mut subscribed_to_events = false;
                 let mut next = Some(first);
                 while let Some(n) = next {
                     match Option::<Packet>::from(n) {
                         Some(Packet::SubAck(mut ack, props)) => {
+                            if let Some(i) = events_subscriptions.iter().position(|p| *p == ack.pkid) {
+                                events_subscriptions.swap_remove(i);
+                                subscribed_to_events = true;
+                            }
                             // Put the refused filters back into the router's answer, in order.
                             if let Some(allowed) = refused_filters.remove(&ack.pkid) {
                                 let mut granted = ack.return_codes.into_iter();
@@ -297,8 +409,11 @@ where
                 if let Err(reason) = mqtt.flush().await {
                     break reason;
                 }
+                if subscribed_to_events {
+                    events.send(SessionEvent::EventsSubscribed { conn: peer.conn, vin: vin.clone() }).await;
+                }
                 if unscheduled && link_rx.wake().await.is_err() {
-                    return finish(events, vin, DisconnectReason::Kicked);
+                    return finish(events, peer, DisconnectReason::Kicked).await;
                 }
             }
         }
@@ -307,26 +422,56 @@ where
         let _ = link_tx.send(will_publish(will)).await;
     }
     if reason == DisconnectReason::ServerShutdown {
-        let _ = mqtt.send(Packet::Disconnect(Disconnect { reason_code: DisconnectReasonCode::ServerShuttingDown }, None)).await;
+        let _ = mqtt
+            .send(Packet::Disconnect(
+                Disconnect {
+                    reason_code: DisconnectReasonCode::ServerShuttingDown,
+                },
+                None,
+            ))
+            .await;
         let _ = mqtt.io.shutdown().await;
     }
     let _ = link_tx.send(disconnect_packet()).await;
-    finish(events, vin, reason)
+    finish(events, peer, reason).await
 }
 
-fn finish(
-    events: &tokio::sync::broadcast::Sender<SessionEvent>,
-    vin: &Vin,
-    reason: DisconnectReason,
-) -> DisconnectReason {
+async fn finish(events: &SessionSink, peer: &Peer, reason: DisconnectReason) -> DisconnectReason {
     debug!(%reason, "session ended");
-    let _ = events.send(SessionEvent::Disconnected { vin: vin.clone(), reason: reason.clone() });
+    events
+        .send(SessionEvent::Disconnected {
+            conn: peer.conn,
+            vin: peer.vin.clone(),
+            reason: reason.clone(),
+            at_ms: now_ms(),
+        })
+        .await;
     reason
+}
+
+/// Whether subscription `filter` receives messages published on `topic`.
+fn covers(filter: &str, topic: &str) -> bool {
+    let mut f = filter.split('/');
+    let mut t = topic.split('/');
+    loop {
+        match (f.next(), t.next()) {
+            (Some("#"), _) => return true,
+            (Some("+"), Some(_)) => {}
+            (Some(a), Some(b)) if a == b => {}
+            (None, None) => return true,
+            _ => return false,
+        }
+    }
 }
 
 /// Tells the router the session is over (rumqttd's internal disconnect event is private).
 fn disconnect_packet() -> Packet {
-    Packet::Disconnect(Disconnect { reason_code: DisconnectReasonCode::NormalDisconnection }, None)
+    Packet::Disconnect(
+        Disconnect {
+            reason_code: DisconnectReasonCode::NormalDisconnection,
+        },
+        None,
+    )
 }
 
 /// The car's last will, published on its behalf at QoS 0 (the session that would ack it is gone).

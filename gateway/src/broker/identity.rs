@@ -38,7 +38,9 @@ pub fn vehicle_identity(chain: Option<&[CertificateDer<'_>]>) -> Result<VehicleI
     let leaf = chain.and_then(|c| c.first()).ok_or(IdentityError::NoCertificate)?;
     let (_, cert) = X509Certificate::from_der(leaf.as_ref()).map_err(|e| IdentityError::Unparseable(e.to_string()))?;
     let subject = cert.subject();
-    let is_vehicle = subject.iter_organizational_unit().any(|ou| ou.as_str().is_ok_and(|s| s == VEHICLE_ROLE));
+    let is_vehicle = subject
+        .iter_organizational_unit()
+        .any(|ou| ou.as_str().is_ok_and(|s| s == VEHICLE_ROLE));
     if !is_vehicle {
         return Err(IdentityError::NotAVehicle);
     }
@@ -48,7 +50,10 @@ pub fn vehicle_identity(chain: Option<&[CertificateDer<'_>]>) -> Result<VehicleI
         .and_then(|cn| cn.as_str().ok())
         .ok_or_else(|| IdentityError::BadVin("(none)".into()))?;
     let vin = Vin::parse(cn).map_err(|e| IdentityError::BadVin(e.to_string()))?;
-    Ok(VehicleIdentity { vin, fingerprint: fingerprint(leaf.as_ref()) })
+    Ok(VehicleIdentity {
+        vin,
+        fingerprint: fingerprint(leaf.as_ref()),
+    })
 }
 
 fn fingerprint(der: &[u8]) -> String {

@@ -6,15 +6,16 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use rustls::ServerConfig;
+use std::sync::atomic::{AtomicU64, Ordering};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{Semaphore, broadcast};
+use tokio::sync::Semaphore;
 use tokio::time::timeout;
 use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{Instrument, Span, debug, error, info, info_span, warn};
 
-use super::connection::{SessionEvent, SessionLimits, serve_vehicle};
+use super::connection::{Peer, SessionLimits, SessionSink, serve_vehicle};
 use super::identity::vehicle_identity;
 use crate::bus::Bus;
 
@@ -34,8 +35,9 @@ struct Shared {
     acceptor: TlsAcceptor,
     bus: Bus,
     settings: ListenerSettings,
-    events: broadcast::Sender<SessionEvent>,
+    events: SessionSink,
     shutdown: CancellationToken,
+    next_conn: AtomicU64,
 }
 
 /// Accepts vehicles until `shutdown` is cancelled; connection tasks are tracked by `tracker`.
@@ -44,12 +46,19 @@ pub async fn serve(
     tls: Arc<ServerConfig>,
     bus: Bus,
     settings: ListenerSettings,
-    events: broadcast::Sender<SessionEvent>,
+    events: SessionSink,
     shutdown: CancellationToken,
     tracker: TaskTracker,
 ) {
     let slots = Arc::new(Semaphore::new(settings.max_connections));
-    let shared = Arc::new(Shared { acceptor: TlsAcceptor::from(tls), bus, settings, events, shutdown: shutdown.clone() });
+    let shared = Arc::new(Shared {
+        acceptor: TlsAcceptor::from(tls),
+        bus,
+        settings,
+        events,
+        shutdown: shutdown.clone(),
+        next_conn: AtomicU64::new(1),
+    });
     loop {
         let (tcp, peer) = tokio::select! {
             _ = shutdown.cancelled() => break,
@@ -109,8 +118,21 @@ async fn handle(tcp: TcpStream, peer: SocketAddr, shared: &Shared) {
     let span = Span::current();
     span.record("vin", identity.vin.as_str());
     span.record("cert", &identity.fingerprint[..16]);
-    let reason =
-        serve_vehicle(tls, &identity.vin, &shared.bus, &shared.settings.session, &shared.events, &shared.shutdown)
-            .await;
+    let peer = Peer {
+        conn: shared.next_conn.fetch_add(1, Ordering::Relaxed),
+        vin: identity.vin,
+        fingerprint: identity.fingerprint,
+        remote: peer,
+    };
+    let reason = serve_vehicle(
+        tls,
+        &peer,
+        &shared.bus,
+        &shared.settings.session,
+        &shared.events,
+        &shared.shutdown,
+    )
+    .await;
+    let peer = peer.remote;
     info!(%reason, %peer, "vehicle disconnected");
 }

@@ -6,6 +6,6 @@ pub mod identity;
 pub mod listener;
 pub mod tls;
 
-pub use connection::{DisconnectReason, SessionEvent, SessionLimits};
+pub use connection::{DisconnectReason, Peer, SessionEvent, SessionInfo, SessionLimits, SessionSink, now_ms};
 pub use identity::{IdentityError, VehicleIdentity, vehicle_identity};
 pub use listener::ListenerSettings;

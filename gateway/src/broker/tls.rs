@@ -27,7 +27,10 @@ pub enum TlsSetupError {
 }
 
 fn file_error(path: &Path, problem: impl ToString) -> TlsSetupError {
-    TlsSetupError::File { path: path.display().to_string(), problem: problem.to_string() }
+    TlsSetupError::File {
+        path: path.display().to_string(),
+        problem: problem.to_string(),
+    }
 }
 
 fn read_certs(path: &Path) -> Result<Vec<CertificateDer<'static>>, TlsSetupError> {

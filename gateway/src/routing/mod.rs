@@ -2,7 +2,9 @@
 //! back. It knows nothing of TLS or sockets; it sees the bus and partner channels.
 
 pub mod dispatcher;
+pub mod idempotency;
 pub mod partners;
 
 pub use dispatcher::RequestRouter;
+pub use idempotency::Ledger;
 pub use partners::{CallContext, PartnerAdapter, PartnerDirectory};

@@ -64,7 +64,9 @@ impl PartnerAdapter {
             md.insert(metadata::IDEMPOTENCY_KEY, ascii(&ctx.idempotency_key)?);
             let path = PathAndQuery::try_from(method.as_str())
                 .map_err(|_| tonic::Status::invalid_argument("method is not a valid path"))?;
-            grpc.unary(request, path, RawCodec).await.map(tonic::Response::into_inner)
+            grpc.unary(request, path, RawCodec)
+                .await
+                .map(tonic::Response::into_inner)
         };
         // tonic does not enforce the deadline on the client side by itself; this does, and
         // it covers connection setup too.
@@ -80,7 +82,8 @@ impl PartnerAdapter {
 }
 
 fn ascii(s: &str) -> Result<MetadataValue<tonic::metadata::Ascii>, tonic::Status> {
-    s.parse().map_err(|_| tonic::Status::invalid_argument("metadata value is not printable ASCII"))
+    s.parse()
+        .map_err(|_| tonic::Status::invalid_argument("metadata value is not printable ASCII"))
 }
 
 /// Transport failures reach us as bare statuses; say which partner failed.
@@ -91,8 +94,8 @@ fn explain(status: tonic::Status, service: &str) -> tonic::Status {
         tonic::Code::Cancelled if status.message().contains("Timeout expired") => {
             tonic::Status::deadline_exceeded(format!("partner {service} did not answer within the deadline"))
         }
-        tonic::Code::Unavailable | tonic::Code::Unknown if status.message().contains("transport")
-            || status.message().contains("connect") =>
+        tonic::Code::Unavailable | tonic::Code::Unknown
+            if status.message().contains("transport") || status.message().contains("connect") =>
         {
             tonic::Status::unavailable(format!("partner {service} unreachable: {}", status.message()))
         }
@@ -120,7 +123,10 @@ impl PartnerDirectory {
     pub fn from_config(partners: &[PartnerConfig]) -> Result<PartnerDirectory, PartnerSetupError> {
         let mut by_service = HashMap::new();
         for p in partners {
-            let err = |problem: String| PartnerSetupError { service: p.service.clone(), problem };
+            let err = |problem: String| PartnerSetupError {
+                service: p.service.clone(),
+                problem,
+            };
             let mut endpoint = Endpoint::from_shared(p.endpoint.clone())
                 .map_err(|e| err(e.to_string()))?
                 .connect_timeout(p.connect_timeout)
@@ -141,8 +147,11 @@ impl PartnerDirectory {
                 }
                 endpoint = endpoint.tls_config(tls).map_err(|e| err(e.to_string()))?;
             }
-            let adapter =
-                PartnerAdapter { service: p.service.clone(), channel: endpoint.connect_lazy(), default_timeout: p.timeout };
+            let adapter = PartnerAdapter {
+                service: p.service.clone(),
+                channel: endpoint.connect_lazy(),
+                default_timeout: p.timeout,
+            };
             by_service.insert(p.service.clone(), adapter);
         }
         Ok(PartnerDirectory { by_service })

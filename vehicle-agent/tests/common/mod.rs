@@ -10,7 +10,7 @@ use prost::Message;
 use rcgen::{
     BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair, KeyUsagePurpose,
 };
-use rumqttc::{AsyncClient, Event, EventLoop, MqttOptions, Packet, QoS, TlsConfiguration, Transport};
+use rumqttc::{AsyncClient, Event, EventLoop, MqttOptions, Packet, QoS, SubscribeFilter, TlsConfiguration, Transport};
 use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer};
 use tempfile::TempDir;
@@ -18,7 +18,7 @@ use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::process::{Child, Command};
 use tokio::sync::mpsc;
 
-use proto::vehicle::v1::{Request, Response};
+use proto::vehicle::v1::{EventAck, Request, Response};
 use vehicle_agent::AgentConfig;
 
 pub const VIN: &str = "WBA3B5C50DF123456";
@@ -93,6 +93,11 @@ impl Pki {
         files
     }
 
+    /// Where [`Pki::agent_config`] keeps the agent's state.
+    pub fn state_dir(&self) -> PathBuf {
+        self.dir.path().join("state")
+    }
+
     pub fn vehicle(&self, vin: &str) -> CertFiles {
         self.issue(vin, vin, Some("vehicle"), &[], ExtendedKeyUsagePurpose::ClientAuth)
     }
@@ -107,10 +112,12 @@ impl Pki {
         )
     }
 
-    /// A config for the vehicle `vin` dialling `gateway`, with quick reconnects.
+    /// A config for the vehicle `vin` dialling `gateway`, with quick reconnects and its state
+    /// in `state/` of this PKI's directory (the same for every config of this PKI).
     pub fn agent_config(&self, vin: &str, gateway: &str) -> AgentConfig {
         let car = self.vehicle(vin);
         let mut config = AgentConfig::new(gateway, self.ca.clone(), car.cert, car.key);
+        config.state_dir = self.state_dir();
         config.local_listen = "127.0.0.1:0".parse().unwrap();
         config.backoff_initial = Duration::from_millis(20);
         config.backoff_max = Duration::from_millis(300);
@@ -140,10 +147,18 @@ pub struct Broker {
     child: Child,
     pub port: u16,
     _dir: TempDir,
+    /// The broker's log lines after startup.
+    pub log: mpsc::UnboundedReceiver<String>,
 }
 
 impl Broker {
+    /// Clients are named by their certificate's CN, as the gateway does.
     pub async fn start(pki: &Pki, port: u16) -> Broker {
+        Broker::start_with(pki, port, "use_identity_as_username true\n").await
+    }
+
+    /// With `auth` as the authentication lines of the configuration.
+    pub async fn start_with(pki: &Pki, port: u16, auth: &str) -> Broker {
         let server = pki.server();
         let dir = tempfile::tempdir().unwrap();
         let conf = dir.path().join("mosquitto.conf");
@@ -151,7 +166,7 @@ impl Broker {
             &conf,
             format!(
                 "listener {port} 127.0.0.1\ncafile {}\ncertfile {}\nkeyfile {}\nrequire_certificate true\n\
-                 use_identity_as_username true\npersistence false\nlog_dest stderr\nlog_type error\n\
+                 {auth}persistence false\nlog_dest stderr\nlog_type error\n\
                  log_type warning\nlog_type notice\nlog_type information\nuser root\n",
                 pki.ca.display(),
                 server.cert.display(),
@@ -184,8 +199,18 @@ impl Broker {
         .await;
         assert_eq!(ready, Ok(true), "mosquitto did not start listening");
         // Keep draining so the broker never blocks on a full pipe.
-        tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
-        Broker { child, port, _dir: dir }
+        let (tx, log) = mpsc::unbounded_channel();
+        tokio::spawn(async move {
+            while let Ok(Some(line)) = lines.next_line().await {
+                let _ = tx.send(line);
+            }
+        });
+        Broker {
+            child,
+            port,
+            _dir: dir,
+            log,
+        }
     }
 
     pub async fn stop(mut self) {
@@ -216,10 +241,11 @@ pub fn mqtt_client(pki: &Pki, files: &CertFiles, client_id: &str, port: u16) -> 
     AsyncClient::new(options, 64)
 }
 
-/// Stands in for the gateway: sees every car's requests, answers and pushes events.
+/// Stands in for the gateway: sees every car's requests and event acks, answers and pushes events.
 pub struct FakeGateway {
     client: AsyncClient,
     pub requests: mpsc::UnboundedReceiver<(String, Request)>,
+    pub acks: mpsc::UnboundedReceiver<(String, EventAck)>,
 }
 
 impl FakeGateway {
@@ -233,10 +259,14 @@ impl FakeGateway {
         );
         let (client, mut eventloop) = mqtt_client(pki, &files, "fake-gateway", port);
         client
-            .subscribe(proto::topics::ALL_REQUESTS, QoS::AtLeastOnce)
+            .subscribe_many([
+                SubscribeFilter::new(proto::topics::ALL_REQUESTS.into(), QoS::AtLeastOnce),
+                SubscribeFilter::new(proto::topics::ALL_EVENT_ACKS.into(), QoS::AtLeastOnce),
+            ])
             .await
             .unwrap();
         let (tx, requests) = mpsc::unbounded_channel();
+        let (ack_tx, acks) = mpsc::unbounded_channel();
         let (subscribed_tx, subscribed) = tokio::sync::oneshot::channel();
         tokio::spawn(async move {
             let mut subscribed_tx = Some(subscribed_tx);
@@ -248,6 +278,10 @@ impl FakeGateway {
                         }
                     }
                     Ok(Event::Incoming(Packet::Publish(p))) => {
+                        if let Some(vin) = proto::topics::vin_of_event_ack_topic(&p.topic) {
+                            let _ = ack_tx.send((vin.to_string(), EventAck::decode(p.payload).unwrap()));
+                            continue;
+                        }
                         let vin = proto::topics::vin_of_request_topic(&p.topic).unwrap().to_string();
                         let request = Request::decode(p.payload).unwrap();
                         if tx.send((vin, request)).is_err() {
@@ -269,7 +303,7 @@ impl FakeGateway {
             .await
             .expect("fake gateway subscribed")
             .unwrap();
-        FakeGateway { client, requests }
+        FakeGateway { client, requests, acks }
     }
 
     /// The next request any car sent.
@@ -277,6 +311,14 @@ impl FakeGateway {
         tokio::time::timeout(SOON, self.requests.recv())
             .await
             .expect("a request reaches the gateway")
+            .unwrap()
+    }
+
+    /// The next event acknowledgement any car sent.
+    pub async fn next_ack(&mut self) -> (String, EventAck) {
+        tokio::time::timeout(SOON, self.acks.recv())
+            .await
+            .expect("an event ack reaches the gateway")
             .unwrap()
     }
 

@@ -1,0 +1,134 @@
+//! `events.v1.PartnerEvents`: partners push events for cars. A partner is identified by its
+//! mTLS client certificate (OU=partner, CN=name) and may publish only for its own services.
+
+use std::collections::{HashMap, HashSet};
+use std::time::Duration;
+
+use proto::Vin;
+use proto::events::v1::partner_events_server::{PartnerEvents, PartnerEventsServer};
+use proto::events::v1::{PublishRequest, PublishResponse};
+use proto::identity::PARTNER_ROLE;
+use tonic::{Request, Response, Status};
+use tracing::{info, warn};
+use x509_parser::prelude::{FromDer, X509Certificate};
+
+use super::EventDelivery;
+use crate::broker::now_ms;
+use crate::config::{EventsConfig, PartnerConfig};
+use crate::store::{NewEvent, Store};
+
+/// The PartnerEvents service.
+#[derive(Clone)]
+pub struct PartnerEventsApi {
+    store: Store,
+    delivery: EventDelivery,
+    services_of: HashMap<String, HashSet<String>>,
+    limits: EventsConfig,
+}
+
+impl PartnerEventsApi {
+    /// Serves partners named in `partners` (entries without a `name` cannot push events).
+    pub fn new(store: Store, delivery: EventDelivery, partners: &[PartnerConfig], limits: EventsConfig) -> Self {
+        let mut services_of: HashMap<String, HashSet<String>> = HashMap::new();
+        for p in partners {
+            if let Some(name) = &p.name {
+                services_of.entry(name.clone()).or_default().insert(p.service.clone());
+            }
+        }
+        PartnerEventsApi {
+            store,
+            delivery,
+            services_of,
+            limits,
+        }
+    }
+
+    /// The tonic server for this service.
+    pub fn into_server(self) -> PartnerEventsServer<PartnerEventsApi> {
+        PartnerEventsServer::new(self)
+    }
+}
+
+/// The partner's name from its verified client certificate.
+fn partner_of<T>(request: &Request<T>) -> Result<String, Status> {
+    let certs = request
+        .peer_certs()
+        .ok_or_else(|| Status::unauthenticated("a partner client certificate is required"))?;
+    let leaf = certs
+        .first()
+        .ok_or_else(|| Status::unauthenticated("a partner client certificate is required"))?;
+    let (_, cert) = X509Certificate::from_der(leaf.as_ref())
+        .map_err(|_| Status::unauthenticated("unreadable client certificate"))?;
+    let subject = cert.subject();
+    if !subject
+        .iter_organizational_unit()
+        .any(|ou| ou.as_str().is_ok_and(|s| s == PARTNER_ROLE))
+    {
+        return Err(Status::permission_denied("not a partner certificate"));
+    }
+    subject
+        .iter_common_name()
+        .next()
+        .and_then(|cn| cn.as_str().ok())
+        .map(str::to_owned)
+        .ok_or_else(|| Status::permission_denied("partner certificate has no common name"))
+}
+
+fn printable(s: &str, max: usize) -> bool {
+    !s.is_empty() && s.len() <= max && s.bytes().all(|b| b.is_ascii_graphic())
+}
+
+#[tonic::async_trait]
+impl PartnerEvents for PartnerEventsApi {
+    async fn publish(&self, request: Request<PublishRequest>) -> Result<Response<PublishResponse>, Status> {
+        let partner = partner_of(&request)?;
+        let r = request.into_inner();
+        let vin = Vin::parse(&r.vin).map_err(|e| Status::invalid_argument(e.to_string()))?;
+        let allowed = self.services_of.get(&partner);
+        if !allowed.is_some_and(|services| services.contains(&r.service)) {
+            warn!(%partner, service = %r.service, "event refused: not this partner's service");
+            return Err(Status::permission_denied(format!(
+                "partner {partner} may not publish events for {:?}",
+                r.service.chars().take(128).collect::<String>()
+            )));
+        }
+        if !printable(&r.kind, 64) {
+            return Err(Status::invalid_argument(
+                "kind must be 1 to 64 printable ASCII characters",
+            ));
+        }
+        if !printable(&r.event_id, 255) {
+            return Err(Status::invalid_argument(
+                "event_id must be 1 to 255 printable ASCII characters",
+            ));
+        }
+        if r.payload.len() > self.limits.max_payload_bytes {
+            return Err(Status::resource_exhausted(format!(
+                "event payload of {} bytes exceeds the {}-byte limit",
+                r.payload.len(),
+                self.limits.max_payload_bytes
+            )));
+        }
+        let ttl = match r.ttl_seconds {
+            0 => self.limits.default_ttl,
+            s => Duration::from_secs(s.into()).min(self.limits.max_ttl),
+        };
+        let now = now_ms();
+        let event = NewEvent {
+            vin: vin.clone(),
+            service: r.service,
+            kind: r.kind,
+            payload: r.payload,
+            event_id: r.event_id,
+            created_at_ms: now,
+            expires_at_ms: now + ttl.as_millis() as i64,
+        };
+        let sequence = self.store.append_event(&event).await.map_err(|e| {
+            warn!(%vin, error = %e, "event not stored");
+            Status::unavailable("event storage is unavailable; retry with the same event_id")
+        })?;
+        info!(%partner, %vin, sequence, kind = %event.kind, "event accepted");
+        self.delivery.flush(vin);
+        Ok(Response::new(PublishResponse { sequence }))
+    }
+}

@@ -1,0 +1,165 @@
+//! Partner events for a car, kept in order until the car acknowledges them or they expire.
+//!
+//! Sequences come from a per-VIN counter row bumped in the same transaction as the insert, so
+//! they start at 1 and have no gaps, even under concurrent appends from several nodes (the
+//! counter's row lock orders them). The counter row is never deleted: sequences never restart.
+
+use proto::Vin;
+
+use super::{Store, StoreError, on_pool, parse_vin, to_i64, to_u64};
+
+/// An event to store for a car.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NewEvent {
+    /// The car it is for.
+    pub vin: Vin,
+    /// The partner service that raised it.
+    pub service: String,
+    /// What happened (service-defined).
+    pub kind: String,
+    /// The encoded event.
+    pub payload: Vec<u8>,
+    /// The partner's id for it: a repeat with the same (vin, service, event_id) is stored once.
+    pub event_id: String,
+    /// When it was raised (unix ms).
+    pub created_at_ms: i64,
+    /// When it is no longer worth delivering (unix ms).
+    pub expires_at_ms: i64,
+}
+
+/// A stored event.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoredEvent {
+    /// The car it is for.
+    pub vin: Vin,
+    /// Its place in the car's stream, from 1.
+    pub sequence: u64,
+    /// The partner service that raised it.
+    pub service: String,
+    /// What happened.
+    pub kind: String,
+    /// The encoded event.
+    pub payload: Vec<u8>,
+    /// When it was raised (unix ms).
+    pub created_at_ms: i64,
+    /// When it expires (unix ms).
+    pub expires_at_ms: i64,
+}
+
+impl Store {
+    /// Appends `e` to its car's stream and returns its sequence (1, 2, 3, … per VIN, no gaps).
+    /// Idempotent on (vin, service, event_id) while the first copy is stored: a repeat stores
+    /// nothing and returns the original sequence.
+    pub async fn append_event(&self, e: &NewEvent) -> Result<u64, StoreError> {
+        // First statement is the write: on PostgreSQL it takes the counter row's lock, which
+        // serialises appends per VIN (so the duplicate check below sees every committed append);
+        // on SQLite it takes the write lock before any read.
+        const BUMP: &str = "INSERT INTO event_streams (vin, last_sequence) VALUES ($1, 1) \
+            ON CONFLICT (vin) DO UPDATE SET last_sequence = event_streams.last_sequence + 1 \
+            RETURNING last_sequence";
+        const FIND: &str = "SELECT sequence FROM events WHERE vin = $1 AND service = $2 AND event_id = $3";
+        const INSERT: &str = "INSERT INTO events (vin, sequence, service, event_id, kind, payload, created_at, expires_at) \
+            VALUES ($1, $2, $3, $4, $5, $6, $7, $8)";
+        const OP: &str = "appending an event";
+
+        let vin = e.vin.as_str();
+        let _w = self.write_guard().await;
+        let sequence = on_pool!(self, |pool| {
+            let mut tx = pool.begin().await.map_err(StoreError::query(OP))?;
+            let (next,): (i64,) = sqlx::query_as(BUMP)
+                .bind(vin)
+                .fetch_one(&mut *tx)
+                .await
+                .map_err(StoreError::query(OP))?;
+            let existing: Option<(i64,)> = sqlx::query_as(FIND)
+                .bind(vin)
+                .bind(&e.service)
+                .bind(&e.event_id)
+                .fetch_optional(&mut *tx)
+                .await
+                .map_err(StoreError::query(OP))?;
+            match existing {
+                Some((sequence,)) => {
+                    // A repeat: undo the counter bump so the stream stays gapless.
+                    tx.rollback().await.map_err(StoreError::query(OP))?;
+                    sequence
+                }
+                None => {
+                    sqlx::query(INSERT)
+                        .bind(vin)
+                        .bind(next)
+                        .bind(&e.service)
+                        .bind(&e.event_id)
+                        .bind(&e.kind)
+                        .bind(&e.payload)
+                        .bind(e.created_at_ms)
+                        .bind(e.expires_at_ms)
+                        .execute(&mut *tx)
+                        .await
+                        .map_err(StoreError::query(OP))?;
+                    tx.commit().await.map_err(StoreError::query(OP))?;
+                    next
+                }
+            }
+        });
+        to_u64("event sequence", sequence)
+    }
+
+    /// Up to `limit` of the car's events that are neither acknowledged nor expired at `now_ms`,
+    /// by sequence.
+    pub async fn undelivered_events(&self, vin: &Vin, now_ms: i64, limit: u32) -> Result<Vec<StoredEvent>, StoreError> {
+        const SQL: &str = "SELECT vin, sequence, service, kind, payload, created_at, expires_at FROM events \
+            WHERE vin = $1 AND acked = FALSE AND expires_at > $2 ORDER BY sequence LIMIT $3";
+        type Row = (String, i64, String, String, Vec<u8>, i64, i64);
+        let rows: Vec<Row> = on_pool!(self, |pool| sqlx::query_as(SQL)
+            .bind(vin.as_str())
+            .bind(now_ms)
+            .bind(super::limit(limit))
+            .fetch_all(pool)
+            .await)
+        .map_err(StoreError::query("listing undelivered events"))?;
+        rows.into_iter()
+            .map(
+                |(vin, sequence, service, kind, payload, created_at_ms, expires_at_ms)| {
+                    Ok(StoredEvent {
+                        vin: parse_vin(&vin)?,
+                        sequence: to_u64("event sequence", sequence)?,
+                        service,
+                        kind,
+                        payload,
+                        created_at_ms,
+                        expires_at_ms,
+                    })
+                },
+            )
+            .collect()
+    }
+
+    /// Acknowledges every stored event of the car up to and including `up_to_sequence`
+    /// (cumulative, like a TCP ack). Returns how many were newly acknowledged. An ack beyond the
+    /// last stored sequence does not cover events appended after it.
+    pub async fn ack_events(&self, vin: &Vin, up_to_sequence: u64) -> Result<u64, StoreError> {
+        const SQL: &str = "UPDATE events SET acked = TRUE WHERE vin = $1 AND sequence <= $2 AND acked = FALSE";
+        let _w = self.write_guard().await;
+        on_pool!(self, |pool| sqlx::query(SQL)
+            .bind(vin.as_str())
+            .bind(to_i64(up_to_sequence))
+            .execute(pool)
+            .await
+            .map(|done| done.rows_affected()))
+        .map_err(StoreError::query("acknowledging events"))
+    }
+
+    /// Deletes events that expired (`expires_at <= now_ms`) or were acknowledged. Returns how many.
+    /// Sequences are not reused afterwards.
+    pub async fn purge_events(&self, now_ms: i64) -> Result<u64, StoreError> {
+        const SQL: &str = "DELETE FROM events WHERE expires_at <= $1 OR acked = TRUE";
+        let _w = self.write_guard().await;
+        on_pool!(self, |pool| sqlx::query(SQL)
+            .bind(now_ms)
+            .execute(pool)
+            .await
+            .map(|done| done.rows_affected()))
+        .map_err(StoreError::query("purging events"))
+    }
+}

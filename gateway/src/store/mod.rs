@@ -1,0 +1,290 @@
+//! Persistence: the session registry, the idempotency ledger and the partner event outbox.
+//!
+//! One [`Store`] serves two backends chosen by the URL given to [`Store::connect`]:
+//!
+//! - **SQLite** (`sqlite://path/to/gateway.db`, `sqlite::memory:`): the embedded default. The
+//!   file (and its directory) is created if missing, in WAL mode with a busy timeout. SQLite has
+//!   one writer at a time, so this process also queues its own writes on a mutex instead of
+//!   letting connections spin in the busy handler; the busy timeout still covers other processes.
+//! - **PostgreSQL** (`postgres://…`, `postgresql://…`): for several gateway nodes sharing state.
+//!   Every operation that must be atomic across nodes is one statement or relies on a row lock,
+//!   never on this process's mutex.
+//!
+//! Each operation has ONE query text, run on both backends (`$1` placeholders work on SQLite
+//! too); the schemas live in `gateway/migrations/{sqlite,postgres}/`, are embedded in the binary
+//! and applied by [`Store::connect`]. Times are `i64` unix milliseconds everywhere.
+
+mod error;
+mod events;
+mod ledger;
+mod sessions;
+mod url;
+
+use std::path::Path;
+use std::str::FromStr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
+use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous};
+use sqlx::{ConnectOptions, Connection};
+use tokio::sync::{Mutex, MutexGuard};
+
+pub use error::StoreError;
+pub use events::{NewEvent, StoredEvent};
+pub use ledger::{Claim, LedgerKey, RequestFingerprint};
+pub use sessions::{NewSession, SessionId, SessionRecord};
+pub use url::redact_url;
+
+/// How long [`Store::connect`] waits for the database before giving up.
+pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long an operation waits for a pooled connection.
+const ACQUIRE_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long SQLite waits for another process's write lock before failing with "database is locked".
+const SQLITE_BUSY_TIMEOUT: Duration = Duration::from_secs(5);
+/// Connections per pool. SQLite readers run in parallel under WAL; writes are queued anyway.
+const SQLITE_MAX_CONNECTIONS: u32 = 8;
+const POSTGRES_MAX_CONNECTIONS: u32 = 16;
+
+static SQLITE_MIGRATIONS: sqlx::migrate::Migrator = sqlx::migrate!("migrations/sqlite");
+static POSTGRES_MIGRATIONS: sqlx::migrate::Migrator = sqlx::migrate!("migrations/postgres");
+
+/// Which database a [`Store`] runs on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Backend {
+    /// Embedded SQLite (one file, or memory).
+    Sqlite,
+    /// PostgreSQL, possibly shared by several gateway nodes.
+    Postgres,
+}
+
+impl std::fmt::Display for Backend {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Backend::Sqlite => "sqlite",
+            Backend::Postgres => "postgres",
+        })
+    }
+}
+
+/// The gateway's persistent state. Cheap to clone; all clones share one pool.
+#[derive(Clone)]
+pub struct Store {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    db: Db,
+    /// The URL with any password removed, for messages.
+    database: String,
+    /// Queues this process's SQLite writes (SQLite has one writer). Unused for PostgreSQL.
+    sqlite_writes: Mutex<()>,
+}
+
+enum Db {
+    Sqlite(SqlitePool),
+    Postgres(PgPool),
+}
+
+impl std::fmt::Debug for Store {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Store")
+            .field("backend", &self.backend())
+            .field("database", &self.inner.database)
+            .finish()
+    }
+}
+
+/// Runs `$body` with `$pool` bound to the concrete pool of `$store`; the body is compiled once
+/// per backend, so one query text serves both.
+macro_rules! on_pool {
+    ($store:expr, |$pool:ident| $body:expr) => {
+        match &$store.inner.db {
+            $crate::store::Db::Sqlite($pool) => $body,
+            $crate::store::Db::Postgres($pool) => $body,
+        }
+    };
+}
+pub(crate) use on_pool;
+
+impl Store {
+    /// Connects to `url` (`sqlite://PATH`, `sqlite::memory:`, `postgres://…`) and applies the
+    /// migrations. Fails within about [`CONNECT_TIMEOUT`] if the database cannot be reached, with
+    /// a message naming it (password redacted).
+    pub async fn connect(url: &str) -> Result<Store, StoreError> {
+        let database = redact_url(url);
+        let db = if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+            Db::Postgres(connect_postgres(url, &database).await?)
+        } else if url.starts_with("sqlite:") {
+            Db::Sqlite(connect_sqlite(url, &database).await?)
+        } else {
+            return Err(StoreError::UnsupportedUrl { url: database });
+        };
+        let store = Store {
+            inner: Arc::new(Inner {
+                db,
+                database,
+                sqlite_writes: Mutex::new(()),
+            }),
+        };
+        tracing::info!(backend = %store.backend(), database = %store.inner.database, "store connected and migrated");
+        Ok(store)
+    }
+
+    /// The backend this store runs on.
+    pub fn backend(&self) -> Backend {
+        match self.inner.db {
+            Db::Sqlite(_) => Backend::Sqlite,
+            Db::Postgres(_) => Backend::Postgres,
+        }
+    }
+
+    /// The database URL with its password redacted, for logs.
+    pub fn database(&self) -> &str {
+        &self.inner.database
+    }
+
+    /// Checks that the database answers.
+    pub async fn ping(&self) -> Result<(), StoreError> {
+        on_pool!(self, |pool| sqlx::query("SELECT 1")
+            .execute(pool)
+            .await
+            .map(|done| done.rows_affected()))
+        .map(|_| ())
+        .map_err(StoreError::query("pinging the database"))
+    }
+
+    /// Closes the pool, waiting for connections in use to be returned.
+    pub async fn close(&self) {
+        on_pool!(self, |pool| pool.close().await)
+    }
+
+    /// Held across a write on SQLite; nothing on PostgreSQL.
+    async fn write_guard(&self) -> Option<MutexGuard<'_, ()>> {
+        match self.inner.db {
+            Db::Sqlite(_) => Some(self.inner.sqlite_writes.lock().await),
+            Db::Postgres(_) => None,
+        }
+    }
+}
+
+async fn connect_postgres(url: &str, database: &str) -> Result<PgPool, StoreError> {
+    let options = PgConnectOptions::from_str(url).map_err(|source| StoreError::BadUrl {
+        database: database.to_owned(),
+        source,
+    })?;
+    // One direct connection first, under a timeout: the pool would retry a refused connection
+    // until its deadline and then report only "timed out"; this keeps the real cause.
+    let connect_error = |source| StoreError::Connect {
+        database: database.to_owned(),
+        source,
+    };
+    let mut conn = tokio::time::timeout(CONNECT_TIMEOUT, options.connect())
+        .await
+        .map_err(|_| StoreError::ConnectTimeout {
+            database: database.to_owned(),
+            after: CONNECT_TIMEOUT,
+        })?
+        .map_err(connect_error)?;
+    let migrated = tokio::time::timeout(CONNECT_TIMEOUT * 6, POSTGRES_MIGRATIONS.run(&mut conn)).await;
+    let _ = conn.close().await;
+    match migrated {
+        Ok(result) => result.map_err(|source| StoreError::Migrate {
+            database: database.to_owned(),
+            source,
+        })?,
+        Err(_) => {
+            return Err(StoreError::ConnectTimeout {
+                database: database.to_owned(),
+                after: CONNECT_TIMEOUT * 6,
+            });
+        }
+    }
+    PgPoolOptions::new()
+        .max_connections(POSTGRES_MAX_CONNECTIONS)
+        .acquire_timeout(ACQUIRE_TIMEOUT)
+        .connect_with(options)
+        .await
+        .map_err(connect_error)
+}
+
+async fn connect_sqlite(url: &str, database: &str) -> Result<SqlitePool, StoreError> {
+    let options = SqliteConnectOptions::from_str(url)
+        .map_err(|source| StoreError::BadUrl {
+            database: database.to_owned(),
+            source,
+        })?
+        .create_if_missing(true)
+        .journal_mode(SqliteJournalMode::Wal)
+        // FULL: a completed idempotency record must survive a power cut, or a retry pays twice.
+        .synchronous(SqliteSynchronous::Full)
+        .busy_timeout(SQLITE_BUSY_TIMEOUT);
+    let in_memory = is_in_memory(url);
+    if !in_memory {
+        create_parent_dir(options.get_filename()).map_err(|source| StoreError::Connect {
+            database: database.to_owned(),
+            source: sqlx::Error::Io(source),
+        })?;
+    }
+    // An in-memory database lives as long as its one connection: keep exactly one, forever.
+    let pool_options = if in_memory {
+        SqlitePoolOptions::new()
+            .max_connections(1)
+            .min_connections(1)
+            .idle_timeout(None)
+            .max_lifetime(None)
+    } else {
+        SqlitePoolOptions::new().max_connections(SQLITE_MAX_CONNECTIONS)
+    };
+    let pool = tokio::time::timeout(
+        CONNECT_TIMEOUT,
+        pool_options.acquire_timeout(ACQUIRE_TIMEOUT).connect_with(options),
+    )
+    .await
+    .map_err(|_| StoreError::ConnectTimeout {
+        database: database.to_owned(),
+        after: CONNECT_TIMEOUT,
+    })?
+    .map_err(|source| StoreError::Connect {
+        database: database.to_owned(),
+        source,
+    })?;
+    SQLITE_MIGRATIONS
+        .run(&pool)
+        .await
+        .map_err(|source| StoreError::Migrate {
+            database: database.to_owned(),
+            source,
+        })?;
+    Ok(pool)
+}
+
+fn is_in_memory(url: &str) -> bool {
+    url == "sqlite::memory:" || url.starts_with("sqlite::memory:?") || url.contains("mode=memory")
+}
+
+fn create_parent_dir(file: &Path) -> std::io::Result<()> {
+    match file.parent() {
+        Some(dir) if !dir.as_os_str().is_empty() => std::fs::create_dir_all(dir),
+        _ => Ok(()),
+    }
+}
+
+/// `u32` row limits as SQL `LIMIT` values.
+fn limit(n: u32) -> i64 {
+    i64::from(n)
+}
+
+/// A non-negative `i64` column as `u64`.
+fn to_u64(what: &'static str, v: i64) -> Result<u64, StoreError> {
+    u64::try_from(v).map_err(|_| StoreError::Corrupt(format!("{what} is negative: {v}")))
+}
+
+/// A `u64` argument as an SQL `BIGINT`, saturating (no stored value exceeds `i64::MAX`).
+fn to_i64(v: u64) -> i64 {
+    i64::try_from(v).unwrap_or(i64::MAX)
+}
+
+fn parse_vin(s: &str) -> Result<proto::Vin, StoreError> {
+    proto::Vin::parse(s).map_err(|e| StoreError::Corrupt(format!("stored VIN: {e}")))
+}

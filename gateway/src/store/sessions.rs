@@ -1,0 +1,178 @@
+//! Session registry: every connect and disconnect of a vehicle.
+
+use proto::Vin;
+
+use super::{Store, StoreError, on_pool, parse_vin};
+
+/// The database id of a session.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct SessionId(pub i64);
+
+impl std::fmt::Display for SessionId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        self.0.fmt(f)
+    }
+}
+
+/// A connection being recorded.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NewSession {
+    /// The car (from its certificate).
+    pub vin: Vin,
+    /// The gateway node that accepted it.
+    pub node: String,
+    /// The client certificate's fingerprint.
+    pub cert_fingerprint: String,
+    /// The agent's version, if it said.
+    pub agent_version: Option<String>,
+    /// The peer address.
+    pub remote_addr: String,
+    /// When it connected (unix ms).
+    pub connected_at_ms: i64,
+}
+
+/// A recorded session, open or closed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SessionRecord {
+    /// Its id.
+    pub id: SessionId,
+    /// The car.
+    pub vin: Vin,
+    /// The gateway node that accepted it.
+    pub node: String,
+    /// The client certificate's fingerprint.
+    pub cert_fingerprint: String,
+    /// The agent's version, if it said.
+    pub agent_version: Option<String>,
+    /// The peer address.
+    pub remote_addr: String,
+    /// When it connected (unix ms).
+    pub connected_at_ms: i64,
+    /// When it ended (unix ms); `None` while open.
+    pub disconnected_at_ms: Option<i64>,
+    /// Why it ended; `None` while open.
+    pub disconnect_reason: Option<String>,
+}
+
+type SessionRow = (
+    i64,
+    String,
+    String,
+    String,
+    Option<String>,
+    String,
+    i64,
+    Option<i64>,
+    Option<String>,
+);
+
+/// `SELECT <every column> FROM sessions <rest>`, as one literal.
+macro_rules! select_sessions {
+    ($rest:literal) => {
+        concat!(
+            "SELECT id, vin, node, cert_fingerprint, agent_version, remote_addr, connected_at, disconnected_at, \
+             disconnect_reason FROM sessions ",
+            $rest
+        )
+    };
+}
+
+fn record(row: SessionRow) -> Result<SessionRecord, StoreError> {
+    let (id, vin, node, cert_fingerprint, agent_version, remote_addr, connected_at_ms, disconnected_at_ms, reason) =
+        row;
+    Ok(SessionRecord {
+        id: SessionId(id),
+        vin: parse_vin(&vin)?,
+        node,
+        cert_fingerprint,
+        agent_version,
+        remote_addr,
+        connected_at_ms,
+        disconnected_at_ms,
+        disconnect_reason: reason,
+    })
+}
+
+impl Store {
+    /// Records a new connection and returns its id.
+    pub async fn open_session(&self, s: &NewSession) -> Result<SessionId, StoreError> {
+        const SQL: &str = "INSERT INTO sessions (vin, node, cert_fingerprint, agent_version, remote_addr, connected_at) \
+                           VALUES ($1, $2, $3, $4, $5, $6) RETURNING id";
+        let _w = self.write_guard().await;
+        let (id,): (i64,) = on_pool!(self, |pool| sqlx::query_as(SQL)
+            .bind(s.vin.as_str())
+            .bind(&s.node)
+            .bind(&s.cert_fingerprint)
+            .bind(s.agent_version.as_deref())
+            .bind(&s.remote_addr)
+            .bind(s.connected_at_ms)
+            .fetch_one(pool)
+            .await)
+        .map_err(StoreError::query("opening a session"))?;
+        Ok(SessionId(id))
+    }
+
+    /// Records the end of a session. Closing a session that is already closed keeps the first
+    /// time and reason and succeeds; an id that was never opened is [`StoreError::UnknownSession`].
+    pub async fn close_session(&self, id: SessionId, reason: &str, at_ms: i64) -> Result<(), StoreError> {
+        const SQL: &str = "UPDATE sessions SET disconnected_at = $2, disconnect_reason = $3 \
+                           WHERE id = $1 AND disconnected_at IS NULL";
+        const EXISTS: &str = "SELECT id FROM sessions WHERE id = $1";
+        let _w = self.write_guard().await;
+        let closed = on_pool!(self, |pool| sqlx::query(SQL)
+            .bind(id.0)
+            .bind(at_ms)
+            .bind(reason)
+            .execute(pool)
+            .await
+            .map(|done| done.rows_affected()))
+        .map_err(StoreError::query("closing a session"))?;
+        if closed == 0 {
+            let found: Option<(i64,)> = on_pool!(self, |pool| sqlx::query_as(EXISTS)
+                .bind(id.0)
+                .fetch_optional(pool)
+                .await)
+            .map_err(StoreError::query("closing a session"))?;
+            if found.is_none() {
+                return Err(StoreError::UnknownSession(id.0));
+            }
+        }
+        Ok(())
+    }
+
+    /// Closes the sessions that an earlier run of `node` left open (it crashed or was killed);
+    /// call it at startup. Other nodes' sessions are untouched. Returns how many were closed.
+    pub async fn close_open_sessions_of_node(&self, node: &str, reason: &str, at_ms: i64) -> Result<u64, StoreError> {
+        const SQL: &str = "UPDATE sessions SET disconnected_at = $2, disconnect_reason = $3 \
+                           WHERE node = $1 AND disconnected_at IS NULL";
+        let _w = self.write_guard().await;
+        on_pool!(self, |pool| sqlx::query(SQL)
+            .bind(node)
+            .bind(at_ms)
+            .bind(reason)
+            .execute(pool)
+            .await
+            .map(|done| done.rows_affected()))
+        .map_err(StoreError::query("closing a node's open sessions"))
+    }
+
+    /// The car's last `limit` sessions, newest first.
+    pub async fn sessions_of(&self, vin: &Vin, limit: u32) -> Result<Vec<SessionRecord>, StoreError> {
+        const SQL: &str = select_sessions!("WHERE vin = $1 ORDER BY connected_at DESC, id DESC LIMIT $2");
+        let rows: Vec<SessionRow> = on_pool!(self, |pool| sqlx::query_as(SQL)
+            .bind(vin.as_str())
+            .bind(super::limit(limit))
+            .fetch_all(pool)
+            .await)
+        .map_err(StoreError::query("listing a car's sessions"))?;
+        rows.into_iter().map(record).collect()
+    }
+
+    /// Every open session on every node, oldest first.
+    pub async fn open_sessions(&self) -> Result<Vec<SessionRecord>, StoreError> {
+        const SQL: &str = select_sessions!("WHERE disconnected_at IS NULL ORDER BY connected_at, id");
+        let rows: Vec<SessionRow> = on_pool!(self, |pool| sqlx::query_as(SQL).fetch_all(pool).await)
+            .map_err(StoreError::query("listing open sessions"))?;
+        rows.into_iter().map(record).collect()
+    }
+}

@@ -1,0 +1,86 @@
+//! The database going away during traffic: requests fail cleanly with UNAVAILABLE (nothing is
+//! half-done), and service resumes by itself when the database returns.
+
+use integration_tests::*;
+use prost::Message;
+use proto::parking::v1::{GeoPoint, ListNearbyLotsRequest};
+use proto::vehicle::v1::Code;
+
+const LIST: &str = "/parking.v1.ParkingPayment/ListNearbyLots";
+
+fn psql(sql: &str) {
+    let base = std::env::var("TEST_POSTGRES_URL").unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".into());
+    let status = std::process::Command::new("psql")
+        .args([base.as_str(), "-qtAc", sql])
+        .status()
+        .expect("psql");
+    assert!(status.success(), "psql failed: {sql}");
+}
+
+fn code(r: &proto::vehicle::v1::Response) -> Code {
+    r.status.clone().unwrap_or_default().code()
+}
+
+fn lots() -> Vec<u8> {
+    ListNearbyLotsRequest {
+        near: Some(GeoPoint {
+            latitude: 31.23,
+            longitude: 121.47,
+        }),
+        radius_m: 5000,
+        max_results: 1,
+    }
+    .encode_to_vec()
+}
+
+/// Drops the database when the test ends, however it ends.
+struct Database(String);
+
+impl Drop for Database {
+    fn drop(&mut self) {
+        psql(&format!("ALTER DATABASE {} ALLOW_CONNECTIONS true", self.0));
+        psql(&format!("DROP DATABASE IF EXISTS {} WITH (FORCE)", self.0));
+    }
+}
+
+#[tokio::test]
+async fn requests_fail_cleanly_while_postgres_is_down_and_recover_when_it_returns() {
+    let name = format!("gw_outage_{}_{}", std::process::id(), free_port());
+    psql(&format!("CREATE DATABASE {name}"));
+    let db = Database(name);
+    let url = format!("postgres://postgres@127.0.0.1:5432/{}", db.0);
+    let platform = Platform::start_with(|c| c.storage.url = url.clone()).await;
+    let mut car = RawCar::connect(&platform, VIN_A).await;
+    car.publish_request(keyed_envelope("before", "k-before", LIST, lots()))
+        .await;
+    assert_eq!(code(&car.next_response().await), Code::Ok);
+
+    // The database stops accepting connections and drops the ones it has.
+    psql(&format!("ALTER DATABASE {} ALLOW_CONNECTIONS false", db.0));
+    psql(&format!(
+        "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = '{}'",
+        db.0
+    ));
+    car.publish_request(keyed_envelope("during", "k-during", LIST, lots()))
+        .await;
+    let during = car.next_response().await;
+    assert_eq!(
+        (during.request_id.as_str(), code(&during)),
+        ("during", Code::Unavailable),
+        "{during:?}"
+    );
+    assert!(during.status.unwrap().message.contains("storage"));
+
+    psql(&format!("ALTER DATABASE {} ALLOW_CONNECTIONS true", db.0));
+    // The same key again: the failed attempt left nothing behind, so it simply goes through.
+    car.publish_request(keyed_envelope("after", "k-during", LIST, lots()))
+        .await;
+    let after = car.next_response().await;
+    assert_eq!(
+        (after.request_id.as_str(), code(&after)),
+        ("after", Code::Ok),
+        "{after:?}"
+    );
+    drop(car);
+    platform.gateway.shutdown().await;
+}

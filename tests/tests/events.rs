@@ -1,0 +1,206 @@
+//! Partners push events to cars: stored per VIN, delivered in order, redelivered until the
+//! car acknowledges them, and a partner can speak only for its own service.
+
+use std::time::Duration;
+
+use gateway::config::PartnerApiConfig;
+use integration_tests::*;
+use prost::Message;
+use proto::events::v1::PublishRequest;
+use proto::events::v1::partner_events_client::PartnerEventsClient;
+use proto::vehicle::v1::{Event, EventAck};
+use rumqttc::{Packet, QoS};
+use tonic::transport::{Certificate, Channel, ClientTlsConfig, Identity};
+
+async fn platform_with_partner_api() -> Platform {
+    Platform::start_with(|c| {
+        c.partner_api = Some(PartnerApiConfig {
+            listen: "127.0.0.1:0".parse().unwrap(),
+            client_ca: None,
+        });
+    })
+    .await
+}
+
+/// A gRPC client to the gateway's partner API presenting `creds`.
+async fn partner_client(platform: &Platform, creds: &Credentials) -> PartnerEventsClient<Channel> {
+    let addr = platform.gateway.partner_api_addr().expect("partner API on");
+    let tls = ClientTlsConfig::new()
+        .ca_certificate(Certificate::from_pem(std::fs::read(&platform.pki.ca_cert).unwrap()))
+        .identity(Identity::from_pem(&creds.pem.cert_pem, &creds.pem.key_pem))
+        .domain_name("localhost");
+    let channel = Channel::from_shared(format!("https://localhost:{}", addr.port()))
+        .unwrap()
+        .tls_config(tls)
+        .unwrap()
+        .connect()
+        .await
+        .expect("connect to partner API");
+    PartnerEventsClient::new(channel)
+}
+
+fn event(vin: &str, id: &str, kind: &str) -> PublishRequest {
+    PublishRequest {
+        vin: vin.into(),
+        service: PARKING.into(),
+        kind: kind.into(),
+        payload: kind.as_bytes().to_vec(),
+        event_id: id.into(),
+        ttl_seconds: 0,
+    }
+}
+
+async fn next_event(car: &mut RawCar) -> Event {
+    next_incoming(&mut car.eventloop, |p| match p {
+        Packet::Publish(p) if p.topic.ends_with("/v1/events") => Event::decode(p.payload.clone()).ok(),
+        _ => None,
+    })
+    .await
+    .expect("event")
+}
+
+async fn subscribe_events(car: &mut RawCar) {
+    car.client
+        .subscribe(proto::topics::events(&car.vin), QoS::AtLeastOnce)
+        .await
+        .unwrap();
+}
+
+#[tokio::test]
+async fn events_pushed_while_the_car_is_away_arrive_in_order_when_it_connects() {
+    let platform = platform_with_partner_api().await;
+    let mut partner = partner_client(&platform, &platform.pki.partner("parking")).await;
+    for (i, kind) in ["session.started", "session.extended", "session.ended"]
+        .iter()
+        .enumerate()
+    {
+        let seq = partner
+            .publish(event(VIN_A, &format!("e{i}"), kind))
+            .await
+            .expect("accepted")
+            .into_inner()
+            .sequence;
+        assert_eq!(seq, i as u64 + 1);
+    }
+    // Listen before the agent connects, so no event can slip past.
+    let car = vehicle_agent::Agent::start(platform.agent_config(VIN_A)).await.unwrap();
+    let mut events = car.link().events();
+    let mut kinds = Vec::new();
+    while kinds.len() < 3 {
+        let e = within(Duration::from_secs(10), events.recv(), "event").await.unwrap();
+        kinds.push((e.sequence, e.kind));
+    }
+    assert_eq!(
+        kinds,
+        vec![
+            (1, "session.started".into()),
+            (2, "session.extended".into()),
+            (3, "session.ended".into())
+        ]
+    );
+    car.shutdown().await;
+}
+
+#[tokio::test]
+async fn unacknowledged_events_are_redelivered_after_reconnect_and_acked_ones_are_not() {
+    let platform = platform_with_partner_api().await;
+    let mut partner = partner_client(&platform, &platform.pki.partner("parking")).await;
+    partner.publish(event(VIN_A, "gate-1", "session.ended")).await.unwrap();
+
+    let mut car = RawCar::connect(&platform, VIN_A).await;
+    subscribe_events(&mut car).await;
+    assert_eq!(next_event(&mut car).await.sequence, 1);
+    drop(car); // gone without acknowledging
+
+    let mut car = RawCar::connect(&platform, VIN_A).await;
+    subscribe_events(&mut car).await;
+    assert_eq!(next_event(&mut car).await.sequence, 1, "redelivered");
+    car.client
+        .publish(
+            proto::topics::event_acks(&car.vin),
+            QoS::AtLeastOnce,
+            false,
+            EventAck { sequence: 1 }.encode_to_vec(),
+        )
+        .await
+        .unwrap();
+    next_incoming(&mut car.eventloop, |p| matches!(p, Packet::PubAck(_)).then_some(()))
+        .await
+        .unwrap();
+    drop(car);
+
+    partner
+        .publish(event(VIN_A, "gate-2", "session.started"))
+        .await
+        .unwrap();
+    let mut car = RawCar::connect(&platform, VIN_A).await;
+    subscribe_events(&mut car).await;
+    assert_eq!(
+        next_event(&mut car).await.sequence,
+        2,
+        "the acknowledged event is not sent again"
+    );
+}
+
+#[tokio::test]
+async fn publishing_the_same_event_id_twice_stores_it_once() {
+    let platform = platform_with_partner_api().await;
+    let mut partner = partner_client(&platform, &platform.pki.partner("parking")).await;
+    let a = partner
+        .publish(event(VIN_A, "same", "x"))
+        .await
+        .unwrap()
+        .into_inner()
+        .sequence;
+    let b = partner
+        .publish(event(VIN_A, "same", "x"))
+        .await
+        .unwrap()
+        .into_inner()
+        .sequence;
+    assert_eq!(a, b);
+    let c = partner
+        .publish(event(VIN_A, "other", "x"))
+        .await
+        .unwrap()
+        .into_inner()
+        .sequence;
+    assert_eq!(c, a + 1);
+}
+
+#[tokio::test]
+async fn a_partner_may_publish_only_for_its_own_service() {
+    let platform = platform_with_partner_api().await;
+    let mut other = partner_client(&platform, &platform.pki.partner("navigation")).await;
+    let err = other
+        .publish(event(VIN_A, "e1", "x"))
+        .await
+        .expect_err("not navigation's service");
+    assert_eq!(err.code(), tonic::Code::PermissionDenied);
+
+    let mut parking = partner_client(&platform, &platform.pki.partner("parking")).await;
+    let mut wrong_service = event(VIN_A, "e2", "x");
+    wrong_service.service = "navigation.v1.Navigation".into();
+    assert_eq!(
+        parking.publish(wrong_service).await.unwrap_err().code(),
+        tonic::Code::PermissionDenied
+    );
+
+    let mut bad_vin = event("NOT-A-VIN", "e3", "x");
+    bad_vin.service = PARKING.into();
+    assert_eq!(
+        parking.publish(bad_vin).await.unwrap_err().code(),
+        tonic::Code::InvalidArgument
+    );
+}
+
+#[tokio::test]
+async fn a_car_certificate_cannot_use_the_partner_api() {
+    let platform = platform_with_partner_api().await;
+    let mut car_as_partner = partner_client(&platform, &platform.pki.vehicle(VIN_A)).await;
+    let err = car_as_partner
+        .publish(event(VIN_B, "e1", "x"))
+        .await
+        .expect_err("cars are not partners");
+    assert_eq!(err.code(), tonic::Code::PermissionDenied);
+}
