@@ -290,6 +290,7 @@ impl DemoFiles {
         PartnerConfig {
             service: "parking.v1.ParkingPayment".into(),
             name: Some("parking".into()),
+            read_only_methods: vec!["ListNearbyLots".into(), "GetReceipt".into()],
             endpoint: format!("https://localhost:{}", adapter.port()),
             timeout: Some(Duration::from_secs(10)),
             connect_timeout: Duration::from_secs(3),
@@ -309,7 +310,7 @@ impl DemoFiles {
                 .to_string()
         };
         let gateway = format!(
-            "# Sample gateway configuration written by `demo`.\n[mqtt]\nlisten = \"127.0.0.1:8883\"\n\n[storage]\nurl = \"sqlite://{}\"\n\n[tls]\ncert = {:?}\nkey = {:?}\nclient_ca = {:?}\n\n[requests]\nmax_payload_bytes = 131072\ndefault_timeout = \"30s\"\n\n[[partners]]\nservice = \"parking.v1.ParkingPayment\"\nendpoint = \"https://localhost:50061\"\ntimeout = \"10s\"\nca_cert = {:?}\nclient_cert = {:?}\nclient_key = {:?}\n",
+            "# Sample gateway configuration written by `demo`.\n[mqtt]\nlisten = \"127.0.0.1:8883\"\n\n[storage]\nurl = \"sqlite://{}\"\n\n[tls]\ncert = {:?}\nkey = {:?}\nclient_ca = {:?}\n\n[requests]\nmax_payload_bytes = 131072\ndefault_timeout = \"30s\"\n\n[[partners]]\nservice = \"parking.v1.ParkingPayment\"\nname = \"parking\"\nread_only_methods = [\"ListNearbyLots\", \"GetReceipt\"]\nendpoint = \"https://localhost:50061\"\ntimeout = \"10s\"\nca_cert = {:?}\nclient_cert = {:?}\nclient_key = {:?}\n",
             abs(dir).trim_end_matches('/').to_owned() + "/gateway.db",
             abs(&self.gateway_cert),
             abs(&self.gateway_key),

@@ -129,6 +129,10 @@ pub struct MqttConfig {
     pub max_keep_alive: Duration,
     /// Vehicles connected at once; further connection attempts are closed before TLS.
     pub max_connections: usize,
+    /// TLS handshakes in progress at once. Beyond it, new connections are closed before any
+    /// TLS work, so a reconnect storm costs cheap refusals (the cars back off with jitter)
+    /// instead of starving the cars already connected.
+    pub max_handshakes_in_flight: usize,
 }
 
 /// Certificates of the vehicle-facing listener.
@@ -174,6 +178,10 @@ pub struct PartnerConfig {
     /// Deadline for calls whose car sent none.
     #[serde(default, with = "humantime_serde")]
     pub timeout: Option<Duration>,
+    /// Methods without side effects (e.g. `ListNearbyLots`): they skip the idempotency ledger,
+    /// so a retry simply asks the partner again. Every other method is deduplicated.
+    #[serde(default)]
+    pub read_only_methods: Vec<String>,
     /// How long establishing a connection to the adapter may take.
     #[serde(default = "default_partner_connect_timeout", with = "humantime_serde")]
     pub connect_timeout: Duration,
@@ -203,6 +211,7 @@ impl Default for MqttConfig {
             connect_timeout: Duration::from_secs(10),
             max_keep_alive: Duration::from_secs(20 * 60),
             max_connections: 20_000,
+            max_handshakes_in_flight: 256,
         }
     }
 }
@@ -291,6 +300,9 @@ impl GatewayConfig {
         }
         if m.max_keep_alive < Duration::from_secs(5) || m.max_keep_alive > Duration::from_secs(65_535) {
             return Err(invalid("mqtt.max_keep_alive", "must be between 5s and 65535s"));
+        }
+        if m.max_handshakes_in_flight == 0 {
+            return Err(invalid("mqtt.max_handshakes_in_flight", "must be at least 1"));
         }
         if m.max_connections == 0 {
             return Err(invalid("mqtt.max_connections", "must be at least 1"));
@@ -384,6 +396,16 @@ impl GatewayConfig {
                     format!("{name:?} must be the partner certificate's CN: 1 to 64 of a-z, 0-9, -"),
                 ));
             }
+            if let Some(bad) = p
+                .read_only_methods
+                .iter()
+                .find(|m| m.is_empty() || !m.chars().all(|c| c.is_ascii_alphanumeric() || c == '_'))
+            {
+                return Err(invalid(
+                    field("read_only_methods"),
+                    format!("{bad:?} is not a method name such as ListNearbyLots"),
+                ));
+            }
             if !services.insert(p.service.as_str()) {
                 return Err(invalid(field("service"), format!("{} is configured twice", p.service)));
             }
@@ -467,6 +489,7 @@ mod tests {
         PartnerConfig {
             service: "parking.v1.ParkingPayment".into(),
             name: None,
+            read_only_methods: vec![],
             endpoint: endpoint.into(),
             timeout: None,
             connect_timeout: Duration::from_secs(1),

@@ -40,6 +40,7 @@ pub struct Gateway {
     sessions: broadcast::Sender<SessionEvent>,
     recorder: JoinHandle<()>,
     store: store::Store,
+    stats: Arc<broker::ListenerStats>,
 }
 
 /// Why the gateway could not start.
@@ -180,18 +181,24 @@ impl Gateway {
         let settings = broker::ListenerSettings {
             handshake_timeout: config.mqtt.handshake_timeout,
             max_connections: config.mqtt.max_connections,
+            max_handshakes_in_flight: config.mqtt.max_handshakes_in_flight,
             session: broker::SessionLimits {
                 connect_timeout: config.mqtt.connect_timeout,
                 max_keep_alive: config.mqtt.max_keep_alive,
                 max_packet_bytes,
             },
         };
+        let stats = Arc::new(broker::ListenerStats::default());
+        let attachments = broker::Attachments {
+            bus,
+            events: broker::SessionSink(session_tx),
+            stats: stats.clone(),
+        };
         tracker.spawn(broker::listener::serve(
             listener,
             tls,
-            bus,
             settings,
-            broker::SessionSink(session_tx),
+            attachments,
             shutdown.clone(),
             tracker.clone(),
         ));
@@ -205,6 +212,7 @@ impl Gateway {
             sessions,
             recorder,
             store,
+            stats,
         })
     }
 
@@ -221,6 +229,11 @@ impl Gateway {
     /// Session events from now on, each passed on once it is recorded in the registry.
     pub fn session_events(&self) -> broadcast::Receiver<SessionEvent> {
         self.sessions.subscribe()
+    }
+
+    /// Counters of the vehicle listener (accepted, shed, handshakes).
+    pub fn listener_stats(&self) -> &broker::ListenerStats {
+        &self.stats
     }
 
     /// The gateway's store (session registry, ledger, events), for operators and tests.

@@ -212,6 +212,7 @@ pub fn partner_entry(pki: &TestPki, service: &str, addr: SocketAddr) -> PartnerC
     PartnerConfig {
         service: service.into(),
         name: Some("parking".into()),
+        read_only_methods: vec!["ListNearbyLots".into(), "GetReceipt".into()],
         endpoint: format!("https://localhost:{}", addr.port()),
         timeout: Some(Duration::from_secs(5)),
         connect_timeout: Duration::from_secs(2),
@@ -243,6 +244,17 @@ pub fn storage_url(pki: &TestPki) -> String {
 /// A URL for a new, empty schema in the test PostgreSQL (`TEST_POSTGRES_URL`, default local).
 pub fn postgres_schema_url() -> String {
     let base = std::env::var("TEST_POSTGRES_URL").unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".into());
+    // Schemas of earlier runs (older than an hour) are dropped, once per test process.
+    static SWEEP: Once = Once::new();
+    SWEEP.call_once(|| {
+        let sweep = "DO $$ DECLARE s text; BEGIN FOR s IN SELECT nspname FROM pg_namespace \
+            WHERE nspname ~ '^it_[0-9]+_[0-9]+_[0-9]+$' \
+            AND split_part(nspname, '_', 3)::numeric < (extract(epoch from now()) - 3600) * 1e9 \
+            LOOP EXECUTE format('DROP SCHEMA %I CASCADE', s); END LOOP; END $$";
+        let _ = std::process::Command::new("psql")
+            .args([base.as_str(), "-qc", sweep])
+            .status();
+    });
     let schema = format!("it_{}", uuid_like());
     let status = std::process::Command::new("psql")
         .args([base.as_str(), "-qc", &format!("CREATE SCHEMA {schema}")])
@@ -782,7 +794,7 @@ pub fn write_gateway_toml(pki: &TestPki, config: &GatewayConfig) -> PathBuf {
     );
     for p in &config.partners {
         toml.push_str(&format!(
-            "\n[[partners]]\nservice = {:?}\nname = \"parking\"\nendpoint = {:?}\ntimeout = \"30s\"\nca_cert = {:?}\nclient_cert = {:?}\nclient_key = {:?}\n",
+            "\n[[partners]]\nservice = {:?}\nname = \"parking\"\nread_only_methods = [\"ListNearbyLots\", \"GetReceipt\"]\nendpoint = {:?}\ntimeout = \"30s\"\nca_cert = {:?}\nclient_cert = {:?}\nclient_key = {:?}\n",
             p.service,
             p.endpoint,
             p.ca_cert.as_ref().unwrap(),

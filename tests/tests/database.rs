@@ -7,6 +7,7 @@ use proto::parking::v1::{GeoPoint, ListNearbyLotsRequest};
 use proto::vehicle::v1::Code;
 
 const LIST: &str = "/parking.v1.ParkingPayment/ListNearbyLots";
+const START: &str = "/parking.v1.ParkingPayment/StartSession";
 
 fn psql(sql: &str) {
     let base = std::env::var("TEST_POSTGRES_URL").unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".into());
@@ -19,6 +20,14 @@ fn psql(sql: &str) {
 
 fn code(r: &proto::vehicle::v1::Response) -> Code {
     r.status.clone().unwrap_or_default().code()
+}
+
+fn start() -> Vec<u8> {
+    proto::parking::v1::StartSessionRequest {
+        lot_id: "lot-bund-01".into(),
+        plate: "沪A12345".into(),
+    }
+    .encode_to_vec()
 }
 
 fn lots() -> Vec<u8> {
@@ -56,12 +65,13 @@ async fn requests_fail_cleanly_while_postgres_is_down_and_recover_when_it_return
     assert_eq!(code(&car.next_response().await), Code::Ok);
 
     // The database stops accepting connections and drops the ones it has.
+    // A payment-like call needs the ledger, so it is refused before the partner is called.
     psql(&format!("ALTER DATABASE {} ALLOW_CONNECTIONS false", db.0));
     psql(&format!(
         "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = '{}'",
         db.0
     ));
-    car.publish_request(keyed_envelope("during", "k-during", LIST, lots()))
+    car.publish_request(keyed_envelope("during", "k-during", START, start()))
         .await;
     let during = car.next_response().await;
     assert_eq!(
@@ -73,7 +83,7 @@ async fn requests_fail_cleanly_while_postgres_is_down_and_recover_when_it_return
 
     psql(&format!("ALTER DATABASE {} ALLOW_CONNECTIONS true", db.0));
     // The same key again: the failed attempt left nothing behind, so it simply goes through.
-    car.publish_request(keyed_envelope("after", "k-during", LIST, lots()))
+    car.publish_request(keyed_envelope("after", "k-during", START, start()))
         .await;
     let after = car.next_response().await;
     assert_eq!(
@@ -81,6 +91,7 @@ async fn requests_fail_cleanly_while_postgres_is_down_and_recover_when_it_return
         ("after", Code::Ok),
         "{after:?}"
     );
+    assert_eq!(platform.parking.charges(), 0);
     drop(car);
     platform.gateway.shutdown().await;
 }

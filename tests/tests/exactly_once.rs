@@ -209,3 +209,39 @@ async fn every_session_is_recorded_with_who_where_and_why_it_ended() {
         s.agent_version
     );
 }
+
+#[tokio::test]
+async fn read_only_methods_skip_the_ledger_and_reach_the_partner_each_time() {
+    // Declared read-only (here, wrongly, EndSession, to make the partner's count visible).
+    init();
+    let pki = TestPki::new();
+    let parking = parking_adapter::ParkingService::new();
+    let partner = ScriptedParking::new(parking.clone());
+    let server = start_partner_service(
+        &pki,
+        proto::parking::v1::parking_payment_server::ParkingPaymentServer::new(partner.clone()),
+    )
+    .await;
+    let mut entry = partner_entry(&pki, PARKING, server.addr);
+    entry.read_only_methods = vec!["EndSession".into()];
+    let gateway = start_gateway(gateway_config(&pki, vec![entry])).await;
+    let platform = Platform {
+        pki,
+        parking,
+        parking_server: server,
+        gateway,
+    };
+    let mut car = RawCar::connect(&platform, VIN_A).await;
+    let session = park(&mut car).await;
+    let envelope = keyed_envelope("end-1", "same-key", END, end(&session));
+    car.publish_request(envelope.clone()).await;
+    assert_eq!(code(&car.next_response().await), Code::Ok);
+    car.publish_request(envelope).await;
+    assert_eq!(code(&car.next_response().await), Code::Ok);
+    assert_eq!(partner.end_calls(), 2, "no replay: the partner answered both");
+    assert_eq!(
+        platform.parking.charges(),
+        1,
+        "the reference partner deduplicates on its own"
+    );
+}

@@ -8,7 +8,7 @@ use std::time::Duration;
 use rustls::ServerConfig;
 use std::sync::atomic::{AtomicU64, Ordering};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::Semaphore;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio::time::timeout;
 use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
@@ -26,8 +26,25 @@ pub struct ListenerSettings {
     pub handshake_timeout: Duration,
     /// Connections (handshaking or connected) held at once.
     pub max_connections: usize,
+    /// Handshakes in progress at once; beyond it new connections are shed before TLS.
+    pub max_handshakes_in_flight: usize,
     /// Limits applied once a session is up.
     pub session: SessionLimits,
+}
+
+/// What the listener has done, for operators and benchmarks.
+#[derive(Debug, Default)]
+pub struct ListenerStats {
+    /// TCP connections accepted.
+    pub accepted: AtomicU64,
+    /// Closed before TLS because the connection limit was reached.
+    pub shed_connections: AtomicU64,
+    /// Closed before TLS because too many handshakes were in progress.
+    pub shed_handshakes: AtomicU64,
+    /// Handshakes that failed or timed out.
+    pub failed_handshakes: AtomicU64,
+    /// Handshakes that completed.
+    pub completed_handshakes: AtomicU64,
 }
 
 /// Everything a connection task needs, shared.
@@ -38,19 +55,31 @@ struct Shared {
     events: SessionSink,
     shutdown: CancellationToken,
     next_conn: AtomicU64,
+    stats: Arc<ListenerStats>,
+}
+
+/// What accepted vehicles are attached to and reported to.
+pub struct Attachments {
+    /// The router each session gets a link on.
+    pub bus: Bus,
+    /// Where sessions report connects and disconnects.
+    pub events: SessionSink,
+    /// The listener's counters.
+    pub stats: Arc<ListenerStats>,
 }
 
 /// Accepts vehicles until `shutdown` is cancelled; connection tasks are tracked by `tracker`.
 pub async fn serve(
     listener: TcpListener,
     tls: Arc<ServerConfig>,
-    bus: Bus,
     settings: ListenerSettings,
-    events: SessionSink,
+    attachments: Attachments,
     shutdown: CancellationToken,
     tracker: TaskTracker,
 ) {
+    let Attachments { bus, events, stats } = attachments;
     let slots = Arc::new(Semaphore::new(settings.max_connections));
+    let handshakes = Arc::new(Semaphore::new(settings.max_handshakes_in_flight));
     let shared = Arc::new(Shared {
         acceptor: TlsAcceptor::from(tls),
         bus,
@@ -58,6 +87,7 @@ pub async fn serve(
         events,
         shutdown: shutdown.clone(),
         next_conn: AtomicU64::new(1),
+        stats,
     });
     loop {
         let (tcp, peer) = tokio::select! {
@@ -72,9 +102,17 @@ pub async fn serve(
                 }
             },
         };
+        shared.stats.accepted.fetch_add(1, Ordering::Relaxed);
         // Admission happens before any TLS work, so overload costs one accept and one close.
         let Ok(slot) = slots.clone().try_acquire_owned() else {
+            shared.stats.shed_connections.fetch_add(1, Ordering::Relaxed);
             debug!(%peer, "connection limit reached, closing before handshake");
+            drop(tcp);
+            continue;
+        };
+        let Ok(handshake) = handshakes.clone().try_acquire_owned() else {
+            shared.stats.shed_handshakes.fetch_add(1, Ordering::Relaxed);
+            debug!(%peer, "handshake capacity reached, closing before handshake");
             drop(tcp);
             continue;
         };
@@ -83,7 +121,7 @@ pub async fn serve(
         let span = info_span!("vehicle", %peer, vin = tracing::field::Empty, cert = tracing::field::Empty);
         tracker.spawn(
             async move {
-                handle(tcp, peer, &shared).await;
+                handle(tcp, peer, &shared, handshake).await;
                 drop(slot);
             }
             .instrument(span),
@@ -92,22 +130,27 @@ pub async fn serve(
     info!("vehicle listener stopped accepting");
 }
 
-async fn handle(tcp: TcpStream, peer: SocketAddr, shared: &Shared) {
-    let handshake = tokio::select! {
+async fn handle(tcp: TcpStream, peer: SocketAddr, shared: &Shared, handshake: OwnedSemaphorePermit) {
+    let permit = handshake;
+    let outcome = tokio::select! {
         _ = shared.shutdown.cancelled() => return,
         r = timeout(shared.settings.handshake_timeout, shared.acceptor.accept(tcp)) => r,
     };
-    let tls = match handshake {
+    drop(permit);
+    let tls = match outcome {
         Ok(Ok(tls)) => tls,
         Ok(Err(e)) => {
+            shared.stats.failed_handshakes.fetch_add(1, Ordering::Relaxed);
             info!(error = %e, "TLS handshake refused");
             return;
         }
         Err(_) => {
+            shared.stats.failed_handshakes.fetch_add(1, Ordering::Relaxed);
             info!(timeout = ?shared.settings.handshake_timeout, "TLS handshake timed out");
             return;
         }
     };
+    shared.stats.completed_handshakes.fetch_add(1, Ordering::Relaxed);
     let identity = match vehicle_identity(tls.get_ref().1.peer_certificates()) {
         Ok(id) => id,
         Err(e) => {

@@ -8,4 +8,4 @@ pub mod tls;
 
 pub use connection::{DisconnectReason, Peer, SessionEvent, SessionInfo, SessionLimits, SessionSink, now_ms};
 pub use identity::{IdentityError, VehicleIdentity, vehicle_identity};
-pub use listener::ListenerSettings;
+pub use listener::{Attachments, ListenerSettings, ListenerStats};

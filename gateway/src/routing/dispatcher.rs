@@ -119,13 +119,19 @@ impl RequestRouter {
         }
         .min(self.limits.max_timeout);
         let deadline = Instant::now() + timeout;
-        let key = match self
-            .ledger
-            .admit(vin, &idempotency_key, method.as_str(), &payload, &request_id, deadline)
-            .await
-        {
-            Admission::Proceed(key) => key,
-            Admission::Answer(response) => return response,
+        // Methods without side effects skip the ledger: asking twice is harmless and cheaper
+        // than recording.
+        let key = if partner.is_read_only(method.method()) {
+            None
+        } else {
+            match self
+                .ledger
+                .admit(vin, &idempotency_key, method.as_str(), &payload, &request_id, deadline)
+                .await
+            {
+                Admission::Proceed(key) => Some(key),
+                Admission::Answer(response) => return response,
+            }
         };
         let ctx = CallContext {
             vin: vin.clone(),
@@ -151,7 +157,9 @@ impl RequestRouter {
                 Err(status) => break fail(status.code().into(), status.message().to_owned()),
             }
         };
-        self.ledger.finish(&key, &response).await;
+        if let Some(key) = key {
+            self.ledger.finish(&key, &response).await;
+        }
         response
     }
 }

@@ -30,12 +30,18 @@ pub struct PartnerAdapter {
     service: String,
     channel: Channel,
     default_timeout: Option<Duration>,
+    read_only_methods: Vec<String>,
 }
 
 impl PartnerAdapter {
     /// The gRPC service this adapter serves.
     pub fn service(&self) -> &str {
         &self.service
+    }
+
+    /// Whether `method` is declared free of side effects (it bypasses the idempotency ledger).
+    pub fn is_read_only(&self, method: &str) -> bool {
+        self.read_only_methods.iter().any(|m| m == method)
     }
 
     /// Deadline for cars that give none, if this partner sets one.
@@ -151,6 +157,7 @@ impl PartnerDirectory {
                 service: p.service.clone(),
                 channel: endpoint.connect_lazy(),
                 default_timeout: p.timeout,
+                read_only_methods: p.read_only_methods.clone(),
             };
             by_service.insert(p.service.clone(), adapter);
         }
