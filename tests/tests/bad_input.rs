@@ -240,7 +240,12 @@ async fn the_app_sees_deadline_exceeded_through_the_agent() {
     let mut request = tonic::Request::new(ListNearbyLotsRequest::default());
     request.set_timeout(Duration::from_millis(400));
     let err = app.list_nearby_lots(request).await.expect_err("stalled partner");
-    assert_eq!(err.code(), tonic::Code::DeadlineExceeded, "{err:?}");
+    // The agent answers DEADLINE_EXCEEDED just before the app's deadline; on a loaded machine
+    // tonic's own enforcement of the app's grpc-timeout can fire first, as CANCELLED
+    // "Timeout expired". Either way the app learns its deadline passed, and nothing hangs.
+    let deadline_passed = err.code() == tonic::Code::DeadlineExceeded
+        || (err.code() == tonic::Code::Cancelled && err.message().contains("Timeout expired"));
+    assert!(deadline_passed, "{err:?}");
     car.shutdown().await;
     gateway.shutdown().await;
 }
