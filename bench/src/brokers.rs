@@ -1,0 +1,532 @@
+//! The brokers under test and the partner adapter: our gateway (its release binary as its
+//! own process, or in-process for the smoke test) and Mosquitto (always its own process, with
+//! an mTLS listener using the same certificates), plus the reference parking adapter.
+
+use std::io::{BufRead as _, BufReader, Write as _};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
+use std::time::Duration;
+
+use anyhow::{Context as _, Result, bail};
+
+use crate::fleet::Fleet;
+
+/// How long a process may take to say it is ready.
+const READY_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// A child process whose output goes to a log file; killed when dropped.
+pub struct ChildProcess {
+    /// What it is, for messages.
+    pub name: String,
+    /// Its pid.
+    pub pid: u32,
+    /// Where its stdout and stderr go.
+    pub log: PathBuf,
+    child: Option<Child>,
+}
+
+impl ChildProcess {
+    /// Starts `cmd` and waits until a line of its output contains `ready` (returning that line).
+    pub fn spawn(name: &str, mut cmd: Command, ready: &str, log: &Path) -> Result<(ChildProcess, String)> {
+        cmd.stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped());
+        let mut child = cmd.spawn().with_context(|| format!("cannot start {name} ({cmd:?})"))?;
+        std::fs::File::create(log).with_context(|| format!("create {}", log.display()))?;
+        let (tx, rx) = mpsc::channel::<String>();
+        let streams: Vec<Box<dyn std::io::Read + Send>> = vec![
+            Box::new(child.stdout.take().expect("piped stdout")),
+            Box::new(child.stderr.take().expect("piped stderr")),
+        ];
+        for stream in streams {
+            let mut file = std::fs::OpenOptions::new().append(true).open(log)?;
+            let (tx, ready) = (tx.clone(), ready.to_owned());
+            std::thread::spawn(move || {
+                let mut reader = BufReader::with_capacity(64 * 1024, stream);
+                let mut line = String::new();
+                // Line by line until the ready line, then plain copies: a busy broker must
+                // never wait for this thread to drain its pipe.
+                while reader.read_line(&mut line).is_ok_and(|n| n > 0) {
+                    let _ = file.write_all(line.as_bytes());
+                    if line.contains(&ready) {
+                        let _ = tx.send(line.trim_end().to_owned());
+                        let _ = std::io::copy(&mut reader, &mut file);
+                        return;
+                    }
+                    line.clear();
+                }
+            });
+        }
+        drop(tx);
+        let pid = child.id();
+        let mut process = ChildProcess {
+            name: name.to_owned(),
+            pid,
+            log: log.to_path_buf(),
+            child: Some(child),
+        };
+        match rx.recv_timeout(READY_TIMEOUT) {
+            Ok(line) => Ok((process, line)),
+            Err(e) => {
+                let status = process.child.as_mut().and_then(|c| c.try_wait().ok().flatten());
+                process.kill();
+                let tail = log_tail(log, 30);
+                bail!("{name} did not become ready ({e}; exit status {status:?}); its log ends with:\n{tail}")
+            }
+        }
+    }
+
+    fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// Asks the process to stop (SIGTERM), waits up to `grace` for it to exit, then kills it.
+    pub fn stop(mut self, grace: Duration) {
+        let Some(mut child) = self.child.take() else {
+            return;
+        };
+        let _ = Command::new("kill").arg("-TERM").arg(self.pid.to_string()).status();
+        let (tx, rx) = mpsc::channel();
+        let waiter = std::thread::spawn(move || {
+            let _ = child.wait();
+            let _ = tx.send(());
+        });
+        if rx.recv_timeout(grace).is_err() {
+            let _ = Command::new("kill").arg("-KILL").arg(self.pid.to_string()).status();
+        }
+        let _ = waiter.join();
+    }
+}
+
+impl Drop for ChildProcess {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// The last `n` lines of a log file.
+pub fn log_tail(path: &Path, n: usize) -> String {
+    let text = std::fs::read_to_string(path).unwrap_or_default();
+    let lines: Vec<&str> = text.lines().collect();
+    lines[lines.len().saturating_sub(n)..].join("\n")
+}
+
+/// A free TCP port on `ip` (bound then released: fine on a machine we control).
+pub fn free_port(ip: IpAddr) -> Result<u16> {
+    Ok(std::net::TcpListener::bind((ip, 0))?.local_addr()?.port())
+}
+
+/// A binary of this workspace built with the same profile as the running executable: next to
+/// it for the bench binary (`target/release/`), one level up for test binaries (`deps/`).
+pub fn workspace_binary(name: &str) -> Result<PathBuf> {
+    let exe = std::env::current_exe()?;
+    let mut dir = exe.parent().context("executable has no directory")?.to_path_buf();
+    if dir.ends_with("deps") {
+        dir.pop();
+    }
+    Ok(dir.join(name))
+}
+
+/// Builds the gateway and the parking adapter with the profile of the running executable, so
+/// that the figures are always those of the current source.
+pub fn build_workspace_binaries() -> Result<()> {
+    let exe = std::env::current_exe()?;
+    let mut dir = exe.parent().context("executable has no directory")?.to_path_buf();
+    if dir.ends_with("deps") {
+        dir.pop();
+    }
+    let profile = match dir.file_name().and_then(|n| n.to_str()) {
+        Some("debug") | None => "dev".to_owned(),
+        Some(other) => other.to_owned(),
+    };
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    let manifest = Path::new(env!("CARGO_MANIFEST_DIR")).join("../Cargo.toml");
+    eprintln!("building gateway and parking-adapter (profile {profile}) ...");
+    let status = Command::new(cargo)
+        .args([
+            "build",
+            "--profile",
+            &profile,
+            "-p",
+            "gateway",
+            "-p",
+            "parking-adapter",
+            "--manifest-path",
+        ])
+        .arg(&manifest)
+        .status()
+        .context("cannot run cargo")?;
+    if !status.success() {
+        bail!("cargo build of gateway and parking-adapter failed ({status})");
+    }
+    Ok(())
+}
+
+/// Makes sure Mosquitto is installed: returns its path, installing Debian's package if
+/// `install` is set. The second value says what was done, for the report.
+pub fn ensure_mosquitto(path: &Path, install: bool) -> (Option<PathBuf>, Option<String>) {
+    if path.exists() {
+        return (Some(path.to_path_buf()), None);
+    }
+    if !install {
+        return (
+            None,
+            Some(format!("{} is missing; Mosquitto was not measured", path.display())),
+        );
+    }
+    eprintln!("{} is missing: apt-get install -y mosquitto ...", path.display());
+    let apt = |args: &[&str]| Command::new("apt-get").args(args).status().is_ok_and(|s| s.success());
+    let installed = apt(&["install", "-y", "mosquitto"]) || (apt(&["update"]) && apt(&["install", "-y", "mosquitto"]));
+    if installed && path.exists() {
+        (
+            Some(path.to_path_buf()),
+            Some("Mosquitto was installed by the bench (apt-get install -y mosquitto)".into()),
+        )
+    } else {
+        (
+            None,
+            Some("Mosquitto is missing and apt-get install -y mosquitto failed; Mosquitto was not measured".into()),
+        )
+    }
+}
+
+/// `mosquitto -h`'s first line, e.g. "mosquitto version 2.0.11".
+pub fn mosquitto_version(bin: &Path) -> String {
+    Command::new(bin)
+        .arg("-h")
+        .output()
+        .ok()
+        .and_then(|o| String::from_utf8(o.stdout).ok())
+        .and_then(|s| s.lines().next().map(str::to_owned))
+        .unwrap_or_else(|| "mosquitto (version unknown)".into())
+}
+
+/// Which broker.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BrokerKind {
+    /// Our gateway.
+    Gateway,
+    /// Eclipse Mosquitto.
+    Mosquitto,
+}
+
+impl BrokerKind {
+    /// Short name for tables.
+    pub fn name(self) -> &'static str {
+        match self {
+            BrokerKind::Gateway => "gateway",
+            BrokerKind::Mosquitto => "mosquitto",
+        }
+    }
+}
+
+enum Handle {
+    Process(ChildProcess),
+    InProcess(Box<gateway::Gateway>),
+}
+
+/// A running broker.
+pub struct Broker {
+    /// Which one.
+    pub kind: BrokerKind,
+    /// Name and version for the report.
+    pub label: String,
+    /// Its process (this process when in-process).
+    pub pid: u32,
+    /// Where vehicles connect.
+    pub port: u16,
+    /// The gateway's database URL.
+    pub storage_url: Option<String>,
+    /// Its log file, if it runs as a process.
+    pub log: Option<PathBuf>,
+    handle: Handle,
+}
+
+impl Broker {
+    /// Stops the broker (a process is killed: its state is throwaway).
+    pub async fn stop(self) {
+        match self.handle {
+            // Graceful, so that tools wrapped around the broker (valgrind, perf) see it exit.
+            Handle::Process(p) => {
+                let _ = tokio::task::spawn_blocking(move || p.stop(Duration::from_secs(15))).await;
+            }
+            Handle::InProcess(g) => {
+                let _ = tokio::time::timeout(Duration::from_secs(30), g.shutdown()).await;
+            }
+        }
+    }
+
+    /// Whether it runs as its own process.
+    pub fn is_process(&self) -> bool {
+        matches!(self.handle, Handle::Process(_))
+    }
+
+    /// The gateway's session registry, read through the gateway's own store code.
+    pub async fn registry(&self) -> Option<gateway::store::Store> {
+        match &self.handle {
+            Handle::InProcess(g) => Some(g.store().clone()),
+            Handle::Process(_) => gateway::store::Store::connect(self.storage_url.as_deref()?).await.ok(),
+        }
+    }
+}
+
+/// What the brokers listen on: one loopback address, or all when cars use several.
+pub fn listen_ip(hosts: &[IpAddr]) -> IpAddr {
+    match hosts {
+        [one] => *one,
+        _ => IpAddr::V4(Ipv4Addr::UNSPECIFIED),
+    }
+}
+
+/// Mosquitto's configuration: an mTLS listener with the fleet's server certificate, cars
+/// identified by their certificate, no persistence.
+pub fn mosquitto_conf(fleet: &Fleet, listen: SocketAddr) -> String {
+    format!(
+        "# written by fleet-bench\n\
+         listener {port} {ip}\n\
+         cafile {ca}\n\
+         certfile {cert}\n\
+         keyfile {key}\n\
+         require_certificate true\n\
+         use_identity_as_username true\n\
+         allow_anonymous true\n\
+         max_keepalive 65535\n\
+         max_connections -1\n\
+         persistence false\n\
+         log_dest stderr\n\
+         log_type error\n\
+         log_type warning\n\
+         log_type notice\n\
+         log_type information\n\
+         connection_messages true\n\
+         {user}",
+        // As root, Mosquitto drops to the `mosquitto` user before reading the key, which
+        // lives in our private temporary directory: stay who we are.
+        user = if running_as_root() { "user root\n" } else { "" },
+        port = listen.port(),
+        ip = listen.ip(),
+        ca = fleet.ca_file.display(),
+        cert = fleet.server.cert.display(),
+        key = fleet.server.key.display(),
+    )
+}
+
+fn running_as_root() -> bool {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| s.lines().find_map(|l| l.strip_prefix("Uid:")).map(str::to_owned))
+        .and_then(|uids| uids.split_whitespace().nth(1).map(|euid| euid == "0"))
+        .unwrap_or(false)
+}
+
+/// Starts Mosquitto with [`mosquitto_conf`].
+pub fn start_mosquitto(bin: &Path, fleet: &Fleet, dir: &Path, hosts: &[IpAddr]) -> Result<Broker> {
+    let ip = listen_ip(hosts);
+    let port = free_port(hosts[0])?;
+    let conf = dir.join("mosquitto.conf");
+    std::fs::write(&conf, mosquitto_conf(fleet, SocketAddr::new(ip, port)))?;
+    let mut cmd = Command::new(bin);
+    cmd.arg("-c").arg(&conf);
+    let log = dir.join("mosquitto.log");
+    let (process, _) = ChildProcess::spawn("mosquitto", cmd, " running", &log)?;
+    Ok(Broker {
+        kind: BrokerKind::Mosquitto,
+        label: mosquitto_version(bin),
+        pid: process.pid,
+        port,
+        storage_url: None,
+        log: Some(log),
+        handle: Handle::Process(process),
+    })
+}
+
+/// The gateway's configuration file: MQTT on `listen`, the fleet's certificates, SQLite at
+/// `db`, the parking adapter at `adapter` over mTLS with `read_only_methods` skipping the ledger.
+pub fn gateway_toml(
+    fleet: &Fleet,
+    listen: SocketAddr,
+    max_connections: usize,
+    db: &Path,
+    adapter: SocketAddr,
+    read_only_methods: &[String],
+) -> String {
+    format!(
+        "# written by fleet-bench\n\
+         [mqtt]\nlisten = \"{listen}\"\nmax_connections = {max_connections}\n\n\
+         [tls]\ncert = {cert:?}\nkey = {key:?}\nclient_ca = {ca:?}\n\n\
+         [storage]\nurl = {url:?}\n\n\
+         [[partners]]\nservice = \"parking.v1.ParkingPayment\"\nname = \"parking\"\nread_only_methods = {read_only:?}\n\
+         endpoint = \"https://localhost:{adapter_port}\"\ntimeout = \"30s\"\n\
+         ca_cert = {ca:?}\nclient_cert = {client_cert:?}\nclient_key = {client_key:?}\n",
+        cert = fleet.server.cert,
+        key = fleet.server.key,
+        ca = fleet.ca_file,
+        url = format!("sqlite://{}", db.display()),
+        adapter_port = adapter.port(),
+        client_cert = fleet.gateway_client.cert,
+        client_key = fleet.gateway_client.key,
+        read_only = read_only_methods,
+    )
+}
+
+/// How to run the gateway.
+#[derive(Debug, Clone)]
+pub enum GatewayLaunch {
+    /// Its binary as its own process (the real benchmark).
+    Binary(PathBuf),
+    /// `gateway::Gateway` inside this process (the smoke test).
+    InProcess,
+}
+
+/// Starts the gateway with [`gateway_toml`]; its database goes in `db_dir`.
+#[allow(clippy::too_many_arguments)]
+pub async fn start_gateway(
+    launch: &GatewayLaunch,
+    fleet: &Fleet,
+    dir: &Path,
+    db_dir: &Path,
+    hosts: &[IpAddr],
+    max_connections: usize,
+    adapter: SocketAddr,
+    read_only_methods: &[String],
+) -> Result<Broker> {
+    std::fs::create_dir_all(db_dir)?;
+    let db = db_dir.join(format!("gw-{}.db", std::process::id()));
+    for suffix in ["", "-wal", "-shm"] {
+        let _ = std::fs::remove_file(format!("{}{suffix}", db.display()));
+    }
+    let url = format!("sqlite://{}", db.display());
+    let ip = listen_ip(hosts);
+    match launch {
+        GatewayLaunch::Binary(bin) => {
+            let port = free_port(hosts[0])?;
+            let toml = dir.join("gateway.toml");
+            std::fs::write(
+                &toml,
+                gateway_toml(
+                    fleet,
+                    SocketAddr::new(ip, port),
+                    max_connections,
+                    &db,
+                    adapter,
+                    read_only_methods,
+                ),
+            )?;
+            let mut cmd = Command::new(bin);
+            // The gateway's own default log level (info), as deployed.
+            cmd.arg("run")
+                .arg("--config")
+                .arg(&toml)
+                .env("NO_COLOR", "1")
+                .env_remove("RUST_LOG");
+            let log = dir.join("gateway.log");
+            let (process, _) = ChildProcess::spawn("gateway", cmd, "gateway listening for vehicles", &log)?;
+            Ok(Broker {
+                kind: BrokerKind::Gateway,
+                label: format!("gateway {} (release binary)", env!("CARGO_PKG_VERSION")),
+                pid: process.pid,
+                port,
+                storage_url: Some(url),
+                log: Some(log),
+                handle: Handle::Process(process),
+            })
+        }
+        GatewayLaunch::InProcess => {
+            let toml = dir.join("gateway.toml");
+            std::fs::write(
+                &toml,
+                gateway_toml(
+                    fleet,
+                    SocketAddr::new(ip, 0),
+                    max_connections,
+                    &db,
+                    adapter,
+                    read_only_methods,
+                ),
+            )?;
+            let config = gateway::GatewayConfig::load(Some(&toml)).map_err(|e| anyhow::anyhow!("{e}"))?;
+            let listener = gateway::bind(config.mqtt.listen)?;
+            let gw = gateway::Gateway::start_on(config, listener)
+                .await
+                .map_err(|e| anyhow::anyhow!("gateway did not start: {e}"))?;
+            Ok(Broker {
+                kind: BrokerKind::Gateway,
+                label: format!("gateway {} (in-process)", env!("CARGO_PKG_VERSION")),
+                pid: std::process::id(),
+                port: gw.mqtt_addr().port(),
+                storage_url: Some(url),
+                log: None,
+                handle: Handle::InProcess(Box::new(gw)),
+            })
+        }
+    }
+}
+
+/// A running parking adapter.
+pub struct Adapter {
+    /// Where it listens.
+    pub addr: SocketAddr,
+    /// Its own process, if it has one.
+    pub pid: Option<u32>,
+    _process: Option<ChildProcess>,
+    _stop: Option<tokio::sync::oneshot::Sender<()>>,
+}
+
+/// Starts the reference parking adapter on mTLS: its binary, or in-process when `bin` is None.
+pub async fn start_adapter(bin: Option<&Path>, fleet: &Fleet, dir: &Path) -> Result<Adapter> {
+    let ip = IpAddr::V4(Ipv4Addr::LOCALHOST);
+    match bin {
+        Some(bin) => {
+            let addr = SocketAddr::new(ip, free_port(ip)?);
+            let mut cmd = Command::new(bin);
+            cmd.arg("--listen")
+                .arg(addr.to_string())
+                .arg("--cert")
+                .arg(&fleet.adapter.cert)
+                .arg("--key")
+                .arg(&fleet.adapter.key)
+                .arg("--client-ca")
+                .arg(&fleet.ca_file)
+                // One log line per call would cost the adapter more than the call itself.
+                .env("RUST_LOG", "warn")
+                .env("NO_COLOR", "1");
+            let (process, _) = ChildProcess::spawn(
+                "parking-adapter",
+                cmd,
+                "parking adapter listening",
+                &dir.join("adapter.log"),
+            )?;
+            Ok(Adapter {
+                addr,
+                pid: Some(process.pid),
+                _process: Some(process),
+                _stop: None,
+            })
+        }
+        None => {
+            let listener = tokio::net::TcpListener::bind((ip, 0)).await?;
+            let addr = listener.local_addr()?;
+            let cert = std::fs::read_to_string(&fleet.adapter.cert)?;
+            let key = std::fs::read_to_string(&fleet.adapter.key)?;
+            let tls = parking_adapter::mtls_config(&cert, &key, fleet.ca_pem());
+            let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+            tokio::spawn(parking_adapter::serve(
+                listener,
+                Some(tls),
+                parking_adapter::ParkingService::new(),
+                async {
+                    let _ = stopped.await;
+                },
+            ));
+            Ok(Adapter {
+                addr,
+                pid: None,
+                _process: None,
+                _stop: Some(stop),
+            })
+        }
+    }
+}

@@ -1,0 +1,263 @@
+//! The simulated fleet: deterministic VINs, one certificate per vehicle issued in-process by
+//! the workspace's development CA, and the rustls client configurations the vehicles use.
+//!
+//! Each vehicle gets its own [`ClientConfig`] (its own identity and its own TLS session cache),
+//! so reconnecting with the same config resumes the TLS session exactly as the real agent does.
+//! A shared [`HandshakeCounter`] counts server-certificate verifications: a full handshake
+//! verifies the server's certificate, a resumed one does not, which tells the two apart
+//! without trusting either broker's word for it.
+
+use std::net::IpAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context as _, Result};
+use certs::{CertificateAuthority, IssuedCert};
+use proto::Vin;
+use rustls::client::WebPkiServerVerifier;
+use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
+use rustls::{ClientConfig, DigitallySignedStruct, RootCertStore, SignatureScheme};
+use rustls_pki_types::pem::PemObject;
+use rustls_pki_types::{CertificateDer, PrivateKeyDer, ServerName, UnixTime};
+
+/// Characters a VIN may contain (ISO 3779: digits and capital letters except I, O and Q).
+const VIN_ALPHABET: &[u8; 33] = b"0123456789ABCDEFGHJKLMNPRSTUVWXYZ";
+/// The first five characters of every simulated VIN; the other twelve count in base 33.
+const VIN_PREFIX: &str = "LFBSM";
+
+/// The `index`-th simulated VIN: the same index always gives the same VIN.
+pub fn vin(index: u64) -> Vin {
+    let mut tail = [b'0'; 17 - VIN_PREFIX.len()];
+    let mut n = index;
+    for slot in tail.iter_mut().rev() {
+        *slot = VIN_ALPHABET[(n % 33) as usize];
+        n /= 33;
+    }
+    let text = format!("{VIN_PREFIX}{}", String::from_utf8_lossy(&tail));
+    Vin::parse(&text).expect("simulated VINs use only the VIN alphabet")
+}
+
+/// One simulated vehicle's identity.
+pub struct Vehicle {
+    /// Its VIN (the CN of its certificate).
+    pub vin: Vin,
+    /// Its certificate and key as issued.
+    pub pem: IssuedCert,
+    chain: Vec<CertificateDer<'static>>,
+    key: PrivateKeyDer<'static>,
+}
+
+/// Files a server or partner presents.
+#[derive(Debug, Clone)]
+pub struct CertFiles {
+    /// Certificate (PEM).
+    pub cert: PathBuf,
+    /// Private key (PEM).
+    pub key: PathBuf,
+}
+
+/// Counts server-certificate verifications, i.e. full TLS handshakes, across many configs.
+#[derive(Debug, Clone, Default)]
+pub struct HandshakeCounter(Arc<AtomicU64>);
+
+impl HandshakeCounter {
+    /// Full handshakes seen so far.
+    pub fn full_handshakes(&self) -> u64 {
+        self.0.load(Ordering::Relaxed)
+    }
+}
+
+/// A CA, the brokers' and the partner's certificates, and the vehicles, all in one directory.
+pub struct Fleet {
+    /// Where the PEM files are.
+    pub dir: PathBuf,
+    /// The CA certificate every party trusts.
+    pub ca_file: PathBuf,
+    /// The MQTT server certificate, shared by the gateway and Mosquitto so both do the same work.
+    pub server: CertFiles,
+    /// The parking adapter's certificate (gRPC server).
+    pub adapter: CertFiles,
+    /// The gateway's client certificate towards the adapter.
+    pub gateway_client: CertFiles,
+    /// The vehicles, in VIN order of their index.
+    pub vehicles: Vec<Vehicle>,
+    /// How long issuing every vehicle certificate took.
+    pub issue_time: Duration,
+    ca_pem: String,
+    roots: Arc<RootCertStore>,
+}
+
+impl Fleet {
+    /// Creates a CA in `dir`, a server certificate valid for `hosts` (plus localhost), the
+    /// partner certificates, and `vehicles` vehicle certificates (in memory).
+    pub fn create(dir: &Path, vehicles: usize, hosts: &[IpAddr]) -> Result<Fleet> {
+        std::fs::create_dir_all(dir).with_context(|| format!("create {}", dir.display()))?;
+        let ca = CertificateAuthority::generate().context("generate CA")?;
+        ca.save(dir).context("save CA")?;
+        let ca_file = dir.join(certs::CA_CERT_FILE);
+        let names: Vec<String> = hosts.iter().map(IpAddr::to_string).collect();
+        let server = write(dir, "server", ca.issue_gateway(&names)?)?;
+        let adapter = write(dir, "parking", ca.issue_partner("parking")?)?;
+        let gateway_client = write(dir, "gateway-client", ca.issue_partner("gateway-client")?)?;
+
+        let started = Instant::now();
+        let issued = issue_vehicles(&ca, vehicles)?;
+        let issue_time = started.elapsed();
+
+        let mut roots = RootCertStore::empty();
+        for cert in CertificateDer::pem_slice_iter(ca.cert_pem().as_bytes()) {
+            roots.add(cert.context("CA certificate")?)?;
+        }
+        Ok(Fleet {
+            dir: dir.to_path_buf(),
+            ca_file,
+            server,
+            adapter,
+            gateway_client,
+            vehicles: issued,
+            issue_time,
+            ca_pem: ca.cert_pem().to_owned(),
+            roots: Arc::new(roots),
+        })
+    }
+
+    /// The CA certificate, PEM.
+    pub fn ca_pem(&self) -> &str {
+        &self.ca_pem
+    }
+
+    /// Writes vehicle `index`'s certificate and key to files (for the real agent, which reads files).
+    pub fn vehicle_files(&self, index: usize) -> Result<CertFiles> {
+        let v = &self.vehicles[index];
+        let (cert, key) = v.pem.write(&self.dir, v.vin.as_str())?;
+        Ok(CertFiles { cert, key })
+    }
+
+    /// One fresh client config per vehicle in `range`, counting full handshakes in `counter`.
+    /// Fresh configs have empty session caches: their first connection is a full handshake.
+    pub fn client_configs(
+        &self,
+        range: std::ops::Range<usize>,
+        counter: &HandshakeCounter,
+    ) -> Result<Vec<Arc<ClientConfig>>> {
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let verifier = Arc::new(CountingVerifier {
+            inner: WebPkiServerVerifier::builder_with_provider(self.roots.clone(), provider.clone()).build()?,
+            count: counter.clone(),
+        });
+        self.vehicles[range]
+            .iter()
+            .map(|v| {
+                let config = ClientConfig::builder_with_provider(provider.clone())
+                    .with_safe_default_protocol_versions()?
+                    .dangerous()
+                    .with_custom_certificate_verifier(verifier.clone())
+                    .with_client_auth_cert(v.chain.clone(), v.key.clone_key())?;
+                Ok(Arc::new(config))
+            })
+            .collect()
+    }
+}
+
+fn write(dir: &Path, stem: &str, pem: IssuedCert) -> Result<CertFiles> {
+    let (cert, key) = pem.write(dir, stem)?;
+    Ok(CertFiles { cert, key })
+}
+
+/// Issues `count` vehicle certificates, on every core (the CA only signs; it is shared read-only).
+fn issue_vehicles(ca: &CertificateAuthority, count: usize) -> Result<Vec<Vehicle>> {
+    let threads = std::thread::available_parallelism().map_or(1, usize::from).clamp(1, 8);
+    let chunk = count.div_ceil(threads).max(1);
+    let parts: Vec<Result<Vec<Vehicle>>> = std::thread::scope(|scope| {
+        let handles: Vec<_> = (0..count)
+            .step_by(chunk)
+            .map(|start| {
+                let end = (start + chunk).min(count);
+                scope.spawn(move || (start..end).map(|i| issue_one(ca, i)).collect::<Result<Vec<_>>>())
+            })
+            .collect();
+        handles
+            .into_iter()
+            .map(|h| {
+                h.join()
+                    .unwrap_or_else(|_| Err(anyhow::anyhow!("issuing thread panicked")))
+            })
+            .collect()
+    });
+    let mut vehicles = Vec::with_capacity(count);
+    for part in parts {
+        vehicles.extend(part?);
+    }
+    Ok(vehicles)
+}
+
+fn issue_one(ca: &CertificateAuthority, index: usize) -> Result<Vehicle> {
+    let vin = vin(index as u64);
+    let pem = ca.issue_vehicle(&vin)?;
+    let chain = CertificateDer::pem_slice_iter(pem.cert_pem.as_bytes()).collect::<Result<Vec<_>, _>>()?;
+    let key = PrivateKeyDer::from_pem_slice(pem.key_pem.as_bytes())?;
+    Ok(Vehicle { vin, pem, chain, key })
+}
+
+/// The standard WebPKI verifier, counting each verification (one per full handshake).
+#[derive(Debug)]
+struct CountingVerifier {
+    inner: Arc<WebPkiServerVerifier>,
+    count: HandshakeCounter,
+}
+
+impl ServerCertVerifier for CountingVerifier {
+    fn verify_server_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        server_name: &ServerName<'_>,
+        ocsp_response: &[u8],
+        now: UnixTime,
+    ) -> Result<ServerCertVerified, rustls::Error> {
+        self.count.0.fetch_add(1, Ordering::Relaxed);
+        self.inner
+            .verify_server_cert(end_entity, intermediates, server_name, ocsp_response, now)
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        self.inner.verify_tls12_signature(message, cert, dss)
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        self.inner.verify_tls13_signature(message, cert, dss)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.inner.supported_verify_schemes()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn vins_are_valid_distinct_and_deterministic() {
+        let vins: Vec<Vin> = (0..2000).map(vin).collect();
+        let distinct: std::collections::HashSet<_> = vins.iter().collect();
+        assert_eq!(distinct.len(), vins.len());
+        assert_eq!(vin(0).as_str(), "LFBSM000000000000");
+        assert_eq!(vin(34).as_str(), "LFBSM000000000011");
+        assert_eq!(vin(1_000_000), vin(1_000_000));
+        // The largest index still parses (and Vin::parse rejects I, O and Q).
+        assert_eq!(vin(u64::MAX).as_str().len(), 17);
+    }
+}

@@ -1,0 +1,19 @@
+//! Fleet simulator and side-by-side benchmarks of the gateway and Mosquitto.
+//!
+//! - [`fleet`]: deterministic VINs and one certificate per vehicle, issued in-process;
+//! - [`swarm`]: raw vehicles (rumqttc over mTLS), connect storms with the agent's backoff;
+//! - [`traffic`]: publish round trips and full requests, open and closed loop;
+//! - [`agents`]: requests through the real agent's `GatewayLink`;
+//! - [`brokers`]: the gateway (own process or in-process), Mosquitto, the parking adapter;
+//! - [`procfs`]: CPU time and RSS of each process, machine facts;
+//! - [`run`]: one run of every scenario; [`report`]: its JSON and Markdown.
+
+pub mod agents;
+pub mod brokers;
+pub mod fleet;
+pub mod procfs;
+pub mod report;
+pub mod run;
+pub mod stats;
+pub mod swarm;
+pub mod traffic;

@@ -1,0 +1,592 @@
+//! The report: every figure of a run (`report.json`) and the same as Markdown tables
+//! (`report.md`), with the issue's targets checked side by side.
+
+use std::fmt::Write as _;
+
+use serde::Serialize;
+
+use crate::procfs::{CpuSplit, Machine};
+use crate::stats::Summary;
+use crate::traffic::TrafficOutcome;
+
+/// Everything one run measured.
+#[derive(Debug, Clone, Serialize)]
+pub struct Report {
+    /// When the run started (UTC).
+    pub date_utc: String,
+    /// The command that produced it.
+    pub command: String,
+    /// Where.
+    pub machine: Machine,
+    /// With what settings.
+    pub settings: Settings,
+    /// Issuing the fleet's certificates.
+    pub certificates: Certificates,
+    /// Per broker: storms, memory, publish round trips.
+    pub brokers: Vec<BrokerReport>,
+    /// Full requests through the gateway (and the diagnostic variant, if run).
+    pub requests: Vec<RequestReport>,
+    /// Things the reader must know.
+    pub notes: Vec<String>,
+    /// Mean 4 KiB write + fsync on the disk holding the gateway's database, ms.
+    pub disk_fsync_ms: Option<f64>,
+    /// Load average when the run ended.
+    pub loadavg_at_end: String,
+    /// Wall-clock time of the whole run.
+    pub total_wall_s: f64,
+}
+
+/// The run's settings.
+#[derive(Debug, Clone, Serialize)]
+pub struct Settings {
+    /// Vehicles in the storms (each with its own certificate).
+    pub vehicles: usize,
+    /// Vehicles sending in the traffic phases (the others stay connected and idle).
+    pub active: usize,
+    /// Loopback destination addresses the vehicles spread over.
+    pub loopback_addrs: usize,
+    /// Connection attempts in flight at once (0 = unbounded).
+    pub max_inflight: usize,
+    /// Vehicles started per second (0 = all at once).
+    pub connect_rate: f64,
+    /// MQTT keep-alive of the raw vehicles.
+    pub keep_alive_s: u64,
+    /// Length of each traffic run.
+    pub duration_s: f64,
+    /// Warm-up excluded from each traffic run's figures.
+    pub warmup_s: f64,
+    /// Open-loop echo rates.
+    pub echo_rates: Vec<f64>,
+    /// Open-loop request rates.
+    pub request_rates: Vec<f64>,
+    /// Messages in flight in the closed-loop (maximum throughput) runs.
+    pub closed_in_flight: usize,
+    /// Real agents (vehicle_agent::GatewayLink) for the agent request runs.
+    pub agents: usize,
+    /// Their open-loop rates.
+    pub agent_rates: Vec<f64>,
+}
+
+/// Certificate issuance.
+#[derive(Debug, Clone, Serialize)]
+pub struct Certificates {
+    /// Vehicle certificates issued.
+    pub vehicles: usize,
+    /// Time it took.
+    pub issue_s: f64,
+}
+
+/// One broker's figures.
+#[derive(Debug, Clone, Serialize)]
+pub struct BrokerReport {
+    /// `gateway` or `mosquitto`.
+    pub name: String,
+    /// Name and version.
+    pub label: String,
+    /// The full-handshake storm, then the resumed one.
+    pub storms: Vec<StormReport>,
+    /// Resident memory as the fleet connects.
+    pub memory: MemoryReport,
+    /// How long the broker kept using CPU after the fleet disconnected (before the resumed
+    /// storm); `None` when not waited for.
+    pub settle_after_disconnect_s: Option<f64>,
+    /// The gateway's session registry catching up after the storms.
+    pub registry: Option<RegistryReport>,
+    /// QoS 1 publish round trips.
+    pub echo: Vec<TrafficReport>,
+    /// Idle connections lost during the run (should be 0).
+    pub lost_connections: u64,
+    /// The first loss.
+    pub first_loss: Option<String>,
+}
+
+/// One connect storm.
+#[derive(Debug, Clone, Serialize)]
+pub struct StormReport {
+    /// `full` or `resumed`.
+    pub kind: String,
+    /// Vehicles that tried.
+    pub vehicles: usize,
+    /// Vehicles that got CONNACK.
+    pub connected: usize,
+    /// Failed attempts (each retried after a full-jitter backoff).
+    pub failed_attempts: u64,
+    /// Vehicles that gave up.
+    pub gave_up: usize,
+    /// The first failure.
+    pub first_error: Option<String>,
+    /// First attempt to last CONNACK.
+    pub wall_s: f64,
+    /// Connected vehicles per second of wall time.
+    pub connects_per_s: f64,
+    /// Start of a vehicle's first attempt to its CONNACK.
+    pub time_to_connack: Summary,
+    /// Handshakes in which the client verified the server certificate.
+    pub full_handshakes: u64,
+    /// Connected vehicles minus full handshakes.
+    pub resumed_handshakes: u64,
+    /// CPU time of broker and load generator during the storm.
+    pub cpu: CpuSplit,
+    /// Broker CPU per connected vehicle.
+    pub broker_cpu_ms_per_connect: f64,
+    /// Load generator CPU per connected vehicle.
+    pub loadgen_cpu_ms_per_connect: f64,
+}
+
+/// Broker memory as the fleet connects.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct MemoryReport {
+    /// Vehicles connected for the figures.
+    pub vehicles: usize,
+    /// RSS before the first storm.
+    pub baseline_kib: u64,
+    /// RSS with every vehicle connected.
+    pub connected_kib: u64,
+    /// RSS with every vehicle connected and subscribed to its `resp` and `events` topics.
+    pub subscribed_kib: u64,
+    /// RSS after every vehicle disconnected.
+    pub after_disconnect_kib: u64,
+    /// RSS with every vehicle reconnected (resumed storm, not subscribed): growth over
+    /// `subscribed_kib` would mean memory is not reused.
+    pub reconnected_kib: u64,
+    /// RSS after each extra disconnect/reconnect round.
+    pub rounds_kib: Vec<u64>,
+    /// Broker threads with every vehicle connected.
+    pub threads_connected: u64,
+    /// (connected - baseline) / vehicles.
+    pub per_vehicle_connected_kib: f64,
+    /// (subscribed - baseline) / vehicles: an idle car as the agent leaves it.
+    pub per_vehicle_subscribed_kib: f64,
+}
+
+/// How far behind the gateway's session registry was.
+#[derive(Debug, Clone, Serialize)]
+pub struct RegistryReport {
+    /// Whether it recorded every session of the resumed storm within the wait.
+    pub caught_up: bool,
+    /// Time from the end of the resumed storm until it had.
+    pub lag_s: f64,
+    /// Sessions of the resumed storm it had recorded when the wait ended.
+    pub recorded: usize,
+    /// Sessions it had to record.
+    pub expected: usize,
+}
+
+/// One traffic run with its CPU split.
+#[derive(Debug, Clone, Serialize)]
+pub struct TrafficReport {
+    /// What was sent.
+    pub scenario: String,
+    /// Open-loop rate or closed loop.
+    pub load: String,
+    /// Figures.
+    pub outcome: TrafficOutcome,
+    /// CPU time during the run.
+    pub cpu: CpuSplit,
+    /// Broker CPU per answered message, microseconds.
+    pub broker_cpu_us_per_msg: f64,
+    /// Load generator CPU per answered message, microseconds.
+    pub loadgen_cpu_us_per_msg: f64,
+}
+
+impl TrafficReport {
+    /// Pairs an outcome with its CPU split.
+    pub fn new(scenario: &str, load: String, outcome: TrafficOutcome, cpu: CpuSplit) -> TrafficReport {
+        let per = |s: f64| {
+            if outcome.replies == 0 {
+                0.0
+            } else {
+                s * 1e6 / outcome.replies as f64
+            }
+        };
+        TrafficReport {
+            scenario: scenario.into(),
+            load,
+            broker_cpu_us_per_msg: per(cpu.broker_cpu_s),
+            loadgen_cpu_us_per_msg: per(cpu.loadgen_cpu_s),
+            outcome,
+            cpu,
+        }
+    }
+}
+
+/// Full requests car -> gateway -> parking adapter -> car.
+#[derive(Debug, Clone, Serialize)]
+pub struct RequestReport {
+    /// Short name of the setup, for the targets table.
+    pub short: String,
+    /// Which gateway setup.
+    pub setup: String,
+    /// Raw MQTT cars publishing `vehicle.v1.Request` envelopes.
+    pub raw: Vec<TrafficReport>,
+    /// Real agents (`GatewayLink::call`).
+    pub agents: Vec<TrafficReport>,
+}
+
+impl Report {
+    /// The report as Markdown.
+    pub fn markdown(&self) -> String {
+        let mut md = String::new();
+        let s = &self.settings;
+        let _ = writeln!(md, "# Fleet benchmark: gateway vs Mosquitto\n");
+        let _ = writeln!(
+            md,
+            "- date: {} (UTC), whole run {:.0} s",
+            self.date_utc, self.total_wall_s
+        );
+        let _ = writeln!(md, "- command: `{}`", self.command);
+        let m = &self.machine;
+        let _ = writeln!(
+            md,
+            "- machine: {} cores ({}), {} MiB, Linux {}; load average {} at start, {} at end",
+            m.nproc, m.cpu_model, m.mem_total_mib, m.kernel, m.loadavg_at_start, self.loadavg_at_end
+        );
+        if let Some(ms) = self.disk_fsync_ms {
+            let _ = writeln!(
+                md,
+                "- disk holding the gateway's SQLite database: {ms:.2} ms per 4 KiB write + fsync (mean of 20)"
+            );
+        }
+        let _ = writeln!(
+            md,
+            "- fleet: {} vehicles, each with its own ECDSA P-256 certificate ({} issued in {:.2} s); {} loopback address(es); \
+             at most {} connection attempts in flight, {}; keep-alive {} s",
+            s.vehicles,
+            self.certificates.vehicles,
+            self.certificates.issue_s,
+            s.loopback_addrs,
+            if s.max_inflight == 0 {
+                "unbounded".to_owned()
+            } else {
+                s.max_inflight.to_string()
+            },
+            if s.connect_rate > 0.0 {
+                format!("{:.0} vehicles started per second", s.connect_rate)
+            } else {
+                "all started at once".to_owned()
+            },
+            s.keep_alive_s
+        );
+        let _ = writeln!(
+            md,
+            "- traffic: {} active vehicles (the rest stay connected and idle), {:.0} s per run of which the first {:.1} s are warm-up; \
+             latency from each message's due time (open loop) or send time (closed loop, {} in flight)\n",
+            s.active, s.duration_s, s.warmup_s, s.closed_in_flight
+        );
+
+        self.targets_md(&mut md);
+
+        let _ = writeln!(md, "## Connect storms (MQTT 3.1.1 over mTLS, TLS 1.3)\n");
+        let _ = writeln!(
+            md,
+            "| broker | handshake | connected | failed attempts | connects/s | p50 ms | p99 ms | max ms | full / resumed | broker CPU s | broker CPU ms/connect | load-gen CPU s | wall s |"
+        );
+        let _ = writeln!(md, "|---|---|---|---|---|---|---|---|---|---|---|---|---|");
+        for b in &self.brokers {
+            for st in &b.storms {
+                let _ = writeln!(
+                    md,
+                    "| {} | {} | {}/{} | {} | {:.0} | {:.1} | {:.1} | {:.1} | {} / {} | {:.2} | {:.3} | {:.2} | {:.2} |",
+                    b.name,
+                    st.kind,
+                    st.connected,
+                    st.vehicles,
+                    st.failed_attempts,
+                    st.connects_per_s,
+                    st.time_to_connack.p50_ms,
+                    st.time_to_connack.p99_ms,
+                    st.time_to_connack.max_ms,
+                    st.full_handshakes,
+                    st.resumed_handshakes,
+                    st.cpu.broker_cpu_s,
+                    st.broker_cpu_ms_per_connect,
+                    st.cpu.loadgen_cpu_s,
+                    st.cpu.wall_s
+                );
+            }
+        }
+        for b in &self.brokers {
+            for st in &b.storms {
+                if let Some(e) = &st.first_error {
+                    let _ = writeln!(md, "\n{} {} storm, first failure: `{}`", b.name, st.kind, e);
+                }
+            }
+        }
+
+        let _ = writeln!(md, "\n## Memory per idle connected vehicle (broker RSS)\n");
+        let _ = writeln!(
+            md,
+            "| broker | vehicles | baseline MiB | connected MiB | + subscribed MiB | after disconnect MiB | reconnected MiB | threads | KiB/vehicle connected | KiB/vehicle connected + subscribed |"
+        );
+        let _ = writeln!(md, "|---|---|---|---|---|---|---|---|---|---|");
+        for b in &self.brokers {
+            let m = &b.memory;
+            let mib = |k: u64| k as f64 / 1024.0;
+            let _ = writeln!(
+                md,
+                "| {} | {} | {:.1} | {:.1} | {:.1} | {:.1} | {:.1} | {} | {:.1} | {:.1} |",
+                b.name,
+                m.vehicles,
+                mib(m.baseline_kib),
+                mib(m.connected_kib),
+                mib(m.subscribed_kib),
+                mib(m.after_disconnect_kib),
+                mib(m.reconnected_kib),
+                m.threads_connected,
+                m.per_vehicle_connected_kib,
+                m.per_vehicle_subscribed_kib
+            );
+        }
+        for b in &self.brokers {
+            if !b.memory.rounds_kib.is_empty() {
+                let rounds: Vec<String> = b
+                    .memory
+                    .rounds_kib
+                    .iter()
+                    .map(|k| format!("{:.1}", *k as f64 / 1024.0))
+                    .collect();
+                let _ = writeln!(
+                    md,
+                    "\n{}: RSS after each further disconnect + reconnect of all {} vehicles: {} MiB.",
+                    b.name,
+                    b.memory.vehicles,
+                    rounds.join(", ")
+                );
+            }
+            if let Some(s) = b.settle_after_disconnect_s {
+                let _ = writeln!(
+                    md,
+                    "\n{}: busy for {:.1} s after all {} vehicles disconnected (the resumed storm started after that).",
+                    b.name, s, b.memory.vehicles
+                );
+            }
+        }
+        for b in &self.brokers {
+            if let Some(r) = &b.registry {
+                let _ = writeln!(
+                    md,
+                    "\nGateway session registry after the storms: {} of {} sessions of the resumed storm recorded {:.1} s after it ended{}.",
+                    r.recorded,
+                    r.expected,
+                    r.lag_s,
+                    if r.caught_up { "" } else { " (gave up waiting)" }
+                );
+            }
+        }
+
+        let _ = writeln!(
+            md,
+            "\n## Publish round trip, QoS 1 (car publishes to a topic it subscribes to)\n"
+        );
+        traffic_table(
+            &mut md,
+            self.brokers
+                .iter()
+                .flat_map(|b| b.echo.iter().map(move |t| (b.name.as_str(), t))),
+        );
+
+        for r in &self.requests {
+            let _ = writeln!(
+                md,
+                "\n## Full requests car -> gateway -> parking adapter -> car: {}\n",
+                r.setup
+            );
+            traffic_table(&mut md, r.raw.iter().chain(r.agents.iter()).map(|t| ("gateway", t)));
+        }
+
+        let lost: Vec<String> = self
+            .brokers
+            .iter()
+            .filter(|b| b.lost_connections > 0)
+            .map(|b| {
+                format!(
+                    "{}: {} ({})",
+                    b.name,
+                    b.lost_connections,
+                    b.first_loss.clone().unwrap_or_default()
+                )
+            })
+            .collect();
+        if !lost.is_empty() {
+            let _ = writeln!(md, "\nConnections lost while idle: {}", lost.join("; "));
+        }
+        if !self.notes.is_empty() {
+            let _ = writeln!(md, "\n## Notes\n");
+            for n in &self.notes {
+                let _ = writeln!(md, "- {n}");
+            }
+        }
+        md
+    }
+
+    fn broker(&self, name: &str) -> Option<&BrokerReport> {
+        self.brokers.iter().find(|b| b.name == name)
+    }
+
+    fn targets_md(&self, md: &mut String) {
+        let _ = writeln!(md, "## Targets from the issue\n");
+        let _ = writeln!(md, "| target | measured | verdict |");
+        let _ = writeln!(md, "|---|---|---|");
+        let gw = self.broker("gateway");
+        let mq = self.broker("mosquitto");
+        for kind in ["full", "resumed"] {
+            let storm = |b: Option<&BrokerReport>| b.and_then(|b| b.storms.iter().find(|s| s.kind == kind)).cloned();
+            match (storm(gw), storm(mq)) {
+                (Some(g), Some(m)) if m.connects_per_s > 0.0 && g.broker_cpu_ms_per_connect > 0.0 => {
+                    let ratio = g.connects_per_s / m.connects_per_s;
+                    let cpu_ratio = m.broker_cpu_ms_per_connect / g.broker_cpu_ms_per_connect;
+                    let _ = writeln!(
+                        md,
+                        "| connect rate ({kind} handshakes) >= 2x Mosquitto | {:.0} vs {:.0} connects/s = {:.2}x (broker CPU per connect: {:.3} vs {:.3} ms = {:.2}x) | {} |",
+                        g.connects_per_s,
+                        m.connects_per_s,
+                        ratio,
+                        g.broker_cpu_ms_per_connect,
+                        m.broker_cpu_ms_per_connect,
+                        cpu_ratio,
+                        verdict(ratio >= 2.0)
+                    );
+                }
+                _ => {
+                    let _ = writeln!(
+                        md,
+                        "| connect rate ({kind} handshakes) >= 2x Mosquitto | not measured | - |"
+                    );
+                }
+            }
+        }
+        match (gw, mq) {
+            (Some(g), Some(m)) if m.memory.per_vehicle_subscribed_kib > 0.0 => {
+                let ratio = g.memory.per_vehicle_subscribed_kib / m.memory.per_vehicle_subscribed_kib;
+                let _ = writeln!(
+                    md,
+                    "| memory per idle vehicle <= 0.75x Mosquitto | {:.1} vs {:.1} KiB = {:.2}x | {} |",
+                    g.memory.per_vehicle_subscribed_kib,
+                    m.memory.per_vehicle_subscribed_kib,
+                    ratio,
+                    verdict(ratio <= 0.75)
+                );
+            }
+            _ => {
+                let _ = writeln!(md, "| memory per idle vehicle <= 0.75x Mosquitto | not measured | - |");
+            }
+        }
+        for r in &self.requests {
+            let at_1000 = r.raw.iter().find(|t| t.load == "1000/s");
+            match at_1000 {
+                Some(t) => {
+                    let o = &t.outcome;
+                    let clean = o.errors == 0 && o.missing == 0 && o.not_sent == 0;
+                    let _ = writeln!(
+                        md,
+                        "| request round trip p99 < 5 ms at 1000 req/s ({}) | p99 {:.1} ms (p50 {:.1} ms), {:.0} req/s answered OK, {} errors, {} unanswered | {} |",
+                        r.short,
+                        o.latency.p99_ms,
+                        o.latency.p50_ms,
+                        o.achieved_per_s,
+                        o.errors,
+                        o.missing + o.not_sent,
+                        verdict(clean && o.latency.count > 0 && o.latency.p99_ms < 5.0)
+                    );
+                }
+                None => {
+                    let _ = writeln!(
+                        md,
+                        "| request round trip p99 < 5 ms at 1000 req/s ({}) | not measured | - |",
+                        r.short
+                    );
+                }
+            }
+            if let Some(t) = r.raw.iter().find(|t| t.load.starts_with("max")) {
+                let _ = writeln!(
+                    md,
+                    "| >= 10,000 req/s sustained ({}) | {:.0} req/s (p99 {:.1} ms, {} errors; gateway {:.0} us CPU per request) | {} |",
+                    r.short,
+                    t.outcome.achieved_per_s,
+                    t.outcome.latency.p99_ms,
+                    t.outcome.errors,
+                    t.broker_cpu_us_per_msg,
+                    verdict(t.outcome.achieved_per_s >= 10_000.0 && t.outcome.errors == 0)
+                );
+            }
+        }
+        if self.requests.is_empty() {
+            let _ = writeln!(md, "| request round trip p99 < 5 ms at 1000 req/s | not measured | - |");
+            let _ = writeln!(md, "| >= 10,000 req/s sustained | not measured | - |");
+        }
+        let _ = writeln!(md);
+    }
+}
+
+fn verdict(met: bool) -> &'static str {
+    if met { "met" } else { "**not met**" }
+}
+
+fn traffic_table<'a>(md: &mut String, rows: impl Iterator<Item = (&'a str, &'a TrafficReport)>) {
+    let _ = writeln!(
+        md,
+        "| broker | scenario | load | vehicles | sent | answered OK/s | errors | unanswered | p50 ms | p90 ms | p99 ms | max ms | broker CPU us/msg | load-gen CPU us/msg | adapter CPU s | wall s |"
+    );
+    let _ = writeln!(md, "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|");
+    let mut errors = Vec::new();
+    for (broker, t) in rows {
+        let o = &t.outcome;
+        let _ = writeln!(
+            md,
+            "| {} | {} | {} | {} | {} | {:.0} | {} | {} | {:.2} | {:.2} | {:.2} | {:.2} | {:.0} | {:.0} | {} | {:.1} |",
+            broker,
+            t.scenario,
+            t.load,
+            o.vehicles,
+            o.sent,
+            o.achieved_per_s,
+            o.errors,
+            o.missing + o.not_sent,
+            o.latency.p50_ms,
+            o.latency.p90_ms,
+            o.latency.p99_ms,
+            o.latency.max_ms,
+            t.broker_cpu_us_per_msg,
+            t.loadgen_cpu_us_per_msg,
+            t.cpu.adapter_cpu_s.map_or("-".into(), |s| format!("{s:.2}")),
+            t.cpu.wall_s
+        );
+        if let Some(e) = &o.first_error {
+            errors.push(format!("{broker} {} {}: first error `{e}`", t.scenario, t.load));
+        }
+    }
+    for e in errors {
+        let _ = writeln!(md, "\n{e}");
+    }
+}
+
+/// `YYYY-MM-DD HH:MM` (UTC) of now.
+pub fn utc_now() -> String {
+    let secs = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs()) as i64;
+    let (days, rem) = (secs.div_euclid(86_400), secs.rem_euclid(86_400));
+    // Howard Hinnant's civil_from_days.
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    let y = yoe + era * 400 + i64::from(m <= 2);
+    format!("{y:04}-{m:02}-{d:02} {:02}:{:02}", rem / 3600, rem % 3600 / 60)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn date_is_well_formed() {
+        let d = utc_now();
+        assert_eq!(d.len(), 16, "{d}");
+        assert!(d.starts_with("20"), "{d}");
+    }
+}

@@ -1,0 +1,556 @@
+//! One benchmark run: every scenario against each broker with the same fleet, certificates
+//! and load generator, one broker after the other.
+
+use std::net::IpAddr;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context as _, Result, bail};
+
+use crate::agents::Agents;
+use crate::brokers::{self, Adapter, Broker, BrokerKind, GatewayLaunch};
+use crate::fleet::{Fleet, HandshakeCounter};
+use crate::procfs::{self, Roles};
+use crate::report::{
+    BrokerReport, Certificates, MemoryReport, RegistryReport, Report, RequestReport, Settings, StormReport,
+    TrafficReport,
+};
+use crate::swarm::{StormOutcome, StormSettings, Swarm, Target};
+use crate::traffic::{self, Echo, Load, ParkingRequests};
+
+/// What to run.
+#[derive(Debug, Clone)]
+pub struct Plan {
+    /// Vehicles in the storms.
+    pub vehicles: usize,
+    /// Vehicles sending in the traffic phases.
+    pub active: usize,
+    /// Loopback addresses the vehicles spread over (the brokers listen on 0.0.0.0 when > 1).
+    pub hosts: Vec<IpAddr>,
+    /// How storms connect.
+    pub storm: StormSettings,
+    /// Length of each traffic run.
+    pub duration: Duration,
+    /// Warm-up excluded from each traffic run.
+    pub warmup: Duration,
+    /// Open-loop publish round-trip rates (both brokers).
+    pub echo_rates: Vec<f64>,
+    /// Open-loop request rates (gateway).
+    pub request_rates: Vec<f64>,
+    /// Messages in flight for the maximum-throughput runs (0 = skip them).
+    pub closed_in_flight: usize,
+    /// Real agents for agent request runs (0 = none).
+    pub agents: usize,
+    /// Their open-loop rates.
+    pub agent_rates: Vec<f64>,
+    /// How to run the gateway (None = not measured).
+    pub gateway: Option<GatewayLaunch>,
+    /// The parking adapter binary (None = in-process).
+    pub adapter_bin: Option<PathBuf>,
+    /// Mosquitto (None = not measured).
+    pub mosquitto: Option<PathBuf>,
+    /// Where the gateway's SQLite database goes.
+    pub db_dir: PathBuf,
+    /// Methods of the parking partner declared read-only on the main gateway (they skip the
+    /// idempotency ledger), as the demo configures them.
+    pub read_only_methods: Vec<String>,
+    /// The request runs repeated, each on a gateway of its own with only the active vehicles
+    /// connected and no read-only methods, so every request goes through the idempotency ledger.
+    pub ledger_runs: Vec<LedgerRun>,
+    /// How long to wait for the gateway's session registry to catch up after the storms
+    /// before the traffic runs (zero: do not wait or measure).
+    pub registry_wait: Duration,
+    /// Longest wait for the broker to go idle after the fleet disconnected, before the
+    /// resumed storm (zero: reconnect at once, while the broker still cleans up).
+    pub settle: Duration,
+    /// Extra disconnect/reconnect rounds after the resumed storm, recording RSS after each
+    /// (memory that grows round after round is not reused).
+    pub reconnect_rounds: usize,
+    /// The command line, for the report.
+    pub command: String,
+    /// Notes for the report.
+    pub notes: Vec<String>,
+    /// Print progress to stderr.
+    pub verbose: bool,
+}
+
+/// One gateway whose requests all go through the idempotency ledger.
+#[derive(Debug, Clone)]
+pub struct LedgerRun {
+    /// For the report, e.g. "disk" or "tmpfs".
+    pub label: String,
+    /// Where its SQLite database goes.
+    pub db_dir: PathBuf,
+}
+
+/// Runs `plan` with its files in `work`.
+pub async fn run(plan: &Plan, work: &Path) -> Result<Report> {
+    let started = Instant::now();
+    let date_utc = crate::report::utc_now();
+    let machine = procfs::machine();
+    let say = |msg: String| {
+        if plan.verbose {
+            eprintln!("[{:6.1}s] {msg}", started.elapsed().as_secs_f64());
+        }
+    };
+    let total = plan.vehicles + plan.agents;
+    if let Some(limit) = procfs::open_files_limit()
+        && (total as u64) + 256 > limit
+    {
+        bail!("{total} vehicles need more open files than the limit of {limit} (ulimit -n)");
+    }
+    if plan.hosts.is_empty() || plan.vehicles == 0 {
+        bail!("need at least one vehicle and one loopback address");
+    }
+
+    let disk_fsync_ms = plan.gateway.as_ref().and_then(|_| procfs::fsync_ms(&plan.db_dir));
+    say(format!("issuing {total} vehicle certificates"));
+    let fleet = Fleet::create(&work.join("pki"), total, &plan.hosts)?;
+    let mut notes = plan.notes.clone();
+    let mut brokers_out = Vec::new();
+    let mut requests = Vec::new();
+
+    let adapter = match &plan.gateway {
+        Some(_) => Some(brokers::start_adapter(plan.adapter_bin.as_deref(), &fleet, work).await?),
+        None => None,
+    };
+
+    if let (Some(launch), Some(adapter)) = (&plan.gateway, &adapter) {
+        say("starting the gateway".into());
+        let dir = work.join("gateway");
+        std::fs::create_dir_all(&dir)?;
+        let broker = brokers::start_gateway(
+            launch,
+            &fleet,
+            &dir,
+            &plan.db_dir,
+            &plan.hosts,
+            total + 1000,
+            adapter.addr,
+            &plan.read_only_methods,
+        )
+        .await?;
+        let (report, request_report) = measure(plan, &fleet, broker, Some(adapter), &dir, &say).await?;
+        brokers_out.push(report);
+        requests.extend(request_report);
+    }
+    if let Some(bin) = &plan.mosquitto {
+        say("starting Mosquitto".into());
+        let dir = work.join("mosquitto");
+        std::fs::create_dir_all(&dir)?;
+        let broker = brokers::start_mosquitto(bin, &fleet, &dir, &plan.hosts)?;
+        let (report, _) = measure(plan, &fleet, broker, None, &dir, &say).await?;
+        brokers_out.push(report);
+    }
+    if let (Some(launch), Some(adapter)) = (&plan.gateway, &adapter)
+        && (!plan.request_rates.is_empty() || plan.closed_in_flight > 0)
+    {
+        for (k, run) in plan.ledger_runs.iter().enumerate() {
+            say(format!(
+                "gateway with every request through the ledger, database on {}",
+                run.label
+            ));
+            let dir = work.join(format!("gateway-ledger-{k}"));
+            std::fs::create_dir_all(&dir)?;
+            let broker = brokers::start_gateway(
+                launch,
+                &fleet,
+                &dir,
+                &run.db_dir,
+                &plan.hosts,
+                total + 1000,
+                adapter.addr,
+                &[],
+            )
+            .await?;
+            let place = match run.label.as_str() {
+                "tmpfs" => "tmpfs (/dev/shm: no fsync cost)".to_owned(),
+                "disk" => "disk (the run's temporary directory)".to_owned(),
+                other => other.to_owned(),
+            };
+            let setup = format!(
+                "every request through the idempotency ledger (no read-only methods: what a method with side \
+                 effects pays), SQLite on {place}, only the {} active vehicles connected",
+                plan.active
+            );
+            let short = format!("through the ledger, SQLite on {}", run.label);
+            requests.push(ledger_requests(plan, &fleet, broker, adapter, &short, &setup, &say).await?);
+        }
+    }
+    drop(adapter);
+
+    if brokers_out.iter().any(|b| b.name == "gateway") {
+        notes.push(
+            "The gateway runs its release binary as its own process with its default logging (info), SQLite in WAL \
+             mode with synchronous=FULL as configured; the partner adapter runs as its own process at log level warn."
+                .into(),
+        );
+    }
+    Ok(Report {
+        date_utc,
+        command: plan.command.clone(),
+        machine,
+        settings: Settings {
+            vehicles: plan.vehicles,
+            active: plan.active,
+            loopback_addrs: plan.hosts.len(),
+            max_inflight: plan.storm.max_inflight,
+            connect_rate: plan.storm.connect_rate,
+            keep_alive_s: plan.storm.keep_alive.as_secs(),
+            duration_s: plan.duration.as_secs_f64(),
+            warmup_s: plan.warmup.as_secs_f64(),
+            echo_rates: plan.echo_rates.clone(),
+            request_rates: plan.request_rates.clone(),
+            closed_in_flight: plan.closed_in_flight,
+            agents: plan.agents,
+            agent_rates: plan.agent_rates.clone(),
+        },
+        certificates: Certificates {
+            vehicles: total,
+            issue_s: fleet.issue_time.as_secs_f64(),
+        },
+        brokers: brokers_out,
+        requests,
+        notes,
+        disk_fsync_ms,
+        loadavg_at_end: procfs::loadavg(),
+        total_wall_s: started.elapsed().as_secs_f64(),
+    })
+}
+
+fn storm_report(kind: &str, vehicles: usize, o: StormOutcome, full: u64, cpu: procfs::CpuSplit) -> StormReport {
+    let connected = o.connected as u64;
+    let wall = o.wall.as_secs_f64();
+    StormReport {
+        kind: kind.into(),
+        vehicles,
+        connected: o.connected,
+        failed_attempts: o.failed_attempts,
+        gave_up: o.gave_up,
+        first_error: o.first_error,
+        wall_s: wall,
+        connects_per_s: if wall > 0.0 { o.connected as f64 / wall } else { 0.0 },
+        time_to_connack: o.latencies.summary(),
+        full_handshakes: full,
+        resumed_handshakes: connected.saturating_sub(full),
+        broker_cpu_ms_per_connect: cpu.broker_ms_per(connected),
+        loadgen_cpu_ms_per_connect: if connected == 0 {
+            0.0
+        } else {
+            cpu.loadgen_cpu_s * 1e3 / connected as f64
+        },
+        cpu,
+    }
+}
+
+/// Storms, memory, registry, publish round trips and (gateway) requests against one broker.
+async fn measure(
+    plan: &Plan,
+    fleet: &Fleet,
+    broker: Broker,
+    adapter: Option<&Adapter>,
+    dir: &Path,
+    say: &impl Fn(String),
+) -> Result<(BrokerReport, Option<RequestReport>)> {
+    let name = broker.kind.name();
+    let roles = Roles::new(broker.pid, adapter.and_then(|a| a.pid));
+    let target = Target {
+        hosts: plan.hosts.clone(),
+        port: broker.port,
+    };
+    let n = plan.vehicles;
+    let mut swarm = Swarm::new(fleet.vehicles[..n].iter().map(|v| v.vin.clone()).collect());
+    let counter = HandshakeCounter::default();
+    let configs = fleet.client_configs(0..n, &counter)?;
+    let mut memory = MemoryReport {
+        vehicles: n,
+        baseline_kib: roles.broker_rss_kib(),
+        ..MemoryReport::default()
+    };
+
+    say(format!("{name}: storm of {n} vehicles, full handshakes"));
+    let mark = roles.mark();
+    let outcome = swarm.storm(&configs, &target, &plan.storm).await?;
+    let full = storm_report("full", n, outcome, counter.full_handshakes(), roles.since(&mark));
+    memory.connected_kib = roles.broker_rss_kib();
+    memory.threads_connected = roles.broker_threads();
+    let connected = swarm.connected();
+    say(format!(
+        "{name}: {} connected at {:.0}/s; subscribing each to resp and events",
+        full.connected, full.connects_per_s
+    ));
+    swarm
+        .subscribe(&connected, |vin| {
+            vec![proto::topics::responses(vin), proto::topics::events(vin)]
+        })
+        .await?;
+    memory.subscribed_kib = roles.broker_rss_kib();
+    let per = |kib: u64| {
+        if connected.is_empty() {
+            0.0
+        } else {
+            kib.saturating_sub(memory.baseline_kib) as f64 / connected.len() as f64
+        }
+    };
+    memory.per_vehicle_connected_kib = per(memory.connected_kib);
+    memory.per_vehicle_subscribed_kib = per(memory.subscribed_kib);
+    swarm.disconnect_all().await?;
+    let settled = settle(&roles, plan.settle).await;
+    memory.after_disconnect_kib = roles.broker_rss_kib();
+
+    say(format!(
+        "{name}: storm of {n} vehicles reconnecting with their TLS sessions"
+    ));
+    let before = counter.full_handshakes();
+    let resumed_since_ms = unix_ms() - 1;
+    let mark = roles.mark();
+    let outcome = swarm.storm(&configs, &target, &plan.storm).await?;
+    let resumed = storm_report(
+        "resumed",
+        n,
+        outcome,
+        counter.full_handshakes() - before,
+        roles.since(&mark),
+    );
+    memory.reconnected_kib = roles.broker_rss_kib();
+    say(format!(
+        "{name}: {} reconnected at {:.0}/s, {} resumed",
+        resumed.connected, resumed.connects_per_s, resumed.resumed_handshakes
+    ));
+
+    for round in 0..plan.reconnect_rounds {
+        say(format!(
+            "{name}: reconnect round {} of {}",
+            round + 1,
+            plan.reconnect_rounds
+        ));
+        swarm.disconnect_all().await?;
+        settle(&roles, plan.settle).await;
+        let o = swarm.storm(&configs, &target, &plan.storm).await?;
+        memory.rounds_kib.push(roles.broker_rss_kib());
+        if o.connected != n {
+            bail!(
+                "reconnect round {}: {} of {n} connected ({:?})",
+                round + 1,
+                o.connected,
+                o.first_error
+            );
+        }
+    }
+
+    let registry = if broker.kind == BrokerKind::Gateway && !plan.registry_wait.is_zero() {
+        say(format!("{name}: waiting for the session registry to catch up"));
+        Some(wait_registry(&broker, resumed_since_ms, resumed.connected, plan.registry_wait).await)
+    } else {
+        None
+    };
+
+    let active: Vec<usize> = swarm.connected().into_iter().take(plan.active).collect();
+    let mut echo = Vec::new();
+    if !plan.echo_rates.is_empty() || plan.closed_in_flight > 0 {
+        traffic::prepare(&mut swarm, &active, &Echo).await?;
+        let mut loads: Vec<Load> = plan.echo_rates.iter().map(|r| Load::Rate(*r)).collect();
+        if plan.closed_in_flight > 0 {
+            loads.push(Load::Closed(plan.closed_in_flight));
+        }
+        for load in loads {
+            say(format!("{name}: publish round trips, {}", load.describe()));
+            echo.push(traffic_run(&mut swarm, &active, &Echo, load, plan, &roles, "publish QoS 1").await);
+        }
+    }
+
+    let mut request_report = None;
+    if broker.kind == BrokerKind::Gateway {
+        let raw = request_runs(&mut swarm, &active, plan, &roles, say).await?;
+        let mut agent_runs = Vec::new();
+        if plan.agents > 0 && !plan.agent_rates.is_empty() {
+            say(format!("{name}: starting {} real agents", plan.agents));
+            let agents = Agents::start(
+                fleet,
+                n..n + plan.agents,
+                &plan.hosts[0].to_string(),
+                broker.port,
+                &dir.join("agents"),
+            )
+            .await?;
+            for rate in &plan.agent_rates {
+                say(format!("{name}: agent requests at {rate}/s"));
+                let mark = roles.mark();
+                let outcome = agents.run_rate(*rate, plan.duration, plan.warmup).await?;
+                agent_runs.push(TrafficReport::new(
+                    "request via vehicle-agent GatewayLink::call",
+                    format!("{rate:.0}/s"),
+                    outcome,
+                    roles.since(&mark),
+                ));
+            }
+            agents.shutdown().await;
+        }
+        request_report = Some(RequestReport {
+            short: "read-only method, no ledger".into(),
+            setup: format!(
+                "{} declared read-only (they skip the idempotency ledger, as the demo configures them), every \
+                 vehicle of the storm still connected, SQLite (session registry) on disk",
+                if plan.read_only_methods.is_empty() {
+                    "no method".to_owned()
+                } else {
+                    plan.read_only_methods.join(" and ")
+                }
+            ),
+            raw,
+            agents: agent_runs,
+        });
+    }
+
+    let _ = swarm.disconnect_all().await;
+    let report = BrokerReport {
+        settle_after_disconnect_s: settled,
+        name: name.into(),
+        label: broker.label.clone(),
+        storms: vec![full, resumed],
+        memory,
+        registry,
+        echo,
+        lost_connections: swarm.lost,
+        first_loss: swarm.first_loss.clone(),
+    };
+    drop(swarm);
+    broker.stop().await;
+    Ok((report, request_report))
+}
+
+async fn traffic_run(
+    swarm: &mut Swarm,
+    active: &[usize],
+    workload: &dyn traffic::Workload,
+    load: Load,
+    plan: &Plan,
+    roles: &Roles,
+    scenario: &str,
+) -> TrafficReport {
+    let mark = roles.mark();
+    let outcome = traffic::run(swarm, active, workload, load, plan.duration, plan.warmup).await;
+    TrafficReport::new(scenario, load.describe(), outcome, roles.since(&mark))
+}
+
+async fn request_runs(
+    swarm: &mut Swarm,
+    active: &[usize],
+    plan: &Plan,
+    roles: &Roles,
+    say: &impl Fn(String),
+) -> Result<Vec<TrafficReport>> {
+    let workload = ParkingRequests::default();
+    traffic::prepare(swarm, active, &workload).await?;
+    let mut loads: Vec<Load> = plan.request_rates.iter().map(|r| Load::Rate(*r)).collect();
+    if plan.closed_in_flight > 0 {
+        loads.push(Load::Closed(plan.closed_in_flight));
+    }
+    let mut out = Vec::new();
+    for load in loads {
+        say(format!("gateway: requests (raw MQTT cars), {}", load.describe()));
+        out.push(traffic_run(swarm, active, &workload, load, plan, roles, "request ListNearbyLots").await);
+    }
+    Ok(out)
+}
+
+/// Request runs on a gateway of their own with only the active vehicles connected.
+async fn ledger_requests(
+    plan: &Plan,
+    fleet: &Fleet,
+    broker: Broker,
+    adapter: &Adapter,
+    short: &str,
+    setup: &str,
+    say: &impl Fn(String),
+) -> Result<RequestReport> {
+    let roles = Roles::new(broker.pid, adapter.pid);
+    let m = plan.active.min(plan.vehicles);
+    let mut swarm = Swarm::new(fleet.vehicles[..m].iter().map(|v| v.vin.clone()).collect());
+    let configs = fleet.client_configs(0..m, &HandshakeCounter::default())?;
+    let target = Target {
+        hosts: plan.hosts.clone(),
+        port: broker.port,
+    };
+    let outcome = swarm.storm(&configs, &target, &plan.storm).await?;
+    if outcome.connected == 0 {
+        bail!("no vehicle connected to the ledger gateway: {:?}", outcome.first_error);
+    }
+    let active = swarm.connected();
+    let raw = request_runs(&mut swarm, &active, plan, &roles, say).await?;
+    let _ = swarm.disconnect_all().await;
+    drop(swarm);
+    broker.stop().await;
+    Ok(RequestReport {
+        short: short.into(),
+        setup: setup.into(),
+        raw,
+        agents: Vec::new(),
+    })
+}
+
+/// Polls the gateway's registry (its own store code, read-only queries) until every session of
+/// the resumed storm is recorded, or `limit` passes.
+async fn wait_registry(broker: &Broker, since_ms: i64, expected: usize, limit: Duration) -> RegistryReport {
+    let started = Instant::now();
+    let mut recorded = 0;
+    if let Some(store) = broker.registry().await {
+        loop {
+            recorded = store
+                .open_sessions()
+                .await
+                .map(|s| s.iter().filter(|s| s.connected_at_ms >= since_ms).count())
+                .unwrap_or(recorded);
+            if recorded >= expected || started.elapsed() >= limit {
+                break;
+            }
+            // A measurement of the gateway's backlog, not synchronisation: poll its database.
+            tokio::time::sleep(Duration::from_millis(250)).await;
+        }
+        if broker.is_process() {
+            store.close().await;
+        }
+    }
+    RegistryReport {
+        caught_up: recorded >= expected,
+        lag_s: started.elapsed().as_secs_f64(),
+        recorded,
+        expected,
+    }
+}
+
+/// Waits (at most `limit`) until the broker has used no more than two clock ticks of CPU in a
+/// quarter of a second, and returns how long that took: the broker's clean-up time after a
+/// mass disconnect, measured instead of slept through.
+async fn settle(roles: &Roles, limit: Duration) -> Option<f64> {
+    if limit.is_zero() {
+        return None;
+    }
+    let started = Instant::now();
+    let mut last = procfs::cpu_ticks(roles.broker).unwrap_or(0);
+    loop {
+        // Sampling the broker's CPU counter: a measurement, not synchronisation.
+        tokio::time::sleep(Duration::from_millis(250)).await;
+        let now = procfs::cpu_ticks(roles.broker).unwrap_or(0);
+        if now.saturating_sub(last) <= 2 || started.elapsed() >= limit {
+            return Some(started.elapsed().as_secs_f64());
+        }
+        last = now;
+    }
+}
+
+fn unix_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as i64)
+}
+
+/// Writes `report.json` and `report.md` into `out`.
+pub fn write_report(report: &Report, out: &Path) -> Result<(PathBuf, PathBuf)> {
+    std::fs::create_dir_all(out).with_context(|| format!("create {}", out.display()))?;
+    let json = out.join("report.json");
+    let md = out.join("report.md");
+    std::fs::write(&json, serde_json::to_string_pretty(report)? + "\n")?;
+    std::fs::write(&md, report.markdown())?;
+    Ok((json, md))
+}

@@ -1,0 +1,109 @@
+//! The benchmark, reduced: every scenario against the gateway (in-process, so `cargo test -p
+//! fleet-bench` needs no release build) and against Mosquitto when it is installed. It checks
+//! that each scenario produced figures and that nothing failed, never how fast anything was.
+
+use std::net::{IpAddr, Ipv4Addr};
+use std::path::PathBuf;
+use std::time::Duration;
+
+use fleet_bench::brokers::GatewayLaunch;
+use fleet_bench::report::TrafficReport;
+use fleet_bench::run::{LedgerRun, Plan, run, write_report};
+use fleet_bench::swarm::StormSettings;
+
+const VEHICLES: usize = 20;
+
+fn assert_clean(what: &str, t: &TrafficReport) {
+    let o = &t.outcome;
+    assert!(o.sent > 0, "{what} {}: nothing sent", t.load);
+    assert_eq!(o.not_sent, 0, "{what} {}: messages not handed to a client", t.load);
+    assert_eq!(
+        o.errors, 0,
+        "{what} {}: error answers, first {:?}",
+        t.load, o.first_error
+    );
+    assert_eq!(o.missing, 0, "{what} {}: unanswered messages", t.load);
+    assert_eq!(o.replies, o.sent, "{what} {}", t.load);
+    assert!(o.latency.count > 0, "{what} {}: no latency sample", t.load);
+    assert!(t.cpu.wall_s > 0.0, "{what} {}: no CPU split", t.load);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_scenario_produces_figures_and_no_failures() {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let work = tempfile::tempdir().unwrap();
+    let mosquitto = PathBuf::from("/usr/sbin/mosquitto");
+    let mosquitto = mosquitto.exists().then_some(mosquitto);
+    let plan = Plan {
+        vehicles: VEHICLES,
+        active: 5,
+        hosts: vec![IpAddr::V4(Ipv4Addr::LOCALHOST)],
+        storm: StormSettings {
+            max_inflight: 10,
+            ..StormSettings::default()
+        },
+        duration: Duration::from_millis(1000),
+        warmup: Duration::from_millis(200),
+        echo_rates: vec![50.0],
+        request_rates: vec![50.0],
+        closed_in_flight: 10,
+        agents: 2,
+        agent_rates: vec![10.0],
+        gateway: Some(GatewayLaunch::InProcess),
+        adapter_bin: None,
+        mosquitto: mosquitto.clone(),
+        db_dir: work.path().join("db"),
+        read_only_methods: vec!["ListNearbyLots".into(), "GetReceipt".into()],
+        ledger_runs: vec![LedgerRun {
+            label: "disk".into(),
+            db_dir: work.path().join("ledger-db"),
+        }],
+        registry_wait: Duration::ZERO,
+        settle: Duration::ZERO,
+        reconnect_rounds: 1,
+        command: "cargo test -p fleet-bench".into(),
+        notes: Vec::new(),
+        verbose: false,
+    };
+    let report = run(&plan, work.path()).await.expect("the reduced benchmark runs");
+
+    let expected_brokers = if mosquitto.is_some() { 2 } else { 1 };
+    assert_eq!(report.brokers.len(), expected_brokers, "brokers measured");
+    for b in &report.brokers {
+        assert_eq!(b.storms.len(), 2, "{}: full and resumed storms", b.name);
+        for s in &b.storms {
+            assert_eq!(
+                s.connected, VEHICLES,
+                "{} {} storm: {:?}",
+                b.name, s.kind, s.first_error
+            );
+            assert_eq!(s.failed_attempts, 0, "{} {} storm: {:?}", b.name, s.kind, s.first_error);
+            assert_eq!(s.time_to_connack.count, VEHICLES, "{} {}", b.name, s.kind);
+            assert!(s.connects_per_s > 0.0, "{} {}", b.name, s.kind);
+        }
+        // Fresh TLS configs: the first storm can only do full handshakes.
+        assert_eq!(b.storms[0].full_handshakes, VEHICLES as u64, "{}", b.name);
+        assert!(b.memory.subscribed_kib > 0, "{}: no RSS figure", b.name);
+        assert_eq!(b.memory.rounds_kib.len(), 1, "{}: one extra reconnect round", b.name);
+        assert_eq!(b.echo.len(), 2, "{}: one rate and the closed loop", b.name);
+        for t in &b.echo {
+            assert_clean(&b.name, t);
+        }
+        assert_eq!(b.lost_connections, 0, "{}: {:?}", b.name, b.first_loss);
+    }
+    assert_eq!(report.requests.len(), 2, "read-only and ledger request runs");
+    for r in &report.requests {
+        assert_eq!(r.raw.len(), 2, "{}: one rate and the closed loop", r.setup);
+        for t in &r.raw {
+            assert_clean("requests", t);
+        }
+    }
+    assert_eq!(report.requests[0].agents.len(), 1, "agent run");
+    assert_clean("agents", &report.requests[0].agents[0]);
+
+    let (json, md) = write_report(&report, &work.path().join("out")).unwrap();
+    let markdown = std::fs::read_to_string(md).unwrap();
+    assert!(markdown.contains("## Targets from the issue"));
+    let parsed: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(json).unwrap()).unwrap();
+    assert_eq!(parsed["settings"]["vehicles"], VEHICLES);
+}
