@@ -88,16 +88,28 @@ impl ChildProcess {
         let Some(mut child) = self.child.take() else {
             return;
         };
-        let _ = Command::new("kill").arg("-TERM").arg(self.pid.to_string()).status();
+        let signal = |name: &str| {
+            Command::new("kill")
+                .arg(format!("-{name}"))
+                .arg(self.pid.to_string())
+                .status()
+                .is_ok_and(|s| s.success())
+        };
+        if !signal("TERM") {
+            let _ = child.kill();
+            let _ = child.wait();
+            return;
+        }
         let (tx, rx) = mpsc::channel();
-        let waiter = std::thread::spawn(move || {
+        // Detached if the process never exits: teardown must not hang the run.
+        std::thread::spawn(move || {
             let _ = child.wait();
             let _ = tx.send(());
         });
         if rx.recv_timeout(grace).is_err() {
-            let _ = Command::new("kill").arg("-KILL").arg(self.pid.to_string()).status();
+            signal("KILL");
+            let _ = rx.recv_timeout(Duration::from_secs(5));
         }
-        let _ = waiter.join();
     }
 }
 

@@ -250,7 +250,7 @@ impl Report {
         let _ = writeln!(
             md,
             "- fleet: {} vehicles, each with its own ECDSA P-256 certificate ({} issued in {:.2} s); {} loopback address(es); \
-             at most {} connection attempts in flight, {}; keep-alive {} s",
+             {} connection attempts in flight, {}; keep-alive {} s",
             s.vehicles,
             self.certificates.vehicles,
             self.certificates.issue_s,
