@@ -133,6 +133,9 @@ pub struct MqttConfig {
     /// TLS work, so a reconnect storm costs cheap refusals (the cars back off with jitter)
     /// instead of starving the cars already connected.
     pub max_handshakes_in_flight: usize,
+    /// Requests of one car handled at once. Beyond it the gateway stops reading from that car
+    /// until one is answered (TCP backpressure), so one car cannot take every partner slot.
+    pub max_requests_in_flight: usize,
 }
 
 /// Certificates of the vehicle-facing listener.
@@ -212,6 +215,7 @@ impl Default for MqttConfig {
             max_keep_alive: Duration::from_secs(20 * 60),
             max_connections: 20_000,
             max_handshakes_in_flight: 256,
+            max_requests_in_flight: 64,
         }
     }
 }
@@ -306,6 +310,9 @@ impl GatewayConfig {
         }
         if m.max_connections == 0 {
             return Err(invalid("mqtt.max_connections", "must be at least 1"));
+        }
+        if m.max_requests_in_flight == 0 || m.max_requests_in_flight > 10_000 {
+            return Err(invalid("mqtt.max_requests_in_flight", "must be between 1 and 10000"));
         }
         for (field, path) in [
             ("tls.cert", &self.tls.cert),

@@ -2,8 +2,9 @@
 //! to the partner adapter that serves it.
 //!
 //! Layout: [`broker`] is the vehicle-facing connection layer (TLS, identity, MQTT sessions);
-//! [`routing`] maps requests to partner adapters; both meet on the [`bus`], rumqttd's router
-//! running in-process. [`Gateway`] wires them together.
+//! [`routing`] maps requests to partner adapters; both meet on the [`bus`]: per-VIN
+//! mailboxes and an inbox for the gateway's own topics, rumqttd's router in-process for the
+//! cars' other topics. [`Gateway`] wires them together.
 
 pub mod broker;
 pub mod bus;
@@ -30,6 +31,9 @@ pub use config::{ConfigError, GatewayConfig};
 const ENVELOPE_OVERHEAD_BYTES: usize = 16 * 1024;
 /// Pending connections the kernel queues for us; bursts of reconnecting cars must not overflow it.
 const LISTEN_BACKLOG: u32 = 8192;
+/// Messages (responses, events) waiting for one car before it counts as a slow consumer and
+/// is disconnected: well above what its requests in flight and an event batch produce.
+const MAILBOX_CAPACITY: usize = 1024;
 
 /// A running gateway.
 pub struct Gateway {
@@ -60,9 +64,6 @@ pub enum StartError {
     /// A partner entry could not be set up.
     #[error(transparent)]
     Partner(#[from] routing::partners::PartnerSetupError),
-    /// The in-process router refused the dispatcher.
-    #[error(transparent)]
-    Router(#[from] bus::BusError),
     /// The database could not be reached or migrated.
     #[error("storage: {0}")]
     Storage(#[from] store::StoreError),
@@ -100,7 +101,8 @@ impl Gateway {
         let tls = broker::tls::server_config(&config.tls)?;
         let partners = routing::PartnerDirectory::from_config(&config.partners)?;
         let max_packet_bytes = config.requests.max_payload_bytes + ENVELOPE_OVERHEAD_BYTES;
-        let bus = bus::Bus::spawn(config.mqtt.max_connections, max_packet_bytes);
+        let pubsub = bus::PubSub::spawn(config.mqtt.max_connections, max_packet_bytes);
+        let mailboxes = bus::Mailboxes::new(MAILBOX_CAPACITY);
         let shutdown = CancellationToken::new();
         let tracker = TaskTracker::new();
         let (sessions, _) = broadcast::channel(1024);
@@ -121,40 +123,25 @@ impl Gateway {
             info!(freed, "freed idempotency claims left by this node's previous run");
         }
         let ledger = Arc::new(routing::Ledger::new(store.clone(), owner, config.idempotency.retention));
-        let (out_tx, out_rx) = mpsc::channel(4096);
-        let delivery = events::EventDelivery::spawn(store.clone(), out_tx.clone());
-        let publications = routing::dispatcher::Publications { tx: out_tx, rx: out_rx };
-
+        let delivery = events::EventDelivery::spawn(store.clone(), mailboxes.clone());
         let router = Arc::new(routing::RequestRouter::new(
             partners.clone(),
             config.requests.clone(),
             ledger.clone(),
         ));
-        let (ready_tx, ready_rx) = tokio::sync::oneshot::channel();
+        let requests = TaskTracker::new();
+        let dispatcher = routing::Dispatcher::new(router, mailboxes.clone(), delivery.clone(), requests.clone());
         {
-            let (bus, shutdown, requests, delivery) =
-                (bus.clone(), shutdown.clone(), TaskTracker::new(), delivery.clone());
+            // On shutdown: requests in flight finish (bounded by their deadlines), then their
+            // outcomes are recorded, before the store closes.
+            let (shutdown, ledger) = (shutdown.clone(), ledger.clone());
             tracker.spawn(async move {
-                let served = routing::dispatcher::run(
-                    bus,
-                    router,
-                    shutdown,
-                    requests.clone(),
-                    delivery,
-                    publications,
-                    ready_tx,
-                )
-                .await;
+                shutdown.cancelled().await;
                 requests.close();
                 requests.wait().await;
-                if let Err(e) = served {
-                    error!(error = %e, "request dispatcher stopped");
-                }
+                ledger.drain().await;
             });
         }
-        ready_rx
-            .await
-            .map_err(|_| bus::BusError("dispatcher did not start".into()))??;
 
         tracker.spawn(purge_expired(
             ledger,
@@ -186,11 +173,14 @@ impl Gateway {
                 connect_timeout: config.mqtt.connect_timeout,
                 max_keep_alive: config.mqtt.max_keep_alive,
                 max_packet_bytes,
+                max_requests_in_flight: config.mqtt.max_requests_in_flight,
             },
         };
         let stats = Arc::new(broker::ListenerStats::default());
         let attachments = broker::Attachments {
-            bus,
+            mailboxes,
+            pubsub,
+            inbox: Arc::new(dispatcher),
             events: broker::SessionSink(session_tx),
             stats: stats.clone(),
         };

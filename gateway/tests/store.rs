@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 
 use futures::FutureExt;
 use gateway::store::{
-    Backend, Claim, LedgerKey, NewEvent, NewSession, RequestFingerprint, SessionId, Store, StoreError,
+    Backend, Claim, LedgerKey, NewEvent, NewSession, RequestFingerprint, SessionChange, SessionId, Store, StoreError,
 };
 use proto::Vin;
 use sqlx::Connection;
@@ -171,6 +171,8 @@ on_both_backends!(
     events_concurrent_duplicates_are_stored_once_without_gaps,
     events_acks_are_cumulative_and_expired_events_are_not_delivered,
     ledger_a_restarted_node_frees_its_predecessors_claims_only,
+    sessions_recorded_in_one_batch_open_and_close_in_order,
+    many_concurrent_writes_all_commit,
 );
 
 // ---------------------------------------------------------------------------------------------
@@ -1055,4 +1057,108 @@ async fn ledger_a_restarted_node_frees_its_predecessors_claims_only(db: Db) {
             .unwrap(),
         Claim::InFlight
     );
+}
+
+async fn sessions_recorded_in_one_batch_open_and_close_in_order(db: Db) {
+    let s = &db.store;
+    let close = |conn: u64, id: Option<SessionId>, reason: &str, at_ms: i64| SessionChange::Close {
+        conn,
+        id,
+        reason: reason.into(),
+        at_ms,
+    };
+    let opened = s
+        .record_sessions(vec![
+            SessionChange::Open {
+                conn: 1,
+                session: session(1, "node-a", T0),
+            },
+            SessionChange::Open {
+                conn: 2,
+                session: session(2, "node-a", T0 + 1),
+            },
+            // Opened and closed within the batch: the close finds the id the open got.
+            close(1, None, "clean", T0 + 2),
+            // Never opened: skipped, and the rest is still recorded.
+            close(99, None, "clean", T0 + 3),
+        ])
+        .await
+        .unwrap();
+    assert_eq!(opened.iter().map(|(c, _)| *c).collect::<Vec<_>>(), vec![1, 2]);
+    let first = &s.sessions_of(&vin(1), 1).await.unwrap()[0];
+    assert_eq!(
+        (first.id, first.disconnect_reason.as_deref()),
+        (opened[0].1, Some("clean"))
+    );
+    assert_eq!(s.open_sessions().await.unwrap().len(), 1);
+    // A later batch closes by the id the first one returned.
+    s.record_sessions(vec![close(2, Some(opened[1].1), "keep-alive timeout", T0 + 10)])
+        .await
+        .unwrap();
+    assert!(s.open_sessions().await.unwrap().is_empty());
+}
+
+async fn many_concurrent_writes_all_commit(db: Db) {
+    // Hundreds of writes in flight at once: on SQLite they share group commits; every one of
+    // them must be durable and visible once it returned.
+    let n = 400;
+    let claims = futures::future::join_all((0..n).map(|i| {
+        let s = db.store.clone();
+        async move {
+            let k = key(i % 7, &format!("k-{i}"));
+            let claimed = s.ledger_claim(&k, &pay(b"x"), "gw-1/1", T0, LEASE, RETENTION).await;
+            let completed = s
+                .ledger_complete(&k, "gw-1/1", format!("r-{i}").as_bytes(), T0 + 1)
+                .await;
+            (claimed.unwrap(), completed.is_ok())
+        }
+    }))
+    .await;
+    assert!(claims.iter().all(|c| *c == (Claim::Fresh, true)));
+    let again = db.another_node().await;
+    for i in [0, n / 2, n - 1] {
+        assert_eq!(
+            again
+                .ledger_claim(
+                    &key(i % 7, &format!("k-{i}")),
+                    &pay(b"x"),
+                    "gw-2/1",
+                    T0 + 2,
+                    LEASE,
+                    RETENTION
+                )
+                .await
+                .unwrap(),
+            Claim::Replay(format!("r-{i}").into_bytes())
+        );
+    }
+    again.close().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn sqlite_a_failing_write_does_not_take_its_batch_down() {
+    on_sqlite(|db| async move {
+        // Break one kind of write behind the store's back.
+        let mut raw = sqlx::SqliteConnection::connect(&db.url).await.unwrap();
+        sqlx::query("DROP TABLE events").execute(&mut raw).await.unwrap();
+        raw.close().await.unwrap();
+        let s = &db.store;
+        let e = event(1, "parking.v1.ParkingPayment", "e-1", T0, T0 + 60_000);
+        let appended = s.append_event(&e);
+        let claims = futures::future::join_all((0..50).map(|i| async move {
+            s.ledger_claim(&key(1, &format!("k-{i}")), &pay(b"x"), "gw-1/1", T0, LEASE, RETENTION)
+                .await
+        }));
+        let (appended, claims) = tokio::join!(appended, claims);
+        assert!(matches!(appended, Err(StoreError::Query { .. })), "{appended:?}");
+        assert!(claims.into_iter().all(|c| c.unwrap() == Claim::Fresh));
+        assert_eq!(
+            s.ledger_claim(&key(1, "k-0"), &pay(b"x"), "gw-1/1", T0 + 1, LEASE, RETENTION)
+                .await
+                .unwrap(),
+            Claim::InFlight,
+            "the claims were committed"
+        );
+    })
+    .await;
 }

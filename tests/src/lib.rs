@@ -343,6 +343,14 @@ impl Platform {
         mqtt_client(self.mqtt_addr(), &self.pki.ca_cert, creds, client_id)
     }
 
+    /// A raw MQTT client for `vin` (its own certificate and client id) with `tweak` applied
+    /// to its options.
+    pub fn mqtt_client_with(&self, vin: &str, tweak: impl FnOnce(&mut MqttOptions)) -> (AsyncClient, EventLoop) {
+        let mut options = mqtt_options(self.mqtt_addr(), &self.pki.ca_cert, &self.pki.vehicle(vin), vin);
+        tweak(&mut options);
+        AsyncClient::new(options, 100)
+    }
+
     /// Session events from now on.
     pub fn session_events(&self) -> broadcast::Receiver<SessionEvent> {
         self.gateway.session_events()
@@ -376,13 +384,18 @@ pub fn client_tls(ca: &PathBuf, creds: &Credentials) -> Arc<ClientConfig> {
 
 /// A raw MQTT 3.1.1 client over mTLS, for tests that play a misbehaving car.
 pub fn mqtt_client(addr: SocketAddr, ca: &PathBuf, creds: &Credentials, client_id: &str) -> (AsyncClient, EventLoop) {
+    AsyncClient::new(mqtt_options(addr, ca, creds, client_id), 100)
+}
+
+/// The options of [`mqtt_client`] (clean session, 30 s keep-alive), for tests that change some.
+pub fn mqtt_options(addr: SocketAddr, ca: &PathBuf, creds: &Credentials, client_id: &str) -> MqttOptions {
     let mut options = MqttOptions::new(client_id, "localhost", addr.port());
     options.set_keep_alive(Duration::from_secs(30));
     options.set_max_packet_size(1024 * 1024, 1024 * 1024);
     options.set_transport(Transport::tls_with_config(TlsConfiguration::Rustls(client_tls(
         ca, creds,
     ))));
-    AsyncClient::new(options, 100)
+    options
 }
 
 /// A generated parking client talking to an agent's local gRPC endpoint, as an in-car app would.
@@ -592,6 +605,18 @@ impl ScriptedParking {
     pub fn end_calls(&self) -> u64 {
         self.end_calls.load(std::sync::atomic::Ordering::SeqCst)
     }
+
+    /// Resolves once `n` EndSession calls in all have reached the partner.
+    pub async fn ends_arrived(&self, n: u64) {
+        loop {
+            // Registered before the check, so an arrival in between is not missed.
+            let arrived = self.end_arrived();
+            if self.end_calls() >= n {
+                return;
+            }
+            arrived.await;
+        }
+    }
 }
 
 #[tonic::async_trait]
@@ -638,6 +663,14 @@ impl Platform {
     pub async fn start_scripted(
         script: impl FnOnce(ScriptedParking) -> ScriptedParking,
     ) -> (Platform, ScriptedParking) {
+        Platform::start_scripted_with(script, |_| {}).await
+    }
+
+    /// [`Platform::start_scripted`], letting `tweak` adjust the gateway's configuration.
+    pub async fn start_scripted_with(
+        script: impl FnOnce(ScriptedParking) -> ScriptedParking,
+        tweak: impl FnOnce(&mut GatewayConfig),
+    ) -> (Platform, ScriptedParking) {
         init();
         let pki = TestPki::new();
         let parking = ParkingService::new();
@@ -647,7 +680,8 @@ impl Platform {
             proto::parking::v1::parking_payment_server::ParkingPaymentServer::new(scripted.clone()),
         )
         .await;
-        let config = gateway_config(&pki, vec![partner_entry(&pki, PARKING, server.addr)]);
+        let mut config = gateway_config(&pki, vec![partner_entry(&pki, PARKING, server.addr)]);
+        tweak(&mut config);
         let gateway = start_gateway(config).await;
         (
             Platform {

@@ -15,9 +15,11 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{Instrument, Span, debug, error, info, info_span, warn};
 
-use super::connection::{Peer, SessionLimits, SessionSink, serve_vehicle};
 use super::identity::vehicle_identity;
-use crate::bus::Bus;
+use super::lifecycle::{Peer, SessionSink};
+use super::session::{SessionLimits, Wiring, serve_vehicle};
+use super::subscriptions::SavedSessions;
+use crate::bus::{Inbox, Mailboxes, PubSub};
 
 /// Settings of the vehicle-facing listener.
 #[derive(Debug, Clone)]
@@ -50,9 +52,8 @@ pub struct ListenerStats {
 /// Everything a connection task needs, shared.
 struct Shared {
     acceptor: TlsAcceptor,
-    bus: Bus,
+    wiring: Wiring,
     settings: ListenerSettings,
-    events: SessionSink,
     shutdown: CancellationToken,
     next_conn: AtomicU64,
     stats: Arc<ListenerStats>,
@@ -60,8 +61,12 @@ struct Shared {
 
 /// What accepted vehicles are attached to and reported to.
 pub struct Attachments {
-    /// The router each session gets a link on.
-    pub bus: Bus,
+    /// Where the gateway's messages for each car wait.
+    pub mailboxes: Mailboxes,
+    /// The router for the cars' other topics.
+    pub pubsub: PubSub,
+    /// Receives what cars send on the gateway's own topics.
+    pub inbox: Arc<dyn Inbox>,
     /// Where sessions report connects and disconnects.
     pub events: SessionSink,
     /// The listener's counters.
@@ -77,14 +82,25 @@ pub async fn serve(
     shutdown: CancellationToken,
     tracker: TaskTracker,
 ) {
-    let Attachments { bus, events, stats } = attachments;
+    let Attachments {
+        mailboxes,
+        pubsub,
+        inbox,
+        events,
+        stats,
+    } = attachments;
     let slots = Arc::new(Semaphore::new(settings.max_connections));
     let handshakes = Arc::new(Semaphore::new(settings.max_handshakes_in_flight));
     let shared = Arc::new(Shared {
         acceptor: TlsAcceptor::from(tls),
-        bus,
+        wiring: Wiring {
+            mailboxes,
+            pubsub,
+            inbox,
+            events,
+            saved: SavedSessions::default(),
+        },
         settings,
-        events,
         shutdown: shutdown.clone(),
         next_conn: AtomicU64::new(1),
         stats,
@@ -167,15 +183,7 @@ async fn handle(tcp: TcpStream, peer: SocketAddr, shared: &Shared, handshake: Ow
         fingerprint: identity.fingerprint,
         remote: peer,
     };
-    let reason = serve_vehicle(
-        tls,
-        &peer,
-        &shared.bus,
-        &shared.settings.session,
-        &shared.events,
-        &shared.shutdown,
-    )
-    .await;
+    let reason = serve_vehicle(tls, &peer, &shared.wiring, &shared.settings.session, &shared.shutdown).await;
     let peer = peer.remote;
     info!(%reason, %peer, "vehicle disconnected");
 }

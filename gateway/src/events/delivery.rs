@@ -3,13 +3,15 @@
 
 use std::collections::HashMap;
 
+use bytes::Bytes;
 use prost::Message;
+use proto::Vin;
 use proto::vehicle::v1::Event;
-use proto::{Vin, topics};
 use tokio::sync::mpsc;
 use tracing::{debug, warn};
 
 use crate::broker::now_ms;
+use crate::bus::{Delivery, Mailboxes, Outbound};
 use crate::store::Store;
 
 /// Events fetched per store query.
@@ -29,10 +31,10 @@ pub struct EventDelivery {
 }
 
 impl EventDelivery {
-    /// Starts the delivery task. `publish` carries (topic, payload) to the bus.
-    pub fn spawn(store: Store, publish: mpsc::Sender<(String, Vec<u8>)>) -> EventDelivery {
+    /// Starts the delivery task, which puts events in the cars' `mailboxes`.
+    pub fn spawn(store: Store, mailboxes: Mailboxes) -> EventDelivery {
         let (tx, rx) = mpsc::unbounded_channel();
-        tokio::spawn(run(rx, store, publish));
+        tokio::spawn(run(rx, store, mailboxes));
         EventDelivery { tx }
     }
 
@@ -63,7 +65,7 @@ struct Listening {
     published: u64,
 }
 
-async fn run(mut rx: mpsc::UnboundedReceiver<Command>, store: Store, publish: mpsc::Sender<(String, Vec<u8>)>) {
+async fn run(mut rx: mpsc::UnboundedReceiver<Command>, store: Store, mailboxes: Mailboxes) {
     // One task for all cars keeps each car's events in sequence order on the wire.
     let mut listening: HashMap<Vin, Listening> = HashMap::new();
     while let Some(command) = rx.recv().await {
@@ -102,15 +104,14 @@ async fn run(mut rx: mpsc::UnboundedReceiver<Command>, store: Store, publish: mp
                 payload: stored.payload,
                 sequence: stored.sequence,
             };
-            if publish
-                .send((topics::events(&vin), event.encode_to_vec()))
-                .await
-                .is_err()
-            {
-                return;
+            match mailboxes.deliver(&vin, Outbound::Events, Bytes::from(event.encode_to_vec())) {
+                Delivery::Queued => {
+                    debug!(%vin, sequence = stored.sequence, "event published");
+                    state.published = stored.sequence;
+                }
+                // Redelivered when the car subscribes again.
+                Delivery::Offline | Delivery::Overflow => break,
             }
-            debug!(%vin, sequence = stored.sequence, "event published");
-            state.published = stored.sequence;
         }
     }
 }

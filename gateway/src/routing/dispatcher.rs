@@ -1,5 +1,5 @@
 //! Takes vehicle requests off the bus, routes each by its gRPC method to the partner that
-//! serves it, and publishes the answer to the calling car only.
+//! serves it, and sends the answer to the calling car only.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -7,17 +7,15 @@ use std::time::Duration;
 use bytes::Bytes;
 use prost::Message;
 use proto::vehicle::v1::{Code, EventAck, Request, Response};
-use proto::{MethodPath, Vin, topics};
-use rumqttd::Notification;
-use tokio::sync::mpsc;
+use proto::{MethodPath, Vin};
+use tokio::sync::OwnedSemaphorePermit;
 use tokio::time::Instant;
-use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
-use tracing::{Instrument, debug, error, info, info_span, warn};
+use tracing::{Instrument, debug, info, info_span, warn};
 
 use super::idempotency::{Admission, Ledger};
 use super::partners::{CallContext, PartnerDirectory};
-use crate::bus::{Bus, BusError, LinkSpec};
+use crate::bus::{Delivery, Inbound, Inbox, Mailboxes, Outbound};
 use crate::config::RequestLimits;
 use crate::events::EventDelivery;
 
@@ -158,7 +156,10 @@ impl RequestRouter {
             }
         };
         if let Some(key) = key {
-            self.ledger.finish(&key, &response).await;
+            // Recorded behind the answer: a retry that arrives meanwhile waits for the record
+            // (the key stays in flight until it is written), and if the gateway dies first the
+            // next attempt calls the partner again with the same key, which it deduplicates.
+            self.ledger.finish_later(key, response.clone());
         }
         response
     }
@@ -176,99 +177,56 @@ fn printable(s: &str) -> String {
         .collect()
 }
 
-/// The gateway's outgoing messages to cars (responses, events): (topic, payload) pairs that the
-/// dispatcher's link publishes on the bus.
-pub struct Publications {
-    /// Where responses and events are queued.
-    pub tx: mpsc::Sender<(String, Vec<u8>)>,
-    /// Drained by the dispatcher's publisher thread.
-    pub rx: mpsc::Receiver<(String, Vec<u8>)>,
+/// Takes what cars send on the gateway's own topics: each request is routed in a task of its
+/// own (tracked, so shutdown waits for it) and answered through the car's mailbox; event
+/// acknowledgements go to event delivery.
+pub struct Dispatcher {
+    router: Arc<RequestRouter>,
+    mailboxes: Mailboxes,
+    delivery: EventDelivery,
+    tracker: TaskTracker,
 }
 
-/// Subscribes to every car's request and event-ack topics (reporting on `ready`), publishes
-/// `publications`, and serves requests until `shutdown`; requests in flight at shutdown are
-/// finished (they are tracked by `tracker`).
-pub async fn run(
-    bus: Bus,
-    router: Arc<RequestRouter>,
-    shutdown: CancellationToken,
-    tracker: TaskTracker,
-    delivery: EventDelivery,
-    publications: Publications,
-    ready: tokio::sync::oneshot::Sender<Result<(), BusError>>,
-) -> Result<(), BusError> {
-    let Publications {
-        tx: out_tx,
-        rx: mut out_rx,
-    } = publications;
-    let spec = LinkSpec {
-        client_id: "gateway-dispatcher".into(),
-        tenant: None,
-        clean_session: true,
-    };
-    let (mut link_tx, mut link_rx, _) = bus.link(spec).await?;
-    // The link's publish blocks when the router is busy, so it gets a thread of its own.
-    let (subscribed_tx, subscribed_rx) = tokio::sync::oneshot::channel();
-    std::thread::Builder::new()
-        .name("gateway-publisher".into())
-        .spawn(move || {
-            let subscribed = [topics::ALL_REQUESTS, topics::ALL_EVENT_ACKS]
-                .into_iter()
-                .try_for_each(|filter| link_tx.subscribe(filter).map(|_| ()).map_err(BusError::from));
-            let _ = subscribed_tx.send(subscribed);
-            while let Some((topic, payload)) = out_rx.blocking_recv() {
-                if let Err(e) = link_tx.publish(topic, payload) {
-                    error!(error = %e, "router refused a response");
-                    break;
-                }
-            }
-        })
-        .expect("spawn publisher thread");
-    let subscribed = subscribed_rx
-        .await
-        .unwrap_or_else(|_| Err(BusError("publisher thread died".into())));
-    let failed = subscribed.is_err();
-    let _ = ready.send(subscribed);
-    if failed {
-        return Ok(());
-    }
-    info!(filter = topics::ALL_REQUESTS, "dispatcher subscribed");
-    loop {
-        let notification = tokio::select! {
-            _ = shutdown.cancelled() => break,
-            n = link_rx.next() => n.map_err(BusError::from)?,
-        };
-        match notification {
-            Some(Notification::Forward(forward)) => {
-                let topic = String::from_utf8_lossy(&forward.publish.topic).into_owned();
-                if let Some(vin) = topics::vin_of_event_ack_topic(&topic) {
-                    match EventAck::decode(forward.publish.payload) {
-                        Ok(ack) => delivery.ack(vin, ack.sequence),
-                        Err(e) => warn!(%vin, error = %e, "malformed event acknowledgement"),
-                    }
-                    continue;
-                }
-                let Some(vin) = topics::vin_of_request_topic(&topic) else {
-                    debug!(%topic, "ignoring publish on a non-request topic");
-                    continue;
-                };
-                let router = router.clone();
-                let out = out_tx.clone();
-                let payload = forward.publish.payload;
-                tracker.spawn(async move {
-                    let response = router.handle(&vin, &payload).await;
-                    if out
-                        .send((topics::responses(&vin), response.encode_to_vec()))
-                        .await
-                        .is_err()
-                    {
-                        warn!(%vin, "response dropped: publisher stopped");
-                    }
-                });
-            }
-            Some(Notification::Unschedule) => link_rx.wake().await.map_err(BusError::from)?,
-            _ => {}
+impl Dispatcher {
+    /// A dispatcher answering through `mailboxes`, its request tasks tracked by `tracker`.
+    pub fn new(
+        router: Arc<RequestRouter>,
+        mailboxes: Mailboxes,
+        delivery: EventDelivery,
+        tracker: TaskTracker,
+    ) -> Dispatcher {
+        Dispatcher {
+            router,
+            mailboxes,
+            delivery,
+            tracker,
         }
     }
-    Ok(())
+}
+
+impl Inbox for Dispatcher {
+    fn receive(&self, vin: Vin, message: Inbound, slot: OwnedSemaphorePermit) {
+        match message {
+            Inbound::EventAck(payload) => {
+                match EventAck::decode(payload) {
+                    Ok(ack) => self.delivery.ack(vin, ack.sequence),
+                    Err(e) => warn!(%vin, error = %e, "malformed event acknowledgement"),
+                }
+                drop(slot);
+            }
+            Inbound::Request(payload) => {
+                let router = self.router.clone();
+                let mailboxes = self.mailboxes.clone();
+                self.tracker.spawn(async move {
+                    let response = router.handle(&vin, &payload).await;
+                    let delivery = mailboxes.deliver(&vin, Outbound::Responses, Bytes::from(response.encode_to_vec()));
+                    if delivery != Delivery::Queued {
+                        // The car republishes what it has no answer for; the ledger replays it.
+                        debug!(%vin, ?delivery, "response not delivered");
+                    }
+                    drop(slot);
+                });
+            }
+        }
+    }
 }

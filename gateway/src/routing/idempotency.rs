@@ -13,6 +13,7 @@ use proto::Vin;
 use proto::vehicle::v1::{Code, Response};
 use tokio::sync::Notify;
 use tokio::time::Instant;
+use tokio_util::task::TaskTracker;
 use tracing::{debug, warn};
 
 use crate::broker::now_ms;
@@ -37,6 +38,8 @@ pub struct Ledger {
     owner: String,
     retention: Duration,
     in_flight: Mutex<HashMap<LedgerKey, Arc<Notify>>>,
+    /// Outcomes being recorded behind their answers.
+    writes: TaskTracker,
 }
 
 impl Ledger {
@@ -47,6 +50,7 @@ impl Ledger {
             owner,
             retention,
             in_flight: Mutex::new(HashMap::new()),
+            writes: TaskTracker::new(),
         }
     }
 
@@ -155,6 +159,20 @@ impl Ledger {
         {
             n.notify_waiters();
         }
+    }
+
+    /// [`Ledger::finish`] in the background, so the answer need not wait for the disk. Until
+    /// the outcome is recorded the key stays in flight: a retry waits for the record instead
+    /// of calling the partner again.
+    pub fn finish_later(self: &Arc<Self>, key: LedgerKey, response: Response) {
+        let ledger = self.clone();
+        self.writes.spawn(async move { ledger.finish(&key, &response).await });
+    }
+
+    /// Waits until every outcome handed to [`Ledger::finish_later`] is recorded; for shutdown.
+    pub async fn drain(&self) {
+        self.writes.close();
+        self.writes.wait().await;
     }
 
     /// Deletes expired entries; returns how many.

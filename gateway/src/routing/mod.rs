@@ -5,6 +5,6 @@ pub mod dispatcher;
 pub mod idempotency;
 pub mod partners;
 
-pub use dispatcher::RequestRouter;
+pub use dispatcher::{Dispatcher, RequestRouter};
 pub use idempotency::Ledger;
 pub use partners::{CallContext, PartnerAdapter, PartnerDirectory};

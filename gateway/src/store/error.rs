@@ -74,6 +74,15 @@ pub enum StoreError {
         /// Its idempotency key.
         idempotency_key: String,
     },
+    /// The transaction a write was part of did not commit, so the write did not happen.
+    #[error("database error while committing: {0}")]
+    Commit(String),
+    /// The store is shutting down and takes no more writes.
+    #[error("the store is closed (while {op})")]
+    Closed {
+        /// What the store was asked to do.
+        op: &'static str,
+    },
     /// A stored value is not what the schema promises.
     #[error("corrupt data in the store: {0}")]
     Corrupt(String),

@@ -5,8 +5,9 @@
 //! counter's row lock orders them). The counter row is never deleted: sequences never restart.
 
 use proto::Vin;
+use sqlx::Connection as _;
 
-use super::{Store, StoreError, on_pool, parse_vin, to_i64, to_u64};
+use super::{Store, StoreError, on_pool, on_writer, parse_vin, to_i64, to_u64};
 
 /// An event to store for a car.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -62,10 +63,11 @@ impl Store {
             VALUES ($1, $2, $3, $4, $5, $6, $7, $8)";
         const OP: &str = "appending an event";
 
-        let vin = e.vin.as_str();
-        let _w = self.write_guard().await;
-        let sequence = on_pool!(self, |pool| {
-            let mut tx = pool.begin().await.map_err(StoreError::query(OP))?;
+        let e = e.clone();
+        let sequence = on_writer!(self, OP, |conn| {
+            let vin = e.vin.as_str();
+            // A savepoint on SQLite (inside the writer's transaction), a transaction on PostgreSQL.
+            let mut tx = conn.begin().await.map_err(StoreError::query(OP))?;
             let (next,): (i64,) = sqlx::query_as(BUMP)
                 .bind(vin)
                 .fetch_one(&mut *tx)
@@ -82,7 +84,7 @@ impl Store {
                 Some((sequence,)) => {
                     // A repeat: undo the counter bump so the stream stays gapless.
                     tx.rollback().await.map_err(StoreError::query(OP))?;
-                    sequence
+                    Ok(sequence)
                 }
                 None => {
                     sqlx::query(INSERT)
@@ -98,10 +100,10 @@ impl Store {
                         .await
                         .map_err(StoreError::query(OP))?;
                     tx.commit().await.map_err(StoreError::query(OP))?;
-                    next
+                    Ok(next)
                 }
             }
-        });
+        })?;
         to_u64("event sequence", sequence)
     }
 
@@ -140,26 +142,31 @@ impl Store {
     /// last stored sequence does not cover events appended after it.
     pub async fn ack_events(&self, vin: &Vin, up_to_sequence: u64) -> Result<u64, StoreError> {
         const SQL: &str = "UPDATE events SET acked = TRUE WHERE vin = $1 AND sequence <= $2 AND acked = FALSE";
-        let _w = self.write_guard().await;
-        on_pool!(self, |pool| sqlx::query(SQL)
-            .bind(vin.as_str())
-            .bind(to_i64(up_to_sequence))
-            .execute(pool)
-            .await
-            .map(|done| done.rows_affected()))
-        .map_err(StoreError::query("acknowledging events"))
+        const OP: &str = "acknowledging events";
+        let vin = vin.clone();
+        on_writer!(self, OP, |conn| {
+            sqlx::query(SQL)
+                .bind(vin.as_str())
+                .bind(to_i64(up_to_sequence))
+                .execute(&mut *conn)
+                .await
+                .map(|done| done.rows_affected())
+                .map_err(StoreError::query(OP))
+        })
     }
 
     /// Deletes events that expired (`expires_at <= now_ms`) or were acknowledged. Returns how many.
     /// Sequences are not reused afterwards.
     pub async fn purge_events(&self, now_ms: i64) -> Result<u64, StoreError> {
         const SQL: &str = "DELETE FROM events WHERE expires_at <= $1 OR acked = TRUE";
-        let _w = self.write_guard().await;
-        on_pool!(self, |pool| sqlx::query(SQL)
-            .bind(now_ms)
-            .execute(pool)
-            .await
-            .map(|done| done.rows_affected()))
-        .map_err(StoreError::query("purging events"))
+        const OP: &str = "purging events";
+        on_writer!(self, OP, |conn| {
+            sqlx::query(SQL)
+                .bind(now_ms)
+                .execute(&mut *conn)
+                .await
+                .map(|done| done.rows_affected())
+                .map_err(StoreError::query(OP))
+        })
     }
 }

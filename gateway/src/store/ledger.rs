@@ -20,7 +20,7 @@
 use proto::Vin;
 use ring::digest;
 
-use super::{Store, StoreError, on_pool};
+use super::{Store, StoreError, on_writer};
 
 /// Rounds of "insert, read, take over" before giving up with [`StoreError::Contention`].
 /// Each extra round needs another writer to have changed the row in between.
@@ -121,71 +121,74 @@ impl Store {
               AND expires_at > $4";
         const OP: &str = "claiming an idempotency key";
 
-        let vin = key.vin.as_str();
-        let idem = key.idempotency_key.as_str();
+        let vin = key.vin.as_str().to_owned();
+        let idem = key.idempotency_key.clone();
+        let request = request.clone();
+        let owner = owner.to_owned();
         let expires_at = now_ms.saturating_add(retention_ms);
         let lease_expires_at = now_ms.saturating_add(lease_ms);
-        let _w = self.write_guard().await;
-        for _ in 0..MAX_CLAIM_ROUNDS {
-            let inserted: Option<(i64,)> = on_pool!(self, |pool| sqlx::query_as(INSERT)
-                .bind(vin)
-                .bind(idem)
-                .bind(&request.method)
-                .bind(&request.payload_sha256[..])
-                .bind(owner)
-                .bind(now_ms)
-                .bind(expires_at)
-                .bind(lease_expires_at)
-                .fetch_optional(pool)
-                .await)
-            .map_err(StoreError::query(OP))?;
-            if inserted.is_some() {
-                return Ok(Claim::Fresh);
-            }
+        on_writer!(self, OP, |conn| {
+            for _ in 0..MAX_CLAIM_ROUNDS {
+                let inserted: Option<(i64,)> = sqlx::query_as(INSERT)
+                    .bind(&vin)
+                    .bind(&idem)
+                    .bind(&request.method)
+                    .bind(&request.payload_sha256[..])
+                    .bind(&owner)
+                    .bind(now_ms)
+                    .bind(expires_at)
+                    .bind(lease_expires_at)
+                    .fetch_optional(&mut *conn)
+                    .await
+                    .map_err(StoreError::query(OP))?;
+                if inserted.is_some() {
+                    return Ok(Claim::Fresh);
+                }
 
-            let row: Option<LedgerRow> = on_pool!(self, |pool| sqlx::query_as(READ)
-                .bind(vin)
-                .bind(idem)
-                .fetch_optional(pool)
-                .await)
-            .map_err(StoreError::query(OP))?;
-            // Gone (released or purged) or expired since the insert: insert again.
-            let Some((method, hash, holder, lease_until, attempts, response, row_expires_at)) = row else {
-                continue;
-            };
-            if row_expires_at <= now_ms {
-                continue;
+                let row: Option<LedgerRow> = sqlx::query_as(READ)
+                    .bind(&vin)
+                    .bind(&idem)
+                    .fetch_optional(&mut *conn)
+                    .await
+                    .map_err(StoreError::query(OP))?;
+                // Gone (released or purged) or expired since the insert: insert again.
+                let Some((method, hash, holder, lease_until, attempts, response, row_expires_at)) = row else {
+                    continue;
+                };
+                if row_expires_at <= now_ms {
+                    continue;
+                }
+                if method != request.method || hash[..] != request.payload_sha256[..] {
+                    return Ok(Claim::Mismatch { method });
+                }
+                if let Some(response) = response {
+                    return Ok(Claim::Replay(response));
+                }
+                if lease_until > now_ms {
+                    return Ok(Claim::InFlight);
+                }
+                let taken = sqlx::query(TAKE_OVER)
+                    .bind(&vin)
+                    .bind(&idem)
+                    .bind(&owner)
+                    .bind(now_ms)
+                    .bind(&holder)
+                    .bind(attempts)
+                    .bind(lease_expires_at)
+                    .execute(&mut *conn)
+                    .await
+                    .map_err(StoreError::query(OP))?
+                    .rows_affected();
+                if taken == 1 {
+                    tracing::info!(%vin, idempotency_key = %idem, previous_owner = %holder, %owner, "took over an expired idempotency claim");
+                    return Ok(Claim::Fresh);
+                }
+                // Someone else changed the row first: read it again.
             }
-            if method != request.method || hash[..] != request.payload_sha256[..] {
-                return Ok(Claim::Mismatch { method });
-            }
-            if let Some(response) = response {
-                return Ok(Claim::Replay(response));
-            }
-            if lease_until > now_ms {
-                return Ok(Claim::InFlight);
-            }
-            let taken = on_pool!(self, |pool| sqlx::query(TAKE_OVER)
-                .bind(vin)
-                .bind(idem)
-                .bind(owner)
-                .bind(now_ms)
-                .bind(&holder)
-                .bind(attempts)
-                .bind(lease_expires_at)
-                .execute(pool)
-                .await
-                .map(|done| done.rows_affected()))
-            .map_err(StoreError::query(OP))?;
-            if taken == 1 {
-                tracing::info!(%vin, idempotency_key = idem, previous_owner = %holder, owner, "took over an expired idempotency claim");
-                return Ok(Claim::Fresh);
-            }
-            // Someone else changed the row first: read it again.
-        }
-        Err(StoreError::Contention {
-            vin: vin.to_owned(),
-            idempotency_key: idem.to_owned(),
+            Err(StoreError::Contention {
+                vin: vin.clone(),
+                idempotency_key: idem.clone(),
+            })
         })
     }
 
@@ -204,25 +207,28 @@ impl Store {
     ) -> Result<(), StoreError> {
         const SQL: &str = "UPDATE idempotency_ledger SET response = $4, completed_at = $5 \
             WHERE vin = $1 AND idempotency_key = $2 AND owner = $3 AND response IS NULL";
-        let _w = self.write_guard().await;
-        let done = on_pool!(self, |pool| sqlx::query(SQL)
-            .bind(key.vin.as_str())
-            .bind(&key.idempotency_key)
-            .bind(owner)
-            .bind(response)
-            .bind(now_ms)
-            .execute(pool)
-            .await
-            .map(|done| done.rows_affected()))
-        .map_err(StoreError::query("completing an idempotency key"))?;
-        if done == 0 {
-            return Err(StoreError::NotLedgerOwner {
-                vin: key.vin.as_str().to_owned(),
-                idempotency_key: key.idempotency_key.clone(),
-                owner: owner.to_owned(),
-            });
-        }
-        Ok(())
+        const OP: &str = "completing an idempotency key";
+        let (key, owner, response) = (key.clone(), owner.to_owned(), response.to_vec());
+        on_writer!(self, OP, |conn| {
+            let done = sqlx::query(SQL)
+                .bind(key.vin.as_str())
+                .bind(&key.idempotency_key)
+                .bind(&owner)
+                .bind(&response)
+                .bind(now_ms)
+                .execute(&mut *conn)
+                .await
+                .map_err(StoreError::query(OP))?
+                .rows_affected();
+            if done == 0 {
+                return Err(StoreError::NotLedgerOwner {
+                    vin: key.vin.as_str().to_owned(),
+                    idempotency_key: key.idempotency_key.clone(),
+                    owner: owner.clone(),
+                });
+            }
+            Ok(())
+        })
     }
 
     /// Gives up a claim without a stored response (the outcome is unknown or retryable), so the
@@ -231,16 +237,18 @@ impl Store {
     pub async fn ledger_release(&self, key: &LedgerKey, owner: &str) -> Result<(), StoreError> {
         const SQL: &str = "DELETE FROM idempotency_ledger \
             WHERE vin = $1 AND idempotency_key = $2 AND owner = $3 AND response IS NULL";
-        let _w = self.write_guard().await;
-        on_pool!(self, |pool| sqlx::query(SQL)
-            .bind(key.vin.as_str())
-            .bind(&key.idempotency_key)
-            .bind(owner)
-            .execute(pool)
-            .await
-            .map(|done| done.rows_affected()))
-        .map(|_| ())
-        .map_err(StoreError::query("releasing an idempotency key"))
+        const OP: &str = "releasing an idempotency key";
+        let (key, owner) = (key.clone(), owner.to_owned());
+        on_writer!(self, OP, |conn| {
+            sqlx::query(SQL)
+                .bind(key.vin.as_str())
+                .bind(&key.idempotency_key)
+                .bind(&owner)
+                .execute(&mut *conn)
+                .await
+                .map(|_| ())
+                .map_err(StoreError::query(OP))
+        })
     }
 
     /// Ends the leases of every uncompleted claim whose owner starts with `owner_prefix`, so the
@@ -252,24 +260,29 @@ impl Store {
         // Compare the prefix directly rather than with LIKE, whose wildcards could match other owners.
         const SQL: &str = "UPDATE idempotency_ledger SET lease_expires_at = 0 \
             WHERE response IS NULL AND substr(owner, 1, length($1)) = $1";
-        let _w = self.write_guard().await;
-        on_pool!(self, |pool| sqlx::query(SQL)
-            .bind(owner_prefix)
-            .execute(pool)
-            .await
-            .map(|done| done.rows_affected()))
-        .map_err(StoreError::query("abandoning a dead process's idempotency claims"))
+        const OP: &str = "abandoning a dead process's idempotency claims";
+        let owner_prefix = owner_prefix.to_owned();
+        on_writer!(self, OP, |conn| {
+            sqlx::query(SQL)
+                .bind(&owner_prefix)
+                .execute(&mut *conn)
+                .await
+                .map(|done| done.rows_affected())
+                .map_err(StoreError::query(OP))
+        })
     }
 
     /// Deletes the records that expired (`expires_at <= now_ms`), completed or not. Returns how many.
     pub async fn ledger_purge(&self, now_ms: i64) -> Result<u64, StoreError> {
         const SQL: &str = "DELETE FROM idempotency_ledger WHERE expires_at <= $1";
-        let _w = self.write_guard().await;
-        on_pool!(self, |pool| sqlx::query(SQL)
-            .bind(now_ms)
-            .execute(pool)
-            .await
-            .map(|done| done.rows_affected()))
-        .map_err(StoreError::query("purging expired idempotency keys"))
+        const OP: &str = "purging expired idempotency keys";
+        on_writer!(self, OP, |conn| {
+            sqlx::query(SQL)
+                .bind(now_ms)
+                .execute(&mut *conn)
+                .await
+                .map(|done| done.rows_affected())
+                .map_err(StoreError::query(OP))
+        })
     }
 }

@@ -4,8 +4,9 @@
 //!
 //! - **SQLite** (`sqlite://path/to/gateway.db`, `sqlite::memory:`): the embedded default. The
 //!   file (and its directory) is created if missing, in WAL mode with a busy timeout. SQLite has
-//!   one writer at a time, so this process also queues its own writes on a mutex instead of
-//!   letting connections spin in the busy handler; the busy timeout still covers other processes.
+//!   one writer at a time, so every write of this process goes through one group-commit task
+//!   ([`writer`]): the writes queued at any moment share one transaction and one fsync. The
+//!   busy timeout still covers other processes.
 //! - **PostgreSQL** (`postgres://…`, `postgresql://…`): for several gateway nodes sharing state.
 //!   Every operation that must be atomic across nodes is one statement or relies on a row lock,
 //!   never on this process's mutex.
@@ -19,6 +20,7 @@ mod events;
 mod ledger;
 mod sessions;
 mod url;
+mod writer;
 
 use std::path::Path;
 use std::str::FromStr;
@@ -28,12 +30,11 @@ use std::time::Duration;
 use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous};
 use sqlx::{ConnectOptions, Connection};
-use tokio::sync::{Mutex, MutexGuard};
 
 pub use error::StoreError;
 pub use events::{NewEvent, StoredEvent};
 pub use ledger::{Claim, LedgerKey, RequestFingerprint};
-pub use sessions::{NewSession, SessionId, SessionRecord};
+pub use sessions::{NewSession, SessionChange, SessionId, SessionRecord};
 pub use url::redact_url;
 
 /// How long [`Store::connect`] waits for the database before giving up.
@@ -77,8 +78,8 @@ struct Inner {
     db: Db,
     /// The URL with any password removed, for messages.
     database: String,
-    /// Queues this process's SQLite writes (SQLite has one writer). Unused for PostgreSQL.
-    sqlite_writes: Mutex<()>,
+    /// Group commit of this process's SQLite writes. `None` for PostgreSQL.
+    writer: Option<writer::Writer>,
 }
 
 enum Db {
@@ -107,25 +108,52 @@ macro_rules! on_pool {
 }
 pub(crate) use on_pool;
 
+/// Runs the write `$body` with `$conn` bound to a connection of `$store`'s backend, and
+/// evaluates to its `Result`. On SQLite the body joins the group-commit writer's next
+/// transaction (so it must own what it uses: it runs on the writer's task); on PostgreSQL it
+/// runs on a pooled connection, each statement its own transaction, and PostgreSQL groups
+/// concurrent commits itself. `$conn.begin()` inside the body opens a savepoint on SQLite and
+/// a transaction on PostgreSQL.
+macro_rules! on_writer {
+    ($store:expr, $op:expr, |$conn:ident| $body:expr) => {
+        match &$store.inner.db {
+            $crate::store::Db::Sqlite(_) => {
+                $store
+                    .sqlite_writer()
+                    .write($op, move |$conn: &mut sqlx::SqliteConnection| {
+                        Box::pin(async move { $body })
+                    })
+                    .await
+            }
+            $crate::store::Db::Postgres(pool) => match pool.acquire().await {
+                Ok(mut pooled) => {
+                    let $conn: &mut sqlx::PgConnection = &mut pooled;
+                    async move { $body }.await
+                }
+                Err(e) => Err($crate::store::StoreError::query($op)(e)),
+            },
+        }
+    };
+}
+pub(crate) use on_writer;
+
 impl Store {
     /// Connects to `url` (`sqlite://PATH`, `sqlite::memory:`, `postgres://…`) and applies the
     /// migrations. Fails within about [`CONNECT_TIMEOUT`] if the database cannot be reached, with
     /// a message naming it (password redacted).
     pub async fn connect(url: &str) -> Result<Store, StoreError> {
         let database = redact_url(url);
-        let db = if url.starts_with("postgres://") || url.starts_with("postgresql://") {
-            Db::Postgres(connect_postgres(url, &database).await?)
+        let (db, writer) = if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+            (Db::Postgres(connect_postgres(url, &database).await?), None)
         } else if url.starts_with("sqlite:") {
-            Db::Sqlite(connect_sqlite(url, &database).await?)
+            let pool = connect_sqlite(url, &database).await?;
+            let writer = writer::Writer::spawn(pool.clone());
+            (Db::Sqlite(pool), Some(writer))
         } else {
             return Err(StoreError::UnsupportedUrl { url: database });
         };
         let store = Store {
-            inner: Arc::new(Inner {
-                db,
-                database,
-                sqlite_writes: Mutex::new(()),
-            }),
+            inner: Arc::new(Inner { db, database, writer }),
         };
         tracing::info!(backend = %store.backend(), database = %store.inner.database, "store connected and migrated");
         Ok(store)
@@ -159,12 +187,9 @@ impl Store {
         on_pool!(self, |pool| pool.close().await)
     }
 
-    /// Held across a write on SQLite; nothing on PostgreSQL.
-    async fn write_guard(&self) -> Option<MutexGuard<'_, ()>> {
-        match self.inner.db {
-            Db::Sqlite(_) => Some(self.inner.sqlite_writes.lock().await),
-            Db::Postgres(_) => None,
-        }
+    /// The group-commit writer (SQLite only).
+    fn sqlite_writer(&self) -> &writer::Writer {
+        self.inner.writer.as_ref().expect("a SQLite store has a writer")
     }
 }
 

@@ -2,7 +2,7 @@
 
 use proto::Vin;
 
-use super::{Store, StoreError, on_pool, parse_vin};
+use super::{Store, StoreError, on_pool, on_writer, parse_vin};
 
 /// The database id of a session.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -93,51 +93,127 @@ fn record(row: SessionRow) -> Result<SessionRecord, StoreError> {
     })
 }
 
+/// One change to the session registry, for [`Store::record_sessions`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SessionChange {
+    /// Connection `conn` opened `session`.
+    Open {
+        /// The connection (unique within the process).
+        conn: u64,
+        /// What to record.
+        session: NewSession,
+    },
+    /// Connection `conn` ended.
+    Close {
+        /// The connection.
+        conn: u64,
+        /// Its session id, if it was recorded in an earlier batch (otherwise it must be
+        /// opened earlier in the same batch).
+        id: Option<SessionId>,
+        /// Why it ended.
+        reason: String,
+        /// When (unix ms).
+        at_ms: i64,
+    },
+}
+
+const OPEN_SESSION: &str = "INSERT INTO sessions (vin, node, cert_fingerprint, agent_version, remote_addr, connected_at) \
+                            VALUES ($1, $2, $3, $4, $5, $6) RETURNING id";
+const CLOSE_SESSION: &str = "UPDATE sessions SET disconnected_at = $2, disconnect_reason = $3 \
+                             WHERE id = $1 AND disconnected_at IS NULL";
+
 impl Store {
     /// Records a new connection and returns its id.
     pub async fn open_session(&self, s: &NewSession) -> Result<SessionId, StoreError> {
-        const SQL: &str = "INSERT INTO sessions (vin, node, cert_fingerprint, agent_version, remote_addr, connected_at) \
-                           VALUES ($1, $2, $3, $4, $5, $6) RETURNING id";
-        let _w = self.write_guard().await;
-        let (id,): (i64,) = on_pool!(self, |pool| sqlx::query_as(SQL)
-            .bind(s.vin.as_str())
-            .bind(&s.node)
-            .bind(&s.cert_fingerprint)
-            .bind(s.agent_version.as_deref())
-            .bind(&s.remote_addr)
-            .bind(s.connected_at_ms)
-            .fetch_one(pool)
-            .await)
-        .map_err(StoreError::query("opening a session"))?;
-        Ok(SessionId(id))
+        const OP: &str = "opening a session";
+        let s = s.clone();
+        on_writer!(self, OP, |conn| {
+            let (id,): (i64,) = sqlx::query_as(OPEN_SESSION)
+                .bind(s.vin.as_str())
+                .bind(&s.node)
+                .bind(&s.cert_fingerprint)
+                .bind(s.agent_version.as_deref())
+                .bind(&s.remote_addr)
+                .bind(s.connected_at_ms)
+                .fetch_one(&mut *conn)
+                .await
+                .map_err(StoreError::query(OP))?;
+            Ok(SessionId(id))
+        })
     }
 
     /// Records the end of a session. Closing a session that is already closed keeps the first
     /// time and reason and succeeds; an id that was never opened is [`StoreError::UnknownSession`].
     pub async fn close_session(&self, id: SessionId, reason: &str, at_ms: i64) -> Result<(), StoreError> {
-        const SQL: &str = "UPDATE sessions SET disconnected_at = $2, disconnect_reason = $3 \
-                           WHERE id = $1 AND disconnected_at IS NULL";
         const EXISTS: &str = "SELECT id FROM sessions WHERE id = $1";
-        let _w = self.write_guard().await;
-        let closed = on_pool!(self, |pool| sqlx::query(SQL)
-            .bind(id.0)
-            .bind(at_ms)
-            .bind(reason)
-            .execute(pool)
-            .await
-            .map(|done| done.rows_affected()))
-        .map_err(StoreError::query("closing a session"))?;
-        if closed == 0 {
-            let found: Option<(i64,)> = on_pool!(self, |pool| sqlx::query_as(EXISTS)
+        const OP: &str = "closing a session";
+        let reason = reason.to_owned();
+        on_writer!(self, OP, |conn| {
+            let closed = sqlx::query(CLOSE_SESSION)
                 .bind(id.0)
-                .fetch_optional(pool)
-                .await)
-            .map_err(StoreError::query("closing a session"))?;
-            if found.is_none() {
-                return Err(StoreError::UnknownSession(id.0));
+                .bind(at_ms)
+                .bind(&reason)
+                .execute(&mut *conn)
+                .await
+                .map_err(StoreError::query(OP))?
+                .rows_affected();
+            if closed == 0 {
+                let found: Option<(i64,)> = sqlx::query_as(EXISTS)
+                    .bind(id.0)
+                    .fetch_optional(&mut *conn)
+                    .await
+                    .map_err(StoreError::query(OP))?;
+                if found.is_none() {
+                    return Err(StoreError::UnknownSession(id.0));
+                }
             }
-        }
-        Ok(())
+            Ok(())
+        })
+    }
+
+    /// Records a batch of connects and disconnects, in order, in one transaction on SQLite (a
+    /// reconnect storm of thousands of cars costs a few fsyncs, not one per car). Returns the
+    /// new session id of each `Open`, by connection. A `Close` whose session is unknown is
+    /// skipped.
+    pub async fn record_sessions(&self, changes: Vec<SessionChange>) -> Result<Vec<(u64, SessionId)>, StoreError> {
+        const OP: &str = "recording sessions";
+        on_writer!(self, OP, |conn| {
+            let mut opened: Vec<(u64, SessionId)> = Vec::new();
+            for change in &changes {
+                match change {
+                    SessionChange::Open { conn: c, session: s } => {
+                        let (id,): (i64,) = sqlx::query_as(OPEN_SESSION)
+                            .bind(s.vin.as_str())
+                            .bind(&s.node)
+                            .bind(&s.cert_fingerprint)
+                            .bind(s.agent_version.as_deref())
+                            .bind(&s.remote_addr)
+                            .bind(s.connected_at_ms)
+                            .fetch_one(&mut *conn)
+                            .await
+                            .map_err(StoreError::query(OP))?;
+                        opened.push((*c, SessionId(id)));
+                    }
+                    SessionChange::Close {
+                        conn: c,
+                        id,
+                        reason,
+                        at_ms,
+                    } => {
+                        let id = id.or_else(|| opened.iter().rev().find(|(o, _)| o == c).map(|(_, id)| *id));
+                        let Some(id) = id else { continue };
+                        sqlx::query(CLOSE_SESSION)
+                            .bind(id.0)
+                            .bind(*at_ms)
+                            .bind(reason)
+                            .execute(&mut *conn)
+                            .await
+                            .map_err(StoreError::query(OP))?;
+                    }
+                }
+            }
+            Ok(opened)
+        })
     }
 
     /// Closes the sessions that an earlier run of `node` left open (it crashed or was killed);
@@ -145,15 +221,18 @@ impl Store {
     pub async fn close_open_sessions_of_node(&self, node: &str, reason: &str, at_ms: i64) -> Result<u64, StoreError> {
         const SQL: &str = "UPDATE sessions SET disconnected_at = $2, disconnect_reason = $3 \
                            WHERE node = $1 AND disconnected_at IS NULL";
-        let _w = self.write_guard().await;
-        on_pool!(self, |pool| sqlx::query(SQL)
-            .bind(node)
-            .bind(at_ms)
-            .bind(reason)
-            .execute(pool)
-            .await
-            .map(|done| done.rows_affected()))
-        .map_err(StoreError::query("closing a node's open sessions"))
+        const OP: &str = "closing a node's open sessions";
+        let (node, reason) = (node.to_owned(), reason.to_owned());
+        on_writer!(self, OP, |conn| {
+            sqlx::query(SQL)
+                .bind(&node)
+                .bind(at_ms)
+                .bind(&reason)
+                .execute(&mut *conn)
+                .await
+                .map(|done| done.rows_affected())
+                .map_err(StoreError::query(OP))
+        })
     }
 
     /// The car's last `limit` sessions, newest first.

@@ -1,0 +1,121 @@
+//! What the connection layer reports about each vehicle session: who connected, when, and
+//! why the session ended.
+
+use std::fmt;
+use std::net::SocketAddr;
+
+use proto::Vin;
+
+/// Why a vehicle's session ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum DisconnectReason {
+    /// The car sent DISCONNECT.
+    Clean,
+    /// Nothing heard from the car for 1.5 × its keep-alive.
+    KeepAliveTimeout,
+    /// Another connection with the same VIN took over the session.
+    Kicked,
+    /// The car broke the protocol or left its namespace.
+    ProtocolError(String),
+    /// The CONNECT was refused (the code sent in CONNACK).
+    Refused(String),
+    /// The socket closed or failed without a DISCONNECT.
+    ConnectionLost(String),
+    /// The car stopped reading while the gateway had messages for it.
+    SlowConsumer,
+    /// The gateway failed to serve the session (its pub/sub router refused it).
+    ServerError(String),
+    /// The gateway is shutting down.
+    ServerShutdown,
+}
+
+impl fmt::Display for DisconnectReason {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            DisconnectReason::Clean => f.write_str("clean"),
+            DisconnectReason::KeepAliveTimeout => f.write_str("keep-alive timeout"),
+            DisconnectReason::Kicked => f.write_str("kicked: session taken over by a new connection"),
+            DisconnectReason::ProtocolError(why) => write!(f, "protocol error: {why}"),
+            DisconnectReason::Refused(why) => write!(f, "refused: {why}"),
+            DisconnectReason::ConnectionLost(why) => write!(f, "connection lost: {why}"),
+            DisconnectReason::SlowConsumer => {
+                f.write_str("slow consumer: the car stopped reading while messages for it piled up")
+            }
+            DisconnectReason::ServerError(why) => write!(f, "server error: {why}"),
+            DisconnectReason::ServerShutdown => f.write_str("server shutdown"),
+        }
+    }
+}
+
+/// Who connected, as recorded in the session registry.
+#[derive(Debug, Clone)]
+pub struct SessionInfo {
+    /// This connection, unique within the process.
+    pub conn: u64,
+    /// The VIN from the certificate.
+    pub vin: Vin,
+    /// SHA-256 of the certificate.
+    pub fingerprint: String,
+    /// What the car says it runs (the CONNECT user name, e.g. `vehicle-agent/0.1.0`).
+    pub agent_version: Option<String>,
+    /// The car's address as seen by the gateway.
+    pub remote: SocketAddr,
+    /// When the session was accepted (unix ms).
+    pub at_ms: i64,
+}
+
+/// What the connection layer reports about a session's lifetime.
+#[derive(Debug, Clone)]
+pub enum SessionEvent {
+    /// The car's CONNECT was accepted.
+    Connected(SessionInfo),
+    /// The car is subscribed to its events topic (its SUBACK is on the wire): events can flow.
+    EventsSubscribed {
+        /// The connection.
+        conn: u64,
+        /// Who.
+        vin: Vin,
+    },
+    /// The session ended.
+    Disconnected {
+        /// The connection.
+        conn: u64,
+        /// Who.
+        vin: Vin,
+        /// Why.
+        reason: DisconnectReason,
+        /// When (unix ms).
+        at_ms: i64,
+    },
+}
+
+/// Where sessions report their lifetime events. Sending waits when the consumer is behind, so
+/// no connect or disconnect goes unrecorded.
+#[derive(Debug, Clone)]
+pub struct SessionSink(pub tokio::sync::mpsc::Sender<SessionEvent>);
+
+impl SessionSink {
+    pub(crate) async fn send(&self, event: SessionEvent) {
+        let _ = self.0.send(event).await;
+    }
+}
+
+/// The current time in unix milliseconds.
+pub fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as i64)
+}
+
+/// The peer of one vehicle connection, as the listener saw it.
+#[derive(Debug, Clone)]
+pub struct Peer {
+    /// This connection, unique within the process.
+    pub conn: u64,
+    /// Identity from the certificate.
+    pub vin: Vin,
+    /// SHA-256 of the certificate.
+    pub fingerprint: String,
+    /// Remote address.
+    pub remote: SocketAddr,
+}

@@ -1,0 +1,267 @@
+//! Per-VIN delivery of the gateway's own messages (responses, events) to the car's one live
+//! session.
+//!
+//! Each session opens a [`Mailbox`] under its VIN; opening a second one for the same VIN
+//! (the car reconnected before the old socket died) marks the old one kicked, which ends the
+//! old session: one session per VIN. The gateway queues messages with [`Mailboxes::deliver`];
+//! the session drains its mailbox onto the socket. A mailbox holds at most its capacity: a car
+//! that stops reading is disconnected rather than allowed to grow the gateway's memory, and
+//! what it missed comes back by the usual routes (it republishes pending requests and the
+//! ledger replays them; unacknowledged events are redelivered when it subscribes again).
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::atomic::{AtomicU8, Ordering};
+use std::sync::{Arc, Mutex, PoisonError, RwLock};
+
+use bytes::Bytes;
+use proto::Vin;
+use tokio::sync::Notify;
+
+/// The gateway-owned topics a car receives on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Outbound {
+    /// `/tenants/{VIN}/v1/resp`: answers to the car's requests.
+    Responses,
+    /// `/tenants/{VIN}/v1/events`: partner events.
+    Events,
+}
+
+impl Outbound {
+    /// The topic this is for `vin`.
+    pub fn topic(self, vin: &Vin) -> String {
+        match self {
+            Outbound::Responses => proto::topics::responses(vin),
+            Outbound::Events => proto::topics::events(vin),
+        }
+    }
+}
+
+/// One message waiting for its car.
+#[derive(Debug, Clone)]
+pub struct OutboundMessage {
+    /// Which gateway topic it goes out on.
+    pub topic: Outbound,
+    /// The encoded envelope.
+    pub payload: Bytes,
+}
+
+/// What became of a message handed to [`Mailboxes::deliver`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Delivery {
+    /// Queued for the car's live session.
+    Queued,
+    /// The car has no session on this gateway.
+    Offline,
+    /// The car's mailbox was full: the message was not queued and the session is being closed.
+    Overflow,
+}
+
+/// Whether a mailbox's session may go on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MailboxState {
+    /// In use.
+    Open,
+    /// A newer session of the same VIN took over.
+    Kicked,
+    /// The car fell too far behind.
+    Overflowed,
+}
+
+const OPEN: u8 = 0;
+const KICKED: u8 = 1;
+const OVERFLOWED: u8 = 2;
+
+/// The queue of one session.
+#[derive(Debug)]
+pub struct Mailbox {
+    queue: Mutex<VecDeque<OutboundMessage>>,
+    wake: Notify,
+    state: AtomicU8,
+    capacity: usize,
+}
+
+impl Mailbox {
+    fn new(capacity: usize) -> Mailbox {
+        Mailbox {
+            // Allocates on first use: an idle car's mailbox holds no buffer.
+            queue: Mutex::new(VecDeque::new()),
+            wake: Notify::new(),
+            state: AtomicU8::new(OPEN),
+            capacity,
+        }
+    }
+
+    /// Resolves when something was queued or the state changed since the last call (a wake-up
+    /// that happened while nobody waited is kept, so none is missed).
+    pub async fn changed(&self) {
+        self.wake.notified().await
+    }
+
+    /// The oldest waiting message.
+    pub fn pop(&self) -> Option<OutboundMessage> {
+        let mut queue = self.queue.lock().unwrap_or_else(PoisonError::into_inner);
+        let message = queue.pop_front();
+        if queue.is_empty() && queue.capacity() > 64 {
+            // A burst is over: give its memory back instead of keeping it per idle car.
+            *queue = VecDeque::new();
+        }
+        message
+    }
+
+    /// Messages waiting.
+    pub fn len(&self) -> usize {
+        self.queue.lock().unwrap_or_else(PoisonError::into_inner).len()
+    }
+
+    /// Whether nothing is waiting.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Whether the session may go on.
+    pub fn state(&self) -> MailboxState {
+        match self.state.load(Ordering::Acquire) {
+            OPEN => MailboxState::Open,
+            KICKED => MailboxState::Kicked,
+            _ => MailboxState::Overflowed,
+        }
+    }
+
+    fn push(&self, message: OutboundMessage) -> Delivery {
+        if self.state() != MailboxState::Open {
+            return Delivery::Offline;
+        }
+        {
+            let mut queue = self.queue.lock().unwrap_or_else(PoisonError::into_inner);
+            if queue.len() >= self.capacity {
+                drop(queue);
+                self.close_with(OVERFLOWED);
+                return Delivery::Overflow;
+            }
+            queue.push_back(message);
+        }
+        self.wake.notify_one();
+        Delivery::Queued
+    }
+
+    fn close_with(&self, state: u8) {
+        if self
+            .state
+            .compare_exchange(OPEN, state, Ordering::AcqRel, Ordering::Acquire)
+            .is_ok()
+        {
+            self.wake.notify_one();
+        }
+    }
+}
+
+/// Every live session's mailbox, by VIN. Cheap to clone.
+#[derive(Debug, Clone)]
+pub struct Mailboxes {
+    live: Arc<RwLock<HashMap<Vin, Arc<Mailbox>>>>,
+    capacity: usize,
+}
+
+impl Mailboxes {
+    /// No sessions yet; each mailbox will hold at most `capacity` messages.
+    pub fn new(capacity: usize) -> Mailboxes {
+        Mailboxes {
+            live: Arc::default(),
+            capacity: capacity.max(1),
+        }
+    }
+
+    /// Opens the mailbox of a new session of `vin`; a previous session of the same VIN is kicked.
+    pub fn open(&self, vin: &Vin) -> Arc<Mailbox> {
+        let mailbox = Arc::new(Mailbox::new(self.capacity));
+        let previous = self
+            .live
+            .write()
+            .unwrap_or_else(PoisonError::into_inner)
+            .insert(vin.clone(), mailbox.clone());
+        if let Some(previous) = previous {
+            previous.close_with(KICKED);
+        }
+        mailbox
+    }
+
+    /// Closes `mailbox` when its session ends (a newer session's mailbox is left alone).
+    pub fn close(&self, vin: &Vin, mailbox: &Arc<Mailbox>) {
+        let mut live = self.live.write().unwrap_or_else(PoisonError::into_inner);
+        if live.get(vin).is_some_and(|m| Arc::ptr_eq(m, mailbox)) {
+            live.remove(vin);
+        }
+    }
+
+    /// Queues `payload` on `topic` for `vin`'s live session.
+    pub fn deliver(&self, vin: &Vin, topic: Outbound, payload: Bytes) -> Delivery {
+        let mailbox = self
+            .live
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .get(vin)
+            .cloned();
+        match mailbox {
+            Some(m) => m.push(OutboundMessage { topic, payload }),
+            None => Delivery::Offline,
+        }
+    }
+
+    /// Sessions open right now.
+    pub fn live(&self) -> usize {
+        self.live.read().unwrap_or_else(PoisonError::into_inner).len()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn vin(s: &str) -> Vin {
+        Vin::parse(s).unwrap()
+    }
+
+    #[tokio::test]
+    async fn a_message_reaches_only_the_live_session_of_its_vin() {
+        let boxes = Mailboxes::new(8);
+        let a = boxes.open(&vin("WBA3B5C50DF123456"));
+        let b = boxes.open(&vin("LSVAU2180N2183294"));
+        let sent = boxes.deliver(&vin("WBA3B5C50DF123456"), Outbound::Responses, Bytes::from_static(b"x"));
+        assert_eq!(sent, Delivery::Queued);
+        a.changed().await;
+        assert_eq!(a.pop().map(|m| m.payload), Some(Bytes::from_static(b"x")));
+        assert!(b.is_empty());
+        assert_eq!(
+            boxes.deliver(&vin("1HGCM82633A004352"), Outbound::Events, Bytes::new()),
+            Delivery::Offline
+        );
+    }
+
+    #[tokio::test]
+    async fn a_second_session_kicks_the_first_and_survives_its_close() {
+        let boxes = Mailboxes::new(8);
+        let car = vin("WBA3B5C50DF123456");
+        let first = boxes.open(&car);
+        let second = boxes.open(&car);
+        first.changed().await;
+        assert_eq!(first.state(), MailboxState::Kicked);
+        boxes.close(&car, &first);
+        assert_eq!(boxes.deliver(&car, Outbound::Responses, Bytes::new()), Delivery::Queued);
+        assert_eq!(second.len(), 1);
+        boxes.close(&car, &second);
+        assert_eq!(boxes.live(), 0);
+    }
+
+    #[tokio::test]
+    async fn a_full_mailbox_closes_its_session_instead_of_growing() {
+        let boxes = Mailboxes::new(2);
+        let car = vin("WBA3B5C50DF123456");
+        let mailbox = boxes.open(&car);
+        for _ in 0..2 {
+            assert_eq!(boxes.deliver(&car, Outbound::Events, Bytes::new()), Delivery::Queued);
+        }
+        assert_eq!(boxes.deliver(&car, Outbound::Events, Bytes::new()), Delivery::Overflow);
+        assert_eq!(mailbox.state(), MailboxState::Overflowed);
+        assert_eq!(boxes.deliver(&car, Outbound::Events, Bytes::new()), Delivery::Offline);
+    }
+}
