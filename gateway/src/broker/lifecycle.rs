@@ -96,7 +96,8 @@ pub struct SessionSink(pub tokio::sync::mpsc::Sender<SessionEvent>);
 
 impl SessionSink {
     pub(crate) async fn send(&self, event: SessionEvent) {
-        let _ = self.0.send(event).await;
+        // Boxed: the event is large and sent rarely, so it stays out of the session's future.
+        let _ = Box::pin(self.0.send(event)).await;
     }
 }
 

@@ -150,7 +150,14 @@ async fn handle(tcp: TcpStream, peer: SocketAddr, shared: &Shared, handshake: Ow
     let permit = handshake;
     let outcome = tokio::select! {
         _ = shared.shutdown.cancelled() => return,
-        r = timeout(shared.settings.handshake_timeout, shared.acceptor.accept(tcp)) => r,
+        // Boxed, and the stream boxed too: the handshake's state is freed once it is done,
+        // and the connection's future (held for the car's whole session) carries a pointer to
+        // the TLS stream rather than copies of it.
+        r = Box::pin(async {
+            timeout(shared.settings.handshake_timeout, shared.acceptor.accept(tcp))
+                .await
+                .map(|accepted| accepted.map(Box::new))
+        }) => r,
     };
     drop(permit);
     let tls = match outcome {

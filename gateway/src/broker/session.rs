@@ -64,6 +64,10 @@ fn connack(session_present: bool, code: ConnectReturnCode) -> Packet {
 }
 
 /// Runs one vehicle's MQTT session on an authenticated stream until it ends, and says why.
+///
+/// The future of a connected car lives as long as its session, so it is kept small: what
+/// happens once (the CONNECT exchange, the farewell) runs in boxed futures that are freed when
+/// done, and the steady state holds little more than the stream and the subscription table.
 pub async fn serve_vehicle<S>(
     io: S,
     peer: &Peer,
@@ -74,33 +78,64 @@ pub async fn serve_vehicle<S>(
 where
     S: AsyncRead + AsyncWrite + Unpin,
 {
-    let vin = &peer.vin;
     let mut mqtt = MqttIo::new(io, limits.max_packet_bytes);
+    let (mut live, opened) = match Box::pin(open(&mut mqtt, peer, wiring, limits)).await {
+        Ok(opened) => opened,
+        Err(reason) => return reason,
+    };
+    let reason = live
+        .run(&mut mqtt, &opened.mailbox, opened.keep_alive, peer.conn, shutdown)
+        .await;
+    Box::pin(close(mqtt, live, opened, peer, reason)).await
+}
+
+/// What a session keeps from its CONNECT.
+struct Opened {
+    mailbox: Arc<Mailbox>,
+    /// 1.5 × the keep-alive in force.
+    keep_alive: Duration,
+    will: Option<LastWill>,
+}
+
+/// Reads and answers the CONNECT, resumes a persistent session, opens the car's mailbox.
+async fn open<'a, S: AsyncRead + AsyncWrite + Unpin>(
+    mqtt: &mut MqttIo<S>,
+    peer: &'a Peer,
+    wiring: &'a Wiring,
+    limits: &SessionLimits,
+) -> Result<(Live<'a>, Opened), DisconnectReason> {
+    let vin = &peer.vin;
     let connect = match timeout(limits.connect_timeout, mqtt.read()).await {
         Ok(Ok(Packet::Connect(connect))) => connect,
-        Ok(Ok(_)) => return DisconnectReason::ProtocolError("first packet is not CONNECT".into()),
-        Ok(Err(reason)) => return reason,
-        Err(_) => return DisconnectReason::ProtocolError("no CONNECT within the connect timeout".into()),
+        Ok(Ok(_)) => return Err(DisconnectReason::ProtocolError("first packet is not CONNECT".into())),
+        Ok(Err(reason)) => return Err(reason),
+        Err(_) => {
+            return Err(DisconnectReason::ProtocolError(
+                "no CONNECT within the connect timeout".into(),
+            ));
+        }
     };
     if connect.protocol != Protocol::V4 {
         let _ = mqtt
             .send(&connack(false, ConnectReturnCode::RefusedProtocolVersion))
             .await;
-        return DisconnectReason::Refused("only MQTT 3.1.1 is served".into());
+        return Err(DisconnectReason::Refused("only MQTT 3.1.1 is served".into()));
     }
     // The certificate is the identity: the client id may only repeat it.
     if !(connect.client_id == vin.as_str() || connect.client_id.is_empty() && connect.clean_session) {
         let _ = mqtt.send(&connack(false, ConnectReturnCode::BadClientId)).await;
-        return DisconnectReason::Refused(format!(
+        return Err(DisconnectReason::Refused(format!(
             "client id {:?} is not the certificate's VIN",
             truncate(&connect.client_id)
-        ));
+        )));
     }
     if let Some(will) = &connect.last_will
         && !may_publish(vin, &will.topic)
     {
         let _ = mqtt.send(&connack(false, ConnectReturnCode::NotAuthorized)).await;
-        return DisconnectReason::Refused("will topic outside the vehicle's namespace".into());
+        return Err(DisconnectReason::Refused(
+            "will topic outside the vehicle's namespace".into(),
+        ));
     }
     let asked = Duration::from_secs(connect.keep_alive.into());
     if asked > limits.max_keep_alive || asked.is_zero() {
@@ -136,12 +171,12 @@ where
     {
         let _ = mqtt.send(&connack(false, ConnectReturnCode::ServiceUnavailable)).await;
         wiring.mailboxes.close(vin, &mailbox);
-        return reason;
+        return Err(reason);
     }
     if let Err(reason) = mqtt.send(&connack(session_present, ConnectReturnCode::Success)).await {
         wiring.mailboxes.close(vin, &mailbox);
         live.detach().await;
-        return reason;
+        return Err(reason);
     }
     info!(
         keep_alive_s = connect.keep_alive,
@@ -173,12 +208,25 @@ where
     if live.subs.covers_events(vin) {
         live.events_subscribed(peer.conn).await;
     }
+    let opened = Opened {
+        mailbox,
+        keep_alive,
+        will: connect.last_will,
+    };
+    Ok((live, opened))
+}
 
-    let reason = live.run(&mut mqtt, &mailbox, keep_alive, peer.conn, shutdown).await;
-
+/// Ends a session that was open: the will, the farewell to the car, the mailbox, the record.
+async fn close<S: AsyncRead + AsyncWrite + Unpin>(
+    mut mqtt: MqttIo<S>,
+    mut live: Live<'_>,
+    opened: Opened,
+    peer: &Peer,
+    reason: DisconnectReason,
+) -> DisconnectReason {
     // MQTT publishes the will on any end but the car's own DISCONNECT.
-    if let Some(will) = connect
-        .last_will
+    if let Some(will) = opened
+        .will
         .filter(|_| !matches!(reason, DisconnectReason::Clean | DisconnectReason::ServerShutdown))
     {
         live.publish_will(will).await;
@@ -187,9 +235,9 @@ where
         let _ = mqtt.send(&Packet::Disconnect).await;
         mqtt.shutdown().await;
     }
-    wiring.mailboxes.close(vin, &mailbox);
+    live.wiring.mailboxes.close(&peer.vin, &opened.mailbox);
     live.detach().await;
-    finish(&wiring.events, peer, reason).await
+    finish(&live.wiring.events, peer, reason).await
 }
 
 /// A connected session's state.
@@ -270,7 +318,8 @@ impl Live<'_> {
                         Err(reason) => return reason,
                     };
                     deadline = Instant::now() + keep_alive;
-                    match self.on_packet(mqtt, packet, conn).await {
+                    // Boxed: the session's own future stays small for the idle car it mostly is.
+                    match Box::pin(self.on_packet(mqtt, packet, conn)).await {
                         Ok(Next::Continue) => {}
                         Ok(Next::Hold(publish)) => held = Some(publish),
                         Err(reason) => return reason,
@@ -575,7 +624,8 @@ impl Live<'_> {
 /// Resolves with the router's next message for the car; never, without a link.
 async fn next_from_router(link: &mut Option<Box<PubSubLink>>) -> Result<PubSubMessage, crate::bus::PubSubError> {
     match link {
-        Some(link) => link.next().await,
+        // Boxed: rumqttd's receive future is large and most cars never have a link.
+        Some(link) => Box::pin(link.next()).await,
         None => std::future::pending().await,
     }
 }
