@@ -47,6 +47,11 @@ impl Agents {
         Ok(Agents { links })
     }
 
+    /// The agents' links.
+    pub fn links(&self) -> &[GatewayLink] {
+        &self.links
+    }
+
     /// How many agents.
     pub fn len(&self) -> usize {
         self.links.len()

@@ -238,6 +238,53 @@ impl BrokerKind {
 enum Handle {
     Process(ChildProcess),
     InProcess(Box<gateway::Gateway>),
+    /// Between a kill and the restart.
+    Gone,
+}
+
+/// How to start a broker process again after killing it.
+#[derive(Debug, Clone)]
+struct Launch {
+    name: String,
+    program: PathBuf,
+    args: Vec<std::ffi::OsString>,
+    env: Vec<(String, String)>,
+    env_remove: Vec<String>,
+    ready: String,
+}
+
+impl Launch {
+    fn command(&self) -> Command {
+        let mut cmd = Command::new(&self.program);
+        cmd.args(&self.args);
+        for (k, v) in &self.env {
+            cmd.env(k, v);
+        }
+        for k in &self.env_remove {
+            cmd.env_remove(k);
+        }
+        cmd
+    }
+
+    fn spawn(&self, log: &Path) -> Result<ChildProcess> {
+        Ok(ChildProcess::spawn(&self.name, self.command(), &self.ready, log)?.0)
+    }
+}
+
+/// How the broker is brought back by [`Broker::restart`].
+enum Relaunch {
+    Process(Launch),
+    /// The in-process gateway: its configuration file and the address it listened on.
+    InProcess(PathBuf, SocketAddr),
+}
+
+/// When a restarted broker went down and came back.
+#[derive(Debug, Clone, Copy)]
+pub struct Restarted {
+    /// When it was killed.
+    pub killed: std::time::Instant,
+    /// When it was listening again.
+    pub ready: std::time::Instant,
 }
 
 /// A running broker.
@@ -255,6 +302,7 @@ pub struct Broker {
     /// Its log file, if it runs as a process.
     pub log: Option<PathBuf>,
     handle: Handle,
+    relaunch: Relaunch,
 }
 
 impl Broker {
@@ -268,6 +316,55 @@ impl Broker {
             Handle::InProcess(g) => {
                 let _ = tokio::time::timeout(Duration::from_secs(30), g.shutdown()).await;
             }
+            Handle::Gone => {}
+        }
+    }
+
+    /// Kills the broker as a crash would (SIGKILL; the in-process gateway can only be shut
+    /// down) and starts it again at once on the same port with the same configuration and
+    /// database. Returns when it listens again.
+    pub async fn restart(&mut self) -> Result<Restarted> {
+        let killed = std::time::Instant::now();
+        match std::mem::replace(&mut self.handle, Handle::Gone) {
+            Handle::Process(mut p) => tokio::task::spawn_blocking(move || p.kill()).await?,
+            Handle::InProcess(g) => {
+                let _ = tokio::time::timeout(Duration::from_secs(30), g.shutdown()).await;
+            }
+            Handle::Gone => {}
+        }
+        match &self.relaunch {
+            Relaunch::Process(launch) => {
+                let log = self
+                    .log
+                    .as_ref()
+                    .map(|l| l.with_extension("restarted.log"))
+                    .context("a broker process has a log")?;
+                let launch = launch.clone();
+                let process = tokio::task::spawn_blocking(move || launch.spawn(&log)).await??;
+                self.pid = process.pid;
+                self.handle = Handle::Process(process);
+            }
+            Relaunch::InProcess(toml, addr) => {
+                let mut config = gateway::GatewayConfig::load(Some(toml)).map_err(|e| anyhow::anyhow!("{e}"))?;
+                config.mqtt.listen = *addr;
+                let listener = gateway::bind(*addr)?;
+                let gw = gateway::Gateway::start_on(config, listener)
+                    .await
+                    .map_err(|e| anyhow::anyhow!("gateway did not restart: {e}"))?;
+                self.handle = Handle::InProcess(Box::new(gw));
+            }
+        }
+        Ok(Restarted {
+            killed,
+            ready: std::time::Instant::now(),
+        })
+    }
+
+    /// How [`Broker::restart`] stops it, for the report.
+    pub fn kill_method(&self) -> &'static str {
+        match self.relaunch {
+            Relaunch::Process(_) => "kill -9",
+            Relaunch::InProcess(..) => "graceful shutdown (in-process gateway)",
         }
     }
 
@@ -280,7 +377,9 @@ impl Broker {
     pub async fn registry(&self) -> Option<gateway::store::Store> {
         match &self.handle {
             Handle::InProcess(g) => Some(g.store().clone()),
-            Handle::Process(_) => gateway::store::Store::connect(self.storage_url.as_deref()?).await.ok(),
+            Handle::Process(_) | Handle::Gone => {
+                gateway::store::Store::connect(self.storage_url.as_deref()?).await.ok()
+            }
         }
     }
 }
@@ -340,10 +439,16 @@ pub fn start_mosquitto(bin: &Path, fleet: &Fleet, dir: &Path, hosts: &[IpAddr]) 
     let port = free_port(hosts[0])?;
     let conf = dir.join("mosquitto.conf");
     std::fs::write(&conf, mosquitto_conf(fleet, SocketAddr::new(ip, port)))?;
-    let mut cmd = Command::new(bin);
-    cmd.arg("-c").arg(&conf);
+    let launch = Launch {
+        name: "mosquitto".into(),
+        program: bin.to_path_buf(),
+        args: vec!["-c".into(), conf.into_os_string()],
+        env: Vec::new(),
+        env_remove: Vec::new(),
+        ready: " running".into(),
+    };
     let log = dir.join("mosquitto.log");
-    let (process, _) = ChildProcess::spawn("mosquitto", cmd, " running", &log)?;
+    let process = launch.spawn(&log)?;
     Ok(Broker {
         kind: BrokerKind::Mosquitto,
         label: mosquitto_version(bin),
@@ -352,6 +457,7 @@ pub fn start_mosquitto(bin: &Path, fleet: &Fleet, dir: &Path, hosts: &[IpAddr]) 
         storage_url: None,
         log: Some(log),
         handle: Handle::Process(process),
+        relaunch: Relaunch::Process(launch),
     })
 }
 
@@ -427,15 +533,17 @@ pub async fn start_gateway(
                     read_only_methods,
                 ),
             )?;
-            let mut cmd = Command::new(bin);
             // The gateway's own default log level (info), as deployed.
-            cmd.arg("run")
-                .arg("--config")
-                .arg(&toml)
-                .env("NO_COLOR", "1")
-                .env_remove("RUST_LOG");
+            let launch = Launch {
+                name: "gateway".into(),
+                program: bin.clone(),
+                args: vec!["run".into(), "--config".into(), toml.into_os_string()],
+                env: vec![("NO_COLOR".into(), "1".into())],
+                env_remove: vec!["RUST_LOG".into()],
+                ready: "gateway listening for vehicles".into(),
+            };
             let log = dir.join("gateway.log");
-            let (process, _) = ChildProcess::spawn("gateway", cmd, "gateway listening for vehicles", &log)?;
+            let process = launch.spawn(&log)?;
             Ok(Broker {
                 kind: BrokerKind::Gateway,
                 label: format!("gateway {} (release binary)", env!("CARGO_PKG_VERSION")),
@@ -444,6 +552,7 @@ pub async fn start_gateway(
                 storage_url: Some(url),
                 log: Some(log),
                 handle: Handle::Process(process),
+                relaunch: Relaunch::Process(launch),
             })
         }
         GatewayLaunch::InProcess => {
@@ -464,14 +573,16 @@ pub async fn start_gateway(
             let gw = gateway::Gateway::start_on(config, listener)
                 .await
                 .map_err(|e| anyhow::anyhow!("gateway did not start: {e}"))?;
+            let addr = gw.mqtt_addr();
             Ok(Broker {
                 kind: BrokerKind::Gateway,
                 label: format!("gateway {} (in-process)", env!("CARGO_PKG_VERSION")),
                 pid: std::process::id(),
-                port: gw.mqtt_addr().port(),
+                port: addr.port(),
                 storage_url: Some(url),
                 log: None,
                 handle: Handle::InProcess(Box::new(gw)),
+                relaunch: Relaunch::InProcess(toml, addr),
             })
         }
     }

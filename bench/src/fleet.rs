@@ -3,24 +3,24 @@
 //!
 //! Each vehicle gets its own [`ClientConfig`] (its own identity and its own TLS session cache),
 //! so reconnecting with the same config resumes the TLS session exactly as the real agent does.
-//! A shared [`HandshakeCounter`] counts server-certificate verifications: a full handshake
+//! The configs are built by the agent's own code (`vehicle_agent::tls`), whose verifier counts
+//! server-certificate verifications in a shared [`HandshakeCounter`]: a full handshake
 //! verifies the server's certificate, a resumed one does not, which tells the two apart
 //! without trusting either broker's word for it.
 
 use std::net::IpAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, Result};
 use certs::{CertificateAuthority, IssuedCert};
 use proto::Vin;
-use rustls::client::WebPkiServerVerifier;
-use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
-use rustls::{ClientConfig, DigitallySignedStruct, RootCertStore, SignatureScheme};
+use rustls::{ClientConfig, RootCertStore};
 use rustls_pki_types::pem::PemObject;
-use rustls_pki_types::{CertificateDer, PrivateKeyDer, ServerName, UnixTime};
+use rustls_pki_types::{CertificateDer, PrivateKeyDer};
+pub use vehicle_agent::tls::HandshakeCounter;
+use vehicle_agent::tls::{GatewayVerifier, client_config};
 
 /// Characters a VIN may contain (ISO 3779: digits and capital letters except I, O and Q).
 const VIN_ALPHABET: &[u8; 33] = b"0123456789ABCDEFGHJKLMNPRSTUVWXYZ";
@@ -56,17 +56,6 @@ pub struct CertFiles {
     pub cert: PathBuf,
     /// Private key (PEM).
     pub key: PathBuf,
-}
-
-/// Counts server-certificate verifications, i.e. full TLS handshakes, across many configs.
-#[derive(Debug, Clone, Default)]
-pub struct HandshakeCounter(Arc<AtomicU64>);
-
-impl HandshakeCounter {
-    /// Full handshakes seen so far.
-    pub fn full_handshakes(&self) -> u64 {
-        self.0.load(Ordering::Relaxed)
-    }
 }
 
 /// A CA, the brokers' and the partner's certificates, and the vehicles, all in one directory.
@@ -142,21 +131,11 @@ impl Fleet {
         range: std::ops::Range<usize>,
         counter: &HandshakeCounter,
     ) -> Result<Vec<Arc<ClientConfig>>> {
-        let provider = Arc::new(rustls::crypto::ring::default_provider());
-        let verifier = Arc::new(CountingVerifier {
-            inner: WebPkiServerVerifier::builder_with_provider(self.roots.clone(), provider.clone()).build()?,
-            count: counter.clone(),
-        });
+        // The agent's own verifier and config builder, verifying the dialled host.
+        let verifier = GatewayVerifier::new(self.roots.clone(), None, counter.clone())?;
         self.vehicles[range]
             .iter()
-            .map(|v| {
-                let config = ClientConfig::builder_with_provider(provider.clone())
-                    .with_safe_default_protocol_versions()?
-                    .dangerous()
-                    .with_custom_certificate_verifier(verifier.clone())
-                    .with_client_auth_cert(v.chain.clone(), v.key.clone_key())?;
-                Ok(Arc::new(config))
-            })
+            .map(|v| Ok(client_config(verifier.clone(), v.chain.clone(), v.key.clone_key())?))
             .collect()
     }
 }
@@ -199,50 +178,6 @@ fn issue_one(ca: &CertificateAuthority, index: usize) -> Result<Vehicle> {
     let chain = CertificateDer::pem_slice_iter(pem.cert_pem.as_bytes()).collect::<Result<Vec<_>, _>>()?;
     let key = PrivateKeyDer::from_pem_slice(pem.key_pem.as_bytes())?;
     Ok(Vehicle { vin, pem, chain, key })
-}
-
-/// The standard WebPKI verifier, counting each verification (one per full handshake).
-#[derive(Debug)]
-struct CountingVerifier {
-    inner: Arc<WebPkiServerVerifier>,
-    count: HandshakeCounter,
-}
-
-impl ServerCertVerifier for CountingVerifier {
-    fn verify_server_cert(
-        &self,
-        end_entity: &CertificateDer<'_>,
-        intermediates: &[CertificateDer<'_>],
-        server_name: &ServerName<'_>,
-        ocsp_response: &[u8],
-        now: UnixTime,
-    ) -> Result<ServerCertVerified, rustls::Error> {
-        self.count.0.fetch_add(1, Ordering::Relaxed);
-        self.inner
-            .verify_server_cert(end_entity, intermediates, server_name, ocsp_response, now)
-    }
-
-    fn verify_tls12_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        self.inner.verify_tls12_signature(message, cert, dss)
-    }
-
-    fn verify_tls13_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        self.inner.verify_tls13_signature(message, cert, dss)
-    }
-
-    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        self.inner.supported_verify_schemes()
-    }
 }
 
 #[cfg(test)]

@@ -6,6 +6,7 @@
 //! - [`agents`]: requests through the real agent's `GatewayLink`;
 //! - [`brokers`]: the gateway (own process or in-process), Mosquitto, the parking adapter;
 //! - [`procfs`]: CPU time and RSS of each process, machine facts;
+//! - [`restart`]: the reconnect storm (the broker killed and restarted under the fleet);
 //! - [`run`]: one run of every scenario; [`report`]: its JSON and Markdown.
 
 pub mod agents;
@@ -13,6 +14,7 @@ pub mod brokers;
 pub mod fleet;
 pub mod procfs;
 pub mod report;
+pub mod restart;
 pub mod run;
 pub mod stats;
 pub mod swarm;

@@ -12,6 +12,7 @@ use std::time::Duration;
 
 use clap::{Parser, Subcommand};
 use fleet_bench::brokers::{self, GatewayLaunch};
+use fleet_bench::restart::RestartPlan;
 use fleet_bench::run::{self, LedgerRun, Plan};
 use fleet_bench::swarm::StormSettings;
 
@@ -116,6 +117,15 @@ struct Args {
     /// Extra disconnect/reconnect rounds of the whole fleet, recording broker RSS after each.
     #[arg(long, default_value_t = 0)]
     reconnect_rounds: usize,
+    /// Skip the reconnect storm (each broker killed with SIGKILL and restarted under the fleet).
+    #[arg(long)]
+    no_restart: bool,
+    /// Payments per second the agents make across the gateway's crash (0 = none).
+    #[arg(long, default_value_t = 50.0)]
+    restart_rate: f64,
+    /// Longest wait, in seconds, for the fleet to come back after the restart.
+    #[arg(long, default_value_t = 120.0)]
+    restart_limit: f64,
     /// Keep the temporary directory (certificates, configs, broker logs).
     #[arg(long)]
     keep_work: bool,
@@ -236,6 +246,19 @@ async fn report(args: Args) -> anyhow::Result<()> {
         registry_wait: Duration::from_secs_f64(args.registry_wait),
         settle: Duration::from_secs_f64(args.settle),
         reconnect_rounds: args.reconnect_rounds,
+        restart: (!args.no_restart).then(|| RestartPlan {
+            vehicles: args.vehicles,
+            storm: StormSettings {
+                max_inflight: args.max_inflight,
+                connect_rate: args.connect_rate,
+                keep_alive: Duration::from_secs(args.keep_alive),
+                ..StormSettings::default()
+            },
+            request_rate: args.restart_rate,
+            before_kill: Duration::from_secs(2),
+            after_back: Duration::from_secs(2),
+            limit: Duration::from_secs_f64(args.restart_limit),
+        }),
         command,
         notes,
         verbose: true,

@@ -94,6 +94,8 @@ pub struct BrokerReport {
     pub registry: Option<RegistryReport>,
     /// QoS 1 publish round trips.
     pub echo: Vec<TrafficReport>,
+    /// The reconnect storm, if run.
+    pub restart: Option<crate::restart::RestartReport>,
     /// Idle connections lost during the run (should be 0).
     pub lost_connections: u64,
     /// The first loss.
@@ -394,6 +396,9 @@ impl Report {
             traffic_table(&mut md, r.raw.iter().chain(r.agents.iter()).map(|t| ("gateway", t)));
         }
 
+        let restarts: Vec<_> = self.brokers.iter().filter_map(|b| b.restart.clone()).collect();
+        crate::restart::markdown(&mut md, &restarts);
+
         let lost: Vec<String> = self
             .brokers
             .iter()
@@ -507,6 +512,45 @@ impl Report {
                     t.outcome.errors,
                     t.broker_cpu_us_per_msg,
                     verdict(t.outcome.achieved_per_s >= 10_000.0 && t.outcome.errors == 0)
+                );
+            }
+        }
+        match gw.and_then(|g| g.restart.as_ref()) {
+            Some(r) => {
+                let lost = r.payments.as_ref().map_or(0, |p| p.lost + p.errors);
+                let payments = r.payments.as_ref().map_or("no payments made".to_owned(), |p| {
+                    format!(
+                        "{} payments across the crash, {} answered OK, {} lost, {} errors",
+                        p.sent, p.ok, p.lost, p.errors
+                    )
+                });
+                let mosquitto = mq
+                    .and_then(|m| m.restart.as_ref())
+                    .and_then(|m| m.all_back_s)
+                    .map_or(String::new(), |s| format!(" (Mosquitto: {s:.1} s)"));
+                let _ = writeln!(
+                    md,
+                    "| reconnect storm of {} vehicles back within 30 s, no lost request | {} of {} back {} after kill -9{}; {} | {} |",
+                    r.vehicles,
+                    r.reconnected,
+                    r.vehicles,
+                    r.all_back_s.map_or("(not all)".to_owned(), |s| format!("{s:.1} s")),
+                    mosquitto,
+                    payments,
+                    match (
+                        r.all_back_s.is_some_and(|s| s <= 30.0) && lost == 0,
+                        r.vehicles >= 10_000
+                    ) {
+                        (false, _) => "**not met**",
+                        (true, true) => "met",
+                        (true, false) => "met at this fleet size (the target is for 10,000)",
+                    }
+                );
+            }
+            None => {
+                let _ = writeln!(
+                    md,
+                    "| reconnect storm back within 30 s, no lost request | not measured | - |"
                 );
             }
         }

@@ -15,6 +15,7 @@ use crate::report::{
     BrokerReport, Certificates, MemoryReport, RegistryReport, Report, RequestReport, Settings, StormReport,
     TrafficReport,
 };
+use crate::restart::{RestartPlan, reconnect_storm};
 use crate::swarm::{StormOutcome, StormSettings, Swarm, Target};
 use crate::traffic::{self, Echo, Load, ParkingRequests};
 
@@ -66,6 +67,8 @@ pub struct Plan {
     /// Extra disconnect/reconnect rounds after the resumed storm, recording RSS after each
     /// (memory that grows round after round is not reused).
     pub reconnect_rounds: usize,
+    /// The reconnect storm (broker killed and restarted under the fleet), if run.
+    pub restart: Option<RestartPlan>,
     /// The command line, for the report.
     pub command: String,
     /// Notes for the report.
@@ -247,7 +250,7 @@ fn storm_report(kind: &str, vehicles: usize, o: StormOutcome, full: u64, cpu: pr
 async fn measure(
     plan: &Plan,
     fleet: &Fleet,
-    broker: Broker,
+    mut broker: Broker,
     adapter: Option<&Adapter>,
     dir: &Path,
     say: &impl Fn(String),
@@ -403,7 +406,32 @@ async fn measure(
     }
 
     let _ = swarm.disconnect_all().await;
+    let (lost_connections, first_loss) = (swarm.lost, swarm.first_loss.clone());
+    drop(swarm);
+    let restart = match &plan.restart {
+        Some(restart) => {
+            let agents = if broker.kind == BrokerKind::Gateway {
+                plan.agents
+            } else {
+                0
+            };
+            Some(
+                reconnect_storm(
+                    restart,
+                    fleet,
+                    &mut broker,
+                    &target,
+                    &dir.join("restart-agents"),
+                    agents,
+                    say,
+                )
+                .await?,
+            )
+        }
+        None => None,
+    };
     let report = BrokerReport {
+        restart,
         settle_after_disconnect_s: settled,
         name: name.into(),
         label: broker.label.clone(),
@@ -411,10 +439,9 @@ async fn measure(
         memory,
         registry,
         echo,
-        lost_connections: swarm.lost,
-        first_loss: swarm.first_loss.clone(),
+        lost_connections,
+        first_loss,
     };
-    drop(swarm);
     broker.stop().await;
     Ok((report, request_report))
 }

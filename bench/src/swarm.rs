@@ -49,6 +49,12 @@ pub struct StormSettings {
     pub backoff_initial: Duration,
     /// Backoff cap.
     pub backoff_max: Duration,
+    /// After losing its connection a vehicle connects again by itself, as the agent does
+    /// (backoff from the loss, unlimited attempts), instead of reporting the loss and stopping.
+    pub reconnect: bool,
+    /// After every CONNACK a vehicle subscribes to its `resp` and `events` topics, as the
+    /// agent does.
+    pub subscribe_on_connect: bool,
 }
 
 impl Default for StormSettings {
@@ -61,6 +67,8 @@ impl Default for StormSettings {
             retries: 3,
             backoff_initial: Duration::from_millis(100),
             backoff_max: Duration::from_secs(2),
+            reconnect: false,
+            subscribe_on_connect: false,
         }
     }
 }
@@ -80,6 +88,15 @@ pub enum Event {
     AttemptFailed {
         /// Why.
         error: String,
+        /// The connection was refused (nothing listening): the broker is down.
+        refused: bool,
+    },
+    /// A vehicle that lost its connection (see [`StormSettings::reconnect`]) got CONNACK again.
+    Reconnected {
+        /// The new handle.
+        client: AsyncClient,
+        /// When.
+        at: Instant,
     },
     /// Every attempt failed.
     GaveUp {
@@ -196,9 +213,16 @@ impl Swarm {
                     .get_or_insert_with(|| format!("{}: {error}", self.vins[i]));
             }
             Event::Closed => self.clients[i] = None,
+            Event::Reconnected { client, .. } => self.clients[i] = Some(client.clone()),
             _ => {}
         }
         Some((i, event))
+    }
+
+    /// Forgets the connection losses counted so far (a deliberate broker restart causes them).
+    pub fn forget_losses(&mut self) {
+        self.lost = 0;
+        self.first_loss = None;
     }
 
     /// Connects every vehicle not connected yet, with `configs[i]` as vehicle `i`'s TLS
@@ -265,7 +289,7 @@ impl Swarm {
                     pending -= 1;
                     last = Instant::now();
                 }
-                Event::AttemptFailed { error } => {
+                Event::AttemptFailed { error, .. } => {
                     out.failed_attempts += 1;
                     out.first_error.get_or_insert(error);
                 }
@@ -358,7 +382,8 @@ fn new_client(
 }
 
 /// One vehicle: connect (with backoff between failed attempts), then report what arrives
-/// until it disconnects or the connection fails.
+/// until it disconnects or the connection fails; with [`StormSettings::reconnect`], connect
+/// again after a failure, as the agent does.
 #[allow(clippy::too_many_arguments)]
 async fn vehicle(
     i: usize,
@@ -373,67 +398,91 @@ async fn vehicle(
     let mut backoff = Backoff::new(s.backoff_initial, s.backoff_max);
     let mut attempts = 0u32;
     let mut first_start = None;
-    let mut eventloop = loop {
-        attempts += 1;
-        let permit = match &permits {
-            Some(p) => p.clone().acquire_owned().await.ok(),
-            None => None,
-        };
-        let started = *first_start.get_or_insert_with(Instant::now);
-        let (client, mut eventloop) = new_client(&vin, &config, &host, port, &s);
-        let result = eventloop.poll().await;
-        drop(permit);
-        match result {
-            Ok(MqttEvent::Incoming(Packet::ConnAck(_))) => {
-                let latency = started.elapsed();
-                let _ = tx.send((
-                    i,
-                    Event::Connected {
-                        client,
-                        latency,
-                        attempts,
-                    },
-                ));
-                break eventloop;
-            }
-            other => {
-                let error = match other {
-                    Err(e) => e.to_string(),
-                    Ok(event) => format!("unexpected first event {event:?}"),
-                };
-                if attempts > s.retries {
-                    let _ = tx.send((i, Event::GaveUp { error }));
-                    return;
-                }
-                let _ = tx.send((i, Event::AttemptFailed { error }));
+    let mut reconnecting = false;
+    loop {
+        let (client, mut eventloop) = loop {
+            if reconnecting {
+                // The agent draws a delay before each attempt after a failure, the first too.
                 tokio::time::sleep(backoff.next_delay()).await;
             }
-        }
-    };
-    loop {
-        let event = match eventloop.poll().await {
-            Ok(MqttEvent::Incoming(Packet::Publish(p))) => Event::Message {
-                payload: p.payload,
-                at: Instant::now(),
-            },
-            Ok(MqttEvent::Incoming(Packet::SubAck(ack))) => Event::SubAck {
-                granted: ack
-                    .return_codes
-                    .iter()
-                    .all(|c| matches!(c, SubscribeReasonCode::Success(_))),
-            },
-            Ok(MqttEvent::Outgoing(Outgoing::Disconnect)) => {
-                let _ = tx.send((i, Event::Closed));
-                return;
+            attempts += 1;
+            let permit = match &permits {
+                Some(p) => p.clone().acquire_owned().await.ok(),
+                None => None,
+            };
+            let started = *first_start.get_or_insert_with(Instant::now);
+            let (client, mut eventloop) = new_client(&vin, &config, &host, port, &s);
+            let result = eventloop.poll().await;
+            drop(permit);
+            match result {
+                Ok(MqttEvent::Incoming(Packet::ConnAck(_))) => {
+                    let event = match reconnecting {
+                        false => Event::Connected {
+                            client: client.clone(),
+                            latency: started.elapsed(),
+                            attempts,
+                        },
+                        true => Event::Reconnected {
+                            client: client.clone(),
+                            at: Instant::now(),
+                        },
+                    };
+                    let _ = tx.send((i, event));
+                    break (client, eventloop);
+                }
+                other => {
+                    let refused = matches!(&other, Err(rumqttc::ConnectionError::Io(e)) if e.kind() == std::io::ErrorKind::ConnectionRefused);
+                    let error = match other {
+                        Err(e) => e.to_string(),
+                        Ok(event) => format!("unexpected first event {event:?}"),
+                    };
+                    if !s.reconnect && attempts > s.retries {
+                        let _ = tx.send((i, Event::GaveUp { error }));
+                        return;
+                    }
+                    let _ = tx.send((i, Event::AttemptFailed { error, refused }));
+                    if !reconnecting {
+                        tokio::time::sleep(backoff.next_delay()).await;
+                    }
+                }
             }
-            Ok(_) => continue,
-            Err(e) => {
-                let _ = tx.send((i, Event::Lost { error: e.to_string() }));
+        };
+        backoff = Backoff::new(s.backoff_initial, s.backoff_max);
+        if s.subscribe_on_connect
+            && let Ok(vin) = Vin::parse(&vin)
+        {
+            let _ = client.try_subscribe_many([
+                SubscribeFilter::new(proto::topics::responses(&vin), QoS::AtLeastOnce),
+                SubscribeFilter::new(proto::topics::events(&vin), QoS::AtLeastOnce),
+            ]);
+        }
+        let error = loop {
+            let event = match eventloop.poll().await {
+                Ok(MqttEvent::Incoming(Packet::Publish(p))) => Event::Message {
+                    payload: p.payload,
+                    at: Instant::now(),
+                },
+                Ok(MqttEvent::Incoming(Packet::SubAck(ack))) => Event::SubAck {
+                    granted: ack
+                        .return_codes
+                        .iter()
+                        .all(|c| matches!(c, SubscribeReasonCode::Success(_))),
+                },
+                Ok(MqttEvent::Outgoing(Outgoing::Disconnect)) => {
+                    let _ = tx.send((i, Event::Closed));
+                    return;
+                }
+                Ok(_) => continue,
+                Err(e) => break e.to_string(),
+            };
+            if tx.send((i, event)).is_err() {
                 return;
             }
         };
-        if tx.send((i, event)).is_err() {
+        let _ = tx.send((i, Event::Lost { error }));
+        if !s.reconnect {
             return;
         }
+        reconnecting = true;
     }
 }

@@ -8,6 +8,7 @@ use std::time::Duration;
 
 use fleet_bench::brokers::GatewayLaunch;
 use fleet_bench::report::TrafficReport;
+use fleet_bench::restart::RestartPlan;
 use fleet_bench::run::{LedgerRun, Plan, run, write_report};
 use fleet_bench::swarm::StormSettings;
 
@@ -61,6 +62,17 @@ async fn every_scenario_produces_figures_and_no_failures() {
         registry_wait: Duration::ZERO,
         settle: Duration::ZERO,
         reconnect_rounds: 1,
+        restart: Some(RestartPlan {
+            vehicles: VEHICLES,
+            storm: StormSettings {
+                max_inflight: 10,
+                ..StormSettings::default()
+            },
+            request_rate: 20.0,
+            before_kill: Duration::from_millis(300),
+            after_back: Duration::from_millis(300),
+            limit: Duration::from_secs(60),
+        }),
         command: "cargo test -p fleet-bench".into(),
         notes: Vec::new(),
         verbose: false,
@@ -90,6 +102,18 @@ async fn every_scenario_produces_figures_and_no_failures() {
             assert_clean(&b.name, t);
         }
         assert_eq!(b.lost_connections, 0, "{}: {:?}", b.name, b.first_loss);
+        let restart = b.restart.as_ref().expect("reconnect storm measured");
+        assert_eq!(
+            restart.reconnected, VEHICLES,
+            "{}: every vehicle back after the restart",
+            b.name
+        );
+        assert!(restart.all_back_s.is_some(), "{}", b.name);
+        if b.name == "gateway" {
+            let p = restart.payments.as_ref().expect("payments across the restart");
+            assert!(p.sent > 0, "payments were made");
+            assert_eq!((p.lost, p.errors), (0, 0), "no payment lost: {:?}", p.first_error);
+        }
     }
     assert_eq!(report.requests.len(), 2, "read-only and ledger request runs");
     for r in &report.requests {

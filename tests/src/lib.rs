@@ -398,6 +398,46 @@ pub fn mqtt_options(addr: SocketAddr, ca: &PathBuf, creds: &Credentials, client_
     options
 }
 
+/// The method most tests call: read-only, cheap.
+pub const LIST: &str = "/parking.v1.ParkingPayment/ListNearbyLots";
+
+/// An encoded `ListNearbyLotsRequest` around the Bund, Shanghai.
+pub fn nearby_lots() -> Vec<u8> {
+    use prost::Message;
+    proto::parking::v1::ListNearbyLotsRequest {
+        near: Some(proto::parking::v1::GeoPoint {
+            latitude: 31.23,
+            longitude: 121.47,
+        }),
+        radius_m: 5000,
+        max_results: 1,
+    }
+    .encode_to_vec()
+}
+
+/// The status code of a response envelope.
+pub fn status_code(response: &proto::vehicle::v1::Response) -> proto::vehicle::v1::Code {
+    response.status.clone().unwrap_or_default().code()
+}
+
+/// The parking the tests' driver does: lot `lot-bund-01` in Shanghai, plate 沪A12345.
+pub fn parking_at_the_bund() -> proto::parking::v1::StartSessionRequest {
+    proto::parking::v1::StartSessionRequest {
+        lot_id: "lot-bund-01".into(),
+        plate: "沪A12345".into(),
+    }
+}
+
+/// Starts [`parking_at_the_bund`] from an in-car app and returns the session the partner opened.
+pub async fn park_from_the_app(app: &mut ParkingPaymentClient<Channel>) -> proto::parking::v1::ParkingSession {
+    app.start_session(parking_at_the_bund())
+        .await
+        .expect("the parking session starts")
+        .into_inner()
+        .session
+        .expect("a started session")
+}
+
 /// A generated parking client talking to an agent's local gRPC endpoint, as an in-car app would.
 pub async fn in_car_app(agent: &Agent) -> ParkingPaymentClient<Channel> {
     ParkingPaymentClient::connect(format!("http://{}", agent.local_addr()))
@@ -550,6 +590,31 @@ impl RawCar {
     /// The next response envelope delivered to this car.
     pub async fn next_response(&mut self) -> proto::vehicle::v1::Response {
         next_incoming(&mut self.eventloop, response_of).await.expect("response")
+    }
+
+    /// Starts [`parking_at_the_bund`] over raw MQTT (idempotency key `start-key`) and returns
+    /// the session id.
+    pub async fn park(&mut self) -> String {
+        use prost::Message;
+        let start = "/parking.v1.ParkingPayment/StartSession";
+        self.publish_request(keyed_envelope(
+            "start-1",
+            "start-key",
+            start,
+            parking_at_the_bund().encode_to_vec(),
+        ))
+        .await;
+        let r = self.next_response().await;
+        assert_eq!(
+            r.status.clone().unwrap_or_default().code(),
+            proto::vehicle::v1::Code::Ok,
+            "{r:?}"
+        );
+        proto::parking::v1::StartSessionResponse::decode(r.payload.as_slice())
+            .expect("a StartSessionResponse")
+            .session
+            .expect("a started session")
+            .session_id
     }
 }
 

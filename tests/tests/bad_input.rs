@@ -11,36 +11,18 @@ use proto::parking::v1::*;
 use proto::vehicle::v1::Code;
 use tonic::{Request, Response, Status};
 
-const LIST: &str = "/parking.v1.ParkingPayment/ListNearbyLots";
-
-fn list_payload() -> Vec<u8> {
-    ListNearbyLotsRequest {
-        near: Some(GeoPoint {
-            latitude: 31.23,
-            longitude: 121.47,
-        }),
-        radius_m: 5000,
-        max_results: 1,
-    }
-    .encode_to_vec()
-}
-
-fn code(response: &proto::vehicle::v1::Response) -> Code {
-    response.status.clone().unwrap_or_default().code()
-}
-
 #[tokio::test]
 async fn a_malformed_envelope_gets_invalid_argument_and_the_gateway_keeps_serving() {
     let platform = Platform::start().await;
     let mut car = RawCar::connect(&platform, VIN_A).await;
     car.publish_request(vec![0xff, 0xff, 0xff, 0x07, 0x01]).await;
     let answer = car.next_response().await;
-    assert_eq!(code(&answer), Code::InvalidArgument);
+    assert_eq!(status_code(&answer), Code::InvalidArgument);
     assert!(answer.status.unwrap().message.contains("malformed"), "clear message");
 
-    car.publish_request(envelope("ok-1", LIST, list_payload())).await;
+    car.publish_request(envelope("ok-1", LIST, nearby_lots())).await;
     let answer = car.next_response().await;
-    assert_eq!((answer.request_id.as_str(), code(&answer)), ("ok-1", Code::Ok));
+    assert_eq!((answer.request_id.as_str(), status_code(&answer)), ("ok-1", Code::Ok));
 }
 
 #[tokio::test]
@@ -51,7 +33,7 @@ async fn a_malformed_partner_message_is_the_partners_invalid_argument() {
         .await;
     let answer = car.next_response().await;
     assert_eq!(answer.request_id, "bad-payload");
-    assert_ne!(code(&answer), Code::Ok);
+    assert_ne!(status_code(&answer), Code::Ok);
 }
 
 #[tokio::test]
@@ -62,7 +44,7 @@ async fn unknown_services_and_methods_are_unimplemented() {
         .await;
     let answer = car.next_response().await;
     assert_eq!(
-        (answer.request_id.as_str(), code(&answer)),
+        (answer.request_id.as_str(), status_code(&answer)),
         ("u-1", Code::Unimplemented)
     );
     assert!(answer.status.unwrap().message.contains("teleport.v1.Teleporter"));
@@ -71,14 +53,14 @@ async fn unknown_services_and_methods_are_unimplemented() {
         .await;
     let answer = car.next_response().await;
     assert_eq!(
-        (answer.request_id.as_str(), code(&answer)),
+        (answer.request_id.as_str(), status_code(&answer)),
         ("u-2", Code::Unimplemented)
     );
 
     car.publish_request(envelope("u-3", "not a method", vec![])).await;
     let answer = car.next_response().await;
     assert_eq!(
-        (answer.request_id.as_str(), code(&answer)),
+        (answer.request_id.as_str(), status_code(&answer)),
         ("u-3", Code::InvalidArgument)
     );
 }
@@ -89,7 +71,7 @@ async fn an_oversize_payload_is_refused_with_a_clear_error() {
     let mut car = RawCar::connect(&platform, VIN_A).await;
     car.publish_request(envelope("big", LIST, vec![0u8; 2048])).await;
     let answer = car.next_response().await;
-    assert_eq!(code(&answer), Code::ResourceExhausted);
+    assert_eq!(status_code(&answer), Code::ResourceExhausted);
     assert!(answer.status.unwrap().message.contains("1024-byte limit"));
     assert_eq!(platform.parking.charges(), 0);
 }
@@ -108,8 +90,8 @@ async fn a_packet_beyond_the_frame_limit_closes_only_that_connection() {
         matches!(reason, DisconnectReason::ProtocolError(ref why) if why.contains("exceeds")),
         "{reason:?}"
     );
-    other.publish_request(envelope("still-ok", LIST, list_payload())).await;
-    assert_eq!(code(&other.next_response().await), Code::Ok);
+    other.publish_request(envelope("still-ok", LIST, nearby_lots())).await;
+    assert_eq!(status_code(&other.next_response().await), Code::Ok);
 }
 
 #[tokio::test]
@@ -150,11 +132,11 @@ async fn an_unreachable_partner_is_unavailable_promptly() {
         .unwrap();
         RawCar { vin, client, eventloop }
     };
-    car.publish_request(envelope("down-1", LIST, list_payload())).await;
+    car.publish_request(envelope("down-1", LIST, nearby_lots())).await;
     let answer = car.next_response().await;
     // UNAVAILABLE, not DEADLINE_EXCEEDED: a refused connection is reported at once rather
     // than waited out until the car's 5 s deadline.
-    assert_eq!(code(&answer), Code::Unavailable, "{answer:?}");
+    assert_eq!(status_code(&answer), Code::Unavailable, "{answer:?}");
     assert!(answer.status.unwrap().message.contains("parking.v1.ParkingPayment"));
     gateway.shutdown().await;
 }
@@ -200,7 +182,7 @@ async fn a_partner_past_the_cars_deadline_is_deadline_exceeded() {
         idempotency_key: String::new(),
         method: LIST.into(),
         timeout_ms: 300,
-        payload: list_payload(),
+        payload: nearby_lots(),
     };
     client
         .publish(
@@ -213,7 +195,7 @@ async fn a_partner_past_the_cars_deadline_is_deadline_exceeded() {
         .unwrap();
     let answer = next_incoming(&mut eventloop, response_of).await.unwrap();
     assert_eq!(
-        (answer.request_id.as_str(), code(&answer)),
+        (answer.request_id.as_str(), status_code(&answer)),
         ("slow-1", Code::DeadlineExceeded)
     );
     gateway.shutdown().await;

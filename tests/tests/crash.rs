@@ -4,8 +4,8 @@
 use std::time::Duration;
 
 use integration_tests::*;
+use proto::parking::v1::EndSessionRequest;
 use proto::parking::v1::parking_payment_client::ParkingPaymentClient;
-use proto::parking::v1::{EndSessionRequest, StartSessionRequest};
 
 #[derive(Clone, Copy, Debug)]
 enum Db {
@@ -45,16 +45,7 @@ async fn gateway_killed_mid_payment(db: Db) {
     let car = vehicle_agent::Agent::start(agent_config).await.unwrap();
     within(Duration::from_secs(10), car.wait_connected(), "agent connects").await;
     let mut app = in_car_app(&car).await;
-    let session = app
-        .start_session(StartSessionRequest {
-            lot_id: "lot-bund-01".into(),
-            plate: "沪A12345".into(),
-        })
-        .await
-        .unwrap()
-        .into_inner()
-        .session
-        .unwrap();
+    let session = park_from_the_app(&mut app).await;
 
     let arrived = partner.end_arrived();
     let mut request = tonic::Request::new(EndSessionRequest {
@@ -119,16 +110,7 @@ async fn agent_killed_mid_payment(db: Db) {
     let agent = start_agent().await;
     let url = format!("http://127.0.0.1:{local_port}");
     let mut app = ParkingPaymentClient::connect(url.clone()).await.unwrap();
-    let session = app
-        .start_session(StartSessionRequest {
-            lot_id: "lot-bund-01".into(),
-            plate: "沪A12345".into(),
-        })
-        .await
-        .unwrap()
-        .into_inner()
-        .session
-        .unwrap();
+    let session = park_from_the_app(&mut app).await;
 
     let arrived = partner.end_arrived();
     let pay = |session_id: String| {

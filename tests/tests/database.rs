@@ -3,10 +3,8 @@
 
 use integration_tests::*;
 use prost::Message;
-use proto::parking::v1::{GeoPoint, ListNearbyLotsRequest};
 use proto::vehicle::v1::Code;
 
-const LIST: &str = "/parking.v1.ParkingPayment/ListNearbyLots";
 const START: &str = "/parking.v1.ParkingPayment/StartSession";
 
 fn psql(sql: &str) {
@@ -18,28 +16,8 @@ fn psql(sql: &str) {
     assert!(status.success(), "psql failed: {sql}");
 }
 
-fn code(r: &proto::vehicle::v1::Response) -> Code {
-    r.status.clone().unwrap_or_default().code()
-}
-
 fn start() -> Vec<u8> {
-    proto::parking::v1::StartSessionRequest {
-        lot_id: "lot-bund-01".into(),
-        plate: "沪A12345".into(),
-    }
-    .encode_to_vec()
-}
-
-fn lots() -> Vec<u8> {
-    ListNearbyLotsRequest {
-        near: Some(GeoPoint {
-            latitude: 31.23,
-            longitude: 121.47,
-        }),
-        radius_m: 5000,
-        max_results: 1,
-    }
-    .encode_to_vec()
+    parking_at_the_bund().encode_to_vec()
 }
 
 /// Drops the database when the test ends, however it ends.
@@ -60,9 +38,9 @@ async fn requests_fail_cleanly_while_postgres_is_down_and_recover_when_it_return
     let url = format!("postgres://postgres@127.0.0.1:5432/{}", db.0);
     let platform = Platform::start_with(|c| c.storage.url = url.clone()).await;
     let mut car = RawCar::connect(&platform, VIN_A).await;
-    car.publish_request(keyed_envelope("before", "k-before", LIST, lots()))
+    car.publish_request(keyed_envelope("before", "k-before", LIST, nearby_lots()))
         .await;
-    assert_eq!(code(&car.next_response().await), Code::Ok);
+    assert_eq!(status_code(&car.next_response().await), Code::Ok);
 
     // The database stops accepting connections and drops the ones it has.
     // A payment-like call needs the ledger, so it is refused before the partner is called.
@@ -75,7 +53,7 @@ async fn requests_fail_cleanly_while_postgres_is_down_and_recover_when_it_return
         .await;
     let during = car.next_response().await;
     assert_eq!(
-        (during.request_id.as_str(), code(&during)),
+        (during.request_id.as_str(), status_code(&during)),
         ("during", Code::Unavailable),
         "{during:?}"
     );
@@ -87,7 +65,7 @@ async fn requests_fail_cleanly_while_postgres_is_down_and_recover_when_it_return
         .await;
     let after = car.next_response().await;
     assert_eq!(
-        (after.request_id.as_str(), code(&after)),
+        (after.request_id.as_str(), status_code(&after)),
         ("after", Code::Ok),
         "{after:?}"
     );

@@ -3,32 +3,10 @@
 
 use integration_tests::*;
 use prost::Message;
-use proto::parking::v1::{EndSessionRequest, EndSessionResponse, StartSessionRequest, StartSessionResponse};
+use proto::parking::v1::{EndSessionRequest, EndSessionResponse};
 use proto::vehicle::v1::Code;
 
-const START: &str = "/parking.v1.ParkingPayment/StartSession";
 const END: &str = "/parking.v1.ParkingPayment/EndSession";
-
-fn code(r: &proto::vehicle::v1::Response) -> Code {
-    r.status.clone().unwrap_or_default().code()
-}
-
-/// Starts a parking session for the raw car and returns its id.
-async fn park(car: &mut RawCar) -> String {
-    let start = StartSessionRequest {
-        lot_id: "lot-jingan-01".into(),
-        plate: "沪A12345".into(),
-    };
-    car.publish_request(keyed_envelope("start-1", "start-key", START, start.encode_to_vec()))
-        .await;
-    let r = car.next_response().await;
-    assert_eq!(code(&r), Code::Ok, "{r:?}");
-    StartSessionResponse::decode(r.payload.as_slice())
-        .unwrap()
-        .session
-        .unwrap()
-        .session_id
-}
 
 fn end(session_id: &str) -> Vec<u8> {
     EndSessionRequest {
@@ -41,13 +19,13 @@ fn end(session_id: &str) -> Vec<u8> {
 async fn a_duplicated_mqtt_delivery_charges_once_and_answers_twice_alike() {
     let (platform, partner) = Platform::start_scripted(|p| p).await;
     let mut car = RawCar::connect(&platform, VIN_A).await;
-    let session = park(&mut car).await;
+    let session = car.park().await;
     let envelope = keyed_envelope("end-1", "pay-once", END, end(&session));
     car.publish_request(envelope.clone()).await;
     car.publish_request(envelope).await;
     let first = car.next_response().await;
     let second = car.next_response().await;
-    assert_eq!((code(&first), code(&second)), (Code::Ok, Code::Ok));
+    assert_eq!((status_code(&first), status_code(&second)), (Code::Ok, Code::Ok));
     assert_eq!(first.payload, second.payload, "the retry replays the first response");
     assert_eq!(platform.parking.charges(), 1);
     assert_eq!(partner.end_calls(), 1, "the partner was called once");
@@ -57,15 +35,15 @@ async fn a_duplicated_mqtt_delivery_charges_once_and_answers_twice_alike() {
 async fn the_same_key_with_another_payload_is_refused() {
     let (platform, _partner) = Platform::start_scripted(|p| p).await;
     let mut car = RawCar::connect(&platform, VIN_A).await;
-    let session = park(&mut car).await;
+    let session = car.park().await;
     car.publish_request(keyed_envelope("end-1", "k-1", END, end(&session)))
         .await;
-    assert_eq!(code(&car.next_response().await), Code::Ok);
+    assert_eq!(status_code(&car.next_response().await), Code::Ok);
     car.publish_request(keyed_envelope("end-2", "k-1", END, end("ps-other")))
         .await;
     let refused = car.next_response().await;
     assert_eq!(refused.request_id, "end-2");
-    assert_eq!(code(&refused), Code::FailedPrecondition);
+    assert_eq!(status_code(&refused), Code::FailedPrecondition);
     assert!(refused.status.unwrap().message.contains("different request"));
     assert_eq!(platform.parking.charges(), 1);
 }
@@ -74,7 +52,7 @@ async fn the_same_key_with_another_payload_is_refused() {
 async fn a_retry_while_the_first_attempt_is_in_flight_waits_for_it() {
     let (platform, partner) = Platform::start_scripted(ScriptedParking::holding_ends).await;
     let mut car = RawCar::connect(&platform, VIN_A).await;
-    let session = park(&mut car).await;
+    let session = car.park().await;
     let arrived = partner.end_arrived();
     car.publish_request(keyed_envelope("end-1", "pay", END, end(&session)))
         .await;
@@ -102,7 +80,10 @@ async fn a_retry_while_the_first_attempt_is_in_flight_waits_for_it() {
     partner.release(2);
     let mut answers = [car.next_response().await, car.next_response().await];
     answers.sort_by(|a, b| a.request_id.cmp(&b.request_id));
-    assert_eq!(answers.iter().map(code).collect::<Vec<_>>(), vec![Code::Ok, Code::Ok]);
+    assert_eq!(
+        answers.iter().map(status_code).collect::<Vec<_>>(),
+        vec![Code::Ok, Code::Ok]
+    );
     assert_eq!(answers[0].payload, answers[1].payload);
     assert_eq!(partner.end_calls(), 1, "the retry did not call the partner");
     assert_eq!(platform.parking.charges(), 1);
@@ -113,16 +94,7 @@ async fn a_partner_failing_the_first_attempt_is_retried_and_charges_once() {
     let (platform, partner) = Platform::start_scripted(ScriptedParking::failing_first_end).await;
     let car = platform.agent(VIN_A).await;
     let mut app = in_car_app(&car).await;
-    let session = app
-        .start_session(StartSessionRequest {
-            lot_id: "lot-bund-01".into(),
-            plate: "沪A12345".into(),
-        })
-        .await
-        .unwrap()
-        .into_inner()
-        .session
-        .unwrap();
+    let session = park_from_the_app(&mut app).await;
     let ended: EndSessionResponse = app
         .end_session(EndSessionRequest {
             session_id: session.session_id,
@@ -141,16 +113,7 @@ async fn the_link_dropping_after_the_request_left_the_car_loses_nothing() {
     let (platform, partner) = Platform::start_scripted(ScriptedParking::holding_ends).await;
     let car = platform.agent(VIN_A).await;
     let mut app = in_car_app(&car).await;
-    let session = app
-        .start_session(StartSessionRequest {
-            lot_id: "lot-bund-01".into(),
-            plate: "沪A12345".into(),
-        })
-        .await
-        .unwrap()
-        .into_inner()
-        .session
-        .unwrap();
+    let session = park_from_the_app(&mut app).await;
     let arrived = partner.end_arrived();
     let mut request = tonic::Request::new(EndSessionRequest {
         session_id: session.session_id,
@@ -232,12 +195,12 @@ async fn read_only_methods_skip_the_ledger_and_reach_the_partner_each_time() {
         gateway,
     };
     let mut car = RawCar::connect(&platform, VIN_A).await;
-    let session = park(&mut car).await;
+    let session = car.park().await;
     let envelope = keyed_envelope("end-1", "same-key", END, end(&session));
     car.publish_request(envelope.clone()).await;
-    assert_eq!(code(&car.next_response().await), Code::Ok);
+    assert_eq!(status_code(&car.next_response().await), Code::Ok);
     car.publish_request(envelope).await;
-    assert_eq!(code(&car.next_response().await), Code::Ok);
+    assert_eq!(status_code(&car.next_response().await), Code::Ok);
     assert_eq!(partner.end_calls(), 2, "no replay: the partner answered both");
     assert_eq!(
         platform.parking.charges(),

@@ -3,24 +3,8 @@
 
 use gateway::DisconnectReason;
 use integration_tests::*;
-use prost::Message;
 use proto::Vin;
-use proto::parking::v1::{GeoPoint, ListNearbyLotsRequest};
 use rumqttc::{ConnectReturnCode, ConnectionError, Packet, QoS, SubscribeReasonCode};
-
-const LIST: &str = "/parking.v1.ParkingPayment/ListNearbyLots";
-
-fn list_payload() -> Vec<u8> {
-    ListNearbyLotsRequest {
-        near: Some(GeoPoint {
-            latitude: 31.23,
-            longitude: 121.47,
-        }),
-        radius_m: 5000,
-        max_results: 1,
-    }
-    .encode_to_vec()
-}
 
 #[tokio::test]
 async fn a_response_goes_to_the_car_that_asked_and_no_other() {
@@ -28,12 +12,12 @@ async fn a_response_goes_to_the_car_that_asked_and_no_other() {
     let mut a = RawCar::connect(&platform, VIN_A).await;
     let mut b = RawCar::connect(&platform, VIN_B).await;
 
-    a.publish_request(envelope("a-1", LIST, list_payload())).await;
+    a.publish_request(envelope("a-1", LIST, nearby_lots())).await;
     let answer = a.next_response().await;
     assert_eq!(answer.request_id, "a-1");
 
     // If A's answer had leaked to B, B would see it before its own.
-    b.publish_request(envelope("b-1", LIST, list_payload())).await;
+    b.publish_request(envelope("b-1", LIST, nearby_lots())).await;
     assert_eq!(b.next_response().await.request_id, "b-1");
 }
 
@@ -79,7 +63,7 @@ async fn subscribing_outside_its_namespace_is_refused() {
         ]
     );
     // Still connected and served after the refusals.
-    a.publish_request(envelope("a-after", LIST, list_payload())).await;
+    a.publish_request(envelope("a-after", LIST, nearby_lots())).await;
     assert_eq!(a.next_response().await.request_id, "a-after");
 }
 
@@ -97,7 +81,7 @@ async fn publishing_into_another_cars_namespace_disconnects_the_offender() {
             proto::topics::requests(&b_vin),
             QoS::AtLeastOnce,
             false,
-            envelope("forged", LIST, list_payload()),
+            envelope("forged", LIST, nearby_lots()),
         )
         .await
         .unwrap();
@@ -109,7 +93,7 @@ async fn publishing_into_another_cars_namespace_disconnects_the_offender() {
     );
 
     // B never saw a response to the forged request: its first response is its own.
-    b.publish_request(envelope("b-1", LIST, list_payload())).await;
+    b.publish_request(envelope("b-1", LIST, nearby_lots())).await;
     assert_eq!(b.next_response().await.request_id, "b-1");
     assert_eq!(platform.parking.charges(), 0);
 }
@@ -133,7 +117,7 @@ async fn a_second_connection_with_the_same_certificate_takes_over_the_session() 
     let mut second = RawCar::connect(&platform, VIN_A).await;
     closed(&mut first.eventloop).await;
     assert_eq!(disconnected(&mut events, VIN_A).await, DisconnectReason::Kicked);
-    second.publish_request(envelope("second", LIST, list_payload())).await;
+    second.publish_request(envelope("second", LIST, nearby_lots())).await;
     assert_eq!(second.next_response().await.request_id, "second");
 }
 

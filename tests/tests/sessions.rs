@@ -6,31 +6,11 @@ use std::time::Duration;
 use integration_tests::*;
 use prost::Message;
 use proto::Vin;
-use proto::parking::v1::{
-    EndSessionRequest, GeoPoint, ListNearbyLotsRequest, StartSessionRequest, StartSessionResponse,
-};
+use proto::parking::v1::EndSessionRequest;
 use proto::vehicle::v1::Code;
 use rumqttc::{Event, LastWill, Outgoing, Packet, QoS, SubscribeReasonCode};
 
-const LIST: &str = "/parking.v1.ParkingPayment/ListNearbyLots";
-const START: &str = "/parking.v1.ParkingPayment/StartSession";
 const END: &str = "/parking.v1.ParkingPayment/EndSession";
-
-fn list_payload() -> Vec<u8> {
-    ListNearbyLotsRequest {
-        near: Some(GeoPoint {
-            latitude: 31.23,
-            longitude: 121.47,
-        }),
-        radius_m: 5000,
-        max_results: 1,
-    }
-    .encode_to_vec()
-}
-
-fn code(r: &proto::vehicle::v1::Response) -> Code {
-    r.status.clone().unwrap_or_default().code()
-}
 
 async fn subscribe(
     client: &rumqttc::AsyncClient,
@@ -51,23 +31,7 @@ async fn a_car_flooding_requests_is_slowed_down_and_every_request_is_answered() 
     let (platform, partner) =
         Platform::start_scripted_with(ScriptedParking::holding_ends, |c| c.mqtt.max_requests_in_flight = 2).await;
     let mut car = RawCar::connect(&platform, VIN_A).await;
-    car.publish_request(keyed_envelope(
-        "start",
-        "start",
-        START,
-        StartSessionRequest {
-            lot_id: "lot-bund-01".into(),
-            plate: "沪A12345".into(),
-        }
-        .encode_to_vec(),
-    ))
-    .await;
-    let started = car.next_response().await;
-    let session_id = StartSessionResponse::decode(started.payload.as_slice())
-        .unwrap()
-        .session
-        .unwrap()
-        .session_id;
+    let session_id = car.park().await;
     let pay = EndSessionRequest { session_id }.encode_to_vec();
     // Three payments with distinct keys: the partner holds every one it gets.
     for i in 0..3 {
@@ -110,7 +74,7 @@ async fn a_car_flooding_requests_is_slowed_down_and_every_request_is_answered() 
                 match event {
                     Event::Incoming(Packet::Publish(p)) => {
                         let r = proto::vehicle::v1::Response::decode(p.payload).unwrap();
-                        assert_eq!(code(&r), Code::Ok, "{r:?}");
+                        assert_eq!(status_code(&r), Code::Ok, "{r:?}");
                         responses += 1;
                     }
                     Event::Outgoing(Outgoing::Publish(pkid)) => payments_sent.push(pkid),
@@ -168,12 +132,15 @@ async fn a_cars_other_topics_are_ordinary_pub_sub_inside_its_namespace() {
         proto::topics::requests(&vin_a),
         QoS::AtLeastOnce,
         false,
-        envelope("via-wildcard", LIST, list_payload()),
+        envelope("via-wildcard", LIST, nearby_lots()),
     )
     .await
     .unwrap();
     let answer = next_incoming(&mut a_loop, response_of).await.unwrap();
-    assert_eq!((answer.request_id.as_str(), code(&answer)), ("via-wildcard", Code::Ok));
+    assert_eq!(
+        (answer.request_id.as_str(), status_code(&answer)),
+        ("via-wildcard", Code::Ok)
+    );
 
     // B saw neither A's telemetry nor A's answer: its first message is its own.
     b.publish(
@@ -226,7 +193,7 @@ async fn a_persistent_session_keeps_its_subscriptions_across_connections() {
             proto::topics::requests(&vin),
             QoS::AtLeastOnce,
             false,
-            envelope("after-reconnect", LIST, list_payload()),
+            envelope("after-reconnect", LIST, nearby_lots()),
         )
         .await
         .unwrap();
@@ -249,7 +216,7 @@ async fn a_qos2_request_is_answered_once() {
             proto::topics::requests(&car.vin),
             QoS::ExactlyOnce,
             false,
-            envelope("qos2", LIST, list_payload()),
+            envelope("qos2", LIST, nearby_lots()),
         )
         .await
         .unwrap();
@@ -274,7 +241,7 @@ async fn a_qos2_request_is_answered_once() {
     )
     .await;
     // A later request's answer is the next message: nothing else was queued for the car.
-    car.publish_request(envelope("after", LIST, list_payload())).await;
+    car.publish_request(envelope("after", LIST, nearby_lots())).await;
     assert_eq!(car.next_response().await.request_id, "after");
 }
 

@@ -5,6 +5,7 @@
 
 use std::path::Path;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use rustls::client::WebPkiServerVerifier;
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
@@ -31,10 +32,9 @@ impl Identity {
     /// Validates `config` and loads its CA, certificate and key.
     pub fn load(config: &AgentConfig) -> Result<Identity, ConfigError> {
         config.validate_values()?;
-        let server_name = ServerName::try_from(config.server_name()?).expect("validated by AgentConfig::server_name");
-        // Our own provider rather than the process default, so a second provider linked
-        // into the binary cannot make the builder panic.
-        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let server_name = ServerName::try_from(config.server_name()?)
+            .expect("validated by AgentConfig::server_name")
+            .to_owned();
 
         let mut roots = RootCertStore::empty();
         for ca in read_certs("ca_cert", &config.ca_cert)? {
@@ -50,32 +50,19 @@ impl Identity {
             .map_err(|m| ConfigError::invalid("cert", format!("{}: {m}", config.cert.display())))?;
         let key = read_key(&config.key)?;
 
-        let verifier = FixedNameVerifier {
-            inner: WebPkiServerVerifier::builder_with_provider(Arc::new(roots), provider.clone())
-                .build()
-                .map_err(|e| ConfigError::invalid("ca_cert", format!("{}: {e}", config.ca_cert.display())))?,
-            name: server_name,
-        };
-        let client_config = ClientConfig::builder_with_provider(provider)
-            .with_safe_default_protocol_versions()
-            .map_err(|e| ConfigError::invalid("cert", format!("TLS setup failed: {e}")))?
-            .dangerous()
-            .with_custom_certificate_verifier(Arc::new(verifier))
-            .with_client_auth_cert(chain, key)
-            .map_err(|e| {
-                ConfigError::invalid(
-                    "key",
-                    format!(
-                        "{} does not fit the certificate in {}: {e}",
-                        config.key.display(),
-                        config.cert.display()
-                    ),
-                )
-            })?;
-        Ok(Identity {
-            vin,
-            client_config: Arc::new(client_config),
-        })
+        let verifier = GatewayVerifier::new(Arc::new(roots), Some(server_name), HandshakeCounter::default())
+            .map_err(|e| ConfigError::invalid("ca_cert", format!("{}: {e}", config.ca_cert.display())))?;
+        let client_config = client_config(verifier, chain, key).map_err(|e| {
+            ConfigError::invalid(
+                "key",
+                format!(
+                    "{} does not fit the certificate in {}: {e}",
+                    config.key.display(),
+                    config.cert.display()
+                ),
+            )
+        })?;
+        Ok(Identity { vin, client_config })
     }
 }
 
@@ -130,25 +117,74 @@ fn read_key(path: &Path) -> Result<PrivateKeyDer<'static>, ConfigError> {
     })
 }
 
-/// Checks the gateway's certificate against the configured name instead of the dialled host,
-/// because rumqttc always verifies against the host it connects to.
-#[derive(Debug)]
-struct FixedNameVerifier {
-    inner: Arc<WebPkiServerVerifier>,
-    name: ServerName<'static>,
+/// Counts full TLS handshakes: each verifies the gateway's certificate, a resumed session does
+/// not. Cheap to clone; clones count together.
+#[derive(Debug, Clone, Default)]
+pub struct HandshakeCounter(Arc<AtomicU64>);
+
+impl HandshakeCounter {
+    /// Full handshakes so far.
+    pub fn full_handshakes(&self) -> u64 {
+        self.0.load(Ordering::Relaxed)
+    }
 }
 
-impl ServerCertVerifier for FixedNameVerifier {
+/// Verifies the gateway's certificate with WebPKI against the CA roots, optionally against a
+/// fixed name instead of the dialled host (rumqttc always verifies against the host it
+/// connects to), and counts each verification.
+#[derive(Debug)]
+pub struct GatewayVerifier {
+    inner: Arc<WebPkiServerVerifier>,
+    name: Option<ServerName<'static>>,
+    counter: HandshakeCounter,
+}
+
+impl GatewayVerifier {
+    /// Trusts `roots`; `name` replaces the dialled host when given.
+    pub fn new(
+        roots: Arc<RootCertStore>,
+        name: Option<ServerName<'static>>,
+        counter: HandshakeCounter,
+    ) -> Result<Arc<GatewayVerifier>, rustls::client::VerifierBuilderError> {
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        Ok(Arc::new(GatewayVerifier {
+            inner: WebPkiServerVerifier::builder_with_provider(roots, provider).build()?,
+            name,
+            counter,
+        }))
+    }
+}
+
+/// A car's rustls client config: `verifier` for the gateway, `chain` and `key` as its identity.
+pub fn client_config(
+    verifier: Arc<GatewayVerifier>,
+    chain: Vec<CertificateDer<'static>>,
+    key: PrivateKeyDer<'static>,
+) -> Result<Arc<ClientConfig>, rustls::Error> {
+    // Our own provider rather than the process default, so a second provider linked into the
+    // binary cannot make the builder panic.
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let config = ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()?
+        .dangerous()
+        .with_custom_certificate_verifier(verifier)
+        .with_client_auth_cert(chain, key)?;
+    Ok(Arc::new(config))
+}
+
+impl ServerCertVerifier for GatewayVerifier {
     fn verify_server_cert(
         &self,
         end_entity: &CertificateDer<'_>,
         intermediates: &[CertificateDer<'_>],
-        _dialled: &ServerName<'_>,
+        dialled: &ServerName<'_>,
         ocsp_response: &[u8],
         now: UnixTime,
     ) -> Result<ServerCertVerified, rustls::Error> {
+        self.counter.0.fetch_add(1, Ordering::Relaxed);
+        let name = self.name.as_ref().unwrap_or(dialled);
         self.inner
-            .verify_server_cert(end_entity, intermediates, &self.name, ocsp_response, now)
+            .verify_server_cert(end_entity, intermediates, name, ocsp_response, now)
     }
 
     fn verify_tls12_signature(

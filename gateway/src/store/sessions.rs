@@ -125,21 +125,16 @@ const CLOSE_SESSION: &str = "UPDATE sessions SET disconnected_at = $2, disconnec
 impl Store {
     /// Records a new connection and returns its id.
     pub async fn open_session(&self, s: &NewSession) -> Result<SessionId, StoreError> {
-        const OP: &str = "opening a session";
-        let s = s.clone();
-        on_writer!(self, OP, |conn| {
-            let (id,): (i64,) = sqlx::query_as(OPEN_SESSION)
-                .bind(s.vin.as_str())
-                .bind(&s.node)
-                .bind(&s.cert_fingerprint)
-                .bind(s.agent_version.as_deref())
-                .bind(&s.remote_addr)
-                .bind(s.connected_at_ms)
-                .fetch_one(&mut *conn)
-                .await
-                .map_err(StoreError::query(OP))?;
-            Ok(SessionId(id))
-        })
+        let opened = self
+            .record_sessions(vec![SessionChange::Open {
+                conn: 0,
+                session: s.clone(),
+            }])
+            .await?;
+        opened
+            .first()
+            .map(|(_, id)| *id)
+            .ok_or_else(|| StoreError::Corrupt("a session insert returned no id".into()))
     }
 
     /// Records the end of a session. Closing a session that is already closed keeps the first
