@@ -6,6 +6,7 @@
 //! - [`agents`]: requests through the real agent's `GatewayLink`;
 //! - [`brokers`]: the gateway (own process or in-process), Mosquitto, the parking adapter;
 //! - [`procfs`]: CPU time and RSS of each process, machine facts;
+//! - [`under_storm`]: connected vehicles served while the rest of the fleet connects;
 //! - [`restart`]: the reconnect storm (the broker killed and restarted under the fleet);
 //! - [`run`]: one run of every scenario; [`report`]: its JSON and Markdown.
 
@@ -19,3 +20,4 @@ pub mod run;
 pub mod stats;
 pub mod swarm;
 pub mod traffic;
+pub mod under_storm;

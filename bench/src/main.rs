@@ -15,6 +15,7 @@ use fleet_bench::brokers::{self, GatewayLaunch};
 use fleet_bench::restart::RestartPlan;
 use fleet_bench::run::{self, LedgerRun, Plan};
 use fleet_bench::swarm::StormSettings;
+use fleet_bench::under_storm::UnderStormPlan;
 
 #[derive(Parser)]
 #[command(
@@ -117,11 +118,14 @@ struct Args {
     /// Extra disconnect/reconnect rounds of the whole fleet, recording broker RSS after each.
     #[arg(long, default_value_t = 0)]
     reconnect_rounds: usize,
+    /// Skip the traffic from connected vehicles during a connect storm of the others.
+    #[arg(long)]
+    no_under_storm: bool,
     /// Skip the reconnect storm (each broker killed with SIGKILL and restarted under the fleet).
     #[arg(long)]
     no_restart: bool,
-    /// Payments per second the agents make across the gateway's crash (0 = none).
-    #[arg(long, default_value_t = 50.0)]
+    /// Payment calls per second the agents make across the gateway's crash (0 = none).
+    #[arg(long, default_value_t = 200.0)]
     restart_rate: f64,
     /// Longest wait, in seconds, for the fleet to come back after the restart.
     #[arg(long, default_value_t = 120.0)]
@@ -140,7 +144,8 @@ fn main() -> ExitCode {
     let _ = rustls::crypto::ring::default_provider().install_default();
     tracing_subscriber::fmt()
         .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn,rumqttd=off".into()),
+            tracing_subscriber::EnvFilter::try_from_default_env().// The agents' reconnect warnings during the reconnect storm are expected noise.
+            unwrap_or_else(|_| "warn,rumqttd=off,vehicle_agent=error".into()),
         )
         .with_writer(std::io::stderr)
         .init();
@@ -246,6 +251,17 @@ async fn report(args: Args) -> anyhow::Result<()> {
         registry_wait: Duration::from_secs_f64(args.registry_wait),
         settle: Duration::from_secs_f64(args.settle),
         reconnect_rounds: args.reconnect_rounds,
+        under_storm: (!args.no_under_storm).then(|| UnderStormPlan {
+            active: args.active,
+            rate: 200.0,
+            duration: Duration::from_secs_f64(args.duration),
+            storm: StormSettings {
+                max_inflight: args.max_inflight,
+                connect_rate: args.connect_rate,
+                keep_alive: Duration::from_secs(args.keep_alive),
+                ..StormSettings::default()
+            },
+        }),
         restart: (!args.no_restart).then(|| RestartPlan {
             vehicles: args.vehicles,
             storm: StormSettings {

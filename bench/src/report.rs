@@ -96,6 +96,8 @@ pub struct BrokerReport {
     pub echo: Vec<TrafficReport>,
     /// The reconnect storm, if run.
     pub restart: Option<crate::restart::RestartReport>,
+    /// Traffic from connected vehicles during a connect storm.
+    pub under_storm: Vec<crate::under_storm::UnderStormReport>,
     /// Idle connections lost during the run (should be 0).
     pub lost_connections: u64,
     /// The first loss.
@@ -396,6 +398,8 @@ impl Report {
             traffic_table(&mut md, r.raw.iter().chain(r.agents.iter()).map(|t| ("gateway", t)));
         }
 
+        let under: Vec<_> = self.brokers.iter().flat_map(|b| b.under_storm.clone()).collect();
+        crate::under_storm::markdown(&mut md, &under);
         let restarts: Vec<_> = self.brokers.iter().filter_map(|b| b.restart.clone()).collect();
         crate::restart::markdown(&mut md, &restarts);
 
@@ -512,6 +516,37 @@ impl Report {
                     t.outcome.errors,
                     t.broker_cpu_us_per_msg,
                     verdict(t.outcome.achieved_per_s >= 10_000.0 && t.outcome.errors == 0)
+                );
+            }
+        }
+        let during = |b: Option<&BrokerReport>, scenario: &str| {
+            b.and_then(|b| b.under_storm.iter().find(|u| u.traffic.scenario.starts_with(scenario)))
+                .cloned()
+        };
+        match (during(gw, "request"), during(gw, "publish"), during(mq, "publish")) {
+            (Some(req), Some(echo), mosquitto) => {
+                let served = |u: &crate::under_storm::UnderStormReport| {
+                    let o = &u.traffic.outcome;
+                    o.errors == 0 && o.missing == 0 && o.not_sent == 0
+                };
+                let _ = writeln!(
+                    md,
+                    "| connected cars keep being served during a connect storm | requests p99 {:.1} ms, publishes p99 {:.1} ms (Mosquitto: {}) while {} cars connect at {:.0}/s | {} |",
+                    req.traffic.outcome.latency.p99_ms,
+                    echo.traffic.outcome.latency.p99_ms,
+                    mosquitto.as_ref().map_or("not measured".to_owned(), |m| format!(
+                        "publishes p99 {:.1} ms while connecting at {:.0}/s",
+                        m.traffic.outcome.latency.p99_ms, m.storm_connects_per_s
+                    )),
+                    req.storm_vehicles,
+                    req.storm_connects_per_s,
+                    verdict(served(&req) && served(&echo))
+                );
+            }
+            _ => {
+                let _ = writeln!(
+                    md,
+                    "| connected cars keep being served during a connect storm | not measured | - |"
                 );
             }
         }

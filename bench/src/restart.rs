@@ -98,6 +98,9 @@ pub struct PaymentReport {
     pub lost: u64,
     /// Calls in flight (sent, not answered) at the moment of the kill.
     pub in_flight_at_kill: u64,
+    /// Calls made between the kill and the moment every vehicle was back: accepted by an
+    /// agent that may not have been connected yet.
+    pub made_during_outage: u64,
     /// From each call to its answer.
     pub latency: Summary,
 }
@@ -225,9 +228,13 @@ pub async fn reconnect_storm(
         let mut latency = Latencies::default();
         let drain_until = Instant::now() + plan.limit;
         while p.ok + p.errors < sent {
-            let Ok(Some((took, outcome))) = tokio::time::timeout_at(drain_until.into(), done_rx.recv()).await else {
+            let Ok(Some((started, took, outcome))) = tokio::time::timeout_at(drain_until.into(), done_rx.recv()).await
+            else {
                 break;
             };
+            if started >= restarted.killed && times.last().is_none_or(|back| started <= *back) {
+                p.made_during_outage += 1;
+            }
             match outcome {
                 Ok(()) => {
                     p.ok += 1;
@@ -271,7 +278,7 @@ struct Payments {
     in_flight: Arc<std::sync::atomic::AtomicU64>,
 }
 
-type Done = mpsc::UnboundedSender<(Duration, Result<(), String>)>;
+type Done = mpsc::UnboundedSender<(Instant, Duration, Result<(), String>)>;
 
 impl Payments {
     fn start(agents: &Agents, rate: f64, done: Done) -> Payments {
@@ -304,7 +311,7 @@ impl Payments {
                             let started = Instant::now();
                             let result = link.call(&method, payload, Duration::from_secs(120), Some(key)).await;
                             in_flight.fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
-                            (started.elapsed(), result)
+                            (started, result)
                         }
                     };
                     for cycle in 0u64.. {
@@ -315,13 +322,13 @@ impl Payments {
                         }
                         let key = format!("restart-{}-{a}-{cycle}", std::process::id());
                         sent += 1;
-                        let (took, result) = call(start.clone(), begin.clone(), format!("{key}-start")).await;
+                        let (started, result) = call(start.clone(), begin.clone(), format!("{key}-start")).await;
                         let session = result.as_ref().ok().and_then(|reply| {
                             proto::parking::v1::StartSessionResponse::decode(reply.clone())
                                 .ok()
                                 .and_then(|r| r.session)
                         });
-                        let _ = done.send((took, outcome(result)));
+                        let _ = done.send((started, started.elapsed(), outcome(result)));
                         let Some(session) = session else { continue };
                         let pay = Bytes::from(
                             proto::parking::v1::EndSessionRequest {
@@ -330,8 +337,8 @@ impl Payments {
                             .encode_to_vec(),
                         );
                         sent += 1;
-                        let (took, result) = call(end.clone(), pay, format!("{key}-end")).await;
-                        let _ = done.send((took, outcome(result)));
+                        let (started, result) = call(end.clone(), pay, format!("{key}-end")).await;
+                        let _ = done.send((started, started.elapsed(), outcome(result)));
                     }
                     sent
                 })
@@ -412,12 +419,13 @@ pub fn markdown(md: &mut String, reports: &[RestartReport]) {
             let _ = writeln!(
                 md,
                 "\n{}: payments across the crash by {} real agents (StartSession then EndSession, each through the durable outbox \
-                 with its own idempotency key): {} calls, {} in flight at the kill, {} answered OK, {} errors, **{} lost**; \
-                 call to answer p50 {:.1} ms, p99 {:.1} ms, max {:.1} ms.",
+                 with its own idempotency key): {} calls, {} of them in flight at the kill and {} made between the kill and the \
+                 last vehicle's return, {} answered OK, {} errors, **{} lost**; call to answer p50 {:.1} ms, p99 {:.1} ms, max {:.1} ms.",
                 r.broker,
                 p.agents,
                 p.sent,
                 p.in_flight_at_kill,
+                p.made_during_outage,
                 p.ok,
                 p.errors,
                 p.lost,

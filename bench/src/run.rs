@@ -18,6 +18,7 @@ use crate::report::{
 use crate::restart::{RestartPlan, reconnect_storm};
 use crate::swarm::{StormOutcome, StormSettings, Swarm, Target};
 use crate::traffic::{self, Echo, Load, ParkingRequests};
+use crate::under_storm::{UnderStormPlan, served_during_storm};
 
 /// What to run.
 #[derive(Debug, Clone)]
@@ -69,6 +70,8 @@ pub struct Plan {
     pub reconnect_rounds: usize,
     /// The reconnect storm (broker killed and restarted under the fleet), if run.
     pub restart: Option<RestartPlan>,
+    /// Traffic from connected vehicles during a connect storm of the others, if run.
+    pub under_storm: Option<UnderStormPlan>,
     /// The command line, for the report.
     pub command: String,
     /// Notes for the report.
@@ -408,6 +411,16 @@ async fn measure(
     let _ = swarm.disconnect_all().await;
     let (lost_connections, first_loss) = (swarm.lost, swarm.first_loss.clone());
     drop(swarm);
+    let under_storm = match &plan.under_storm {
+        Some(u) => {
+            say(format!(
+                "{name}: traffic from {} connected vehicles during a connect storm",
+                u.active
+            ));
+            served_during_storm(u, n, fleet, &broker, &target, &roles).await?
+        }
+        None => Vec::new(),
+    };
     let restart = match &plan.restart {
         Some(restart) => {
             let agents = if broker.kind == BrokerKind::Gateway {
@@ -432,6 +445,7 @@ async fn measure(
     };
     let report = BrokerReport {
         restart,
+        under_storm,
         settle_after_disconnect_s: settled,
         name: name.into(),
         label: broker.label.clone(),

@@ -11,6 +11,7 @@ use fleet_bench::report::TrafficReport;
 use fleet_bench::restart::RestartPlan;
 use fleet_bench::run::{LedgerRun, Plan, run, write_report};
 use fleet_bench::swarm::StormSettings;
+use fleet_bench::under_storm::UnderStormPlan;
 
 const VEHICLES: usize = 20;
 
@@ -62,6 +63,15 @@ async fn every_scenario_produces_figures_and_no_failures() {
         registry_wait: Duration::ZERO,
         settle: Duration::ZERO,
         reconnect_rounds: 1,
+        under_storm: Some(UnderStormPlan {
+            active: 3,
+            rate: 50.0,
+            duration: Duration::from_millis(500),
+            storm: StormSettings {
+                max_inflight: 10,
+                ..StormSettings::default()
+            },
+        }),
         restart: Some(RestartPlan {
             vehicles: VEHICLES,
             storm: StormSettings {
@@ -102,6 +112,17 @@ async fn every_scenario_produces_figures_and_no_failures() {
             assert_clean(&b.name, t);
         }
         assert_eq!(b.lost_connections, 0, "{}: {:?}", b.name, b.first_loss);
+        let expected_rounds = if b.name == "gateway" { 2 } else { 1 };
+        assert_eq!(
+            b.under_storm.len(),
+            expected_rounds,
+            "{}: traffic during a storm",
+            b.name
+        );
+        for u in &b.under_storm {
+            assert_clean(&b.name, &u.traffic);
+            assert_eq!(u.storm_connected, u.storm_vehicles, "{}: the storm connected", b.name);
+        }
         let restart = b.restart.as_ref().expect("reconnect storm measured");
         assert_eq!(
             restart.reconnected, VEHICLES,

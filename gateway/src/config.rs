@@ -133,6 +133,10 @@ pub struct MqttConfig {
     /// TLS work, so a reconnect storm costs cheap refusals (the cars back off with jitter)
     /// instead of starving the cars already connected.
     pub max_handshakes_in_flight: usize,
+    /// Threads that run TLS handshakes, apart from the ones serving connected cars (0: half
+    /// the cores, at least one). Fewer threads protect connected cars better during a storm;
+    /// more reconnect a fleet faster.
+    pub handshake_threads: usize,
     /// Requests of one car handled at once. Beyond it the gateway stops reading from that car
     /// until one is answered (TCP backpressure), so one car cannot take every partner slot.
     pub max_requests_in_flight: usize,
@@ -215,6 +219,7 @@ impl Default for MqttConfig {
             max_keep_alive: Duration::from_secs(20 * 60),
             max_connections: 20_000,
             max_handshakes_in_flight: 256,
+            handshake_threads: 0,
             max_requests_in_flight: 64,
         }
     }
@@ -310,6 +315,12 @@ impl GatewayConfig {
         }
         if m.max_connections == 0 {
             return Err(invalid("mqtt.max_connections", "must be at least 1"));
+        }
+        if m.handshake_threads > 256 {
+            return Err(invalid(
+                "mqtt.handshake_threads",
+                "must be at most 256 (0 = half the cores)",
+            ));
         }
         if m.max_requests_in_flight == 0 || m.max_requests_in_flight > 10_000 {
             return Err(invalid("mqtt.max_requests_in_flight", "must be between 1 and 10000"));
@@ -523,6 +534,18 @@ mod tests {
         c.tls.key = "/nonexistent/key.pem".into();
         let e = c.validate().unwrap_err().to_string();
         assert!(e.starts_with("tls.key:"), "{e}");
+    }
+
+    #[test]
+    fn session_limits_are_checked() {
+        let (_d, mut c) = files();
+        c.mqtt.max_requests_in_flight = 0;
+        let e = c.validate().unwrap_err().to_string();
+        assert!(e.starts_with("mqtt.max_requests_in_flight:"), "{e}");
+        c.mqtt.max_requests_in_flight = 64;
+        c.mqtt.handshake_threads = 1000;
+        let e = c.validate().unwrap_err().to_string();
+        assert!(e.starts_with("mqtt.handshake_threads:"), "{e}");
     }
 
     #[test]

@@ -45,6 +45,7 @@ pub struct Gateway {
     recorder: JoinHandle<()>,
     store: store::Store,
     stats: Arc<broker::ListenerStats>,
+    handshakes: Arc<broker::HandshakePool>,
 }
 
 /// Why the gateway could not start.
@@ -67,6 +68,9 @@ pub enum StartError {
     /// The database could not be reached or migrated.
     #[error("storage: {0}")]
     Storage(#[from] store::StoreError),
+    /// The handshake threads could not be started.
+    #[error("cannot start the TLS handshake threads: {0}")]
+    Handshakes(String),
     /// The partner API listener could not be set up.
     #[error("partner API: {0}")]
     PartnerApi(String),
@@ -177,12 +181,17 @@ impl Gateway {
             },
         };
         let stats = Arc::new(broker::ListenerStats::default());
+        let handshakes = Arc::new(
+            broker::HandshakePool::new(config.mqtt.handshake_threads)
+                .map_err(|e| StartError::Handshakes(e.to_string()))?,
+        );
         let attachments = broker::Attachments {
             mailboxes,
             pubsub,
             inbox: Arc::new(dispatcher),
             events: broker::SessionSink(session_tx),
             stats: stats.clone(),
+            handshakes: handshakes.clone(),
         };
         tracker.spawn(broker::listener::serve(
             listener,
@@ -203,6 +212,7 @@ impl Gateway {
             recorder,
             store,
             stats,
+            handshakes,
         })
     }
 
@@ -238,6 +248,7 @@ impl Gateway {
         self.tracker.close();
         self.tracker.wait().await;
         let _ = self.recorder.await;
+        drop(self.handshakes);
         self.store.close().await;
         info!("gateway stopped");
     }

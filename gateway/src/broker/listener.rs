@@ -12,9 +12,11 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio::time::timeout;
 use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
+use tokio_util::task::AbortOnDropHandle;
 use tokio_util::task::TaskTracker;
 use tracing::{Instrument, Span, debug, error, info, info_span, warn};
 
+use super::handshakes::HandshakePool;
 use super::identity::vehicle_identity;
 use super::lifecycle::{Peer, SessionSink};
 use super::session::{SessionLimits, Wiring, serve_vehicle};
@@ -52,6 +54,7 @@ pub struct ListenerStats {
 /// Everything a connection task needs, shared.
 struct Shared {
     acceptor: TlsAcceptor,
+    handshakes: Arc<HandshakePool>,
     wiring: Wiring,
     settings: ListenerSettings,
     shutdown: CancellationToken,
@@ -71,6 +74,8 @@ pub struct Attachments {
     pub events: SessionSink,
     /// The listener's counters.
     pub stats: Arc<ListenerStats>,
+    /// Where TLS handshakes run.
+    pub handshakes: Arc<HandshakePool>,
 }
 
 /// Accepts vehicles until `shutdown` is cancelled; connection tasks are tracked by `tracker`.
@@ -88,11 +93,13 @@ pub async fn serve(
         inbox,
         events,
         stats,
+        handshakes: pool,
     } = attachments;
     let slots = Arc::new(Semaphore::new(settings.max_connections));
     let handshakes = Arc::new(Semaphore::new(settings.max_handshakes_in_flight));
     let shared = Arc::new(Shared {
         acceptor: TlsAcceptor::from(tls),
+        handshakes: pool,
         wiring: Wiring {
             mailboxes,
             pubsub,
@@ -150,14 +157,16 @@ async fn handle(tcp: TcpStream, peer: SocketAddr, shared: &Shared, handshake: Ow
     let permit = handshake;
     let outcome = tokio::select! {
         _ = shared.shutdown.cancelled() => return,
-        // Boxed, and the stream boxed too: the handshake's state is freed once it is done,
-        // and the connection's future (held for the car's whole session) carries a pointer to
-        // the TLS stream rather than copies of it.
-        r = Box::pin(async {
-            timeout(shared.settings.handshake_timeout, shared.acceptor.accept(tcp))
-                .await
-                .map(|accepted| accepted.map(Box::new))
-        }) => r,
+        // On the handshake pool (see `handshakes`); the stream comes back boxed, so the
+        // connection's future, held for the car's whole session, carries a pointer to it.
+        r = AbortOnDropHandle::new(shared.handshakes.spawn({
+            let (acceptor, limit) = (shared.acceptor.clone(), shared.settings.handshake_timeout);
+            async move { timeout(limit, acceptor.accept(tcp)).await.map(|accepted| accepted.map(Box::new)) }
+        })) => match r {
+            Ok(outcome) => outcome,
+            // The pool is gone: the gateway is shutting down.
+            Err(_) => return,
+        },
     };
     drop(permit);
     let tls = match outcome {
