@@ -268,3 +268,62 @@ async fn a_dropped_cars_will_reaches_its_next_session() {
     .unwrap();
     assert_eq!(will, (status, bytes::Bytes::from_static(b"offline")));
 }
+
+#[tokio::test]
+async fn an_answer_that_comes_while_a_persistent_session_is_away_waits_for_it() {
+    let (platform, partner) = Platform::start_scripted(ScriptedParking::holding_ends).await;
+    let vin = Vin::parse(VIN_A).unwrap();
+    let persistent = |o: &mut rumqttc::MqttOptions| {
+        o.set_clean_session(false);
+    };
+    let mut events = platform.session_events();
+    let session_id = {
+        let mut car = RawCar::connect(&platform, VIN_A).await;
+        car.park().await
+    };
+    disconnected(&mut events, VIN_A).await;
+
+    // Subscribe in a persistent session, then pay and leave before the partner answers.
+    let (client, mut eventloop) = platform.mqtt_client_with(VIN_A, persistent);
+    connack(&mut eventloop).await.unwrap();
+    subscribe(&client, &mut eventloop, &proto::topics::responses(&vin)).await;
+    let arrived = partner.end_arrived();
+    client
+        .publish(
+            proto::topics::requests(&vin),
+            QoS::AtLeastOnce,
+            false,
+            keyed_envelope(
+                "pay-away",
+                "pay-away",
+                END,
+                EndSessionRequest { session_id }.encode_to_vec(),
+            ),
+        )
+        .await
+        .unwrap();
+    within(
+        Duration::from_secs(10),
+        async {
+            tokio::select! {
+                _ = arrived => {},
+                e = closed(&mut eventloop) => panic!("connection ended: {e:?}"),
+            }
+        },
+        "the payment reaches the partner",
+    )
+    .await;
+    drop((client, eventloop));
+    disconnected(&mut events, VIN_A).await;
+    partner.release(1);
+
+    // Back in the same persistent session: the answer is waiting.
+    let (_client, mut eventloop) = platform.mqtt_client_with(VIN_A, persistent);
+    assert!(connack(&mut eventloop).await.unwrap().session_present);
+    let answer = next_incoming(&mut eventloop, response_of).await.unwrap();
+    assert_eq!(
+        (answer.request_id.as_str(), status_code(&answer)),
+        ("pay-away", Code::Ok)
+    );
+    assert_eq!(platform.parking.charges(), 1);
+}

@@ -154,7 +154,7 @@ async fn open<'a, S: AsyncRead + AsyncWrite + Unpin>(
 
     let restored = wiring.saved.resume(vin, connect.clean_session);
     let session_present = restored.is_some();
-    let mailbox = wiring.mailboxes.open(vin);
+    let mailbox = wiring.mailboxes.open(vin, !connect.clean_session);
     let mut live = Live {
         vin,
         wiring,
@@ -170,11 +170,11 @@ async fn open<'a, S: AsyncRead + AsyncWrite + Unpin>(
         && let Err(reason) = live.resubscribe(restored_filters).await
     {
         let _ = mqtt.send(&connack(false, ConnectReturnCode::ServiceUnavailable)).await;
-        wiring.mailboxes.close(vin, &mailbox);
+        wiring.mailboxes.close(vin, &mailbox, false);
         return Err(reason);
     }
     if let Err(reason) = mqtt.send(&connack(session_present, ConnectReturnCode::Success)).await {
-        wiring.mailboxes.close(vin, &mailbox);
+        wiring.mailboxes.close(vin, &mailbox, false);
         live.detach().await;
         return Err(reason);
     }
@@ -235,7 +235,8 @@ async fn close<S: AsyncRead + AsyncWrite + Unpin>(
         let _ = mqtt.send(&Packet::Disconnect).await;
         mqtt.shutdown().await;
     }
-    live.wiring.mailboxes.close(&peer.vin, &opened.mailbox);
+    // A persistent session's mailbox stays, keeping messages for its return.
+    live.wiring.mailboxes.close(&peer.vin, &opened.mailbox, live.persistent);
     live.detach().await;
     finish(&live.wiring.events, peer, reason).await
 }
@@ -282,7 +283,7 @@ impl Live<'_> {
         let mut held: Option<Publish> = None;
         loop {
             match mailbox.state() {
-                MailboxState::Open => {}
+                MailboxState::Open | MailboxState::Parked => {}
                 MailboxState::Kicked => return DisconnectReason::Kicked,
                 MailboxState::Overflowed => return DisconnectReason::SlowConsumer,
             }

@@ -8,6 +8,10 @@
 //! that stops reading is disconnected rather than allowed to grow the gateway's memory, and
 //! what it missed comes back by the usual routes (it republishes pending requests and the
 //! ledger replays them; unacknowledged events are redelivered when it subscribes again).
+//!
+//! A persistent session (`clean_session = false`) that ends leaves its mailbox **parked**:
+//! messages for the car keep arriving there, up to [`PARKED_CAPACITY`], and the car's next
+//! persistent session takes them over, as MQTT requires for QoS 1 messages of a stored session.
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicU8, Ordering};
@@ -50,6 +54,8 @@ pub struct OutboundMessage {
 pub enum Delivery {
     /// Queued for the car's live session.
     Queued,
+    /// Kept for the car's persistent session, which is away.
+    Parked,
     /// The car has no session on this gateway.
     Offline,
     /// The car's mailbox was full: the message was not queued and the session is being closed.
@@ -65,11 +71,18 @@ pub enum MailboxState {
     Kicked,
     /// The car fell too far behind.
     Overflowed,
+    /// Its persistent session ended; it keeps messages for the next one.
+    Parked,
 }
 
 const OPEN: u8 = 0;
 const KICKED: u8 = 1;
 const OVERFLOWED: u8 = 2;
+const PARKED: u8 = 3;
+
+/// Messages kept for a car whose persistent session is away; beyond it new ones are dropped
+/// (the car republishes what it has no answer for).
+pub const PARKED_CAPACITY: usize = 100;
 
 /// The queue of one session.
 #[derive(Debug)]
@@ -123,13 +136,23 @@ impl Mailbox {
         match self.state.load(Ordering::Acquire) {
             OPEN => MailboxState::Open,
             KICKED => MailboxState::Kicked,
-            _ => MailboxState::Overflowed,
+            OVERFLOWED => MailboxState::Overflowed,
+            _ => MailboxState::Parked,
         }
     }
 
     fn push(&self, message: OutboundMessage) -> Delivery {
-        if self.state() != MailboxState::Open {
-            return Delivery::Offline;
+        match self.state.load(Ordering::Acquire) {
+            OPEN => {}
+            PARKED => {
+                let mut queue = self.queue.lock().unwrap_or_else(PoisonError::into_inner);
+                if queue.len() >= PARKED_CAPACITY {
+                    return Delivery::Offline;
+                }
+                queue.push_back(message);
+                return Delivery::Parked;
+            }
+            _ => return Delivery::Offline,
         }
         {
             let mut queue = self.queue.lock().unwrap_or_else(PoisonError::into_inner);
@@ -142,6 +165,10 @@ impl Mailbox {
         }
         self.wake.notify_one();
         Delivery::Queued
+    }
+
+    fn take_queue(&self) -> VecDeque<OutboundMessage> {
+        std::mem::take(&mut *self.queue.lock().unwrap_or_else(PoisonError::into_inner))
     }
 
     fn close_with(&self, state: u8) {
@@ -171,8 +198,10 @@ impl Mailboxes {
         }
     }
 
-    /// Opens the mailbox of a new session of `vin`; a previous session of the same VIN is kicked.
-    pub fn open(&self, vin: &Vin) -> Arc<Mailbox> {
+    /// Opens the mailbox of a new session of `vin`. A previous live session of the same VIN is
+    /// kicked; what a parked one holds is taken over if `resume` (a persistent session
+    /// continues), else dropped.
+    pub fn open(&self, vin: &Vin, resume: bool) -> Arc<Mailbox> {
         let mailbox = Arc::new(Mailbox::new(self.capacity));
         let previous = self
             .live
@@ -180,15 +209,30 @@ impl Mailboxes {
             .unwrap_or_else(PoisonError::into_inner)
             .insert(vin.clone(), mailbox.clone());
         if let Some(previous) = previous {
-            previous.close_with(KICKED);
+            if previous.state.load(Ordering::Acquire) == PARKED {
+                if resume {
+                    *mailbox.queue.lock().unwrap_or_else(PoisonError::into_inner) = previous.take_queue();
+                }
+            } else {
+                previous.close_with(KICKED);
+            }
         }
         mailbox
     }
 
-    /// Closes `mailbox` when its session ends (a newer session's mailbox is left alone).
-    pub fn close(&self, vin: &Vin, mailbox: &Arc<Mailbox>) {
+    /// Closes `mailbox` when its session ends (a newer session's mailbox is left alone). With
+    /// `park`, the mailbox stays for the car's next persistent session, holding what is
+    /// queued and what comes meanwhile.
+    pub fn close(&self, vin: &Vin, mailbox: &Arc<Mailbox>, park: bool) {
         let mut live = self.live.write().unwrap_or_else(PoisonError::into_inner);
-        if live.get(vin).is_some_and(|m| Arc::ptr_eq(m, mailbox)) {
+        if !live.get(vin).is_some_and(|m| Arc::ptr_eq(m, mailbox)) {
+            return;
+        }
+        if park && mailbox.state() == MailboxState::Open {
+            mailbox.state.store(PARKED, Ordering::Release);
+            let mut queue = mailbox.queue.lock().unwrap_or_else(PoisonError::into_inner);
+            queue.truncate(PARKED_CAPACITY);
+        } else {
             live.remove(vin);
         }
     }
@@ -207,9 +251,14 @@ impl Mailboxes {
         }
     }
 
-    /// Sessions open right now.
+    /// Sessions open right now (parked ones not counted).
     pub fn live(&self) -> usize {
-        self.live.read().unwrap_or_else(PoisonError::into_inner).len()
+        self.live
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .values()
+            .filter(|m| m.state.load(Ordering::Acquire) != PARKED)
+            .count()
     }
 }
 
@@ -224,8 +273,8 @@ mod tests {
     #[tokio::test]
     async fn a_message_reaches_only_the_live_session_of_its_vin() {
         let boxes = Mailboxes::new(8);
-        let a = boxes.open(&vin("WBA3B5C50DF123456"));
-        let b = boxes.open(&vin("LSVAU2180N2183294"));
+        let a = boxes.open(&vin("WBA3B5C50DF123456"), false);
+        let b = boxes.open(&vin("LSVAU2180N2183294"), false);
         let sent = boxes.deliver(&vin("WBA3B5C50DF123456"), Outbound::Responses, Bytes::from_static(b"x"));
         assert_eq!(sent, Delivery::Queued);
         a.changed().await;
@@ -241,14 +290,14 @@ mod tests {
     async fn a_second_session_kicks_the_first_and_survives_its_close() {
         let boxes = Mailboxes::new(8);
         let car = vin("WBA3B5C50DF123456");
-        let first = boxes.open(&car);
-        let second = boxes.open(&car);
+        let first = boxes.open(&car, false);
+        let second = boxes.open(&car, false);
         first.changed().await;
         assert_eq!(first.state(), MailboxState::Kicked);
-        boxes.close(&car, &first);
+        boxes.close(&car, &first, true);
         assert_eq!(boxes.deliver(&car, Outbound::Responses, Bytes::new()), Delivery::Queued);
         assert_eq!(second.len(), 1);
-        boxes.close(&car, &second);
+        boxes.close(&car, &second, false);
         assert_eq!(boxes.live(), 0);
     }
 
@@ -256,12 +305,41 @@ mod tests {
     async fn a_full_mailbox_closes_its_session_instead_of_growing() {
         let boxes = Mailboxes::new(2);
         let car = vin("WBA3B5C50DF123456");
-        let mailbox = boxes.open(&car);
+        let mailbox = boxes.open(&car, false);
         for _ in 0..2 {
             assert_eq!(boxes.deliver(&car, Outbound::Events, Bytes::new()), Delivery::Queued);
         }
         assert_eq!(boxes.deliver(&car, Outbound::Events, Bytes::new()), Delivery::Overflow);
         assert_eq!(mailbox.state(), MailboxState::Overflowed);
         assert_eq!(boxes.deliver(&car, Outbound::Events, Bytes::new()), Delivery::Offline);
+    }
+
+    #[tokio::test]
+    async fn a_parked_mailbox_keeps_messages_for_the_next_persistent_session_only() {
+        let boxes = Mailboxes::new(8);
+        let car = vin("WBA3B5C50DF123456");
+        let first = boxes.open(&car, true);
+        boxes.close(&car, &first, true);
+        assert_eq!(boxes.live(), 0);
+        assert_eq!(
+            boxes.deliver(&car, Outbound::Responses, Bytes::from_static(b"while away")),
+            Delivery::Parked
+        );
+        let resumed = boxes.open(&car, true);
+        assert_eq!(
+            resumed.pop().map(|m| m.payload),
+            Some(Bytes::from_static(b"while away"))
+        );
+        boxes.close(&car, &resumed, true);
+        for _ in 0..PARKED_CAPACITY {
+            assert_eq!(boxes.deliver(&car, Outbound::Responses, Bytes::new()), Delivery::Parked);
+        }
+        assert_eq!(
+            boxes.deliver(&car, Outbound::Responses, Bytes::new()),
+            Delivery::Offline
+        );
+        // A clean session starts empty.
+        let clean = boxes.open(&car, false);
+        assert!(clean.is_empty());
     }
 }

@@ -110,7 +110,7 @@ async fn run(mut rx: mpsc::UnboundedReceiver<Command>, store: Store, mailboxes: 
                     state.published = stored.sequence;
                 }
                 // Redelivered when the car subscribes again.
-                Delivery::Offline | Delivery::Overflow => break,
+                Delivery::Offline | Delivery::Overflow | Delivery::Parked => break,
             }
         }
     }
