@@ -2,129 +2,15 @@
 //! own process, or in-process for the smoke test) and Mosquitto (always its own process, with
 //! an mTLS listener using the same certificates), plus the reference parking adapter.
 
-use std::io::{BufRead as _, BufReader, Write as _};
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::sync::mpsc;
+use std::process::Command;
 use std::time::Duration;
 
 use anyhow::{Context as _, Result, bail};
 
 use crate::fleet::Fleet;
-
-/// How long a process may take to say it is ready.
-const READY_TIMEOUT: Duration = Duration::from_secs(30);
-
-/// A child process whose output goes to a log file; killed when dropped.
-pub struct ChildProcess {
-    /// What it is, for messages.
-    pub name: String,
-    /// Its pid.
-    pub pid: u32,
-    /// Where its stdout and stderr go.
-    pub log: PathBuf,
-    child: Option<Child>,
-}
-
-impl ChildProcess {
-    /// Starts `cmd` and waits until a line of its output contains `ready` (returning that line).
-    pub fn spawn(name: &str, mut cmd: Command, ready: &str, log: &Path) -> Result<(ChildProcess, String)> {
-        cmd.stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped());
-        let mut child = cmd.spawn().with_context(|| format!("cannot start {name} ({cmd:?})"))?;
-        std::fs::File::create(log).with_context(|| format!("create {}", log.display()))?;
-        let (tx, rx) = mpsc::channel::<String>();
-        let streams: Vec<Box<dyn std::io::Read + Send>> = vec![
-            Box::new(child.stdout.take().expect("piped stdout")),
-            Box::new(child.stderr.take().expect("piped stderr")),
-        ];
-        for stream in streams {
-            let mut file = std::fs::OpenOptions::new().append(true).open(log)?;
-            let (tx, ready) = (tx.clone(), ready.to_owned());
-            std::thread::spawn(move || {
-                let mut reader = BufReader::with_capacity(64 * 1024, stream);
-                let mut line = String::new();
-                // Line by line until the ready line, then plain copies: a busy broker must
-                // never wait for this thread to drain its pipe.
-                while reader.read_line(&mut line).is_ok_and(|n| n > 0) {
-                    let _ = file.write_all(line.as_bytes());
-                    if line.contains(&ready) {
-                        let _ = tx.send(line.trim_end().to_owned());
-                        let _ = std::io::copy(&mut reader, &mut file);
-                        return;
-                    }
-                    line.clear();
-                }
-            });
-        }
-        drop(tx);
-        let pid = child.id();
-        let mut process = ChildProcess {
-            name: name.to_owned(),
-            pid,
-            log: log.to_path_buf(),
-            child: Some(child),
-        };
-        match rx.recv_timeout(READY_TIMEOUT) {
-            Ok(line) => Ok((process, line)),
-            Err(e) => {
-                let status = process.child.as_mut().and_then(|c| c.try_wait().ok().flatten());
-                process.kill();
-                let tail = log_tail(log, 30);
-                bail!("{name} did not become ready ({e}; exit status {status:?}); its log ends with:\n{tail}")
-            }
-        }
-    }
-
-    fn kill(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
-    }
-
-    /// Asks the process to stop (SIGTERM), waits up to `grace` for it to exit, then kills it.
-    pub fn stop(mut self, grace: Duration) {
-        let Some(mut child) = self.child.take() else {
-            return;
-        };
-        let signal = |name: &str| {
-            Command::new("kill")
-                .arg(format!("-{name}"))
-                .arg(self.pid.to_string())
-                .status()
-                .is_ok_and(|s| s.success())
-        };
-        if !signal("TERM") {
-            let _ = child.kill();
-            let _ = child.wait();
-            return;
-        }
-        let (tx, rx) = mpsc::channel();
-        // Detached if the process never exits: teardown must not hang the run.
-        std::thread::spawn(move || {
-            let _ = child.wait();
-            let _ = tx.send(());
-        });
-        if rx.recv_timeout(grace).is_err() {
-            signal("KILL");
-            let _ = rx.recv_timeout(Duration::from_secs(5));
-        }
-    }
-}
-
-impl Drop for ChildProcess {
-    fn drop(&mut self) {
-        self.kill();
-    }
-}
-
-/// The last `n` lines of a log file.
-pub fn log_tail(path: &Path, n: usize) -> String {
-    let text = std::fs::read_to_string(path).unwrap_or_default();
-    let lines: Vec<&str> = text.lines().collect();
-    lines[lines.len().saturating_sub(n)..].join("\n")
-}
+pub use crate::process::{ChildProcess, Launch, log_tail};
 
 /// A free TCP port on `ip` (bound then released: fine on a machine we control).
 pub fn free_port(ip: IpAddr) -> Result<u16> {
@@ -240,35 +126,6 @@ enum Handle {
     InProcess(Box<gateway::Gateway>),
     /// Between a kill and the restart.
     Gone,
-}
-
-/// How to start a broker process again after killing it.
-#[derive(Debug, Clone)]
-struct Launch {
-    name: String,
-    program: PathBuf,
-    args: Vec<std::ffi::OsString>,
-    env: Vec<(String, String)>,
-    env_remove: Vec<String>,
-    ready: String,
-}
-
-impl Launch {
-    fn command(&self) -> Command {
-        let mut cmd = Command::new(&self.program);
-        cmd.args(&self.args);
-        for (k, v) in &self.env {
-            cmd.env(k, v);
-        }
-        for k in &self.env_remove {
-            cmd.env_remove(k);
-        }
-        cmd
-    }
-
-    fn spawn(&self, log: &Path) -> Result<ChildProcess> {
-        Ok(ChildProcess::spawn(&self.name, self.command(), &self.ready, log)?.0)
-    }
 }
 
 /// How the broker is brought back by [`Broker::restart`].

@@ -5,6 +5,7 @@
 //! - [`traffic`]: publish round trips and full requests, open and closed loop;
 //! - [`agents`]: requests through the real agent's `GatewayLink`;
 //! - [`brokers`]: the gateway (own process or in-process), Mosquitto, the parking adapter;
+//! - [`process`]: child processes and their logs;
 //! - [`procfs`]: CPU time and RSS of each process, machine facts;
 //! - [`under_storm`]: connected vehicles served while the rest of the fleet connects;
 //! - [`restart`]: the reconnect storm (the broker killed and restarted under the fleet);
@@ -13,11 +14,13 @@
 pub mod agents;
 pub mod brokers;
 pub mod fleet;
+pub mod process;
 pub mod procfs;
 pub mod report;
 pub mod restart;
 pub mod run;
 pub mod stats;
 pub mod swarm;
+mod targets;
 pub mod traffic;
 pub mod under_storm;

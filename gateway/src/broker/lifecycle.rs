@@ -120,3 +120,12 @@ pub struct Peer {
     /// Remote address.
     pub remote: SocketAddr,
 }
+
+/// At most 64 characters of what a car sent, control characters replaced, for messages and
+/// logs: a car's bytes must never forge log lines.
+pub(crate) fn printable(s: &str) -> String {
+    s.chars()
+        .take(64)
+        .map(|c| if c.is_control() { '?' } else { c })
+        .collect()
+}

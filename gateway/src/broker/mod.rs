@@ -5,6 +5,7 @@ pub mod handshakes;
 pub mod identity;
 pub mod lifecycle;
 pub mod listener;
+mod live;
 mod mqtt;
 pub mod session;
 pub mod subscriptions;
