@@ -67,9 +67,11 @@ pub struct RestartReport {
     pub back_after_kill: Summary,
     /// Most reconnections within one second.
     pub peak_connects_per_s: usize,
-    /// Attempts refused while the broker was down (nothing listening).
-    pub refused_attempts: u64,
-    /// Attempts that failed once it listened (shed before TLS, failed handshakes, timeouts).
+    /// Attempts that failed before the broker listened again: refused (nothing listening) or
+    /// reset (the dying process's sockets).
+    pub failed_while_down: u64,
+    /// Attempts that failed once it listened (shed before TLS by admission control, failed
+    /// handshakes, timeouts).
     pub failed_attempts: u64,
     /// The first such failure.
     pub first_failure: Option<String>,
@@ -181,7 +183,7 @@ pub async fn reconnect_storm(
             Event::Reconnected { at, .. } if lost[i] => {
                 back.insert(i, at);
             }
-            Event::AttemptFailed { refused: true, .. } => report.refused_attempts += 1,
+            Event::AttemptFailed { at, .. } if at < restarted.ready => report.failed_while_down += 1,
             Event::AttemptFailed { error, .. } => {
                 report.failed_attempts += 1;
                 report.first_failure.get_or_insert(error);
@@ -379,7 +381,7 @@ pub fn markdown(md: &mut String, reports: &[RestartReport]) {
     );
     let _ = writeln!(
         md,
-        "| broker | stopped by | vehicles | down s | back | all back after kill s | after restart s | p50 / p99 s | peak connects/s | refused | failed after restart | full handshakes | broker CPU s |"
+        "| broker | stopped by | vehicles | down s | back | all back after kill s | after restart s | p50 / p99 s | peak connects/s | attempts failed while down | failed after restart | full handshakes | broker CPU s |"
     );
     let _ = writeln!(md, "|---|---|---|---|---|---|---|---|---|---|---|---|---|");
     for r in reports {
@@ -397,7 +399,7 @@ pub fn markdown(md: &mut String, reports: &[RestartReport]) {
             r.back_after_kill.p50_ms / 1e3,
             r.back_after_kill.p99_ms / 1e3,
             r.peak_connects_per_s,
-            r.refused_attempts,
+            r.failed_while_down,
             r.failed_attempts,
             r.full_handshakes,
             r.broker_cpu_s

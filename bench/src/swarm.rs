@@ -88,8 +88,8 @@ pub enum Event {
     AttemptFailed {
         /// Why.
         error: String,
-        /// The connection was refused (nothing listening): the broker is down.
-        refused: bool,
+        /// When it failed.
+        at: Instant,
     },
     /// A vehicle that lost its connection (see [`StormSettings::reconnect`]) got CONNACK again.
     Reconnected {
@@ -431,7 +431,6 @@ async fn vehicle(
                     break (client, eventloop);
                 }
                 other => {
-                    let refused = matches!(&other, Err(rumqttc::ConnectionError::Io(e)) if e.kind() == std::io::ErrorKind::ConnectionRefused);
                     let error = match other {
                         Err(e) => e.to_string(),
                         Ok(event) => format!("unexpected first event {event:?}"),
@@ -440,7 +439,13 @@ async fn vehicle(
                         let _ = tx.send((i, Event::GaveUp { error }));
                         return;
                     }
-                    let _ = tx.send((i, Event::AttemptFailed { error, refused }));
+                    let _ = tx.send((
+                        i,
+                        Event::AttemptFailed {
+                            error,
+                            at: Instant::now(),
+                        },
+                    ));
                     if !reconnecting {
                         tokio::time::sleep(backoff.next_delay()).await;
                     }
