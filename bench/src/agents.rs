@@ -1,18 +1,26 @@
 //! Requests through the real vehicle agent's link (`vehicle_agent::GatewayLink::call`): the
-//! durable outbox, request matching and reconnect logic of the code that runs in cars.
+//! durable outbox, request matching and reconnect logic of the code that runs in cars, with a
+//! mix of the partner's methods.
 
 use std::path::Path;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, Result};
 use bytes::Bytes;
+use prost::Message as _;
 use proto::MethodPath;
+use proto::parking::v1::{
+    EndSessionRequest, EndSessionResponse, GetReceiptRequest, StartSessionRequest, StartSessionResponse,
+};
+use serde::Serialize;
 use tokio::sync::mpsc;
 use vehicle_agent::{AgentConfig, GatewayLink};
 
 use crate::fleet::Fleet;
 use crate::stats::Latencies;
-use crate::traffic::{LIST_NEARBY_LOTS, ParkingRequests, TrafficOutcome};
+use crate::traffic::{LIST_NEARBY_LOTS, MethodOutcome, ParkingRequests, TrafficOutcome};
 
 /// Agents' links to one gateway.
 pub struct Agents {
@@ -62,21 +70,19 @@ impl Agents {
         self.links.is_empty()
     }
 
-    /// `ListNearbyLots` calls at `rate` per second for `duration`, round-robin over the agents;
-    /// latency from each call's due time to its answer.
-    pub async fn run_rate(&self, rate: f64, duration: Duration, warmup: Duration) -> Result<TrafficOutcome> {
-        let method = MethodPath::parse(LIST_NEARBY_LOTS).map_err(|e| anyhow::anyhow!("{e}"))?;
-        let payload = Bytes::copy_from_slice(ParkingRequests::default().payload());
-        let (tx, mut rx) = mpsc::unbounded_channel::<(Instant, Instant, Option<String>)>();
+    /// A request mix at `rate` operations per second, round-robin over the agents, for
+    /// `duration`: operation `k` is due at `k / rate` and drawn from `mix`; latency from each
+    /// call's due time to its answer (no coordinated omission). A payment's two calls run one
+    /// after the other, and an agent makes one payment at a time (the partner allows one open
+    /// session per car): a payment due while the agent's last one is still running becomes a
+    /// ListNearbyLots.
+    pub async fn run_mix(&self, mix: &Mix, rate: f64, duration: Duration, warmup: Duration) -> Result<TrafficOutcome> {
+        let (tx, mut rx) = mpsc::unbounded_channel::<Call>();
         let epoch = Instant::now();
         let end = epoch + duration;
         let measure_from = epoch + warmup.min(duration / 2);
-        let mut out = TrafficOutcome {
-            vehicles: self.links.len(),
-            duration_s: duration.as_secs_f64(),
-            warmup_s: (measure_from - epoch).as_secs_f64(),
-            ..TrafficOutcome::default()
-        };
+        let states: Vec<Arc<AgentState>> = self.links.iter().map(|_| Arc::default()).collect();
+        let started = Arc::new(AtomicU64::new(0));
         let mut k = 0u64;
         loop {
             let due = epoch + Duration::from_secs_f64(k as f64 / rate);
@@ -84,43 +90,60 @@ impl Agents {
                 break;
             }
             tokio::time::sleep_until(due.into()).await;
-            let link = self.links[(k % self.links.len() as u64) as usize].clone();
-            let (method, payload, tx) = (method.clone(), payload.clone(), tx.clone());
-            tokio::spawn(async move {
-                let result = link.call(&method, payload, Duration::from_secs(30), None).await;
-                let _ = tx.send((
-                    due,
-                    Instant::now(),
-                    result.err().map(|s| format!("{:?}: {}", s.code(), s.message())),
-                ));
-            });
-            out.sent += 1;
+            let a = (k % self.links.len() as u64) as usize;
+            let op = mix.draw(k / self.links.len() as u64 + a as u64 * 7919);
+            tokio::spawn(operation(
+                op,
+                self.links[a].clone(),
+                states[a].clone(),
+                format!("mix-{}-{a}-{k}", std::process::id()),
+                due,
+                (tx.clone(), started.clone()),
+            ));
             k += 1;
         }
         drop(tx);
+        let mut out = TrafficOutcome {
+            vehicles: self.links.len(),
+            duration_s: duration.as_secs_f64(),
+            warmup_s: (measure_from - epoch).as_secs_f64(),
+            ..TrafficOutcome::default()
+        };
         let mut latencies = Latencies::default();
+        let mut by_method: std::collections::BTreeMap<&'static str, (Latencies, u64)> = Default::default();
         let mut measured_ok = 0u64;
         let mut last = end;
-        let drain_until = Instant::now() + Duration::from_secs(40);
-        while let Ok(Some((due, done, error))) = tokio::time::timeout_at(drain_until.into(), rx.recv()).await {
+        let drain_until = end + Duration::from_secs(40);
+        while let Ok(Some(call)) = tokio::time::timeout_at(drain_until.into(), rx.recv()).await {
             out.replies += 1;
-            match error {
+            let entry = by_method.entry(call.method).or_default();
+            match call.error {
                 Some(e) => {
                     out.errors += 1;
-                    out.first_error.get_or_insert(e);
+                    entry.1 += 1;
+                    out.first_error.get_or_insert(format!("{}: {e}", call.method));
                 }
-                None => {
-                    if due >= measure_from {
-                        latencies.push(done - due);
-                        measured_ok += 1;
-                        last = last.max(done);
-                    }
+                None if call.due >= measure_from => {
+                    latencies.push(call.done - call.due);
+                    entry.0.push(call.done - call.due);
+                    measured_ok += 1;
+                    last = last.max(call.done);
                 }
+                None => {}
             }
         }
-        out.missing = out.sent - out.replies;
+        out.sent = started.load(Ordering::Relaxed);
+        out.missing = out.sent.saturating_sub(out.replies);
         out.achieved_per_s = measured_ok as f64 / (last - measure_from).as_secs_f64();
         out.latency = latencies.summary();
+        out.per_method = by_method
+            .into_iter()
+            .map(|(method, (l, errors))| MethodOutcome {
+                method: method.into(),
+                latency: l.summary(),
+                errors,
+            })
+            .collect();
         Ok(out)
     }
 
@@ -129,5 +152,209 @@ impl Agents {
         for link in self.links {
             link.shutdown().await;
         }
+    }
+}
+
+/// What the agents ask for, by weight: `lots` (ListNearbyLots, read-only), `pay` (StartSession
+/// then EndSession, both through the gateway's ledger), `receipt` (GetReceipt of the agent's
+/// last payment, read-only; a ListNearbyLots before the first payment).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Mix {
+    /// Weight of ListNearbyLots.
+    pub lots: u32,
+    /// Weight of a payment (two calls).
+    pub pay: u32,
+    /// Weight of GetReceipt.
+    pub receipt: u32,
+}
+
+impl Default for Mix {
+    fn default() -> Self {
+        Mix {
+            lots: 7,
+            pay: 2,
+            receipt: 1,
+        }
+    }
+}
+
+impl std::str::FromStr for Mix {
+    type Err = String;
+    /// `lots=7,pay=2,receipt=1` (missing names weigh 0).
+    fn from_str(s: &str) -> Result<Mix, String> {
+        let mut mix = Mix {
+            lots: 0,
+            pay: 0,
+            receipt: 0,
+        };
+        for part in s.split(',').filter(|p| !p.is_empty()) {
+            let (name, weight) = part
+                .split_once('=')
+                .ok_or_else(|| format!("{part:?}: expected name=weight"))?;
+            let weight: u32 = weight.parse().map_err(|e| format!("{part:?}: {e}"))?;
+            match name {
+                "lots" => mix.lots = weight,
+                "pay" => mix.pay = weight,
+                "receipt" => mix.receipt = weight,
+                other => return Err(format!("{other:?} is none of lots, pay, receipt")),
+            }
+        }
+        if mix.lots + mix.pay + mix.receipt == 0 {
+            return Err("the mix needs a positive weight".into());
+        }
+        Ok(mix)
+    }
+}
+
+/// One operation of a mix.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Op {
+    Lots,
+    Pay,
+    Receipt,
+}
+
+impl Mix {
+    /// The `n`-th operation: the weights repeat over every `lots + pay + receipt` operations.
+    fn draw(&self, n: u64) -> Op {
+        let slot = n % u64::from(self.lots + self.pay + self.receipt).max(1);
+        if slot < u64::from(self.pay) {
+            Op::Pay
+        } else if slot < u64::from(self.pay + self.receipt) {
+            Op::Receipt
+        } else {
+            Op::Lots
+        }
+    }
+}
+
+impl std::fmt::Display for Mix {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "lots={},pay={},receipt={}", self.lots, self.pay, self.receipt)
+    }
+}
+
+/// One call of a mix run.
+struct Call {
+    method: &'static str,
+    due: Instant,
+    done: Instant,
+    error: Option<String>,
+}
+
+const START_SESSION: &str = "/parking.v1.ParkingPayment/StartSession";
+const END_SESSION: &str = "/parking.v1.ParkingPayment/EndSession";
+const GET_RECEIPT: &str = "/parking.v1.ParkingPayment/GetReceipt";
+
+/// What an agent remembers between operations.
+#[derive(Default)]
+struct AgentState {
+    /// A payment is under way.
+    paying: AtomicBool,
+    /// The receipt of its last payment.
+    receipt: std::sync::Mutex<Option<String>>,
+}
+
+/// One operation of the mix on one agent.
+async fn operation(
+    op: Op,
+    link: GatewayLink,
+    state: Arc<AgentState>,
+    key: String,
+    due: Instant,
+    (tx, started): (mpsc::UnboundedSender<Call>, Arc<AtomicU64>),
+) {
+    let call = |method: &'static str, due: Instant, payload: Bytes, key: Option<String>| {
+        let (link, started) = (link.clone(), started.clone());
+        async move {
+            // Counted before the call, so one that never comes back shows as missing.
+            started.fetch_add(1, Ordering::Relaxed);
+            let path = MethodPath::parse(method).expect("a valid method");
+            let result = link.call(&path, payload, Duration::from_secs(30), key).await;
+            let done = Instant::now();
+            let error = result
+                .as_ref()
+                .err()
+                .map(|s| format!("{:?}: {}", s.code(), s.message()));
+            (
+                result.ok(),
+                Call {
+                    method,
+                    due,
+                    done,
+                    error,
+                },
+            )
+        }
+    };
+    let receipt = state
+        .receipt
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+        .clone();
+    let paying = op == Op::Pay && !state.paying.swap(true, Ordering::AcqRel);
+    if paying {
+        let (reply, c) = call(START_SESSION, due, start_payload(), Some(format!("{key}-start"))).await;
+        let _ = tx.send(c);
+        let session = reply
+            .and_then(|r| StartSessionResponse::decode(r).ok())
+            .and_then(|r| r.session);
+        if let Some(session) = session {
+            let pay = Bytes::from(
+                EndSessionRequest {
+                    session_id: session.session_id,
+                }
+                .encode_to_vec(),
+            );
+            // Due as soon as the session started.
+            let (reply, c) = call(END_SESSION, Instant::now(), pay, Some(format!("{key}-end"))).await;
+            let _ = tx.send(c);
+            if let Some(r) = reply
+                .and_then(|r| EndSessionResponse::decode(r).ok())
+                .and_then(|r| r.receipt)
+            {
+                *state.receipt.lock().unwrap_or_else(std::sync::PoisonError::into_inner) = Some(r.receipt_id);
+            }
+        }
+        state.paying.store(false, Ordering::Release);
+    } else if let (Op::Receipt, Some(id)) = (op, receipt) {
+        let payload = Bytes::from(GetReceiptRequest { receipt_id: id }.encode_to_vec());
+        let (_, c) = call(GET_RECEIPT, due, payload, None).await;
+        let _ = tx.send(c);
+    } else {
+        let lots = Bytes::copy_from_slice(ParkingRequests::default().payload());
+        let (_, c) = call(LIST_NEARBY_LOTS, due, lots, None).await;
+        let _ = tx.send(c);
+    }
+}
+
+fn start_payload() -> Bytes {
+    Bytes::from(
+        StartSessionRequest {
+            lot_id: "lot-bund-01".into(),
+            plate: "沪A12345".into(),
+        }
+        .encode_to_vec(),
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_mix_is_read_from_weights() {
+        assert_eq!("lots=7,pay=2,receipt=1".parse::<Mix>(), Ok(Mix::default()));
+        assert_eq!(
+            "pay=1".parse::<Mix>(),
+            Ok(Mix {
+                lots: 0,
+                pay: 1,
+                receipt: 0
+            })
+        );
+        assert!("lots=0".parse::<Mix>().is_err());
+        assert!("coffee=1".parse::<Mix>().unwrap_err().contains("coffee"));
+        assert_eq!(Mix::default().to_string(), "lots=7,pay=2,receipt=1");
     }
 }

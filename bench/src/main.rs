@@ -11,6 +11,7 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::{Parser, Subcommand};
+use fleet_bench::agents::Mix;
 use fleet_bench::brokers::{self, GatewayLaunch};
 use fleet_bench::restart::RestartPlan;
 use fleet_bench::run::{self, LedgerRun, Plan};
@@ -76,6 +77,10 @@ struct Args {
     /// Real agents (vehicle_agent::GatewayLink) for the agent request runs (0 = skip).
     #[arg(long, default_value_t = 20)]
     agents: usize,
+    /// What the agents ask for, by weight: lots (ListNearbyLots), pay (StartSession then
+    /// EndSession, through the ledger), receipt (GetReceipt).
+    #[arg(long, default_value = "lots=7,pay=2,receipt=1")]
+    agent_mix: Mix,
     /// Open-loop rates of the agent request runs.
     #[arg(long, value_delimiter = ',', default_value = "200")]
     agent_rates: Vec<f64>,
@@ -237,6 +242,7 @@ async fn report(args: Args) -> anyhow::Result<()> {
         closed_in_flight: args.closed_in_flight,
         agents: args.agents,
         agent_rates: positive(&args.agent_rates),
+        agent_mix: args.agent_mix.clone(),
         gateway,
         adapter_bin,
         mosquitto,

@@ -65,6 +65,8 @@ pub struct Settings {
     pub agents: usize,
     /// Their open-loop rates.
     pub agent_rates: Vec<f64>,
+    /// What they ask for, by weight.
+    pub agent_mix: String,
 }
 
 /// Certificate issuance.
@@ -436,7 +438,11 @@ fn traffic_table<'a>(md: &mut String, rows: impl Iterator<Item = (&'a str, &'a T
     );
     let _ = writeln!(md, "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|");
     let mut errors = Vec::new();
+    let mut mixed = Vec::new();
     for (broker, t) in rows {
+        if !t.outcome.per_method.is_empty() {
+            mixed.push(t);
+        }
         let o = &t.outcome;
         let _ = writeln!(
             md,
@@ -464,6 +470,24 @@ fn traffic_table<'a>(md: &mut String, rows: impl Iterator<Item = (&'a str, &'a T
     }
     for e in errors {
         let _ = writeln!(md, "\n{e}");
+    }
+    for t in &mixed {
+        let parts: Vec<String> = t
+            .outcome
+            .per_method
+            .iter()
+            .map(|m| {
+                format!(
+                    "`{}` {} calls, p50 {:.2} ms, p99 {:.2} ms, {} errors",
+                    m.method.rsplit('/').next().unwrap_or(&m.method),
+                    m.latency.count,
+                    m.latency.p50_ms,
+                    m.latency.p99_ms,
+                    m.errors
+                )
+            })
+            .collect();
+        let _ = writeln!(md, "\n{} {}: {}.", t.scenario, t.load, parts.join("; "));
     }
 }
 

@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, Result, bail};
 
-use crate::agents::Agents;
+use crate::agents::{Agents, Mix};
 use crate::brokers::{self, Adapter, Broker, BrokerKind, GatewayLaunch};
 use crate::fleet::{Fleet, HandshakeCounter};
 use crate::procfs::{self, Roles};
@@ -45,6 +45,8 @@ pub struct Plan {
     pub agents: usize,
     /// Their open-loop rates.
     pub agent_rates: Vec<f64>,
+    /// What the agents ask for.
+    pub agent_mix: Mix,
     /// How to run the gateway (None = not measured).
     pub gateway: Option<GatewayLaunch>,
     /// The parking adapter binary (None = in-process).
@@ -210,6 +212,7 @@ pub async fn run(plan: &Plan, work: &Path) -> Result<Report> {
             closed_in_flight: plan.closed_in_flight,
             agents: plan.agents,
             agent_rates: plan.agent_rates.clone(),
+            agent_mix: plan.agent_mix.to_string(),
         },
         certificates: Certificates {
             vehicles: total,
@@ -382,9 +385,11 @@ async fn measure(
             for rate in &plan.agent_rates {
                 say(format!("{name}: agent requests at {rate}/s"));
                 let mark = roles.mark();
-                let outcome = agents.run_rate(*rate, plan.duration, plan.warmup).await?;
+                let outcome = agents
+                    .run_mix(&plan.agent_mix, *rate, plan.duration, plan.warmup)
+                    .await?;
                 agent_runs.push(TrafficReport::new(
-                    "request via vehicle-agent GatewayLink::call",
+                    &format!("request mix ({}) via vehicle-agent GatewayLink::call", plan.agent_mix),
                     format!("{rate:.0}/s"),
                     outcome,
                     roles.since(&mark),

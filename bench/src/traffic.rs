@@ -184,6 +184,20 @@ pub struct TrafficOutcome {
     pub achieved_per_s: f64,
     /// Latency of OK answers to messages sent after the warm-up.
     pub latency: Summary,
+    /// The same by method, for runs that mix methods.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub per_method: Vec<MethodOutcome>,
+}
+
+/// One method's share of a mixed run.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct MethodOutcome {
+    /// The gRPC method path.
+    pub method: String,
+    /// Latency of its OK answers after the warm-up.
+    pub latency: Summary,
+    /// Its error answers.
+    pub errors: u64,
 }
 
 /// Subscribes the `active` vehicles to `workload`'s reply topic; returns how many were granted.

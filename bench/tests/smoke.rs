@@ -6,6 +6,7 @@ use std::net::{IpAddr, Ipv4Addr};
 use std::path::PathBuf;
 use std::time::Duration;
 
+use fleet_bench::agents::Mix;
 use fleet_bench::brokers::GatewayLaunch;
 use fleet_bench::report::TrafficReport;
 use fleet_bench::restart::RestartPlan;
@@ -51,6 +52,7 @@ async fn every_scenario_produces_figures_and_no_failures() {
         closed_in_flight: 10,
         agents: 2,
         agent_rates: vec![10.0],
+        agent_mix: Mix::default(),
         gateway: Some(GatewayLaunch::InProcess),
         adapter_bin: None,
         mosquitto: mosquitto.clone(),
@@ -144,7 +146,13 @@ async fn every_scenario_produces_figures_and_no_failures() {
         }
     }
     assert_eq!(report.requests[0].agents.len(), 1, "agent run");
-    assert_clean("agents", &report.requests[0].agents[0]);
+    let mixed = &report.requests[0].agents[0];
+    assert_clean("agents", mixed);
+    assert!(
+        mixed.outcome.per_method.len() >= 2,
+        "the agents' mix called several methods: {:?}",
+        mixed.outcome.per_method
+    );
 
     let (json, md) = write_report(&report, &work.path().join("out")).unwrap();
     let markdown = std::fs::read_to_string(md).unwrap();
