@@ -48,12 +48,15 @@ pub(super) struct Live<'a> {
 enum Next {
     Continue,
     /// A request is waiting for one of the car's request slots.
-    Hold(Publish),
+    Hold(Publish, ToInbox),
 }
+
+/// How a publish on one of the gateway's own topics becomes what the inbox takes.
+type ToInbox = fn(Bytes) -> Inbound;
 
 /// Where a car's publish goes.
 enum Target {
-    Gateway(fn(Bytes) -> Inbound),
+    Gateway(ToInbox),
     PubSub,
 }
 
@@ -67,7 +70,7 @@ impl Live<'_> {
         shutdown: &CancellationToken,
     ) -> DisconnectReason {
         let mut deadline = Instant::now() + keep_alive;
-        let mut held: Option<Publish> = None;
+        let mut held: Option<(Publish, ToInbox)> = None;
         loop {
             match mailbox.state() {
                 MailboxState::Open | MailboxState::Parked => {}
@@ -86,14 +89,14 @@ impl Live<'_> {
                 _ = sleep_until(deadline), if held.is_none() => return DisconnectReason::KeepAliveTimeout,
                 _ = mailbox.changed() => {}
                 slot = self.slots.clone().acquire_owned(), if held.is_some() => {
-                    let (Ok(slot), Some(publish)) = (slot, held.take()) else {
+                    let (Ok(slot), Some((publish, wrap))) = (slot, held.take()) else {
                         return DisconnectReason::ServerShutdown;
                     };
                     // The answer that freed the slot is in the mailbox already: it goes out
                     // before the held request's acknowledgement, so the car sees cause then effect.
                     if let Err(reason) = self
                         .drain(mqtt, mailbox)
-                        .and_then(|()| self.hand_to_gateway(mqtt, publish, slot))
+                        .and_then(|()| self.hand_to_gateway(mqtt, publish, wrap, slot))
                     {
                         return reason;
                     }
@@ -109,7 +112,7 @@ impl Live<'_> {
                     // Boxed: the session's own future stays small for the idle car it mostly is.
                     match Box::pin(self.on_packet(mqtt, packet, conn)).await {
                         Ok(Next::Continue) => {}
-                        Ok(Next::Hold(publish)) => held = Some(publish),
+                        Ok(Next::Hold(publish, wrap)) => held = Some((publish, wrap)),
                         Err(reason) => return reason,
                     }
                 }
@@ -186,11 +189,11 @@ impl Live<'_> {
             return Ok(Next::Continue);
         }
         match target(self.vin, &publish.topic) {
-            Target::Gateway(_) => match self.slots.clone().try_acquire_owned() {
-                Ok(slot) => self.hand_to_gateway(mqtt, publish, slot)?,
+            Target::Gateway(wrap) => match self.slots.clone().try_acquire_owned() {
+                Ok(slot) => self.hand_to_gateway(mqtt, publish, wrap, slot)?,
                 Err(_) => {
                     debug!("car has its maximum of requests in flight; reading paused");
-                    return Ok(Next::Hold(publish));
+                    return Ok(Next::Hold(publish, wrap));
                 }
             },
             Target::PubSub => {
@@ -211,12 +214,12 @@ impl Live<'_> {
         &mut self,
         mqtt: &mut MqttIo<S>,
         publish: Publish,
+        wrap: ToInbox,
         slot: OwnedSemaphorePermit,
     ) -> Result<(), DisconnectReason> {
-        if let Target::Gateway(wrap) = target(self.vin, &publish.topic) {
-            self.wiring.inbox.receive(self.vin.clone(), wrap(publish.payload), slot);
-        }
-        self.acknowledge(mqtt, (publish.qos, publish.pkid))
+        let ack = (publish.qos, publish.pkid);
+        self.wiring.inbox.receive(self.vin.clone(), wrap(publish.payload), slot);
+        self.acknowledge(mqtt, ack)
     }
 
     fn acknowledge<S: AsyncRead + AsyncWrite + Unpin>(
