@@ -77,12 +77,11 @@ impl Agents {
     /// session per car): a payment due while the agent's last one is still running becomes a
     /// ListNearbyLots.
     pub async fn run_mix(&self, mix: &Mix, rate: f64, duration: Duration, warmup: Duration) -> Result<TrafficOutcome> {
-        let (tx, mut rx) = mpsc::unbounded_channel::<Call>();
+        let (calls, mut rx) = Calls::new(Duration::from_secs(30));
         let epoch = Instant::now();
         let end = epoch + duration;
         let measure_from = epoch + warmup.min(duration / 2);
         let states: Vec<Arc<AgentState>> = self.links.iter().map(|_| Arc::default()).collect();
-        let started = Arc::new(AtomicU64::new(0));
         let mut k = 0u64;
         loop {
             let due = epoch + Duration::from_secs_f64(k as f64 / rate);
@@ -98,11 +97,12 @@ impl Agents {
                 states[a].clone(),
                 format!("mix-{}-{a}-{k}", std::process::id()),
                 due,
-                (tx.clone(), started.clone()),
+                calls.clone(),
             ));
             k += 1;
         }
-        drop(tx);
+        let started = calls.started.clone();
+        drop(calls);
         let mut out = TrafficOutcome {
             vehicles: self.links.len(),
             duration_s: duration.as_secs_f64(),
@@ -234,17 +234,102 @@ impl std::fmt::Display for Mix {
     }
 }
 
-/// One call of a mix run.
-struct Call {
-    method: &'static str,
-    due: Instant,
-    done: Instant,
-    error: Option<String>,
+/// One call made through an agent.
+#[derive(Debug)]
+pub struct Call {
+    /// Its gRPC method.
+    pub method: &'static str,
+    /// When it was due (latency is measured from here).
+    pub due: Instant,
+    /// When its answer came.
+    pub done: Instant,
+    /// A non-OK answer.
+    pub error: Option<String>,
+}
+
+/// Where a run's calls are counted and reported. Cheap to clone; clones count together.
+#[derive(Debug, Clone)]
+pub struct Calls {
+    tx: mpsc::UnboundedSender<Call>,
+    started: Arc<AtomicU64>,
+    finished: Arc<AtomicU64>,
+    timeout: Duration,
+}
+
+impl Calls {
+    /// Calls that give up after `timeout`, reported on the receiver.
+    pub fn new(timeout: Duration) -> (Calls, mpsc::UnboundedReceiver<Call>) {
+        let (tx, rx) = mpsc::unbounded_channel();
+        let calls = Calls {
+            tx,
+            started: Arc::default(),
+            finished: Arc::default(),
+            timeout,
+        };
+        (calls, rx)
+    }
+
+    /// Calls made so far.
+    pub fn started(&self) -> u64 {
+        self.started.load(Ordering::Relaxed)
+    }
+
+    /// Calls made and not answered yet.
+    pub fn in_flight(&self) -> u64 {
+        self.started().saturating_sub(self.finished.load(Ordering::Relaxed))
+    }
+
+    /// Calls `method` through `link`, reports the call, and returns the reply if it was OK.
+    async fn call(
+        &self,
+        link: &GatewayLink,
+        method: &'static str,
+        due: Instant,
+        payload: Bytes,
+        key: Option<String>,
+    ) -> Option<Bytes> {
+        // Counted before the call, so one that never comes back shows as missing.
+        self.started.fetch_add(1, Ordering::Relaxed);
+        let path = MethodPath::parse(method).expect("a valid method");
+        let result = link.call(&path, payload, self.timeout, key).await;
+        self.finished.fetch_add(1, Ordering::Relaxed);
+        let error = result
+            .as_ref()
+            .err()
+            .map(|s| format!("{:?}: {}", s.code(), s.message()));
+        let _ = self.tx.send(Call {
+            method,
+            due,
+            done: Instant::now(),
+            error,
+        });
+        result.ok()
+    }
 }
 
 const START_SESSION: &str = "/parking.v1.ParkingPayment/StartSession";
 const END_SESSION: &str = "/parking.v1.ParkingPayment/EndSession";
 const GET_RECEIPT: &str = "/parking.v1.ParkingPayment/GetReceipt";
+
+/// One parking payment as a car makes it: StartSession, then EndSession of the session it
+/// opened (due as soon as it started), each through the agent's durable outbox with its own
+/// idempotency key (`{key}-start`, `{key}-end`). Returns the receipt id.
+pub async fn pay(link: &GatewayLink, key: &str, due: Instant, calls: &Calls) -> Option<String> {
+    let started = calls
+        .call(link, START_SESSION, due, start_payload(), Some(format!("{key}-start")))
+        .await?;
+    let session = StartSessionResponse::decode(started).ok()?.session?;
+    let end = Bytes::from(
+        EndSessionRequest {
+            session_id: session.session_id,
+        }
+        .encode_to_vec(),
+    );
+    let ended = calls
+        .call(link, END_SESSION, Instant::now(), end, Some(format!("{key}-end")))
+        .await?;
+    Some(EndSessionResponse::decode(ended).ok()?.receipt?.receipt_id)
+}
 
 /// What an agent remembers between operations.
 #[derive(Default)]
@@ -256,75 +341,23 @@ struct AgentState {
 }
 
 /// One operation of the mix on one agent.
-async fn operation(
-    op: Op,
-    link: GatewayLink,
-    state: Arc<AgentState>,
-    key: String,
-    due: Instant,
-    (tx, started): (mpsc::UnboundedSender<Call>, Arc<AtomicU64>),
-) {
-    let call = |method: &'static str, due: Instant, payload: Bytes, key: Option<String>| {
-        let (link, started) = (link.clone(), started.clone());
-        async move {
-            // Counted before the call, so one that never comes back shows as missing.
-            started.fetch_add(1, Ordering::Relaxed);
-            let path = MethodPath::parse(method).expect("a valid method");
-            let result = link.call(&path, payload, Duration::from_secs(30), key).await;
-            let done = Instant::now();
-            let error = result
-                .as_ref()
-                .err()
-                .map(|s| format!("{:?}: {}", s.code(), s.message()));
-            (
-                result.ok(),
-                Call {
-                    method,
-                    due,
-                    done,
-                    error,
-                },
-            )
-        }
-    };
+async fn operation(op: Op, link: GatewayLink, state: Arc<AgentState>, key: String, due: Instant, calls: Calls) {
     let receipt = state
         .receipt
         .lock()
         .unwrap_or_else(std::sync::PoisonError::into_inner)
         .clone();
-    let paying = op == Op::Pay && !state.paying.swap(true, Ordering::AcqRel);
-    if paying {
-        let (reply, c) = call(START_SESSION, due, start_payload(), Some(format!("{key}-start"))).await;
-        let _ = tx.send(c);
-        let session = reply
-            .and_then(|r| StartSessionResponse::decode(r).ok())
-            .and_then(|r| r.session);
-        if let Some(session) = session {
-            let pay = Bytes::from(
-                EndSessionRequest {
-                    session_id: session.session_id,
-                }
-                .encode_to_vec(),
-            );
-            // Due as soon as the session started.
-            let (reply, c) = call(END_SESSION, Instant::now(), pay, Some(format!("{key}-end"))).await;
-            let _ = tx.send(c);
-            if let Some(r) = reply
-                .and_then(|r| EndSessionResponse::decode(r).ok())
-                .and_then(|r| r.receipt)
-            {
-                *state.receipt.lock().unwrap_or_else(std::sync::PoisonError::into_inner) = Some(r.receipt_id);
-            }
+    if op == Op::Pay && !state.paying.swap(true, Ordering::AcqRel) {
+        if let Some(id) = pay(&link, &key, due, &calls).await {
+            *state.receipt.lock().unwrap_or_else(std::sync::PoisonError::into_inner) = Some(id);
         }
         state.paying.store(false, Ordering::Release);
     } else if let (Op::Receipt, Some(id)) = (op, receipt) {
         let payload = Bytes::from(GetReceiptRequest { receipt_id: id }.encode_to_vec());
-        let (_, c) = call(GET_RECEIPT, due, payload, None).await;
-        let _ = tx.send(c);
+        calls.call(&link, GET_RECEIPT, due, payload, None).await;
     } else {
         let lots = Bytes::copy_from_slice(ParkingRequests::default().payload());
-        let (_, c) = call(LIST_NEARBY_LOTS, due, lots, None).await;
-        let _ = tx.send(c);
+        calls.call(&link, LIST_NEARBY_LOTS, due, lots, None).await;
     }
 }
 

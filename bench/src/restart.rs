@@ -6,26 +6,17 @@
 
 use std::collections::HashMap;
 use std::fmt::Write as _;
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{Result, bail};
-use bytes::Bytes;
-use prost::Message as _;
-use proto::MethodPath;
 use serde::Serialize;
-use tokio::sync::mpsc;
 
-use crate::agents::Agents;
+use crate::agents::{Agents, Calls, pay};
 use crate::brokers::{Broker, BrokerKind};
 use crate::fleet::{Fleet, HandshakeCounter};
 use crate::procfs;
 use crate::stats::{Latencies, Summary};
 use crate::swarm::{Event, StormSettings, Swarm, Target};
-
-/// Payments have side effects, so they go through the gateway's idempotency ledger.
-const START_SESSION: &str = "/parking.v1.ParkingPayment/StartSession";
-const END_SESSION: &str = "/parking.v1.ParkingPayment/EndSession";
 
 /// What to run.
 #[derive(Debug, Clone)]
@@ -146,8 +137,8 @@ pub async fn reconnect_storm(
     } else {
         None
     };
-    let (done_tx, mut done_rx) = mpsc::unbounded_channel();
-    let payments = agents.as_ref().map(|a| Payments::start(a, plan.request_rate, done_tx));
+    let (calls, mut done_rx) = Calls::new(Duration::from_secs(120));
+    let payments = agents.as_ref().map(|a| Payments::start(a, plan.request_rate, calls));
     if payments.is_some() {
         tokio::time::sleep(plan.before_kill).await;
     }
@@ -230,19 +221,19 @@ pub async fn reconnect_storm(
         let mut latency = Latencies::default();
         let drain_until = Instant::now() + plan.limit;
         while p.ok + p.errors < sent {
-            let Ok(Some((started, took, outcome))) = tokio::time::timeout_at(drain_until.into(), done_rx.recv()).await
-            else {
+            let Ok(Some(call)) = tokio::time::timeout_at(drain_until.into(), done_rx.recv()).await else {
                 break;
             };
-            if started >= restarted.killed && times.last().is_none_or(|back| started <= *back) {
+            // A call is made when it is due: its due time is when the agent accepted it.
+            if call.due >= restarted.killed && times.last().is_none_or(|back| call.due <= *back) {
                 p.made_during_outage += 1;
             }
-            match outcome {
-                Ok(()) => {
+            match call.error {
+                None => {
                     p.ok += 1;
-                    latency.push(took);
+                    latency.push(call.done - call.due);
                 }
-                Err(e) => {
+                Some(e) => {
                     p.errors += 1;
                     p.first_error.get_or_insert(e);
                 }
@@ -270,104 +261,56 @@ fn peak_per_second(times: &[Instant]) -> usize {
     best
 }
 
-/// Parking payments until stopped: each agent in turn starts a parking session and ends it
-/// (the charge), both calls through its durable outbox with their own idempotency keys, one
-/// cycle at a time per agent (the partner allows one open session per car), at `rate` calls
-/// per second over all agents.
+/// Parking payments until stopped: each agent in turn pays ([`crate::agents::pay`]: a
+/// session started and ended, both calls through its durable outbox with their own
+/// idempotency keys), one payment at a time per agent (the partner allows one open session per
+/// car), at `rate` calls per second over all agents.
 struct Payments {
     stop: tokio::sync::watch::Sender<bool>,
-    tasks: Vec<tokio::task::JoinHandle<u64>>,
-    in_flight: Arc<std::sync::atomic::AtomicU64>,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+    calls: Calls,
 }
 
-type Done = mpsc::UnboundedSender<(Instant, Duration, Result<(), String>)>;
-
 impl Payments {
-    fn start(agents: &Agents, rate: f64, done: Done) -> Payments {
+    fn start(agents: &Agents, rate: f64, calls: Calls) -> Payments {
         let (stop, stopped) = tokio::sync::watch::channel(false);
-        let in_flight = Arc::new(std::sync::atomic::AtomicU64::new(0));
         let per_agent = rate / agents.len().max(1) as f64;
         let tasks = agents
             .links()
             .iter()
             .enumerate()
             .map(|(a, link)| {
-                let (link, done, in_flight, mut stopped) =
-                    (link.clone(), done.clone(), in_flight.clone(), stopped.clone());
+                let (link, calls, mut stopped) = (link.clone(), calls.clone(), stopped.clone());
                 tokio::spawn(async move {
-                    let start = MethodPath::parse(START_SESSION).expect("a valid method");
-                    let end = MethodPath::parse(END_SESSION).expect("a valid method");
-                    let begin = Bytes::from(
-                        proto::parking::v1::StartSessionRequest {
-                            lot_id: "lot-bund-01".into(),
-                            plate: "沪A12345".into(),
-                        }
-                        .encode_to_vec(),
-                    );
                     let epoch = Instant::now();
-                    let mut sent = 0u64;
-                    let call = |method: MethodPath, payload: Bytes, key: String| {
-                        let (link, in_flight) = (link.clone(), in_flight.clone());
-                        async move {
-                            in_flight.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                            let started = Instant::now();
-                            let result = link.call(&method, payload, Duration::from_secs(120), Some(key)).await;
-                            in_flight.fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
-                            (started, result)
-                        }
-                    };
                     for cycle in 0u64.. {
+                        // A payment is two calls.
                         let due = epoch + Duration::from_secs_f64(2.0 * cycle as f64 / per_agent);
                         tokio::select! {
                             _ = stopped.wait_for(|s| *s) => break,
                             _ = tokio::time::sleep_until(due.into()) => {}
                         }
                         let key = format!("restart-{}-{a}-{cycle}", std::process::id());
-                        sent += 1;
-                        let (started, result) = call(start.clone(), begin.clone(), format!("{key}-start")).await;
-                        let session = result.as_ref().ok().and_then(|reply| {
-                            proto::parking::v1::StartSessionResponse::decode(reply.clone())
-                                .ok()
-                                .and_then(|r| r.session)
-                        });
-                        let _ = done.send((started, started.elapsed(), outcome(result)));
-                        let Some(session) = session else { continue };
-                        let pay = Bytes::from(
-                            proto::parking::v1::EndSessionRequest {
-                                session_id: session.session_id,
-                            }
-                            .encode_to_vec(),
-                        );
-                        sent += 1;
-                        let (started, result) = call(end.clone(), pay, format!("{key}-end")).await;
-                        let _ = done.send((started, started.elapsed(), outcome(result)));
+                        pay(&link, &key, due, &calls).await;
                     }
-                    sent
                 })
             })
             .collect();
-        Payments { stop, tasks, in_flight }
+        Payments { stop, tasks, calls }
     }
 
     fn in_flight(&self) -> u64 {
-        self.in_flight.load(std::sync::atomic::Ordering::Relaxed)
+        self.calls.in_flight()
     }
 
-    /// Stops starting cycles (a cycle under way completes); returns how many calls were made.
+    /// Stops starting payments (one under way completes); returns how many calls were made.
     async fn stop(self) -> u64 {
         let _ = self.stop.send(true);
-        let mut sent = 0;
         for task in self.tasks {
-            sent += task.await.unwrap_or(0);
+            let _ = task.await;
         }
-        sent
+        self.calls.started()
     }
-}
-
-fn outcome(result: Result<Bytes, tonic::Status>) -> Result<(), String> {
-    result
-        .map(|_| ())
-        .map_err(|s| format!("{:?}: {}", s.code(), s.message()))
 }
 
 /// The reconnect storm section of the report.
