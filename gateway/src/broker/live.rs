@@ -313,11 +313,12 @@ impl Live<'_> {
         mqtt: &mut MqttIo<S>,
         message: OutboundMessage,
     ) -> Result<(), DisconnectReason> {
-        let Some(qos) = self.subs.qos_for(self.vin, message.topic) else {
+        let topic = message.topic.topic(self.vin);
+        let Some(qos) = self.subs.qos_for_topic(&topic) else {
             debug!(topic = ?message.topic, "message dropped: the car is not subscribed to its topic");
             return Ok(());
         };
-        self.queue_publish(mqtt, message.topic.topic(self.vin), message.payload, qos, false)
+        self.queue_publish(mqtt, topic, message.payload, qos, false)
     }
 
     /// Writes a message the router delivered, at the QoS of the car's matching subscriptions.

@@ -7,8 +7,6 @@ use std::sync::{Arc, Mutex, PoisonError};
 use proto::{Vin, topics};
 use rumqttc::mqttbytes::QoS;
 
-use crate::bus::Outbound;
-
 /// Highest QoS the gateway grants: QoS 2's exactly-once holds only within one session, and the
 /// platform gets exactly-once end to end from idempotency keys instead.
 const MAX_GRANTED_QOS: QoS = QoS::AtLeastOnce;
@@ -107,11 +105,6 @@ impl Subscriptions {
     /// Whether any subscription covers the car's events topic.
     pub fn covers_events(&self, vin: &Vin) -> bool {
         self.qos_for_topic(&topics::events(vin)).is_some()
-    }
-
-    /// The QoS at which a gateway message goes out, or `None` if the car is not subscribed.
-    pub fn qos_for(&self, vin: &Vin, outbound: Outbound) -> Option<QoS> {
-        self.qos_for_topic(&outbound.topic(vin))
     }
 
     /// The QoS at which a message on `topic` goes out (the highest of the matching
@@ -219,8 +212,8 @@ mod tests {
         );
         let all = subs.add(&vin(), "/tenants/WBA3B5C50DF123456/#", QoS::AtMostOnce);
         assert!(all.pubsub && all.events);
-        assert_eq!(subs.qos_for(&vin(), Outbound::Responses), Some(QoS::AtLeastOnce));
-        assert_eq!(subs.qos_for(&vin(), Outbound::Events), Some(QoS::AtMostOnce));
+        assert_eq!(subs.qos_for_topic(&topics::responses(&vin())), Some(QoS::AtLeastOnce));
+        assert_eq!(subs.qos_for_topic(&topics::events(&vin())), Some(QoS::AtMostOnce));
         assert_eq!(
             subs.pubsub_filters(&vin()),
             vec!["/tenants/WBA3B5C50DF123456/#".to_owned()]
@@ -228,7 +221,7 @@ mod tests {
         assert!(subs.remove(&vin(), "/tenants/WBA3B5C50DF123456/#"));
         assert!(!subs.covers_events(&vin()));
         assert!(!subs.remove(&vin(), &topics::responses(&vin())));
-        assert_eq!(subs.qos_for(&vin(), Outbound::Responses), None);
+        assert_eq!(subs.qos_for_topic(&topics::responses(&vin())), None);
     }
 
     #[test]
