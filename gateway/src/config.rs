@@ -3,6 +3,7 @@
 
 use std::collections::HashSet;
 use std::net::SocketAddr;
+use std::num::NonZeroU32;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -45,6 +46,10 @@ pub struct StorageConfig {
     pub url: String,
     /// This node's name in the session registry; nodes sharing a database need distinct names.
     pub node: String,
+    /// How long an operation waits for a database connection before failing: a database that
+    /// is down answers cars UNAVAILABLE within this, well inside their deadlines.
+    #[serde(with = "humantime_serde")]
+    pub acquire_timeout: Duration,
 }
 
 impl Default for StorageConfig {
@@ -52,6 +57,7 @@ impl Default for StorageConfig {
         StorageConfig {
             url: "sqlite://gateway.db".into(),
             node: "gateway-1".into(),
+            acquire_timeout: Duration::from_secs(2),
         }
     }
 }
@@ -89,6 +95,13 @@ pub struct EventsConfig {
     pub max_ttl: Duration,
     /// Largest event payload a partner may push.
     pub max_payload_bytes: usize,
+    /// Events waiting for one car (neither acknowledged nor expired); beyond it a partner's
+    /// publish gets RESOURCE_EXHAUSTED.
+    pub max_pending_per_vin: u64,
+    /// Events per second one partner may publish, sustained.
+    pub max_per_second_per_partner: NonZeroU32,
+    /// Events one partner may publish at once above that rate.
+    pub burst_per_partner: NonZeroU32,
 }
 
 impl Default for EventsConfig {
@@ -97,6 +110,9 @@ impl Default for EventsConfig {
             default_ttl: Duration::from_secs(24 * 3600),
             max_ttl: Duration::from_secs(7 * 24 * 3600),
             max_payload_bytes: 64 * 1024,
+            max_pending_per_vin: 1000,
+            max_per_second_per_partner: NonZeroU32::new(200).expect("non-zero"),
+            burst_per_partner: NonZeroU32::new(1000).expect("non-zero"),
         }
     }
 }
@@ -118,9 +134,17 @@ pub struct PartnerApiConfig {
 pub struct MqttConfig {
     /// Address to listen on.
     pub listen: SocketAddr,
-    /// How long a TLS handshake may take before the socket is dropped.
+    /// How long a new socket has to deliver its whole TLS ClientHello; until then it holds no
+    /// handshake permit, and after it is dropped.
+    #[serde(with = "humantime_serde")]
+    pub first_flight_timeout: Duration,
+    /// How long the rest of the TLS handshake may take after the ClientHello.
     #[serde(with = "humantime_serde")]
     pub handshake_timeout: Duration,
+    /// Sockets from one IP address that have not finished their TLS handshake. Real cars send
+    /// their ClientHello at once, so this only bites sockets that wait; raise it for fleets
+    /// behind a carrier-grade NAT that reconnect all at once.
+    pub max_pending_per_source: usize,
     /// How long after the handshake the car has to send CONNECT.
     #[serde(with = "humantime_serde")]
     pub connect_timeout: Duration,
@@ -140,6 +164,34 @@ pub struct MqttConfig {
     /// Requests of one car handled at once. Beyond it the gateway stops reading from that car
     /// until one is answered (TCP backpressure), so one car cannot take every partner slot.
     pub max_requests_in_flight: usize,
+    /// Topic filters one car may hold; a SUBSCRIBE beyond it gets 0x80 for each new filter.
+    pub max_subscriptions: usize,
+    /// Longest topic name or filter a car may use, in bytes.
+    pub max_topic_bytes: usize,
+    /// QoS 2 messages from one car awaiting its PUBREL; one more disconnects the car.
+    pub max_qos2_awaiting_release: usize,
+    /// Retained messages one car may keep (distinct topics); one more disconnects the car.
+    pub max_retained_messages: usize,
+    /// Bytes of retained messages (topics and payloads) one car may keep.
+    pub max_retained_bytes: usize,
+    /// Messages waiting to be written to one car; beyond it the car is disconnected as a slow
+    /// consumer (what it missed comes back by republishing and redelivery).
+    pub max_queued_messages: usize,
+    /// Bytes waiting to be written to one car, live or kept for its persistent session.
+    pub max_queued_bytes: usize,
+    /// How long what a car keeps between sessions (persistent subscriptions, messages for it,
+    /// retained messages) outlives its last session, like MQTT 5's Session Expiry Interval.
+    #[serde(with = "humantime_serde")]
+    pub session_expiry: Duration,
+    /// Publishes per second one car may make, sustained (requests, acknowledgements, its own
+    /// topics). Over it the gateway stops reading from the car until it is back within it.
+    pub max_publishes_per_second: NonZeroU32,
+    /// Publishes one car may make at once above that rate (an agent resending its outbox
+    /// after an outage must fit).
+    pub publish_burst: NonZeroU32,
+    /// How long a car may stay over its publish rate before it is disconnected for flooding.
+    #[serde(with = "humantime_serde")]
+    pub flood_disconnect_after: Duration,
 }
 
 /// Certificates of the vehicle-facing listener.
@@ -169,6 +221,14 @@ pub struct RequestLimits {
     /// No call waits longer than this, whatever the car asks for.
     #[serde(with = "humantime_serde")]
     pub max_timeout: Duration,
+    /// Largest answer a partner may give (the encoded message); larger is RESOURCE_EXHAUSTED,
+    /// so that what waits for a car stays bounded.
+    pub max_response_bytes: usize,
+    /// Requests per second one car may make, sustained; over it the car gets
+    /// RESOURCE_EXHAUSTED and the partner is not called.
+    pub max_per_second_per_car: NonZeroU32,
+    /// Requests one car may make at once above that rate.
+    pub burst_per_car: NonZeroU32,
 }
 
 /// One partner adapter: which gRPC service it serves and how to reach it.
@@ -214,13 +274,26 @@ impl Default for MqttConfig {
     fn default() -> Self {
         MqttConfig {
             listen: "0.0.0.0:8883".parse().expect("valid address"),
+            first_flight_timeout: Duration::from_secs(3),
             handshake_timeout: Duration::from_secs(10),
+            max_pending_per_source: 64,
             connect_timeout: Duration::from_secs(10),
             max_keep_alive: Duration::from_secs(20 * 60),
             max_connections: 20_000,
             max_handshakes_in_flight: 256,
             handshake_threads: 0,
             max_requests_in_flight: 64,
+            max_subscriptions: 32,
+            max_topic_bytes: 256,
+            max_qos2_awaiting_release: 32,
+            max_retained_messages: 16,
+            max_retained_bytes: 64 * 1024,
+            max_queued_messages: 1024,
+            max_queued_bytes: 1024 * 1024,
+            session_expiry: Duration::from_secs(2 * 3600),
+            max_publishes_per_second: NonZeroU32::new(100).expect("non-zero"),
+            publish_burst: NonZeroU32::new(1000).expect("non-zero"),
+            flood_disconnect_after: Duration::from_secs(10),
         }
     }
 }
@@ -231,6 +304,9 @@ impl Default for RequestLimits {
             max_payload_bytes: 128 * 1024,
             default_timeout: Duration::from_secs(30),
             max_timeout: Duration::from_secs(300),
+            max_response_bytes: 128 * 1024,
+            max_per_second_per_car: NonZeroU32::new(20).expect("non-zero"),
+            burst_per_car: NonZeroU32::new(100).expect("non-zero"),
         }
     }
 }
@@ -301,8 +377,14 @@ impl GatewayConfig {
     /// Checks ranges, files and partner entries.
     pub fn validate(&self) -> Result<(), ConfigError> {
         let m = &self.mqtt;
+        if m.first_flight_timeout.is_zero() || m.first_flight_timeout > Duration::from_secs(30) {
+            return Err(invalid("mqtt.first_flight_timeout", "must be between 1ms and 30s"));
+        }
         if m.handshake_timeout.is_zero() || m.handshake_timeout > Duration::from_secs(60) {
             return Err(invalid("mqtt.handshake_timeout", "must be between 1ms and 60s"));
+        }
+        if m.max_pending_per_source == 0 {
+            return Err(invalid("mqtt.max_pending_per_source", "must be at least 1"));
         }
         if m.connect_timeout.is_zero() || m.connect_timeout > Duration::from_secs(60) {
             return Err(invalid("mqtt.connect_timeout", "must be between 1ms and 60s"));
@@ -325,6 +407,31 @@ impl GatewayConfig {
         if m.max_requests_in_flight == 0 || m.max_requests_in_flight > 10_000 {
             return Err(invalid("mqtt.max_requests_in_flight", "must be between 1 and 10000"));
         }
+        for (field, value, min, max) in [
+            ("mqtt.max_subscriptions", m.max_subscriptions, 1, 10_000),
+            ("mqtt.max_topic_bytes", m.max_topic_bytes, 64, 65_535),
+            ("mqtt.max_qos2_awaiting_release", m.max_qos2_awaiting_release, 1, 65_535),
+            ("mqtt.max_retained_messages", m.max_retained_messages, 0, 100_000),
+            ("mqtt.max_retained_bytes", m.max_retained_bytes, 0, 64 << 20),
+            ("mqtt.max_queued_messages", m.max_queued_messages, 1, 1_000_000),
+            ("mqtt.max_queued_bytes", m.max_queued_bytes, 64 << 10, 1 << 30),
+        ] {
+            if !(min..=max).contains(&value) {
+                return Err(invalid(field, format!("must be between {min} and {max}")));
+            }
+        }
+        if m.session_expiry.is_zero() {
+            return Err(invalid("mqtt.session_expiry", "must be positive"));
+        }
+        if m.publish_burst < m.max_publishes_per_second {
+            return Err(invalid(
+                "mqtt.publish_burst",
+                "must be at least mqtt.max_publishes_per_second",
+            ));
+        }
+        if m.flood_disconnect_after.is_zero() {
+            return Err(invalid("mqtt.flood_disconnect_after", "must be positive"));
+        }
         for (field, path) in [
             ("tls.cert", &self.tls.cert),
             ("tls.key", &self.tls.key),
@@ -338,6 +445,18 @@ impl GatewayConfig {
         let r = &self.requests;
         if r.max_payload_bytes == 0 || r.max_payload_bytes > 16 * 1024 * 1024 {
             return Err(invalid("requests.max_payload_bytes", "must be between 1 and 16 MiB"));
+        }
+        if r.max_response_bytes == 0 || r.max_response_bytes > m.max_queued_bytes {
+            return Err(invalid(
+                "requests.max_response_bytes",
+                "must be positive and at most mqtt.max_queued_bytes",
+            ));
+        }
+        if r.burst_per_car < r.max_per_second_per_car {
+            return Err(invalid(
+                "requests.burst_per_car",
+                "must be at least requests.max_per_second_per_car",
+            ));
         }
         if r.default_timeout.is_zero() || r.default_timeout > r.max_timeout {
             return Err(invalid(
@@ -365,6 +484,9 @@ impl GatewayConfig {
                 "must be 1 to 64 of a-z, 0-9, - (unique per running gateway)",
             ));
         }
+        if st.acquire_timeout.is_zero() || st.acquire_timeout > Duration::from_secs(30) {
+            return Err(invalid("storage.acquire_timeout", "must be between 1ms and 30s"));
+        }
         let id = &self.idempotency;
         if id.retention < Duration::from_secs(60) {
             return Err(invalid(
@@ -384,6 +506,15 @@ impl GatewayConfig {
         }
         if ev.max_payload_bytes == 0 || ev.max_payload_bytes > 1024 * 1024 {
             return Err(invalid("events.max_payload_bytes", "must be between 1 byte and 1 MiB"));
+        }
+        if ev.max_pending_per_vin == 0 {
+            return Err(invalid("events.max_pending_per_vin", "must be at least 1"));
+        }
+        if ev.burst_per_partner < ev.max_per_second_per_partner {
+            return Err(invalid(
+                "events.burst_per_partner",
+                "must be at least events.max_per_second_per_partner",
+            ));
         }
         if let Some(api) = &self.partner_api
             && let Some(ca) = &api.client_ca
@@ -534,6 +665,45 @@ mod tests {
         c.tls.key = "/nonexistent/key.pem".into();
         let e = c.validate().unwrap_err().to_string();
         assert!(e.starts_with("tls.key:"), "{e}");
+    }
+
+    #[test]
+    fn per_car_bounds_are_checked() {
+        let (_d, mut c) = files();
+        c.mqtt.max_subscriptions = 0;
+        assert!(
+            c.validate()
+                .unwrap_err()
+                .to_string()
+                .starts_with("mqtt.max_subscriptions:")
+        );
+        c.mqtt.max_subscriptions = 32;
+        c.mqtt.publish_burst = NonZeroU32::new(1).unwrap();
+        assert!(c.validate().unwrap_err().to_string().starts_with("mqtt.publish_burst:"));
+        c.mqtt.publish_burst = NonZeroU32::new(1000).unwrap();
+        c.requests.max_response_bytes = 2 << 20;
+        assert!(
+            c.validate()
+                .unwrap_err()
+                .to_string()
+                .starts_with("requests.max_response_bytes:")
+        );
+        c.requests.max_response_bytes = 1024;
+        c.mqtt.first_flight_timeout = Duration::ZERO;
+        assert!(
+            c.validate()
+                .unwrap_err()
+                .to_string()
+                .starts_with("mqtt.first_flight_timeout:")
+        );
+        c.mqtt.first_flight_timeout = Duration::from_secs(3);
+        c.storage.acquire_timeout = Duration::ZERO;
+        assert!(
+            c.validate()
+                .unwrap_err()
+                .to_string()
+                .starts_with("storage.acquire_timeout:")
+        );
     }
 
     #[test]

@@ -2,20 +2,24 @@
 //! to the partner adapter that serves it.
 //!
 //! Layout: [`broker`] is the vehicle-facing connection layer (TLS, identity, MQTT sessions);
-//! [`routing`] maps requests to partner adapters; both meet on the [`bus`]: per-VIN
-//! mailboxes and an inbox for the gateway's own topics, rumqttd's router in-process for the
-//! cars' other topics. [`Gateway`] wires them together.
+//! [`routing`] maps requests to partner adapters and [`events`] delivers partner events; they
+//! meet the broker on the [`bus`] (per-VIN mailboxes, a request inbox, an acknowledgement
+//! inbox). [`clock`] and [`logsafe`] are leaves every layer may use. [`Gateway`] wires them
+//! together. ARCHITECTURE.md says which layer may use which; a test holds them to it.
 
 pub mod broker;
 pub mod bus;
+pub mod clock;
 pub mod config;
 pub mod events;
+pub mod logsafe;
 pub mod routing;
 pub mod sessions;
 pub mod store;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::time::Duration;
 
 use tokio::net::{TcpListener, TcpSocket};
 use tokio::sync::{broadcast, mpsc};
@@ -31,9 +35,6 @@ pub use config::{ConfigError, GatewayConfig};
 const ENVELOPE_OVERHEAD_BYTES: usize = 16 * 1024;
 /// Pending connections the kernel queues for us; bursts of reconnecting cars must not overflow it.
 const LISTEN_BACKLOG: u32 = 8192;
-/// Messages (responses, events) waiting for one car before it counts as a slow consumer and
-/// is disconnected: well above what its requests in flight and an event batch produce.
-const MAILBOX_CAPACITY: usize = 1024;
 
 /// A running gateway.
 pub struct Gateway {
@@ -46,6 +47,10 @@ pub struct Gateway {
     store: store::Store,
     stats: Arc<broker::ListenerStats>,
     handshakes: Arc<broker::HandshakePool>,
+    /// What cars keep between sessions (not the whole `SessionServices`: that holds a sender
+    /// of session events, and the recorder ends only when every sender is gone).
+    saved: broker::SavedSessions,
+    mailboxes: bus::Mailboxes,
 }
 
 /// Why the gateway could not start.
@@ -70,10 +75,18 @@ pub enum StartError {
     Storage(#[from] store::StoreError),
     /// The handshake threads could not be started.
     #[error("cannot start the TLS handshake threads: {0}")]
-    Handshakes(String),
-    /// The partner API listener could not be set up.
+    Handshakes(#[source] std::io::Error),
+    /// A file of the partner API's TLS setup could not be read.
+    #[error("partner API: {path}: {source}")]
+    PartnerApiFile {
+        /// The file.
+        path: std::path::PathBuf,
+        /// The OS error.
+        source: std::io::Error,
+    },
+    /// tonic refused the partner API's TLS setup.
     #[error("partner API: {0}")]
-    PartnerApi(String),
+    PartnerApiTls(#[source] tonic::transport::Error),
 }
 
 /// Binds `addr` with a large accept backlog.
@@ -103,38 +116,49 @@ impl Gateway {
             source,
         })?;
         let tls = broker::tls::server_config(&config.tls)?;
-        let partners = routing::PartnerDirectory::from_config(&config.partners)?;
+        let partners = routing::PartnerDirectory::from_config(&config.partners, config.requests.max_response_bytes)?;
+        let m = &config.mqtt;
         let max_packet_bytes = config.requests.max_payload_bytes + ENVELOPE_OVERHEAD_BYTES;
-        let pubsub = bus::PubSub::spawn(config.mqtt.max_connections, max_packet_bytes);
-        let mailboxes = bus::Mailboxes::new(MAILBOX_CAPACITY);
+        let mailboxes = bus::Mailboxes::new(bus::MailboxLimits {
+            max_messages: m.max_queued_messages,
+            max_bytes: m.max_queued_bytes,
+        });
         let shutdown = CancellationToken::new();
         let tracker = TaskTracker::new();
         let (sessions, _) = broadcast::channel(1024);
 
-        let store = store::Store::connect(&config.storage.url).await?;
+        let store = store::Store::connect_with(
+            &config.storage.url,
+            store::StoreOptions {
+                acquire_timeout: config.storage.acquire_timeout,
+                sqlite_max_pages: None,
+            },
+        )
+        .await?;
         let node = config.storage.node.clone();
         let closed = store
-            .close_open_sessions_of_node(&node, "gateway restarted", broker::now_ms())
+            .close_open_sessions_of_node(&node, "gateway restarted", clock::now_ms())
             .await?;
         if closed > 0 {
             info!(closed, "closed sessions left open by this node's previous run");
         }
         // One ledger owner per process; what this node's previous (killed) process still
         // claimed is freed, so cars retrying after the restart are not kept waiting.
-        let owner = format!("{node}/{}-{}", std::process::id(), broker::now_ms());
+        let owner = format!("{node}/{}-{}", std::process::id(), clock::now_ms());
         let freed = store.ledger_abandon_claims(&format!("{node}/")).await?;
         if freed > 0 {
             info!(freed, "freed idempotency claims left by this node's previous run");
         }
         let ledger = Arc::new(routing::Ledger::new(store.clone(), owner, config.idempotency.retention));
-        let delivery = events::EventDelivery::spawn(store.clone(), mailboxes.clone());
+        let delivery =
+            events::EventDelivery::spawn(store.clone(), mailboxes.clone(), shutdown.clone(), tracker.clone());
         let router = Arc::new(routing::RequestRouter::new(
             partners.clone(),
             config.requests.clone(),
             ledger.clone(),
         ));
         let requests = TaskTracker::new();
-        let dispatcher = routing::Dispatcher::new(router, mailboxes.clone(), delivery.clone(), requests.clone());
+        let dispatcher = routing::Dispatcher::new(router.clone(), mailboxes.clone(), requests.clone());
         {
             // On shutdown: requests in flight finish (bounded by their deadlines), then their
             // outcomes are recorded, before the store closes.
@@ -149,6 +173,7 @@ impl Gateway {
 
         tracker.spawn(purge_expired(
             ledger,
+            router,
             store.clone(),
             config.idempotency.purge_interval,
             shutdown.clone(),
@@ -163,46 +188,72 @@ impl Gateway {
         ));
 
         let partner_api_addr = match &config.partner_api {
-            Some(api) => {
-                Some(serve_partner_api(&config, api, store.clone(), delivery, shutdown.clone(), &tracker).await?)
-            }
+            Some(api) => Some(
+                serve_partner_api(
+                    &config,
+                    api,
+                    store.clone(),
+                    delivery.clone(),
+                    shutdown.clone(),
+                    &tracker,
+                )
+                .await?,
+            ),
             None => None,
         };
 
         let settings = broker::ListenerSettings {
-            handshake_timeout: config.mqtt.handshake_timeout,
-            max_connections: config.mqtt.max_connections,
-            max_handshakes_in_flight: config.mqtt.max_handshakes_in_flight,
-            session: broker::SessionLimits {
-                connect_timeout: config.mqtt.connect_timeout,
-                max_keep_alive: config.mqtt.max_keep_alive,
+            first_flight_timeout: m.first_flight_timeout,
+            handshake_timeout: m.handshake_timeout,
+            max_connections: m.max_connections,
+            max_handshakes_in_flight: m.max_handshakes_in_flight,
+            max_pending_per_source: m.max_pending_per_source,
+        };
+        let services = broker::SessionServices {
+            mailboxes,
+            requests: Arc::new(dispatcher),
+            acks: Arc::new(delivery),
+            events: broker::SessionSink(session_tx),
+            saved: broker::SavedSessions::default(),
+            publish_limiter: Arc::new(broker::PublishLimiter::new(broker::PublishRate {
+                per_second: m.max_publishes_per_second,
+                burst: m.publish_burst,
+                flood_disconnect_after: m.flood_disconnect_after,
+            })),
+            limits: broker::SessionLimits {
+                connect_timeout: m.connect_timeout,
+                max_keep_alive: m.max_keep_alive,
                 max_packet_bytes,
-                max_requests_in_flight: config.mqtt.max_requests_in_flight,
+                max_requests_in_flight: m.max_requests_in_flight,
+                max_subscriptions: m.max_subscriptions,
+                max_topic_bytes: m.max_topic_bytes,
+                max_qos2_awaiting_release: m.max_qos2_awaiting_release,
+                retained: broker::RetainedLimits {
+                    max_messages: m.max_retained_messages,
+                    max_bytes: m.max_retained_bytes,
+                },
             },
         };
+        tracker.spawn(broker::expire_saved_sessions(
+            services.clone(),
+            m.session_expiry,
+            (m.session_expiry / 4).min(Duration::from_secs(60)),
+            shutdown.clone(),
+        ));
         let stats = Arc::new(broker::ListenerStats::default());
-        let handshakes = Arc::new(
-            broker::HandshakePool::new(config.mqtt.handshake_threads)
-                .map_err(|e| StartError::Handshakes(e.to_string()))?,
-        );
-        let attachments = broker::Attachments {
-            mailboxes,
-            pubsub,
-            inbox: Arc::new(dispatcher),
-            events: broker::SessionSink(session_tx),
-            stats: stats.clone(),
-            handshakes: handshakes.clone(),
-        };
+        let handshakes = Arc::new(broker::HandshakePool::new(m.handshake_threads).map_err(StartError::Handshakes)?);
         tracker.spawn(broker::listener::serve(
             listener,
             tls,
             settings,
-            attachments,
+            services.clone(),
+            stats.clone(),
+            handshakes.clone(),
             shutdown.clone(),
             tracker.clone(),
         ));
-        let services: Vec<_> = partners.services().collect();
-        info!(%mqtt_addr, partners = ?services, "gateway listening for vehicles (MQTT 3.1.1 over mTLS)");
+        let served: Vec<_> = partners.services().collect();
+        info!(%mqtt_addr, partners = ?served, "gateway listening for vehicles (MQTT 3.1.1 over mTLS)");
         Ok(Gateway {
             mqtt_addr,
             partner_api_addr,
@@ -213,6 +264,8 @@ impl Gateway {
             store,
             stats,
             handshakes,
+            saved: services.saved.clone(),
+            mailboxes: services.mailboxes.clone(),
         })
     }
 
@@ -236,6 +289,18 @@ impl Gateway {
         &self.stats
     }
 
+    /// What cars keep between their sessions (saved subscriptions, retained messages).
+    pub fn saved_sessions(&self) -> broker::SavedStats {
+        self.saved.stats()
+    }
+
+    /// Mailboxes of live sessions, mailboxes parked for persistent sessions that are away, and
+    /// the bytes those parked ones hold: `(live, parked, parked_bytes)`.
+    pub fn mailboxes(&self) -> (usize, usize, usize) {
+        let (parked, parked_bytes) = self.mailboxes.parked();
+        (self.mailboxes.live(), parked, parked_bytes)
+    }
+
     /// The gateway's store (session registry, ledger, events), for operators and tests.
     pub fn store(&self) -> &store::Store {
         &self.store
@@ -254,9 +319,11 @@ impl Gateway {
     }
 }
 
-/// Deletes expired ledger entries and events every `interval` until shutdown.
+/// Deletes expired ledger entries and events every `interval` until shutdown, and forgets
+/// the request rates of cars that stayed within theirs.
 async fn purge_expired(
     ledger: Arc<routing::Ledger>,
+    router: Arc<routing::RequestRouter>,
     store: store::Store,
     interval: std::time::Duration,
     shutdown: CancellationToken,
@@ -272,9 +339,10 @@ async fn purge_expired(
             Ok(_) => {}
             Err(e) => tracing::warn!(error = %e, "idempotency purge failed; will retry"),
         }
-        if let Err(e) = store.purge_events(broker::now_ms()).await {
+        if let Err(e) = store.purge_events(clock::now_ms()).await {
             tracing::warn!(error = %e, "event purge failed; will retry");
         }
+        router.prune_rates();
     }
 }
 
@@ -288,8 +356,12 @@ async fn serve_partner_api(
     tracker: &TaskTracker,
 ) -> Result<SocketAddr, StartError> {
     use tonic::transport::{Certificate, Identity, Server, ServerTlsConfig};
-    let read =
-        |p: &std::path::Path| std::fs::read(p).map_err(|e| StartError::PartnerApi(format!("{}: {e}", p.display())));
+    let read = |path: &std::path::Path| {
+        std::fs::read(path).map_err(|source| StartError::PartnerApiFile {
+            path: path.to_owned(),
+            source,
+        })
+    };
     let ca = read(api.client_ca.as_deref().unwrap_or(&config.tls.client_ca))?;
     let tls = ServerTlsConfig::new()
         .identity(Identity::from_pem(read(&config.tls.cert)?, read(&config.tls.key)?))
@@ -305,7 +377,7 @@ async fn serve_partner_api(
     let service = events::PartnerEventsApi::new(store, delivery, &config.partners, config.events.clone());
     let server = Server::builder()
         .tls_config(tls)
-        .map_err(|e| StartError::PartnerApi(e.to_string()))?
+        .map_err(StartError::PartnerApiTls)?
         .add_service(service.into_server());
     tracker.spawn(async move {
         let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);

@@ -66,7 +66,7 @@ pub async fn record(
                 SessionEvent::EventsSubscribed { conn, vin } => delivery.subscribed(vin.clone(), *conn),
                 SessionEvent::Disconnected { conn, vin, .. } => {
                     open.remove(conn);
-                    delivery.gone(vin.clone(), *conn);
+                    delivery.gone(vin, *conn);
                 }
             }
             let _ = watchers.send(event);

@@ -12,7 +12,8 @@ use std::time::{Duration, Instant};
 
 use futures::FutureExt;
 use gateway::store::{
-    Backend, Claim, LedgerKey, NewEvent, NewSession, RequestFingerprint, SessionChange, SessionId, Store, StoreError,
+    Appended, Backend, Claim, LedgerKey, NewEvent, NewSession, RequestFingerprint, SessionChange, SessionId, Store,
+    StoreError, StoreOptions,
 };
 use proto::Vin;
 use sqlx::Connection;
@@ -26,6 +27,14 @@ const RETENTION: i64 = 24 * 3600 * 1000;
 
 // ---------------------------------------------------------------------------------------------
 // Harness
+
+/// Appends with no quota on pending events, returning the sequence.
+async fn append(store: &Store, event: &NewEvent) -> Result<u64, StoreError> {
+    match store.append_event(event, u64::MAX).await? {
+        Appended::Stored(sequence) => Ok(sequence),
+        Appended::Full { pending } => panic!("no quota was set, yet {pending} events are pending"),
+    }
+}
 
 /// One test's database: a store on it, and its URL to open more stores (more "nodes") on it.
 struct Db {
@@ -169,6 +178,8 @@ on_both_backends!(
     events_are_sequenced_from_one_per_vin_and_idempotent,
     events_concurrent_appends_are_gapless,
     events_concurrent_duplicates_are_stored_once_without_gaps,
+    events_waiting_for_one_car_are_capped_and_a_repeat_is_still_answered,
+    events_acks_of_many_cars_are_written_at_once,
     events_acks_are_cumulative_and_expired_events_are_not_delivered,
     ledger_a_restarted_node_frees_its_predecessors_claims_only,
     sessions_recorded_in_one_batch_open_and_close_in_order,
@@ -809,32 +820,18 @@ async fn ledger_concurrent_take_overs_give_exactly_one_fresh(db: Db) {
 async fn events_are_sequenced_from_one_per_vin_and_idempotent(db: Db) {
     let s = &db.store;
     let exp = T0 + 3_600_000;
-    assert_eq!(s.append_event(&event(1, "parking", "e1", T0, exp)).await.unwrap(), 1);
-    assert_eq!(
-        s.append_event(&event(1, "parking", "e2", T0 + 1, exp)).await.unwrap(),
-        2
-    );
-    assert_eq!(
-        s.append_event(&event(1, "parking", "e3", T0 + 2, exp)).await.unwrap(),
-        3
-    );
+    assert_eq!(append(&s, &event(1, "parking", "e1", T0, exp)).await.unwrap(), 1);
+    assert_eq!(append(&s, &event(1, "parking", "e2", T0 + 1, exp)).await.unwrap(), 2);
+    assert_eq!(append(&s, &event(1, "parking", "e3", T0 + 2, exp)).await.unwrap(), 3);
     // A repeat stores nothing and returns the original sequence, whatever else it carries.
     let mut repeat = event(1, "parking", "e2", T0 + 50, exp + 50);
     repeat.payload = b"different".to_vec();
-    assert_eq!(s.append_event(&repeat).await.unwrap(), 2);
+    assert_eq!(append(&s, &repeat).await.unwrap(), 2);
     // The same event id from another service is another event.
-    assert_eq!(
-        s.append_event(&event(1, "navigation", "e2", T0 + 3, exp))
-            .await
-            .unwrap(),
-        4
-    );
+    assert_eq!(append(&s, &event(1, "navigation", "e2", T0 + 3, exp)).await.unwrap(), 4);
     // Each car has its own stream.
-    assert_eq!(s.append_event(&event(2, "parking", "e1", T0, exp)).await.unwrap(), 1);
-    assert_eq!(
-        s.append_event(&event(1, "parking", "e5", T0 + 4, exp)).await.unwrap(),
-        5
-    );
+    assert_eq!(append(&s, &event(2, "parking", "e1", T0, exp)).await.unwrap(), 1);
+    assert_eq!(append(&s, &event(1, "parking", "e5", T0 + 4, exp)).await.unwrap(), 5);
 
     let stored = s.undelivered_events(&vin(1), T0, 100).await.unwrap();
     assert_eq!(
@@ -864,7 +861,7 @@ async fn concurrent_appends(stores: &[Store], events: Vec<NewEvent>) -> Vec<u64>
             let (store, barrier) = (stores[i % stores.len()].clone(), barrier.clone());
             tokio::spawn(async move {
                 barrier.wait().await;
-                store.append_event(&e).await.unwrap()
+                append(&store, &e).await.unwrap()
             })
         })
         .collect();
@@ -900,10 +897,7 @@ async fn events_concurrent_duplicates_are_stored_once_without_gaps(db: Db) {
     let stores = [db.store.clone(), node_b.clone()];
     let exp = T0 + 3_600_000;
     assert_eq!(
-        db.store
-            .append_event(&event(1, "parking", "first", T0, exp))
-            .await
-            .unwrap(),
+        append(&db.store, &event(1, "parking", "first", T0, exp)).await.unwrap(),
         1
     );
     // 16 deliveries of the same partner event, interleaved with 16 distinct ones.
@@ -924,10 +918,7 @@ async fn events_concurrent_duplicates_are_stored_once_without_gaps(db: Db) {
     all.sort_unstable();
     assert_eq!(all, (2..=18).collect::<Vec<u64>>());
     assert_eq!(
-        db.store
-            .append_event(&event(1, "parking", "last", T0, exp))
-            .await
-            .unwrap(),
+        append(&db.store, &event(1, "parking", "last", T0, exp)).await.unwrap(),
         19
     );
     assert_eq!(db.store.undelivered_events(&vin(1), T0, 1_000).await.unwrap().len(), 19);
@@ -939,13 +930,13 @@ async fn events_acks_are_cumulative_and_expired_events_are_not_delivered(db: Db)
     let long = T0 + 3_600_000;
     for (i, expires) in [(1, long), (2, long), (3, long), (4, T0 + 100), (5, long), (6, long)] {
         assert_eq!(
-            s.append_event(&event(1, "parking", &format!("e{i}"), T0, expires))
+            append(&s, &event(1, "parking", &format!("e{i}"), T0, expires))
                 .await
                 .unwrap(),
             i
         );
     }
-    s.append_event(&event(2, "parking", "e1", T0, long)).await.unwrap();
+    append(&s, &event(2, "parking", "e1", T0, long)).await.unwrap();
     let seqs = |events: Vec<gateway::store::StoredEvent>| events.into_iter().map(|e| e.sequence).collect::<Vec<_>>();
 
     assert_eq!(
@@ -982,26 +973,101 @@ async fn events_acks_are_cumulative_and_expired_events_are_not_delivered(db: Db)
         seqs(s.undelivered_events(&vin(1), T0 + 100, 100).await.unwrap()),
         vec![5, 6]
     );
-    assert_eq!(s.append_event(&event(1, "parking", "e7", T0, long)).await.unwrap(), 7);
+    assert_eq!(append(&s, &event(1, "parking", "e7", T0, long)).await.unwrap(), 7);
     // An ack beyond the end does not cover later events.
     assert_eq!(s.ack_events(&vin(1), 1_000).await.unwrap(), 3);
-    assert_eq!(s.append_event(&event(1, "parking", "e8", T0, long)).await.unwrap(), 8);
+    assert_eq!(append(&s, &event(1, "parking", "e8", T0, long)).await.unwrap(), 8);
     assert_eq!(seqs(s.undelivered_events(&vin(1), T0, 100).await.unwrap()), vec![8]);
+}
+
+async fn events_waiting_for_one_car_are_capped_and_a_repeat_is_still_answered(db: Db) {
+    let s = &db.store;
+    let long = T0 + 3_600_000;
+    for i in 1..=3u64 {
+        let e = event(1, "parking", &format!("e{i}"), T0, long);
+        assert_eq!(s.append_event(&e, 3).await.unwrap(), Appended::Stored(i));
+    }
+    let fourth = event(1, "parking", "e4", T0, long);
+    assert_eq!(s.append_event(&fourth, 3).await.unwrap(), Appended::Full { pending: 3 });
+    // A repeat of a stored event is answered with its sequence, full or not.
+    let repeat = event(1, "parking", "e2", T0, long);
+    assert_eq!(s.append_event(&repeat, 3).await.unwrap(), Appended::Stored(2));
+    // Another car has its own quota.
+    let other = event(2, "parking", "e1", T0, long);
+    assert_eq!(s.append_event(&other, 3).await.unwrap(), Appended::Stored(1));
+    // Once the car acknowledges, there is room again, and the sequence has no gap.
+    s.ack_events(&vin(1), 1).await.unwrap();
+    assert_eq!(s.append_event(&fourth, 3).await.unwrap(), Appended::Stored(4));
+}
+
+async fn events_acks_of_many_cars_are_written_at_once(db: Db) {
+    let s = &db.store;
+    let long = T0 + 3_600_000;
+    for car in 1..=3 {
+        for i in 1..=3 {
+            append(&s, &event(car, "parking", &format!("e{i}"), T0, long))
+                .await
+                .unwrap();
+        }
+    }
+    s.ack_events_many(&[(vin(1), 2), (vin(2), 3)]).await.unwrap();
+    let left = |car| async move { s.undelivered_events(&vin(car), T0, 10).await.unwrap().len() };
+    assert_eq!((left(1).await, left(2).await, left(3).await), (1, 0, 3));
 }
 
 // ---------------------------------------------------------------------------------------------
 // SQLite only
 
+/// After "database or disk is full", the next writes succeed as soon as there is room again,
+/// without a restart. The database file is capped (`PRAGMA max_page_count`, the way a full
+/// disk caps it); room comes back when old data is deleted.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sqlite_recovers_by_itself_after_the_disk_was_full() {
+    let dir = tempfile::tempdir().unwrap();
+    let url = format!("sqlite://{}", dir.path().join("full.db").display());
+    let options = StoreOptions {
+        sqlite_max_pages: Some(64),
+        ..StoreOptions::default()
+    };
+    let s = Store::connect_with(&url, options).await.unwrap();
+    let big = |i: usize| NewEvent {
+        payload: vec![7u8; 16 * 1024],
+        ..event(1, "parking", &format!("big-{i}"), T0, T0 + 1)
+    };
+    let mut stored = 0;
+    let full = loop {
+        match s.append_event(&big(stored), u64::MAX).await {
+            Ok(_) => stored += 1,
+            Err(e) => break e,
+        }
+        assert!(stored < 1_000, "the cap never bit");
+    };
+    assert!(full.to_string().contains("full"), "{full}");
+    // Still full: a write fails again, cleanly.
+    assert!(s.append_event(&big(stored), u64::MAX).await.is_err());
+    // Room comes back (the events expired and are purged): writes succeed again.
+    s.purge_events(T0 + 1)
+        .await
+        .expect("a delete succeeds on a full database");
+    let after = event(2, "parking", "after", T0, T0 + 3_600_000);
+    assert_eq!(
+        append(&s, &after).await.unwrap(),
+        1,
+        "the store recovered without a restart"
+    );
+    s.ledger_claim(&key(1, "k"), &pay(b"x"), "gw-1/1", T0, LEASE, RETENTION)
+        .await
+        .unwrap();
+    s.close().await;
+}
+
 #[tokio::test]
 async fn sqlite_in_memory_works_with_one_shared_connection() {
     let store = Store::connect("sqlite::memory:").await.unwrap();
     assert_eq!(store.backend(), Backend::Sqlite);
-    let a = store
-        .append_event(&event(1, "parking", "e1", T0, T0 + 10))
-        .await
-        .unwrap();
+    let a = append(&store, &event(1, "parking", "e1", T0, T0 + 10)).await.unwrap();
     let (second, car) = (event(1, "parking", "e2", T0, T0 + 10), vin(1));
-    let (b, c) = tokio::join!(store.append_event(&second), store.undelivered_events(&car, T0, 10));
+    let (b, c) = tokio::join!(append(&store, &second), store.undelivered_events(&car, T0, 10));
     assert_eq!((a, b.unwrap()), (1, 2));
     assert!(!c.unwrap().is_empty());
     assert_eq!(store.undelivered_events(&vin(1), T0, 10).await.unwrap().len(), 2);
@@ -1144,7 +1210,7 @@ async fn sqlite_a_failing_write_does_not_take_its_batch_down() {
         raw.close().await.unwrap();
         let s = &db.store;
         let e = event(1, "parking.v1.ParkingPayment", "e-1", T0, T0 + 60_000);
-        let appended = s.append_event(&e);
+        let appended = append(&s, &e);
         let claims = futures::future::join_all((0..50).map(|i| async move {
             s.ledger_claim(&key(1, &format!("k-{i}")), &pay(b"x"), "gw-1/1", T0, LEASE, RETENTION)
                 .await

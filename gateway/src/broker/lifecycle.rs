@@ -23,8 +23,15 @@ pub enum DisconnectReason {
     ConnectionLost(String),
     /// The car stopped reading while the gateway had messages for it.
     SlowConsumer,
-    /// The gateway failed to serve the session (its pub/sub router refused it).
-    ServerError(String),
+    /// The car kept publishing faster than its rate limit allows.
+    Flooding {
+        /// Publishes per second the car may make.
+        per_second: u32,
+        /// How long it stayed over that rate.
+        for_: std::time::Duration,
+    },
+    /// The car went over one of its per-car bounds (retained messages, QoS 2 in flight, topic size).
+    LimitExceeded(String),
     /// The gateway is shutting down.
     ServerShutdown,
 }
@@ -41,7 +48,10 @@ impl fmt::Display for DisconnectReason {
             DisconnectReason::SlowConsumer => {
                 f.write_str("slow consumer: the car stopped reading while messages for it piled up")
             }
-            DisconnectReason::ServerError(why) => write!(f, "server error: {why}"),
+            DisconnectReason::Flooding { per_second, for_ } => {
+                write!(f, "flooding: over {per_second} publishes/s for {}s", for_.as_secs())
+            }
+            DisconnectReason::LimitExceeded(why) => write!(f, "limit exceeded: {why}"),
             DisconnectReason::ServerShutdown => f.write_str("server shutdown"),
         }
     }
@@ -101,13 +111,6 @@ impl SessionSink {
     }
 }
 
-/// The current time in unix milliseconds.
-pub fn now_ms() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as i64)
-}
-
 /// The peer of one vehicle connection, as the listener saw it.
 #[derive(Debug, Clone)]
 pub struct Peer {
@@ -119,13 +122,4 @@ pub struct Peer {
     pub fingerprint: String,
     /// Remote address.
     pub remote: SocketAddr,
-}
-
-/// At most 64 characters of what a car sent, control characters replaced, for messages and
-/// logs: a car's bytes must never forge log lines.
-pub(crate) fn printable(s: &str) -> String {
-    s.chars()
-        .take(64)
-        .map(|c| if c.is_control() { '?' } else { c })
-        .collect()
 }

@@ -1,18 +1,49 @@
-//! The vehicle-facing connection layer: TLS, identity, MQTT sessions. It knows nothing of
-//! partners; it only attaches each authenticated car to the bus under its own VIN.
+//! The vehicle-facing connection layer: TLS, identity, MQTT sessions and the bounds on what a
+//! car can make the gateway hold. It knows nothing of partners; it only attaches each
+//! authenticated car to the bus under its own VIN.
 
+pub mod flood;
 pub mod handshakes;
 pub mod identity;
 pub mod lifecycle;
 pub mod listener;
-mod live;
-mod mqtt;
+pub mod saved;
 pub mod session;
 pub mod subscriptions;
 pub mod tls;
 
+mod connected;
+mod mqtt;
+
+pub use flood::{PublishLimiter, PublishRate};
 pub use handshakes::HandshakePool;
 pub use identity::{IdentityError, VehicleIdentity, vehicle_identity};
-pub use lifecycle::{DisconnectReason, Peer, SessionEvent, SessionInfo, SessionSink, now_ms};
-pub use listener::{Attachments, ListenerSettings, ListenerStats};
-pub use session::{SessionLimits, Wiring};
+pub use lifecycle::{DisconnectReason, Peer, SessionEvent, SessionInfo, SessionSink};
+pub use listener::{ListenerSettings, ListenerStats};
+pub use saved::{RetainedLimits, SavedSessions, SavedStats};
+pub use session::{SessionLimits, SessionServices};
+
+/// Forgets, every `interval`, what cars away longer than `expiry` kept (saved subscriptions,
+/// retained messages, parked mailboxes), and the publish-rate buckets that are full again.
+pub async fn expire_saved_sessions(
+    services: SessionServices,
+    expiry: std::time::Duration,
+    interval: std::time::Duration,
+    shutdown: tokio_util::sync::CancellationToken,
+) {
+    let mut ticks = tokio::time::interval(interval);
+    loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            _ = ticks.tick() => {}
+        }
+        let expired = services.saved.expire(expiry);
+        for vin in &expired {
+            services.mailboxes.forget_parked(vin);
+        }
+        if !expired.is_empty() {
+            tracing::info!(vehicles = expired.len(), "saved sessions expired");
+        }
+        services.publish_limiter.prune();
+    }
+}

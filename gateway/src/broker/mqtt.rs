@@ -1,5 +1,9 @@
 //! MQTT 3.1.1 framing over any byte stream, with rumqttc's codec (`mqttbytes::v4`), and
 //! buffers that shrink back once a burst is over, so an idle car holds almost nothing here.
+//!
+//! The codec is lenient where MQTT 3.1.1 says a server must close the connection: reserved
+//! bits of the fixed header (§2.2.2) and CONNECT's reserved flag (§3.1.2.3). Those are checked
+//! here, on the raw bytes, before a packet is decoded.
 
 use std::io;
 
@@ -35,6 +39,9 @@ impl<S: AsyncRead + AsyncWrite + Unpin> MqttIo<S> {
     /// Reads one packet. Cancel-safe: partial input stays in the buffer.
     pub(crate) async fn read(&mut self) -> Result<Packet, DisconnectReason> {
         loop {
+            if let Some(problem) = reserved_bits_problem(&self.read) {
+                return Err(DisconnectReason::ProtocolError(problem.into()));
+            }
             let wanted = match Packet::read(&mut self.read, self.max_packet_bytes) {
                 Ok(packet) => {
                     if self.read.is_empty() && self.read.capacity() > KEEP_WHEN_IDLE {
@@ -96,6 +103,76 @@ impl<S: AsyncRead + AsyncWrite + Unpin> MqttIo<S> {
     }
 }
 
+/// What is wrong with the reserved bits of the packet at the start of `buffer`, if anything.
+/// Looks only at what is there: a packet not fully read yet is judged when it is.
+pub(crate) fn reserved_bits_problem(buffer: &[u8]) -> Option<&'static str> {
+    let &first = buffer.first()?;
+    let (kind, flags) = (first >> 4, first & 0x0f);
+    let expected = match kind {
+        // PUBLISH: the flags are DUP, QoS and RETAIN; QoS 3 does not exist.
+        3 => return (flags & 0b0110 == 0b0110).then_some("PUBLISH with QoS 3"),
+        // PUBREL, SUBSCRIBE, UNSUBSCRIBE.
+        6 | 8 | 10 => 0b0010,
+        _ => 0,
+    };
+    if flags != expected {
+        return Some("reserved bits of the fixed header are not as MQTT 3.1.1 requires");
+    }
+    if kind == 1 {
+        // CONNECT: variable header = protocol name (length-prefixed), level, flags. Judged
+        // once the whole packet is there; the remaining length takes 1 to 4 bytes.
+        let frame = mqttbytes::check(buffer.iter(), usize::MAX).ok()?;
+        if buffer.len() < frame.frame_length() {
+            return None;
+        }
+        let length_bytes = buffer[1..].iter().take(4).position(|b| b & 0x80 == 0)? + 1;
+        let body = buffer.get(1 + length_bytes..)?;
+        let name_len = usize::from(u16::from_be_bytes([*body.first()?, *body.get(1)?]));
+        let connect_flags = *body.get(2 + name_len + 1)?;
+        if connect_flags & 1 != 0 {
+            return Some("CONNECT with its reserved flag set");
+        }
+    }
+    None
+}
+
 fn lost(e: io::Error) -> DisconnectReason {
     DisconnectReason::ConnectionLost(e.to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A CONNECT for client id "c" with the given connect flags.
+    fn connect(flags: u8) -> Vec<u8> {
+        let mut packet = vec![0x10, 13, 0, 4, b'M', b'Q', b'T', b'T', 4, flags, 0, 60, 0, 1, b'c'];
+        packet[1] = (packet.len() - 2) as u8;
+        packet
+    }
+
+    #[test]
+    fn connect_with_its_reserved_flag_set_is_refused() {
+        assert_eq!(reserved_bits_problem(&connect(0b10)), None);
+        assert_eq!(
+            reserved_bits_problem(&connect(0b11)),
+            Some("CONNECT with its reserved flag set")
+        );
+        // Not all there yet: judged once it is.
+        assert_eq!(reserved_bits_problem(&connect(0b11)[..9]), None);
+    }
+
+    #[test]
+    fn fixed_header_flags_must_be_the_reserved_values() {
+        assert!(reserved_bits_problem(&[0xc0, 0]).is_none(), "PINGREQ");
+        assert!(reserved_bits_problem(&[0xc1, 0]).is_some(), "PINGREQ with a flag");
+        assert!(reserved_bits_problem(&[0x62, 2, 0, 1]).is_none(), "PUBREL");
+        assert!(
+            reserved_bits_problem(&[0x60, 2, 0, 1]).is_some(),
+            "PUBREL without its 0010"
+        );
+        assert!(reserved_bits_problem(&[0x82]).is_none(), "SUBSCRIBE");
+        assert!(reserved_bits_problem(&[0x36]).is_some(), "PUBLISH QoS 3");
+        assert!(reserved_bits_problem(&[0x3b]).is_none(), "PUBLISH DUP QoS 1 RETAIN");
+    }
 }

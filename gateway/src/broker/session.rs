@@ -1,7 +1,7 @@
 //! One vehicle's MQTT session: frames MQTT 3.1.1 over the TLS stream, enforces the VIN's
-//! namespace, hands what the car sends on the gateway's own topics to the inbox, writes what
-//! its mailbox receives, and links to the pub/sub router only if the car uses other topics.
-//! This file has the session's beginning (CONNECT) and end; [`super::live`] the rest.
+//! namespace and the per-car bounds, hands what the car sends on the gateway's own topics to
+//! the inboxes and writes what its mailbox receives. This file has the session's beginning
+//! (CONNECT) and end; [`super::connected`] the loop in between.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -10,18 +10,21 @@ use proto::topics::may_publish;
 use rumqttc::mqttbytes::Protocol;
 use rumqttc::mqttbytes::v4::{ConnAck, ConnectReturnCode, LastWill, Packet};
 use tokio::io::{AsyncRead, AsyncWrite};
-use tokio::sync::Semaphore;
 use tokio::time::timeout;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
-use super::lifecycle::{DisconnectReason, Peer, SessionEvent, SessionInfo, SessionSink, now_ms, printable};
-use super::live::{Live, Unacked};
+use super::connected::ConnectedSession;
+use super::flood::PublishLimiter;
+use super::lifecycle::{DisconnectReason, Peer, SessionEvent, SessionInfo, SessionSink};
 use super::mqtt::MqttIo;
-use super::subscriptions::{SavedSessions, Subscriptions};
-use crate::bus::{Inbox, Mailbox, Mailboxes, PubSub};
+use super::saved::{RetainedLimits, SavedSessions};
+use super::subscriptions::Subscriptions;
+use crate::bus::{AckInbox, Mailbox, Mailboxes, RequestInbox};
+use crate::clock::now_ms;
+use crate::logsafe::{printable, printable_within};
 
-/// Per-connection limits.
+/// Per-car bounds of a session, each configurable (`[mqtt]`).
 #[derive(Debug, Clone)]
 pub struct SessionLimits {
     /// Time allowed between the handshake and CONNECT.
@@ -33,21 +36,33 @@ pub struct SessionLimits {
     /// Requests of one car being handled at once; beyond it the session stops reading from
     /// the car until one is answered.
     pub max_requests_in_flight: usize,
+    /// Topic filters one car may hold; beyond it a SUBSCRIBE gets 0x80 for each new filter.
+    pub max_subscriptions: usize,
+    /// Longest topic name or filter, in bytes.
+    pub max_topic_bytes: usize,
+    /// QoS 2 messages from the car awaiting its PUBREL; one more disconnects it.
+    pub max_qos2_awaiting_release: usize,
+    /// Retained messages one car may keep.
+    pub retained: RetainedLimits,
 }
 
-/// What every session is attached to.
+/// What every session is attached to and reports to; cheap to clone.
 #[derive(Clone)]
-pub struct Wiring {
+pub struct SessionServices {
     /// Where the gateway's messages for each car wait.
     pub mailboxes: Mailboxes,
-    /// The router for the car's other topics.
-    pub pubsub: PubSub,
-    /// Receives what cars send on the gateway's own topics.
-    pub inbox: Arc<dyn Inbox>,
+    /// Takes the requests cars publish.
+    pub requests: Arc<dyn RequestInbox>,
+    /// Takes the event acknowledgements cars publish.
+    pub acks: Arc<dyn AckInbox>,
     /// Where sessions report connects and disconnects.
     pub events: SessionSink,
-    /// Subscriptions of persistent sessions.
+    /// What cars keep between sessions.
     pub saved: SavedSessions,
+    /// Every car's publish rate.
+    pub publish_limiter: Arc<PublishLimiter>,
+    /// Per-car bounds.
+    pub limits: SessionLimits,
 }
 
 fn connack(session_present: bool, code: ConnectReturnCode) -> Packet {
@@ -62,22 +77,21 @@ fn connack(session_present: bool, code: ConnectReturnCode) -> Packet {
 pub async fn serve_vehicle<S>(
     io: S,
     peer: &Peer,
-    wiring: &Wiring,
-    limits: &SessionLimits,
+    services: &SessionServices,
     shutdown: &CancellationToken,
 ) -> DisconnectReason
 where
     S: AsyncRead + AsyncWrite + Unpin,
 {
-    let mut mqtt = MqttIo::new(io, limits.max_packet_bytes);
-    let (mut live, opened) = match Box::pin(open(&mut mqtt, peer, wiring, limits)).await {
+    let mut mqtt = MqttIo::new(io, services.limits.max_packet_bytes);
+    let (mut session, opened) = match Box::pin(open(&mut mqtt, peer, services)).await {
         Ok(opened) => opened,
         Err(reason) => return reason,
     };
-    let reason = live
-        .run(&mut mqtt, &opened.mailbox, opened.keep_alive, peer.conn, shutdown)
+    let reason = session
+        .run(&mut mqtt, &opened.mailbox, opened.keep_alive, shutdown)
         .await;
-    Box::pin(close(mqtt, live, opened, peer, reason)).await
+    Box::pin(close(mqtt, session, opened, reason)).await
 }
 
 /// What a session keeps from its CONNECT.
@@ -92,10 +106,10 @@ struct Opened {
 async fn open<'a, S: AsyncRead + AsyncWrite + Unpin>(
     mqtt: &mut MqttIo<S>,
     peer: &'a Peer,
-    wiring: &'a Wiring,
-    limits: &SessionLimits,
-) -> Result<(Live<'a>, Opened), DisconnectReason> {
+    services: &'a SessionServices,
+) -> Result<(ConnectedSession<'a>, Opened), DisconnectReason> {
     let vin = &peer.vin;
+    let limits = &services.limits;
     let connect = match timeout(limits.connect_timeout, mqtt.read()).await {
         Ok(Ok(Packet::Connect(connect))) => connect,
         Ok(Ok(_)) => return Err(DisconnectReason::ProtocolError("first packet is not CONNECT".into())),
@@ -121,11 +135,11 @@ async fn open<'a, S: AsyncRead + AsyncWrite + Unpin>(
         )));
     }
     if let Some(will) = &connect.last_will
-        && !may_publish(vin, &will.topic)
+        && (!may_publish(vin, &will.topic) || will.topic.contains('\0') || will.topic.len() > limits.max_topic_bytes)
     {
         let _ = mqtt.send(&connack(false, ConnectReturnCode::NotAuthorized)).await;
         return Err(DisconnectReason::Refused(
-            "will topic outside the vehicle's namespace".into(),
+            "will topic outside the vehicle's namespace, too long or with a NUL".into(),
         ));
     }
     let asked = Duration::from_secs(connect.keep_alive.into());
@@ -143,30 +157,18 @@ async fn open<'a, S: AsyncRead + AsyncWrite + Unpin>(
     }
     .mul_f32(1.5);
 
-    let restored = wiring.saved.resume(vin, connect.clean_session);
+    let restored = services.saved.attach(vin, peer.conn, connect.clean_session);
     let session_present = restored.is_some();
-    let mailbox = wiring.mailboxes.open(vin, !connect.clean_session);
-    let mut live = Live {
-        vin,
-        wiring,
-        subs: Subscriptions::restore(restored.unwrap_or_default()),
-        link: None,
-        unacked: Unacked::default(),
-        qos2_received: Vec::new(),
-        slots: Arc::new(Semaphore::new(limits.max_requests_in_flight.max(1))),
-        persistent: !connect.clean_session,
-    };
-    let restored_filters = live.subs.pubsub_filters(vin);
-    if !restored_filters.is_empty()
-        && let Err(reason) = live.resubscribe(restored_filters).await
-    {
-        let _ = mqtt.send(&connack(false, ConnectReturnCode::ServiceUnavailable)).await;
-        wiring.mailboxes.close(vin, &mailbox, false);
-        return Err(reason);
-    }
+    let mailbox = services.mailboxes.open(vin, !connect.clean_session);
+    let session = ConnectedSession::new(
+        peer,
+        services,
+        Subscriptions::restore(restored.unwrap_or_default()),
+        !connect.clean_session,
+    );
     if let Err(reason) = mqtt.send(&connack(session_present, ConnectReturnCode::Success)).await {
-        wiring.mailboxes.close(vin, &mailbox, false);
-        live.detach().await;
+        services.mailboxes.close(vin, &mailbox, false);
+        services.saved.detach(vin, peer.conn, session.persistent());
         return Err(reason);
     }
     info!(
@@ -177,15 +179,9 @@ async fn open<'a, S: AsyncRead + AsyncWrite + Unpin>(
     );
     let agent_version = connect
         .login
-        .map(|l| {
-            l.username
-                .chars()
-                .filter(|c| !c.is_control())
-                .take(64)
-                .collect::<String>()
-        })
+        .map(|l| printable_within(&l.username, 64))
         .filter(|v| !v.is_empty());
-    wiring
+    services
         .events
         .send(SessionEvent::Connected(SessionInfo {
             conn: peer.conn,
@@ -196,23 +192,22 @@ async fn open<'a, S: AsyncRead + AsyncWrite + Unpin>(
             at_ms: now_ms(),
         }))
         .await;
-    if live.subs.covers_events(vin) {
-        live.events_subscribed(peer.conn).await;
+    if session.covers_events() {
+        session.events_subscribed().await;
     }
     let opened = Opened {
         mailbox,
         keep_alive,
         will: connect.last_will,
     };
-    Ok((live, opened))
+    Ok((session, opened))
 }
 
-/// Ends a session that was open: the will, the farewell to the car, the mailbox, the record.
+/// Ends a session that was open: the will, closing the connection, the mailbox, the record.
 async fn close<S: AsyncRead + AsyncWrite + Unpin>(
     mut mqtt: MqttIo<S>,
-    mut live: Live<'_>,
+    mut session: ConnectedSession<'_>,
     opened: Opened,
-    peer: &Peer,
     reason: DisconnectReason,
 ) -> DisconnectReason {
     // MQTT publishes the will on any end but the car's own DISCONNECT.
@@ -220,16 +215,15 @@ async fn close<S: AsyncRead + AsyncWrite + Unpin>(
         .will
         .filter(|_| !matches!(reason, DisconnectReason::Clean | DisconnectReason::ServerShutdown))
     {
-        live.publish_will(will).await;
+        session.publish_will(will);
     }
     if reason == DisconnectReason::ServerShutdown {
-        let _ = mqtt.send(&Packet::Disconnect).await;
+        // A 3.1.1 server never sends DISCONNECT: it closes the connection (TLS close_notify,
+        // then FIN), and the car reconnects with its backoff.
         mqtt.shutdown().await;
     }
-    // A persistent session's mailbox stays, keeping messages for its return.
-    live.wiring.mailboxes.close(&peer.vin, &opened.mailbox, live.persistent);
-    live.detach().await;
-    finish(&live.wiring.events, peer, reason).await
+    session.end(&opened.mailbox);
+    finish(&session.services().events, session.peer(), reason).await
 }
 
 async fn finish(events: &SessionSink, peer: &Peer, reason: DisconnectReason) -> DisconnectReason {

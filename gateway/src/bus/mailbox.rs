@@ -12,6 +12,11 @@
 //! A persistent session (`clean_session = false`) that ends leaves its mailbox **parked**:
 //! messages for the car keep arriving there, up to [`PARKED_CAPACITY`], and the car's next
 //! persistent session takes them over, as MQTT requires for QoS 1 messages of a stored session.
+//! A parked mailbox goes when its saved session expires ([`Mailboxes::forget_parked`]).
+//!
+//! Every mailbox is bounded twice, in messages and in bytes ([`MailboxLimits`]): a car that
+//! publishes large messages to its own subscription and never acknowledges them costs at most
+//! the byte bound before it is disconnected.
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicU8, Ordering};
@@ -21,21 +26,30 @@ use bytes::Bytes;
 use proto::Vin;
 use tokio::sync::Notify;
 
-/// The gateway-owned topics a car receives on.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+/// Where a message for a car goes out.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub enum Outbound {
     /// `/tenants/{VIN}/v1/resp`: answers to the car's requests.
     Responses,
     /// `/tenants/{VIN}/v1/events`: partner events.
     Events,
+    /// Another topic of the car's namespace, published by the car itself (or its will) at
+    /// `qos`; it goes out at most at that QoS on the car's matching subscriptions.
+    CarTopic {
+        /// The full topic, inside `/tenants/{VIN}/`.
+        topic: String,
+        /// The QoS it was published with (0 or 1; QoS 2 is delivered as 1).
+        qos: u8,
+    },
 }
 
 impl Outbound {
     /// The topic this is for `vin`.
-    pub fn topic(self, vin: &Vin) -> String {
+    pub fn topic(&self, vin: &Vin) -> String {
         match self {
             Outbound::Responses => proto::topics::responses(vin),
             Outbound::Events => proto::topics::events(vin),
+            Outbound::CarTopic { topic, .. } => topic.clone(),
         }
     }
 }
@@ -43,10 +57,30 @@ impl Outbound {
 /// One message waiting for its car.
 #[derive(Debug, Clone)]
 pub struct OutboundMessage {
-    /// Which gateway topic it goes out on.
+    /// Which topic it goes out on.
     pub topic: Outbound,
-    /// The encoded envelope.
+    /// The encoded envelope, or the car's own payload.
     pub payload: Bytes,
+}
+
+impl OutboundMessage {
+    /// What the message costs while it waits.
+    fn cost(&self) -> usize {
+        let topic = match &self.topic {
+            Outbound::CarTopic { topic, .. } => topic.len(),
+            Outbound::Responses | Outbound::Events => 0,
+        };
+        self.payload.len() + topic
+    }
+}
+
+/// How much one mailbox may hold.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct MailboxLimits {
+    /// Messages waiting for a live session.
+    pub max_messages: usize,
+    /// Bytes of payload (and topic) waiting, live or parked.
+    pub max_bytes: usize,
 }
 
 /// What became of a message handed to [`Mailboxes::deliver`].
@@ -84,23 +118,54 @@ const PARKED: u8 = 3;
 /// (the car republishes what it has no answer for).
 pub const PARKED_CAPACITY: usize = 100;
 
+/// Waiting messages and the bytes they hold.
+#[derive(Debug, Default)]
+struct Queue {
+    messages: VecDeque<OutboundMessage>,
+    bytes: usize,
+}
+
+impl Queue {
+    fn push(&mut self, message: OutboundMessage) {
+        self.bytes += message.cost();
+        self.messages.push_back(message);
+    }
+
+    fn pop(&mut self) -> Option<OutboundMessage> {
+        let message = self.messages.pop_front()?;
+        self.bytes -= message.cost();
+        Some(message)
+    }
+
+    /// Keeps the oldest messages that fit in `max_messages` and `max_bytes`.
+    fn shrink_to(&mut self, max_messages: usize, max_bytes: usize) {
+        let mut kept = Queue::default();
+        for message in self.messages.drain(..) {
+            if kept.messages.len() < max_messages && kept.bytes + message.cost() <= max_bytes {
+                kept.push(message);
+            }
+        }
+        *self = kept;
+    }
+}
+
 /// The queue of one session.
 #[derive(Debug)]
 pub struct Mailbox {
-    queue: Mutex<VecDeque<OutboundMessage>>,
+    queue: Mutex<Queue>,
     wake: Notify,
     state: AtomicU8,
-    capacity: usize,
+    limits: MailboxLimits,
 }
 
 impl Mailbox {
-    fn new(capacity: usize) -> Mailbox {
+    fn new(limits: MailboxLimits) -> Mailbox {
         Mailbox {
             // Allocates on first use: an idle car's mailbox holds no buffer.
-            queue: Mutex::new(VecDeque::new()),
+            queue: Mutex::new(Queue::default()),
             wake: Notify::new(),
             state: AtomicU8::new(OPEN),
-            capacity,
+            limits,
         }
     }
 
@@ -113,17 +178,22 @@ impl Mailbox {
     /// The oldest waiting message.
     pub fn pop(&self) -> Option<OutboundMessage> {
         let mut queue = self.queue.lock().unwrap_or_else(PoisonError::into_inner);
-        let message = queue.pop_front();
-        if queue.is_empty() && queue.capacity() > 64 {
+        let message = queue.pop();
+        if queue.messages.is_empty() && queue.messages.capacity() > 64 {
             // A burst is over: give its memory back instead of keeping it per idle car.
-            *queue = VecDeque::new();
+            queue.messages = VecDeque::new();
         }
         message
     }
 
     /// Messages waiting.
     pub fn len(&self) -> usize {
-        self.queue.lock().unwrap_or_else(PoisonError::into_inner).len()
+        self.queue.lock().unwrap_or_else(PoisonError::into_inner).messages.len()
+    }
+
+    /// Bytes waiting.
+    pub fn bytes(&self) -> usize {
+        self.queue.lock().unwrap_or_else(PoisonError::into_inner).bytes
     }
 
     /// Whether nothing is waiting.
@@ -142,32 +212,35 @@ impl Mailbox {
     }
 
     fn push(&self, message: OutboundMessage) -> Delivery {
+        let fits = |queue: &Queue, max_messages: usize| {
+            queue.messages.len() < max_messages && queue.bytes + message.cost() <= self.limits.max_bytes
+        };
         match self.state.load(Ordering::Acquire) {
             OPEN => {}
             PARKED => {
                 let mut queue = self.queue.lock().unwrap_or_else(PoisonError::into_inner);
-                if queue.len() >= PARKED_CAPACITY {
+                if !fits(&queue, PARKED_CAPACITY.min(self.limits.max_messages)) {
                     return Delivery::Offline;
                 }
-                queue.push_back(message);
+                queue.push(message);
                 return Delivery::Parked;
             }
             _ => return Delivery::Offline,
         }
         {
             let mut queue = self.queue.lock().unwrap_or_else(PoisonError::into_inner);
-            if queue.len() >= self.capacity {
+            if !fits(&queue, self.limits.max_messages) {
                 drop(queue);
                 self.close_with(OVERFLOWED);
                 return Delivery::Overflow;
             }
-            queue.push_back(message);
+            queue.push(message);
         }
         self.wake.notify_one();
         Delivery::Queued
     }
 
-    fn take_queue(&self) -> VecDeque<OutboundMessage> {
+    fn take_queue(&self) -> Queue {
         std::mem::take(&mut *self.queue.lock().unwrap_or_else(PoisonError::into_inner))
     }
 
@@ -186,15 +259,18 @@ impl Mailbox {
 #[derive(Debug, Clone)]
 pub struct Mailboxes {
     live: Arc<RwLock<HashMap<Vin, Arc<Mailbox>>>>,
-    capacity: usize,
+    limits: MailboxLimits,
 }
 
 impl Mailboxes {
-    /// No sessions yet; each mailbox will hold at most `capacity` messages.
-    pub fn new(capacity: usize) -> Mailboxes {
+    /// No sessions yet; each mailbox will hold at most what `limits` allow.
+    pub fn new(limits: MailboxLimits) -> Mailboxes {
         Mailboxes {
             live: Arc::default(),
-            capacity: capacity.max(1),
+            limits: MailboxLimits {
+                max_messages: limits.max_messages.max(1),
+                max_bytes: limits.max_bytes.max(1),
+            },
         }
     }
 
@@ -202,7 +278,7 @@ impl Mailboxes {
     /// kicked; what a parked one holds is taken over if `resume` (a persistent session
     /// continues), else dropped.
     pub fn open(&self, vin: &Vin, resume: bool) -> Arc<Mailbox> {
-        let mailbox = Arc::new(Mailbox::new(self.capacity));
+        let mailbox = Arc::new(Mailbox::new(self.limits));
         let previous = self
             .live
             .write()
@@ -231,10 +307,26 @@ impl Mailboxes {
         if park && mailbox.state() == MailboxState::Open {
             mailbox.state.store(PARKED, Ordering::Release);
             let mut queue = mailbox.queue.lock().unwrap_or_else(PoisonError::into_inner);
-            queue.truncate(PARKED_CAPACITY);
+            queue.shrink_to(PARKED_CAPACITY.min(self.limits.max_messages), self.limits.max_bytes);
         } else {
             live.remove(vin);
         }
+    }
+
+    /// Drops `vin`'s parked mailbox, if it has one: its saved session expired.
+    pub fn forget_parked(&self, vin: &Vin) {
+        let mut live = self.live.write().unwrap_or_else(PoisonError::into_inner);
+        if live.get(vin).is_some_and(|m| m.state() == MailboxState::Parked) {
+            live.remove(vin);
+        }
+    }
+
+    /// Parked mailboxes and the bytes they hold, for operators.
+    pub fn parked(&self) -> (usize, usize) {
+        let live = self.live.read().unwrap_or_else(PoisonError::into_inner);
+        live.values()
+            .filter(|m| m.state() == MailboxState::Parked)
+            .fold((0, 0), |(n, bytes), m| (n + 1, bytes + m.bytes()))
     }
 
     /// Queues `payload` on `topic` for `vin`'s live session.
@@ -270,9 +362,16 @@ mod tests {
         Vin::parse(s).unwrap()
     }
 
+    fn mailboxes(max_messages: usize) -> Mailboxes {
+        Mailboxes::new(MailboxLimits {
+            max_messages,
+            max_bytes: 1 << 20,
+        })
+    }
+
     #[tokio::test]
     async fn a_message_reaches_only_the_live_session_of_its_vin() {
-        let boxes = Mailboxes::new(8);
+        let boxes = mailboxes(8);
         let a = boxes.open(&vin("WBA3B5C50DF123456"), false);
         let b = boxes.open(&vin("LSVAU2180N2183294"), false);
         let sent = boxes.deliver(&vin("WBA3B5C50DF123456"), Outbound::Responses, Bytes::from_static(b"x"));
@@ -288,7 +387,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_second_session_kicks_the_first_and_survives_its_close() {
-        let boxes = Mailboxes::new(8);
+        let boxes = mailboxes(8);
         let car = vin("WBA3B5C50DF123456");
         let first = boxes.open(&car, false);
         let second = boxes.open(&car, false);
@@ -303,7 +402,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_full_mailbox_closes_its_session_instead_of_growing() {
-        let boxes = Mailboxes::new(2);
+        let boxes = mailboxes(2);
         let car = vin("WBA3B5C50DF123456");
         let mailbox = boxes.open(&car, false);
         for _ in 0..2 {
@@ -316,7 +415,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_parked_mailbox_keeps_messages_for_the_next_persistent_session_only() {
-        let boxes = Mailboxes::new(8);
+        let boxes = mailboxes(2 * PARKED_CAPACITY);
         let car = vin("WBA3B5C50DF123456");
         let first = boxes.open(&car, true);
         boxes.close(&car, &first, true);
@@ -341,5 +440,32 @@ mod tests {
         // A clean session starts empty.
         let clean = boxes.open(&car, false);
         assert!(clean.is_empty());
+    }
+
+    #[tokio::test]
+    async fn a_mailbox_is_bounded_in_bytes_as_well_as_in_messages() {
+        let boxes = Mailboxes::new(MailboxLimits {
+            max_messages: 100,
+            max_bytes: 1000,
+        });
+        let car = vin("WBA3B5C50DF123456");
+        let mailbox = boxes.open(&car, true);
+        let big = || Bytes::from(vec![0u8; 400]);
+        assert_eq!(boxes.deliver(&car, Outbound::Responses, big()), Delivery::Queued);
+        assert_eq!(boxes.deliver(&car, Outbound::Responses, big()), Delivery::Queued);
+        assert_eq!(mailbox.bytes(), 800);
+        assert_eq!(boxes.deliver(&car, Outbound::Responses, big()), Delivery::Overflow);
+        assert_eq!(mailbox.state(), MailboxState::Overflowed);
+
+        // Parked, the same bound holds, and an expired saved session takes it away.
+        let second = boxes.open(&car, true);
+        boxes.close(&car, &second, true);
+        assert_eq!(boxes.deliver(&car, Outbound::Events, big()), Delivery::Parked);
+        assert_eq!(boxes.deliver(&car, Outbound::Events, big()), Delivery::Parked);
+        assert_eq!(boxes.deliver(&car, Outbound::Events, big()), Delivery::Offline);
+        assert_eq!(boxes.parked(), (1, 800));
+        boxes.forget_parked(&car);
+        assert_eq!(boxes.parked(), (0, 0));
+        assert_eq!(boxes.deliver(&car, Outbound::Events, big()), Delivery::Offline);
     }
 }

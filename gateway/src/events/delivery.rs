@@ -1,117 +1,256 @@
 //! Delivers stored events to cars, in sequence order, at least once: every unacknowledged
 //! event is published again each time the car (re)subscribes to its events topic.
+//!
+//! Each car is served on its own: a delivery pass (read the car's undelivered events, queue
+//! them in its mailbox) runs as a task of its own while there is something to do for that car,
+//! at most one per car at a time, so one car's slow read or full mailbox delays no other car.
+//! Acknowledgements are cumulative, so only a car's highest one matters: they are coalesced in
+//! memory (one entry per car) and written in batches by one task, one database write per batch
+//! whatever the number of acks. A car flooding acks costs a map update per ack.
 
 use std::collections::HashMap;
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::time::Duration;
 
 use bytes::Bytes;
 use prost::Message;
 use proto::Vin;
-use proto::vehicle::v1::Event;
-use tokio::sync::mpsc;
-use tracing::{debug, warn};
+use proto::vehicle::v1::{Event, EventAck};
+use tokio::sync::Notify;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tracing::{Instrument, debug, info_span, warn};
 
-use crate::broker::now_ms;
-use crate::bus::{Delivery, Mailboxes, Outbound};
+use crate::bus::{AckInbox, Delivery, Mailboxes, Outbound};
+use crate::clock::now_ms;
 use crate::store::Store;
 
 /// Events fetched per store query.
 const BATCH: u32 = 100;
+/// Pause before writing acknowledgements again after the database refused them.
+const ACK_RETRY_PAUSE: Duration = Duration::from_secs(1);
 
-enum Command {
-    Subscribed(Vin, u64),
-    Gone(Vin, u64),
-    Flush(Vin),
-    Ack(Vin, u64),
+/// Handle to event delivery; cheap to clone.
+#[derive(Clone)]
+pub struct EventDelivery {
+    shared: Arc<Shared>,
 }
 
-/// Handle to the delivery task; cheap to clone.
-#[derive(Clone, Debug)]
-pub struct EventDelivery {
-    tx: mpsc::UnboundedSender<Command>,
+impl std::fmt::Debug for EventDelivery {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("EventDelivery").finish_non_exhaustive()
+    }
+}
+
+struct Shared {
+    store: Store,
+    mailboxes: Mailboxes,
+    tracker: TaskTracker,
+    /// Cars subscribed to their events topic right now.
+    listening: Mutex<HashMap<Vin, Listening>>,
+    /// Each car's highest acknowledgement not written yet.
+    acks: Mutex<HashMap<Vin, u64>>,
+    acks_waiting: Notify,
+}
+
+/// A subscribed car.
+struct Listening {
+    /// The connection it subscribed on.
+    conn: u64,
+    /// The last sequence queued in its mailbox on that connection.
+    published: u64,
+    /// A delivery pass is running for it.
+    running: bool,
+    /// Something happened during that pass: run another.
+    again: bool,
 }
 
 impl EventDelivery {
-    /// Starts the delivery task, which puts events in the cars' `mailboxes`.
-    pub fn spawn(store: Store, mailboxes: Mailboxes) -> EventDelivery {
-        let (tx, rx) = mpsc::unbounded_channel();
-        tokio::spawn(run(rx, store, mailboxes));
-        EventDelivery { tx }
+    /// Starts event delivery into the cars' `mailboxes`: its tasks are tracked by `tracker`,
+    /// and the acknowledgements still waiting are written when `shutdown` is cancelled.
+    pub fn spawn(
+        store: Store,
+        mailboxes: Mailboxes,
+        shutdown: CancellationToken,
+        tracker: TaskTracker,
+    ) -> EventDelivery {
+        let delivery = EventDelivery {
+            shared: Arc::new(Shared {
+                store,
+                mailboxes,
+                tracker: tracker.clone(),
+                listening: Mutex::default(),
+                acks: Mutex::default(),
+                acks_waiting: Notify::new(),
+            }),
+        };
+        tracker.spawn(write_acks(delivery.clone(), shutdown).instrument(info_span!("event_acks")));
+        delivery
     }
 
-    /// The car's subscription to its events topic is live on connection `conn`.
+    /// The car's subscription to its events topic is live on connection `conn`: everything
+    /// not acknowledged goes out again.
     pub fn subscribed(&self, vin: Vin, conn: u64) {
-        let _ = self.tx.send(Command::Subscribed(vin, conn));
+        let listening = Listening {
+            conn,
+            published: 0,
+            running: false,
+            again: false,
+        };
+        let mut all = self.shared.listening();
+        let running = all.get(&vin).is_some_and(|l| l.running);
+        all.insert(vin.clone(), Listening { running, ..listening });
+        drop(all);
+        self.schedule(&vin);
     }
 
     /// Connection `conn` of the car ended.
-    pub fn gone(&self, vin: Vin, conn: u64) {
-        let _ = self.tx.send(Command::Gone(vin, conn));
+    pub fn gone(&self, vin: &Vin, conn: u64) {
+        let mut all = self.shared.listening();
+        if all.get(vin).is_some_and(|l| l.conn == conn) {
+            all.remove(vin);
+        }
     }
 
     /// New events were stored for the car.
-    pub fn flush(&self, vin: Vin) {
-        let _ = self.tx.send(Command::Flush(vin));
+    pub fn flush(&self, vin: &Vin) {
+        self.schedule(vin);
     }
 
-    /// The car acknowledged every event up to `sequence`.
-    pub fn ack(&self, vin: Vin, sequence: u64) {
-        let _ = self.tx.send(Command::Ack(vin, sequence));
+    /// Cars with acknowledgements not written yet (at most one entry each).
+    pub fn acks_waiting(&self) -> usize {
+        self.shared.acks().len()
+    }
+
+    /// Runs a delivery pass for `vin` if it is listening: now, or right after the one running.
+    fn schedule(&self, vin: &Vin) {
+        let mut all = self.shared.listening();
+        let Some(car) = all.get_mut(vin) else { return };
+        if car.running {
+            car.again = true;
+            return;
+        }
+        car.running = true;
+        drop(all);
+        let shared = self.shared.clone();
+        let vin = vin.clone();
+        let span = info_span!("event_delivery", %vin);
+        self.shared.tracker.spawn(deliver(shared, vin).instrument(span));
     }
 }
 
-/// Per subscribed car: its connection and the last sequence published on it.
-struct Listening {
-    conn: u64,
-    published: u64,
+impl Shared {
+    fn listening(&self) -> MutexGuard<'_, HashMap<Vin, Listening>> {
+        self.listening.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    fn acks(&self) -> MutexGuard<'_, HashMap<Vin, u64>> {
+        self.acks.lock().unwrap_or_else(PoisonError::into_inner)
+    }
 }
 
-async fn run(mut rx: mpsc::UnboundedReceiver<Command>, store: Store, mailboxes: Mailboxes) {
-    // One task for all cars keeps each car's events in sequence order on the wire.
-    let mut listening: HashMap<Vin, Listening> = HashMap::new();
-    while let Some(command) = rx.recv().await {
-        let vin = match command {
-            Command::Subscribed(vin, conn) => {
-                listening.insert(vin.clone(), Listening { conn, published: 0 });
-                vin
-            }
-            Command::Gone(vin, conn) => {
-                if listening.get(&vin).is_some_and(|l| l.conn == conn) {
-                    listening.remove(&vin);
-                }
-                continue;
-            }
-            Command::Flush(vin) => vin,
-            Command::Ack(vin, sequence) => {
-                if let Err(e) = store.ack_events(&vin, sequence).await {
-                    warn!(%vin, sequence, error = %e, "event acknowledgement not stored; the car will see the event again");
-                }
-                vin
-            }
+impl AckInbox for EventDelivery {
+    fn acknowledged(&self, vin: &Vin, ack: Bytes) {
+        let Ok(EventAck { sequence }) = EventAck::decode(ack) else {
+            // Debug, not warn: a car flooding garbage must not flood the log.
+            debug!(%vin, "malformed event acknowledgement ignored");
+            return;
         };
-        let Some(state) = listening.get_mut(&vin) else { continue };
-        let events = match store.undelivered_events(&vin, now_ms(), BATCH).await {
-            Ok(events) => events,
+        let mut acks = self.shared.acks();
+        let highest = acks.entry(vin.clone()).or_insert(sequence);
+        *highest = (*highest).max(sequence);
+        drop(acks);
+        self.shared.acks_waiting.notify_one();
+    }
+}
+
+/// Delivery passes for one car until there is nothing more to do for it.
+async fn deliver(shared: Arc<Shared>, vin: Vin) {
+    loop {
+        let Some((conn, published)) = shared.listening().get(&vin).map(|l| (l.conn, l.published)) else {
+            return;
+        };
+        let queued = match shared.store.undelivered_events(&vin, now_ms(), BATCH).await {
+            Ok(events) => queue(&shared.mailboxes, &vin, events, published),
             Err(e) => {
-                warn!(%vin, error = %e, "cannot read events; will retry on the next trigger");
-                continue;
+                warn!(error = %e, "cannot read events; will retry on the next trigger");
+                published
             }
         };
-        let already = state.published;
-        for stored in events.into_iter().filter(|e| e.sequence > already) {
-            let event = Event {
-                partner: stored.service,
-                kind: stored.kind,
-                payload: stored.payload,
-                sequence: stored.sequence,
-            };
-            match mailboxes.deliver(&vin, Outbound::Events, Bytes::from(event.encode_to_vec())) {
-                Delivery::Queued => {
-                    debug!(%vin, sequence = stored.sequence, "event published");
-                    state.published = stored.sequence;
-                }
-                // Redelivered when the car subscribes again.
-                Delivery::Offline | Delivery::Overflow | Delivery::Parked => break,
+        let mut all = shared.listening();
+        let Some(car) = all.get_mut(&vin) else { return };
+        if car.conn == conn {
+            car.published = car.published.max(queued);
+        }
+        if car.again {
+            car.again = false;
+        } else {
+            car.running = false;
+            return;
+        }
+    }
+}
+
+/// Queues `events` after `published` in the car's mailbox, in order; returns the last queued.
+fn queue(mailboxes: &Mailboxes, vin: &Vin, events: Vec<crate::store::StoredEvent>, published: u64) -> u64 {
+    let mut last = published;
+    for stored in events.into_iter().filter(|e| e.sequence > published) {
+        let event = Event {
+            partner: stored.service,
+            kind: stored.kind,
+            payload: stored.payload,
+            sequence: stored.sequence,
+        };
+        match mailboxes.deliver(vin, Outbound::Events, Bytes::from(event.encode_to_vec())) {
+            Delivery::Queued => {
+                debug!(sequence = stored.sequence, "event queued for the car");
+                last = stored.sequence;
             }
+            // Redelivered when the car subscribes again.
+            Delivery::Offline | Delivery::Overflow | Delivery::Parked => break,
+        }
+    }
+    last
+}
+
+/// Writes the coalesced acknowledgements, one batch at a time, until shutdown; then the last.
+async fn write_acks(delivery: EventDelivery, shutdown: CancellationToken) {
+    let shared = &delivery.shared;
+    loop {
+        let stopping = tokio::select! {
+            _ = shutdown.cancelled() => true,
+            _ = shared.acks_waiting.notified() => false,
+        };
+        let batch: Vec<(Vin, u64)> = std::mem::take(&mut *shared.acks()).into_iter().collect();
+        if !batch.is_empty() {
+            match shared.store.ack_events_many(&batch).await {
+                Ok(()) => {
+                    // Events past the last batch may be waiting for room in the car's window.
+                    for (vin, _) in &batch {
+                        delivery.schedule(vin);
+                    }
+                }
+                Err(e) => {
+                    warn!(cars = batch.len(), error = %e, "event acknowledgements not stored; retrying");
+                    {
+                        let mut acks = shared.acks();
+                        for (vin, sequence) in batch {
+                            let highest = acks.entry(vin).or_insert(sequence);
+                            *highest = (*highest).max(sequence);
+                        }
+                    }
+                    if !stopping {
+                        shared.acks_waiting.notify_one();
+                        tokio::select! {
+                            _ = shutdown.cancelled() => {}
+                            _ = tokio::time::sleep(ACK_RETRY_PAUSE) => {}
+                        }
+                    }
+                }
+            }
+        }
+        if stopping {
+            return;
         }
     }
 }

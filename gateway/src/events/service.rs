@@ -1,9 +1,15 @@
 //! `events.v1.PartnerEvents`: partners push events for cars. A partner is identified by its
 //! mTLS client certificate (OU=partner, CN=name) and may publish only for its own services.
+//!
+//! What a partner controls is bounded: the size of an event, its TTL, how many events wait for
+//! one car (`events.max_pending_per_vin`) and how fast the partner publishes
+//! (`events.max_per_second_per_partner`); beyond the last two it gets RESOURCE_EXHAUSTED.
 
 use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
 use std::time::Duration;
 
+use governor::{DefaultKeyedRateLimiter, Quota, RateLimiter};
 use proto::Vin;
 use proto::events::v1::partner_events_server::{PartnerEvents, PartnerEventsServer};
 use proto::events::v1::{PublishRequest, PublishResponse};
@@ -13,9 +19,10 @@ use tracing::{info, warn};
 use x509_parser::prelude::{FromDer, X509Certificate};
 
 use super::EventDelivery;
-use crate::broker::now_ms;
+use crate::clock::now_ms;
 use crate::config::{EventsConfig, PartnerConfig};
-use crate::store::{NewEvent, Store};
+use crate::logsafe::printable;
+use crate::store::{Appended, NewEvent, Store};
 
 /// The PartnerEvents service.
 #[derive(Clone)]
@@ -24,6 +31,8 @@ pub struct PartnerEventsApi {
     delivery: EventDelivery,
     services_of: HashMap<String, HashSet<String>>,
     limits: EventsConfig,
+    /// Publishes per second, per partner name.
+    rate: Arc<DefaultKeyedRateLimiter<String>>,
 }
 
 impl PartnerEventsApi {
@@ -35,11 +44,13 @@ impl PartnerEventsApi {
                 services_of.entry(name.clone()).or_default().insert(p.service.clone());
             }
         }
+        let quota = Quota::per_second(limits.max_per_second_per_partner).allow_burst(limits.burst_per_partner);
         PartnerEventsApi {
             store,
             delivery,
             services_of,
             limits,
+            rate: Arc::new(RateLimiter::keyed(quota)),
         }
     }
 
@@ -74,7 +85,8 @@ fn partner_of<T>(request: &Request<T>) -> Result<String, Status> {
         .ok_or_else(|| Status::permission_denied("partner certificate has no common name"))
 }
 
-fn printable(s: &str, max: usize) -> bool {
+/// Whether `s` is an identifier a partner may give: 1 to `max` printable ASCII characters.
+fn is_partner_id(s: &str, max: usize) -> bool {
     !s.is_empty() && s.len() <= max && s.bytes().all(|b| b.is_ascii_graphic())
 }
 
@@ -86,18 +98,26 @@ impl PartnerEvents for PartnerEventsApi {
         let vin = Vin::parse(&r.vin).map_err(|e| Status::invalid_argument(e.to_string()))?;
         let allowed = self.services_of.get(&partner);
         if !allowed.is_some_and(|services| services.contains(&r.service)) {
-            warn!(%partner, service = %r.service, "event refused: not this partner's service");
+            warn!(partner = %printable(&partner), service = %printable(&r.service), "event refused: not this partner's service");
             return Err(Status::permission_denied(format!(
-                "partner {partner} may not publish events for {:?}",
-                r.service.chars().take(128).collect::<String>()
+                "partner {} may not publish events for {:?}",
+                printable(&partner),
+                printable(&r.service)
             )));
         }
-        if !printable(&r.kind, 64) {
+        if self.rate.check_key(&partner).is_err() {
+            return Err(Status::resource_exhausted(format!(
+                "more than {} events per second from partner {}; retry later with the same event_id",
+                self.limits.max_per_second_per_partner,
+                printable(&partner)
+            )));
+        }
+        if !is_partner_id(&r.kind, 64) {
             return Err(Status::invalid_argument(
                 "kind must be 1 to 64 printable ASCII characters",
             ));
         }
-        if !printable(&r.event_id, 255) {
+        if !is_partner_id(&r.event_id, 255) {
             return Err(Status::invalid_argument(
                 "event_id must be 1 to 255 printable ASCII characters",
             ));
@@ -123,12 +143,25 @@ impl PartnerEvents for PartnerEventsApi {
             created_at_ms: now,
             expires_at_ms: now + ttl.as_millis() as i64,
         };
-        let sequence = self.store.append_event(&event).await.map_err(|e| {
-            warn!(%vin, error = %e, "event not stored");
-            Status::unavailable("event storage is unavailable; retry with the same event_id")
-        })?;
-        info!(%partner, %vin, sequence, kind = %event.kind, "event accepted");
-        self.delivery.flush(vin);
+        let appended = self
+            .store
+            .append_event(&event, self.limits.max_pending_per_vin)
+            .await
+            .map_err(|e| {
+                warn!(%vin, error = %e, "event not stored");
+                Status::unavailable("event storage is unavailable; retry with the same event_id")
+            })?;
+        let sequence = match appended {
+            Appended::Stored(sequence) => sequence,
+            Appended::Full { pending } => {
+                return Err(Status::resource_exhausted(format!(
+                    "{pending} events already wait for vehicle {vin} (at most {}); retry later with the same event_id",
+                    self.limits.max_pending_per_vin
+                )));
+            }
+        };
+        info!(partner = %printable(&partner), %vin, sequence, kind = %event.kind, "event accepted");
+        self.delivery.flush(&vin);
         Ok(Response::new(PublishResponse { sequence }))
     }
 }

@@ -1,12 +1,15 @@
 //! Takes vehicle requests off the bus, routes each by its gRPC method to the partner that
-//! serves it, and sends the answer to the calling car only.
+//! serves it, and sends the answer to the calling car only. Each car is held to a request
+//! rate (`requests.max_per_second_per_car`): beyond it the car gets RESOURCE_EXHAUSTED and the
+//! partner is not called.
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
+use governor::{DefaultKeyedRateLimiter, Quota, RateLimiter};
 use prost::Message;
-use proto::vehicle::v1::{Code, EventAck, Request, Response};
+use proto::vehicle::v1::{Code, Request, Response};
 use proto::{MethodPath, Vin};
 use tokio::sync::OwnedSemaphorePermit;
 use tokio::time::Instant;
@@ -15,9 +18,9 @@ use tracing::{Instrument, debug, info, info_span, warn};
 
 use super::idempotency::{Admission, Ledger};
 use super::partners::{CallContext, PartnerDirectory};
-use crate::bus::{Delivery, Inbound, Inbox, Mailboxes, Outbound};
+use crate::bus::{Delivery, Mailboxes, Outbound, RequestInbox};
 use crate::config::RequestLimits;
-use crate::events::EventDelivery;
+use crate::logsafe::{printable, printable_within};
 
 /// Longest request id or idempotency key accepted (Stripe's limit for keys).
 const MAX_ID_LEN: usize = 255;
@@ -33,16 +36,26 @@ pub struct RequestRouter {
     partners: PartnerDirectory,
     limits: RequestLimits,
     ledger: Arc<Ledger>,
+    /// Each car's request rate.
+    rate: DefaultKeyedRateLimiter<Vin>,
 }
 
 impl RequestRouter {
     /// A router over the given partners and limits, deduplicating through `ledger`.
     pub fn new(partners: PartnerDirectory, limits: RequestLimits, ledger: Arc<Ledger>) -> RequestRouter {
+        let quota = Quota::per_second(limits.max_per_second_per_car).allow_burst(limits.burst_per_car);
         RequestRouter {
             partners,
             limits,
             ledger,
+            rate: RateLimiter::keyed(quota),
         }
+    }
+
+    /// Forgets the rate of cars that stayed within it lately (bounds the memory it takes).
+    pub fn prune_rates(&self) {
+        self.rate.retain_recent();
+        self.rate.shrink_to_fit();
     }
 
     /// Handles one encoded `vehicle.v1.Request` from `vin` and returns the response to send back.
@@ -54,7 +67,12 @@ impl RequestRouter {
                 return Response::error("", Code::InvalidArgument, format!("malformed vehicle.v1.Request: {e}"));
             }
         };
-        let span = info_span!("request", %vin, request_id = %printable(&request.request_id), method = %printable(&request.method));
+        let span = info_span!(
+            "request",
+            %vin,
+            request_id = %printable_within(&request.request_id, MAX_ID_LEN),
+            method = %printable(&request.method)
+        );
         async {
             let started = Instant::now();
             let response = self.route(vin, request).await;
@@ -92,6 +110,15 @@ impl RequestRouter {
             return fail(
                 Code::InvalidArgument,
                 format!("idempotency_key must be at most {MAX_ID_LEN} printable ASCII characters"),
+            );
+        }
+        if self.rate.check_key(vin).is_err() {
+            return fail(
+                Code::ResourceExhausted,
+                format!(
+                    "more than {} requests per second from this vehicle; retry later with the same idempotency key",
+                    self.limits.max_per_second_per_car
+                ),
             );
         }
         let method = match MethodPath::parse(&method) {
@@ -169,64 +196,37 @@ fn valid_id(s: &str) -> bool {
     !s.is_empty() && s.len() <= MAX_ID_LEN && s.bytes().all(|b| b.is_ascii_graphic())
 }
 
-/// For log fields: never let a car's bytes forge log lines.
-fn printable(s: &str) -> String {
-    s.chars()
-        .take(MAX_ID_LEN)
-        .map(|c| if c.is_control() { '?' } else { c })
-        .collect()
-}
-
-/// Takes what cars send on the gateway's own topics: each request is routed in a task of its
-/// own (tracked, so shutdown waits for it) and answered through the car's mailbox; event
-/// acknowledgements go to event delivery.
+/// Takes the requests cars publish: each is routed in a task of its own (tracked, so
+/// shutdown waits for it) and answered through the car's mailbox.
 pub struct Dispatcher {
     router: Arc<RequestRouter>,
     mailboxes: Mailboxes,
-    delivery: EventDelivery,
     tracker: TaskTracker,
 }
 
 impl Dispatcher {
     /// A dispatcher answering through `mailboxes`, its request tasks tracked by `tracker`.
-    pub fn new(
-        router: Arc<RequestRouter>,
-        mailboxes: Mailboxes,
-        delivery: EventDelivery,
-        tracker: TaskTracker,
-    ) -> Dispatcher {
+    pub fn new(router: Arc<RequestRouter>, mailboxes: Mailboxes, tracker: TaskTracker) -> Dispatcher {
         Dispatcher {
             router,
             mailboxes,
-            delivery,
             tracker,
         }
     }
 }
 
-impl Inbox for Dispatcher {
-    fn receive(&self, vin: Vin, message: Inbound, slot: OwnedSemaphorePermit) {
-        match message {
-            Inbound::EventAck(payload) => {
-                match EventAck::decode(payload) {
-                    Ok(ack) => self.delivery.ack(vin, ack.sequence),
-                    Err(e) => warn!(%vin, error = %e, "malformed event acknowledgement"),
-                }
-                drop(slot);
+impl RequestInbox for Dispatcher {
+    fn request(&self, vin: Vin, envelope: Bytes, slot: OwnedSemaphorePermit) {
+        let router = self.router.clone();
+        let mailboxes = self.mailboxes.clone();
+        self.tracker.spawn(async move {
+            let response = router.handle(&vin, &envelope).await;
+            let delivery = mailboxes.deliver(&vin, Outbound::Responses, Bytes::from(response.encode_to_vec()));
+            if delivery != Delivery::Queued {
+                // The car republishes what it has no answer for; the ledger replays it.
+                debug!(%vin, ?delivery, "response not delivered");
             }
-            Inbound::Request(payload) => {
-                let router = self.router.clone();
-                let mailboxes = self.mailboxes.clone();
-                self.tracker.spawn(async move {
-                    let response = router.handle(&vin, &payload).await;
-                    let delivery = mailboxes.deliver(&vin, Outbound::Responses, Bytes::from(response.encode_to_vec()));
-                    if delivery != Delivery::Queued {
-                        // The car republishes what it has no answer for; the ledger replays it.
-                        debug!(%vin, ?delivery, "response not delivered");
-                    }
-                    drop(slot);
-                });
-            }
-        }
+            drop(slot);
+        });
     }
 }

@@ -16,7 +16,7 @@ use tokio::time::Instant;
 use tokio_util::task::TaskTracker;
 use tracing::{debug, warn};
 
-use crate::broker::now_ms;
+use crate::clock::now_ms;
 use crate::store::{Claim, LedgerKey, RequestFingerprint, Store, StoreError};
 
 /// How often a retry re-checks a key held by an attempt in another gateway process.

@@ -31,6 +31,8 @@ pub struct PartnerAdapter {
     channel: Channel,
     default_timeout: Option<Duration>,
     read_only_methods: Vec<String>,
+    /// Largest answer accepted from this partner.
+    max_response_bytes: usize,
 }
 
 impl PartnerAdapter {
@@ -57,8 +59,10 @@ impl PartnerAdapter {
         payload: Bytes,
         timeout: Duration,
     ) -> Result<Bytes, tonic::Status> {
+        let started = tokio::time::Instant::now();
         let call = async {
-            let mut grpc = tonic::client::Grpc::new(self.channel.clone());
+            let mut grpc =
+                tonic::client::Grpc::new(self.channel.clone()).max_decoding_message_size(self.max_response_bytes);
             grpc.ready()
                 .await
                 .map_err(|e| tonic::Status::unavailable(format!("partner {} unreachable: {e}", self.service)))?;
@@ -78,7 +82,7 @@ impl PartnerAdapter {
         // it covers connection setup too.
         match tokio::time::timeout(timeout, call).await {
             Ok(Ok(reply)) => Ok(reply),
-            Ok(Err(status)) => Err(explain(status, &self.service)),
+            Ok(Err(status)) => Err(explain(status, &self.service, started.elapsed(), timeout)),
             Err(_) => Err(tonic::Status::deadline_exceeded(format!(
                 "partner {} did not answer within {timeout:?}",
                 self.service
@@ -92,17 +96,20 @@ fn ascii(s: &str) -> Result<MetadataValue<tonic::metadata::Ascii>, tonic::Status
         .map_err(|_| tonic::Status::invalid_argument("metadata value is not printable ASCII"))
 }
 
-/// Transport failures reach us as bare statuses; say which partner failed.
-fn explain(status: tonic::Status, service: &str) -> tonic::Status {
+/// Classifies a failed call by its status code and where the status came from, never by its
+/// message text (a partner chooses that): says which partner failed and what the car can do.
+fn explain(status: tonic::Status, service: &str, elapsed: Duration, deadline: Duration) -> tonic::Status {
+    use std::error::Error as _;
+    // The partner's server enforces the deadline it was given (tonic answers CANCELLED) and may
+    // fire just before ours: near the deadline, to the car it is one outcome.
+    let at_deadline = elapsed + (deadline / 10).min(Duration::from_millis(50)) >= deadline;
     match status.code() {
-        // The partner's server enforces the same deadline and may fire first; to the car it
-        // is one outcome.
-        tonic::Code::Cancelled if status.message().contains("Timeout expired") => {
+        tonic::Code::Cancelled if at_deadline => {
             tonic::Status::deadline_exceeded(format!("partner {service} did not answer within the deadline"))
         }
-        tonic::Code::Unavailable | tonic::Code::Unknown
-            if status.message().contains("transport") || status.message().contains("connect") =>
-        {
+        // A status the partner sent has no source; one with a source was made here from a
+        // transport failure (connection refused or reset, TLS, HTTP/2): the partner is unreachable.
+        tonic::Code::Unavailable | tonic::Code::Unknown | tonic::Code::Internal if status.source().is_some() => {
             tonic::Status::unavailable(format!("partner {service} unreachable: {}", status.message()))
         }
         _ => status,
@@ -125,8 +132,12 @@ pub struct PartnerSetupError {
 
 impl PartnerDirectory {
     /// Builds lazily-connecting channels for every entry (a partner that is down at startup
-    /// does not stop the gateway; its calls fail with UNAVAILABLE until it is back).
-    pub fn from_config(partners: &[PartnerConfig]) -> Result<PartnerDirectory, PartnerSetupError> {
+    /// does not stop the gateway; its calls fail with UNAVAILABLE until it is back). Answers
+    /// larger than `max_response_bytes` are refused (RESOURCE_EXHAUSTED).
+    pub fn from_config(
+        partners: &[PartnerConfig],
+        max_response_bytes: usize,
+    ) -> Result<PartnerDirectory, PartnerSetupError> {
         let mut by_service = HashMap::new();
         for p in partners {
             let err = |problem: String| PartnerSetupError {
@@ -158,6 +169,7 @@ impl PartnerDirectory {
                 channel: endpoint.connect_lazy(),
                 default_timeout: p.timeout,
                 read_only_methods: p.read_only_methods.clone(),
+                max_response_bytes,
             };
             by_service.insert(p.service.clone(), adapter);
         }
@@ -172,5 +184,41 @@ impl PartnerDirectory {
     /// Names of every configured service.
     pub fn services(&self) -> impl Iterator<Item = &str> {
         self.by_service.keys().map(String::as_str)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const SECOND: Duration = Duration::from_secs(1);
+
+    #[test]
+    fn a_transport_failure_is_unavailable_whatever_its_text() {
+        let local = tonic::Status::from_error(Box::new(std::io::Error::other("any words at all")));
+        let explained = explain(local, "parking.v1.ParkingPayment", Duration::ZERO, SECOND);
+        assert_eq!(explained.code(), tonic::Code::Unavailable);
+        assert!(explained.message().contains("parking.v1.ParkingPayment unreachable"));
+    }
+
+    #[test]
+    fn a_partners_own_status_is_passed_on_even_if_its_text_looks_like_a_transport_error() {
+        for code in [tonic::Code::Unavailable, tonic::Code::Unknown] {
+            let sent = tonic::Status::new(code, "transport error: connect refused");
+            assert_eq!(explain(sent, "s.v1.S", Duration::ZERO, SECOND).code(), code);
+        }
+    }
+
+    #[test]
+    fn cancelled_at_the_deadline_is_the_deadline_and_earlier_it_is_cancelled() {
+        let cancelled = || tonic::Status::cancelled("whatever the server says");
+        assert_eq!(
+            explain(cancelled(), "s.v1.S", SECOND, SECOND).code(),
+            tonic::Code::DeadlineExceeded
+        );
+        assert_eq!(
+            explain(cancelled(), "s.v1.S", Duration::from_millis(10), SECOND).code(),
+            tonic::Code::Cancelled
+        );
     }
 }

@@ -28,6 +28,18 @@ pub struct NewEvent {
     pub expires_at_ms: i64,
 }
 
+/// What became of an appended event.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Appended {
+    /// Stored (or already stored: a repeat of its `event_id`) with this sequence.
+    Stored(u64),
+    /// Not stored: the car has its maximum of events waiting for delivery.
+    Full {
+        /// Events waiting for the car.
+        pending: u64,
+    },
+}
+
 /// A stored event.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct StoredEvent {
@@ -48,10 +60,11 @@ pub struct StoredEvent {
 }
 
 impl Store {
-    /// Appends `e` to its car's stream and returns its sequence (1, 2, 3, … per VIN, no gaps).
+    /// Appends `e` to its car's stream and returns its sequence (1, 2, 3, … per VIN, no gaps),
+    /// unless the car has `max_pending` events neither acknowledged nor expired already.
     /// Idempotent on (vin, service, event_id) while the first copy is stored: a repeat stores
     /// nothing and returns the original sequence.
-    pub async fn append_event(&self, e: &NewEvent) -> Result<u64, StoreError> {
+    pub async fn append_event(&self, e: &NewEvent, max_pending: u64) -> Result<Appended, StoreError> {
         // First statement is the write: on PostgreSQL it takes the counter row's lock, which
         // serialises appends per VIN (so the duplicate check below sees every committed append);
         // on SQLite it takes the write lock before any read.
@@ -59,12 +72,13 @@ impl Store {
             ON CONFLICT (vin) DO UPDATE SET last_sequence = event_streams.last_sequence + 1 \
             RETURNING last_sequence";
         const FIND: &str = "SELECT sequence FROM events WHERE vin = $1 AND service = $2 AND event_id = $3";
+        const PENDING: &str = "SELECT COUNT(*) FROM events WHERE vin = $1 AND acked = FALSE AND expires_at > $2";
         const INSERT: &str = "INSERT INTO events (vin, sequence, service, event_id, kind, payload, created_at, expires_at) \
             VALUES ($1, $2, $3, $4, $5, $6, $7, $8)";
         const OP: &str = "appending an event";
 
         let e = e.clone();
-        let sequence = on_writer!(self, OP, |conn| {
+        let appended = on_writer!(self, OP, |conn| {
             let vin = e.vin.as_str();
             // A savepoint on SQLite (inside the writer's transaction), a transaction on PostgreSQL.
             let mut tx = conn.begin().await.map_err(StoreError::query(OP))?;
@@ -80,13 +94,24 @@ impl Store {
                 .fetch_optional(&mut *tx)
                 .await
                 .map_err(StoreError::query(OP))?;
-            match existing {
-                Some((sequence,)) => {
-                    // A repeat: undo the counter bump so the stream stays gapless.
+            if let Some((sequence,)) = existing {
+                // A repeat: undo the counter bump so the stream stays gapless.
+                tx.rollback().await.map_err(StoreError::query(OP))?;
+                return Ok(Appended::Stored(to_u64("event sequence", sequence)?));
+            }
+            let (pending,): (i64,) = sqlx::query_as(PENDING)
+                .bind(vin)
+                .bind(e.created_at_ms)
+                .fetch_one(&mut *tx)
+                .await
+                .map_err(StoreError::query(OP))?;
+            let pending = to_u64("pending events", pending)?;
+            match pending >= max_pending {
+                true => {
                     tx.rollback().await.map_err(StoreError::query(OP))?;
-                    Ok(sequence)
+                    Ok(Appended::Full { pending })
                 }
-                None => {
+                false => {
                     sqlx::query(INSERT)
                         .bind(vin)
                         .bind(next)
@@ -100,11 +125,11 @@ impl Store {
                         .await
                         .map_err(StoreError::query(OP))?;
                     tx.commit().await.map_err(StoreError::query(OP))?;
-                    Ok(next)
+                    Ok(Appended::Stored(to_u64("event sequence", next)?))
                 }
             }
         })?;
-        to_u64("event sequence", sequence)
+        Ok(appended)
     }
 
     /// Up to `limit` of the car's events that are neither acknowledged nor expired at `now_ms`,
@@ -152,6 +177,26 @@ impl Store {
                 .await
                 .map(|done| done.rows_affected())
                 .map_err(StoreError::query(OP))
+        })
+    }
+
+    /// Acknowledges, for each car of `acks`, its events up to its sequence: one write for all.
+    pub async fn ack_events_many(&self, acks: &[(Vin, u64)]) -> Result<(), StoreError> {
+        const SQL: &str = "UPDATE events SET acked = TRUE WHERE vin = $1 AND sequence <= $2 AND acked = FALSE";
+        const OP: &str = "acknowledging events";
+        let acks = acks.to_vec();
+        on_writer!(self, OP, |conn| {
+            // A savepoint on SQLite (inside the writer's transaction), a transaction on PostgreSQL.
+            let mut tx = conn.begin().await.map_err(StoreError::query(OP))?;
+            for (vin, sequence) in &acks {
+                sqlx::query(SQL)
+                    .bind(vin.as_str())
+                    .bind(to_i64(*sequence))
+                    .execute(&mut *tx)
+                    .await
+                    .map_err(StoreError::query(OP))?;
+            }
+            tx.commit().await.map_err(StoreError::query(OP))
         })
     }
 

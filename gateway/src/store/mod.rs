@@ -32,15 +32,16 @@ use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePo
 use sqlx::{ConnectOptions, Connection};
 
 pub use error::StoreError;
-pub use events::{NewEvent, StoredEvent};
+pub use events::{Appended, NewEvent, StoredEvent};
 pub use ledger::{Claim, LedgerKey, RequestFingerprint};
 pub use sessions::{NewSession, SessionChange, SessionId, SessionRecord};
 pub use url::redact_url;
 
 /// How long [`Store::connect`] waits for the database before giving up.
 pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
-/// How long an operation waits for a pooled connection.
-const ACQUIRE_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long an operation waits for a pooled connection unless told otherwise
+/// (`storage.acquire_timeout`): a database that is down fails requests within this.
+pub const DEFAULT_ACQUIRE_TIMEOUT: Duration = Duration::from_secs(2);
 /// How long SQLite waits for another process's write lock before failing with "database is locked".
 const SQLITE_BUSY_TIMEOUT: Duration = Duration::from_secs(5);
 /// Connections per pool. SQLite readers run in parallel under WAL; writes are queued anyway.
@@ -137,16 +138,40 @@ macro_rules! on_writer {
 }
 pub(crate) use on_writer;
 
+/// How a [`Store`] uses its database, beyond the URL.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct StoreOptions {
+    /// How long an operation waits for a pooled connection before failing.
+    pub acquire_timeout: Duration,
+    /// SQLite only: the most pages the database file may grow to (`PRAGMA max_page_count`);
+    /// past it writes fail as on a full disk. `None`: as large as the disk allows.
+    pub sqlite_max_pages: Option<u32>,
+}
+
+impl Default for StoreOptions {
+    fn default() -> Self {
+        StoreOptions {
+            acquire_timeout: DEFAULT_ACQUIRE_TIMEOUT,
+            sqlite_max_pages: None,
+        }
+    }
+}
+
 impl Store {
-    /// Connects to `url` (`sqlite://PATH`, `sqlite::memory:`, `postgres://…`) and applies the
-    /// migrations. Fails within about [`CONNECT_TIMEOUT`] if the database cannot be reached, with
-    /// a message naming it (password redacted).
+    /// Connects to `url` (`sqlite://PATH`, `sqlite::memory:`, `postgres://…`) with the default
+    /// [`StoreOptions`] and applies the migrations; see [`Store::connect_with`].
     pub async fn connect(url: &str) -> Result<Store, StoreError> {
+        Store::connect_with(url, StoreOptions::default()).await
+    }
+
+    /// Connects to `url` and applies the migrations. Fails within about [`CONNECT_TIMEOUT`] if
+    /// the database cannot be reached, with a message naming it (password redacted).
+    pub async fn connect_with(url: &str, options: StoreOptions) -> Result<Store, StoreError> {
         let database = redact_url(url);
         let (db, writer) = if url.starts_with("postgres://") || url.starts_with("postgresql://") {
-            (Db::Postgres(connect_postgres(url, &database).await?), None)
+            (Db::Postgres(connect_postgres(url, &database, options).await?), None)
         } else if url.starts_with("sqlite:") {
-            let pool = connect_sqlite(url, &database).await?;
+            let pool = connect_sqlite(url, &database, options).await?;
             let writer = writer::Writer::spawn(pool.clone());
             (Db::Sqlite(pool), Some(writer))
         } else {
@@ -193,7 +218,7 @@ impl Store {
     }
 }
 
-async fn connect_postgres(url: &str, database: &str) -> Result<PgPool, StoreError> {
+async fn connect_postgres(url: &str, database: &str, store: StoreOptions) -> Result<PgPool, StoreError> {
     let options = PgConnectOptions::from_str(url).map_err(|source| StoreError::BadUrl {
         database: database.to_owned(),
         source,
@@ -227,14 +252,14 @@ async fn connect_postgres(url: &str, database: &str) -> Result<PgPool, StoreErro
     }
     PgPoolOptions::new()
         .max_connections(POSTGRES_MAX_CONNECTIONS)
-        .acquire_timeout(ACQUIRE_TIMEOUT)
+        .acquire_timeout(store.acquire_timeout)
         .connect_with(options)
         .await
         .map_err(connect_error)
 }
 
-async fn connect_sqlite(url: &str, database: &str) -> Result<SqlitePool, StoreError> {
-    let options = SqliteConnectOptions::from_str(url)
+async fn connect_sqlite(url: &str, database: &str, store: StoreOptions) -> Result<SqlitePool, StoreError> {
+    let mut options = SqliteConnectOptions::from_str(url)
         .map_err(|source| StoreError::BadUrl {
             database: database.to_owned(),
             source,
@@ -244,6 +269,9 @@ async fn connect_sqlite(url: &str, database: &str) -> Result<SqlitePool, StoreEr
         // FULL: a completed idempotency record must survive a power cut, or a retry pays twice.
         .synchronous(SqliteSynchronous::Full)
         .busy_timeout(SQLITE_BUSY_TIMEOUT);
+    if let Some(pages) = store.sqlite_max_pages {
+        options = options.pragma("max_page_count", pages.to_string());
+    }
     let in_memory = is_in_memory(url);
     if !in_memory {
         create_parent_dir(options.get_filename()).map_err(|source| StoreError::Connect {
@@ -263,7 +291,9 @@ async fn connect_sqlite(url: &str, database: &str) -> Result<SqlitePool, StoreEr
     };
     let pool = tokio::time::timeout(
         CONNECT_TIMEOUT,
-        pool_options.acquire_timeout(ACQUIRE_TIMEOUT).connect_with(options),
+        pool_options
+            .acquire_timeout(store.acquire_timeout)
+            .connect_with(options),
     )
     .await
     .map_err(|_| StoreError::ConnectTimeout {

@@ -8,12 +8,17 @@
 //! be rolled back. If a write fails with a database error the batch stops there: what ran
 //! before it is committed (or, if the error took the transaction down, fails with it), and
 //! the writes after it go into the next transaction.
+//!
+//! A transaction that could not be committed (a full disk: SQLite may have rolled it back by
+//! itself, or left it open) takes its connection with it: the connection is closed rather
+//! than returned to the pool with a transaction state sqlx no longer knows, so the next batch
+//! starts on a fresh connection and the store recovers by itself once there is room again.
 
 use std::any::Any;
 use std::collections::VecDeque;
 
 use futures::future::BoxFuture;
-use sqlx::{SqliteConnection, SqlitePool};
+use sqlx::{Connection as _, SqliteConnection, SqlitePool};
 use tokio::sync::{mpsc, oneshot};
 
 use super::StoreError;
@@ -88,8 +93,8 @@ async fn run(pool: SqlitePool, mut rx: mpsc::Receiver<Job>) {
 /// Runs jobs from the front of `pending` in one transaction and answers them; jobs after one
 /// that failed with a database error stay in `pending` for the next transaction.
 async fn commit_batch(pool: &SqlitePool, pending: &mut VecDeque<Job>) {
-    let mut tx = match pool.begin_with("BEGIN IMMEDIATE").await {
-        Ok(tx) => tx,
+    let mut conn = match pool.acquire().await {
+        Ok(conn) => conn,
         Err(e) => {
             // Nothing ran: tell every waiting write (the database is gone or locked).
             let message = e.to_string();
@@ -99,7 +104,38 @@ async fn commit_batch(pool: &SqlitePool, pending: &mut VecDeque<Job>) {
             return;
         }
     };
+    let (done, committed) = run_transaction(&mut conn, pending).await;
+    if let Err(message) = &committed {
+        // Its transaction state is unknown now: a fresh connection serves the next batch.
+        conn.close_on_drop();
+        if done.is_empty() {
+            for job in pending.drain(..) {
+                let _ = job.reply.send(Err(StoreError::Commit(message.clone())));
+            }
+        }
+    }
+    for (reply, outcome) in done {
+        let outcome = match (&committed, outcome) {
+            (Ok(()), outcome) => outcome,
+            // A write that failed keeps its own error; the others were rolled back.
+            (Err(_), Err(own)) => Err(own),
+            (Err(message), Ok(_)) => Err(StoreError::Commit(message.clone())),
+        };
+        let _ = reply.send(outcome);
+    }
+}
+
+/// Runs jobs from the front of `pending` in one transaction on `conn`; returns them with
+/// their outcomes, and whether the transaction began and committed.
+async fn run_transaction(
+    conn: &mut SqliteConnection,
+    pending: &mut VecDeque<Job>,
+) -> (Vec<(oneshot::Sender<Outcome>, Outcome)>, Result<(), String>) {
     let mut done: Vec<(oneshot::Sender<Outcome>, Outcome)> = Vec::with_capacity(pending.len().min(MAX_BATCH));
+    let mut tx = match conn.begin_with("BEGIN IMMEDIATE").await {
+        Ok(tx) => tx,
+        Err(e) => return (done, Err(e.to_string())),
+    };
     while done.len() < MAX_BATCH {
         let Some(job) = pending.pop_front() else { break };
         let outcome = (job.work)(&mut tx).await;
@@ -109,22 +145,6 @@ async fn commit_batch(pool: &SqlitePool, pending: &mut VecDeque<Job>) {
             break;
         }
     }
-    match tx.commit().await {
-        Ok(()) => {
-            for (reply, outcome) in done {
-                let _ = reply.send(outcome);
-            }
-        }
-        Err(e) => {
-            let message = e.to_string();
-            for (reply, outcome) in done {
-                // A write that failed keeps its own error; the others were rolled back.
-                let outcome = match outcome {
-                    Err(own) => Err(own),
-                    Ok(_) => Err(StoreError::Commit(message.clone())),
-                };
-                let _ = reply.send(outcome);
-            }
-        }
-    }
+    let committed = tx.commit().await.map_err(|e| e.to_string());
+    (done, committed)
 }

@@ -1,76 +1,111 @@
 //! A connected car's session after CONNECT: the loop that reads the car's packets, writes what
-//! its mailbox holds, hands requests to the inbox under the car's in-flight limit, and talks
-//! to the pub/sub router for the car's other topics.
+//! its mailbox holds, hands requests and acknowledgements to the inboxes under the car's
+//! in-flight limit and publish rate, and keeps the car's own topics point to point.
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use proto::Vin;
 use proto::topics::{self, is_within_tenant, may_publish};
-use rumqttc::mqttbytes::QoS;
 use rumqttc::mqttbytes::v4::{
     LastWill, Packet, PubAck, PubComp, PubRec, Publish, SubAck, Subscribe, SubscribeReasonCode, UnsubAck, Unsubscribe,
 };
+use rumqttc::mqttbytes::{QoS, valid_filter};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio::time::{Instant, sleep_until};
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, warn};
 
-use super::lifecycle::{DisconnectReason, SessionEvent, printable};
+use super::flood::Verdict;
+use super::lifecycle::{DisconnectReason, Peer, SessionEvent};
 use super::mqtt::MqttIo;
-use super::session::Wiring;
-use super::subscriptions::{Subscriptions, valid_filter};
-use crate::bus::{Inbound, Mailbox, MailboxState, OutboundMessage, PubSubLink, PubSubMessage};
+use super::session::SessionServices;
+use super::subscriptions::{Subscriptions, TooManyFilters};
+use crate::bus::{Mailbox, MailboxState, Outbound, OutboundMessage};
+use crate::logsafe::printable;
 
 /// QoS 1 messages sent to a car and not yet acknowledged; beyond it the gateway waits for
-/// PUBACKs (rumqttd's own limit).
+/// PUBACKs (rumqttd's and EMQX's usual window).
 const MAX_UNACKED: usize = 100;
 
 /// A connected session's state.
-pub(super) struct Live<'a> {
-    pub(super) vin: &'a Vin,
-    pub(super) wiring: &'a Wiring,
-    pub(super) subs: Subscriptions,
-    /// Attached on first use of a topic outside the gateway's own (boxed: most cars never do).
-    pub(super) link: Option<Box<PubSubLink>>,
-    pub(super) unacked: Unacked,
+pub(super) struct ConnectedSession<'a> {
+    peer: &'a Peer,
+    services: &'a SessionServices,
+    subs: Subscriptions,
+    unacked: Unacked,
     /// QoS 2 packet ids received and not yet released, so a redelivery is not handed on twice.
-    pub(super) qos2_received: Vec<u16>,
-    pub(super) slots: Arc<Semaphore>,
-    /// `clean_session = false`: subscriptions are saved as they change, so a session that
-    /// takes over from a connection still alive resumes them.
-    pub(super) persistent: bool,
+    qos2_received: Vec<u16>,
+    /// The car's requests in flight.
+    slots: Arc<Semaphore>,
+    /// `clean_session = false`: subscriptions are saved as they change.
+    persistent: bool,
+    /// Since when the car has been publishing over its rate, if it is.
+    throttled_since: Option<Instant>,
 }
 
 /// What the session does after a packet.
 enum Next {
     Continue,
     /// A request is waiting for one of the car's request slots.
-    Hold(Publish, ToInbox),
+    Hold(Publish),
 }
-
-/// How a publish on one of the gateway's own topics becomes what the inbox takes.
-type ToInbox = fn(Bytes) -> Inbound;
 
 /// Where a car's publish goes.
 enum Target {
-    Gateway(ToInbox),
-    PubSub,
+    /// `v1/req`: to routing.
+    Request,
+    /// `v1/events/ack`: to event delivery.
+    EventAck,
+    /// Any other topic of the namespace: back to the car's own subscriptions.
+    CarTopic,
 }
 
-impl Live<'_> {
+impl<'a> ConnectedSession<'a> {
+    pub(super) fn new(
+        peer: &'a Peer,
+        services: &'a SessionServices,
+        subs: Subscriptions,
+        persistent: bool,
+    ) -> ConnectedSession<'a> {
+        ConnectedSession {
+            peer,
+            services,
+            subs,
+            unacked: Unacked::default(),
+            qos2_received: Vec::new(),
+            slots: Arc::new(Semaphore::new(services.limits.max_requests_in_flight.max(1))),
+            persistent,
+            throttled_since: None,
+        }
+    }
+
+    pub(super) fn peer(&self) -> &'a Peer {
+        self.peer
+    }
+
+    pub(super) fn services(&self) -> &'a SessionServices {
+        self.services
+    }
+
+    pub(super) fn persistent(&self) -> bool {
+        self.persistent
+    }
+
+    pub(super) fn covers_events(&self) -> bool {
+        self.subs.covers_events(&self.peer.vin)
+    }
+
     pub(super) async fn run<S: AsyncRead + AsyncWrite + Unpin>(
         &mut self,
         mqtt: &mut MqttIo<S>,
         mailbox: &Mailbox,
         keep_alive: Duration,
-        conn: u64,
         shutdown: &CancellationToken,
     ) -> DisconnectReason {
         let mut deadline = Instant::now() + keep_alive;
-        let mut held: Option<(Publish, ToInbox)> = None;
+        let mut held: Option<Publish> = None;
         loop {
             match mailbox.state() {
                 MailboxState::Open | MailboxState::Parked => {}
@@ -83,20 +118,19 @@ impl Live<'_> {
             if let Err(reason) = mqtt.flush().await {
                 return reason;
             }
-            let from_router = self.link.is_some() && self.unacked.has_room();
             tokio::select! {
                 _ = shutdown.cancelled() => return DisconnectReason::ServerShutdown,
                 _ = sleep_until(deadline), if held.is_none() => return DisconnectReason::KeepAliveTimeout,
                 _ = mailbox.changed() => {}
                 slot = self.slots.clone().acquire_owned(), if held.is_some() => {
-                    let (Ok(slot), Some((publish, wrap))) = (slot, held.take()) else {
+                    let (Ok(slot), Some(publish)) = (slot, held.take()) else {
                         return DisconnectReason::ServerShutdown;
                     };
                     // The answer that freed the slot is in the mailbox already: it goes out
                     // before the held request's acknowledgement, so the car sees cause then effect.
                     if let Err(reason) = self
                         .drain(mqtt, mailbox)
-                        .and_then(|()| self.hand_to_gateway(mqtt, publish, wrap, slot))
+                        .and_then(|()| self.hand_request(mqtt, publish, slot))
                     {
                         return reason;
                     }
@@ -110,21 +144,12 @@ impl Live<'_> {
                     };
                     deadline = Instant::now() + keep_alive;
                     // Boxed: the session's own future stays small for the idle car it mostly is.
-                    match Box::pin(self.on_packet(mqtt, packet, conn)).await {
+                    match Box::pin(self.on_packet(mqtt, packet)).await {
                         Ok(Next::Continue) => {}
-                        Ok(Next::Hold(publish, wrap)) => held = Some((publish, wrap)),
+                        Ok(Next::Hold(publish)) => held = Some(publish),
                         Err(reason) => return reason,
                     }
                 }
-                message = next_from_router(&mut self.link), if from_router => match message {
-                    Ok(message) => {
-                        if let Err(reason) = self.queue_from_router(mqtt, message) {
-                            return reason;
-                        }
-                    }
-                    // The router dropped the link: a newer session of this VIN replaced it.
-                    Err(_) => return DisconnectReason::Kicked,
-                },
             }
         }
     }
@@ -147,7 +172,6 @@ impl Live<'_> {
         &mut self,
         mqtt: &mut MqttIo<S>,
         packet: Packet,
-        conn: u64,
     ) -> Result<Next, DisconnectReason> {
         match packet {
             Packet::Publish(publish) => return self.on_publish(mqtt, publish).await,
@@ -158,8 +182,8 @@ impl Live<'_> {
             }
             // The gateway never sends QoS 2, so these answer nothing of ours.
             Packet::PubRec(_) | Packet::PubComp(_) => {}
-            Packet::Subscribe(subscribe) => self.on_subscribe(mqtt, subscribe, conn).await?,
-            Packet::Unsubscribe(unsubscribe) => self.on_unsubscribe(mqtt, unsubscribe).await?,
+            Packet::Subscribe(subscribe) => self.on_subscribe(mqtt, subscribe).await?,
+            Packet::Unsubscribe(unsubscribe) => self.on_unsubscribe(mqtt, unsubscribe)?,
             Packet::PingReq => mqtt.queue(&Packet::PingResp)?,
             Packet::Disconnect => return Err(DisconnectReason::Clean),
             Packet::Connect(_) => return Err(DisconnectReason::ProtocolError("second CONNECT".into())),
@@ -177,48 +201,115 @@ impl Live<'_> {
         mqtt: &mut MqttIo<S>,
         publish: Publish,
     ) -> Result<Next, DisconnectReason> {
-        if !may_publish(self.vin, &publish.topic) {
+        let vin = &self.peer.vin;
+        if publish.topic.contains('\0') {
+            return Err(DisconnectReason::ProtocolError("NUL character in a topic name".into()));
+        }
+        if publish.topic.len() > self.services.limits.max_topic_bytes {
+            return Err(DisconnectReason::LimitExceeded(format!(
+                "topic of {} bytes, at most {} allowed",
+                publish.topic.len(),
+                self.services.limits.max_topic_bytes
+            )));
+        }
+        if !may_publish(vin, &publish.topic) {
             warn!(topic = %printable(&publish.topic), "publish refused: outside the vehicle's namespace or on a gateway-owned topic");
             return Err(DisconnectReason::ProtocolError(
                 "publish refused: outside the vehicle's namespace or on a gateway-owned topic".into(),
             ));
         }
+        self.within_publish_rate().await?;
         if publish.qos == QoS::ExactlyOnce && self.qos2_received.contains(&publish.pkid) {
             // A redelivery of a message already handed on: acknowledge it again, nothing more.
             mqtt.queue(&Packet::PubRec(PubRec { pkid: publish.pkid }))?;
             return Ok(Next::Continue);
         }
-        match target(self.vin, &publish.topic) {
-            Target::Gateway(wrap) => match self.slots.clone().try_acquire_owned() {
-                Ok(slot) => self.hand_to_gateway(mqtt, publish, wrap, slot)?,
+        if publish.qos == QoS::ExactlyOnce && self.qos2_received.len() >= self.services.limits.max_qos2_awaiting_release
+        {
+            return Err(DisconnectReason::LimitExceeded(format!(
+                "more than {} QoS 2 messages awaiting PUBREL",
+                self.services.limits.max_qos2_awaiting_release
+            )));
+        }
+        match target(vin, &publish.topic) {
+            Target::Request => match self.slots.clone().try_acquire_owned() {
+                Ok(slot) => self.hand_request(mqtt, publish, slot)?,
                 Err(_) => {
                     debug!("car has its maximum of requests in flight; reading paused");
-                    return Ok(Next::Hold(publish, wrap));
+                    return Ok(Next::Hold(publish));
                 }
             },
-            Target::PubSub => {
+            Target::EventAck => {
                 let ack = (publish.qos, publish.pkid);
-                self.attach()
-                    .await?
-                    .publish(Bytes::from(publish.topic), publish.payload, publish.retain)
-                    .await
-                    .map_err(|e| DisconnectReason::ServerError(e.to_string()))?;
+                self.services.acks.acknowledged(vin, publish.payload);
+                self.acknowledge(mqtt, ack)?;
+            }
+            Target::CarTopic => {
+                let ack = (publish.qos, publish.pkid);
+                let subscribed = self.subs.qos_for_topic(&publish.topic).is_some();
+                self.publish_to_car_topic(publish.topic, publish.payload, publish.qos, publish.retain, subscribed)
+                    .map_err(DisconnectReason::LimitExceeded)?;
                 self.acknowledge(mqtt, ack)?;
             }
         }
         Ok(Next::Continue)
     }
 
-    /// Passes a publish on one of the gateway's own topics to the inbox, then acknowledges it.
-    fn hand_to_gateway<S: AsyncRead + AsyncWrite + Unpin>(
+    /// Waits while the car is over its publish rate; fails once it has been over it too long.
+    async fn within_publish_rate(&mut self) -> Result<(), DisconnectReason> {
+        let limiter = &self.services.publish_limiter;
+        loop {
+            match limiter.check(&self.peer.vin, &mut self.throttled_since) {
+                Verdict::Now => return Ok(()),
+                Verdict::After(wait) => tokio::time::sleep(wait).await,
+                Verdict::Flooding => {
+                    let rate = limiter.rate();
+                    return Err(DisconnectReason::Flooding {
+                        per_second: rate.per_second.get(),
+                        for_: rate.flood_disconnect_after,
+                    });
+                }
+            }
+        }
+    }
+
+    /// Keeps a retained message and hands the message to the car's own subscriptions (through
+    /// its mailbox, so it is bounded like everything else waiting for the car).
+    fn publish_to_car_topic(
+        &self,
+        topic: String,
+        payload: Bytes,
+        qos: QoS,
+        retain: bool,
+        subscribed: bool,
+    ) -> Result<(), String> {
+        let vin = &self.peer.vin;
+        let qos = if qos == QoS::AtMostOnce { 0 } else { 1 };
+        if retain {
+            self.services
+                .saved
+                .retain(vin, &topic, payload.clone(), qos, self.services.limits.retained)
+                .map_err(|e| e.to_string())?;
+        }
+        if subscribed {
+            self.services
+                .mailboxes
+                .deliver(vin, Outbound::CarTopic { topic, qos }, payload);
+        }
+        Ok(())
+    }
+
+    /// Passes a request to routing, then acknowledges it.
+    fn hand_request<S: AsyncRead + AsyncWrite + Unpin>(
         &mut self,
         mqtt: &mut MqttIo<S>,
         publish: Publish,
-        wrap: ToInbox,
         slot: OwnedSemaphorePermit,
     ) -> Result<(), DisconnectReason> {
         let ack = (publish.qos, publish.pkid);
-        self.wiring.inbox.receive(self.vin.clone(), wrap(publish.payload), slot);
+        self.services
+            .requests
+            .request(self.peer.vin.clone(), publish.payload, slot);
         self.acknowledge(mqtt, ack)
     }
 
@@ -241,61 +332,70 @@ impl Live<'_> {
         &mut self,
         mqtt: &mut MqttIo<S>,
         subscribe: Subscribe,
-        conn: u64,
     ) -> Result<(), DisconnectReason> {
+        let vin = &self.peer.vin;
+        let limits = &self.services.limits;
         let mut codes = Vec::with_capacity(subscribe.filters.len());
-        let mut to_router = Vec::new();
         let mut refused = Vec::new();
+        let mut granted_filters = Vec::new();
         let mut events = false;
         for filter in subscribe.filters {
-            if !is_within_tenant(self.vin, &filter.path) || !valid_filter(&filter.path) {
-                codes.push(SubscribeReasonCode::Failure);
-                refused.push(filter.path);
-                continue;
+            let acceptable = is_within_tenant(vin, &filter.path)
+                && valid_filter(&filter.path)
+                && !filter.path.contains('\0')
+                && filter.path.len() <= limits.max_topic_bytes;
+            let granted = match acceptable {
+                true => self.subs.add(vin, &filter.path, filter.qos, limits.max_subscriptions),
+                false => Err(TooManyFilters),
+            };
+            match granted {
+                Ok(granted) => {
+                    events |= granted.events;
+                    codes.push(SubscribeReasonCode::Success(granted.qos));
+                    granted_filters.push((filter.path, granted.qos));
+                }
+                Err(_) => {
+                    codes.push(SubscribeReasonCode::Failure);
+                    refused.push(filter.path);
+                }
             }
-            let granted = self.subs.add(self.vin, &filter.path, filter.qos);
-            events |= granted.events;
-            if granted.pubsub {
-                to_router.push(filter.path);
-            }
-            codes.push(SubscribeReasonCode::Success(granted.qos));
         }
         if !refused.is_empty() {
             // MQTT 3.1.1 lets us refuse filters one by one instead of dropping the car.
-            warn!(filters = ?refused.iter().map(|f| printable(f)).collect::<Vec<_>>(), "subscribe outside the vehicle's namespace (or malformed) refused");
-        }
-        if !to_router.is_empty() {
-            self.resubscribe(to_router).await?;
+            warn!(
+                filters = ?refused.iter().map(|f| printable(f)).collect::<Vec<_>>(),
+                max_subscriptions = limits.max_subscriptions,
+                "subscription refused: outside the vehicle's namespace, malformed, too long, or over the car's maximum"
+            );
         }
         self.save_if_persistent();
         mqtt.queue(&Packet::SubAck(SubAck {
             pkid: subscribe.pkid,
             return_codes: codes,
         }))?;
+        // Retained messages follow the SUBACK, as MQTT requires, on every new subscription.
+        for (filter, granted) in granted_filters {
+            for retained in self.services.saved.retained_matching(vin, &filter) {
+                // At the lower of the retained message's and the subscription's QoS.
+                let qos = if retained.qos == 0 { QoS::AtMostOnce } else { granted };
+                self.queue_publish(mqtt, retained.topic, retained.payload, qos, true)?;
+            }
+        }
         if events {
             // The SUBACK goes out before any event does.
             mqtt.flush().await?;
-            self.events_subscribed(conn).await;
+            self.events_subscribed().await;
         }
         Ok(())
     }
 
-    async fn on_unsubscribe<S: AsyncRead + AsyncWrite + Unpin>(
+    fn on_unsubscribe<S: AsyncRead + AsyncWrite + Unpin>(
         &mut self,
         mqtt: &mut MqttIo<S>,
         unsubscribe: Unsubscribe,
     ) -> Result<(), DisconnectReason> {
-        let routed: Vec<String> = unsubscribe
-            .topics
-            .into_iter()
-            .filter(|filter| self.subs.remove(self.vin, filter))
-            .collect();
-        if let Some(link) = self.link.as_mut()
-            && !routed.is_empty()
-        {
-            link.unsubscribe(routed)
-                .await
-                .map_err(|e| DisconnectReason::ServerError(e.to_string()))?;
+        for filter in &unsubscribe.topics {
+            self.subs.remove(filter);
         }
         self.save_if_persistent();
         mqtt.queue(&Packet::UnsubAck(UnsubAck { pkid: unsubscribe.pkid }))
@@ -303,38 +403,29 @@ impl Live<'_> {
 
     fn save_if_persistent(&self) {
         if self.persistent {
-            self.wiring.saved.save(self.vin, &self.subs);
+            self.services
+                .saved
+                .save_filters(&self.peer.vin, self.peer.conn, &self.subs);
         }
     }
 
-    /// Writes one of the gateway's messages, if the car subscribed to its topic.
+    /// Writes one message from the mailbox, if the car subscribed to its topic.
     fn queue_outbound<S: AsyncRead + AsyncWrite + Unpin>(
         &mut self,
         mqtt: &mut MqttIo<S>,
         message: OutboundMessage,
     ) -> Result<(), DisconnectReason> {
-        let topic = message.topic.topic(self.vin);
-        let Some(qos) = self.subs.qos_for_topic(&topic) else {
-            debug!(topic = ?message.topic, "message dropped: the car is not subscribed to its topic");
+        let topic = message.topic.topic(&self.peer.vin);
+        let Some(subscribed) = self.subs.qos_for_topic(&topic) else {
+            debug!(topic = %printable(&topic), "message dropped: the car is not subscribed to its topic");
             return Ok(());
+        };
+        let qos = match message.topic {
+            // MQTT delivers at the lower of the publish's and the subscription's QoS.
+            Outbound::CarTopic { qos: 0, .. } => QoS::AtMostOnce,
+            _ => subscribed,
         };
         self.queue_publish(mqtt, topic, message.payload, qos, false)
-    }
-
-    /// Writes a message the router delivered, at the QoS of the car's matching subscriptions.
-    fn queue_from_router<S: AsyncRead + AsyncWrite + Unpin>(
-        &mut self,
-        mqtt: &mut MqttIo<S>,
-        message: PubSubMessage,
-    ) -> Result<(), DisconnectReason> {
-        let Ok(topic) = String::from_utf8(message.topic.to_vec()) else {
-            return Ok(());
-        };
-        // None: unsubscribed since the router queued it.
-        match self.subs.qos_for_topic(&topic) {
-            Some(qos) => self.queue_publish(mqtt, topic, message.payload, qos, message.retain),
-            None => Ok(()),
-        }
     }
 
     fn queue_publish<S: AsyncRead + AsyncWrite + Unpin>(
@@ -359,83 +450,57 @@ impl Live<'_> {
         }))
     }
 
-    /// The router link, attached on first use.
-    async fn attach(&mut self) -> Result<&mut PubSubLink, DisconnectReason> {
-        if self.link.is_none() {
-            let link = self.wiring.pubsub.link(self.vin).await.map_err(|e| {
-                warn!(error = %e, "pub/sub router refused the session");
-                DisconnectReason::ServerError(e.to_string())
-            })?;
-            self.link = Some(Box::new(link));
-        }
-        Ok(self.link.as_mut().expect("attached above"))
-    }
-
-    pub(super) async fn resubscribe(&mut self, filters: Vec<String>) -> Result<(), DisconnectReason> {
-        self.attach()
-            .await?
-            .subscribe(filters)
-            .await
-            .map_err(|e| DisconnectReason::ServerError(e.to_string()))
-    }
-
-    pub(super) async fn events_subscribed(&self, conn: u64) {
-        self.wiring
+    pub(super) async fn events_subscribed(&self) {
+        self.services
             .events
             .send(SessionEvent::EventsSubscribed {
-                conn,
-                vin: self.vin.clone(),
+                conn: self.peer.conn,
+                vin: self.peer.vin.clone(),
             })
             .await;
     }
 
-    /// Publishes the car's last will as if the car had (its session is gone, so at QoS 0).
-    pub(super) async fn publish_will(&mut self, will: LastWill) {
-        match target(self.vin, &will.topic) {
-            Target::Gateway(wrap) => match self.slots.clone().try_acquire_owned() {
-                Ok(slot) => self.wiring.inbox.receive(self.vin.clone(), wrap(will.message), slot),
+    /// Publishes the car's last will as if the car had (its session is gone, so it goes to the
+    /// VIN's next session, if it subscribes).
+    pub(super) fn publish_will(&mut self, will: LastWill) {
+        let vin = &self.peer.vin;
+        match target(vin, &will.topic) {
+            Target::Request => match self.slots.clone().try_acquire_owned() {
+                Ok(slot) => self.services.requests.request(vin.clone(), will.message, slot),
                 Err(_) => warn!("last will dropped: the car has its maximum of requests in flight"),
             },
-            Target::PubSub => {
-                if let Ok(link) = self.attach().await
-                    && let Err(e) = link.publish(Bytes::from(will.topic), will.message, will.retain).await
-                {
-                    warn!(error = %e, "last will not published");
+            Target::EventAck => self.services.acks.acknowledged(vin, will.message),
+            Target::CarTopic => {
+                if let Err(e) = self.publish_to_car_topic(will.topic, will.message, will.qos, will.retain, true) {
+                    warn!(error = %e, "last will not retained");
                 }
             }
         }
     }
 
-    pub(super) async fn detach(&mut self) {
-        if let Some(link) = self.link.take() {
-            link.close().await;
-        }
-    }
-}
-
-/// Resolves with the router's next message for the car; never, without a link.
-async fn next_from_router(link: &mut Option<Box<PubSubLink>>) -> Result<PubSubMessage, crate::bus::PubSubError> {
-    match link {
-        // Boxed: rumqttd's receive future is large and most cars never have a link.
-        Some(link) => Box::pin(link.next()).await,
-        None => std::future::pending().await,
+    /// Leaves the gateway: the mailbox closes (a persistent session's is parked) and what the
+    /// car keeps between sessions starts expiring.
+    pub(super) fn end(&self, mailbox: &Arc<Mailbox>) {
+        let vin = &self.peer.vin;
+        self.services.mailboxes.close(vin, mailbox, self.persistent);
+        self.services.saved.detach(vin, self.peer.conn, self.persistent);
     }
 }
 
 /// Where a publish the car may make goes.
-fn target(vin: &Vin, topic: &str) -> Target {
+fn target(vin: &proto::Vin, topic: &str) -> Target {
     if topic == topics::requests(vin) {
-        Target::Gateway(Inbound::Request)
+        Target::Request
     } else if topic == topics::event_acks(vin) {
-        Target::Gateway(Inbound::EventAck)
+        Target::EventAck
     } else {
-        Target::PubSub
+        Target::CarTopic
     }
 }
 
 /// Packet ids of QoS 1 messages sent to the car and not yet acknowledged.
 #[derive(Debug, Default)]
-pub(super) struct Unacked {
+struct Unacked {
     last: u16,
     ids: Vec<u16>,
 }
