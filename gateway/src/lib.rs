@@ -290,7 +290,7 @@ async fn serve_partner_api(
     use tonic::transport::{Certificate, Identity, Server, ServerTlsConfig};
     let read =
         |p: &std::path::Path| std::fs::read(p).map_err(|e| StartError::PartnerApi(format!("{}: {e}", p.display())));
-    let ca = read(api.client_ca.as_deref().unwrap_or(&config.tls.client_ca))?;
+    let ca = read(&api.client_ca)?;
     let tls = ServerTlsConfig::new()
         .identity(Identity::from_pem(read(&config.tls.cert)?, read(&config.tls.key)?))
         .client_ca_root(Certificate::from_pem(ca));
