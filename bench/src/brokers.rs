@@ -469,7 +469,7 @@ pub async fn start_adapter(bin: Option<&Path>, fleet: &Fleet, dir: &Path) -> Res
                 .arg("--key")
                 .arg(&fleet.adapter.key)
                 .arg("--client-ca")
-                .arg(&fleet.ca_file)
+                .arg(&fleet.gateway_clients_ca_file)
                 // One log line per call would cost the adapter more than the call itself.
                 .env("RUST_LOG", "warn")
                 .env("NO_COLOR", "1");
@@ -491,7 +491,7 @@ pub async fn start_adapter(bin: Option<&Path>, fleet: &Fleet, dir: &Path) -> Res
             let addr = listener.local_addr()?;
             let cert = std::fs::read_to_string(&fleet.adapter.cert)?;
             let key = std::fs::read_to_string(&fleet.adapter.key)?;
-            let tls = parking_adapter::mtls_config(&cert, &key, fleet.ca_pem());
+            let tls = parking_adapter::mtls_config(&cert, &key, fleet.gateway_clients_ca_pem());
             let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
             tokio::spawn(parking_adapter::serve(
                 listener,

@@ -1,5 +1,6 @@
 //! The simulated fleet: deterministic VINs, one certificate per vehicle issued in-process by
-//! the workspace's development CA, and the rustls client configurations the vehicles use.
+//! the workspace's development CA (its vehicles CA), and the rustls client configurations the
+//! vehicles use.
 //!
 //! Each vehicle gets its own [`ClientConfig`] (its own identity and its own TLS session cache),
 //! so reconnecting with the same config resumes the TLS session exactly as the real agent does.
@@ -14,7 +15,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, Result};
-use certs::{CertificateAuthority, IssuedCert};
+use certs::{CertificateAuthority, DevPki, GATEWAY_CLIENT_STEM, IssuedCert, IssuingCa};
 use proto::Vin;
 use rustls::{ClientConfig, RootCertStore};
 use rustls_pki_types::pem::PemObject;
@@ -62,19 +63,23 @@ pub struct CertFiles {
 pub struct Fleet {
     /// Where the PEM files are.
     pub dir: PathBuf,
-    /// The CA certificate every party trusts.
+    /// The root CA certificate: vehicles verify the brokers with it, and both brokers verify
+    /// vehicles with it, so that they do the same work (Mosquitto, through OpenSSL, wants a
+    /// self-signed anchor and cannot take the vehicles CA alone).
     pub ca_file: PathBuf,
+    /// The CA that signs only the gateway's client certificate: what the adapter trusts.
+    pub gateway_clients_ca_file: PathBuf,
     /// The MQTT server certificate, shared by the gateway and Mosquitto so both do the same work.
     pub server: CertFiles,
     /// The parking adapter's certificate (gRPC server).
     pub adapter: CertFiles,
-    /// The gateway's client certificate towards the adapter.
+    /// The gateway's client certificate towards the adapter (role gateway-client).
     pub gateway_client: CertFiles,
     /// The vehicles, in VIN order of their index.
     pub vehicles: Vec<Vehicle>,
     /// How long issuing every vehicle certificate took.
     pub issue_time: Duration,
-    ca_pem: String,
+    gateway_clients_ca_pem: String,
     roots: Arc<RootCertStore>,
 }
 
@@ -85,36 +90,37 @@ impl Fleet {
         std::fs::create_dir_all(dir).with_context(|| format!("create {}", dir.display()))?;
         let ca = CertificateAuthority::generate().context("generate CA")?;
         ca.save(dir).context("save CA")?;
-        let ca_file = dir.join(certs::CA_CERT_FILE);
+        let layout = DevPki::open(dir);
         let names: Vec<String> = hosts.iter().map(IpAddr::to_string).collect();
         let server = write(dir, "server", ca.issue_gateway(&names)?)?;
         let adapter = write(dir, "parking", ca.issue_partner("parking")?)?;
-        let gateway_client = write(dir, "gateway-client", ca.issue_partner("gateway-client")?)?;
+        let gateway_client = write(dir, GATEWAY_CLIENT_STEM, ca.issue_gateway_client()?)?;
 
         let started = Instant::now();
         let issued = issue_vehicles(&ca, vehicles)?;
         let issue_time = started.elapsed();
 
         let mut roots = RootCertStore::empty();
-        for cert in CertificateDer::pem_slice_iter(ca.cert_pem().as_bytes()) {
+        for cert in CertificateDer::pem_slice_iter(ca.root_cert_pem().as_bytes()) {
             roots.add(cert.context("CA certificate")?)?;
         }
         Ok(Fleet {
             dir: dir.to_path_buf(),
-            ca_file,
+            ca_file: layout.ca_cert(),
+            gateway_clients_ca_file: layout.issuing_ca_cert(IssuingCa::GatewayClients),
             server,
             adapter,
             gateway_client,
             vehicles: issued,
             issue_time,
-            ca_pem: ca.cert_pem().to_owned(),
+            gateway_clients_ca_pem: ca.issuing_cert_pem(IssuingCa::GatewayClients).to_owned(),
             roots: Arc::new(roots),
         })
     }
 
-    /// The CA certificate, PEM.
-    pub fn ca_pem(&self) -> &str {
-        &self.ca_pem
+    /// The CA that signs only the gateway's client certificate, PEM: what the adapter trusts.
+    pub fn gateway_clients_ca_pem(&self) -> &str {
+        &self.gateway_clients_ca_pem
     }
 
     /// Writes vehicle `index`'s certificate and key to files (for the real agent, which reads files).

@@ -4,6 +4,8 @@ use time::OffsetDateTime;
 use x509_parser::certificate::X509Certificate;
 use x509_parser::extensions::GeneralName;
 
+use proto::identity::Role;
+
 use super::*;
 
 const VIN: &str = "WBA3B5C50DF123456";
@@ -78,19 +80,61 @@ fn vin() -> proto::Vin {
     proto::Vin::parse(VIN).unwrap()
 }
 
+/// The certificates of a leaf PEM file, in order.
+fn chain(pem: &str) -> Vec<Vec<u8>> {
+    x509_parser::pem::Pem::iter_from_buffer(pem.as_bytes())
+        .map(|pem| pem.expect("PEM").contents)
+        .collect()
+}
+
+/// The leaf is followed by exactly its issuing CA, which the root signed.
+fn assert_chains_through(issued: &IssuedCert, ca: &CertificateAuthority, which: IssuingCa) {
+    let chain = chain(&issued.cert_pem);
+    assert_eq!(chain.len(), 2, "leaf then its issuing CA");
+    assert_eq!(chain[1], der(ca.issuing_cert_pem(which)));
+    assert_signed_by(&parse(&chain[0]), ca.issuing_cert_pem(which));
+    assert_signed_by(&parse(&chain[1]), ca.root_cert_pem());
+}
+
+fn path_length(cert: &X509Certificate<'_>) -> Option<u32> {
+    let bc = cert.basic_constraints().unwrap().expect("basic constraints").value;
+    assert!(bc.ca);
+    bc.path_len_constraint
+}
+
 #[test]
-fn ca_is_a_self_signed_ten_year_ca() {
+fn root_is_a_self_signed_ten_year_ca_over_one_level_of_intermediates() {
     let ca = CertificateAuthority::generate().unwrap();
-    let der = der(ca.cert_pem());
+    let der = der(ca.root_cert_pem());
     let cert = parse(&der);
 
     assert_eq!(common_name(&cert), CA_COMMON_NAME);
     assert!(cert.is_ca());
+    assert_eq!(path_length(&cert), Some(1));
     let usage = cert.key_usage().unwrap().expect("key usage").value;
     assert!(usage.key_cert_sign() && usage.crl_sign());
     cert.verify_signature(None).expect("self-signed");
     let years = (cert.validity().not_after.to_datetime() - OffsetDateTime::now_utc()).whole_days() / 365;
     assert_eq!(years, 10);
+}
+
+#[test]
+fn issuing_cas_are_distinct_intermediates_that_sign_leaves_only() {
+    let ca = CertificateAuthority::generate().unwrap();
+    let mut names = std::collections::HashSet::new();
+    for which in IssuingCa::ALL {
+        let der = der(ca.issuing_cert_pem(which));
+        let cert = parse(&der);
+
+        assert_eq!(common_name(&cert), which.common_name());
+        assert!(names.insert(common_name(&cert)), "{which:?} shares a name");
+        assert_eq!(path_length(&cert), Some(0), "{which:?}");
+        let usage = cert.key_usage().unwrap().expect("key usage").value;
+        assert!(usage.key_cert_sign() && usage.crl_sign(), "{which:?}");
+        assert!(!usage.digital_signature(), "{which:?}");
+        assert_signed_by(&cert, ca.root_cert_pem());
+        assert_eq!(chain(ca.issuing_cert_pem(which)).len(), 1, "the intermediate alone");
+    }
 }
 
 #[test]
@@ -104,7 +148,7 @@ fn vehicle_certificate_names_the_vin_and_only_allows_client_auth() {
     assert_eq!(role(&cert).as_deref(), Some(proto::identity::VEHICLE_ROLE));
     assert_eq!(eku(&cert), (true, false));
     assert_leaf(&cert);
-    assert_signed_by(&cert, ca.cert_pem());
+    assert_chains_through(&issued, &ca, IssuingCa::Vehicles);
     let days = (cert.validity().not_after.to_datetime() - OffsetDateTime::now_utc()).whole_days();
     assert!((824..=825).contains(&days), "{days} days");
     let started = OffsetDateTime::now_utc() - cert.validity().not_before.to_datetime();
@@ -130,7 +174,7 @@ fn expired_validity_ends_in_the_past() {
 
     assert!(cert.validity().not_after.to_datetime() < OffsetDateTime::now_utc());
     assert!(!cert.validity().is_valid());
-    assert_signed_by(&cert, ca.cert_pem());
+    assert_chains_through(&issued, &ca, IssuingCa::Vehicles);
 }
 
 #[test]
@@ -159,7 +203,44 @@ fn gateway_certificate_is_a_server_certificate_for_localhost_and_extra_names() {
         ]
     );
     assert_leaf(&cert);
-    assert_signed_by(&cert, ca.cert_pem());
+    assert_signed_by(&cert, ca.root_cert_pem());
+    assert_eq!(
+        chain(&issued.cert_pem).len(),
+        1,
+        "the root signs it: no intermediate to send"
+    );
+}
+
+#[test]
+fn gateway_client_certificate_is_a_client_certificate_of_its_own_role() {
+    let ca = CertificateAuthority::generate().unwrap();
+    let issued = ca.issue_gateway_client().unwrap();
+    let der = der(&issued.cert_pem);
+    let cert = parse(&der);
+
+    assert_eq!(common_name(&cert), GATEWAY_COMMON_NAME);
+    assert_eq!(role(&cert).as_deref(), Some(proto::identity::GATEWAY_CLIENT_ROLE));
+    assert_eq!(eku(&cert), (true, false));
+    assert_leaf(&cert);
+    assert_chains_through(&issued, &ca, IssuingCa::GatewayClients);
+}
+
+#[test]
+fn operator_certificate_is_a_client_certificate_of_its_own_role() {
+    let ca = CertificateAuthority::generate().unwrap();
+    let issued = ca.issue_operator("night-shift").unwrap();
+    let der = der(&issued.cert_pem);
+    let cert = parse(&der);
+
+    assert_eq!(common_name(&cert), "night-shift");
+    assert_eq!(role(&cert).as_deref(), Some(proto::identity::OPERATOR_ROLE));
+    assert_eq!(eku(&cert), (true, false));
+    assert_eq!(sans(&cert), Vec::<String>::new());
+    assert_leaf(&cert);
+    assert_chains_through(&issued, &ca, IssuingCa::Operators);
+
+    let err = ca.issue_operator("Night Shift").unwrap_err();
+    assert!(err.to_string().contains("operator name"), "{err}");
 }
 
 #[test]
@@ -194,7 +275,7 @@ fn partner_certificate_is_client_and_server() {
     assert_eq!(eku(&cert), (true, true));
     assert_eq!(sans(&cert), ["DNS:parking-1", "DNS:localhost", "IP:127.0.0.1"]);
     assert_leaf(&cert);
-    assert_signed_by(&cert, ca.cert_pem());
+    assert_chains_through(&issued, &ca, IssuingCa::Partners);
 }
 
 #[test]
@@ -215,7 +296,17 @@ fn partner_names_are_checked() {
         ("a.b", "'.'"),
     ] {
         let err = ca.issue_partner(bad).unwrap_err();
-        assert!(matches!(err, CertsError::InvalidPartnerName { .. }), "{bad:?}: {err}");
+        assert!(
+            matches!(
+                err,
+                CertsError::InvalidName {
+                    role: Role::Partner,
+                    ..
+                }
+            ),
+            "{bad:?}: {err}"
+        );
+        assert!(err.to_string().contains("partner name"), "{bad:?}: {err}");
         assert!(err.to_string().contains(hint), "{bad:?}: {err}");
     }
     assert!(ca.issue_partner(&"a".repeat(64)).is_ok());
@@ -228,18 +319,28 @@ fn saved_ca_loads_and_issues_certificates_it_verifies() {
     ca.save(dir.path()).unwrap();
 
     let loaded = CertificateAuthority::load(dir.path()).unwrap();
-    assert_eq!(loaded.cert_pem(), ca.cert_pem());
-    let der = der(&loaded.issue_vehicle(&vin()).unwrap().cert_pem);
-    assert_signed_by(&parse(&der), ca.cert_pem());
+    assert_eq!(loaded.root_cert_pem(), ca.root_cert_pem());
+    for which in IssuingCa::ALL {
+        assert_eq!(loaded.issuing_cert_pem(which), ca.issuing_cert_pem(which));
+    }
+    assert_chains_through(&loaded.issue_vehicle(&vin()).unwrap(), &ca, IssuingCa::Vehicles);
+    assert_chains_through(&loaded.issue_partner("p").unwrap(), &ca, IssuingCa::Partners);
+    assert_chains_through(&loaded.issue_gateway_client().unwrap(), &ca, IssuingCa::GatewayClients);
+    assert_chains_through(&loaded.issue_operator("o").unwrap(), &ca, IssuingCa::Operators);
 
     #[cfg(unix)]
     {
         use std::os::unix::fs::PermissionsExt;
-        let mode = std::fs::metadata(dir.path().join(CA_KEY_FILE))
-            .unwrap()
-            .permissions()
-            .mode();
-        assert_eq!(mode & 0o777, 0o600);
+        for key in [
+            CA_KEY_FILE,
+            "vehicles-ca.key",
+            "partners-ca.key",
+            "gateway-clients-ca.key",
+            "operators-ca.key",
+        ] {
+            let mode = std::fs::metadata(dir.path().join(key)).unwrap().permissions().mode();
+            assert_eq!(mode & 0o777, 0o600, "{key}");
+        }
     }
 }
 
@@ -281,4 +382,33 @@ fn loading_a_leaf_as_ca_fails() {
 
     let err = CertificateAuthority::load(dir.path()).unwrap_err();
     assert!(matches!(err, CertsError::BadCaCert { .. }), "{err}");
+}
+
+#[test]
+fn loading_an_issuing_ca_of_another_root_fails() {
+    let dir = tempfile::tempdir().unwrap();
+    let other = tempfile::tempdir().unwrap();
+    CertificateAuthority::generate().unwrap().save(dir.path()).unwrap();
+    CertificateAuthority::generate().unwrap().save(other.path()).unwrap();
+    for file in ["partners-ca.pem", "partners-ca.key"] {
+        std::fs::copy(other.path().join(file), dir.path().join(file)).unwrap();
+    }
+
+    let err = CertificateAuthority::load(dir.path()).unwrap_err();
+    assert!(
+        matches!(err, CertsError::BadCaCert { ref path, .. } if path.ends_with("partners-ca.pem")),
+        "{err}"
+    );
+    assert!(err.to_string().contains("not signed by the root"), "{err}");
+}
+
+#[test]
+fn loading_without_an_issuing_ca_names_it() {
+    let dir = tempfile::tempdir().unwrap();
+    CertificateAuthority::generate().unwrap().save(dir.path()).unwrap();
+    std::fs::remove_file(dir.path().join("gateway-clients-ca.key")).unwrap();
+
+    let err = CertificateAuthority::load(dir.path()).unwrap_err();
+    assert!(matches!(err, CertsError::CaMissing { .. }), "{err}");
+    assert!(err.to_string().contains("gateway-clients-ca.key"), "{err}");
 }

@@ -1,12 +1,14 @@
 //! Command line of `certs`.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::ExitCode;
 
 use certs::{CertificateAuthority, CertsError, DevPki};
-use clap::{Parser, Subcommand};
+use clap::{Args, Parser, Subcommand};
+use proto::identity::Role;
 
-/// Development PKI for the connected-car platform: one CA, the gateway, vehicles and partners.
+/// Development PKI for the connected-car platform: a root CA, one issuing CA per client role
+/// (vehicles, partners, gateway clients, operators), and the certificates they sign.
 #[derive(Debug, Parser)]
 #[command(name = "certs", version)]
 struct Cli {
@@ -16,40 +18,59 @@ struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Command {
-    /// Create a CA and the gateway's server certificate.
+    /// Create the root CA, the issuing CAs, and the gateway's server and client certificates.
     Init {
-        /// Directory to write ca.pem, ca.key, gateway.pem and gateway.key to.
+        /// Directory to write ca.pem, vehicles-ca.pem, partners-ca.pem, gateway-clients-ca.pem,
+        /// operators-ca.pem, gateway.pem, gateway-client.pem (and their .key files) to.
         #[arg(long, value_name = "DIR")]
         out: PathBuf,
         /// Extra host name or IP address of the gateway (besides localhost, 127.0.0.1 and ::1).
         #[arg(long = "name", value_name = "NAME")]
         names: Vec<String>,
-        /// Replace an existing CA (every certificate it signed stops being trusted).
+        /// Replace existing CAs (every certificate they signed stops being trusted).
         #[arg(long)]
         force: bool,
     },
-    /// Issue a vehicle certificate: <OUT>/<VIN>.pem and <OUT>/<VIN>.key.
+    /// Issue a vehicle certificate (signed by vehicles-ca): <OUT>/<VIN>.pem and <OUT>/<VIN>.key.
     Vehicle {
         /// The vehicle's VIN (17 characters, no I, O or Q).
         vin: String,
-        /// Directory to write the certificate and key to.
-        #[arg(long, value_name = "DIR")]
-        out: PathBuf,
-        /// Directory holding ca.pem and ca.key [default: the --out directory].
-        #[arg(long, value_name = "DIR")]
-        ca: Option<PathBuf>,
+        #[command(flatten)]
+        dirs: Dirs,
     },
-    /// Issue a partner adapter certificate (client and server): <OUT>/<NAME>.pem and <OUT>/<NAME>.key.
+    /// Issue a partner certificate (signed by partners-ca; the adapter's server certificate and
+    /// its client certificate for the partner API): <OUT>/<NAME>.pem and <OUT>/<NAME>.key.
     Partner {
         /// The partner's name (1 to 64 characters of a-z, 0-9 and '-').
         name: String,
-        /// Directory to write the certificate and key to.
-        #[arg(long, value_name = "DIR")]
-        out: PathBuf,
-        /// Directory holding ca.pem and ca.key [default: the --out directory].
-        #[arg(long, value_name = "DIR")]
-        ca: Option<PathBuf>,
+        #[command(flatten)]
+        dirs: Dirs,
     },
+    /// Issue an operator certificate (signed by operators-ca): <OUT>/<NAME>.pem and <OUT>/<NAME>.key.
+    Operator {
+        /// The operator's name (1 to 64 characters of a-z, 0-9 and '-').
+        name: String,
+        #[command(flatten)]
+        dirs: Dirs,
+    },
+}
+
+/// Where an issued certificate goes and which PKI signs it.
+#[derive(Debug, Args)]
+struct Dirs {
+    /// Directory to write the certificate and key to.
+    #[arg(long, value_name = "DIR")]
+    out: PathBuf,
+    /// Directory holding the PKI written by `certs init` [default: the --out directory].
+    #[arg(long, value_name = "DIR")]
+    ca: Option<PathBuf>,
+}
+
+impl Dirs {
+    /// The CAs of `--ca`, or else of `--out`.
+    fn authority(&self) -> Result<CertificateAuthority, CertsError> {
+        CertificateAuthority::load(self.ca.as_deref().unwrap_or(&self.out))
+    }
 }
 
 /// Parses the command line, runs it, and reports errors as `error: <message>` with exit code 1.
@@ -70,26 +91,22 @@ pub fn main() -> ExitCode {
 
 /// Runs one command; returns the files it wrote.
 fn run(cli: Cli) -> Result<Vec<PathBuf>, CertsError> {
-    match cli.command {
-        Command::Init { out, names, force } => Ok(DevPki::init(&out, &names, force)?.files().to_vec()),
-        Command::Vehicle { vin, out, ca } => {
+    let (issued, dirs, stem) = match cli.command {
+        Command::Init { out, names, force } => return Ok(DevPki::init(&out, &names, force)?.files()),
+        Command::Vehicle { vin, dirs } => {
             // Validate before touching the CA, so a typo is reported as such.
             let vin = proto::Vin::parse(&vin)?;
-            let issued = load_ca(&out, ca.as_deref())?.issue_vehicle(&vin)?;
-            written(issued.write(&out, vin.as_str())?)
+            (dirs.authority()?.issue_vehicle(&vin)?, dirs, vin.to_string())
         }
-        Command::Partner { name, out, ca } => {
-            certs::check_partner_name(&name)?;
-            let issued = load_ca(&out, ca.as_deref())?.issue_partner(&name)?;
-            written(issued.write(&out, &name)?)
+        Command::Partner { name, dirs } => {
+            certs::check_name(Role::Partner, &name)?;
+            (dirs.authority()?.issue_partner(&name)?, dirs, name)
         }
-    }
-}
-
-fn load_ca(out: &Path, ca: Option<&Path>) -> Result<CertificateAuthority, CertsError> {
-    CertificateAuthority::load(ca.unwrap_or(out))
-}
-
-fn written((cert, key): (PathBuf, PathBuf)) -> Result<Vec<PathBuf>, CertsError> {
+        Command::Operator { name, dirs } => {
+            certs::check_name(Role::Operator, &name)?;
+            (dirs.authority()?.issue_operator(&name)?, dirs, name)
+        }
+    };
+    let (cert, key) = issued.write(&dirs.out, &stem)?;
     Ok(vec![cert, key])
 }

@@ -1,12 +1,19 @@
 //! Development PKI for the connected-car platform.
 //!
-//! One CA signs everything; the certificate profile (subject OU = role, CN = who) is the one
-//! described in [`proto::identity`]:
-//! - the gateway's server certificate (`OU=gateway`, serverAuth);
-//! - one certificate per vehicle (`OU=vehicle`, `CN=<VIN>`, clientAuth);
-//! - one certificate per partner adapter (`OU=partner`, `CN=<name>`, clientAuth and serverAuth).
+//! A root CA (`ca.pem`, path length 1) signs the gateway's server certificate and one issuing
+//! CA per role that authenticates as a client ([`IssuingCa`]); each issuing CA signs that role
+//! only, so a listener admits exactly one role by trusting that CA alone. The certificate
+//! profile (subject OU = role, CN = who) is the one described in [`proto::identity`]:
+//! - the gateway's server certificate (`OU=gateway`, serverAuth), signed by the root;
+//! - one certificate per vehicle (`OU=vehicle`, `CN=<VIN>`, clientAuth), by `vehicles-ca`;
+//! - one certificate per partner (`OU=partner`, `CN=<name>`, clientAuth and serverAuth), by
+//!   `partners-ca`;
+//! - the gateway's client certificate towards partner adapters (`OU=gateway-client`,
+//!   `CN=gateway`, clientAuth), by `gateway-clients-ca`;
+//! - one certificate per operator (`OU=operator`, `CN=<name>`, clientAuth), by `operators-ca`.
 //!
-//! [`DevPki::init`] lays out a CA and gateway certificate on disk, as `certs init` does.
+//! A leaf's PEM holds the leaf then its issuing CA, so a peer trusting only the root can
+//! verify it. [`DevPki::init`] lays the whole PKI out on disk, as `certs init` does.
 
 mod authority;
 mod files;
@@ -17,14 +24,14 @@ use std::path::PathBuf;
 use time::{Duration, OffsetDateTime};
 
 pub use authority::{
-    CA_CERT_FILE, CA_COMMON_NAME, CA_KEY_FILE, CertificateAuthority, GATEWAY_COMMON_NAME, check_partner_name,
+    CA_CERT_FILE, CA_COMMON_NAME, CA_KEY_FILE, CertificateAuthority, GATEWAY_COMMON_NAME, IssuingCa, check_name,
 };
 pub use files::IssuedCert;
-pub use pki::{DevPki, GATEWAY_STEM};
+pub use pki::{DevPki, GATEWAY_CLIENT_STEM, GATEWAY_STEM};
 
 /// Default lifetime of leaf certificates: the longest browsers and most TLS stacks accept.
 pub const LEAF_VALIDITY_DAYS: i64 = 825;
-/// Default lifetime of the CA certificate (ten years).
+/// Default lifetime of the root and issuing CA certificates (ten years).
 pub const CA_VALIDITY_DAYS: i64 = 3652;
 
 /// The period during which a certificate is valid.
@@ -71,20 +78,22 @@ pub enum CertsError {
         #[source]
         source: std::io::Error,
     },
-    /// The CA directory has no `ca.pem` or `ca.key`.
-    #[error("no CA in {dir}: {missing} does not exist (run `certs init --out {dir}` first)")]
+    /// The PKI directory lacks the root's or an issuing CA's certificate or key.
+    #[error(
+        "no complete CA in {dir}: {missing} does not exist (run `certs init --out {dir}` first; add --force to replace a PKI made by an older version, which had no issuing CAs)"
+    )]
     CaMissing {
         /// The directory that should hold the CA.
         dir: PathBuf,
         /// The file that is missing.
         missing: PathBuf,
     },
-    /// `init` would overwrite an existing CA.
+    /// `init` would overwrite an existing CA file.
     #[error(
         "{0} already exists; refusing to replace the CA (use --force to replace it, which invalidates every certificate it signed)"
     )]
     CaExists(PathBuf),
-    /// `ca.pem` is not a usable CA certificate.
+    /// A CA certificate file is not usable.
     #[error("{path} is not a usable CA certificate: {reason}")]
     BadCaCert {
         /// The certificate file.
@@ -92,7 +101,7 @@ pub enum CertsError {
         /// What is wrong with it.
         reason: String,
     },
-    /// `ca.key` is not a usable private key.
+    /// A CA key file is not a usable private key.
     #[error("{path} is not a usable private key: {source}")]
     BadKey {
         /// The key file.
@@ -101,7 +110,7 @@ pub enum CertsError {
         #[source]
         source: rcgen::Error,
     },
-    /// `ca.key` does not belong to `ca.pem`.
+    /// A CA key does not belong to its certificate.
     #[error("{key} is not the private key of {cert}")]
     KeyMismatch {
         /// The certificate file.
@@ -112,9 +121,11 @@ pub enum CertsError {
     /// The argument is not a VIN.
     #[error(transparent)]
     InvalidVin(#[from] proto::VinError),
-    /// The partner name breaks the naming rules.
-    #[error("{name:?} is not a valid partner name: {reason}")]
-    InvalidPartnerName {
+    /// A partner's or operator's name breaks the naming rules.
+    #[error("{name:?} is not a valid {role} name: {reason}")]
+    InvalidName {
+        /// Whose name it was meant to be.
+        role: proto::identity::Role,
         /// The rejected name.
         name: String,
         /// Which rule it breaks.

@@ -3,35 +3,51 @@
 use std::path::{Path, PathBuf};
 
 use crate::authority::{CA_CERT_FILE, CA_KEY_FILE};
-use crate::{CertificateAuthority, CertsError};
+use crate::{CertificateAuthority, CertsError, IssuingCa};
 
 /// File stem of the gateway's server certificate and key.
 pub const GATEWAY_STEM: &str = "gateway";
+/// File stem of the gateway's client certificate and key (presented to partner adapters).
+pub const GATEWAY_CLIENT_STEM: &str = "gateway-client";
 
-/// A whole development PKI on disk, as `certs init` lays it out.
+/// A whole development PKI on disk, as `certs init` lays it out:
+///
+/// | file | what |
+/// |---|---|
+/// | `ca.pem`, `ca.key` | the root CA: peers that verify a server trust it |
+/// | `vehicles-ca.pem`, `.key` | signs vehicles; the gateway's MQTT port trusts it |
+/// | `partners-ca.pem`, `.key` | signs partners; the gateway's partner API trusts it |
+/// | `gateway-clients-ca.pem`, `.key` | signs the gateway's client certificate; adapters trust it |
+/// | `operators-ca.pem`, `.key` | signs operators |
+/// | `gateway.pem`, `.key` | the gateway's server certificate, signed by the root |
+/// | `gateway-client.pem`, `.key` | the gateway's client certificate towards partner adapters |
+///
+/// Vehicle, partner and operator certificates (`<VIN>.pem`, `<name>.pem`) are added next to
+/// them by `certs vehicle|partner|operator`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct DevPki {
-    /// The directory holding `ca.pem`, `ca.key`, `gateway.pem` and `gateway.key`.
+    /// The directory holding the files.
     pub dir: PathBuf,
 }
 
 impl DevPki {
-    /// Creates `dir/ca.pem`, `ca.key`, `gateway.pem` and `gateway.key`; refuses to replace a CA unless `force`.
+    /// Creates the root, the issuing CAs and the gateway's server and client certificates in
+    /// `dir`; refuses to replace any CA file unless `force`.
     pub fn init(dir: &Path, extra_names: &[String], force: bool) -> Result<DevPki, CertsError> {
         let pki = DevPki { dir: dir.to_path_buf() };
         if !force {
             // Replacing a CA silently would orphan every certificate issued so far.
-            for existing in [pki.ca_cert(), pki.ca_key()] {
-                if existing.exists() {
-                    return Err(CertsError::CaExists(existing));
-                }
+            if let Some(existing) = pki.ca_files().into_iter().find(|file| file.exists()) {
+                return Err(CertsError::CaExists(existing));
             }
         }
         let ca = CertificateAuthority::generate()?;
         // Issue before writing anything so that a bad extra name leaves the directory untouched.
         let gateway = ca.issue_gateway(extra_names)?;
+        let gateway_client = ca.issue_gateway_client()?;
         ca.save(dir)?;
         gateway.write(dir, GATEWAY_STEM)?;
+        gateway_client.write(dir, GATEWAY_CLIENT_STEM)?;
         Ok(pki)
     }
 
@@ -40,22 +56,38 @@ impl DevPki {
         DevPki { dir: dir.to_path_buf() }
     }
 
-    /// Loads the CA of this PKI, to issue vehicle or partner certificates.
+    /// Loads the CAs of this PKI, to issue vehicle, partner or operator certificates.
     pub fn authority(&self) -> Result<CertificateAuthority, CertsError> {
         CertificateAuthority::load(&self.dir)
     }
 
-    /// Path of the CA certificate (the trust anchor).
+    /// Whether every file [`DevPki::init`] writes is there (a directory from an older version
+    /// of `certs` has a root but no issuing CAs).
+    pub fn is_complete(&self) -> bool {
+        self.files().iter().all(|file| file.is_file())
+    }
+
+    /// Path of the root CA certificate: the trust anchor for verifying the gateway and adapters.
     pub fn ca_cert(&self) -> PathBuf {
         self.dir.join(CA_CERT_FILE)
     }
 
-    /// Path of the CA private key.
+    /// Path of the root CA private key.
     pub fn ca_key(&self) -> PathBuf {
         self.dir.join(CA_KEY_FILE)
     }
 
-    /// Path of the gateway's server certificate.
+    /// Path of an issuing CA's certificate: the trust anchor that admits its role only.
+    pub fn issuing_ca_cert(&self, which: IssuingCa) -> PathBuf {
+        self.dir.join(format!("{}.pem", which.stem()))
+    }
+
+    /// Path of an issuing CA's private key.
+    pub fn issuing_ca_key(&self, which: IssuingCa) -> PathBuf {
+        self.dir.join(format!("{}.key", which.stem()))
+    }
+
+    /// Path of the gateway's server certificate (with no intermediate: the root signs it).
     pub fn gateway_cert(&self) -> PathBuf {
         self.dir.join(format!("{GATEWAY_STEM}.pem"))
     }
@@ -65,9 +97,36 @@ impl DevPki {
         self.dir.join(format!("{GATEWAY_STEM}.key"))
     }
 
+    /// Path of the gateway's client certificate chain, presented to partner adapters.
+    pub fn gateway_client_cert(&self) -> PathBuf {
+        self.dir.join(format!("{GATEWAY_CLIENT_STEM}.pem"))
+    }
+
+    /// Path of the gateway's client private key.
+    pub fn gateway_client_key(&self) -> PathBuf {
+        self.dir.join(format!("{GATEWAY_CLIENT_STEM}.key"))
+    }
+
+    /// The certificate and key files of the root and every issuing CA.
+    fn ca_files(&self) -> Vec<PathBuf> {
+        let mut files = vec![self.ca_cert(), self.ca_key()];
+        for which in IssuingCa::ALL {
+            files.push(self.issuing_ca_cert(which));
+            files.push(self.issuing_ca_key(which));
+        }
+        files
+    }
+
     /// Every file [`DevPki::init`] writes, in the order a reader would want them listed.
-    pub fn files(&self) -> [PathBuf; 4] {
-        [self.ca_cert(), self.ca_key(), self.gateway_cert(), self.gateway_key()]
+    pub fn files(&self) -> Vec<PathBuf> {
+        let mut files = self.ca_files();
+        files.extend([
+            self.gateway_cert(),
+            self.gateway_key(),
+            self.gateway_client_cert(),
+            self.gateway_client_key(),
+        ]);
+        files
     }
 }
 
@@ -83,8 +142,43 @@ mod tests {
         for file in pki.files() {
             assert!(file.is_file(), "{} missing", file.display());
         }
+        assert_eq!(pki.files().len(), 14);
+        assert!(pki.is_complete());
         let ca = pki.authority().unwrap();
-        assert_eq!(ca.cert_pem(), std::fs::read_to_string(pki.ca_cert()).unwrap());
+        assert_eq!(ca.root_cert_pem(), std::fs::read_to_string(pki.ca_cert()).unwrap());
+        for which in IssuingCa::ALL {
+            assert_eq!(
+                ca.issuing_cert_pem(which),
+                std::fs::read_to_string(pki.issuing_ca_cert(which)).unwrap()
+            );
+        }
+    }
+
+    #[test]
+    fn init_refuses_to_replace_any_ca_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let pki = DevPki::open(dir.path());
+        let operators = pki.issuing_ca_key(IssuingCa::Operators);
+        std::fs::write(&operators, "left over").unwrap();
+
+        let err = DevPki::init(dir.path(), &[], false).unwrap_err();
+
+        assert!(
+            matches!(&err, CertsError::CaExists(path) if *path == operators),
+            "{err}"
+        );
+        assert!(!pki.ca_cert().exists());
+    }
+
+    #[test]
+    fn a_directory_from_before_issuing_cas_is_incomplete_and_says_how_to_fix_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let pki = DevPki::init(dir.path(), &[], false).unwrap();
+        std::fs::remove_file(pki.issuing_ca_cert(IssuingCa::Vehicles)).unwrap();
+
+        assert!(!pki.is_complete());
+        let err = pki.authority().unwrap_err().to_string();
+        assert!(err.contains("vehicles-ca.pem") && err.contains("--force"), "{err}");
     }
 
     #[test]

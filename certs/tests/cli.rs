@@ -58,6 +58,12 @@ fn subject_of(pem_path: &Path) -> (String, String) {
     (ou, cn)
 }
 
+/// How many certificates a PEM file holds.
+fn pem_blocks(pem_path: &Path) -> usize {
+    let pem = std::fs::read(pem_path).unwrap();
+    x509_parser::pem::Pem::iter_from_buffer(&pem).count()
+}
+
 #[cfg(unix)]
 fn assert_private(path: &Path) {
     use std::os::unix::fs::PermissionsExt;
@@ -83,19 +89,40 @@ fn init_then_vehicle_and_partner() {
         "192.168.1.10",
     ]);
     assert_success(&init);
-    for file in ["ca.pem", "ca.key", "gateway.pem", "gateway.key"] {
-        assert!(
-            stdout(&init).contains(arg(&pki.join(file))),
-            "{file} not listed: {}",
-            stdout(&init)
-        );
+    for stem in [
+        "ca",
+        "vehicles-ca",
+        "partners-ca",
+        "gateway-clients-ca",
+        "operators-ca",
+        "gateway",
+        "gateway-client",
+    ] {
+        for file in [format!("{stem}.pem"), format!("{stem}.key")] {
+            assert!(
+                stdout(&init).lines().any(|line| line == arg(&pki.join(&file))),
+                "{file} not listed: {}",
+                stdout(&init)
+            );
+            assert!(pki.join(&file).is_file(), "{file} not written");
+        }
+        assert_private(&pki.join(format!("{stem}.key")));
     }
-    assert_private(&pki.join("ca.key"));
-    assert_private(&pki.join("gateway.key"));
+    assert_eq!(stdout(&init).lines().count(), 14, "{}", stdout(&init));
     assert_eq!(
         subject_of(&pki.join("gateway.pem")),
         ("gateway".into(), "gateway".into())
     );
+    assert_eq!(
+        subject_of(&pki.join("gateway-client.pem")),
+        ("gateway-client".into(), "gateway".into())
+    );
+    assert_eq!(
+        pem_blocks(&pki.join("gateway-client.pem")),
+        2,
+        "leaf then gateway-clients-ca"
+    );
+    assert_eq!(pem_blocks(&pki.join("vehicles-ca.pem")), 1, "the intermediate alone");
 
     let cars = dir.path().join("cars");
     let vehicle = certs(&["vehicle", VIN, "--out", arg(&cars), "--ca", arg(&pki)]);
@@ -106,6 +133,7 @@ fn init_then_vehicle_and_partner() {
         ("vehicle".into(), VIN.into())
     );
     assert_private(&cars.join(format!("{VIN}.key")));
+    assert_eq!(pem_blocks(&cars.join(format!("{VIN}.pem"))), 2, "leaf then vehicles-ca");
 
     // --ca defaults to --out.
     assert_success(&certs(&["partner", "parking", "--out", arg(&pki)]));
@@ -114,6 +142,17 @@ fn init_then_vehicle_and_partner() {
         ("partner".into(), "parking".into())
     );
     assert_private(&pki.join("parking.key"));
+
+    let ops = dir.path().join("ops");
+    let operator = certs(&["operator", "night-shift", "--out", arg(&ops), "--ca", arg(&pki)]);
+    assert_success(&operator);
+    assert!(stdout(&operator).contains(arg(&ops.join("night-shift.pem"))));
+    assert_eq!(
+        subject_of(&ops.join("night-shift.pem")),
+        ("operator".into(), "night-shift".into())
+    );
+    assert_eq!(pem_blocks(&ops.join("night-shift.pem")), 2, "leaf then operators-ca");
+    assert_private(&ops.join("night-shift.key"));
 }
 
 #[test]
@@ -141,7 +180,7 @@ fn bad_vins_are_refused_with_the_reason() {
     let err = assert_failure(&certs(&["vehicle", "WBA3B5C50DF12345", "--out", arg(dir.path())]));
     assert!(err.contains("17 characters") && err.contains("has 16"), "{err}");
 
-    assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 4, "files were written");
+    assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 14, "files were written");
 }
 
 #[test]
@@ -157,6 +196,31 @@ fn bad_partner_names_are_refused() {
     let dir = tempfile::tempdir().unwrap();
     let err = assert_failure(&certs(&["partner", "Parking", "--out", arg(dir.path())]));
     assert!(err.contains("partner name") && err.contains("'P'"), "{err}");
+}
+
+#[test]
+fn bad_operator_names_are_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    assert_success(&certs(&["init", "--out", arg(dir.path())]));
+    let err = assert_failure(&certs(&["operator", "ops.team", "--out", arg(dir.path())]));
+    assert!(err.contains("operator name") && err.contains("'.'"), "{err}");
+    assert!(!dir.path().join("ops.team.pem").exists());
+}
+
+#[test]
+fn a_pki_from_before_issuing_cas_is_reported_with_the_way_out() {
+    let dir = tempfile::tempdir().unwrap();
+    assert_success(&certs(&["init", "--out", arg(dir.path())]));
+    std::fs::remove_file(dir.path().join("vehicles-ca.pem")).unwrap();
+    std::fs::remove_file(dir.path().join("vehicles-ca.key")).unwrap();
+
+    let err = assert_failure(&certs(&["vehicle", VIN, "--out", arg(dir.path())]));
+    assert!(err.contains("vehicles-ca.pem") && err.contains("--force"), "{err}");
+
+    let err = assert_failure(&certs(&["init", "--out", arg(dir.path())]));
+    assert!(err.contains("already exists"), "{err}");
+    assert_success(&certs(&["init", "--out", arg(dir.path()), "--force"]));
+    assert_success(&certs(&["vehicle", VIN, "--out", arg(dir.path())]));
 }
 
 #[test]

@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
-use certs::{CertificateAuthority, DevPki};
+use certs::{DevPki, IssuingCa};
 use clap::Parser;
 use gateway::config::PartnerConfig;
 use gateway::{Gateway, GatewayConfig};
@@ -57,7 +57,7 @@ async fn main() -> Result<()> {
 
     let files = DemoFiles::ensure(&args.dir)?;
     println!(
-        "certificates in {}/ (CA, gateway, partner and vehicle {DEMO_VIN})",
+        "certificates in {}/ (root and per-role CAs, gateway, partner and vehicle {DEMO_VIN})",
         args.dir.display()
     );
 
@@ -69,7 +69,8 @@ async fn main() -> Result<()> {
     let tls = parking_adapter::mtls_config(
         &std::fs::read_to_string(&files.parking_cert)?,
         &std::fs::read_to_string(&files.parking_key)?,
-        &std::fs::read_to_string(&files.ca_cert)?,
+        // Only the gateway's client certificate opens the adapter, not the car's.
+        &std::fs::read_to_string(&files.gateway_clients_ca)?,
     );
     let (stop_adapter, adapter_stopped) = tokio::sync::oneshot::channel::<()>();
     let adapter_task = tokio::spawn(parking_adapter::serve(adapter, Some(tls), parking.clone(), async {
@@ -80,7 +81,7 @@ async fn main() -> Result<()> {
     let mut config = GatewayConfig::new(
         files.gateway_cert.clone(),
         files.gateway_key.clone(),
-        files.ca_cert.clone(),
+        files.vehicles_ca.clone(),
     );
     config.mqtt.listen = args.mqtt_listen;
     config.partners = vec![files.partner_entry(adapter_addr)];
@@ -247,7 +248,12 @@ fn ms(t: Instant) -> f64 {
 
 /// The demo's files: a development PKI plus sample configs for running the binaries yourself.
 struct DemoFiles {
+    /// The root: what the car and the gateway verify servers with.
     ca_cert: PathBuf,
+    /// What the gateway's MQTT port trusts.
+    vehicles_ca: PathBuf,
+    /// What the parking adapter trusts.
+    gateway_clients_ca: PathBuf,
     gateway_cert: PathBuf,
     gateway_key: PathBuf,
     parking_cert: PathBuf,
@@ -259,26 +265,35 @@ struct DemoFiles {
 }
 
 impl DemoFiles {
-    /// Reuses the PKI in `dir` if there is one, so repeated runs keep the same CA.
+    /// Reuses the PKI in `dir` if there is a complete one, so repeated runs keep the same CAs.
     fn ensure(dir: &Path) -> Result<DemoFiles> {
-        let pki = if dir.join("ca.pem").exists() {
-            DevPki::open(dir)
+        let existing = DevPki::open(dir);
+        let pki = if existing.is_complete() {
+            existing
+        } else if existing.ca_cert().exists() {
+            // Made before the per-role CAs: its certificates would not pass the new trust.
+            println!(
+                "replacing the development PKI in {}/: it predates the per-role CAs",
+                dir.display()
+            );
+            DevPki::init(dir, &[], true)?
         } else {
             DevPki::init(dir, &[], false)?
         };
-        let ca: CertificateAuthority = pki.authority()?;
+        let ca = pki.authority()?;
         let vin = Vin::parse(DEMO_VIN)?;
         let (vehicle_cert, vehicle_key) = ca.issue_vehicle(&vin)?.write(dir, vin.as_str())?;
         let (parking_cert, parking_key) = ca.issue_partner("parking")?.write(dir, "parking")?;
-        let (client_cert, client_key) = ca.issue_partner("gateway-client")?.write(dir, "gateway-client")?;
         let files = DemoFiles {
             ca_cert: pki.ca_cert(),
+            vehicles_ca: pki.issuing_ca_cert(IssuingCa::Vehicles),
+            gateway_clients_ca: pki.issuing_ca_cert(IssuingCa::GatewayClients),
             gateway_cert: pki.gateway_cert(),
             gateway_key: pki.gateway_key(),
             parking_cert,
             parking_key,
-            client_cert,
-            client_key,
+            client_cert: pki.gateway_client_cert(),
+            client_key: pki.gateway_client_key(),
             vehicle_cert,
             vehicle_key,
         };
@@ -314,7 +329,7 @@ impl DemoFiles {
             abs(dir).trim_end_matches('/').to_owned() + "/gateway.db",
             abs(&self.gateway_cert),
             abs(&self.gateway_key),
-            abs(&self.ca_cert),
+            abs(&self.vehicles_ca),
             abs(&self.ca_cert),
             abs(&self.client_cert),
             abs(&self.client_key),

@@ -123,9 +123,9 @@ impl Default for EventsConfig {
 pub struct PartnerApiConfig {
     /// Address to listen on.
     pub listen: SocketAddr,
-    /// CA partner client certificates must chain to; defaults to `tls.client_ca`.
-    #[serde(default)]
-    pub client_ca: Option<PathBuf>,
+    /// CA partner client certificates must chain to: the one that signs partners only
+    /// (`partners-ca.pem` in the development PKI), never `tls.client_ca`, which admits cars.
+    pub client_ca: PathBuf,
 }
 
 /// The vehicle-facing listener.
@@ -369,7 +369,7 @@ impl GatewayConfig {
         let config: GatewayConfig = figment
             .merge(Env::prefixed("GATEWAY_").split("__"))
             .extract()
-            .map_err(Box::new)?;
+            .map_err(explain_missing)?;
         config.validate()?;
         Ok(config)
     }
@@ -516,10 +516,8 @@ impl GatewayConfig {
                 "must be at least events.max_per_second_per_partner",
             ));
         }
-        if let Some(api) = &self.partner_api
-            && let Some(ca) = &api.client_ca
-        {
-            must_exist("partner_api.client_ca", ca)?;
+        if let Some(api) = &self.partner_api {
+            must_exist("partner_api.client_ca", &api.client_ca)?;
         }
         let mut services = HashSet::new();
         for (i, p) in self.partners.iter().enumerate() {
@@ -601,6 +599,22 @@ impl GatewayConfig {
         }
         Ok(())
     }
+}
+
+/// Figment names a missing field but cannot say why it is needed; a field that used to have a
+/// default, and whose old default would now be unsafe, says so here.
+fn explain_missing(e: figment::Error) -> ConfigError {
+    let is_partner_api_ca = matches!(&e.kind, figment::error::Kind::MissingField(field) if field == "client_ca")
+        && e.path.last().is_some_and(|key| key == "partner_api");
+    if is_partner_api_ca {
+        return invalid(
+            "partner_api.client_ca",
+            "required when [partner_api] is present: the CA that signs partner certificates only \
+             (partners-ca.pem in the development PKI). It no longer defaults to tls.client_ca, \
+             which signs vehicles and would let cars into the partner API",
+        );
+    }
+    ConfigError::Parse(Box::new(e))
 }
 
 fn must_exist(field: &str, path: &Path) -> Result<(), ConfigError> {
@@ -747,6 +761,47 @@ mod tests {
         assert_eq!(loaded.mqtt.listen.port(), 9999);
         assert_eq!(loaded.partners[0].timeout, Some(Duration::from_secs(2)));
         assert_eq!(loaded.mqtt.handshake_timeout, Duration::from_secs(10));
+    }
+
+    #[test]
+    fn partner_api_without_client_ca_names_the_field() {
+        let (dir, c) = files();
+        let path = dir.path().join("gateway.toml");
+        std::fs::write(
+            &path,
+            format!(
+                "[tls]\ncert = {:?}\nkey = {:?}\nclient_ca = {:?}\n[partner_api]\nlisten = \"127.0.0.1:0\"\n",
+                c.tls.cert, c.tls.key, c.tls.client_ca
+            ),
+        )
+        .unwrap();
+        let e = GatewayConfig::load(Some(&path)).unwrap_err().to_string();
+        assert!(e.starts_with("partner_api.client_ca: required"), "{e}");
+        assert!(e.contains("partners-ca.pem"), "{e}");
+
+        std::fs::write(dir.path().join("partners-ca.pem"), "x").unwrap();
+        let with_ca = format!(
+            "{}client_ca = {:?}\n",
+            std::fs::read_to_string(&path).unwrap(),
+            dir.path().join("partners-ca.pem")
+        );
+        std::fs::write(&path, with_ca).unwrap();
+        let loaded = GatewayConfig::load(Some(&path)).unwrap();
+        assert_eq!(
+            loaded.partner_api.unwrap().client_ca,
+            dir.path().join("partners-ca.pem")
+        );
+    }
+
+    #[test]
+    fn partner_api_client_ca_must_exist() {
+        let (_d, mut c) = files();
+        c.partner_api = Some(PartnerApiConfig {
+            listen: "127.0.0.1:0".parse().unwrap(),
+            client_ca: "/nonexistent/partners-ca.pem".into(),
+        });
+        let e = c.validate().unwrap_err().to_string();
+        assert!(e.starts_with("partner_api.client_ca:"), "{e}");
     }
 
     #[test]

@@ -362,7 +362,7 @@ async fn serve_partner_api(
             source,
         })
     };
-    let ca = read(api.client_ca.as_deref().unwrap_or(&config.tls.client_ca))?;
+    let ca = read(&api.client_ca)?;
     let tls = ServerTlsConfig::new()
         .identity(Identity::from_pem(read(&config.tls.cert)?, read(&config.tls.key)?))
         .client_ca_root(Certificate::from_pem(ca));

@@ -5,6 +5,7 @@
 //! - [`events::v1`]: how partners push events to cars through the gateway;
 //! - [`agent::v1`]: the agent's own local API for in-car apps (results, events);
 //! - [`Vin`], [`topics`] and [`metadata`]: how identity appears on the wire;
+//! - [`identity`]: the certificate profile (role and holder) and its one parser;
 //! - [`json`]: JSON <-> protobuf by method name, for shells and demos;
 //! - [`raw`]: a pass-through gRPC codec for brokering calls without decoding them.
 //!

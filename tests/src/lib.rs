@@ -10,7 +10,7 @@ use std::path::PathBuf;
 use std::sync::{Arc, Once};
 use std::time::Duration;
 
-use certs::{CertificateAuthority, IssuedCert, Validity};
+use certs::{CertificateAuthority, DevPki, IssuedCert, IssuingCa, Validity};
 use gateway::config::PartnerConfig;
 use gateway::{Gateway, GatewayConfig, SessionEvent};
 use parking_adapter::ParkingService;
@@ -56,32 +56,54 @@ pub struct Credentials {
     pub pem: IssuedCert,
 }
 
-/// A CA and everything it issued, in a temporary directory.
+/// A development PKI as `certs init` lays it out (a root and one issuing CA per client
+/// role), and everything issued from it, in a temporary directory.
 pub struct TestPki {
     /// Where the files are.
     pub dir: TempDir,
-    /// The CA.
+    /// The paths of the files `certs init` writes.
+    pub layout: DevPki,
+    /// The root and issuing CAs.
     pub ca: CertificateAuthority,
-    /// The CA certificate file.
+    /// The root CA certificate file: what verifies the gateway's and adapters' server certificates.
     pub ca_cert: PathBuf,
     /// The gateway's server certificate.
     pub gateway: Credentials,
+    /// The gateway's client certificate towards partner adapters.
+    pub gateway_client: Credentials,
 }
 
 impl TestPki {
-    /// A fresh CA with a gateway certificate for localhost.
+    /// A fresh PKI with a gateway certificate for localhost and the gateway's client certificate.
     pub fn new() -> TestPki {
         let dir = tempfile::tempdir().expect("temp dir");
-        let ca = CertificateAuthority::generate().expect("CA");
-        ca.save(dir.path()).expect("save CA");
-        let ca_cert = dir.path().join("ca.pem");
-        let gateway = write(&dir, "gateway", ca.issue_gateway(&[]).expect("gateway cert"));
+        let layout = DevPki::init(dir.path(), &[], false).expect("certs init");
+        let ca = layout.authority().expect("load the CAs");
+        let gateway = Credentials::read(layout.gateway_cert(), layout.gateway_key());
+        let gateway_client = Credentials::read(layout.gateway_client_cert(), layout.gateway_client_key());
         TestPki {
+            ca_cert: layout.ca_cert(),
             dir,
+            layout,
             ca,
-            ca_cert,
             gateway,
+            gateway_client,
         }
+    }
+
+    /// The vehicles CA file: the only anchor of the gateway's MQTT port.
+    pub fn vehicles_ca(&self) -> PathBuf {
+        self.layout.issuing_ca_cert(IssuingCa::Vehicles)
+    }
+
+    /// The partners CA file: the only anchor of the gateway's partner API.
+    pub fn partners_ca(&self) -> PathBuf {
+        self.layout.issuing_ca_cert(IssuingCa::Partners)
+    }
+
+    /// The gateway-clients CA, PEM: the only anchor of partner adapters.
+    pub fn gateway_clients_ca_pem(&self) -> &str {
+        self.ca.issuing_cert_pem(IssuingCa::GatewayClients)
     }
 
     /// A vehicle certificate for `vin`.
@@ -107,6 +129,22 @@ impl TestPki {
     /// A partner certificate named `name`.
     pub fn partner(&self, name: &str) -> Credentials {
         write(&self.dir, name, self.ca.issue_partner(name).expect("partner cert"))
+    }
+
+    /// An operator certificate named `name`.
+    pub fn operator(&self, name: &str) -> Credentials {
+        write(&self.dir, name, self.ca.issue_operator(name).expect("operator cert"))
+    }
+}
+
+impl Credentials {
+    /// The certificate and key files `certs init` wrote.
+    fn read(cert: PathBuf, key: PathBuf) -> Credentials {
+        let pem = IssuedCert {
+            cert_pem: std::fs::read_to_string(&cert).expect("read certificate"),
+            key_pem: std::fs::read_to_string(&key).expect("read key"),
+        };
+        Credentials { cert, key, pem }
     }
 }
 
@@ -136,12 +174,11 @@ impl Drop for RunningPartner {
     }
 }
 
-/// Starts the reference parking adapter on mTLS, trusting `pki`'s CA.
+/// Starts the reference parking adapter on mTLS, trusting only `pki`'s gateway-clients CA.
 pub async fn start_parking(pki: &TestPki, service: ParkingService) -> RunningPartner {
     let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind adapter");
     let addr = listener.local_addr().unwrap();
-    let me = pki.partner("parking");
-    let tls = parking_adapter::mtls_config(&me.pem.cert_pem, &me.pem.key_pem, pki.ca.cert_pem());
+    let tls = partner_tls(pki);
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
     tokio::spawn(parking_adapter::serve(listener, Some(tls), service, async {
         let _ = stopped.await;
@@ -149,19 +186,27 @@ pub async fn start_parking(pki: &TestPki, service: ParkingService) -> RunningPar
     RunningPartner { addr, stop: Some(stop) }
 }
 
-/// Starts any tonic service over mTLS as if it were a partner adapter.
+/// The TLS of a partner adapter: its partner certificate, and only the gateway-clients CA trusted.
+fn partner_tls(pki: &TestPki) -> tonic::transport::ServerTlsConfig {
+    let me = pki.partner("parking");
+    parking_adapter::mtls_config(&me.pem.cert_pem, &me.pem.key_pem, pki.gateway_clients_ca_pem())
+}
+
+/// Starts any tonic service over mTLS as if it were a partner adapter (the reference one's TLS
+/// and its check that every call comes from the gateway).
 pub async fn start_partner_service<S>(pki: &TestPki, service: S) -> RunningPartner
 where
     S: tower_service_bound::Routable,
 {
     let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind partner");
     let addr = listener.local_addr().unwrap();
-    let me = pki.partner("partner");
-    let tls = parking_adapter::mtls_config(&me.pem.cert_pem, &me.pem.key_pem, pki.ca.cert_pem());
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
     let server = tonic::transport::Server::builder()
-        .tls_config(tls)
+        .tls_config(partner_tls(pki))
         .expect("tls")
+        .layer(tonic::service::InterceptorLayer::new(
+            parking_adapter::require_gateway_client,
+        ))
         .add_service(service);
     tokio::spawn(server.serve_with_incoming_shutdown(
         tokio_stream::wrappers::TcpListenerStream::new(listener),
@@ -206,9 +251,10 @@ pub mod tower_service_bound {
     }
 }
 
-/// A partner entry pointing at `addr` over mTLS with the gateway's partner client certificate.
+/// A partner entry pointing at `addr` over mTLS: the gateway presents its client certificate
+/// and verifies the adapter against the root.
 pub fn partner_entry(pki: &TestPki, service: &str, addr: SocketAddr) -> PartnerConfig {
-    let client = pki.partner("gateway-client");
+    let client = &pki.gateway_client;
     PartnerConfig {
         service: service.into(),
         name: Some("parking".into()),
@@ -217,15 +263,16 @@ pub fn partner_entry(pki: &TestPki, service: &str, addr: SocketAddr) -> PartnerC
         timeout: Some(Duration::from_secs(5)),
         connect_timeout: Duration::from_secs(2),
         ca_cert: Some(pki.ca_cert.clone()),
-        client_cert: Some(client.cert),
-        client_key: Some(client.key),
+        client_cert: Some(client.cert.clone()),
+        client_key: Some(client.key.clone()),
         tls_server_name: None,
     }
 }
 
-/// Gateway configuration for `pki` with the given partners; tweak fields before starting.
+/// Gateway configuration for `pki` with the given partners (its MQTT port trusting only the
+/// vehicles CA); tweak fields before starting.
 pub fn gateway_config(pki: &TestPki, partners: Vec<PartnerConfig>) -> GatewayConfig {
-    let mut config = GatewayConfig::new(pki.gateway.cert.clone(), pki.gateway.key.clone(), pki.ca_cert.clone());
+    let mut config = GatewayConfig::new(pki.gateway.cert.clone(), pki.gateway.key.clone(), pki.vehicles_ca());
     config.mqtt.listen = "127.0.0.1:0".parse().unwrap();
     config.partners = partners;
     config.storage.url = storage_url(pki);
@@ -295,12 +342,17 @@ impl Platform {
 
     /// Starts adapter and gateway, letting `tweak` adjust the gateway's configuration.
     pub async fn start_with(tweak: impl FnOnce(&mut GatewayConfig)) -> Platform {
+        Platform::start_with_pki(|_, config| tweak(config)).await
+    }
+
+    /// [`Platform::start_with`], with the PKI at hand for settings that name its files.
+    pub async fn start_with_pki(tweak: impl FnOnce(&TestPki, &mut GatewayConfig)) -> Platform {
         init();
         let pki = TestPki::new();
         let parking = ParkingService::new();
         let parking_server = start_parking(&pki, parking.clone()).await;
         let mut config = gateway_config(&pki, vec![partner_entry(&pki, PARKING, parking_server.addr)]);
-        tweak(&mut config);
+        tweak(&pki, &mut config);
         let gateway = start_gateway(config).await;
         Platform {
             pki,

@@ -12,18 +12,27 @@ use proto::vehicle::v1::{Event, EventAck};
 use rumqttc::{Packet, QoS};
 use tonic::transport::{Certificate, Channel, ClientTlsConfig, Identity};
 
+/// The platform with the partner API on, trusting only the partners CA.
 async fn platform_with_partner_api() -> Platform {
-    Platform::start_with(|c| {
+    platform_with_partner_api_trusting(TestPki::partners_ca).await
+}
+
+/// The platform with the partner API on, trusting the CA file `trusted` picks.
+async fn platform_with_partner_api_trusting(trusted: fn(&TestPki) -> std::path::PathBuf) -> Platform {
+    Platform::start_with_pki(|pki, c| {
         c.partner_api = Some(PartnerApiConfig {
             listen: "127.0.0.1:0".parse().unwrap(),
-            client_ca: None,
+            client_ca: trusted(pki),
         });
     })
     .await
 }
 
-/// A gRPC client to the gateway's partner API presenting `creds`.
-async fn partner_client(platform: &Platform, creds: &Credentials) -> PartnerEventsClient<Channel> {
+/// A gRPC connection to the gateway's partner API presenting `creds`.
+async fn try_partner_client(
+    platform: &Platform,
+    creds: &Credentials,
+) -> Result<PartnerEventsClient<Channel>, tonic::transport::Error> {
     let addr = platform.gateway.partner_api_addr().expect("partner API on");
     let tls = ClientTlsConfig::new()
         .ca_certificate(Certificate::from_pem(std::fs::read(&platform.pki.ca_cert).unwrap()))
@@ -34,9 +43,15 @@ async fn partner_client(platform: &Platform, creds: &Credentials) -> PartnerEven
         .tls_config(tls)
         .unwrap()
         .connect()
+        .await?;
+    Ok(PartnerEventsClient::new(channel))
+}
+
+/// A gRPC client to the gateway's partner API presenting `creds`.
+async fn partner_client(platform: &Platform, creds: &Credentials) -> PartnerEventsClient<Channel> {
+    try_partner_client(platform, creds)
         .await
-        .expect("connect to partner API");
-    PartnerEventsClient::new(channel)
+        .expect("connect to partner API")
 }
 
 fn event(vin: &str, id: &str, kind: &str) -> PublishRequest {
@@ -195,12 +210,44 @@ async fn a_partner_may_publish_only_for_its_own_service() {
 }
 
 #[tokio::test]
-async fn a_car_certificate_cannot_use_the_partner_api() {
+async fn a_car_or_operator_certificate_cannot_use_the_partner_api() {
     let platform = platform_with_partner_api().await;
+    for (who, creds) in [
+        ("a car", platform.pki.vehicle(VIN_A)),
+        ("an operator", platform.pki.operator("night-shift")),
+    ] {
+        // The partners CA does not know them: refused at the handshake, which with TLS 1.3
+        // the client may learn of on connect or on its first call.
+        let refused = match try_partner_client(&platform, &creds).await {
+            Err(_) => true,
+            Ok(mut client) => {
+                let err = client
+                    .publish(event(VIN_B, "e1", "x"))
+                    .await
+                    .expect_err("not a partner");
+                matches!(err.code(), tonic::Code::Unavailable | tonic::Code::Unknown)
+            }
+        };
+        assert!(refused, "{who} got through the partner API's handshake");
+    }
+}
+
+#[tokio::test]
+async fn behind_a_ca_that_admits_every_role_a_car_is_still_not_a_partner() {
+    // A deployment that hands the partner API the root: the handshake admits cars, the role
+    // in the certificate does not.
+    let platform = platform_with_partner_api_trusting(|pki| pki.ca_cert.clone()).await;
     let mut car_as_partner = partner_client(&platform, &platform.pki.vehicle(VIN_A)).await;
     let err = car_as_partner
         .publish(event(VIN_B, "e1", "x"))
         .await
         .expect_err("cars are not partners");
     assert_eq!(err.code(), tonic::Code::PermissionDenied);
+    assert!(err.message().contains("role partner"), "{}", err.message());
+
+    let mut partner = partner_client(&platform, &platform.pki.partner("parking")).await;
+    partner
+        .publish(event(VIN_B, "e1", "x"))
+        .await
+        .expect("a partner publishes");
 }

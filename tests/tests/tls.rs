@@ -1,11 +1,14 @@
-//! The handshake is the front door: only certificates from our CA, valid today, for a
-//! vehicle, get in, and a socket that never finishes its handshake delays no one.
+//! The handshake is the front door: only certificates from our vehicles CA, valid today, get
+//! in, and a socket that never finishes its handshake delays no one. Behind the gateway, a
+//! partner adapter's door opens for the gateway's client certificate only.
 
 use std::time::Duration;
 
 use integration_tests::*;
+use proto::parking::v1::parking_payment_client::ParkingPaymentClient;
 use tokio::io::AsyncReadExt;
 use tokio::net::TcpStream;
+use tonic::transport::{Certificate, ClientTlsConfig, Endpoint, Identity};
 use vehicle_agent::Agent;
 
 /// The gateway refused the client certificate with a TLS alert (in TLS 1.3 the client learns
@@ -44,11 +47,73 @@ async fn an_expired_certificate_is_refused() {
 }
 
 #[tokio::test]
-async fn a_partner_certificate_cannot_connect_as_a_vehicle() {
+async fn partner_and_operator_certificates_are_refused_at_the_handshake() {
     let platform = Platform::start().await;
-    let creds = platform.pki.partner("parking");
-    let (_c, mut eventloop) = platform.mqtt_client(&creds, "parking");
-    assert!(connack(&mut eventloop).await.is_err());
+    for (who, creds) in [
+        ("parking", platform.pki.partner("parking")),
+        ("night-shift", platform.pki.operator("night-shift")),
+    ] {
+        let (_c, mut eventloop) = platform.mqtt_client(&creds, who);
+        let err = connack(&mut eventloop)
+            .await
+            .expect_err("only vehicles connect over MQTT");
+        // Signed by the same root, but not by the vehicles CA the MQTT port trusts.
+        assert!(refused_with(&err, &["UnknownCA"]), "{who}: {err:?}");
+    }
+    // The same port admits a car, so the refusals above are about the role.
+    let (_c, mut eventloop) = platform.mqtt_client(&platform.pki.vehicle(VIN_A), VIN_A);
+    connack(&mut eventloop).await.expect("a vehicle connects");
+}
+
+/// StartSession sent straight to the parking adapter, bypassing the gateway: presenting
+/// `creds` and claiming to be the car `vin` in the metadata only the gateway should write.
+async fn start_session_at_the_adapter(
+    platform: &Platform,
+    creds: &Credentials,
+    vin: &str,
+) -> Result<proto::parking::v1::StartSessionResponse, String> {
+    let tls = ClientTlsConfig::new()
+        .ca_certificate(Certificate::from_pem(std::fs::read(&platform.pki.ca_cert).unwrap()))
+        .identity(Identity::from_pem(&creds.pem.cert_pem, &creds.pem.key_pem))
+        .domain_name("localhost");
+    let channel = Endpoint::from_shared(format!("https://localhost:{}", platform.parking_server.addr.port()))
+        .unwrap()
+        .tls_config(tls)
+        .unwrap()
+        .connect()
+        .await
+        .map_err(|e| format!("connect: {e:?}"))?;
+    let mut request = tonic::Request::new(parking_at_the_bund());
+    request
+        .metadata_mut()
+        .insert(proto::metadata::VIN, vin.parse().unwrap());
+    ParkingPaymentClient::new(channel)
+        .start_session(request)
+        .await
+        .map(tonic::Response::into_inner)
+        .map_err(|status| format!("{:?}: {}", status.code(), status.message()))
+}
+
+#[tokio::test]
+async fn a_car_certificate_cannot_call_the_parking_adapter_directly() {
+    let platform = Platform::start().await;
+    // The car holds a valid certificate of the same root and wants to park as another car.
+    let car = platform.pki.vehicle(VIN_A);
+    let err = start_session_at_the_adapter(&platform, &car, VIN_B)
+        .await
+        .expect_err("a car's certificate must not open the adapter");
+    // Refused during the handshake: with TLS 1.3 the client may learn of it on connect or on
+    // its first call, which then fails at the transport, never with an answer of the adapter.
+    assert!(
+        err.starts_with("connect:") || err.starts_with("Unavailable") || err.starts_with("Unknown"),
+        "{err}"
+    );
+
+    // The same call with the gateway's client certificate is served: the refusal is the car's.
+    let session = start_session_at_the_adapter(&platform, &platform.pki.gateway_client, VIN_B)
+        .await
+        .expect("the gateway's certificate is accepted");
+    assert!(session.session.is_some());
 }
 
 #[tokio::test]

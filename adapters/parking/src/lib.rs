@@ -5,8 +5,10 @@
 //! to write an adapter. Cars never reach it directly. The gateway calls it over mutual TLS and
 //! attaches to every call:
 //!
-//! - `x-vehicle-vin`: the calling car, from its certificate. The only identity to trust; every
-//!   session and receipt belongs to the VIN that created it, and other cars get NOT_FOUND.
+//! - `x-vehicle-vin`: the calling car, from its certificate. The only identity to trust, and
+//!   only because the caller proved it is the gateway (see [`mtls_config`] and
+//!   [`require_gateway_client`]); every session and receipt belongs to the VIN that created it,
+//!   and other cars get NOT_FOUND.
 //! - `x-request-id`: logged with every call so one driver action can be followed end to end.
 //! - `idempotency-key`: identical on every retry of one driver intent. Mobile links drop replies,
 //!   so the same StartSession or EndSession can arrive twice; the adapter remembers its answer
@@ -14,7 +16,8 @@
 //!
 //! Reading order: [`service`] (the handlers), `caller.rs` (reading the metadata),
 //! `idempotency.rs` (replaying retries), [`catalogue`] (lots and distances), [`clock`]
-//! (injectable time, so tests can advance it), then [`serve`] and [`mtls_config`] below.
+//! (injectable time, so tests can advance it), then [`serve`], [`mtls_config`] and
+//! [`require_gateway_client`] below.
 
 pub mod catalogue;
 pub mod clock;
@@ -27,9 +30,12 @@ use std::future::Future;
 use std::time::Duration;
 
 use anyhow::Context as _;
+use proto::identity::{Role, require_peer_role};
 use tokio_stream::StreamExt as _;
 use tokio_stream::wrappers::TcpListenerStream;
+use tonic::service::interceptor::InterceptedService;
 use tonic::transport::{Certificate, Identity, Server, ServerTlsConfig};
+use tonic::{Request, Status};
 
 pub use clock::{Clock, ManualClock, SystemClock};
 pub use service::ParkingService;
@@ -38,6 +44,9 @@ pub use service::ParkingService;
 const TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Serves until `shutdown` completes. `tls` = None means plaintext (dev only).
+///
+/// Over TLS every call must come from the gateway's client certificate
+/// ([`require_gateway_client`]); in plaintext there is no certificate to check.
 ///
 /// Takes an already bound listener so that callers (and tests) know the address before the
 /// server starts, and can bind port 0 without racing for a free port.
@@ -56,11 +65,19 @@ pub async fn serve(
         })
     });
     let mut builder = Server::builder();
+    let mtls = tls.is_some();
     if let Some(tls) = tls {
         builder = builder.tls_config(tls).context("invalid TLS configuration")?;
     }
+    let gateway_only = InterceptedService::new(service.into_server(), move |request| {
+        if mtls {
+            require_gateway_client(request)
+        } else {
+            Ok(request)
+        }
+    });
     builder
-        .add_service(service.into_server())
+        .add_service(gateway_only)
         .serve_with_incoming_shutdown(incoming, shutdown)
         .await
         .context("parking adapter server failed")
@@ -69,14 +86,31 @@ pub async fn serve(
 /// Builds an mTLS server config from PEM strings: server cert+key, and the CA that client certificates must chain to.
 ///
 /// Client certificates are required, not optional: the adapter trusts the `x-vehicle-vin`
-/// metadata only because the caller proved it is the gateway. In production, trust a CA that
-/// signs only the gateway's client certificate (not cars'), so that a car holding a valid
-/// certificate of its own cannot call the adapter directly and claim another VIN. PEM errors
-/// are reported by [`serve`] when it applies the config.
+/// metadata only because the caller proved it is the gateway. Give it the CA that signs only
+/// the gateway's client certificate (`gateway-clients-ca.pem` in the development PKI), never
+/// one that also signs cars: a car holding a valid certificate of its own could otherwise call
+/// the adapter directly and claim another VIN. [`serve`] also checks the certificate's role on
+/// every call. PEM errors are reported by [`serve`] when it applies the config.
 pub fn mtls_config(cert_pem: &str, key_pem: &str, client_ca_pem: &str) -> ServerTlsConfig {
     ServerTlsConfig::new()
         .identity(Identity::from_pem(cert_pem, key_pem))
         .client_ca_root(Certificate::from_pem(client_ca_pem))
         // Handshakes run concurrently, but a client that stalls one still holds a socket.
         .timeout(TLS_HANDSHAKE_TIMEOUT)
+}
+
+/// Lets a call through only if its client certificate has the role `gateway-client`, else
+/// PERMISSION_DENIED: a tonic interceptor for adapters served over mutual TLS.
+///
+/// The TLS trust anchor should already admit nothing else; this check keeps a car out even
+/// when an adapter is given a CA that signs cars too, and refuses certificates whose subject
+/// names more than one role.
+pub fn require_gateway_client(request: Request<()>) -> Result<Request<()>, Status> {
+    require_peer_role(&request, Role::GatewayClient).map_err(|status| match status.code() {
+        tonic::Code::PermissionDenied => {
+            Status::permission_denied(format!("only the gateway may call this adapter: {}", status.message()))
+        }
+        _ => status,
+    })?;
+    Ok(request)
 }

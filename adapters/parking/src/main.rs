@@ -1,7 +1,7 @@
 //! `parking-adapter`: runs the reference parking partner service.
 //!
 //! ```text
-//! parking-adapter --listen 127.0.0.1:50061 --cert adapter.pem --key adapter.key --client-ca ca.pem
+//! parking-adapter --listen 127.0.0.1:50061 --cert parking.pem --key parking.key --client-ca gateway-clients-ca.pem
 //! parking-adapter --listen 127.0.0.1:50061     # plaintext, for local development only
 //! ```
 
@@ -31,7 +31,8 @@ struct Args {
     /// PEM private key of --cert.
     #[arg(long)]
     key: Option<PathBuf>,
-    /// PEM CA that the gateway's client certificate must chain to.
+    /// PEM CA that the gateway's client certificate must chain to, and that signs nothing else
+    /// (gateway-clients-ca.pem in the development PKI); calls must also carry role gateway-client.
     #[arg(long)]
     client_ca: Option<PathBuf>,
 }

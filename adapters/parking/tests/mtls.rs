@@ -1,14 +1,21 @@
-//! The adapter over mutual TLS: the gateway's client certificate is required.
+//! The adapter over mutual TLS: only the gateway's client certificate gets a call through,
+//! both at the TLS layer (the CA it is given) and on every call (the certificate's role).
 
 use parking_adapter::{ParkingService, mtls_config, serve};
+use proto::identity::Role;
+use proto::metadata;
 use proto::parking::v1::parking_payment_client::ParkingPaymentClient;
-use proto::parking::v1::{GeoPoint, ListNearbyLotsRequest};
+use proto::parking::v1::{GeoPoint, ListNearbyLotsRequest, StartSessionRequest};
 use rcgen::{
     BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair, KeyUsagePurpose,
 };
 use tokio::net::TcpListener;
 use tokio::sync::oneshot;
-use tonic::transport::{Certificate, ClientTlsConfig, Endpoint, Identity};
+use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity};
+use tonic::{Code, Request};
+
+const CAR: &str = "LSVAU2180N2183294";
+const OTHER_CAR: &str = "WBA3B5C50DF123456";
 
 /// A certificate and its key, in PEM.
 struct Pem {
@@ -16,7 +23,7 @@ struct Pem {
     key: String,
 }
 
-/// A throwaway CA that issues one server and any number of client certificates.
+/// A throwaway CA that issues certificates with the platform's subject profile (OU = role).
 struct TestCa {
     params: CertificateParams,
     key: KeyPair,
@@ -34,9 +41,19 @@ impl TestCa {
         TestCa { params, key, cert_pem }
     }
 
-    fn issue(&self, name: &str, usage: ExtendedKeyUsagePurpose) -> Pem {
+    /// A certificate for `name` whose subject has one OU per entry of `roles` (none if empty).
+    fn issue(&self, name: &str, roles: &[&str], usage: ExtendedKeyUsagePurpose) -> Pem {
         let key = KeyPair::generate().unwrap();
         let mut params = CertificateParams::new(vec!["localhost".to_owned()]).unwrap();
+        for (i, role) in roles.iter().enumerate() {
+            // rcgen keeps one value per attribute type; the raw OU OID adds a second one.
+            let ou = if i == 0 {
+                DnType::OrganizationalUnitName
+            } else {
+                DnType::CustomDnType(vec![2, 5, 4, 11])
+            };
+            params.distinguished_name.push(ou, *role);
+        }
         params.distinguished_name.push(DnType::CommonName, name);
         params.extended_key_usages = vec![usage];
         let issuer = Issuer::from_params(&self.params, &self.key);
@@ -46,61 +63,191 @@ impl TestCa {
             key: key.serialize_pem(),
         }
     }
+
+    fn client(&self, name: &str, role: Role) -> Pem {
+        self.issue(name, &[role.as_str()], ExtendedKeyUsagePurpose::ClientAuth)
+    }
 }
 
-fn lots_request() -> ListNearbyLotsRequest {
-    ListNearbyLotsRequest {
+/// A running adapter on 127.0.0.1 port 0 trusting `client_ca`; dropping it stops the server.
+struct Adapter {
+    port: u16,
+    /// The CA its server certificate chains to.
+    server_ca: String,
+    _stop: oneshot::Sender<()>,
+}
+
+async fn start_adapter(client_ca: &TestCa) -> Adapter {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let server_ca = TestCa::new("partners CA");
+    let server = server_ca.issue(
+        "parking",
+        &[Role::Partner.as_str()],
+        ExtendedKeyUsagePurpose::ServerAuth,
+    );
+    // Bound before the server task starts, so clients can connect at once: no sleeps.
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let (stop, stopped) = oneshot::channel::<()>();
+    let tls = mtls_config(&server.cert, &server.key, &client_ca.cert_pem);
+    tokio::spawn(serve(listener, Some(tls), ParkingService::new(), async {
+        let _ = stopped.await;
+    }));
+    Adapter {
+        port,
+        server_ca: server_ca.cert_pem,
+        _stop: stop,
+    }
+}
+
+/// How a call ended: the number of lots, a gRPC status code, or a transport error (TLS refusal).
+#[derive(Debug, PartialEq)]
+enum Outcome {
+    Lots(usize),
+    Status(Code, String),
+    Transport(String),
+}
+
+async fn client(adapter: &Adapter, client: Option<&Pem>) -> Result<ParkingPaymentClient<Channel>, String> {
+    let mut tls = ClientTlsConfig::new()
+        .ca_certificate(Certificate::from_pem(&adapter.server_ca))
+        .domain_name("localhost");
+    if let Some(client) = client {
+        tls = tls.identity(Identity::from_pem(&client.cert, &client.key));
+    }
+    let endpoint = Endpoint::from_shared(format!("https://127.0.0.1:{}", adapter.port))
+        .unwrap()
+        .tls_config(tls)
+        .unwrap();
+    let channel = endpoint.connect().await.map_err(|e| format!("{e:?}"))?;
+    Ok(ParkingPaymentClient::new(channel))
+}
+
+fn outcome<T>(result: Result<T, tonic::Status>, ok: impl FnOnce(T) -> usize) -> Outcome {
+    match result {
+        Ok(value) => Outcome::Lots(ok(value)),
+        // With TLS 1.3 the server may reject the client certificate after the client
+        // considers the handshake done, so a refusal can surface on the first call.
+        Err(status) if status.code() == Code::Unknown || status.code() == Code::Unavailable => {
+            Outcome::Transport(format!("{status:?}"))
+        }
+        Err(status) => Outcome::Status(status.code(), status.message().to_owned()),
+    }
+}
+
+/// Calls ListNearbyLots presenting `certificate` (if any).
+async fn list_lots(adapter: &Adapter, certificate: Option<&Pem>) -> Outcome {
+    let mut client = match client(adapter, certificate).await {
+        Ok(client) => client,
+        Err(e) => return Outcome::Transport(e),
+    };
+    let request = ListNearbyLotsRequest {
         near: Some(GeoPoint {
             latitude: 31.2317,
             longitude: 121.4726,
         }),
         radius_m: 0,
         max_results: 0,
-    }
+    };
+    outcome(client.list_nearby_lots(request).await, |r| r.into_inner().lots.len())
 }
 
-/// Calls ListNearbyLots over TLS, presenting `client` if given; returns the number of lots.
-async fn list_lots(port: u16, ca_pem: &str, client: Option<&Pem>) -> Result<usize, String> {
-    let mut tls = ClientTlsConfig::new()
-        .ca_certificate(Certificate::from_pem(ca_pem))
-        .domain_name("localhost");
-    if let Some(client) = client {
-        tls = tls.identity(Identity::from_pem(&client.cert, &client.key));
+/// Calls StartSession as `vin` (the metadata the gateway would write) presenting `certificate`.
+async fn start_session_as(adapter: &Adapter, certificate: &Pem, vin: &str) -> Outcome {
+    let mut client = match client(adapter, Some(certificate)).await {
+        Ok(client) => client,
+        Err(e) => return Outcome::Transport(e),
+    };
+    let mut request = Request::new(StartSessionRequest {
+        lot_id: "lot-bund-01".into(),
+        plate: "沪A12345".into(),
+    });
+    request.metadata_mut().insert(metadata::VIN, vin.parse().unwrap());
+    request
+        .metadata_mut()
+        .insert(metadata::IDEMPOTENCY_KEY, "k-1".parse().unwrap());
+    outcome(client.start_session(request).await, |_| 1)
+}
+
+fn assert_permission_denied(outcome: &Outcome, mentioning: &str) {
+    match outcome {
+        Outcome::Status(Code::PermissionDenied, message) => {
+            assert!(message.contains("only the gateway"), "{message}");
+            assert!(message.contains(mentioning), "{message}");
+        }
+        other => panic!("expected PERMISSION_DENIED, got {other:?}"),
     }
-    let endpoint = Endpoint::from_shared(format!("https://127.0.0.1:{port}"))
-        .unwrap()
-        .tls_config(tls)
-        .unwrap();
-    // With TLS 1.3 the server may reject the client certificate after the client considers the
-    // handshake done, so the failure can surface on connect or on the first call.
-    let channel = endpoint.connect().await.map_err(|e| e.to_string())?;
-    let response = ParkingPaymentClient::new(channel)
-        .list_nearby_lots(lots_request())
-        .await
-        .map_err(|e| e.to_string())?;
-    Ok(response.into_inner().lots.len())
 }
 
 #[tokio::test]
-async fn mtls_requires_a_client_certificate_from_the_trusted_ca() {
-    let _ = rustls::crypto::ring::default_provider().install_default();
-    let ca = TestCa::new("test platform CA");
-    let server = ca.issue("parking-adapter", ExtendedKeyUsagePurpose::ServerAuth);
-    let gateway = ca.issue("gateway", ExtendedKeyUsagePurpose::ClientAuth);
+async fn with_the_gateway_clients_ca_only_the_gateway_gets_through_the_handshake() {
+    let gateway_clients_ca = TestCa::new("gateway clients CA");
+    let vehicles_ca = TestCa::new("vehicles CA");
+    let partners_ca = TestCa::new("partners CA");
+    let adapter = start_adapter(&gateway_clients_ca).await;
+
+    let gateway = gateway_clients_ca.client("gateway", Role::GatewayClient);
+    assert_eq!(list_lots(&adapter, Some(&gateway)).await, Outcome::Lots(3));
+
+    let car = vehicles_ca.client(CAR, Role::Vehicle);
+    let partner = partners_ca.client("parking", Role::Partner);
+    for (who, certificate) in [("a car", Some(&car)), ("a partner", Some(&partner)), ("nobody", None)] {
+        let outcome = list_lots(&adapter, certificate).await;
+        assert!(
+            matches!(outcome, Outcome::Transport(_)),
+            "{who} was not refused at TLS: {outcome:?}"
+        );
+    }
+    let car_outcome = start_session_as(&adapter, &car, OTHER_CAR).await;
+    assert!(matches!(car_outcome, Outcome::Transport(_)), "{car_outcome:?}");
+}
+
+#[tokio::test]
+async fn with_a_ca_that_signs_every_role_a_car_still_cannot_act_as_another_car() {
+    // The finding: one CA signs cars, partners and the gateway. The handshake admits them
+    // all, so the role check on each call is what keeps a car from claiming another VIN.
+    let shared_ca = TestCa::new("one CA for everyone");
+    let adapter = start_adapter(&shared_ca).await;
+
+    let car = shared_ca.client(CAR, Role::Vehicle);
+    assert_permission_denied(&start_session_as(&adapter, &car, OTHER_CAR).await, "role vehicle");
+    assert_permission_denied(&list_lots(&adapter, Some(&car)).await, "role vehicle");
+
+    let partner = shared_ca.client("parking", Role::Partner);
+    assert_permission_denied(&list_lots(&adapter, Some(&partner)).await, "role partner");
+
+    let operator = shared_ca.client("night-shift", Role::Operator);
+    assert_permission_denied(&list_lots(&adapter, Some(&operator)).await, "role operator");
+
+    let gateway = shared_ca.client("gateway", Role::GatewayClient);
+    assert_eq!(start_session_as(&adapter, &gateway, OTHER_CAR).await, Outcome::Lots(1));
+}
+
+#[tokio::test]
+async fn a_certificate_that_claims_to_be_the_gateway_and_a_car_is_refused() {
+    let shared_ca = TestCa::new("one CA for everyone");
+    let adapter = start_adapter(&shared_ca).await;
+
+    let two_faced = shared_ca.issue(
+        "gateway",
+        &[Role::GatewayClient.as_str(), Role::Vehicle.as_str()],
+        ExtendedKeyUsagePurpose::ClientAuth,
+    );
+    assert_permission_denied(&list_lots(&adapter, Some(&two_faced)).await, "organizational units");
+
+    let no_role = shared_ca.issue("gateway", &[], ExtendedKeyUsagePurpose::ClientAuth);
+    assert_permission_denied(&list_lots(&adapter, Some(&no_role)).await, "organizational unit");
+}
+
+#[tokio::test]
+async fn a_certificate_from_a_stranger_is_refused_at_the_handshake() {
+    let gateway_clients_ca = TestCa::new("gateway clients CA");
+    let adapter = start_adapter(&gateway_clients_ca).await;
     let stranger_ca = TestCa::new("someone else's CA");
-    let stranger = stranger_ca.issue("stranger", ExtendedKeyUsagePurpose::ClientAuth);
+    let stranger = stranger_ca.client("gateway", Role::GatewayClient);
 
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let port = listener.local_addr().unwrap().port();
-    let (_stop, stopped) = oneshot::channel::<()>();
-    let tls = mtls_config(&server.cert, &server.key, &ca.cert_pem);
-    tokio::spawn(serve(listener, Some(tls), ParkingService::new(), async {
-        let _ = stopped.await;
-    }));
-
-    assert_eq!(list_lots(port, &ca.cert_pem, Some(&gateway)).await, Ok(3));
-    assert!(list_lots(port, &ca.cert_pem, None).await.is_err());
-    assert!(list_lots(port, &ca.cert_pem, Some(&stranger)).await.is_err());
+    let outcome = list_lots(&adapter, Some(&stranger)).await;
+    assert!(matches!(outcome, Outcome::Transport(_)), "{outcome:?}");
 }
 
 #[tokio::test]

@@ -13,10 +13,9 @@ use governor::{DefaultKeyedRateLimiter, Quota, RateLimiter};
 use proto::Vin;
 use proto::events::v1::partner_events_server::{PartnerEvents, PartnerEventsServer};
 use proto::events::v1::{PublishRequest, PublishResponse};
-use proto::identity::PARTNER_ROLE;
+use proto::identity::{Role, require_peer_role};
 use tonic::{Request, Response, Status};
 use tracing::{info, warn};
-use x509_parser::prelude::{FromDer, X509Certificate};
 
 use super::EventDelivery;
 use crate::clock::now_ms;
@@ -60,29 +59,9 @@ impl PartnerEventsApi {
     }
 }
 
-/// The partner's name from its verified client certificate.
+/// The partner's name from its verified client certificate (role partner, else PERMISSION_DENIED).
 fn partner_of<T>(request: &Request<T>) -> Result<String, Status> {
-    let certs = request
-        .peer_certs()
-        .ok_or_else(|| Status::unauthenticated("a partner client certificate is required"))?;
-    let leaf = certs
-        .first()
-        .ok_or_else(|| Status::unauthenticated("a partner client certificate is required"))?;
-    let (_, cert) = X509Certificate::from_der(leaf.as_ref())
-        .map_err(|_| Status::unauthenticated("unreadable client certificate"))?;
-    let subject = cert.subject();
-    if !subject
-        .iter_organizational_unit()
-        .any(|ou| ou.as_str().is_ok_and(|s| s == PARTNER_ROLE))
-    {
-        return Err(Status::permission_denied("not a partner certificate"));
-    }
-    subject
-        .iter_common_name()
-        .next()
-        .and_then(|cn| cn.as_str().ok())
-        .map(str::to_owned)
-        .ok_or_else(|| Status::permission_denied("partner certificate has no common name"))
+    Ok(require_peer_role(request, Role::Partner)?.name)
 }
 
 /// Whether `s` is an identifier a partner may give: 1 to `max` printable ASCII characters.
