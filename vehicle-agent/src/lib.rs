@@ -12,7 +12,7 @@
 //! - [`events`]: the last partner event delivered, on disk, for dedupe across restarts;
 //! - [`pending`]: app calls waiting for a response, in memory;
 //! - [`link`]: [`GatewayLink`], accepting calls and matching responses;
-//! - `session`: the link's MQTT event loop and housekeeping tasks;
+//! - `event_loop`: the link's MQTT event loop and housekeeping tasks;
 //! - [`local`]: the in-car gRPC server forwarding partner services;
 //! - [`api`]: `agent.v1.VehicleAgent`, results of earlier calls and events for apps;
 //! - [`agent`]: [`Agent`], both together;
@@ -25,12 +25,12 @@ pub mod api;
 pub mod backoff;
 pub mod cli;
 pub mod config;
+mod event_loop;
 pub mod events;
 pub mod link;
 pub mod local;
 pub mod outbox;
 pub mod pending;
-mod session;
 pub mod store;
 pub mod tls;
 

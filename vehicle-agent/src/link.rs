@@ -1,8 +1,8 @@
 //! The gateway link: accepts calls into the durable outbox, publishes them, matches responses.
 //!
 //! A call is written to the [`Outbox`] before anything is published or answered; the
-//! `session` task owns the MQTT event loop, (re)publishes the outbox on
-//! every new subscription and stores each response before waking the caller. A caller that
+//! `event_loop` task owns rumqttc's event loop, (re)publishes the outbox on every new
+//! subscription and stores each response before waking the caller. A caller that
 //! goes away leaves its request in the outbox: the driver's intent outlives the app's call.
 
 use std::fs::File;
@@ -23,10 +23,10 @@ use proto::{MethodPath, Vin, topics};
 
 use crate::backoff::Backoff;
 use crate::config::{AgentConfig, ConfigError};
+use crate::event_loop;
 use crate::events::EventCursor;
-use crate::outbox::{Admission, Lookup, Outbox, Sent, StoredResult};
+use crate::outbox::{Lookup, Outbox, Sent, StoredResult, Submitted};
 use crate::pending::{Token, Waiters};
-use crate::session;
 use crate::store::{self, is_valid_request_id, unix_ms_now};
 use crate::tls::Identity;
 
@@ -53,18 +53,19 @@ pub struct CallIds {
 /// A handle to the agent's MQTT session with the gateway. Cheap to clone.
 #[derive(Clone)]
 pub struct GatewayLink {
-    inner: Arc<Inner>,
+    state: Arc<LinkState>,
+    tasks: Arc<BackgroundTasks>,
 }
 
-/// Owned by the handles only: when the last one goes, `stop` drops and the tasks end.
-struct Inner {
-    core: Arc<Core>,
+/// The event loop and housekeeping tasks. Owned by the handles only: when the last one goes,
+/// `stop` drops and the tasks end.
+struct BackgroundTasks {
     stop: watch::Sender<bool>,
-    tasks: Mutex<Vec<JoinHandle<()>>>,
+    handles: Mutex<Vec<JoinHandle<()>>>,
 }
 
-/// Shared between the handles and the session tasks.
-pub(crate) struct Core {
+/// Shared between the handles and the background tasks.
+pub(crate) struct LinkState {
     pub(crate) vin: Vin,
     pub(crate) gateway: String,
     pub(crate) client: AsyncClient,
@@ -75,9 +76,9 @@ pub(crate) struct Core {
     max_payload_bytes: usize,
     pub(crate) outbox: Arc<Outbox>,
     pub(crate) cursor: Arc<Mutex<EventCursor>>,
-    /// Counts subscribed sessions, so each request is published once per session.
+    /// Counts subscribed MQTT sessions, so each request is published once per MQTT session.
     pub(crate) epoch: AtomicU64,
-    state: Mutex<State>,
+    callers: Mutex<Callers>,
     pub(crate) connected: watch::Sender<bool>,
     /// Set by shutdown; ends event streams and refuses new calls.
     pub(crate) closed: watch::Sender<bool>,
@@ -85,10 +86,10 @@ pub(crate) struct Core {
     /// Pokes the housekeeping task when a new deadline may come before the one it sleeps to.
     pub(crate) new_deadline: Notify,
     /// The state directory's lock, released at shutdown so a successor can take over.
-    lock: Mutex<Option<File>>,
+    state_dir_lock: Mutex<Option<File>>,
 }
 
-struct State {
+struct Callers {
     waiters: Waiters,
     closed: bool,
 }
@@ -96,8 +97,8 @@ struct State {
 impl std::fmt::Debug for GatewayLink {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("GatewayLink")
-            .field("vin", &self.inner.core.vin)
-            .field("gateway", &self.inner.core.gateway)
+            .field("vin", &self.state.vin)
+            .field("gateway", &self.state.gateway)
             .field("connected", &self.is_connected())
             .finish()
     }
@@ -122,7 +123,7 @@ impl GatewayLink {
         .map_err(state_error)?;
         let cursor = EventCursor::open(&config.state_dir).map_err(state_error)?;
         let vin = identity.vin;
-        let mut options = session::mqtt_options(&vin, host, port, config);
+        let mut options = event_loop::mqtt_options(&vin, host, port, config);
         options.set_transport(Transport::tls_with_config(TlsConfiguration::Rustls(
             identity.client_config,
         )));
@@ -133,7 +134,7 @@ impl GatewayLink {
         network.set_tcp_nodelay(true);
         eventloop.set_network_options(network);
 
-        let core = Arc::new(Core {
+        let core = Arc::new(LinkState {
             gateway: config.gateway.clone(),
             client,
             request_topic: topics::requests(&vin),
@@ -145,7 +146,7 @@ impl GatewayLink {
             outbox: Arc::new(outbox),
             cursor: Arc::new(Mutex::new(cursor)),
             epoch: AtomicU64::new(0),
-            state: Mutex::new(State {
+            callers: Mutex::new(Callers {
                 waiters: Waiters::new(),
                 closed: false,
             }),
@@ -153,63 +154,63 @@ impl GatewayLink {
             closed: watch::Sender::new(false),
             events: broadcast::Sender::new(EVENT_CHANNEL_CAPACITY),
             new_deadline: Notify::new(),
-            lock: Mutex::new(Some(lock)),
+            state_dir_lock: Mutex::new(Some(lock)),
         });
         let (stop, stop_rx) = watch::channel(false);
         let backoff = Backoff::new(config.backoff_initial, config.backoff_max);
         let tasks = vec![
-            tokio::spawn(session::run(core.clone(), eventloop, backoff, stop_rx.clone())),
-            tokio::spawn(session::housekeeping(core.clone(), stop_rx)),
+            tokio::spawn(event_loop::run(core.clone(), eventloop, backoff, stop_rx.clone())),
+            tokio::spawn(event_loop::housekeeping(core.clone(), stop_rx)),
         ];
         Ok(GatewayLink {
-            inner: Arc::new(Inner {
-                core,
+            state: core,
+            tasks: Arc::new(BackgroundTasks {
                 stop,
-                tasks: Mutex::new(tasks),
+                handles: Mutex::new(tasks),
             }),
         })
     }
 
     /// The VIN this link speaks for.
     pub fn vin(&self) -> &Vin {
-        &self.inner.core.vin
+        &self.state.vin
     }
 
     /// Whether the link is subscribed on the gateway right now.
     pub fn is_connected(&self) -> bool {
-        *self.inner.core.connected.borrow()
+        *self.state.connected.borrow()
     }
 
     /// Resolves once the link is subscribed on the gateway (at once if it already is).
     pub async fn wait_connected(&self) {
-        let mut rx = self.inner.core.connected.subscribe();
+        let mut rx = self.state.connected.subscribe();
         // The sender lives as long as `self`, so this cannot fail.
         let _ = rx.wait_for(|up| *up).await;
     }
 
     /// Follows the link's state: `true` while subscribed on the gateway.
     pub fn connection_state(&self) -> watch::Receiver<bool> {
-        self.inner.core.connected.subscribe()
+        self.state.connected.subscribe()
     }
 
     /// Partner events pushed by the gateway, from now on (each new sequence once).
     pub fn events(&self) -> broadcast::Receiver<Event> {
-        self.inner.core.events.subscribe()
+        self.state.events.subscribe()
     }
 
     /// Follows shutdown: becomes `true` once [`GatewayLink::shutdown`] has begun.
     pub fn closed(&self) -> watch::Receiver<bool> {
-        self.inner.core.closed.subscribe()
+        self.state.closed.subscribe()
     }
 
     /// How many app calls wait for a response right now.
     pub fn pending_calls(&self) -> usize {
-        self.inner.core.lock().waiters.len()
+        self.state.callers().waiters.len()
     }
 
     /// How many accepted requests wait in the outbox for a response (with or without a caller).
     pub fn pending_requests(&self) -> usize {
-        self.inner.core.outbox.len()
+        self.state.outbox.len()
     }
 
     /// Calls `method` with a fresh request id; see [`GatewayLink::call_with_ids`].
@@ -240,7 +241,7 @@ impl GatewayLink {
         timeout: Duration,
         ids: CallIds,
     ) -> Result<Bytes, Status> {
-        let core = &self.inner.core;
+        let core = &self.state;
         if payload.len() > core.max_payload_bytes {
             return Err(Status::resource_exhausted(format!(
                 "request payload of {} bytes exceeds the {}-byte limit",
@@ -279,7 +280,7 @@ impl GatewayLink {
 
         // Registered before the request can be published, so no answer can come unseen.
         let (token, reply) = {
-            let mut state = core.lock();
+            let mut state = core.callers();
             if state.closed {
                 return Err(Status::unavailable("the vehicle agent is shutting down"));
             }
@@ -292,9 +293,9 @@ impl GatewayLink {
         };
         let outbox = core.outbox.clone();
         let owner = match blocking(move || outbox.submit(request, deadline_ms, now_ms)).await?? {
-            Admission::Done(result) => return into_result(result),
-            Admission::Pending => false,
-            Admission::Accepted => {
+            Submitted::Done(result) => return into_result(result),
+            Submitted::Pending => false,
+            Submitted::Accepted => {
                 core.new_deadline.notify_one();
                 true
             }
@@ -303,7 +304,7 @@ impl GatewayLink {
 
         let outcome = tokio::time::timeout_at(deadline, async {
             if *core.connected.borrow() {
-                // Once per session: if the session task already republished it, this is None.
+                // Once per MQTT session: if the event loop already republished it, this is None.
                 let epoch = core.epoch.load(Ordering::SeqCst);
                 if let Some(request) = core.outbox.prepare(&request_id, epoch, unix_ms_now()) {
                     core.publish(request).await;
@@ -326,7 +327,7 @@ impl GatewayLink {
         if !is_valid_request_id(request_id) {
             return Err(invalid_request_id(request_id));
         }
-        let core = &self.inner.core;
+        let core = &self.state;
         if core.outbox.deadline_of(request_id).is_some_and(|d| d <= unix_ms_now()) {
             core.expire(request_id).await;
         }
@@ -336,22 +337,27 @@ impl GatewayLink {
     /// Sends MQTT DISCONNECT if connected, fails the calls still waiting (their requests stay
     /// in the outbox), stops the tasks and releases the state directory.
     pub async fn shutdown(&self) {
-        let core = &self.inner.core;
+        let core = &self.state;
         {
-            let mut state = core.lock();
+            let mut state = core.callers();
             state.closed = true;
             state.waiters.clear();
         }
         core.closed.send_replace(true);
-        self.inner.stop.send_replace(true);
-        let tasks = std::mem::take(&mut *self.inner.tasks.lock().unwrap_or_else(PoisonError::into_inner));
+        self.tasks.stop.send_replace(true);
+        let tasks = std::mem::take(&mut *self.tasks.handles.lock().unwrap_or_else(PoisonError::into_inner));
         for task in tasks {
             if let Err(e) = task.await {
                 error!(error = %e, "a gateway link task failed");
             }
         }
         core.outbox.close();
-        drop(core.lock.lock().unwrap_or_else(PoisonError::into_inner).take());
+        drop(
+            core.state_dir_lock
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .take(),
+        );
     }
 }
 
@@ -375,21 +381,21 @@ pub(crate) async fn blocking<T: Send + 'static>(f: impl FnOnce() -> T + Send + '
 
 /// Forgets a caller when its call ends, however it ends; its request stays in the outbox.
 struct Forget<'a> {
-    core: &'a Core,
+    core: &'a LinkState,
     request_id: &'a str,
     token: Token,
 }
 
 impl Drop for Forget<'_> {
     fn drop(&mut self) {
-        self.core.lock().waiters.forget(self.request_id, self.token);
+        self.core.callers().waiters.forget(self.request_id, self.token);
     }
 }
 
-impl Core {
-    fn lock(&self) -> MutexGuard<'_, State> {
+impl LinkState {
+    fn callers(&self) -> MutexGuard<'_, Callers> {
         // A panic elsewhere must not take every later call down with it.
-        self.state.lock().unwrap_or_else(PoisonError::into_inner)
+        self.callers.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
     /// Queues `request` for publishing; the event loop sends it.
@@ -425,7 +431,7 @@ impl Core {
             Ok(Err(e)) => error!(request_id = response.request_id, error = %e, "cannot store a response"),
             Err(_) => return,
         }
-        self.lock().waiters.wake(&response);
+        self.callers().waiters.wake(&response);
     }
 
     /// Gives up on a request whose deadline passed: stores DEADLINE_EXCEEDED saying why.

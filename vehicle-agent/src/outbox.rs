@@ -55,7 +55,7 @@ pub struct StoredResult {
 
 /// What became of a request handed to [`Outbox::submit`].
 #[derive(Debug, Clone, PartialEq)]
-pub enum Admission {
+pub enum Submitted {
     /// New: on disk now, to be published.
     Accepted,
     /// The same request id is already waiting for its response.
@@ -100,7 +100,7 @@ struct Pending {
     entry: OutboxEntry,
     /// Acceptance order, so requests are republished in the order the apps made them.
     seq: u64,
-    /// The link epoch (one per subscribed session) it was last published in; 0 = never.
+    /// The link epoch (one per subscribed MQTT session) it was last published in; 0 = never.
     published_epoch: u64,
     /// Loaded from disk at startup: it may have been sent before the restart.
     restored: bool,
@@ -202,11 +202,11 @@ impl Outbox {
     }
 
     /// Accepts `request` (its `request_id` names it) until `deadline_unix_ms`: written to disk
-    /// before this returns. A known request id is not accepted twice: see [`Admission`].
+    /// before this returns. A known request id is not accepted twice: see [`Submitted`].
     ///
     /// Errors: INVALID_ARGUMENT for a malformed id or an id used for another method,
     /// RESOURCE_EXHAUSTED when the outbox is full, UNAVAILABLE when the disk write failed.
-    pub fn submit(&self, request: Request, deadline_unix_ms: u64, now_ms: u64) -> Result<Admission, Status> {
+    pub fn submit(&self, request: Request, deadline_unix_ms: u64, now_ms: u64) -> Result<Submitted, Status> {
         let id = request.request_id.clone();
         if !is_valid_request_id(&id) {
             return Err(Status::invalid_argument(format!(
@@ -227,14 +227,14 @@ impl Outbox {
         if let Some(pending) = index.pending.get(&id) {
             let method = &pending.request().method;
             return if *method == request.method {
-                Ok(Admission::Pending)
+                Ok(Submitted::Pending)
             } else {
                 Err(reused(method))
             };
         }
         if index.results.contains_key(&id) {
             match read_result(&self.results_dir.join(file_name(&id)), &file_name(&id)) {
-                Ok((_, result)) if result.method == request.method => return Ok(Admission::Done(result)),
+                Ok((_, result)) if result.method == request.method => return Ok(Submitted::Done(result)),
                 Ok((_, result)) => return Err(reused(&result.method)),
                 // Lost: better to ask the partner again (same idempotency key) than to fail.
                 Err(why) => {
@@ -272,7 +272,7 @@ impl Outbox {
             restored: false,
         };
         index.pending.insert(id, pending);
-        Ok(Admission::Accepted)
+        Ok(Submitted::Accepted)
     }
 
     /// Stores `response` as the outcome of its request, then removes the request from the
@@ -319,15 +319,15 @@ impl Outbox {
         }
     }
 
-    /// The request to publish now in link session `epoch`, with `timeout_ms` recomputed, unless
-    /// it was already published in that session, is unknown, or has no time left.
+    /// The request to publish now in MQTT session `epoch`, with `timeout_ms` recomputed, unless
+    /// it was already published in that MQTT session, is unknown, or has no time left.
     pub fn prepare(&self, request_id: &str, epoch: u64, now_ms: u64) -> Option<Request> {
         let mut index = self.lock();
         let pending = index.pending.get_mut(request_id)?;
         prepare(pending, epoch, now_ms)
     }
 
-    /// Every request to (re)publish in the new link session `epoch`, oldest first. Those with
+    /// Every request to (re)publish in the new MQTT session `epoch`, oldest first. Those with
     /// no time left are skipped: [`Outbox::expired`] lists them.
     pub fn due(&self, epoch: u64, now_ms: u64) -> Vec<Request> {
         let mut index = self.lock();

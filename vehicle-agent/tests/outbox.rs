@@ -6,7 +6,7 @@ use std::time::Duration;
 use tonic::Code;
 
 use proto::vehicle::v1::{Code as EnvCode, Request, Response};
-use vehicle_agent::outbox::{Admission, Lookup, Outbox};
+use vehicle_agent::outbox::{Lookup, Outbox, Submitted};
 
 const START: &str = "/parking.v1.ParkingPayment/StartSession";
 const T0: u64 = 1_800_000_000_000;
@@ -41,15 +41,15 @@ fn entries_and_results_survive_a_reload() {
     let outbox = open(dir.path(), 10, T0);
     assert_eq!(
         outbox.submit(req("b-first"), T0 + 60_000, T0).unwrap(),
-        Admission::Accepted
+        Submitted::Accepted
     );
     assert_eq!(
         outbox.submit(req("a-second"), T0 + 30_000, T0 + 1).unwrap(),
-        Admission::Accepted
+        Submitted::Accepted
     );
     assert_eq!(
         outbox.submit(req("done"), T0 + 30_000, T0 + 2).unwrap(),
-        Admission::Accepted
+        Submitted::Accepted
     );
     let answer = Response::ok("done", b"receipt".to_vec());
     assert!(outbox.complete(&answer, T0 + 5).unwrap());
@@ -148,9 +148,9 @@ fn a_full_outbox_refuses_new_requests() {
     assert_eq!(err.message(), "outbox full: 2 requests waiting for the gateway");
     assert!(!dir.path().join("outbox/c.pb").exists());
     // Known ids are not new requests: still answered while full.
-    assert_eq!(outbox.submit(req("a"), T0 + 60_000, T0).unwrap(), Admission::Pending);
+    assert_eq!(outbox.submit(req("a"), T0 + 60_000, T0).unwrap(), Submitted::Pending);
     outbox.complete(&Response::ok("a", vec![]), T0).unwrap();
-    assert_eq!(outbox.submit(req("c"), T0 + 60_000, T0).unwrap(), Admission::Accepted);
+    assert_eq!(outbox.submit(req("c"), T0 + 60_000, T0).unwrap(), Submitted::Accepted);
 }
 
 #[test]
@@ -214,11 +214,11 @@ fn request_ids_must_be_safe_file_names() {
     }
     assert_eq!(
         outbox.submit(req(&"x".repeat(128)), T0 + 1_000, T0).unwrap(),
-        Admission::Accepted
+        Submitted::Accepted
     );
     assert_eq!(
         outbox.submit(req("A.b_c-9"), T0 + 1_000, T0).unwrap(),
-        Admission::Accepted
+        Submitted::Accepted
     );
     assert_eq!(files(&dir.path().join("outbox")).len(), 2);
 }
@@ -239,7 +239,7 @@ fn a_known_id_returns_its_result_and_keeps_its_method() {
     outbox
         .complete(&Response::error("r", EnvCode::NotFound, "no lot"), T0)
         .unwrap();
-    let Admission::Done(result) = outbox.submit(req("r"), T0 + 60_000, T0).unwrap() else {
+    let Submitted::Done(result) = outbox.submit(req("r"), T0 + 60_000, T0).unwrap() else {
         panic!("r is done");
     };
     assert_eq!(result.response.unwrap().status.unwrap().message, "no lot");

@@ -1,6 +1,6 @@
 //! The link's MQTT options and background tasks: the event loop and the outbox housekeeping.
 //!
-//! The event loop reconnects with jittered backoff, subscribes after every CONNACK (the
+//! The event loop reconnects with jittered backoff, subscribes after every CONNACK (the MQTT
 //! session is clean, so subscriptions do not survive a drop) and republishes the outbox once
 //! the subscription is acknowledged, so that answers have somewhere to go. It handles incoming
 //! messages one at a time, in order, waiting for their disk writes: a response is stored
@@ -24,7 +24,7 @@ use proto::vehicle::v1::{Event, EventAck, Response};
 use crate::backoff::Backoff;
 use crate::config::{AgentConfig, ENVELOPE_HEADROOM};
 use crate::events::Verdict;
-use crate::link::{Core, MQTT_USERNAME, blocking};
+use crate::link::{LinkState, MQTT_USERNAME, blocking};
 use crate::store::unix_ms_now;
 
 /// How long shutdown waits for the DISCONNECT to be written.
@@ -49,7 +49,7 @@ pub(crate) fn mqtt_options(vin: &Vin, host: String, port: u16, config: &AgentCon
 
 /// The event-loop task: polls until stopped, reconnecting with backoff.
 pub(crate) async fn run(
-    core: Arc<Core>,
+    core: Arc<LinkState>,
     mut eventloop: EventLoop,
     mut backoff: Backoff,
     mut stop: watch::Receiver<bool>,
@@ -85,7 +85,7 @@ pub(crate) async fn run(
 
 /// Expires requests at their deadline (those whose caller is gone or was never there, e.g.
 /// loaded after a restart) and purges old results, until stopped.
-pub(crate) async fn housekeeping(core: Arc<Core>, mut stop: watch::Receiver<bool>) {
+pub(crate) async fn housekeeping(core: Arc<LinkState>, mut stop: watch::Receiver<bool>) {
     loop {
         for id in core.outbox.expired(unix_ms_now()) {
             core.expire(&id).await;
@@ -112,7 +112,7 @@ pub(crate) async fn housekeeping(core: Arc<Core>, mut stop: watch::Receiver<bool
     }
 }
 
-fn subscribe(core: &Arc<Core>) {
+fn subscribe(core: &Arc<LinkState>) {
     let filters = [
         SubscribeFilter::new(core.response_topic.clone(), QoS::AtLeastOnce),
         SubscribeFilter::new(core.event_topic.clone(), QoS::AtLeastOnce),
@@ -128,7 +128,7 @@ fn subscribe(core: &Arc<Core>) {
     }
 }
 
-fn on_subscribed(core: &Arc<Core>, codes: &[SubscribeReasonCode]) {
+fn on_subscribed(core: &Arc<LinkState>, codes: &[SubscribeReasonCode]) {
     if codes.iter().any(|c| matches!(c, SubscribeReasonCode::Failure)) {
         error!(
             topics = %format!("{}, {}", core.response_topic, core.event_topic),
@@ -152,7 +152,7 @@ fn on_subscribed(core: &Arc<Core>, codes: &[SubscribeReasonCode]) {
     }
 }
 
-async fn on_publish(core: &Arc<Core>, publish: Publish) {
+async fn on_publish(core: &Arc<LinkState>, publish: Publish) {
     if publish.topic == core.response_topic {
         match Response::decode(publish.payload.clone()) {
             Ok(response) => core.finish(response).await,
@@ -170,7 +170,7 @@ async fn on_publish(core: &Arc<Core>, publish: Publish) {
 
 /// New events are stored, then shown to apps, then acknowledged; redeliveries are only
 /// acknowledged again. A crash anywhere in between shows no event twice and loses none.
-async fn on_event(core: &Arc<Core>, event: Event) {
+async fn on_event(core: &Arc<LinkState>, event: Event) {
     let sequence = event.sequence;
     let verdict = core
         .cursor
@@ -205,7 +205,7 @@ async fn on_event(core: &Arc<Core>, event: Event) {
 }
 
 /// Publishes a cumulative EventAck without blocking the event loop on its own channel.
-fn acknowledge(core: &Arc<Core>, sequence: u64) {
+fn acknowledge(core: &Arc<LinkState>, sequence: u64) {
     let ack = EventAck { sequence }.encode_to_vec();
     let topic = core.event_ack_topic.clone();
     if core
@@ -222,7 +222,7 @@ fn acknowledge(core: &Arc<Core>, sequence: u64) {
     }
 }
 
-fn on_error(core: &Core, error: &ConnectionError, delay: Duration) {
+fn on_error(core: &LinkState, error: &ConnectionError, delay: Duration) {
     let was_up = core.connected.send_replace(false);
     let retry_in = humantime_serde::re::humantime::format_duration(Duration::from_millis(
         u64::try_from(delay.as_millis()).unwrap_or(u64::MAX),
@@ -235,7 +235,7 @@ fn on_error(core: &Core, error: &ConnectionError, delay: Duration) {
 }
 
 /// Says goodbye to the gateway if there is a session, so it need not wait for the keep-alive.
-async fn disconnect(core: &Core, eventloop: &mut EventLoop) {
+async fn disconnect(core: &LinkState, eventloop: &mut EventLoop) {
     let was_up = core.connected.send_replace(false);
     if eventloop.network.is_none() || core.client.try_disconnect().is_err() {
         return;
