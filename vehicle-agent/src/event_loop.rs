@@ -304,7 +304,7 @@ fn on_error(state: &LinkState, reason: &str, delay: Duration, open: bool) {
     }
 }
 
-/// Says goodbye to the gateway if there is a session, so it need not wait for the keep-alive.
+/// Says goodbye to the gateway if there is an MQTT session, so it need not wait for the keep-alive.
 async fn disconnect(state: &LinkState, eventloop: &mut EventLoop) {
     let was_up = state.connected.send_replace(false);
     if eventloop.network.is_none() || state.client.try_disconnect().is_err() {

@@ -198,7 +198,7 @@ async fn pending_requests_survive_a_link_drop() {
     let (_, first) = rig.gateway.next_request().await;
 
     // Before the gateway answers, another connection with the car's identity takes the
-    // session over (the broker drops the agent's link), then goes away again. The gateway
+    // MQTT session over (the broker drops the agent's link), then goes away again. The gateway
     // stays subscribed throughout, so the resend cannot be lost.
     let car = common::CertFiles {
         cert: config.cert.clone(),

@@ -93,7 +93,7 @@ fn entries_and_results_survive_a_reload() {
     );
     assert_eq!(due[0].payload, vec![1, 2, 3]);
     assert_eq!(due[0].method, START);
-    assert!(outbox.due(1, T0 + 10_000).is_empty(), "published once per link session");
+    assert!(outbox.due(1, T0 + 10_000).is_empty(), "published once per MQTT session");
     assert_eq!(outbox.prepare("b-first", 2, T0 + 11_000).unwrap().timeout_ms, 49_000);
     assert_eq!(outbox.lookup("b-first", &anon()).unwrap(), Lookup::Pending);
     assert_eq!(outbox.lookup("nope", &anon()).unwrap(), Lookup::Unknown);
