@@ -1,12 +1,14 @@
 //! The running agent: the gateway link plus the local gRPC server that uses it (the
-//! forwarded partner services and `agent.v1.VehicleAgent`).
+//! forwarded partner services and `agent.v1.VehicleAgent`), on loopback TCP and, if
+//! configured, a Unix socket.
 
 use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use anyhow::Context as _;
-use tokio::net::TcpListener;
-use tokio::sync::oneshot;
+use tokio::net::{TcpListener, UnixListener};
+use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use tracing::{error, info};
 
@@ -15,48 +17,86 @@ use proto::Vin;
 use crate::api::AgentApi;
 use crate::config::AgentConfig;
 use crate::link::GatewayLink;
-use crate::local;
+use crate::local::{self, SocketFile};
 
-/// The agent: an MQTT link to the gateway and a loopback gRPC server for in-car apps.
+type Server = JoinHandle<Result<(), tonic::transport::Error>>;
+
+/// The agent: an MQTT link to the gateway and a local gRPC server for in-car apps.
 #[derive(Debug)]
 pub struct Agent {
     link: GatewayLink,
     local_addr: SocketAddr,
-    stop_server: oneshot::Sender<()>,
-    server: JoinHandle<Result<(), tonic::transport::Error>>,
+    socket: Option<SocketFile>,
+    stop_servers: watch::Sender<bool>,
+    servers: Vec<Server>,
 }
 
 impl Agent {
-    /// Binds the local gRPC listener (`config.local_listen`, port 0 ok), loads the state
-    /// directory and starts the link; returns without waiting for the gateway.
+    /// Binds the local gRPC listener (`config.local_listen`, port 0 ok), then as
+    /// [`Agent::start_on`].
     pub async fn start(config: AgentConfig) -> anyhow::Result<Agent> {
+        let listener = TcpListener::bind(config.local_listen)
+            .await
+            .with_context(|| format!("local_listen: cannot listen on {}", config.local_listen))?;
+        Agent::start_on(config, listener).await
+    }
+
+    /// Serves in-car apps on `listener` (in place of `config.local_listen`) and on
+    /// `config.local_socket` if set, loads the state directory and starts the link; returns
+    /// without waiting for the gateway.
+    pub async fn start_on(config: AgentConfig, listener: TcpListener) -> anyhow::Result<Agent> {
+        let local_addr = listener.local_addr().context("local_listen: no local address")?;
         let link = GatewayLink::start(&config)?;
-        let listener = match TcpListener::bind(config.local_listen).await {
-            Ok(listener) => listener,
-            Err(e) => {
-                link.shutdown().await;
-                return Err(e).with_context(|| format!("local_listen: cannot listen on {}", config.local_listen));
+        let socket = match &config.local_socket {
+            None => None,
+            Some(path) => match bind_socket(path.clone()).await {
+                Ok(bound) => Some(bound),
+                Err(e) => {
+                    link.shutdown().await;
+                    return Err(e).with_context(|| format!("local_socket: cannot serve on {}", path.display()));
+                }
+            },
+        };
+        let stop_servers = watch::Sender::new(false);
+        let stopped = || {
+            let mut stop = stop_servers.subscribe();
+            async move {
+                let _ = stop.wait_for(|s| *s).await;
             }
         };
-        let local_addr = listener.local_addr().context("local_listen: no local address")?;
-        let (stop_server, stopped) = oneshot::channel::<()>();
         let caller: Arc<dyn local::Caller> = Arc::new(link.clone());
         let api = AgentApi::new(link.clone());
-        let server = tokio::spawn(local::serve_with_api(
+        let timeout = config.default_timeout;
+        let mut servers = vec![tokio::spawn(local::serve_with_api(
             listener,
-            caller,
-            Some(api),
-            config.default_timeout,
-            async {
-                let _ = stopped.await;
-            },
-        ));
-        info!(vin = %link.vin(), %local_addr, gateway = %config.gateway, "vehicle agent started");
+            caller.clone(),
+            Some(api.clone()),
+            timeout,
+            stopped(),
+        ))];
+        let socket = socket.map(|(file, listener)| {
+            servers.push(tokio::spawn(local::serve_unix(
+                listener,
+                caller,
+                Some(api),
+                timeout,
+                stopped(),
+            )));
+            file
+        });
+        info!(
+            vin = %link.vin(),
+            %local_addr,
+            local_socket = socket.as_ref().map(|s| s.path().display().to_string()),
+            gateway = %config.gateway,
+            "vehicle agent started"
+        );
         Ok(Agent {
             link,
             local_addr,
-            stop_server,
-            server,
+            socket,
+            stop_servers,
+            servers,
         })
     }
 
@@ -65,9 +105,14 @@ impl Agent {
         self.link.vin()
     }
 
-    /// Where in-car apps reach the local gRPC server.
+    /// Where in-car apps reach the local gRPC server over TCP.
     pub fn local_addr(&self) -> SocketAddr {
         self.local_addr
+    }
+
+    /// Where in-car apps reach the local gRPC server on its Unix socket, if configured.
+    pub fn local_socket(&self) -> Option<&Path> {
+        self.socket.as_ref().map(SocketFile::path)
     }
 
     /// The link to the gateway.
@@ -85,18 +130,39 @@ impl Agent {
         self.link.is_connected()
     }
 
-    /// Sends MQTT DISCONNECT, stops the local server and waits for both to finish. Requests
-    /// still waiting stay on disk and go out when the agent starts again.
+    /// Sends MQTT DISCONNECT, stops the local servers, waits for both and removes the
+    /// socket file. Requests still waiting stay on disk and go out when the agent starts again.
     pub async fn shutdown(self) {
-        // Stop taking calls first, then fail the ones in flight so the server's graceful
+        // Stop taking calls first, then fail the ones in flight so the servers' graceful
         // shutdown does not wait for their deadlines.
-        let _ = self.stop_server.send(());
+        self.stop_servers.send_replace(true);
         self.link.shutdown().await;
-        match self.server.await {
-            Ok(Ok(())) => {}
-            Ok(Err(e)) => error!(error = %e, "the local gRPC server failed"),
-            Err(e) => error!(error = %e, "the local gRPC server task failed"),
+        for server in self.servers {
+            match server.await {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => error!(error = %e, "the local gRPC server failed"),
+                Err(e) => error!(error = %e, "the local gRPC server task failed"),
+            }
+        }
+        if let Some(socket) = self.socket {
+            let _ = tokio::task::spawn_blocking(move || socket.remove()).await;
         }
         info!("vehicle agent stopped");
+    }
+}
+
+/// [`SocketFile::bind`] off the async workers, handing the listener to tokio.
+async fn bind_socket(path: PathBuf) -> anyhow::Result<(SocketFile, UnixListener)> {
+    let (file, listener) = tokio::task::spawn_blocking(move || SocketFile::bind(&path)).await??;
+    // Dropping the file on an error here would leave its socket behind: remove it first.
+    match listener
+        .set_nonblocking(true)
+        .and_then(|()| UnixListener::from_std(listener))
+    {
+        Ok(listener) => Ok((file, listener)),
+        Err(e) => {
+            file.remove();
+            Err(e.into())
+        }
     }
 }

@@ -1,4 +1,7 @@
 //! The agent's own local API, `agent.v1.VehicleAgent`: results of earlier calls and events.
+//!
+//! An app sees only the results of its own calls (see [`crate::owner`]): another app's request
+//! id gets UNKNOWN, exactly as an id never used, so that nothing tells it the request exists.
 
 use std::pin::Pin;
 
@@ -14,6 +17,7 @@ use proto::vehicle::v1::Event;
 
 use crate::link::GatewayLink;
 use crate::outbox::Lookup;
+use crate::owner::Owner;
 
 /// Response metadata of `GetResult` naming the request's gRPC method (when DONE), so a client
 /// can decode the payload; `GetResultResponse` has no field for it.
@@ -42,8 +46,9 @@ type EventStream = Pin<Box<dyn Stream<Item = Result<Event, Status>> + Send>>;
 #[tonic::async_trait]
 impl VehicleAgent for AgentApi {
     async fn get_result(&self, request: Request<GetResultRequest>) -> Result<Response<GetResultResponse>, Status> {
+        let owner = Owner::of_request(&request)?;
         let id = request.into_inner().request_id;
-        let (state, response, method) = match self.link.result(&id).await? {
+        let (state, response, method) = match self.link.result(&id, &owner).await? {
             Lookup::Unknown => (ResultState::Unknown, None, None),
             Lookup::Pending => (ResultState::Pending, None, None),
             Lookup::Done(result) => (ResultState::Done, result.response, Some(result.method)),

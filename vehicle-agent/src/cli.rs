@@ -1,5 +1,6 @@
 //! The `vehicle-agent` command line: `run` the agent, `call` a partner through a running one,
-//! or ask it for the `result` of an earlier call.
+//! or ask it for the `result` of an earlier call (as the app that made it: the same socket
+//! user, or the same `--app-token`).
 
 use std::io::IsTerminal;
 use std::path::PathBuf;
@@ -8,10 +9,10 @@ use std::str::FromStr;
 use std::time::Duration;
 
 use bytes::Bytes;
-use clap::{Parser, Subcommand};
+use clap::{Args, Parser, Subcommand};
 use http::uri::PathAndQuery;
 use tonic::Status;
-use tonic::metadata::MetadataValue;
+use tonic::metadata::{Ascii, MetadataValue};
 use tonic::transport::Endpoint;
 
 use proto::MethodPath;
@@ -23,6 +24,7 @@ use proto::raw::RawCodec;
 use crate::agent::Agent;
 use crate::api::METHOD_METADATA;
 use crate::config::AgentConfig;
+use crate::owner::{APP_TOKEN_METADATA, Owner};
 
 /// Exit status for a bad command line, configuration or input (BSD `EX_USAGE`).
 pub const EXIT_USAGE: u8 = 64;
@@ -53,9 +55,6 @@ pub enum Command {
         method: String,
         /// The request message as JSON (proto3 JSON mapping).
         json: String,
-        /// The agent's local gRPC endpoint.
-        #[arg(long, default_value = "http://127.0.0.1:50051")]
-        agent: String,
         /// How long to wait for the answer, e.g. 10s or 1500ms.
         #[arg(long, default_value = "10s", value_parser = parse_duration)]
         timeout: Duration,
@@ -65,16 +64,80 @@ pub enum Command {
         /// Names the call (sent as x-request-id), so `result` can find it later.
         #[arg(long)]
         request_id: Option<String>,
+        /// Where the agent is, and as which app.
+        #[command(flatten)]
+        to: AgentAddress,
     },
-    /// Prints what a running agent knows of an earlier call: UNKNOWN, PENDING, or DONE and
-    /// the outcome (the response as JSON when it succeeded).
+    /// Prints what a running agent knows of an earlier call of this app: UNKNOWN, PENDING,
+    /// or DONE and the outcome (the response as JSON when it succeeded). Another app's call
+    /// is UNKNOWN.
     Result {
         /// The call's request id (its x-request-id).
         request_id: String,
-        /// The agent's local gRPC endpoint.
-        #[arg(long, default_value = "http://127.0.0.1:50051")]
-        agent: String,
+        /// Where the agent is, and as which app.
+        #[command(flatten)]
+        to: AgentAddress,
     },
+}
+
+/// How `call` and `result` reach a running agent, and which app they speak for.
+#[derive(Debug, Args)]
+pub struct AgentAddress {
+    /// The agent's local gRPC endpoint over TCP.
+    #[arg(long, default_value = "http://127.0.0.1:50051")]
+    pub agent: String,
+    /// The agent's Unix socket (its `local_socket`) instead of TCP; there the app is this
+    /// process's user.
+    #[arg(long, conflicts_with = "agent")]
+    pub socket: Option<PathBuf>,
+    /// On TCP, the app's own secret (16 to 1024 characters, sent as x-app-token): only calls
+    /// with the same token see each other's results. Without one the call is anonymous.
+    #[arg(long, env = "AGENT_APP_TOKEN", hide_env_values = true)]
+    pub app_token: Option<String>,
+}
+
+/// A running agent as `call` and `result` reach it.
+struct Target {
+    endpoint: Endpoint,
+    /// Where it is, for messages.
+    name: String,
+    token: Option<MetadataValue<Ascii>>,
+}
+
+impl AgentAddress {
+    /// The endpoint and token, or the reason they are unusable (a usage error).
+    fn target(&self) -> Result<Target, String> {
+        let token = match &self.app_token {
+            None => None,
+            Some(token) => {
+                Owner::token(token).map_err(|e| format!("--app-token: {}", e.message()))?;
+                Some(MetadataValue::try_from(token.as_str()).map_err(|_| "--app-token must be printable ASCII")?)
+            }
+        };
+        let (endpoint, name) = match &self.socket {
+            Some(path) => {
+                let uri = format!("unix://{}", path.display());
+                let endpoint = Endpoint::from_shared(uri)
+                    .map_err(|e| format!("--socket {}: not a usable path: {e}", path.display()))?;
+                (endpoint, path.display().to_string())
+            }
+            None => {
+                let endpoint = Endpoint::from_shared(self.agent.clone())
+                    .map_err(|e| format!("--agent {:?} is not a URI: {e}", self.agent))?;
+                (endpoint, self.agent.clone())
+            }
+        };
+        Ok(Target { endpoint, name, token })
+    }
+}
+
+impl Target {
+    /// Adds the app's token, if any, to `request`.
+    fn sign<T>(&self, request: &mut tonic::Request<T>) {
+        if let Some(token) = &self.token {
+            request.metadata_mut().insert(APP_TOKEN_METADATA, token.clone());
+        }
+    }
 }
 
 fn parse_duration(s: &str) -> Result<Duration, String> {
@@ -90,12 +153,12 @@ pub fn main() -> ExitCode {
         Command::Call {
             method,
             json,
-            agent,
             timeout,
             idempotency_key,
             request_id,
-        } => call(&method, &json, &agent, timeout, [idempotency_key, request_id]),
-        Command::Result { request_id, agent } => result(&request_id, &agent),
+            to,
+        } => call(&method, &json, &to, timeout, [idempotency_key, request_id]),
+        Command::Result { request_id, to } => result(&request_id, &to),
     }
 }
 
@@ -113,10 +176,7 @@ fn run(config_path: Option<PathBuf>) -> ExitCode {
         return fail(EXIT_USAGE, e);
     }
     tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
-        )
+        .with_env_filter(log_filter())
         .with_writer(std::io::stderr)
         .with_ansi(std::io::stderr().is_terminal())
         .init();
@@ -139,6 +199,20 @@ fn run(config_path: Option<PathBuf>) -> ExitCode {
     })
 }
 
+/// `RUST_LOG`, else `info`; without rumqttc's state machine unless `RUST_LOG` names rumqttc.
+fn log_filter() -> tracing_subscriber::EnvFilter {
+    let asked = std::env::var("RUST_LOG").ok();
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    if asked.is_some_and(|f| f.contains("rumqttc")) {
+        return filter;
+    }
+    // rumqttc logs a packet it does not expect (the gateway's DISCONNECT) at error level,
+    // then returns it as an error, which the agent logs itself as a disconnection, with the
+    // reason, at warning level: a gateway going away is not an error of the car.
+    filter.add_directive("rumqttc::state=off".parse().expect("a valid directive"))
+}
+
 /// Resolves on SIGINT or SIGTERM.
 async fn shutdown_signal() -> std::io::Result<()> {
     #[cfg(unix)]
@@ -155,7 +229,7 @@ async fn shutdown_signal() -> std::io::Result<()> {
     }
 }
 
-fn call(method: &str, json: &str, agent: &str, timeout: Duration, ids: [Option<String>; 2]) -> ExitCode {
+fn call(method: &str, json: &str, to: &AgentAddress, timeout: Duration, ids: [Option<String>; 2]) -> ExitCode {
     let method = match MethodPath::parse(method) {
         Ok(m) => m,
         Err(e) => return fail(EXIT_USAGE, e),
@@ -171,10 +245,12 @@ fn call(method: &str, json: &str, agent: &str, timeout: Duration, ids: [Option<S
     let Ok(request_id) = request_id.map(MetadataValue::try_from).transpose() else {
         return fail(EXIT_USAGE, "--request-id must be printable ASCII");
     };
-    let endpoint = match Endpoint::from_shared(agent.to_owned()) {
-        Ok(e) => e.connect_timeout(timeout),
-        Err(e) => return fail(EXIT_USAGE, format!("--agent {agent:?} is not a URI: {e}")),
+    let target = match to.target() {
+        Ok(target) => target,
+        Err(e) => return fail(EXIT_USAGE, e),
     };
+    let agent = target.name.as_str();
+    let endpoint = target.endpoint.clone().connect_timeout(timeout);
     let path = PathAndQuery::from_str(method.as_str()).expect("a MethodPath is a valid URI path");
     let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
         Ok(rt) => rt,
@@ -194,6 +270,7 @@ fn call(method: &str, json: &str, agent: &str, timeout: Duration, ids: [Option<S
         if let Some(id) = request_id {
             request.metadata_mut().insert(REQUEST_ID, id);
         }
+        target.sign(&mut request);
         // The agent answers by the deadline; this only guards against a hung agent.
         let slack = Duration::from_secs(2);
         match tokio::time::timeout(timeout + slack, grpc.unary(request, path, RawCodec)).await {
@@ -229,24 +306,29 @@ fn describe_status(status: &Status, agent: &str) -> String {
     format!("{text} (the agent at {agent}: {cause})")
 }
 
-fn result(request_id: &str, agent: &str) -> ExitCode {
+fn result(request_id: &str, to: &AgentAddress) -> ExitCode {
     if !crate::store::is_valid_request_id(request_id) {
         return fail(EXIT_USAGE, format!("{request_id:?} is not a request id"));
     }
-    let endpoint = match Endpoint::from_shared(agent.to_owned()) {
-        Ok(e) => e
-            .connect_timeout(Duration::from_secs(5))
-            .timeout(Duration::from_secs(10)),
-        Err(e) => return fail(EXIT_USAGE, format!("--agent {agent:?} is not a URI: {e}")),
+    let target = match to.target() {
+        Ok(target) => target,
+        Err(e) => return fail(EXIT_USAGE, e),
     };
+    let agent = target.name.as_str();
+    let endpoint = target
+        .endpoint
+        .clone()
+        .connect_timeout(Duration::from_secs(5))
+        .timeout(Duration::from_secs(10));
     let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
         Ok(rt) => rt,
         Err(e) => return fail(EXIT_FAILURE, format!("cannot start the runtime: {e}")),
     };
     let answer = runtime.block_on(async {
-        let request = GetResultRequest {
+        let mut request = tonic::Request::new(GetResultRequest {
             request_id: request_id.to_owned(),
-        };
+        });
+        target.sign(&mut request);
         VehicleAgentClient::new(endpoint.connect_lazy())
             .get_result(request)
             .await

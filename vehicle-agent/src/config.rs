@@ -1,22 +1,30 @@
 //! The agent's configuration: a TOML file, overridden by `AGENT_*` environment variables.
 //!
-//! Relative certificate paths in the file are taken relative to the file's directory, so a
-//! config and its certificates can be moved together; paths from the environment are taken
+//! [`AgentConfig`] is the one declaration of the settings: its fields are the keys of the file
+//! and the names of the variables (`AGENT_` + the field in upper case), and
+//! `AgentConfig::defaults` gives each its default. Adding a setting is adding a field and its
+//! default; nothing else lists them. Relative paths in the file are taken relative to the
+//! file's directory, so a config and its certificates can be moved together (the fields
+//! marked `deserialize_with = "file_relative"`); paths from the environment are taken
 //! relative to the working directory.
 
 use std::net::{Ipv4Addr, SocketAddr};
 use std::path::{Path, PathBuf};
+use std::sync::OnceLock;
 use std::time::Duration;
 
 use figment::Figment;
-use figment::providers::{Env, Format, Toml};
+use figment::providers::{Env, Format, Serialized, Toml};
 use figment::value::magic::RelativePathBuf;
-use serde::{Deserialize, Serialize};
+use serde::{Deserialize, Deserializer, Serialize};
 
 use proto::Vin;
 
 /// The prefix of environment variables that override the file, e.g. `AGENT_GATEWAY`.
 pub const ENV_PREFIX: &str = "AGENT_";
+
+/// The default `state_dir`.
+pub const DEFAULT_STATE_DIR: &str = "/var/lib/vehicle-agent";
 
 /// MQTT's largest remaining length (268,435,455 bytes) less the room kept for the envelope.
 const MAX_PAYLOAD_LIMIT: usize = 268_435_455 - ENVELOPE_HEADROOM;
@@ -24,22 +32,8 @@ const MAX_PAYLOAD_LIMIT: usize = 268_435_455 - ENVELOPE_HEADROOM;
 /// Room for the envelope fields and MQTT headers around a payload.
 pub(crate) const ENVELOPE_HEADROOM: usize = 16 * 1024;
 
-const KEYS: [&str; 14] = [
-    "gateway",
-    "server_name",
-    "ca_cert",
-    "cert",
-    "key",
-    "local_listen",
-    "keep_alive",
-    "backoff_initial",
-    "backoff_max",
-    "default_timeout",
-    "max_payload_bytes",
-    "state_dir",
-    "outbox_capacity",
-    "result_retention",
-];
+/// Longest Unix socket path in bytes: `sun_path` holds 108 bytes with the terminating NUL.
+const MAX_SOCKET_PATH_BYTES: usize = 107;
 
 /// Why the configuration cannot be used.
 #[derive(Debug, thiserror::Error)]
@@ -83,20 +77,31 @@ impl From<figment::Error> for ConfigError {
 }
 
 /// Everything the agent needs to reach the gateway and serve in-car apps.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+///
+/// The fields are the settings: each is a key of the TOML file and an `AGENT_*` variable.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct AgentConfig {
     /// The gateway's MQTT endpoint, `host:port`.
     pub gateway: String,
     /// The name the gateway's certificate must carry; `None` means the host of `gateway`.
+    #[serde(default)]
     pub server_name: Option<String>,
-    /// PEM file of the CA that signed the gateway's certificate.
+    /// PEM file of the CA that signed the gateway's certificate (required).
+    #[serde(deserialize_with = "file_relative", skip_serializing_if = "unset")]
     pub ca_cert: PathBuf,
-    /// PEM file of this car's certificate (subject `CN=<VIN>`, `OU=vehicle`).
+    /// PEM file of this car's certificate (subject `CN=<VIN>`, `OU=vehicle`; required).
+    #[serde(deserialize_with = "file_relative", skip_serializing_if = "unset")]
     pub cert: PathBuf,
-    /// PEM file of this car's private key.
+    /// PEM file of this car's private key (required).
+    #[serde(deserialize_with = "file_relative", skip_serializing_if = "unset")]
     pub key: PathBuf,
-    /// Where in-car apps reach the local gRPC server; port 0 picks a free port.
+    /// Where in-car apps reach the local gRPC server over TCP; port 0 picks a free port.
     pub local_listen: SocketAddr,
+    /// Also serve in-car apps on this Unix socket (mode 0660), where an app is known by its
+    /// uid; `None`: TCP only.
+    #[serde(default, deserialize_with = "file_relative_option")]
+    pub local_socket: Option<PathBuf>,
     /// MQTT keep-alive interval.
     #[serde(with = "humantime_serde")]
     pub keep_alive: Duration,
@@ -113,6 +118,7 @@ pub struct AgentConfig {
     pub max_payload_bytes: usize,
     /// Where the agent keeps what must survive a reboot: `outbox/`, `results/`, `events/`
     /// (default `/var/lib/vehicle-agent`). One agent per directory; tests set their own.
+    #[serde(deserialize_with = "file_relative")]
     pub state_dir: PathBuf,
     /// Most requests waiting for the gateway at once; more are refused (RESOURCE_EXHAUSTED).
     pub outbox_capacity: usize,
@@ -121,89 +127,58 @@ pub struct AgentConfig {
     pub result_retention: Duration,
 }
 
-/// The schema as read, before relative paths are resolved.
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RawConfig {
-    #[serde(default = "default_gateway")]
-    gateway: String,
-    #[serde(default)]
-    server_name: Option<String>,
-    ca_cert: RelativePathBuf,
-    cert: RelativePathBuf,
-    key: RelativePathBuf,
-    #[serde(default = "default_local_listen")]
-    local_listen: SocketAddr,
-    #[serde(default = "default_keep_alive", with = "humantime_serde")]
-    keep_alive: Duration,
-    #[serde(default = "default_backoff_initial", with = "humantime_serde")]
-    backoff_initial: Duration,
-    #[serde(default = "default_backoff_max", with = "humantime_serde")]
-    backoff_max: Duration,
-    #[serde(default = "default_timeout", with = "humantime_serde")]
-    default_timeout: Duration,
-    #[serde(default = "default_max_payload_bytes")]
-    max_payload_bytes: usize,
-    #[serde(default = "default_state_dir")]
-    state_dir: RelativePathBuf,
-    #[serde(default = "default_outbox_capacity")]
-    outbox_capacity: usize,
-    #[serde(default = "default_result_retention", with = "humantime_serde")]
-    result_retention: Duration,
+/// A required path nobody set yet: left out of the defaults, so that loading says it is missing.
+fn unset(path: &Path) -> bool {
+    path.as_os_str().is_empty()
 }
 
-fn default_gateway() -> String {
-    "localhost:8883".to_owned()
+/// A path as written in the config file is relative to the file's directory.
+fn file_relative<'de, D: Deserializer<'de>>(deserializer: D) -> Result<PathBuf, D::Error> {
+    RelativePathBuf::deserialize(deserializer).map(|path| path.relative())
 }
-fn default_local_listen() -> SocketAddr {
-    SocketAddr::from((Ipv4Addr::LOCALHOST, 50051))
-}
-fn default_keep_alive() -> Duration {
-    Duration::from_secs(30)
-}
-fn default_backoff_initial() -> Duration {
-    Duration::from_millis(500)
-}
-fn default_backoff_max() -> Duration {
-    Duration::from_secs(60)
-}
-fn default_timeout() -> Duration {
-    Duration::from_secs(30)
-}
-fn default_max_payload_bytes() -> usize {
-    128 * 1024
-}
-/// The default `state_dir`.
-pub const DEFAULT_STATE_DIR: &str = "/var/lib/vehicle-agent";
-fn default_state_dir() -> RelativePathBuf {
-    RelativePathBuf::from(DEFAULT_STATE_DIR)
-}
-fn default_outbox_capacity() -> usize {
-    1000
-}
-fn default_result_retention() -> Duration {
-    Duration::from_secs(24 * 3600)
+
+fn file_relative_option<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Option<PathBuf>, D::Error> {
+    Option::<RelativePathBuf>::deserialize(deserializer).map(|path| path.map(|p| p.relative()))
 }
 
 impl AgentConfig {
+    /// Every setting's default; the required files are empty (unset).
+    fn defaults() -> AgentConfig {
+        AgentConfig {
+            gateway: "localhost:8883".to_owned(),
+            server_name: None,
+            ca_cert: PathBuf::new(),
+            cert: PathBuf::new(),
+            key: PathBuf::new(),
+            local_listen: SocketAddr::from((Ipv4Addr::LOCALHOST, 50051)),
+            local_socket: None,
+            keep_alive: Duration::from_secs(30),
+            backoff_initial: Duration::from_millis(500),
+            backoff_max: Duration::from_secs(60),
+            default_timeout: Duration::from_secs(30),
+            max_payload_bytes: 128 * 1024,
+            state_dir: PathBuf::from(DEFAULT_STATE_DIR),
+            outbox_capacity: 1000,
+            result_retention: Duration::from_secs(24 * 3600),
+        }
+    }
+
     /// A configuration with the given endpoint and files and defaults for everything else.
     pub fn new(gateway: impl Into<String>, ca_cert: PathBuf, cert: PathBuf, key: PathBuf) -> AgentConfig {
         AgentConfig {
             gateway: gateway.into(),
-            server_name: None,
             ca_cert,
             cert,
             key,
-            local_listen: default_local_listen(),
-            keep_alive: default_keep_alive(),
-            backoff_initial: default_backoff_initial(),
-            backoff_max: default_backoff_max(),
-            default_timeout: default_timeout(),
-            max_payload_bytes: default_max_payload_bytes(),
-            state_dir: PathBuf::from(DEFAULT_STATE_DIR),
-            outbox_capacity: default_outbox_capacity(),
-            result_retention: default_result_retention(),
+            ..AgentConfig::defaults()
         }
+    }
+
+    /// The settings' names, as keys of the file (and, in upper case after `AGENT_`, as
+    /// variables): the fields of [`AgentConfig`].
+    pub fn setting_names() -> &'static [&'static str] {
+        static NAMES: OnceLock<&'static [&'static str]> = OnceLock::new();
+        NAMES.get_or_init(field_names::<AgentConfig>)
     }
 
     /// Reads `path` (if any), then applies `AGENT_*` environment overrides. Does not validate.
@@ -218,28 +193,16 @@ impl AgentConfig {
             }
             figment = figment.merge(Toml::file_exact(path));
         }
-        AgentConfig::extract(figment.merge(Env::prefixed(ENV_PREFIX).only(&KEYS)))
+        // Only the settings: other AGENT_* variables (the command line's own AGENT_CONFIG and
+        // AGENT_APP_TOKEN, or a CI system's) are none of the agent's business.
+        let env = Env::prefixed(ENV_PREFIX).only(AgentConfig::setting_names());
+        AgentConfig::extract(figment.merge(env))
     }
 
-    /// Extracts a configuration from any figment, e.g. one built by a test.
+    /// Extracts a configuration from any figment (e.g. one built by a test), with the defaults
+    /// under it.
     pub fn extract(figment: Figment) -> Result<AgentConfig, ConfigError> {
-        let raw: RawConfig = figment.extract()?;
-        Ok(AgentConfig {
-            gateway: raw.gateway,
-            server_name: raw.server_name,
-            ca_cert: raw.ca_cert.relative(),
-            cert: raw.cert.relative(),
-            key: raw.key.relative(),
-            local_listen: raw.local_listen,
-            keep_alive: raw.keep_alive,
-            backoff_initial: raw.backoff_initial,
-            backoff_max: raw.backoff_max,
-            default_timeout: raw.default_timeout,
-            max_payload_bytes: raw.max_payload_bytes,
-            state_dir: raw.state_dir.relative(),
-            outbox_capacity: raw.outbox_capacity,
-            result_retention: raw.result_retention,
-        })
+        Ok(figment.join(Serialized::defaults(AgentConfig::defaults())).extract()?)
     }
 
     /// Checks every value and the certificate files; returns the VIN the certificate names.
@@ -295,6 +258,21 @@ impl AgentConfig {
                 ),
             ));
         }
+        if let Some(socket) = &self.local_socket {
+            let bytes = socket.as_os_str().len();
+            if bytes == 0 {
+                return Err(ConfigError::invalid("local_socket", "must not be empty"));
+            }
+            if bytes > MAX_SOCKET_PATH_BYTES {
+                return Err(ConfigError::invalid(
+                    "local_socket",
+                    format!(
+                        "{} is {bytes} bytes long; a Unix socket path holds at most {MAX_SOCKET_PATH_BYTES}",
+                        socket.display()
+                    ),
+                ));
+            }
+        }
         if self.state_dir.as_os_str().is_empty() {
             return Err(ConfigError::invalid("state_dir", "must not be empty"));
         }
@@ -340,6 +318,42 @@ fn show(d: Duration) -> humantime_serde::re::humantime::FormattedDuration {
     humantime_serde::re::humantime::format_duration(d)
 }
 
+/// The names of `T`'s fields as serde sees them (renames included), found by asking `T` to
+/// deserialize itself from something that only notes the names it is offered.
+fn field_names<T: for<'de> Deserialize<'de>>() -> &'static [&'static str] {
+    use serde::de::{Error as _, Visitor, value::Error};
+
+    struct Names<'a>(&'a mut &'static [&'static str]);
+
+    impl<'de> Deserializer<'de> for Names<'_> {
+        type Error = Error;
+
+        fn deserialize_any<V: Visitor<'de>>(self, _: V) -> Result<V::Value, Error> {
+            Err(Error::custom("not a struct"))
+        }
+
+        fn deserialize_struct<V: Visitor<'de>>(
+            self,
+            _: &'static str,
+            fields: &'static [&'static str],
+            _: V,
+        ) -> Result<V::Value, Error> {
+            *self.0 = fields;
+            Err(Error::custom("only the names were wanted"))
+        }
+
+        serde::forward_to_deserialize_any! {
+            bool i8 i16 i32 i64 i128 u8 u16 u32 u64 u128 f32 f64 char str string bytes byte_buf
+            option unit unit_struct newtype_struct seq tuple tuple_struct map enum identifier
+            ignored_any
+        }
+    }
+
+    let mut names: &'static [&'static str] = &[];
+    let _ = T::deserialize(Names(&mut names));
+    names
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -367,6 +381,7 @@ mod tests {
         assert_eq!(c.state_dir, PathBuf::from("/var/lib/vehicle-agent"));
         assert_eq!(c.outbox_capacity, 1000);
         assert_eq!(c.result_retention, Duration::from_secs(86_400));
+        assert_eq!(c.local_socket, None);
         c.validate_values().unwrap();
     }
 
@@ -445,7 +460,7 @@ mod tests {
         let path = dir.path().join("agent.toml");
         std::fs::write(
             &path,
-            "gateway = \"gw.example:8883\"\nca_cert = \"ca.pem\"\ncert = \"/abs/car.pem\"\nkey = \"car.key\"\nkeep_alive = \"10s\"\nlocal_listen = \"127.0.0.1:0\"\nmax_payload_bytes = 1000\nstate_dir = \"state\"\noutbox_capacity = 5\nresult_retention = \"1h\"\n",
+            "gateway = \"gw.example:8883\"\nca_cert = \"ca.pem\"\ncert = \"/abs/car.pem\"\nkey = \"car.key\"\nkeep_alive = \"10s\"\nlocal_listen = \"127.0.0.1:0\"\nlocal_socket = \"run/agent.sock\"\nmax_payload_bytes = 1000\nstate_dir = \"state\"\noutbox_capacity = 5\nresult_retention = \"1h\"\n",
         )
         .unwrap();
         // Environment overrides are tested through the binary (tests/cli.rs): setting
@@ -460,6 +475,7 @@ mod tests {
         assert_eq!(c.max_payload_bytes, 1000);
         assert_eq!(c.local_listen.port(), 0);
         assert_eq!(c.state_dir, dir.path().join("state"));
+        assert_eq!(c.local_socket, Some(dir.path().join("run/agent.sock")));
         assert_eq!(c.outbox_capacity, 5);
         assert_eq!(c.result_retention, Duration::from_secs(3600));
     }
@@ -491,6 +507,26 @@ mod tests {
         .unwrap();
         let e = AgentConfig::load(Some(&path)).unwrap_err().to_string();
         assert!(e.contains("keep_alive"), "{e}");
+    }
+
+    #[test]
+    fn every_field_is_a_setting() {
+        let names = AgentConfig::setting_names();
+        assert_eq!(names.len(), 15, "{names:?}");
+        for name in ["gateway", "ca_cert", "local_socket", "result_retention"] {
+            assert!(names.contains(&name), "{name} in {names:?}");
+        }
+    }
+
+    #[test]
+    fn the_socket_path_fits_a_unix_socket() {
+        let mut c = base();
+        c.local_socket = Some(PathBuf::from(format!("/run/{}", "a".repeat(102))));
+        c.validate_values().unwrap();
+        c.local_socket = Some(PathBuf::from(format!("/run/{}", "a".repeat(103))));
+        assert!(err_of(&c).starts_with("local_socket: /run/aaa"), "{}", err_of(&c));
+        c.local_socket = Some(PathBuf::new());
+        assert_eq!(err_of(&c), "local_socket: must not be empty");
     }
 
     #[test]

@@ -1,9 +1,13 @@
 //! The gateway link: accepts calls into the durable outbox, publishes them, matches responses.
 //!
 //! A call is written to the [`Outbox`] before anything is published or answered; the
-//! `session` task owns the MQTT event loop, (re)publishes the outbox on
-//! every new subscription and stores each response before waking the caller. A caller that
+//! `event_loop` task owns rumqttc's event loop, (re)publishes the outbox on every new
+//! subscription and hands each response to the outbox before waking the caller. A caller that
 //! goes away leaves its request in the outbox: the driver's intent outlives the app's call.
+//!
+//! The first answer a request gets (the gateway's, or DEADLINE_EXCEEDED when its deadline
+//! passes) is the one its callers get and the one stored, even when the disk cannot take it
+//! at once: the outbox holds it and the housekeeping task writes it again until it is stored.
 
 use std::fs::File;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -16,18 +20,19 @@ use tokio::sync::{Notify, broadcast, watch};
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
 use tonic::Status;
-use tracing::{debug, error};
+use tracing::{debug, error, warn};
 
 use proto::vehicle::v1::{Code, Event, Request, Response};
 use proto::{MethodPath, Vin, topics};
 
 use crate::backoff::Backoff;
 use crate::config::{AgentConfig, ConfigError};
+use crate::event_loop;
 use crate::events::EventCursor;
-use crate::outbox::{Admission, Lookup, Outbox, Sent, StoredResult};
+use crate::outbox::{Lookup, Outbox, Sent, StoredResult, Submitted};
+use crate::owner::Owner;
 use crate::pending::{Token, Waiters};
-use crate::session;
-use crate::store::{self, is_valid_request_id, unix_ms_now};
+use crate::store::{self, Disk, StateFiles, is_valid_request_id, unix_ms_now};
 use crate::tls::Identity;
 
 /// Longest idempotency key the envelope allows, in characters.
@@ -41,30 +46,33 @@ const REQUEST_CHANNEL_CAPACITY: usize = 64;
 /// Events kept for slow in-car subscribers before they start missing some.
 const EVENT_CHANNEL_CAPACITY: usize = 256;
 
-/// The ids an app gives a call.
+/// The ids an app gives a call, and who the app is.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct CallIds {
     /// The app's `x-request-id`; `None` (or empty) means a fresh UUID.
     pub request_id: Option<String>,
     /// One driver intent across retries; `None` (or empty) means the request id.
     pub idempotency_key: Option<String>,
+    /// The calling app: only it can see the request and its result.
+    pub owner: Owner,
 }
 
 /// A handle to the agent's MQTT session with the gateway. Cheap to clone.
 #[derive(Clone)]
 pub struct GatewayLink {
-    inner: Arc<Inner>,
+    state: Arc<LinkState>,
+    tasks: Arc<BackgroundTasks>,
 }
 
-/// Owned by the handles only: when the last one goes, `stop` drops and the tasks end.
-struct Inner {
-    core: Arc<Core>,
+/// The event loop and housekeeping tasks. Owned by the handles only: when the last one goes,
+/// `stop` drops and the tasks end.
+struct BackgroundTasks {
     stop: watch::Sender<bool>,
-    tasks: Mutex<Vec<JoinHandle<()>>>,
+    handles: Mutex<Vec<JoinHandle<()>>>,
 }
 
-/// Shared between the handles and the session tasks.
-pub(crate) struct Core {
+/// Shared between the handles and the background tasks.
+pub(crate) struct LinkState {
     pub(crate) vin: Vin,
     pub(crate) gateway: String,
     pub(crate) client: AsyncClient,
@@ -75,20 +83,21 @@ pub(crate) struct Core {
     max_payload_bytes: usize,
     pub(crate) outbox: Arc<Outbox>,
     pub(crate) cursor: Arc<Mutex<EventCursor>>,
-    /// Counts subscribed sessions, so each request is published once per session.
+    /// Counts subscribed MQTT sessions, so each request is published once per MQTT session.
     pub(crate) epoch: AtomicU64,
-    state: Mutex<State>,
+    callers: Mutex<Callers>,
     pub(crate) connected: watch::Sender<bool>,
     /// Set by shutdown; ends event streams and refuses new calls.
     pub(crate) closed: watch::Sender<bool>,
     pub(crate) events: broadcast::Sender<Event>,
-    /// Pokes the housekeeping task when a new deadline may come before the one it sleeps to.
-    pub(crate) new_deadline: Notify,
+    /// Pokes the housekeeping task when it has something to do before the time it sleeps to:
+    /// a new deadline, or an answer to write again.
+    pub(crate) wake_housekeeping: Notify,
     /// The state directory's lock, released at shutdown so a successor can take over.
-    lock: Mutex<Option<File>>,
+    state_dir_lock: Mutex<Option<File>>,
 }
 
-struct State {
+struct Callers {
     waiters: Waiters,
     closed: bool,
 }
@@ -96,8 +105,8 @@ struct State {
 impl std::fmt::Debug for GatewayLink {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("GatewayLink")
-            .field("vin", &self.inner.core.vin)
-            .field("gateway", &self.inner.core.gateway)
+            .field("vin", &self.state.vin)
+            .field("gateway", &self.state.gateway)
             .field("connected", &self.is_connected())
             .finish()
     }
@@ -107,22 +116,29 @@ impl GatewayLink {
     /// Validates `config`, loads the car's identity, locks and loads `state_dir` (blocking file
     /// IO) and starts connecting in the background. Must be called within a tokio runtime.
     pub fn start(config: &AgentConfig) -> Result<GatewayLink, ConfigError> {
+        GatewayLink::start_with(config, Arc::new(Disk))
+    }
+
+    /// Like [`GatewayLink::start`], with the outbox writing and removing its files through
+    /// `files` (a test makes the disk fail or stall with it).
+    pub fn start_with(config: &AgentConfig, files: Arc<dyn StateFiles>) -> Result<GatewayLink, ConfigError> {
         let identity = Identity::load(config)?;
         let (host, port) = config.gateway_addr()?;
         let state_error = |e: std::io::Error| {
             ConfigError::invalid("state_dir", format!("cannot use {}: {e}", config.state_dir.display()))
         };
         let lock = store::lock_state_dir(&config.state_dir).map_err(state_error)?;
-        let outbox = Outbox::open(
+        let outbox = Outbox::open_with(
             &config.state_dir,
             config.outbox_capacity,
             config.result_retention,
             unix_ms_now(),
+            files,
         )
         .map_err(state_error)?;
         let cursor = EventCursor::open(&config.state_dir).map_err(state_error)?;
         let vin = identity.vin;
-        let mut options = session::mqtt_options(&vin, host, port, config);
+        let mut options = event_loop::mqtt_options(&vin, host, port, config);
         options.set_transport(Transport::tls_with_config(TlsConfiguration::Rustls(
             identity.client_config,
         )));
@@ -133,7 +149,7 @@ impl GatewayLink {
         network.set_tcp_nodelay(true);
         eventloop.set_network_options(network);
 
-        let core = Arc::new(Core {
+        let state = Arc::new(LinkState {
             gateway: config.gateway.clone(),
             client,
             request_topic: topics::requests(&vin),
@@ -145,71 +161,71 @@ impl GatewayLink {
             outbox: Arc::new(outbox),
             cursor: Arc::new(Mutex::new(cursor)),
             epoch: AtomicU64::new(0),
-            state: Mutex::new(State {
+            callers: Mutex::new(Callers {
                 waiters: Waiters::new(),
                 closed: false,
             }),
             connected: watch::Sender::new(false),
             closed: watch::Sender::new(false),
             events: broadcast::Sender::new(EVENT_CHANNEL_CAPACITY),
-            new_deadline: Notify::new(),
-            lock: Mutex::new(Some(lock)),
+            wake_housekeeping: Notify::new(),
+            state_dir_lock: Mutex::new(Some(lock)),
         });
         let (stop, stop_rx) = watch::channel(false);
         let backoff = Backoff::new(config.backoff_initial, config.backoff_max);
         let tasks = vec![
-            tokio::spawn(session::run(core.clone(), eventloop, backoff, stop_rx.clone())),
-            tokio::spawn(session::housekeeping(core.clone(), stop_rx)),
+            tokio::spawn(event_loop::run(state.clone(), eventloop, backoff, stop_rx.clone())),
+            tokio::spawn(event_loop::housekeeping(state.clone(), stop_rx)),
         ];
         Ok(GatewayLink {
-            inner: Arc::new(Inner {
-                core,
+            state,
+            tasks: Arc::new(BackgroundTasks {
                 stop,
-                tasks: Mutex::new(tasks),
+                handles: Mutex::new(tasks),
             }),
         })
     }
 
     /// The VIN this link speaks for.
     pub fn vin(&self) -> &Vin {
-        &self.inner.core.vin
+        &self.state.vin
     }
 
     /// Whether the link is subscribed on the gateway right now.
     pub fn is_connected(&self) -> bool {
-        *self.inner.core.connected.borrow()
+        *self.state.connected.borrow()
     }
 
     /// Resolves once the link is subscribed on the gateway (at once if it already is).
     pub async fn wait_connected(&self) {
-        let mut rx = self.inner.core.connected.subscribe();
+        let mut rx = self.state.connected.subscribe();
         // The sender lives as long as `self`, so this cannot fail.
         let _ = rx.wait_for(|up| *up).await;
     }
 
     /// Follows the link's state: `true` while subscribed on the gateway.
     pub fn connection_state(&self) -> watch::Receiver<bool> {
-        self.inner.core.connected.subscribe()
+        self.state.connected.subscribe()
     }
 
     /// Partner events pushed by the gateway, from now on (each new sequence once).
     pub fn events(&self) -> broadcast::Receiver<Event> {
-        self.inner.core.events.subscribe()
+        self.state.events.subscribe()
     }
 
     /// Follows shutdown: becomes `true` once [`GatewayLink::shutdown`] has begun.
     pub fn closed(&self) -> watch::Receiver<bool> {
-        self.inner.core.closed.subscribe()
+        self.state.closed.subscribe()
     }
 
     /// How many app calls wait for a response right now.
     pub fn pending_calls(&self) -> usize {
-        self.inner.core.lock().waiters.len()
+        self.state.callers().waiters.len()
     }
 
     /// How many accepted requests wait in the outbox for a response (with or without a caller).
     pub fn pending_requests(&self) -> usize {
-        self.inner.core.outbox.len()
+        self.state.outbox.len()
     }
 
     /// Calls `method` with a fresh request id; see [`GatewayLink::call_with_ids`].
@@ -221,8 +237,8 @@ impl GatewayLink {
         idempotency_key: Option<String>,
     ) -> Result<Bytes, Status> {
         let ids = CallIds {
-            request_id: None,
             idempotency_key,
+            ..CallIds::default()
         };
         self.call_with_ids(method, payload, timeout, ids).await
     }
@@ -232,7 +248,8 @@ impl GatewayLink {
     /// The request is on disk before anything is sent; it is (re)sent on every connection
     /// until answered or `timeout` has passed, even if this call is dropped or the agent
     /// restarts. A request id that already has an outcome gets it back without sending; one
-    /// still pending is waited for, not sent twice.
+    /// still pending is waited for, not sent twice. A request id of another owner's request
+    /// is NOT_FOUND.
     pub async fn call_with_ids(
         &self,
         method: &MethodPath,
@@ -240,12 +257,12 @@ impl GatewayLink {
         timeout: Duration,
         ids: CallIds,
     ) -> Result<Bytes, Status> {
-        let core = &self.inner.core;
-        if payload.len() > core.max_payload_bytes {
+        let state = &self.state;
+        if payload.len() > state.max_payload_bytes {
             return Err(Status::resource_exhausted(format!(
                 "request payload of {} bytes exceeds the {}-byte limit",
                 payload.len(),
-                core.max_payload_bytes
+                state.max_payload_bytes
             )));
         }
         let idempotency_key = ids.idempotency_key.filter(|k| !k.is_empty());
@@ -279,34 +296,37 @@ impl GatewayLink {
 
         // Registered before the request can be published, so no answer can come unseen.
         let (token, reply) = {
-            let mut state = core.lock();
-            if state.closed {
+            let mut callers = state.callers();
+            if callers.closed {
                 return Err(Status::unavailable("the vehicle agent is shutting down"));
             }
-            state.waiters.register(&request_id)
+            callers.waiters.register(&request_id)
         };
         let _forget = Forget {
-            core,
+            state,
             request_id: &request_id,
             token,
         };
-        let outbox = core.outbox.clone();
-        let owner = match blocking(move || outbox.submit(request, deadline_ms, now_ms)).await?? {
-            Admission::Done(result) => return into_result(result),
-            Admission::Pending => false,
-            Admission::Accepted => {
-                core.new_deadline.notify_one();
+        let outbox = state.outbox.clone();
+        let app = ids.owner;
+        let owner = app.clone();
+        let first = match blocking(move || outbox.submit(request, &owner, deadline_ms, now_ms)).await?? {
+            Submitted::Done(result) => return into_result(result),
+            Submitted::Pending => false,
+            Submitted::Accepted => {
+                state.wake_housekeeping.notify_one();
                 true
             }
         };
-        debug!(request_id, %method, owner, "call");
+        debug!(request_id, %method, %app, first, "call");
 
         let outcome = tokio::time::timeout_at(deadline, async {
-            if *core.connected.borrow() {
-                // Once per session: if the session task already republished it, this is None.
-                let epoch = core.epoch.load(Ordering::SeqCst);
-                if let Some(request) = core.outbox.prepare(&request_id, epoch, unix_ms_now()) {
-                    core.publish(request).await;
+            // A deadline that passed while the request was written is not worth a publish.
+            if *state.connected.borrow() && Instant::now() < deadline {
+                // Once per MQTT session: if the event loop already republished it, this is None.
+                let epoch = state.epoch.load(Ordering::SeqCst);
+                if let Some(request) = state.outbox.prepare(&request_id, epoch, unix_ms_now()) {
+                    state.publish(request).await;
                 }
             }
             reply.await
@@ -317,41 +337,63 @@ impl GatewayLink {
             Ok(Err(_)) => Err(Status::unavailable(
                 "the vehicle agent is shutting down; the request is kept and sent when it restarts",
             )),
-            Err(_) => core.give_up(&request_id, owner, timeout).await,
+            Err(_) => state.give_up(&request_id, &app, first, timeout).await,
         }
     }
 
-    /// What the agent knows of `request_id`: unknown, pending, or its outcome.
-    pub async fn result(&self, request_id: &str) -> Result<Lookup, Status> {
+    /// What `owner` may know of `request_id`: unknown (also another owner's request),
+    /// pending, or its outcome.
+    pub async fn result(&self, request_id: &str, owner: &Owner) -> Result<Lookup, Status> {
         if !is_valid_request_id(request_id) {
             return Err(invalid_request_id(request_id));
         }
-        let core = &self.inner.core;
-        if core.outbox.deadline_of(request_id).is_some_and(|d| d <= unix_ms_now()) {
-            core.expire(request_id).await;
+        let state = &self.state;
+        if state.outbox.deadline_of(request_id).is_some_and(|d| d <= unix_ms_now()) {
+            state.expire(request_id).await;
         }
-        core.lookup(request_id).await
+        state.lookup(request_id, owner).await
     }
 
     /// Sends MQTT DISCONNECT if connected, fails the calls still waiting (their requests stay
-    /// in the outbox), stops the tasks and releases the state directory.
+    /// in the outbox), stops the tasks, tries once more to store answers the disk refused,
+    /// and releases the state directory.
     pub async fn shutdown(&self) {
-        let core = &self.inner.core;
+        let state = &self.state;
         {
-            let mut state = core.lock();
-            state.closed = true;
-            state.waiters.clear();
+            let mut callers = state.callers();
+            callers.closed = true;
+            callers.waiters.clear();
         }
-        core.closed.send_replace(true);
-        self.inner.stop.send_replace(true);
-        let tasks = std::mem::take(&mut *self.inner.tasks.lock().unwrap_or_else(PoisonError::into_inner));
+        state.closed.send_replace(true);
+        self.tasks.stop.send_replace(true);
+        let tasks = std::mem::take(&mut *self.tasks.handles.lock().unwrap_or_else(PoisonError::into_inner));
         for task in tasks {
             if let Err(e) = task.await {
                 error!(error = %e, "a gateway link task failed");
             }
         }
-        core.outbox.close();
-        drop(core.lock.lock().unwrap_or_else(PoisonError::into_inner).take());
+        let outbox = state.outbox.clone();
+        let closed = blocking(move || {
+            // An answer still not stored is lost with this process; its request is resent
+            // next time and the gateway's ledger answers it the same.
+            for (request_id, stored) in outbox.store_answers(u64::MAX) {
+                if let Err(e) = stored {
+                    warn!(request_id, error = %e, "an answer is still not stored; the request is resent after the restart");
+                }
+            }
+            outbox.close();
+        })
+        .await;
+        if closed.is_err() {
+            error!("could not close the outbox");
+        }
+        drop(
+            state
+                .state_dir_lock
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .take(),
+        );
     }
 }
 
@@ -375,21 +417,21 @@ pub(crate) async fn blocking<T: Send + 'static>(f: impl FnOnce() -> T + Send + '
 
 /// Forgets a caller when its call ends, however it ends; its request stays in the outbox.
 struct Forget<'a> {
-    core: &'a Core,
+    state: &'a LinkState,
     request_id: &'a str,
     token: Token,
 }
 
 impl Drop for Forget<'_> {
     fn drop(&mut self) {
-        self.core.lock().waiters.forget(self.request_id, self.token);
+        self.state.callers().waiters.forget(self.request_id, self.token);
     }
 }
 
-impl Core {
-    fn lock(&self) -> MutexGuard<'_, State> {
+impl LinkState {
+    fn callers(&self) -> MutexGuard<'_, Callers> {
         // A panic elsewhere must not take every later call down with it.
-        self.state.lock().unwrap_or_else(PoisonError::into_inner)
+        self.callers.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
     /// Queues `request` for publishing; the event loop sends it.
@@ -407,7 +449,8 @@ impl Core {
         }
     }
 
-    /// Stores `response` as its request's outcome, then wakes the callers waiting for it.
+    /// Makes `response` its request's outcome unless it has one (the first answer stands),
+    /// hands it to the outbox to store, then wakes the callers waiting for it.
     pub(crate) async fn finish(&self, response: Response) {
         let outbox = self.outbox.clone();
         let stored = response.clone();
@@ -416,72 +459,107 @@ impl Core {
             Ok(Ok(false)) => {
                 debug!(
                     request_id = response.request_id,
-                    "ignoring a response nobody waits for (duplicate, late or unknown)"
+                    "ignoring a response nobody waits for (duplicate, late, unknown, or the request has its outcome)"
                 );
                 return;
             }
-            // The caller still gets the answer; the request stays on disk and is sent again
-            // (same idempotency key), so the outcome is stored once the disk recovers.
-            Ok(Err(e)) => error!(request_id = response.request_id, error = %e, "cannot store a response"),
+            // It is the outcome all the same: the outbox holds it (GetResult shows it) and the
+            // housekeeping writes it again until the disk takes it.
+            Ok(Err(e)) => {
+                error!(
+                    request_id = response.request_id,
+                    error = %e,
+                    "cannot store a response yet; it is kept in memory and written again until it is stored"
+                );
+                self.wake_housekeeping.notify_one();
+            }
             Err(_) => return,
         }
-        self.lock().waiters.wake(&response);
+        self.callers().waiters.wake(&response);
     }
 
-    /// Gives up on a request whose deadline passed: stores DEADLINE_EXCEEDED saying why.
+    /// Gives up on an unanswered request whose deadline passed: DEADLINE_EXCEEDED saying why
+    /// becomes its outcome (nothing changes if it has one).
     pub(crate) async fn expire(&self, request_id: &str) {
-        let message = deadline_message(&self.outbox, request_id, *self.connected.borrow());
+        let message = self.deadline_message(request_id);
         self.finish(Response::error(request_id, Code::DeadlineExceeded, message))
             .await;
     }
 
-    async fn lookup(&self, request_id: &str) -> Result<Lookup, Status> {
+    async fn lookup(&self, request_id: &str, owner: &Owner) -> Result<Lookup, Status> {
         let outbox = self.outbox.clone();
-        let id = request_id.to_owned();
-        blocking(move || outbox.lookup(&id))
+        let (id, owner) = (request_id.to_owned(), owner.clone());
+        blocking(move || outbox.lookup(&id, &owner))
             .await?
             .map_err(|e| Status::data_loss(format!("the result of {request_id} cannot be read: {e}")))
     }
 
     /// A caller's own deadline passed. Its request expires with it unless other callers
-    /// joined it with a later deadline than the request's.
-    async fn give_up(&self, request_id: &str, owner: bool, timeout: Duration) -> Result<Bytes, Status> {
+    /// joined it with a later deadline than the request's (`first`: this call made it).
+    async fn give_up(&self, request_id: &str, app: &Owner, first: bool, timeout: Duration) -> Result<Bytes, Status> {
         let request_due = self.outbox.deadline_of(request_id).is_none_or(|d| d <= unix_ms_now());
-        if !owner && !request_due {
+        if !first && !request_due {
             let after = humantime_serde::re::humantime::format_duration(timeout);
             return Err(Status::deadline_exceeded(format!(
                 "no response within {after}; request {request_id} is still pending (ask GetResult later)"
             )));
         }
+        // Worded before the expiry, while the outbox still knows the request's story.
+        let message = self.deadline_message(request_id);
         self.expire(request_id).await;
-        // Whatever is stored now is the outcome: ours, or an answer that just beat us.
-        match self.lookup(request_id).await? {
+        // Whatever the outcome is now: ours, or an answer that beat us to it.
+        match self.lookup(request_id, app).await? {
             Lookup::Done(result) => into_result(result),
-            _ => Err(Status::deadline_exceeded(deadline_message(
-                &self.outbox,
-                request_id,
-                false,
-            ))),
+            _ => Err(Status::deadline_exceeded(message)),
         }
+    }
+
+    /// Why `request_id` got no response, from what the outbox knows of it and the link now.
+    fn deadline_message(&self, request_id: &str) -> String {
+        let (timeout, sent) = self.outbox.expiry_facts(request_id).unwrap_or_default();
+        deadline_message(timeout, sent, *self.connected.borrow())
     }
 }
 
-/// Why a request got no response, from what the outbox knows of it.
-fn deadline_message(outbox: &Outbox, request_id: &str, up: bool) -> String {
-    let (timeout, sent) = outbox.expiry_facts(request_id).unwrap_or_default();
+/// Why a request given `timeout` got no response: whether it was `sent`, and whether the link
+/// is `up` now (a request never sent while the link is down most likely found it down).
+fn deadline_message(timeout: Duration, sent: Sent, up: bool) -> String {
     let after = humantime_serde::re::humantime::format_duration(timeout);
-    match (sent, up) {
-        (Sent::Never, _) => {
-            format!("no response within {after}: the link to the gateway was down, the request was never sent")
+    let why = match (sent, up) {
+        (Sent::Never, false) => "the link to the gateway was down, the request was never sent",
+        (Sent::Never, true) => "the deadline passed before the request could be sent (the link to the gateway is up)",
+        (Sent::BeforeRestart, false) => {
+            "the vehicle agent restarted and the link to the gateway did not come back in time"
         }
-        (Sent::BeforeRestart, _) => format!(
-            "no response within {after}: the vehicle agent restarted and the link to the gateway did not come back in time"
-        ),
-        (Sent::Yes, false) => {
-            format!("no response within {after}: the link to the gateway went down after the request was sent")
+        (Sent::BeforeRestart, true) => {
+            "the vehicle agent restarted and the deadline passed before the request could be sent again (the link to the gateway is up)"
         }
-        (Sent::Yes, true) => {
-            format!("no response within {after} from the gateway (the link to the gateway is up)")
+        (Sent::Yes, false) => "the link to the gateway went down after the request was sent",
+        (Sent::Yes, true) => "the request was sent and the gateway did not answer (the link to the gateway is up)",
+    };
+    format!("no response within {after}: {why}")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn deadline_messages_say_what_happened() {
+        let ms = Duration::from_millis(1);
+        assert_eq!(
+            deadline_message(ms, Sent::Never, true),
+            "no response within 1ms: the deadline passed before the request could be sent (the link to the gateway is up)"
+        );
+        assert_eq!(
+            deadline_message(ms, Sent::Never, false),
+            "no response within 1ms: the link to the gateway was down, the request was never sent"
+        );
+        for sent in [Sent::Never, Sent::BeforeRestart, Sent::Yes] {
+            let up = deadline_message(ms, sent, true);
+            let down = deadline_message(ms, sent, false);
+            assert!(up.contains("is up") && !up.contains("down"), "{up}");
+            assert!(!down.contains("is up"), "{down}");
         }
     }
 }

@@ -1,25 +1,33 @@
 //! The in-car gRPC server: the partner services the gateway offers, forwarded without decoding.
 //!
-//! In-car apps use ordinary generated clients against this loopback endpoint. Each call's
-//! bytes, path, deadline, `x-request-id` and `idempotency-key` are handed to a [`Caller`]
-//! (the gateway link), so a new method of a known service needs no agent change. The agent's
-//! own API ([`crate::api`]) is served next to the forwarded services.
+//! In-car apps use ordinary generated clients against this endpoint: TCP on loopback, and a
+//! Unix socket if configured. Each call's bytes, path, deadline, `x-request-id`,
+//! `idempotency-key` and caller ([`Owner`]: its uid on the socket, its `x-app-token` on TCP)
+//! are handed to a [`Caller`] (the gateway link), so a new method of a known service needs no
+//! agent change. The agent's own API ([`crate::api`]) is served next to the forwarded services.
 
 use std::convert::Infallible;
+use std::fs::{self, DirBuilder, Permissions};
 use std::future::Future;
+use std::io;
 use std::marker::PhantomData;
+use std::os::unix::fs::{DirBuilderExt as _, FileTypeExt as _, MetadataExt as _, PermissionsExt as _};
+use std::os::unix::net::{UnixListener as StdUnixListener, UnixStream as StdUnixStream};
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
 use bytes::Bytes;
 use futures::future::BoxFuture;
-use tokio::net::TcpListener;
+use tokio::net::{TcpListener, UnixListener};
 use tokio_stream::StreamExt as _;
-use tokio_stream::wrappers::TcpListenerStream;
+use tokio_stream::wrappers::{TcpListenerStream, UnixListenerStream};
 use tonic::Status;
 use tonic::codegen::{Body, Service, StdError};
 use tonic::server::{Grpc, NamedService, UnaryService};
+use tonic::transport::server::Router;
+use tracing::warn;
 
 use proto::MethodPath;
 use proto::metadata::{IDEMPOTENCY_KEY, REQUEST_ID};
@@ -27,6 +35,10 @@ use proto::raw::RawCodec;
 
 use crate::api::AgentApi;
 use crate::link::{CallIds, GatewayLink};
+use crate::owner::Owner;
+
+/// Mode of the agent's Unix socket: the agent's user and group may connect, nobody else.
+pub const SOCKET_MODE: u32 = 0o660;
 
 /// Where forwarded calls go: the gateway link, or a stub in tests.
 pub trait Caller: Send + Sync + 'static {
@@ -161,6 +173,7 @@ impl UnaryService<Bytes> for Handler {
         };
         let key = ascii(IDEMPOTENCY_KEY).transpose();
         let request_id = ascii(REQUEST_ID).transpose();
+        let owner = Owner::of_request(&request);
         let caller = self.caller.clone();
         Box::pin(async move {
             let method = method.map_err(|e| Status::unimplemented(e.to_string()))?;
@@ -168,6 +181,7 @@ impl UnaryService<Bytes> for Handler {
             let ids = CallIds {
                 request_id: request_id?,
                 idempotency_key: key?,
+                owner: owner?,
             };
             caller
                 .call(method, request.into_inner(), timeout, ids)
@@ -216,6 +230,7 @@ pub async fn serve(
 }
 
 /// Serves the forwarded partner services and, if given, `agent.v1.VehicleAgent`, until `shutdown`.
+/// A caller is known by its `x-app-token`, or is anonymous.
 pub async fn serve_with_api(
     listener: TcpListener,
     caller: Arc<dyn Caller>,
@@ -231,11 +246,108 @@ pub async fn serve_with_api(
             Ok(tcp)
         })
     });
+    services(caller, api, default_timeout)
+        .serve_with_incoming_shutdown(incoming, shutdown)
+        .await
+}
+
+/// Like [`serve_with_api`] on a Unix socket, where a caller is known by its uid.
+pub async fn serve_unix(
+    listener: UnixListener,
+    caller: Arc<dyn Caller>,
+    api: Option<AgentApi>,
+    default_timeout: Duration,
+    shutdown: impl Future<Output = ()> + Send,
+) -> Result<(), tonic::transport::Error> {
+    services(caller, api, default_timeout)
+        .serve_with_incoming_shutdown(UnixListenerStream::new(listener), shutdown)
+        .await
+}
+
+fn services(caller: Arc<dyn Caller>, api: Option<AgentApi>, default_timeout: Duration) -> Router {
     tonic::transport::Server::builder()
         .add_service(Forwarder::<ParkingPayment>::new(caller, default_timeout))
         .add_optional_service(api.map(AgentApi::into_service))
-        .serve_with_incoming_shutdown(incoming, shutdown)
-        .await
+}
+
+/// The file of the agent's Unix socket, which it removes at shutdown.
+#[derive(Debug)]
+pub struct SocketFile {
+    path: PathBuf,
+    /// Device and inode, so that only this socket's file is removed, not a successor's.
+    id: (u64, u64),
+}
+
+impl SocketFile {
+    /// Listens on a Unix socket at `path` with mode 0660 (blocking file IO). A socket file
+    /// left by an agent that died is replaced; a live one (something answers on it) or any
+    /// other kind of file is refused.
+    pub fn bind(path: &Path) -> io::Result<(SocketFile, StdUnixListener)> {
+        match fs::symlink_metadata(path) {
+            Ok(meta) if !meta.file_type().is_socket() => {
+                return Err(io::Error::new(
+                    io::ErrorKind::AlreadyExists,
+                    format!("{} exists and is not a socket", path.display()),
+                ));
+            }
+            Ok(_) => match StdUnixStream::connect(path) {
+                Ok(_) => {
+                    return Err(io::Error::new(
+                        io::ErrorKind::AddrInUse,
+                        format!(
+                            "{} is in use: a running process (another agent?) answers on it",
+                            path.display()
+                        ),
+                    ));
+                }
+                Err(e) if e.kind() == io::ErrorKind::ConnectionRefused => fs::remove_file(path)?,
+                Err(e) => return Err(io::Error::new(e.kind(), format!("{}: {e}", path.display()))),
+            },
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+            Err(e) => return Err(io::Error::new(e.kind(), format!("{}: {e}", path.display()))),
+        }
+        // bind() creates the file with the umask's mode; binding in a directory only we can
+        // enter and moving the socket into place once its mode is set means no other process
+        // can ever connect through a looser mode.
+        let parent = path
+            .parent()
+            .filter(|p| !p.as_os_str().is_empty())
+            .unwrap_or(Path::new("."));
+        let staging = parent.join(format!(".vehicle-agent-{}.sock.d", std::process::id()));
+        let _ = fs::remove_dir_all(&staging);
+        DirBuilder::new()
+            .mode(0o700)
+            .create(&staging)
+            .map_err(|e| io::Error::new(e.kind(), format!("cannot create {}: {e}", staging.display())))?;
+        let bound = (|| {
+            let staged = staging.join("s");
+            let listener = StdUnixListener::bind(&staged)?;
+            fs::set_permissions(&staged, Permissions::from_mode(SOCKET_MODE))?;
+            fs::rename(&staged, path)?;
+            Ok::<_, io::Error>(listener)
+        })();
+        let _ = fs::remove_dir_all(&staging);
+        let listener = bound.map_err(|e| io::Error::new(e.kind(), format!("{}: {e}", path.display())))?;
+        let meta = fs::symlink_metadata(path)?;
+        let file = SocketFile {
+            path: path.to_owned(),
+            id: (meta.dev(), meta.ino()),
+        };
+        Ok((file, listener))
+    }
+
+    /// Where the socket is.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Removes the socket's file, if it is still this socket's (blocking file IO).
+    pub fn remove(&self) {
+        let ours = fs::symlink_metadata(&self.path).is_ok_and(|m| (m.dev(), m.ino()) == self.id);
+        if ours && let Err(e) = fs::remove_file(&self.path) {
+            warn!(path = %self.path.display(), error = %e, "cannot remove the local socket");
+        }
+    }
 }
 
 #[cfg(test)]

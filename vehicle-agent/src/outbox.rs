@@ -6,12 +6,27 @@
 //! between the two, loading finds the result and drops the stale outbox file. Deadlines are
 //! absolute wall-clock times (an `Instant` means nothing after a reboot).
 //!
-//! Every method does blocking file IO under one lock; async callers use `spawn_blocking`.
+//! **The first answer is the outcome.** From the moment a request gets one (the gateway's
+//! response, or DEADLINE_EXCEEDED) the outbox holds it in memory, so what the app is told is
+//! what `lookup` shows and what ends up on disk. If the result file cannot be written (a full
+//! disk), the answer stays in memory, the request is neither resent nor expired, and
+//! [`Outbox::store_answers`] writes it again with backoff until it is stored. Should the agent
+//! stop first, the request is still in the outbox: it is resent after the restart with the
+//! same idempotency key and the gateway's ledger replays the same answer.
+//!
+//! **Owners.** Every request and result belongs to an [`Owner`], the app that made it; to any
+//! other app its id looks unused (reading gives `Unknown`, reusing it NOT_FOUND).
+//!
+//! **Locking.** The index is behind a `Mutex` held for in-memory work only, never across a
+//! disk write, sync or read. A write is reserved under the lock (its id marked busy, the
+//! capacity counted), made without it, then published under it; a request with an id that is
+//! busy waits for that write to settle (a `Condvar`), and [`Outbox::close`] waits for every
+//! write in progress. Methods doing file IO block: async callers use `spawn_blocking`.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::io;
 use std::path::{Path, PathBuf};
-use std::sync::{Mutex, MutexGuard, PoisonError};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 
 use prost::Message as _;
@@ -20,10 +35,16 @@ use tracing::{info, warn};
 
 use proto::vehicle::v1::{Code, Request, Response};
 
-use crate::store::{self, is_valid_request_id};
+use crate::owner::Owner;
+use crate::store::{self, Disk, StateFiles, is_valid_request_id};
 
 /// Suffix of outbox and result files.
 const SUFFIX: &str = ".pb";
+
+/// The first retry of an answer that could not be written comes this soon ...
+const ANSWER_RETRY_INITIAL: Duration = Duration::from_millis(100);
+/// ... and, doubling, never later than this.
+const ANSWER_RETRY_MAX: Duration = Duration::from_secs(5);
 
 /// One accepted request as stored in `outbox/<request_id>.pb`.
 #[derive(Clone, PartialEq, prost::Message)]
@@ -37,6 +58,9 @@ pub struct OutboxEntry {
     /// When the app's call was accepted, in wall-clock milliseconds since the Unix epoch.
     #[prost(uint64, tag = "3")]
     pub accepted_unix_ms: u64,
+    /// The app that made it ([`Owner::as_str`]); empty: anonymous.
+    #[prost(string, tag = "4")]
+    pub owner: String,
 }
 
 /// The outcome of a request as stored in `results/<request_id>.pb`.
@@ -48,14 +72,17 @@ pub struct StoredResult {
     /// The request's gRPC method, so the payload can be decoded later.
     #[prost(string, tag = "2")]
     pub method: String,
-    /// When the outcome was stored, in wall-clock milliseconds since the Unix epoch.
+    /// When the answer came, in wall-clock milliseconds since the Unix epoch.
     #[prost(uint64, tag = "3")]
     pub completed_unix_ms: u64,
+    /// The app that made the request ([`Owner::as_str`]); empty: anonymous.
+    #[prost(string, tag = "4")]
+    pub owner: String,
 }
 
 /// What became of a request handed to [`Outbox::submit`].
 #[derive(Debug, Clone, PartialEq)]
-pub enum Admission {
+pub enum Submitted {
     /// New: on disk now, to be published.
     Accepted,
     /// The same request id is already waiting for its response.
@@ -64,46 +91,15 @@ pub enum Admission {
     Done(StoredResult),
 }
 
-/// What the outbox knows of a request id.
+/// What the outbox knows of a request id, as its owner sees it.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Lookup {
-    /// Never seen, or its result expired.
+    /// Never seen, its result expired, or another app's.
     Unknown,
     /// Waiting for its response.
     Pending,
-    /// Finished.
+    /// Finished (its outcome may still be on its way to the disk).
     Done(StoredResult),
-}
-
-/// Accepted requests and the outcomes of finished ones, on disk under a state directory.
-#[derive(Debug)]
-pub struct Outbox {
-    outbox_dir: PathBuf,
-    results_dir: PathBuf,
-    capacity: usize,
-    retention: Duration,
-    index: Mutex<Index>,
-}
-
-#[derive(Debug, Default)]
-struct Index {
-    pending: HashMap<String, Pending>,
-    /// Request id → when its result was stored; the results themselves stay on disk.
-    results: HashMap<String, u64>,
-    next_seq: u64,
-    /// Set by [`Outbox::close`]: another agent may own the directory from now on.
-    closed: bool,
-}
-
-#[derive(Debug)]
-struct Pending {
-    entry: OutboxEntry,
-    /// Acceptance order, so requests are republished in the order the apps made them.
-    seq: u64,
-    /// The link epoch (one per subscribed session) it was last published in; 0 = never.
-    published_epoch: u64,
-    /// Loaded from disk at startup: it may have been sent before the restart.
-    restored: bool,
 }
 
 /// Whether a pending request went out to the gateway.
@@ -118,10 +114,82 @@ pub enum Sent {
     Yes,
 }
 
+/// Accepted requests and the outcomes of finished ones, on disk under a state directory.
+pub struct Outbox {
+    outbox_dir: PathBuf,
+    results_dir: PathBuf,
+    capacity: usize,
+    retention: Duration,
+    files: Arc<dyn StateFiles>,
+    index: Mutex<Index>,
+    /// Signalled whenever a disk operation ends, for those waiting on a busy id and `close`.
+    settled: Condvar,
+}
+
+impl std::fmt::Debug for Outbox {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Outbox")
+            .field("outbox_dir", &self.outbox_dir)
+            .field("capacity", &self.capacity)
+            .field("pending", &self.len())
+            .finish_non_exhaustive()
+    }
+}
+
+#[derive(Default)]
+struct Index {
+    pending: HashMap<String, Pending>,
+    /// Request id → who owns its result and when it came; the results stay on disk.
+    results: HashMap<String, Kept>,
+    /// Ids whose files are being written or removed: a new request with one waits.
+    busy: HashSet<String>,
+    /// Request files being written, counted against the capacity.
+    reserved: usize,
+    /// Disk operations under way; `close` waits until there are none.
+    in_flight: usize,
+    next_seq: u64,
+    /// Set by [`Outbox::close`]: another agent may own the directory from now on.
+    closed: bool,
+}
+
+struct Kept {
+    completed_unix_ms: u64,
+    owner: Owner,
+}
+
+struct Pending {
+    entry: OutboxEntry,
+    owner: Owner,
+    /// Acceptance order, so requests are republished in the order the apps made them.
+    seq: u64,
+    /// The link epoch (one per subscribed MQTT session) it was last published in; 0 = never.
+    published_epoch: u64,
+    /// Loaded from disk at startup: it may have been sent before the restart.
+    restored: bool,
+    /// Its outcome, once it has one; it leaves `pending` when that is on disk.
+    answer: Option<Answer>,
+}
+
+/// An outcome held in memory until its result file is written.
+struct Answer {
+    result: StoredResult,
+    /// A write of it is under way.
+    storing: bool,
+    /// Writes that failed so far.
+    failures: u32,
+    /// When [`Outbox::store_answers`] tries again, in wall-clock milliseconds.
+    retry_at_ms: u64,
+}
+
 impl Pending {
     fn request(&self) -> &Request {
         // Loading refuses entries without a request, so this is always set.
         self.entry.request.as_ref().expect("outbox entries hold a request")
+    }
+
+    /// Still waiting for an answer: publishable, and due to expire at its deadline.
+    fn unanswered(&self) -> bool {
+        self.answer.is_none()
     }
 }
 
@@ -138,27 +206,54 @@ fn file_name(request_id: &str) -> String {
     format!("{request_id}{SUFFIX}")
 }
 
+/// How long to wait before writing an answer again after `failures` failed writes.
+fn retry_delay(failures: u32) -> Duration {
+    let factor = 1u32.checked_shl(failures.saturating_sub(1).min(31)).unwrap_or(u32::MAX);
+    ANSWER_RETRY_INITIAL.saturating_mul(factor).min(ANSWER_RETRY_MAX)
+}
+
+fn millis(d: Duration) -> u64 {
+    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
+}
+
 impl Outbox {
     /// Opens (creating if needed) `state_dir/outbox` and `state_dir/results` and loads them:
     /// corrupt files are removed with a warning, requests whose deadline passed while the
     /// agent was stopped become DEADLINE_EXCEEDED results, results older than `retention` go.
     pub fn open(state_dir: &Path, capacity: usize, retention: Duration, now_ms: u64) -> io::Result<Outbox> {
+        Outbox::open_with(state_dir, capacity, retention, now_ms, Arc::new(Disk))
+    }
+
+    /// Like [`Outbox::open`], making its writes and removals through `files`.
+    pub fn open_with(
+        state_dir: &Path,
+        capacity: usize,
+        retention: Duration,
+        now_ms: u64,
+        files: Arc<dyn StateFiles>,
+    ) -> io::Result<Outbox> {
         let outbox = Outbox {
             outbox_dir: state_dir.join("outbox"),
             results_dir: state_dir.join("results"),
             capacity,
             retention,
+            files,
             index: Mutex::default(),
+            settled: Condvar::new(),
         };
         store::create_dir(&outbox.outbox_dir)?;
         store::create_dir(&outbox.results_dir)?;
         let mut index = Index::default();
         for (name, path) in store::list_files(&outbox.results_dir)? {
-            match read_result(&path, &name) {
+            match read_result_file(&path, &name) {
                 Ok((id, result)) => {
-                    index.results.insert(id, result.completed_unix_ms);
+                    let kept = Kept {
+                        completed_unix_ms: result.completed_unix_ms,
+                        owner: Owner::from_stored(result.owner),
+                    };
+                    index.results.insert(id, kept);
                 }
-                Err(why) => discard(&outbox.results_dir, &name, &why),
+                Err(why) => outbox.discard(&outbox.results_dir, &name, &why),
             }
         }
         let mut loaded: Vec<(String, OutboxEntry)> = Vec::new();
@@ -166,10 +261,10 @@ impl Outbox {
             match read_entry(&path, &name) {
                 // Crashed after storing the result but before removing the request.
                 Ok((id, _)) if index.results.contains_key(&id) => {
-                    store::remove_durable(&outbox.outbox_dir, &name)?;
+                    outbox.files.remove(&outbox.outbox_dir, &name)?;
                 }
                 Ok(found) => loaded.push(found),
-                Err(why) => discard(&outbox.outbox_dir, &name, &why),
+                Err(why) => outbox.discard(&outbox.outbox_dir, &name, &why),
             }
         }
         loaded.sort_by(|a, b| (a.1.accepted_unix_ms, &a.0).cmp(&(b.1.accepted_unix_ms, &b.0)));
@@ -177,18 +272,22 @@ impl Outbox {
             let seq = index.next_seq;
             index.next_seq += 1;
             let pending = Pending {
+                owner: Owner::from_stored(entry.owner.clone()),
                 entry,
                 seq,
                 published_epoch: 0,
                 restored: true,
+                answer: None,
             };
             index.pending.insert(id, pending);
         }
-        *outbox.index.lock().unwrap_or_else(PoisonError::into_inner) = index;
+        *outbox.lock() = index;
         let expired = outbox.expired(now_ms);
         for id in &expired {
             let message = "no response before the deadline: it passed while the vehicle agent was not running";
-            outbox.complete(&Response::error(id.clone(), Code::DeadlineExceeded, message), now_ms)?;
+            if let Err(e) = outbox.complete(&Response::error(id.clone(), Code::DeadlineExceeded, message), now_ms) {
+                warn!(request_id = id, error = %e, "cannot store an expiry yet; it is kept and written again");
+            }
         }
         let purged = outbox.purge(now_ms)?;
         info!(pending = outbox.len(), expired = expired.len(), purged, "outbox loaded");
@@ -197,16 +296,24 @@ impl Outbox {
 
     fn lock(&self) -> MutexGuard<'_, Index> {
         // A panic elsewhere must not take the outbox down with it; the index stays consistent
-        // because every change is made after the disk operation it mirrors.
+        // because each change is made whole under one hold of the lock.
         self.index.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
-    /// Accepts `request` (its `request_id` names it) until `deadline_unix_ms`: written to disk
-    /// before this returns. A known request id is not accepted twice: see [`Admission`].
+    /// Accepts `request` (its `request_id` names it) for `owner` until `deadline_unix_ms`:
+    /// written to disk before this returns. A known request id is not accepted twice: see
+    /// [`Submitted`]. Waits while a write for the same id is under way.
     ///
     /// Errors: INVALID_ARGUMENT for a malformed id or an id used for another method,
-    /// RESOURCE_EXHAUSTED when the outbox is full, UNAVAILABLE when the disk write failed.
-    pub fn submit(&self, request: Request, deadline_unix_ms: u64, now_ms: u64) -> Result<Admission, Status> {
+    /// NOT_FOUND for an id of another owner's request, RESOURCE_EXHAUSTED when the outbox is
+    /// full, UNAVAILABLE when the disk write failed or the outbox is closed.
+    pub fn submit(
+        &self,
+        request: Request,
+        owner: &Owner,
+        deadline_unix_ms: u64,
+        now_ms: u64,
+    ) -> Result<Submitted, Status> {
         let id = request.request_id.clone();
         if !is_valid_request_id(&id) {
             return Err(Status::invalid_argument(format!(
@@ -214,41 +321,67 @@ impl Outbox {
                 store::MAX_REQUEST_ID_CHARS
             )));
         }
-        let mut index = self.lock();
-        if index.closed {
-            return Err(Status::unavailable("the vehicle agent is shutting down"));
-        }
         let reused = |method: &str| {
             Status::invalid_argument(format!(
                 "request id {id} was already used for {method}, not {}",
                 request.method
             ))
         };
-        if let Some(pending) = index.pending.get(&id) {
-            let method = &pending.request().method;
-            return if *method == request.method {
-                Ok(Admission::Pending)
-            } else {
-                Err(reused(method))
-            };
-        }
-        if index.results.contains_key(&id) {
-            match read_result(&self.results_dir.join(file_name(&id)), &file_name(&id)) {
-                Ok((_, result)) if result.method == request.method => return Ok(Admission::Done(result)),
-                Ok((_, result)) => return Err(reused(&result.method)),
-                // Lost: better to ask the partner again (same idempotency key) than to fail.
-                Err(why) => {
-                    index.results.remove(&id);
-                    discard(&self.results_dir, &file_name(&id), &why);
-                }
+        // Says no more than that the id is taken: not by whom, nor what it holds.
+        let not_yours = || {
+            Status::not_found(format!(
+                "request id {id} is not one of this app's requests; use another id"
+            ))
+        };
+        let mut index = self.lock();
+        loop {
+            index = self
+                .settled
+                .wait_while(index, |index| index.busy.contains(&id))
+                .unwrap_or_else(PoisonError::into_inner);
+            if index.closed {
+                return Err(Status::unavailable("the vehicle agent is shutting down"));
             }
+            if let Some(pending) = index.pending.get(&id) {
+                if pending.owner != *owner {
+                    return Err(not_yours());
+                }
+                let method = &pending.request().method;
+                if *method != request.method {
+                    return Err(reused(method));
+                }
+                return Ok(match &pending.answer {
+                    Some(answer) => Submitted::Done(answer.result.clone()),
+                    None => Submitted::Pending,
+                });
+            }
+            if let Some(kept) = index.results.get(&id) {
+                if kept.owner != *owner {
+                    return Err(not_yours());
+                }
+                let completed = kept.completed_unix_ms;
+                drop(index);
+                match self.read_result(&id) {
+                    Ok(result) if result.method == request.method => return Ok(Submitted::Done(result)),
+                    Ok(result) => return Err(reused(&result.method)),
+                    // Lost: better to ask the partner again (same idempotency key) than to fail.
+                    Err(why) => self.discard_result(&id, completed, &why),
+                }
+                index = self.lock();
+                continue;
+            }
+            if index.pending.len() + index.reserved >= self.capacity {
+                return Err(Status::resource_exhausted(format!(
+                    "outbox full: {} requests waiting for the gateway",
+                    index.pending.len() + index.reserved
+                )));
+            }
+            break;
         }
-        if index.pending.len() >= self.capacity {
-            return Err(Status::resource_exhausted(format!(
-                "outbox full: {} requests waiting for the gateway",
-                index.pending.len()
-            )));
-        }
+        index.reserved += 1;
+        let op = InFlight::begin(self, &mut index, Some(&id));
+        drop(index);
+
         let entry = OutboxEntry {
             request: Some(Request {
                 timeout_ms: 0,
@@ -256,79 +389,172 @@ impl Outbox {
             }),
             deadline_unix_ms,
             accepted_unix_ms: now_ms,
+            owner: owner.as_str().to_owned(),
         };
-        store::write_atomic(&self.outbox_dir, &file_name(&id), &entry.encode_to_vec()).map_err(|e| {
-            Status::unavailable(format!(
+        let written = self
+            .files
+            .write(&self.outbox_dir, &file_name(&id), &entry.encode_to_vec());
+        let mut index = self.lock();
+        index.reserved -= 1;
+        if let Err(e) = written {
+            op.end(index);
+            return Err(Status::unavailable(format!(
                 "cannot store the request in {}: {e}; it was not accepted",
                 self.outbox_dir.display()
-            ))
-        })?;
+            )));
+        }
         let seq = index.next_seq;
         index.next_seq += 1;
         let pending = Pending {
             entry,
+            owner: owner.clone(),
             seq,
             published_epoch: 0,
             restored: false,
+            answer: None,
         };
         index.pending.insert(id, pending);
-        Ok(Admission::Accepted)
+        op.end(index);
+        Ok(Submitted::Accepted)
     }
 
-    /// Stores `response` as the outcome of its request, then removes the request from the
-    /// outbox. False (and nothing written) if the request is not pending: a duplicate or
-    /// late answer. On an error the request stays pending.
+    /// Makes `response` the outcome of its request, if the request is pending and has none
+    /// yet, and stores it: result file first, then the request's file removed.
+    ///
+    /// `Ok(true)`: it is the outcome and on disk. `Ok(false)`: ignored, the request is
+    /// unknown, already answered (the first answer stands) or the outbox closed. `Err`: it is
+    /// the outcome but could not be written; it is kept in memory (lookups show it) and
+    /// [`Outbox::store_answers`] writes it later.
     pub fn complete(&self, response: &Response, now_ms: u64) -> io::Result<bool> {
-        let mut index = self.lock();
         let id = response.request_id.as_str();
-        let Some(pending) = index.pending.get(id).filter(|_| !index.closed) else {
+        let mut index = self.lock();
+        if index.closed {
+            return Ok(false);
+        }
+        let Some(pending) = index.pending.get_mut(id).filter(|p| p.unanswered()) else {
             return Ok(false);
         };
         let result = StoredResult {
             response: Some(response.clone()),
             method: pending.request().method.clone(),
             completed_unix_ms: now_ms,
+            owner: pending.entry.owner.clone(),
         };
-        let name = file_name(id);
-        store::write_atomic(&self.results_dir, &name, &result.encode_to_vec())?;
-        index.results.insert(id.to_owned(), now_ms);
-        index.pending.remove(id);
-        // The result is durable: if this removal is lost, loading removes the file instead.
-        store::remove_durable(&self.outbox_dir, &name)?;
-        Ok(true)
+        pending.answer = Some(Answer {
+            result: result.clone(),
+            storing: true,
+            failures: 0,
+            retry_at_ms: now_ms,
+        });
+        let op = InFlight::begin(self, &mut index, None);
+        drop(index);
+        self.store(op, id, &result, now_ms).map(|()| true)
     }
 
-    /// What is known of `request_id`; reads the result from disk.
-    /// A result file that cannot be read is removed and reported as `InvalidData` once.
-    pub fn lookup(&self, request_id: &str) -> io::Result<Lookup> {
+    /// Writes every answer held in memory whose retry time has come (see
+    /// [`Outbox::complete`]); the outcome of each attempt, by request id.
+    pub fn store_answers(&self, now_ms: u64) -> Vec<(String, io::Result<()>)> {
         let mut index = self.lock();
-        if index.pending.contains_key(request_id) {
-            return Ok(Lookup::Pending);
+        if index.closed {
+            return Vec::new();
         }
-        if !index.results.contains_key(request_id) {
+        let mut due = Vec::new();
+        for (id, pending) in &mut index.pending {
+            if let Some(answer) = pending
+                .answer
+                .as_mut()
+                .filter(|a| !a.storing && a.retry_at_ms <= now_ms)
+            {
+                answer.storing = true;
+                due.push((id.clone(), answer.result.clone()));
+            }
+        }
+        let ops: Vec<InFlight<'_>> = due.iter().map(|_| InFlight::begin(self, &mut index, None)).collect();
+        drop(index);
+        due.into_iter()
+            .zip(ops)
+            .map(|((id, result), op)| {
+                let stored = self.store(op, &id, &result, now_ms);
+                (id, stored)
+            })
+            .collect()
+    }
+
+    /// Writes `result`, the answer held for pending request `id`; on success moves it from
+    /// `pending` to `results` and removes the request's file, else schedules a retry.
+    fn store(&self, op: InFlight<'_>, id: &str, result: &StoredResult, now_ms: u64) -> io::Result<()> {
+        let name = file_name(id);
+        let written = self.files.write(&self.results_dir, &name, &result.encode_to_vec());
+        let mut index = self.lock();
+        if let Err(e) = written {
+            if let Some(answer) = index.pending.get_mut(id).and_then(|p| p.answer.as_mut()) {
+                answer.storing = false;
+                answer.failures = answer.failures.saturating_add(1);
+                answer.retry_at_ms = now_ms.saturating_add(millis(retry_delay(answer.failures)));
+            }
+            op.end(index);
+            return Err(e);
+        }
+        index.pending.remove(id);
+        let kept = Kept {
+            completed_unix_ms: result.completed_unix_ms,
+            owner: Owner::from_stored(result.owner.clone()),
+        };
+        index.results.insert(id.to_owned(), kept);
+        // Until the request's file is gone, a new request with this id must not write one.
+        let op = op.also_busy(&mut index, id);
+        drop(index);
+        // The result is durable: if this removal is lost, loading removes the file instead.
+        if let Err(e) = self.files.remove(&self.outbox_dir, &name) {
+            warn!(request_id = id, error = %e, "cannot remove an answered request's file; the next start will");
+        }
+        op.end(self.lock());
+        Ok(())
+    }
+
+    /// What `owner` may know of `request_id`: another owner's request is `Unknown`. Reads
+    /// the result from disk, or from memory while it waits to be written. A result file that
+    /// cannot be read is removed and reported as `InvalidData` once.
+    pub fn lookup(&self, request_id: &str, owner: &Owner) -> io::Result<Lookup> {
+        let index = self.lock();
+        if let Some(pending) = index.pending.get(request_id) {
+            if pending.owner != *owner {
+                return Ok(Lookup::Unknown);
+            }
+            return Ok(match &pending.answer {
+                Some(answer) => Lookup::Done(answer.result.clone()),
+                None => Lookup::Pending,
+            });
+        }
+        let Some(kept) = index.results.get(request_id).filter(|k| k.owner == *owner) else {
             return Ok(Lookup::Unknown);
-        }
-        let name = file_name(request_id);
-        match read_result(&self.results_dir.join(&name), &name) {
-            Ok((_, result)) => Ok(Lookup::Done(result)),
+        };
+        let completed = kept.completed_unix_ms;
+        drop(index);
+        match self.read_result(request_id) {
+            Ok(result) => Ok(Lookup::Done(result)),
             Err(why) => {
-                index.results.remove(request_id);
-                discard(&self.results_dir, &name, &why);
+                let purged = self.lock().results.get(request_id).map(|k| k.completed_unix_ms) != Some(completed);
+                if purged {
+                    return Ok(Lookup::Unknown);
+                }
+                self.discard_result(request_id, completed, &why);
                 Err(io::Error::new(io::ErrorKind::InvalidData, why))
             }
         }
     }
 
-    /// The request to publish now in link session `epoch`, with `timeout_ms` recomputed, unless
-    /// it was already published in that session, is unknown, or has no time left.
+    /// The request to publish now in MQTT session `epoch`, with `timeout_ms` recomputed,
+    /// unless it was already published in that MQTT session, is unknown, is answered, or has
+    /// no time left.
     pub fn prepare(&self, request_id: &str, epoch: u64, now_ms: u64) -> Option<Request> {
         let mut index = self.lock();
         let pending = index.pending.get_mut(request_id)?;
         prepare(pending, epoch, now_ms)
     }
 
-    /// Every request to (re)publish in the new link session `epoch`, oldest first. Those with
-    /// no time left are skipped: [`Outbox::expired`] lists them.
+    /// Every request to (re)publish in the new MQTT session `epoch`, oldest first. Those with
+    /// no time left are skipped ([`Outbox::expired`] lists them), and so are those answered.
     pub fn due(&self, epoch: u64, now_ms: u64) -> Vec<Request> {
         let mut index = self.lock();
         let mut all: Vec<&mut Pending> = index.pending.values_mut().collect();
@@ -336,27 +562,47 @@ impl Outbox {
         all.into_iter().filter_map(|p| prepare(p, epoch, now_ms)).collect()
     }
 
-    /// The pending requests whose deadline has passed at `now_ms`.
+    /// The unanswered requests whose deadline has passed at `now_ms`.
     pub fn expired(&self, now_ms: u64) -> Vec<String> {
         let index = self.lock();
         let mut ids: Vec<(u64, String)> = index
             .pending
             .iter()
-            .filter(|(_, p)| timeout_ms(p.entry.deadline_unix_ms, now_ms).is_none())
+            .filter(|(_, p)| p.unanswered() && timeout_ms(p.entry.deadline_unix_ms, now_ms).is_none())
             .map(|(id, p)| (p.seq, id.clone()))
             .collect();
         ids.sort_unstable();
         ids.into_iter().map(|(_, id)| id).collect()
     }
 
-    /// The earliest deadline of a pending request, if any.
+    /// The earliest deadline of an unanswered request, if any.
     pub fn next_deadline(&self) -> Option<u64> {
-        self.lock().pending.values().map(|p| p.entry.deadline_unix_ms).min()
+        let index = self.lock();
+        let unanswered = index.pending.values().filter(|p| p.unanswered());
+        unanswered.map(|p| p.entry.deadline_unix_ms).min()
     }
 
-    /// The deadline of a pending request.
+    /// The deadline of an unanswered request.
     pub fn deadline_of(&self, request_id: &str) -> Option<u64> {
-        self.lock().pending.get(request_id).map(|p| p.entry.deadline_unix_ms)
+        let index = self.lock();
+        let pending = index.pending.get(request_id).filter(|p| p.unanswered())?;
+        Some(pending.entry.deadline_unix_ms)
+    }
+
+    /// When [`Outbox::store_answers`] next has an answer to write, if any waits.
+    pub fn next_retry(&self) -> Option<u64> {
+        let index = self.lock();
+        let waiting = index
+            .pending
+            .values()
+            .filter_map(|p| p.answer.as_ref())
+            .filter(|a| !a.storing);
+        waiting.map(|a| a.retry_at_ms).min()
+    }
+
+    /// How many answers are held in memory because their result file is not written yet.
+    pub fn unstored_answers(&self) -> usize {
+        self.lock().pending.values().filter(|p| p.answer.is_some()).count()
     }
 
     /// For a pending request: the time it was given and whether it was sent, to tell an app
@@ -375,28 +621,49 @@ impl Outbox {
 
     /// Removes results stored more than the retention period before `now_ms`; how many went.
     pub fn purge(&self, now_ms: u64) -> io::Result<usize> {
+        let retention = millis(self.retention);
         let mut index = self.lock();
-        let retention = u64::try_from(self.retention.as_millis()).unwrap_or(u64::MAX);
+        if index.closed {
+            return Ok(0);
+        }
         let old: Vec<String> = index
             .results
             .iter()
-            .filter(|&(_, &at)| now_ms.saturating_sub(at) >= retention)
+            .filter(|&(_, kept)| now_ms.saturating_sub(kept.completed_unix_ms) >= retention)
             .map(|(id, _)| id.clone())
             .collect();
-        for id in &old {
-            store::remove_durable(&self.results_dir, &file_name(id))?;
-            index.results.remove(id);
+        if old.is_empty() {
+            return Ok(0);
         }
-        Ok(old.len())
+        let mut op = InFlight::begin(self, &mut index, None);
+        for id in &old {
+            index.results.remove(id);
+            op = op.also_busy(&mut index, id);
+        }
+        drop(index);
+        let mut failed = None;
+        for id in &old {
+            if let Err(e) = self.files.remove(&self.results_dir, &file_name(id)) {
+                failed.get_or_insert(e);
+            }
+        }
+        op.end(self.lock());
+        failed.map_or(Ok(old.len()), Err)
     }
 
-    /// Stops writing: later submissions are refused and answers ignored. Waits for a write
+    /// Stops writing: later submissions are refused and answers ignored. Waits for the writes
     /// in progress, so the state directory can be handed to another agent afterwards.
+    /// Answers not stored by then are lost from memory; their requests are resent next time.
     pub fn close(&self) {
-        self.lock().closed = true;
+        let mut index = self.lock();
+        index.closed = true;
+        let _idle = self
+            .settled
+            .wait_while(index, |index| index.in_flight > 0)
+            .unwrap_or_else(PoisonError::into_inner);
     }
 
-    /// How many requests wait for a response.
+    /// How many requests wait for a response, or for their answer to be stored.
     pub fn len(&self) -> usize {
         self.lock().pending.len()
     }
@@ -415,10 +682,92 @@ impl Outbox {
     pub fn capacity(&self) -> usize {
         self.capacity
     }
+
+    fn read_result(&self, request_id: &str) -> Result<StoredResult, String> {
+        let name = file_name(request_id);
+        read_result_file(&self.results_dir.join(&name), &name).map(|(_, result)| result)
+    }
+
+    /// Forgets and removes the unreadable result of `request_id`, unless it was purged or
+    /// replaced since it was found (`completed` tells), or the outbox is closed.
+    fn discard_result(&self, request_id: &str, completed: u64, why: &str) {
+        let mut index = self.lock();
+        let same = index.results.get(request_id).map(|k| k.completed_unix_ms) == Some(completed);
+        if !same || index.closed {
+            return;
+        }
+        index.results.remove(request_id);
+        let op = InFlight::begin(self, &mut index, Some(request_id));
+        drop(index);
+        self.discard(&self.results_dir, &file_name(request_id), why);
+        op.end(self.lock());
+    }
+
+    /// Removes a file that cannot be used, so it is reported once and not on every start.
+    fn discard(&self, dir: &Path, name: &str, why: &str) {
+        warn!(file = %dir.join(name).display(), reason = why, "removing an unreadable state file");
+        if let Err(e) = self.files.remove(dir, name) {
+            warn!(file = %dir.join(name).display(), error = %e, "cannot remove an unreadable state file");
+        }
+    }
+}
+
+/// A disk operation made without the lock: counted for [`Outbox::close`], its ids busy for
+/// new requests. Settles when ended, or when dropped (a panic included) so nobody waits forever.
+struct InFlight<'a> {
+    outbox: &'a Outbox,
+    busy: Vec<String>,
+    ended: bool,
+}
+
+impl<'a> InFlight<'a> {
+    fn begin(outbox: &'a Outbox, index: &mut Index, busy: Option<&str>) -> InFlight<'a> {
+        index.in_flight += 1;
+        let op = InFlight {
+            outbox,
+            busy: Vec::new(),
+            ended: false,
+        };
+        match busy {
+            Some(id) => op.also_busy(index, id),
+            None => op,
+        }
+    }
+
+    fn also_busy(mut self, index: &mut Index, id: &str) -> InFlight<'a> {
+        index.busy.insert(id.to_owned());
+        self.busy.push(id.to_owned());
+        self
+    }
+
+    /// Settles the operation with the lock already held, then releases the lock.
+    fn end(mut self, mut index: MutexGuard<'_, Index>) {
+        self.settle(&mut index);
+    }
+
+    fn settle(&mut self, index: &mut Index) {
+        if std::mem::replace(&mut self.ended, true) {
+            return;
+        }
+        for id in &self.busy {
+            index.busy.remove(id);
+        }
+        index.in_flight -= 1;
+        self.outbox.settled.notify_all();
+    }
+}
+
+impl Drop for InFlight<'_> {
+    fn drop(&mut self) {
+        if !self.ended {
+            let mut index = self.outbox.lock();
+            self.settle(&mut index);
+        }
+    }
 }
 
 fn prepare(pending: &mut Pending, epoch: u64, now_ms: u64) -> Option<Request> {
-    if pending.published_epoch >= epoch {
+    if pending.published_epoch >= epoch || !pending.unanswered() {
         return None;
     }
     let timeout_ms = timeout_ms(pending.entry.deadline_unix_ms, now_ms)?;
@@ -446,7 +795,7 @@ fn read_entry(path: &Path, name: &str) -> Result<(String, OutboxEntry), String> 
     }
 }
 
-fn read_result(path: &Path, name: &str) -> Result<(String, StoredResult), String> {
+fn read_result_file(path: &Path, name: &str) -> Result<(String, StoredResult), String> {
     let id = id_of(name)?;
     let bytes = std::fs::read(path).map_err(|e| e.to_string())?;
     let result = StoredResult::decode(bytes.as_slice()).map_err(|e| e.to_string())?;
@@ -456,10 +805,14 @@ fn read_result(path: &Path, name: &str) -> Result<(String, StoredResult), String
     }
 }
 
-/// Removes a file that cannot be used, so it is reported once and not on every start.
-fn discard(dir: &Path, name: &str, why: &str) {
-    warn!(file = %dir.join(name).display(), reason = why, "removing an unreadable state file");
-    if let Err(e) = store::remove_durable(dir, name) {
-        warn!(file = %dir.join(name).display(), error = %e, "cannot remove an unreadable state file");
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn answer_retries_back_off_to_a_bound() {
+        let delays: Vec<u64> = (1..=8).map(|n| millis(retry_delay(n))).collect();
+        assert_eq!(delays, vec![100, 200, 400, 800, 1600, 3200, 5000, 5000]);
+        assert_eq!(retry_delay(u32::MAX), ANSWER_RETRY_MAX);
     }
 }

@@ -34,6 +34,29 @@ pub fn unix_ms_now() -> u64 {
         .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
 }
 
+/// The writes and removals the outbox makes in the state directory. Behind a trait so that a
+/// test can make them fail (a full disk) or wait (a slow one); [`Disk`] is the real thing.
+pub trait StateFiles: Send + Sync + 'static {
+    /// Replaces `dir/name` with `bytes` crash-safely, as [`write_atomic`] does.
+    fn write(&self, dir: &Path, name: &str, bytes: &[u8]) -> io::Result<()>;
+    /// Removes `dir/name` durably, missing being fine, as [`remove_durable`] does.
+    fn remove(&self, dir: &Path, name: &str) -> io::Result<()>;
+}
+
+/// The disk: [`write_atomic`] and [`remove_durable`].
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Disk;
+
+impl StateFiles for Disk {
+    fn write(&self, dir: &Path, name: &str, bytes: &[u8]) -> io::Result<()> {
+        write_atomic(dir, name, bytes)
+    }
+
+    fn remove(&self, dir: &Path, name: &str) -> io::Result<()> {
+        remove_durable(dir, name)
+    }
+}
+
 /// Replaces `dir/name` with `bytes` crash-safely: temp file, fsync, rename, fsync of `dir`.
 pub fn write_atomic(dir: &Path, name: &str, bytes: &[u8]) -> io::Result<()> {
     let temp = dir.join(format!("{name}{TEMP_SUFFIX}"));

@@ -117,8 +117,8 @@ fn read_key(path: &Path) -> Result<PrivateKeyDer<'static>, ConfigError> {
     })
 }
 
-/// Counts full TLS handshakes: each verifies the gateway's certificate, a resumed session does
-/// not. Cheap to clone; clones count together.
+/// Counts full TLS handshakes: each verifies the gateway's certificate, a resumed handshake
+/// does not. Cheap to clone; clones count together.
 #[derive(Debug, Clone, Default)]
 pub struct HandshakeCounter(Arc<AtomicU64>);
 

@@ -1,8 +1,9 @@
-//! The `vehicle-agent` binary: exit codes, messages, and a full run against a broker.
+//! The `vehicle-agent` binary: exit codes, messages, logs, and full runs against a broker.
 
 mod common;
 
-use std::path::Path;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
 use std::process::{Output, Stdio};
 use std::sync::Arc;
 use std::time::Duration;
@@ -15,7 +16,7 @@ use tokio::net::TcpListener;
 use tokio::process::Command;
 use tonic::{Code, Status};
 
-use common::{Broker, FakeGateway, Pki, SOON, VIN, free_port, install_provider, mosquitto_available};
+use common::{Goodbye, HangUpGateway, Pki, Rig, SOON, VIN, install_provider, soon};
 use proto::MethodPath;
 use proto::parking::v1::{ListNearbyLotsRequest, ListNearbyLotsResponse, Lot};
 use proto::vehicle::v1::Response;
@@ -45,10 +46,25 @@ async fn output(cmd: &mut Command) -> (Option<i32>, String, String) {
     )
 }
 
-fn write_config(dir: &Path, body: &str) -> std::path::PathBuf {
+fn write_config(dir: &Path, body: &str) -> PathBuf {
     let path = dir.join("agent.toml");
     std::fs::write(&path, body).unwrap();
     path
+}
+
+/// `agent.toml` for car [`VIN`] of `pki` dialling `gateway`, with its local endpoint on a
+/// port of its choosing, its state in `state/` and its socket at `agent.sock` next to the file.
+fn car_config_file(pki: &Pki, gateway: &str) -> PathBuf {
+    let car = pki.vehicle(VIN);
+    write_config(
+        pki.dir.path(),
+        &format!(
+            "gateway = \"{gateway}\"\nca_cert = \"ca.pem\"\ncert = {:?}\nkey = {:?}\n\
+             local_listen = \"127.0.0.1:0\"\nlocal_socket = \"agent.sock\"\n\
+             backoff_initial = \"20ms\"\nbackoff_max = \"100ms\"\nstate_dir = \"state\"\n",
+            car.cert, car.key
+        ),
+    )
 }
 
 #[tokio::test]
@@ -207,62 +223,133 @@ async fn call_reports_grpc_errors_and_exits_1() {
     assert_eq!(out, "");
     assert_eq!(err.trim(), "error: NotFound: no such lot");
 
-    let url = format!("http://127.0.0.1:{}", free_port());
-    let (code, _, err) = output(agent().args(["call", LIST, "{}", "--agent", &url])).await;
+    // No agent there.
+    let nowhere = tempfile::tempdir().unwrap();
+    let socket = nowhere.path().join("agent.sock");
+    let (code, _, err) = output(agent().args(["call", LIST, "{}", "--socket"]).arg(&socket)).await;
     assert_eq!(code, Some(1));
     assert!(err.starts_with("error: Unavailable: "), "{err}");
+    assert!(err.contains(&socket.display().to_string()), "{err}");
+}
+
+#[tokio::test]
+async fn a_weak_app_token_exits_64_without_echoing_it() {
+    let (code, _, err) = output(agent().args(["result", "r-1", "--app-token", "hunter2"])).await;
+    assert_eq!(code, Some(64));
+    assert!(
+        err.starts_with("error: --app-token: x-app-token must be 16 to 1024"),
+        "{err}"
+    );
+    assert!(!err.contains("hunter2"), "{err}");
+    let (code, _, err) =
+        output(agent().args(["result", "r-1", "--socket", "/run/a.sock", "--agent", "http://x"])).await;
+    assert_eq!(code, Some(2), "--socket or --agent, not both: {err}");
 }
 
 type Log = tokio::io::Lines<BufReader<tokio::process::ChildStderr>>;
 
-/// `vehicle-agent run --config path`, once it has logged that it is connected.
-async fn run_until_connected(path: &Path) -> (tokio::process::Child, Log) {
-    let mut child = agent()
-        .args(["run", "--config"])
-        .arg(path)
-        .env("RUST_LOG", "info")
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut log = BufReader::new(child.stderr.take().unwrap()).lines();
-    tokio::time::timeout(SOON, async {
-        while let Some(line) = log.next_line().await.unwrap() {
-            if line.contains("connected to the gateway") {
-                return;
-            }
-        }
-        panic!("the agent exited before connecting");
-    })
-    .await
-    .expect("the agent connects");
-    (child, log)
+/// A running `vehicle-agent run`, its log so far, and where apps reach it.
+struct RunningAgent {
+    child: tokio::process::Child,
+    log: Log,
+    lines: Vec<String>,
+    /// `http://<local_addr>`, read back from its log: it listens on a port of its choosing.
+    url: String,
 }
+
+impl RunningAgent {
+    /// `vehicle-agent run --config path` (logs as `RUST_LOG` says, if given), once it has
+    /// logged that it is connected.
+    async fn start(path: &Path, rust_log: Option<&str>) -> RunningAgent {
+        let mut cmd = agent();
+        cmd.args(["run", "--config"])
+            .arg(path)
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped());
+        match rust_log {
+            Some(filter) => cmd.env("RUST_LOG", filter),
+            None => cmd.env_remove("RUST_LOG"),
+        };
+        let mut child = cmd.spawn().unwrap();
+        let log = BufReader::new(child.stderr.take().unwrap()).lines();
+        let mut agent = RunningAgent {
+            child,
+            log,
+            lines: Vec::new(),
+            url: String::new(),
+        };
+        let started = agent.wait_for("vehicle agent started").await;
+        let addr = started
+            .split_whitespace()
+            .find_map(|field| field.strip_prefix("local_addr="))
+            .and_then(|addr| addr.parse::<SocketAddr>().ok())
+            .unwrap_or_else(|| panic!("no local_addr in {started:?}"));
+        agent.url = format!("http://{addr}");
+        agent.wait_for("connected to the gateway").await;
+        agent
+    }
+
+    /// Reads the log up to the next line containing `text`, and returns that line.
+    async fn wait_for(&mut self, text: &str) -> String {
+        let log = &mut self.log;
+        let lines = &mut self.lines;
+        soon(&format!("the agent logs {text:?}"), async {
+            while let Some(line) = log.next_line().await.unwrap() {
+                lines.push(line.clone());
+                if line.contains(text) {
+                    return line;
+                }
+            }
+            panic!("the agent exited before logging {text:?}:\n{}", lines.join("\n"));
+        })
+        .await
+    }
+
+    /// SIGTERM, then the rest of its log; it must exit successfully.
+    async fn terminate(mut self) -> String {
+        let pid = self.child.id().unwrap().to_string();
+        let killed = Command::new("kill").args(["-TERM", &pid]).status().await.unwrap();
+        assert!(killed.success());
+        while let Some(line) = soon("the agent's log ends", self.log.next_line()).await.unwrap() {
+            self.lines.push(line);
+        }
+        let log = self.lines.join("\n");
+        let status = soon("the agent exits", self.child.wait()).await.unwrap();
+        assert!(status.success(), "{status:?}\n{log}");
+        log
+    }
+}
+
+const TOKEN: &str = "token-of-the-parking-app";
 
 #[tokio::test]
 async fn run_serves_calls_until_sigterm() {
-    install_provider();
-    if !mosquitto_available() {
-        return;
-    }
-    let pki = Pki::new();
-    let broker = Broker::start(&pki, free_port()).await;
-    let mut gw = FakeGateway::connect(&pki, broker.port).await;
-    let car = pki.vehicle(VIN);
-    let local = format!("127.0.0.1:{}", free_port());
-    let path = write_config(
-        pki.dir.path(),
-        &format!(
-            "gateway = \"localhost:{}\"\nca_cert = \"ca.pem\"\ncert = {:?}\nkey = {:?}\nlocal_listen = \"{local}\"\nbackoff_initial = \"50ms\"\nstate_dir = \"state\"\n",
-            broker.port, car.cert, car.key
-        ),
-    );
-    let (mut child, mut log) = run_until_connected(&path).await;
+    let mut rig = Rig::with_fake_gateway().await;
+    let path = car_config_file(&rig.pki, &rig.broker.address());
+    let socket = rig.pki.dir.path().join("agent.sock");
+    let running = RunningAgent::start(&path, Some("info,vehicle_agent=debug")).await;
+    let mode = std::os::unix::fs::PermissionsExt::mode(&std::fs::metadata(&socket).unwrap().permissions());
+    assert_eq!(mode & 0o777, 0o660, "the socket is for the agent's user and group only");
 
-    let url = format!("http://{local}");
-    let call =
-        tokio::spawn(async move { output(agent().args(["call", LIST, r#"{"maxResults":1}"#, "--agent", &url])).await });
-    let (vin, req) = gw.next_request().await;
+    // An app on TCP with its token (from the environment, as apps' launchers set it).
+    let url = running.url.clone();
+    let call = tokio::spawn(async move {
+        output(
+            agent()
+                .args([
+                    "call",
+                    LIST,
+                    r#"{"maxResults":1}"#,
+                    "--agent",
+                    &url,
+                    "--request-id",
+                    "lots-7",
+                ])
+                .env("AGENT_APP_TOKEN", TOKEN),
+        )
+        .await
+    });
+    let (vin, req) = rig.gateway.next_request().await;
     assert_eq!(vin, VIN);
     let lots = ListNearbyLotsResponse {
         lots: vec![Lot {
@@ -270,82 +357,87 @@ async fn run_serves_calls_until_sigterm() {
             ..Default::default()
         }],
     };
-    gw.respond(VIN, Response::ok(req.request_id, lots.encode_to_vec()))
+    rig.gateway
+        .respond(VIN, Response::ok(req.request_id, lots.encode_to_vec()))
         .await;
     let (code, out, err) = call.await.unwrap();
     assert_eq!(code, Some(0), "{err}");
     assert!(out.contains("Lot B"), "{out}");
 
-    let pid = child.id().unwrap().to_string();
-    let killed = Command::new("kill").args(["-TERM", &pid]).status().await.unwrap();
-    assert!(killed.success());
-    let mut rest = String::new();
-    while let Some(line) = tokio::time::timeout(SOON, log.next_line()).await.unwrap().unwrap() {
-        rest.push_str(&line);
-        rest.push('\n');
+    // Its result is the token's: other apps see nothing there.
+    let result = |token: Option<&str>| {
+        let mut cmd = agent();
+        cmd.args(["result", "lots-7", "--agent", &running.url]);
+        if let Some(token) = token {
+            cmd.args(["--app-token", token]);
+        }
+        cmd
+    };
+    let (code, out, err) = output(&mut result(Some(TOKEN))).await;
+    assert_eq!(code, Some(0), "{err}");
+    assert!(out.starts_with("DONE OK\n") && out.contains("Lot B"), "{out}");
+    for other in [Some("token-of-some-other-app"), None] {
+        let (code, out, err) = output(&mut result(other)).await;
+        assert_eq!((code, out.as_str()), (Some(0), "UNKNOWN\n"), "{other:?}: {err}");
     }
-    let status = tokio::time::timeout(SOON, child.wait()).await.unwrap().unwrap();
-    assert!(status.success(), "{status:?}\n{rest}");
-    assert!(rest.contains("disconnected from the gateway"), "{rest}");
-    assert!(!rest.to_lowercase().contains("private key"), "{rest}");
-    broker.stop().await;
+    let (_, out, _) = output(agent().args(["result", "lots-7", "--socket"]).arg(&socket)).await;
+    assert_eq!(out, "UNKNOWN\n", "the socket's user is another app than the token's");
+
+    let log = running.terminate().await;
+    assert!(log.contains("disconnected from the gateway"), "{log}");
+    assert!(!log.to_lowercase().contains("private key"), "{log}");
+    assert!(!log.contains(TOKEN), "the app's token is never logged:\n{log}");
+    assert!(
+        !log.contains('\x1b'),
+        "no colour codes when stderr is not a terminal:\n{log}"
+    );
+    assert!(!socket.exists(), "the socket is removed at shutdown");
+    rig.stop().await;
 }
 
 #[tokio::test]
 async fn a_call_survives_kill_9_and_result_shows_it() {
-    install_provider();
-    if !mosquitto_available() {
-        return;
-    }
-    let pki = Pki::new();
-    let broker = Broker::start(&pki, free_port()).await;
-    let mut gw = FakeGateway::connect(&pki, broker.port).await;
-    let car = pki.vehicle(VIN);
-    let local = format!("127.0.0.1:{}", free_port());
-    let path = write_config(
-        pki.dir.path(),
-        &format!(
-            "gateway = \"localhost:{}\"\nca_cert = \"ca.pem\"\ncert = {:?}\nkey = {:?}\nlocal_listen = \"{local}\"\nbackoff_initial = \"50ms\"\nstate_dir = \"state\"\n",
-            broker.port, car.cert, car.key
-        ),
-    );
-    let url = format!("http://{local}");
+    let mut rig = Rig::with_fake_gateway().await;
+    let path = car_config_file(&rig.pki, &rig.broker.address());
+    let socket = rig.pki.dir.path().join("agent.sock");
+    let on_socket = |args: &[&str]| {
+        let mut cmd = agent();
+        cmd.args(args).arg("--socket").arg(&socket);
+        cmd
+    };
     let call_args = [
         "call",
         LIST,
         r#"{"maxResults":1}"#,
-        "--agent",
-        &url,
         "--timeout",
         "60s",
         "--request-id",
         "lots-1",
         "--idempotency-key",
         "intent-9",
-    ]
-    .map(str::to_owned);
+    ];
 
-    let (mut child, _log) = run_until_connected(&path).await;
-    let call = tokio::spawn({
-        let args = call_args.clone();
-        async move { output(agent().args(args)).await }
-    });
-    let (_, sent) = gw.next_request().await;
+    let mut running = RunningAgent::start(&path, None).await;
+    let mut call = on_socket(&call_args);
+    let call = tokio::spawn(async move { output(&mut call).await });
+    let (_, sent) = rig.gateway.next_request().await;
     assert_eq!(
         (sent.request_id.as_str(), sent.idempotency_key.as_str()),
         ("lots-1", "intent-9")
     );
     // kill -9: no shutdown, no flush; only what was fsynced before the call was sent counts.
-    child.kill().await.unwrap();
+    running.child.kill().await.unwrap();
     let (code, _, _) = call.await.unwrap();
     assert_eq!(code, Some(1));
+    assert!(socket.exists(), "a killed agent leaves its socket file");
 
-    let (mut child, _log) = run_until_connected(&path).await;
-    let (_, again) = gw.next_request().await;
+    // The next agent replaces the dead socket and sends the request again.
+    let mut running = RunningAgent::start(&path, None).await;
+    let (_, again) = rig.gateway.next_request().await;
     assert_eq!(again.request_id, "lots-1");
     assert_eq!(again.idempotency_key, "intent-9");
     assert_eq!(again.payload, sent.payload);
-    let (code, out, err) = output(agent().args(["result", "lots-1", "--agent", &url])).await;
+    let (code, out, err) = output(&mut on_socket(&["result", "lots-1"])).await;
     assert_eq!((code, out.as_str()), (Some(0), "PENDING\n"), "{err}");
 
     let lots = ListNearbyLotsResponse {
@@ -354,23 +446,68 @@ async fn a_call_survives_kill_9_and_result_shows_it() {
             ..Default::default()
         }],
     };
-    gw.respond(VIN, Response::ok("lots-1", lots.encode_to_vec())).await;
+    rig.gateway
+        .respond(VIN, Response::ok("lots-1", lots.encode_to_vec()))
+        .await;
     // The app retries the same call: it gets the stored answer (or waits for it).
-    let (code, out, err) = output(agent().args(call_args)).await;
+    let (code, out, err) = output(&mut on_socket(&call_args)).await;
     assert_eq!(code, Some(0), "{err}");
     assert!(out.contains("Lot C"), "{out}");
 
-    let (code, out, err) = output(agent().args(["result", "lots-1", "--agent", &url])).await;
+    let (code, out, err) = output(&mut on_socket(&["result", "lots-1"])).await;
     assert_eq!(code, Some(0), "{err}");
     let (state, json) = out.split_once('\n').unwrap();
     assert_eq!(state, "DONE OK");
     let printed: serde_json::Value = serde_json::from_str(json).unwrap();
     assert_eq!(printed["lots"][0]["name"], "Lot C");
-    let (code, out, _) = output(agent().args(["result", "nope", "--agent", &url])).await;
+    // Another app (here: anonymous, on TCP) does not see it.
+    let (code, out, _) = output(agent().args(["result", "lots-1", "--agent", &running.url])).await;
     assert_eq!((code, out.as_str()), (Some(0), "UNKNOWN\n"));
-    let (code, _, err) = output(agent().args(["result", "a/b", "--agent", &url])).await;
+    let (code, out, _) = output(&mut on_socket(&["result", "nope"])).await;
+    assert_eq!((code, out.as_str()), (Some(0), "UNKNOWN\n"));
+    let (code, _, err) = output(&mut on_socket(&["result", "a/b"])).await;
     assert_eq!(code, Some(64), "{err}");
 
-    child.kill().await.unwrap();
-    broker.stop().await;
+    running.child.kill().await.unwrap();
+    rig.stop().await;
+}
+
+#[tokio::test]
+async fn a_gateway_hanging_up_is_a_warning_and_the_agent_reconnects() {
+    let pki = Pki::new();
+    let gateway = HangUpGateway::start(&pki).await;
+    let path = car_config_file(&pki, &gateway.address());
+    // The default log filter, as deployed.
+    let mut running = RunningAgent::start(&path, None).await;
+    for goodbye in [Goodbye::Disconnect, Goodbye::Close] {
+        gateway.hang_up(goodbye);
+        running.wait_for("disconnected from the gateway").await;
+        running.wait_for("connected to the gateway").await;
+    }
+    let log = running.terminate().await;
+
+    let disconnections: Vec<&str> = log
+        .lines()
+        .filter(|l| l.contains("disconnected from the gateway") && l.contains("reason"))
+        .collect();
+    assert_eq!(disconnections.len(), 2, "{log}");
+    let said = |line: &str, reason: &str| line.contains(" WARN ") && line.contains(reason);
+    assert!(
+        said(disconnections[0], "reason=\"the gateway sent DISCONNECT\""),
+        "{log}"
+    );
+    assert!(
+        said(disconnections[1], "reason=\"the gateway closed the connection"),
+        "{log}"
+    );
+    assert_eq!(
+        log.matches("connected to the gateway gateway").count(),
+        3,
+        "once per connection:\n{log}"
+    );
+    assert!(!log.contains("ERROR"), "a gateway hanging up is not an error:\n{log}");
+    assert!(
+        !log.contains('\x1b'),
+        "no colour codes when stderr is not a terminal:\n{log}"
+    );
 }

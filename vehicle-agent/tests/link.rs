@@ -2,39 +2,39 @@
 
 mod common;
 
-use std::time::Duration;
+use std::io;
+use std::path::Path;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use prost::Message;
+use tokio::sync::mpsc;
 use tonic::Code;
 
-use common::{Broker, FakeGateway, Pki, SOON, VIN, free_port, install_provider, mosquitto_available};
+use common::{Broker, Pki, Rig, VIN, connected_agent, connected_link, soon};
 use proto::MethodPath;
 use proto::parking::v1::{ListNearbyLotsResponse, Lot, ParkingSession, StartSessionRequest, StartSessionResponse};
 use proto::vehicle::v1::{Code as EnvCode, Event, Response};
-use vehicle_agent::{Agent, GatewayLink};
+use vehicle_agent::outbox::{Lookup, StoredResult};
+use vehicle_agent::owner::Owner;
+use vehicle_agent::store::{Disk, StateFiles};
+use vehicle_agent::{CallIds, GatewayLink};
 
 fn list() -> MethodPath {
     MethodPath::parse("/parking.v1.ParkingPayment/ListNearbyLots").unwrap()
 }
 
-async fn connected(link: &GatewayLink) {
-    tokio::time::timeout(SOON, link.wait_connected())
-        .await
-        .expect("the link connects");
+fn start_session() -> MethodPath {
+    MethodPath::parse("/parking.v1.ParkingPayment/StartSession").unwrap()
 }
 
 #[tokio::test]
 async fn calls_errors_duplicates_and_events() {
-    install_provider();
-    if !mosquitto_available() {
-        return;
-    }
-    let pki = Pki::new();
-    let broker = Broker::start(&pki, free_port()).await;
-    let mut gw = FakeGateway::connect(&pki, broker.port).await;
-    let link = GatewayLink::start(&pki.agent_config(VIN, &format!("localhost:{}", broker.port))).unwrap();
-    connected(&link).await;
+    let rig = Rig::with_fake_gateway().await;
+    let link = rig.connected_link().await;
+    let mut gw = rig.gateway;
     assert!(link.is_connected());
     assert_eq!(link.vin().as_str(), VIN);
 
@@ -108,9 +108,9 @@ async fn calls_errors_duplicates_and_events() {
     gw.publish(&topic, vec![0x0a, 0xff]).await;
     gw.publish(&topic, event(1).encode_to_vec()).await;
     gw.publish(&topic, event(2).encode_to_vec()).await;
-    let first = tokio::time::timeout(SOON, events.recv()).await.unwrap().unwrap();
+    let first = soon("event 1 reaches the app", events.recv()).await.unwrap();
     assert_eq!(first, event(1));
-    let second = tokio::time::timeout(SOON, events.recv()).await.unwrap().unwrap();
+    let second = soon("event 2 reaches the app", events.recv()).await.unwrap();
     assert_eq!(second, event(2));
     // Each numbered event is acknowledged (cumulatively), the redelivered one again.
     for expected in [1, 1, 2] {
@@ -120,14 +120,8 @@ async fn calls_errors_duplicates_and_events() {
     // Unnumbered events are shown but cannot be acknowledged.
     gw.publish(&topic, event(0).encode_to_vec()).await;
     gw.publish(&topic, event(3).encode_to_vec()).await;
-    assert_eq!(
-        tokio::time::timeout(SOON, events.recv()).await.unwrap().unwrap(),
-        event(0)
-    );
-    assert_eq!(
-        tokio::time::timeout(SOON, events.recv()).await.unwrap().unwrap(),
-        event(3)
-    );
+    assert_eq!(soon("event 0 reaches the app", events.recv()).await.unwrap(), event(0));
+    assert_eq!(soon("event 3 reaches the app", events.recv()).await.unwrap(), event(3));
     assert_eq!(gw.next_ack().await.1.sequence, 3);
 
     // Still working after all that.
@@ -146,19 +140,13 @@ async fn calls_errors_duplicates_and_events() {
         .await
         .unwrap_err();
     assert_eq!(err.code(), Code::Unavailable);
-    broker.stop().await;
+    rig.broker.stop().await;
 }
 
 #[tokio::test]
 async fn requests_made_before_the_link_is_up_go_out_on_connect() {
-    install_provider();
-    if !mosquitto_available() {
-        return;
-    }
-    let pki = Pki::new();
-    let broker = Broker::start(&pki, free_port()).await;
-    let mut gw = FakeGateway::connect(&pki, broker.port).await;
-    let link = GatewayLink::start(&pki.agent_config(VIN, &format!("localhost:{}", broker.port))).unwrap();
+    let mut rig = Rig::with_fake_gateway().await;
+    let link = GatewayLink::start(&rig.car_config()).unwrap();
 
     // On this single-threaded runtime the link's task has not run yet: the call's first
     // poll finds the link down and leaves the request pending.
@@ -175,7 +163,7 @@ async fn requests_made_before_the_link_is_up_go_out_on_connect() {
     assert_eq!(link.pending_calls(), 1);
 
     let gateway = async {
-        let (_, req) = gw.next_request().await;
+        let (_, req) = rig.gateway.next_request().await;
         assert_eq!(req.payload, b"queued");
         assert_eq!(req.idempotency_key, "k");
         assert!(
@@ -183,28 +171,22 @@ async fn requests_made_before_the_link_is_up_go_out_on_connect() {
             "timeout_ms {}",
             req.timeout_ms
         );
-        gw.respond(VIN, Response::ok(req.request_id, b"done".to_vec())).await;
+        rig.gateway
+            .respond(VIN, Response::ok(req.request_id, b"done".to_vec()))
+            .await;
     };
     let (got, ()) = tokio::join!(call, gateway);
     assert_eq!(got.unwrap(), Bytes::from_static(b"done"));
     assert!(link.is_connected());
     link.shutdown().await;
-    broker.stop().await;
+    rig.stop().await;
 }
 
 #[tokio::test]
 async fn pending_requests_survive_a_link_drop() {
-    install_provider();
-    if !mosquitto_available() {
-        return;
-    }
-    let pki = Pki::new();
-    let port = free_port();
-    let broker = Broker::start(&pki, port).await;
-    let mut gw = FakeGateway::connect(&pki, port).await;
-    let config = pki.agent_config(VIN, &format!("localhost:{port}"));
-    let link = GatewayLink::start(&config).unwrap();
-    connected(&link).await;
+    let mut rig = Rig::with_fake_gateway().await;
+    let config = rig.car_config();
+    let link = connected_link(&config).await;
 
     let call = tokio::spawn({
         let link = link.clone();
@@ -213,54 +195,49 @@ async fn pending_requests_survive_a_link_drop() {
                 .await
         }
     });
-    let (_, first) = gw.next_request().await;
+    let (_, first) = rig.gateway.next_request().await;
 
     // Before the gateway answers, another connection with the car's identity takes the
-    // session over (the broker drops the agent's link), then goes away again. The gateway
+    // MQTT session over (the broker drops the agent's link), then goes away again. The gateway
     // stays subscribed throughout, so the resend cannot be lost.
     let car = common::CertFiles {
         cert: config.cert.clone(),
         key: config.key.clone(),
     };
-    let (intruder, mut eventloop) = common::mqtt_client(&pki, &car, VIN, port);
+    let (intruder, mut eventloop) = common::mqtt_client(&rig.pki, &car, VIN, rig.broker.port);
     let state = link.connection_state();
-    tokio::time::timeout(SOON, async {
+    soon("the intruder connects", async {
         while !matches!(
             eventloop.poll().await,
             Ok(rumqttc::Event::Incoming(rumqttc::Packet::ConnAck(_)))
         ) {}
     })
-    .await
-    .expect("the intruder connects");
+    .await;
     drop((intruder, eventloop));
 
-    let (_, again) = gw.next_request().await;
+    let (_, again) = rig.gateway.next_request().await;
     assert_eq!(again.request_id, first.request_id);
     assert_eq!(again.idempotency_key, first.idempotency_key);
     assert_eq!(again.payload, first.payload);
     assert!(again.timeout_ms <= first.timeout_ms);
     // The link went down and came back in between.
     assert!(state.has_changed().unwrap());
-    gw.respond(VIN, Response::ok(again.request_id, b"once".to_vec())).await;
+    rig.gateway
+        .respond(VIN, Response::ok(again.request_id, b"once".to_vec()))
+        .await;
     assert_eq!(call.await.unwrap().unwrap(), Bytes::from_static(b"once"));
     link.shutdown().await;
-    broker.stop().await;
+    rig.stop().await;
 }
 
 #[tokio::test]
 async fn agent_serves_partner_services_to_apps() {
-    install_provider();
-    if !mosquitto_available() {
-        return;
-    }
-    let pki = Pki::new();
-    let broker = Broker::start(&pki, free_port()).await;
-    let mut gw = FakeGateway::connect(&pki, broker.port).await;
+    let rig = Rig::with_fake_gateway().await;
+    let mut gw = rig.gateway;
     // Dial the IP while checking the certificate against a configured name.
-    let mut config = pki.agent_config(VIN, &format!("127.0.0.1:{}", broker.port));
+    let mut config = rig.pki.agent_config(VIN, &format!("127.0.0.1:{}", rig.broker.port));
     config.server_name = Some("localhost".into());
-    let agent = Agent::start(config).await.unwrap();
-    tokio::time::timeout(SOON, agent.wait_connected()).await.unwrap();
+    let agent = connected_agent(&config).await;
     assert!(agent.is_connected());
     assert_eq!(agent.vin().as_str(), VIN);
 
@@ -304,18 +281,14 @@ async fn agent_serves_partner_services_to_apps() {
     assert_eq!(got, reply);
 
     agent.shutdown().await;
-    broker.stop().await;
+    rig.broker.stop().await;
 }
 
 #[tokio::test]
 async fn a_gateway_with_the_wrong_name_is_refused() {
-    install_provider();
-    if !mosquitto_available() {
-        return;
-    }
     let pki = Pki::new();
-    let broker = Broker::start(&pki, free_port()).await;
-    let mut config = pki.agent_config(VIN, &format!("localhost:{}", broker.port));
+    let broker = Broker::start(&pki).await;
+    let mut config = pki.agent_config(VIN, &broker.address());
     config.server_name = Some("gateway.example".into());
     let link = GatewayLink::start(&config).unwrap();
     let err = link
@@ -330,17 +303,12 @@ async fn a_gateway_with_the_wrong_name_is_refused() {
 
 #[tokio::test]
 async fn the_agent_version_is_the_mqtt_username() {
-    install_provider();
-    if !mosquitto_available() {
-        return;
-    }
     let pki = Pki::new();
     // Taking the username from CONNECT (not the certificate) makes Mosquitto log it.
-    let mut broker = Broker::start_with(&pki, free_port(), "allow_anonymous true\n").await;
-    let link = GatewayLink::start(&pki.agent_config(VIN, &format!("localhost:{}", broker.port))).unwrap();
-    connected(&link).await;
+    let mut broker = Broker::start_with(&pki, "allow_anonymous true\n").await;
+    let link = connected_link(&pki.agent_config(VIN, &broker.address())).await;
     let expected = format!("as {VIN} (p2, c1, k30, u'vehicle-agent/{}')", env!("CARGO_PKG_VERSION"));
-    tokio::time::timeout(SOON, async {
+    soon("mosquitto logs the connection", async {
         while let Some(line) = broker.log.recv().await {
             if line.contains("New client connected") {
                 assert!(line.contains(&expected), "{line}");
@@ -349,8 +317,216 @@ async fn the_agent_version_is_the_mqtt_username() {
         }
         panic!("mosquitto exited");
     })
-    .await
-    .expect("mosquitto logs the connection");
+    .await;
     link.shutdown().await;
     broker.stop().await;
+}
+
+/// A disk on which result files cannot be written while it is full. Every attempt to write
+/// a result is reported: when, what it held, whether it was written.
+struct FullDisk {
+    full: AtomicBool,
+    attempts: mpsc::UnboundedSender<(Instant, StoredResult, bool)>,
+}
+
+impl FullDisk {
+    fn new() -> (Arc<FullDisk>, mpsc::UnboundedReceiver<(Instant, StoredResult, bool)>) {
+        let (attempts, seen) = mpsc::unbounded_channel();
+        let disk = FullDisk {
+            full: AtomicBool::new(false),
+            attempts,
+        };
+        (Arc::new(disk), seen)
+    }
+}
+
+impl StateFiles for FullDisk {
+    fn write(&self, dir: &Path, name: &str, bytes: &[u8]) -> io::Result<()> {
+        if !dir.ends_with("results") {
+            return Disk.write(dir, name, bytes);
+        }
+        let result = StoredResult::decode(bytes).unwrap();
+        let written = if self.full.load(Ordering::SeqCst) {
+            Err(io::Error::new(io::ErrorKind::StorageFull, "no space left on device"))
+        } else {
+            Disk.write(dir, name, bytes)
+        };
+        let _ = self.attempts.send((Instant::now(), result, written.is_ok()));
+        written
+    }
+
+    fn remove(&self, dir: &Path, name: &str) -> io::Result<()> {
+        Disk.remove(dir, name)
+    }
+}
+
+#[tokio::test]
+async fn an_answer_the_disk_refuses_is_what_the_app_got_and_what_is_stored() {
+    let mut rig = Rig::with_fake_gateway().await;
+    let (disk, mut attempts) = FullDisk::new();
+    let link = GatewayLink::start_with(&rig.car_config(), disk.clone()).unwrap();
+    soon("the link connects", link.wait_connected()).await;
+    let app = Owner::uid(1000);
+    let ids = CallIds {
+        request_id: Some("pay-1".into()),
+        idempotency_key: Some("intent-1".into()),
+        owner: app.clone(),
+    };
+
+    disk.full.store(true, Ordering::SeqCst);
+    let timeout = Duration::from_millis(800);
+    let deadline = Instant::now() + timeout;
+    let call = tokio::spawn({
+        let link = link.clone();
+        async move { link.call_with_ids(&start_session(), Bytes::new(), timeout, ids).await }
+    });
+    let (_, request) = rig.gateway.next_request().await;
+    let paid = Response::ok("pay-1", b"session s-1".to_vec());
+    rig.gateway.respond(VIN, paid.clone()).await;
+
+    // The app is told OK, though the disk refused the result.
+    assert_eq!(call.await.unwrap().unwrap(), Bytes::from_static(b"session s-1"));
+    let (_, first, written) = soon("the result is written", attempts.recv()).await.unwrap();
+    assert!(!written);
+    assert_eq!(first.response.as_ref(), Some(&paid));
+
+    // The deadline passes while the disk stays full: every write tried still holds the OK,
+    // never DEADLINE_EXCEEDED, and GetResult (which expires due requests) says OK too.
+    loop {
+        let (at, tried, written) = soon("the result is written again", attempts.recv()).await.unwrap();
+        assert!(!written);
+        assert_eq!(
+            tried.response.as_ref(),
+            Some(&paid),
+            "only the answer the app got is written"
+        );
+        if at > deadline {
+            break;
+        }
+    }
+    let Lookup::Done(shown) = link.result("pay-1", &app).await.unwrap() else {
+        panic!("pay-1 has its answer");
+    };
+    assert_eq!(shown.response.as_ref(), Some(&paid));
+    assert_eq!(link.pending_requests(), 1, "kept until stored");
+
+    // Room again: the same OK is stored, and the request leaves the outbox.
+    disk.full.store(false, Ordering::SeqCst);
+    loop {
+        let (_, tried, written) = soon("the result is written at last", attempts.recv()).await.unwrap();
+        assert_eq!(tried.response.as_ref(), Some(&paid));
+        if written {
+            break;
+        }
+    }
+    let on_disk = std::fs::read(rig.pki.state_dir().join("results/pay-1.pb")).unwrap();
+    let on_disk = StoredResult::decode(on_disk.as_slice()).unwrap();
+    assert_eq!(on_disk.response.as_ref(), Some(&paid));
+    assert_eq!(on_disk.owner, app.as_str());
+    soon("the request leaves the outbox", async {
+        while link.pending_requests() > 0 {
+            tokio::task::yield_now().await;
+        }
+    })
+    .await;
+
+    // It was never sent again, and an app asking again gets the same OK.
+    let again = CallIds {
+        request_id: Some("pay-1".into()),
+        owner: app.clone(),
+        ..CallIds::default()
+    };
+    let got = link.call_with_ids(&start_session(), Bytes::new(), timeout, again).await;
+    assert_eq!(got.unwrap(), Bytes::from_static(b"session s-1"));
+    assert!(rig.gateway.requests.try_recv().is_err(), "{request:?} was sent once");
+
+    // And after a restart.
+    link.shutdown().await;
+    let link = GatewayLink::start(&rig.car_config()).unwrap();
+    let Lookup::Done(kept) = link.result("pay-1", &app).await.unwrap() else {
+        panic!("pay-1 is stored");
+    };
+    assert_eq!(kept.response, Some(paid));
+    link.shutdown().await;
+    rig.stop().await;
+}
+
+#[tokio::test]
+async fn an_answer_still_unstored_at_a_restart_is_asked_for_again() {
+    let mut rig = Rig::with_fake_gateway().await;
+    let (disk, mut attempts) = FullDisk::new();
+    disk.full.store(true, Ordering::SeqCst);
+    let link = GatewayLink::start_with(&rig.car_config(), disk.clone()).unwrap();
+    soon("the link connects", link.wait_connected()).await;
+    let ids = CallIds {
+        request_id: Some("pay-2".into()),
+        idempotency_key: Some("intent-2".into()),
+        ..CallIds::default()
+    };
+    let call = tokio::spawn({
+        let link = link.clone();
+        async move {
+            link.call_with_ids(&start_session(), Bytes::new(), Duration::from_secs(60), ids)
+                .await
+        }
+    });
+    let (_, sent) = rig.gateway.next_request().await;
+    rig.gateway.respond(VIN, Response::ok("pay-2", b"ok".to_vec())).await;
+    assert_eq!(call.await.unwrap().unwrap(), Bytes::from_static(b"ok"));
+    assert!(!soon("the result is written", attempts.recv()).await.unwrap().2);
+    // The agent stops with the disk still full: the request is still in the outbox ...
+    link.shutdown().await;
+
+    // ... so the next agent sends it again, with the same idempotency key: the gateway's
+    // ledger answers with the same OK, which is then stored.
+    let link = connected_link(&rig.car_config()).await;
+    let (_, again) = rig.gateway.next_request().await;
+    assert_eq!(
+        (again.request_id.as_str(), again.idempotency_key.as_str()),
+        (sent.request_id.as_str(), sent.idempotency_key.as_str())
+    );
+    rig.gateway.respond(VIN, Response::ok("pay-2", b"ok".to_vec())).await;
+    let done = soon("the replayed answer is stored", async {
+        loop {
+            if let Lookup::Done(result) = link.result("pay-2", &Owner::anonymous()).await.unwrap() {
+                return result;
+            }
+            tokio::task::yield_now().await;
+        }
+    })
+    .await;
+    assert_eq!(done.response, Some(Response::ok("pay-2", b"ok".to_vec())));
+    link.shutdown().await;
+    rig.stop().await;
+}
+
+#[tokio::test]
+async fn a_deadline_that_passes_before_sending_says_the_link_was_up() {
+    let rig = Rig::with_fake_gateway().await;
+    let link = rig.connected_link().await;
+
+    let err = link
+        .call(&list(), Bytes::new(), Duration::ZERO, None)
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::DeadlineExceeded);
+    assert_eq!(
+        err.message(),
+        "no response within 0s: the deadline passed before the request could be sent (the link to the gateway is up)"
+    );
+
+    // 1 ms may or may not see the request out; either way the message says the link was up.
+    let err = link
+        .call(&list(), Bytes::new(), Duration::from_millis(1), None)
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::DeadlineExceeded);
+    let message = err.message();
+    assert!(
+        message.starts_with("no response within 1ms: ") && message.ends_with("(the link to the gateway is up)"),
+        "{message}"
+    );
+    assert!(!message.contains("down"), "{message}");
+    link.shutdown().await;
+    rig.stop().await;
 }

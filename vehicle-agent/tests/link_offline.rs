@@ -8,26 +8,31 @@ use bytes::Bytes;
 use futures::FutureExt;
 use tonic::Code;
 
-use common::{Pki, VIN, free_port, install_provider};
+use common::Offline;
 use proto::MethodPath;
 use vehicle_agent::outbox::Lookup;
+use vehicle_agent::owner::Owner;
 use vehicle_agent::{CallIds, GatewayLink};
 
 fn start() -> MethodPath {
     MethodPath::parse("/parking.v1.ParkingPayment/StartSession").unwrap()
 }
 
-fn offline_link(pki: &Pki, max_payload_bytes: usize) -> GatewayLink {
-    let mut config = pki.agent_config(VIN, &format!("localhost:{}", free_port()));
+/// A car whose gateway never answers, sending payloads of at most `max_payload_bytes`.
+fn offline_link(car: &Offline, max_payload_bytes: usize) -> GatewayLink {
+    let mut config = car.car_config();
     config.max_payload_bytes = max_payload_bytes;
     GatewayLink::start(&config).unwrap()
 }
 
+fn anon() -> Owner {
+    Owner::anonymous()
+}
+
 #[tokio::test]
 async fn oversize_payloads_are_refused_without_sending() {
-    install_provider();
-    let pki = Pki::new();
-    let link = offline_link(&pki, 1024);
+    let car = Offline::new();
+    let link = offline_link(&car, 1024);
     let payload = Bytes::from(vec![0u8; 1025]);
     // Refused on the first poll: nothing was queued, nothing waited for.
     let err = link
@@ -53,9 +58,8 @@ async fn oversize_payloads_are_refused_without_sending() {
 
 #[tokio::test]
 async fn idempotency_keys_are_limited_to_255_characters() {
-    install_provider();
-    let pki = Pki::new();
-    let link = offline_link(&pki, 1024);
+    let car = Offline::new();
+    let link = offline_link(&car, 1024);
     let long = "é".repeat(256);
     let err = link
         .call(&start(), Bytes::new(), Duration::from_secs(60), Some(long))
@@ -75,9 +79,8 @@ async fn idempotency_keys_are_limited_to_255_characters() {
 
 #[tokio::test]
 async fn deadline_says_the_link_was_down() {
-    install_provider();
-    let pki = Pki::new();
-    let link = offline_link(&pki, 1024);
+    let car = Offline::new();
+    let link = offline_link(&car, 1024);
     let err = link
         .call(&start(), Bytes::new(), Duration::from_millis(100), None)
         .await
@@ -95,7 +98,7 @@ async fn deadline_says_the_link_was_down() {
 fn ids(request_id: &str) -> CallIds {
     CallIds {
         request_id: Some(request_id.into()),
-        idempotency_key: None,
+        ..CallIds::default()
     }
 }
 
@@ -119,9 +122,8 @@ async fn accepted_call(
 
 #[tokio::test]
 async fn shutdown_fails_waiting_calls_at_once_and_keeps_their_requests() {
-    install_provider();
-    let pki = Pki::new();
-    let link = offline_link(&pki, 1024);
+    let car = Offline::new();
+    let link = offline_link(&car, 1024);
     let call = accepted_call(&link, "kept", Duration::from_secs(600)).await;
     link.shutdown().await;
     let err = call.await.unwrap().unwrap_err();
@@ -131,33 +133,31 @@ async fn shutdown_fails_waiting_calls_at_once_and_keeps_their_requests() {
     assert_eq!(link.pending_requests(), 1);
 
     // The next agent on the same state directory has it (shutdown released the directory).
-    let link = offline_link(&pki, 1024);
+    let link = offline_link(&car, 1024);
     assert_eq!(link.pending_requests(), 1);
-    assert_eq!(link.result("kept").await.unwrap(), Lookup::Pending);
+    assert_eq!(link.result("kept", &anon()).await.unwrap(), Lookup::Pending);
     link.shutdown().await;
 }
 
 #[tokio::test]
 async fn dropping_a_call_keeps_its_request() {
-    install_provider();
-    let pki = Pki::new();
-    let link = offline_link(&pki, 1024);
+    let car = Offline::new();
+    let link = offline_link(&car, 1024);
     let call = accepted_call(&link, "dropped", Duration::from_secs(600)).await;
     call.abort();
     let _ = call.await;
     assert_eq!(link.pending_calls(), 0);
     // The driver's intent outlives the app's call.
     assert_eq!(link.pending_requests(), 1);
-    assert_eq!(link.result("dropped").await.unwrap(), Lookup::Pending);
+    assert_eq!(link.result("dropped", &anon()).await.unwrap(), Lookup::Pending);
     link.shutdown().await;
 }
 
 #[tokio::test]
 async fn one_request_id_is_one_request() {
-    install_provider();
-    let pki = Pki::new();
-    let link = offline_link(&pki, 1024);
-    assert_eq!(link.result("same").await.unwrap(), Lookup::Unknown);
+    let car = Offline::new();
+    let link = offline_link(&car, 1024);
+    assert_eq!(link.result("same", &anon()).await.unwrap(), Lookup::Unknown);
     let first = accepted_call(&link, "same", Duration::from_millis(300)).await;
     // The app retries with the same x-request-id: it waits for the same request.
     let again = tokio::spawn({
@@ -185,7 +185,7 @@ async fn one_request_id_is_one_request() {
         .await
         .unwrap_err();
     assert_eq!(stored.message(), first.message());
-    let Lookup::Done(result) = link.result("same").await.unwrap() else {
+    let Lookup::Done(result) = link.result("same", &anon()).await.unwrap() else {
         panic!("same is done");
     };
     assert_eq!(result.method, "/parking.v1.ParkingPayment/StartSession");
@@ -195,9 +195,8 @@ async fn one_request_id_is_one_request() {
 
 #[tokio::test]
 async fn bad_request_ids_are_refused_at_once() {
-    install_provider();
-    let pki = Pki::new();
-    let link = offline_link(&pki, 1024);
+    let car = Offline::new();
+    let link = offline_link(&car, 1024);
     for bad in ["../x", "a b", &"x".repeat(129)] {
         let err = link
             .call_with_ids(&start(), Bytes::new(), Duration::from_secs(5), ids(bad))
@@ -205,7 +204,10 @@ async fn bad_request_ids_are_refused_at_once() {
             .expect("refused at once")
             .unwrap_err();
         assert_eq!(err.code(), Code::InvalidArgument, "{bad:?}");
-        assert_eq!(link.result(bad).await.unwrap_err().code(), Code::InvalidArgument);
+        assert_eq!(
+            link.result(bad, &anon()).await.unwrap_err().code(),
+            Code::InvalidArgument
+        );
     }
     assert_eq!(link.pending_requests(), 0);
     link.shutdown().await;
@@ -213,9 +215,8 @@ async fn bad_request_ids_are_refused_at_once() {
 
 #[tokio::test]
 async fn a_full_outbox_refuses_calls() {
-    install_provider();
-    let pki = Pki::new();
-    let mut config = pki.agent_config(VIN, &format!("localhost:{}", free_port()));
+    let car = Offline::new();
+    let mut config = car.car_config();
     config.outbox_capacity = 1;
     let link = GatewayLink::start(&config).unwrap();
     let _waiting = accepted_call(&link, "one", Duration::from_secs(600)).await;
@@ -225,17 +226,16 @@ async fn a_full_outbox_refuses_calls() {
         .unwrap_err();
     assert_eq!(err.code(), Code::ResourceExhausted);
     assert_eq!(err.message(), "outbox full: 1 requests waiting for the gateway");
-    assert_eq!(link.result("two").await.unwrap(), Lookup::Unknown);
+    assert_eq!(link.result("two", &anon()).await.unwrap(), Lookup::Unknown);
     link.shutdown().await;
 }
 
 #[tokio::test]
 async fn a_disk_failure_refuses_calls() {
-    install_provider();
-    let pki = Pki::new();
-    let link = offline_link(&pki, 1024);
+    let car = Offline::new();
+    let link = offline_link(&car, 1024);
     // A regular file where the outbox directory was: writes fail, even for root.
-    let outbox_dir = pki.state_dir().join("outbox");
+    let outbox_dir = car.pki.state_dir().join("outbox");
     std::fs::remove_dir(&outbox_dir).unwrap();
     std::fs::write(&outbox_dir, b"").unwrap();
     let err = link
@@ -251,10 +251,9 @@ async fn a_disk_failure_refuses_calls() {
 
 #[tokio::test]
 async fn an_unusable_state_dir_stops_the_start() {
-    install_provider();
-    let pki = Pki::new();
-    let mut config = pki.agent_config(VIN, &format!("localhost:{}", free_port()));
-    let file = pki.dir.path().join("a-file");
+    let car = Offline::new();
+    let mut config = car.car_config();
+    let file = car.pki.dir.path().join("a-file");
     std::fs::write(&file, b"").unwrap();
     config.state_dir = file.join("state");
     let e = GatewayLink::start(&config).unwrap_err().to_string();
@@ -264,9 +263,8 @@ async fn an_unusable_state_dir_stops_the_start() {
     );
 
     // Two agents never share one state directory.
-    let link = offline_link(&pki, 1024);
-    let config = pki.agent_config(VIN, &format!("localhost:{}", free_port()));
-    let e = GatewayLink::start(&config).unwrap_err().to_string();
+    let link = offline_link(&car, 1024);
+    let e = GatewayLink::start(&car.car_config()).unwrap_err().to_string();
     assert!(e.contains("in use by another vehicle agent"), "{e}");
     link.shutdown().await;
 }

@@ -8,21 +8,13 @@ use prost::Message;
 use tokio::sync::mpsc::error::TryRecvError;
 use tonic::Code;
 
-use common::{Broker, FakeGateway, Pki, SOON, VIN, free_port, install_provider, mosquitto_available};
+use common::{Rig, VIN, connected_agent, soon};
 use proto::agent::v1::vehicle_agent_client::VehicleAgentClient;
 use proto::agent::v1::{GetResultRequest, ResultState, SubscribeEventsRequest};
 use proto::parking::v1::parking_payment_client::ParkingPaymentClient;
 use proto::parking::v1::{ParkingSession, StartSessionRequest, StartSessionResponse};
 use proto::vehicle::v1::{Event, Response};
-use vehicle_agent::{Agent, AgentConfig};
-
-async fn start(config: &AgentConfig) -> Agent {
-    let agent = Agent::start(config.clone()).await.unwrap();
-    tokio::time::timeout(SOON, agent.wait_connected())
-        .await
-        .expect("the agent connects");
-    agent
-}
+use vehicle_agent::Agent;
 
 /// An app's StartSession through `agent` with its own request id and idempotency key.
 fn start_session(
@@ -52,16 +44,11 @@ async fn api(agent: &Agent) -> VehicleAgentClient<tonic::transport::Channel> {
 
 #[tokio::test]
 async fn a_request_outlives_the_agent_and_its_result_is_kept() {
-    install_provider();
-    if !mosquitto_available() {
-        return;
-    }
-    let pki = Pki::new();
-    let broker = Broker::start(&pki, free_port()).await;
-    let mut gw = FakeGateway::connect(&pki, broker.port).await;
-    let config = pki.agent_config(VIN, &format!("localhost:{}", broker.port));
+    let rig = Rig::with_fake_gateway().await;
+    let config = rig.car_config();
+    let mut gw = rig.gateway;
 
-    let agent = start(&config).await;
+    let agent = connected_agent(&config).await;
     let app = start_session(&agent, "pay-1");
     let (_, sent) = gw.next_request().await;
     assert_eq!(
@@ -84,7 +71,7 @@ async fn a_request_outlives_the_agent_and_its_result_is_kept() {
     let err = app.await.unwrap().unwrap_err();
     assert_eq!(err.code(), Code::Unavailable);
 
-    let agent = start(&config).await;
+    let agent = connected_agent(&config).await;
     let (_, again) = gw.next_request().await;
     assert_eq!(again.request_id, "pay-1");
     assert_eq!(again.idempotency_key, "intent-7");
@@ -147,7 +134,7 @@ async fn a_request_outlives_the_agent_and_its_result_is_kept() {
     assert_eq!(gw.requests.try_recv().unwrap_err(), TryRecvError::Empty);
 
     agent.shutdown().await;
-    broker.stop().await;
+    rig.broker.stop().await;
 }
 
 fn event(sequence: u64) -> Event {
@@ -161,17 +148,11 @@ fn event(sequence: u64) -> Event {
 
 #[tokio::test]
 async fn events_are_deduplicated_across_restarts_and_acknowledged() {
-    install_provider();
-    if !mosquitto_available() {
-        return;
-    }
-    let pki = Pki::new();
-    let broker = Broker::start(&pki, free_port()).await;
-    let mut gw = FakeGateway::connect(&pki, broker.port).await;
-    let config = pki.agent_config(VIN, &format!("localhost:{}", broker.port));
+    let mut rig = Rig::with_fake_gateway().await;
+    let config = rig.car_config();
     let topic = proto::topics::events(&VIN.parse().unwrap());
 
-    let agent = start(&config).await;
+    let agent = connected_agent(&config).await;
     let mut stream = api(&agent)
         .await
         .subscribe_events(SubscribeEventsRequest {})
@@ -179,20 +160,18 @@ async fn events_are_deduplicated_across_restarts_and_acknowledged() {
         .unwrap()
         .into_inner();
     for sequence in [1, 2] {
-        gw.publish(&topic, event(sequence).encode_to_vec()).await;
+        rig.gateway.publish(&topic, event(sequence).encode_to_vec()).await;
     }
     for sequence in [1, 2] {
-        let got = tokio::time::timeout(SOON, stream.message()).await.unwrap().unwrap();
+        let got = soon("the event reaches the app", stream.message()).await.unwrap();
         assert_eq!(got, Some(event(sequence)));
-        assert_eq!(gw.next_ack().await.1.sequence, sequence);
+        assert_eq!(rig.gateway.next_ack().await.1.sequence, sequence);
     }
     // Shutdown ends open event streams instead of waiting for them.
-    tokio::time::timeout(SOON, agent.shutdown())
-        .await
-        .expect("shutdown with a subscriber");
+    soon("the agent shuts down with a subscriber", agent.shutdown()).await;
     assert!(matches!(stream.message().await, Ok(None) | Err(_)));
 
-    let agent = start(&config).await;
+    let agent = connected_agent(&config).await;
     let mut stream = api(&agent)
         .await
         .subscribe_events(SubscribeEventsRequest {})
@@ -200,15 +179,15 @@ async fn events_are_deduplicated_across_restarts_and_acknowledged() {
         .unwrap()
         .into_inner();
     // The gateway redelivers event 2 (its ack was lost, say): acknowledged, not shown again.
-    gw.publish(&topic, event(2).encode_to_vec()).await;
-    assert_eq!(gw.next_ack().await.1.sequence, 2);
-    gw.publish(&topic, event(3).encode_to_vec()).await;
-    let got = tokio::time::timeout(SOON, stream.message()).await.unwrap().unwrap();
+    rig.gateway.publish(&topic, event(2).encode_to_vec()).await;
+    assert_eq!(rig.gateway.next_ack().await.1.sequence, 2);
+    rig.gateway.publish(&topic, event(3).encode_to_vec()).await;
+    let got = soon("event 3 reaches the app", stream.message()).await.unwrap();
     assert_eq!(got, Some(event(3)), "event 2 was not shown twice");
-    assert_eq!(gw.next_ack().await.1.sequence, 3);
-    let stored = std::fs::read_to_string(pki.state_dir().join("events/last_sequence")).unwrap();
+    assert_eq!(rig.gateway.next_ack().await.1.sequence, 3);
+    let stored = std::fs::read_to_string(rig.pki.state_dir().join("events/last_sequence")).unwrap();
     assert_eq!(stored.trim(), "3");
 
     agent.shutdown().await;
-    broker.stop().await;
+    rig.stop().await;
 }
