@@ -221,8 +221,8 @@ pub struct RequestLimits {
     /// No call waits longer than this, whatever the car asks for.
     #[serde(with = "humantime_serde")]
     pub max_timeout: Duration,
-    /// Largest answer a partner may give (the encoded message); larger is RESOURCE_EXHAUSTED,
-    /// so that what waits for a car stays bounded.
+    /// Largest answer a partner may give (the encoded message); a larger one is refused by the
+    /// gRPC decoder before it is read (OUT_OF_RANGE), so that what waits for a car stays bounded.
     pub max_response_bytes: usize,
     /// Requests per second one car may make, sustained; over it the car gets
     /// RESOURCE_EXHAUSTED and the partner is not called.

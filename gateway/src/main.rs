@@ -1,5 +1,6 @@
 //! `gateway`: parses and validates configuration, then runs until SIGINT or SIGTERM.
 
+use std::io::IsTerminal;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
@@ -41,11 +42,9 @@ enum Command {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env().// rumqttd logs routine takeovers and disconnects at ERROR; our own session
-            // logs say the same thing with the VIN and a reason.
-            unwrap_or_else(|_| "info,rumqttd=off".into()),
-        )
+        .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()))
+        // Colour codes only for a person at a terminal, never in a file or a log collector.
+        .with_ansi(std::io::stdout().is_terminal())
         .init();
     let _ = rustls::crypto::ring::default_provider().install_default();
     let (Command::Run { config } | Command::CheckConfig { config }) = &cli.command;

@@ -68,3 +68,41 @@ fn a_valid_configuration_checks_out() {
     let out = gateway(&["check-config", "--config", path.to_str().unwrap()], &[]);
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
 }
+
+#[test]
+fn logs_carry_no_colour_codes_when_they_do_not_go_to_a_terminal() {
+    use std::io::{BufRead, BufReader};
+
+    let dir = tempfile::tempdir().unwrap();
+    let pki = certs::DevPki::init(dir.path(), &[], false).unwrap();
+    let mut config = gateway::GatewayConfig::new(
+        pki.gateway_cert(),
+        pki.gateway_key(),
+        pki.issuing_ca_cert(certs::IssuingCa::Vehicles),
+    );
+    config.mqtt.listen = "127.0.0.1:0".parse().unwrap();
+    config.storage.url = format!("sqlite://{}", dir.path().join("gateway.db").display());
+    let path = dir.path().join("gateway.toml");
+    std::fs::write(&path, toml::to_string(&config).unwrap()).unwrap();
+
+    let mut child = Command::new(env!("CARGO_BIN_EXE_gateway"))
+        .args(["run", "--config", path.to_str().unwrap()])
+        .env_remove("GATEWAY_CONFIG")
+        .env_remove("RUST_LOG")
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("run gateway");
+    let mut logged = String::new();
+    for line in BufReader::new(child.stdout.take().unwrap()).lines() {
+        let line = line.unwrap();
+        logged.push_str(&line);
+        logged.push('\n');
+        if line.contains("gateway listening for vehicles") {
+            break;
+        }
+    }
+    child.kill().unwrap();
+    child.wait().unwrap();
+    assert!(logged.contains("INFO"), "{logged}");
+    assert!(!logged.contains('\x1b'), "colour codes in a pipe: {logged:?}");
+}

@@ -957,3 +957,107 @@ pub fn write_gateway_toml(pki: &TestPki, config: &GatewayConfig) -> PathBuf {
     std::fs::write(&path, toml).expect("write gateway.toml");
     path
 }
+
+/// Waits until `condition` holds, checking every few milliseconds, failing the test with `what`
+/// after 10 s. For state the gateway exposes only by being asked (counters, saved sessions).
+pub async fn eventually(what: &str, mut condition: impl FnMut() -> bool) {
+    within(
+        Duration::from_secs(10),
+        async {
+            while !condition() {
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+        },
+        what,
+    )
+    .await;
+}
+
+/// A car speaking MQTT byte by byte over mTLS, for what a stock client will not send: reserved
+/// flags, QoS 2 without PUBREL, raw bytes after CONNECT.
+pub struct WireCar {
+    tls: tokio_rustls::client::TlsStream<tokio::net::TcpStream>,
+    read: bytes::BytesMut,
+}
+
+impl WireCar {
+    /// A TLS connection as `vin` (its own certificate), nothing sent yet.
+    pub async fn open(platform: &Platform, vin: &str) -> WireCar {
+        let config = client_tls(&platform.pki.ca_cert, &platform.pki.vehicle(vin));
+        let tcp = tokio::net::TcpStream::connect(platform.mqtt_addr()).await.unwrap();
+        let tls = tokio_rustls::TlsConnector::from(config)
+            .connect("localhost".try_into().unwrap(), tcp)
+            .await
+            .expect("TLS handshake");
+        WireCar {
+            tls,
+            read: bytes::BytesMut::new(),
+        }
+    }
+
+    /// A TLS connection as `vin` that sent CONNECT (client id = VIN, clean session) and got
+    /// its CONNACK.
+    pub async fn connect(platform: &Platform, vin: &str) -> WireCar {
+        let mut car = WireCar::open(platform, vin).await;
+        let connect = rumqttc::mqttbytes::v4::Connect::new(vin);
+        car.send(&rumqttc::mqttbytes::v4::Packet::Connect(connect)).await;
+        match car.read().await {
+            Some(rumqttc::mqttbytes::v4::Packet::ConnAck(ack)) => {
+                assert_eq!(ack.code, rumqttc::mqttbytes::v4::ConnectReturnCode::Success)
+            }
+            other => panic!("expected CONNACK, got {other:?}"),
+        }
+        car
+    }
+
+    /// Sends `packet`.
+    pub async fn send(&mut self, packet: &rumqttc::mqttbytes::v4::Packet) {
+        let mut bytes = bytes::BytesMut::new();
+        packet.write(&mut bytes, usize::MAX).expect("encodable packet");
+        self.send_raw(&bytes).await;
+    }
+
+    /// Sends `bytes` as they are.
+    pub async fn send_raw(&mut self, bytes: &[u8]) {
+        self.try_send_raw(bytes).await.expect("write to the gateway");
+    }
+
+    /// Sends `bytes` as they are, if the gateway still takes them.
+    pub async fn try_send_raw(&mut self, bytes: &[u8]) -> std::io::Result<()> {
+        use tokio::io::AsyncWriteExt;
+        self.tls.write_all(bytes).await?;
+        self.tls.flush().await
+    }
+
+    /// The next packet from the gateway; `None` once it closed the connection.
+    pub async fn read(&mut self) -> Option<rumqttc::mqttbytes::v4::Packet> {
+        use tokio::io::AsyncReadExt;
+        within(
+            Duration::from_secs(10),
+            async {
+                loop {
+                    match rumqttc::mqttbytes::v4::Packet::read(&mut self.read, usize::MAX) {
+                        Ok(packet) => return Some(packet),
+                        Err(rumqttc::mqttbytes::Error::InsufficientBytes(_)) => {}
+                        Err(e) => panic!("the gateway sent a malformed packet: {e}"),
+                    }
+                    match self.tls.read_buf(&mut self.read).await {
+                        Ok(0) | Err(_) => return None,
+                        Ok(_) => {}
+                    }
+                }
+            },
+            "a packet from the gateway",
+        )
+        .await
+    }
+
+    /// Every packet until the gateway closes the connection.
+    pub async fn read_until_closed(&mut self) -> Vec<rumqttc::mqttbytes::v4::Packet> {
+        let mut packets = Vec::new();
+        while let Some(packet) = self.read().await {
+            packets.push(packet);
+        }
+        packets
+    }
+}

@@ -231,3 +231,60 @@ async fn the_app_sees_deadline_exceeded_through_the_agent() {
     car.shutdown().await;
     gateway.shutdown().await;
 }
+
+/// A partner that answers every lot query with far more than a car could ever need.
+struct Talkative;
+
+#[tonic::async_trait]
+impl ParkingPayment for Talkative {
+    async fn list_nearby_lots(
+        &self,
+        _: Request<ListNearbyLotsRequest>,
+    ) -> Result<Response<ListNearbyLotsResponse>, Status> {
+        let lot = Lot {
+            name: "停车场".repeat(100),
+            ..Lot::default()
+        };
+        Ok(Response::new(ListNearbyLotsResponse { lots: vec![lot; 200] }))
+    }
+    async fn start_session(&self, _: Request<StartSessionRequest>) -> Result<Response<StartSessionResponse>, Status> {
+        Err(Status::unimplemented("lots only"))
+    }
+    async fn end_session(&self, _: Request<EndSessionRequest>) -> Result<Response<EndSessionResponse>, Status> {
+        Err(Status::unimplemented("lots only"))
+    }
+    async fn get_receipt(&self, _: Request<GetReceiptRequest>) -> Result<Response<Receipt>, Status> {
+        Err(Status::unimplemented("lots only"))
+    }
+}
+
+#[tokio::test]
+async fn a_partner_answer_over_the_maximum_size_is_refused_before_it_is_read() {
+    init();
+    let pki = TestPki::new();
+    let partner = start_partner_service(&pki, ParkingPaymentServer::new(Talkative)).await;
+    let mut config = gateway_config(&pki, vec![partner_entry(&pki, PARKING, partner.addr)]);
+    config.requests.max_response_bytes = 16 * 1024;
+    let gateway = start_gateway(config).await;
+    let platform_car = {
+        let creds = pki.vehicle(VIN_A);
+        let (client, mut eventloop) = mqtt_client(gateway.mqtt_addr(), &pki.ca_cert, &creds, VIN_A);
+        connack(&mut eventloop).await.unwrap();
+        let vin = proto::Vin::parse(VIN_A).unwrap();
+        client
+            .subscribe(proto::topics::responses(&vin), rumqttc::QoS::AtLeastOnce)
+            .await
+            .unwrap();
+        RawCar { vin, client, eventloop }
+    };
+    let mut car = platform_car;
+    car.publish_request(envelope("too-much", LIST, nearby_lots())).await;
+    let answer = car.next_response().await;
+    assert_eq!(
+        (answer.request_id.as_str(), status_code(&answer)),
+        ("too-much", Code::OutOfRange),
+        "{answer:?}"
+    );
+    assert!(answer.status.unwrap().message.contains("16384"), "the limit is named");
+    gateway.shutdown().await;
+}

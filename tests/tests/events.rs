@@ -19,11 +19,20 @@ async fn platform_with_partner_api() -> Platform {
 
 /// The platform with the partner API on, trusting the CA file `trusted` picks.
 async fn platform_with_partner_api_trusting(trusted: fn(&TestPki) -> std::path::PathBuf) -> Platform {
+    platform_with_partner_api_and(trusted, |_| {}).await
+}
+
+/// The platform with the partner API on, trusting `trusted`, with `tweak` applied.
+async fn platform_with_partner_api_and(
+    trusted: fn(&TestPki) -> std::path::PathBuf,
+    tweak: impl FnOnce(&mut gateway::GatewayConfig),
+) -> Platform {
     Platform::start_with_pki(|pki, c| {
         c.partner_api = Some(PartnerApiConfig {
             listen: "127.0.0.1:0".parse().unwrap(),
             client_ca: trusted(pki),
         });
+        tweak(c);
     })
     .await
 }
@@ -250,4 +259,103 @@ async fn behind_a_ca_that_admits_every_role_a_car_is_still_not_a_partner() {
         .publish(event(VIN_B, "e1", "x"))
         .await
         .expect("a partner publishes");
+}
+
+#[tokio::test]
+async fn a_partner_gets_resource_exhausted_beyond_the_events_waiting_for_one_car() {
+    let platform = platform_with_partner_api_and(TestPki::partners_ca, |c| c.events.max_pending_per_vin = 2).await;
+    let mut partner = partner_client(&platform, &platform.pki.partner("parking")).await;
+    for id in ["e1", "e2"] {
+        partner.publish(event(VIN_A, id, "x")).await.expect("within the quota");
+    }
+    let full = partner.publish(event(VIN_A, "e3", "x")).await.unwrap_err();
+    assert_eq!(full.code(), tonic::Code::ResourceExhausted, "{full:?}");
+    assert!(full.message().contains("retry later with the same event_id"));
+    // Another car has room; once the car acknowledges, so does it.
+    partner.publish(event(VIN_B, "e1", "x")).await.expect("another car");
+    let mut car = RawCar::connect(&platform, VIN_A).await;
+    subscribe_events(&mut car).await;
+    let first = next_event(&mut car).await.sequence;
+    car.client
+        .publish(
+            proto::topics::event_acks(&car.vin),
+            QoS::AtLeastOnce,
+            false,
+            EventAck { sequence: first }.encode_to_vec(),
+        )
+        .await
+        .unwrap();
+    next_incoming(&mut car.eventloop, |p| matches!(p, Packet::PubAck(_)).then_some(()))
+        .await
+        .unwrap();
+    // The acknowledgement is written behind the car's back: the partner retries until there is room.
+    within(
+        Duration::from_secs(10),
+        async {
+            loop {
+                match partner.publish(event(VIN_A, "e3", "x")).await {
+                    Ok(_) => return,
+                    Err(e) if e.code() == tonic::Code::ResourceExhausted => {
+                        tokio::time::sleep(Duration::from_millis(10)).await
+                    }
+                    Err(e) => panic!("{e:?}"),
+                }
+            }
+        },
+        "the acknowledgement makes room",
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn a_partner_over_its_publish_rate_gets_resource_exhausted() {
+    let platform = platform_with_partner_api_and(TestPki::partners_ca, |c| {
+        c.events.max_per_second_per_partner = std::num::NonZeroU32::new(1).unwrap();
+        c.events.burst_per_partner = std::num::NonZeroU32::new(3).unwrap();
+    })
+    .await;
+    let mut partner = partner_client(&platform, &platform.pki.partner("parking")).await;
+    let mut codes = Vec::new();
+    for i in 0..5 {
+        let outcome = partner.publish(event(VIN_A, &format!("e{i}"), "x")).await;
+        codes.push(outcome.map_or_else(|e| e.code(), |_| tonic::Code::Ok));
+    }
+    assert_eq!(
+        codes,
+        [[tonic::Code::Ok; 3].as_slice(), &[tonic::Code::ResourceExhausted; 2]].concat()
+    );
+}
+
+#[tokio::test]
+async fn one_cars_ack_flood_does_not_delay_another_cars_events() {
+    let platform = platform_with_partner_api().await;
+    let mut partner = partner_client(&platform, &platform.pki.partner("parking")).await;
+    partner.publish(event(VIN_A, "a-1", "x")).await.unwrap();
+    let mut flooder = RawCar::connect(&platform, VIN_A).await;
+    subscribe_events(&mut flooder).await;
+    assert_eq!(next_event(&mut flooder).await.sequence, 1);
+    let mut car = RawCar::connect(&platform, VIN_B).await;
+    subscribe_events(&mut car).await;
+
+    // Car A acknowledges over and over, at QoS 0, as fast as its publish rate lets it.
+    let RawCar {
+        client,
+        mut eventloop,
+        vin,
+    } = flooder;
+    let flood = tokio::spawn(async move {
+        let ack = EventAck { sequence: 1 }.encode_to_vec();
+        loop {
+            let _ = client.try_publish(proto::topics::event_acks(&vin), QoS::AtMostOnce, false, ack.clone());
+            if eventloop.poll().await.is_err() {
+                return;
+            }
+        }
+    });
+    // Meanwhile car B's events arrive, one after the other.
+    for i in 1..=5 {
+        partner.publish(event(VIN_B, &format!("b-{i}"), "x")).await.unwrap();
+        assert_eq!(next_event(&mut car).await.sequence, i);
+    }
+    flood.abort();
 }

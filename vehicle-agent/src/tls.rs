@@ -12,10 +12,9 @@ use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, Server
 use rustls::{ClientConfig, DigitallySignedStruct, RootCertStore, SignatureScheme};
 use rustls_pki_types::pem::{self, PemObject};
 use rustls_pki_types::{CertificateDer, PrivateKeyDer, ServerName, UnixTime};
-use x509_parser::prelude::{FromDer, X509Certificate};
 
 use proto::Vin;
-use proto::identity::VEHICLE_ROLE;
+use proto::identity::{Role, identify};
 
 use crate::config::{AgentConfig, ConfigError};
 
@@ -66,25 +65,19 @@ impl Identity {
     }
 }
 
-/// The VIN a vehicle certificate names: its subject CN, provided its OU is `vehicle`.
+/// The VIN a vehicle certificate names: its one subject CN, provided its one role (OU) is
+/// `vehicle`. Read with the same parser the gateway uses, so a certificate the gateway would
+/// refuse (two CNs, two roles) is refused here at startup, with the reason.
 pub fn vin_of_certificate(der: &CertificateDer<'_>) -> Result<Vin, String> {
-    let (_, cert) = X509Certificate::from_der(der).map_err(|e| format!("not a valid X.509 certificate: {e}"))?;
-    let subject = cert.subject();
-    let ous: Vec<&str> = subject
-        .iter_organizational_unit()
-        .filter_map(|a| a.as_str().ok())
-        .collect();
-    if !ous.contains(&VEHICLE_ROLE) {
+    let identity = identify(der).map_err(|e| e.to_string())?;
+    if identity.role != Role::Vehicle {
         return Err(format!(
-            "not a vehicle certificate: subject OU is {ous:?}, expected \"{VEHICLE_ROLE}\" (subject: {subject})"
+            "not a vehicle certificate: its role (OU) is {:?}, expected {:?}",
+            identity.role.as_str(),
+            Role::Vehicle.as_str()
         ));
     }
-    let cn = subject
-        .iter_common_name()
-        .next()
-        .and_then(|a| a.as_str().ok())
-        .ok_or_else(|| format!("the subject has no CN to take the VIN from (subject: {subject})"))?;
-    Vin::parse(cn).map_err(|e| format!("the subject CN is not a VIN: {e}"))
+    Vin::parse(&identity.name).map_err(|e| format!("the subject CN is not a VIN: {e}"))
 }
 
 fn read_file(field: &'static str, path: &Path) -> Result<Vec<u8>, ConfigError> {

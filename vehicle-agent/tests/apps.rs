@@ -112,10 +112,16 @@ async fn an_app_sees_its_own_results_only() {
         App::on_tcp("an anonymous app", addr, None).await,
     ];
     let ids = ["sock-1", "a-1", "b-1", "anon-1"];
-    // Nothing answers: each payment ends DEADLINE_EXCEEDED, and that is its stored result.
+    // Nothing answers: each payment ends DEADLINE_EXCEEDED, and that is its stored result. The
+    // app's own gRPC client enforces the same deadline and, on a loaded machine, may give up
+    // first (CANCELLED): either way the app learns its deadline passed.
     for (app, id) in apps.iter().zip(ids) {
         let e = app.pay(id, Duration::from_millis(300)).await.unwrap_err();
-        assert_eq!(e.code(), Code::DeadlineExceeded, "{}: {e:?}", app.name);
+        assert!(
+            matches!(e.code(), Code::DeadlineExceeded | Code::Cancelled),
+            "{}: {e:?}",
+            app.name
+        );
     }
     // And app A has one still pending.
     let pending = tokio::spawn({

@@ -67,7 +67,11 @@ fn only_vehicle_certificates_with_a_vin_are_accepted() {
 
     let no_ou = pki.issue("no-ou", VIN, None, &[], ExtendedKeyUsagePurpose::ClientAuth);
     (c.cert, c.key) = (no_ou.cert, no_ou.key);
-    assert!(error(&c).contains("not a vehicle certificate"));
+    let e = error(&c);
+    assert!(
+        e.starts_with("cert: ") && e.contains("no organizational unit (OU)"),
+        "{e}"
+    );
 
     let bad_vin = pki.issue(
         "bad-vin",

@@ -17,7 +17,7 @@ use tokio::time::{Instant, sleep_until};
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, warn};
 
-use super::flood::Verdict;
+use super::flood::{Throttle, Verdict};
 use super::lifecycle::{DisconnectReason, Peer, SessionEvent};
 use super::mqtt::MqttIo;
 use super::session::SessionServices;
@@ -41,8 +41,8 @@ pub(super) struct ConnectedSession<'a> {
     slots: Arc<Semaphore>,
     /// `clean_session = false`: subscriptions are saved as they change.
     persistent: bool,
-    /// Since when the car has been publishing over its rate, if it is.
-    throttled_since: Option<Instant>,
+    /// Whether, and since when, the car has been publishing over its rate.
+    throttle: Throttle,
 }
 
 /// What the session does after a packet.
@@ -77,7 +77,7 @@ impl<'a> ConnectedSession<'a> {
             qos2_received: Vec::new(),
             slots: Arc::new(Semaphore::new(services.limits.max_requests_in_flight.max(1))),
             persistent,
-            throttled_since: None,
+            throttle: Throttle::default(),
         }
     }
 
@@ -259,7 +259,7 @@ impl<'a> ConnectedSession<'a> {
     async fn within_publish_rate(&mut self) -> Result<(), DisconnectReason> {
         let limiter = &self.services.publish_limiter;
         loop {
-            match limiter.check(&self.peer.vin, &mut self.throttled_since) {
+            match limiter.check(&self.peer.vin, &mut self.throttle) {
                 Verdict::Now => return Ok(()),
                 Verdict::After(wait) => tokio::time::sleep(wait).await,
                 Verdict::Flooding => {

@@ -35,6 +35,15 @@ pub struct PublishLimiter {
     rate: PublishRate,
 }
 
+/// A session's memory of its car's rate: since when it has been over it, and whether its
+/// current publish had to wait. Only a publish that passes without waiting proves the car is
+/// back within its rate.
+#[derive(Debug, Default)]
+pub struct Throttle {
+    since: Option<Instant>,
+    waited: bool,
+}
+
 /// What a car's session does with its next publish.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Verdict {
@@ -61,19 +70,23 @@ impl PublishLimiter {
         self.rate
     }
 
-    /// Takes one publish from `vin`'s bucket. `throttled_since` is the session's memory of
-    /// when the car went over its rate (cleared as soon as a publish is within it).
-    pub fn check(&self, vin: &Vin, throttled_since: &mut Option<Instant>) -> Verdict {
+    /// Takes one publish from `vin`'s bucket; `throttle` is the session's memory of its car.
+    /// After [`Verdict::After`], the session waits and asks again for the same publish.
+    pub fn check(&self, vin: &Vin, throttle: &mut Throttle) -> Verdict {
         match self.buckets.check_key(vin) {
             Ok(()) => {
-                *throttled_since = None;
+                if !throttle.waited {
+                    throttle.since = None;
+                }
+                throttle.waited = false;
                 Verdict::Now
             }
             Err(not_until) => {
-                let since = *throttled_since.get_or_insert_with(Instant::now);
+                let since = *throttle.since.get_or_insert_with(Instant::now);
                 if since.elapsed() >= self.rate.flood_disconnect_after {
                     return Verdict::Flooding;
                 }
+                throttle.waited = true;
                 Verdict::After(not_until.wait_time_from(DefaultClock::default().now()))
             }
         }
@@ -104,7 +117,7 @@ mod tests {
         Vin::parse("WBA3B5C50DF123456").unwrap()
     }
 
-    fn limiter(flood_disconnect_after: Duration) -> PublishLimiter {
+    fn one_per_second_burst_3(flood_disconnect_after: Duration) -> PublishLimiter {
         PublishLimiter::new(PublishRate {
             per_second: NonZeroU32::new(1).unwrap(),
             burst: NonZeroU32::new(3).unwrap(),
@@ -114,31 +127,50 @@ mod tests {
 
     #[test]
     fn a_burst_passes_then_the_car_waits_then_it_is_flooding() {
-        let limiter = limiter(Duration::from_secs(3600));
-        let mut since = None;
+        let limiter = one_per_second_burst_3(Duration::from_secs(3600));
+        let mut throttle = Throttle::default();
         for _ in 0..3 {
-            assert_eq!(limiter.check(&vin(), &mut since), Verdict::Now);
+            assert_eq!(limiter.check(&vin(), &mut throttle), Verdict::Now);
         }
-        assert!(matches!(limiter.check(&vin(), &mut since), Verdict::After(wait) if wait > Duration::ZERO));
-        assert!(since.is_some(), "the car is over its rate from now on");
+        assert!(matches!(limiter.check(&vin(), &mut throttle), Verdict::After(wait) if wait > Duration::ZERO));
+        assert!(throttle.since.is_some(), "the car is over its rate from now on");
 
-        let strict = limiter_that_disconnects_at_once();
-        let mut since = None;
+        let strict = one_per_second_burst_3(Duration::ZERO);
+        let mut throttle = Throttle::default();
         for _ in 0..3 {
-            strict.check(&vin(), &mut since);
+            strict.check(&vin(), &mut throttle);
         }
-        assert_eq!(strict.check(&vin(), &mut since), Verdict::Flooding);
+        assert_eq!(strict.check(&vin(), &mut throttle), Verdict::Flooding);
     }
 
-    fn limiter_that_disconnects_at_once() -> PublishLimiter {
-        limiter(Duration::ZERO)
+    #[test]
+    fn a_publish_that_had_to_wait_does_not_prove_the_car_is_back_within_its_rate() {
+        let limiter = one_per_second_burst_3(Duration::from_secs(3600));
+        let mut throttle = Throttle::default();
+        for _ in 0..3 {
+            limiter.check(&vin(), &mut throttle);
+        }
+        limiter.check(&vin(), &mut throttle);
+        let since = throttle.since;
+        // The session waited, then the same publish passes: the car is still over its rate.
+        throttle.waited = true;
+        let unlimited = PublishLimiter::new(PublishRate {
+            per_second: NonZeroU32::MAX,
+            burst: NonZeroU32::MAX,
+            flood_disconnect_after: Duration::from_secs(3600),
+        });
+        assert_eq!(unlimited.check(&vin(), &mut throttle), Verdict::Now);
+        assert_eq!(throttle.since, since);
+        // The next one passes without waiting: it is back within its rate.
+        assert_eq!(unlimited.check(&vin(), &mut throttle), Verdict::Now);
+        assert_eq!(throttle.since, None);
     }
 
     #[test]
     fn each_car_has_its_own_bucket() {
-        let limiter = limiter(Duration::from_secs(3600));
+        let limiter = one_per_second_burst_3(Duration::from_secs(3600));
         let other = Vin::parse("LSVAU2180N2183294").unwrap();
-        let (mut a, mut b) = (None, None);
+        let (mut a, mut b) = (Throttle::default(), Throttle::default());
         for _ in 0..3 {
             limiter.check(&vin(), &mut a);
         }

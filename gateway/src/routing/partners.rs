@@ -133,7 +133,7 @@ pub struct PartnerSetupError {
 impl PartnerDirectory {
     /// Builds lazily-connecting channels for every entry (a partner that is down at startup
     /// does not stop the gateway; its calls fail with UNAVAILABLE until it is back). Answers
-    /// larger than `max_response_bytes` are refused (RESOURCE_EXHAUSTED).
+    /// larger than `max_response_bytes` are refused (OUT_OF_RANGE, from tonic's decoder).
     pub fn from_config(
         partners: &[PartnerConfig],
         max_response_bytes: usize,

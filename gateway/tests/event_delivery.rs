@@ -1,0 +1,69 @@
+//! Event delivery against a real SQLite store: acknowledgements are coalesced per car (only
+//! the highest matters), so a car flooding them costs a map update each and never queues work
+//! ahead of another car's events.
+
+use std::time::Duration;
+
+use bytes::Bytes;
+use gateway::bus::{AckInbox, MailboxLimits, Mailboxes, Outbound};
+use gateway::events::EventDelivery;
+use gateway::store::{NewEvent, Store};
+use prost::Message;
+use proto::Vin;
+use proto::vehicle::v1::{Event, EventAck};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+fn event_for(vin: &Vin, id: &str) -> NewEvent {
+    let now = gateway::clock::now_ms();
+    NewEvent {
+        vin: vin.clone(),
+        service: "parking.v1.ParkingPayment".into(),
+        kind: "session.ended".into(),
+        payload: b"paid".to_vec(),
+        event_id: id.into(),
+        created_at_ms: now,
+        expires_at_ms: now + 3_600_000,
+    }
+}
+
+#[tokio::test]
+async fn a_flood_of_acknowledgements_is_one_entry_and_another_cars_event_still_goes_out() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::connect(&format!("sqlite://{}", dir.path().join("gw.db").display()))
+        .await
+        .unwrap();
+    let mailboxes = Mailboxes::new(MailboxLimits {
+        max_messages: 16,
+        max_bytes: 1 << 20,
+    });
+    let (shutdown, tracker) = (CancellationToken::new(), TaskTracker::new());
+    let delivery = EventDelivery::spawn(store.clone(), mailboxes.clone(), shutdown.clone(), tracker.clone());
+    let flooder = Vin::parse("LSVAU2180N2183294").unwrap();
+    let other = Vin::parse("WBA3B5C50DF123456").unwrap();
+    let mailbox = mailboxes.open(&other, false);
+    delivery.subscribed(other.clone(), 1);
+
+    for sequence in 0..100_000u64 {
+        delivery.acknowledged(&flooder, Bytes::from(EventAck { sequence }.encode_to_vec()));
+        delivery.acknowledged(&flooder, Bytes::from_static(b"\xff not an ack"));
+    }
+    assert!(
+        delivery.acks_waiting() <= 1,
+        "200,000 acknowledgements from one car wait as at most one write"
+    );
+
+    store.append_event(&event_for(&other, "e1"), 1000).await.unwrap();
+    delivery.flush(&other);
+    tokio::time::timeout(Duration::from_secs(10), mailbox.changed())
+        .await
+        .expect("the other car's event is queued");
+    let message = mailbox.pop().expect("a message");
+    assert_eq!(message.topic, Outbound::Events);
+    assert_eq!(Event::decode(message.payload).unwrap().sequence, 1);
+
+    shutdown.cancel();
+    tracker.close();
+    tracker.wait().await;
+    store.close().await;
+}

@@ -1,0 +1,384 @@
+//! Every bound on what one car can make the gateway hold or do, exceeded over the real wire:
+//! subscriptions, topic size, retained messages, QoS 2 awaiting release, bytes queued for a
+//! car that stops reading, the publish and request rates, and saved sessions that expire.
+
+use std::num::NonZeroU32;
+use std::time::Duration;
+
+use gateway::DisconnectReason;
+use integration_tests::*;
+use proto::vehicle::v1::Code;
+use rumqttc::mqttbytes::QoS;
+use rumqttc::mqttbytes::v4::{Packet, PubRec, Publish, Subscribe, SubscribeFilter, SubscribeReasonCode};
+
+fn rate(n: u32) -> NonZeroU32 {
+    NonZeroU32::new(n).unwrap()
+}
+
+/// A topic of `vin`'s own namespace.
+fn own(vin: &str, level: &str) -> String {
+    format!("/tenants/{vin}/{level}")
+}
+
+fn subscribe(pkid: u16, filters: &[&str]) -> Packet {
+    Packet::Subscribe(Subscribe {
+        pkid,
+        filters: filters
+            .iter()
+            .map(|f| SubscribeFilter::new(f.to_string(), QoS::AtLeastOnce))
+            .collect(),
+    })
+}
+
+async fn suback(car: &mut WireCar) -> Vec<SubscribeReasonCode> {
+    match car.read().await {
+        Some(Packet::SubAck(ack)) => ack.return_codes,
+        other => panic!("expected SUBACK, got {other:?}"),
+    }
+}
+
+fn publish(topic: &str, qos: QoS, pkid: u16, payload: &[u8], retain: bool) -> Packet {
+    let mut publish = Publish::new(topic, qos, payload.to_vec());
+    publish.pkid = pkid;
+    publish.retain = retain;
+    Packet::Publish(publish)
+}
+
+#[tokio::test]
+async fn a_car_holds_at_most_its_maximum_of_subscriptions() {
+    let platform = Platform::start_with(|c| c.mqtt.max_subscriptions = 2).await;
+    let mut car = WireCar::connect(&platform, VIN_A).await;
+    let (a, b, c) = (own(VIN_A, "a"), own(VIN_A, "b"), own(VIN_A, "c"));
+    car.send(&subscribe(1, &[&a, &b, &c])).await;
+    assert_eq!(
+        suback(&mut car).await,
+        vec![
+            SubscribeReasonCode::Success(QoS::AtLeastOnce),
+            SubscribeReasonCode::Success(QoS::AtLeastOnce),
+            SubscribeReasonCode::Failure,
+        ],
+        "the third filter is one too many"
+    );
+    // A filter it holds may be subscribed again; one more may not, until one goes.
+    car.send(&subscribe(2, &[&a, &c])).await;
+    assert_eq!(
+        suback(&mut car).await,
+        vec![
+            SubscribeReasonCode::Success(QoS::AtLeastOnce),
+            SubscribeReasonCode::Failure
+        ]
+    );
+    car.send(&Packet::Unsubscribe(rumqttc::mqttbytes::v4::Unsubscribe::new(&b)))
+        .await;
+    assert!(matches!(car.read().await, Some(Packet::UnsubAck(_))));
+    car.send(&subscribe(3, &[&c])).await;
+    assert_eq!(
+        suback(&mut car).await,
+        vec![SubscribeReasonCode::Success(QoS::AtLeastOnce)]
+    );
+}
+
+#[tokio::test]
+async fn a_topic_over_the_maximum_length_is_refused() {
+    let platform = Platform::start_with(|c| c.mqtt.max_topic_bytes = 64).await;
+    let mut events = platform.session_events();
+    let long = own(VIN_A, &"x".repeat(64));
+    let mut car = WireCar::connect(&platform, VIN_A).await;
+    car.send(&subscribe(1, &[&long])).await;
+    assert_eq!(suback(&mut car).await, vec![SubscribeReasonCode::Failure]);
+    car.send(&publish(&long, QoS::AtMostOnce, 0, b"x", false)).await;
+    assert_eq!(car.read_until_closed().await.len(), 0);
+    assert!(matches!(
+        disconnected(&mut events, VIN_A).await,
+        DisconnectReason::LimitExceeded(why) if why.contains("at most 64")
+    ));
+}
+
+#[tokio::test]
+async fn a_nul_in_a_topic_is_refused() {
+    let platform = Platform::start().await;
+    let mut events = platform.session_events();
+    let mut car = WireCar::connect(&platform, VIN_A).await;
+    let with_nul = own(VIN_A, "a\0b");
+    car.send(&subscribe(1, &[&with_nul])).await;
+    assert_eq!(suback(&mut car).await, vec![SubscribeReasonCode::Failure]);
+    car.send(&publish(&with_nul, QoS::AtMostOnce, 0, b"x", false)).await;
+    car.read_until_closed().await;
+    assert!(matches!(
+        disconnected(&mut events, VIN_A).await,
+        DisconnectReason::ProtocolError(why) if why.contains("NUL")
+    ));
+}
+
+#[tokio::test]
+async fn a_connect_with_its_reserved_flag_set_is_refused_without_a_connack() {
+    let platform = Platform::start().await;
+    let mut car = WireCar::open(&platform, VIN_A).await;
+    // CONNECT, MQTT 3.1.1, flags = clean session | reserved, keep-alive 60, client id = VIN.
+    let mut connect = vec![0x10, 0, 0, 4, b'M', b'Q', b'T', b'T', 4, 0b11, 0, 60, 0, 17];
+    connect.extend_from_slice(VIN_A.as_bytes());
+    connect[1] = (connect.len() - 2) as u8;
+    car.send_raw(&connect).await;
+    assert_eq!(car.read_until_closed().await, vec![], "closed, with no CONNACK");
+    // The same CONNECT without the reserved flag is welcome.
+    let mut car = WireCar::open(&platform, VIN_A).await;
+    connect[9] = 0b10;
+    car.send_raw(&connect).await;
+    assert!(matches!(car.read().await, Some(Packet::ConnAck(_))));
+}
+
+#[tokio::test]
+async fn qos2_messages_beyond_the_maximum_awaiting_release_disconnect_the_car() {
+    let platform = Platform::start_with(|c| c.mqtt.max_qos2_awaiting_release = 3).await;
+    let mut events = platform.session_events();
+    let mut car = WireCar::connect(&platform, VIN_A).await;
+    let topic = own(VIN_A, "telemetry");
+    for pkid in 1..=3 {
+        car.send(&publish(&topic, QoS::ExactlyOnce, pkid, b"x", false)).await;
+        assert_eq!(car.read().await, Some(Packet::PubRec(PubRec::new(pkid))));
+    }
+    // Never a PUBREL: the fourth is one too many.
+    car.send(&publish(&topic, QoS::ExactlyOnce, 4, b"x", false)).await;
+    assert_eq!(car.read_until_closed().await, vec![]);
+    assert!(matches!(
+        disconnected(&mut events, VIN_A).await,
+        DisconnectReason::LimitExceeded(why) if why.contains("PUBREL")
+    ));
+}
+
+#[tokio::test]
+async fn retained_messages_are_capped_per_car_and_come_back_to_its_next_subscription() {
+    let platform = Platform::start_with(|c| {
+        c.mqtt.max_retained_messages = 2;
+        c.mqtt.max_retained_bytes = 1024;
+    })
+    .await;
+    let mut events = platform.session_events();
+    let mut car = WireCar::connect(&platform, VIN_A).await;
+    for (pkid, level) in [(1, "status"), (2, "odometer")] {
+        car.send(&publish(
+            &own(VIN_A, level),
+            QoS::AtLeastOnce,
+            pkid,
+            level.as_bytes(),
+            true,
+        ))
+        .await;
+        assert!(matches!(car.read().await, Some(Packet::PubAck(_))));
+    }
+    // A new value for a kept topic replaces it at no cost; a third topic is one too many.
+    car.send(&publish(&own(VIN_A, "status"), QoS::AtLeastOnce, 3, b"parked", true))
+        .await;
+    assert!(matches!(car.read().await, Some(Packet::PubAck(_))));
+    car.send(&publish(&own(VIN_A, "fuel"), QoS::AtLeastOnce, 4, b"80%", true))
+        .await;
+    car.read_until_closed().await;
+    assert!(matches!(
+        disconnected(&mut events, VIN_A).await,
+        DisconnectReason::LimitExceeded(why) if why.contains("at most 2 topics")
+    ));
+
+    // Too many bytes is refused the same way.
+    let mut car = WireCar::connect(&platform, VIN_A).await;
+    car.send(&publish(
+        &own(VIN_A, "odometer"),
+        QoS::AtLeastOnce,
+        1,
+        &[b'x'; 2048],
+        true,
+    ))
+    .await;
+    car.read_until_closed().await;
+    assert!(matches!(
+        disconnected(&mut events, VIN_A).await,
+        DisconnectReason::LimitExceeded(why) if why.contains("at most 1024 bytes")
+    ));
+
+    // What was kept is delivered, retained, to a new subscription.
+    let mut car = WireCar::connect(&platform, VIN_A).await;
+    car.send(&subscribe(1, &[&own(VIN_A, "#")])).await;
+    suback(&mut car).await;
+    let mut kept = Vec::new();
+    for _ in 0..2 {
+        match car.read().await {
+            Some(Packet::Publish(p)) => {
+                assert!(p.retain);
+                kept.push((p.topic, p.payload));
+            }
+            other => panic!("expected a retained message, got {other:?}"),
+        }
+    }
+    kept.sort();
+    assert_eq!(
+        kept,
+        vec![
+            (own(VIN_A, "odometer"), bytes::Bytes::from_static(b"odometer")),
+            (own(VIN_A, "status"), bytes::Bytes::from_static(b"parked")),
+        ]
+    );
+}
+
+#[tokio::test]
+async fn a_car_that_stops_acknowledging_is_disconnected_before_its_queue_exceeds_its_bytes() {
+    let platform = Platform::start_with(|c| {
+        c.mqtt.max_queued_bytes = 64 * 1024;
+        c.requests.max_response_bytes = 64 * 1024;
+        // Only the byte bound can cut it off.
+        c.mqtt.max_queued_messages = 1_000_000;
+    })
+    .await;
+    let mut events = platform.session_events();
+    let mut car = WireCar::connect(&platform, VIN_A).await;
+    let topic = own(VIN_A, "camera");
+    car.send(&subscribe(1, &[&topic])).await;
+    suback(&mut car).await;
+    // The car publishes to its own subscription and never acknowledges what comes back:
+    // 100 messages fill its window of unacknowledged messages, the next wait in its queue.
+    let image = vec![0u8; 8 * 1024];
+    let mut pkid = 1;
+    within(
+        Duration::from_secs(20),
+        async {
+            loop {
+                pkid += 1;
+                let mut bytes = bytes::BytesMut::new();
+                publish(&topic, QoS::AtLeastOnce, pkid, &image, false)
+                    .write(&mut bytes, usize::MAX)
+                    .unwrap();
+                if car.try_send_raw(&bytes).await.is_err() {
+                    return;
+                }
+                // Keep reading (but never acknowledging), so TCP does not stop the car first.
+                if tokio::time::timeout(Duration::from_millis(1), car.read()).await == Ok(None) {
+                    return;
+                }
+            }
+        },
+        "the car is cut off",
+    )
+    .await;
+    assert_eq!(disconnected(&mut events, VIN_A).await, DisconnectReason::SlowConsumer);
+}
+
+#[tokio::test]
+async fn a_car_over_its_publish_rate_is_slowed_down_then_disconnected_for_flooding() {
+    let platform = Platform::start_with(|c| {
+        c.mqtt.max_publishes_per_second = rate(20);
+        c.mqtt.publish_burst = rate(20);
+        c.mqtt.flood_disconnect_after = Duration::from_millis(500);
+    })
+    .await;
+    let mut events = platform.session_events();
+    let mut car = WireCar::connect(&platform, VIN_A).await;
+    // A burst within the burst allowance costs nothing.
+    for pkid in 1..=20 {
+        car.send(&publish(&own(VIN_A, "telemetry"), QoS::AtLeastOnce, pkid, b"x", false))
+            .await;
+        assert!(matches!(car.read().await, Some(Packet::PubAck(_))));
+    }
+    // Then it keeps going, as fast as it can.
+    let flood = tokio::spawn(async move {
+        let topic = own(VIN_A, "telemetry");
+        loop {
+            let mut bytes = bytes::BytesMut::new();
+            publish(&topic, QoS::AtMostOnce, 0, b"x", false)
+                .write(&mut bytes, usize::MAX)
+                .unwrap();
+            if car.try_send_raw(&bytes).await.is_err() {
+                return;
+            }
+        }
+    });
+    let reason = disconnected(&mut events, VIN_A).await;
+    flood.abort();
+    assert_eq!(
+        reason,
+        DisconnectReason::Flooding {
+            per_second: 20,
+            for_: Duration::from_millis(500)
+        }
+    );
+}
+
+#[tokio::test]
+async fn requests_over_the_cars_rate_are_refused_with_resource_exhausted() {
+    let platform = Platform::start_with(|c| {
+        c.requests.max_per_second_per_car = rate(1);
+        c.requests.burst_per_car = rate(2);
+    })
+    .await;
+    let mut car = RawCar::connect(&platform, VIN_A).await;
+    for i in 0..5 {
+        car.publish_request(envelope(&format!("r{i}"), LIST, nearby_lots()))
+            .await;
+    }
+    let mut codes = Vec::new();
+    for _ in 0..5 {
+        let answer = car.next_response().await;
+        codes.push((answer.request_id.clone(), status_code(&answer)));
+    }
+    codes.sort();
+    let refused = codes.iter().filter(|(_, c)| *c == Code::ResourceExhausted).count();
+    let answered = codes.iter().filter(|(_, c)| *c == Code::Ok).count();
+    assert_eq!((answered, refused), (2, 3), "{codes:?}");
+    // Another car is not affected.
+    let mut other = RawCar::connect(&platform, VIN_B).await;
+    other.publish_request(envelope("b", LIST, nearby_lots())).await;
+    assert_eq!(status_code(&other.next_response().await), Code::Ok);
+}
+
+#[tokio::test]
+async fn what_an_absent_car_kept_expires_after_the_session_expiry() {
+    let platform = Platform::start_with(|c| c.mqtt.session_expiry = Duration::from_millis(200)).await;
+    let mut events = platform.session_events();
+    let persistent = |o: &mut rumqttc::MqttOptions| {
+        o.set_clean_session(false);
+    };
+    let (client, mut eventloop) = platform.mqtt_client_with(VIN_A, persistent);
+    connack(&mut eventloop).await.unwrap();
+    client
+        .subscribe(own(VIN_A, "status"), rumqttc::QoS::AtLeastOnce)
+        .await
+        .unwrap();
+    client
+        .publish(
+            own(VIN_A, "status"),
+            rumqttc::QoS::AtLeastOnce,
+            true,
+            b"parked".to_vec(),
+        )
+        .await
+        .unwrap();
+    next_incoming(&mut eventloop, |p| {
+        matches!(p, rumqttc::Packet::PubAck(_)).then_some(())
+    })
+    .await
+    .unwrap();
+    assert_eq!(platform.gateway.saved_sessions().retained, 1);
+    drop((client, eventloop));
+    disconnected(&mut events, VIN_A).await;
+    assert_eq!(platform.gateway.mailboxes().1, 1, "its mailbox is parked for it");
+
+    eventually("the saved session expires", || {
+        platform.gateway.saved_sessions() == gateway::broker::SavedStats::default()
+    })
+    .await;
+    assert_eq!(
+        platform.gateway.mailboxes(),
+        (0, 0, 0),
+        "and its parked mailbox with it"
+    );
+    let (_client, mut eventloop) = platform.mqtt_client_with(VIN_A, persistent);
+    assert!(!connack(&mut eventloop).await.unwrap().session_present);
+}
+
+#[tokio::test]
+async fn on_shutdown_the_gateway_closes_connections_without_sending_disconnect() {
+    let platform = Platform::start().await;
+    let mut car = WireCar::connect(&platform, VIN_A).await;
+    let Platform { gateway, .. } = platform;
+    let shutdown = tokio::spawn(gateway.shutdown());
+    // A 3.1.1 server never sends DISCONNECT: the connection just closes.
+    assert_eq!(car.read_until_closed().await, vec![]);
+    shutdown.await.unwrap();
+}
