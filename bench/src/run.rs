@@ -543,7 +543,7 @@ async fn wait_registry(broker: &Broker, since_ms: i64, expected: usize, limit: D
     if let Some(store) = broker.registry().await {
         loop {
             recorded = store
-                .open_sessions()
+                .open_connections()
                 .await
                 .map(|s| s.iter().filter(|s| s.connected_at_ms >= since_ms).count())
                 .unwrap_or(recorded);

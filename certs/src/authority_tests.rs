@@ -1,3 +1,5 @@
+//! Unit tests of the CA: the profile of every role's certificate and the CA hierarchy.
+
 use std::net::IpAddr;
 
 use time::OffsetDateTime;

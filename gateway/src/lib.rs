@@ -11,10 +11,10 @@ pub mod broker;
 pub mod bus;
 pub mod clock;
 pub mod config;
+pub mod connection_log;
 pub mod events;
 pub mod logsafe;
 pub mod routing;
-pub mod sessions;
 pub mod store;
 
 use std::net::SocketAddr;
@@ -28,7 +28,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{error, info};
 
-pub use broker::{DisconnectReason, SessionEvent};
+pub use broker::{ConnectionEvent, DisconnectReason};
 pub use config::{ConfigError, GatewayConfig};
 
 /// Headroom over the largest request payload for the envelope and MQTT headers.
@@ -42,13 +42,13 @@ pub struct Gateway {
     partner_api_addr: Option<SocketAddr>,
     shutdown: CancellationToken,
     tracker: TaskTracker,
-    sessions: broadcast::Sender<SessionEvent>,
+    sessions: broadcast::Sender<ConnectionEvent>,
     recorder: JoinHandle<()>,
     store: store::Store,
     stats: Arc<broker::ListenerStats>,
     handshakes: Arc<broker::HandshakePool>,
     /// What cars keep between sessions (not the whole `SessionServices`: that holds a sender
-    /// of session events, and the recorder ends only when every sender is gone).
+    /// of connection events, and the recorder ends only when every sender is gone).
     saved: broker::SavedSessions,
     mailboxes: bus::Mailboxes,
 }
@@ -137,10 +137,10 @@ impl Gateway {
         .await?;
         let node = config.storage.node.clone();
         let closed = store
-            .close_open_sessions_of_node(&node, "gateway restarted", clock::now_ms())
+            .close_open_connections_of_node(&node, "gateway restarted", clock::now_ms())
             .await?;
         if closed > 0 {
-            info!(closed, "closed sessions left open by this node's previous run");
+            info!(closed, "closed connections left open by this node's previous run");
         }
         // One ledger owner per process; what this node's previous (killed) process still
         // claimed is freed, so cars retrying after the restart are not kept waiting.
@@ -179,7 +179,7 @@ impl Gateway {
             shutdown.clone(),
         ));
         let (session_tx, session_rx) = mpsc::channel(64 * 1024);
-        let recorder = tokio::spawn(sessions::record(
+        let recorder = tokio::spawn(connection_log::record(
             session_rx,
             store.clone(),
             node,
@@ -213,7 +213,7 @@ impl Gateway {
             mailboxes,
             requests: Arc::new(dispatcher),
             acks: Arc::new(delivery),
-            events: broker::SessionSink(session_tx),
+            events: broker::ConnectionEventSink(session_tx),
             saved: broker::SavedSessions::default(),
             publish_limiter: Arc::new(broker::PublishLimiter::new(broker::PublishRate {
                 per_second: m.max_publishes_per_second,
@@ -279,8 +279,8 @@ impl Gateway {
         self.partner_api_addr
     }
 
-    /// Session events from now on, each passed on once it is recorded in the registry.
-    pub fn session_events(&self) -> broadcast::Receiver<SessionEvent> {
+    /// Connection events from now on, each passed on once it is recorded in the connection log.
+    pub fn connection_events(&self) -> broadcast::Receiver<ConnectionEvent> {
         self.sessions.subscribe()
     }
 
@@ -301,7 +301,7 @@ impl Gateway {
         (self.mailboxes.live(), parked, parked_bytes)
     }
 
-    /// The gateway's store (session registry, ledger, events), for operators and tests.
+    /// The gateway's store (connection log, ledger, events), for operators and tests.
     pub fn store(&self) -> &store::Store {
         &self.store
     }

@@ -12,8 +12,8 @@ use std::time::{Duration, Instant};
 
 use futures::FutureExt;
 use gateway::store::{
-    Appended, Backend, Claim, LedgerKey, NewEvent, NewSession, RequestFingerprint, SessionChange, SessionId, Store,
-    StoreError, StoreOptions,
+    Appended, Backend, Claim, ConnectionChange, ConnectionId, LedgerKey, NewConnection, NewEvent, RequestFingerprint,
+    Store, StoreError, StoreOptions,
 };
 use proto::Vin;
 use sqlx::Connection;
@@ -164,8 +164,8 @@ macro_rules! on_both_backends {
 on_both_backends!(
     connect_migrates_idempotently_and_pings,
     an_unreachable_database_fails_fast_naming_it_without_password,
-    sessions_are_listed_newest_first_and_closed_once,
-    closing_a_nodes_open_sessions_spares_other_nodes,
+    connections_are_listed_newest_first_and_closed_once,
+    closing_a_nodes_open_connections_spares_other_nodes,
     ledger_first_claim_is_fresh_then_completion_is_replayed,
     ledger_refuses_a_key_reused_for_another_request,
     ledger_live_lease_is_in_flight_for_any_owner,
@@ -182,7 +182,7 @@ on_both_backends!(
     events_acks_of_many_cars_are_written_at_once,
     events_acks_are_cumulative_and_expired_events_are_not_delivered,
     ledger_a_restarted_node_frees_its_predecessors_claims_only,
-    sessions_recorded_in_one_batch_open_and_close_in_order,
+    connections_recorded_in_one_batch_open_and_close_in_order,
     many_concurrent_writes_all_commit,
 );
 
@@ -204,8 +204,8 @@ fn pay(payload: &[u8]) -> RequestFingerprint {
     RequestFingerprint::of("/parking.v1.ParkingPayment/Pay", payload)
 }
 
-fn session(vin_n: u32, node: &str, connected_at_ms: i64) -> NewSession {
-    NewSession {
+fn connection(vin_n: u32, node: &str, connected_at_ms: i64) -> NewConnection {
+    NewConnection {
         vin: vin(vin_n),
         node: node.to_owned(),
         cert_fingerprint: format!("sha256:{vin_n:04x}"),
@@ -279,26 +279,28 @@ async fn an_unreachable_database_fails_fast_naming_it_without_password(db: Db) {
 // ---------------------------------------------------------------------------------------------
 // Sessions
 
-async fn sessions_are_listed_newest_first_and_closed_once(db: Db) {
+async fn connections_are_listed_newest_first_and_closed_once(db: Db) {
     let s = &db.store;
-    let first = s.open_session(&session(1, "node-a", T0)).await.unwrap();
-    let second = s.open_session(&session(1, "node-a", T0 + 1_000)).await.unwrap();
-    let mut third = session(1, "node-b", T0 + 2_000);
+    let first = s.open_connection(&connection(1, "node-a", T0)).await.unwrap();
+    let second = s.open_connection(&connection(1, "node-a", T0 + 1_000)).await.unwrap();
+    let mut third = connection(1, "node-b", T0 + 2_000);
     third.agent_version = None;
-    let third = s.open_session(&third).await.unwrap();
-    let other_car = s.open_session(&session(2, "node-a", T0 + 500)).await.unwrap();
+    let third = s.open_connection(&third).await.unwrap();
+    let other_car = s.open_connection(&connection(2, "node-a", T0 + 500)).await.unwrap();
     assert!(first < second && second < third);
 
-    s.close_session(first, "kicked", T0 + 999).await.unwrap();
+    s.close_connection(first, "kicked", T0 + 999).await.unwrap();
     // Closing again keeps the first time and reason.
-    s.close_session(first, "keep_alive_timeout", T0 + 5_000).await.unwrap();
+    s.close_connection(first, "keep_alive_timeout", T0 + 5_000)
+        .await
+        .unwrap();
     let err = s
-        .close_session(SessionId(i64::MAX), "x", T0)
+        .close_connection(ConnectionId(i64::MAX), "x", T0)
         .await
         .expect_err("unknown id");
     assert!(matches!(err, StoreError::UnknownSession(_)), "{err:?}");
 
-    let all = s.sessions_of(&vin(1), 10).await.unwrap();
+    let all = s.connections_of(&vin(1), 10).await.unwrap();
     assert_eq!(all.iter().map(|r| r.id).collect::<Vec<_>>(), vec![third, second, first]);
     let newest = &all[0];
     assert_eq!(newest.vin, vin(1));
@@ -318,49 +320,49 @@ async fn sessions_are_listed_newest_first_and_closed_once(db: Db) {
         (Some(T0 + 999), Some("kicked"))
     );
 
-    let two = s.sessions_of(&vin(1), 2).await.unwrap();
+    let two = s.connections_of(&vin(1), 2).await.unwrap();
     assert_eq!(two.iter().map(|r| r.id).collect::<Vec<_>>(), vec![third, second]);
-    assert!(s.sessions_of(&vin(3), 10).await.unwrap().is_empty());
+    assert!(s.connections_of(&vin(3), 10).await.unwrap().is_empty());
 
-    let open = s.open_sessions().await.unwrap();
+    let open = s.open_connections().await.unwrap();
     assert_eq!(
         open.iter().map(|r| r.id).collect::<Vec<_>>(),
         vec![other_car, second, third]
     );
 }
 
-async fn closing_a_nodes_open_sessions_spares_other_nodes(db: Db) {
+async fn closing_a_nodes_open_connections_spares_other_nodes(db: Db) {
     let s = &db.store;
-    let a1 = s.open_session(&session(1, "node-a", T0)).await.unwrap();
-    let a2 = s.open_session(&session(2, "node-a", T0 + 1)).await.unwrap();
-    let a_closed = s.open_session(&session(3, "node-a", T0 + 2)).await.unwrap();
-    s.close_session(a_closed, "client_disconnect", T0 + 3).await.unwrap();
-    let b1 = s.open_session(&session(4, "node-b", T0 + 4)).await.unwrap();
+    let a1 = s.open_connection(&connection(1, "node-a", T0)).await.unwrap();
+    let a2 = s.open_connection(&connection(2, "node-a", T0 + 1)).await.unwrap();
+    let a_closed = s.open_connection(&connection(3, "node-a", T0 + 2)).await.unwrap();
+    s.close_connection(a_closed, "client_disconnect", T0 + 3).await.unwrap();
+    let b1 = s.open_connection(&connection(4, "node-b", T0 + 4)).await.unwrap();
 
     assert_eq!(
-        s.close_open_sessions_of_node("node-a", "node_restarted", T0 + 10)
+        s.close_open_connections_of_node("node-a", "node_restarted", T0 + 10)
             .await
             .unwrap(),
         2
     );
     assert_eq!(
-        s.close_open_sessions_of_node("node-a", "node_restarted", T0 + 20)
+        s.close_open_connections_of_node("node-a", "node_restarted", T0 + 20)
             .await
             .unwrap(),
         0
     );
 
-    let open = s.open_sessions().await.unwrap();
+    let open = s.open_connections().await.unwrap();
     assert_eq!(open.iter().map(|r| r.id).collect::<Vec<_>>(), vec![b1]);
     for (n, id) in [(1, a1), (2, a2)] {
-        let r = &s.sessions_of(&vin(n), 1).await.unwrap()[0];
+        let r = &s.connections_of(&vin(n), 1).await.unwrap()[0];
         assert_eq!(r.id, id);
         assert_eq!(
             (r.disconnected_at_ms, r.disconnect_reason.as_deref()),
             (Some(T0 + 10), Some("node_restarted"))
         );
     }
-    let r = &s.sessions_of(&vin(3), 1).await.unwrap()[0];
+    let r = &s.connections_of(&vin(3), 1).await.unwrap()[0];
     assert_eq!(
         (r.disconnected_at_ms, r.disconnect_reason.as_deref()),
         (Some(T0 + 3), Some("client_disconnect"))
@@ -1125,23 +1127,23 @@ async fn ledger_a_restarted_node_frees_its_predecessors_claims_only(db: Db) {
     );
 }
 
-async fn sessions_recorded_in_one_batch_open_and_close_in_order(db: Db) {
+async fn connections_recorded_in_one_batch_open_and_close_in_order(db: Db) {
     let s = &db.store;
-    let close = |conn: u64, id: Option<SessionId>, reason: &str, at_ms: i64| SessionChange::Close {
+    let close = |conn: u64, id: Option<ConnectionId>, reason: &str, at_ms: i64| ConnectionChange::Close {
         conn,
         id,
         reason: reason.into(),
         at_ms,
     };
     let opened = s
-        .record_sessions(vec![
-            SessionChange::Open {
+        .record_connections(vec![
+            ConnectionChange::Open {
                 conn: 1,
-                session: session(1, "node-a", T0),
+                connection: connection(1, "node-a", T0),
             },
-            SessionChange::Open {
+            ConnectionChange::Open {
                 conn: 2,
-                session: session(2, "node-a", T0 + 1),
+                connection: connection(2, "node-a", T0 + 1),
             },
             // Opened and closed within the batch: the close finds the id the open got.
             close(1, None, "clean", T0 + 2),
@@ -1151,17 +1153,17 @@ async fn sessions_recorded_in_one_batch_open_and_close_in_order(db: Db) {
         .await
         .unwrap();
     assert_eq!(opened.iter().map(|(c, _)| *c).collect::<Vec<_>>(), vec![1, 2]);
-    let first = &s.sessions_of(&vin(1), 1).await.unwrap()[0];
+    let first = &s.connections_of(&vin(1), 1).await.unwrap()[0];
     assert_eq!(
         (first.id, first.disconnect_reason.as_deref()),
         (opened[0].1, Some("clean"))
     );
-    assert_eq!(s.open_sessions().await.unwrap().len(), 1);
+    assert_eq!(s.open_connections().await.unwrap().len(), 1);
     // A later batch closes by the id the first one returned.
-    s.record_sessions(vec![close(2, Some(opened[1].1), "keep-alive timeout", T0 + 10)])
+    s.record_connections(vec![close(2, Some(opened[1].1), "keep-alive timeout", T0 + 10)])
         .await
         .unwrap();
-    assert!(s.open_sessions().await.unwrap().is_empty());
+    assert!(s.open_connections().await.unwrap().is_empty());
 }
 
 async fn many_concurrent_writes_all_commit(db: Db) {

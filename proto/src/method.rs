@@ -1,3 +1,5 @@
+//! The full gRPC method path of a call (`/package.Service/Method`), parsed once.
+
 use std::fmt;
 
 /// A full gRPC method path, `/package.Service/Method`, as a car names the partner call it wants.

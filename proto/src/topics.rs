@@ -1,18 +1,14 @@
-//! The MQTT topic scheme. Every topic of a car lives under `/tenants/{VIN}/`, the prefix the
-//! broker enforces for the identity in the car's certificate.
+//! The MQTT topic scheme. Every topic of a car lives under `/tenants/{VIN}/`, the namespace the
+//! gateway confines the car to, by the identity in its certificate.
 
 use crate::Vin;
 
-/// Filter the gateway subscribes to for requests from every car.
+/// Filter for the requests of every car, for a stand-in gateway built on a plain MQTT broker
+/// (the agent's tests use one); the gateway itself takes each car's requests point to point.
 pub const ALL_REQUESTS: &str = "/tenants/+/v1/req";
 
-/// Filter the gateway subscribes to for event acknowledgements from every car.
+/// Filter for the event acknowledgements of every car, for such a stand-in gateway.
 pub const ALL_EVENT_ACKS: &str = "/tenants/+/v1/events/ack";
-
-/// The namespace a car may publish and subscribe in.
-pub fn tenant_prefix(vin: &Vin) -> String {
-    format!("/tenants/{vin}/")
-}
 
 /// Where a car publishes its requests.
 pub fn requests(vin: &Vin) -> String {

@@ -1,3 +1,5 @@
+//! A vehicle identification number (ISO 3779): the identity a car's certificate carries.
+
 use std::fmt;
 use std::str::FromStr;
 

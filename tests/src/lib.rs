@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use certs::{CertificateAuthority, DevPki, IssuedCert, IssuingCa, Validity};
 use gateway::config::PartnerConfig;
-use gateway::{Gateway, GatewayConfig, SessionEvent};
+use gateway::{ConnectionEvent, Gateway, GatewayConfig};
 use parking_adapter::ParkingService;
 use proto::Vin;
 use proto::parking::v1::parking_payment_client::ParkingPaymentClient;
@@ -403,9 +403,9 @@ impl Platform {
         AsyncClient::new(options, 100)
     }
 
-    /// Session events from now on.
-    pub fn session_events(&self) -> broadcast::Receiver<SessionEvent> {
-        self.gateway.session_events()
+    /// Connection events from now on.
+    pub fn connection_events(&self) -> broadcast::Receiver<ConnectionEvent> {
+        self.gateway.connection_events()
     }
 }
 
@@ -506,13 +506,13 @@ pub async fn within<T>(limit: Duration, fut: impl Future<Output = T>, what: &str
 }
 
 /// Waits for the next `Disconnected` event of `vin` and returns its reason.
-pub async fn disconnected(events: &mut broadcast::Receiver<SessionEvent>, vin: &str) -> gateway::DisconnectReason {
+pub async fn disconnected(events: &mut broadcast::Receiver<ConnectionEvent>, vin: &str) -> gateway::DisconnectReason {
     within(
         Duration::from_secs(10),
         async {
             loop {
-                match events.recv().await.expect("session events") {
-                    SessionEvent::Disconnected { vin: v, reason, .. } if v.as_str() == vin => return reason,
+                match events.recv().await.expect("connection events") {
+                    ConnectionEvent::Disconnected { vin: v, reason, .. } if v.as_str() == vin => return reason,
                     _ => {}
                 }
             }

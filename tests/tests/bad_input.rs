@@ -79,7 +79,7 @@ async fn an_oversize_payload_is_refused_with_a_clear_error() {
 #[tokio::test]
 async fn a_packet_beyond_the_frame_limit_closes_only_that_connection() {
     let platform = Platform::start_with(|c| c.requests.max_payload_bytes = 1024).await;
-    let mut events = platform.session_events();
+    let mut events = platform.connection_events();
     let mut car = RawCar::connect(&platform, VIN_A).await;
     let mut other = RawCar::connect(&platform, VIN_B).await;
     // 1 KiB limit + 16 KiB envelope headroom: 64 KiB cannot be a request.

@@ -81,7 +81,7 @@ async fn a_car_holds_at_most_its_maximum_of_subscriptions() {
 #[tokio::test]
 async fn a_topic_over_the_maximum_length_is_refused() {
     let platform = Platform::start_with(|c| c.mqtt.max_topic_bytes = 64).await;
-    let mut events = platform.session_events();
+    let mut events = platform.connection_events();
     let long = own(VIN_A, &"x".repeat(64));
     let mut car = WireCar::connect(&platform, VIN_A).await;
     car.send(&subscribe(1, &[&long])).await;
@@ -97,7 +97,7 @@ async fn a_topic_over_the_maximum_length_is_refused() {
 #[tokio::test]
 async fn a_nul_in_a_topic_is_refused() {
     let platform = Platform::start().await;
-    let mut events = platform.session_events();
+    let mut events = platform.connection_events();
     let mut car = WireCar::connect(&platform, VIN_A).await;
     let with_nul = own(VIN_A, "a\0b");
     car.send(&subscribe(1, &[&with_nul])).await;
@@ -130,7 +130,7 @@ async fn a_connect_with_its_reserved_flag_set_is_refused_without_a_connack() {
 #[tokio::test]
 async fn qos2_messages_beyond_the_maximum_awaiting_release_disconnect_the_car() {
     let platform = Platform::start_with(|c| c.mqtt.max_qos2_awaiting_release = 3).await;
-    let mut events = platform.session_events();
+    let mut events = platform.connection_events();
     let mut car = WireCar::connect(&platform, VIN_A).await;
     let topic = own(VIN_A, "telemetry");
     for pkid in 1..=3 {
@@ -153,7 +153,7 @@ async fn retained_messages_are_capped_per_car_and_come_back_to_its_next_subscrip
         c.mqtt.max_retained_bytes = 1024;
     })
     .await;
-    let mut events = platform.session_events();
+    let mut events = platform.connection_events();
     let mut car = WireCar::connect(&platform, VIN_A).await;
     for (pkid, level) in [(1, "status"), (2, "odometer")] {
         car.send(&publish(
@@ -227,7 +227,7 @@ async fn a_car_that_stops_acknowledging_is_disconnected_before_its_queue_exceeds
         c.mqtt.max_queued_messages = 1_000_000;
     })
     .await;
-    let mut events = platform.session_events();
+    let mut events = platform.connection_events();
     let mut car = WireCar::connect(&platform, VIN_A).await;
     let topic = own(VIN_A, "camera");
     car.send(&subscribe(1, &[&topic])).await;
@@ -268,7 +268,7 @@ async fn a_car_over_its_publish_rate_is_slowed_down_then_disconnected_for_floodi
         c.mqtt.flood_disconnect_after = Duration::from_millis(500);
     })
     .await;
-    let mut events = platform.session_events();
+    let mut events = platform.connection_events();
     let mut car = WireCar::connect(&platform, VIN_A).await;
     // A burst within the burst allowance costs nothing.
     for pkid in 1..=20 {
@@ -330,7 +330,7 @@ async fn requests_over_the_cars_rate_are_refused_with_resource_exhausted() {
 #[tokio::test]
 async fn what_an_absent_car_kept_expires_after_the_session_expiry() {
     let platform = Platform::start_with(|c| c.mqtt.session_expiry = Duration::from_millis(200)).await;
-    let mut events = platform.session_events();
+    let mut events = platform.connection_events();
     let persistent = |o: &mut rumqttc::MqttOptions| {
         o.set_clean_session(false);
     };

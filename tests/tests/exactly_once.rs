@@ -152,12 +152,12 @@ async fn the_link_dropping_after_the_request_left_the_car_loses_nothing() {
 #[tokio::test]
 async fn every_session_is_recorded_with_who_where_and_why_it_ended() {
     let platform = Platform::start().await;
-    let mut events = platform.session_events();
+    let mut events = platform.connection_events();
     let car = platform.agent(VIN_A).await;
     car.shutdown().await;
     assert_eq!(disconnected(&mut events, VIN_A).await, gateway::DisconnectReason::Clean);
     let vin = proto::Vin::parse(VIN_A).unwrap();
-    let sessions = platform.gateway.store().sessions_of(&vin, 10).await.unwrap();
+    let sessions = platform.gateway.store().connections_of(&vin, 10).await.unwrap();
     assert_eq!(sessions.len(), 1, "{sessions:?}");
     let s = &sessions[0];
     assert_eq!(s.disconnect_reason.as_deref(), Some("clean"));

@@ -70,7 +70,7 @@ async fn subscribing_outside_its_namespace_is_refused() {
 #[tokio::test]
 async fn publishing_into_another_cars_namespace_disconnects_the_offender() {
     let platform = Platform::start().await;
-    let mut events = platform.session_events();
+    let mut events = platform.connection_events();
     let mut a = RawCar::connect(&platform, VIN_A).await;
     let mut b = RawCar::connect(&platform, VIN_B).await;
 
@@ -112,7 +112,7 @@ async fn a_client_id_claiming_another_vin_is_refused() {
 #[tokio::test]
 async fn a_second_connection_with_the_same_certificate_takes_over_the_session() {
     let platform = Platform::start().await;
-    let mut events = platform.session_events();
+    let mut events = platform.connection_events();
     let mut first = RawCar::connect(&platform, VIN_A).await;
     let mut second = RawCar::connect(&platform, VIN_A).await;
     closed(&mut first.eventloop).await;
@@ -124,7 +124,7 @@ async fn a_second_connection_with_the_same_certificate_takes_over_the_session() 
 #[tokio::test]
 async fn a_car_cannot_forge_gateway_responses_even_to_itself() {
     let platform = Platform::start().await;
-    let mut events = platform.session_events();
+    let mut events = platform.connection_events();
     let mut a = RawCar::connect(&platform, VIN_A).await;
     let own = a.vin.clone();
     a.client

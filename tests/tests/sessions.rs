@@ -170,7 +170,7 @@ async fn a_persistent_session_keeps_its_subscriptions_across_connections() {
     let (client, mut eventloop) = platform.mqtt_client_with(VIN_A, persistent);
     assert!(!connack(&mut eventloop).await.unwrap().session_present);
     subscribe(&client, &mut eventloop, &proto::topics::responses(&vin)).await;
-    let mut events = platform.session_events();
+    let mut events = platform.connection_events();
     client.disconnect().await.unwrap();
     within(
         Duration::from_secs(10),
@@ -276,7 +276,7 @@ async fn an_answer_that_comes_while_a_persistent_session_is_away_waits_for_it() 
     let persistent = |o: &mut rumqttc::MqttOptions| {
         o.set_clean_session(false);
     };
-    let mut events = platform.session_events();
+    let mut events = platform.connection_events();
     let session_id = {
         let mut car = RawCar::connect(&platform, VIN_A).await;
         car.park().await

@@ -18,7 +18,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{debug, warn};
 
 use super::flood::{Throttle, Verdict};
-use super::lifecycle::{DisconnectReason, Peer, SessionEvent};
+use super::lifecycle::{ConnectionEvent, DisconnectReason, Peer};
 use super::mqtt::MqttIo;
 use super::session::SessionServices;
 use super::subscriptions::{Subscriptions, TooManyFilters};
@@ -453,7 +453,7 @@ impl<'a> ConnectedSession<'a> {
     pub(super) async fn events_subscribed(&self) {
         self.services
             .events
-            .send(SessionEvent::EventsSubscribed {
+            .send(ConnectionEvent::EventsSubscribed {
                 conn: self.peer.conn,
                 vin: self.peer.vin.clone(),
             })

@@ -1,4 +1,4 @@
-//! What the connection layer reports about each vehicle session: who connected, when, and
+//! What the connection layer reports about each vehicle connection: who connected, when, and
 //! why the session ended.
 
 use std::fmt;
@@ -6,7 +6,7 @@ use std::net::SocketAddr;
 
 use proto::Vin;
 
-/// Why a vehicle's session ended.
+/// Why a vehicle's connection ended.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum DisconnectReason {
     /// The car sent DISCONNECT.
@@ -57,9 +57,9 @@ impl fmt::Display for DisconnectReason {
     }
 }
 
-/// Who connected, as recorded in the session registry.
+/// Who connected, as recorded in the connection log.
 #[derive(Debug, Clone)]
-pub struct SessionInfo {
+pub struct ConnectionInfo {
     /// This connection, unique within the process.
     pub conn: u64,
     /// The VIN from the certificate.
@@ -70,15 +70,15 @@ pub struct SessionInfo {
     pub agent_version: Option<String>,
     /// The car's address as seen by the gateway.
     pub remote: SocketAddr,
-    /// When the session was accepted (unix ms).
+    /// When its CONNECT was accepted (unix ms).
     pub at_ms: i64,
 }
 
-/// What the connection layer reports about a session's lifetime.
+/// What the connection layer reports about a connection's lifetime.
 #[derive(Debug, Clone)]
-pub enum SessionEvent {
+pub enum ConnectionEvent {
     /// The car's CONNECT was accepted.
-    Connected(SessionInfo),
+    Connected(ConnectionInfo),
     /// The car is subscribed to its events topic (its SUBACK is on the wire): events can flow.
     EventsSubscribed {
         /// The connection.
@@ -86,7 +86,7 @@ pub enum SessionEvent {
         /// Who.
         vin: Vin,
     },
-    /// The session ended.
+    /// The connection ended.
     Disconnected {
         /// The connection.
         conn: u64,
@@ -102,10 +102,10 @@ pub enum SessionEvent {
 /// Where sessions report their lifetime events. Sending waits when the consumer is behind, so
 /// no connect or disconnect goes unrecorded.
 #[derive(Debug, Clone)]
-pub struct SessionSink(pub tokio::sync::mpsc::Sender<SessionEvent>);
+pub struct ConnectionEventSink(pub tokio::sync::mpsc::Sender<ConnectionEvent>);
 
-impl SessionSink {
-    pub(crate) async fn send(&self, event: SessionEvent) {
+impl ConnectionEventSink {
+    pub(crate) async fn send(&self, event: ConnectionEvent) {
         // Boxed: the event is large and sent rarely, so it stays out of the session's future.
         let _ = Box::pin(self.0.send(event)).await;
     }

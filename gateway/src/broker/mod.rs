@@ -18,7 +18,7 @@ mod mqtt;
 pub use flood::{PublishLimiter, PublishRate};
 pub use handshakes::HandshakePool;
 pub use identity::{IdentityError, VehicleIdentity, vehicle_identity};
-pub use lifecycle::{DisconnectReason, Peer, SessionEvent, SessionInfo, SessionSink};
+pub use lifecycle::{ConnectionEvent, ConnectionEventSink, ConnectionInfo, DisconnectReason, Peer};
 pub use listener::{ListenerSettings, ListenerStats};
 pub use saved::{RetainedLimits, SavedSessions, SavedStats};
 pub use session::{SessionLimits, SessionServices};

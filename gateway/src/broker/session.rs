@@ -16,7 +16,7 @@ use tracing::{debug, info, warn};
 
 use super::connected::ConnectedSession;
 use super::flood::PublishLimiter;
-use super::lifecycle::{DisconnectReason, Peer, SessionEvent, SessionInfo, SessionSink};
+use super::lifecycle::{ConnectionEvent, ConnectionEventSink, ConnectionInfo, DisconnectReason, Peer};
 use super::mqtt::MqttIo;
 use super::saved::{RetainedLimits, SavedSessions};
 use super::subscriptions::Subscriptions;
@@ -56,7 +56,7 @@ pub struct SessionServices {
     /// Takes the event acknowledgements cars publish.
     pub acks: Arc<dyn AckInbox>,
     /// Where sessions report connects and disconnects.
-    pub events: SessionSink,
+    pub events: ConnectionEventSink,
     /// What cars keep between sessions.
     pub saved: SavedSessions,
     /// Every car's publish rate.
@@ -183,7 +183,7 @@ async fn open<'a, S: AsyncRead + AsyncWrite + Unpin>(
         .filter(|v| !v.is_empty());
     services
         .events
-        .send(SessionEvent::Connected(SessionInfo {
+        .send(ConnectionEvent::Connected(ConnectionInfo {
             conn: peer.conn,
             vin: vin.clone(),
             fingerprint: peer.fingerprint.clone(),
@@ -226,10 +226,10 @@ async fn close<S: AsyncRead + AsyncWrite + Unpin>(
     finish(&session.services().events, session.peer(), reason).await
 }
 
-async fn finish(events: &SessionSink, peer: &Peer, reason: DisconnectReason) -> DisconnectReason {
+async fn finish(events: &ConnectionEventSink, peer: &Peer, reason: DisconnectReason) -> DisconnectReason {
     debug!(%reason, "session ended");
     events
-        .send(SessionEvent::Disconnected {
+        .send(ConnectionEvent::Disconnected {
             conn: peer.conn,
             vin: peer.vin.clone(),
             reason: reason.clone(),

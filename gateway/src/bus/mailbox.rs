@@ -85,7 +85,7 @@ pub struct MailboxLimits {
 
 /// What became of a message handed to [`Mailboxes::deliver`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Delivery {
+pub enum DeliveryOutcome {
     /// Queued for the car's live session.
     Queued,
     /// Kept for the car's persistent session, which is away.
@@ -211,7 +211,7 @@ impl Mailbox {
         }
     }
 
-    fn push(&self, message: OutboundMessage) -> Delivery {
+    fn push(&self, message: OutboundMessage) -> DeliveryOutcome {
         let fits = |queue: &Queue, max_messages: usize| {
             queue.messages.len() < max_messages && queue.bytes + message.cost() <= self.limits.max_bytes
         };
@@ -220,24 +220,24 @@ impl Mailbox {
             PARKED => {
                 let mut queue = self.queue.lock().unwrap_or_else(PoisonError::into_inner);
                 if !fits(&queue, PARKED_CAPACITY.min(self.limits.max_messages)) {
-                    return Delivery::Offline;
+                    return DeliveryOutcome::Offline;
                 }
                 queue.push(message);
-                return Delivery::Parked;
+                return DeliveryOutcome::Parked;
             }
-            _ => return Delivery::Offline,
+            _ => return DeliveryOutcome::Offline,
         }
         {
             let mut queue = self.queue.lock().unwrap_or_else(PoisonError::into_inner);
             if !fits(&queue, self.limits.max_messages) {
                 drop(queue);
                 self.close_with(OVERFLOWED);
-                return Delivery::Overflow;
+                return DeliveryOutcome::Overflow;
             }
             queue.push(message);
         }
         self.wake.notify_one();
-        Delivery::Queued
+        DeliveryOutcome::Queued
     }
 
     fn take_queue(&self) -> Queue {
@@ -330,7 +330,7 @@ impl Mailboxes {
     }
 
     /// Queues `payload` on `topic` for `vin`'s live session.
-    pub fn deliver(&self, vin: &Vin, topic: Outbound, payload: Bytes) -> Delivery {
+    pub fn deliver(&self, vin: &Vin, topic: Outbound, payload: Bytes) -> DeliveryOutcome {
         let mailbox = self
             .live
             .read()
@@ -339,7 +339,7 @@ impl Mailboxes {
             .cloned();
         match mailbox {
             Some(m) => m.push(OutboundMessage { topic, payload }),
-            None => Delivery::Offline,
+            None => DeliveryOutcome::Offline,
         }
     }
 
@@ -375,13 +375,13 @@ mod tests {
         let a = boxes.open(&vin("WBA3B5C50DF123456"), false);
         let b = boxes.open(&vin("LSVAU2180N2183294"), false);
         let sent = boxes.deliver(&vin("WBA3B5C50DF123456"), Outbound::Responses, Bytes::from_static(b"x"));
-        assert_eq!(sent, Delivery::Queued);
+        assert_eq!(sent, DeliveryOutcome::Queued);
         a.changed().await;
         assert_eq!(a.pop().map(|m| m.payload), Some(Bytes::from_static(b"x")));
         assert!(b.is_empty());
         assert_eq!(
             boxes.deliver(&vin("1HGCM82633A004352"), Outbound::Events, Bytes::new()),
-            Delivery::Offline
+            DeliveryOutcome::Offline
         );
     }
 
@@ -394,7 +394,10 @@ mod tests {
         first.changed().await;
         assert_eq!(first.state(), MailboxState::Kicked);
         boxes.close(&car, &first, true);
-        assert_eq!(boxes.deliver(&car, Outbound::Responses, Bytes::new()), Delivery::Queued);
+        assert_eq!(
+            boxes.deliver(&car, Outbound::Responses, Bytes::new()),
+            DeliveryOutcome::Queued
+        );
         assert_eq!(second.len(), 1);
         boxes.close(&car, &second, false);
         assert_eq!(boxes.live(), 0);
@@ -406,11 +409,20 @@ mod tests {
         let car = vin("WBA3B5C50DF123456");
         let mailbox = boxes.open(&car, false);
         for _ in 0..2 {
-            assert_eq!(boxes.deliver(&car, Outbound::Events, Bytes::new()), Delivery::Queued);
+            assert_eq!(
+                boxes.deliver(&car, Outbound::Events, Bytes::new()),
+                DeliveryOutcome::Queued
+            );
         }
-        assert_eq!(boxes.deliver(&car, Outbound::Events, Bytes::new()), Delivery::Overflow);
+        assert_eq!(
+            boxes.deliver(&car, Outbound::Events, Bytes::new()),
+            DeliveryOutcome::Overflow
+        );
         assert_eq!(mailbox.state(), MailboxState::Overflowed);
-        assert_eq!(boxes.deliver(&car, Outbound::Events, Bytes::new()), Delivery::Offline);
+        assert_eq!(
+            boxes.deliver(&car, Outbound::Events, Bytes::new()),
+            DeliveryOutcome::Offline
+        );
     }
 
     #[tokio::test]
@@ -422,7 +434,7 @@ mod tests {
         assert_eq!(boxes.live(), 0);
         assert_eq!(
             boxes.deliver(&car, Outbound::Responses, Bytes::from_static(b"while away")),
-            Delivery::Parked
+            DeliveryOutcome::Parked
         );
         let resumed = boxes.open(&car, true);
         assert_eq!(
@@ -431,11 +443,14 @@ mod tests {
         );
         boxes.close(&car, &resumed, true);
         for _ in 0..PARKED_CAPACITY {
-            assert_eq!(boxes.deliver(&car, Outbound::Responses, Bytes::new()), Delivery::Parked);
+            assert_eq!(
+                boxes.deliver(&car, Outbound::Responses, Bytes::new()),
+                DeliveryOutcome::Parked
+            );
         }
         assert_eq!(
             boxes.deliver(&car, Outbound::Responses, Bytes::new()),
-            Delivery::Offline
+            DeliveryOutcome::Offline
         );
         // A clean session starts empty.
         let clean = boxes.open(&car, false);
@@ -451,21 +466,24 @@ mod tests {
         let car = vin("WBA3B5C50DF123456");
         let mailbox = boxes.open(&car, true);
         let big = || Bytes::from(vec![0u8; 400]);
-        assert_eq!(boxes.deliver(&car, Outbound::Responses, big()), Delivery::Queued);
-        assert_eq!(boxes.deliver(&car, Outbound::Responses, big()), Delivery::Queued);
+        assert_eq!(boxes.deliver(&car, Outbound::Responses, big()), DeliveryOutcome::Queued);
+        assert_eq!(boxes.deliver(&car, Outbound::Responses, big()), DeliveryOutcome::Queued);
         assert_eq!(mailbox.bytes(), 800);
-        assert_eq!(boxes.deliver(&car, Outbound::Responses, big()), Delivery::Overflow);
+        assert_eq!(
+            boxes.deliver(&car, Outbound::Responses, big()),
+            DeliveryOutcome::Overflow
+        );
         assert_eq!(mailbox.state(), MailboxState::Overflowed);
 
         // Parked, the same bound holds, and an expired saved session takes it away.
         let second = boxes.open(&car, true);
         boxes.close(&car, &second, true);
-        assert_eq!(boxes.deliver(&car, Outbound::Events, big()), Delivery::Parked);
-        assert_eq!(boxes.deliver(&car, Outbound::Events, big()), Delivery::Parked);
-        assert_eq!(boxes.deliver(&car, Outbound::Events, big()), Delivery::Offline);
+        assert_eq!(boxes.deliver(&car, Outbound::Events, big()), DeliveryOutcome::Parked);
+        assert_eq!(boxes.deliver(&car, Outbound::Events, big()), DeliveryOutcome::Parked);
+        assert_eq!(boxes.deliver(&car, Outbound::Events, big()), DeliveryOutcome::Offline);
         assert_eq!(boxes.parked(), (1, 800));
         boxes.forget_parked(&car);
         assert_eq!(boxes.parked(), (0, 0));
-        assert_eq!(boxes.deliver(&car, Outbound::Events, big()), Delivery::Offline);
+        assert_eq!(boxes.deliver(&car, Outbound::Events, big()), DeliveryOutcome::Offline);
     }
 }

@@ -21,7 +21,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{Instrument, debug, info_span, warn};
 
-use crate::bus::{AckInbox, Delivery, Mailboxes, Outbound};
+use crate::bus::{AckInbox, DeliveryOutcome, Mailboxes, Outbound};
 use crate::clock::now_ms;
 use crate::store::Store;
 
@@ -164,7 +164,7 @@ impl AckInbox for EventDelivery {
     }
 }
 
-/// Delivery passes for one car until there is nothing more to do for it.
+/// DeliveryOutcome passes for one car until there is nothing more to do for it.
 async fn deliver(shared: Arc<Shared>, vin: Vin) {
     loop {
         let Some((conn, published)) = shared.listening().get(&vin).map(|l| (l.conn, l.published)) else {
@@ -202,12 +202,12 @@ fn queue(mailboxes: &Mailboxes, vin: &Vin, events: Vec<crate::store::StoredEvent
             sequence: stored.sequence,
         };
         match mailboxes.deliver(vin, Outbound::Events, Bytes::from(event.encode_to_vec())) {
-            Delivery::Queued => {
+            DeliveryOutcome::Queued => {
                 debug!(sequence = stored.sequence, "event queued for the car");
                 last = stored.sequence;
             }
             // Redelivered when the car subscribes again.
-            Delivery::Offline | Delivery::Overflow | Delivery::Parked => break,
+            DeliveryOutcome::Offline | DeliveryOutcome::Overflow | DeliveryOutcome::Parked => break,
         }
     }
     last

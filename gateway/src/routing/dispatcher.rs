@@ -18,7 +18,7 @@ use tracing::{Instrument, debug, info, info_span, warn};
 
 use super::idempotency::{Admission, Ledger};
 use super::partners::{CallContext, PartnerDirectory};
-use crate::bus::{Delivery, Mailboxes, Outbound, RequestInbox};
+use crate::bus::{DeliveryOutcome, Mailboxes, Outbound, RequestInbox};
 use crate::config::RequestLimits;
 use crate::logsafe::{printable, printable_within};
 
@@ -222,7 +222,7 @@ impl RequestInbox for Dispatcher {
         self.tracker.spawn(async move {
             let response = router.handle(&vin, &envelope).await;
             let delivery = mailboxes.deliver(&vin, Outbound::Responses, Bytes::from(response.encode_to_vec()));
-            if delivery != Delivery::Queued {
+            if delivery != DeliveryOutcome::Queued {
                 // The car republishes what it has no answer for; the ledger replays it.
                 debug!(%vin, ?delivery, "response not delivered");
             }

@@ -1,3 +1,5 @@
+//! What a store operation can fail with, the database named and its password redacted.
+
 use std::time::Duration;
 
 /// Why a store operation failed. Database URLs in messages never carry a password.
@@ -63,7 +65,7 @@ pub enum StoreError {
         /// The caller that tried to complete.
         owner: String,
     },
-    /// [`Store::close_session`](super::Store::close_session) for an id that was never opened.
+    /// [`Store::close_connection`](super::Store::close_connection) for an id that was never opened.
     #[error("no session with id {0}")]
     UnknownSession(i64),
     /// Competing writers changed the same idempotency record too many times in a row.

@@ -1,4 +1,4 @@
-//! Persistence: the session registry, the idempotency ledger and the partner event outbox.
+//! Persistence: the connection log, the idempotency ledger and the partner event outbox.
 //!
 //! One [`Store`] serves two backends chosen by the URL given to [`Store::connect`]:
 //!
@@ -15,10 +15,10 @@
 //! too); the schemas live in `gateway/migrations/{sqlite,postgres}/`, are embedded in the binary
 //! and applied by [`Store::connect`]. Times are `i64` unix milliseconds everywhere.
 
+mod connections;
 mod error;
 mod events;
 mod ledger;
-mod sessions;
 mod url;
 mod writer;
 
@@ -31,10 +31,10 @@ use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous};
 use sqlx::{ConnectOptions, Connection};
 
+pub use connections::{ConnectionChange, ConnectionId, ConnectionRecord, NewConnection};
 pub use error::StoreError;
 pub use events::{Appended, NewEvent, StoredEvent};
 pub use ledger::{Claim, LedgerKey, RequestFingerprint};
-pub use sessions::{NewSession, SessionChange, SessionId, SessionRecord};
 pub use url::redact_url;
 
 /// How long [`Store::connect`] waits for the database before giving up.

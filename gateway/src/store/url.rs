@@ -10,49 +10,33 @@
 /// assert_eq!(redact_url("sqlite://data/gateway.db"), "sqlite://data/gateway.db");
 /// ```
 pub fn redact_url(url: &str) -> String {
-    let (head, query) = match url.split_once('?') {
-        Some((h, q)) => (h, Some(q)),
-        None => (url, None),
+    let Ok(mut parsed) = url::Url::parse(url) else {
+        // Not a URL we can read, so we cannot tell where a password would be: say nothing of it.
+        return "(an unreadable database URL)".to_owned();
     };
-    let mut out = String::with_capacity(url.len());
-    match head.split_once("://") {
-        Some((scheme, rest)) => {
-            out.push_str(scheme);
-            out.push_str("://");
-            let (authority, path) = match rest.find('/') {
-                Some(i) => rest.split_at(i),
-                None => (rest, ""),
-            };
-            match authority.rsplit_once('@') {
-                Some((userinfo, host)) => {
-                    match userinfo.split_once(':') {
-                        Some((user, _password)) => {
-                            out.push_str(user);
-                            out.push_str(":***");
-                        }
-                        None => out.push_str(userinfo),
-                    }
-                    out.push('@');
-                    out.push_str(host);
-                }
-                None => out.push_str(authority),
-            }
-            out.push_str(path);
-        }
-        None => out.push_str(head),
+    if parsed.password().is_some() {
+        // Only fails for URLs that cannot have a password, which this one has.
+        let _ = parsed.set_password(Some("***"));
     }
-    if let Some(query) = query {
-        out.push('?');
-        let params: Vec<String> = query
-            .split('&')
-            .map(|param| match param.split_once('=') {
-                Some((key, _)) if key.eq_ignore_ascii_case("password") => format!("{key}=***"),
-                _ => param.to_owned(),
+    if parsed
+        .query_pairs()
+        .any(|(key, _)| key.eq_ignore_ascii_case("password"))
+    {
+        let pairs: Vec<(String, String)> = parsed
+            .query_pairs()
+            .map(|(key, value)| {
+                let value = if key.eq_ignore_ascii_case("password") {
+                    "***".into()
+                } else {
+                    value
+                };
+                (key.into_owned(), value.into_owned())
             })
             .collect();
-        out.push_str(&params.join("&"));
+        parsed.query_pairs_mut().clear().extend_pairs(pairs);
     }
-    out
+    // The `url` crate writes `***` percent-encoded in the user info.
+    parsed.as_str().replace("%2A%2A%2A", "***")
 }
 
 #[cfg(test)]
@@ -71,6 +55,7 @@ mod tests {
             ("postgres://u:p@h", "postgres://u:***@h"),
             ("postgres://h/d?password=p&user=u", "postgres://h/d?password=***&user=u"),
             ("postgres://u:p:q@h/d", "postgres://u:***@h/d"),
+            ("not a url with password=p", "(an unreadable database URL)"),
             ("sqlite::memory:", "sqlite::memory:"),
             ("sqlite:///var/lib/gw.db?mode=rwc", "sqlite:///var/lib/gw.db?mode=rwc"),
         ] {

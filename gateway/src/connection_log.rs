@@ -1,39 +1,39 @@
-//! The session registry: records every vehicle connect and disconnect in the store, then
+//! The connection log: records every vehicle connect and disconnect in the store, then
 //! passes the event on (to event delivery and to anyone watching).
 //!
 //! Events are recorded in batches (whatever is queued, in order, in one store call), so a
 //! reconnect storm of thousands of cars costs a few database commits instead of one per car,
-//! and the registry keeps up with the storm instead of trailing it by minutes.
+//! and the log keeps up with the storm instead of trailing it by minutes.
 
 use std::collections::HashMap;
 
 use tokio::sync::{broadcast, mpsc};
 use tracing::warn;
 
-use crate::broker::SessionEvent;
+use crate::broker::ConnectionEvent;
 use crate::events::EventDelivery;
-use crate::store::{NewSession, SessionChange, SessionId, Store};
+use crate::store::{ConnectionChange, ConnectionId, NewConnection, Store};
 
-/// Most session events recorded in one store call.
+/// Most connection events recorded in one store call.
 const MAX_BATCH: usize = 1024;
 
-/// Records sessions until every sender of `events` is gone.
+/// Records connections until every sender of `events` is gone.
 pub async fn record(
-    mut events: mpsc::Receiver<SessionEvent>,
+    mut events: mpsc::Receiver<ConnectionEvent>,
     store: Store,
     node: String,
     delivery: EventDelivery,
-    watchers: broadcast::Sender<SessionEvent>,
+    watchers: broadcast::Sender<ConnectionEvent>,
 ) {
-    let mut open: HashMap<u64, SessionId> = HashMap::new();
+    let mut open: HashMap<u64, ConnectionId> = HashMap::new();
     let mut batch = Vec::with_capacity(MAX_BATCH);
     while events.recv_many(&mut batch, MAX_BATCH).await > 0 {
-        let changes: Vec<SessionChange> = batch
+        let changes: Vec<ConnectionChange> = batch
             .iter()
             .filter_map(|event| match event {
-                SessionEvent::Connected(info) => Some(SessionChange::Open {
+                ConnectionEvent::Connected(info) => Some(ConnectionChange::Open {
                     conn: info.conn,
-                    session: NewSession {
+                    connection: NewConnection {
                         vin: info.vin.clone(),
                         node: node.clone(),
                         cert_fingerprint: info.fingerprint.clone(),
@@ -42,29 +42,29 @@ pub async fn record(
                         connected_at_ms: info.at_ms,
                     },
                 }),
-                SessionEvent::Disconnected {
+                ConnectionEvent::Disconnected {
                     conn, reason, at_ms, ..
-                } => Some(SessionChange::Close {
+                } => Some(ConnectionChange::Close {
                     conn: *conn,
                     id: open.remove(conn),
                     reason: reason.to_string(),
                     at_ms: *at_ms,
                 }),
-                SessionEvent::EventsSubscribed { .. } => None,
+                ConnectionEvent::EventsSubscribed { .. } => None,
             })
             .collect();
         if !changes.is_empty() {
-            match store.record_sessions(changes).await {
+            match store.record_connections(changes).await {
                 Ok(opened) => open.extend(opened),
-                // The cars are served anyway; the registry is history, not admission.
-                Err(e) => warn!(error = %e, events = batch.len(), "sessions not recorded"),
+                // The cars are served anyway; the log is history, not admission.
+                Err(e) => warn!(error = %e, events = batch.len(), "connections not recorded"),
             }
         }
         for event in batch.drain(..) {
             match &event {
-                SessionEvent::Connected(_) => {}
-                SessionEvent::EventsSubscribed { conn, vin } => delivery.subscribed(vin.clone(), *conn),
-                SessionEvent::Disconnected { conn, vin, .. } => {
+                ConnectionEvent::Connected(_) => {}
+                ConnectionEvent::EventsSubscribed { conn, vin } => delivery.subscribed(vin.clone(), *conn),
+                ConnectionEvent::Disconnected { conn, vin, .. } => {
                     open.remove(conn);
                     delivery.gone(vin, *conn);
                 }

@@ -1,14 +1,14 @@
-//! Session registry: every connect and disconnect of a vehicle.
+//! Connection log: every connect and disconnect of a vehicle.
 
 use proto::Vin;
 
 use super::{Store, StoreError, on_pool, on_writer, parse_vin};
 
-/// The database id of a session.
+/// The database id of a connection.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct SessionId(pub i64);
+pub struct ConnectionId(pub i64);
 
-impl std::fmt::Display for SessionId {
+impl std::fmt::Display for ConnectionId {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         self.0.fmt(f)
     }
@@ -16,7 +16,7 @@ impl std::fmt::Display for SessionId {
 
 /// A connection being recorded.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct NewSession {
+pub struct NewConnection {
     /// The car (from its certificate).
     pub vin: Vin,
     /// The gateway node that accepted it.
@@ -31,11 +31,11 @@ pub struct NewSession {
     pub connected_at_ms: i64,
 }
 
-/// A recorded session, open or closed.
+/// A recorded connection, open or closed.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct SessionRecord {
+pub struct ConnectionRecord {
     /// Its id.
-    pub id: SessionId,
+    pub id: ConnectionId,
     /// The car.
     pub vin: Vin,
     /// The gateway node that accepted it.
@@ -54,7 +54,7 @@ pub struct SessionRecord {
     pub disconnect_reason: Option<String>,
 }
 
-type SessionRow = (
+type ConnectionRow = (
     i64,
     String,
     String,
@@ -66,22 +66,22 @@ type SessionRow = (
     Option<String>,
 );
 
-/// `SELECT <every column> FROM sessions <rest>`, as one literal.
-macro_rules! select_sessions {
+/// `SELECT <every column> FROM connections <rest>`, as one literal.
+macro_rules! select_connections {
     ($rest:literal) => {
         concat!(
             "SELECT id, vin, node, cert_fingerprint, agent_version, remote_addr, connected_at, disconnected_at, \
-             disconnect_reason FROM sessions ",
+             disconnect_reason FROM connections ",
             $rest
         )
     };
 }
 
-fn record(row: SessionRow) -> Result<SessionRecord, StoreError> {
+fn record(row: ConnectionRow) -> Result<ConnectionRecord, StoreError> {
     let (id, vin, node, cert_fingerprint, agent_version, remote_addr, connected_at_ms, disconnected_at_ms, reason) =
         row;
-    Ok(SessionRecord {
-        id: SessionId(id),
+    Ok(ConnectionRecord {
+        id: ConnectionId(id),
         vin: parse_vin(&vin)?,
         node,
         cert_fingerprint,
@@ -93,23 +93,23 @@ fn record(row: SessionRow) -> Result<SessionRecord, StoreError> {
     })
 }
 
-/// One change to the session registry, for [`Store::record_sessions`].
+/// One change to the connection log, for [`Store::record_connections`].
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum SessionChange {
-    /// Connection `conn` opened `session`.
+pub enum ConnectionChange {
+    /// Connection `conn` opened.
     Open {
         /// The connection (unique within the process).
         conn: u64,
         /// What to record.
-        session: NewSession,
+        connection: NewConnection,
     },
     /// Connection `conn` ended.
     Close {
         /// The connection.
         conn: u64,
-        /// Its session id, if it was recorded in an earlier batch (otherwise it must be
+        /// Its connection id, if it was recorded in an earlier batch (otherwise it must be
         /// opened earlier in the same batch).
-        id: Option<SessionId>,
+        id: Option<ConnectionId>,
         /// Why it ended.
         reason: String,
         /// When (unix ms).
@@ -117,34 +117,34 @@ pub enum SessionChange {
     },
 }
 
-const OPEN_SESSION: &str = "INSERT INTO sessions (vin, node, cert_fingerprint, agent_version, remote_addr, connected_at) \
+const OPEN_CONNECTION: &str = "INSERT INTO connections (vin, node, cert_fingerprint, agent_version, remote_addr, connected_at) \
                             VALUES ($1, $2, $3, $4, $5, $6) RETURNING id";
-const CLOSE_SESSION: &str = "UPDATE sessions SET disconnected_at = $2, disconnect_reason = $3 \
+const CLOSE_CONNECTION: &str = "UPDATE connections SET disconnected_at = $2, disconnect_reason = $3 \
                              WHERE id = $1 AND disconnected_at IS NULL";
 
 impl Store {
     /// Records a new connection and returns its id.
-    pub async fn open_session(&self, s: &NewSession) -> Result<SessionId, StoreError> {
+    pub async fn open_connection(&self, s: &NewConnection) -> Result<ConnectionId, StoreError> {
         let opened = self
-            .record_sessions(vec![SessionChange::Open {
+            .record_connections(vec![ConnectionChange::Open {
                 conn: 0,
-                session: s.clone(),
+                connection: s.clone(),
             }])
             .await?;
         opened
             .first()
             .map(|(_, id)| *id)
-            .ok_or_else(|| StoreError::Corrupt("a session insert returned no id".into()))
+            .ok_or_else(|| StoreError::Corrupt("a connection insert returned no id".into()))
     }
 
-    /// Records the end of a session. Closing a session that is already closed keeps the first
+    /// Records the end of a connection. Closing a connection that is already closed keeps the first
     /// time and reason and succeeds; an id that was never opened is [`StoreError::UnknownSession`].
-    pub async fn close_session(&self, id: SessionId, reason: &str, at_ms: i64) -> Result<(), StoreError> {
-        const EXISTS: &str = "SELECT id FROM sessions WHERE id = $1";
-        const OP: &str = "closing a session";
+    pub async fn close_connection(&self, id: ConnectionId, reason: &str, at_ms: i64) -> Result<(), StoreError> {
+        const EXISTS: &str = "SELECT id FROM connections WHERE id = $1";
+        const OP: &str = "closing a connection";
         let reason = reason.to_owned();
         on_writer!(self, OP, |conn| {
-            let closed = sqlx::query(CLOSE_SESSION)
+            let closed = sqlx::query(CLOSE_CONNECTION)
                 .bind(id.0)
                 .bind(at_ms)
                 .bind(&reason)
@@ -168,16 +168,19 @@ impl Store {
 
     /// Records a batch of connects and disconnects, in order, in one transaction on SQLite (a
     /// reconnect storm of thousands of cars costs a few fsyncs, not one per car). Returns the
-    /// new session id of each `Open`, by connection. A `Close` whose session is unknown is
+    /// new connection id of each `Open`, by connection. A `Close` whose connection is unknown is
     /// skipped.
-    pub async fn record_sessions(&self, changes: Vec<SessionChange>) -> Result<Vec<(u64, SessionId)>, StoreError> {
-        const OP: &str = "recording sessions";
+    pub async fn record_connections(
+        &self,
+        changes: Vec<ConnectionChange>,
+    ) -> Result<Vec<(u64, ConnectionId)>, StoreError> {
+        const OP: &str = "recording connections";
         on_writer!(self, OP, |conn| {
-            let mut opened: Vec<(u64, SessionId)> = Vec::new();
+            let mut opened: Vec<(u64, ConnectionId)> = Vec::new();
             for change in &changes {
                 match change {
-                    SessionChange::Open { conn: c, session: s } => {
-                        let (id,): (i64,) = sqlx::query_as(OPEN_SESSION)
+                    ConnectionChange::Open { conn: c, connection: s } => {
+                        let (id,): (i64,) = sqlx::query_as(OPEN_CONNECTION)
                             .bind(s.vin.as_str())
                             .bind(&s.node)
                             .bind(&s.cert_fingerprint)
@@ -187,9 +190,9 @@ impl Store {
                             .fetch_one(&mut *conn)
                             .await
                             .map_err(StoreError::query(OP))?;
-                        opened.push((*c, SessionId(id)));
+                        opened.push((*c, ConnectionId(id)));
                     }
-                    SessionChange::Close {
+                    ConnectionChange::Close {
                         conn: c,
                         id,
                         reason,
@@ -197,7 +200,7 @@ impl Store {
                     } => {
                         let id = id.or_else(|| opened.iter().rev().find(|(o, _)| o == c).map(|(_, id)| *id));
                         let Some(id) = id else { continue };
-                        sqlx::query(CLOSE_SESSION)
+                        sqlx::query(CLOSE_CONNECTION)
                             .bind(id.0)
                             .bind(*at_ms)
                             .bind(reason)
@@ -211,12 +214,17 @@ impl Store {
         })
     }
 
-    /// Closes the sessions that an earlier run of `node` left open (it crashed or was killed);
-    /// call it at startup. Other nodes' sessions are untouched. Returns how many were closed.
-    pub async fn close_open_sessions_of_node(&self, node: &str, reason: &str, at_ms: i64) -> Result<u64, StoreError> {
-        const SQL: &str = "UPDATE sessions SET disconnected_at = $2, disconnect_reason = $3 \
+    /// Closes the connections that an earlier run of `node` left open (it crashed or was
+    /// killed); call it at startup. Other nodes' connections are untouched. Returns how many.
+    pub async fn close_open_connections_of_node(
+        &self,
+        node: &str,
+        reason: &str,
+        at_ms: i64,
+    ) -> Result<u64, StoreError> {
+        const SQL: &str = "UPDATE connections SET disconnected_at = $2, disconnect_reason = $3 \
                            WHERE node = $1 AND disconnected_at IS NULL";
-        const OP: &str = "closing a node's open sessions";
+        const OP: &str = "closing a node's open connections";
         let (node, reason) = (node.to_owned(), reason.to_owned());
         on_writer!(self, OP, |conn| {
             sqlx::query(SQL)
@@ -230,23 +238,23 @@ impl Store {
         })
     }
 
-    /// The car's last `limit` sessions, newest first.
-    pub async fn sessions_of(&self, vin: &Vin, limit: u32) -> Result<Vec<SessionRecord>, StoreError> {
-        const SQL: &str = select_sessions!("WHERE vin = $1 ORDER BY connected_at DESC, id DESC LIMIT $2");
-        let rows: Vec<SessionRow> = on_pool!(self, |pool| sqlx::query_as(SQL)
+    /// The car's last `limit` connections, newest first.
+    pub async fn connections_of(&self, vin: &Vin, limit: u32) -> Result<Vec<ConnectionRecord>, StoreError> {
+        const SQL: &str = select_connections!("WHERE vin = $1 ORDER BY connected_at DESC, id DESC LIMIT $2");
+        let rows: Vec<ConnectionRow> = on_pool!(self, |pool| sqlx::query_as(SQL)
             .bind(vin.as_str())
             .bind(super::limit(limit))
             .fetch_all(pool)
             .await)
-        .map_err(StoreError::query("listing a car's sessions"))?;
+        .map_err(StoreError::query("listing a car's connections"))?;
         rows.into_iter().map(record).collect()
     }
 
-    /// Every open session on every node, oldest first.
-    pub async fn open_sessions(&self) -> Result<Vec<SessionRecord>, StoreError> {
-        const SQL: &str = select_sessions!("WHERE disconnected_at IS NULL ORDER BY connected_at, id");
-        let rows: Vec<SessionRow> = on_pool!(self, |pool| sqlx::query_as(SQL).fetch_all(pool).await)
-            .map_err(StoreError::query("listing open sessions"))?;
+    /// Every open connection on every node, oldest first.
+    pub async fn open_connections(&self) -> Result<Vec<ConnectionRecord>, StoreError> {
+        const SQL: &str = select_connections!("WHERE disconnected_at IS NULL ORDER BY connected_at, id");
+        let rows: Vec<ConnectionRow> = on_pool!(self, |pool| sqlx::query_as(SQL).fetch_all(pool).await)
+            .map_err(StoreError::query("listing open connections"))?;
         rows.into_iter().map(record).collect()
     }
 }

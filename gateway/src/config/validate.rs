@@ -1,0 +1,250 @@
+//! Validation of a parsed configuration: every range, file and partner entry checked once,
+//! with a message naming the setting at fault.
+
+use std::collections::HashSet;
+use std::path::Path;
+use std::time::Duration;
+
+use super::{ConfigError, GatewayConfig, invalid};
+
+impl GatewayConfig {
+    /// Checks ranges, files and partner entries.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let m = &self.mqtt;
+        if m.first_flight_timeout.is_zero() || m.first_flight_timeout > Duration::from_secs(30) {
+            return Err(invalid("mqtt.first_flight_timeout", "must be between 1ms and 30s"));
+        }
+        if m.handshake_timeout.is_zero() || m.handshake_timeout > Duration::from_secs(60) {
+            return Err(invalid("mqtt.handshake_timeout", "must be between 1ms and 60s"));
+        }
+        if m.max_pending_per_source == 0 {
+            return Err(invalid("mqtt.max_pending_per_source", "must be at least 1"));
+        }
+        if m.connect_timeout.is_zero() || m.connect_timeout > Duration::from_secs(60) {
+            return Err(invalid("mqtt.connect_timeout", "must be between 1ms and 60s"));
+        }
+        if m.max_keep_alive < Duration::from_secs(5) || m.max_keep_alive > Duration::from_secs(65_535) {
+            return Err(invalid("mqtt.max_keep_alive", "must be between 5s and 65535s"));
+        }
+        if m.max_handshakes_in_flight == 0 {
+            return Err(invalid("mqtt.max_handshakes_in_flight", "must be at least 1"));
+        }
+        if m.max_connections == 0 {
+            return Err(invalid("mqtt.max_connections", "must be at least 1"));
+        }
+        if m.handshake_threads > 256 {
+            return Err(invalid(
+                "mqtt.handshake_threads",
+                "must be at most 256 (0 = half the cores)",
+            ));
+        }
+        if m.max_requests_in_flight == 0 || m.max_requests_in_flight > 10_000 {
+            return Err(invalid("mqtt.max_requests_in_flight", "must be between 1 and 10000"));
+        }
+        for (field, value, min, max) in [
+            ("mqtt.max_subscriptions", m.max_subscriptions, 1, 10_000),
+            ("mqtt.max_topic_bytes", m.max_topic_bytes, 64, 65_535),
+            ("mqtt.max_qos2_awaiting_release", m.max_qos2_awaiting_release, 1, 65_535),
+            ("mqtt.max_retained_messages", m.max_retained_messages, 0, 100_000),
+            ("mqtt.max_retained_bytes", m.max_retained_bytes, 0, 64 << 20),
+            ("mqtt.max_queued_messages", m.max_queued_messages, 1, 1_000_000),
+            ("mqtt.max_queued_bytes", m.max_queued_bytes, 64 << 10, 1 << 30),
+        ] {
+            if !(min..=max).contains(&value) {
+                return Err(invalid(field, format!("must be between {min} and {max}")));
+            }
+        }
+        if m.session_expiry.is_zero() {
+            return Err(invalid("mqtt.session_expiry", "must be positive"));
+        }
+        if m.publish_burst < m.max_publishes_per_second {
+            return Err(invalid(
+                "mqtt.publish_burst",
+                "must be at least mqtt.max_publishes_per_second",
+            ));
+        }
+        if m.flood_disconnect_after.is_zero() {
+            return Err(invalid("mqtt.flood_disconnect_after", "must be positive"));
+        }
+        for (field, path) in [
+            ("tls.cert", &self.tls.cert),
+            ("tls.key", &self.tls.key),
+            ("tls.client_ca", &self.tls.client_ca),
+        ] {
+            must_exist(field, path)?;
+        }
+        for (i, crl) in self.tls.crls.iter().enumerate() {
+            must_exist(&format!("tls.crls[{i}]"), crl)?;
+        }
+        let r = &self.requests;
+        if r.max_payload_bytes == 0 || r.max_payload_bytes > 16 * 1024 * 1024 {
+            return Err(invalid("requests.max_payload_bytes", "must be between 1 and 16 MiB"));
+        }
+        if r.max_response_bytes == 0 || r.max_response_bytes > m.max_queued_bytes {
+            return Err(invalid(
+                "requests.max_response_bytes",
+                "must be positive and at most mqtt.max_queued_bytes",
+            ));
+        }
+        if r.burst_per_car < r.max_per_second_per_car {
+            return Err(invalid(
+                "requests.burst_per_car",
+                "must be at least requests.max_per_second_per_car",
+            ));
+        }
+        if r.default_timeout.is_zero() || r.default_timeout > r.max_timeout {
+            return Err(invalid(
+                "requests.default_timeout",
+                "must be positive and at most requests.max_timeout",
+            ));
+        }
+        let st = &self.storage;
+        if !(st.url.starts_with("sqlite:") || st.url.starts_with("postgres://") || st.url.starts_with("postgresql://"))
+        {
+            return Err(invalid(
+                "storage.url",
+                "must start with sqlite:, postgres:// or postgresql://",
+            ));
+        }
+        if st.node.is_empty()
+            || st.node.len() > 64
+            || !st
+                .node
+                .chars()
+                .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
+        {
+            return Err(invalid(
+                "storage.node",
+                "must be 1 to 64 of a-z, 0-9, - (unique per running gateway)",
+            ));
+        }
+        if st.acquire_timeout.is_zero() || st.acquire_timeout > Duration::from_secs(30) {
+            return Err(invalid("storage.acquire_timeout", "must be between 1ms and 30s"));
+        }
+        let id = &self.idempotency;
+        if id.retention < Duration::from_secs(60) {
+            return Err(invalid(
+                "idempotency.retention",
+                "must be at least 1 minute (24h recommended)",
+            ));
+        }
+        if id.purge_interval.is_zero() {
+            return Err(invalid("idempotency.purge_interval", "must be positive"));
+        }
+        let ev = &self.events;
+        if ev.default_ttl.is_zero() || ev.default_ttl > ev.max_ttl {
+            return Err(invalid(
+                "events.default_ttl",
+                "must be positive and at most events.max_ttl",
+            ));
+        }
+        if ev.max_payload_bytes == 0 || ev.max_payload_bytes > 1024 * 1024 {
+            return Err(invalid("events.max_payload_bytes", "must be between 1 byte and 1 MiB"));
+        }
+        if ev.max_pending_per_vin == 0 {
+            return Err(invalid("events.max_pending_per_vin", "must be at least 1"));
+        }
+        if ev.burst_per_partner < ev.max_per_second_per_partner {
+            return Err(invalid(
+                "events.burst_per_partner",
+                "must be at least events.max_per_second_per_partner",
+            ));
+        }
+        if let Some(api) = &self.partner_api {
+            must_exist("partner_api.client_ca", &api.client_ca)?;
+        }
+        let mut services = HashSet::new();
+        for (i, p) in self.partners.iter().enumerate() {
+            let field = |name: &str| format!("partners[{i}].{name}");
+            if !is_service_name(&p.service) {
+                return Err(invalid(
+                    field("service"),
+                    format!(
+                        "{:?} is not a fully qualified gRPC service such as parking.v1.ParkingPayment",
+                        p.service
+                    ),
+                ));
+            }
+            if let Some(name) = &p.name
+                && (name.is_empty()
+                    || name.len() > 64
+                    || !name
+                        .chars()
+                        .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-'))
+            {
+                return Err(invalid(
+                    field("name"),
+                    format!("{name:?} must be the partner certificate's CN: 1 to 64 of a-z, 0-9, -"),
+                ));
+            }
+            if let Some(bad) = p
+                .read_only_methods
+                .iter()
+                .find(|m| m.is_empty() || !m.chars().all(|c| c.is_ascii_alphanumeric() || c == '_'))
+            {
+                return Err(invalid(
+                    field("read_only_methods"),
+                    format!("{bad:?} is not a method name such as ListNearbyLots"),
+                ));
+            }
+            if !services.insert(p.service.as_str()) {
+                return Err(invalid(field("service"), format!("{} is configured twice", p.service)));
+            }
+            let uri: http::Uri = p
+                .endpoint
+                .parse()
+                .map_err(|e| invalid(field("endpoint"), format!("{:?}: {e}", p.endpoint)))?;
+            match uri.scheme_str() {
+                Some("https") => {
+                    let ca = p
+                        .ca_cert
+                        .as_ref()
+                        .ok_or_else(|| invalid(field("ca_cert"), "required for an https endpoint"))?;
+                    must_exist(&field("ca_cert"), ca)?;
+                }
+                Some("http") => {}
+                _ => {
+                    return Err(invalid(
+                        field("endpoint"),
+                        format!("{:?} must start with https:// or http://", p.endpoint),
+                    ));
+                }
+            }
+            if uri.host().is_none() || uri.port_u16().is_none() {
+                return Err(invalid(
+                    field("endpoint"),
+                    format!("{:?} must name a host and a port", p.endpoint),
+                ));
+            }
+            match (&p.client_cert, &p.client_key) {
+                (Some(c), Some(k)) => {
+                    must_exist(&field("client_cert"), c)?;
+                    must_exist(&field("client_key"), k)?;
+                }
+                (None, None) => {}
+                _ => return Err(invalid(field("client_cert"), "client_cert and client_key go together")),
+            }
+            if p.timeout.is_some_and(|t| t.is_zero() || t > r.max_timeout) {
+                return Err(invalid(
+                    field("timeout"),
+                    "must be positive and at most requests.max_timeout",
+                ));
+            }
+        }
+        Ok(())
+    }
+}
+
+fn must_exist(field: &str, path: &Path) -> Result<(), ConfigError> {
+    if path.is_file() {
+        Ok(())
+    } else {
+        Err(invalid(field, format!("{} is not a readable file", path.display())))
+    }
+}
+
+fn is_service_name(s: &str) -> bool {
+    s.contains('.')
+        && s.split('.')
+            .all(|part| !part.is_empty() && part.chars().all(|c| c.is_ascii_alphanumeric() || c == '_'))
+}
