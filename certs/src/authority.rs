@@ -218,25 +218,27 @@ impl CertificateAuthority {
     pub fn generate() -> Result<Self, CertsError> {
         let validity = Validity::days_from_now(CA_VALIDITY_DAYS);
         let root = SigningCa::generate(CA_COMMON_NAME, 1, None, validity)?;
-        let issuing = |which: IssuingCa| SigningCa::generate(which.common_name(), 0, Some(&root), validity);
-        Ok(CertificateAuthority {
-            vehicles: issuing(IssuingCa::Vehicles)?,
-            partners: issuing(IssuingCa::Partners)?,
-            gateway_clients: issuing(IssuingCa::GatewayClients)?,
-            operators: issuing(IssuingCa::Operators)?,
-            root,
+        CertificateAuthority::under(root, |which, root| {
+            SigningCa::generate(which.common_name(), 0, Some(root), validity)
         })
     }
 
     /// Loads the root (`<dir>/ca.pem`, `ca.key`) and every issuing CA (`<dir>/vehicles-ca.pem`, ...).
     pub fn load(dir: &Path) -> Result<Self, CertsError> {
         let root = SigningCa::load(dir, CA_STEM, None)?;
-        let issuing = |which: IssuingCa| SigningCa::load(dir, which.stem(), Some(&root));
+        CertificateAuthority::under(root, |which, root| SigningCa::load(dir, which.stem(), Some(root)))
+    }
+
+    /// `root` with the issuing CA of every role, each made by `issuing`.
+    fn under(
+        root: SigningCa,
+        issuing: impl Fn(IssuingCa, &SigningCa) -> Result<SigningCa, CertsError>,
+    ) -> Result<Self, CertsError> {
         Ok(CertificateAuthority {
-            vehicles: issuing(IssuingCa::Vehicles)?,
-            partners: issuing(IssuingCa::Partners)?,
-            gateway_clients: issuing(IssuingCa::GatewayClients)?,
-            operators: issuing(IssuingCa::Operators)?,
+            vehicles: issuing(IssuingCa::Vehicles, &root)?,
+            partners: issuing(IssuingCa::Partners, &root)?,
+            gateway_clients: issuing(IssuingCa::GatewayClients, &root)?,
+            operators: issuing(IssuingCa::Operators, &root)?,
             root,
         })
     }

@@ -23,41 +23,48 @@ mod vin;
 pub use method::{MethodPath, MethodPathError};
 pub use vin::{Vin, VinError};
 
-/// The vehicle <-> gateway envelope (`vehicle.v1`).
-pub mod vehicle {
+/// One versioned contract: `pub mod $package { pub mod $version { <generated code> } }`.
+macro_rules! contract {
+    ($(#[$package_doc:meta])* $package:ident, $(#[$version_doc:meta])* $version:ident, $name:literal) => {
+        $(#[$package_doc])*
+        pub mod $package {
+            $(#[$version_doc])*
+            pub mod $version {
+                #![allow(missing_docs, clippy::all)]
+                tonic::include_proto!($name);
+            }
+        }
+    };
+}
+
+contract!(
+    /// The vehicle <-> gateway envelope (`vehicle.v1`).
+    vehicle,
     /// Version 1 of the envelope.
-    pub mod v1 {
-        #![allow(missing_docs, clippy::all)]
-        tonic::include_proto!("vehicle.v1");
-    }
-}
-
-/// Parking payment partner service (`parking.v1`).
-pub mod parking {
+    v1,
+    "vehicle.v1"
+);
+contract!(
+    /// Parking payment partner service (`parking.v1`).
+    parking,
     /// Version 1 of the parking contract.
-    pub mod v1 {
-        #![allow(missing_docs, clippy::all)]
-        tonic::include_proto!("parking.v1");
-    }
-}
-
-/// Partner -> car events (`events.v1`), hosted by the gateway.
-pub mod events {
+    v1,
+    "parking.v1"
+);
+contract!(
+    /// Partner -> car events (`events.v1`), hosted by the gateway.
+    events,
     /// Version 1 of the partner events contract.
-    pub mod v1 {
-        #![allow(missing_docs, clippy::all)]
-        tonic::include_proto!("events.v1");
-    }
-}
-
-/// The vehicle agent's local API for in-car apps (`agent.v1`).
-pub mod agent {
+    v1,
+    "events.v1"
+);
+contract!(
+    /// The vehicle agent's local API for in-car apps (`agent.v1`).
+    agent,
     /// Version 1 of the agent API.
-    pub mod v1 {
-        #![allow(missing_docs, clippy::all)]
-        tonic::include_proto!("agent.v1");
-    }
-}
+    v1,
+    "agent.v1"
+);
 
 /// The encoded `FileDescriptorSet` of every contract in this crate.
 pub const FILE_DESCRIPTOR_SET: &[u8] = tonic::include_file_descriptor_set!("descriptor");

@@ -23,6 +23,24 @@ pub(crate) enum Outcome {
     End(EndSessionRequest, EndSessionResponse),
 }
 
+impl Outcome {
+    /// The request and response, if this is a StartSession outcome.
+    pub(crate) fn as_start(&self) -> Option<(&StartSessionRequest, &StartSessionResponse)> {
+        match self {
+            Outcome::Start(request, response) => Some((request, response)),
+            Outcome::End(..) => None,
+        }
+    }
+
+    /// The request and response, if this is an EndSession outcome.
+    pub(crate) fn as_end(&self) -> Option<(&EndSessionRequest, &EndSessionResponse)> {
+        match self {
+            Outcome::End(request, response) => Some((request, response)),
+            Outcome::Start(..) => None,
+        }
+    }
+}
+
 /// The remembered outcomes. Keys are scoped by VIN so that two cars choosing the same key can
 /// neither collide nor read each other's answers.
 #[derive(Default)]

@@ -127,49 +127,43 @@ impl ParkingService {
     }
 
     fn start(&self, caller: &Caller, request: StartSessionRequest) -> Result<StartSessionResponse, Status> {
-        let vin = caller.vin()?;
-        let key = caller.idempotency_key()?;
-        let now = self.clock.now_unix_ms();
-        let mut state = self.state();
-        if let Some(key) = key {
-            match state.idempotency.recall(vin, key, now) {
-                Some(Outcome::Start(previous, response)) if *previous == request => {
-                    tracing::info!("replaying the response remembered for this idempotency key");
-                    return Ok(response.clone());
-                }
-                Some(_) => return Err(key_reused()),
-                None => {}
-            }
-        }
-        let response = state.start_session(vin, &request, now)?;
-        if let Some(key) = key {
-            state
-                .idempotency
-                .remember(vin, key, now, Outcome::Start(request, response.clone()));
-        }
-        Ok(response)
+        self.once_per_key(caller, request, Outcome::Start, Outcome::as_start, State::start_session)
     }
 
     fn end(&self, caller: &Caller, request: EndSessionRequest) -> Result<EndSessionResponse, Status> {
+        self.once_per_key(caller, request, Outcome::End, Outcome::as_end, State::end_session)
+    }
+
+    /// Runs `act` for `request` once per idempotency key: a retry with the same request
+    /// replays the first answer; the same key with another request is refused.
+    fn once_per_key<Req: PartialEq, Resp: Clone>(
+        &self,
+        caller: &Caller,
+        request: Req,
+        remembered: fn(Req, Resp) -> Outcome,
+        recalled: fn(&Outcome) -> Option<(&Req, &Resp)>,
+        act: fn(&mut State, &str, &Req, i64) -> Result<Resp, Status>,
+    ) -> Result<Resp, Status> {
         let vin = caller.vin()?;
         let key = caller.idempotency_key()?;
         let now = self.clock.now_unix_ms();
         let mut state = self.state();
-        if let Some(key) = key {
-            match state.idempotency.recall(vin, key, now) {
-                Some(Outcome::End(previous, response)) if *previous == request => {
+        if let Some(key) = key
+            && let Some(outcome) = state.idempotency.recall(vin, key, now)
+        {
+            return match recalled(outcome) {
+                Some((previous, response)) if *previous == request => {
                     tracing::info!("replaying the response remembered for this idempotency key");
-                    return Ok(response.clone());
+                    Ok(response.clone())
                 }
-                Some(_) => return Err(key_reused()),
-                None => {}
-            }
+                _ => Err(key_reused()),
+            };
         }
-        let response = state.end_session(vin, &request, now)?;
+        let response = act(&mut state, vin, &request, now)?;
         if let Some(key) = key {
             state
                 .idempotency
-                .remember(vin, key, now, Outcome::End(request, response.clone()));
+                .remember(vin, key, now, remembered(request, response.clone()));
         }
         Ok(response)
     }

@@ -2,7 +2,7 @@
 
 use proto::Vin;
 
-use super::{Store, StoreError, on_pool, on_writer, parse_vin};
+use super::{Store, StoreError, on_pool, on_writer, parse_vin, rows_changed};
 
 /// The database id of a connection.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -226,16 +226,7 @@ impl Store {
                            WHERE node = $1 AND disconnected_at IS NULL";
         const OP: &str = "closing a node's open connections";
         let (node, reason) = (node.to_owned(), reason.to_owned());
-        on_writer!(self, OP, |conn| {
-            sqlx::query(SQL)
-                .bind(&node)
-                .bind(at_ms)
-                .bind(&reason)
-                .execute(&mut *conn)
-                .await
-                .map(|done| done.rows_affected())
-                .map_err(StoreError::query(OP))
-        })
+        rows_changed!(self, OP, SQL, node, at_ms, reason)
     }
 
     /// The car's last `limit` connections, newest first.

@@ -7,7 +7,7 @@
 use proto::Vin;
 use sqlx::Connection as _;
 
-use super::{Store, StoreError, on_pool, on_writer, parse_vin, to_i64, to_u64};
+use super::{Store, StoreError, on_pool, on_writer, parse_vin, rows_changed, to_i64, to_u64};
 
 /// An event to store for a car.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -169,15 +169,7 @@ impl Store {
         const SQL: &str = "UPDATE events SET acked = TRUE WHERE vin = $1 AND sequence <= $2 AND acked = FALSE";
         const OP: &str = "acknowledging events";
         let vin = vin.clone();
-        on_writer!(self, OP, |conn| {
-            sqlx::query(SQL)
-                .bind(vin.as_str())
-                .bind(to_i64(up_to_sequence))
-                .execute(&mut *conn)
-                .await
-                .map(|done| done.rows_affected())
-                .map_err(StoreError::query(OP))
-        })
+        rows_changed!(self, OP, SQL, vin.to_string(), to_i64(up_to_sequence))
     }
 
     /// Acknowledges, for each car of `acks`, its events up to its sequence: one write for all.
@@ -205,13 +197,6 @@ impl Store {
     pub async fn purge_events(&self, now_ms: i64) -> Result<u64, StoreError> {
         const SQL: &str = "DELETE FROM events WHERE expires_at <= $1 OR acked = TRUE";
         const OP: &str = "purging events";
-        on_writer!(self, OP, |conn| {
-            sqlx::query(SQL)
-                .bind(now_ms)
-                .execute(&mut *conn)
-                .await
-                .map(|done| done.rows_affected())
-                .map_err(StoreError::query(OP))
-        })
+        rows_changed!(self, OP, SQL, now_ms)
     }
 }

@@ -20,7 +20,7 @@
 use proto::Vin;
 use ring::digest;
 
-use super::{Store, StoreError, on_writer};
+use super::{Store, StoreError, on_writer, rows_changed};
 
 /// Rounds of "insert, read, take over" before giving up with [`StoreError::Contention`].
 /// Each extra round needs another writer to have changed the row in between.
@@ -239,16 +239,7 @@ impl Store {
             WHERE vin = $1 AND idempotency_key = $2 AND owner = $3 AND response IS NULL";
         const OP: &str = "releasing an idempotency key";
         let (key, owner) = (key.clone(), owner.to_owned());
-        on_writer!(self, OP, |conn| {
-            sqlx::query(SQL)
-                .bind(key.vin.as_str())
-                .bind(&key.idempotency_key)
-                .bind(&owner)
-                .execute(&mut *conn)
-                .await
-                .map(|_| ())
-                .map_err(StoreError::query(OP))
-        })
+        rows_changed!(self, OP, SQL, key.vin.to_string(), key.idempotency_key, owner).map(|_| ())
     }
 
     /// Ends the leases of every uncompleted claim whose owner starts with `owner_prefix`, so the
@@ -262,27 +253,13 @@ impl Store {
             WHERE response IS NULL AND substr(owner, 1, length($1)) = $1";
         const OP: &str = "abandoning a dead process's idempotency claims";
         let owner_prefix = owner_prefix.to_owned();
-        on_writer!(self, OP, |conn| {
-            sqlx::query(SQL)
-                .bind(&owner_prefix)
-                .execute(&mut *conn)
-                .await
-                .map(|done| done.rows_affected())
-                .map_err(StoreError::query(OP))
-        })
+        rows_changed!(self, OP, SQL, owner_prefix)
     }
 
     /// Deletes the records that expired (`expires_at <= now_ms`), completed or not. Returns how many.
     pub async fn ledger_purge(&self, now_ms: i64) -> Result<u64, StoreError> {
         const SQL: &str = "DELETE FROM idempotency_ledger WHERE expires_at <= $1";
         const OP: &str = "purging expired idempotency keys";
-        on_writer!(self, OP, |conn| {
-            sqlx::query(SQL)
-                .bind(now_ms)
-                .execute(&mut *conn)
-                .await
-                .map(|done| done.rows_affected())
-                .map_err(StoreError::query(OP))
-        })
+        rows_changed!(self, OP, SQL, now_ms)
     }
 }

@@ -138,6 +138,22 @@ macro_rules! on_writer {
 }
 pub(crate) use on_writer;
 
+/// Runs the one write statement `$sql` with the arguments `$arg`s (owned: on SQLite they move
+/// into the group-commit writer) and evaluates to the rows it changed.
+macro_rules! rows_changed {
+    ($store:expr, $op:expr, $sql:expr $(, $arg:expr)* $(,)?) => {
+        $crate::store::on_writer!($store, $op, |conn| {
+            sqlx::query($sql)
+                $(.bind($arg))*
+                .execute(&mut *conn)
+                .await
+                .map(|done| done.rows_affected())
+                .map_err($crate::store::StoreError::query($op))
+        })
+    };
+}
+pub(crate) use rows_changed;
+
 /// How a [`Store`] uses its database, beyond the URL.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct StoreOptions {
