@@ -89,6 +89,14 @@ pub enum StartError {
     PartnerApiTls(#[source] tonic::transport::Error),
 }
 
+/// Runs blocking `work` (file IO) on tokio's blocking threads and returns its result.
+async fn on_blocking_thread<T: Send + 'static>(work: impl FnOnce() -> T + Send + 'static) -> T {
+    match tokio::task::spawn_blocking(work).await {
+        Ok(done) => done,
+        Err(e) => std::panic::resume_unwind(e.into_panic()),
+    }
+}
+
 /// Binds `addr` with a large accept backlog.
 pub fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
     let socket = if addr.is_ipv4() {
@@ -115,8 +123,21 @@ impl Gateway {
             addr: config.mqtt.listen,
             source,
         })?;
-        let tls = broker::tls::server_config(&config.tls)?;
-        let partners = routing::PartnerDirectory::from_config(&config.partners, config.requests.max_response_bytes)?;
+        let (tls, partners) = {
+            // Certificates and keys are read from disk: off the async workers.
+            let (tls, partners, max_response) = (
+                config.tls.clone(),
+                config.partners.clone(),
+                config.requests.max_response_bytes,
+            );
+            on_blocking_thread(move || {
+                Ok::<_, StartError>((
+                    broker::tls::server_config(&tls)?,
+                    routing::PartnerDirectory::from_config(&partners, max_response)?,
+                ))
+            })
+            .await?
+        };
         let m = &config.mqtt;
         let max_packet_bytes = config.requests.max_payload_bytes + ENVELOPE_OVERHEAD_BYTES;
         let mailboxes = bus::Mailboxes::new(bus::MailboxLimits {
@@ -362,9 +383,14 @@ async fn serve_partner_api(
             source,
         })
     };
-    let ca = read(&api.client_ca)?;
+    let files = [api.client_ca.clone(), config.tls.cert.clone(), config.tls.key.clone()];
+    let [ca, cert, key] = on_blocking_thread(move || {
+        let [ca, cert, key] = files.each_ref().map(|path| read(path));
+        Ok::<_, StartError>([ca?, cert?, key?])
+    })
+    .await?;
     let tls = ServerTlsConfig::new()
-        .identity(Identity::from_pem(read(&config.tls.cert)?, read(&config.tls.key)?))
+        .identity(Identity::from_pem(cert, key))
         .client_ca_root(Certificate::from_pem(ca));
     let listener = bind(api.listen).map_err(|source| StartError::Bind {
         addr: api.listen,
