@@ -147,7 +147,7 @@ async fn drive_to_the_bund_and_park(app: &mut ParkingPaymentClient<Channel>) -> 
         .await?
         .into_inner()
         .lots;
-    println!("1. ListNearbyLots  -> {} lots ({:.1} ms)", lots.len(), ms(t));
+    step(1, "ListNearbyLots", format!("{} lots", lots.len()), t);
     for lot in &lots {
         let price = lot.price_per_hour.as_ref().map_or(0, |p| p.amount_minor);
         println!(
@@ -169,12 +169,7 @@ async fn drive_to_the_bund_and_park(app: &mut ParkingPaymentClient<Channel>) -> 
         .into_inner()
         .session
         .context("no session")?;
-    println!(
-        "2. StartSession    -> {} at {} ({:.1} ms)",
-        session.session_id,
-        lot.name,
-        ms(t)
-    );
+    step(2, "StartSession", format!("{} at {}", session.session_id, lot.name), t);
     let t = Instant::now();
     let ended = app
         .end_session(EndSessionRequest {
@@ -184,13 +179,8 @@ async fn drive_to_the_bund_and_park(app: &mut ParkingPaymentClient<Channel>) -> 
         .into_inner();
     let receipt = ended.receipt.context("no receipt")?;
     let fee = receipt.fee.as_ref().map_or(0, |f| f.amount_minor);
-    println!(
-        "3. EndSession      -> fee ¥{}.{:02}, receipt {} ({:.1} ms)",
-        fee / 100,
-        fee % 100,
-        receipt.receipt_id,
-        ms(t)
-    );
+    let paid = format!("fee ¥{}.{:02}, receipt {}", fee / 100, fee % 100, receipt.receipt_id);
+    step(3, "EndSession", paid, t);
     let t = Instant::now();
     let again = app
         .get_receipt(GetReceiptRequest {
@@ -198,12 +188,8 @@ async fn drive_to_the_bund_and_park(app: &mut ParkingPaymentClient<Channel>) -> 
         })
         .await?
         .into_inner();
-    println!(
-        "4. GetReceipt      -> {} paid by {} ({:.1} ms)",
-        again.receipt_id,
-        again.payment_reference,
-        ms(t)
-    );
+    let by = format!("{} paid by {}", again.receipt_id, again.payment_reference);
+    step(4, "GetReceipt", by, t);
     Ok(())
 }
 
@@ -242,6 +228,11 @@ async fn bench(app: &mut ParkingPaymentClient<Channel>, n: usize) -> Result<()> 
     Ok(())
 }
 
+/// Prints step `n` of the round trip: the method called, what came back, how long it took.
+fn step(n: u32, method: &str, outcome: String, t: Instant) {
+    println!("{n}. {method:<16}-> {outcome} ({:.1} ms)", ms(t));
+}
+
 fn ms(t: Instant) -> f64 {
     t.elapsed().as_secs_f64() * 1e3
 }
@@ -267,6 +258,9 @@ struct DemoFiles {
 impl DemoFiles {
     /// Reuses the PKI in `dir` if there is a complete one, so repeated runs keep the same CAs.
     fn ensure(dir: &Path) -> Result<DemoFiles> {
+        // Absolute paths, so that the sample configurations work from any directory.
+        std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
+        let dir = &std::fs::canonicalize(dir)?;
         let existing = DevPki::open(dir);
         let pki = if existing.is_complete() {
             existing
@@ -316,30 +310,28 @@ impl DemoFiles {
         }
     }
 
-    /// `gateway.toml` and `agent.toml` matching the demo, for `gateway run` / `vehicle-agent run`.
+    /// `gateway.toml` and `agent.toml` matching the demo (on its default addresses), for
+    /// `gateway run` / `vehicle-agent run`: the configuration structs themselves, serialized,
+    /// so every setting is there with its default.
     fn write_sample_configs(&self, dir: &Path) -> Result<()> {
-        let abs = |p: &Path| {
-            std::fs::canonicalize(p)
-                .unwrap_or_else(|_| p.to_path_buf())
-                .display()
-                .to_string()
-        };
-        let gateway = format!(
-            "# Sample gateway configuration written by `demo`.\n[mqtt]\nlisten = \"127.0.0.1:8883\"\n\n[storage]\nurl = \"sqlite://{}\"\n\n[tls]\ncert = {:?}\nkey = {:?}\nclient_ca = {:?}\n\n[requests]\nmax_payload_bytes = 131072\ndefault_timeout = \"30s\"\n\n[[partners]]\nservice = \"parking.v1.ParkingPayment\"\nname = \"parking\"\nread_only_methods = [\"ListNearbyLots\", \"GetReceipt\"]\nendpoint = \"https://localhost:50061\"\ntimeout = \"10s\"\nca_cert = {:?}\nclient_cert = {:?}\nclient_key = {:?}\n",
-            abs(dir).trim_end_matches('/').to_owned() + "/gateway.db",
-            abs(&self.gateway_cert),
-            abs(&self.gateway_key),
-            abs(&self.vehicles_ca),
-            abs(&self.ca_cert),
-            abs(&self.client_cert),
-            abs(&self.client_key),
+        let mut gateway = GatewayConfig::new(
+            self.gateway_cert.clone(),
+            self.gateway_key.clone(),
+            self.vehicles_ca.clone(),
         );
-        let agent = format!(
-            "# Sample vehicle agent configuration written by `demo`.\ngateway = \"localhost:8883\"\nca_cert = {:?}\ncert = {:?}\nkey = {:?}\nlocal_listen = \"127.0.0.1:50051\"\n",
-            abs(&self.ca_cert),
-            abs(&self.vehicle_cert),
-            abs(&self.vehicle_key),
+        gateway.mqtt.listen = "127.0.0.1:8883".parse()?;
+        gateway.storage.url = format!("sqlite://{}", dir.join("gateway.db").display());
+        gateway.partners = vec![self.partner_entry("127.0.0.1:50061".parse()?)];
+        let mut agent = AgentConfig::new(
+            "localhost:8883",
+            self.ca_cert.clone(),
+            self.vehicle_cert.clone(),
+            self.vehicle_key.clone(),
         );
+        agent.local_listen = "127.0.0.1:50051".parse()?;
+        let header = |what: &str| format!("# Sample {what} configuration written by `demo`.\n");
+        let gateway = header("gateway") + &toml::to_string(&gateway)?;
+        let agent = header("vehicle agent") + &toml::to_string(&agent)?;
         std::fs::write(dir.join("gateway.toml"), gateway)?;
         std::fs::write(dir.join("agent.toml"), agent)?;
         Ok(())

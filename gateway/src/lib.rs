@@ -9,6 +9,7 @@
 
 pub mod broker;
 pub mod bus;
+pub mod cli;
 pub mod clock;
 pub mod config;
 pub mod connection_log;
@@ -119,6 +120,17 @@ impl Gateway {
 
     /// Starts serving vehicles on an already-bound listener (tests bind port 0).
     pub async fn start_on(config: GatewayConfig, listener: TcpListener) -> Result<Gateway, StartError> {
+        Gateway::start_on_listeners(config, listener, None).await
+    }
+
+    /// [`Gateway::start_on`], with the partner API (if `[partner_api]` is configured) on
+    /// `partner_api` instead of a socket bound to `partner_api.listen`: for sockets a service
+    /// manager bound and handed over (socket activation).
+    pub async fn start_on_listeners(
+        config: GatewayConfig,
+        listener: TcpListener,
+        partner_api: Option<TcpListener>,
+    ) -> Result<Gateway, StartError> {
         let mqtt_addr = listener.local_addr().map_err(|source| StartError::Bind {
             addr: config.mqtt.listen,
             source,
@@ -213,6 +225,7 @@ impl Gateway {
                 serve_partner_api(
                     &config,
                     api,
+                    partner_api,
                     store.clone(),
                     delivery.clone(),
                     shutdown.clone(),
@@ -371,6 +384,7 @@ async fn purge_expired(
 async fn serve_partner_api(
     config: &GatewayConfig,
     api: &config::PartnerApiConfig,
+    listener: Option<TcpListener>,
     store: store::Store,
     delivery: events::EventDelivery,
     shutdown: CancellationToken,
@@ -392,10 +406,13 @@ async fn serve_partner_api(
     let tls = ServerTlsConfig::new()
         .identity(Identity::from_pem(cert, key))
         .client_ca_root(Certificate::from_pem(ca));
-    let listener = bind(api.listen).map_err(|source| StartError::Bind {
-        addr: api.listen,
-        source,
-    })?;
+    let listener = match listener {
+        Some(listener) => listener,
+        None => bind(api.listen).map_err(|source| StartError::Bind {
+            addr: api.listen,
+            source,
+        })?,
+    };
     let addr = listener.local_addr().map_err(|source| StartError::Bind {
         addr: api.listen,
         source,

@@ -1,6 +1,9 @@
 //! The gateway binary refuses a configuration it cannot run, with a clear message and exit 64.
 
+use std::path::PathBuf;
 use std::process::Command;
+
+use gateway::GatewayConfig;
 
 fn gateway(args: &[&str], env: &[(&str, &str)]) -> std::process::Output {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_gateway"));
@@ -9,6 +12,18 @@ fn gateway(args: &[&str], env: &[(&str, &str)]) -> std::process::Output {
         cmd.env(k, v);
     }
     cmd.output().expect("run gateway")
+}
+
+/// `config` as a TOML file in `dir`.
+fn config_file(dir: &tempfile::TempDir, config: &GatewayConfig) -> PathBuf {
+    let path = dir.path().join("gateway.toml");
+    std::fs::write(&path, toml::to_string(config).unwrap()).unwrap();
+    path
+}
+
+/// A configuration naming `cert`, `key` and `client_ca`, otherwise the defaults.
+fn naming(cert: impl Into<PathBuf>, key: impl Into<PathBuf>, client_ca: impl Into<PathBuf>) -> GatewayConfig {
+    GatewayConfig::new(cert.into(), key.into(), client_ca.into())
 }
 
 #[test]
@@ -21,12 +36,7 @@ fn a_missing_config_file_exits_64_with_its_name() {
 #[test]
 fn missing_certificates_exit_64_naming_the_setting() {
     let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("gateway.toml");
-    std::fs::write(
-        &path,
-        "[tls]\ncert = \"/nope/cert.pem\"\nkey = \"/nope/key.pem\"\nclient_ca = \"/nope/ca.pem\"\n",
-    )
-    .unwrap();
+    let path = config_file(&dir, &naming("/nope/cert.pem", "/nope/key.pem", "/nope/ca.pem"));
     let out = gateway(&["check-config", "--config", path.to_str().unwrap()], &[]);
     assert_eq!(out.status.code(), Some(64));
     let stderr = String::from_utf8_lossy(&out.stderr);
@@ -36,8 +46,7 @@ fn missing_certificates_exit_64_naming_the_setting() {
 #[test]
 fn an_invalid_environment_override_exits_64() {
     let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("gateway.toml");
-    std::fs::write(&path, "[tls]\ncert = \"a\"\nkey = \"b\"\nclient_ca = \"c\"\n").unwrap();
+    let path = config_file(&dir, &naming("a", "b", "c"));
     let out = gateway(
         &["check-config", "--config", path.to_str().unwrap()],
         &[("GATEWAY_MQTT__LISTEN", "not-an-address")],
@@ -54,17 +63,7 @@ fn an_invalid_environment_override_exits_64() {
 fn a_valid_configuration_checks_out() {
     let dir = tempfile::tempdir().unwrap();
     let pki = certs::DevPki::init(dir.path(), &[], false).unwrap();
-    let path = dir.path().join("gateway.toml");
-    std::fs::write(
-        &path,
-        format!(
-            "[tls]\ncert = {:?}\nkey = {:?}\nclient_ca = {:?}\n",
-            pki.gateway_cert(),
-            pki.gateway_key(),
-            pki.ca_cert()
-        ),
-    )
-    .unwrap();
+    let path = config_file(&dir, &naming(pki.gateway_cert(), pki.gateway_key(), pki.ca_cert()));
     let out = gateway(&["check-config", "--config", path.to_str().unwrap()], &[]);
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
 }
@@ -75,15 +74,11 @@ fn logs_carry_no_colour_codes_when_they_do_not_go_to_a_terminal() {
 
     let dir = tempfile::tempdir().unwrap();
     let pki = certs::DevPki::init(dir.path(), &[], false).unwrap();
-    let mut config = gateway::GatewayConfig::new(
-        pki.gateway_cert(),
-        pki.gateway_key(),
-        pki.issuing_ca_cert(certs::IssuingCa::Vehicles),
-    );
+    let vehicles_ca = pki.issuing_ca_cert(certs::IssuingCa::Vehicles);
+    let mut config = naming(pki.gateway_cert(), pki.gateway_key(), vehicles_ca);
     config.mqtt.listen = "127.0.0.1:0".parse().unwrap();
     config.storage.url = format!("sqlite://{}", dir.path().join("gateway.db").display());
-    let path = dir.path().join("gateway.toml");
-    std::fs::write(&path, toml::to_string(&config).unwrap()).unwrap();
+    let path = config_file(&dir, &config);
 
     let mut child = Command::new(env!("CARGO_BIN_EXE_gateway"))
         .args(["run", "--config", path.to_str().unwrap()])

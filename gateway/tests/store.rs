@@ -58,10 +58,19 @@ where
 {
     let dir = tempfile::tempdir().expect("temporary directory");
     let url = format!("sqlite://{}/state/gateway.db", dir.path().display());
+    run_case(url, Backend::Sqlite, case).await;
+}
+
+/// Connects a store to `url` (which must be on `backend`), runs `case` on it, closes it.
+async fn run_case<F, Fut>(url: String, backend: Backend, case: F)
+where
+    F: FnOnce(Db) -> Fut,
+    Fut: Future<Output = ()>,
+{
     let store = Store::connect(&url)
         .await
         .unwrap_or_else(|e| panic!("connect {url}: {e}"));
-    assert_eq!(store.backend(), Backend::Sqlite);
+    assert_eq!(store.backend(), backend);
     case(Db {
         store: store.clone(),
         url,
@@ -114,20 +123,9 @@ where
         .expect("create schema");
     let url = with_search_path(&base, &schema);
 
-    let outcome = AssertUnwindSafe(async {
-        let store = Store::connect(&url)
-            .await
-            .unwrap_or_else(|e| panic!("connect {url}: {e}"));
-        assert_eq!(store.backend(), Backend::Postgres);
-        case(Db {
-            store: store.clone(),
-            url: url.clone(),
-        })
+    let outcome = AssertUnwindSafe(run_case(url, Backend::Postgres, case))
+        .catch_unwind()
         .await;
-        store.close().await;
-    })
-    .catch_unwind()
-    .await;
 
     sqlx::query(sqlx::AssertSqlSafe(format!("DROP SCHEMA {schema} CASCADE")))
         .execute(&mut admin)
@@ -188,6 +186,21 @@ on_both_backends!(
 
 // ---------------------------------------------------------------------------------------------
 // Fixtures
+
+/// `store.ledger_claim` with the usual lease and retention.
+async fn claim(store: &Store, key: &LedgerKey, request: &RequestFingerprint, owner: &str, now: i64) -> Claim {
+    store
+        .ledger_claim(key, request, owner, now, LEASE, RETENTION)
+        .await
+        .unwrap()
+}
+
+/// Key `pay-1` of car 1, claimed (fresh) by `gw-a` at [`T0`] for a payment for lot 42.
+async fn claimed_by_gw_a(store: &Store) -> (LedgerKey, RequestFingerprint) {
+    let (k, req) = (key(1, "pay-1"), pay(b"lot=42"));
+    assert_eq!(claim(store, &k, &req, "gw-a", T0).await, Claim::Fresh);
+    (k, req)
+}
 
 fn vin(n: u32) -> Vin {
     Vin::parse(&format!("LSVAU2180N2{n:06}")).unwrap()
@@ -376,24 +389,17 @@ async fn ledger_first_claim_is_fresh_then_completion_is_replayed(db: Db) {
     let s = &db.store;
     let k = key(1, "pay-1");
     let req = pay(b"lot=42;minutes=60");
-    assert_eq!(
-        s.ledger_claim(&k, &req, "gw-a", T0, LEASE, RETENTION).await.unwrap(),
-        Claim::Fresh
-    );
+    assert_eq!(claim(s, &k, &req, "gw-a", T0).await, Claim::Fresh);
     s.ledger_complete(&k, "gw-a", b"receipt-1", T0 + 10).await.unwrap();
     // Same owner, another owner, later: all get the stored response.
     for owner in ["gw-a", "gw-b"] {
         assert_eq!(
-            s.ledger_claim(&k, &req, owner, T0 + 20, LEASE, RETENTION)
-                .await
-                .unwrap(),
+            claim(s, &k, &req, owner, T0 + 20).await,
             Claim::Replay(b"receipt-1".to_vec())
         );
     }
     assert_eq!(
-        s.ledger_claim(&k, &req, "gw-c", T0 + RETENTION - 1, LEASE, RETENTION)
-            .await
-            .unwrap(),
+        claim(s, &k, &req, "gw-c", T0 + RETENTION - 1).await,
         Claim::Replay(b"receipt-1".to_vec())
     );
     // A second completion does not overwrite the first response.
@@ -404,102 +410,39 @@ async fn ledger_first_claim_is_fresh_then_completion_is_replayed(db: Db) {
     assert!(matches!(err, StoreError::NotLedgerOwner { .. }), "{err:?}");
     // Keys are per car, and the empty response is a response.
     let other_car = key(2, "pay-1");
-    assert_eq!(
-        s.ledger_claim(&other_car, &req, "gw-a", T0, LEASE, RETENTION)
-            .await
-            .unwrap(),
-        Claim::Fresh
-    );
+    assert_eq!(claim(s, &other_car, &req, "gw-a", T0).await, Claim::Fresh);
     s.ledger_complete(&other_car, "gw-a", b"", T0 + 1).await.unwrap();
-    assert_eq!(
-        s.ledger_claim(&other_car, &req, "gw-a", T0 + 2, LEASE, RETENTION)
-            .await
-            .unwrap(),
-        Claim::Replay(vec![])
-    );
+    assert_eq!(claim(s, &other_car, &req, "gw-a", T0 + 2).await, Claim::Replay(vec![]));
 }
 
 async fn ledger_refuses_a_key_reused_for_another_request(db: Db) {
     let s = &db.store;
-    let k = key(1, "pay-1");
-    let req = pay(b"lot=42");
-    assert_eq!(
-        s.ledger_claim(&k, &req, "gw-a", T0, LEASE, RETENTION).await.unwrap(),
-        Claim::Fresh
-    );
+    let (k, req) = claimed_by_gw_a(s).await;
     let original = Claim::Mismatch {
         method: "/parking.v1.ParkingPayment/Pay".to_owned(),
     };
     // In flight: another payload, another method.
-    assert_eq!(
-        s.ledger_claim(&k, &pay(b"lot=43"), "gw-a", T0 + 1, LEASE, RETENTION)
-            .await
-            .unwrap(),
-        original
-    );
+    assert_eq!(claim(s, &k, &pay(b"lot=43"), "gw-a", T0 + 1).await, original);
     let other_method = RequestFingerprint::of("/parking.v1.ParkingPayment/Refund", b"lot=42");
-    assert_eq!(
-        s.ledger_claim(&k, &other_method, "gw-b", T0 + 1, LEASE, RETENTION)
-            .await
-            .unwrap(),
-        original
-    );
+    assert_eq!(claim(s, &k, &other_method, "gw-b", T0 + 1).await, original);
     // Completed: still refused, not replayed.
     s.ledger_complete(&k, "gw-a", b"receipt", T0 + 2).await.unwrap();
-    assert_eq!(
-        s.ledger_claim(&k, &pay(b"lot=43"), "gw-a", T0 + 3, LEASE, RETENTION)
-            .await
-            .unwrap(),
-        original
-    );
+    assert_eq!(claim(s, &k, &pay(b"lot=43"), "gw-a", T0 + 3).await, original);
     // An abandoned claim whose lease is long gone is still not taken over by another request.
     let k2 = key(1, "pay-2");
-    assert_eq!(
-        s.ledger_claim(&k2, &req, "gw-a", T0, LEASE, RETENTION).await.unwrap(),
-        Claim::Fresh
-    );
-    assert_eq!(
-        s.ledger_claim(&k2, &other_method, "gw-b", T0 + 10 * LEASE, LEASE, RETENTION)
-            .await
-            .unwrap(),
-        original
-    );
-    assert_eq!(
-        s.ledger_claim(&k2, &req, "gw-b", T0 + 10 * LEASE, LEASE, RETENTION)
-            .await
-            .unwrap(),
-        Claim::Fresh
-    );
+    assert_eq!(claim(s, &k2, &req, "gw-a", T0).await, Claim::Fresh);
+    assert_eq!(claim(s, &k2, &other_method, "gw-b", T0 + 10 * LEASE).await, original);
+    assert_eq!(claim(s, &k2, &req, "gw-b", T0 + 10 * LEASE).await, Claim::Fresh);
 }
 
 async fn ledger_live_lease_is_in_flight_for_any_owner(db: Db) {
     let s = &db.store;
-    let k = key(1, "pay-1");
-    let req = pay(b"lot=42");
-    assert_eq!(
-        s.ledger_claim(&k, &req, "gw-a", T0, LEASE, RETENTION).await.unwrap(),
-        Claim::Fresh
-    );
-    assert_eq!(
-        s.ledger_claim(&k, &req, "gw-a", T0 + 1, LEASE, RETENTION)
-            .await
-            .unwrap(),
-        Claim::InFlight
-    );
-    assert_eq!(
-        s.ledger_claim(&k, &req, "gw-a", T0 + LEASE - 1, LEASE, RETENTION)
-            .await
-            .unwrap(),
-        Claim::InFlight
-    );
+    let (k, req) = claimed_by_gw_a(s).await;
+    assert_eq!(claim(s, &k, &req, "gw-a", T0 + 1).await, Claim::InFlight);
+    assert_eq!(claim(s, &k, &req, "gw-a", T0 + LEASE - 1).await, Claim::InFlight);
     // Another process (another node, or this node restarted) while the lease is live: it may
     // still be calling the partner, so the retry waits instead of calling a second time.
-    assert_eq!(
-        s.ledger_claim(&k, &req, "gw-b", T0 + LEASE - 1, LEASE, RETENTION)
-            .await
-            .unwrap(),
-        Claim::InFlight
-    );
+    assert_eq!(claim(s, &k, &req, "gw-b", T0 + LEASE - 1).await, Claim::InFlight);
     // The lease is the claimer's: a retry asking with a shorter lease does not cut it short.
     assert_eq!(
         s.ledger_claim(&k, &req, "gw-b", T0 + LEASE - 1, 1, RETENTION)
@@ -508,23 +451,11 @@ async fn ledger_live_lease_is_in_flight_for_any_owner(db: Db) {
         Claim::InFlight
     );
     // The same owner after its own lease ran out gets it back.
-    assert_eq!(
-        s.ledger_claim(&k, &req, "gw-a", T0 + LEASE, LEASE, RETENTION)
-            .await
-            .unwrap(),
-        Claim::Fresh
-    );
-    assert_eq!(
-        s.ledger_claim(&k, &req, "gw-a", T0 + LEASE + 1, LEASE, RETENTION)
-            .await
-            .unwrap(),
-        Claim::InFlight
-    );
+    assert_eq!(claim(s, &k, &req, "gw-a", T0 + LEASE).await, Claim::Fresh);
+    assert_eq!(claim(s, &k, &req, "gw-a", T0 + LEASE + 1).await, Claim::InFlight);
     s.ledger_complete(&k, "gw-a", b"ok", T0 + LEASE + 2).await.unwrap();
     assert_eq!(
-        s.ledger_claim(&k, &req, "gw-b", T0 + LEASE + 3, LEASE, RETENTION)
-            .await
-            .unwrap(),
+        claim(s, &k, &req, "gw-b", T0 + LEASE + 3).await,
         Claim::Replay(b"ok".to_vec())
     );
     // A claimer with a long call holds the key that long, whatever lease the retries ask for.
@@ -535,42 +466,17 @@ async fn ledger_live_lease_is_in_flight_for_any_owner(db: Db) {
             .unwrap(),
         Claim::Fresh
     );
-    assert_eq!(
-        s.ledger_claim(&long, &req, "gw-b", T0 + 3 * LEASE - 1, LEASE, RETENTION)
-            .await
-            .unwrap(),
-        Claim::InFlight
-    );
-    assert_eq!(
-        s.ledger_claim(&long, &req, "gw-b", T0 + 3 * LEASE, LEASE, RETENTION)
-            .await
-            .unwrap(),
-        Claim::Fresh
-    );
+    assert_eq!(claim(s, &long, &req, "gw-b", T0 + 3 * LEASE - 1).await, Claim::InFlight);
+    assert_eq!(claim(s, &long, &req, "gw-b", T0 + 3 * LEASE).await, Claim::Fresh);
 }
 
 async fn ledger_expired_lease_is_taken_over_and_old_owner_cannot_complete(db: Db) {
     let s = &db.store;
-    let k = key(1, "pay-1");
-    let req = pay(b"lot=42");
     // gw-a claims, then its process is killed.
-    assert_eq!(
-        s.ledger_claim(&k, &req, "gw-a", T0, LEASE, RETENTION).await.unwrap(),
-        Claim::Fresh
-    );
-    assert_eq!(
-        s.ledger_claim(&k, &req, "gw-b", T0 + LEASE, LEASE, RETENTION)
-            .await
-            .unwrap(),
-        Claim::Fresh
-    );
+    let (k, req) = claimed_by_gw_a(s).await;
+    assert_eq!(claim(s, &k, &req, "gw-b", T0 + LEASE).await, Claim::Fresh);
     // gw-b now holds a live lease of its own.
-    assert_eq!(
-        s.ledger_claim(&k, &req, "gw-c", T0 + LEASE + 1, LEASE, RETENTION)
-            .await
-            .unwrap(),
-        Claim::InFlight
-    );
+    assert_eq!(claim(s, &k, &req, "gw-c", T0 + LEASE + 1).await, Claim::InFlight);
     // The old owner can neither complete nor release the claim it lost.
     let err = s
         .ledger_complete(&k, "gw-a", b"late", T0 + LEASE + 2)
@@ -582,19 +488,12 @@ async fn ledger_expired_lease_is_taken_over_and_old_owner_cannot_complete(db: Db
         "{err}"
     );
     s.ledger_release(&k, "gw-a").await.unwrap();
-    assert_eq!(
-        s.ledger_claim(&k, &req, "gw-c", T0 + LEASE + 3, LEASE, RETENTION)
-            .await
-            .unwrap(),
-        Claim::InFlight
-    );
+    assert_eq!(claim(s, &k, &req, "gw-c", T0 + LEASE + 3).await, Claim::InFlight);
     s.ledger_complete(&k, "gw-b", b"receipt-b", T0 + LEASE + 4)
         .await
         .unwrap();
     assert_eq!(
-        s.ledger_claim(&k, &req, "gw-a", T0 + LEASE + 5, LEASE, RETENTION)
-            .await
-            .unwrap(),
+        claim(s, &k, &req, "gw-a", T0 + LEASE + 5).await,
         Claim::Replay(b"receipt-b".to_vec())
     );
     // The retention period counts from the first claim, not the take-over.
@@ -667,37 +566,20 @@ async fn ledger_expired_record_behaves_as_absent(db: Db) {
 
 async fn ledger_release_only_by_owner_and_never_a_stored_response(db: Db) {
     let s = &db.store;
-    let k = key(1, "pay-1");
-    let req = pay(b"lot=42");
-    assert_eq!(
-        s.ledger_claim(&k, &req, "gw-a", T0, LEASE, RETENTION).await.unwrap(),
-        Claim::Fresh
-    );
+    let (k, req) = claimed_by_gw_a(s).await;
     // Someone else's release does nothing.
     s.ledger_release(&k, "gw-b").await.unwrap();
-    assert_eq!(
-        s.ledger_claim(&k, &req, "gw-b", T0 + 1, LEASE, RETENTION)
-            .await
-            .unwrap(),
-        Claim::InFlight
-    );
+    assert_eq!(claim(s, &k, &req, "gw-b", T0 + 1).await, Claim::InFlight);
     // The owner's release lets the next retry call the partner again, even with another payload.
     s.ledger_release(&k, "gw-a").await.unwrap();
-    assert_eq!(
-        s.ledger_claim(&k, &pay(b"lot=43"), "gw-b", T0 + 2, LEASE, RETENTION)
-            .await
-            .unwrap(),
-        Claim::Fresh
-    );
+    assert_eq!(claim(s, &k, &pay(b"lot=43"), "gw-b", T0 + 2).await, Claim::Fresh);
     let err = s.ledger_complete(&k, "gw-a", b"x", T0 + 3).await.expect_err("released");
     assert!(matches!(err, StoreError::NotLedgerOwner { .. }), "{err:?}");
     // A completed record is not released.
     s.ledger_complete(&k, "gw-b", b"done", T0 + 3).await.unwrap();
     s.ledger_release(&k, "gw-b").await.unwrap();
     assert_eq!(
-        s.ledger_claim(&k, &pay(b"lot=43"), "gw-c", T0 + 4, LEASE, RETENTION)
-            .await
-            .unwrap(),
+        claim(s, &k, &pay(b"lot=43"), "gw-c", T0 + 4).await,
         Claim::Replay(b"done".to_vec())
     );
     // Releasing a key nobody claimed is fine.
@@ -753,6 +635,11 @@ async fn concurrent_claims(
             })
         })
         .collect();
+    outputs(tasks).await
+}
+
+/// What each of `tasks` returned, in order.
+async fn outputs<T>(tasks: Vec<tokio::task::JoinHandle<T>>) -> Vec<T> {
     futures::future::join_all(tasks)
         .await
         .into_iter()
@@ -867,11 +754,7 @@ async fn concurrent_appends(stores: &[Store], events: Vec<NewEvent>) -> Vec<u64>
             })
         })
         .collect();
-    futures::future::join_all(tasks)
-        .await
-        .into_iter()
-        .map(|r| r.unwrap())
-        .collect()
+    outputs(tasks).await
 }
 
 async fn events_concurrent_appends_are_gapless(db: Db) {
@@ -1057,9 +940,7 @@ async fn sqlite_recovers_by_itself_after_the_disk_was_full() {
         1,
         "the store recovered without a restart"
     );
-    s.ledger_claim(&key(1, "k"), &pay(b"x"), "gw-1/1", T0, LEASE, RETENTION)
-        .await
-        .unwrap();
+    claim(&s, &key(1, "k"), &pay(b"x"), "gw-1/1", T0).await;
     s.close().await;
 }
 
@@ -1092,10 +973,7 @@ async fn ledger_a_restarted_node_frees_its_predecessors_claims_only(db: Db) {
         (key(1, "b"), "gw-1/111"),
         (key(1, "c"), "gw-10/7"),
     ] {
-        assert_eq!(
-            s.ledger_claim(&k, &req, owner, T0, LEASE, RETENTION).await.unwrap(),
-            Claim::Fresh
-        );
+        assert_eq!(claim(s, &k, &req, owner, T0).await, Claim::Fresh);
     }
     s.ledger_complete(&key(1, "b"), "gw-1/111", b"done", T0 + 1)
         .await
@@ -1106,25 +984,13 @@ async fn ledger_a_restarted_node_frees_its_predecessors_claims_only(db: Db) {
         "only the uncompleted claim of gw-1"
     );
     // Well inside the old lease, the restarted gw-1 takes its own stale claim over...
-    assert_eq!(
-        s.ledger_claim(&key(1, "a"), &req, "gw-1/222", T0 + 2, LEASE, RETENTION)
-            .await
-            .unwrap(),
-        Claim::Fresh
-    );
+    assert_eq!(claim(s, &key(1, "a"), &req, "gw-1/222", T0 + 2).await, Claim::Fresh);
     // ...the completed one is still replayed, and gw-10's live claim is untouched.
     assert_eq!(
-        s.ledger_claim(&key(1, "b"), &req, "gw-1/222", T0 + 3, LEASE, RETENTION)
-            .await
-            .unwrap(),
+        claim(s, &key(1, "b"), &req, "gw-1/222", T0 + 3).await,
         Claim::Replay(b"done".to_vec())
     );
-    assert_eq!(
-        s.ledger_claim(&key(1, "c"), &req, "gw-1/222", T0 + 4, LEASE, RETENTION)
-            .await
-            .unwrap(),
-        Claim::InFlight
-    );
+    assert_eq!(claim(s, &key(1, "c"), &req, "gw-1/222", T0 + 4).await, Claim::InFlight);
 }
 
 async fn connections_recorded_in_one_batch_open_and_close_in_order(db: Db) {
@@ -1221,9 +1087,7 @@ async fn sqlite_a_failing_write_does_not_take_its_batch_down() {
         assert!(matches!(appended, Err(StoreError::Query { .. })), "{appended:?}");
         assert!(claims.into_iter().all(|c| c.unwrap() == Claim::Fresh));
         assert_eq!(
-            s.ledger_claim(&key(1, "k-0"), &pay(b"x"), "gw-1/1", T0 + 1, LEASE, RETENTION)
-                .await
-                .unwrap(),
+            claim(s, &key(1, "k-0"), &pay(b"x"), "gw-1/1", T0 + 1).await,
             Claim::InFlight,
             "the claims were committed"
         );

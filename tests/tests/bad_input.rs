@@ -3,10 +3,9 @@
 
 use std::time::Duration;
 
-use gateway::DisconnectReason;
 use integration_tests::*;
-use prost::Message;
-use proto::parking::v1::parking_payment_server::{ParkingPayment, ParkingPaymentServer};
+use parking_adapter::ParkingService;
+use proto::parking::v1::parking_payment_server::ParkingPayment;
 use proto::parking::v1::*;
 use proto::vehicle::v1::Code;
 use tonic::{Request, Response, Status};
@@ -15,23 +14,19 @@ use tonic::{Request, Response, Status};
 async fn a_malformed_envelope_gets_invalid_argument_and_the_gateway_keeps_serving() {
     let platform = Platform::start().await;
     let mut car = RawCar::connect(&platform, VIN_A).await;
-    car.publish_request(vec![0xff, 0xff, 0xff, 0x07, 0x01]).await;
-    let answer = car.next_response().await;
+    let answer = car.ask(vec![0xff, 0xff, 0xff, 0x07, 0x01]).await;
     assert_eq!(status_code(&answer), Code::InvalidArgument);
     assert!(answer.status.unwrap().message.contains("malformed"), "clear message");
 
-    car.publish_request(envelope("ok-1", LIST, nearby_lots())).await;
-    let answer = car.next_response().await;
-    assert_eq!((answer.request_id.as_str(), status_code(&answer)), ("ok-1", Code::Ok));
+    let answer = car.ask(envelope("ok-1", LIST, nearby_lots())).await;
+    assert_eq!(outcome(&answer), ("ok-1", Code::Ok));
 }
 
 #[tokio::test]
 async fn a_malformed_partner_message_is_the_partners_invalid_argument() {
     let platform = Platform::start().await;
     let mut car = RawCar::connect(&platform, VIN_A).await;
-    car.publish_request(envelope("bad-payload", LIST, vec![0x0a, 0xff, 0xff]))
-        .await;
-    let answer = car.next_response().await;
+    let answer = car.ask(envelope("bad-payload", LIST, vec![0x0a, 0xff, 0xff])).await;
     assert_eq!(answer.request_id, "bad-payload");
     assert_ne!(status_code(&answer), Code::Ok);
 }
@@ -40,29 +35,17 @@ async fn a_malformed_partner_message_is_the_partners_invalid_argument() {
 async fn unknown_services_and_methods_are_unimplemented() {
     let platform = Platform::start().await;
     let mut car = RawCar::connect(&platform, VIN_A).await;
-    car.publish_request(envelope("u-1", "/teleport.v1.Teleporter/Beam", vec![]))
-        .await;
-    let answer = car.next_response().await;
-    assert_eq!(
-        (answer.request_id.as_str(), status_code(&answer)),
-        ("u-1", Code::Unimplemented)
-    );
+    let answer = car.ask(envelope("u-1", "/teleport.v1.Teleporter/Beam", vec![])).await;
+    assert_eq!(outcome(&answer), ("u-1", Code::Unimplemented));
     assert!(answer.status.unwrap().message.contains("teleport.v1.Teleporter"));
 
-    car.publish_request(envelope("u-2", "/parking.v1.ParkingPayment/Teleport", vec![]))
+    let answer = car
+        .ask(envelope("u-2", "/parking.v1.ParkingPayment/Teleport", vec![]))
         .await;
-    let answer = car.next_response().await;
-    assert_eq!(
-        (answer.request_id.as_str(), status_code(&answer)),
-        ("u-2", Code::Unimplemented)
-    );
+    assert_eq!(outcome(&answer), ("u-2", Code::Unimplemented));
 
-    car.publish_request(envelope("u-3", "not a method", vec![])).await;
-    let answer = car.next_response().await;
-    assert_eq!(
-        (answer.request_id.as_str(), status_code(&answer)),
-        ("u-3", Code::InvalidArgument)
-    );
+    let answer = car.ask(envelope("u-3", "not a method", vec![])).await;
+    assert_eq!(outcome(&answer), ("u-3", Code::InvalidArgument));
 }
 
 #[tokio::test]
@@ -85,13 +68,8 @@ async fn a_packet_beyond_the_frame_limit_closes_only_that_connection() {
     // 1 KiB limit + 16 KiB envelope headroom: 64 KiB cannot be a request.
     car.publish_request(vec![0u8; 64 * 1024]).await;
     closed(&mut car.eventloop).await;
-    let reason = disconnected(&mut events, VIN_A).await;
-    assert!(
-        matches!(reason, DisconnectReason::ProtocolError(ref why) if why.contains("exceeds")),
-        "{reason:?}"
-    );
-    other.publish_request(envelope("still-ok", LIST, nearby_lots())).await;
-    assert_eq!(status_code(&other.next_response().await), Code::Ok);
+    disconnected_for_protocol_error(&mut events, VIN_A, "exceeds").await;
+    assert_eq!(outcome(&other.ask_for_lots("still-ok").await), ("still-ok", Code::Ok));
 }
 
 #[tokio::test]
@@ -110,35 +88,15 @@ async fn the_agent_refuses_an_oversize_request_before_sending_it() {
 
 #[tokio::test]
 async fn an_unreachable_partner_is_unavailable_promptly() {
-    init();
-    let pki = TestPki::new();
-    let dead = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = dead.local_addr().unwrap();
-    drop(dead);
-    let gateway = start_gateway(gateway_config(&pki, vec![partner_entry(&pki, PARKING, addr)])).await;
-    let mut car = {
-        let creds = pki.vehicle(VIN_A);
-        let (client, mut eventloop) = mqtt_client(gateway.mqtt_addr(), &pki.ca_cert, &creds, VIN_A);
-        connack(&mut eventloop).await.unwrap();
-        let vin = proto::Vin::parse(VIN_A).unwrap();
-        client
-            .subscribe(proto::topics::responses(&vin), rumqttc::QoS::AtLeastOnce)
-            .await
-            .unwrap();
-        next_incoming(&mut eventloop, |p| {
-            matches!(p, rumqttc::Packet::SubAck(_)).then_some(())
-        })
-        .await
-        .unwrap();
-        RawCar { vin, client, eventloop }
-    };
-    car.publish_request(envelope("down-1", LIST, nearby_lots())).await;
-    let answer = car.next_response().await;
+    let nobody = RefusingPartner::new();
+    let platform =
+        Platform::start_with_pki(|pki, c| c.partners = vec![partner_entry(pki, PARKING, nobody.addr())]).await;
+    let mut car = RawCar::connect(&platform, VIN_A).await;
+    let answer = car.ask(envelope("down-1", LIST, nearby_lots())).await;
     // UNAVAILABLE, not DEADLINE_EXCEEDED: a refused connection is reported at once rather
     // than waited out until the car's 5 s deadline.
     assert_eq!(status_code(&answer), Code::Unavailable, "{answer:?}");
     assert!(answer.status.unwrap().message.contains("parking.v1.ParkingPayment"));
-    gateway.shutdown().await;
 }
 
 /// A partner that accepts calls and never answers.
@@ -165,59 +123,16 @@ impl ParkingPayment for Stalling {
 
 #[tokio::test]
 async fn a_partner_past_the_cars_deadline_is_deadline_exceeded() {
-    init();
-    let pki = TestPki::new();
-    let partner = start_partner_service(&pki, ParkingPaymentServer::new(Stalling)).await;
-    let gateway = start_gateway(gateway_config(&pki, vec![partner_entry(&pki, PARKING, partner.addr)])).await;
-    let creds = pki.vehicle(VIN_A);
-    let (client, mut eventloop) = mqtt_client(gateway.mqtt_addr(), &pki.ca_cert, &creds, VIN_A);
-    connack(&mut eventloop).await.unwrap();
-    let vin = proto::Vin::parse(VIN_A).unwrap();
-    client
-        .subscribe(proto::topics::responses(&vin), rumqttc::QoS::AtLeastOnce)
-        .await
-        .unwrap();
-    let request = proto::vehicle::v1::Request {
-        request_id: "slow-1".into(),
-        idempotency_key: String::new(),
-        method: LIST.into(),
-        timeout_ms: 300,
-        payload: nearby_lots(),
-    };
-    client
-        .publish(
-            proto::topics::requests(&vin),
-            rumqttc::QoS::AtLeastOnce,
-            false,
-            request.encode_to_vec(),
-        )
-        .await
-        .unwrap();
-    let answer = next_incoming(&mut eventloop, response_of).await.unwrap();
-    assert_eq!(
-        (answer.request_id.as_str(), status_code(&answer)),
-        ("slow-1", Code::DeadlineExceeded)
-    );
-    gateway.shutdown().await;
+    let platform = Platform::start_partner(Stalling).await;
+    let mut car = RawCar::connect(&platform, VIN_A).await;
+    let answer = car.ask(request("slow-1", "", LIST, nearby_lots(), 300)).await;
+    assert_eq!(outcome(&answer), ("slow-1", Code::DeadlineExceeded));
 }
 
 #[tokio::test]
 async fn the_app_sees_deadline_exceeded_through_the_agent() {
-    init();
-    let pki = TestPki::new();
-    let partner = start_partner_service(&pki, ParkingPaymentServer::new(Stalling)).await;
-    let gateway = start_gateway(gateway_config(&pki, vec![partner_entry(&pki, PARKING, partner.addr)])).await;
-    let me = pki.vehicle(VIN_A);
-    let mut config = vehicle_agent::AgentConfig::new(
-        format!("localhost:{}", gateway.mqtt_addr().port()),
-        pki.ca_cert.clone(),
-        me.cert,
-        me.key,
-    );
-    config.local_listen = "127.0.0.1:0".parse().unwrap();
-    config.state_dir = pki.dir.path().join("agent-state");
-    let car = vehicle_agent::Agent::start(config).await.unwrap();
-    within(Duration::from_secs(10), car.wait_connected(), "connect").await;
+    let platform = Platform::start_partner(Stalling).await;
+    let car = platform.agent(VIN_A).await;
     let mut app = in_car_app(&car).await;
     let mut request = tonic::Request::new(ListNearbyLotsRequest::default());
     request.set_timeout(Duration::from_millis(400));
@@ -229,7 +144,6 @@ async fn the_app_sees_deadline_exceeded_through_the_agent() {
         || (err.code() == tonic::Code::Cancelled && err.message().contains("Timeout expired"));
     assert!(deadline_passed, "{err:?}");
     car.shutdown().await;
-    gateway.shutdown().await;
 }
 
 /// A partner that answers every lot query with far more than a car could ever need.
@@ -260,31 +174,12 @@ impl ParkingPayment for Talkative {
 
 #[tokio::test]
 async fn a_partner_answer_over_the_maximum_size_is_refused_before_it_is_read() {
-    init();
-    let pki = TestPki::new();
-    let partner = start_partner_service(&pki, ParkingPaymentServer::new(Talkative)).await;
-    let mut config = gateway_config(&pki, vec![partner_entry(&pki, PARKING, partner.addr)]);
-    config.requests.max_response_bytes = 16 * 1024;
-    let gateway = start_gateway(config).await;
-    let platform_car = {
-        let creds = pki.vehicle(VIN_A);
-        let (client, mut eventloop) = mqtt_client(gateway.mqtt_addr(), &pki.ca_cert, &creds, VIN_A);
-        connack(&mut eventloop).await.unwrap();
-        let vin = proto::Vin::parse(VIN_A).unwrap();
-        client
-            .subscribe(proto::topics::responses(&vin), rumqttc::QoS::AtLeastOnce)
-            .await
-            .unwrap();
-        RawCar { vin, client, eventloop }
-    };
-    let mut car = platform_car;
-    car.publish_request(envelope("too-much", LIST, nearby_lots())).await;
-    let answer = car.next_response().await;
-    assert_eq!(
-        (answer.request_id.as_str(), status_code(&answer)),
-        ("too-much", Code::OutOfRange),
-        "{answer:?}"
-    );
+    let platform = Platform::start_partner_with(Talkative, ParkingService::new(), |_, c| {
+        c.requests.max_response_bytes = 16 * 1024
+    })
+    .await;
+    let mut car = RawCar::connect(&platform, VIN_A).await;
+    let answer = car.ask(envelope("too-much", LIST, nearby_lots())).await;
+    assert_eq!(outcome(&answer), ("too-much", Code::OutOfRange), "{answer:?}");
     assert!(answer.status.unwrap().message.contains("16384"), "the limit is named");
-    gateway.shutdown().await;
 }

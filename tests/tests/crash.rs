@@ -1,9 +1,13 @@
 //! kill -9 mid-payment, of the gateway or of the agent: the driver is charged exactly once and
-//! sees the result. Real processes, killed with SIGKILL, on SQLite and on PostgreSQL.
+//! sees the result. Real processes (the binaries cargo built for this run), killed with SIGKILL
+//! and started again on the same listening socket, which the test holds throughout, on SQLite
+//! and on PostgreSQL.
 
 use std::time::Duration;
 
 use integration_tests::*;
+use proto::agent::v1::vehicle_agent_client::VehicleAgentClient;
+use proto::agent::v1::{GetResultRequest, ResultState};
 use proto::parking::v1::EndSessionRequest;
 use proto::parking::v1::parking_payment_client::ParkingPaymentClient;
 
@@ -13,54 +17,71 @@ enum Db {
     Postgres,
 }
 
-fn storage(pki: &TestPki, db: Db) -> String {
-    match db {
-        Db::Sqlite => format!("sqlite://{}", pki.dir.path().join("gateway.db").display()),
-        Db::Postgres => postgres_schema_url(),
+impl Db {
+    fn url(self, pki: &TestPki) -> String {
+        match self {
+            Db::Sqlite => sqlite_url(pki),
+            Db::Postgres => integration_tests::postgres::schema_url(),
+        }
     }
 }
 
-async fn start_gateway_process(config_path: &std::path::Path) -> Process {
-    let mut gateway = Process::spawn("gateway", &["run", "--config", config_path.to_str().unwrap()], &[]);
-    gateway.wait_for_line("gateway listening").await;
-    gateway
+/// `binary run --config config` as a process serving on `port` (handed over: socket
+/// activation), once it has printed `ready`.
+async fn started(binary: Binary, config: &std::path::Path, port: &KeptPort, ready: &str) -> Process {
+    let args = ["run", "--config", config.to_str().unwrap()];
+    let mut process = Process::spawn_on(binary, &args, port.socket());
+    process.wait_for_line("(socket activation)").await;
+    process.wait_for_line(ready).await;
+    process
+}
+
+/// The gateway as a process, serving vehicles on `port`, once it is listening.
+async fn gateway_process(config: &std::path::Path, port: &KeptPort) -> Process {
+    started(built_binary!(gateway), config, port, "gateway listening").await
+}
+
+/// The agent as a process, serving apps on `port`, once it is connected.
+async fn agent_process(config: &std::path::Path, port: &KeptPort) -> Process {
+    started(built_binary!(vehicle_agent), config, port, "connected to the gateway").await
+}
+
+/// Paying for the session `session_id` as request `pay-123`, waiting up to a minute.
+fn pay(session_id: String) -> tonic::Request<EndSessionRequest> {
+    let mut request = tonic::Request::new(EndSessionRequest { session_id });
+    request
+        .metadata_mut()
+        .insert("x-request-id", "pay-123".parse().unwrap());
+    request.set_timeout(Duration::from_secs(60));
+    request
 }
 
 async fn gateway_killed_mid_payment(db: Db) {
     let (platform, partner) = Platform::start_scripted(ScriptedParking::holding_ends).await;
     // The in-process gateway of the platform is not used: this one runs as a process.
-    let port = free_port();
-    let mut config = gateway_config(
-        &platform.pki,
-        vec![partner_entry(&platform.pki, PARKING, platform.parking_server.addr)],
-    );
-    config.mqtt.listen = format!("127.0.0.1:{port}").parse().unwrap();
-    config.storage.url = storage(&platform.pki, db);
-    let config_path = write_gateway_toml(&platform.pki, &config);
-    let gateway = start_gateway_process(&config_path).await;
+    let port = KeptPort::bind();
+    let mut config = platform.config.clone();
+    config.mqtt.listen = port.addr();
+    config.storage.url = db.url(&platform.pki);
+    let config = write_gateway_toml(&platform.pki, &config);
+    let gateway = gateway_process(&config, &port).await;
 
     let mut agent_config = platform.agent_config(VIN_A);
-    agent_config.gateway = format!("localhost:{port}");
-    agent_config.state_dir = platform.pki.dir.path().join("agent-state");
-    let car = vehicle_agent::Agent::start(agent_config).await.unwrap();
-    within(Duration::from_secs(10), car.wait_connected(), "agent connects").await;
+    agent_config.gateway = port.dial();
+    let car = connected_agent(agent_config).await;
     let mut app = in_car_app(&car).await;
     let session = park_from_the_app(&mut app).await;
 
     let arrived = partner.end_arrived();
-    let mut request = tonic::Request::new(EndSessionRequest {
-        session_id: session.session_id,
-    });
-    request.set_timeout(Duration::from_secs(60));
-    let call = tokio::spawn(async move { app.end_session(request).await });
-    within(Duration::from_secs(10), arrived, "payment reaches the partner").await;
+    let call = tokio::spawn(async move { app.end_session(pay(session.session_id)).await });
+    within(SOON, arrived, "the payment reaches the partner").await;
 
     gateway.kill9().await;
     // The partner finishes the charge; its answer has no gateway to go back to.
     partner.release(10);
-    let _gateway = start_gateway_process(&config_path).await;
+    let _gateway = gateway_process(&config, &port).await;
 
-    let ended = within(Duration::from_secs(30), call, "result after the gateway restarts")
+    let ended = within(Duration::from_secs(30), call, "the result after the gateway restarts")
         .await
         .unwrap();
     let receipt = ended.expect("payment completes").into_inner().receipt.expect("receipt");
@@ -69,102 +90,72 @@ async fn gateway_killed_mid_payment(db: Db) {
     car.shutdown().await;
 }
 
-#[tokio::test]
-async fn gateway_killed_mid_payment_on_sqlite() {
-    gateway_killed_mid_payment(Db::Sqlite).await;
-}
-
-#[tokio::test]
-async fn gateway_killed_mid_payment_on_postgres() {
-    gateway_killed_mid_payment(Db::Postgres).await;
-}
-
 async fn agent_killed_mid_payment(db: Db) {
-    let (platform, partner) = Platform::start_scripted(|p| p.holding_ends()).await;
-    // Use the requested database for the platform's gateway too.
-    let mut config = gateway_config(
-        &platform.pki,
-        vec![partner_entry(&platform.pki, PARKING, platform.parking_server.addr)],
-    );
-    config.storage.url = storage(&platform.pki, db);
-    let gateway = start_gateway(config).await;
-
-    let me = platform.pki.vehicle(VIN_A);
-    let local_port = free_port();
-    let state_dir = platform.pki.dir.path().join("agent-state");
-    let toml = format!(
-        "gateway = \"localhost:{}\"\nca_cert = {:?}\ncert = {:?}\nkey = {:?}\nlocal_listen = \"127.0.0.1:{local_port}\"\nstate_dir = {:?}\nbackoff_initial = \"50ms\"\nbackoff_max = \"500ms\"\n",
-        gateway.mqtt_addr().port(),
-        platform.pki.ca_cert,
-        me.cert,
-        me.key,
-        state_dir
-    );
-    let agent_toml = platform.pki.dir.path().join("agent.toml");
-    std::fs::write(&agent_toml, toml).unwrap();
-    let start_agent = || async {
-        let mut agent = Process::spawn("vehicle-agent", &["run", "--config", agent_toml.to_str().unwrap()], &[]);
-        agent.wait_for_line("connected to the gateway").await;
-        agent
-    };
-    let agent = start_agent().await;
-    let url = format!("http://127.0.0.1:{local_port}");
+    let (platform, partner) =
+        Platform::start_scripted_with(ScriptedParking::holding_ends, |pki, c| c.storage.url = db.url(pki)).await;
+    // The agent runs as a process, serving apps on a port the test holds across its lives.
+    let apps = KeptPort::bind();
+    let mut config = platform.agent_config(VIN_A);
+    config.local_listen = apps.addr();
+    let config = write_agent_toml(&platform.pki, &config);
+    let agent = agent_process(&config, &apps).await;
+    let url = format!("http://{}", apps.addr());
     let mut app = ParkingPaymentClient::connect(url.clone()).await.unwrap();
     let session = park_from_the_app(&mut app).await;
 
     let arrived = partner.end_arrived();
-    let pay = |session_id: String| {
-        let mut r = tonic::Request::new(EndSessionRequest { session_id });
-        r.metadata_mut().insert("x-request-id", "pay-123".parse().unwrap());
-        r.set_timeout(Duration::from_secs(60));
-        r
-    };
     let first = tokio::spawn({
         let mut app = app.clone();
         let request = pay(session.session_id.clone());
         async move { app.end_session(request).await }
     });
-    within(Duration::from_secs(10), arrived, "payment reaches the partner").await;
+    within(SOON, arrived, "the payment reaches the partner").await;
     agent.kill9().await;
     assert!(first.await.unwrap().is_err(), "the app loses its call with the agent");
     // The gateway completes the payment while the car's unit is down.
     partner.release(10);
 
-    let _agent = start_agent().await;
-    // The restarted app asks again under the same request id and gets the outcome.
+    let _agent = agent_process(&config, &apps).await;
+    // The app asks again under the same request id, on the same port, and gets the outcome.
     let mut app = ParkingPaymentClient::connect(url.clone()).await.unwrap();
     let ended = within(
         Duration::from_secs(30),
         app.end_session(pay(session.session_id)),
-        "result after restart",
+        "the result after the restart",
     )
     .await
     .expect("payment result");
     assert!(ended.into_inner().receipt.is_some());
-    let mut agent_api = proto::agent::v1::vehicle_agent_client::VehicleAgentClient::connect(url)
-        .await
-        .unwrap();
-    let result = agent_api
-        .get_result(proto::agent::v1::GetResultRequest {
-            request_id: "pay-123".into(),
-        })
-        .await
-        .unwrap()
-        .into_inner();
-    assert_eq!(result.state(), proto::agent::v1::ResultState::Done);
+    let asked = GetResultRequest {
+        request_id: "pay-123".into(),
+    };
+    let mut agent_api = VehicleAgentClient::connect(url).await.unwrap();
+    assert_eq!(
+        agent_api.get_result(asked).await.unwrap().into_inner().state(),
+        ResultState::Done
+    );
     assert_eq!(platform.parking.charges(), 1, "charged exactly once");
-    gateway.shutdown().await;
 }
 
-#[tokio::test]
-async fn agent_killed_mid_payment_on_sqlite() {
-    agent_killed_mid_payment(Db::Sqlite).await;
+/// Runs each named `async fn(Db)` as two tests: `sqlite::NAME` and `postgres::NAME`.
+macro_rules! on_both_databases {
+    ($($case:ident),+) => {
+        mod sqlite {
+            $(#[tokio::test]
+            async fn $case() {
+                super::$case(super::Db::Sqlite).await
+            })+
+        }
+        mod postgres {
+            $(#[tokio::test]
+            async fn $case() {
+                super::$case(super::Db::Postgres).await
+            })+
+        }
+    };
 }
 
-#[tokio::test]
-async fn agent_killed_mid_payment_on_postgres() {
-    agent_killed_mid_payment(Db::Postgres).await;
-}
+on_both_databases!(gateway_killed_mid_payment, agent_killed_mid_payment);
 
 #[tokio::test]
 async fn an_unreachable_database_at_startup_is_a_clear_error_and_exit_69() {
@@ -173,7 +164,7 @@ async fn an_unreachable_database_at_startup_is_a_clear_error_and_exit_69() {
     let mut config = gateway_config(&pki, vec![]);
     config.storage.url = "postgres://postgres:s3cret@127.0.0.1:1/test".into();
     let path = write_gateway_toml(&pki, &config);
-    let gateway = Process::spawn("gateway", &["run", "--config", path.to_str().unwrap()], &[]);
+    let gateway = Process::spawn(built_binary!(gateway), &["run", "--config", path.to_str().unwrap()]);
     let (code, output) = gateway.exit().await;
     assert_eq!(code, Some(69), "{output}");
     assert!(output.contains("127.0.0.1:1"), "names the database: {output}");

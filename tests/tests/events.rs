@@ -3,64 +3,45 @@
 
 use std::time::Duration;
 
-use gateway::config::PartnerApiConfig;
 use integration_tests::*;
 use prost::Message;
 use proto::events::v1::PublishRequest;
 use proto::events::v1::partner_events_client::PartnerEventsClient;
-use proto::vehicle::v1::{Event, EventAck};
-use rumqttc::{Packet, QoS};
-use tonic::transport::{Certificate, Channel, ClientTlsConfig, Identity};
+use proto::vehicle::v1::EventAck;
+use rumqttc::QoS;
+use tonic::transport::Channel;
 
 /// The platform with the partner API on, trusting only the partners CA.
 async fn platform_with_partner_api() -> Platform {
-    platform_with_partner_api_trusting(TestPki::partners_ca).await
+    platform_with_partner_api_and(|_| {}).await
 }
 
-/// The platform with the partner API on, trusting the CA file `trusted` picks.
-async fn platform_with_partner_api_trusting(trusted: fn(&TestPki) -> std::path::PathBuf) -> Platform {
-    platform_with_partner_api_and(trusted, |_| {}).await
-}
-
-/// The platform with the partner API on, trusting `trusted`, with `tweak` applied.
-async fn platform_with_partner_api_and(
-    trusted: fn(&TestPki) -> std::path::PathBuf,
-    tweak: impl FnOnce(&mut gateway::GatewayConfig),
-) -> Platform {
+/// The platform with the partner API on, trusting only the partners CA, with `tweak` applied.
+async fn platform_with_partner_api_and(tweak: impl FnOnce(&mut gateway::GatewayConfig)) -> Platform {
     Platform::start_with_pki(|pki, c| {
-        c.partner_api = Some(PartnerApiConfig {
-            listen: "127.0.0.1:0".parse().unwrap(),
-            client_ca: trusted(pki),
-        });
+        c.partner_api = partner_api(pki.partners_ca());
         tweak(c);
     })
     .await
 }
 
-/// A gRPC connection to the gateway's partner API presenting `creds`.
-async fn try_partner_client(
-    platform: &Platform,
-    creds: &Credentials,
-) -> Result<PartnerEventsClient<Channel>, tonic::transport::Error> {
-    let addr = platform.gateway.partner_api_addr().expect("partner API on");
-    let tls = ClientTlsConfig::new()
-        .ca_certificate(Certificate::from_pem(std::fs::read(&platform.pki.ca_cert).unwrap()))
-        .identity(Identity::from_pem(&creds.pem.cert_pem, &creds.pem.key_pem))
-        .domain_name("localhost");
-    let channel = Channel::from_shared(format!("https://localhost:{}", addr.port()))
-        .unwrap()
-        .tls_config(tls)
-        .unwrap()
-        .connect()
-        .await?;
-    Ok(PartnerEventsClient::new(channel))
+/// The parking partner's client of the partner API.
+async fn parking_partner(platform: &Platform) -> PartnerEventsClient<Channel> {
+    platform.partner_events(&platform.pki.partner("parking")).await
 }
 
-/// A gRPC client to the gateway's partner API presenting `creds`.
-async fn partner_client(platform: &Platform, creds: &Credentials) -> PartnerEventsClient<Channel> {
-    try_partner_client(platform, creds)
-        .await
-        .expect("connect to partner API")
+/// The platform with the partner API on, and the parking partner's client of it.
+async fn platform_and_parking_partner() -> (Platform, PartnerEventsClient<Channel>) {
+    let platform = platform_with_partner_api().await;
+    let partner = parking_partner(&platform).await;
+    (platform, partner)
+}
+
+/// A car played by a stock client, listening for its events.
+async fn listening_car(platform: &Platform, vin: &str) -> RawCar {
+    let mut car = RawCar::connect(platform, vin).await;
+    car.subscribe_events().await;
+    car
 }
 
 fn event(vin: &str, id: &str, kind: &str) -> PublishRequest {
@@ -74,26 +55,9 @@ fn event(vin: &str, id: &str, kind: &str) -> PublishRequest {
     }
 }
 
-async fn next_event(car: &mut RawCar) -> Event {
-    next_incoming(&mut car.eventloop, |p| match p {
-        Packet::Publish(p) if p.topic.ends_with("/v1/events") => Event::decode(p.payload.clone()).ok(),
-        _ => None,
-    })
-    .await
-    .expect("event")
-}
-
-async fn subscribe_events(car: &mut RawCar) {
-    car.client
-        .subscribe(proto::topics::events(&car.vin), QoS::AtLeastOnce)
-        .await
-        .unwrap();
-}
-
 #[tokio::test]
 async fn events_pushed_while_the_car_is_away_arrive_in_order_when_it_connects() {
-    let platform = platform_with_partner_api().await;
-    let mut partner = partner_client(&platform, &platform.pki.partner("parking")).await;
+    let (platform, mut partner) = platform_and_parking_partner().await;
     for (i, kind) in ["session.started", "session.extended", "session.ended"]
         .iter()
         .enumerate()
@@ -127,40 +91,25 @@ async fn events_pushed_while_the_car_is_away_arrive_in_order_when_it_connects() 
 
 #[tokio::test]
 async fn unacknowledged_events_are_redelivered_after_reconnect_and_acked_ones_are_not() {
-    let platform = platform_with_partner_api().await;
-    let mut partner = partner_client(&platform, &platform.pki.partner("parking")).await;
+    let (platform, mut partner) = platform_and_parking_partner().await;
     partner.publish(event(VIN_A, "gate-1", "session.ended")).await.unwrap();
 
-    let mut car = RawCar::connect(&platform, VIN_A).await;
-    subscribe_events(&mut car).await;
-    assert_eq!(next_event(&mut car).await.sequence, 1);
+    let mut car = listening_car(&platform, VIN_A).await;
+    assert_eq!(car.next_event().await.sequence, 1);
     drop(car); // gone without acknowledging
 
-    let mut car = RawCar::connect(&platform, VIN_A).await;
-    subscribe_events(&mut car).await;
-    assert_eq!(next_event(&mut car).await.sequence, 1, "redelivered");
-    car.client
-        .publish(
-            proto::topics::event_acks(&car.vin),
-            QoS::AtLeastOnce,
-            false,
-            EventAck { sequence: 1 }.encode_to_vec(),
-        )
-        .await
-        .unwrap();
-    next_incoming(&mut car.eventloop, |p| matches!(p, Packet::PubAck(_)).then_some(()))
-        .await
-        .unwrap();
+    let mut car = listening_car(&platform, VIN_A).await;
+    assert_eq!(car.next_event().await.sequence, 1, "redelivered");
+    car.ack_events(1).await;
     drop(car);
 
     partner
         .publish(event(VIN_A, "gate-2", "session.started"))
         .await
         .unwrap();
-    let mut car = RawCar::connect(&platform, VIN_A).await;
-    subscribe_events(&mut car).await;
+    let mut car = listening_car(&platform, VIN_A).await;
     assert_eq!(
-        next_event(&mut car).await.sequence,
+        car.next_event().await.sequence,
         2,
         "the acknowledged event is not sent again"
     );
@@ -168,8 +117,7 @@ async fn unacknowledged_events_are_redelivered_after_reconnect_and_acked_ones_ar
 
 #[tokio::test]
 async fn publishing_the_same_event_id_twice_stores_it_once() {
-    let platform = platform_with_partner_api().await;
-    let mut partner = partner_client(&platform, &platform.pki.partner("parking")).await;
+    let (_platform, mut partner) = platform_and_parking_partner().await;
     let a = partner
         .publish(event(VIN_A, "same", "x"))
         .await
@@ -195,14 +143,14 @@ async fn publishing_the_same_event_id_twice_stores_it_once() {
 #[tokio::test]
 async fn a_partner_may_publish_only_for_its_own_service() {
     let platform = platform_with_partner_api().await;
-    let mut other = partner_client(&platform, &platform.pki.partner("navigation")).await;
+    let mut other = platform.partner_events(&platform.pki.partner("navigation")).await;
     let err = other
         .publish(event(VIN_A, "e1", "x"))
         .await
         .expect_err("not navigation's service");
     assert_eq!(err.code(), tonic::Code::PermissionDenied);
 
-    let mut parking = partner_client(&platform, &platform.pki.partner("parking")).await;
+    let mut parking = parking_partner(&platform).await;
     let mut wrong_service = event(VIN_A, "e2", "x");
     wrong_service.service = "navigation.v1.Navigation".into();
     assert_eq!(
@@ -227,7 +175,7 @@ async fn a_car_or_operator_certificate_cannot_use_the_partner_api() {
     ] {
         // The partners CA does not know them: refused at the handshake, which with TLS 1.3
         // the client may learn of on connect or on its first call.
-        let refused = match try_partner_client(&platform, &creds).await {
+        let refused = match platform.try_partner_events(&creds).await {
             Err(_) => true,
             Ok(mut client) => {
                 let err = client
@@ -245,8 +193,8 @@ async fn a_car_or_operator_certificate_cannot_use_the_partner_api() {
 async fn behind_a_ca_that_admits_every_role_a_car_is_still_not_a_partner() {
     // A deployment that hands the partner API the root: the handshake admits cars, the role
     // in the certificate does not.
-    let platform = platform_with_partner_api_trusting(|pki| pki.ca_cert.clone()).await;
-    let mut car_as_partner = partner_client(&platform, &platform.pki.vehicle(VIN_A)).await;
+    let platform = Platform::start_with_pki(|pki, c| c.partner_api = partner_api(pki.ca_cert.clone())).await;
+    let mut car_as_partner = platform.partner_events(&platform.pki.vehicle(VIN_A)).await;
     let err = car_as_partner
         .publish(event(VIN_B, "e1", "x"))
         .await
@@ -254,7 +202,7 @@ async fn behind_a_ca_that_admits_every_role_a_car_is_still_not_a_partner() {
     assert_eq!(err.code(), tonic::Code::PermissionDenied);
     assert!(err.message().contains("role partner"), "{}", err.message());
 
-    let mut partner = partner_client(&platform, &platform.pki.partner("parking")).await;
+    let mut partner = parking_partner(&platform).await;
     partner
         .publish(event(VIN_B, "e1", "x"))
         .await
@@ -263,8 +211,8 @@ async fn behind_a_ca_that_admits_every_role_a_car_is_still_not_a_partner() {
 
 #[tokio::test]
 async fn a_partner_gets_resource_exhausted_beyond_the_events_waiting_for_one_car() {
-    let platform = platform_with_partner_api_and(TestPki::partners_ca, |c| c.events.max_pending_per_vin = 2).await;
-    let mut partner = partner_client(&platform, &platform.pki.partner("parking")).await;
+    let platform = platform_with_partner_api_and(|c| c.events.max_pending_per_vin = 2).await;
+    let mut partner = parking_partner(&platform).await;
     for id in ["e1", "e2"] {
         partner.publish(event(VIN_A, id, "x")).await.expect("within the quota");
     }
@@ -273,21 +221,9 @@ async fn a_partner_gets_resource_exhausted_beyond_the_events_waiting_for_one_car
     assert!(full.message().contains("retry later with the same event_id"));
     // Another car has room; once the car acknowledges, so does it.
     partner.publish(event(VIN_B, "e1", "x")).await.expect("another car");
-    let mut car = RawCar::connect(&platform, VIN_A).await;
-    subscribe_events(&mut car).await;
-    let first = next_event(&mut car).await.sequence;
-    car.client
-        .publish(
-            proto::topics::event_acks(&car.vin),
-            QoS::AtLeastOnce,
-            false,
-            EventAck { sequence: first }.encode_to_vec(),
-        )
-        .await
-        .unwrap();
-    next_incoming(&mut car.eventloop, |p| matches!(p, Packet::PubAck(_)).then_some(()))
-        .await
-        .unwrap();
+    let mut car = listening_car(&platform, VIN_A).await;
+    let first = car.next_event().await.sequence;
+    car.ack_events(first).await;
     // The acknowledgement is written behind the car's back: the partner retries until there is room.
     within(
         Duration::from_secs(10),
@@ -309,12 +245,12 @@ async fn a_partner_gets_resource_exhausted_beyond_the_events_waiting_for_one_car
 
 #[tokio::test]
 async fn a_partner_over_its_publish_rate_gets_resource_exhausted() {
-    let platform = platform_with_partner_api_and(TestPki::partners_ca, |c| {
+    let platform = platform_with_partner_api_and(|c| {
         c.events.max_per_second_per_partner = std::num::NonZeroU32::new(1).unwrap();
         c.events.burst_per_partner = std::num::NonZeroU32::new(3).unwrap();
     })
     .await;
-    let mut partner = partner_client(&platform, &platform.pki.partner("parking")).await;
+    let mut partner = parking_partner(&platform).await;
     let mut codes = Vec::new();
     for i in 0..5 {
         let outcome = partner.publish(event(VIN_A, &format!("e{i}"), "x")).await;
@@ -328,14 +264,11 @@ async fn a_partner_over_its_publish_rate_gets_resource_exhausted() {
 
 #[tokio::test]
 async fn one_cars_ack_flood_does_not_delay_another_cars_events() {
-    let platform = platform_with_partner_api().await;
-    let mut partner = partner_client(&platform, &platform.pki.partner("parking")).await;
+    let (platform, mut partner) = platform_and_parking_partner().await;
     partner.publish(event(VIN_A, "a-1", "x")).await.unwrap();
-    let mut flooder = RawCar::connect(&platform, VIN_A).await;
-    subscribe_events(&mut flooder).await;
-    assert_eq!(next_event(&mut flooder).await.sequence, 1);
-    let mut car = RawCar::connect(&platform, VIN_B).await;
-    subscribe_events(&mut car).await;
+    let mut flooder = listening_car(&platform, VIN_A).await;
+    assert_eq!(flooder.next_event().await.sequence, 1);
+    let mut car = listening_car(&platform, VIN_B).await;
 
     // Car A acknowledges over and over, at QoS 0, as fast as its publish rate lets it.
     let RawCar {
@@ -355,7 +288,7 @@ async fn one_cars_ack_flood_does_not_delay_another_cars_events() {
     // Meanwhile car B's events arrive, one after the other.
     for i in 1..=5 {
         partner.publish(event(VIN_B, &format!("b-{i}"), "x")).await.unwrap();
-        assert_eq!(next_event(&mut car).await.sequence, i);
+        assert_eq!(car.next_event().await.sequence, i);
     }
     flood.abort();
 }

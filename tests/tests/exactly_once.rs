@@ -6,8 +6,6 @@ use prost::Message;
 use proto::parking::v1::{EndSessionRequest, EndSessionResponse};
 use proto::vehicle::v1::Code;
 
-const END: &str = "/parking.v1.ParkingPayment/EndSession";
-
 fn end(session_id: &str) -> Vec<u8> {
     EndSessionRequest {
         session_id: session_id.into(),
@@ -22,8 +20,7 @@ async fn a_duplicated_mqtt_delivery_charges_once_and_answers_twice_alike() {
     let session = car.park().await;
     let envelope = keyed_envelope("end-1", "pay-once", END, end(&session));
     car.publish_request(envelope.clone()).await;
-    car.publish_request(envelope).await;
-    let first = car.next_response().await;
+    let first = car.ask(envelope).await;
     let second = car.next_response().await;
     assert_eq!((status_code(&first), status_code(&second)), (Code::Ok, Code::Ok));
     assert_eq!(first.payload, second.payload, "the retry replays the first response");
@@ -39,9 +36,7 @@ async fn the_same_key_with_another_payload_is_refused() {
     car.publish_request(keyed_envelope("end-1", "k-1", END, end(&session)))
         .await;
     assert_eq!(status_code(&car.next_response().await), Code::Ok);
-    car.publish_request(keyed_envelope("end-2", "k-1", END, end("ps-other")))
-        .await;
-    let refused = car.next_response().await;
+    let refused = car.ask(keyed_envelope("end-2", "k-1", END, end("ps-other"))).await;
     assert_eq!(refused.request_id, "end-2");
     assert_eq!(status_code(&refused), Code::FailedPrecondition);
     assert!(refused.status.unwrap().message.contains("different request"));
@@ -56,27 +51,12 @@ async fn a_retry_while_the_first_attempt_is_in_flight_waits_for_it() {
     let arrived = partner.end_arrived();
     car.publish_request(keyed_envelope("end-1", "pay", END, end(&session)))
         .await;
-    // Poll the car's connection until the first attempt is at the partner.
-    within(
-        std::time::Duration::from_secs(10),
-        async {
-            tokio::select! {
-                _ = arrived => {},
-                e = closed(&mut car.eventloop) => panic!("connection ended: {e:?}"),
-            }
-        },
-        "first attempt reaches the partner",
-    )
-    .await;
+    while_connected(&mut car.eventloop, arrived, "the first attempt reaches the partner").await;
     // The retry (new request id, same key) arrives while the partner is still working.
     car.publish_request(keyed_envelope("end-2", "pay", END, end(&session)))
         .await;
     // Make sure the retry reached the gateway before releasing: its PUBACK comes back first.
-    next_incoming(&mut car.eventloop, |p| {
-        matches!(p, rumqttc::Packet::PubAck(_)).then_some(())
-    })
-    .await
-    .unwrap();
+    car.puback().await;
     partner.release(2);
     let mut answers = [car.next_response().await, car.next_response().await];
     answers.sort_by(|a, b| a.request_id.cmp(&b.request_id));
@@ -92,8 +72,7 @@ async fn a_retry_while_the_first_attempt_is_in_flight_waits_for_it() {
 #[tokio::test]
 async fn a_partner_failing_the_first_attempt_is_retried_and_charges_once() {
     let (platform, partner) = Platform::start_scripted(ScriptedParking::failing_first_end).await;
-    let car = platform.agent(VIN_A).await;
-    let mut app = in_car_app(&car).await;
+    let (car, mut app) = platform.car_and_app(VIN_A).await;
     let session = park_from_the_app(&mut app).await;
     let ended: EndSessionResponse = app
         .end_session(EndSessionRequest {
@@ -111,8 +90,7 @@ async fn a_partner_failing_the_first_attempt_is_retried_and_charges_once() {
 #[tokio::test]
 async fn the_link_dropping_after_the_request_left_the_car_loses_nothing() {
     let (platform, partner) = Platform::start_scripted(ScriptedParking::holding_ends).await;
-    let car = platform.agent(VIN_A).await;
-    let mut app = in_car_app(&car).await;
+    let (car, mut app) = platform.car_and_app(VIN_A).await;
     let session = park_from_the_app(&mut app).await;
     let arrived = partner.end_arrived();
     let mut request = tonic::Request::new(EndSessionRequest {
@@ -120,23 +98,14 @@ async fn the_link_dropping_after_the_request_left_the_car_loses_nothing() {
     });
     request.set_timeout(std::time::Duration::from_secs(30));
     let call = tokio::spawn(async move { app.end_session(request).await });
-    within(
-        std::time::Duration::from_secs(10),
-        arrived,
-        "request reaches the partner",
-    )
-    .await;
+    within(SOON, arrived, "the request reaches the partner").await;
 
     // The link drops: another connection with the car's certificate takes the session over.
     let mut state = car.link().connection_state();
     let usurper = RawCar::connect(&platform, VIN_A).await;
-    within(
-        std::time::Duration::from_secs(10),
-        state.wait_for(|up| !*up),
-        "agent loses the link",
-    )
-    .await
-    .unwrap();
+    within(SOON, state.wait_for(|up| !*up), "the agent loses the link")
+        .await
+        .unwrap();
     drop(usurper);
     partner.release(2);
 
@@ -164,36 +133,19 @@ async fn every_session_is_recorded_with_who_where_and_why_it_ended() {
     assert!(s.disconnected_at_ms.unwrap() >= s.connected_at_ms);
     assert_eq!(s.cert_fingerprint.len(), 64);
     assert!(s.remote_addr.starts_with("127.0.0.1:"));
-    assert!(
-        s.agent_version
-            .as_deref()
-            .is_some_and(|v| v.starts_with("vehicle-agent/")),
-        "{:?}",
-        s.agent_version
-    );
+    // The agent names itself and its version in CONNECT's user name.
+    let agent = format!("vehicle-agent/{}", env!("CARGO_PKG_VERSION"));
+    assert_eq!(s.agent_version.as_deref(), Some(agent.as_str()));
 }
 
 #[tokio::test]
 async fn read_only_methods_skip_the_ledger_and_reach_the_partner_each_time() {
     // Declared read-only (here, wrongly, EndSession, to make the partner's count visible).
-    init();
-    let pki = TestPki::new();
-    let parking = parking_adapter::ParkingService::new();
-    let partner = ScriptedParking::new(parking.clone());
-    let server = start_partner_service(
-        &pki,
-        proto::parking::v1::parking_payment_server::ParkingPaymentServer::new(partner.clone()),
+    let (platform, partner) = Platform::start_scripted_with(
+        |p| p,
+        |_, c| c.partners[0].read_only_methods = vec!["EndSession".into()],
     )
     .await;
-    let mut entry = partner_entry(&pki, PARKING, server.addr);
-    entry.read_only_methods = vec!["EndSession".into()];
-    let gateway = start_gateway(gateway_config(&pki, vec![entry])).await;
-    let platform = Platform {
-        pki,
-        parking,
-        parking_server: server,
-        gateway,
-    };
     let mut car = RawCar::connect(&platform, VIN_A).await;
     let session = car.park().await;
     let envelope = keyed_envelope("end-1", "same-key", END, end(&session));

@@ -4,7 +4,7 @@
 use gateway::DisconnectReason;
 use integration_tests::*;
 use proto::Vin;
-use rumqttc::{ConnectReturnCode, ConnectionError, Packet, QoS, SubscribeReasonCode};
+use rumqttc::{ConnectReturnCode, ConnectionError, QoS, SubscribeReasonCode};
 
 #[tokio::test]
 async fn a_response_goes_to_the_car_that_asked_and_no_other() {
@@ -12,13 +12,11 @@ async fn a_response_goes_to_the_car_that_asked_and_no_other() {
     let mut a = RawCar::connect(&platform, VIN_A).await;
     let mut b = RawCar::connect(&platform, VIN_B).await;
 
-    a.publish_request(envelope("a-1", LIST, nearby_lots())).await;
-    let answer = a.next_response().await;
+    let answer = a.ask(envelope("a-1", LIST, nearby_lots())).await;
     assert_eq!(answer.request_id, "a-1");
 
     // If A's answer had leaked to B, B would see it before its own.
-    b.publish_request(envelope("b-1", LIST, nearby_lots())).await;
-    assert_eq!(b.next_response().await.request_id, "b-1");
+    assert_eq!(b.ask_for_lots("b-1").await.request_id, "b-1");
 }
 
 #[tokio::test]
@@ -31,14 +29,11 @@ async fn subscribing_outside_its_namespace_is_refused() {
         "/tenants/+/v1/resp".to_string(),
         proto::topics::responses(&other),
     ] {
-        a.client.subscribe(filter.clone(), QoS::AtLeastOnce).await.unwrap();
-        let codes = next_incoming(&mut a.eventloop, |p| match p {
-            Packet::SubAck(ack) => Some(ack.return_codes.clone()),
-            _ => None,
-        })
-        .await
-        .expect("suback");
-        assert_eq!(codes, vec![SubscribeReasonCode::Failure], "{filter}");
+        assert_eq!(
+            a.subscribe(&filter).await,
+            vec![SubscribeReasonCode::Failure],
+            "{filter}"
+        );
     }
     // A mixed SUBSCRIBE: the car's own topic is granted, the other refused, in order.
     let own_events = proto::topics::events(&a.vin);
@@ -49,12 +44,7 @@ async fn subscribing_outside_its_namespace_is_refused() {
         ])
         .await
         .unwrap();
-    let codes = next_incoming(&mut a.eventloop, |p| match p {
-        Packet::SubAck(ack) => Some(ack.return_codes.clone()),
-        _ => None,
-    })
-    .await
-    .expect("suback");
+    let codes = suback(&mut a.eventloop).await;
     assert_eq!(
         codes,
         vec![
@@ -63,8 +53,7 @@ async fn subscribing_outside_its_namespace_is_refused() {
         ]
     );
     // Still connected and served after the refusals.
-    a.publish_request(envelope("a-after", LIST, nearby_lots())).await;
-    assert_eq!(a.next_response().await.request_id, "a-after");
+    assert_eq!(a.ask_for_lots("a-after").await.request_id, "a-after");
 }
 
 #[tokio::test]
@@ -76,25 +65,13 @@ async fn publishing_into_another_cars_namespace_disconnects_the_offender() {
 
     // A forges a request as B, and a response into B's inbox.
     let b_vin = Vin::parse(VIN_B).unwrap();
-    a.client
-        .publish(
-            proto::topics::requests(&b_vin),
-            QoS::AtLeastOnce,
-            false,
-            envelope("forged", LIST, nearby_lots()),
-        )
-        .await
-        .unwrap();
+    a.publish(proto::topics::requests(&b_vin), envelope("forged", LIST, nearby_lots()))
+        .await;
     closed(&mut a.eventloop).await;
-    let reason = disconnected(&mut events, VIN_A).await;
-    assert!(
-        matches!(reason, DisconnectReason::ProtocolError(ref why) if why.contains("namespace")),
-        "{reason:?}"
-    );
+    disconnected_for_protocol_error(&mut events, VIN_A, "namespace").await;
 
     // B never saw a response to the forged request: its first response is its own.
-    b.publish_request(envelope("b-1", LIST, nearby_lots())).await;
-    assert_eq!(b.next_response().await.request_id, "b-1");
+    assert_eq!(b.ask_for_lots("b-1").await.request_id, "b-1");
     assert_eq!(platform.parking.charges(), 0);
 }
 
@@ -117,8 +94,7 @@ async fn a_second_connection_with_the_same_certificate_takes_over_the_session() 
     let mut second = RawCar::connect(&platform, VIN_A).await;
     closed(&mut first.eventloop).await;
     assert_eq!(disconnected(&mut events, VIN_A).await, DisconnectReason::Kicked);
-    second.publish_request(envelope("second", LIST, nearby_lots())).await;
-    assert_eq!(second.next_response().await.request_id, "second");
+    assert_eq!(second.ask_for_lots("second").await.request_id, "second");
 }
 
 #[tokio::test]
@@ -127,19 +103,7 @@ async fn a_car_cannot_forge_gateway_responses_even_to_itself() {
     let mut events = platform.connection_events();
     let mut a = RawCar::connect(&platform, VIN_A).await;
     let own = a.vin.clone();
-    a.client
-        .publish(
-            proto::topics::responses(&own),
-            QoS::AtLeastOnce,
-            false,
-            b"forged".to_vec(),
-        )
-        .await
-        .unwrap();
+    a.publish(proto::topics::responses(&own), b"forged".to_vec()).await;
     closed(&mut a.eventloop).await;
-    let reason = disconnected(&mut events, VIN_A).await;
-    assert!(
-        matches!(reason, DisconnectReason::ProtocolError(ref why) if why.contains("gateway-owned")),
-        "{reason:?}"
-    );
+    disconnected_for_protocol_error(&mut events, VIN_A, "gateway-owned").await;
 }

@@ -9,8 +9,7 @@ use proto::parking::v1::{EndSessionRequest, GeoPoint, GetReceiptRequest, ListNea
 #[tokio::test]
 async fn an_in_car_app_pays_for_parking_through_the_agent() {
     let platform = Platform::start().await;
-    let car = platform.agent(VIN_A).await;
-    let mut app = in_car_app(&car).await;
+    let (car, mut app) = platform.car_and_app(VIN_A).await;
 
     let lots = app
         .list_nearby_lots(ListNearbyLotsRequest {
@@ -68,8 +67,7 @@ async fn an_in_car_app_pays_for_parking_through_the_agent() {
 #[tokio::test]
 async fn partner_errors_reach_the_app_with_their_code() {
     let platform = Platform::start().await;
-    let car = platform.agent(VIN_A).await;
-    let mut app = in_car_app(&car).await;
+    let (car, mut app) = platform.car_and_app(VIN_A).await;
     let err = app
         .start_session(StartSessionRequest {
             lot_id: "no-such-lot".into(),

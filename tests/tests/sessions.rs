@@ -10,26 +10,10 @@ use proto::parking::v1::EndSessionRequest;
 use proto::vehicle::v1::Code;
 use rumqttc::{Event, LastWill, Outgoing, Packet, QoS, SubscribeReasonCode};
 
-const END: &str = "/parking.v1.ParkingPayment/EndSession";
-
-async fn subscribe(
-    client: &rumqttc::AsyncClient,
-    eventloop: &mut rumqttc::EventLoop,
-    filter: &str,
-) -> Vec<SubscribeReasonCode> {
-    client.subscribe(filter, QoS::AtLeastOnce).await.unwrap();
-    next_incoming(eventloop, |p| match p {
-        Packet::SubAck(ack) => Some(ack.return_codes.clone()),
-        _ => None,
-    })
-    .await
-    .expect("suback")
-}
-
 #[tokio::test]
 async fn a_car_flooding_requests_is_slowed_down_and_every_request_is_answered() {
     let (platform, partner) =
-        Platform::start_scripted_with(ScriptedParking::holding_ends, |c| c.mqtt.max_requests_in_flight = 2).await;
+        Platform::start_scripted_with(ScriptedParking::holding_ends, |_, c| c.mqtt.max_requests_in_flight = 2).await;
     let mut car = RawCar::connect(&platform, VIN_A).await;
     let session_id = car.park().await;
     let pay = EndSessionRequest { session_id }.encode_to_vec();
@@ -128,19 +112,8 @@ async fn a_cars_other_topics_are_ordinary_pub_sub_inside_its_namespace() {
         (telemetry, bytes::Bytes::from_static(b"42 km/h"), QoS::AtLeastOnce)
     );
 
-    a.publish(
-        proto::topics::requests(&vin_a),
-        QoS::AtLeastOnce,
-        false,
-        envelope("via-wildcard", LIST, nearby_lots()),
-    )
-    .await
-    .unwrap();
-    let answer = next_incoming(&mut a_loop, response_of).await.unwrap();
-    assert_eq!(
-        (answer.request_id.as_str(), status_code(&answer)),
-        ("via-wildcard", Code::Ok)
-    );
+    let answer = ask_for_lots(&a, &mut a_loop, &vin_a, "via-wildcard").await;
+    assert_eq!(outcome(&answer), ("via-wildcard", Code::Ok));
 
     // B saw neither A's telemetry nor A's answer: its first message is its own.
     b.publish(
@@ -188,16 +161,7 @@ async fn a_persistent_session_keeps_its_subscriptions_across_connections() {
     // Back without subscribing again: the answer still arrives.
     let (client, mut eventloop) = platform.mqtt_client_with(VIN_A, persistent);
     assert!(connack(&mut eventloop).await.unwrap().session_present);
-    client
-        .publish(
-            proto::topics::requests(&vin),
-            QoS::AtLeastOnce,
-            false,
-            envelope("after-reconnect", LIST, nearby_lots()),
-        )
-        .await
-        .unwrap();
-    let answer = next_incoming(&mut eventloop, response_of).await.unwrap();
+    let answer = ask_for_lots(&client, &mut eventloop, &vin, "after-reconnect").await;
     assert_eq!(answer.request_id, "after-reconnect");
 
     // A clean session starts from nothing.
@@ -241,8 +205,7 @@ async fn a_qos2_request_is_answered_once() {
     )
     .await;
     // A later request's answer is the next message: nothing else was queued for the car.
-    car.publish_request(envelope("after", LIST, nearby_lots())).await;
-    assert_eq!(car.next_response().await.request_id, "after");
+    assert_eq!(car.ask_for_lots("after").await.request_id, "after");
 }
 
 #[tokio::test]
@@ -302,17 +265,7 @@ async fn an_answer_that_comes_while_a_persistent_session_is_away_waits_for_it() 
         )
         .await
         .unwrap();
-    within(
-        Duration::from_secs(10),
-        async {
-            tokio::select! {
-                _ = arrived => {},
-                e = closed(&mut eventloop) => panic!("connection ended: {e:?}"),
-            }
-        },
-        "the payment reaches the partner",
-    )
-    .await;
+    while_connected(&mut eventloop, arrived, "the payment reaches the partner").await;
     drop((client, eventloop));
     disconnected(&mut events, VIN_A).await;
     partner.release(1);
@@ -321,9 +274,6 @@ async fn an_answer_that_comes_while_a_persistent_session_is_away_waits_for_it() 
     let (_client, mut eventloop) = platform.mqtt_client_with(VIN_A, persistent);
     assert!(connack(&mut eventloop).await.unwrap().session_present);
     let answer = next_incoming(&mut eventloop, response_of).await.unwrap();
-    assert_eq!(
-        (answer.request_id.as_str(), status_code(&answer)),
-        ("pay-away", Code::Ok)
-    );
+    assert_eq!(outcome(&answer), ("pay-away", Code::Ok));
     assert_eq!(platform.parking.charges(), 1);
 }

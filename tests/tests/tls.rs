@@ -8,7 +8,6 @@ use integration_tests::*;
 use proto::parking::v1::parking_payment_client::ParkingPaymentClient;
 use tokio::io::AsyncReadExt;
 use tokio::net::TcpStream;
-use tonic::transport::{Certificate, ClientTlsConfig, Endpoint, Identity};
 use vehicle_agent::Agent;
 
 /// The gateway refused the client certificate with a TLS alert (in TLS 1.3 the client learns
@@ -72,15 +71,8 @@ async fn start_session_at_the_adapter(
     creds: &Credentials,
     vin: &str,
 ) -> Result<proto::parking::v1::StartSessionResponse, String> {
-    let tls = ClientTlsConfig::new()
-        .ca_certificate(Certificate::from_pem(std::fs::read(&platform.pki.ca_cert).unwrap()))
-        .identity(Identity::from_pem(&creds.pem.cert_pem, &creds.pem.key_pem))
-        .domain_name("localhost");
-    let channel = Endpoint::from_shared(format!("https://localhost:{}", platform.parking_server.addr.port()))
-        .unwrap()
-        .tls_config(tls)
-        .unwrap()
-        .connect()
+    let channel = (platform.pki)
+        .grpc_channel(platform.parking_server.addr, creds)
         .await
         .map_err(|e| format!("connect: {e:?}"))?;
     let mut request = tonic::Request::new(parking_at_the_bund());
@@ -130,4 +122,24 @@ async fn a_stalled_handshake_neither_blocks_others_nor_lives_forever() {
     let n = within(Duration::from_secs(10), stalled.read(&mut buf), "stalled socket closed").await;
     assert!(matches!(n, Ok(0) | Err(_)), "expected EOF, got {n:?}");
     car.shutdown().await;
+}
+
+#[tokio::test]
+async fn an_agent_refuses_a_gateway_whose_certificate_is_not_for_the_name_it_expects() {
+    let platform = Platform::start().await;
+    let mut config = platform.agent_config(VIN_A);
+    config.server_name = Some("gateway.example".into());
+    let link = vehicle_agent::GatewayLink::start(&config).unwrap();
+    let method = proto::MethodPath::parse(LIST).unwrap();
+    let err = link
+        .call(&method, Default::default(), Duration::from_millis(500), None)
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), tonic::Code::DeadlineExceeded);
+    assert!(!link.is_connected());
+    link.shutdown().await;
+
+    // The same car expecting the right name gets in: the refusal was about the name.
+    config.server_name = Some("localhost".into());
+    connected_agent(config).await.shutdown().await;
 }

@@ -11,6 +11,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use clap::{Args, Parser, Subcommand};
 use http::uri::PathAndQuery;
+use tokio::net::TcpListener;
 use tonic::Status;
 use tonic::metadata::{Ascii, MetadataValue};
 use tonic::transport::Endpoint;
@@ -44,6 +45,11 @@ pub struct Cli {
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Runs the agent until SIGINT or SIGTERM (configuration: the file, then AGENT_* variables).
+    ///
+    /// Socket activation: when a service manager passes a listening TCP socket (systemd's
+    /// LISTEN_FDS, with LISTEN_PID unset or this process), apps are served on it instead of
+    /// binding local_listen, and it outlives a restart of the agent: apps connecting meanwhile
+    /// wait in its backlog instead of being refused.
     Run {
         /// TOML configuration file.
         #[arg(long, env = "AGENT_CONFIG")]
@@ -146,10 +152,12 @@ fn parse_duration(s: &str) -> Result<Duration, String> {
 
 /// Parses the command line and runs it; the process's exit status.
 pub fn main() -> ExitCode {
+    // Taken while the process has one thread: it clears LISTEN_FDS, as the protocol asks.
+    let activated = listenfd::ListenFd::from_env();
     // The first thing: rustls panics later if two providers are linked and none is chosen.
     let _ = rustls::crypto::ring::default_provider().install_default();
     match Cli::parse().command {
-        Command::Run { config } => run(config),
+        Command::Run { config } => run(config, activated),
         Command::Call {
             method,
             json,
@@ -167,7 +175,7 @@ fn fail(code: u8, message: impl std::fmt::Display) -> ExitCode {
     ExitCode::from(code)
 }
 
-fn run(config_path: Option<PathBuf>) -> ExitCode {
+fn run(config_path: Option<PathBuf>, mut activated: listenfd::ListenFd) -> ExitCode {
     let config = match AgentConfig::load(config_path.as_deref()) {
         Ok(config) => config,
         Err(e) => return fail(EXIT_USAGE, e),
@@ -175,6 +183,19 @@ fn run(config_path: Option<PathBuf>) -> ExitCode {
     if let Err(e) = config.validate() {
         return fail(EXIT_USAGE, e);
     }
+    if activated.len() > 1 {
+        return fail(
+            EXIT_USAGE,
+            format!(
+                "socket activation: LISTEN_FDS={}: one socket only (local_listen)",
+                activated.len()
+            ),
+        );
+    }
+    let local_listener = match activated.take_tcp_listener(0) {
+        Ok(listener) => listener,
+        Err(e) => return fail(EXIT_USAGE, format!("socket activation: passed socket (fd 3): {e}")),
+    };
     tracing_subscriber::fmt()
         .with_env_filter(log_filter())
         .with_writer(std::io::stderr)
@@ -185,7 +206,20 @@ fn run(config_path: Option<PathBuf>) -> ExitCode {
         Err(e) => return fail(EXIT_FAILURE, format!("cannot start the runtime: {e}")),
     };
     runtime.block_on(async {
-        let agent = match Agent::start(config).await {
+        let started = match local_listener {
+            None => Agent::start(config).await,
+            Some(listener) => {
+                tracing::info!("serving apps on the socket passed by the service manager (socket activation)");
+                match listener
+                    .set_nonblocking(true)
+                    .and_then(|()| TcpListener::from_std(listener))
+                {
+                    Ok(listener) => Agent::start_on(config, listener).await,
+                    Err(e) => Err(anyhow::anyhow!("socket activation: passed socket (fd 3): {e}")),
+                }
+            }
+        };
+        let agent = match started {
             Ok(agent) => agent,
             Err(e) => return fail(EXIT_FAILURE, format!("{e:#}")),
         };

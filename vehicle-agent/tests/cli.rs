@@ -1,4 +1,5 @@
-//! The `vehicle-agent` binary: exit codes, messages, logs, and full runs against a broker.
+//! The `vehicle-agent` binary: exit codes, messages, logs, and full runs against a stand-in
+//! gateway.
 
 mod common;
 
@@ -16,7 +17,7 @@ use tokio::net::TcpListener;
 use tokio::process::Command;
 use tonic::{Code, Status};
 
-use common::{Goodbye, HangUpGateway, Pki, Rig, SOON, VIN, install_provider, soon};
+use common::{Goodbye, Pki, Rig, SOON, StandIn, VIN, install_provider, soon};
 use proto::MethodPath;
 use proto::parking::v1::{ListNearbyLotsRequest, ListNearbyLotsResponse, Lot};
 use proto::vehicle::v1::Response;
@@ -53,18 +54,14 @@ fn write_config(dir: &Path, body: &str) -> PathBuf {
 }
 
 /// `agent.toml` for car [`VIN`] of `pki` dialling `gateway`, with its local endpoint on a
-/// port of its choosing, its state in `state/` and its socket at `agent.sock` next to the file.
+/// port of its choosing, and the CA, its state and its socket given relative to the file.
 fn car_config_file(pki: &Pki, gateway: &str) -> PathBuf {
-    let car = pki.vehicle(VIN);
-    write_config(
-        pki.dir.path(),
-        &format!(
-            "gateway = \"{gateway}\"\nca_cert = \"ca.pem\"\ncert = {:?}\nkey = {:?}\n\
-             local_listen = \"127.0.0.1:0\"\nlocal_socket = \"agent.sock\"\n\
-             backoff_initial = \"20ms\"\nbackoff_max = \"100ms\"\nstate_dir = \"state\"\n",
-            car.cert, car.key
-        ),
-    )
+    let mut config = pki.agent_config(VIN, gateway);
+    config.ca_cert = "ca.pem".into();
+    config.state_dir = "state".into();
+    config.local_socket = Some("agent.sock".into());
+    config.backoff_max = Duration::from_millis(100);
+    write_config(pki.dir.path(), &toml::to_string(&config).unwrap())
 }
 
 #[tokio::test]
@@ -79,17 +76,11 @@ async fn bad_configuration_exits_64_with_the_reason() {
 
     // Relative paths resolve next to the file; the certificate is not a vehicle's.
     let pki = Pki::new();
-    let partner = pki.issue(
-        "partner",
-        "parking",
-        Some("partner"),
-        &[],
-        rcgen::ExtendedKeyUsagePurpose::ClientAuth,
-    );
+    let partner = pki.partner("parking");
     std::fs::copy(&partner.cert, pki.dir.path().join("p.pem")).unwrap();
     let path = write_config(
         pki.dir.path(),
-        "ca_cert = \"ca.pem\"\ncert = \"p.pem\"\nkey = \"partner.key\"\n",
+        "ca_cert = \"ca.pem\"\ncert = \"p.pem\"\nkey = \"parking.key\"\n",
     );
     let (code, _, err) = output(agent().args(["run", "--config"]).arg(&path)).await;
     assert_eq!(code, Some(64));
@@ -324,8 +315,8 @@ const TOKEN: &str = "token-of-the-parking-app";
 
 #[tokio::test]
 async fn run_serves_calls_until_sigterm() {
-    let mut rig = Rig::with_fake_gateway().await;
-    let path = car_config_file(&rig.pki, &rig.broker.address());
+    let mut rig = Rig::with_stand_in().await;
+    let path = car_config_file(&rig.pki, &rig.gateway.address());
     let socket = rig.pki.dir.path().join("agent.sock");
     let running = RunningAgent::start(&path, Some("info,vehicle_agent=debug")).await;
     let mode = std::os::unix::fs::PermissionsExt::mode(&std::fs::metadata(&socket).unwrap().permissions());
@@ -392,13 +383,12 @@ async fn run_serves_calls_until_sigterm() {
         "no colour codes when stderr is not a terminal:\n{log}"
     );
     assert!(!socket.exists(), "the socket is removed at shutdown");
-    rig.stop().await;
 }
 
 #[tokio::test]
 async fn a_call_survives_kill_9_and_result_shows_it() {
-    let mut rig = Rig::with_fake_gateway().await;
-    let path = car_config_file(&rig.pki, &rig.broker.address());
+    let mut rig = Rig::with_stand_in().await;
+    let path = car_config_file(&rig.pki, &rig.gateway.address());
     let socket = rig.pki.dir.path().join("agent.sock");
     let on_socket = |args: &[&str]| {
         let mut cmd = agent();
@@ -469,13 +459,12 @@ async fn a_call_survives_kill_9_and_result_shows_it() {
     assert_eq!(code, Some(64), "{err}");
 
     running.child.kill().await.unwrap();
-    rig.stop().await;
 }
 
 #[tokio::test]
 async fn a_gateway_hanging_up_is_a_warning_and_the_agent_reconnects() {
     let pki = Pki::new();
-    let gateway = HangUpGateway::start(&pki).await;
+    let gateway = StandIn::start(&pki).await;
     let path = car_config_file(&pki, &gateway.address());
     // The default log filter, as deployed.
     let mut running = RunningAgent::start(&path, None).await;

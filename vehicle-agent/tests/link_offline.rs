@@ -25,6 +25,16 @@ fn offline_link(car: &Offline, max_payload_bytes: usize) -> GatewayLink {
     GatewayLink::start(&config).unwrap()
 }
 
+/// A StartSession through `link`, which must fail: its status.
+async fn failed_call(link: &GatewayLink, payload: Bytes, timeout: Duration, key: Option<String>) -> tonic::Status {
+    link.call(&start(), payload, timeout, key).await.unwrap_err()
+}
+
+/// What `link` knows of `request_id` of the anonymous app.
+async fn lookup(link: &GatewayLink, request_id: &str) -> Lookup {
+    link.result(request_id, &anon()).await.unwrap()
+}
+
 fn anon() -> Owner {
     Owner::anonymous()
 }
@@ -69,10 +79,7 @@ async fn idempotency_keys_are_limited_to_255_characters() {
     assert_eq!(err.code(), Code::InvalidArgument);
     assert!(err.message().contains("256 characters"), "{}", err.message());
 
-    let err = link
-        .call(&start(), Bytes::new(), Duration::ZERO, Some("é".repeat(255)))
-        .await
-        .unwrap_err();
+    let err = failed_call(&link, Bytes::new(), Duration::ZERO, Some("é".repeat(255))).await;
     assert_eq!(err.code(), Code::DeadlineExceeded);
     link.shutdown().await;
 }
@@ -81,10 +88,7 @@ async fn idempotency_keys_are_limited_to_255_characters() {
 async fn deadline_says_the_link_was_down() {
     let car = Offline::new();
     let link = offline_link(&car, 1024);
-    let err = link
-        .call(&start(), Bytes::new(), Duration::from_millis(100), None)
-        .await
-        .unwrap_err();
+    let err = failed_call(&link, Bytes::new(), Duration::from_millis(100), None).await;
     assert_eq!(err.code(), Code::DeadlineExceeded);
     assert_eq!(
         err.message(),
@@ -135,7 +139,7 @@ async fn shutdown_fails_waiting_calls_at_once_and_keeps_their_requests() {
     // The next agent on the same state directory has it (shutdown released the directory).
     let link = offline_link(&car, 1024);
     assert_eq!(link.pending_requests(), 1);
-    assert_eq!(link.result("kept", &anon()).await.unwrap(), Lookup::Pending);
+    assert_eq!(lookup(&link, "kept").await, Lookup::Pending);
     link.shutdown().await;
 }
 
@@ -149,7 +153,7 @@ async fn dropping_a_call_keeps_its_request() {
     assert_eq!(link.pending_calls(), 0);
     // The driver's intent outlives the app's call.
     assert_eq!(link.pending_requests(), 1);
-    assert_eq!(link.result("dropped", &anon()).await.unwrap(), Lookup::Pending);
+    assert_eq!(lookup(&link, "dropped").await, Lookup::Pending);
     link.shutdown().await;
 }
 
@@ -157,7 +161,7 @@ async fn dropping_a_call_keeps_its_request() {
 async fn one_request_id_is_one_request() {
     let car = Offline::new();
     let link = offline_link(&car, 1024);
-    assert_eq!(link.result("same", &anon()).await.unwrap(), Lookup::Unknown);
+    assert_eq!(lookup(&link, "same").await, Lookup::Unknown);
     let first = accepted_call(&link, "same", Duration::from_millis(300)).await;
     // The app retries with the same x-request-id: it waits for the same request.
     let again = tokio::spawn({
@@ -185,7 +189,7 @@ async fn one_request_id_is_one_request() {
         .await
         .unwrap_err();
     assert_eq!(stored.message(), first.message());
-    let Lookup::Done(result) = link.result("same", &anon()).await.unwrap() else {
+    let Lookup::Done(result) = lookup(&link, "same").await else {
         panic!("same is done");
     };
     assert_eq!(result.method, "/parking.v1.ParkingPayment/StartSession");
@@ -226,7 +230,7 @@ async fn a_full_outbox_refuses_calls() {
         .unwrap_err();
     assert_eq!(err.code(), Code::ResourceExhausted);
     assert_eq!(err.message(), "outbox full: 1 requests waiting for the gateway");
-    assert_eq!(link.result("two", &anon()).await.unwrap(), Lookup::Unknown);
+    assert_eq!(lookup(&link, "two").await, Lookup::Unknown);
     link.shutdown().await;
 }
 

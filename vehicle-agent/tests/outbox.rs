@@ -40,6 +40,14 @@ fn open(dir: &Path, capacity: usize, now: u64) -> Outbox {
     Outbox::open(dir, capacity, DAY, now).unwrap()
 }
 
+/// Submits request `id` of the anonymous app, due in a minute: it must be accepted.
+fn accept(outbox: &Outbox, id: &str) {
+    assert_eq!(
+        outbox.submit(req(id), &anon(), T0 + 60_000, T0).unwrap(),
+        Submitted::Accepted
+    );
+}
+
 fn files(dir: &Path) -> Vec<String> {
     let mut names: Vec<String> = std::fs::read_dir(dir)
         .unwrap()
@@ -109,8 +117,8 @@ fn entries_and_results_survive_a_reload() {
 fn corrupt_files_are_removed_and_the_rest_loads() {
     let dir = tempfile::tempdir().unwrap();
     let outbox = open(dir.path(), 10, T0);
-    outbox.submit(req("good"), &anon(), T0 + 60_000, T0).unwrap();
-    outbox.submit(req("answered"), &anon(), T0 + 60_000, T0).unwrap();
+    accept(&outbox, "good");
+    accept(&outbox, "answered");
     outbox.complete(&Response::ok("answered", vec![]), T0).unwrap();
     drop(outbox);
     let (ob, res) = (dir.path().join("outbox"), dir.path().join("results"));
@@ -139,7 +147,7 @@ fn corrupt_files_are_removed_and_the_rest_loads() {
 fn a_crash_between_result_and_removal_keeps_the_result() {
     let dir = tempfile::tempdir().unwrap();
     let outbox = open(dir.path(), 10, T0);
-    outbox.submit(req("r"), &anon(), T0 + 60_000, T0).unwrap();
+    accept(&outbox, "r");
     let request_file = std::fs::read(dir.path().join("outbox/r.pb")).unwrap();
     outbox.complete(&Response::ok("r", b"x".to_vec()), T0 + 1).unwrap();
     drop(outbox);
@@ -155,8 +163,8 @@ fn a_crash_between_result_and_removal_keeps_the_result() {
 fn a_full_outbox_refuses_new_requests() {
     let dir = tempfile::tempdir().unwrap();
     let outbox = open(dir.path(), 2, T0);
-    outbox.submit(req("a"), &anon(), T0 + 60_000, T0).unwrap();
-    outbox.submit(req("b"), &anon(), T0 + 60_000, T0).unwrap();
+    accept(&outbox, "a");
+    accept(&outbox, "b");
     let err = outbox.submit(req("c"), &anon(), T0 + 60_000, T0).unwrap_err();
     assert_eq!(err.code(), Code::ResourceExhausted);
     assert_eq!(err.message(), "outbox full: 2 requests waiting for the gateway");
@@ -247,7 +255,7 @@ fn request_ids_must_be_safe_file_names() {
 fn a_known_id_returns_its_result_and_keeps_its_method() {
     let dir = tempfile::tempdir().unwrap();
     let outbox = open(dir.path(), 10, T0);
-    outbox.submit(req("r"), &anon(), T0 + 60_000, T0).unwrap();
+    accept(&outbox, "r");
     let other = Request {
         method: "/parking.v1.ParkingPayment/GetReceipt".into(),
         ..req("r")
@@ -276,14 +284,14 @@ fn a_known_id_returns_its_result_and_keeps_its_method() {
 fn results_are_purged_after_the_retention() {
     let dir = tempfile::tempdir().unwrap();
     let outbox = Outbox::open(dir.path(), 10, Duration::from_secs(1), T0).unwrap();
-    outbox.submit(req("r"), &anon(), T0 + 60_000, T0).unwrap();
+    accept(&outbox, "r");
     outbox.complete(&Response::ok("r", vec![]), T0 + 10).unwrap();
     assert_eq!(outbox.purge(T0 + 1_009).unwrap(), 0);
     assert_eq!(outbox.purge(T0 + 1_010).unwrap(), 1);
     assert_eq!(outbox.lookup("r", &anon()).unwrap(), Lookup::Unknown);
     assert!(files(&dir.path().join("results")).is_empty());
     // Old results are also dropped on startup.
-    outbox.submit(req("s"), &anon(), T0 + 60_000, T0).unwrap();
+    accept(&outbox, "s");
     outbox.complete(&Response::ok("s", vec![]), T0 + 10).unwrap();
     drop(outbox);
     let outbox = Outbox::open(dir.path(), 10, Duration::from_secs(1), T0 + 5_000).unwrap();
@@ -376,7 +384,7 @@ fn an_answer_the_disk_refuses_is_the_outcome_and_is_written_later() {
 fn an_answer_still_unstored_when_the_agent_stops_leaves_its_request_to_be_sent_again() {
     let dir = tempfile::tempdir().unwrap();
     let outbox = Outbox::open_with(dir.path(), 10, DAY, T0, full_disk()).unwrap();
-    outbox.submit(req("r"), &anon(), T0 + 60_000, T0).unwrap();
+    accept(&outbox, "r");
     outbox
         .complete(&Response::ok("r", b"paid".to_vec()), T0 + 10)
         .unwrap_err();
@@ -439,7 +447,7 @@ fn a_slow_write_holds_up_only_its_own_request_id() {
     let dir = tempfile::tempdir().unwrap();
     let (disk, began, release) = SlowWrite::of("slow.pb");
     let outbox = Outbox::open_with(dir.path(), 3, DAY, T0, disk).unwrap();
-    outbox.submit(req("other"), &anon(), T0 + 60_000, T0).unwrap();
+    accept(&outbox, "other");
     std::thread::scope(|threads| {
         // Owned here, so that a failing assertion drops it and the slow write ends.
         let release = release;

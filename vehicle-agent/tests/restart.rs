@@ -1,4 +1,5 @@
-//! What survives an agent restart on the same state directory, against Mosquitto.
+//! What survives an agent restart on the same state directory, against a stand-in gateway
+//! (which shows what the restarted agent sends again, and redelivers an acknowledged event).
 
 mod common;
 
@@ -10,7 +11,7 @@ use tonic::Code;
 
 use common::{Rig, VIN, connected_agent, soon};
 use proto::agent::v1::vehicle_agent_client::VehicleAgentClient;
-use proto::agent::v1::{GetResultRequest, ResultState, SubscribeEventsRequest};
+use proto::agent::v1::{GetResultRequest, GetResultResponse, ResultState, SubscribeEventsRequest};
 use proto::parking::v1::parking_payment_client::ParkingPaymentClient;
 use proto::parking::v1::{ParkingSession, StartSessionRequest, StartSessionResponse};
 use proto::vehicle::v1::{Event, Response};
@@ -44,7 +45,7 @@ async fn api(agent: &Agent) -> VehicleAgentClient<tonic::transport::Channel> {
 
 #[tokio::test]
 async fn a_request_outlives_the_agent_and_its_result_is_kept() {
-    let rig = Rig::with_fake_gateway().await;
+    let rig = Rig::with_stand_in().await;
     let config = rig.car_config();
     let mut gw = rig.gateway;
 
@@ -55,14 +56,7 @@ async fn a_request_outlives_the_agent_and_its_result_is_kept() {
         (sent.request_id.as_str(), sent.idempotency_key.as_str()),
         ("pay-1", "intent-7")
     );
-    let pending = api(&agent)
-        .await
-        .get_result(GetResultRequest {
-            request_id: "pay-1".into(),
-        })
-        .await
-        .unwrap()
-        .into_inner();
+    let pending = result_of(&mut api(&agent).await, "pay-1").await;
     assert_eq!(pending.state(), ResultState::Pending);
 
     // The agent stops before the gateway answers; the state on disk is what a crash leaves,
@@ -109,13 +103,7 @@ async fn a_request_outlives_the_agent_and_its_result_is_kept() {
     let done = done.into_inner();
     assert_eq!(done.state(), ResultState::Done);
     assert_eq!(done.response, Some(Response::ok("pay-1", reply.encode_to_vec())));
-    let unknown = client
-        .get_result(GetResultRequest {
-            request_id: "never-made".into(),
-        })
-        .await
-        .unwrap()
-        .into_inner();
+    let unknown = result_of(&mut client, "never-made").await;
     assert_eq!(unknown.state(), ResultState::Unknown);
     let bad = client
         .get_result(GetResultRequest {
@@ -134,7 +122,20 @@ async fn a_request_outlives_the_agent_and_its_result_is_kept() {
     assert_eq!(gw.requests.try_recv().unwrap_err(), TryRecvError::Empty);
 
     agent.shutdown().await;
-    rig.broker.stop().await;
+}
+
+/// What the agent says of `request_id` to an anonymous app.
+async fn result_of(api: &mut VehicleAgentClient<tonic::transport::Channel>, request_id: &str) -> GetResultResponse {
+    let asked = GetResultRequest {
+        request_id: request_id.into(),
+    };
+    api.get_result(asked).await.unwrap().into_inner()
+}
+
+/// The events `agent` shows its apps, from now on.
+async fn events_of(agent: &Agent) -> tonic::Streaming<Event> {
+    let subscribed = api(agent).await.subscribe_events(SubscribeEventsRequest {}).await;
+    subscribed.unwrap().into_inner()
 }
 
 fn event(sequence: u64) -> Event {
@@ -148,17 +149,12 @@ fn event(sequence: u64) -> Event {
 
 #[tokio::test]
 async fn events_are_deduplicated_across_restarts_and_acknowledged() {
-    let mut rig = Rig::with_fake_gateway().await;
+    let mut rig = Rig::with_stand_in().await;
     let config = rig.car_config();
     let topic = proto::topics::events(&VIN.parse().unwrap());
 
     let agent = connected_agent(&config).await;
-    let mut stream = api(&agent)
-        .await
-        .subscribe_events(SubscribeEventsRequest {})
-        .await
-        .unwrap()
-        .into_inner();
+    let mut stream = events_of(&agent).await;
     for sequence in [1, 2] {
         rig.gateway.publish(&topic, event(sequence).encode_to_vec()).await;
     }
@@ -172,12 +168,7 @@ async fn events_are_deduplicated_across_restarts_and_acknowledged() {
     assert!(matches!(stream.message().await, Ok(None) | Err(_)));
 
     let agent = connected_agent(&config).await;
-    let mut stream = api(&agent)
-        .await
-        .subscribe_events(SubscribeEventsRequest {})
-        .await
-        .unwrap()
-        .into_inner();
+    let mut stream = events_of(&agent).await;
     // The gateway redelivers event 2 (its ack was lost, say): acknowledged, not shown again.
     rig.gateway.publish(&topic, event(2).encode_to_vec()).await;
     assert_eq!(rig.gateway.next_ack().await.1.sequence, 2);
@@ -189,5 +180,4 @@ async fn events_are_deduplicated_across_restarts_and_acknowledged() {
     assert_eq!(stored.trim(), "3");
 
     agent.shutdown().await;
-    rig.stop().await;
 }

@@ -4,6 +4,9 @@
 //! parking-adapter --listen 127.0.0.1:50061 --cert parking.pem --key parking.key --client-ca gateway-clients-ca.pem
 //! parking-adapter --listen 127.0.0.1:50061     # plaintext, for local development only
 //! ```
+//!
+//! Under a service manager that passes it a listening socket (systemd socket activation,
+//! `LISTEN_FDS`), it serves on that socket instead of binding `--listen`.
 
 use std::io::IsTerminal as _;
 use std::net::SocketAddr;
@@ -22,7 +25,8 @@ const EX_USAGE: u8 = 64;
 #[derive(Debug, Parser)]
 #[command(version)]
 struct Args {
-    /// Address to listen on.
+    /// Address to listen on; not bound when a service manager passes a listening socket
+    /// (systemd socket activation: LISTEN_FDS, with LISTEN_PID unset or this process).
     #[arg(long, default_value = "127.0.0.1:50061")]
     listen: SocketAddr,
     /// PEM certificate the adapter presents to the gateway.
@@ -37,8 +41,9 @@ struct Args {
     client_ca: Option<PathBuf>,
 }
 
-#[tokio::main]
-async fn main() -> ExitCode {
+fn main() -> ExitCode {
+    // Taken while the process has one thread: it clears LISTEN_FDS, as the protocol asks.
+    let mut activated = listenfd::ListenFd::from_env();
     // rustls needs exactly one process-wide crypto provider; install it before any TLS use.
     let _ = rustls::crypto::ring::default_provider().install_default();
     tracing_subscriber::fmt()
@@ -61,7 +66,26 @@ async fn main() -> ExitCode {
         }
     };
 
-    match run(args.listen, tls_files).await {
+    let listener = match activated.take_tcp_listener(0) {
+        Ok(None) => Listen::Bind(args.listen),
+        Ok(Some(socket)) if activated.len() == 1 => Listen::Activated(socket),
+        Ok(Some(_)) => {
+            eprintln!("parking-adapter: LISTEN_FDS={}: one socket only", activated.len());
+            return ExitCode::from(EX_USAGE);
+        }
+        Err(e) => {
+            eprintln!("parking-adapter: the passed socket (fd 3): {e}");
+            return ExitCode::from(EX_USAGE);
+        }
+    };
+    let runtime = match tokio::runtime::Runtime::new() {
+        Ok(runtime) => runtime,
+        Err(e) => {
+            eprintln!("parking-adapter: cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(run(listener, tls_files)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("parking-adapter: {e:#}");
@@ -70,7 +94,13 @@ async fn main() -> ExitCode {
     }
 }
 
-async fn run(listen: SocketAddr, tls_files: Option<(&Path, &Path, &Path)>) -> anyhow::Result<()> {
+/// Where to serve: an address to bind, or a socket a service manager passed.
+enum Listen {
+    Bind(SocketAddr),
+    Activated(std::net::TcpListener),
+}
+
+async fn run(listen: Listen, tls_files: Option<(&Path, &Path, &Path)>) -> anyhow::Result<()> {
     let tls = match tls_files {
         Some((cert, key, ca)) => Some(mtls_config(&read(cert)?, &read(key)?, &read(ca)?)),
         None => None,
@@ -79,9 +109,15 @@ async fn run(listen: SocketAddr, tls_files: Option<(&Path, &Path, &Path)>) -> an
     // Register signal handlers before announcing the address, so that a supervisor which stops
     // us right after reading the line still gets a graceful shutdown.
     let shutdown = shutdown_signal()?;
-    let listener = tokio::net::TcpListener::bind(listen)
-        .await
-        .with_context(|| format!("cannot listen on {listen}"))?;
+    let listener = match listen {
+        Listen::Bind(addr) => tokio::net::TcpListener::bind(addr)
+            .await
+            .with_context(|| format!("cannot listen on {addr}"))?,
+        Listen::Activated(socket) => {
+            socket.set_nonblocking(true).context("the passed socket")?;
+            tokio::net::TcpListener::from_std(socket).context("the passed socket")?
+        }
+    };
     let addr = listener.local_addr().context("cannot read the listening address")?;
     println!("parking adapter listening on {addr} ({mode})");
 

@@ -8,12 +8,13 @@ use parking_adapter::{Clock, ManualClock, ParkingService, serve};
 use proto::metadata;
 use proto::parking::v1::parking_payment_client::ParkingPaymentClient;
 use proto::parking::v1::{
-    EndSessionRequest, GeoPoint, GetReceiptRequest, ListNearbyLotsRequest, Money, SessionState, StartSessionRequest,
+    EndSessionRequest, EndSessionResponse, GeoPoint, GetReceiptRequest, ListNearbyLotsRequest, Money, SessionState,
+    StartSessionRequest,
 };
 use tokio::net::TcpListener;
 use tokio::sync::oneshot;
 use tonic::transport::Channel;
-use tonic::{Code, Request};
+use tonic::{Code, Request, Response, Status};
 
 const CAR_A: &str = "LSVAU2180N2183294";
 const CAR_B: &str = "LFV2A21K6A4000001";
@@ -71,6 +72,11 @@ fn end(session_id: &str) -> EndSessionRequest {
     EndSessionRequest {
         session_id: session_id.into(),
     }
+}
+
+/// Ends (pays for) `session_id` as `vin`, with idempotency key `key`.
+async fn pay(h: &mut Harness, session_id: &str, vin: &str, key: &str) -> Result<Response<EndSessionResponse>, Status> {
+    h.client.end_session(call(end(session_id), vin, key)).await
 }
 
 /// Starts a session for `vin` and returns its id.
@@ -133,11 +139,7 @@ async fn ninety_minutes_are_billed_as_two_hours() {
     let session_id = park(&mut h, CAR_A, "start-1").await;
     h.clock.advance(Duration::from_secs(90 * 60));
 
-    let ended = h
-        .client
-        .end_session(call(end(&session_id), CAR_A, "end-1"))
-        .await
-        .unwrap();
+    let ended = pay(&mut h, &session_id, CAR_A, "end-1").await.unwrap();
     let ended = ended.into_inner();
     let session = ended.session.unwrap();
     let receipt = ended.receipt.unwrap();
@@ -175,26 +177,14 @@ async fn retries_with_the_same_key_charge_once() {
     assert_eq!(park(&mut h, CAR_A, "start-1").await, session_id);
     h.clock.advance(Duration::from_secs(10 * 60));
 
-    let first = h
-        .client
-        .end_session(call(end(&session_id), CAR_A, "end-1"))
-        .await
-        .unwrap();
+    let first = pay(&mut h, &session_id, CAR_A, "end-1").await.unwrap();
     h.clock.advance(Duration::from_secs(3 * 60 * 60));
-    let retry = h
-        .client
-        .end_session(call(end(&session_id), CAR_A, "end-1"))
-        .await
-        .unwrap();
+    let retry = pay(&mut h, &session_id, CAR_A, "end-1").await.unwrap();
     assert_eq!(first.into_inner(), retry.into_inner());
     assert_eq!(h.service.charges(), 1);
 
     // A fresh key on an ended session returns it unchanged: still one charge.
-    let again = h
-        .client
-        .end_session(call(end(&session_id), CAR_A, "end-2"))
-        .await
-        .unwrap();
+    let again = pay(&mut h, &session_id, CAR_A, "end-2").await.unwrap();
     assert_eq!(again.into_inner().receipt.unwrap().payment_reference, "wxpay-1");
     assert_eq!(h.service.charges(), 1);
 }
@@ -224,26 +214,14 @@ async fn other_vehicles_cannot_end_or_read_a_session() {
     let mut h = start().await;
     let session_id = park(&mut h, CAR_A, "a-start").await;
 
-    let err = h
-        .client
-        .end_session(call(end(&session_id), CAR_B, "b-end"))
-        .await
-        .unwrap_err();
+    let err = pay(&mut h, &session_id, CAR_B, "b-end").await.unwrap_err();
     assert_eq!(err.code(), Code::NotFound);
     // Indistinguishable from a session that does not exist.
-    let unknown = h
-        .client
-        .end_session(call(end("ps-999"), CAR_B, "b-end-2"))
-        .await
-        .unwrap_err();
+    let unknown = pay(&mut h, "ps-999", CAR_B, "b-end-2").await.unwrap_err();
     assert_eq!(unknown.code(), Code::NotFound);
     assert_eq!(h.service.charges(), 0);
 
-    let ended = h
-        .client
-        .end_session(call(end(&session_id), CAR_A, "a-end"))
-        .await
-        .unwrap();
+    let ended = pay(&mut h, &session_id, CAR_A, "a-end").await.unwrap();
     let receipt_id = ended.into_inner().receipt.unwrap().receipt_id;
     let read = GetReceiptRequest { receipt_id };
     let err = h.client.get_receipt(call(read, CAR_B, "b-read")).await.unwrap_err();
@@ -302,11 +280,7 @@ async fn reusing_a_key_for_a_different_request_is_refused() {
     assert_eq!(err.message(), "idempotency key reused with a different request");
 
     // Different method.
-    let err = h
-        .client
-        .end_session(call(end(&session_id), CAR_A, "k1"))
-        .await
-        .unwrap_err();
+    let err = pay(&mut h, &session_id, CAR_A, "k1").await.unwrap_err();
     assert_eq!(err.code(), Code::FailedPrecondition);
     assert_eq!(h.service.charges(), 0);
 

@@ -1,0 +1,245 @@
+//! Partners the gateway calls, each on its own mTLS listener on port 0 trusting only the
+//! gateway-clients CA: the reference parking adapter, any other `ParkingPayment` standing in
+//! for one (stalling, talkative, scripted), and an address where nobody answers. Also what a
+//! driver asks of them.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::Duration;
+
+use gateway::config::PartnerConfig;
+use parking_adapter::ParkingService;
+use proto::parking::v1::parking_payment_server::{ParkingPayment, ParkingPaymentServer};
+use proto::parking::v1::{
+    EndSessionRequest, EndSessionResponse, GeoPoint, GetReceiptRequest, ListNearbyLotsRequest, ListNearbyLotsResponse,
+    Receipt, StartSessionRequest, StartSessionResponse,
+};
+use tokio::net::TcpListener;
+use tokio::sync::{Notify, Semaphore, oneshot};
+use tonic::{Request, Response, Status};
+
+use crate::pki::TestPki;
+
+/// The parking partner's gRPC service.
+pub const PARKING: &str = "parking.v1.ParkingPayment";
+/// The method most tests call: read-only, cheap.
+pub const LIST: &str = "/parking.v1.ParkingPayment/ListNearbyLots";
+/// The payment.
+pub const END: &str = "/parking.v1.ParkingPayment/EndSession";
+
+/// A running partner; dropping it stops it.
+pub struct RunningPartner {
+    /// Where it listens.
+    pub addr: SocketAddr,
+    _stop: oneshot::Sender<()>,
+}
+
+/// Starts the reference parking adapter on mTLS, trusting only `pki`'s gateway-clients CA.
+pub async fn start_parking(pki: &TestPki, service: ParkingService) -> RunningPartner {
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind the adapter");
+    let addr = listener.local_addr().expect("the adapter's address");
+    let (stop, stopped) = oneshot::channel::<()>();
+    tokio::spawn(parking_adapter::serve(
+        listener,
+        Some(partner_tls(pki)),
+        service,
+        async {
+            let _ = stopped.await;
+        },
+    ));
+    RunningPartner { addr, _stop: stop }
+}
+
+/// Starts any `ParkingPayment` as if it were the parking adapter: its TLS, and its check that
+/// every call comes from the gateway.
+pub async fn start_partner(pki: &TestPki, partner: impl ParkingPayment) -> RunningPartner {
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind the partner");
+    let addr = listener.local_addr().expect("the partner's address");
+    let (stop, stopped) = oneshot::channel::<()>();
+    let server = tonic::transport::Server::builder()
+        .tls_config(partner_tls(pki))
+        .expect("partner TLS")
+        .layer(tonic::service::InterceptorLayer::new(
+            parking_adapter::require_gateway_client,
+        ))
+        .add_service(ParkingPaymentServer::new(partner));
+    tokio::spawn(server.serve_with_incoming_shutdown(
+        tokio_stream::wrappers::TcpListenerStream::new(listener),
+        async {
+            let _ = stopped.await;
+        },
+    ));
+    RunningPartner { addr, _stop: stop }
+}
+
+/// The TLS of a partner adapter: its partner certificate, and only the gateway-clients CA trusted.
+fn partner_tls(pki: &TestPki) -> tonic::transport::ServerTlsConfig {
+    let me = pki.partner("parking");
+    parking_adapter::mtls_config(&me.pem.cert_pem, &me.pem.key_pem, pki.gateway_clients_ca_pem())
+}
+
+/// A partner address that refuses every connection: a port held (bound, so nobody else gets
+/// it) but not listening, for as long as this lives.
+pub struct RefusingPartner {
+    socket: tokio::net::TcpSocket,
+}
+
+impl RefusingPartner {
+    /// Holds a port on 127.0.0.1.
+    pub fn new() -> RefusingPartner {
+        let socket = tokio::net::TcpSocket::new_v4().expect("a socket");
+        socket.bind("127.0.0.1:0".parse().unwrap()).expect("bind");
+        RefusingPartner { socket }
+    }
+
+    /// Where connections are refused.
+    pub fn addr(&self) -> SocketAddr {
+        self.socket.local_addr().expect("a bound socket")
+    }
+}
+
+impl Default for RefusingPartner {
+    fn default() -> Self {
+        RefusingPartner::new()
+    }
+}
+
+/// A partner entry pointing at `addr` over mTLS: the gateway presents its client certificate
+/// and verifies the adapter against the root.
+pub fn partner_entry(pki: &TestPki, service: &str, addr: SocketAddr) -> PartnerConfig {
+    let client = &pki.gateway_client;
+    PartnerConfig {
+        service: service.into(),
+        name: Some("parking".into()),
+        read_only_methods: vec!["ListNearbyLots".into(), "GetReceipt".into()],
+        endpoint: format!("https://localhost:{}", addr.port()),
+        timeout: Some(Duration::from_secs(5)),
+        connect_timeout: Duration::from_secs(2),
+        ca_cert: Some(pki.ca_cert.clone()),
+        client_cert: Some(client.cert.clone()),
+        client_key: Some(client.key.clone()),
+        tls_server_name: None,
+    }
+}
+
+/// The parking the tests' driver does: lot `lot-bund-01` in Shanghai, plate 沪A12345.
+pub fn parking_at_the_bund() -> StartSessionRequest {
+    StartSessionRequest {
+        lot_id: "lot-bund-01".into(),
+        plate: "沪A12345".into(),
+    }
+}
+
+/// A `ListNearbyLotsRequest` around the Bund, Shanghai, for `max_results` lots.
+pub fn lots_near_the_bund(max_results: u32) -> ListNearbyLotsRequest {
+    ListNearbyLotsRequest {
+        near: Some(GeoPoint {
+            latitude: 31.23,
+            longitude: 121.47,
+        }),
+        radius_m: 5000,
+        max_results,
+    }
+}
+
+/// An encoded [`lots_near_the_bund`] for one lot.
+pub fn nearby_lots() -> Vec<u8> {
+    prost::Message::encode_to_vec(&lots_near_the_bund(1))
+}
+
+/// A parking partner that wraps the reference one with scripted faults: it can fail the first
+/// EndSession with UNAVAILABLE, or hold EndSession calls until the test releases them. It
+/// counts the EndSession calls that reach it (the reference service counts actual charges).
+#[derive(Clone)]
+pub struct ScriptedParking {
+    inner: ParkingService,
+    fail_first_end: Arc<AtomicBool>,
+    hold: Arc<Semaphore>,
+    holding: bool,
+    arrived: Arc<Notify>,
+    end_calls: Arc<AtomicU64>,
+}
+
+impl ScriptedParking {
+    /// Behaves exactly like `inner`.
+    pub fn new(inner: ParkingService) -> ScriptedParking {
+        ScriptedParking {
+            inner,
+            fail_first_end: Arc::default(),
+            hold: Arc::new(Semaphore::new(0)),
+            holding: false,
+            arrived: Arc::default(),
+            end_calls: Arc::default(),
+        }
+    }
+
+    /// The first EndSession answers UNAVAILABLE without touching the session.
+    pub fn failing_first_end(self) -> Self {
+        self.fail_first_end.store(true, Ordering::SeqCst);
+        self
+    }
+
+    /// Every EndSession waits for [`ScriptedParking::release`] before running.
+    pub fn holding_ends(mut self) -> Self {
+        self.holding = true;
+        self
+    }
+
+    /// Lets `n` held EndSession calls proceed.
+    pub fn release(&self, n: usize) {
+        self.hold.add_permits(n);
+    }
+
+    /// Resolves when an EndSession call has reached the partner (register before triggering).
+    pub fn end_arrived(&self) -> tokio::sync::futures::OwnedNotified {
+        self.arrived.clone().notified_owned()
+    }
+
+    /// EndSession calls that reached this partner.
+    pub fn end_calls(&self) -> u64 {
+        self.end_calls.load(Ordering::SeqCst)
+    }
+
+    /// Resolves once `n` EndSession calls in all have reached the partner.
+    pub async fn ends_arrived(&self, n: u64) {
+        loop {
+            // Registered before the check, so an arrival in between is not missed.
+            let arrived = self.end_arrived();
+            if self.end_calls() >= n {
+                return;
+            }
+            arrived.await;
+        }
+    }
+}
+
+#[tonic::async_trait]
+impl ParkingPayment for ScriptedParking {
+    async fn list_nearby_lots(
+        &self,
+        r: Request<ListNearbyLotsRequest>,
+    ) -> Result<Response<ListNearbyLotsResponse>, Status> {
+        self.inner.list_nearby_lots(r).await
+    }
+
+    async fn start_session(&self, r: Request<StartSessionRequest>) -> Result<Response<StartSessionResponse>, Status> {
+        self.inner.start_session(r).await
+    }
+
+    async fn end_session(&self, r: Request<EndSessionRequest>) -> Result<Response<EndSessionResponse>, Status> {
+        self.end_calls.fetch_add(1, Ordering::SeqCst);
+        self.arrived.notify_waiters();
+        if self.fail_first_end.swap(false, Ordering::SeqCst) {
+            return Err(Status::unavailable("payment provider briefly unavailable"));
+        }
+        if self.holding {
+            self.hold.acquire().await.expect("hold semaphore").forget();
+        }
+        self.inner.end_session(r).await
+    }
+
+    async fn get_receipt(&self, r: Request<GetReceiptRequest>) -> Result<Response<Receipt>, Status> {
+        self.inner.get_receipt(r).await
+    }
+}
