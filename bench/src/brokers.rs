@@ -121,6 +121,72 @@ impl BrokerKind {
     }
 }
 
+/// The line the gateway logs once a second when sockets were refused or dropped.
+const REFUSALS_LINE: &str = "vehicle sockets refused or dropped";
+
+/// Where the gateway listener's refusals stood, for [`Broker::refusals_since`].
+#[derive(Debug, Clone)]
+pub enum RefusalsMark {
+    /// The in-process gateway's counters.
+    Counters(Refusals),
+    /// The gateway process's log length.
+    LogOffset(u64),
+}
+
+/// Vehicle sockets the gateway refused or dropped before a session, by cause.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
+pub struct Refusals {
+    /// Closed at once: the connection limit.
+    pub connection_limit: u64,
+    /// Closed at once: their source address had its maximum of sockets still handshaking.
+    pub per_source: u64,
+    /// Closed after the ClientHello: the handshake capacity.
+    pub handshake_capacity: u64,
+    /// Dropped without a whole ClientHello within the first-flight timeout.
+    pub first_flight_timeout: u64,
+    /// Handshakes that failed.
+    pub failed: u64,
+}
+
+impl Refusals {
+    fn from_log_line(line: &str) -> Refusals {
+        let mut r = Refusals::default();
+        for (key, value) in log_fields(line) {
+            let Ok(n) = value.parse::<u64>() else { continue };
+            match key {
+                "connection_limit" => r.connection_limit = n,
+                "per_source" => r.per_source = n,
+                "handshake_capacity" => r.handshake_capacity = n,
+                "first_flight_timeout" => r.first_flight_timeout = n,
+                "failed" => r.failed = n,
+                _ => {}
+            }
+        }
+        r
+    }
+
+    fn plus(&self, o: &Refusals) -> Refusals {
+        Refusals {
+            connection_limit: self.connection_limit + o.connection_limit,
+            per_source: self.per_source + o.per_source,
+            handshake_capacity: self.handshake_capacity + o.handshake_capacity,
+            first_flight_timeout: self.first_flight_timeout + o.first_flight_timeout,
+            failed: self.failed + o.failed,
+        }
+    }
+
+    /// What happened between `earlier` and these counts.
+    pub fn since(&self, earlier: &Refusals) -> Refusals {
+        Refusals {
+            connection_limit: self.connection_limit.saturating_sub(earlier.connection_limit),
+            per_source: self.per_source.saturating_sub(earlier.per_source),
+            handshake_capacity: self.handshake_capacity.saturating_sub(earlier.handshake_capacity),
+            first_flight_timeout: self.first_flight_timeout.saturating_sub(earlier.first_flight_timeout),
+            failed: self.failed.saturating_sub(earlier.failed),
+        }
+    }
+}
+
 enum Handle {
     Process(ChildProcess),
     InProcess(Box<gateway::Gateway>),
@@ -154,8 +220,12 @@ pub struct Broker {
     pub pid: u32,
     /// Where vehicles connect.
     pub port: u16,
+    /// Where partners push events (the gateway, when its partner API is on).
+    pub partner_api: Option<SocketAddr>,
     /// The gateway's database URL.
     pub storage_url: Option<String>,
+    /// The gateway's configuration file.
+    pub config: Option<PathBuf>,
     /// Its log file, if it runs as a process.
     pub log: Option<PathBuf>,
     handle: Handle,
@@ -197,9 +267,13 @@ impl Broker {
                     .map(|l| l.with_extension("restarted.log"))
                     .context("a broker process has a log")?;
                 let launch = launch.clone();
-                let process = tokio::task::spawn_blocking(move || launch.spawn(&log)).await??;
+                let spawned_log = log.clone();
+                let process = tokio::task::spawn_blocking(move || launch.spawn(&spawned_log)).await??;
                 self.pid = process.pid;
                 self.handle = Handle::Process(process);
+                if self.partner_api.is_some() {
+                    self.partner_api = partner_api_from_log(&log);
+                }
             }
             Relaunch::InProcess(toml, addr) => {
                 let mut config = gateway::GatewayConfig::load(Some(toml)).map_err(|e| anyhow::anyhow!("{e}"))?;
@@ -208,6 +282,7 @@ impl Broker {
                 let gw = gateway::Gateway::start_on(config, listener)
                     .await
                     .map_err(|e| anyhow::anyhow!("gateway did not restart: {e}"))?;
+                self.partner_api = gw.partner_api_addr();
                 self.handle = Handle::InProcess(Box::new(gw));
             }
         }
@@ -228,6 +303,64 @@ impl Broker {
     /// Whether it runs as its own process.
     pub fn is_process(&self) -> bool {
         matches!(self.handle, Handle::Process(_))
+    }
+
+    /// Where the gateway listener's refusals stand now, for [`Broker::refusals_since`]
+    /// (`None` for Mosquitto).
+    pub fn refusals_mark(&self) -> Option<RefusalsMark> {
+        match &self.handle {
+            Handle::InProcess(g) => {
+                let s = g.listener_stats();
+                let n = |c: &std::sync::atomic::AtomicU64| c.load(std::sync::atomic::Ordering::Relaxed);
+                Some(RefusalsMark::Counters(Refusals {
+                    connection_limit: n(&s.shed_connections),
+                    per_source: n(&s.shed_per_source),
+                    handshake_capacity: n(&s.shed_handshakes),
+                    first_flight_timeout: n(&s.first_flight_timeouts),
+                    failed: n(&s.failed_handshakes),
+                }))
+            }
+            Handle::Process(_) if self.kind == BrokerKind::Gateway => self.log_bytes().map(RefusalsMark::LogOffset),
+            Handle::Process(_) | Handle::Gone => None,
+        }
+    }
+
+    /// The sockets the gateway refused or dropped since `mark`: from its counters in-process,
+    /// else summed from the once-a-second lines it logged since.
+    pub fn refusals_since(&self, mark: &RefusalsMark) -> Option<Refusals> {
+        match (mark, self.refusals_mark()?) {
+            (RefusalsMark::Counters(before), RefusalsMark::Counters(now)) => Some(now.since(before)),
+            (RefusalsMark::LogOffset(offset), RefusalsMark::LogOffset(_)) => {
+                use std::io::{BufRead as _, Seek as _};
+                let mut file = std::fs::File::open(self.log.as_ref()?).ok()?;
+                file.seek(std::io::SeekFrom::Start(*offset)).ok()?;
+                let lines = std::io::BufReader::new(file).lines().map_while(Result::ok);
+                Some(
+                    lines
+                        .filter(|l| l.contains(REFUSALS_LINE))
+                        .fold(Refusals::default(), |total, line| {
+                            total.plus(&Refusals::from_log_line(&line))
+                        }),
+                )
+            }
+            _ => None,
+        }
+    }
+
+    /// Bytes of the gateway's log file so far (`None` in-process or for Mosquitto's, which
+    /// logs little).
+    pub fn log_bytes(&self) -> Option<u64> {
+        if self.kind != BrokerKind::Gateway {
+            return None;
+        }
+        std::fs::metadata(self.log.as_ref()?).ok().map(|m| m.len())
+    }
+
+    /// Bytes of the gateway's SQLite database and its write-ahead log.
+    pub fn database_bytes(&self) -> Option<u64> {
+        let path = self.storage_url.as_deref()?.strip_prefix("sqlite://")?;
+        let size = |suffix: &str| std::fs::metadata(format!("{path}{suffix}")).map_or(0, |m| m.len());
+        Some(size("") + size("-wal"))
     }
 
     /// The gateway's session registry, read through the gateway's own store code.
@@ -311,40 +444,134 @@ pub fn start_mosquitto(bin: &Path, fleet: &Fleet, dir: &Path, hosts: &[IpAddr]) 
         label: mosquitto_version(bin),
         pid: process.pid,
         port,
+        partner_api: None,
         storage_url: None,
+        config: None,
         log: Some(log),
         handle: Handle::Process(process),
         relaunch: Relaunch::Process(launch),
     })
 }
 
-/// The gateway's configuration file: MQTT on `listen`, the fleet's certificates, SQLite at
-/// `db`, the parking adapter at `adapter` over mTLS with `read_only_methods` skipping the ledger.
-pub fn gateway_toml(
-    fleet: &Fleet,
-    listen: SocketAddr,
-    max_connections: usize,
-    db: &Path,
-    adapter: SocketAddr,
-    read_only_methods: &[String],
-) -> String {
-    format!(
+/// One setting of the gateway's configuration file beyond the bench's own, e.g.
+/// `mqtt.max_subscriptions=64` (`section.key=value`; the value as TOML, bare words quoted).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigOverride {
+    /// The table, e.g. `mqtt`, `requests`, `events`.
+    pub section: String,
+    /// The key in it.
+    pub key: String,
+    /// The value, as TOML.
+    pub value: String,
+}
+
+impl std::str::FromStr for ConfigOverride {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let (path, value) = s
+            .split_once('=')
+            .ok_or_else(|| format!("{s:?}: expected section.key=value"))?;
+        let (section, key) = path
+            .trim()
+            .split_once('.')
+            .ok_or_else(|| format!("{s:?}: expected section.key=value"))?;
+        let well_formed = |w: &str| !w.is_empty() && w.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_');
+        if !well_formed(section) || !well_formed(key) {
+            return Err(format!("{s:?}: section and key are words (letters, digits, _)"));
+        }
+        let value = value.trim();
+        // Numbers, booleans, strings and arrays as they are; a bare word such as `10s` is a
+        // string to the gateway (durations are humantime strings).
+        let literal =
+            value.parse::<f64>().is_ok() || matches!(value, "true" | "false") || value.starts_with(['"', '[', '{']);
+        Ok(ConfigOverride {
+            section: section.into(),
+            key: key.into(),
+            value: if literal { value.into() } else { format!("{value:?}") },
+        })
+    }
+}
+
+impl std::fmt::Display for ConfigOverride {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}.{} = {}", self.section, self.key, self.value)
+    }
+}
+
+/// What the bench writes in the gateway's configuration file.
+#[derive(Debug, Clone)]
+pub struct GatewayOptions<'a> {
+    /// `mqtt.max_connections`.
+    pub max_connections: usize,
+    /// The parking adapter, called over mTLS.
+    pub adapter: SocketAddr,
+    /// Parking methods that skip the idempotency ledger.
+    pub read_only_methods: &'a [String],
+    /// Serve the partner API (`events.v1.PartnerEvents`) on a port of its own, trusting the
+    /// partners CA; the adapter's certificate is the partner `parking`'s.
+    pub partner_api: bool,
+    /// Settings beyond these, e.g. non-default per-car bounds.
+    pub overrides: &'a [ConfigOverride],
+}
+
+/// The gateway's configuration file: MQTT on `listen` (the partner API, if enabled, on the
+/// same address and a port of its own), the fleet's certificates, SQLite at `db`, then
+/// `options`.
+pub fn gateway_toml(fleet: &Fleet, listen: SocketAddr, db: &Path, options: &GatewayOptions<'_>) -> String {
+    use std::fmt::Write as _;
+    let overrides = |section: &str| {
+        options
+            .overrides
+            .iter()
+            .filter(|o| o.section == section)
+            .map(|o| format!("{} = {}\n", o.key, o.value))
+            .collect::<String>()
+    };
+    let mut toml = format!(
         "# written by fleet-bench\n\
-         [mqtt]\nlisten = \"{listen}\"\nmax_connections = {max_connections}\n\n\
+         [mqtt]\nlisten = \"{listen}\"\nmax_connections = {max_connections}\n{mqtt}\n\
          [tls]\ncert = {cert:?}\nkey = {key:?}\nclient_ca = {ca:?}\n\n\
-         [storage]\nurl = {url:?}\n\n\
-         [[partners]]\nservice = \"parking.v1.ParkingPayment\"\nname = \"parking\"\nread_only_methods = {read_only:?}\n\
-         endpoint = \"https://localhost:{adapter_port}\"\ntimeout = \"30s\"\n\
-         ca_cert = {ca:?}\nclient_cert = {client_cert:?}\nclient_key = {client_key:?}\n",
+         [storage]\nurl = {url:?}\n\n",
+        max_connections = options.max_connections,
+        mqtt = overrides("mqtt"),
         cert = fleet.server.cert,
         key = fleet.server.key,
         ca = fleet.ca_file,
         url = format!("sqlite://{}", db.display()),
-        adapter_port = adapter.port(),
+    );
+    let mut others: Vec<&str> = options
+        .overrides
+        .iter()
+        .map(|o| o.section.as_str())
+        .filter(|s| *s != "mqtt")
+        .collect();
+    others.sort_unstable();
+    others.dedup();
+    // Plain tables before the [[partners]] array, or their keys would land in a partner.
+    for section in others {
+        let _ = write!(toml, "[{section}]\n{}\n", overrides(section));
+    }
+    if options.partner_api {
+        let _ = write!(
+            toml,
+            "[partner_api]\nlisten = \"{}\"\nclient_ca = {:?}\n\n",
+            SocketAddr::new(listen.ip(), 0),
+            fleet.partners_ca_file
+        );
+    }
+    let _ = write!(
+        toml,
+        "[[partners]]\nservice = \"parking.v1.ParkingPayment\"\nname = \"parking\"\nread_only_methods = {read_only:?}\n\
+         endpoint = \"https://localhost:{adapter_port}\"\ntimeout = \"30s\"\n\
+         ca_cert = {ca:?}\nclient_cert = {client_cert:?}\nclient_key = {client_key:?}\n",
+        ca = fleet.ca_file,
+        adapter_port = options.adapter.port(),
         client_cert = fleet.gateway_client.cert,
         client_key = fleet.gateway_client.key,
-        read_only = read_only_methods,
-    )
+        read_only = options.read_only_methods,
+    );
+    toml
 }
 
 /// How to run the gateway.
@@ -356,17 +583,29 @@ pub enum GatewayLaunch {
     InProcess,
 }
 
+/// The line the gateway logs when its partner API listens, with `addr=`.
+const PARTNER_API_LINE: &str = "partner API listening";
+
+/// Where the gateway process said its partner API listens (it binds port 0).
+fn partner_api_from_log(log: &Path) -> Option<SocketAddr> {
+    let text = std::fs::read_to_string(log).ok()?;
+    let line = text.lines().find(|l| l.contains(PARTNER_API_LINE))?;
+    log_fields(line).find_map(|(k, v)| (k == "addr").then(|| v.parse().ok()).flatten())
+}
+
+/// The `key=value` fields of one of the gateway's log lines.
+fn log_fields(line: &str) -> impl Iterator<Item = (&str, &str)> {
+    line.split_whitespace().filter_map(|w| w.split_once('='))
+}
+
 /// Starts the gateway with [`gateway_toml`]; its database goes in `db_dir`.
-#[allow(clippy::too_many_arguments)]
 pub async fn start_gateway(
     launch: &GatewayLaunch,
     fleet: &Fleet,
     dir: &Path,
     db_dir: &Path,
     hosts: &[IpAddr],
-    max_connections: usize,
-    adapter: SocketAddr,
-    read_only_methods: &[String],
+    options: &GatewayOptions<'_>,
 ) -> Result<Broker> {
     std::fs::create_dir_all(db_dir)?;
     let db = db_dir.join(format!("gw-{}.db", std::process::id()));
@@ -375,56 +614,41 @@ pub async fn start_gateway(
     }
     let url = format!("sqlite://{}", db.display());
     let ip = listen_ip(hosts);
+    let toml = dir.join("gateway.toml");
     match launch {
         GatewayLaunch::Binary(bin) => {
             let port = free_port(hosts[0])?;
-            let toml = dir.join("gateway.toml");
-            std::fs::write(
-                &toml,
-                gateway_toml(
-                    fleet,
-                    SocketAddr::new(ip, port),
-                    max_connections,
-                    &db,
-                    adapter,
-                    read_only_methods,
-                ),
-            )?;
+            std::fs::write(&toml, gateway_toml(fleet, SocketAddr::new(ip, port), &db, options))?;
             // The gateway's own default log level (info), as deployed.
             let launch = Launch {
                 name: "gateway".into(),
                 program: bin.clone(),
-                args: vec!["run".into(), "--config".into(), toml.into_os_string()],
+                args: vec!["run".into(), "--config".into(), toml.clone().into_os_string()],
                 env: vec![("NO_COLOR".into(), "1".into())],
                 env_remove: vec!["RUST_LOG".into()],
                 ready: "gateway listening for vehicles".into(),
             };
             let log = dir.join("gateway.log");
             let process = launch.spawn(&log)?;
+            let partner_api = match options.partner_api {
+                true => Some(partner_api_from_log(&log).context("the gateway did not log its partner API address")?),
+                false => None,
+            };
             Ok(Broker {
                 kind: BrokerKind::Gateway,
                 label: format!("gateway {} (release binary)", env!("CARGO_PKG_VERSION")),
                 pid: process.pid,
                 port,
+                partner_api,
                 storage_url: Some(url),
+                config: Some(toml),
                 log: Some(log),
                 handle: Handle::Process(process),
                 relaunch: Relaunch::Process(launch),
             })
         }
         GatewayLaunch::InProcess => {
-            let toml = dir.join("gateway.toml");
-            std::fs::write(
-                &toml,
-                gateway_toml(
-                    fleet,
-                    SocketAddr::new(ip, 0),
-                    max_connections,
-                    &db,
-                    adapter,
-                    read_only_methods,
-                ),
-            )?;
+            std::fs::write(&toml, gateway_toml(fleet, SocketAddr::new(ip, 0), &db, options))?;
             let config = gateway::GatewayConfig::load(Some(&toml)).map_err(|e| anyhow::anyhow!("{e}"))?;
             let listener = gateway::bind(config.mqtt.listen)?;
             let gw = gateway::Gateway::start_on(config, listener)
@@ -436,7 +660,9 @@ pub async fn start_gateway(
                 label: format!("gateway {} (in-process)", env!("CARGO_PKG_VERSION")),
                 pid: std::process::id(),
                 port: addr.port(),
+                partner_api: gw.partner_api_addr(),
                 storage_url: Some(url),
+                config: Some(toml.clone()),
                 log: None,
                 handle: Handle::InProcess(Box::new(gw)),
                 relaunch: Relaunch::InProcess(toml, addr),
@@ -508,5 +734,55 @@ pub async fn start_adapter(bin: Option<&Path>, fleet: &Fleet, dir: &Path) -> Res
                 _stop: Some(stop),
             })
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn overrides_parse_as_toml_values_and_bare_words_as_strings() {
+        let o: ConfigOverride = "mqtt.max_subscriptions=64".parse().unwrap();
+        assert_eq!(
+            (o.section.as_str(), o.key.as_str(), o.value.as_str()),
+            ("mqtt", "max_subscriptions", "64")
+        );
+        let o: ConfigOverride = "mqtt.flood_disconnect_after = 5s".parse().unwrap();
+        assert_eq!(o.value, "\"5s\"");
+        assert_eq!(o.to_string(), "mqtt.flood_disconnect_after = \"5s\"");
+        assert_eq!(o.to_string().parse::<ConfigOverride>().unwrap(), o, "round trip");
+        assert!("max_subscriptions=64".parse::<ConfigOverride>().is_err());
+        assert!("mqtt.max subscriptions=64".parse::<ConfigOverride>().is_err());
+    }
+
+    #[test]
+    fn refusals_are_read_from_the_gateways_log_line() {
+        let line = "2026-12-04T23:15:48.000839Z  INFO gateway::broker::listener: vehicle sockets refused or dropped \
+                    in the last second connection_limit=0 per_source=8123 handshake_capacity=1 first_flight_timeout=64 failed=2";
+        let r = Refusals::from_log_line(line);
+        assert_eq!(
+            r,
+            Refusals {
+                connection_limit: 0,
+                per_source: 8123,
+                handshake_capacity: 1,
+                first_flight_timeout: 64,
+                failed: 2
+            }
+        );
+        assert_eq!(r.plus(&r).since(&r), r);
+    }
+
+    #[test]
+    fn the_partner_api_address_is_read_from_the_log() {
+        let dir = tempfile::tempdir().unwrap();
+        let log = dir.path().join("gateway.log");
+        std::fs::write(
+            &log,
+            "x INFO gateway: partner API listening (gRPC over mTLS) addr=127.0.0.1:40123\nx INFO gateway listening for vehicles\n",
+        )
+        .unwrap();
+        assert_eq!(partner_api_from_log(&log), Some("127.0.0.1:40123".parse().unwrap()));
     }
 }

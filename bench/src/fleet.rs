@@ -69,9 +69,12 @@ pub struct Fleet {
     pub ca_file: PathBuf,
     /// The CA that signs only the gateway's client certificate: what the adapter trusts.
     pub gateway_clients_ca_file: PathBuf,
+    /// The CA that signs partners' certificates: what the gateway's partner API trusts.
+    pub partners_ca_file: PathBuf,
     /// The MQTT server certificate, shared by the gateway and Mosquitto so both do the same work.
     pub server: CertFiles,
-    /// The parking adapter's certificate (gRPC server).
+    /// The parking adapter's certificate (gRPC server), also the partner `parking`'s client
+    /// certificate for the gateway's partner API.
     pub adapter: CertFiles,
     /// The gateway's client certificate towards the adapter (role gateway-client).
     pub gateway_client: CertFiles,
@@ -108,6 +111,7 @@ impl Fleet {
             dir: dir.to_path_buf(),
             ca_file: layout.ca_cert(),
             gateway_clients_ca_file: layout.issuing_ca_cert(IssuingCa::GatewayClients),
+            partners_ca_file: layout.issuing_ca_cert(IssuingCa::Partners),
             server,
             adapter,
             gateway_client,

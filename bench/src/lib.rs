@@ -9,13 +9,19 @@
 //! - [`procfs`]: CPU time and RSS of each process, machine facts;
 //! - [`under_storm`]: connected vehicles served while the rest of the fleet connects;
 //! - [`restart`]: the reconnect storm (the broker killed and restarted under the fleet);
+//! - [`abuse`]: well-behaved cars served while one car abuses MQTT ([`abuser`], over the raw
+//!   client [`rawmqtt`]) and sockets flood the listener; partner events from [`partner`];
 //! - [`run`]: one run of every scenario; [`report`]: its JSON and Markdown.
 
+pub mod abuse;
+pub mod abuser;
 pub mod agents;
 pub mod brokers;
 pub mod fleet;
+pub mod partner;
 pub mod process;
 pub mod procfs;
+pub mod rawmqtt;
 pub mod report;
 pub mod restart;
 pub mod run;

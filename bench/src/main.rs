@@ -1,8 +1,10 @@
 //! `fleet-bench report`: runs every scenario against the gateway and Mosquitto, one after the
-//! other with the same fleet, and writes `report.json` and `report.md`.
+//! other with the same fleet, and writes `report.json` and `report.md`. `fleet-bench abuse`
+//! runs only the abusive-car scenario and writes `abuse.json` and `abuse.md`.
 //!
 //! ```text
 //! cargo run --release -p fleet-bench -- report --vehicles 2000 --out docs/benchmarks
+//! cargo run --release -p fleet-bench -- abuse --out docs/benchmarks
 //! ```
 
 use std::net::{IpAddr, Ipv4Addr};
@@ -11,8 +13,11 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::{Parser, Subcommand};
+use fleet_bench::abuse::{self, AbuseBrokers, AbusePlan, AbuseRun};
+use fleet_bench::abuser::{Abuse, AbuseSizes};
 use fleet_bench::agents::Mix;
-use fleet_bench::brokers::{self, GatewayLaunch};
+use fleet_bench::brokers::{self, ConfigOverride, GatewayLaunch};
+use fleet_bench::fleet::Fleet;
 use fleet_bench::restart::RestartPlan;
 use fleet_bench::run::{self, LedgerRun, Plan};
 use fleet_bench::swarm::StormSettings;
@@ -32,7 +37,122 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// Runs every scenario against both brokers and writes report.json and report.md.
-    Report(Args),
+    Report(Box<Args>),
+    /// Runs only the abusive-car scenario and writes abuse.json and abuse.md.
+    Abuse(Box<AbuseOnly>),
+}
+
+/// Which brokers, and how to get them.
+#[derive(clap::Args)]
+struct BrokerArgs {
+    /// Brokers to measure.
+    #[arg(long, value_delimiter = ',', default_value = "gateway,mosquitto")]
+    brokers: Vec<String>,
+    /// Mosquitto binary.
+    #[arg(long, default_value = "/usr/sbin/mosquitto")]
+    mosquitto: PathBuf,
+    /// Do not apt-get install Mosquitto when it is missing.
+    #[arg(long)]
+    no_install: bool,
+    /// Do not run `cargo build` for the gateway and the parking adapter first.
+    #[arg(long)]
+    no_build: bool,
+    /// Gateway binary (default: next to this executable).
+    #[arg(long)]
+    gateway_bin: Option<PathBuf>,
+    /// Parking adapter binary (default: next to this executable).
+    #[arg(long)]
+    adapter_bin: Option<PathBuf>,
+    /// Directory of the gateway's SQLite database (default: the run's temporary directory).
+    #[arg(long)]
+    db_dir: Option<PathBuf>,
+    /// Parking methods declared read-only (they skip the idempotency ledger; the demo declares
+    /// these two); not on the ledger runs' gateways. Empty = none.
+    #[arg(long, value_delimiter = ',', default_value = "ListNearbyLots,GetReceipt")]
+    read_only_methods: Vec<String>,
+    /// Keep the temporary directory (certificates, configs, broker logs).
+    #[arg(long)]
+    keep_work: bool,
+}
+
+/// The abusive-car scenario.
+#[derive(clap::Args)]
+struct AbuseArgs {
+    /// Well-behaved cars that stay connected during the abuses.
+    #[arg(long, default_value_t = 1000)]
+    good_vehicles: usize,
+    /// Their requests per second, all together (ListNearbyLots).
+    #[arg(long, default_value_t = 200.0)]
+    good_request_rate: f64,
+    /// Partner events per second pushed to them, all together.
+    #[arg(long, default_value_t = 100.0)]
+    good_event_rate: f64,
+    /// Abuses to run, in order: subscriptions, retained, topics, long-topics, event-acks, qos2,
+    /// requests, sockets.
+    #[arg(
+        long,
+        value_delimiter = ',',
+        default_value = "subscriptions,retained,topics,long-topics,event-acks,qos2,requests,sockets"
+    )]
+    abuses: Vec<Abuse>,
+    /// Seconds each abuse lasts (and the baseline without abuse).
+    #[arg(long, default_value_t = 20.0)]
+    abuse_seconds: f64,
+    /// Seconds the good cars go on after each abuse before the broker's memory is read again.
+    #[arg(long, default_value_t = 10.0)]
+    abuse_recovery: f64,
+    /// Distinct filters of the subscription abuse.
+    #[arg(long, default_value_t = 20_000)]
+    abuse_filters: usize,
+    /// Distinct topics of the retained-message abuse (each message 140 kB).
+    #[arg(long, default_value_t = 1_000)]
+    abuse_retained: usize,
+    /// Distinct topics of the topic-name abuse (each message 60 kB).
+    #[arg(long, default_value_t = 2_000)]
+    abuse_topics: usize,
+    /// Unauthenticated sockets of the socket flood.
+    #[arg(long, default_value_t = 400)]
+    abuse_sockets: usize,
+    /// Source address of the socket flood (another loopback address than the cars').
+    #[arg(long, default_value = "127.0.0.2")]
+    abuse_socket_source: IpAddr,
+    /// A setting of the abuse scenario's gateway configuration, `section.key=value` (repeat it),
+    /// e.g. `--gateway-set mqtt.max_subscriptions=64`; the defaults are the gateway's own.
+    #[arg(long = "gateway-set")]
+    gateway_set: Vec<ConfigOverride>,
+}
+
+impl AbuseArgs {
+    fn plan(&self) -> AbusePlan {
+        AbusePlan {
+            good_vehicles: self.good_vehicles,
+            request_rate: self.good_request_rate,
+            event_rate: self.good_event_rate,
+            abuses: self.abuses.clone(),
+            abuse_time: Duration::from_secs_f64(self.abuse_seconds),
+            recovery: Duration::from_secs_f64(self.abuse_recovery),
+            sizes: AbuseSizes {
+                filters: self.abuse_filters,
+                retained_topics: self.abuse_retained,
+                topics: self.abuse_topics,
+                sockets: self.abuse_sockets,
+                socket_source: self.abuse_socket_source,
+                ..AbuseSizes::default()
+            },
+            ..AbusePlan::default()
+        }
+    }
+}
+
+#[derive(clap::Args)]
+struct AbuseOnly {
+    /// Where abuse.json and abuse.md go.
+    #[arg(long, default_value = "docs/benchmarks")]
+    out: PathBuf,
+    #[command(flatten)]
+    brokers: BrokerArgs,
+    #[command(flatten)]
+    abuse: AbuseArgs,
 }
 
 #[derive(clap::Args)]
@@ -84,31 +204,6 @@ struct Args {
     /// Open-loop rates of the agent request runs.
     #[arg(long, value_delimiter = ',', default_value = "200")]
     agent_rates: Vec<f64>,
-    /// Brokers to measure.
-    #[arg(long, value_delimiter = ',', default_value = "gateway,mosquitto")]
-    brokers: Vec<String>,
-    /// Mosquitto binary.
-    #[arg(long, default_value = "/usr/sbin/mosquitto")]
-    mosquitto: PathBuf,
-    /// Do not apt-get install Mosquitto when it is missing.
-    #[arg(long)]
-    no_install: bool,
-    /// Do not run `cargo build` for the gateway and the parking adapter first.
-    #[arg(long)]
-    no_build: bool,
-    /// Gateway binary (default: next to this executable).
-    #[arg(long)]
-    gateway_bin: Option<PathBuf>,
-    /// Parking adapter binary (default: next to this executable).
-    #[arg(long)]
-    adapter_bin: Option<PathBuf>,
-    /// Directory of the gateway's SQLite database (default: the run's temporary directory).
-    #[arg(long)]
-    db_dir: Option<PathBuf>,
-    /// Parking methods declared read-only on the main gateway (they skip the idempotency
-    /// ledger; the demo declares these two). Empty = none.
-    #[arg(long, value_delimiter = ',', default_value = "ListNearbyLots,GetReceipt")]
-    read_only_methods: Vec<String>,
     /// Where the request runs through the ledger keep their database: `disk` (the run's
     /// temporary directory) and/or `tmpfs` (/dev/shm, no fsync cost). Empty = skip them.
     #[arg(long, value_delimiter = ',', default_value = "disk,tmpfs")]
@@ -135,9 +230,28 @@ struct Args {
     /// Longest wait, in seconds, for the fleet to come back after the restart.
     #[arg(long, default_value_t = 120.0)]
     restart_limit: f64,
-    /// Keep the temporary directory (certificates, configs, broker logs).
+    /// A setting of the traffic gateways' configuration (the main one and the ledger ones),
+    /// `section.key=value`, repeated; by default the per-car rates are lifted, since their few
+    /// active cars stand in for a fleet.
+    #[arg(long = "traffic-gateway-set", default_values_t = fleet_bench::run::traffic_overrides())]
+    traffic_gateway_set: Vec<ConfigOverride>,
+    /// Skip the abusive-car scenario.
     #[arg(long)]
-    keep_work: bool,
+    no_abuse: bool,
+    #[command(flatten)]
+    brokers: BrokerArgs,
+    #[command(flatten)]
+    abuse: AbuseArgs,
+}
+
+/// How the storms connect.
+fn storm_settings(args: &Args) -> StormSettings {
+    StormSettings {
+        max_inflight: args.max_inflight,
+        connect_rate: args.connect_rate,
+        keep_alive: Duration::from_secs(args.keep_alive),
+        ..StormSettings::default()
+    }
 }
 
 /// The rates worth running (`--echo-rates 0` skips the runs).
@@ -154,9 +268,12 @@ fn main() -> ExitCode {
         )
         .with_writer(std::io::stderr)
         .init();
-    let Command::Report(args) = Cli::parse().command;
     let runtime = tokio::runtime::Runtime::new().expect("tokio runtime");
-    match runtime.block_on(report(args)) {
+    let done = match Cli::parse().command {
+        Command::Report(args) => runtime.block_on(report(*args)),
+        Command::Abuse(args) => runtime.block_on(abuse_only(*args)),
+    };
+    match done {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("fleet-bench: {e:#}");
@@ -165,7 +282,16 @@ fn main() -> ExitCode {
     }
 }
 
-async fn report(args: Args) -> anyhow::Result<()> {
+/// The brokers to measure, ready to start: the gateway (built first unless told not to) with
+/// its adapter, and Mosquitto (installed if missing and allowed). Notes say what was done.
+struct Prepared {
+    gateway: Option<GatewayLaunch>,
+    adapter_bin: Option<PathBuf>,
+    mosquitto: Option<PathBuf>,
+    notes: Vec<String>,
+}
+
+fn prepare(args: &BrokerArgs) -> anyhow::Result<Prepared> {
     let mut notes = Vec::new();
     let wants = |name: &str| args.brokers.iter().any(|b| b == name);
     let gateway = if wants("gateway") {
@@ -197,7 +323,96 @@ async fn report(args: Args) -> anyhow::Result<()> {
     } else {
         None
     };
+    Ok(Prepared {
+        gateway,
+        adapter_bin,
+        mosquitto,
+        notes,
+    })
+}
 
+/// The command line, for the report.
+fn command_line() -> String {
+    let mut command = String::from("cargo run --release -p fleet-bench --");
+    for a in std::env::args().skip(1) {
+        command.push(' ');
+        command.push_str(&a);
+    }
+    command
+}
+
+/// `fleet-bench abuse`: the abusive-car scenario alone.
+async fn abuse_only(args: AbuseOnly) -> anyhow::Result<()> {
+    let started = std::time::Instant::now();
+    let date_utc = fleet_bench::report::utc_now();
+    let machine = fleet_bench::procfs::machine();
+    let Prepared {
+        gateway,
+        adapter_bin,
+        mosquitto,
+        mut notes,
+    } = prepare(&args.brokers)?;
+    let plan = args.abuse.plan();
+    let work = tempfile::Builder::new().prefix("fleet-bench-abuse-").tempdir()?;
+    let hosts = [IpAddr::V4(Ipv4Addr::LOCALHOST)];
+    let say = |msg: String| eprintln!("[{:6.1}s] {msg}", started.elapsed().as_secs_f64());
+    say(format!("issuing {} vehicle certificates", plan.vehicles_needed()));
+    let fleet = Fleet::create(&work.path().join("pki"), plan.vehicles_needed(), &hosts)?;
+    let adapter = match &gateway {
+        Some(_) => Some(brokers::start_adapter(adapter_bin.as_deref(), &fleet, work.path()).await?),
+        None => None,
+    };
+    let db_dir = args.brokers.db_dir.clone().unwrap_or_else(|| work.path().join("db"));
+    let read_only: Vec<String> = args
+        .brokers
+        .read_only_methods
+        .iter()
+        .filter(|m| !m.is_empty())
+        .cloned()
+        .collect();
+    let brokers = AbuseBrokers {
+        gateway: gateway.as_ref().zip(adapter.as_ref()),
+        mosquitto: mosquitto.as_deref(),
+        read_only_methods: &read_only,
+        overrides: &args.abuse.gateway_set,
+        db_dir: &db_dir,
+        hosts: &hosts,
+    };
+    let reports = abuse::run_all(&plan, &fleet, &brokers, work.path(), &say).await?;
+    drop(adapter);
+    if gateway.is_some() {
+        notes.push(
+            "The gateway runs its release binary as its own process with its default logging (info), SQLite in WAL \
+             mode; the partner adapter runs as its own process at log level warn. The abuser and the socket flood run \
+             on threads of their own in the load generator, which shares the machine's cores with the broker."
+                .into(),
+        );
+    }
+    let run = AbuseRun {
+        date_utc,
+        command: command_line(),
+        machine,
+        loadavg_at_end: fleet_bench::procfs::loadavg(),
+        total_wall_s: started.elapsed().as_secs_f64(),
+        brokers: reports,
+        notes,
+    };
+    let (json, md) = run.write(&args.out)?;
+    println!("{}", run.markdown());
+    eprintln!("wrote {} and {}", md.display(), json.display());
+    if args.brokers.keep_work {
+        eprintln!("work files kept in {}", work.keep().display());
+    }
+    Ok(())
+}
+
+async fn report(args: Args) -> anyhow::Result<()> {
+    let Prepared {
+        gateway,
+        adapter_bin,
+        mosquitto,
+        mut notes,
+    } = prepare(&args.brokers)?;
     let work = tempfile::Builder::new().prefix("fleet-bench-").tempdir()?;
     let hosts: Vec<IpAddr> = (1..=args.loopback_addrs.max(1))
         .map(|k| IpAddr::V4(Ipv4Addr::new(127, 0, 0, k)))
@@ -220,21 +435,11 @@ async fn report(args: Args) -> anyhow::Result<()> {
             db_dir,
         });
     }
-    let mut command = String::from("cargo run --release -p fleet-bench --");
-    for a in std::env::args().skip(1) {
-        command.push(' ');
-        command.push_str(&a);
-    }
     let plan = Plan {
         vehicles: args.vehicles,
         active: args.active.min(args.vehicles),
         hosts,
-        storm: StormSettings {
-            max_inflight: args.max_inflight,
-            connect_rate: args.connect_rate,
-            keep_alive: Duration::from_secs(args.keep_alive),
-            ..StormSettings::default()
-        },
+        storm: storm_settings(&args),
         duration: Duration::from_secs_f64(args.duration),
         warmup: Duration::from_secs_f64(args.warmup),
         echo_rates: positive(&args.echo_rates),
@@ -246,8 +451,9 @@ async fn report(args: Args) -> anyhow::Result<()> {
         gateway,
         adapter_bin,
         mosquitto,
-        db_dir: args.db_dir.clone().unwrap_or_else(|| work.path().join("db")),
+        db_dir: args.brokers.db_dir.clone().unwrap_or_else(|| work.path().join("db")),
         read_only_methods: args
+            .brokers
             .read_only_methods
             .iter()
             .filter(|m| !m.is_empty())
@@ -261,27 +467,20 @@ async fn report(args: Args) -> anyhow::Result<()> {
             active: args.active,
             rate: 200.0,
             duration: Duration::from_secs_f64(args.duration),
-            storm: StormSettings {
-                max_inflight: args.max_inflight,
-                connect_rate: args.connect_rate,
-                keep_alive: Duration::from_secs(args.keep_alive),
-                ..StormSettings::default()
-            },
+            storm: storm_settings(&args),
         }),
         restart: (!args.no_restart).then(|| RestartPlan {
             vehicles: args.vehicles,
-            storm: StormSettings {
-                max_inflight: args.max_inflight,
-                connect_rate: args.connect_rate,
-                keep_alive: Duration::from_secs(args.keep_alive),
-                ..StormSettings::default()
-            },
+            storm: storm_settings(&args),
             request_rate: args.restart_rate,
             before_kill: Duration::from_secs(2),
             after_back: Duration::from_secs(2),
             limit: Duration::from_secs_f64(args.restart_limit),
         }),
-        command,
+        gateway_overrides: args.traffic_gateway_set.clone(),
+        abuse: (!args.no_abuse).then(|| args.abuse.plan()),
+        abuse_overrides: args.abuse.gateway_set.clone(),
+        command: command_line(),
         notes,
         verbose: true,
     };
@@ -295,7 +494,7 @@ async fn report(args: Args) -> anyhow::Result<()> {
     let (json, md) = run::write_report(&report, &args.out)?;
     println!("{}", report.markdown());
     eprintln!("wrote {} and {}", md.display(), json.display());
-    if args.keep_work {
+    if args.brokers.keep_work {
         eprintln!("work files kept in {}", work.keep().display());
     }
     Ok(())

@@ -26,6 +26,9 @@ pub struct Report {
     pub brokers: Vec<BrokerReport>,
     /// Full requests through the gateway (and the diagnostic variant, if run).
     pub requests: Vec<RequestReport>,
+    /// The abusive-car scenario, per broker, if run.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub abuse: Vec<crate::abuse::AbuseReport>,
     /// Things the reader must know.
     pub notes: Vec<String>,
     /// Mean 4 KiB write + fsync on the disk holding the gateway's database, ms.
@@ -67,6 +70,8 @@ pub struct Settings {
     pub agent_rates: Vec<f64>,
     /// What they ask for, by weight.
     pub agent_mix: String,
+    /// Settings of the traffic gateways beyond their defaults.
+    pub gateway_overrides: Vec<String>,
 }
 
 /// Certificate issuance.
@@ -276,9 +281,19 @@ impl Report {
         let _ = writeln!(
             md,
             "- traffic: {} active vehicles (the rest stay connected and idle), {:.0} s per run of which the first {:.1} s are warm-up; \
-             latency from each message's due time (open loop) or send time (closed loop, {} in flight)\n",
+             latency from each message's due time (open loop) or send time (closed loop, {} in flight)",
             s.active, s.duration_s, s.warmup_s, s.closed_in_flight
         );
+        if !s.gateway_overrides.is_empty() {
+            let _ = writeln!(
+                md,
+                "- the traffic gateways run with `{}` (their few active cars stand in for a fleet; the per-car rates \
+                 would otherwise throttle and refuse the closed-loop runs); the abusive-car scenario's gateway runs with \
+                 its own settings, listed in its section",
+                s.gateway_overrides.join("`, `")
+            );
+        }
+        let _ = writeln!(md);
 
         self.targets_md(&mut md);
 
@@ -404,6 +419,7 @@ impl Report {
         crate::under_storm::markdown(&mut md, &under);
         let restarts: Vec<_> = self.brokers.iter().filter_map(|b| b.restart.clone()).collect();
         crate::restart::markdown(&mut md, &restarts);
+        crate::abuse::markdown(&mut md, &self.abuse);
 
         let lost: Vec<String> = self
             .brokers

@@ -7,8 +7,9 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, Result, bail};
 
+use crate::abuse::{self, AbuseBrokers, AbusePlan};
 use crate::agents::{Agents, Mix};
-use crate::brokers::{self, Adapter, Broker, BrokerKind, GatewayLaunch};
+use crate::brokers::{self, Adapter, Broker, BrokerKind, ConfigOverride, GatewayLaunch, GatewayOptions};
 use crate::fleet::{Fleet, HandshakeCounter};
 use crate::procfs::{self, Roles};
 use crate::report::{
@@ -72,6 +73,13 @@ pub struct Plan {
     pub reconnect_rounds: usize,
     /// The reconnect storm (broker killed and restarted under the fleet), if run.
     pub restart: Option<RestartPlan>,
+    /// Settings of the traffic gateways (the main one and the ledger ones) beyond the bench's
+    /// own: their few active cars stand in for a fleet, so the per-car rates are lifted.
+    pub gateway_overrides: Vec<ConfigOverride>,
+    /// The abusive-car scenario, each broker started afresh for it, if run.
+    pub abuse: Option<AbusePlan>,
+    /// Settings of the abuse scenario's gateway beyond the bench's own (non-default bounds).
+    pub abuse_overrides: Vec<ConfigOverride>,
     /// Traffic from connected vehicles during a connect storm of the others, if run.
     pub under_storm: Option<UnderStormPlan>,
     /// The command line, for the report.
@@ -80,6 +88,24 @@ pub struct Plan {
     pub notes: Vec<String>,
     /// Print progress to stderr.
     pub verbose: bool,
+}
+
+/// The per-car and per-address bounds lifted on the traffic gateways, whose few active cars
+/// stand in for a fleet: their closed-loop runs send hundreds of messages per second from each
+/// car, which the defaults (100 publishes and 20 requests per second per car) would throttle
+/// and refuse, and every car connects from one loopback address, whose quota of sockets still
+/// handshaking (64) a storm of 100 attempts in flight would exceed.
+pub fn traffic_overrides() -> Vec<ConfigOverride> {
+    [
+        "requests.max_per_second_per_car",
+        "requests.burst_per_car",
+        "mqtt.max_publishes_per_second",
+        "mqtt.publish_burst",
+        "mqtt.max_pending_per_source",
+    ]
+    .into_iter()
+    .map(|setting| format!("{setting}=1000000").parse().expect("well-formed setting"))
+    .collect()
 }
 
 /// One gateway whose requests all go through the idempotency ledger.
@@ -127,17 +153,14 @@ pub async fn run(plan: &Plan, work: &Path) -> Result<Report> {
         say("starting the gateway".into());
         let dir = work.join("gateway");
         std::fs::create_dir_all(&dir)?;
-        let broker = brokers::start_gateway(
-            launch,
-            &fleet,
-            &dir,
-            &plan.db_dir,
-            &plan.hosts,
-            total + 1000,
-            adapter.addr,
-            &plan.read_only_methods,
-        )
-        .await?;
+        let options = GatewayOptions {
+            max_connections: total + 1000,
+            adapter: adapter.addr,
+            read_only_methods: &plan.read_only_methods,
+            partner_api: false,
+            overrides: &plan.gateway_overrides,
+        };
+        let broker = brokers::start_gateway(launch, &fleet, &dir, &plan.db_dir, &plan.hosts, &options).await?;
         let (report, request_report) = measure(plan, &fleet, broker, Some(adapter), &dir, &say).await?;
         brokers_out.push(report);
         requests.extend(request_report);
@@ -160,17 +183,14 @@ pub async fn run(plan: &Plan, work: &Path) -> Result<Report> {
             ));
             let dir = work.join(format!("gateway-ledger-{k}"));
             std::fs::create_dir_all(&dir)?;
-            let broker = brokers::start_gateway(
-                launch,
-                &fleet,
-                &dir,
-                &run.db_dir,
-                &plan.hosts,
-                total + 1000,
-                adapter.addr,
-                &[],
-            )
-            .await?;
+            let options = GatewayOptions {
+                max_connections: total + 1000,
+                adapter: adapter.addr,
+                read_only_methods: &[],
+                partner_api: false,
+                overrides: &plan.gateway_overrides,
+            };
+            let broker = brokers::start_gateway(launch, &fleet, &dir, &run.db_dir, &plan.hosts, &options).await?;
             let place = match run.label.as_str() {
                 "tmpfs" => "tmpfs (/dev/shm: no fsync cost)".to_owned(),
                 "disk" => "disk (the run's temporary directory)".to_owned(),
@@ -185,6 +205,20 @@ pub async fn run(plan: &Plan, work: &Path) -> Result<Report> {
             requests.push(ledger_requests(plan, &fleet, broker, adapter, &short, &setup, &say).await?);
         }
     }
+    let abuse = match (&plan.abuse, plan.hosts.first()) {
+        (Some(abuse_plan), Some(_)) => {
+            let brokers = AbuseBrokers {
+                gateway: plan.gateway.as_ref().zip(adapter.as_ref()),
+                mosquitto: plan.mosquitto.as_deref(),
+                read_only_methods: &plan.read_only_methods,
+                overrides: &plan.abuse_overrides,
+                db_dir: &plan.db_dir,
+                hosts: &plan.hosts,
+            };
+            abuse::run_all(abuse_plan, &fleet, &brokers, work, &say).await?
+        }
+        _ => Vec::new(),
+    };
     drop(adapter);
 
     if brokers_out.iter().any(|b| b.name == "gateway") {
@@ -213,6 +247,7 @@ pub async fn run(plan: &Plan, work: &Path) -> Result<Report> {
             agents: plan.agents,
             agent_rates: plan.agent_rates.clone(),
             agent_mix: plan.agent_mix.to_string(),
+            gateway_overrides: plan.gateway_overrides.iter().map(ToString::to_string).collect(),
         },
         certificates: Certificates {
             vehicles: total,
@@ -220,6 +255,7 @@ pub async fn run(plan: &Plan, work: &Path) -> Result<Report> {
         },
         brokers: brokers_out,
         requests,
+        abuse,
         notes,
         disk_fsync_ms,
         loadavg_at_end: procfs::loadavg(),

@@ -110,6 +110,8 @@ pub enum Event {
     },
     /// A PUBLISH arrived.
     Message {
+        /// Its topic.
+        topic: String,
         /// Its payload.
         payload: Bytes,
         /// When the vehicle's task read it.
@@ -464,6 +466,7 @@ async fn vehicle(
         let error = loop {
             let event = match eventloop.poll().await {
                 Ok(MqttEvent::Incoming(Packet::Publish(p))) => Event::Message {
+                    topic: p.topic,
                     payload: p.payload,
                     at: Instant::now(),
                 },

@@ -10,6 +10,7 @@
 use std::collections::{HashMap, HashSet};
 use std::time::{Duration, Instant};
 
+use bytes::Bytes;
 use prost::Message as _;
 use proto::Vin;
 use proto::vehicle::v1::{Request, Response};
@@ -214,6 +215,33 @@ pub async fn run(
     duration: Duration,
     warmup: Duration,
 ) -> TrafficOutcome {
+    run_with(swarm, active, workload, load, duration, warmup, &mut |_, _| {}).await
+}
+
+/// A message that is not an answer of the workload, seen by [`run_with`]'s caller: the
+/// swarm (to answer it), and the vehicle and message.
+pub struct Other<'a> {
+    /// Which vehicle received it.
+    pub vehicle: usize,
+    /// Its topic.
+    pub topic: &'a str,
+    /// Its payload.
+    pub payload: &'a Bytes,
+    /// When the vehicle's task read it.
+    pub at: Instant,
+}
+
+/// [`run`], handing every other message the vehicles receive meanwhile (say, partner events)
+/// to `other`.
+pub async fn run_with(
+    swarm: &mut Swarm,
+    active: &[usize],
+    workload: &dyn Workload,
+    load: Load,
+    duration: Duration,
+    warmup: Duration,
+    other: &mut dyn FnMut(&Swarm, Other<'_>),
+) -> TrafficOutcome {
     let topics: Vec<String> = active.iter().map(|&i| workload.publish_topic(swarm.vin(i))).collect();
     let slot_of: HashMap<usize, usize> = active.iter().enumerate().map(|(slot, &i)| (i, slot)).collect();
     let m = active.len().max(1);
@@ -283,10 +311,19 @@ pub async fn run(
             e = swarm.next() => e,
             _ = tokio::time::sleep_until(wake.into()) => continue,
         };
-        let Some((i, Event::Message { payload, at })) = event else {
+        let Some((i, Event::Message { topic, payload, at })) = event else {
             continue;
         };
         let Some(reply) = workload.decode(&payload) else {
+            other(
+                swarm,
+                Other {
+                    vehicle: i,
+                    topic: &topic,
+                    payload: &payload,
+                    at,
+                },
+            );
             continue;
         };
         if !outstanding.remove(&reply.seq) {

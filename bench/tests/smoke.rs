@@ -1,16 +1,19 @@
 //! The benchmark, reduced: every scenario against the gateway (in-process, so `cargo test -p
 //! fleet-bench` needs no release build) and against Mosquitto when it is installed. It checks
-//! that each scenario produced figures and that nothing failed, never how fast anything was.
+//! that each scenario produced figures and that nothing failed, never how fast anything was
+//! (nor how much memory anything took).
 
 use std::net::{IpAddr, Ipv4Addr};
 use std::path::PathBuf;
 use std::time::Duration;
 
+use fleet_bench::abuse::AbusePlan;
+use fleet_bench::abuser::{Abuse, AbuseSizes};
 use fleet_bench::agents::Mix;
 use fleet_bench::brokers::GatewayLaunch;
 use fleet_bench::report::TrafficReport;
 use fleet_bench::restart::RestartPlan;
-use fleet_bench::run::{LedgerRun, Plan, run, write_report};
+use fleet_bench::run::{LedgerRun, Plan, run, traffic_overrides, write_report};
 use fleet_bench::swarm::StormSettings;
 use fleet_bench::under_storm::UnderStormPlan;
 
@@ -85,6 +88,28 @@ async fn every_scenario_produces_figures_and_no_failures() {
             after_back: Duration::from_millis(300),
             limit: Duration::from_secs(60),
         }),
+        abuse: Some(AbusePlan {
+            good_vehicles: VEHICLES,
+            request_rate: 20.0,
+            event_rate: 20.0,
+            abuses: Abuse::ALL.to_vec(),
+            abuse_time: Duration::from_millis(1000),
+            recovery: Duration::from_millis(200),
+            warmup: Duration::from_millis(200),
+            sizes: AbuseSizes {
+                filters: 300,
+                retained_topics: 10,
+                topics: 20,
+                sockets: 20,
+                ..AbuseSizes::default()
+            },
+            storm: StormSettings {
+                max_inflight: 10,
+                ..StormSettings::default()
+            },
+        }),
+        gateway_overrides: traffic_overrides(),
+        abuse_overrides: Vec::new(),
         command: "cargo test -p fleet-bench".into(),
         notes: Vec::new(),
         verbose: false,
@@ -154,9 +179,76 @@ async fn every_scenario_produces_figures_and_no_failures() {
         mixed.outcome.per_method
     );
 
+    assert_eq!(report.abuse.len(), expected_brokers, "abuse scenario on every broker");
+    for a in &report.abuse {
+        let applicable = Abuse::ALL
+            .iter()
+            .filter(|x| a.broker == "gateway" || **x != Abuse::Requests)
+            .count();
+        assert_eq!(a.phases.len(), applicable, "{}: every abuse ran", a.broker);
+        for p in &a.phases {
+            let what = format!("{} {}", a.broker, p.abuse.name());
+            assert!(
+                p.rss.before_kib > 0 && p.rss.peak_kib > 0 && p.rss.after_kib > 0,
+                "{what}: RSS figures"
+            );
+            match (&p.abuser, &p.sockets) {
+                (Some(abuser), None) => {
+                    assert!(abuser.connects > 0, "{what}: the abuser connected: {abuser:?}");
+                    assert!(abuser.packets_sent > 0, "{what}: the abuser sent: {abuser:?}");
+                }
+                (None, Some(s)) => {
+                    assert!(s.opened > 0, "{what}: sockets opened: {s:?}");
+                    assert!(
+                        s.car.attempts > 0 && s.car.connected > 0,
+                        "{what}: the car connected: {s:?}"
+                    );
+                }
+                _ => panic!("{what}: neither an abuser nor a socket flood"),
+            }
+        }
+        if a.broker != "gateway" {
+            continue;
+        }
+        assert!(
+            a.bounds.is_some() && a.config_file.is_some(),
+            "the gateway's config is recorded"
+        );
+        let baseline = a.baseline.as_ref().expect("baseline without abuse");
+        for (what, w) in std::iter::once(("baseline", baseline)).chain(
+            a.phases
+                .iter()
+                .filter_map(|p| p.good.as_ref().map(|g| (p.abuse.name(), g))),
+        ) {
+            let r = &w.requests;
+            assert!(r.sent > 0 && r.latency.count > 0, "{what}: good requests: {r:?}");
+            assert_eq!(r.errors, 0, "{what}: good requests failed: {:?}", r.first_error);
+            assert!(w.events.published > 0, "{what}: events published: {:?}", w.events);
+            assert!(w.events.latency.count > 0, "{what}: events received: {:?}", w.events);
+            assert_eq!(w.lost_connections, 0, "{what}: a good car lost its connection");
+        }
+        // The gateway disconnects at the first offence of these; its registry says why.
+        for abuse in [Abuse::Retained, Abuse::LongTopics, Abuse::Qos2] {
+            let p = a.phases.iter().find(|p| p.abuse == abuse).unwrap();
+            assert!(
+                p.disconnect_reasons.keys().any(|r| r.starts_with("limit exceeded")),
+                "{}: reasons recorded {:?}",
+                abuse.name(),
+                p.disconnect_reasons
+            );
+        }
+        let subs = a.phases.iter().find(|p| p.abuse == Abuse::Subscriptions).unwrap();
+        let abuser = subs.abuser.as_ref().unwrap();
+        assert!(
+            abuser.filters_refused > 0,
+            "filters beyond the bound refused: {abuser:?}"
+        );
+    }
+
     let (json, md) = write_report(&report, &work.path().join("out")).unwrap();
     let markdown = std::fs::read_to_string(md).unwrap();
     assert!(markdown.contains("## Targets from the issue"));
+    assert!(markdown.contains("## Abusive car: gateway"));
     let parsed: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(json).unwrap()).unwrap();
     assert_eq!(parsed["settings"]["vehicles"], VEHICLES);
 }
