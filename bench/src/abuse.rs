@@ -130,12 +130,12 @@ pub struct AbusePhase {
     pub recovery: Option<GoodWindow>,
     /// What the abuser did and got (not for the socket flood).
     pub abuser: Option<AbuserOutcome>,
-    /// Why the gateway ended the abuser's sessions (those it opened during the abuse and that
+    /// Why the gateway ended the abuser's connections (those it opened during the abuse and that
     /// ended before the abuser left), from the gateway's session registry.
     pub disconnect_reasons: BTreeMap<String, u64>,
-    /// How the abuser's sessions still open when it left ended, from the registry.
+    /// How the abuser's connections still open when it left ended, from the connection log.
     pub open_when_it_left: BTreeMap<String, u64>,
-    /// Sessions of the abuser the registry recorded (rows of its `sessions` table).
+    /// Connections of the abuser the connection log recorded (rows of its `connections` table).
     pub sessions_recorded: u64,
     /// The socket flood and the car connecting meanwhile.
     pub sockets: Option<SocketFloodOutcome>,
@@ -624,7 +624,7 @@ impl GoodFleet {
     }
 }
 
-/// How the abuser's sessions ended, by abuse window (unix ms, from the abuser's start to its
+/// How the abuser's connections ended, by abuse window (unix ms, from the abuser's start to its
 /// departure), from the gateway's registry: a session belongs to the window it connected in,
 /// and either ended before the abuser left (the gateway's doing) or was open when it left.
 /// Read once every session of the abuser is recorded as closed (or 15 s have passed).
@@ -635,7 +635,7 @@ async fn session_ends(broker: &Broker, vin: &proto::Vin, windows: &[(i64, i64)])
     };
     let started = Instant::now();
     let sessions = loop {
-        let sessions = store.sessions_of(vin, u32::MAX).await.unwrap_or_default();
+        let sessions = store.connections_of(vin, u32::MAX).await.unwrap_or_default();
         if sessions.iter().all(|s| s.disconnected_at_ms.is_some()) || started.elapsed() > Duration::from_secs(15) {
             break sessions;
         }
@@ -662,7 +662,7 @@ async fn session_ends(broker: &Broker, vin: &proto::Vin, windows: &[(i64, i64)])
     out
 }
 
-/// Disconnect reasons and how many sessions ended with each.
+/// Disconnect reasons and how many connections ended with each.
 type Reasons = BTreeMap<String, u64>;
 
 fn unix_ms() -> i64 {
