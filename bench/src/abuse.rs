@@ -837,7 +837,7 @@ pub fn markdown(md: &mut String, reports: &[AbuseReport]) {
                 md,
                 "Bounds in force: `mqtt.max_subscriptions` {}, `max_topic_bytes` {}, `max_qos2_awaiting_release` {}, \
                  `max_retained_messages` {} / `max_retained_bytes` {}, `max_queued_messages` {} / `max_queued_bytes` {}, \
-                 `max_publishes_per_second` {} (burst {}, `flood_disconnect_after` {}), `first_flight_timeout` {}, \
+                 `max_packets_per_second` {} (burst {}, `flood_disconnect_after` {}), `first_flight_timeout` {}, \
                  `max_pending_per_source` {}; `requests.max_per_second_per_car` {} (burst {}); \
                  `events.max_per_second_per_partner` {}.\n",
                 m("max_subscriptions"),
@@ -847,8 +847,8 @@ pub fn markdown(md: &mut String, reports: &[AbuseReport]) {
                 m("max_retained_bytes"),
                 m("max_queued_messages"),
                 m("max_queued_bytes"),
-                m("max_publishes_per_second"),
-                m("publish_burst"),
+                m("max_packets_per_second"),
+                m("packet_burst"),
                 m("flood_disconnect_after"),
                 m("first_flight_timeout"),
                 m("max_pending_per_source"),

@@ -92,16 +92,19 @@ pub struct Plan {
 
 /// The per-car and per-address bounds lifted on the traffic gateways, whose few active cars
 /// stand in for a fleet: their closed-loop runs send hundreds of messages per second from each
-/// car, which the defaults (100 publishes and 20 requests per second per car) would throttle
-/// and refuse, and every car connects from one loopback address, whose quota of sockets still
-/// handshaking (64) a storm of 100 attempts in flight would exceed.
+/// car, which the defaults (100 packets and 20 requests per second per car) would throttle
+/// and refuse, every car connects from one loopback address, whose quota of sockets still
+/// handshaking (64) a storm of 100 attempts in flight would exceed, and the storms reconnect
+/// the same cars again and again.
 pub fn traffic_overrides() -> Vec<ConfigOverride> {
     [
         "requests.max_per_second_per_car",
         "requests.burst_per_car",
-        "mqtt.max_publishes_per_second",
-        "mqtt.publish_burst",
+        "mqtt.max_packets_per_second",
+        "mqtt.packet_burst",
         "mqtt.max_pending_per_source",
+        "mqtt.max_connects_per_minute",
+        "mqtt.connect_burst",
     ]
     .into_iter()
     .map(|setting| format!("{setting}=1000000").parse().expect("well-formed setting"))

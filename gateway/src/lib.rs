@@ -209,6 +209,7 @@ impl Gateway {
             router,
             store.clone(),
             config.idempotency.purge_interval,
+            config.storage.connection_log_retention,
             shutdown.clone(),
         ));
         let (session_tx, session_rx) = mpsc::channel(64 * 1024);
@@ -249,11 +250,12 @@ impl Gateway {
             acks: Arc::new(delivery),
             events: broker::ConnectionEventSink(session_tx),
             saved: broker::SavedSessions::default(),
-            publish_limiter: Arc::new(broker::PublishLimiter::new(broker::PublishRate {
-                per_second: m.max_publishes_per_second,
-                burst: m.publish_burst,
+            packet_limiter: Arc::new(broker::PacketLimiter::new(broker::PacketRate {
+                per_second: m.max_packets_per_second,
+                burst: m.packet_burst,
                 flood_disconnect_after: m.flood_disconnect_after,
             })),
+            connect_limiter: Arc::new(broker::ConnectLimiter::new(m.max_connects_per_minute, m.connect_burst)),
             limits: broker::SessionLimits {
                 connect_timeout: m.connect_timeout,
                 max_keep_alive: m.max_keep_alive,
@@ -360,6 +362,7 @@ async fn purge_expired(
     router: Arc<routing::RequestRouter>,
     store: store::Store,
     interval: std::time::Duration,
+    connection_log_retention: std::time::Duration,
     shutdown: CancellationToken,
 ) {
     let mut ticks = tokio::time::interval(interval);
@@ -377,6 +380,15 @@ async fn purge_expired(
             tracing::warn!(error = %e, "event purge failed; will retry");
         }
         router.prune_rates();
+        let before = clock::now_ms() - i64::try_from(connection_log_retention.as_millis()).unwrap_or(i64::MAX);
+        match store.purge_connections(before).await {
+            Ok(n) if n > 0 => info!(
+                purged = n,
+                "connections older than the connection log's retention purged"
+            ),
+            Ok(_) => {}
+            Err(e) => tracing::warn!(error = %e, "connection log purge failed; will retry"),
+        }
     }
 }
 

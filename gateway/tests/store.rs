@@ -178,6 +178,7 @@ on_both_backends!(
     events_concurrent_duplicates_are_stored_once_without_gaps,
     events_waiting_for_one_car_are_capped_and_a_repeat_is_still_answered,
     events_acks_of_many_cars_are_written_at_once,
+    old_closed_connections_are_purged_and_open_ones_stay,
     events_acks_are_cumulative_and_expired_events_are_not_delivered,
     ledger_a_restarted_node_frees_its_predecessors_claims_only,
     connections_recorded_in_one_batch_open_and_close_in_order,
@@ -311,7 +312,7 @@ async fn connections_are_listed_newest_first_and_closed_once(db: Db) {
         .close_connection(ConnectionId(i64::MAX), "x", T0)
         .await
         .expect_err("unknown id");
-    assert!(matches!(err, StoreError::UnknownSession(_)), "{err:?}");
+    assert!(matches!(err, StoreError::UnknownConnection(_)), "{err:?}");
 
     let all = s.connections_of(&vin(1), 10).await.unwrap();
     assert_eq!(all.iter().map(|r| r.id).collect::<Vec<_>>(), vec![third, second, first]);
@@ -898,6 +899,24 @@ async fn events_acks_of_many_cars_are_written_at_once(db: Db) {
     s.ack_events_many(&[(vin(1), 2), (vin(2), 3)]).await.unwrap();
     let left = |car| async move { s.undelivered_events(&vin(car), T0, 10).await.unwrap().len() };
     assert_eq!((left(1).await, left(2).await, left(3).await), (1, 0, 3));
+}
+
+async fn old_closed_connections_are_purged_and_open_ones_stay(db: Db) {
+    let s = &db.store;
+    let old = s.open_connection(&connection(1, "node-a", T0)).await.unwrap();
+    s.close_connection(old, "clean", T0 + 10).await.unwrap();
+    let recent = s.open_connection(&connection(1, "node-a", T0 + 20)).await.unwrap();
+    s.close_connection(recent, "clean", T0 + 1_000).await.unwrap();
+    let open = s.open_connection(&connection(1, "node-a", T0 + 30)).await.unwrap();
+    assert_eq!(s.purge_connections(T0 + 500).await.unwrap(), 1);
+    let left: Vec<_> = s
+        .connections_of(&vin(1), 10)
+        .await
+        .unwrap()
+        .iter()
+        .map(|c| c.id)
+        .collect();
+    assert_eq!(left, vec![open, recent]);
 }
 
 // ---------------------------------------------------------------------------------------------

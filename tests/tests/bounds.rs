@@ -68,8 +68,11 @@ async fn a_car_holds_at_most_its_maximum_of_subscriptions() {
             SubscribeReasonCode::Failure
         ]
     );
-    car.send(&Packet::Unsubscribe(rumqttc::mqttbytes::v4::Unsubscribe::new(&b)))
-        .await;
+    car.send(&Packet::Unsubscribe(rumqttc::mqttbytes::v4::Unsubscribe {
+        pkid: 9,
+        topics: vec![b],
+    }))
+    .await;
     assert!(matches!(car.read().await, Some(Packet::UnsubAck(_))));
     car.send(&subscribe(3, &[&c])).await;
     assert_eq!(
@@ -248,8 +251,8 @@ async fn a_car_that_stops_acknowledging_is_disconnected_before_its_queue_exceeds
 #[tokio::test]
 async fn a_car_over_its_publish_rate_is_slowed_down_then_disconnected_for_flooding() {
     let platform = Platform::start_with(|c| {
-        c.mqtt.max_publishes_per_second = rate(20);
-        c.mqtt.publish_burst = rate(20);
+        c.mqtt.max_packets_per_second = rate(20);
+        c.mqtt.packet_burst = rate(20);
         c.mqtt.flood_disconnect_after = Duration::from_millis(500);
     })
     .await;
@@ -365,4 +368,98 @@ async fn on_shutdown_the_gateway_closes_connections_without_sending_disconnect()
     // A 3.1.1 server never sends DISCONNECT: the connection just closes.
     assert_eq!(car.read_until_closed().await, vec![]);
     shutdown.await.unwrap();
+}
+
+#[tokio::test]
+async fn a_car_reconnecting_faster_than_its_connect_rate_gets_connack_3_and_no_log_row() {
+    let platform = Platform::start_with(|c| {
+        c.mqtt.max_connects_per_minute = rate(1);
+        c.mqtt.connect_burst = rate(2);
+    })
+    .await;
+    for _ in 0..2 {
+        let mut car = WireCar::connect(&platform, VIN_A).await;
+        car.send(&Packet::Disconnect).await;
+        car.read_until_closed().await;
+    }
+    let mut car = WireCar::open(&platform, VIN_A).await;
+    car.send(&Packet::Connect(rumqttc::mqttbytes::v4::Connect::new(VIN_A)))
+        .await;
+    match car.read().await {
+        Some(Packet::ConnAck(ack)) => {
+            assert_eq!(ack.code, rumqttc::mqttbytes::v4::ConnectReturnCode::ServiceUnavailable)
+        }
+        other => panic!("expected CONNACK 3, got {other:?}"),
+    }
+    // The refused one is not in the connection log: only the two accepted ones are.
+    let vin = proto::Vin::parse(VIN_A).unwrap();
+    within(
+        SOON,
+        async {
+            loop {
+                let logged = platform.gateway.store().connections_of(&vin, 10).await.unwrap();
+                if logged.iter().all(|c| c.disconnected_at_ms.is_some()) && logged.len() == 2 {
+                    return;
+                }
+                assert!(logged.len() <= 2, "{logged:?}");
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+        },
+        "both accepted connections are logged, closed",
+    )
+    .await;
+    // Another car is not affected.
+    WireCar::connect(&platform, VIN_B).await;
+}
+
+#[tokio::test]
+async fn subscribe_and_unsubscribe_count_toward_the_packet_rate() {
+    let platform = Platform::start_with(|c| {
+        c.mqtt.max_packets_per_second = rate(10);
+        c.mqtt.packet_burst = rate(10);
+        c.mqtt.flood_disconnect_after = Duration::from_millis(300);
+    })
+    .await;
+    let mut events = platform.connection_events();
+    let car = WireCar::connect(&platform, VIN_A).await;
+    let flood = tokio::spawn(async move {
+        let mut car = car;
+        let filter = own(VIN_A, "refused/#/filter");
+        for pkid in 1.. {
+            if car.try_send(&subscribe(pkid, &[&filter])).await.is_err() {
+                return;
+            }
+        }
+    });
+    assert!(matches!(
+        disconnected(&mut events, VIN_A).await,
+        DisconnectReason::Flooding { per_second: 10, .. }
+    ));
+    flood.abort();
+}
+
+#[tokio::test]
+async fn packet_identifier_zero_is_refused() {
+    let platform = Platform::start().await;
+    let topic = own(VIN_A, "a");
+    // Written by hand: an encoder refuses packet identifier 0, as MQTT 3.1.1 §2.3.1 does.
+    let with_topic = |first: u8, rest: &[u8]| {
+        let mut packet = vec![first, 0, 0, 0, 0, topic.len() as u8];
+        packet.extend_from_slice(topic.as_bytes());
+        packet.extend_from_slice(rest);
+        packet[1] = (packet.len() - 2) as u8;
+        packet
+    };
+    // SUBSCRIBE: packet id 0, one filter at QoS 1.
+    let mut car = WireCar::connect(&platform, VIN_A).await;
+    car.send_raw(&with_topic(0x82, &[1])).await;
+    assert_eq!(car.read_until_closed().await, vec![], "closed, no SUBACK");
+    // PUBLISH QoS 1: topic, then packet id 0, then the payload.
+    let mut publish = vec![0x32, 0, 0, topic.len() as u8];
+    publish.extend_from_slice(topic.as_bytes());
+    publish.extend_from_slice(&[0, 0, b'x']);
+    publish[1] = (publish.len() - 2) as u8;
+    let mut car = WireCar::connect(&platform, VIN_A).await;
+    car.send_raw(&publish).await;
+    assert_eq!(car.read_until_closed().await, vec![], "closed, no PUBACK");
 }

@@ -182,8 +182,14 @@ impl<'a> ConnectedSession<'a> {
             }
             // The gateway never sends QoS 2, so these answer nothing of ours.
             Packet::PubRec(_) | Packet::PubComp(_) => {}
-            Packet::Subscribe(subscribe) => self.on_subscribe(mqtt, subscribe).await?,
-            Packet::Unsubscribe(unsubscribe) => self.on_unsubscribe(mqtt, unsubscribe)?,
+            Packet::Subscribe(subscribe) => {
+                self.within_packet_rate().await?;
+                self.on_subscribe(mqtt, subscribe).await?
+            }
+            Packet::Unsubscribe(unsubscribe) => {
+                self.within_packet_rate().await?;
+                self.on_unsubscribe(mqtt, unsubscribe)?
+            }
             Packet::PingReq => mqtt.queue(&Packet::PingResp)?,
             Packet::Disconnect => return Err(DisconnectReason::Clean),
             Packet::Connect(_) => return Err(DisconnectReason::ProtocolError("second CONNECT".into())),
@@ -202,6 +208,13 @@ impl<'a> ConnectedSession<'a> {
         publish: Publish,
     ) -> Result<Next, DisconnectReason> {
         let vin = &self.peer.vin;
+        // The rate first: a car breaking a bound in a loop pays its rate for each attempt.
+        self.within_packet_rate().await?;
+        if publish.qos != QoS::AtMostOnce && publish.pkid == 0 {
+            return Err(DisconnectReason::ProtocolError(
+                "PUBLISH with packet identifier 0".into(),
+            ));
+        }
         if publish.topic.contains('\0') {
             return Err(DisconnectReason::ProtocolError("NUL character in a topic name".into()));
         }
@@ -218,7 +231,6 @@ impl<'a> ConnectedSession<'a> {
                 "publish refused: outside the vehicle's namespace or on a gateway-owned topic".into(),
             ));
         }
-        self.within_publish_rate().await?;
         if publish.qos == QoS::ExactlyOnce && self.qos2_received.contains(&publish.pkid) {
             // A redelivery of a message already handed on: acknowledge it again, nothing more.
             mqtt.queue(&Packet::PubRec(PubRec { pkid: publish.pkid }))?;
@@ -255,9 +267,9 @@ impl<'a> ConnectedSession<'a> {
         Ok(Next::Continue)
     }
 
-    /// Waits while the car is over its publish rate; fails once it has been over it too long.
-    async fn within_publish_rate(&mut self) -> Result<(), DisconnectReason> {
-        let limiter = &self.services.publish_limiter;
+    /// Waits while the car is over its packet rate; fails once it has been over it too long.
+    async fn within_packet_rate(&mut self) -> Result<(), DisconnectReason> {
+        let limiter = &self.services.packet_limiter;
         loop {
             match limiter.check(&self.peer.vin, &mut self.throttle) {
                 Verdict::Now => return Ok(()),
@@ -333,6 +345,11 @@ impl<'a> ConnectedSession<'a> {
         mqtt: &mut MqttIo<S>,
         subscribe: Subscribe,
     ) -> Result<(), DisconnectReason> {
+        if subscribe.pkid == 0 {
+            return Err(DisconnectReason::ProtocolError(
+                "SUBSCRIBE with packet identifier 0".into(),
+            ));
+        }
         let vin = &self.peer.vin;
         let limits = &self.services.limits;
         let mut codes = Vec::with_capacity(subscribe.filters.len());
@@ -360,10 +377,13 @@ impl<'a> ConnectedSession<'a> {
                 }
             }
         }
-        if !refused.is_empty() {
-            // MQTT 3.1.1 lets us refuse filters one by one instead of dropping the car.
-            warn!(
-                filters = ?refused.iter().map(|f| printable(f)).collect::<Vec<_>>(),
+        if let Some(first) = refused.first() {
+            // MQTT 3.1.1 lets us refuse filters one by one instead of dropping the car; the car
+            // learns it from its SUBACK. Debug, and one line a SUBSCRIBE: a car refused in a
+            // loop must not flood the log.
+            debug!(
+                refused = refused.len(),
+                first = %printable(first),
                 max_subscriptions = limits.max_subscriptions,
                 "subscription refused: outside the vehicle's namespace, malformed, too long, or over the car's maximum"
             );
@@ -394,6 +414,11 @@ impl<'a> ConnectedSession<'a> {
         mqtt: &mut MqttIo<S>,
         unsubscribe: Unsubscribe,
     ) -> Result<(), DisconnectReason> {
+        if unsubscribe.pkid == 0 {
+            return Err(DisconnectReason::ProtocolError(
+                "UNSUBSCRIBE with packet identifier 0".into(),
+            ));
+        }
         for filter in &unsubscribe.topics {
             self.subs.remove(filter);
         }

@@ -1,9 +1,11 @@
-//! The per-car publish rate: every PUBLISH a car makes (requests, acknowledgements, its own
-//! topics) draws from a token bucket keyed by its VIN (GCRA, the `governor` crate), so the
-//! bucket survives reconnects and a flooding car cannot reset it by reconnecting.
+//! The per-car packet rate: every packet that makes the gateway work (PUBLISH: requests,
+//! acknowledgements, its own topics; SUBSCRIBE; UNSUBSCRIBE) draws from a token bucket keyed
+//! by the car's VIN (GCRA, the `governor` crate), so the bucket survives reconnects and a
+//! flooding car cannot reset it by reconnecting. CONNECTs have a bucket of their own
+//! ([`ConnectLimiter`]): a car that reconnects in a loop costs a handshake each time.
 //!
 //! A car over its rate is slowed down first: its session stops reading until the bucket
-//! allows the next publish, so TCP pushes back. A car still over its rate after
+//! allows the next packet, so TCP pushes back. A car still over its rate after
 //! `flood_disconnect_after` of that is flooding, not bursting, and is disconnected with the
 //! reason recorded. The burst is large enough for an agent resending its whole outbox after
 //! an outage.
@@ -16,27 +18,27 @@ use governor::{DefaultKeyedRateLimiter, Quota, RateLimiter};
 use proto::Vin;
 use tokio::time::Instant;
 
-/// The publish rate every car is held to.
+/// The packet rate every car is held to.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct PublishRate {
-    /// Sustained publishes per second.
+pub struct PacketRate {
+    /// Sustained packets per second.
     pub per_second: NonZeroU32,
-    /// Publishes allowed at once above the sustained rate.
+    /// Packets allowed at once above the sustained rate.
     pub burst: NonZeroU32,
     /// How long a car may stay over its rate (throttled) before it is disconnected.
     pub flood_disconnect_after: Duration,
 }
 
-/// Token buckets of every car that published recently. Memory is bounded by the cars
-/// connected: [`PublishLimiter::prune`] drops the buckets that are full again.
+/// Token buckets of every car that sent packets recently. Memory is bounded by the cars
+/// connected: [`PacketLimiter::prune`] drops the buckets that are full again.
 #[derive(Debug)]
-pub struct PublishLimiter {
+pub struct PacketLimiter {
     buckets: DefaultKeyedRateLimiter<Vin>,
-    rate: PublishRate,
+    rate: PacketRate,
 }
 
 /// A session's memory of its car's rate: since when it has been over it, and whether its
-/// current publish had to wait. Only a publish that passes without waiting proves the car is
+/// current packet had to wait. Only a packet that passes without waiting proves the car is
 /// back within its rate.
 #[derive(Debug, Default)]
 pub struct Throttle {
@@ -44,7 +46,7 @@ pub struct Throttle {
     waited: bool,
 }
 
-/// What a car's session does with its next publish.
+/// What a car's session does with its next packet.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Verdict {
     /// Within the rate: handle it now.
@@ -55,23 +57,23 @@ pub enum Verdict {
     Flooding,
 }
 
-impl PublishLimiter {
+impl PacketLimiter {
     /// A limiter holding every car to `rate`.
-    pub fn new(rate: PublishRate) -> PublishLimiter {
+    pub fn new(rate: PacketRate) -> PacketLimiter {
         let quota = Quota::per_second(rate.per_second).allow_burst(rate.burst);
-        PublishLimiter {
+        PacketLimiter {
             buckets: RateLimiter::keyed(quota),
             rate,
         }
     }
 
     /// The rate cars are held to.
-    pub fn rate(&self) -> PublishRate {
+    pub fn rate(&self) -> PacketRate {
         self.rate
     }
 
-    /// Takes one publish from `vin`'s bucket; `throttle` is the session's memory of its car.
-    /// After [`Verdict::After`], the session waits and asks again for the same publish.
+    /// Takes one packet from `vin`'s bucket; `throttle` is the session's memory of its car.
+    /// After [`Verdict::After`], the session waits and asks again for the same packet.
     pub fn check(&self, vin: &Vin, throttle: &mut Throttle) -> Verdict {
         match self.buckets.check_key(vin) {
             Ok(()) => {
@@ -109,6 +111,34 @@ impl PublishLimiter {
     }
 }
 
+/// How often each car may connect: a car reconnecting in a loop (say, disconnected for a
+/// bound it keeps breaking) gets CONNACK 3 (server unavailable) and backs off, instead of
+/// costing a handshake and a connection-log row each time.
+#[derive(Debug)]
+pub struct ConnectLimiter {
+    buckets: DefaultKeyedRateLimiter<Vin>,
+}
+
+impl ConnectLimiter {
+    /// `per_minute` connects per car, with bursts of `burst`.
+    pub fn new(per_minute: NonZeroU32, burst: NonZeroU32) -> ConnectLimiter {
+        ConnectLimiter {
+            buckets: RateLimiter::keyed(Quota::per_minute(per_minute).allow_burst(burst)),
+        }
+    }
+
+    /// Whether `vin` may connect now (takes one connect from its bucket).
+    pub fn admit(&self, vin: &Vin) -> bool {
+        self.buckets.check_key(vin).is_ok()
+    }
+
+    /// Forgets the buckets that are full again.
+    pub fn prune(&self) {
+        self.buckets.retain_recent();
+        self.buckets.shrink_to_fit();
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -117,8 +147,8 @@ mod tests {
         Vin::parse("WBA3B5C50DF123456").unwrap()
     }
 
-    fn one_per_second_burst_3(flood_disconnect_after: Duration) -> PublishLimiter {
-        PublishLimiter::new(PublishRate {
+    fn one_per_second_burst_3(flood_disconnect_after: Duration) -> PacketLimiter {
+        PacketLimiter::new(PacketRate {
             per_second: NonZeroU32::new(1).unwrap(),
             burst: NonZeroU32::new(3).unwrap(),
             flood_disconnect_after,
@@ -154,7 +184,7 @@ mod tests {
         let since = throttle.since;
         // The session waited, then the same publish passes: the car is still over its rate.
         throttle.waited = true;
-        let unlimited = PublishLimiter::new(PublishRate {
+        let unlimited = PacketLimiter::new(PacketRate {
             per_second: NonZeroU32::MAX,
             burst: NonZeroU32::MAX,
             flood_disconnect_after: Duration::from_secs(3600),

@@ -23,9 +23,9 @@ pub enum DisconnectReason {
     ConnectionLost(String),
     /// The car stopped reading while the gateway had messages for it.
     SlowConsumer,
-    /// The car kept publishing faster than its rate limit allows.
+    /// The car kept sending packets faster than its rate limit allows.
     Flooding {
-        /// Publishes per second the car may make.
+        /// Packets (PUBLISH, SUBSCRIBE, UNSUBSCRIBE) per second the car may send.
         per_second: u32,
         /// How long it stayed over that rate.
         for_: std::time::Duration,
@@ -49,7 +49,7 @@ impl fmt::Display for DisconnectReason {
                 f.write_str("slow consumer: the car stopped reading while messages for it piled up")
             }
             DisconnectReason::Flooding { per_second, for_ } => {
-                write!(f, "flooding: over {per_second} publishes/s for {}s", for_.as_secs())
+                write!(f, "flooding: over {per_second} packets/s for {}s", for_.as_secs())
             }
             DisconnectReason::LimitExceeded(why) => write!(f, "limit exceeded: {why}"),
             DisconnectReason::ServerShutdown => f.write_str("server shutdown"),

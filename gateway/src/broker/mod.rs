@@ -15,7 +15,7 @@ pub mod tls;
 mod connected;
 mod mqtt;
 
-pub use flood::{PublishLimiter, PublishRate};
+pub use flood::{ConnectLimiter, PacketLimiter, PacketRate};
 pub use handshakes::HandshakePool;
 pub use identity::{IdentityError, VehicleIdentity, vehicle_identity};
 pub use lifecycle::{ConnectionEvent, ConnectionEventSink, ConnectionInfo, DisconnectReason, Peer};
@@ -24,7 +24,7 @@ pub use saved::{RetainedLimits, SavedSessions, SavedStats};
 pub use session::{SessionLimits, SessionServices};
 
 /// Forgets, every `interval`, what cars away longer than `expiry` kept (saved subscriptions,
-/// retained messages, parked mailboxes), and the publish-rate buckets that are full again.
+/// retained messages, parked mailboxes), and the rate buckets that are full again.
 pub async fn expire_saved_sessions(
     services: SessionServices,
     expiry: std::time::Duration,
@@ -44,6 +44,7 @@ pub async fn expire_saved_sessions(
         if !expired.is_empty() {
             tracing::info!(vehicles = expired.len(), "saved sessions expired");
         }
-        services.publish_limiter.prune();
+        services.packet_limiter.prune();
+        services.connect_limiter.prune();
     }
 }

@@ -15,7 +15,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
 use super::connected::ConnectedSession;
-use super::flood::PublishLimiter;
+use super::flood::{ConnectLimiter, PacketLimiter};
 use super::lifecycle::{ConnectionEvent, ConnectionEventSink, ConnectionInfo, DisconnectReason, Peer};
 use super::mqtt::MqttIo;
 use super::saved::{RetainedLimits, SavedSessions};
@@ -59,8 +59,10 @@ pub struct SessionServices {
     pub events: ConnectionEventSink,
     /// What cars keep between sessions.
     pub saved: SavedSessions,
-    /// Every car's publish rate.
-    pub publish_limiter: Arc<PublishLimiter>,
+    /// Every car's packet rate.
+    pub packet_limiter: Arc<PacketLimiter>,
+    /// Every car's connect rate.
+    pub connect_limiter: Arc<ConnectLimiter>,
     /// Per-car bounds.
     pub limits: SessionLimits,
 }
@@ -120,6 +122,12 @@ async fn open<'a, S: AsyncRead + AsyncWrite + Unpin>(
             ));
         }
     };
+    if !services.connect_limiter.admit(vin) {
+        let _ = mqtt.send(&connack(false, ConnectReturnCode::ServiceUnavailable)).await;
+        return Err(DisconnectReason::Refused(
+            "reconnecting faster than its connect rate".into(),
+        ));
+    }
     if connect.protocol != Protocol::V4 {
         let _ = mqtt
             .send(&connack(false, ConnectReturnCode::RefusedProtocolVersion))

@@ -49,6 +49,9 @@ pub struct StorageConfig {
     /// is down answers cars UNAVAILABLE within this, well inside their deadlines.
     #[serde(with = "humantime_serde")]
     pub acquire_timeout: Duration,
+    /// How long the connection log keeps a connection after it ended.
+    #[serde(with = "humantime_serde")]
+    pub connection_log_retention: Duration,
 }
 
 impl Default for StorageConfig {
@@ -57,6 +60,7 @@ impl Default for StorageConfig {
             url: "sqlite://gateway.db".into(),
             node: "gateway-1".into(),
             acquire_timeout: Duration::from_secs(2),
+            connection_log_retention: Duration::from_secs(30 * 24 * 3600),
         }
     }
 }
@@ -182,15 +186,21 @@ pub struct MqttConfig {
     /// retained messages) outlives its last session, like MQTT 5's Session Expiry Interval.
     #[serde(with = "humantime_serde")]
     pub session_expiry: Duration,
-    /// Publishes per second one car may make, sustained (requests, acknowledgements, its own
-    /// topics). Over it the gateway stops reading from the car until it is back within it.
-    pub max_publishes_per_second: NonZeroU32,
-    /// Publishes one car may make at once above that rate (an agent resending its outbox
+    /// Packets that make the gateway work (PUBLISH: requests, acknowledgements, the car's own
+    /// topics; SUBSCRIBE; UNSUBSCRIBE) one car may send per second, sustained. Over it the
+    /// gateway stops reading from the car until it is back within it.
+    pub max_packets_per_second: NonZeroU32,
+    /// Such packets one car may send at once above that rate (an agent resending its outbox
     /// after an outage must fit).
-    pub publish_burst: NonZeroU32,
-    /// How long a car may stay over its publish rate before it is disconnected for flooding.
+    pub packet_burst: NonZeroU32,
+    /// How long a car may stay over its packet rate before it is disconnected for flooding.
     #[serde(with = "humantime_serde")]
     pub flood_disconnect_after: Duration,
+    /// CONNECTs one car may make per minute, sustained; beyond it (and the burst) the car gets
+    /// CONNACK 3 (server unavailable) and backs off, and nothing is recorded for it.
+    pub max_connects_per_minute: NonZeroU32,
+    /// CONNECTs one car may make at once above that rate.
+    pub connect_burst: NonZeroU32,
 }
 
 /// Certificates of the vehicle-facing listener.
@@ -290,9 +300,11 @@ impl Default for MqttConfig {
             max_queued_messages: 1024,
             max_queued_bytes: 1024 * 1024,
             session_expiry: Duration::from_secs(2 * 3600),
-            max_publishes_per_second: NonZeroU32::new(100).expect("non-zero"),
-            publish_burst: NonZeroU32::new(1000).expect("non-zero"),
+            max_packets_per_second: NonZeroU32::new(100).expect("non-zero"),
+            packet_burst: NonZeroU32::new(1000).expect("non-zero"),
             flood_disconnect_after: Duration::from_secs(10),
+            max_connects_per_minute: NonZeroU32::new(60).expect("non-zero"),
+            connect_burst: NonZeroU32::new(10).expect("non-zero"),
         }
     }
 }

@@ -59,9 +59,9 @@ fn per_car_bounds_are_checked() {
             .starts_with("mqtt.max_subscriptions:")
     );
     c.mqtt.max_subscriptions = 32;
-    c.mqtt.publish_burst = NonZeroU32::new(1).unwrap();
-    assert!(c.validate().unwrap_err().to_string().starts_with("mqtt.publish_burst:"));
-    c.mqtt.publish_burst = NonZeroU32::new(1000).unwrap();
+    c.mqtt.packet_burst = NonZeroU32::new(1).unwrap();
+    assert!(c.validate().unwrap_err().to_string().starts_with("mqtt.packet_burst:"));
+    c.mqtt.packet_burst = NonZeroU32::new(1000).unwrap();
     c.requests.max_response_bytes = 2 << 20;
     assert!(
         c.validate()

@@ -57,10 +57,10 @@ impl GatewayConfig {
         if m.session_expiry.is_zero() {
             return Err(invalid("mqtt.session_expiry", "must be positive"));
         }
-        if m.publish_burst < m.max_publishes_per_second {
+        if m.packet_burst < m.max_packets_per_second {
             return Err(invalid(
-                "mqtt.publish_burst",
-                "must be at least mqtt.max_publishes_per_second",
+                "mqtt.packet_burst",
+                "must be at least mqtt.max_packets_per_second",
             ));
         }
         if m.flood_disconnect_after.is_zero() {
@@ -117,6 +117,9 @@ impl GatewayConfig {
                 "storage.node",
                 "must be 1 to 64 of a-z, 0-9, - (unique per running gateway)",
             ));
+        }
+        if st.connection_log_retention < Duration::from_secs(3600) {
+            return Err(invalid("storage.connection_log_retention", "must be at least 1 hour"));
         }
         if st.acquire_timeout.is_zero() || st.acquire_timeout > Duration::from_secs(30) {
             return Err(invalid("storage.acquire_timeout", "must be between 1ms and 30s"));

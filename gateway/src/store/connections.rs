@@ -138,7 +138,7 @@ impl Store {
     }
 
     /// Records the end of a connection. Closing a connection that is already closed keeps the first
-    /// time and reason and succeeds; an id that was never opened is [`StoreError::UnknownSession`].
+    /// time and reason and succeeds; an id that was never opened is [`StoreError::UnknownConnection`].
     pub async fn close_connection(&self, id: ConnectionId, reason: &str, at_ms: i64) -> Result<(), StoreError> {
         const EXISTS: &str = "SELECT id FROM connections WHERE id = $1";
         const OP: &str = "closing a connection";
@@ -159,7 +159,7 @@ impl Store {
                     .await
                     .map_err(StoreError::query(OP))?;
                 if found.is_none() {
-                    return Err(StoreError::UnknownSession(id.0));
+                    return Err(StoreError::UnknownConnection(id.0));
                 }
             }
             Ok(())
@@ -247,5 +247,12 @@ impl Store {
         let rows: Vec<ConnectionRow> = on_pool!(self, |pool| sqlx::query_as(SQL).fetch_all(pool).await)
             .map_err(StoreError::query("listing open connections"))?;
         rows.into_iter().map(record).collect()
+    }
+
+    /// Deletes the connections that ended before `before_ms`; returns how many. Open ones stay.
+    pub async fn purge_connections(&self, before_ms: i64) -> Result<u64, StoreError> {
+        const SQL: &str = "DELETE FROM connections WHERE disconnected_at IS NOT NULL AND disconnected_at < $1";
+        const OP: &str = "purging old connections";
+        rows_changed!(self, OP, SQL, before_ms)
     }
 }

@@ -67,7 +67,7 @@ pub enum StoreError {
     },
     /// [`Store::close_connection`](super::Store::close_connection) for an id that was never opened.
     #[error("no session with id {0}")]
-    UnknownSession(i64),
+    UnknownConnection(i64),
     /// Competing writers changed the same idempotency record too many times in a row.
     #[error("idempotency key {idempotency_key:?} of {vin} kept changing under concurrent claims; try again")]
     Contention {
