@@ -820,18 +820,18 @@ async fn ledger_concurrent_take_overs_give_exactly_one_fresh(db: Db) {
 async fn events_are_sequenced_from_one_per_vin_and_idempotent(db: Db) {
     let s = &db.store;
     let exp = T0 + 3_600_000;
-    assert_eq!(append(&s, &event(1, "parking", "e1", T0, exp)).await.unwrap(), 1);
-    assert_eq!(append(&s, &event(1, "parking", "e2", T0 + 1, exp)).await.unwrap(), 2);
-    assert_eq!(append(&s, &event(1, "parking", "e3", T0 + 2, exp)).await.unwrap(), 3);
+    assert_eq!(append(s, &event(1, "parking", "e1", T0, exp)).await.unwrap(), 1);
+    assert_eq!(append(s, &event(1, "parking", "e2", T0 + 1, exp)).await.unwrap(), 2);
+    assert_eq!(append(s, &event(1, "parking", "e3", T0 + 2, exp)).await.unwrap(), 3);
     // A repeat stores nothing and returns the original sequence, whatever else it carries.
     let mut repeat = event(1, "parking", "e2", T0 + 50, exp + 50);
     repeat.payload = b"different".to_vec();
-    assert_eq!(append(&s, &repeat).await.unwrap(), 2);
+    assert_eq!(append(s, &repeat).await.unwrap(), 2);
     // The same event id from another service is another event.
-    assert_eq!(append(&s, &event(1, "navigation", "e2", T0 + 3, exp)).await.unwrap(), 4);
+    assert_eq!(append(s, &event(1, "navigation", "e2", T0 + 3, exp)).await.unwrap(), 4);
     // Each car has its own stream.
-    assert_eq!(append(&s, &event(2, "parking", "e1", T0, exp)).await.unwrap(), 1);
-    assert_eq!(append(&s, &event(1, "parking", "e5", T0 + 4, exp)).await.unwrap(), 5);
+    assert_eq!(append(s, &event(2, "parking", "e1", T0, exp)).await.unwrap(), 1);
+    assert_eq!(append(s, &event(1, "parking", "e5", T0 + 4, exp)).await.unwrap(), 5);
 
     let stored = s.undelivered_events(&vin(1), T0, 100).await.unwrap();
     assert_eq!(
@@ -930,13 +930,13 @@ async fn events_acks_are_cumulative_and_expired_events_are_not_delivered(db: Db)
     let long = T0 + 3_600_000;
     for (i, expires) in [(1, long), (2, long), (3, long), (4, T0 + 100), (5, long), (6, long)] {
         assert_eq!(
-            append(&s, &event(1, "parking", &format!("e{i}"), T0, expires))
+            append(s, &event(1, "parking", &format!("e{i}"), T0, expires))
                 .await
                 .unwrap(),
             i
         );
     }
-    append(&s, &event(2, "parking", "e1", T0, long)).await.unwrap();
+    append(s, &event(2, "parking", "e1", T0, long)).await.unwrap();
     let seqs = |events: Vec<gateway::store::StoredEvent>| events.into_iter().map(|e| e.sequence).collect::<Vec<_>>();
 
     assert_eq!(
@@ -973,10 +973,10 @@ async fn events_acks_are_cumulative_and_expired_events_are_not_delivered(db: Db)
         seqs(s.undelivered_events(&vin(1), T0 + 100, 100).await.unwrap()),
         vec![5, 6]
     );
-    assert_eq!(append(&s, &event(1, "parking", "e7", T0, long)).await.unwrap(), 7);
+    assert_eq!(append(s, &event(1, "parking", "e7", T0, long)).await.unwrap(), 7);
     // An ack beyond the end does not cover later events.
     assert_eq!(s.ack_events(&vin(1), 1_000).await.unwrap(), 3);
-    assert_eq!(append(&s, &event(1, "parking", "e8", T0, long)).await.unwrap(), 8);
+    assert_eq!(append(s, &event(1, "parking", "e8", T0, long)).await.unwrap(), 8);
     assert_eq!(seqs(s.undelivered_events(&vin(1), T0, 100).await.unwrap()), vec![8]);
 }
 
@@ -1005,7 +1005,7 @@ async fn events_acks_of_many_cars_are_written_at_once(db: Db) {
     let long = T0 + 3_600_000;
     for car in 1..=3 {
         for i in 1..=3 {
-            append(&s, &event(car, "parking", &format!("e{i}"), T0, long))
+            append(s, &event(car, "parking", &format!("e{i}"), T0, long))
                 .await
                 .unwrap();
         }
@@ -1210,7 +1210,7 @@ async fn sqlite_a_failing_write_does_not_take_its_batch_down() {
         raw.close().await.unwrap();
         let s = &db.store;
         let e = event(1, "parking.v1.ParkingPayment", "e-1", T0, T0 + 60_000);
-        let appended = append(&s, &e);
+        let appended = append(s, &e);
         let claims = futures::future::join_all((0..50).map(|i| async move {
             s.ledger_claim(&key(1, &format!("k-{i}")), &pay(b"x"), "gw-1/1", T0, LEASE, RETENTION)
                 .await
