@@ -311,6 +311,9 @@ impl Default for RequestLimits {
     }
 }
 
+/// Upper bound of the durations added to clocks: a century, far from where they overflow.
+const MAX_DURATION: Duration = Duration::from_secs(100 * 365 * 24 * 3600);
+
 /// A configuration that cannot run, with a message naming the field at fault.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
@@ -516,6 +519,17 @@ impl GatewayConfig {
                 "must be at least events.max_per_second_per_partner",
             ));
         }
+        // Deadlines and expiries are added to the clock and kept in unix milliseconds, which
+        // overflow for absurd values (a request's deadline would panic, the ledger's expiry wrap).
+        for (field, value) in [
+            ("requests.max_timeout", r.max_timeout),
+            ("idempotency.retention", id.retention),
+            ("events.max_ttl", ev.max_ttl),
+        ] {
+            if value > MAX_DURATION {
+                return Err(invalid(field, "must be at most 100 years"));
+            }
+        }
         if let Some(api) = &self.partner_api {
             must_exist("partner_api.client_ca", &api.client_ca)?;
         }
@@ -718,6 +732,22 @@ mod tests {
                 .to_string()
                 .starts_with("storage.acquire_timeout:")
         );
+    }
+
+    #[test]
+    fn durations_added_to_clocks_are_bounded() {
+        let (_d, mut c) = files();
+        c.idempotency.retention = Duration::from_secs(300_000_000 * 365 * 24 * 3600);
+        let e = c.validate().unwrap_err().to_string();
+        assert!(e.starts_with("idempotency.retention:"), "{e}");
+        c.idempotency.retention = MAX_DURATION;
+        c.requests.max_timeout = MAX_DURATION + Duration::from_secs(1);
+        let e = c.validate().unwrap_err().to_string();
+        assert!(e.starts_with("requests.max_timeout:"), "{e}");
+        c.requests.max_timeout = Duration::from_secs(300);
+        c.events.max_ttl = Duration::MAX;
+        let e = c.validate().unwrap_err().to_string();
+        assert!(e.starts_with("events.max_ttl:"), "{e}");
     }
 
     #[test]
