@@ -597,6 +597,87 @@ pub fn response_of(packet: &rumqttc::Packet) -> Option<proto::vehicle::v1::Respo
     }
 }
 
+/// A car speaking MQTT 3.1.1 on a TLS stream of its own with rumqttc's encoder only: unlike
+/// rumqttc's client, it sends any filter, topic or packet, valid or not.
+pub struct WireCar {
+    stream: tokio_rustls::client::TlsStream<tokio::net::TcpStream>,
+    read: bytes::BytesMut,
+}
+
+impl WireCar {
+    /// Opens a TLS connection to `platform`'s gateway presenting `tls`'s certificate (see
+    /// [`client_tls`]); no MQTT packet is sent yet.
+    pub async fn open(platform: &Platform, tls: Arc<ClientConfig>) -> WireCar {
+        let tcp = tokio::net::TcpStream::connect(platform.mqtt_addr())
+            .await
+            .expect("connect to the gateway");
+        let name = rustls_pki_types::ServerName::try_from("localhost").expect("a server name");
+        let stream = within(
+            Duration::from_secs(10),
+            tokio_rustls::TlsConnector::from(tls).connect(name, tcp),
+            "TLS handshake",
+        )
+        .await
+        .expect("TLS handshake");
+        WireCar {
+            stream,
+            read: bytes::BytesMut::new(),
+        }
+    }
+
+    /// Writes `packets`; fails if the gateway has closed the connection.
+    pub async fn send(&mut self, packets: &[rumqttc::Packet]) -> std::io::Result<()> {
+        use tokio::io::AsyncWriteExt;
+        let mut bytes = bytes::BytesMut::new();
+        for packet in packets {
+            packet.write(&mut bytes, usize::MAX).expect("an encodable packet");
+        }
+        self.stream.write_all(&bytes).await
+    }
+
+    /// Ends the car's side of the stream (TLS close_notify), as a car that goes away without
+    /// DISCONNECT; it can still read.
+    pub async fn close_sending(&mut self) -> std::io::Result<()> {
+        use tokio::io::AsyncWriteExt;
+        self.stream.shutdown().await
+    }
+
+    /// The next packet from the gateway, or `None` once it has closed the connection.
+    pub async fn next(&mut self) -> Option<rumqttc::Packet> {
+        use tokio::io::AsyncReadExt;
+        within(
+            Duration::from_secs(10),
+            async {
+                loop {
+                    match rumqttc::Packet::read(&mut self.read, usize::MAX) {
+                        Ok(packet) => return Some(packet),
+                        Err(rumqttc::mqttbytes::Error::InsufficientBytes(_)) => {}
+                        Err(e) => panic!("the gateway sent a malformed packet: {e}"),
+                    }
+                    match self.stream.read_buf(&mut self.read).await {
+                        Ok(0) | Err(_) => {
+                            assert!(self.read.is_empty(), "the gateway closed mid-packet");
+                            return None;
+                        }
+                        Ok(_) => {}
+                    }
+                }
+            },
+            "a packet from the gateway",
+        )
+        .await
+    }
+
+    /// Every packet until the gateway closes the connection.
+    pub async fn until_closed(&mut self) -> Vec<rumqttc::Packet> {
+        let mut packets = Vec::new();
+        while let Some(packet) = self.next().await {
+            packets.push(packet);
+        }
+        packets
+    }
+}
+
 /// A raw car: connected, subscribed to its own responses, ready to publish envelopes.
 pub struct RawCar {
     /// The VIN.

@@ -13,7 +13,7 @@ pub mod subscriptions;
 pub mod tls;
 
 mod connected;
-mod mqtt;
+pub(crate) mod mqtt;
 
 pub use flood::{PublishLimiter, PublishRate};
 pub use handshakes::HandshakePool;
