@@ -5,7 +5,8 @@
 //! [`routing`] maps requests to partner adapters and [`events`] delivers partner events; they
 //! meet the broker on the [`bus`] (per-VIN mailboxes, a request inbox, an acknowledgement
 //! inbox). [`clock`] and [`logsafe`] are leaves every layer may use. [`Gateway`] wires them
-//! together. ARCHITECTURE.md says which layer may use which; a test holds them to it.
+//! together. ARCHITECTURE.md says which layer may use which; a test holds them to it. [`fuzz`]
+//! holds the fuzzers' entry points, not an API.
 
 pub mod broker;
 pub mod bus;
@@ -14,6 +15,7 @@ pub mod clock;
 pub mod config;
 pub mod connection_log;
 pub mod events;
+pub mod fuzz;
 pub mod logsafe;
 pub mod routing;
 pub mod store;

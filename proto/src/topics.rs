@@ -10,6 +10,11 @@ pub const ALL_REQUESTS: &str = "/tenants/+/v1/req";
 /// Filter for the event acknowledgements of every car, for such a stand-in gateway.
 pub const ALL_EVENT_ACKS: &str = "/tenants/+/v1/events/ack";
 
+/// The namespace a car may publish and subscribe in: every topic of it begins with this.
+pub fn namespace(vin: &Vin) -> String {
+    format!("/tenants/{vin}/")
+}
+
 /// Where a car publishes its requests.
 pub fn requests(vin: &Vin) -> String {
     format!("/tenants/{vin}/v1/req")

@@ -296,6 +296,22 @@ impl WireCar {
         self.tls.flush().await
     }
 
+    /// Sends `packets` in one write, if the gateway still takes them.
+    pub async fn try_send_all(&mut self, packets: &[WirePacket]) -> std::io::Result<()> {
+        let mut bytes = BytesMut::new();
+        for packet in packets {
+            packet.write(&mut bytes, usize::MAX).expect("encodable packet");
+        }
+        self.tls.write_all(&bytes).await?;
+        self.tls.flush().await
+    }
+
+    /// Closes the car's sending side (TLS close_notify): the gateway sees the car go away
+    /// without DISCONNECT, and can still answer what it sent.
+    pub async fn close_sending(&mut self) -> std::io::Result<()> {
+        self.tls.shutdown().await
+    }
+
     /// Sends `bytes` as they are.
     pub async fn send_raw(&mut self, bytes: &[u8]) {
         self.tls.write_all(bytes).await.expect("write to the gateway");

@@ -199,6 +199,14 @@ impl AgentConfig {
         AgentConfig::extract(figment.merge(env))
     }
 
+    /// Parses TOML text as [`AgentConfig::load`] parses a file, without the environment (paths
+    /// relative to the working directory), and runs the checks that need no file.
+    pub fn from_toml(text: &str) -> Result<AgentConfig, ConfigError> {
+        let config = AgentConfig::extract(Figment::from(Toml::string(text)))?;
+        config.validate_values()?;
+        Ok(config)
+    }
+
     /// Extracts a configuration from any figment (e.g. one built by a test), with the defaults
     /// under it.
     pub fn extract(figment: Figment) -> Result<AgentConfig, ConfigError> {

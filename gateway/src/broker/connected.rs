@@ -6,11 +6,11 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use proto::topics::{self, is_within_tenant, may_publish};
+use proto::topics::{self, may_publish};
+use rumqttc::mqttbytes::QoS;
 use rumqttc::mqttbytes::v4::{
     LastWill, Packet, PubAck, PubComp, PubRec, Publish, SubAck, Subscribe, SubscribeReasonCode, UnsubAck, Unsubscribe,
 };
-use rumqttc::mqttbytes::{QoS, valid_filter};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio::time::{Instant, sleep_until};
@@ -21,7 +21,7 @@ use super::flood::{Throttle, Verdict};
 use super::lifecycle::{ConnectionEvent, DisconnectReason, Peer};
 use super::mqtt::MqttIo;
 use super::session::SessionServices;
-use super::subscriptions::{Subscriptions, TooManyFilters};
+use super::subscriptions::{Subscriptions, TooManyFilters, acceptable_filter};
 use crate::bus::{Mailbox, MailboxState, Outbound, OutboundMessage};
 use crate::logsafe::printable;
 
@@ -357,11 +357,7 @@ impl<'a> ConnectedSession<'a> {
         let mut granted_filters = Vec::new();
         let mut events = false;
         for filter in subscribe.filters {
-            let acceptable = is_within_tenant(vin, &filter.path)
-                && valid_filter(&filter.path)
-                && !filter.path.contains('\0')
-                && filter.path.len() <= limits.max_topic_bytes;
-            let granted = match acceptable {
+            let granted = match acceptable_filter(vin, &filter.path, limits.max_topic_bytes) {
                 true => self.subs.add(vin, &filter.path, filter.qos, limits.max_subscriptions),
                 false => Err(TooManyFilters),
             };

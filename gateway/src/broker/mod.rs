@@ -13,7 +13,7 @@ pub mod subscriptions;
 pub mod tls;
 
 mod connected;
-mod mqtt;
+pub(crate) mod mqtt;
 
 pub use flood::{ConnectLimiter, PacketLimiter, PacketRate};
 pub use handshakes::HandshakePool;

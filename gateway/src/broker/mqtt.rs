@@ -126,7 +126,9 @@ pub(crate) fn reserved_bits_problem(buffer: &[u8]) -> Option<&'static str> {
             return None;
         }
         let length_bytes = buffer[1..].iter().take(4).position(|b| b & 0x80 == 0)? + 1;
-        let body = buffer.get(1 + length_bytes..)?;
+        // This packet's bytes only: a CONNECT too short for its flags is malformed, whatever
+        // the next packet holds.
+        let body = buffer.get(1 + length_bytes..frame.frame_length())?;
         let name_len = usize::from(u16::from_be_bytes([*body.first()?, *body.get(1)?]));
         let connect_flags = *body.get(2 + name_len + 1)?;
         if connect_flags & 1 != 0 {
@@ -160,6 +162,16 @@ mod tests {
         );
         // Not all there yet: judged once it is.
         assert_eq!(reserved_bits_problem(&connect(0b11)[..9]), None);
+    }
+
+    #[test]
+    fn a_connect_is_judged_on_its_own_bytes_not_the_next_packets() {
+        // Remaining length 1: the frame ends before its protocol name does. The bytes after it
+        // belong to the next packet, and the flags byte would fall on one with bit 0 set.
+        let mut stream = vec![0x10, 1, 0, 4, b'M', b'Q', b'T', b'T', 4, 0xff];
+        assert_eq!(reserved_bits_problem(&stream), None);
+        stream.truncate(3);
+        assert_eq!(reserved_bits_problem(&stream), None);
     }
 
     #[test]

@@ -2,7 +2,7 @@
 //! gateway's events topic. Bounded: at most the configured number of filters per car.
 
 use proto::{Vin, topics};
-use rumqttc::mqttbytes::{QoS, matches};
+use rumqttc::mqttbytes::{QoS, matches, valid_filter};
 
 /// Highest QoS the gateway grants: QoS 2's exactly-once holds only within one session, and the
 /// platform gets exactly-once end to end from idempotency keys instead.
@@ -23,6 +23,16 @@ pub struct TooManyFilters;
 
 /// A car's filters with their granted QoS.
 pub type FilterList = Vec<(String, QoS)>;
+
+/// Whether a car may subscribe to `filter`: a valid MQTT filter of at most `max_topic_bytes`,
+/// without NUL, inside `vin`'s namespace. The namespace is checked first: a filter that names
+/// `/tenants/{vin}/` literally can never match another car's topic.
+pub fn acceptable_filter(vin: &Vin, filter: &str, max_topic_bytes: usize) -> bool {
+    topics::is_within_tenant(vin, filter)
+        && valid_filter(filter)
+        && !filter.contains('\0')
+        && filter.len() <= max_topic_bytes
+}
 
 /// A car's current subscriptions.
 #[derive(Debug, Default, Clone)]

@@ -368,19 +368,31 @@ impl GatewayConfig {
     /// Reads `path` (if given) then `GATEWAY_*` environment variables (`__` separates
     /// levels, e.g. `GATEWAY_MQTT__LISTEN=0.0.0.0:8883`), and validates the result.
     pub fn load(path: Option<&Path>) -> Result<GatewayConfig, ConfigError> {
-        let mut figment = Figment::new()
-            .merge(Serialized::default("mqtt", MqttConfig::default()))
-            .merge(Serialized::default("requests", RequestLimits::default()));
+        let mut figment = GatewayConfig::defaults();
         if let Some(path) = path {
             if !path.exists() {
                 return Err(invalid("config file", format!("{} does not exist", path.display())));
             }
             figment = figment.merge(Toml::file(path));
         }
-        let config: GatewayConfig = figment
-            .merge(Env::prefixed("GATEWAY_").split("__"))
-            .extract()
-            .map_err(explain_missing)?;
+        GatewayConfig::extract(figment.merge(Env::prefixed("GATEWAY_").split("__")))
+    }
+
+    /// Parses TOML text as [`GatewayConfig::load`] parses a file, without the environment, and
+    /// validates the result.
+    pub fn from_toml(text: &str) -> Result<GatewayConfig, ConfigError> {
+        GatewayConfig::extract(GatewayConfig::defaults().merge(Toml::string(text)))
+    }
+
+    /// The sections whose every setting has a default.
+    fn defaults() -> Figment {
+        Figment::new()
+            .merge(Serialized::default("mqtt", MqttConfig::default()))
+            .merge(Serialized::default("requests", RequestLimits::default()))
+    }
+
+    fn extract(figment: Figment) -> Result<GatewayConfig, ConfigError> {
+        let config: GatewayConfig = figment.extract().map_err(explain_missing)?;
         config.validate()?;
         Ok(config)
     }

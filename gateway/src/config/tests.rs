@@ -186,3 +186,20 @@ fn unknown_keys_are_refused() {
     let e = GatewayConfig::load(Some(&path)).unwrap_err().to_string();
     assert!(e.contains("crl"), "{e}");
 }
+
+#[test]
+fn durations_added_to_clocks_are_bounded() {
+    use super::validate::MAX_DURATION;
+    let (_d, mut c) = files();
+    c.idempotency.retention = Duration::from_secs(300_000_000 * 365 * 24 * 3600);
+    let e = c.validate().unwrap_err().to_string();
+    assert!(e.starts_with("idempotency.retention:"), "{e}");
+    c.idempotency.retention = MAX_DURATION;
+    c.requests.max_timeout = MAX_DURATION + Duration::from_secs(1);
+    let e = c.validate().unwrap_err().to_string();
+    assert!(e.starts_with("requests.max_timeout:"), "{e}");
+    c.requests.max_timeout = Duration::from_secs(300);
+    c.events.max_ttl = Duration::MAX;
+    let e = c.validate().unwrap_err().to_string();
+    assert!(e.starts_with("events.max_ttl:"), "{e}");
+}

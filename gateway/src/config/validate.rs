@@ -7,6 +7,9 @@ use std::time::Duration;
 
 use super::{ConfigError, GatewayConfig, invalid};
 
+/// Upper bound of the durations added to clocks: a century, far from where they overflow.
+pub(super) const MAX_DURATION: Duration = Duration::from_secs(100 * 365 * 24 * 3600);
+
 impl GatewayConfig {
     /// Checks ranges, files and partner entries.
     pub fn validate(&self) -> Result<(), ConfigError> {
@@ -152,6 +155,17 @@ impl GatewayConfig {
                 "events.burst_per_partner",
                 "must be at least events.max_per_second_per_partner",
             ));
+        }
+        // Deadlines and expiries are added to the clock and kept in unix milliseconds, which
+        // overflow for absurd values (a request's deadline would panic, the ledger's expiry wrap).
+        for (field, value) in [
+            ("requests.max_timeout", r.max_timeout),
+            ("idempotency.retention", id.retention),
+            ("events.max_ttl", ev.max_ttl),
+        ] {
+            if value > MAX_DURATION {
+                return Err(invalid(field, "must be at most 100 years"));
+            }
         }
         if let Some(api) = &self.partner_api {
             must_exist("partner_api.client_ca", &api.client_ca)?;

@@ -69,21 +69,62 @@ fn is_partner_id(s: &str, max: usize) -> bool {
     !s.is_empty() && s.len() <= max && s.bytes().all(|b| b.is_ascii_graphic())
 }
 
+/// The first checks of a publish, made before the partner's rate is counted: the event is for a
+/// valid VIN and for one of the services the partner is configured for (`services`).
+pub(crate) fn permitted(partner: &str, services: Option<&HashSet<String>>, r: &PublishRequest) -> Result<Vin, Status> {
+    let vin = Vin::parse(&r.vin).map_err(|e| Status::invalid_argument(e.to_string()))?;
+    if !services.is_some_and(|services| services.contains(&r.service)) {
+        warn!(partner = %printable(partner), service = %printable(&r.service), "event refused: not this partner's service");
+        return Err(Status::permission_denied(format!(
+            "partner {} may not publish events for {:?}",
+            printable(partner),
+            printable(&r.service)
+        )));
+    }
+    Ok(vin)
+}
+
+/// The event a permitted publish stores, raised at `now` (unix ms), or why it is refused: its
+/// kind, id and size are checked and its TTL bounded by `limits`.
+pub(crate) fn new_event(r: PublishRequest, vin: Vin, limits: &EventsConfig, now: i64) -> Result<NewEvent, Status> {
+    if !is_partner_id(&r.kind, 64) {
+        return Err(Status::invalid_argument(
+            "kind must be 1 to 64 printable ASCII characters",
+        ));
+    }
+    if !is_partner_id(&r.event_id, 255) {
+        return Err(Status::invalid_argument(
+            "event_id must be 1 to 255 printable ASCII characters",
+        ));
+    }
+    if r.payload.len() > limits.max_payload_bytes {
+        return Err(Status::resource_exhausted(format!(
+            "event payload of {} bytes exceeds the {}-byte limit",
+            r.payload.len(),
+            limits.max_payload_bytes
+        )));
+    }
+    let ttl = match r.ttl_seconds {
+        0 => limits.default_ttl,
+        s => Duration::from_secs(s.into()).min(limits.max_ttl),
+    };
+    Ok(NewEvent {
+        vin,
+        service: r.service,
+        kind: r.kind,
+        payload: r.payload,
+        event_id: r.event_id,
+        created_at_ms: now,
+        expires_at_ms: now + ttl.as_millis() as i64,
+    })
+}
+
 #[tonic::async_trait]
 impl PartnerEvents for PartnerEventsApi {
     async fn publish(&self, request: Request<PublishRequest>) -> Result<Response<PublishResponse>, Status> {
         let partner = partner_of(&request)?;
         let r = request.into_inner();
-        let vin = Vin::parse(&r.vin).map_err(|e| Status::invalid_argument(e.to_string()))?;
-        let allowed = self.services_of.get(&partner);
-        if !allowed.is_some_and(|services| services.contains(&r.service)) {
-            warn!(partner = %printable(&partner), service = %printable(&r.service), "event refused: not this partner's service");
-            return Err(Status::permission_denied(format!(
-                "partner {} may not publish events for {:?}",
-                printable(&partner),
-                printable(&r.service)
-            )));
-        }
+        let vin = permitted(&partner, self.services_of.get(&partner), &r)?;
         if self.rate.check_key(&partner).is_err() {
             return Err(Status::resource_exhausted(format!(
                 "more than {} events per second from partner {}; retry later with the same event_id",
@@ -91,37 +132,8 @@ impl PartnerEvents for PartnerEventsApi {
                 printable(&partner)
             )));
         }
-        if !is_partner_id(&r.kind, 64) {
-            return Err(Status::invalid_argument(
-                "kind must be 1 to 64 printable ASCII characters",
-            ));
-        }
-        if !is_partner_id(&r.event_id, 255) {
-            return Err(Status::invalid_argument(
-                "event_id must be 1 to 255 printable ASCII characters",
-            ));
-        }
-        if r.payload.len() > self.limits.max_payload_bytes {
-            return Err(Status::resource_exhausted(format!(
-                "event payload of {} bytes exceeds the {}-byte limit",
-                r.payload.len(),
-                self.limits.max_payload_bytes
-            )));
-        }
-        let ttl = match r.ttl_seconds {
-            0 => self.limits.default_ttl,
-            s => Duration::from_secs(s.into()).min(self.limits.max_ttl),
-        };
-        let now = now_ms();
-        let event = NewEvent {
-            vin: vin.clone(),
-            service: r.service,
-            kind: r.kind,
-            payload: r.payload,
-            event_id: r.event_id,
-            created_at_ms: now,
-            expires_at_ms: now + ttl.as_millis() as i64,
-        };
+        let event = new_event(r, vin, &self.limits, now_ms())?;
+        let vin = &event.vin;
         let appended = self
             .store
             .append_event(&event, self.limits.max_pending_per_vin)
@@ -140,7 +152,7 @@ impl PartnerEvents for PartnerEventsApi {
             }
         };
         info!(partner = %printable(&partner), %vin, sequence, kind = %event.kind, "event accepted");
-        self.delivery.flush(&vin);
+        self.delivery.flush(vin);
         Ok(Response::new(PublishResponse { sequence }))
     }
 }
