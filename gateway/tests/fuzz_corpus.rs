@@ -171,14 +171,7 @@ fn own(level: &str) -> String {
 }
 
 fn envelope(request_id: &str, key: &str, method: &str, timeout_ms: u32, payload: Vec<u8>) -> Vec<u8> {
-    Request {
-        request_id: request_id.into(),
-        idempotency_key: key.into(),
-        method: method.into(),
-        timeout_ms,
-        payload,
-    }
-    .encode_to_vec()
+    Request::new(request_id, key, method, timeout_ms, payload).encode_to_vec()
 }
 
 const START: &str = "/parking.v1.ParkingPayment/StartSession";

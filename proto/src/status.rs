@@ -1,6 +1,6 @@
 //! Building envelope responses and moving between envelope and gRPC status codes.
 
-use crate::vehicle::v1::{Code, Response, Status};
+use crate::vehicle::v1::{Code, Request, Response, Status};
 
 impl From<tonic::Code> for Code {
     fn from(code: tonic::Code) -> Self {
@@ -11,6 +11,21 @@ impl From<tonic::Code> for Code {
 impl From<Code> for tonic::Code {
     fn from(code: Code) -> Self {
         tonic::Code::from_i32(code as i32)
+    }
+}
+
+impl Request {
+    /// A request envelope: the app's `request_id`, the driver intent's `idempotency_key`, the
+    /// full gRPC `method` path, the time left in milliseconds (0: the gateway's default) and the
+    /// encoded partner message.
+    pub fn new(request_id: &str, idempotency_key: &str, method: &str, timeout_ms: u32, payload: Vec<u8>) -> Request {
+        Request {
+            request_id: request_id.into(),
+            idempotency_key: idempotency_key.into(),
+            method: method.into(),
+            timeout_ms,
+            payload,
+        }
     }
 }
 

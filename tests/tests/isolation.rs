@@ -12,7 +12,6 @@ use rumqttc::{
     SubscribeReasonCode,
 };
 
-
 #[tokio::test]
 async fn a_response_goes_to_the_car_that_asked_and_no_other() {
     let platform = Platform::start().await;
@@ -183,12 +182,7 @@ fn grantable(filter: &str) -> bool {
 /// Car A makes its `moves` in a session of its own and reads what it gets until the gateway
 /// closes the connection; then car B (connected throughout, subscribed to its whole namespace)
 /// publishes a marker to itself. B must receive the marker first: anything before it came from A.
-async fn a_moves_and_b_sees_nothing(
-    platform: &Platform,
-    b: &mut WireCar,
-    case: u16,
-    moves: Moves,
-) {
+async fn a_moves_and_b_sees_nothing(platform: &Platform, b: &mut WireCar, case: u16, moves: Moves) {
     let a_vin = Vin::parse(VIN_A).unwrap();
     let mut a = WireCar::open(platform, VIN_A).await;
     let mut connect = rumqttc::Connect::new(VIN_A);

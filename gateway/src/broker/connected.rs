@@ -210,10 +210,8 @@ impl<'a> ConnectedSession<'a> {
         let vin = &self.peer.vin;
         // The rate first: a car breaking a bound in a loop pays its rate for each attempt.
         self.within_packet_rate().await?;
-        if publish.qos != QoS::AtMostOnce && publish.pkid == 0 {
-            return Err(DisconnectReason::ProtocolError(
-                "PUBLISH with packet identifier 0".into(),
-            ));
+        if publish.qos != QoS::AtMostOnce {
+            packet_id_given("PUBLISH", publish.pkid)?;
         }
         if publish.topic.contains('\0') {
             return Err(DisconnectReason::ProtocolError("NUL character in a topic name".into()));
@@ -345,11 +343,7 @@ impl<'a> ConnectedSession<'a> {
         mqtt: &mut MqttIo<S>,
         subscribe: Subscribe,
     ) -> Result<(), DisconnectReason> {
-        if subscribe.pkid == 0 {
-            return Err(DisconnectReason::ProtocolError(
-                "SUBSCRIBE with packet identifier 0".into(),
-            ));
-        }
+        packet_id_given("SUBSCRIBE", subscribe.pkid)?;
         let vin = &self.peer.vin;
         let limits = &self.services.limits;
         let mut codes = Vec::with_capacity(subscribe.filters.len());
@@ -410,11 +404,7 @@ impl<'a> ConnectedSession<'a> {
         mqtt: &mut MqttIo<S>,
         unsubscribe: Unsubscribe,
     ) -> Result<(), DisconnectReason> {
-        if unsubscribe.pkid == 0 {
-            return Err(DisconnectReason::ProtocolError(
-                "UNSUBSCRIBE with packet identifier 0".into(),
-            ));
-        }
+        packet_id_given("UNSUBSCRIBE", unsubscribe.pkid)?;
         for filter in &unsubscribe.topics {
             self.subs.remove(filter);
         }
@@ -505,6 +495,16 @@ impl<'a> ConnectedSession<'a> {
         let vin = &self.peer.vin;
         self.services.mailboxes.close(vin, mailbox, self.persistent);
         self.services.saved.detach(vin, self.peer.conn, self.persistent);
+    }
+}
+
+/// MQTT 3.1.1 §2.3.1: a packet that carries a packet identifier must not carry 0.
+fn packet_id_given(kind: &str, pkid: u16) -> Result<(), DisconnectReason> {
+    match pkid {
+        0 => Err(DisconnectReason::ProtocolError(format!(
+            "{kind} with packet identifier 0"
+        ))),
+        _ => Ok(()),
     }
 }
 

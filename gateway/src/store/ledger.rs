@@ -208,27 +208,19 @@ impl Store {
         const SQL: &str = "UPDATE idempotency_ledger SET response = $4, completed_at = $5 \
             WHERE vin = $1 AND idempotency_key = $2 AND owner = $3 AND response IS NULL";
         const OP: &str = "completing an idempotency key";
-        let (key, owner, response) = (key.clone(), owner.to_owned(), response.to_vec());
-        on_writer!(self, OP, |conn| {
-            let done = sqlx::query(SQL)
-                .bind(key.vin.as_str())
-                .bind(&key.idempotency_key)
-                .bind(&owner)
-                .bind(&response)
-                .bind(now_ms)
-                .execute(&mut *conn)
-                .await
-                .map_err(StoreError::query(OP))?
-                .rows_affected();
-            if done == 0 {
-                return Err(StoreError::NotLedgerOwner {
-                    vin: key.vin.as_str().to_owned(),
-                    idempotency_key: key.idempotency_key.clone(),
-                    owner: owner.clone(),
-                });
-            }
-            Ok(())
-        })
+        // The macro's arguments move into the writer; the error below needs its own copies.
+        let (vin, idempotency_key) = (key.vin.to_string(), key.idempotency_key.clone());
+        let (bound_vin, bound_key, bound_owner) = (vin.clone(), idempotency_key.clone(), owner.to_owned());
+        let response = response.to_vec();
+        let done = rows_changed!(self, OP, SQL, bound_vin, bound_key, bound_owner, response, now_ms)?;
+        if done == 0 {
+            return Err(StoreError::NotLedgerOwner {
+                vin,
+                idempotency_key,
+                owner: owner.to_owned(),
+            });
+        }
+        Ok(())
     }
 
     /// Gives up a claim without a stored response (the outcome is unknown or retryable), so the
