@@ -263,7 +263,11 @@ async fn a_moves_and_b_sees_nothing(platform: &Platform, b: &mut WireCar, case: 
 #[test]
 fn nothing_car_a_subscribes_to_or_publishes_reaches_car_b() {
     let runtime = tokio::runtime::Runtime::new().unwrap();
-    let platform = runtime.block_on(Platform::start());
+    // Car A connects once per case: far more often than its connect rate allows by default.
+    let platform = runtime.block_on(Platform::start_with(|c| {
+        c.mqtt.max_connects_per_minute = std::num::NonZeroU32::MAX;
+        c.mqtt.connect_burst = std::num::NonZeroU32::MAX;
+    }));
     let b_vin = Vin::parse(VIN_B).unwrap();
     let b = runtime.block_on(async {
         let mut b = WireCar::open(&platform, VIN_B).await;
