@@ -292,3 +292,17 @@ async fn one_cars_ack_flood_does_not_delay_another_cars_events() {
     }
     flood.abort();
 }
+
+#[tokio::test]
+async fn an_event_over_the_maximum_size_is_refused_and_nothing_is_stored() {
+    let platform = platform_with_partner_api_and(|c| c.events.max_payload_bytes = 1024).await;
+    let mut partner = parking_partner(&platform).await;
+    let mut big = event(VIN_A, "big", "x");
+    big.payload = vec![0; 1025];
+    let refused = partner.publish(big).await.unwrap_err();
+    assert_eq!(refused.code(), tonic::Code::ResourceExhausted, "{refused:?}");
+    assert!(refused.message().contains("1024"), "the limit is named: {refused:?}");
+    // Nothing was stored: the next event is the car's first.
+    let first = partner.publish(event(VIN_A, "small", "x")).await.unwrap();
+    assert_eq!(first.into_inner().sequence, 1);
+}
