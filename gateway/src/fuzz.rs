@@ -33,8 +33,8 @@ use crate::broker::mqtt::{MqttIo, reserved_bits_problem};
 use crate::broker::session::serve_vehicle;
 use crate::broker::subscriptions::{Subscriptions, acceptable_filter};
 use crate::broker::{
-    ConnectLimiter, DisconnectReason, Peer, PacketLimiter, PacketRate, RetainedLimits, SavedSessions, ConnectionEvent, SessionLimits,
-    SessionServices, ConnectionEventSink,
+    ConnectLimiter, ConnectionEvent, ConnectionEventSink, DisconnectReason, PacketLimiter, PacketRate, Peer,
+    RetainedLimits, SavedSessions, SessionLimits, SessionServices,
 };
 use crate::bus::{AckInbox, MailboxLimits, MailboxState, Mailboxes, Outbound, RequestInbox};
 use crate::config::{EventsConfig, GatewayConfig, RequestLimits};
