@@ -17,12 +17,13 @@ use anyhow::{Context as _, Result, bail};
 use serde::Serialize;
 
 use crate::abuser::{self, Abuse, AbuseSizes, AbuserOutcome, AbuserTarget, SocketFloodOutcome};
-use crate::brokers::{self, Adapter, Broker, BrokerKind, ConfigOverride, GatewayLaunch, GatewayOptions};
+use crate::brokers::{self, Adapter, Broker, BrokerKind, BrokerSetup, ConfigOverride, GatewayOptions};
 use crate::fleet::{Fleet, HandshakeCounter};
 use crate::partner::{self, EventWindow, PartnerEvents};
-use crate::procfs::{self, Machine, Roles};
+use crate::procfs::{self, Roles};
+use crate::report::{RunInfo, notes_markdown};
 use crate::swarm::{StormSettings, Swarm, Target};
-use crate::traffic::{self, Load, ParkingRequests, TrafficOutcome};
+use crate::traffic::{self, Load, ParkingRequests, Schedule, TrafficOutcome};
 
 /// What the scenario runs.
 #[derive(Debug, Clone)]
@@ -265,7 +266,8 @@ pub async fn run(plan: &AbusePlan, target: &AbuseTarget<'_>, say: &impl Fn(Strin
         let before = roles.broker_rss_kib();
         let (log0, db0, refusals) = (broker.log_bytes(), broker.database_bytes(), broker.refusals_mark());
         let mark = roles.mark();
-        let started_ms = unix_ms();
+        // The gateway's own clock: the windows are matched against the times its registry records.
+        let started_ms = gateway::clock::now_ms();
         let until = Instant::now() + plan.abuse_time;
         windows.push((started_ms, started_ms + plan.abuse_time.as_millis() as i64));
         let sampler = PeakRss::start(broker.pid, until);
@@ -360,16 +362,12 @@ pub async fn run(plan: &AbusePlan, target: &AbuseTarget<'_>, say: &impl Fn(Strin
 
 /// The brokers the scenario runs against, each started afresh for it.
 pub struct AbuseBrokers<'a> {
-    /// The gateway and the adapter behind it, if measured.
-    pub gateway: Option<(&'a GatewayLaunch, &'a Adapter)>,
-    /// Mosquitto's binary, if measured.
-    pub mosquitto: Option<&'a Path>,
-    /// Parking methods that skip the idempotency ledger (the good cars call ListNearbyLots).
-    pub read_only_methods: &'a [String],
+    /// Which brokers, and how to start them.
+    pub setup: &'a BrokerSetup,
+    /// The adapter behind the gateway, if the gateway is measured.
+    pub adapter: Option<&'a Adapter>,
     /// Settings of the gateway's configuration beyond the bench's own (non-default bounds).
     pub overrides: &'a [ConfigOverride],
-    /// Where the gateway's database goes.
-    pub db_dir: &'a Path,
     /// Loopback addresses (the brokers listen on the first, or on all when there are several).
     pub hosts: &'a [IpAddr],
 }
@@ -384,18 +382,19 @@ pub async fn run_all(
 ) -> Result<Vec<AbuseReport>> {
     let host = brokers.hosts.first().copied().context("no loopback address")?;
     let mut out = Vec::new();
-    if let Some((launch, adapter)) = brokers.gateway {
+    if let (Some(launch), Some(adapter)) = (&brokers.setup.gateway, brokers.adapter) {
         say("starting a gateway for the abusive-car scenario (partner API on)".into());
         let dir = work.join("gateway-abuse");
         std::fs::create_dir_all(&dir)?;
         let options = GatewayOptions {
             max_connections: fleet.vehicles.len() + plan.sizes.sockets + 1000,
             adapter: adapter.addr,
-            read_only_methods: brokers.read_only_methods,
+            read_only_methods: &brokers.setup.read_only_methods,
             partner_api: true,
             overrides: brokers.overrides,
         };
-        let broker = brokers::start_gateway(launch, fleet, &dir, brokers.db_dir, brokers.hosts, &options).await?;
+        let broker =
+            brokers::start_gateway(launch, fleet, &dir, &brokers.setup.db_dir, brokers.hosts, &options).await?;
         let target = AbuseTarget {
             fleet,
             broker: &broker,
@@ -406,7 +405,7 @@ pub async fn run_all(
         broker.stop().await;
         out.push(report?);
     }
-    if let Some(bin) = brokers.mosquitto {
+    if let Some(bin) = &brokers.setup.mosquitto {
         say("starting Mosquitto for the abusive-car scenario".into());
         let dir = work.join("mosquitto-abuse");
         std::fs::create_dir_all(&dir)?;
@@ -570,13 +569,16 @@ impl GoodFleet {
         let lost = self.swarm.lost;
         let from = self.events.now();
         let events = &self.events;
+        let schedule = Schedule {
+            load: Load::Rate(self.rate),
+            duration,
+            warmup: Duration::ZERO,
+        };
         let requests = traffic::run_with(
             &mut self.swarm,
             &self.cars,
             &self.requests,
-            Load::Rate(self.rate),
-            duration,
-            Duration::ZERO,
+            schedule,
             &mut |swarm, m| events.on_message(swarm, m),
         )
         .await;
@@ -665,25 +667,12 @@ async fn session_ends(broker: &Broker, vin: &proto::Vin, windows: &[(i64, i64)])
 /// Disconnect reasons and how many connections ended with each.
 type Reasons = BTreeMap<String, u64>;
 
-fn unix_ms() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as i64)
-}
-
 /// The scenario alone (`fleet-bench abuse`): its report files are `abuse.json` and `abuse.md`.
 #[derive(Debug, Clone, Serialize)]
 pub struct AbuseRun {
-    /// When the run started (UTC).
-    pub date_utc: String,
-    /// The command that produced it.
-    pub command: String,
-    /// Where.
-    pub machine: Machine,
-    /// Load average when the run ended.
-    pub loadavg_at_end: String,
-    /// Wall-clock time of the whole run.
-    pub total_wall_s: f64,
+    /// When, how and where.
+    #[serde(flatten)]
+    pub run: RunInfo,
     /// Per broker.
     pub brokers: Vec<AbuseReport>,
     /// Things the reader must know.
@@ -694,37 +683,10 @@ impl AbuseRun {
     /// The run as Markdown.
     pub fn markdown(&self) -> String {
         let mut md = String::new();
-        let _ = writeln!(md, "# Abusive car: gateway bounds under abuse\n");
-        let _ = writeln!(
-            md,
-            "- date: {} (UTC), whole run {:.0} s",
-            self.date_utc, self.total_wall_s
-        );
-        let _ = writeln!(md, "- command: `{}`", self.command);
-        let m = &self.machine;
-        let _ = writeln!(
-            md,
-            "- machine: {} cores ({}), {} MiB, Linux {}; load average {} at start, {} at end",
-            m.nproc, m.cpu_model, m.mem_total_mib, m.kernel, m.loadavg_at_start, self.loadavg_at_end
-        );
+        self.run.markdown(&mut md, "Abusive car: gateway bounds under abuse");
         markdown(&mut md, &self.brokers);
-        if !self.notes.is_empty() {
-            let _ = writeln!(md, "\n## Notes\n");
-            for n in &self.notes {
-                let _ = writeln!(md, "- {n}");
-            }
-        }
+        notes_markdown(&mut md, &self.notes);
         md
-    }
-
-    /// Writes `abuse.json` and `abuse.md` into `out`.
-    pub fn write(&self, out: &Path) -> Result<(std::path::PathBuf, std::path::PathBuf)> {
-        std::fs::create_dir_all(out).with_context(|| format!("create {}", out.display()))?;
-        let json = out.join("abuse.json");
-        let md = out.join("abuse.md");
-        std::fs::write(&json, serde_json::to_string_pretty(self)? + "\n")?;
-        std::fs::write(&md, self.markdown())?;
-        Ok((json, md))
     }
 }
 
@@ -858,17 +820,15 @@ pub fn markdown(md: &mut String, reports: &[AbuseReport]) {
             );
         }
         if with_good {
-            let _ = writeln!(
+            crate::report::table_head(
                 md,
-                "| abuse | abuser: connections, packets sent | what it got | disconnected by the broker: seen by the abuser (reasons recorded) | RSS before / peak / after MiB | growth at peak / left after, KiB | good requests p50 / p99 | good events p50 / p99 | good failures | ≤ 1 MiB, back after |"
+                "| abuse | abuser: connections, packets sent | what it got | disconnected by the broker: seen by the abuser (reasons recorded) | RSS before / peak / after MiB | growth at peak / left after, KiB | good requests p50 / p99 | good events p50 / p99 | good failures | ≤ 1 MiB, back after |",
             );
-            let _ = writeln!(md, "|---|---|---|---|---|---|---|---|---|---|");
         } else {
-            let _ = writeln!(
+            crate::report::table_head(
                 md,
-                "| abuse | abuser: connections, packets sent | what it got | disconnected by the broker | RSS before / peak / after MiB | growth at peak / left after, KiB | ≤ 1 MiB, back after |"
+                "| abuse | abuser: connections, packets sent | what it got | disconnected by the broker | RSS before / peak / after MiB | growth at peak / left after, KiB | ≤ 1 MiB, back after |",
             );
-            let _ = writeln!(md, "|---|---|---|---|---|---|---|");
         }
         if let Some(b) = &r.baseline {
             let rss = Rss {
@@ -916,11 +876,10 @@ pub fn markdown(md: &mut String, reports: &[AbuseReport]) {
         for p in &r.phases {
             let _ = writeln!(md, "- `{}`: {}", p.abuse.name(), p.what);
         }
-        let _ = writeln!(
+        crate::report::table_head(
             md,
-            "\n| abuse | broker CPU s | log written MB | database growth MB | sessions recorded | the abuser's sessions open when it left, and how they ended |"
+            "\n| abuse | broker CPU s | log written MB | database growth MB | sessions recorded | the abuser's sessions open when it left, and how they ended |",
         );
-        let _ = writeln!(md, "|---|---|---|---|---|---|");
         for p in &r.phases {
             let left = match (p.open_when_it_left.is_empty(), &p.abuser) {
                 (false, _) => count_reasons(&p.open_when_it_left),

@@ -427,24 +427,20 @@ impl Packets {
         vec![Packet::Subscribe(subscribe)]
     }
 
+    /// The next packet id, 1 to 65535 and round again. Unlike the gateway's bookkeeping of
+    /// what it sent, nothing is held until acknowledged: an abuser never waits for an answer.
     fn next_pkid(&mut self) -> u16 {
         self.pkid = self.pkid.checked_add(1).unwrap_or(1);
         self.pkid
     }
 
     fn publish(&mut self, topic: String, qos: QoS, retain: bool, payload: Bytes) -> Packet {
-        let pkid = match qos {
-            QoS::AtMostOnce => 0,
-            _ => self.next_pkid(),
-        };
-        Packet::Publish(Publish {
-            dup: false,
-            qos,
-            retain,
-            topic,
-            pkid,
-            payload,
-        })
+        let mut publish = Publish::from_bytes(topic, qos, payload);
+        publish.retain = retain;
+        if qos != QoS::AtMostOnce {
+            publish.pkid = self.next_pkid();
+        }
+        Packet::Publish(publish)
     }
 
     fn next(&mut self) -> Packet {

@@ -20,22 +20,23 @@ pub fn free_port(ip: IpAddr) -> Result<u16> {
 /// A binary of this workspace built with the same profile as the running executable: next to
 /// it for the bench binary (`target/release/`), one level up for test binaries (`deps/`).
 pub fn workspace_binary(name: &str) -> Result<PathBuf> {
+    Ok(profile_dir()?.join(name))
+}
+
+/// The running executable's profile directory, e.g. `target/release/`.
+fn profile_dir() -> Result<PathBuf> {
     let exe = std::env::current_exe()?;
     let mut dir = exe.parent().context("executable has no directory")?.to_path_buf();
     if dir.ends_with("deps") {
         dir.pop();
     }
-    Ok(dir.join(name))
+    Ok(dir)
 }
 
 /// Builds the gateway and the parking adapter with the profile of the running executable, so
 /// that the figures are always those of the current source.
 pub fn build_workspace_binaries() -> Result<()> {
-    let exe = std::env::current_exe()?;
-    let mut dir = exe.parent().context("executable has no directory")?.to_path_buf();
-    if dir.ends_with("deps") {
-        dir.pop();
-    }
+    let dir = profile_dir()?;
     let profile = match dir.file_name().and_then(|n| n.to_str()) {
         Some("debug") | None => "dev".to_owned(),
         Some(other) => other.to_owned(),
@@ -574,6 +575,32 @@ pub fn gateway_toml(fleet: &Fleet, listen: SocketAddr, db: &Path, options: &Gate
     toml
 }
 
+/// Which brokers a run measures, and how to start them.
+#[derive(Debug, Clone)]
+pub struct BrokerSetup {
+    /// How to run the gateway (None = not measured).
+    pub gateway: Option<GatewayLaunch>,
+    /// The parking adapter binary (None = in-process).
+    pub adapter_bin: Option<PathBuf>,
+    /// Mosquitto (None = not measured).
+    pub mosquitto: Option<PathBuf>,
+    /// Where the gateway's SQLite database goes.
+    pub db_dir: PathBuf,
+    /// Methods of the parking partner declared read-only (they skip the idempotency ledger),
+    /// as the demo configures them.
+    pub read_only_methods: Vec<String>,
+}
+
+impl BrokerSetup {
+    /// The parking adapter the gateway calls, when the gateway is measured.
+    pub async fn start_adapter(&self, fleet: &Fleet, dir: &Path) -> Result<Option<Adapter>> {
+        match &self.gateway {
+            Some(_) => Ok(Some(start_adapter(self.adapter_bin.as_deref(), fleet, dir).await?)),
+            None => Ok(None),
+        }
+    }
+}
+
 /// How to run the gateway.
 #[derive(Debug, Clone)]
 pub enum GatewayLaunch {
@@ -586,9 +613,13 @@ pub enum GatewayLaunch {
 /// The line the gateway logs when its partner API listens, with `addr=`.
 const PARTNER_API_LINE: &str = "partner API listening";
 
-/// Where the gateway process said its partner API listens (it binds port 0).
+/// Where the gateway process said in `log` its partner API listens (it binds port 0).
 fn partner_api_from_log(log: &Path) -> Option<SocketAddr> {
-    let text = std::fs::read_to_string(log).ok()?;
+    partner_api_in(&std::fs::read_to_string(log).ok()?)
+}
+
+/// Where the gateway's log `text` says its partner API listens.
+fn partner_api_in(text: &str) -> Option<SocketAddr> {
     let line = text.lines().find(|l| l.contains(PARTNER_API_LINE))?;
     log_fields(line).find_map(|(k, v)| (k == "addr").then(|| v.parse().ok()).flatten())
 }
@@ -776,13 +807,9 @@ mod tests {
 
     #[test]
     fn the_partner_api_address_is_read_from_the_log() {
-        let dir = tempfile::tempdir().unwrap();
-        let log = dir.path().join("gateway.log");
-        std::fs::write(
-            &log,
-            "x INFO gateway: partner API listening (gRPC over mTLS) addr=127.0.0.1:40123\nx INFO gateway listening for vehicles\n",
-        )
-        .unwrap();
-        assert_eq!(partner_api_from_log(&log), Some("127.0.0.1:40123".parse().unwrap()));
+        let log = "x INFO gateway: partner API listening (gRPC over mTLS) addr=127.0.0.1:40123\n\
+                   x INFO gateway listening for vehicles\n";
+        assert_eq!(partner_api_in(log), Some("127.0.0.1:40123".parse().unwrap()));
+        assert_eq!(partner_api_in("x INFO gateway listening for vehicles\n"), None);
     }
 }

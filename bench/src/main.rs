@@ -16,8 +16,9 @@ use clap::{Parser, Subcommand};
 use fleet_bench::abuse::{self, AbuseBrokers, AbusePlan, AbuseRun};
 use fleet_bench::abuser::{Abuse, AbuseSizes};
 use fleet_bench::agents::Mix;
-use fleet_bench::brokers::{self, ConfigOverride, GatewayLaunch};
+use fleet_bench::brokers::{self, BrokerSetup, ConfigOverride, GatewayLaunch};
 use fleet_bench::fleet::Fleet;
+use fleet_bench::report::Started;
 use fleet_bench::restart::RestartPlan;
 use fleet_bench::run::{self, LedgerRun, Plan};
 use fleet_bench::swarm::StormSettings;
@@ -283,15 +284,9 @@ fn main() -> ExitCode {
 }
 
 /// The brokers to measure, ready to start: the gateway (built first unless told not to) with
-/// its adapter, and Mosquitto (installed if missing and allowed). Notes say what was done.
-struct Prepared {
-    gateway: Option<GatewayLaunch>,
-    adapter_bin: Option<PathBuf>,
-    mosquitto: Option<PathBuf>,
-    notes: Vec<String>,
-}
-
-fn prepare(args: &BrokerArgs) -> anyhow::Result<Prepared> {
+/// its adapter, and Mosquitto (installed if missing and allowed); files of the run go in
+/// `work`. The notes say what was done.
+fn prepare(args: &BrokerArgs, work: &Path) -> anyhow::Result<(BrokerSetup, Vec<String>)> {
     let mut notes = Vec::new();
     let wants = |name: &str| args.brokers.iter().any(|b| b == name);
     let gateway = if wants("gateway") {
@@ -323,12 +318,38 @@ fn prepare(args: &BrokerArgs) -> anyhow::Result<Prepared> {
     } else {
         None
     };
-    Ok(Prepared {
+    let setup = BrokerSetup {
         gateway,
         adapter_bin,
         mosquitto,
-        notes,
-    })
+        db_dir: args.db_dir.clone().unwrap_or_else(|| work.join("db")),
+        read_only_methods: args
+            .read_only_methods
+            .iter()
+            .filter(|m| !m.is_empty())
+            .cloned()
+            .collect(),
+    };
+    Ok((setup, notes))
+}
+
+/// Writes `{stem}.json` and `{stem}.md` into `out`, prints the Markdown, and keeps `work` if
+/// `keep_work`.
+fn publish(
+    out: &Path,
+    stem: &str,
+    report: &impl serde::Serialize,
+    markdown: &str,
+    work: tempfile::TempDir,
+    keep_work: bool,
+) -> anyhow::Result<()> {
+    let (json, md) = fleet_bench::report::write_files(out, stem, report, markdown)?;
+    println!("{markdown}");
+    eprintln!("wrote {} and {}", md.display(), json.display());
+    if keep_work {
+        eprintln!("work files kept in {}", work.keep().display());
+    }
+    Ok(())
 }
 
 /// The command line, for the report.
@@ -343,44 +364,24 @@ fn command_line() -> String {
 
 /// `fleet-bench abuse`: the abusive-car scenario alone.
 async fn abuse_only(args: AbuseOnly) -> anyhow::Result<()> {
-    let started = std::time::Instant::now();
-    let date_utc = fleet_bench::report::utc_now();
-    let machine = fleet_bench::procfs::machine();
-    let Prepared {
-        gateway,
-        adapter_bin,
-        mosquitto,
-        mut notes,
-    } = prepare(&args.brokers)?;
-    let plan = args.abuse.plan();
+    let started = Started::now();
     let work = tempfile::Builder::new().prefix("fleet-bench-abuse-").tempdir()?;
+    let (setup, mut notes) = prepare(&args.brokers, work.path())?;
+    let plan = args.abuse.plan();
     let hosts = [IpAddr::V4(Ipv4Addr::LOCALHOST)];
-    let say = |msg: String| eprintln!("[{:6.1}s] {msg}", started.elapsed().as_secs_f64());
+    let say = |msg: String| started.say(&msg);
     say(format!("issuing {} vehicle certificates", plan.vehicles_needed()));
     let fleet = Fleet::create(&work.path().join("pki"), plan.vehicles_needed(), &hosts)?;
-    let adapter = match &gateway {
-        Some(_) => Some(brokers::start_adapter(adapter_bin.as_deref(), &fleet, work.path()).await?),
-        None => None,
-    };
-    let db_dir = args.brokers.db_dir.clone().unwrap_or_else(|| work.path().join("db"));
-    let read_only: Vec<String> = args
-        .brokers
-        .read_only_methods
-        .iter()
-        .filter(|m| !m.is_empty())
-        .cloned()
-        .collect();
+    let adapter = setup.start_adapter(&fleet, work.path()).await?;
     let brokers = AbuseBrokers {
-        gateway: gateway.as_ref().zip(adapter.as_ref()),
-        mosquitto: mosquitto.as_deref(),
-        read_only_methods: &read_only,
+        setup: &setup,
+        adapter: adapter.as_ref(),
         overrides: &args.abuse.gateway_set,
-        db_dir: &db_dir,
         hosts: &hosts,
     };
     let reports = abuse::run_all(&plan, &fleet, &brokers, work.path(), &say).await?;
     drop(adapter);
-    if gateway.is_some() {
+    if setup.gateway.is_some() {
         notes.push(
             "The gateway runs its release binary as its own process with its default logging (info), SQLite in WAL \
              mode; the partner adapter runs as its own process at log level warn. The abuser and the socket flood run \
@@ -389,31 +390,16 @@ async fn abuse_only(args: AbuseOnly) -> anyhow::Result<()> {
         );
     }
     let run = AbuseRun {
-        date_utc,
-        command: command_line(),
-        machine,
-        loadavg_at_end: fleet_bench::procfs::loadavg(),
-        total_wall_s: started.elapsed().as_secs_f64(),
+        run: started.finish(command_line()),
         brokers: reports,
         notes,
     };
-    let (json, md) = run.write(&args.out)?;
-    println!("{}", run.markdown());
-    eprintln!("wrote {} and {}", md.display(), json.display());
-    if args.brokers.keep_work {
-        eprintln!("work files kept in {}", work.keep().display());
-    }
-    Ok(())
+    publish(&args.out, "abuse", &run, &run.markdown(), work, args.brokers.keep_work)
 }
 
 async fn report(args: Args) -> anyhow::Result<()> {
-    let Prepared {
-        gateway,
-        adapter_bin,
-        mosquitto,
-        mut notes,
-    } = prepare(&args.brokers)?;
     let work = tempfile::Builder::new().prefix("fleet-bench-").tempdir()?;
+    let (brokers, mut notes) = prepare(&args.brokers, work.path())?;
     let hosts: Vec<IpAddr> = (1..=args.loopback_addrs.max(1))
         .map(|k| IpAddr::V4(Ipv4Addr::new(127, 0, 0, k)))
         .collect();
@@ -448,17 +434,7 @@ async fn report(args: Args) -> anyhow::Result<()> {
         agents: args.agents,
         agent_rates: positive(&args.agent_rates),
         agent_mix: args.agent_mix.clone(),
-        gateway,
-        adapter_bin,
-        mosquitto,
-        db_dir: args.brokers.db_dir.clone().unwrap_or_else(|| work.path().join("db")),
-        read_only_methods: args
-            .brokers
-            .read_only_methods
-            .iter()
-            .filter(|m| !m.is_empty())
-            .cloned()
-            .collect(),
+        brokers,
         ledger_runs: ledger_runs.clone(),
         registry_wait: Duration::from_secs_f64(args.registry_wait),
         settle: Duration::from_secs_f64(args.settle),
@@ -491,11 +467,12 @@ async fn report(args: Args) -> anyhow::Result<()> {
         }
     }
     let report = report?;
-    let (json, md) = run::write_report(&report, &args.out)?;
-    println!("{}", report.markdown());
-    eprintln!("wrote {} and {}", md.display(), json.display());
-    if args.brokers.keep_work {
-        eprintln!("work files kept in {}", work.keep().display());
-    }
-    Ok(())
+    publish(
+        &args.out,
+        "report",
+        &report,
+        &report.markdown(),
+        work,
+        args.brokers.keep_work,
+    )
 }

@@ -2,22 +2,116 @@
 //! (`report.md`), with the targets checked side by side.
 
 use std::fmt::Write as _;
+use std::path::{Path, PathBuf};
+use std::time::Instant;
 
+use anyhow::{Context as _, Result};
 use serde::Serialize;
 
 use crate::procfs::{CpuSplit, Machine};
 use crate::stats::Summary;
 use crate::traffic::TrafficOutcome;
 
-/// Everything one run measured.
+/// A run under way: when and where it started.
+pub struct Started {
+    at: Instant,
+    date_utc: String,
+    machine: Machine,
+}
+
+impl Started {
+    /// Notes the time, the date and the machine now.
+    pub fn now() -> Started {
+        Started {
+            at: Instant::now(),
+            date_utc: utc_now(),
+            machine: crate::procfs::machine(),
+        }
+    }
+
+    /// Prints `msg` to stderr after the seconds since the start.
+    pub fn say(&self, msg: &str) {
+        eprintln!("[{:6.1}s] {msg}", self.at.elapsed().as_secs_f64());
+    }
+
+    /// What every report opens with, now that the run made by `command` ends.
+    pub fn finish(&self, command: String) -> RunInfo {
+        RunInfo {
+            date_utc: self.date_utc.clone(),
+            command,
+            machine: self.machine.clone(),
+            loadavg_at_end: crate::procfs::loadavg(),
+            total_wall_s: self.at.elapsed().as_secs_f64(),
+        }
+    }
+}
+
+/// When, by which command and where a run ran, and how busy the machine was when it ended.
 #[derive(Debug, Clone, Serialize)]
-pub struct Report {
+pub struct RunInfo {
     /// When the run started (UTC).
     pub date_utc: String,
     /// The command that produced it.
     pub command: String,
     /// Where.
     pub machine: Machine,
+    /// Load average when the run ended.
+    pub loadavg_at_end: String,
+    /// Wall-clock time of the whole run.
+    pub total_wall_s: f64,
+}
+
+impl RunInfo {
+    /// `title`, then the lines every report opens with: the date, the command, the machine.
+    pub fn markdown(&self, md: &mut String, title: &str) {
+        let _ = writeln!(md, "# {title}\n");
+        let _ = writeln!(
+            md,
+            "- date: {} (UTC), whole run {:.0} s",
+            self.date_utc, self.total_wall_s
+        );
+        let _ = writeln!(md, "- command: `{}`", self.command);
+        let m = &self.machine;
+        let _ = writeln!(
+            md,
+            "- machine: {} cores ({}), {} MiB, Linux {}; load average {} at start, {} at end",
+            m.nproc, m.cpu_model, m.mem_total_mib, m.kernel, m.loadavg_at_start, self.loadavg_at_end
+        );
+    }
+}
+
+/// The notes section of a report (none without notes).
+pub fn notes_markdown(md: &mut String, notes: &[String]) {
+    if !notes.is_empty() {
+        let _ = writeln!(md, "\n## Notes\n");
+        for n in notes {
+            let _ = writeln!(md, "- {n}");
+        }
+    }
+}
+
+/// A Markdown table's `header` line (`| a | b |`) and the separator line under it.
+pub fn table_head(md: &mut String, header: &str) {
+    let columns = header.trim().matches('|').count().saturating_sub(1);
+    let _ = writeln!(md, "{header}\n{}|", "|---".repeat(columns));
+}
+
+/// Writes `{stem}.json` (`report`) and `{stem}.md` (`markdown`) into `out`.
+pub fn write_files(out: &Path, stem: &str, report: &impl Serialize, markdown: &str) -> Result<(PathBuf, PathBuf)> {
+    std::fs::create_dir_all(out).with_context(|| format!("create {}", out.display()))?;
+    let json = out.join(format!("{stem}.json"));
+    let md = out.join(format!("{stem}.md"));
+    std::fs::write(&json, serde_json::to_string_pretty(report)? + "\n")?;
+    std::fs::write(&md, markdown)?;
+    Ok((json, md))
+}
+
+/// Everything one run measured.
+#[derive(Debug, Clone, Serialize)]
+pub struct Report {
+    /// When, how and where.
+    #[serde(flatten)]
+    pub run: RunInfo,
     /// With what settings.
     pub settings: Settings,
     /// Issuing the fleet's certificates.
@@ -33,10 +127,6 @@ pub struct Report {
     pub notes: Vec<String>,
     /// Mean 4 KiB write + fsync on the disk holding the gateway's database, ms.
     pub disk_fsync_ms: Option<f64>,
-    /// Load average when the run ended.
-    pub loadavg_at_end: String,
-    /// Wall-clock time of the whole run.
-    pub total_wall_s: f64,
 }
 
 /// The run's settings.
@@ -239,19 +329,7 @@ impl Report {
     pub fn markdown(&self) -> String {
         let mut md = String::new();
         let s = &self.settings;
-        let _ = writeln!(md, "# Fleet benchmark: gateway vs Mosquitto\n");
-        let _ = writeln!(
-            md,
-            "- date: {} (UTC), whole run {:.0} s",
-            self.date_utc, self.total_wall_s
-        );
-        let _ = writeln!(md, "- command: `{}`", self.command);
-        let m = &self.machine;
-        let _ = writeln!(
-            md,
-            "- machine: {} cores ({}), {} MiB, Linux {}; load average {} at start, {} at end",
-            m.nproc, m.cpu_model, m.mem_total_mib, m.kernel, m.loadavg_at_start, self.loadavg_at_end
-        );
+        self.run.markdown(&mut md, "Fleet benchmark: gateway vs Mosquitto");
         if let Some(ms) = self.disk_fsync_ms {
             let _ = writeln!(
                 md,
@@ -298,11 +376,10 @@ impl Report {
         self.targets_md(&mut md);
 
         let _ = writeln!(md, "## Connect storms (MQTT 3.1.1 over mTLS, TLS 1.3)\n");
-        let _ = writeln!(
-            md,
-            "| broker | handshake | connected | failed attempts | connects/s | p50 ms | p99 ms | max ms | full / resumed | broker CPU s | broker CPU ms/connect | load-gen CPU s | wall s |"
+        table_head(
+            &mut md,
+            "| broker | handshake | connected | failed attempts | connects/s | p50 ms | p99 ms | max ms | full / resumed | broker CPU s | broker CPU ms/connect | load-gen CPU s | wall s |",
         );
-        let _ = writeln!(md, "|---|---|---|---|---|---|---|---|---|---|---|---|---|");
         for b in &self.brokers {
             for st in &b.storms {
                 let _ = writeln!(
@@ -335,11 +412,10 @@ impl Report {
         }
 
         let _ = writeln!(md, "\n## Memory per idle connected vehicle (broker RSS)\n");
-        let _ = writeln!(
-            md,
-            "| broker | vehicles | baseline MiB | connected MiB | + subscribed MiB | after disconnect MiB | reconnected MiB | threads | KiB/vehicle connected | KiB/vehicle connected + subscribed |"
+        table_head(
+            &mut md,
+            "| broker | vehicles | baseline MiB | connected MiB | + subscribed MiB | after disconnect MiB | reconnected MiB | threads | KiB/vehicle connected | KiB/vehicle connected + subscribed |",
         );
-        let _ = writeln!(md, "|---|---|---|---|---|---|---|---|---|---|");
         for b in &self.brokers {
             let m = &b.memory;
             let mib = |k: u64| k as f64 / 1024.0;
@@ -437,22 +513,16 @@ impl Report {
         if !lost.is_empty() {
             let _ = writeln!(md, "\nConnections lost while idle: {}", lost.join("; "));
         }
-        if !self.notes.is_empty() {
-            let _ = writeln!(md, "\n## Notes\n");
-            for n in &self.notes {
-                let _ = writeln!(md, "- {n}");
-            }
-        }
+        notes_markdown(&mut md, &self.notes);
         md
     }
 }
 
 fn traffic_table<'a>(md: &mut String, rows: impl Iterator<Item = (&'a str, &'a TrafficReport)>) {
-    let _ = writeln!(
+    table_head(
         md,
-        "| broker | scenario | load | vehicles | sent | answered OK/s | errors | unanswered | p50 ms | p90 ms | p99 ms | max ms | broker CPU us/msg | load-gen CPU us/msg | adapter CPU s | wall s |"
+        "| broker | scenario | load | vehicles | sent | answered OK/s | errors | unanswered | p50 ms | p90 ms | p99 ms | max ms | broker CPU us/msg | load-gen CPU us/msg | adapter CPU s | wall s |",
     );
-    let _ = writeln!(md, "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|");
     let mut errors = Vec::new();
     let mut mixed = Vec::new();
     for (broker, t) in rows {
@@ -529,6 +599,13 @@ pub fn utc_now() -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_table_head_has_one_separator_per_column() {
+        let mut md = String::new();
+        table_head(&mut md, "\n| broker | p50 / p99 ms | wall s |");
+        assert_eq!(md, "\n| broker | p50 / p99 ms | wall s |\n|---|---|---|\n");
+    }
 
     #[test]
     fn date_is_well_formed() {

@@ -322,11 +322,10 @@ pub fn markdown(md: &mut String, reports: &[RestartReport]) {
         md,
         "\n## Reconnect storm: the broker is killed and restarted under a connected fleet\n"
     );
-    let _ = writeln!(
+    crate::report::table_head(
         md,
-        "| broker | stopped by | vehicles | down s | back | all back after kill s | after restart s | p50 / p99 s | peak connects/s | attempts failed while down | failed after restart | full handshakes | broker CPU s |"
+        "| broker | stopped by | vehicles | down s | back | all back after kill s | after restart s | p50 / p99 s | peak connects/s | attempts failed while down | failed after restart | full handshakes | broker CPU s |",
     );
-    let _ = writeln!(md, "|---|---|---|---|---|---|---|---|---|---|---|---|---|");
     for r in reports {
         let _ = writeln!(
             md,

@@ -5,20 +5,20 @@ use std::net::IpAddr;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use anyhow::{Context as _, Result, bail};
+use anyhow::{Result, bail};
 
 use crate::abuse::{self, AbuseBrokers, AbusePlan};
 use crate::agents::{Agents, Mix};
-use crate::brokers::{self, Adapter, Broker, BrokerKind, ConfigOverride, GatewayLaunch, GatewayOptions};
+use crate::brokers::{self, Adapter, Broker, BrokerKind, BrokerSetup, ConfigOverride, GatewayOptions};
 use crate::fleet::{Fleet, HandshakeCounter};
 use crate::procfs::{self, Roles};
 use crate::report::{
-    BrokerReport, Certificates, MemoryReport, RegistryReport, Report, RequestReport, Settings, StormReport,
+    BrokerReport, Certificates, MemoryReport, RegistryReport, Report, RequestReport, Settings, Started, StormReport,
     TrafficReport,
 };
 use crate::restart::{RestartPlan, reconnect_storm};
 use crate::swarm::{StormOutcome, StormSettings, Swarm, Target};
-use crate::traffic::{self, Echo, Load, ParkingRequests};
+use crate::traffic::{self, Echo, Load, ParkingRequests, Schedule};
 use crate::under_storm::{UnderStormPlan, served_during_storm};
 
 /// What to run.
@@ -48,17 +48,8 @@ pub struct Plan {
     pub agent_rates: Vec<f64>,
     /// What the agents ask for.
     pub agent_mix: Mix,
-    /// How to run the gateway (None = not measured).
-    pub gateway: Option<GatewayLaunch>,
-    /// The parking adapter binary (None = in-process).
-    pub adapter_bin: Option<PathBuf>,
-    /// Mosquitto (None = not measured).
-    pub mosquitto: Option<PathBuf>,
-    /// Where the gateway's SQLite database goes.
-    pub db_dir: PathBuf,
-    /// Methods of the parking partner declared read-only on the main gateway (they skip the
-    /// idempotency ledger), as the demo configures them.
-    pub read_only_methods: Vec<String>,
+    /// The brokers measured (the ledger runs' gateways declare no method read-only).
+    pub brokers: BrokerSetup,
     /// The request runs repeated, each on a gateway of its own with only the active vehicles
     /// connected and no read-only methods, so every request goes through the idempotency ledger.
     pub ledger_runs: Vec<LedgerRun>,
@@ -122,12 +113,10 @@ pub struct LedgerRun {
 
 /// Runs `plan` with its files in `work`.
 pub async fn run(plan: &Plan, work: &Path) -> Result<Report> {
-    let started = Instant::now();
-    let date_utc = crate::report::utc_now();
-    let machine = procfs::machine();
+    let started = Started::now();
     let say = |msg: String| {
         if plan.verbose {
-            eprintln!("[{:6.1}s] {msg}", started.elapsed().as_secs_f64());
+            started.say(&msg);
         }
     };
     let total = plan.vehicles + plan.agents;
@@ -140,35 +129,36 @@ pub async fn run(plan: &Plan, work: &Path) -> Result<Report> {
         bail!("need at least one vehicle and one loopback address");
     }
 
-    let disk_fsync_ms = plan.gateway.as_ref().and_then(|_| procfs::fsync_ms(&plan.db_dir));
+    let disk_fsync_ms = plan
+        .brokers
+        .gateway
+        .as_ref()
+        .and_then(|_| procfs::fsync_ms(&plan.brokers.db_dir));
     say(format!("issuing {total} vehicle certificates"));
     let fleet = Fleet::create(&work.join("pki"), total, &plan.hosts)?;
     let mut notes = plan.notes.clone();
     let mut brokers_out = Vec::new();
     let mut requests = Vec::new();
 
-    let adapter = match &plan.gateway {
-        Some(_) => Some(brokers::start_adapter(plan.adapter_bin.as_deref(), &fleet, work).await?),
-        None => None,
-    };
+    let adapter = plan.brokers.start_adapter(&fleet, work).await?;
 
-    if let (Some(launch), Some(adapter)) = (&plan.gateway, &adapter) {
+    if let (Some(launch), Some(adapter)) = (&plan.brokers.gateway, &adapter) {
         say("starting the gateway".into());
         let dir = work.join("gateway");
         std::fs::create_dir_all(&dir)?;
         let options = GatewayOptions {
             max_connections: total + 1000,
             adapter: adapter.addr,
-            read_only_methods: &plan.read_only_methods,
+            read_only_methods: &plan.brokers.read_only_methods,
             partner_api: false,
             overrides: &plan.gateway_overrides,
         };
-        let broker = brokers::start_gateway(launch, &fleet, &dir, &plan.db_dir, &plan.hosts, &options).await?;
+        let broker = brokers::start_gateway(launch, &fleet, &dir, &plan.brokers.db_dir, &plan.hosts, &options).await?;
         let (report, request_report) = measure(plan, &fleet, broker, Some(adapter), &dir, &say).await?;
         brokers_out.push(report);
         requests.extend(request_report);
     }
-    if let Some(bin) = &plan.mosquitto {
+    if let Some(bin) = &plan.brokers.mosquitto {
         say("starting Mosquitto".into());
         let dir = work.join("mosquitto");
         std::fs::create_dir_all(&dir)?;
@@ -176,7 +166,7 @@ pub async fn run(plan: &Plan, work: &Path) -> Result<Report> {
         let (report, _) = measure(plan, &fleet, broker, None, &dir, &say).await?;
         brokers_out.push(report);
     }
-    if let (Some(launch), Some(adapter)) = (&plan.gateway, &adapter)
+    if let (Some(launch), Some(adapter)) = (&plan.brokers.gateway, &adapter)
         && (!plan.request_rates.is_empty() || plan.closed_in_flight > 0)
     {
         for (k, run) in plan.ledger_runs.iter().enumerate() {
@@ -211,11 +201,9 @@ pub async fn run(plan: &Plan, work: &Path) -> Result<Report> {
     let abuse = match (&plan.abuse, plan.hosts.first()) {
         (Some(abuse_plan), Some(_)) => {
             let brokers = AbuseBrokers {
-                gateway: plan.gateway.as_ref().zip(adapter.as_ref()),
-                mosquitto: plan.mosquitto.as_deref(),
-                read_only_methods: &plan.read_only_methods,
+                setup: &plan.brokers,
+                adapter: adapter.as_ref(),
                 overrides: &plan.abuse_overrides,
-                db_dir: &plan.db_dir,
                 hosts: &plan.hosts,
             };
             abuse::run_all(abuse_plan, &fleet, &brokers, work, &say).await?
@@ -232,9 +220,7 @@ pub async fn run(plan: &Plan, work: &Path) -> Result<Report> {
         );
     }
     Ok(Report {
-        date_utc,
-        command: plan.command.clone(),
-        machine,
+        run: started.finish(plan.command.clone()),
         settings: Settings {
             vehicles: plan.vehicles,
             active: plan.active,
@@ -261,8 +247,6 @@ pub async fn run(plan: &Plan, work: &Path) -> Result<Report> {
         abuse,
         notes,
         disk_fsync_ms,
-        loadavg_at_end: procfs::loadavg(),
-        total_wall_s: started.elapsed().as_secs_f64(),
     })
 }
 
@@ -350,7 +334,7 @@ async fn measure(
         "{name}: storm of {n} vehicles reconnecting with their TLS sessions"
     ));
     let before = counter.full_handshakes();
-    let resumed_since_ms = unix_ms() - 1;
+    let resumed_since_ms = gateway::clock::now_ms() - 1;
     let mark = roles.mark();
     let outcome = swarm.storm(&configs, &target, &plan.storm).await?;
     let resumed = storm_report(
@@ -441,10 +425,10 @@ async fn measure(
             setup: format!(
                 "{} declared read-only (they skip the idempotency ledger, as the demo configures them), every \
                  vehicle of the storm still connected, SQLite (session registry) on disk",
-                if plan.read_only_methods.is_empty() {
+                if plan.brokers.read_only_methods.is_empty() {
                     "no method".to_owned()
                 } else {
-                    plan.read_only_methods.join(" and ")
+                    plan.brokers.read_only_methods.join(" and ")
                 }
             ),
             raw,
@@ -514,7 +498,12 @@ async fn traffic_run(
     scenario: &str,
 ) -> TrafficReport {
     let mark = roles.mark();
-    let outcome = traffic::run(swarm, active, workload, load, plan.duration, plan.warmup).await;
+    let schedule = Schedule {
+        load,
+        duration: plan.duration,
+        warmup: plan.warmup,
+    };
+    let outcome = traffic::run(swarm, active, workload, schedule).await;
     TrafficReport::new(scenario, load.describe(), outcome, roles.since(&mark))
 }
 
@@ -624,18 +613,7 @@ async fn settle(roles: &Roles, limit: Duration) -> Option<f64> {
     }
 }
 
-fn unix_ms() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as i64)
-}
-
 /// Writes `report.json` and `report.md` into `out`.
 pub fn write_report(report: &Report, out: &Path) -> Result<(PathBuf, PathBuf)> {
-    std::fs::create_dir_all(out).with_context(|| format!("create {}", out.display()))?;
-    let json = out.join("report.json");
-    let md = out.join("report.md");
-    std::fs::write(&json, serde_json::to_string_pretty(report)? + "\n")?;
-    std::fs::write(&md, report.markdown())?;
-    Ok((json, md))
+    crate::report::write_files(out, "report", report, &report.markdown())
 }

@@ -11,8 +11,7 @@ impl Report {
 
     pub(crate) fn targets_md(&self, md: &mut String) {
         let _ = writeln!(md, "## Targets from the issue\n");
-        let _ = writeln!(md, "| target | measured | verdict |");
-        let _ = writeln!(md, "|---|---|---|");
+        crate::report::table_head(md, "| target | measured | verdict |");
         let gw = self.broker("gateway");
         let mq = self.broker("mosquitto");
         for kind in ["full", "resumed"] {

@@ -159,6 +159,18 @@ impl Load {
     }
 }
 
+/// How a run offers its messages: at what load, for how long, and how much of its start is
+/// left out of the figures.
+#[derive(Debug, Clone, Copy)]
+pub struct Schedule {
+    /// Open or closed loop.
+    pub load: Load,
+    /// How long messages are sent.
+    pub duration: Duration,
+    /// The first part of it not counted in latency or throughput.
+    pub warmup: Duration,
+}
+
 /// What a traffic run measured.
 #[derive(Debug, Clone, Default, Serialize)]
 pub struct TrafficOutcome {
@@ -206,16 +218,9 @@ pub async fn prepare(swarm: &mut Swarm, active: &[usize], workload: &dyn Workloa
     swarm.subscribe(active, |vin| vec![workload.reply_filter(vin)]).await
 }
 
-/// Runs `workload` on the `active` vehicles for `duration` with `load`.
-pub async fn run(
-    swarm: &mut Swarm,
-    active: &[usize],
-    workload: &dyn Workload,
-    load: Load,
-    duration: Duration,
-    warmup: Duration,
-) -> TrafficOutcome {
-    run_with(swarm, active, workload, load, duration, warmup, &mut |_, _| {}).await
+/// Runs `workload` on the `active` vehicles as `schedule` says.
+pub async fn run(swarm: &mut Swarm, active: &[usize], workload: &dyn Workload, schedule: Schedule) -> TrafficOutcome {
+    run_with(swarm, active, workload, schedule, &mut |_, _| {}).await
 }
 
 /// A message that is not an answer of the workload, seen by [`run_with`]'s caller: the
@@ -237,11 +242,10 @@ pub async fn run_with(
     swarm: &mut Swarm,
     active: &[usize],
     workload: &dyn Workload,
-    load: Load,
-    duration: Duration,
-    warmup: Duration,
+    schedule: Schedule,
     other: &mut dyn FnMut(&Swarm, Other<'_>),
 ) -> TrafficOutcome {
+    let Schedule { load, duration, warmup } = schedule;
     let topics: Vec<String> = active.iter().map(|&i| workload.publish_topic(swarm.vin(i))).collect();
     let slot_of: HashMap<usize, usize> = active.iter().enumerate().map(|(slot, &i)| (i, slot)).collect();
     let m = active.len().max(1);

@@ -13,7 +13,7 @@ use crate::fleet::{Fleet, HandshakeCounter};
 use crate::procfs::Roles;
 use crate::report::TrafficReport;
 use crate::swarm::{StormSettings, Swarm, Target};
-use crate::traffic::{self, Echo, Load, ParkingRequests, Workload};
+use crate::traffic::{self, Echo, Load, ParkingRequests, Schedule, Workload};
 
 /// One round: traffic from the connected vehicles while the others storm in.
 #[derive(Debug, Clone, Serialize)]
@@ -86,15 +86,12 @@ pub async fn served_during_storm(
                 Ok(outcome)
             })
         });
-        let outcome = traffic::run(
-            &mut senders,
-            &all,
-            workload,
-            Load::Rate(plan.rate),
-            plan.duration,
-            Duration::ZERO,
-        )
-        .await;
+        let schedule = Schedule {
+            load: Load::Rate(plan.rate),
+            duration: plan.duration,
+            warmup: Duration::ZERO,
+        };
+        let outcome = traffic::run(&mut senders, &all, workload, schedule).await;
         let cpu = roles.since(&mark);
         let stormed = tokio::task::spawn_blocking(move || storm.join())
             .await?
@@ -126,11 +123,10 @@ pub fn markdown(md: &mut String, reports: &[UnderStormReport]) {
         "\n## Connected vehicles during a connect storm (admission control)\n\n\
          The first vehicles stay connected and send while all the others connect at once with full TLS handshakes.\n"
     );
-    let _ = writeln!(
+    crate::report::table_head(
         md,
-        "| broker | traffic | load | senders | sent | errors | unanswered | p50 ms | p99 ms | max ms | storm: vehicles connected | failed attempts | connects/s | storm s |"
+        "| broker | traffic | load | senders | sent | errors | unanswered | p50 ms | p99 ms | max ms | storm: vehicles connected | failed attempts | connects/s | storm s |",
     );
-    let _ = writeln!(md, "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|");
     for r in reports {
         let o = &r.traffic.outcome;
         let _ = writeln!(

@@ -10,7 +10,7 @@ use std::time::Duration;
 use fleet_bench::abuse::AbusePlan;
 use fleet_bench::abuser::{Abuse, AbuseSizes};
 use fleet_bench::agents::Mix;
-use fleet_bench::brokers::GatewayLaunch;
+use fleet_bench::brokers::{BrokerSetup, GatewayLaunch};
 use fleet_bench::report::TrafficReport;
 use fleet_bench::restart::RestartPlan;
 use fleet_bench::run::{LedgerRun, Plan, run, traffic_overrides, write_report};
@@ -56,11 +56,13 @@ async fn every_scenario_produces_figures_and_no_failures() {
         agents: 2,
         agent_rates: vec![10.0],
         agent_mix: Mix::default(),
-        gateway: Some(GatewayLaunch::InProcess),
-        adapter_bin: None,
-        mosquitto: mosquitto.clone(),
-        db_dir: work.path().join("db"),
-        read_only_methods: vec!["ListNearbyLots".into(), "GetReceipt".into()],
+        brokers: BrokerSetup {
+            gateway: Some(GatewayLaunch::InProcess),
+            adapter_bin: None,
+            mosquitto: mosquitto.clone(),
+            db_dir: work.path().join("db"),
+            read_only_methods: vec!["ListNearbyLots".into(), "GetReceipt".into()],
+        },
         ledger_runs: vec![LedgerRun {
             label: "disk".into(),
             db_dir: work.path().join("ledger-db"),

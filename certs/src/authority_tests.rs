@@ -98,6 +98,41 @@ fn assert_chains_through(issued: &IssuedCert, ca: &CertificateAuthority, which: 
     assert_signed_by(&parse(&chain[1]), ca.root_cert_pem());
 }
 
+/// What a leaf certificate must say: whom it names, in which role, for which uses, and the
+/// issuing CA it chains through.
+struct Profile<'a> {
+    common_name: &'a str,
+    role: &'a str,
+    /// (clientAuth, serverAuth)
+    eku: (bool, bool),
+    issuer: IssuingCa,
+}
+
+impl<'a> Profile<'a> {
+    /// A client certificate of `role` for `common_name`, issued by `issuer`.
+    fn client(common_name: &'a str, role: &'a str, issuer: IssuingCa) -> Profile<'a> {
+        Profile {
+            common_name,
+            role,
+            eku: (true, false),
+            issuer,
+        }
+    }
+}
+
+/// Checks `issued` against `profile` and returns its DER, for the caller's own checks.
+#[track_caller]
+fn assert_profile(issued: &IssuedCert, ca: &CertificateAuthority, profile: Profile<'_>) -> Vec<u8> {
+    let der = der(&issued.cert_pem);
+    let cert = parse(&der);
+    assert_eq!(common_name(&cert), profile.common_name);
+    assert_eq!(role(&cert).as_deref(), Some(profile.role));
+    assert_eq!(eku(&cert), profile.eku);
+    assert_leaf(&cert);
+    assert_chains_through(issued, ca, profile.issuer);
+    der
+}
+
 fn path_length(cert: &X509Certificate<'_>) -> Option<u32> {
     let bc = cert.basic_constraints().unwrap().expect("basic constraints").value;
     assert!(bc.ca);
@@ -143,14 +178,9 @@ fn issuing_cas_are_distinct_intermediates_that_sign_leaves_only() {
 fn vehicle_certificate_names_the_vin_and_only_allows_client_auth() {
     let ca = CertificateAuthority::generate().unwrap();
     let issued = ca.issue_vehicle(&vin()).unwrap();
-    let der = der(&issued.cert_pem);
+    let profile = Profile::client(VIN, proto::identity::VEHICLE_ROLE, IssuingCa::Vehicles);
+    let der = assert_profile(&issued, &ca, profile);
     let cert = parse(&der);
-
-    assert_eq!(common_name(&cert), VIN);
-    assert_eq!(role(&cert).as_deref(), Some(proto::identity::VEHICLE_ROLE));
-    assert_eq!(eku(&cert), (true, false));
-    assert_leaf(&cert);
-    assert_chains_through(&issued, &ca, IssuingCa::Vehicles);
     let days = (cert.validity().not_after.to_datetime() - OffsetDateTime::now_utc()).whole_days();
     assert!((824..=825).contains(&days), "{days} days");
     let started = OffsetDateTime::now_utc() - cert.validity().not_before.to_datetime();
@@ -217,29 +247,21 @@ fn gateway_certificate_is_a_server_certificate_for_localhost_and_extra_names() {
 fn gateway_client_certificate_is_a_client_certificate_of_its_own_role() {
     let ca = CertificateAuthority::generate().unwrap();
     let issued = ca.issue_gateway_client().unwrap();
-    let der = der(&issued.cert_pem);
-    let cert = parse(&der);
-
-    assert_eq!(common_name(&cert), GATEWAY_COMMON_NAME);
-    assert_eq!(role(&cert).as_deref(), Some(proto::identity::GATEWAY_CLIENT_ROLE));
-    assert_eq!(eku(&cert), (true, false));
-    assert_leaf(&cert);
-    assert_chains_through(&issued, &ca, IssuingCa::GatewayClients);
+    let profile = Profile::client(
+        GATEWAY_COMMON_NAME,
+        proto::identity::GATEWAY_CLIENT_ROLE,
+        IssuingCa::GatewayClients,
+    );
+    assert_profile(&issued, &ca, profile);
 }
 
 #[test]
 fn operator_certificate_is_a_client_certificate_of_its_own_role() {
     let ca = CertificateAuthority::generate().unwrap();
     let issued = ca.issue_operator("night-shift").unwrap();
-    let der = der(&issued.cert_pem);
-    let cert = parse(&der);
-
-    assert_eq!(common_name(&cert), "night-shift");
-    assert_eq!(role(&cert).as_deref(), Some(proto::identity::OPERATOR_ROLE));
-    assert_eq!(eku(&cert), (true, false));
-    assert_eq!(sans(&cert), Vec::<String>::new());
-    assert_leaf(&cert);
-    assert_chains_through(&issued, &ca, IssuingCa::Operators);
+    let profile = Profile::client("night-shift", proto::identity::OPERATOR_ROLE, IssuingCa::Operators);
+    let der = assert_profile(&issued, &ca, profile);
+    assert_eq!(sans(&parse(&der)), Vec::<String>::new());
 
     let err = ca.issue_operator("Night Shift").unwrap_err();
     assert!(err.to_string().contains("operator name"), "{err}");
@@ -269,15 +291,12 @@ fn gateway_refuses_names_that_are_neither_ip_nor_dns() {
 fn partner_certificate_is_client_and_server() {
     let ca = CertificateAuthority::generate().unwrap();
     let issued = ca.issue_partner("parking-1").unwrap();
-    let der = der(&issued.cert_pem);
-    let cert = parse(&der);
-
-    assert_eq!(common_name(&cert), "parking-1");
-    assert_eq!(role(&cert).as_deref(), Some(proto::identity::PARTNER_ROLE));
-    assert_eq!(eku(&cert), (true, true));
-    assert_eq!(sans(&cert), ["DNS:parking-1", "DNS:localhost", "IP:127.0.0.1"]);
-    assert_leaf(&cert);
-    assert_chains_through(&issued, &ca, IssuingCa::Partners);
+    let profile = Profile {
+        eku: (true, true),
+        ..Profile::client("parking-1", proto::identity::PARTNER_ROLE, IssuingCa::Partners)
+    };
+    let der = assert_profile(&issued, &ca, profile);
+    assert_eq!(sans(&parse(&der)), ["DNS:parking-1", "DNS:localhost", "IP:127.0.0.1"]);
 }
 
 #[test]
@@ -346,32 +365,51 @@ fn saved_ca_loads_and_issues_certificates_it_verifies() {
     }
 }
 
+/// A directory holding a new CA, as `certs init` leaves it.
+fn saved_ca() -> tempfile::TempDir {
+    let dir = tempfile::tempdir().unwrap();
+    CertificateAuthority::generate().unwrap().save(dir.path()).unwrap();
+    dir
+}
+
+/// A saved CA that lost `file`.
+fn saved_ca_without(file: &str) -> tempfile::TempDir {
+    let dir = saved_ca();
+    std::fs::remove_file(dir.path().join(file)).unwrap();
+    dir
+}
+
+/// A saved CA whose `files` were replaced by those of another CA.
+fn saved_ca_with_files_of_another(files: &[&str]) -> tempfile::TempDir {
+    let (dir, other) = (saved_ca(), saved_ca());
+    for file in files {
+        std::fs::copy(other.path().join(file), dir.path().join(file)).unwrap();
+    }
+    dir
+}
+
+/// Why the CA in `dir` does not load.
+fn load_error(dir: &tempfile::TempDir) -> CertsError {
+    CertificateAuthority::load(dir.path()).unwrap_err()
+}
+
 #[test]
 fn loading_without_a_ca_names_the_missing_file_and_suggests_init() {
     let dir = tempfile::tempdir().unwrap();
-    let err = CertificateAuthority::load(dir.path()).unwrap_err();
-    let message = err.to_string();
+    let message = load_error(&dir).to_string();
     assert!(
         message.contains(&dir.path().join("ca.pem").display().to_string()),
         "{message}"
     );
     assert!(message.contains("certs init"), "{message}");
 
-    CertificateAuthority::generate().unwrap().save(dir.path()).unwrap();
-    std::fs::remove_file(dir.path().join("ca.key")).unwrap();
-    let err = CertificateAuthority::load(dir.path()).unwrap_err();
+    let err = load_error(&saved_ca_without("ca.key"));
     assert!(err.to_string().contains("ca.key"), "{err}");
 }
 
 #[test]
 fn loading_a_ca_with_someone_elses_key_fails() {
-    let dir = tempfile::tempdir().unwrap();
-    let other = tempfile::tempdir().unwrap();
-    CertificateAuthority::generate().unwrap().save(dir.path()).unwrap();
-    CertificateAuthority::generate().unwrap().save(other.path()).unwrap();
-    std::fs::copy(other.path().join("ca.key"), dir.path().join("ca.key")).unwrap();
-
-    let err = CertificateAuthority::load(dir.path()).unwrap_err();
+    let err = load_error(&saved_ca_with_files_of_another(&["ca.key"]));
     assert!(matches!(err, CertsError::KeyMismatch { .. }), "{err}");
 }
 
@@ -379,24 +417,15 @@ fn loading_a_ca_with_someone_elses_key_fails() {
 fn loading_a_leaf_as_ca_fails() {
     let dir = tempfile::tempdir().unwrap();
     let ca = CertificateAuthority::generate().unwrap();
-    let leaf = ca.issue_vehicle(&vin()).unwrap();
-    leaf.write(dir.path(), "ca").unwrap();
+    ca.issue_vehicle(&vin()).unwrap().write(dir.path(), "ca").unwrap();
 
-    let err = CertificateAuthority::load(dir.path()).unwrap_err();
+    let err = load_error(&dir);
     assert!(matches!(err, CertsError::BadCaCert { .. }), "{err}");
 }
 
 #[test]
 fn loading_an_issuing_ca_of_another_root_fails() {
-    let dir = tempfile::tempdir().unwrap();
-    let other = tempfile::tempdir().unwrap();
-    CertificateAuthority::generate().unwrap().save(dir.path()).unwrap();
-    CertificateAuthority::generate().unwrap().save(other.path()).unwrap();
-    for file in ["partners-ca.pem", "partners-ca.key"] {
-        std::fs::copy(other.path().join(file), dir.path().join(file)).unwrap();
-    }
-
-    let err = CertificateAuthority::load(dir.path()).unwrap_err();
+    let err = load_error(&saved_ca_with_files_of_another(&["partners-ca.pem", "partners-ca.key"]));
     assert!(
         matches!(err, CertsError::BadCaCert { ref path, .. } if path.ends_with("partners-ca.pem")),
         "{err}"
@@ -406,11 +435,7 @@ fn loading_an_issuing_ca_of_another_root_fails() {
 
 #[test]
 fn loading_without_an_issuing_ca_names_it() {
-    let dir = tempfile::tempdir().unwrap();
-    CertificateAuthority::generate().unwrap().save(dir.path()).unwrap();
-    std::fs::remove_file(dir.path().join("gateway-clients-ca.key")).unwrap();
-
-    let err = CertificateAuthority::load(dir.path()).unwrap_err();
+    let err = load_error(&saved_ca_without("gateway-clients-ca.key"));
     assert!(matches!(err, CertsError::CaMissing { .. }), "{err}");
     assert!(err.to_string().contains("gateway-clients-ca.key"), "{err}");
 }

@@ -64,6 +64,18 @@ fn pem_blocks(pem_path: &Path) -> usize {
     x509_parser::pem::Pem::iter_from_buffer(&pem).count()
 }
 
+/// A directory holding a PKI made by `certs init`.
+fn initialised_pki() -> tempfile::TempDir {
+    let dir = tempfile::tempdir().unwrap();
+    assert_success(&certs(&["init", "--out", arg(dir.path())]));
+    dir
+}
+
+/// Runs `certs` with `args` and `--out dir`, which must fail: what it said.
+fn refusal(args: &[&str], dir: &Path) -> String {
+    assert_failure(&certs(&[args, &["--out", arg(dir)]].concat()))
+}
+
 #[cfg(unix)]
 fn assert_private(path: &Path) {
     use std::os::unix::fs::PermissionsExt;
@@ -157,11 +169,10 @@ fn init_then_vehicle_and_partner() {
 
 #[test]
 fn init_refuses_to_replace_a_ca_without_force() {
-    let dir = tempfile::tempdir().unwrap();
-    assert_success(&certs(&["init", "--out", arg(dir.path())]));
+    let dir = initialised_pki();
     let before = std::fs::read(dir.path().join("ca.pem")).unwrap();
 
-    let err = assert_failure(&certs(&["init", "--out", arg(dir.path())]));
+    let err = refusal(&["init"], dir.path());
     assert!(err.contains("already exists") && err.contains("--force"), "{err}");
     assert_eq!(std::fs::read(dir.path().join("ca.pem")).unwrap(), before);
 
@@ -171,13 +182,12 @@ fn init_refuses_to_replace_a_ca_without_force() {
 
 #[test]
 fn bad_vins_are_refused_with_the_reason() {
-    let dir = tempfile::tempdir().unwrap();
-    assert_success(&certs(&["init", "--out", arg(dir.path())]));
+    let dir = initialised_pki();
 
-    let err = assert_failure(&certs(&["vehicle", "WBA3B5C50DF12345I", "--out", arg(dir.path())]));
+    let err = refusal(&["vehicle", "WBA3B5C50DF12345I"], dir.path());
     assert!(err.contains("'I'") && err.contains("position 17"), "{err}");
 
-    let err = assert_failure(&certs(&["vehicle", "WBA3B5C50DF12345", "--out", arg(dir.path())]));
+    let err = refusal(&["vehicle", "WBA3B5C50DF12345"], dir.path());
     assert!(err.contains("17 characters") && err.contains("has 16"), "{err}");
 
     assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 14, "files were written");
@@ -186,7 +196,7 @@ fn bad_vins_are_refused_with_the_reason() {
 #[test]
 fn vehicle_without_a_ca_explains_how_to_create_one() {
     let dir = tempfile::tempdir().unwrap();
-    let err = assert_failure(&certs(&["vehicle", VIN, "--out", arg(dir.path())]));
+    let err = refusal(&["vehicle", VIN], dir.path());
     assert!(err.contains("ca.pem") && err.contains("certs init"), "{err}");
     assert!(!dir.path().join(format!("{VIN}.pem")).exists());
 }
@@ -194,30 +204,28 @@ fn vehicle_without_a_ca_explains_how_to_create_one() {
 #[test]
 fn bad_partner_names_are_refused() {
     let dir = tempfile::tempdir().unwrap();
-    let err = assert_failure(&certs(&["partner", "Parking", "--out", arg(dir.path())]));
+    let err = refusal(&["partner", "Parking"], dir.path());
     assert!(err.contains("partner name") && err.contains("'P'"), "{err}");
 }
 
 #[test]
 fn bad_operator_names_are_refused() {
-    let dir = tempfile::tempdir().unwrap();
-    assert_success(&certs(&["init", "--out", arg(dir.path())]));
-    let err = assert_failure(&certs(&["operator", "ops.team", "--out", arg(dir.path())]));
+    let dir = initialised_pki();
+    let err = refusal(&["operator", "ops.team"], dir.path());
     assert!(err.contains("operator name") && err.contains("'.'"), "{err}");
     assert!(!dir.path().join("ops.team.pem").exists());
 }
 
 #[test]
 fn a_pki_from_before_issuing_cas_is_reported_with_the_way_out() {
-    let dir = tempfile::tempdir().unwrap();
-    assert_success(&certs(&["init", "--out", arg(dir.path())]));
+    let dir = initialised_pki();
     std::fs::remove_file(dir.path().join("vehicles-ca.pem")).unwrap();
     std::fs::remove_file(dir.path().join("vehicles-ca.key")).unwrap();
 
-    let err = assert_failure(&certs(&["vehicle", VIN, "--out", arg(dir.path())]));
+    let err = refusal(&["vehicle", VIN], dir.path());
     assert!(err.contains("vehicles-ca.pem") && err.contains("--force"), "{err}");
 
-    let err = assert_failure(&certs(&["init", "--out", arg(dir.path())]));
+    let err = refusal(&["init"], dir.path());
     assert!(err.contains("already exists"), "{err}");
     assert_success(&certs(&["init", "--out", arg(dir.path()), "--force"]));
     assert_success(&certs(&["vehicle", VIN, "--out", arg(dir.path())]));
@@ -226,7 +234,7 @@ fn a_pki_from_before_issuing_cas_is_reported_with_the_way_out() {
 #[test]
 fn bad_gateway_names_are_refused() {
     let dir = tempfile::tempdir().unwrap();
-    let err = assert_failure(&certs(&["init", "--out", arg(dir.path()), "--name", "no spaces"]));
+    let err = refusal(&["init", "--name", "no spaces"], dir.path());
     assert!(err.contains("\"no spaces\""), "{err}");
 }
 

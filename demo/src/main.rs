@@ -134,20 +134,17 @@ async fn main() -> Result<()> {
 }
 
 async fn drive_to_the_bund_and_park(app: &mut ParkingPaymentClient<Channel>) -> Result<()> {
-    let t = Instant::now();
-    let lots = app
-        .list_nearby_lots(ListNearbyLotsRequest {
-            near: Some(GeoPoint {
-                latitude: 31.2400,
-                longitude: 121.4900,
-            }),
-            radius_m: 5_000,
-            max_results: 3,
-        })
-        .await?
-        .into_inner()
-        .lots;
-    step(1, "ListNearbyLots", format!("{} lots", lots.len()), t);
+    let near_the_bund = ListNearbyLotsRequest {
+        near: Some(GeoPoint {
+            latitude: 31.2400,
+            longitude: 121.4900,
+        }),
+        radius_m: 5_000,
+        max_results: 3,
+    };
+    let (nearby, took) = timed(app.list_nearby_lots(near_the_bund)).await?;
+    let lots = nearby.lots;
+    step(1, "ListNearbyLots", format!("{} lots", lots.len()), took);
     for lot in &lots {
         let price = lot.price_per_hour.as_ref().map_or(0, |p| p.amount_minor);
         println!(
@@ -159,38 +156,40 @@ async fn drive_to_the_bund_and_park(app: &mut ParkingPaymentClient<Channel>) -> 
         );
     }
     let lot = lots.first().context("no lot nearby")?;
-    let t = Instant::now();
-    let session = app
-        .start_session(StartSessionRequest {
-            lot_id: lot.lot_id.clone(),
-            plate: "沪A12345".into(),
-        })
-        .await?
-        .into_inner()
-        .session
-        .context("no session")?;
-    step(2, "StartSession", format!("{} at {}", session.session_id, lot.name), t);
-    let t = Instant::now();
-    let ended = app
-        .end_session(EndSessionRequest {
-            session_id: session.session_id.clone(),
-        })
-        .await?
-        .into_inner();
+    let parking = StartSessionRequest {
+        lot_id: lot.lot_id.clone(),
+        plate: "沪A12345".into(),
+    };
+    let (started, took) = timed(app.start_session(parking)).await?;
+    let session = started.session.context("no session")?;
+    step(
+        2,
+        "StartSession",
+        format!("{} at {}", session.session_id, lot.name),
+        took,
+    );
+    let (ended, took) = timed(app.end_session(EndSessionRequest {
+        session_id: session.session_id.clone(),
+    }))
+    .await?;
     let receipt = ended.receipt.context("no receipt")?;
     let fee = receipt.fee.as_ref().map_or(0, |f| f.amount_minor);
     let paid = format!("fee ¥{}.{:02}, receipt {}", fee / 100, fee % 100, receipt.receipt_id);
-    step(3, "EndSession", paid, t);
-    let t = Instant::now();
-    let again = app
-        .get_receipt(GetReceiptRequest {
-            receipt_id: receipt.receipt_id.clone(),
-        })
-        .await?
-        .into_inner();
+    step(3, "EndSession", paid, took);
+    let (again, took) = timed(app.get_receipt(GetReceiptRequest {
+        receipt_id: receipt.receipt_id.clone(),
+    }))
+    .await?;
     let by = format!("{} paid by {}", again.receipt_id, again.payment_reference);
-    step(4, "GetReceipt", by, t);
+    step(4, "GetReceipt", by, took);
     Ok(())
+}
+
+/// The answer to `call` and how long it took.
+async fn timed<T>(call: impl Future<Output = Result<tonic::Response<T>, tonic::Status>>) -> Result<(T, Duration)> {
+    let t = Instant::now();
+    let answer = call.await?.into_inner();
+    Ok((answer, t.elapsed()))
 }
 
 /// Sequential round trips app -> agent -> gateway -> adapter -> back; prints percentiles.
@@ -229,12 +228,8 @@ async fn bench(app: &mut ParkingPaymentClient<Channel>, n: usize) -> Result<()> 
 }
 
 /// Prints step `n` of the round trip: the method called, what came back, how long it took.
-fn step(n: u32, method: &str, outcome: String, t: Instant) {
-    println!("{n}. {method:<16}-> {outcome} ({:.1} ms)", ms(t));
-}
-
-fn ms(t: Instant) -> f64 {
-    t.elapsed().as_secs_f64() * 1e3
+fn step(n: u32, method: &str, outcome: String, took: Duration) {
+    println!("{n}. {method:<16}-> {outcome} ({:.1} ms)", took.as_secs_f64() * 1e3);
 }
 
 /// The demo's files: a development PKI plus sample configs for running the binaries yourself.

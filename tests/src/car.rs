@@ -11,6 +11,7 @@ use bytes::BytesMut;
 use prost::Message;
 use proto::Vin;
 use proto::parking::v1::parking_payment_client::ParkingPaymentClient;
+use proto::parking::v1::{EndSessionRequest, EndSessionResponse};
 use proto::vehicle::v1::{Code, Event, EventAck, Response};
 use rumqttc::mqttbytes::v4::Packet as WirePacket;
 use rumqttc::{AsyncClient, EventLoop, MqttOptions, Packet, QoS, SubscribeReasonCode, TlsConfiguration, Transport};
@@ -97,6 +98,14 @@ pub async fn park_from_the_app(app: &mut ParkingPaymentClient<Channel>) -> proto
         .into_inner()
         .session
         .expect("a started session")
+}
+
+/// Ends session `session_id` from an in-car app, which pays for it, and returns the answer.
+pub async fn pay_from_the_app(app: &mut ParkingPaymentClient<Channel>, session_id: &str) -> EndSessionResponse {
+    let pay = EndSessionRequest {
+        session_id: session_id.into(),
+    };
+    app.end_session(pay).await.expect("the session ends").into_inner()
 }
 
 /// A stock MQTT 3.1.1 client over mTLS, for tests that play a misbehaving car.

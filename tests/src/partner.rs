@@ -125,8 +125,13 @@ pub fn partner_entry(pki: &TestPki, service: &str, addr: SocketAddr) -> PartnerC
 
 /// The parking the tests' driver does: lot `lot-bund-01` in Shanghai, plate 沪A12345.
 pub fn parking_at_the_bund() -> StartSessionRequest {
+    parking_at("lot-bund-01")
+}
+
+/// The tests' driver (plate 沪A12345) parking at `lot_id`.
+pub fn parking_at(lot_id: &str) -> StartSessionRequest {
     StartSessionRequest {
-        lot_id: "lot-bund-01".into(),
+        lot_id: lot_id.into(),
         plate: "沪A12345".into(),
     }
 }

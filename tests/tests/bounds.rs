@@ -44,6 +44,35 @@ fn publish(topic: &str, qos: QoS, pkid: u16, payload: &[u8], retain: bool) -> Pa
     Packet::Publish(publish)
 }
 
+/// A gateway allowing each car `per_second` packets a second, in bursts of as many, and
+/// disconnecting a car that stays over that rate for `flooding_for`.
+async fn a_gateway_allowing_packets(per_second: u32, flooding_for: Duration) -> Platform {
+    Platform::start_with(|c| {
+        c.mqtt.max_packets_per_second = rate(per_second);
+        c.mqtt.packet_burst = rate(per_second);
+        c.mqtt.flood_disconnect_after = flooding_for;
+    })
+    .await
+}
+
+/// A gateway answering each car's requests at `per_second`, in bursts of `burst`.
+async fn a_gateway_allowing_requests(per_second: u32, burst: u32) -> Platform {
+    Platform::start_with(|c| {
+        c.requests.max_per_second_per_car = rate(per_second);
+        c.requests.burst_per_car = rate(burst);
+    })
+    .await
+}
+
+/// A gateway accepting `per_minute` connections of each car, in bursts of `burst`.
+async fn a_gateway_allowing_connects(per_minute: u32, burst: u32) -> Platform {
+    Platform::start_with(|c| {
+        c.mqtt.max_connects_per_minute = rate(per_minute);
+        c.mqtt.connect_burst = rate(burst);
+    })
+    .await
+}
+
 #[tokio::test]
 async fn a_car_holds_at_most_its_maximum_of_subscriptions() {
     let platform = Platform::start_with(|c| c.mqtt.max_subscriptions = 2).await;
@@ -250,12 +279,7 @@ async fn a_car_that_stops_acknowledging_is_disconnected_before_its_queue_exceeds
 
 #[tokio::test]
 async fn a_car_over_its_publish_rate_is_slowed_down_then_disconnected_for_flooding() {
-    let platform = Platform::start_with(|c| {
-        c.mqtt.max_packets_per_second = rate(20);
-        c.mqtt.packet_burst = rate(20);
-        c.mqtt.flood_disconnect_after = Duration::from_millis(500);
-    })
-    .await;
+    let platform = a_gateway_allowing_packets(20, Duration::from_millis(500)).await;
     let mut events = platform.connection_events();
     let mut car = WireCar::connect(&platform, VIN_A).await;
     // A burst within the burst allowance costs nothing.
@@ -290,11 +314,7 @@ async fn a_car_over_its_publish_rate_is_slowed_down_then_disconnected_for_floodi
 
 #[tokio::test]
 async fn requests_over_the_cars_rate_are_refused_with_resource_exhausted() {
-    let platform = Platform::start_with(|c| {
-        c.requests.max_per_second_per_car = rate(1);
-        c.requests.burst_per_car = rate(2);
-    })
-    .await;
+    let platform = a_gateway_allowing_requests(1, 2).await;
     let mut car = RawCar::connect(&platform, VIN_A).await;
     for i in 0..5 {
         car.publish_request(envelope(&format!("r{i}"), LIST, nearby_lots()))
@@ -372,11 +392,7 @@ async fn on_shutdown_the_gateway_closes_connections_without_sending_disconnect()
 
 #[tokio::test]
 async fn a_car_reconnecting_faster_than_its_connect_rate_gets_connack_3_and_no_log_row() {
-    let platform = Platform::start_with(|c| {
-        c.mqtt.max_connects_per_minute = rate(1);
-        c.mqtt.connect_burst = rate(2);
-    })
-    .await;
+    let platform = a_gateway_allowing_connects(1, 2).await;
     for _ in 0..2 {
         let mut car = WireCar::connect(&platform, VIN_A).await;
         car.send(&Packet::Disconnect).await;
@@ -414,12 +430,7 @@ async fn a_car_reconnecting_faster_than_its_connect_rate_gets_connack_3_and_no_l
 
 #[tokio::test]
 async fn subscribe_and_unsubscribe_count_toward_the_packet_rate() {
-    let platform = Platform::start_with(|c| {
-        c.mqtt.max_packets_per_second = rate(10);
-        c.mqtt.packet_burst = rate(10);
-        c.mqtt.flood_disconnect_after = Duration::from_millis(300);
-    })
-    .await;
+    let platform = a_gateway_allowing_packets(10, Duration::from_millis(300)).await;
     let mut events = platform.connection_events();
     let car = WireCar::connect(&platform, VIN_A).await;
     let flood = tokio::spawn(async move {

@@ -44,6 +44,25 @@ async fn listening_car(platform: &Platform, vin: &str) -> RawCar {
     car
 }
 
+/// Publishes `event` as `partner`, which must be accepted: its sequence number.
+async fn published(partner: &mut PartnerEventsClient<Channel>, event: PublishRequest) -> u64 {
+    partner.publish(event).await.expect("accepted").into_inner().sequence
+}
+
+/// The car `first` is for, listening for its events, once it has read `first` (sequence 1),
+/// which `partner` pushed to it, and not acknowledged it.
+async fn a_car_that_read(
+    platform: &Platform,
+    partner: &mut PartnerEventsClient<Channel>,
+    first: PublishRequest,
+) -> RawCar {
+    let vin = first.vin.clone();
+    partner.publish(first).await.unwrap();
+    let mut car = listening_car(platform, &vin).await;
+    assert_eq!(car.next_event().await.sequence, 1);
+    car
+}
+
 fn event(vin: &str, id: &str, kind: &str) -> PublishRequest {
     PublishRequest {
         vin: vin.into(),
@@ -62,12 +81,7 @@ async fn events_pushed_while_the_car_is_away_arrive_in_order_when_it_connects() 
         .iter()
         .enumerate()
     {
-        let seq = partner
-            .publish(event(VIN_A, &format!("e{i}"), kind))
-            .await
-            .expect("accepted")
-            .into_inner()
-            .sequence;
+        let seq = published(&mut partner, event(VIN_A, &format!("e{i}"), kind)).await;
         assert_eq!(seq, i as u64 + 1);
     }
     // Listen before the agent connects, so no event can slip past.
@@ -92,10 +106,7 @@ async fn events_pushed_while_the_car_is_away_arrive_in_order_when_it_connects() 
 #[tokio::test]
 async fn unacknowledged_events_are_redelivered_after_reconnect_and_acked_ones_are_not() {
     let (platform, mut partner) = platform_and_parking_partner().await;
-    partner.publish(event(VIN_A, "gate-1", "session.ended")).await.unwrap();
-
-    let mut car = listening_car(&platform, VIN_A).await;
-    assert_eq!(car.next_event().await.sequence, 1);
+    let car = a_car_that_read(&platform, &mut partner, event(VIN_A, "gate-1", "session.ended")).await;
     drop(car); // gone without acknowledging
 
     let mut car = listening_car(&platform, VIN_A).await;
@@ -118,25 +129,10 @@ async fn unacknowledged_events_are_redelivered_after_reconnect_and_acked_ones_ar
 #[tokio::test]
 async fn publishing_the_same_event_id_twice_stores_it_once() {
     let (_platform, mut partner) = platform_and_parking_partner().await;
-    let a = partner
-        .publish(event(VIN_A, "same", "x"))
-        .await
-        .unwrap()
-        .into_inner()
-        .sequence;
-    let b = partner
-        .publish(event(VIN_A, "same", "x"))
-        .await
-        .unwrap()
-        .into_inner()
-        .sequence;
+    let a = published(&mut partner, event(VIN_A, "same", "x")).await;
+    let b = published(&mut partner, event(VIN_A, "same", "x")).await;
     assert_eq!(a, b);
-    let c = partner
-        .publish(event(VIN_A, "other", "x"))
-        .await
-        .unwrap()
-        .into_inner()
-        .sequence;
+    let c = published(&mut partner, event(VIN_A, "other", "x")).await;
     assert_eq!(c, a + 1);
 }
 
@@ -265,9 +261,7 @@ async fn a_partner_over_its_publish_rate_gets_resource_exhausted() {
 #[tokio::test]
 async fn one_cars_ack_flood_does_not_delay_another_cars_events() {
     let (platform, mut partner) = platform_and_parking_partner().await;
-    partner.publish(event(VIN_A, "a-1", "x")).await.unwrap();
-    let mut flooder = listening_car(&platform, VIN_A).await;
-    assert_eq!(flooder.next_event().await.sequence, 1);
+    let flooder = a_car_that_read(&platform, &mut partner, event(VIN_A, "a-1", "x")).await;
     let mut car = listening_car(&platform, VIN_B).await;
 
     // Car A acknowledges over and over, at QoS 0, as fast as its publish rate lets it.

@@ -3,7 +3,7 @@
 
 use integration_tests::*;
 use prost::Message;
-use proto::parking::v1::{EndSessionRequest, EndSessionResponse};
+use proto::parking::v1::EndSessionRequest;
 use proto::vehicle::v1::Code;
 
 fn end(session_id: &str) -> Vec<u8> {
@@ -74,13 +74,7 @@ async fn a_partner_failing_the_first_attempt_is_retried_and_charges_once() {
     let (platform, partner) = Platform::start_scripted(ScriptedParking::failing_first_end).await;
     let (car, mut app) = platform.car_and_app(VIN_A).await;
     let session = park_from_the_app(&mut app).await;
-    let ended: EndSessionResponse = app
-        .end_session(EndSessionRequest {
-            session_id: session.session_id,
-        })
-        .await
-        .expect("ends")
-        .into_inner();
+    let ended = pay_from_the_app(&mut app, &session.session_id).await;
     assert!(ended.receipt.is_some());
     assert_eq!(partner.end_calls(), 2, "first attempt failed, second succeeded");
     assert_eq!(platform.parking.charges(), 1);

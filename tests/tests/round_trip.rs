@@ -4,7 +4,7 @@
 use std::time::Duration;
 
 use integration_tests::*;
-use proto::parking::v1::{EndSessionRequest, GeoPoint, GetReceiptRequest, ListNearbyLotsRequest, StartSessionRequest};
+use proto::parking::v1::{EndSessionRequest, GeoPoint, GetReceiptRequest, ListNearbyLotsRequest};
 
 #[tokio::test]
 async fn an_in_car_app_pays_for_parking_through_the_agent() {
@@ -31,10 +31,7 @@ async fn an_in_car_app_pays_for_parking_through_the_agent() {
     );
 
     let session = app
-        .start_session(StartSessionRequest {
-            lot_id: lots[0].lot_id.clone(),
-            plate: "沪A12345".into(),
-        })
+        .start_session(parking_at(&lots[0].lot_id))
         .await
         .expect("session starts")
         .into_inner()
@@ -42,13 +39,7 @@ async fn an_in_car_app_pays_for_parking_through_the_agent() {
         .expect("session");
     assert_eq!(session.lot_id, lots[0].lot_id);
 
-    let ended = app
-        .end_session(EndSessionRequest {
-            session_id: session.session_id.clone(),
-        })
-        .await
-        .expect("session ends")
-        .into_inner();
+    let ended = pay_from_the_app(&mut app, &session.session_id).await;
     let receipt = ended.receipt.expect("receipt");
     assert!(receipt.fee.as_ref().expect("fee").amount_minor > 0);
 
@@ -69,10 +60,7 @@ async fn partner_errors_reach_the_app_with_their_code() {
     let platform = Platform::start().await;
     let (car, mut app) = platform.car_and_app(VIN_A).await;
     let err = app
-        .start_session(StartSessionRequest {
-            lot_id: "no-such-lot".into(),
-            plate: "沪A12345".into(),
-        })
+        .start_session(parking_at("no-such-lot"))
         .await
         .expect_err("unknown lot");
     assert_eq!(err.code(), tonic::Code::NotFound, "{err:?}");
@@ -87,10 +75,7 @@ async fn the_partner_learns_the_vin_from_the_certificate_not_the_payload() {
     let b = platform.agent(VIN_B).await;
     let session = in_car_app(&a)
         .await
-        .start_session(StartSessionRequest {
-            lot_id: "lot-jingan-01".into(),
-            plate: "沪A12345".into(),
-        })
+        .start_session(parking_at("lot-jingan-01"))
         .await
         .expect("A starts")
         .into_inner()

@@ -12,17 +12,37 @@ use common::Offline;
 use proto::MethodPath;
 use vehicle_agent::outbox::Lookup;
 use vehicle_agent::owner::Owner;
-use vehicle_agent::{CallIds, GatewayLink};
+use vehicle_agent::{AgentConfig, CallIds, GatewayLink};
 
 fn start() -> MethodPath {
     MethodPath::parse("/parking.v1.ParkingPayment/StartSession").unwrap()
 }
 
-/// A car whose gateway never answers, sending payloads of at most `max_payload_bytes`.
-fn offline_link(car: &Offline, max_payload_bytes: usize) -> GatewayLink {
+/// The configuration of `car`, whose gateway never answers, sending payloads of at most 1 KiB,
+/// with `change` made to it.
+fn offline_config(car: &Offline, change: impl FnOnce(&mut AgentConfig)) -> AgentConfig {
     let mut config = car.car_config();
-    config.max_payload_bytes = max_payload_bytes;
-    GatewayLink::start(&config).unwrap()
+    config.max_payload_bytes = 1024;
+    change(&mut config);
+    config
+}
+
+/// The link of `car`, whose gateway never answers, sending payloads of at most 1 KiB.
+fn offline_link(car: &Offline) -> GatewayLink {
+    GatewayLink::start(&offline_config(car, |_| {})).unwrap()
+}
+
+/// A car whose gateway never answers, and its link.
+fn an_offline_car() -> (Offline, GatewayLink) {
+    let car = Offline::new();
+    let link = offline_link(&car);
+    (car, link)
+}
+
+/// A StartSession with `request_id` and no payload, through `link`.
+async fn start_session(link: &GatewayLink, request_id: &str, timeout: Duration) -> Result<Bytes, tonic::Status> {
+    link.call_with_ids(&start(), Bytes::new(), timeout, ids(request_id))
+        .await
 }
 
 /// A StartSession through `link`, which must fail: its status.
@@ -41,8 +61,7 @@ fn anon() -> Owner {
 
 #[tokio::test]
 async fn oversize_payloads_are_refused_without_sending() {
-    let car = Offline::new();
-    let link = offline_link(&car, 1024);
+    let (_car, link) = an_offline_car();
     let payload = Bytes::from(vec![0u8; 1025]);
     // Refused on the first poll: nothing was queued, nothing waited for.
     let err = link
@@ -68,8 +87,7 @@ async fn oversize_payloads_are_refused_without_sending() {
 
 #[tokio::test]
 async fn idempotency_keys_are_limited_to_255_characters() {
-    let car = Offline::new();
-    let link = offline_link(&car, 1024);
+    let (_car, link) = an_offline_car();
     let long = "é".repeat(256);
     let err = link
         .call(&start(), Bytes::new(), Duration::from_secs(60), Some(long))
@@ -86,8 +104,7 @@ async fn idempotency_keys_are_limited_to_255_characters() {
 
 #[tokio::test]
 async fn deadline_says_the_link_was_down() {
-    let car = Offline::new();
-    let link = offline_link(&car, 1024);
+    let (_car, link) = an_offline_car();
     let err = failed_call(&link, Bytes::new(), Duration::from_millis(100), None).await;
     assert_eq!(err.code(), Code::DeadlineExceeded);
     assert_eq!(
@@ -114,8 +131,8 @@ async fn accepted_call(
 ) -> tokio::task::JoinHandle<Result<Bytes, tonic::Status>> {
     let before = link.pending_requests();
     let call = tokio::spawn({
-        let (link, ids) = (link.clone(), ids(request_id));
-        async move { link.call_with_ids(&start(), Bytes::new(), timeout, ids).await }
+        let (link, request_id) = (link.clone(), request_id.to_owned());
+        async move { start_session(&link, &request_id, timeout).await }
     });
     // The outbox write runs on the blocking pool; yield until it is done.
     while link.pending_requests() == before {
@@ -124,10 +141,16 @@ async fn accepted_call(
     call
 }
 
+/// Checks that `request_id` is the one request in `link`'s outbox and that no app waits for it.
+async fn assert_kept_without_a_caller(link: &GatewayLink, request_id: &str) {
+    assert_eq!(link.pending_calls(), 0);
+    assert_eq!(link.pending_requests(), 1);
+    assert_eq!(lookup(link, request_id).await, Lookup::Pending);
+}
+
 #[tokio::test]
 async fn shutdown_fails_waiting_calls_at_once_and_keeps_their_requests() {
-    let car = Offline::new();
-    let link = offline_link(&car, 1024);
+    let (car, link) = an_offline_car();
     let call = accepted_call(&link, "kept", Duration::from_secs(600)).await;
     link.shutdown().await;
     let err = call.await.unwrap().unwrap_err();
@@ -137,39 +160,31 @@ async fn shutdown_fails_waiting_calls_at_once_and_keeps_their_requests() {
     assert_eq!(link.pending_requests(), 1);
 
     // The next agent on the same state directory has it (shutdown released the directory).
-    let link = offline_link(&car, 1024);
-    assert_eq!(link.pending_requests(), 1);
-    assert_eq!(lookup(&link, "kept").await, Lookup::Pending);
+    let link = offline_link(&car);
+    assert_kept_without_a_caller(&link, "kept").await;
     link.shutdown().await;
 }
 
 #[tokio::test]
 async fn dropping_a_call_keeps_its_request() {
-    let car = Offline::new();
-    let link = offline_link(&car, 1024);
+    let (_car, link) = an_offline_car();
     let call = accepted_call(&link, "dropped", Duration::from_secs(600)).await;
     call.abort();
     let _ = call.await;
-    assert_eq!(link.pending_calls(), 0);
     // The driver's intent outlives the app's call.
-    assert_eq!(link.pending_requests(), 1);
-    assert_eq!(lookup(&link, "dropped").await, Lookup::Pending);
+    assert_kept_without_a_caller(&link, "dropped").await;
     link.shutdown().await;
 }
 
 #[tokio::test]
 async fn one_request_id_is_one_request() {
-    let car = Offline::new();
-    let link = offline_link(&car, 1024);
+    let (_car, link) = an_offline_car();
     assert_eq!(lookup(&link, "same").await, Lookup::Unknown);
     let first = accepted_call(&link, "same", Duration::from_millis(300)).await;
     // The app retries with the same x-request-id: it waits for the same request.
     let again = tokio::spawn({
         let link = link.clone();
-        async move {
-            link.call_with_ids(&start(), Bytes::new(), Duration::from_secs(60), ids("same"))
-                .await
-        }
+        async move { start_session(&link, "same", Duration::from_secs(60)).await }
     });
     while link.pending_calls() < 2 {
         tokio::task::yield_now().await;
@@ -184,10 +199,7 @@ async fn one_request_id_is_one_request() {
     assert_eq!(link.pending_requests(), 0);
 
     // Later calls with that id get the stored outcome without anything being sent.
-    let stored = link
-        .call_with_ids(&start(), Bytes::new(), Duration::from_secs(60), ids("same"))
-        .await
-        .unwrap_err();
+    let stored = start_session(&link, "same", Duration::from_secs(60)).await.unwrap_err();
     assert_eq!(stored.message(), first.message());
     let Lookup::Done(result) = lookup(&link, "same").await else {
         panic!("same is done");
@@ -199,11 +211,9 @@ async fn one_request_id_is_one_request() {
 
 #[tokio::test]
 async fn bad_request_ids_are_refused_at_once() {
-    let car = Offline::new();
-    let link = offline_link(&car, 1024);
+    let (_car, link) = an_offline_car();
     for bad in ["../x", "a b", &"x".repeat(129)] {
-        let err = link
-            .call_with_ids(&start(), Bytes::new(), Duration::from_secs(5), ids(bad))
+        let err = start_session(&link, bad, Duration::from_secs(5))
             .now_or_never()
             .expect("refused at once")
             .unwrap_err();
@@ -220,14 +230,9 @@ async fn bad_request_ids_are_refused_at_once() {
 #[tokio::test]
 async fn a_full_outbox_refuses_calls() {
     let car = Offline::new();
-    let mut config = car.car_config();
-    config.outbox_capacity = 1;
-    let link = GatewayLink::start(&config).unwrap();
+    let link = GatewayLink::start(&offline_config(&car, |c| c.outbox_capacity = 1)).unwrap();
     let _waiting = accepted_call(&link, "one", Duration::from_secs(600)).await;
-    let err = link
-        .call_with_ids(&start(), Bytes::new(), Duration::from_secs(600), ids("two"))
-        .await
-        .unwrap_err();
+    let err = start_session(&link, "two", Duration::from_secs(600)).await.unwrap_err();
     assert_eq!(err.code(), Code::ResourceExhausted);
     assert_eq!(err.message(), "outbox full: 1 requests waiting for the gateway");
     assert_eq!(lookup(&link, "two").await, Lookup::Unknown);
@@ -236,14 +241,12 @@ async fn a_full_outbox_refuses_calls() {
 
 #[tokio::test]
 async fn a_disk_failure_refuses_calls() {
-    let car = Offline::new();
-    let link = offline_link(&car, 1024);
+    let (car, link) = an_offline_car();
     // A regular file where the outbox directory was: writes fail, even for root.
     let outbox_dir = car.pki.state_dir().join("outbox");
     std::fs::remove_dir(&outbox_dir).unwrap();
     std::fs::write(&outbox_dir, b"").unwrap();
-    let err = link
-        .call_with_ids(&start(), Bytes::new(), Duration::from_secs(600), ids("lost"))
+    let err = start_session(&link, "lost", Duration::from_secs(600))
         .await
         .unwrap_err();
     assert_eq!(err.code(), Code::Unavailable);
@@ -256,10 +259,9 @@ async fn a_disk_failure_refuses_calls() {
 #[tokio::test]
 async fn an_unusable_state_dir_stops_the_start() {
     let car = Offline::new();
-    let mut config = car.car_config();
     let file = car.pki.dir.path().join("a-file");
     std::fs::write(&file, b"").unwrap();
-    config.state_dir = file.join("state");
+    let config = offline_config(&car, |c| c.state_dir = file.join("state"));
     let e = GatewayLink::start(&config).unwrap_err().to_string();
     assert!(
         e.starts_with("state_dir: cannot use ") && e.contains("a-file/state"),
@@ -267,7 +269,7 @@ async fn an_unusable_state_dir_stops_the_start() {
     );
 
     // Two agents never share one state directory.
-    let link = offline_link(&car, 1024);
+    let link = offline_link(&car);
     let e = GatewayLink::start(&car.car_config()).unwrap_err().to_string();
     assert!(e.contains("in use by another vehicle agent"), "{e}");
     link.shutdown().await;

@@ -40,6 +40,13 @@ fn open(dir: &Path, capacity: usize, now: u64) -> Outbox {
     Outbox::open(dir, capacity, DAY, now).unwrap()
 }
 
+/// A new outbox for `capacity` requests, opened at `T0`, and its directory.
+fn an_outbox(capacity: usize) -> (tempfile::TempDir, Outbox) {
+    let dir = tempfile::tempdir().unwrap();
+    let outbox = open(dir.path(), capacity, T0);
+    (dir, outbox)
+}
+
 /// Submits request `id` of the anonymous app, due in a minute: it must be accepted.
 fn accept(outbox: &Outbox, id: &str) {
     assert_eq!(
@@ -59,8 +66,7 @@ fn files(dir: &Path) -> Vec<String> {
 
 #[test]
 fn entries_and_results_survive_a_reload() {
-    let dir = tempfile::tempdir().unwrap();
-    let outbox = open(dir.path(), 10, T0);
+    let (dir, outbox) = an_outbox(10);
     assert_eq!(
         outbox.submit(req("b-first"), &anon(), T0 + 60_000, T0).unwrap(),
         Submitted::Accepted
@@ -115,8 +121,7 @@ fn entries_and_results_survive_a_reload() {
 
 #[test]
 fn corrupt_files_are_removed_and_the_rest_loads() {
-    let dir = tempfile::tempdir().unwrap();
-    let outbox = open(dir.path(), 10, T0);
+    let (dir, outbox) = an_outbox(10);
     accept(&outbox, "good");
     accept(&outbox, "answered");
     outbox.complete(&Response::ok("answered", vec![]), T0).unwrap();
@@ -145,8 +150,7 @@ fn corrupt_files_are_removed_and_the_rest_loads() {
 
 #[test]
 fn a_crash_between_result_and_removal_keeps_the_result() {
-    let dir = tempfile::tempdir().unwrap();
-    let outbox = open(dir.path(), 10, T0);
+    let (dir, outbox) = an_outbox(10);
     accept(&outbox, "r");
     let request_file = std::fs::read(dir.path().join("outbox/r.pb")).unwrap();
     outbox.complete(&Response::ok("r", b"x".to_vec()), T0 + 1).unwrap();
@@ -161,8 +165,7 @@ fn a_crash_between_result_and_removal_keeps_the_result() {
 
 #[test]
 fn a_full_outbox_refuses_new_requests() {
-    let dir = tempfile::tempdir().unwrap();
-    let outbox = open(dir.path(), 2, T0);
+    let (dir, outbox) = an_outbox(2);
     accept(&outbox, "a");
     accept(&outbox, "b");
     let err = outbox.submit(req("c"), &anon(), T0 + 60_000, T0).unwrap_err();
@@ -183,8 +186,7 @@ fn a_full_outbox_refuses_new_requests() {
 
 #[test]
 fn a_deadline_passed_while_stopped_becomes_deadline_exceeded() {
-    let dir = tempfile::tempdir().unwrap();
-    let outbox = open(dir.path(), 10, T0);
+    let (dir, outbox) = an_outbox(10);
     outbox.submit(req("late"), &anon(), T0 + 1_000, T0).unwrap();
     outbox.submit(req("still-on"), &anon(), T0 + 100_000, T0).unwrap();
     drop(outbox);
@@ -210,8 +212,7 @@ fn a_deadline_passed_while_stopped_becomes_deadline_exceeded() {
 
 #[test]
 fn a_failed_disk_write_refuses_the_request() {
-    let dir = tempfile::tempdir().unwrap();
-    let outbox = open(dir.path(), 10, T0);
+    let (dir, outbox) = an_outbox(10);
     // A regular file where the directory was: every write under it fails, even for root.
     let ob = dir.path().join("outbox");
     std::fs::remove_dir(&ob).unwrap();
@@ -233,8 +234,7 @@ fn a_failed_disk_write_refuses_the_request() {
 
 #[test]
 fn request_ids_must_be_safe_file_names() {
-    let dir = tempfile::tempdir().unwrap();
-    let outbox = open(dir.path(), 10, T0);
+    let (dir, outbox) = an_outbox(10);
     for bad in ["", "../escape", "a/b", "with space", "é", &"x".repeat(129)] {
         let err = outbox.submit(req(bad), &anon(), T0 + 1_000, T0).unwrap_err();
         assert_eq!(err.code(), Code::InvalidArgument, "{bad:?}");
@@ -253,8 +253,7 @@ fn request_ids_must_be_safe_file_names() {
 
 #[test]
 fn a_known_id_returns_its_result_and_keeps_its_method() {
-    let dir = tempfile::tempdir().unwrap();
-    let outbox = open(dir.path(), 10, T0);
+    let (_dir, outbox) = an_outbox(10);
     accept(&outbox, "r");
     let other = Request {
         method: "/parking.v1.ParkingPayment/GetReceipt".into(),

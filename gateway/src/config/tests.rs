@@ -15,6 +15,31 @@ fn files() -> (tempfile::TempDir, GatewayConfig) {
     (dir, c)
 }
 
+/// `validate`'s refusal of a valid configuration after `change`.
+fn refusal(change: impl FnOnce(&mut GatewayConfig)) -> String {
+    let (_d, mut c) = files();
+    change(&mut c);
+    c.validate().expect_err("refused").to_string()
+}
+
+/// Checks that `change` makes a valid configuration invalid, naming `field` first.
+#[track_caller]
+fn check_refused(change: impl FnOnce(&mut GatewayConfig), field: &str) {
+    let e = refusal(change);
+    assert!(e.starts_with(&format!("{field}:")), "{e}");
+}
+
+/// A `gateway.toml` in `dir` naming the files of `c` in `[tls]`, then `rest`.
+fn toml_file(dir: &tempfile::TempDir, c: &GatewayConfig, rest: &str) -> std::path::PathBuf {
+    let path = dir.path().join("gateway.toml");
+    let tls = format!(
+        "[tls]\ncert = {:?}\nkey = {:?}\nclient_ca = {:?}\n",
+        c.tls.cert, c.tls.key, c.tls.client_ca
+    );
+    std::fs::write(&path, tls + rest).unwrap();
+    path
+}
+
 fn partner(endpoint: &str) -> PartnerConfig {
     PartnerConfig {
         service: "parking.v1.ParkingPayment".into(),
@@ -42,88 +67,58 @@ fn defaults_are_valid() {
 
 #[test]
 fn missing_certificate_names_the_field() {
-    let (_d, mut c) = files();
-    c.tls.key = "/nonexistent/key.pem".into();
-    let e = c.validate().unwrap_err().to_string();
-    assert!(e.starts_with("tls.key:"), "{e}");
+    check_refused(|c| c.tls.key = "/nonexistent/key.pem".into(), "tls.key");
 }
 
 #[test]
 fn per_car_bounds_are_checked() {
-    let (_d, mut c) = files();
-    c.mqtt.max_subscriptions = 0;
-    assert!(
-        c.validate()
-            .unwrap_err()
-            .to_string()
-            .starts_with("mqtt.max_subscriptions:")
+    check_refused(|c| c.mqtt.max_subscriptions = 0, "mqtt.max_subscriptions");
+    check_refused(
+        |c| c.mqtt.packet_burst = NonZeroU32::new(1).unwrap(),
+        "mqtt.packet_burst",
     );
-    c.mqtt.max_subscriptions = 32;
-    c.mqtt.packet_burst = NonZeroU32::new(1).unwrap();
-    assert!(c.validate().unwrap_err().to_string().starts_with("mqtt.packet_burst:"));
-    c.mqtt.packet_burst = NonZeroU32::new(1000).unwrap();
-    c.requests.max_response_bytes = 2 << 20;
-    assert!(
-        c.validate()
-            .unwrap_err()
-            .to_string()
-            .starts_with("requests.max_response_bytes:")
+    check_refused(
+        |c| c.requests.max_response_bytes = 2 << 20,
+        "requests.max_response_bytes",
     );
-    c.requests.max_response_bytes = 1024;
-    c.mqtt.first_flight_timeout = Duration::ZERO;
-    assert!(
-        c.validate()
-            .unwrap_err()
-            .to_string()
-            .starts_with("mqtt.first_flight_timeout:")
+    check_refused(
+        |c| c.mqtt.first_flight_timeout = Duration::ZERO,
+        "mqtt.first_flight_timeout",
     );
-    c.mqtt.first_flight_timeout = Duration::from_secs(3);
-    c.storage.acquire_timeout = Duration::ZERO;
-    assert!(
-        c.validate()
-            .unwrap_err()
-            .to_string()
-            .starts_with("storage.acquire_timeout:")
+    check_refused(
+        |c| c.storage.acquire_timeout = Duration::ZERO,
+        "storage.acquire_timeout",
     );
 }
 
 #[test]
 fn session_limits_are_checked() {
-    let (_d, mut c) = files();
-    c.mqtt.max_requests_in_flight = 0;
-    let e = c.validate().unwrap_err().to_string();
-    assert!(e.starts_with("mqtt.max_requests_in_flight:"), "{e}");
-    c.mqtt.max_requests_in_flight = 64;
-    c.mqtt.handshake_threads = 1000;
-    let e = c.validate().unwrap_err().to_string();
-    assert!(e.starts_with("mqtt.handshake_threads:"), "{e}");
+    check_refused(|c| c.mqtt.max_requests_in_flight = 0, "mqtt.max_requests_in_flight");
+    check_refused(|c| c.mqtt.handshake_threads = 1000, "mqtt.handshake_threads");
 }
 
 #[test]
 fn partner_entries_are_checked() {
-    let (_d, mut c) = files();
-    c.partners = vec![partner("https://127.0.0.1:50061")];
-    assert!(c.validate().unwrap_err().to_string().contains("partners[0].ca_cert"));
-    c.partners = vec![partner("ftp://x:1")];
-    assert!(c.validate().unwrap_err().to_string().contains("partners[0].endpoint"));
-    c.partners = vec![partner("http://127.0.0.1:50061"), partner("http://127.0.0.1:50062")];
-    assert!(c.validate().unwrap_err().to_string().contains("configured twice"));
-    c.partners = vec![PartnerConfig {
+    let refused = |partners: Vec<PartnerConfig>| refusal(|c| c.partners = partners);
+    assert!(refused(vec![partner("https://127.0.0.1:50061")]).contains("partners[0].ca_cert"));
+    assert!(refused(vec![partner("ftp://x:1")]).contains("partners[0].endpoint"));
+    let twice = vec![partner("http://127.0.0.1:50061"), partner("http://127.0.0.1:50062")];
+    assert!(refused(twice).contains("configured twice"));
+    let misnamed = PartnerConfig {
         service: "Parking".into(),
         ..partner("http://127.0.0.1:1")
-    }];
-    assert!(c.validate().unwrap_err().to_string().contains("partners[0].service"));
+    };
+    assert!(refused(vec![misnamed]).contains("partners[0].service"));
 }
 
 #[test]
 fn toml_file_and_env_are_merged() {
     let (dir, c) = files();
-    let toml = format!(
-        "[tls]\ncert = {:?}\nkey = {:?}\nclient_ca = {:?}\n[mqtt]\nlisten = \"127.0.0.1:9999\"\n[[partners]]\nservice = \"parking.v1.ParkingPayment\"\nendpoint = \"http://127.0.0.1:50061\"\ntimeout = \"2s\"\n",
-        c.tls.cert, c.tls.key, c.tls.client_ca
+    let path = toml_file(
+        &dir,
+        &c,
+        "[mqtt]\nlisten = \"127.0.0.1:9999\"\n[[partners]]\nservice = \"parking.v1.ParkingPayment\"\nendpoint = \"http://127.0.0.1:50061\"\ntimeout = \"2s\"\n",
     );
-    let path = dir.path().join("gateway.toml");
-    std::fs::write(&path, toml).unwrap();
     let loaded = GatewayConfig::load(Some(&path)).unwrap();
     assert_eq!(loaded.mqtt.listen.port(), 9999);
     assert_eq!(loaded.partners[0].timeout, Some(Duration::from_secs(2)));
@@ -133,56 +128,32 @@ fn toml_file_and_env_are_merged() {
 #[test]
 fn partner_api_without_client_ca_names_the_field() {
     let (dir, c) = files();
-    let path = dir.path().join("gateway.toml");
-    std::fs::write(
-        &path,
-        format!(
-            "[tls]\ncert = {:?}\nkey = {:?}\nclient_ca = {:?}\n[partner_api]\nlisten = \"127.0.0.1:0\"\n",
-            c.tls.cert, c.tls.key, c.tls.client_ca
-        ),
-    )
-    .unwrap();
+    let without_ca = "[partner_api]\nlisten = \"127.0.0.1:0\"\n";
+    let path = toml_file(&dir, &c, without_ca);
     let e = GatewayConfig::load(Some(&path)).unwrap_err().to_string();
     assert!(e.starts_with("partner_api.client_ca: required"), "{e}");
     assert!(e.contains("partners-ca.pem"), "{e}");
 
-    std::fs::write(dir.path().join("partners-ca.pem"), "x").unwrap();
-    let with_ca = format!(
-        "{}client_ca = {:?}\n",
-        std::fs::read_to_string(&path).unwrap(),
-        dir.path().join("partners-ca.pem")
-    );
-    std::fs::write(&path, with_ca).unwrap();
+    let ca = dir.path().join("partners-ca.pem");
+    std::fs::write(&ca, "x").unwrap();
+    let path = toml_file(&dir, &c, &format!("{without_ca}client_ca = {ca:?}\n"));
     let loaded = GatewayConfig::load(Some(&path)).unwrap();
-    assert_eq!(
-        loaded.partner_api.unwrap().client_ca,
-        dir.path().join("partners-ca.pem")
-    );
+    assert_eq!(loaded.partner_api.unwrap().client_ca, ca);
 }
 
 #[test]
 fn partner_api_client_ca_must_exist() {
-    let (_d, mut c) = files();
-    c.partner_api = Some(PartnerApiConfig {
+    let partner_api = PartnerApiConfig {
         listen: "127.0.0.1:0".parse().unwrap(),
         client_ca: "/nonexistent/partners-ca.pem".into(),
-    });
-    let e = c.validate().unwrap_err().to_string();
-    assert!(e.starts_with("partner_api.client_ca:"), "{e}");
+    };
+    check_refused(|c| c.partner_api = Some(partner_api), "partner_api.client_ca");
 }
 
 #[test]
 fn unknown_keys_are_refused() {
     let (dir, c) = files();
-    let path = dir.path().join("gateway.toml");
-    std::fs::write(
-        &path,
-        format!(
-            "[tls]\ncert = {:?}\nkey = {:?}\nclient_ca = {:?}\ncrl = []\n",
-            c.tls.cert, c.tls.key, c.tls.client_ca
-        ),
-    )
-    .unwrap();
+    let path = toml_file(&dir, &c, "crl = []\n");
     let e = GatewayConfig::load(Some(&path)).unwrap_err().to_string();
     assert!(e.contains("crl"), "{e}");
 }
@@ -190,16 +161,12 @@ fn unknown_keys_are_refused() {
 #[test]
 fn durations_added_to_clocks_are_bounded() {
     use super::validate::MAX_DURATION;
+    let centuries = Duration::from_secs(300_000_000 * 365 * 24 * 3600);
+    check_refused(|c| c.idempotency.retention = centuries, "idempotency.retention");
     let (_d, mut c) = files();
-    c.idempotency.retention = Duration::from_secs(300_000_000 * 365 * 24 * 3600);
-    let e = c.validate().unwrap_err().to_string();
-    assert!(e.starts_with("idempotency.retention:"), "{e}");
     c.idempotency.retention = MAX_DURATION;
-    c.requests.max_timeout = MAX_DURATION + Duration::from_secs(1);
-    let e = c.validate().unwrap_err().to_string();
-    assert!(e.starts_with("requests.max_timeout:"), "{e}");
-    c.requests.max_timeout = Duration::from_secs(300);
-    c.events.max_ttl = Duration::MAX;
-    let e = c.validate().unwrap_err().to_string();
-    assert!(e.starts_with("events.max_ttl:"), "{e}");
+    c.validate().expect("the longest duration is accepted");
+    let over = MAX_DURATION + Duration::from_secs(1);
+    check_refused(|c| c.requests.max_timeout = over, "requests.max_timeout");
+    check_refused(|c| c.events.max_ttl = Duration::MAX, "events.max_ttl");
 }
