@@ -650,7 +650,7 @@ async fn session_ends(broker: &Broker, vin: &proto::Vin, windows: &[(i64, i64)])
         };
         let Some(k) = windows
             .iter()
-            .position(|(from, to)| (*from..*to).contains(&s.connected_at_ms))
+            .position(|(from, to)| (*from..*to).contains(&s.connection.connected_at_ms))
         else {
             continue;
         };

@@ -573,7 +573,7 @@ async fn wait_registry(broker: &Broker, since_ms: i64, expected: usize, limit: D
             recorded = store
                 .open_connections()
                 .await
-                .map(|s| s.iter().filter(|s| s.connected_at_ms >= since_ms).count())
+                .map(|s| s.iter().filter(|s| s.connection.connected_at_ms >= since_ms).count())
                 .unwrap_or(recorded);
             if recorded >= expected || started.elapsed() >= limit {
                 break;

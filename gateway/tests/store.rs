@@ -317,18 +317,18 @@ async fn connections_are_listed_newest_first_and_closed_once(db: Db) {
     let all = s.connections_of(&vin(1), 10).await.unwrap();
     assert_eq!(all.iter().map(|r| r.id).collect::<Vec<_>>(), vec![third, second, first]);
     let newest = &all[0];
-    assert_eq!(newest.vin, vin(1));
-    assert_eq!(newest.node, "node-b");
-    assert_eq!(newest.cert_fingerprint, "sha256:0001");
-    assert_eq!(newest.agent_version, None);
-    assert_eq!(newest.remote_addr, "203.0.113.7:51234");
-    assert_eq!(newest.connected_at_ms, T0 + 2_000);
+    assert_eq!(newest.connection.vin, vin(1));
+    assert_eq!(newest.connection.node, "node-b");
+    assert_eq!(newest.connection.cert_fingerprint, "sha256:0001");
+    assert_eq!(newest.connection.agent_version, None);
+    assert_eq!(newest.connection.remote_addr, "203.0.113.7:51234");
+    assert_eq!(newest.connection.connected_at_ms, T0 + 2_000);
     assert_eq!(
         (newest.disconnected_at_ms, newest.disconnect_reason.as_deref()),
         (None, None)
     );
     let closed = &all[2];
-    assert_eq!(closed.agent_version.as_deref(), Some("0.1.0"));
+    assert_eq!(closed.connection.agent_version.as_deref(), Some("0.1.0"));
     assert_eq!(
         (closed.disconnected_at_ms, closed.disconnect_reason.as_deref()),
         (Some(T0 + 999), Some("kicked"))

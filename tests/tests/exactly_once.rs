@@ -124,12 +124,12 @@ async fn every_session_is_recorded_with_who_where_and_why_it_ended() {
     assert_eq!(sessions.len(), 1, "{sessions:?}");
     let s = &sessions[0];
     assert_eq!(s.disconnect_reason.as_deref(), Some("clean"));
-    assert!(s.disconnected_at_ms.unwrap() >= s.connected_at_ms);
-    assert_eq!(s.cert_fingerprint.len(), 64);
-    assert!(s.remote_addr.starts_with("127.0.0.1:"));
+    assert!(s.disconnected_at_ms.unwrap() >= s.connection.connected_at_ms);
+    assert_eq!(s.connection.cert_fingerprint.len(), 64);
+    assert!(s.connection.remote_addr.starts_with("127.0.0.1:"));
     // The agent names itself and its version in CONNECT's user name.
     let agent = format!("vehicle-agent/{}", env!("CARGO_PKG_VERSION"));
-    assert_eq!(s.agent_version.as_deref(), Some(agent.as_str()));
+    assert_eq!(s.connection.agent_version.as_deref(), Some(agent.as_str()));
 }
 
 #[tokio::test]

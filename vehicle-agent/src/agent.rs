@@ -64,24 +64,14 @@ impl Agent {
                 let _ = stop.wait_for(|s| *s).await;
             }
         };
-        let caller: Arc<dyn local::Caller> = Arc::new(link.clone());
-        let api = AgentApi::new(link.clone());
-        let timeout = config.default_timeout;
-        let mut servers = vec![tokio::spawn(local::serve_with_api(
-            listener,
-            caller.clone(),
-            Some(api.clone()),
-            timeout,
-            stopped(),
-        ))];
+        let server = local::LocalServer {
+            caller: Arc::new(link.clone()),
+            api: Some(AgentApi::new(link.clone())),
+            default_timeout: config.default_timeout,
+        };
+        let mut servers = vec![tokio::spawn(server.clone().serve_tcp(listener, stopped()))];
         let socket = socket.map(|(file, listener)| {
-            servers.push(tokio::spawn(local::serve_unix(
-                listener,
-                caller,
-                Some(api),
-                timeout,
-                stopped(),
-            )));
+            servers.push(tokio::spawn(server.serve_unix(listener, stopped())));
             file
         });
         info!(

@@ -496,24 +496,16 @@ mod tests {
         assert!(e.starts_with("config:") && e.contains("nope.toml"), "{e}");
 
         let path = dir.path().join("agent.toml");
-        std::fs::write(&path, "ca_cert = \"ca.pem\"\nkey = \"k\"\n").unwrap();
-        let e = AgentConfig::load(Some(&path)).unwrap_err().to_string();
+        let refusal = |file: &str| {
+            std::fs::write(&path, file).unwrap();
+            AgentConfig::load(Some(&path)).unwrap_err().to_string()
+        };
+        let e = refusal("ca_cert = \"ca.pem\"\nkey = \"k\"\n");
         assert_eq!(e, "cert: missing: set it in the config file or as AGENT_CERT");
-
-        std::fs::write(
-            &path,
-            "ca_cert = \"a\"\ncert = \"b\"\nkey = \"c\"\nkeepalive = \"1s\"\n",
-        )
-        .unwrap();
-        let e = AgentConfig::load(Some(&path)).unwrap_err().to_string();
+        let files = "ca_cert = \"a\"\ncert = \"b\"\nkey = \"c\"\n";
+        let e = refusal(&format!("{files}keepalive = \"1s\"\n"));
         assert!(e.contains("keepalive"), "{e}");
-
-        std::fs::write(
-            &path,
-            "ca_cert = \"a\"\ncert = \"b\"\nkey = \"c\"\nkeep_alive = \"soon\"\n",
-        )
-        .unwrap();
-        let e = AgentConfig::load(Some(&path)).unwrap_err().to_string();
+        let e = refusal(&format!("{files}keep_alive = \"soon\"\n"));
         assert!(e.contains("keep_alive"), "{e}");
     }
 

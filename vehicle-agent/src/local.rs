@@ -40,28 +40,32 @@ use crate::owner::Owner;
 /// Mode of the agent's Unix socket: the agent's user and group may connect, nobody else.
 pub const SOCKET_MODE: u32 = 0o660;
 
+/// One call an app made on the local endpoint, to forward.
+#[derive(Debug, Clone)]
+pub struct AppCall {
+    /// The partner method.
+    pub method: MethodPath,
+    /// The encoded request message.
+    pub payload: Bytes,
+    /// How long the app waits for the answer.
+    pub timeout: Duration,
+    /// The app's ids for it, and who the app is.
+    pub ids: CallIds,
+}
+
 /// Where forwarded calls go: the gateway link, or a stub in tests.
 pub trait Caller: Send + Sync + 'static {
-    /// Calls `method` with the encoded request `payload` and the app's ids, giving up after `timeout`.
-    fn call(
-        &self,
-        method: MethodPath,
-        payload: Bytes,
-        timeout: Duration,
-        ids: CallIds,
-    ) -> BoxFuture<'static, Result<Bytes, Status>>;
+    /// Forwards `call`, giving up after its timeout.
+    fn call(&self, call: AppCall) -> BoxFuture<'static, Result<Bytes, Status>>;
 }
 
 impl Caller for GatewayLink {
-    fn call(
-        &self,
-        method: MethodPath,
-        payload: Bytes,
-        timeout: Duration,
-        ids: CallIds,
-    ) -> BoxFuture<'static, Result<Bytes, Status>> {
+    fn call(&self, call: AppCall) -> BoxFuture<'static, Result<Bytes, Status>> {
         let link = self.clone();
-        Box::pin(async move { link.call_with_ids(&method, payload, timeout, ids).await })
+        Box::pin(async move {
+            link.call_with_ids(&call.method, call.payload, call.timeout, call.ids)
+                .await
+        })
     }
 }
 
@@ -183,10 +187,13 @@ impl UnaryService<Bytes> for Handler {
                 idempotency_key: key?,
                 owner: owner?,
             };
-            caller
-                .call(method, request.into_inner(), timeout, ids)
-                .await
-                .map(tonic::Response::new)
+            let call = AppCall {
+                method,
+                payload: request.into_inner(),
+                timeout,
+                ids,
+            };
+            caller.call(call).await.map(tonic::Response::new)
         })
     }
 }
@@ -219,55 +226,53 @@ pub fn parse_grpc_timeout(value: &str) -> Option<Duration> {
     })
 }
 
-/// Serves the forwarded partner services on `listener` until `shutdown` resolves.
-pub async fn serve(
-    listener: TcpListener,
-    caller: Arc<dyn Caller>,
-    default_timeout: Duration,
-    shutdown: impl Future<Output = ()> + Send,
-) -> Result<(), tonic::transport::Error> {
-    serve_with_api(listener, caller, None, default_timeout, shutdown).await
+/// What the local endpoint serves: the forwarded partner services, answered by `caller`, and
+/// `agent.v1.VehicleAgent` if an API is given; one value for the TCP and the Unix listener.
+#[derive(Clone)]
+pub struct LocalServer {
+    /// Where forwarded calls go.
+    pub caller: Arc<dyn Caller>,
+    /// The agent's own API, if served.
+    pub api: Option<AgentApi>,
+    /// Deadline of a call whose app set none.
+    pub default_timeout: Duration,
 }
 
-/// Serves the forwarded partner services and, if given, `agent.v1.VehicleAgent`, until `shutdown`.
-/// A caller is known by its `x-app-token`, or is anonymous.
-pub async fn serve_with_api(
-    listener: TcpListener,
-    caller: Arc<dyn Caller>,
-    api: Option<AgentApi>,
-    default_timeout: Duration,
-    shutdown: impl Future<Output = ()> + Send,
-) -> Result<(), tonic::transport::Error> {
-    // tonic ignores its own tcp_nodelay for a listener handed to it; small replies would
-    // otherwise wait for the app's delayed ACK.
-    let incoming = TcpListenerStream::new(listener).map(|conn| {
-        conn.and_then(|tcp| {
-            tcp.set_nodelay(true)?;
-            Ok(tcp)
-        })
-    });
-    services(caller, api, default_timeout)
-        .serve_with_incoming_shutdown(incoming, shutdown)
-        .await
-}
+impl LocalServer {
+    /// Serves on the TCP `listener` until `shutdown`; a caller is known by its `x-app-token`,
+    /// or is anonymous.
+    pub async fn serve_tcp(
+        self,
+        listener: TcpListener,
+        shutdown: impl Future<Output = ()> + Send,
+    ) -> Result<(), tonic::transport::Error> {
+        // tonic ignores its own tcp_nodelay for a listener handed to it; small replies would
+        // otherwise wait for the app's delayed ACK.
+        let incoming = TcpListenerStream::new(listener).map(|conn| {
+            conn.and_then(|tcp| {
+                tcp.set_nodelay(true)?;
+                Ok(tcp)
+            })
+        });
+        self.router().serve_with_incoming_shutdown(incoming, shutdown).await
+    }
 
-/// Like [`serve_with_api`] on a Unix socket, where a caller is known by its uid.
-pub async fn serve_unix(
-    listener: UnixListener,
-    caller: Arc<dyn Caller>,
-    api: Option<AgentApi>,
-    default_timeout: Duration,
-    shutdown: impl Future<Output = ()> + Send,
-) -> Result<(), tonic::transport::Error> {
-    services(caller, api, default_timeout)
-        .serve_with_incoming_shutdown(UnixListenerStream::new(listener), shutdown)
-        .await
-}
+    /// Serves on the Unix socket `listener` until `shutdown`; a caller is known by its uid.
+    pub async fn serve_unix(
+        self,
+        listener: UnixListener,
+        shutdown: impl Future<Output = ()> + Send,
+    ) -> Result<(), tonic::transport::Error> {
+        self.router()
+            .serve_with_incoming_shutdown(UnixListenerStream::new(listener), shutdown)
+            .await
+    }
 
-fn services(caller: Arc<dyn Caller>, api: Option<AgentApi>, default_timeout: Duration) -> Router {
-    tonic::transport::Server::builder()
-        .add_service(Forwarder::<ParkingPayment>::new(caller, default_timeout))
-        .add_optional_service(api.map(AgentApi::into_service))
+    fn router(self) -> Router {
+        tonic::transport::Server::builder()
+            .add_service(Forwarder::<ParkingPayment>::new(self.caller, self.default_timeout))
+            .add_optional_service(self.api.map(AgentApi::into_service))
+    }
 }
 
 /// The file of the agent's Unix socket, which it removes at shutdown.

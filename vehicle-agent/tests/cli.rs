@@ -18,11 +18,9 @@ use tokio::process::Command;
 use tonic::{Code, Status};
 
 use common::{Goodbye, Pki, Rig, SOON, StandIn, VIN, install_provider, soon};
-use proto::MethodPath;
 use proto::parking::v1::{ListNearbyLotsRequest, ListNearbyLotsResponse, Lot};
 use proto::vehicle::v1::Response;
-use vehicle_agent::CallIds;
-use vehicle_agent::local::{self, Caller};
+use vehicle_agent::local::{self, AppCall, Caller};
 
 const LIST: &str = "/parking.v1.ParkingPayment/ListNearbyLots";
 
@@ -137,14 +135,8 @@ struct Stub(
 );
 
 impl Caller for Stub {
-    fn call(
-        &self,
-        _: MethodPath,
-        payload: Bytes,
-        timeout: Duration,
-        ids: CallIds,
-    ) -> BoxFuture<'static, Result<Bytes, Status>> {
-        *self.1.lock().unwrap() = Some((payload, timeout, ids.idempotency_key));
+    fn call(&self, call: AppCall) -> BoxFuture<'static, Result<Bytes, Status>> {
+        *self.1.lock().unwrap() = Some((call.payload, call.timeout, call.ids.idempotency_key));
         let answer = match &self.0 {
             Ok(b) => Ok(Bytes::from(b.clone())),
             Err(s) => Err(Status::new(s.code(), s.message())),
@@ -157,12 +149,12 @@ async fn stub_agent(answer: Result<Vec<u8>, Status>) -> (String, Arc<Stub>) {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let url = format!("http://{}", listener.local_addr().unwrap());
     let stub = Arc::new(Stub(answer, Default::default()));
-    tokio::spawn(local::serve(
-        listener,
-        stub.clone(),
-        Duration::from_secs(30),
-        futures::future::pending(),
-    ));
+    let server = local::LocalServer {
+        caller: stub.clone(),
+        api: None,
+        default_timeout: Duration::from_secs(30),
+    };
+    tokio::spawn(server.serve_tcp(listener, futures::future::pending()));
     (url, stub)
 }
 

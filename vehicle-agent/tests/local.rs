@@ -13,12 +13,10 @@ use tokio::net::TcpListener;
 use tokio::sync::oneshot;
 use tonic::{Code, Status};
 
-use proto::MethodPath;
 use proto::parking::v1::parking_payment_client::ParkingPaymentClient;
 use proto::parking::v1::{GetReceiptRequest, Receipt};
 use proto::raw::RawCodec;
-use vehicle_agent::CallIds;
-use vehicle_agent::local::{self, Caller};
+use vehicle_agent::local::{self, AppCall, Caller};
 
 #[derive(Debug, Clone, PartialEq)]
 struct Seen {
@@ -36,13 +34,13 @@ struct Stub {
 }
 
 impl Caller for Stub {
-    fn call(
-        &self,
-        method: MethodPath,
-        payload: Bytes,
-        timeout: Duration,
-        ids: CallIds,
-    ) -> BoxFuture<'static, Result<Bytes, Status>> {
+    fn call(&self, call: AppCall) -> BoxFuture<'static, Result<Bytes, Status>> {
+        let AppCall {
+            method,
+            payload,
+            timeout,
+            ids,
+        } = call;
         self.seen.lock().unwrap().push(Seen {
             method: method.to_string(),
             payload,
@@ -72,7 +70,12 @@ async fn serve(answer: Result<Bytes, (Code, &'static str)>) -> Server {
         answer,
     });
     let (stop, stopped) = oneshot::channel::<()>();
-    let task = tokio::spawn(local::serve(listener, stub.clone(), DEFAULT_TIMEOUT, async {
+    let server = local::LocalServer {
+        caller: stub.clone(),
+        api: None,
+        default_timeout: DEFAULT_TIMEOUT,
+    };
+    let task = tokio::spawn(server.serve_tcp(listener, async {
         let _ = stopped.await;
     }));
     Server { addr, stub, stop, task }

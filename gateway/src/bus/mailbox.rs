@@ -362,6 +362,11 @@ mod tests {
         Vin::parse(s).unwrap()
     }
 
+    /// Hands `vin`'s mailboxes an empty message for `topic`.
+    fn post(boxes: &Mailboxes, vin: &Vin, topic: Outbound) -> DeliveryOutcome {
+        boxes.deliver(vin, topic, Bytes::new())
+    }
+
     fn mailboxes(max_messages: usize) -> Mailboxes {
         Mailboxes::new(MailboxLimits {
             max_messages,
@@ -394,10 +399,7 @@ mod tests {
         first.changed().await;
         assert_eq!(first.state(), MailboxState::Kicked);
         boxes.close(&car, &first, true);
-        assert_eq!(
-            boxes.deliver(&car, Outbound::Responses, Bytes::new()),
-            DeliveryOutcome::Queued
-        );
+        assert_eq!(post(&boxes, &car, Outbound::Responses), DeliveryOutcome::Queued);
         assert_eq!(second.len(), 1);
         boxes.close(&car, &second, false);
         assert_eq!(boxes.live(), 0);
@@ -409,20 +411,11 @@ mod tests {
         let car = vin("WBA3B5C50DF123456");
         let mailbox = boxes.open(&car, false);
         for _ in 0..2 {
-            assert_eq!(
-                boxes.deliver(&car, Outbound::Events, Bytes::new()),
-                DeliveryOutcome::Queued
-            );
+            assert_eq!(post(&boxes, &car, Outbound::Events), DeliveryOutcome::Queued);
         }
-        assert_eq!(
-            boxes.deliver(&car, Outbound::Events, Bytes::new()),
-            DeliveryOutcome::Overflow
-        );
+        assert_eq!(post(&boxes, &car, Outbound::Events), DeliveryOutcome::Overflow);
         assert_eq!(mailbox.state(), MailboxState::Overflowed);
-        assert_eq!(
-            boxes.deliver(&car, Outbound::Events, Bytes::new()),
-            DeliveryOutcome::Offline
-        );
+        assert_eq!(post(&boxes, &car, Outbound::Events), DeliveryOutcome::Offline);
     }
 
     #[tokio::test]
@@ -443,15 +436,9 @@ mod tests {
         );
         boxes.close(&car, &resumed, true);
         for _ in 0..PARKED_CAPACITY {
-            assert_eq!(
-                boxes.deliver(&car, Outbound::Responses, Bytes::new()),
-                DeliveryOutcome::Parked
-            );
+            assert_eq!(post(&boxes, &car, Outbound::Responses), DeliveryOutcome::Parked);
         }
-        assert_eq!(
-            boxes.deliver(&car, Outbound::Responses, Bytes::new()),
-            DeliveryOutcome::Offline
-        );
+        assert_eq!(post(&boxes, &car, Outbound::Responses), DeliveryOutcome::Offline);
         // A clean session starts empty.
         let clean = boxes.open(&car, false);
         assert!(clean.is_empty());

@@ -31,23 +31,13 @@ pub struct NewConnection {
     pub connected_at_ms: i64,
 }
 
-/// A recorded connection, open or closed.
+/// A recorded connection, open or closed: what was recorded when it opened, and how it ended.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ConnectionRecord {
     /// Its id.
     pub id: ConnectionId,
-    /// The car.
-    pub vin: Vin,
-    /// The gateway node that accepted it.
-    pub node: String,
-    /// The client certificate's fingerprint.
-    pub cert_fingerprint: String,
-    /// The agent's version, if it said.
-    pub agent_version: Option<String>,
-    /// The peer address.
-    pub remote_addr: String,
-    /// When it connected (unix ms).
-    pub connected_at_ms: i64,
+    /// Who connected, from where, when.
+    pub connection: NewConnection,
     /// When it ended (unix ms); `None` while open.
     pub disconnected_at_ms: Option<i64>,
     /// Why it ended; `None` while open.
@@ -82,12 +72,14 @@ fn record(row: ConnectionRow) -> Result<ConnectionRecord, StoreError> {
         row;
     Ok(ConnectionRecord {
         id: ConnectionId(id),
-        vin: parse_vin(&vin)?,
-        node,
-        cert_fingerprint,
-        agent_version,
-        remote_addr,
-        connected_at_ms,
+        connection: NewConnection {
+            vin: parse_vin(&vin)?,
+            node,
+            cert_fingerprint,
+            agent_version,
+            remote_addr,
+            connected_at_ms,
+        },
         disconnected_at_ms,
         disconnect_reason: reason,
     })
