@@ -132,12 +132,12 @@ pub struct AbusePhase {
     /// What the abuser did and got (not for the socket flood).
     pub abuser: Option<AbuserOutcome>,
     /// Why the gateway ended the abuser's connections (those it opened during the abuse and that
-    /// ended before the abuser left), from the gateway's session registry.
+    /// ended before the abuser left), from the gateway's connection log.
     pub disconnect_reasons: BTreeMap<String, u64>,
     /// How the abuser's connections still open when it left ended, from the connection log.
     pub open_when_it_left: BTreeMap<String, u64>,
     /// Connections of the abuser the connection log recorded (rows of its `connections` table).
-    pub sessions_recorded: u64,
+    pub connections_recorded: u64,
     /// The socket flood and the car connecting meanwhile.
     pub sockets: Option<SocketFloodOutcome>,
     /// Bytes the gateway logged during the abuse.
@@ -266,7 +266,7 @@ pub async fn run(plan: &AbusePlan, target: &AbuseTarget<'_>, say: &impl Fn(Strin
         let before = roles.broker_rss_kib();
         let (log0, db0, refusals) = (broker.log_bytes(), broker.database_bytes(), broker.refusals_mark());
         let mark = roles.mark();
-        // The gateway's own clock: the windows are matched against the times its registry records.
+        // The gateway's own clock: the windows are matched against the times its connection log records.
         let started_ms = gateway::clock::now_ms();
         let until = Instant::now() + plan.abuse_time;
         windows.push((started_ms, started_ms + plan.abuse_time.as_millis() as i64));
@@ -332,7 +332,7 @@ pub async fn run(plan: &AbusePlan, target: &AbuseTarget<'_>, say: &impl Fn(Strin
             abuser: abuser_out,
             disconnect_reasons: BTreeMap::new(),
             open_when_it_left: BTreeMap::new(),
-            sessions_recorded: 0,
+            connections_recorded: 0,
             sockets,
             log_bytes: log0.zip(log1).map(|(a, b)| b.saturating_sub(a)),
             database_bytes: db0.zip(db1).map(|(a, b)| b as i64 - a as i64),
@@ -352,7 +352,7 @@ pub async fn run(plan: &AbusePlan, target: &AbuseTarget<'_>, say: &impl Fn(Strin
     if broker.kind == BrokerKind::Gateway {
         let ends = session_ends(broker, &abuser_vin, &windows).await;
         for (phase, (during, left)) in report.phases.iter_mut().zip(ends) {
-            phase.sessions_recorded = during.values().chain(left.values()).sum();
+            phase.connections_recorded = during.values().chain(left.values()).sum();
             phase.disconnect_reasons = during;
             phase.open_when_it_left = left;
         }
@@ -627,7 +627,7 @@ impl GoodFleet {
 }
 
 /// How the abuser's connections ended, by abuse window (unix ms, from the abuser's start to its
-/// departure), from the gateway's registry: a session belongs to the window it connected in,
+/// departure), from the gateway's connection log: a connection belongs to the window it began in,
 /// and either ended before the abuser left (the gateway's doing) or was open when it left.
 /// Read once every session of the abuser is recorded as closed (or 15 s have passed).
 async fn session_ends(broker: &Broker, vin: &proto::Vin, windows: &[(i64, i64)]) -> Vec<(Reasons, Reasons)> {
@@ -641,7 +641,7 @@ async fn session_ends(broker: &Broker, vin: &proto::Vin, windows: &[(i64, i64)])
         if sessions.iter().all(|s| s.disconnected_at_ms.is_some()) || started.elapsed() > Duration::from_secs(15) {
             break sessions;
         }
-        // The registry records in batches: poll the gateway's database until it has caught up.
+        // The log is written in batches: poll the gateway's database until it has caught up.
         tokio::time::sleep(Duration::from_millis(250)).await;
     };
     for s in sessions {
@@ -878,7 +878,7 @@ pub fn markdown(md: &mut String, reports: &[AbuseReport]) {
         }
         crate::report::table_head(
             md,
-            "\n| abuse | broker CPU s | log written MB | database growth MB | sessions recorded | the abuser's sessions open when it left, and how they ended |",
+            "\n| abuse | broker CPU s | log written MB | database growth MB | connections recorded | the abuser's connections open when it left, and how they ended |",
         );
         for p in &r.phases {
             let left = match (p.open_when_it_left.is_empty(), &p.abuser) {
@@ -895,7 +895,7 @@ pub fn markdown(md: &mut String, reports: &[AbuseReport]) {
                 p.database_bytes
                     .map_or("-".into(), |b| format!("{:.1}", b as f64 / 1e6)),
                 if with_good {
-                    p.sessions_recorded.to_string()
+                    p.connections_recorded.to_string()
                 } else {
                     "-".into()
                 },

@@ -364,7 +364,7 @@ impl Broker {
         Some(size("") + size("-wal"))
     }
 
-    /// The gateway's session registry, read through the gateway's own store code.
+    /// The gateway's connection log, read through the gateway's own store code.
     pub async fn registry(&self) -> Option<gateway::store::Store> {
         match &self.handle {
             Handle::InProcess(g) => Some(g.store().clone()),

@@ -209,7 +209,7 @@ struct Args {
     /// temporary directory) and/or `tmpfs` (/dev/shm, no fsync cost). Empty = skip them.
     #[arg(long, value_delimiter = ',', default_value = "disk,tmpfs")]
     ledger_runs: Vec<String>,
-    /// Seconds to wait for the gateway's session registry to catch up after the storms.
+    /// Seconds to wait for the gateway's connection log to catch up after the storms.
     #[arg(long, default_value_t = 120.0)]
     registry_wait: f64,
     /// Longest wait, in seconds, for a broker to go idle after the fleet disconnected, before

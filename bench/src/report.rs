@@ -187,7 +187,7 @@ pub struct BrokerReport {
     /// How long the broker kept using CPU after the fleet disconnected (before the resumed
     /// storm); `None` when not waited for.
     pub settle_after_disconnect_s: Option<f64>,
-    /// The gateway's session registry catching up after the storms.
+    /// The gateway's connection log catching up after the storms.
     pub registry: Option<RegistryReport>,
     /// QoS 1 publish round trips.
     pub echo: Vec<TrafficReport>,
@@ -260,7 +260,7 @@ pub struct MemoryReport {
     pub per_vehicle_subscribed_kib: f64,
 }
 
-/// How far behind the gateway's session registry was.
+/// How far behind the gateway's connection log was.
 #[derive(Debug, Clone, Serialize)]
 pub struct RegistryReport {
     /// Whether it recorded every session of the resumed storm within the wait.
@@ -462,7 +462,7 @@ impl Report {
             if let Some(r) = &b.registry {
                 let _ = writeln!(
                     md,
-                    "\nGateway session registry after the storms: {} of {} sessions of the resumed storm recorded {:.1} s after it ended{}.",
+                    "\nGateway connection log after the storms: {} of {} sessions of the resumed storm recorded {:.1} s after it ended{}.",
                     r.recorded,
                     r.expected,
                     r.lag_s,

@@ -53,7 +53,7 @@ pub struct Plan {
     /// The request runs repeated, each on a gateway of its own with only the active vehicles
     /// connected and no read-only methods, so every request goes through the idempotency ledger.
     pub ledger_runs: Vec<LedgerRun>,
-    /// How long to wait for the gateway's session registry to catch up after the storms
+    /// How long to wait for the gateway's connection log to catch up after the storms
     /// before the traffic runs (zero: do not wait or measure).
     pub registry_wait: Duration,
     /// Longest wait for the broker to go idle after the fleet disconnected, before the
@@ -371,7 +371,7 @@ async fn measure(
     }
 
     let registry = if broker.kind == BrokerKind::Gateway && !plan.registry_wait.is_zero() {
-        say(format!("{name}: waiting for the session registry to catch up"));
+        say(format!("{name}: waiting for the connection log to catch up"));
         Some(wait_registry(&broker, resumed_since_ms, resumed.connected, plan.registry_wait).await)
     } else {
         None
@@ -424,7 +424,7 @@ async fn measure(
             short: "read-only method, no ledger".into(),
             setup: format!(
                 "{} declared read-only (they skip the idempotency ledger, as the demo configures them), every \
-                 vehicle of the storm still connected, SQLite (session registry) on disk",
+                 vehicle of the storm still connected, SQLite (connection log) on disk",
                 if plan.brokers.read_only_methods.is_empty() {
                     "no method".to_owned()
                 } else {
