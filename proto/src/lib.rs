@@ -6,7 +6,8 @@
 //! - [`agent::v1`]: the agent's own local API for in-car apps (results, events);
 //! - [`Vin`], [`topics`] and [`metadata`]: how identity appears on the wire;
 //! - [`identity`]: the certificate profile (role and holder) and its one parser;
-//! - [`json`]: JSON <-> protobuf by method name, for shells and demos;
+//! - [`json`]: JSON <-> protobuf by method name (compiled-in contracts and installed
+//!   descriptor sets), for shells and demos;
 //! - [`raw`]: a pass-through gRPC codec for brokering calls without decoding them.
 //!
 //! This crate depends on nothing else of ours, so partners can build against it alone.

@@ -20,14 +20,7 @@ impl MethodPath {
         let err = || MethodPathError(path.chars().take(200).collect());
         let rest = path.strip_prefix('/').ok_or_else(err)?;
         let (service, method) = rest.split_once('/').ok_or_else(err)?;
-        let ident = |s: &str, dots: bool| {
-            !s.is_empty()
-                && !s.starts_with('.')
-                && !s.ends_with('.')
-                && s.chars()
-                    .all(|c| c.is_ascii_alphanumeric() || c == '_' || (dots && c == '.'))
-        };
-        if !ident(service, true) || !service.contains('.') || !ident(method, false) {
+        if !is_service_name(service) || !identifier(method, false) {
             return Err(err());
         }
         Ok(MethodPath {
@@ -50,6 +43,18 @@ impl MethodPath {
     pub fn method(&self) -> &str {
         &self.path[self.slash + 1..]
     }
+}
+
+/// Whether `name` is a fully qualified gRPC service name, `package.Service` (identifier
+/// characters and dots, at least one dot), as [`MethodPath::service`] gives it.
+pub fn is_service_name(name: &str) -> bool {
+    identifier(name, true) && name.contains('.')
+}
+
+/// Identifier characters, non-empty; with `dots`, dot-separated non-empty identifiers.
+fn identifier(s: &str, dots: bool) -> bool {
+    let word = |w: &str| !w.is_empty() && w.chars().all(|c| c.is_ascii_alphanumeric() || c == '_');
+    if dots { s.split('.').all(word) } else { word(s) }
 }
 
 impl std::str::FromStr for MethodPath {

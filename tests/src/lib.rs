@@ -20,6 +20,8 @@
 //! - [`pki`]: certificates of every role ([`TestPki`], [`Credentials`]).
 //! - [`partner`]: partners the gateway calls ([`start_parking`], [`start_partner`],
 //!   [`ScriptedParking`]) and what a driver asks of them ([`parking_at_the_bund`]).
+//! - [`described`]: a partner for a service known only by its `.proto`, compiled at test time
+//!   ([`compile_proto`], [`start_described_partner`]).
 //! - [`platform`]: the gateway in front of a partner ([`Platform`]), its configuration and
 //!   database ([`gateway_config`], [`storage_url`]), a port kept across restarts ([`KeptPort`]).
 //! - [`car`]: cars: agents ([`Platform::agent`]), apps on them ([`in_car_app`]), stock MQTT
@@ -32,6 +34,7 @@
 //! - [`postgres`]: the local PostgreSQL, which the tests that need it require loudly.
 
 pub mod car;
+pub mod described;
 pub mod partner;
 pub mod pki;
 pub mod platform;
@@ -41,6 +44,7 @@ pub mod wait;
 pub mod wire;
 
 pub use car::*;
+pub use described::*;
 pub use partner::*;
 pub use pki::*;
 pub use platform::*;

@@ -35,6 +35,13 @@ pub struct RunningPartner {
     _stop: oneshot::Sender<()>,
 }
 
+impl RunningPartner {
+    /// A partner serving on `addr` until `stop` is sent or dropped.
+    pub fn new(addr: SocketAddr, stop: oneshot::Sender<()>) -> RunningPartner {
+        RunningPartner { addr, _stop: stop }
+    }
+}
+
 /// Starts the reference parking adapter on mTLS, trusting only `pki`'s gateway-clients CA.
 pub async fn start_parking(pki: &TestPki, service: ParkingService) -> RunningPartner {
     let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind the adapter");
@@ -74,7 +81,7 @@ pub async fn start_partner(pki: &TestPki, partner: impl ParkingPayment) -> Runni
 }
 
 /// The TLS of a partner adapter: its partner certificate, and only the gateway-clients CA trusted.
-fn partner_tls(pki: &TestPki) -> tonic::transport::ServerTlsConfig {
+pub(crate) fn partner_tls(pki: &TestPki) -> tonic::transport::ServerTlsConfig {
     let me = pki.partner("parking");
     parking_adapter::mtls_config(&me.pem.cert_pem, &me.pem.key_pem, pki.gateway_clients_ca_pem())
 }

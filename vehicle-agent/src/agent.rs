@@ -66,6 +66,7 @@ impl Agent {
         };
         let server = local::LocalServer {
             caller: Arc::new(link.clone()),
+            services: config.services.clone(),
             api: Some(AgentApi::new(link.clone())),
             default_timeout: config.default_timeout,
         };

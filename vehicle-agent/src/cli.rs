@@ -19,6 +19,7 @@ use tonic::transport::Endpoint;
 use proto::MethodPath;
 use proto::agent::v1::vehicle_agent_client::VehicleAgentClient;
 use proto::agent::v1::{GetResultRequest, ResultState};
+use proto::json::{Contracts, JsonError};
 use proto::metadata::{IDEMPOTENCY_KEY, REQUEST_ID};
 use proto::raw::RawCodec;
 
@@ -73,6 +74,9 @@ pub enum Command {
         /// Where the agent is, and as which app.
         #[command(flatten)]
         to: AgentAddress,
+        /// Message types of services added by configuration.
+        #[command(flatten)]
+        contracts: DescriptorSets,
     },
     /// Prints what a running agent knows of an earlier call of this app: UNKNOWN, PENDING,
     /// or DONE and the outcome (the response as JSON when it succeeded). Another app's call
@@ -83,7 +87,49 @@ pub enum Command {
         /// Where the agent is, and as which app.
         #[command(flatten)]
         to: AgentAddress,
+        /// Message types of services added by configuration.
+        #[command(flatten)]
+        contracts: DescriptorSets,
     },
+}
+
+/// Where `call` and `result` find the message types of a service the agent forwards by
+/// configuration alone, beside the contracts compiled in.
+#[derive(Debug, Args)]
+pub struct DescriptorSets {
+    /// A FileDescriptorSet file describing the service's messages, as `protoc
+    /// --include_imports --descriptor_set_out`, `buf build -o` or grpcio-tools write it;
+    /// repeatable (in AGENT_DESCRIPTOR_SETS, separated by ':').
+    #[arg(
+        long = "descriptor-set",
+        value_name = "FILE",
+        env = "AGENT_DESCRIPTOR_SETS",
+        value_delimiter = ':'
+    )]
+    pub files: Vec<PathBuf>,
+}
+
+impl DescriptorSets {
+    /// The compiled-in contracts and every file given, or why a file is unusable.
+    fn contracts(&self) -> Result<Contracts, String> {
+        let mut contracts = Contracts::compiled();
+        for file in &self.files {
+            contracts
+                .add_descriptor_set_file(file)
+                .map_err(|e| format!("--descriptor-set: {e}"))?;
+        }
+        Ok(contracts)
+    }
+}
+
+/// Says how to make a method known when the contracts lack it.
+fn with_hint(e: JsonError) -> String {
+    match e {
+        JsonError::UnknownMethod(_) => {
+            format!("{e}: for a service added by configuration, give its descriptor set with --descriptor-set FILE")
+        }
+        e => e.to_string(),
+    }
 }
 
 /// How `call` and `result` reach a running agent, and which app they speak for.
@@ -165,8 +211,13 @@ pub fn main() -> ExitCode {
             idempotency_key,
             request_id,
             to,
-        } => call(&method, &json, &to, timeout, [idempotency_key, request_id]),
-        Command::Result { request_id, to } => result(&request_id, &to),
+            contracts,
+        } => call(&method, &json, &to, &contracts, timeout, [idempotency_key, request_id]),
+        Command::Result {
+            request_id,
+            to,
+            contracts,
+        } => result(&request_id, &to, &contracts),
     }
 }
 
@@ -263,14 +314,25 @@ async fn shutdown_signal() -> std::io::Result<()> {
     }
 }
 
-fn call(method: &str, json: &str, to: &AgentAddress, timeout: Duration, ids: [Option<String>; 2]) -> ExitCode {
+fn call(
+    method: &str,
+    json: &str,
+    to: &AgentAddress,
+    contracts: &DescriptorSets,
+    timeout: Duration,
+    ids: [Option<String>; 2],
+) -> ExitCode {
     let method = match MethodPath::parse(method) {
         Ok(m) => m,
         Err(e) => return fail(EXIT_USAGE, e),
     };
-    let payload = match proto::json::request_from_json(&method, json) {
-        Ok(p) => Bytes::from(p),
+    let contracts = match contracts.contracts() {
+        Ok(c) => c,
         Err(e) => return fail(EXIT_USAGE, e),
+    };
+    let payload = match contracts.request_from_json(&method, json) {
+        Ok(p) => Bytes::from(p),
+        Err(e) => return fail(EXIT_USAGE, with_hint(e)),
     };
     let [key, request_id] = ids;
     let Ok(key) = key.map(MetadataValue::try_from).transpose() else {
@@ -316,7 +378,7 @@ fn call(method: &str, json: &str, to: &AgentAddress, timeout: Duration, ids: [Op
         }
     });
     match result {
-        Ok(bytes) => match proto::json::response_to_json(&method, &bytes) {
+        Ok(bytes) => match contracts.response_to_json(&method, &bytes) {
             Ok(json) => {
                 println!("{json}");
                 ExitCode::SUCCESS
@@ -340,10 +402,14 @@ fn describe_status(status: &Status, agent: &str) -> String {
     format!("{text} (the agent at {agent}: {cause})")
 }
 
-fn result(request_id: &str, to: &AgentAddress) -> ExitCode {
+fn result(request_id: &str, to: &AgentAddress, contracts: &DescriptorSets) -> ExitCode {
     if !crate::store::is_valid_request_id(request_id) {
         return fail(EXIT_USAGE, format!("{request_id:?} is not a request id"));
     }
+    let contracts = match contracts.contracts() {
+        Ok(c) => c,
+        Err(e) => return fail(EXIT_USAGE, e),
+    };
     let target = match to.target() {
         Ok(target) => target,
         Err(e) => return fail(EXIT_USAGE, e),
@@ -382,8 +448,12 @@ fn result(request_id: &str, to: &AgentAddress) -> ExitCode {
     match response.into_result() {
         Ok(payload) => {
             println!("DONE OK");
-            match method.map(|m| proto::json::response_to_json(&m, &payload)) {
+            match method.map(|m| contracts.response_to_json(&m, &payload)) {
                 Some(Ok(json)) => println!("{json}"),
+                Some(Err(JsonError::UnknownMethod(m))) => println!(
+                    "({} bytes of a {m} response: give its descriptor set with --descriptor-set FILE to read it)",
+                    payload.len()
+                ),
                 _ => println!("({} bytes of an unknown message)", payload.len()),
             }
         }

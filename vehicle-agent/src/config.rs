@@ -32,6 +32,9 @@ const MAX_PAYLOAD_LIMIT: usize = 268_435_455 - ENVELOPE_HEADROOM;
 /// Room for the envelope fields and MQTT headers around a payload.
 pub(crate) const ENVELOPE_HEADROOM: usize = 16 * 1024;
 
+/// Most services an agent forwards: each is a route on the local endpoint.
+pub const MAX_SERVICES: usize = 64;
+
 /// Longest Unix socket path in bytes: `sun_path` holds 108 bytes with the terminating NUL.
 const MAX_SOCKET_PATH_BYTES: usize = 107;
 
@@ -116,6 +119,10 @@ pub struct AgentConfig {
     pub default_timeout: Duration,
     /// Largest request payload the agent sends.
     pub max_payload_bytes: usize,
+    /// The partner services in-car apps may call through the agent, by full gRPC name
+    /// (`package.Service`): every method of each is forwarded as bytes, so a service the
+    /// gateway has a `[[partners]]` entry for needs only its name here, no agent build.
+    pub services: Vec<String>,
     /// Where the agent keeps what must survive a reboot: `outbox/`, `results/`, `events/`
     /// (default `/var/lib/vehicle-agent`). One agent per directory; tests set their own.
     #[serde(deserialize_with = "file_relative")]
@@ -157,6 +164,7 @@ impl AgentConfig {
             backoff_max: Duration::from_secs(60),
             default_timeout: Duration::from_secs(30),
             max_payload_bytes: 128 * 1024,
+            services: vec![proto::parking::v1::parking_payment_server::SERVICE_NAME.to_owned()],
             state_dir: PathBuf::from(DEFAULT_STATE_DIR),
             outbox_capacity: 1000,
             result_retention: Duration::from_secs(24 * 3600),
@@ -266,6 +274,7 @@ impl AgentConfig {
                 ),
             ));
         }
+        self.validate_services()?;
         if let Some(socket) = &self.local_socket {
             let bytes = socket.as_os_str().len();
             if bytes == 0 {
@@ -292,6 +301,37 @@ impl AgentConfig {
                 "result_retention",
                 format!("{} is too short: it must be at least 1s", show(self.result_retention)),
             ));
+        }
+        Ok(())
+    }
+
+    fn validate_services(&self) -> Result<(), ConfigError> {
+        if self.services.len() > MAX_SERVICES {
+            return Err(ConfigError::invalid(
+                "services",
+                format!("{} services: at most {MAX_SERVICES}", self.services.len()),
+            ));
+        }
+        let own = proto::agent::v1::vehicle_agent_server::SERVICE_NAME;
+        for (i, service) in self.services.iter().enumerate() {
+            if !proto::method::is_service_name(service) {
+                return Err(ConfigError::invalid(
+                    "services",
+                    format!(
+                        "{:?} is not a fully qualified gRPC service such as parking.v1.ParkingPayment",
+                        service.chars().take(200).collect::<String>()
+                    ),
+                ));
+            }
+            if service == own {
+                return Err(ConfigError::invalid(
+                    "services",
+                    format!("{own} is the agent's own API, not a partner service"),
+                ));
+            }
+            if self.services[..i].contains(service) {
+                return Err(ConfigError::invalid("services", format!("{service} is listed twice")));
+            }
         }
         Ok(())
     }
@@ -390,7 +430,30 @@ mod tests {
         assert_eq!(c.outbox_capacity, 1000);
         assert_eq!(c.result_retention, Duration::from_secs(86_400));
         assert_eq!(c.local_socket, None);
+        assert_eq!(c.services, ["parking.v1.ParkingPayment"]);
         c.validate_values().unwrap();
+    }
+
+    #[test]
+    fn services_are_full_grpc_names_listed_once_and_never_the_agents_own() {
+        let mut c = base();
+        c.services = vec!["parking.v1.ParkingPayment".into(), "karaoke.v1.Karaoke".into()];
+        c.validate_values().unwrap();
+        c.services = vec![];
+        c.validate_values().unwrap();
+        for (services, says) in [
+            (vec!["Karaoke"], "not a fully qualified gRPC service"),
+            (vec!["karaoke..Karaoke"], "not a fully qualified gRPC service"),
+            (vec!["karaoke.v1/Karaoke"], "not a fully qualified gRPC service"),
+            (vec!["agent.v1.VehicleAgent"], "the agent's own API"),
+            (vec!["a.B", "a.B"], "listed twice"),
+        ] {
+            c.services = services.iter().map(|s| s.to_string()).collect();
+            let e = err_of(&c);
+            assert!(e.starts_with("services:") && e.contains(says), "{services:?}: {e}");
+        }
+        c.services = (0..=MAX_SERVICES).map(|i| format!("s{i}.v1.S")).collect();
+        assert!(err_of(&c).contains("at most 64"));
     }
 
     #[test]
@@ -512,8 +575,8 @@ mod tests {
     #[test]
     fn every_field_is_a_setting() {
         let names = AgentConfig::setting_names();
-        assert_eq!(names.len(), 15, "{names:?}");
-        for name in ["gateway", "ca_cert", "local_socket", "result_retention"] {
+        assert_eq!(names.len(), 16, "{names:?}");
+        for name in ["gateway", "ca_cert", "local_socket", "result_retention", "services"] {
             assert!(names.contains(&name), "{name} in {names:?}");
         }
     }

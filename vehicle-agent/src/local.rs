@@ -1,16 +1,16 @@
 //! The in-car gRPC server: the partner services the gateway offers, forwarded without decoding.
 //!
 //! In-car apps use ordinary generated clients against this endpoint: TCP on loopback, and a
-//! Unix socket if configured. Each call's bytes, path, deadline, `x-request-id`,
-//! `idempotency-key` and caller ([`Owner`]: its uid on the socket, its `x-app-token` on TCP)
-//! are handed to a [`Caller`] (the gateway link), so a new method of a known service needs no
-//! agent change. The agent's own API ([`crate::api`]) is served next to the forwarded services.
+//! Unix socket if configured. Every service named in the configuration's `services` is
+//! forwarded: each call's bytes, path, deadline, `x-request-id`, `idempotency-key` and caller
+//! ([`Owner`]: its uid on the socket, its `x-app-token` on TCP) are handed to a [`Caller`] (the
+//! gateway link) without decoding, so a new partner service needs a line of configuration and
+//! no agent build. The agent's own API ([`crate::api`]) is served next to the forwarded services.
 
 use std::convert::Infallible;
 use std::fs::{self, DirBuilder, Permissions};
 use std::future::Future;
 use std::io;
-use std::marker::PhantomData;
 use std::os::unix::fs::{DirBuilderExt as _, FileTypeExt as _, MetadataExt as _, PermissionsExt as _};
 use std::os::unix::net::{UnixListener as StdUnixListener, UnixStream as StdUnixStream};
 use std::path::{Path, PathBuf};
@@ -25,7 +25,8 @@ use tokio_stream::StreamExt as _;
 use tokio_stream::wrappers::{TcpListenerStream, UnixListenerStream};
 use tonic::Status;
 use tonic::codegen::{Body, Service, StdError};
-use tonic::server::{Grpc, NamedService, UnaryService};
+use tonic::server::{Grpc, UnaryService};
+use tonic::service::Routes;
 use tonic::transport::server::Router;
 use tracing::warn;
 
@@ -69,38 +70,15 @@ impl Caller for GatewayLink {
     }
 }
 
-/// A partner service the agent serves, named as in its contract.
-pub trait ServiceName: Send + Sync + 'static {
-    /// The fully qualified gRPC service name.
-    const NAME: &'static str;
-}
-
-/// `parking.v1.ParkingPayment`.
-#[derive(Debug, Clone, Copy)]
-pub struct ParkingPayment;
-
-impl ServiceName for ParkingPayment {
-    const NAME: &'static str = proto::parking::v1::parking_payment_server::SERVICE_NAME;
-}
-
-/// Serves every method of service `S` by forwarding it to a [`Caller`].
-pub struct Forwarder<S> {
+/// Serves every method of the services it is routed for by forwarding it to a [`Caller`]:
+/// the bytes, untouched, whatever the service (its contract is between the app and the partner).
+#[derive(Clone)]
+pub struct Forwarder {
     caller: Arc<dyn Caller>,
     default_timeout: Duration,
-    service: PhantomData<fn() -> S>,
 }
 
-impl<S> Clone for Forwarder<S> {
-    fn clone(&self) -> Self {
-        Forwarder {
-            caller: self.caller.clone(),
-            default_timeout: self.default_timeout,
-            service: PhantomData,
-        }
-    }
-}
-
-impl<S> std::fmt::Debug for Forwarder<S> {
+impl std::fmt::Debug for Forwarder {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Forwarder")
             .field("default_timeout", &self.default_timeout)
@@ -108,24 +86,18 @@ impl<S> std::fmt::Debug for Forwarder<S> {
     }
 }
 
-impl<S: ServiceName> Forwarder<S> {
+impl Forwarder {
     /// Forwards to `caller`; calls without a `grpc-timeout` get `default_timeout`.
-    pub fn new(caller: Arc<dyn Caller>, default_timeout: Duration) -> Forwarder<S> {
+    pub fn new(caller: Arc<dyn Caller>, default_timeout: Duration) -> Forwarder {
         Forwarder {
             caller,
             default_timeout,
-            service: PhantomData,
         }
     }
 }
 
-impl<S: ServiceName> NamedService for Forwarder<S> {
-    const NAME: &'static str = S::NAME;
-}
-
-impl<S, B> Service<http::Request<B>> for Forwarder<S>
+impl<B> Service<http::Request<B>> for Forwarder
 where
-    S: ServiceName,
     B: Body + Send + 'static,
     B::Error: Into<StdError> + Send + 'static,
 {
@@ -226,12 +198,14 @@ pub fn parse_grpc_timeout(value: &str) -> Option<Duration> {
     })
 }
 
-/// What the local endpoint serves: the forwarded partner services, answered by `caller`, and
+/// What the local endpoint serves: the forwarded partner `services`, answered by `caller`, and
 /// `agent.v1.VehicleAgent` if an API is given; one value for the TCP and the Unix listener.
 #[derive(Clone)]
 pub struct LocalServer {
     /// Where forwarded calls go.
     pub caller: Arc<dyn Caller>,
+    /// The partner services forwarded, by full gRPC name (`parking.v1.ParkingPayment`).
+    pub services: Vec<String>,
     /// The agent's own API, if served.
     pub api: Option<AgentApi>,
     /// Deadline of a call whose app set none.
@@ -269,10 +243,40 @@ impl LocalServer {
     }
 
     fn router(self) -> Router {
-        tonic::transport::Server::builder()
-            .add_service(Forwarder::<ParkingPayment>::new(self.caller, self.default_timeout))
-            .add_optional_service(self.api.map(AgentApi::into_service))
+        let mut routes = Routes::default();
+        if let Some(api) = self.api {
+            routes = routes.add_service(api.into_service());
+        }
+        // One route per service, as tonic makes for a compiled one; a service not listed
+        // gets UNIMPLEMENTED saying how to add it.
+        let forwarder = Forwarder::new(self.caller, self.default_timeout);
+        let mut router = routes.into_axum_router();
+        for service in &self.services {
+            router = router.route_service(&format!("/{service}/{{*method}}"), forwarder.clone());
+        }
+        let router = router.fallback(not_forwarded);
+        tonic::transport::Server::builder().add_routes(Routes::from(router))
     }
+}
+
+/// The answer to a call of a service the agent does not forward.
+async fn not_forwarded(uri: http::Uri) -> http::Response<tonic::body::Body> {
+    // A URI path holds only URI characters; its length is the app's, so it is cut.
+    let service: String = uri
+        .path()
+        .trim_start_matches('/')
+        .split('/')
+        .next()
+        .unwrap_or_default()
+        .chars()
+        .take(200)
+        .collect();
+    let status = Status::unimplemented(format!(
+        "the vehicle agent does not forward {}: add it to `services` in the agent's configuration \
+         (and the gateway needs a [[partners]] entry for it)",
+        service
+    ));
+    status.into_http()
 }
 
 /// The file of the agent's Unix socket, which it removes at shutdown.

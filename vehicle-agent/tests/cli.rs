@@ -104,6 +104,23 @@ async fn bad_configuration_exits_64_with_the_reason() {
         "error: keep_alive: 1s is out of range: it must be between 5s and 1h"
     );
 
+    // A list from the environment, in TOML's array syntax.
+    let (code, _, err) = output(
+        agent()
+            .args(["run", "--config"])
+            .arg(&path)
+            .env("AGENT_CERT", &car.cert)
+            .env("AGENT_KEY", &car.key)
+            .env("AGENT_SERVICES", r#"["karaoke.v1.Karaoke", "Karaoke"]"#),
+    )
+    .await;
+    assert_eq!(code, Some(64));
+    assert!(
+        err.trim()
+            .starts_with(r#"error: services: "Karaoke" is not a fully qualified gRPC service"#),
+        "{err}"
+    );
+
     // Without a file, the environment alone must name the files.
     let (code, _, err) = output(agent().arg("run")).await;
     assert_eq!(code, Some(64));
@@ -151,6 +168,7 @@ async fn stub_agent(answer: Result<Vec<u8>, Status>) -> (String, Arc<Stub>) {
     let stub = Arc::new(Stub(answer, Default::default()));
     let server = local::LocalServer {
         caller: stub.clone(),
+        services: vec!["parking.v1.ParkingPayment".into()],
         api: None,
         default_timeout: Duration::from_secs(30),
     };

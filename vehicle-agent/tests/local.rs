@@ -72,6 +72,7 @@ async fn serve(answer: Result<Bytes, (Code, &'static str)>) -> Server {
     let (stop, stopped) = oneshot::channel::<()>();
     let server = local::LocalServer {
         caller: stub.clone(),
+        services: vec!["parking.v1.ParkingPayment".into(), "karaoke.v1.Karaoke".into()],
         api: None,
         default_timeout: DEFAULT_TIMEOUT,
     };
@@ -148,7 +149,7 @@ async fn forwards_path_bytes_deadline_and_key() {
 }
 
 #[tokio::test]
-async fn any_method_of_the_service_is_forwarded_raw() {
+async fn any_method_of_a_configured_service_is_forwarded_raw() {
     common::install_provider();
     let server = serve(Ok(Bytes::from_static(b"\x01\x02"))).await;
     let channel = tonic::transport::Endpoint::from_shared(format!("http://{}", server.addr))
@@ -169,7 +170,17 @@ async fn any_method_of_the_service_is_forwarded_raw() {
     assert_eq!(seen[0].method, "/parking.v1.ParkingPayment/FutureMethod");
     assert_eq!(seen[0].payload, Bytes::from_static(b"raw"));
 
-    // Services the gateway does not offer are not served at all.
+    // A service known only by the configuration is forwarded the same way.
+    grpc.ready().await.unwrap();
+    let path = PathAndQuery::from_static("/karaoke.v1.Karaoke/Queue");
+    grpc.unary(tonic::Request::new(Bytes::from_static(b"song")), path, RawCodec)
+        .await
+        .unwrap();
+    let seen = server.stub.seen.lock().unwrap().clone();
+    assert_eq!(seen[1].method, "/karaoke.v1.Karaoke/Queue");
+    assert_eq!(seen[1].payload, Bytes::from_static(b"song"));
+
+    // Services not configured are not served at all, and the app is told how to add one.
     grpc.ready().await.unwrap();
     let path = PathAndQuery::from_static("/fuel.v1.Fuel/Pay");
     let err = grpc
@@ -177,7 +188,13 @@ async fn any_method_of_the_service_is_forwarded_raw() {
         .await
         .unwrap_err();
     assert_eq!(err.code(), Code::Unimplemented);
-    assert_eq!(server.stub.seen.lock().unwrap().len(), 1);
+    assert!(
+        err.message()
+            .starts_with("the vehicle agent does not forward fuel.v1.Fuel: add it to `services`"),
+        "{}",
+        err.message()
+    );
+    assert_eq!(server.stub.seen.lock().unwrap().len(), 2);
     server.stop().await;
 }
 

@@ -112,6 +112,21 @@ fn partner_entries_are_checked() {
 }
 
 #[test]
+fn an_https_partner_without_the_gateways_client_certificate_is_refused_at_startup() {
+    let e = refusal(|c| {
+        c.partners = vec![PartnerConfig {
+            ca_cert: Some(c.tls.client_ca.clone()),
+            ..partner("https://127.0.0.1:50061")
+        }]
+    });
+    assert!(
+        e.starts_with("partners[0].client_cert: required for an https endpoint"),
+        "{e}"
+    );
+    assert!(e.contains("gateway-client.pem"), "{e}");
+}
+
+#[test]
 fn toml_file_and_env_are_merged() {
     let (dir, c) = files();
     let path = toml_file(

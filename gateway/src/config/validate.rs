@@ -173,7 +173,7 @@ impl GatewayConfig {
         let mut services = HashSet::new();
         for (i, p) in self.partners.iter().enumerate() {
             let field = |name: &str| format!("partners[{i}].{name}");
-            if !is_service_name(&p.service) {
+            if !proto::method::is_service_name(&p.service) {
                 return Err(invalid(
                     field("service"),
                     format!(
@@ -218,6 +218,15 @@ impl GatewayConfig {
                         .as_ref()
                         .ok_or_else(|| invalid(field("ca_cert"), "required for an https endpoint"))?;
                     must_exist(&field("ca_cert"), ca)?;
+                    // Partners trust only the gateway's client certificate: without one the
+                    // handshake fails on the first call, far from this file.
+                    if p.client_cert.is_none() && p.client_key.is_none() {
+                        return Err(invalid(
+                            field("client_cert"),
+                            "required for an https endpoint: partners accept only the gateway's client \
+                             certificate (`certs init` writes it: gateway-client.pem and gateway-client.key)",
+                        ));
+                    }
                 }
                 Some("http") => {}
                 _ => {
@@ -258,10 +267,4 @@ fn must_exist(field: &str, path: &Path) -> Result<(), ConfigError> {
     } else {
         Err(invalid(field, format!("{} is not a readable file", path.display())))
     }
-}
-
-fn is_service_name(s: &str) -> bool {
-    s.contains('.')
-        && s.split('.')
-            .all(|part| !part.is_empty() && part.chars().all(|c| c.is_ascii_alphanumeric() || c == '_'))
 }
