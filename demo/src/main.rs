@@ -56,6 +56,7 @@ async fn main() -> Result<()> {
         .init();
 
     let files = DemoFiles::ensure(&args.dir)?;
+    files.write_sample_configs(&args)?;
     println!(
         "certificates in {}/ (root and per-role CAs, gateway, partner and vehicle {DEMO_VIN})",
         args.dir.display()
@@ -286,7 +287,6 @@ impl DemoFiles {
             vehicle_cert,
             vehicle_key,
         };
-        files.write_sample_configs(dir)?;
         Ok(files)
     }
 
@@ -305,25 +305,28 @@ impl DemoFiles {
         }
     }
 
-    /// `gateway.toml` and `agent.toml` matching the demo (on its default addresses), for
-    /// `gateway run` / `vehicle-agent run`: the configuration structs themselves, serialized,
-    /// so every setting is there with its default.
-    fn write_sample_configs(&self, dir: &Path) -> Result<()> {
+    /// `gateway.toml` and `agent.toml` matching this run of the demo (its addresses, its
+    /// database and the car's state directory), for `gateway run` / `vehicle-agent run` in
+    /// its place: the configuration structs themselves, serialized, so every setting is there
+    /// with its default.
+    fn write_sample_configs(&self, args: &Args) -> Result<()> {
+        let dir = std::fs::canonicalize(&args.dir)?;
         let mut gateway = GatewayConfig::new(
             self.gateway_cert.clone(),
             self.gateway_key.clone(),
             self.vehicles_ca.clone(),
         );
-        gateway.mqtt.listen = "127.0.0.1:8883".parse()?;
+        gateway.mqtt.listen = args.mqtt_listen;
         gateway.storage.url = format!("sqlite://{}", dir.join("gateway.db").display());
-        gateway.partners = vec![self.partner_entry("127.0.0.1:50061".parse()?)];
+        gateway.partners = vec![self.partner_entry(args.adapter_listen)];
         let mut agent = AgentConfig::new(
-            "localhost:8883",
+            format!("localhost:{}", args.mqtt_listen.port()),
             self.ca_cert.clone(),
             self.vehicle_cert.clone(),
             self.vehicle_key.clone(),
         );
-        agent.local_listen = "127.0.0.1:50051".parse()?;
+        agent.local_listen = args.agent_listen;
+        agent.state_dir = dir.join("agent-state");
         let header = |what: &str| format!("# Sample {what} configuration written by `demo`.\n");
         let gateway = header("gateway") + &toml::to_string(&gateway)?;
         let agent = header("vehicle agent") + &toml::to_string(&agent)?;
