@@ -120,6 +120,9 @@ pub fn partner_entry(pki: &TestPki, service: &str, addr: SocketAddr) -> PartnerC
         client_cert: Some(client.cert.clone()),
         client_key: Some(client.key.clone()),
         tls_server_name: None,
+        max_concurrent_calls: gateway::config::DEFAULT_MAX_CONCURRENT_CALLS,
+        breaker_failures: gateway::config::DEFAULT_BREAKER_FAILURES,
+        breaker_open_for: gateway::config::DEFAULT_BREAKER_OPEN_FOR,
     }
 }
 
