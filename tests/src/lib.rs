@@ -19,7 +19,8 @@
 //! The modules, by role:
 //! - [`pki`]: certificates of every role ([`TestPki`], [`Credentials`]).
 //! - [`partner`]: partners the gateway calls ([`start_parking`], [`start_partner`],
-//!   [`ScriptedParking`]) and what a driver asks of them ([`parking_at_the_bund`]).
+//!   [`ScriptedParking`], [`SteeredParking`]) and what a driver asks of them
+//!   ([`parking_at_the_bund`]).
 //! - [`platform`]: the gateway in front of a partner ([`Platform`]), its configuration and
 //!   database ([`gateway_config`], [`storage_url`]), a port kept across restarts ([`KeptPort`]).
 //! - [`car`]: cars: agents ([`Platform::agent`]), apps on them ([`in_car_app`]), stock MQTT
