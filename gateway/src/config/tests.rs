@@ -153,7 +153,7 @@ fn partner_resilience_settings_default_and_parse() {
     let entry = "[[partners]]\nservice = \"parking.v1.ParkingPayment\"\nendpoint = \"http://127.0.0.1:50061\"\n";
     let loaded = GatewayConfig::load(Some(&toml_file(&dir, &c, entry))).unwrap();
     let p = &loaded.partners[0];
-    assert_eq!(p.max_concurrent_calls, 64);
+    assert_eq!(p.max_concurrent_calls, 256);
     assert_eq!(p.breaker_failures, 5);
     assert_eq!(p.breaker_open_for, Duration::from_secs(10));
     let tuned = format!("{entry}max_concurrent_calls = 8\nbreaker_failures = 3\nbreaker_open_for = \"250ms\"\n");
