@@ -302,6 +302,9 @@ impl DemoFiles {
             client_cert: Some(self.client_cert.clone()),
             client_key: Some(self.client_key.clone()),
             tls_server_name: None,
+            max_concurrent_calls: gateway::config::DEFAULT_MAX_CONCURRENT_CALLS,
+            breaker_failures: gateway::config::DEFAULT_BREAKER_FAILURES,
+            breaker_open_for: gateway::config::DEFAULT_BREAKER_OPEN_FOR,
         }
     }
 

@@ -54,6 +54,8 @@ pub struct Gateway {
     /// of connection events, and the recorder ends only when every sender is gone).
     saved: broker::SavedSessions,
     mailboxes: bus::Mailboxes,
+    /// The partners, for their limits' and breakers' state.
+    partners: routing::PartnerDirectory,
 }
 
 /// Why the gateway could not start.
@@ -304,6 +306,7 @@ impl Gateway {
             handshakes,
             saved: services.saved.clone(),
             mailboxes: services.mailboxes.clone(),
+            partners,
         })
     }
 
@@ -337,6 +340,12 @@ impl Gateway {
     pub fn mailboxes(&self) -> (usize, usize, usize) {
         let (parked, parked_bytes) = self.mailboxes.parked();
         (self.mailboxes.live(), parked, parked_bytes)
+    }
+
+    /// Each partner's calls in flight and circuit breaker, by service name (for operators,
+    /// metrics and tests).
+    pub fn partner_health(&self) -> Vec<routing::PartnerHealth> {
+        self.partners.health()
     }
 
     /// The gateway's store (connection log, ledger, events), for operators and tests.

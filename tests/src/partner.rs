@@ -1,7 +1,7 @@
 //! Partners the gateway calls, each on its own mTLS listener on port 0 trusting only the
 //! gateway-clients CA: the reference parking adapter, any other `ParkingPayment` standing in
-//! for one (stalling, talkative, scripted), and an address where nobody answers. Also what a
-//! driver asks of them.
+//! for one (stalling, talkative, scripted, steered while it runs), and an address where nobody
+//! answers. Also what a driver asks of them.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -127,6 +127,9 @@ pub fn partner_entry(pki: &TestPki, service: &str, addr: SocketAddr) -> PartnerC
         client_cert: Some(client.cert.clone()),
         client_key: Some(client.key.clone()),
         tls_server_name: None,
+        max_concurrent_calls: gateway::config::DEFAULT_MAX_CONCURRENT_CALLS,
+        breaker_failures: gateway::config::DEFAULT_BREAKER_FAILURES,
+        breaker_open_for: gateway::config::DEFAULT_BREAKER_OPEN_FOR,
     }
 }
 
@@ -248,6 +251,108 @@ impl ParkingPayment for ScriptedParking {
         if self.holding {
             self.hold.acquire().await.expect("hold semaphore").forget();
         }
+        self.inner.end_session(r).await
+    }
+
+    async fn get_receipt(&self, r: Request<GetReceiptRequest>) -> Result<Response<Receipt>, Status> {
+        self.inner.get_receipt(r).await
+    }
+}
+
+/// What a [`SteeredParking`] does with the calls it gets.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Steering {
+    /// Answers as the reference adapter does.
+    Answer,
+    /// Holds every call until [`SteeredParking::release`], then answers.
+    Hang,
+    /// Fails every call with this code.
+    Fail(tonic::Code),
+}
+
+/// A parking partner the test steers while it runs: it answers, hangs, or fails with a
+/// chosen code, and recovers when told to ([`Steering`]). It counts the ListNearbyLots and
+/// StartSession calls that reach it, which are the ones it steers.
+#[derive(Clone)]
+pub struct SteeredParking {
+    inner: ParkingService,
+    steering: Arc<std::sync::Mutex<Steering>>,
+    hold: Arc<Semaphore>,
+    arrived: Arc<Notify>,
+    calls: Arc<AtomicU64>,
+}
+
+impl SteeredParking {
+    /// Answers like `inner` until steered otherwise.
+    pub fn new(inner: ParkingService) -> SteeredParking {
+        SteeredParking {
+            inner,
+            steering: Arc::new(std::sync::Mutex::new(Steering::Answer)),
+            hold: Arc::new(Semaphore::new(0)),
+            arrived: Arc::default(),
+            calls: Arc::default(),
+        }
+    }
+
+    /// What calls arriving from now on get.
+    pub fn steer(&self, steering: Steering) {
+        *self.steering.lock().expect("steering") = steering;
+    }
+
+    /// Lets `n` calls held by [`Steering::Hang`] go on and answer.
+    pub fn release(&self, n: usize) {
+        self.hold.add_permits(n);
+    }
+
+    /// Steered calls that reached this partner.
+    pub fn calls(&self) -> u64 {
+        self.calls.load(Ordering::SeqCst)
+    }
+
+    /// Resolves once `n` steered calls in all have reached the partner.
+    pub async fn calls_arrived(&self, n: u64) {
+        loop {
+            // Registered before the check, so an arrival in between is not missed.
+            let arrived = self.arrived.clone().notified_owned();
+            if self.calls() >= n {
+                return;
+            }
+            arrived.await;
+        }
+    }
+
+    /// Counts the call, then does what it is steered to.
+    async fn steered(&self) -> Result<(), Status> {
+        self.calls.fetch_add(1, Ordering::SeqCst);
+        self.arrived.notify_waiters();
+        let steering = *self.steering.lock().expect("steering");
+        match steering {
+            Steering::Answer => Ok(()),
+            Steering::Hang => {
+                self.hold.acquire().await.expect("hold semaphore").forget();
+                Ok(())
+            }
+            Steering::Fail(code) => Err(Status::new(code, "steered to fail")),
+        }
+    }
+}
+
+#[tonic::async_trait]
+impl ParkingPayment for SteeredParking {
+    async fn list_nearby_lots(
+        &self,
+        r: Request<ListNearbyLotsRequest>,
+    ) -> Result<Response<ListNearbyLotsResponse>, Status> {
+        self.steered().await?;
+        self.inner.list_nearby_lots(r).await
+    }
+
+    async fn start_session(&self, r: Request<StartSessionRequest>) -> Result<Response<StartSessionResponse>, Status> {
+        self.steered().await?;
+        self.inner.start_session(r).await
+    }
+
+    async fn end_session(&self, r: Request<EndSessionRequest>) -> Result<Response<EndSessionResponse>, Status> {
         self.inner.end_session(r).await
     }
 

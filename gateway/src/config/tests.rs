@@ -52,6 +52,9 @@ fn partner(endpoint: &str) -> PartnerConfig {
         client_cert: None,
         client_key: None,
         tls_server_name: None,
+        max_concurrent_calls: DEFAULT_MAX_CONCURRENT_CALLS,
+        breaker_failures: DEFAULT_BREAKER_FAILURES,
+        breaker_open_for: DEFAULT_BREAKER_OPEN_FOR,
     }
 }
 
@@ -124,6 +127,57 @@ fn an_https_partner_without_the_gateways_client_certificate_is_refused_at_startu
         "{e}"
     );
     assert!(e.contains("gateway-client.pem"), "{e}");
+}
+
+#[test]
+fn partner_resilience_settings_are_checked() {
+    let with = |change: fn(&mut PartnerConfig)| {
+        move |c: &mut GatewayConfig| {
+            let mut p = partner("http://127.0.0.1:50061");
+            change(&mut p);
+            c.partners = vec![p];
+        }
+    };
+    check_refused(with(|p| p.max_concurrent_calls = 0), "partners[0].max_concurrent_calls");
+    check_refused(
+        with(|p| p.max_concurrent_calls = 100_001),
+        "partners[0].max_concurrent_calls",
+    );
+    check_refused(with(|p| p.breaker_failures = 0), "partners[0].breaker_failures");
+    check_refused(with(|p| p.breaker_failures = 1_001), "partners[0].breaker_failures");
+    check_refused(
+        with(|p| p.breaker_open_for = Duration::ZERO),
+        "partners[0].breaker_open_for",
+    );
+    check_refused(
+        with(|p| p.breaker_open_for = Duration::from_secs(3601)),
+        "partners[0].breaker_open_for",
+    );
+    let (_d, mut c) = files();
+    with(|p| {
+        p.max_concurrent_calls = 1;
+        p.breaker_failures = 1;
+        p.breaker_open_for = Duration::from_millis(10);
+    })(&mut c);
+    c.validate().expect("the smallest settings are accepted");
+}
+
+#[test]
+fn partner_resilience_settings_default_and_parse() {
+    let (dir, c) = files();
+    let entry = "[[partners]]\nservice = \"parking.v1.ParkingPayment\"\nendpoint = \"http://127.0.0.1:50061\"\n";
+    let loaded = GatewayConfig::load(Some(&toml_file(&dir, &c, entry))).unwrap();
+    let p = &loaded.partners[0];
+    assert_eq!(p.max_concurrent_calls, 256);
+    assert_eq!(p.breaker_failures, 5);
+    assert_eq!(p.breaker_open_for, Duration::from_secs(10));
+    let tuned = format!("{entry}max_concurrent_calls = 8\nbreaker_failures = 3\nbreaker_open_for = \"250ms\"\n");
+    let loaded = GatewayConfig::load(Some(&toml_file(&dir, &c, &tuned))).unwrap();
+    let p = &loaded.partners[0];
+    assert_eq!(
+        (p.max_concurrent_calls, p.breaker_failures, p.breaker_open_for),
+        (8, 3, Duration::from_millis(250))
+    );
 }
 
 #[test]

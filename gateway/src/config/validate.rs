@@ -256,6 +256,15 @@ impl GatewayConfig {
                     "must be positive and at most requests.max_timeout",
                 ));
             }
+            if !(1..=100_000).contains(&p.max_concurrent_calls) {
+                return Err(invalid(field("max_concurrent_calls"), "must be between 1 and 100000"));
+            }
+            if !(1..=1_000).contains(&p.breaker_failures) {
+                return Err(invalid(field("breaker_failures"), "must be between 1 and 1000"));
+            }
+            if p.breaker_open_for < Duration::from_millis(10) || p.breaker_open_for > Duration::from_secs(3600) {
+                return Err(invalid(field("breaker_open_for"), "must be between 10ms and 1h"));
+            }
         }
         Ok(())
     }

@@ -17,7 +17,7 @@ use tokio_util::task::TaskTracker;
 use tracing::{Instrument, debug, info, info_span, warn};
 
 use super::idempotency::{Admission, Ledger};
-use super::partners::{CallContext, PartnerDirectory};
+use super::partners::{CallContext, PartnerDirectory, PartnerError};
 use crate::bus::{DeliveryOutcome, Mailboxes, Outbound, RequestInbox};
 use crate::config::RequestLimits;
 use crate::logsafe::{printable, printable_within};
@@ -170,8 +170,10 @@ impl RequestRouter {
             let left = deadline.saturating_duration_since(Instant::now());
             match partner.call(&ctx, &method, payload.clone(), left).await {
                 Ok(reply) => break Response::ok(request_id.clone(), reply.to_vec()),
-                // Retrying is safe: the partner sees the same idempotency key.
-                Err(status)
+                // Retrying is safe: the partner sees the same idempotency key. A call its
+                // limit or open breaker refused is answered at once instead (and, being
+                // RESOURCE_EXHAUSTED or UNAVAILABLE, not stored: a later retry calls it).
+                Err(PartnerError::Failed(status))
                     if status.code() == tonic::Code::Unavailable && attempt < PARTNER_ATTEMPTS && left > pause * 2 =>
                 {
                     debug!(message = status.message(), attempt, "partner unavailable, retrying");
@@ -179,7 +181,7 @@ impl RequestRouter {
                     pause *= 2;
                     attempt += 1;
                 }
-                Err(status) => break fail(status.code().into(), status.message().to_owned()),
+                Err(e) => break fail(e.status().code().into(), e.status().message().to_owned()),
             }
         };
         if let Some(key) = key {

@@ -4,7 +4,9 @@
 pub mod dispatcher;
 pub mod idempotency;
 pub mod partners;
+pub mod resilience;
 
 pub use dispatcher::{Dispatcher, RequestRouter};
 pub use idempotency::Ledger;
-pub use partners::{CallContext, PartnerAdapter, PartnerDirectory};
+pub use partners::{CallContext, PartnerAdapter, PartnerDirectory, PartnerError};
+pub use resilience::{BreakerState, PartnerHealth};

@@ -1,7 +1,9 @@
 //! Partner adapters: one gRPC channel per configured service, called without decoding the
-//! messages (the gateway brokers bytes; the contract is between car and partner).
+//! messages (the gateway brokers bytes; the contract is between car and partner), each call
+//! let through or refused at once by the partner's [`PartnerGuard`] (limit and breaker).
 
 use std::collections::HashMap;
+use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -11,6 +13,7 @@ use proto::{MethodPath, Vin, metadata};
 use tonic::metadata::MetadataValue;
 use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity};
 
+use super::resilience::{CallOutcome, PartnerGuard, PartnerHealth, ResilienceSettings};
 use crate::config::PartnerConfig;
 
 /// Who is asking, passed to the partner as metadata.
@@ -33,6 +36,29 @@ pub struct PartnerAdapter {
     read_only_methods: Vec<String>,
     /// Largest answer accepted from this partner.
     max_response_bytes: usize,
+    /// Its limit on calls in flight and its circuit breaker, shared by every clone.
+    guard: Arc<PartnerGuard>,
+}
+
+/// Why a partner call gave no answer.
+#[derive(Debug)]
+pub enum PartnerError {
+    /// The partner was not called: its calls in flight are at their limit
+    /// (RESOURCE_EXHAUSTED) or its circuit breaker is open (UNAVAILABLE). Retrying at once is
+    /// pointless.
+    Refused(tonic::Status),
+    /// The partner was called and the call failed (its status, or ours for a transport
+    /// failure or a deadline).
+    Failed(tonic::Status),
+}
+
+impl PartnerError {
+    /// The status the car gets.
+    pub fn status(&self) -> &tonic::Status {
+        match self {
+            PartnerError::Refused(status) | PartnerError::Failed(status) => status,
+        }
+    }
 }
 
 impl PartnerAdapter {
@@ -51,15 +77,25 @@ impl PartnerAdapter {
         self.default_timeout
     }
 
-    /// Calls `method` with the encoded `payload`, giving up after `timeout`.
+    /// The state of this partner's limit and breaker.
+    pub fn health(&self) -> PartnerHealth {
+        self.guard.health(tokio::time::Instant::now())
+    }
+
+    /// Calls `method` with the encoded `payload`, giving up after `timeout`, unless the
+    /// partner's limit or breaker refuses the call at once.
     pub async fn call(
         &self,
         ctx: &CallContext,
         method: &MethodPath,
         payload: Bytes,
         timeout: Duration,
-    ) -> Result<Bytes, tonic::Status> {
+    ) -> Result<Bytes, PartnerError> {
         let started = tokio::time::Instant::now();
+        let permit = self
+            .guard
+            .admit(started)
+            .map_err(|refusal| PartnerError::Refused(refusal.to_status(&self.service)))?;
         let call = async {
             let mut grpc =
                 tonic::client::Grpc::new(self.channel.clone()).max_decoding_message_size(self.max_response_bytes);
@@ -80,14 +116,17 @@ impl PartnerAdapter {
         };
         // tonic does not enforce the deadline on the client side by itself; this does, and
         // it covers connection setup too.
-        match tokio::time::timeout(timeout, call).await {
+        let result = match tokio::time::timeout(timeout, call).await {
             Ok(Ok(reply)) => Ok(reply),
             Ok(Err(status)) => Err(explain(status, &self.service, started.elapsed(), timeout)),
             Err(_) => Err(tonic::Status::deadline_exceeded(format!(
                 "partner {} did not answer within {timeout:?}",
                 self.service
             ))),
-        }
+        };
+        let outcome = CallOutcome::of(result.as_ref().map(|_| ()), timeout);
+        permit.finish(outcome, tokio::time::Instant::now());
+        result.map_err(PartnerError::Failed)
     }
 }
 
@@ -170,6 +209,7 @@ impl PartnerDirectory {
                 default_timeout: p.timeout,
                 read_only_methods: p.read_only_methods.clone(),
                 max_response_bytes,
+                guard: PartnerGuard::new(&p.service, ResilienceSettings::from(p)),
             };
             by_service.insert(p.service.clone(), adapter);
         }
@@ -184,6 +224,13 @@ impl PartnerDirectory {
     /// Names of every configured service.
     pub fn services(&self) -> impl Iterator<Item = &str> {
         self.by_service.keys().map(String::as_str)
+    }
+
+    /// The state of every partner's limit and breaker, by service name.
+    pub fn health(&self) -> Vec<PartnerHealth> {
+        let mut all: Vec<PartnerHealth> = self.by_service.values().map(PartnerAdapter::health).collect();
+        all.sort_by(|a, b| a.service.cmp(&b.service));
+        all
     }
 }
 
