@@ -392,6 +392,7 @@ pub async fn run_all(
             read_only_methods: &brokers.setup.read_only_methods,
             partner_api: true,
             overrides: brokers.overrides,
+            extra_services: &[],
         };
         let broker =
             brokers::start_gateway(launch, fleet, &dir, &brokers.setup.db_dir, brokers.hosts, &options).await?;

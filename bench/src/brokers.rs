@@ -514,6 +514,9 @@ pub struct GatewayOptions<'a> {
     pub partner_api: bool,
     /// Settings beyond these, e.g. non-default per-car bounds.
     pub overrides: &'a [ConfigOverride],
+    /// More services the same adapter serves, each a `[[partners]]` entry of its own (known to
+    /// the gateway by configuration only), with the same read-only methods.
+    pub extra_services: &'a [String],
 }
 
 /// The gateway's configuration file: MQTT on `listen` (the partner API, if enabled, on the
@@ -572,6 +575,19 @@ pub fn gateway_toml(fleet: &Fleet, listen: SocketAddr, db: &Path, options: &Gate
         client_key = fleet.gateway_client.key,
         read_only = options.read_only_methods,
     );
+    for service in options.extra_services {
+        let _ = write!(
+            toml,
+            "\n[[partners]]\nservice = {service:?}\nread_only_methods = {read_only:?}\n\
+             endpoint = \"https://localhost:{adapter_port}\"\ntimeout = \"30s\"\n\
+             ca_cert = {ca:?}\nclient_cert = {client_cert:?}\nclient_key = {client_key:?}\n",
+            ca = fleet.ca_file,
+            adapter_port = options.adapter.port(),
+            client_cert = fleet.gateway_client.cert,
+            client_key = fleet.gateway_client.key,
+            read_only = options.read_only_methods,
+        );
+    }
     toml
 }
 

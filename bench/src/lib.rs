@@ -11,6 +11,7 @@
 //! - [`restart`]: the reconnect storm (the broker killed and restarted under the fleet);
 //! - [`abuse`]: well-behaved cars served while one car abuses MQTT ([`abuser`], over the raw
 //!   client [`rawmqtt`]) and sockets flood the listener; partner events from [`partner`];
+//! - [`services`]: a service known by configuration only against a compiled-in one;
 //! - [`run`]: one run of every scenario; [`report`]: its JSON and Markdown.
 
 pub mod abuse;
@@ -25,6 +26,7 @@ pub mod rawmqtt;
 pub mod report;
 pub mod restart;
 pub mod run;
+pub mod services;
 pub mod stats;
 pub mod swarm;
 mod targets;

@@ -1,10 +1,12 @@
 //! `fleet-bench report`: runs every scenario against the gateway and Mosquitto, one after the
 //! other with the same fleet, and writes `report.json` and `report.md`. `fleet-bench abuse`
-//! runs only the abusive-car scenario and writes `abuse.json` and `abuse.md`.
+//! runs only the abusive-car scenario and writes `abuse.json` and `abuse.md`; `fleet-bench
+//! services` compares a service known by configuration only with a compiled-in one.
 //!
 //! ```text
 //! cargo run --release -p fleet-bench -- report --vehicles 2000 --out docs/benchmarks
 //! cargo run --release -p fleet-bench -- abuse --out docs/benchmarks
+//! cargo run --release -p fleet-bench -- services --out docs/benchmarks
 //! ```
 
 use std::net::{IpAddr, Ipv4Addr};
@@ -21,6 +23,7 @@ use fleet_bench::fleet::Fleet;
 use fleet_bench::report::Started;
 use fleet_bench::restart::RestartPlan;
 use fleet_bench::run::{self, LedgerRun, Plan};
+use fleet_bench::services::{self, ServicesPlan};
 use fleet_bench::swarm::StormSettings;
 use fleet_bench::under_storm::UnderStormPlan;
 
@@ -41,6 +44,41 @@ enum Command {
     Report(Box<Args>),
     /// Runs only the abusive-car scenario and writes abuse.json and abuse.md.
     Abuse(Box<AbuseOnly>),
+    /// Compares a service the gateway knows by configuration only with a compiled-in one and
+    /// writes services.json and services.md.
+    Services(Box<ServicesOnly>),
+}
+
+/// The configuration-only service scenario.
+#[derive(clap::Args)]
+struct ServicesOnly {
+    /// Where services.json and services.md go.
+    #[arg(long, default_value = "docs/benchmarks")]
+    out: PathBuf,
+    /// Cars connected, all sending.
+    #[arg(long, default_value_t = 200)]
+    vehicles: usize,
+    /// Requests per second, all cars together.
+    #[arg(long, default_value_t = 500.0)]
+    rate: f64,
+    /// Seconds per phase.
+    #[arg(long, default_value_t = 10.0)]
+    phase: f64,
+    /// Seconds at the start of each phase left out of its figures.
+    #[arg(long, default_value_t = 2.0)]
+    warmup: f64,
+    /// Phases per service, alternating.
+    #[arg(long, default_value_t = 3)]
+    rounds: usize,
+    /// Do not run `cargo build` for the gateway first.
+    #[arg(long)]
+    no_build: bool,
+    /// Gateway binary (default: next to this executable).
+    #[arg(long)]
+    gateway_bin: Option<PathBuf>,
+    /// Keep the temporary directory (certificates, configs, the gateway's log).
+    #[arg(long)]
+    keep_work: bool,
 }
 
 /// Which brokers, and how to get them.
@@ -273,6 +311,7 @@ fn main() -> ExitCode {
     let done = match Cli::parse().command {
         Command::Report(args) => runtime.block_on(report(*args)),
         Command::Abuse(args) => runtime.block_on(abuse_only(*args)),
+        Command::Services(args) => runtime.block_on(services_only(*args)),
     };
     match done {
         Ok(()) => ExitCode::SUCCESS,
@@ -360,6 +399,33 @@ fn command_line() -> String {
         command.push_str(&a);
     }
     command
+}
+
+/// `fleet-bench services`: a configuration-only service against a compiled-in one.
+async fn services_only(args: ServicesOnly) -> anyhow::Result<()> {
+    let work = tempfile::Builder::new().prefix("fleet-bench-services-").tempdir()?;
+    if !args.no_build && args.gateway_bin.is_none() {
+        brokers::build_workspace_binaries()?;
+    }
+    let bin = match &args.gateway_bin {
+        Some(p) => p.clone(),
+        None => brokers::workspace_binary("gateway")?,
+    };
+    anyhow::ensure!(
+        bin.exists(),
+        "{} does not exist (build it or pass --gateway-bin)",
+        bin.display()
+    );
+    let plan = ServicesPlan {
+        vehicles: args.vehicles,
+        rate: args.rate,
+        phase: Duration::from_secs_f64(args.phase),
+        warmup: Duration::from_secs_f64(args.warmup),
+        rounds: args.rounds,
+        overrides: fleet_bench::run::traffic_overrides(),
+    };
+    let run = services::run(&plan, &GatewayLaunch::Binary(bin), work.path(), command_line()).await?;
+    publish(&args.out, "services", &run, &run.markdown(), work, args.keep_work)
 }
 
 /// `fleet-bench abuse`: the abusive-car scenario alone.

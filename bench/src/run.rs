@@ -152,6 +152,7 @@ pub async fn run(plan: &Plan, work: &Path) -> Result<Report> {
             read_only_methods: &plan.brokers.read_only_methods,
             partner_api: false,
             overrides: &plan.gateway_overrides,
+            extra_services: &[],
         };
         let broker = brokers::start_gateway(launch, &fleet, &dir, &plan.brokers.db_dir, &plan.hosts, &options).await?;
         let (report, request_report) = measure(plan, &fleet, broker, Some(adapter), &dir, &say).await?;
@@ -182,6 +183,7 @@ pub async fn run(plan: &Plan, work: &Path) -> Result<Report> {
                 read_only_methods: &[],
                 partner_api: false,
                 overrides: &plan.gateway_overrides,
+                extra_services: &[],
             };
             let broker = brokers::start_gateway(launch, &fleet, &dir, &run.db_dir, &plan.hosts, &options).await?;
             let place = match run.label.as_str() {

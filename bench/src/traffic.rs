@@ -87,6 +87,7 @@ impl Workload for Echo {
 /// gateway on `/v1/resp` after calling the reference parking adapter.
 pub struct ParkingRequests {
     payload: Vec<u8>,
+    method: String,
 }
 
 impl Default for ParkingRequests {
@@ -101,11 +102,21 @@ impl Default for ParkingRequests {
         };
         ParkingRequests {
             payload: request.encode_to_vec(),
+            method: LIST_NEARBY_LOTS.into(),
         }
     }
 }
 
 impl ParkingRequests {
+    /// The same request sent as `method` (a full gRPC path), e.g. to a service that has the
+    /// same messages under another name.
+    pub fn calling(method: &str) -> ParkingRequests {
+        ParkingRequests {
+            method: method.into(),
+            ..ParkingRequests::default()
+        }
+    }
+
     /// The encoded `ListNearbyLotsRequest` every request carries.
     pub fn payload(&self) -> &[u8] {
         &self.payload
@@ -123,7 +134,7 @@ impl Workload for ParkingRequests {
         Request {
             request_id: format!("fb-{seq}-{sent_ns}"),
             idempotency_key: String::new(),
-            method: LIST_NEARBY_LOTS.into(),
+            method: self.method.clone(),
             timeout_ms: 30_000,
             payload: self.payload.clone(),
         }

@@ -14,6 +14,7 @@ use fleet_bench::brokers::{BrokerSetup, GatewayLaunch};
 use fleet_bench::report::TrafficReport;
 use fleet_bench::restart::RestartPlan;
 use fleet_bench::run::{LedgerRun, Plan, run, traffic_overrides, write_report};
+use fleet_bench::services::{self, ServicesPlan};
 use fleet_bench::swarm::StormSettings;
 use fleet_bench::under_storm::UnderStormPlan;
 
@@ -253,4 +254,29 @@ async fn every_scenario_produces_figures_and_no_failures() {
     assert!(markdown.contains("## Abusive car: gateway"));
     let parsed: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(json).unwrap()).unwrap();
     assert_eq!(parsed["settings"]["vehicles"], VEHICLES);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_configuration_only_service_scenario_answers_both_services() {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let work = tempfile::tempdir().unwrap();
+    let plan = ServicesPlan {
+        vehicles: 5,
+        rate: 50.0,
+        phase: Duration::from_secs(1),
+        warmup: Duration::from_millis(200),
+        rounds: 1,
+        overrides: traffic_overrides(),
+    };
+    let report = services::run(&plan, &GatewayLaunch::InProcess, work.path(), "smoke".into())
+        .await
+        .unwrap();
+    assert_eq!(report.phases.len(), 2);
+    for phase in &report.phases {
+        assert_clean(&phase.service, &phase.traffic);
+    }
+    let services: Vec<&str> = report.totals.iter().map(|t| t.service.as_str()).collect();
+    assert_eq!(services, [services::COMPILED, services::CONFIGURED]);
+    assert!(report.totals.iter().all(|t| t.answered > 0 && t.failed == 0));
+    assert!(report.markdown().contains("| `karaoke.v1.Karaoke` | configuration only |"));
 }

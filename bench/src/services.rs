@@ -1,0 +1,302 @@
+//! A service known to the gateway by configuration alone costs it no more than a compiled-in
+//! one: the same cars send the same `ListNearbyLots` request to `parking.v1.ParkingPayment`
+//! (whose contract is compiled into the code base) and to `karaoke.v1.Karaoke` (which no Rust
+//! code of ours mentions: a `[[partners]]` entry is all the gateway knows of it), in
+//! alternating phases, against one partner that answers both with the reference parking
+//! service, so that only the gateway's handling can differ. Per phase: the gateway's CPU per
+//! request and the round trip.
+
+use std::fmt::Write as _;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::path::Path;
+use std::time::Duration;
+
+use anyhow::{Context as _, Result, bail};
+use parking_adapter::ParkingService;
+use proto::parking::v1::parking_payment_server::ParkingPaymentServer;
+use serde::Serialize;
+use tonic::service::Routes;
+use tower::ServiceExt as _;
+
+use crate::brokers::{self, ConfigOverride, GatewayLaunch, GatewayOptions};
+use crate::fleet::Fleet;
+use crate::procfs::Roles;
+use crate::report::{RunInfo, Started, TrafficReport, notes_markdown, table_head};
+use crate::swarm::{StormSettings, Swarm, Target};
+use crate::traffic::{self, LIST_NEARBY_LOTS, Load, ParkingRequests, Schedule};
+
+/// The service whose contract is compiled in.
+pub const COMPILED: &str = "parking.v1.ParkingPayment";
+/// The service the gateway knows by configuration only (same messages, another name).
+pub const CONFIGURED: &str = "karaoke.v1.Karaoke";
+
+/// What the scenario does.
+#[derive(Debug, Clone)]
+pub struct ServicesPlan {
+    /// Cars connected, all sending.
+    pub vehicles: usize,
+    /// Requests per second, all cars together, open loop.
+    pub rate: f64,
+    /// How long each phase sends.
+    pub phase: Duration,
+    /// The first part of each phase left out of its figures.
+    pub warmup: Duration,
+    /// Rounds of one phase per service (compiled, configured, compiled, ...).
+    pub rounds: usize,
+    /// Settings of the gateway beyond the defaults (the per-car rates lifted).
+    pub overrides: Vec<ConfigOverride>,
+}
+
+/// One phase: one service, one round.
+#[derive(Debug, Clone, Serialize)]
+pub struct Phase {
+    /// The service called.
+    pub service: String,
+    /// Which round.
+    pub round: usize,
+    /// Its figures.
+    pub traffic: TrafficReport,
+}
+
+/// Both services over every round.
+#[derive(Debug, Clone, Serialize)]
+pub struct ServiceTotals {
+    /// The service.
+    pub service: String,
+    /// How the gateway knows it.
+    pub kind: String,
+    /// Answers received, after the warm-ups.
+    pub answered: u64,
+    /// Non-OK answers and requests never answered.
+    pub failed: u64,
+    /// Gateway CPU per answered request over all its phases, microseconds.
+    pub gateway_cpu_us_per_request: f64,
+    /// The median of its phases' p50 and p99 round trips, milliseconds.
+    pub p50_ms: f64,
+    /// See `p50_ms`.
+    pub p99_ms: f64,
+}
+
+/// The scenario's report.
+#[derive(Debug, Clone, Serialize)]
+pub struct ServicesRun {
+    /// When and where.
+    pub run: RunInfo,
+    /// Cars, rate, phases.
+    pub vehicles: usize,
+    /// Requests per second.
+    pub rate: f64,
+    /// Seconds per phase.
+    pub phase_s: f64,
+    /// Seconds of each phase left out.
+    pub warmup_s: f64,
+    /// Every phase in order.
+    pub phases: Vec<Phase>,
+    /// Per service.
+    pub totals: Vec<ServiceTotals>,
+    /// What to know to read it.
+    pub notes: Vec<String>,
+}
+
+/// Runs the scenario with the gateway as `launch` says, files in `work`.
+pub async fn run(plan: &ServicesPlan, launch: &GatewayLaunch, work: &Path, command: String) -> Result<ServicesRun> {
+    let started = Started::now();
+    if plan.vehicles == 0 || plan.rounds == 0 || plan.rate <= 0.0 {
+        bail!("need vehicles, rounds and a rate");
+    }
+    let hosts = vec![IpAddr::V4(Ipv4Addr::LOCALHOST)];
+    started.say(&format!("issuing {} vehicle certificates", plan.vehicles));
+    let fleet = Fleet::create(&work.join("pki"), plan.vehicles, &hosts)?;
+    let (partner, _stop_partner) = start_twin_partner(&fleet).await?;
+    let dir = work.join("gateway");
+    std::fs::create_dir_all(&dir)?;
+    let read_only = vec!["ListNearbyLots".to_owned()];
+    let extra = vec![CONFIGURED.to_owned()];
+    let options = GatewayOptions {
+        max_connections: plan.vehicles + 100,
+        adapter: partner,
+        read_only_methods: &read_only,
+        partner_api: false,
+        overrides: &plan.overrides,
+        extra_services: &extra,
+    };
+    started.say("starting the gateway");
+    let broker = brokers::start_gateway(launch, &fleet, &dir, &work.join("db"), &hosts, &options).await?;
+    let roles = Roles::new(broker.pid, None);
+    let mut swarm = Swarm::new(fleet.vehicles.iter().map(|v| v.vin.clone()).collect());
+    let configs = fleet.client_configs(0..plan.vehicles, &Default::default())?;
+    let target = Target {
+        hosts: hosts.clone(),
+        port: broker.port,
+    };
+    let outcome = swarm.storm(&configs, &target, &StormSettings::default()).await?;
+    if outcome.connected < plan.vehicles {
+        bail!(
+            "{} of {} vehicles connected: {:?}",
+            outcome.connected,
+            plan.vehicles,
+            outcome.first_error
+        );
+    }
+    let active = swarm.connected();
+    let compiled = ParkingRequests::default();
+    let configured = ParkingRequests::calling(&LIST_NEARBY_LOTS.replace(COMPILED, CONFIGURED));
+    traffic::prepare(&mut swarm, &active, &compiled).await?;
+    let schedule = Schedule {
+        load: Load::Rate(plan.rate),
+        duration: plan.phase,
+        warmup: plan.warmup,
+    };
+    let mut phases = Vec::new();
+    for round in 1..=plan.rounds {
+        for (service, workload) in [(COMPILED, &compiled), (CONFIGURED, &configured)] {
+            started.say(&format!("round {round}: {service}, {:.0} requests/s", plan.rate));
+            let mark = roles.mark();
+            let outcome = traffic::run(&mut swarm, &active, workload, schedule).await;
+            let scenario = format!("ListNearbyLots via {service}");
+            phases.push(Phase {
+                service: service.into(),
+                round,
+                traffic: TrafficReport::new(&scenario, Load::Rate(plan.rate).describe(), outcome, roles.since(&mark)),
+            });
+        }
+    }
+    let _ = swarm.disconnect_all().await;
+    broker.stop().await;
+    let totals = [(COMPILED, "compiled-in contract"), (CONFIGURED, "configuration only")]
+        .into_iter()
+        .map(|(service, kind)| totals(service, kind, &phases))
+        .collect();
+    let notes = vec![
+        "The gateway runs its release binary as its own process (default logging, SQLite on disk); ListNearbyLots \
+         is read-only for both entries, so neither phase goes through the idempotency ledger."
+            .into(),
+        format!(
+            "One partner in the load generator's process serves both services with the reference parking service \
+             ({CONFIGURED}/M is answered as {COMPILED}/M), so the partner's work is the same for both; its CPU is \
+             the load generator's, not the gateway's."
+        ),
+        "Gateway CPU per request is the gateway process's CPU time over the whole phase (warm-up included) \
+         divided by the answers after the warm-up: compare the two services, not with other reports."
+            .into(),
+    ];
+    Ok(ServicesRun {
+        run: started.finish(command),
+        vehicles: plan.vehicles,
+        rate: plan.rate,
+        phase_s: plan.phase.as_secs_f64(),
+        warmup_s: plan.warmup.as_secs_f64(),
+        phases,
+        totals,
+        notes,
+    })
+}
+
+fn totals(service: &str, kind: &str, phases: &[Phase]) -> ServiceTotals {
+    let mine: Vec<&TrafficReport> = phases
+        .iter()
+        .filter(|p| p.service == service)
+        .map(|p| &p.traffic)
+        .collect();
+    let answered: u64 = mine.iter().map(|t| t.outcome.replies - t.outcome.errors).sum();
+    let failed = mine.iter().map(|t| t.outcome.errors + t.outcome.missing).sum();
+    let cpu_s: f64 = mine.iter().map(|t| t.cpu.broker_cpu_s).sum();
+    let median = |f: fn(&TrafficReport) -> f64| {
+        let mut v: Vec<f64> = mine.iter().map(|t| f(t)).collect();
+        v.sort_by(f64::total_cmp);
+        v.get(v.len() / 2).copied().unwrap_or(0.0)
+    };
+    ServiceTotals {
+        service: service.into(),
+        kind: kind.into(),
+        answered,
+        failed,
+        gateway_cpu_us_per_request: if answered == 0 {
+            0.0
+        } else {
+            cpu_s * 1e6 / answered as f64
+        },
+        p50_ms: median(|t| t.outcome.latency.p50_ms),
+        p99_ms: median(|t| t.outcome.latency.p99_ms),
+    }
+}
+
+/// One partner for both services: the reference parking service under its own name, and the
+/// same under [`CONFIGURED`] (the path renamed before tonic's router sees it). Its mTLS is the
+/// adapter's: the fleet's partner certificate, gateway clients only.
+async fn start_twin_partner(fleet: &Fleet) -> Result<(SocketAddr, tokio::sync::oneshot::Sender<()>)> {
+    let listener = tokio::net::TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).await?;
+    let addr = listener.local_addr()?;
+    let read = |p: &Path| std::fs::read_to_string(p).with_context(|| format!("read {}", p.display()));
+    let tls = parking_adapter::mtls_config(
+        &read(&fleet.adapter.cert)?,
+        &read(&fleet.adapter.key)?,
+        fleet.gateway_clients_ca_pem(),
+    );
+    let parking = ParkingPaymentServer::new(ParkingService::new());
+    let renamed = parking.clone().map_request(|mut req: http::Request<axum::body::Body>| {
+        let path = req.uri().path().replacen(CONFIGURED, COMPILED, 1);
+        *req.uri_mut() = path.parse().expect("a renamed gRPC path is a valid URI");
+        req
+    });
+    let router = Routes::new(parking)
+        .into_axum_router()
+        .route_service(&format!("/{CONFIGURED}/{{*method}}"), renamed);
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let server = tonic::transport::Server::builder()
+        .tls_config(tls)?
+        .add_routes(Routes::from(router))
+        .serve_with_incoming_shutdown(tokio_stream::wrappers::TcpListenerStream::new(listener), async {
+            let _ = stopped.await;
+        });
+    tokio::spawn(server);
+    Ok((addr, stop))
+}
+
+impl ServicesRun {
+    /// The report as Markdown.
+    pub fn markdown(&self) -> String {
+        let mut md = String::new();
+        self.run
+            .markdown(&mut md, "A service by configuration alone: what it costs the gateway");
+        let _ = writeln!(
+            md,
+            "- {} cars, {:.0} requests/s between them (open loop), {:.0} s per phase ({:.0} s warm-up left out), \
+             the services alternating\n",
+            self.vehicles, self.rate, self.phase_s, self.warmup_s
+        );
+        table_head(
+            &mut md,
+            "| service | the gateway knows it by | answered | failed | gateway CPU µs / request | p50 ms (median of phases) | p99 ms (median of phases) |",
+        );
+        for t in &self.totals {
+            let _ = writeln!(
+                md,
+                "| `{}` | {} | {} | {} | {:.0} | {:.2} | {:.2} |",
+                t.service, t.kind, t.answered, t.failed, t.gateway_cpu_us_per_request, t.p50_ms, t.p99_ms
+            );
+        }
+        let _ = writeln!(md, "\n## Phases\n");
+        table_head(
+            &mut md,
+            "| round | service | answered | errors | missing | gateway CPU µs / request | p50 ms | p99 ms |",
+        );
+        for p in &self.phases {
+            let o = &p.traffic.outcome;
+            let _ = writeln!(
+                md,
+                "| {} | `{}` | {} | {} | {} | {:.0} | {:.2} | {:.2} |",
+                p.round,
+                p.service,
+                o.replies - o.errors,
+                o.errors,
+                o.missing,
+                p.traffic.broker_cpu_us_per_msg,
+                o.latency.p50_ms,
+                o.latency.p99_ms
+            );
+        }
+        notes_markdown(&mut md, &self.notes);
+        md
+    }
+}
