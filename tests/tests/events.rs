@@ -1,5 +1,6 @@
 //! Partners push events to cars: stored per VIN, delivered in order, redelivered until the
-//! car acknowledges them, and a partner can speak only for its own service.
+//! car acknowledges them, and a partner can speak only for its own service. The agent keeps
+//! them until an in-car app has taken them, and acknowledges them only then.
 
 use std::time::Duration;
 
@@ -84,12 +85,11 @@ async fn events_pushed_while_the_car_is_away_arrive_in_order_when_it_connects() 
         let seq = published(&mut partner, event(VIN_A, &format!("e{i}"), kind)).await;
         assert_eq!(seq, i as u64 + 1);
     }
-    // Listen before the agent connects, so no event can slip past.
     let car = vehicle_agent::Agent::start(platform.agent_config(VIN_A)).await.unwrap();
-    let mut events = car.link().events();
+    let mut events = car.link().subscribe_events(0).unwrap();
     let mut kinds = Vec::new();
     while kinds.len() < 3 {
-        let e = within(Duration::from_secs(10), events.recv(), "event").await.unwrap();
+        let e = within(SOON, events.next(), "event").await.unwrap();
         kinds.push((e.sequence, e.kind));
     }
     assert_eq!(
@@ -101,6 +101,57 @@ async fn events_pushed_while_the_car_is_away_arrive_in_order_when_it_connects() 
         ]
     );
     car.shutdown().await;
+}
+
+/// The kinds of the next `n` events an app of `agent` is shown after `after_sequence`.
+async fn shown_to_an_app(agent: &vehicle_agent::Agent, after_sequence: u64, n: usize) -> Vec<String> {
+    let mut events = agent.link().subscribe_events(after_sequence).unwrap();
+    let mut kinds = Vec::new();
+    while kinds.len() < n {
+        kinds.push(
+            within(SOON, events.next(), "an event reaches the app")
+                .await
+                .unwrap()
+                .kind,
+        );
+    }
+    kinds
+}
+
+#[tokio::test]
+async fn events_published_while_no_app_listens_reach_the_app_that_subscribes_later_and_are_acked_only_then() {
+    let (platform, mut partner) = platform_and_parking_partner().await;
+    // Published while the agent is down, then it comes up with no app listening.
+    for i in 1..=5 {
+        published(&mut partner, event(VIN_A, &format!("e{i}"), &format!("k{i}"))).await;
+    }
+    let config = platform.agent_config(VIN_A);
+    let car = connected_agent(config.clone()).await;
+    eventually("the agent keeps the 5 events", || car.link().kept_events() == 5).await;
+    // The app subscribes later: all 5, in order. It does not acknowledge, and the agent stops.
+    assert_eq!(shown_to_an_app(&car, 0, 5).await, ["k1", "k2", "k3", "k4", "k5"]);
+    car.shutdown().await;
+    // The gateway got no acknowledgement: another connection of the car gets all 5 again.
+    let mut raw = listening_car(&platform, VIN_A).await;
+    for sequence in 1..=5 {
+        assert_eq!(raw.next_event().await.sequence, sequence);
+    }
+    drop(raw);
+
+    // Restarted on its state directory: the app resumes after what it handled (3) and
+    // acknowledges; the gateway then forgets them, and only a new event is delivered.
+    let car = connected_agent(config).await;
+    assert_eq!(shown_to_an_app(&car, 3, 2).await, ["k4", "k5"]);
+    assert_eq!(car.link().ack_events(5).await.unwrap(), 0);
+    published(&mut partner, event(VIN_A, "e6", "k6")).await;
+    assert_eq!(
+        shown_to_an_app(&car, 0, 1).await,
+        ["k6"],
+        "nothing taken is shown again"
+    );
+    car.shutdown().await;
+    let mut raw = listening_car(&platform, VIN_A).await;
+    assert_eq!(raw.next_event().await.sequence, 6, "1 to 5 were acknowledged");
 }
 
 #[tokio::test]
