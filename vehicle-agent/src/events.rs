@@ -23,7 +23,7 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
 use prost::Message;
-use tokio::sync::watch;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, watch};
 use tracing::{error, warn};
 
 use proto::vehicle::v1::Event;
@@ -35,6 +35,9 @@ use crate::store::{self, StateFiles};
 const TAKEN_FILE: &str = "last_sequence";
 /// The suffix of an event's file.
 const EVENT_SUFFIX: &str = ".pb";
+/// Most event subscriptions open at once (each holds a task and a stream): more than the apps
+/// of one car need, few enough that an app opening them in a loop costs little.
+pub const MAX_EVENT_FEEDS: usize = 64;
 
 /// What became of an event the gateway delivered.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -68,6 +71,9 @@ pub enum CursorError {
         /// The highest sequence received (kept or taken).
         last: u64,
     },
+    /// [`MAX_EVENT_FEEDS`] subscriptions are open already.
+    #[error("{MAX_EVENT_FEEDS} event subscriptions are open already; close one first")]
+    TooManyFeeds,
     /// The cursor could not be written: the acknowledgement did not happen.
     #[error("cannot record the acknowledgement: {0}")]
     Disk(#[from] io::Error),
@@ -81,6 +87,8 @@ pub struct EventStore {
     index: Mutex<Index>,
     /// The newest sequence kept: wakes the feeds when it changes.
     arrived: watch::Sender<u64>,
+    /// One permit per open feed.
+    feeds: Arc<Semaphore>,
 }
 
 impl std::fmt::Debug for EventStore {
@@ -149,6 +157,7 @@ impl EventStore {
                 refused_from: None,
             }),
             arrived: watch::Sender::new(newest),
+            feeds: Arc::new(Semaphore::new(MAX_EVENT_FEEDS)),
         })
     }
 
@@ -218,13 +227,25 @@ impl EventStore {
         self.index().kept.len()
     }
 
-    /// Checks an app's `after_sequence`: at most the newest sequence received.
-    pub fn check_cursor(&self, after: u64) -> Result<(), CursorError> {
+    /// An app's view of the kept events after `after` (at most the newest sequence received),
+    /// until `closed` becomes true (shutdown).
+    pub fn feed(self: &Arc<Self>, after: u64, closed: watch::Receiver<bool>) -> Result<EventFeed, CursorError> {
         let last = self.index().newest();
         if after > last {
             return Err(CursorError::Beyond { asked: after, last });
         }
-        Ok(())
+        let permit = self
+            .feeds
+            .clone()
+            .try_acquire_owned()
+            .map_err(|_| CursorError::TooManyFeeds)?;
+        Ok(EventFeed {
+            store: self.clone(),
+            after,
+            arrivals: self.arrivals(),
+            closed,
+            _permit: permit,
+        })
     }
 
     /// The first kept sequence after `after` (and after what was taken), if any.
@@ -290,20 +311,11 @@ pub struct EventFeed {
     after: u64,
     arrivals: watch::Receiver<u64>,
     closed: watch::Receiver<bool>,
+    /// Its place among the [`MAX_EVENT_FEEDS`].
+    _permit: OwnedSemaphorePermit,
 }
 
 impl EventFeed {
-    /// The events of `store` after `after`, until `closed` becomes true (shutdown).
-    pub fn new(store: Arc<EventStore>, after: u64, closed: watch::Receiver<bool>) -> EventFeed {
-        let arrivals = store.arrivals();
-        EventFeed {
-            store,
-            after,
-            arrivals,
-            closed,
-        }
-    }
-
     /// The next event, waiting for one to arrive; `None` once the agent shuts down. Events an
     /// app acknowledged meanwhile are skipped: they were taken.
     pub async fn next(&mut self) -> Option<Event> {
@@ -413,13 +425,31 @@ mod tests {
     #[test]
     fn cursors_past_the_newest_event_are_refused() {
         let dir = tempfile::tempdir().unwrap();
-        let events = open(dir.path(), 10);
-        events.check_cursor(0).unwrap();
+        let events = Arc::new(open(dir.path(), 10));
+        let (_, open) = watch::channel(false);
+        events.feed(0, open.clone()).unwrap();
         events.arrive(&event(4));
-        events.check_cursor(4).unwrap();
-        let e = events.check_cursor(5).unwrap_err();
+        events.feed(4, open.clone()).unwrap();
+        let e = events.feed(5, open).unwrap_err();
         assert_eq!(e.to_string(), "no event after 4 has arrived, so 5 is out of range");
         assert!(matches!(events.take(9), Err(CursorError::Beyond { asked: 9, last: 4 })));
+    }
+
+    #[test]
+    fn feeds_are_bounded_and_a_closed_one_makes_room() {
+        let dir = tempfile::tempdir().unwrap();
+        let events = Arc::new(open(dir.path(), 10));
+        let (_, open) = watch::channel(false);
+        let mut feeds: Vec<EventFeed> = (0..MAX_EVENT_FEEDS)
+            .map(|_| events.feed(0, open.clone()).unwrap())
+            .collect();
+        let e = events.feed(0, open.clone()).unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "64 event subscriptions are open already; close one first"
+        );
+        feeds.pop();
+        events.feed(0, open).unwrap();
     }
 
     #[test]

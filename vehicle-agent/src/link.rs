@@ -210,14 +210,11 @@ impl GatewayLink {
     }
 
     /// The partner events kept for apps after `after_sequence` (0: from the oldest kept), in
-    /// order, then each new one; ends at shutdown. OUT_OF_RANGE past the newest received.
+    /// order, then each new one; ends at shutdown. OUT_OF_RANGE past the newest received,
+    /// RESOURCE_EXHAUSTED beyond [`crate::events::MAX_EVENT_FEEDS`] open at once.
     pub fn subscribe_events(&self, after_sequence: u64) -> Result<EventFeed, Status> {
-        self.state.events.check_cursor(after_sequence).map_err(cursor_status)?;
-        Ok(EventFeed::new(
-            self.state.events.clone(),
-            after_sequence,
-            self.state.closed.subscribe(),
-        ))
+        let closed = self.state.closed.subscribe();
+        self.state.events.feed(after_sequence, closed).map_err(cursor_status)
     }
 
     /// An app has taken every event up to `up_to_sequence`: they are forgotten and
@@ -441,6 +438,7 @@ fn invalid_request_id(id: &str) -> Status {
 fn cursor_status(e: CursorError) -> Status {
     match e {
         CursorError::Beyond { .. } => Status::out_of_range(e.to_string()),
+        CursorError::TooManyFeeds => Status::resource_exhausted(e.to_string()),
         CursorError::Disk(_) => Status::unavailable(e.to_string()),
     }
 }

@@ -247,3 +247,18 @@ async fn an_event_the_disk_refuses_is_not_acknowledged_and_is_kept_when_it_comes
     link.shutdown().await;
     assert_eq!(soon("the feed ends at shutdown", feed.next()).await, None);
 }
+
+#[tokio::test]
+async fn event_subscriptions_beyond_the_limit_are_refused() {
+    let rig = Rig::with_stand_in().await;
+    let agent = rig.connected_agent().await;
+    let mut dashboard = app(&agent).await;
+    let mut open = Vec::new();
+    for _ in 0..vehicle_agent::events::MAX_EVENT_FEEDS {
+        open.push(subscribe(&mut dashboard, 0).await.unwrap());
+    }
+    let refused = subscribe(&mut dashboard, 0).await.unwrap_err();
+    assert_eq!(refused.code(), Code::ResourceExhausted);
+    assert!(refused.message().contains("close one first"), "{}", refused.message());
+    agent.shutdown().await;
+}
