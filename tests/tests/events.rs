@@ -351,3 +351,67 @@ async fn an_event_over_the_maximum_size_is_refused_and_nothing_is_stored() {
     let first = partner.publish(event(VIN_A, "small", "x")).await.unwrap();
     assert_eq!(first.into_inner().sequence, 1);
 }
+
+/// The agent as a process, serving apps on `apps`, once it is connected to the gateway.
+async fn agent_process(config: &std::path::Path, apps: &KeptPort) -> Process {
+    let args = ["run", "--config", config.to_str().unwrap()];
+    let mut agent = Process::spawn_on(built_binary!(vehicle_agent), &args, apps.socket());
+    agent.wait_for_line("connected to the gateway").await;
+    agent
+}
+
+#[tokio::test]
+async fn events_published_across_eight_agent_kills_all_reach_the_app_once_in_order() {
+    let (platform, mut partner) = platform_and_parking_partner().await;
+    let apps = KeptPort::bind();
+    let mut config = platform.agent_config(VIN_A);
+    config.local_listen = apps.addr();
+    let config = write_agent_toml(&platform.pki, &config);
+
+    // The run: a partner publishes 150 events while the agent is killed 8 times, each
+    // time while the gateway is delivering to it; no app listens meanwhile.
+    let mut next = 1;
+    for life in 0..8 {
+        let agent = agent_process(&config, &apps).await;
+        let last = if life == 7 { 150 } else { next + 18 };
+        while next <= last {
+            published(&mut partner, event_of(next)).await;
+            next += 1;
+        }
+        agent.kill9().await;
+    }
+
+    // An app subscribes to the next agent and takes them as a real app does, acknowledging
+    // as it goes (the gateway sends 100 at a time): every event, in order, once.
+    let _agent = agent_process(&config, &apps).await;
+    let url = format!("http://{}", apps.addr());
+    let mut app = proto::agent::v1::vehicle_agent_client::VehicleAgentClient::connect(url)
+        .await
+        .unwrap();
+    let request = proto::agent::v1::SubscribeEventsRequest { after_sequence: 0 };
+    let mut stream = app.subscribe_events(request).await.unwrap().into_inner();
+    let mut shown = Vec::new();
+    while shown.len() < 151 {
+        let event = within(SOON, stream.message(), "an event reaches the app")
+            .await
+            .unwrap();
+        let event = event.expect("the stream goes on");
+        assert_eq!(event.kind, format!("k{}", event.sequence));
+        shown.push(event.sequence);
+        if event.sequence % 25 == 0 {
+            let ack = proto::agent::v1::AckEventsRequest {
+                up_to_sequence: event.sequence,
+            };
+            app.ack_events(ack).await.unwrap();
+        }
+        if event.sequence == 150 {
+            // Nothing comes again after the app acknowledged: the next is a new one.
+            published(&mut partner, event_of(151)).await;
+        }
+    }
+    assert_eq!(shown, (1..=151).collect::<Vec<u64>>());
+}
+
+fn event_of(sequence: u64) -> PublishRequest {
+    event(VIN_A, &format!("e{sequence}"), &format!("k{sequence}"))
+}

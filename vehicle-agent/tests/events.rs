@@ -198,15 +198,21 @@ async fn beyond_max_kept_events_the_agent_takes_no_more_until_an_app_acks() {
     agent.shutdown().await;
 }
 
-/// A disk that refuses to keep events (not their cursor) while `full` is set.
+/// A disk that refuses to keep events while `full` is set, and their cursor while
+/// `cursor_full` is.
 #[derive(Default)]
 struct NoRoomForEvents {
     full: AtomicBool,
+    cursor_full: AtomicBool,
 }
 
 impl StateFiles for NoRoomForEvents {
     fn write(&self, dir: &Path, name: &str, bytes: &[u8]) -> io::Result<()> {
-        if dir.ends_with("events") && name.ends_with(".pb") && self.full.load(Ordering::SeqCst) {
+        let refused = match name.ends_with(".pb") {
+            true => &self.full,
+            false => &self.cursor_full,
+        };
+        if dir.ends_with("events") && refused.load(Ordering::SeqCst) {
             return Err(io::Error::new(io::ErrorKind::StorageFull, "no space left on device"));
         }
         Disk.write(dir, name, bytes)
@@ -261,4 +267,32 @@ async fn event_subscriptions_beyond_the_limit_are_refused() {
     assert_eq!(refused.code(), Code::ResourceExhausted);
     assert!(refused.message().contains("close one first"), "{}", refused.message());
     agent.shutdown().await;
+}
+
+#[tokio::test]
+async fn an_ack_the_disk_cannot_record_is_unavailable_and_acknowledges_nothing() {
+    let mut rig = Rig::with_stand_in().await;
+    let disk = Arc::new(NoRoomForEvents::default());
+    let link = GatewayLink::start_with(&rig.car_config(), disk.clone()).unwrap();
+    soon("the link connects", link.wait_connected()).await;
+    let mut feed = link.subscribe_events(0).unwrap();
+    deliver(&rig.gateway, [1, 2]).await;
+    assert_eq!(soon("event 1", feed.next()).await, Some(event(1)));
+    assert_eq!(soon("event 2", feed.next()).await, Some(event(2)));
+
+    disk.cursor_full.store(true, Ordering::SeqCst);
+    let refused = link.ack_events(2).await.unwrap_err();
+    assert_eq!(refused.code(), Code::Unavailable);
+    assert!(
+        refused.message().contains("no space left on device"),
+        "{}",
+        refused.message()
+    );
+    assert_eq!(link.kept_events(), 2, "still kept for the app to acknowledge again");
+    no_ack_so_far(&link, &mut rig.gateway).await;
+
+    disk.cursor_full.store(false, Ordering::SeqCst);
+    assert_eq!(link.ack_events(2).await.unwrap(), 0);
+    assert_eq!(rig.gateway.next_ack().await.1.sequence, 2);
+    link.shutdown().await;
 }
