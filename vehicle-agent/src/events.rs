@@ -10,8 +10,8 @@
 //! an app has it, and one the agent does not have on disk is never acknowledged: the gateway
 //! keeps it and delivers it again.
 //!
-//! Kept events are in sequence order with no event missing between them: once the agent
-//! refuses one (the store is full, `max_kept_events`, or the disk refused the write) it takes
+//! Kept events are in sequence order, with none the gateway sent missing between them: once
+//! the agent refuses one (the store is full, `max_kept_events`, or the disk refused the write) it takes
 //! no later one until that one arrives again; the gateway sends everything unacknowledged, in
 //! order, on each new subscription (see `event_loop`). Unnumbered events (sequence 0) cannot be
 //! kept in order nor acknowledged: the gateway never sends them, and the agent drops them with

@@ -224,6 +224,9 @@ impl GatewayLink {
     pub async fn ack_events(&self, up_to_sequence: u64) -> Result<usize, Status> {
         let state = &self.state;
         let _turn = state.ack_turn.lock().await;
+        if *state.closed.borrow() {
+            return Err(Status::unavailable("the vehicle agent is shutting down"));
+        }
         let events = state.events.clone();
         let taken = blocking(move || events.take(up_to_sequence))
             .await?
@@ -386,7 +389,7 @@ impl GatewayLink {
     }
 
     /// Sends MQTT DISCONNECT if connected, fails the calls still waiting (their requests stay
-    /// in the outbox), stops the tasks, tries once more to store answers the disk refused,
+    /// in the outbox), ends the event feeds and refuses acknowledgements, stops the tasks, tries once more to store answers the disk refused,
     /// and releases the state directory.
     pub async fn shutdown(&self) {
         let state = &self.state;
@@ -396,6 +399,9 @@ impl GatewayLink {
             callers.waiters.clear();
         }
         state.closed.send_replace(true);
+        // An app's acknowledgement being written finishes; later ones are refused, so nothing
+        // writes the cursor once the state directory is released.
+        drop(state.ack_turn.lock().await);
         self.tasks.stop.send_replace(true);
         let tasks = std::mem::take(&mut *self.tasks.handles.lock().unwrap_or_else(PoisonError::into_inner));
         for task in tasks {

@@ -252,6 +252,8 @@ async fn an_event_the_disk_refuses_is_not_acknowledged_and_is_kept_when_it_comes
     assert_eq!(rig.gateway.next_ack().await.1.sequence, 2);
     link.shutdown().await;
     assert_eq!(soon("the feed ends at shutdown", feed.next()).await, None);
+    let refused = link.ack_events(2).await.unwrap_err();
+    assert_eq!(refused.code(), Code::Unavailable, "nothing is written after shutdown");
 }
 
 #[tokio::test]
