@@ -278,5 +278,9 @@ async fn the_configuration_only_service_scenario_answers_both_services() {
     let services: Vec<&str> = report.totals.iter().map(|t| t.service.as_str()).collect();
     assert_eq!(services, [services::COMPILED, services::CONFIGURED]);
     assert!(report.totals.iter().all(|t| t.answered > 0 && t.failed == 0));
-    assert!(report.markdown().contains("| `karaoke.v1.Karaoke` | configuration only |"));
+    assert!(
+        report
+            .markdown()
+            .contains("| `karaoke.v1.Karaoke` | configuration only |")
+    );
 }

@@ -1,5 +1,6 @@
 //! Partners push events to cars: stored per VIN, delivered in order, redelivered until the
-//! car acknowledges them, and a partner can speak only for its own service.
+//! car acknowledges them, and a partner can speak only for its own service. The agent keeps
+//! them until an in-car app has taken them, and acknowledges them only then.
 
 use std::time::Duration;
 
@@ -84,12 +85,11 @@ async fn events_pushed_while_the_car_is_away_arrive_in_order_when_it_connects() 
         let seq = published(&mut partner, event(VIN_A, &format!("e{i}"), kind)).await;
         assert_eq!(seq, i as u64 + 1);
     }
-    // Listen before the agent connects, so no event can slip past.
     let car = vehicle_agent::Agent::start(platform.agent_config(VIN_A)).await.unwrap();
-    let mut events = car.link().events();
+    let mut events = car.link().subscribe_events(0).unwrap();
     let mut kinds = Vec::new();
     while kinds.len() < 3 {
-        let e = within(Duration::from_secs(10), events.recv(), "event").await.unwrap();
+        let e = within(SOON, events.next(), "event").await.unwrap();
         kinds.push((e.sequence, e.kind));
     }
     assert_eq!(
@@ -101,6 +101,57 @@ async fn events_pushed_while_the_car_is_away_arrive_in_order_when_it_connects() 
         ]
     );
     car.shutdown().await;
+}
+
+/// The kinds of the next `n` events an app of `agent` is shown after `after_sequence`.
+async fn shown_to_an_app(agent: &vehicle_agent::Agent, after_sequence: u64, n: usize) -> Vec<String> {
+    let mut events = agent.link().subscribe_events(after_sequence).unwrap();
+    let mut kinds = Vec::new();
+    while kinds.len() < n {
+        kinds.push(
+            within(SOON, events.next(), "an event reaches the app")
+                .await
+                .unwrap()
+                .kind,
+        );
+    }
+    kinds
+}
+
+#[tokio::test]
+async fn events_published_while_no_app_listens_reach_the_app_that_subscribes_later_and_are_acked_only_then() {
+    let (platform, mut partner) = platform_and_parking_partner().await;
+    // Published while the agent is down, then it comes up with no app listening.
+    for i in 1..=5 {
+        published(&mut partner, event(VIN_A, &format!("e{i}"), &format!("k{i}"))).await;
+    }
+    let config = platform.agent_config(VIN_A);
+    let car = connected_agent(config.clone()).await;
+    eventually("the agent keeps the 5 events", || car.link().kept_events() == 5).await;
+    // The app subscribes later: all 5, in order. It does not acknowledge, and the agent stops.
+    assert_eq!(shown_to_an_app(&car, 0, 5).await, ["k1", "k2", "k3", "k4", "k5"]);
+    car.shutdown().await;
+    // The gateway got no acknowledgement: another connection of the car gets all 5 again.
+    let mut raw = listening_car(&platform, VIN_A).await;
+    for sequence in 1..=5 {
+        assert_eq!(raw.next_event().await.sequence, sequence);
+    }
+    drop(raw);
+
+    // Restarted on its state directory: the app resumes after what it handled (3) and
+    // acknowledges; the gateway then forgets them, and only a new event is delivered.
+    let car = connected_agent(config).await;
+    assert_eq!(shown_to_an_app(&car, 3, 2).await, ["k4", "k5"]);
+    assert_eq!(car.link().ack_events(5).await.unwrap(), 0);
+    published(&mut partner, event(VIN_A, "e6", "k6")).await;
+    assert_eq!(
+        shown_to_an_app(&car, 0, 1).await,
+        ["k6"],
+        "nothing taken is shown again"
+    );
+    car.shutdown().await;
+    let mut raw = listening_car(&platform, VIN_A).await;
+    assert_eq!(raw.next_event().await.sequence, 6, "1 to 5 were acknowledged");
 }
 
 #[tokio::test]
@@ -299,4 +350,68 @@ async fn an_event_over_the_maximum_size_is_refused_and_nothing_is_stored() {
     // Nothing was stored: the next event is the car's first.
     let first = partner.publish(event(VIN_A, "small", "x")).await.unwrap();
     assert_eq!(first.into_inner().sequence, 1);
+}
+
+/// The agent as a process, serving apps on `apps`, once it is connected to the gateway.
+async fn agent_process(config: &std::path::Path, apps: &KeptPort) -> Process {
+    let args = ["run", "--config", config.to_str().unwrap()];
+    let mut agent = Process::spawn_on(built_binary!(vehicle_agent), &args, apps.socket());
+    agent.wait_for_line("connected to the gateway").await;
+    agent
+}
+
+#[tokio::test]
+async fn events_published_across_eight_agent_kills_all_reach_the_app_once_in_order() {
+    let (platform, mut partner) = platform_and_parking_partner().await;
+    let apps = KeptPort::bind();
+    let mut config = platform.agent_config(VIN_A);
+    config.local_listen = apps.addr();
+    let config = write_agent_toml(&platform.pki, &config);
+
+    // The run: a partner publishes 150 events while the agent is killed 8 times, each
+    // time while the gateway is delivering to it; no app listens meanwhile.
+    let mut next = 1;
+    for life in 0..8 {
+        let agent = agent_process(&config, &apps).await;
+        let last = if life == 7 { 150 } else { next + 18 };
+        while next <= last {
+            published(&mut partner, event_of(next)).await;
+            next += 1;
+        }
+        agent.kill9().await;
+    }
+
+    // An app subscribes to the next agent and takes them as a real app does, acknowledging
+    // as it goes (the gateway sends 100 at a time): every event, in order, once.
+    let _agent = agent_process(&config, &apps).await;
+    let url = format!("http://{}", apps.addr());
+    let mut app = proto::agent::v1::vehicle_agent_client::VehicleAgentClient::connect(url)
+        .await
+        .unwrap();
+    let request = proto::agent::v1::SubscribeEventsRequest { after_sequence: 0 };
+    let mut stream = app.subscribe_events(request).await.unwrap().into_inner();
+    let mut shown = Vec::new();
+    while shown.len() < 151 {
+        let event = within(SOON, stream.message(), "an event reaches the app")
+            .await
+            .unwrap();
+        let event = event.expect("the stream goes on");
+        assert_eq!(event.kind, format!("k{}", event.sequence));
+        shown.push(event.sequence);
+        if event.sequence % 25 == 0 {
+            let ack = proto::agent::v1::AckEventsRequest {
+                up_to_sequence: event.sequence,
+            };
+            app.ack_events(ack).await.unwrap();
+        }
+        if event.sequence == 150 {
+            // Nothing comes again after the app acknowledged: the next is a new one.
+            published(&mut partner, event_of(151)).await;
+        }
+    }
+    assert_eq!(shown, (1..=151).collect::<Vec<u64>>());
+}
+
+fn event_of(sequence: u64) -> PublishRequest {
+    event(VIN_A, &format!("e{sequence}"), &format!("k{sequence}"))
 }

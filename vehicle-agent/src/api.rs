@@ -2,17 +2,20 @@
 //!
 //! An app sees only the results of its own calls (see [`crate::owner`]): another app's request
 //! id gets UNKNOWN, exactly as an id never used, so that nothing tells it the request exists.
+//!
+//! Events are the car's, not an app's: every app may subscribe and see them all, and the one
+//! cursor an `AckEvents` moves is the car's (see [`crate::events`]).
 
 use std::pin::Pin;
 
 use futures::Stream;
-use tokio::sync::broadcast::error::RecvError;
 use tonic::metadata::MetadataValue;
 use tonic::{Request, Response, Status};
-use tracing::debug;
 
 use proto::agent::v1::vehicle_agent_server::{VehicleAgent, VehicleAgentServer};
-use proto::agent::v1::{GetResultRequest, GetResultResponse, ResultState, SubscribeEventsRequest};
+use proto::agent::v1::{
+    AckEventsRequest, AckEventsResponse, GetResultRequest, GetResultResponse, ResultState, SubscribeEventsRequest,
+};
 use proto::vehicle::v1::Event;
 
 use crate::link::GatewayLink;
@@ -67,28 +70,21 @@ impl VehicleAgent for AgentApi {
 
     async fn subscribe_events(
         &self,
-        _request: Request<SubscribeEventsRequest>,
+        request: Request<SubscribeEventsRequest>,
     ) -> Result<Response<EventStream>, Status> {
-        let events = self.link.events();
-        let closed = self.link.closed();
+        let feed = self.link.subscribe_events(request.into_inner().after_sequence)?;
         // Ends when the agent shuts down: the server's graceful stop waits for open streams.
-        let stream = futures::stream::unfold(Some((events, closed)), |state| async move {
-            let (mut events, mut closed) = state?;
-            let item = tokio::select! {
-                _ = closed.wait_for(|c| *c) => return None,
-                item = events.recv() => item,
-            };
-            match item {
-                Ok(event) => Some((Ok(event), Some((events, closed)))),
-                Err(RecvError::Closed) => None,
-                // Tell the app rather than skip silently; it may resubscribe.
-                Err(RecvError::Lagged(n)) => {
-                    debug!(missed = n, "an event subscriber fell behind");
-                    let status = Status::data_loss(format!("missed {n} events: this subscriber fell behind"));
-                    Some((Err(status), None))
-                }
-            }
+        let stream = futures::stream::unfold(feed, |mut feed| async move {
+            let event = feed.next().await?;
+            Some((Ok(event), feed))
         });
         Ok(Response::new(Box::pin(stream)))
+    }
+
+    async fn ack_events(&self, request: Request<AckEventsRequest>) -> Result<Response<AckEventsResponse>, Status> {
+        let kept = self.link.ack_events(request.into_inner().up_to_sequence).await?;
+        Ok(Response::new(AckEventsResponse {
+            kept: u64::try_from(kept).unwrap_or(u64::MAX),
+        }))
     }
 }

@@ -35,6 +35,10 @@ pub(crate) const ENVELOPE_HEADROOM: usize = 16 * 1024;
 /// Most services an agent forwards: each is a route on the local endpoint.
 pub const MAX_SERVICES: usize = 64;
 
+/// Most events `max_kept_events` may keep: each is a file of up to the gateway's event size
+/// (64 KiB by default), so this is some 6 GiB of a telematics unit's disk at most.
+const MAX_KEPT_EVENTS_LIMIT: usize = 100_000;
+
 /// Longest Unix socket path in bytes: `sun_path` holds 108 bytes with the terminating NUL.
 const MAX_SOCKET_PATH_BYTES: usize = 107;
 
@@ -132,6 +136,9 @@ pub struct AgentConfig {
     /// How long the outcome of a request is kept for `GetResult` and retries.
     #[serde(with = "humantime_serde")]
     pub result_retention: Duration,
+    /// Most partner events kept on disk until an in-car app acknowledges them (`AckEvents`);
+    /// beyond it the agent takes no more and the gateway keeps them (see [`crate::events`]).
+    pub max_kept_events: usize,
 }
 
 /// A required path nobody set yet: left out of the defaults, so that loading says it is missing.
@@ -168,6 +175,8 @@ impl AgentConfig {
             state_dir: PathBuf::from(DEFAULT_STATE_DIR),
             outbox_capacity: 1000,
             result_retention: Duration::from_secs(24 * 3600),
+            // As many as the gateway keeps for a car (`events.max_pending_per_vin`).
+            max_kept_events: 1000,
         }
     }
 
@@ -295,6 +304,15 @@ impl AgentConfig {
         }
         if self.outbox_capacity == 0 {
             return Err(ConfigError::invalid("outbox_capacity", "must be at least 1"));
+        }
+        if !(1..=MAX_KEPT_EVENTS_LIMIT).contains(&self.max_kept_events) {
+            return Err(ConfigError::invalid(
+                "max_kept_events",
+                format!(
+                    "{} is out of range: it must be between 1 and {MAX_KEPT_EVENTS_LIMIT}",
+                    self.max_kept_events
+                ),
+            ));
         }
         if self.result_retention < Duration::from_secs(1) {
             return Err(ConfigError::invalid(
@@ -512,6 +530,16 @@ mod tests {
         assert!(err_of(&c).starts_with("max_payload_bytes:"));
 
         let mut c = base();
+        c.max_kept_events = 0;
+        assert!(
+            err_of(&c).starts_with("max_kept_events: 0 is out of range"),
+            "{}",
+            err_of(&c)
+        );
+        c.max_kept_events = MAX_KEPT_EVENTS_LIMIT + 1;
+        assert!(err_of(&c).starts_with("max_kept_events:"));
+
+        let mut c = base();
         c.outbox_capacity = 0;
         assert_eq!(err_of(&c), "outbox_capacity: must be at least 1");
         let mut c = base();
@@ -575,8 +603,15 @@ mod tests {
     #[test]
     fn every_field_is_a_setting() {
         let names = AgentConfig::setting_names();
-        assert_eq!(names.len(), 16, "{names:?}");
-        for name in ["gateway", "ca_cert", "local_socket", "result_retention", "services"] {
+        assert_eq!(names.len(), 17, "{names:?}");
+        for name in [
+            "gateway",
+            "ca_cert",
+            "local_socket",
+            "result_retention",
+            "max_kept_events",
+            "services",
+        ] {
             assert!(names.contains(&name), "{name} in {names:?}");
         }
     }

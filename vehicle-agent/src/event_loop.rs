@@ -8,10 +8,15 @@
 //! session is clean, so subscriptions do not survive a drop) and republishes the outbox once
 //! the subscription is acknowledged, so that answers have somewhere to go. It handles incoming
 //! messages one at a time, in order, waiting for their disk writes: a response is stored
-//! before its caller is woken, an event's sequence before the event is shown to apps.
+//! before its caller is woken, an event before it is shown to apps (see [`crate::events`]).
+//!
+//! After refusing an event (the event store full or the disk failing) the agent subscribes to
+//! its events topic again, once an app has made room or after [`EVENT_RETRY_DELAY`]: the
+//! gateway then delivers everything unacknowledged again, in order. Such a SUBSCRIBE has one
+//! filter, the connection's has two: its SUBACK is not a new connection.
 
+use std::sync::Arc;
 use std::sync::atomic::Ordering;
-use std::sync::{Arc, PoisonError};
 use std::time::Duration;
 
 use prost::Message;
@@ -27,7 +32,7 @@ use proto::vehicle::v1::{Event, EventAck, Response};
 
 use crate::backoff::Backoff;
 use crate::config::{AgentConfig, ENVELOPE_HEADROOM};
-use crate::events::Verdict;
+use crate::events::Arrival;
 use crate::link::{LinkState, MQTT_USERNAME, blocking};
 use crate::store::unix_ms_now;
 
@@ -37,6 +42,8 @@ const DISCONNECT_GRACE: Duration = Duration::from_secs(2);
 const SWEEP_INTERVAL: Duration = Duration::from_secs(60);
 /// How soon housekeeping looks again at a deadline it could not act on.
 const RETRY_INTERVAL: Duration = Duration::from_secs(1);
+/// How soon the gateway is asked again for an event the disk refused.
+pub(crate) const EVENT_RETRY_DELAY: Duration = Duration::from_secs(5);
 
 /// The MQTT options of the agent (without transport): client id = VIN, clean session.
 pub(crate) fn mqtt_options(vin: &Vin, host: String, port: u16, config: &AgentConfig) -> MqttOptions {
@@ -167,7 +174,29 @@ fn subscribe(state: &Arc<LinkState>) {
     }
 }
 
+/// Asks the gateway to deliver every unacknowledged event again, in order, by subscribing to
+/// the events topic again (the gateway does so on every subscription).
+pub(crate) fn resubscribe_events(state: &Arc<LinkState>) {
+    let topic = state.event_topic.clone();
+    if state.client.try_subscribe(topic.as_str(), QoS::AtLeastOnce).is_err() {
+        let state = state.clone();
+        tokio::spawn(async move {
+            if let Err(e) = state.client.subscribe(topic, QoS::AtLeastOnce).await {
+                debug!(error = %e, "could not queue the events subscription");
+            }
+        });
+    }
+}
+
 fn on_subscribed(state: &Arc<LinkState>, codes: &[SubscribeReasonCode]) {
+    if codes.len() == 1 {
+        // The events topic again (resubscribe_events), not a new connection.
+        debug!(
+            refused = matches!(codes[0], SubscribeReasonCode::Failure),
+            "events subscribed again"
+        );
+        return;
+    }
     if codes.iter().any(|c| matches!(c, SubscribeReasonCode::Failure)) {
         error!(
             topics = %format!("{}, {}", state.response_topic, state.event_topic),
@@ -178,6 +207,8 @@ fn on_subscribed(state: &Arc<LinkState>, codes: &[SubscribeReasonCode]) {
     // A new epoch before `connected`: a call that sees the link up publishes in this epoch,
     // and the outbox lets exactly one of it and us do so.
     let epoch = state.epoch.fetch_add(1, Ordering::SeqCst) + 1;
+    // A new connection: the gateway sends every unacknowledged event again, in order.
+    state.events.redelivery_begins();
     state.connected.send_replace(true);
     let due = state.outbox.due(epoch, unix_ms_now());
     info!(gateway = %state.gateway, vin = %state.vin, resending = due.len(), "connected to the gateway");
@@ -207,44 +238,42 @@ async fn on_publish(state: &Arc<LinkState>, publish: Publish) {
     }
 }
 
-/// New events are stored, then shown to apps, then acknowledged; redeliveries are only
-/// acknowledged again. A crash anywhere in between shows no event twice and loses none.
+/// Keeps an event on disk for apps; acknowledges only what an app took already (a
+/// redelivery). What is not kept is not acknowledged: the gateway delivers it again.
 async fn on_event(state: &Arc<LinkState>, event: Event) {
     let sequence = event.sequence;
-    let verdict = state
-        .cursor
-        .lock()
-        .unwrap_or_else(PoisonError::into_inner)
-        .verdict(sequence);
-    match verdict {
-        Verdict::Unnumbered => {}
-        Verdict::Seen => {
-            debug!(sequence, "acknowledging again an event delivered before");
-            let last = state.cursor.lock().unwrap_or_else(PoisonError::into_inner).last();
-            acknowledge(state, last);
-            return;
+    let events = state.events.clone();
+    let Ok(arrival) = blocking(move || events.arrive(&event)).await else {
+        return;
+    };
+    match arrival {
+        Arrival::Kept => debug!(sequence, "event kept for apps"),
+        Arrival::AlreadyKept => debug!(sequence, "event delivered again, kept already"),
+        Arrival::Taken(taken) => {
+            debug!(sequence, "acknowledging again an event an app took");
+            acknowledge(state, taken);
         }
-        Verdict::New => {
-            let cursor = state.cursor.clone();
-            let stored =
-                blocking(move || cursor.lock().unwrap_or_else(PoisonError::into_inner).advance(sequence)).await;
-            if let Ok(Err(e)) | Err(e) = stored.map_err(std::io::Error::other) {
-                // Not acknowledged either: the gateway delivers it again later.
-                error!(sequence, error = %e, "cannot store an event's sequence; not delivering it now");
-                return;
-            }
+        Arrival::Full => warn!(
+            sequence,
+            kept = state.events.kept(),
+            "the events kept for apps are at max_kept_events; the gateway keeps this one until an app acknowledges some"
+        ),
+        Arrival::Behind => debug!(sequence, "not keeping an event behind one refused"),
+        Arrival::NotWritten => {
+            // Logged by the store; ask again later, in case no app acknowledges meanwhile.
+            let state = state.clone();
+            tokio::spawn(async move {
+                tokio::time::sleep(EVENT_RETRY_DELAY).await;
+                resubscribe_events(&state);
+            });
         }
-    }
-    debug!(partner = event.partner, kind = event.kind, sequence, "event");
-    // No subscriber is fine: nobody in the car is listening right now.
-    let _ = state.events.send(event);
-    if verdict == Verdict::New {
-        acknowledge(state, sequence);
+        Arrival::OutOfOrder => warn!(sequence, "ignoring an event older than the newest kept"),
+        Arrival::Unnumbered => warn!("ignoring an unnumbered event (sequence 0): it cannot be kept in order"),
     }
 }
 
 /// Publishes a cumulative EventAck without blocking the event loop on its own channel.
-fn acknowledge(state: &Arc<LinkState>, sequence: u64) {
+pub(crate) fn acknowledge(state: &Arc<LinkState>, sequence: u64) {
     let ack = EventAck { sequence }.encode_to_vec();
     let topic = state.event_ack_topic.clone();
     if state

@@ -11,7 +11,7 @@
 //! - [`store`]: crash-safe files in the state directory;
 //! - [`outbox`]: accepted requests and their outcomes, on disk across crashes and reboots;
 //! - [`owner`]: which in-car app a request and its result belong to;
-//! - [`events`]: the last partner event delivered, on disk, for dedupe across restarts;
+//! - [`events`]: partner events kept on disk until an in-car app acknowledges them;
 //! - [`pending`]: app calls waiting for a response, in memory;
 //! - [`link`]: [`GatewayLink`], accepting calls and matching responses;
 //! - `event_loop`: the link's MQTT event loop and housekeeping tasks;

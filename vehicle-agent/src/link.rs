@@ -16,19 +16,19 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use rumqttc::{AsyncClient, TlsConfiguration, Transport};
-use tokio::sync::{Notify, broadcast, watch};
+use tokio::sync::{Notify, watch};
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
 use tonic::Status;
 use tracing::{debug, error, warn};
 
-use proto::vehicle::v1::{Code, Event, Request, Response};
+use proto::vehicle::v1::{Code, Request, Response};
 use proto::{MethodPath, Vin, topics};
 
 use crate::backoff::Backoff;
 use crate::config::{AgentConfig, ConfigError};
 use crate::event_loop;
-use crate::events::EventCursor;
+use crate::events::{CursorError, EventFeed, EventStore};
 use crate::outbox::{Lookup, Outbox, Sent, StoredResult, Submitted};
 use crate::owner::Owner;
 use crate::pending::{Token, Waiters};
@@ -43,8 +43,6 @@ pub const MQTT_USERNAME: &str = concat!("vehicle-agent/", env!("CARGO_PKG_VERSIO
 
 /// Requests queued towards the event loop; callers wait (within their deadline) when it is full.
 const REQUEST_CHANNEL_CAPACITY: usize = 64;
-/// Events kept for slow in-car subscribers before they start missing some.
-const EVENT_CHANNEL_CAPACITY: usize = 256;
 
 /// The ids an app gives a call, and who the app is.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -82,14 +80,17 @@ pub(crate) struct LinkState {
     pub(crate) event_ack_topic: String,
     max_payload_bytes: usize,
     pub(crate) outbox: Arc<Outbox>,
-    pub(crate) cursor: Arc<Mutex<EventCursor>>,
+    /// Partner events kept until an app takes them.
+    pub(crate) events: Arc<EventStore>,
+    /// Apps' acknowledgements take turns, so the cursor on disk only moves forward; only
+    /// acknowledgements wait on it (arriving events and feeds never do).
+    ack_turn: tokio::sync::Mutex<()>,
     /// Counts subscribed MQTT sessions, so each request is published once per MQTT session.
     pub(crate) epoch: AtomicU64,
     callers: Mutex<Callers>,
     pub(crate) connected: watch::Sender<bool>,
     /// Set by shutdown; ends event streams and refuses new calls.
     pub(crate) closed: watch::Sender<bool>,
-    pub(crate) events: broadcast::Sender<Event>,
     /// Pokes the housekeeping task when it has something to do before the time it sleeps to:
     /// a new deadline, or an answer to write again.
     pub(crate) wake_housekeeping: Notify,
@@ -119,8 +120,8 @@ impl GatewayLink {
         GatewayLink::start_with(config, Arc::new(Disk))
     }
 
-    /// Like [`GatewayLink::start`], with the outbox writing and removing its files through
-    /// `files` (a test makes the disk fail or stall with it).
+    /// Like [`GatewayLink::start`], with the outbox and the event store writing and removing
+    /// their files through `files` (a test makes the disk fail or stall with it).
     pub fn start_with(config: &AgentConfig, files: Arc<dyn StateFiles>) -> Result<GatewayLink, ConfigError> {
         let identity = Identity::load(config)?;
         let (host, port) = config.gateway_addr()?;
@@ -133,10 +134,10 @@ impl GatewayLink {
             config.outbox_capacity,
             config.result_retention,
             unix_ms_now(),
-            files,
+            files.clone(),
         )
         .map_err(state_error)?;
-        let cursor = EventCursor::open(&config.state_dir).map_err(state_error)?;
+        let events = EventStore::open(&config.state_dir, config.max_kept_events, files).map_err(state_error)?;
         let vin = identity.vin;
         let mut options = event_loop::mqtt_options(&vin, host, port, config);
         options.set_transport(Transport::tls_with_config(TlsConfiguration::Rustls(
@@ -159,7 +160,8 @@ impl GatewayLink {
             vin,
             max_payload_bytes: config.max_payload_bytes,
             outbox: Arc::new(outbox),
-            cursor: Arc::new(Mutex::new(cursor)),
+            events: Arc::new(events),
+            ack_turn: tokio::sync::Mutex::new(()),
             epoch: AtomicU64::new(0),
             callers: Mutex::new(Callers {
                 waiters: Waiters::new(),
@@ -167,7 +169,6 @@ impl GatewayLink {
             }),
             connected: watch::Sender::new(false),
             closed: watch::Sender::new(false),
-            events: broadcast::Sender::new(EVENT_CHANNEL_CAPACITY),
             wake_housekeeping: Notify::new(),
             state_dir_lock: Mutex::new(Some(lock)),
         });
@@ -208,9 +209,42 @@ impl GatewayLink {
         self.state.connected.subscribe()
     }
 
-    /// Partner events pushed by the gateway, from now on (each new sequence once).
-    pub fn events(&self) -> broadcast::Receiver<Event> {
-        self.state.events.subscribe()
+    /// The partner events kept for apps after `after_sequence` (0: from the oldest kept), in
+    /// order, then each new one; ends at shutdown. OUT_OF_RANGE past the newest received,
+    /// RESOURCE_EXHAUSTED beyond [`crate::events::MAX_EVENT_FEEDS`] open at once.
+    pub fn subscribe_events(&self, after_sequence: u64) -> Result<EventFeed, Status> {
+        let closed = self.state.closed.subscribe();
+        self.state.events.feed(after_sequence, closed).map_err(cursor_status)
+    }
+
+    /// An app has taken every event up to `up_to_sequence`: they are forgotten and
+    /// acknowledged to the gateway (cumulatively). Returns how many events are still kept.
+    /// OUT_OF_RANGE past the newest received; UNAVAILABLE if the disk refused the cursor (then
+    /// nothing was acknowledged).
+    pub async fn ack_events(&self, up_to_sequence: u64) -> Result<usize, Status> {
+        let state = &self.state;
+        let _turn = state.ack_turn.lock().await;
+        if *state.closed.borrow() {
+            return Err(Status::unavailable("the vehicle agent is shutting down"));
+        }
+        let events = state.events.clone();
+        let taken = blocking(move || events.take(up_to_sequence))
+            .await?
+            .map_err(cursor_status)?;
+        if taken {
+            debug!(up_to_sequence, "an app took events");
+            event_loop::acknowledge(state, up_to_sequence);
+            if state.events.waits_for_redelivery() {
+                // There may be room now for what was refused: have the gateway send it again.
+                event_loop::resubscribe_events(state);
+            }
+        }
+        Ok(state.events.kept())
+    }
+
+    /// The partner events kept on disk for apps right now.
+    pub fn kept_events(&self) -> usize {
+        self.state.events.kept()
     }
 
     /// Follows shutdown: becomes `true` once [`GatewayLink::shutdown`] has begun.
@@ -355,7 +389,7 @@ impl GatewayLink {
     }
 
     /// Sends MQTT DISCONNECT if connected, fails the calls still waiting (their requests stay
-    /// in the outbox), stops the tasks, tries once more to store answers the disk refused,
+    /// in the outbox), ends the event feeds and refuses acknowledgements, stops the tasks, tries once more to store answers the disk refused,
     /// and releases the state directory.
     pub async fn shutdown(&self) {
         let state = &self.state;
@@ -365,6 +399,9 @@ impl GatewayLink {
             callers.waiters.clear();
         }
         state.closed.send_replace(true);
+        // An app's acknowledgement being written finishes; later ones are refused, so nothing
+        // writes the cursor once the state directory is released.
+        drop(state.ack_turn.lock().await);
         self.tasks.stop.send_replace(true);
         let tasks = std::mem::take(&mut *self.tasks.handles.lock().unwrap_or_else(PoisonError::into_inner));
         for task in tasks {
@@ -402,6 +439,14 @@ fn invalid_request_id(id: &str) -> Status {
         "request id {id:?} must be 1 to {} characters of A-Z, a-z, 0-9, '.', '_' and '-'",
         store::MAX_REQUEST_ID_CHARS
     ))
+}
+
+fn cursor_status(e: CursorError) -> Status {
+    match e {
+        CursorError::Beyond { .. } => Status::out_of_range(e.to_string()),
+        CursorError::TooManyFeeds => Status::resource_exhausted(e.to_string()),
+        CursorError::Disk(_) => Status::unavailable(e.to_string()),
+    }
 }
 
 fn into_result(result: StoredResult) -> Result<Bytes, Status> {

@@ -471,6 +471,67 @@ async fn a_call_survives_kill_9_and_result_shows_it() {
     running.child.kill().await.unwrap();
 }
 
+/// The sequences of the next `n` events an app of the agent at `url` is shown after `after`.
+async fn events_shown(url: &str, after_sequence: u64, n: usize) -> Vec<u64> {
+    use proto::agent::v1::{SubscribeEventsRequest, vehicle_agent_client::VehicleAgentClient};
+    let mut app = VehicleAgentClient::connect(url.to_owned()).await.unwrap();
+    let mut stream = app
+        .subscribe_events(SubscribeEventsRequest { after_sequence })
+        .await
+        .unwrap()
+        .into_inner();
+    let mut shown = Vec::new();
+    while shown.len() < n {
+        let event = soon("an event reaches the app", stream.message()).await.unwrap();
+        shown.push(event.expect("the stream goes on").sequence);
+    }
+    shown
+}
+
+/// The stand-in delivers events `sequences` to the car, as the gateway does.
+async fn deliver(gw: &StandIn, sequences: std::ops::RangeInclusive<u64>) {
+    let topic = proto::topics::events(&VIN.parse().unwrap());
+    for sequence in sequences {
+        let event = proto::vehicle::v1::Event {
+            partner: "parking.v1.ParkingPayment".into(),
+            kind: format!("kind-{sequence}"),
+            payload: vec![],
+            sequence,
+        };
+        gw.publish(&topic, event.encode_to_vec()).await;
+    }
+}
+
+#[tokio::test]
+async fn events_survive_kill_9_and_reach_the_app_once() {
+    use proto::agent::v1::{AckEventsRequest, vehicle_agent_client::VehicleAgentClient};
+    let mut rig = Rig::with_stand_in().await;
+    let path = car_config_file(&rig.pki, &rig.gateway.address());
+    // Shown to an app (so on disk), not acknowledged, then kill -9.
+    let mut running = RunningAgent::start(&path, None).await;
+    deliver(&rig.gateway, 1..=3).await;
+    assert_eq!(events_shown(&running.url, 0, 3).await, [1, 2, 3]);
+    running.child.kill().await.unwrap();
+
+    // The gateway redelivers them; the app that subscribes to the restarted agent gets each
+    // once, in order, then the new one.
+    let mut running = RunningAgent::start(&path, None).await;
+    deliver(&rig.gateway, 1..=4).await;
+    assert_eq!(events_shown(&running.url, 0, 4).await, [1, 2, 3, 4]);
+    let mut app = VehicleAgentClient::connect(running.url.clone()).await.unwrap();
+    let acked = app.ack_events(AckEventsRequest { up_to_sequence: 4 }).await.unwrap();
+    assert_eq!(acked.into_inner().kept, 0);
+    assert_eq!(rig.gateway.next_ack().await.1.sequence, 4, "the first ack is the app's");
+    running.child.kill().await.unwrap();
+
+    // Nothing taken comes back after another kill -9: the redelivered 4 is acknowledged again.
+    let mut running = RunningAgent::start(&path, None).await;
+    deliver(&rig.gateway, 4..=5).await;
+    assert_eq!(rig.gateway.next_ack().await.1.sequence, 4);
+    assert_eq!(events_shown(&running.url, 0, 1).await, [5]);
+    running.child.kill().await.unwrap();
+}
+
 #[tokio::test]
 async fn a_gateway_hanging_up_is_a_warning_and_the_agent_reconnects() {
     let pki = Pki::new();

@@ -1,5 +1,6 @@
 //! What survives an agent restart on the same state directory, against a stand-in gateway
-//! (which shows what the restarted agent sends again, and redelivers an acknowledged event).
+//! (which shows what the restarted agent sends again, and redelivers events, acknowledged or
+//! not). A kill -9 is in `cli.rs`.
 
 mod common;
 
@@ -11,7 +12,7 @@ use tonic::Code;
 
 use common::{Rig, VIN, connected_agent, soon};
 use proto::agent::v1::vehicle_agent_client::VehicleAgentClient;
-use proto::agent::v1::{GetResultRequest, GetResultResponse, ResultState, SubscribeEventsRequest};
+use proto::agent::v1::{AckEventsRequest, GetResultRequest, GetResultResponse, ResultState, SubscribeEventsRequest};
 use proto::parking::v1::parking_payment_client::ParkingPaymentClient;
 use proto::parking::v1::{ParkingSession, StartSessionRequest, StartSessionResponse};
 use proto::vehicle::v1::{Event, Response};
@@ -132,10 +133,19 @@ async fn result_of(api: &mut VehicleAgentClient<tonic::transport::Channel>, requ
     api.get_result(asked).await.unwrap().into_inner()
 }
 
-/// The events `agent` shows its apps, from now on.
-async fn events_of(agent: &Agent) -> tonic::Streaming<Event> {
-    let subscribed = api(agent).await.subscribe_events(SubscribeEventsRequest {}).await;
+/// The events `agent` shows its apps after `after_sequence`.
+async fn events_of(agent: &Agent, after_sequence: u64) -> tonic::Streaming<Event> {
+    let subscribed = api(agent)
+        .await
+        .subscribe_events(SubscribeEventsRequest { after_sequence })
+        .await;
     subscribed.unwrap().into_inner()
+}
+
+/// The next event `stream` shows, by sequence.
+async fn next_sequence(stream: &mut tonic::Streaming<Event>) -> u64 {
+    let event = soon("an event reaches the app", stream.message()).await.unwrap();
+    event.expect("the stream goes on").sequence
 }
 
 fn event(sequence: u64) -> Event {
@@ -147,37 +157,70 @@ fn event(sequence: u64) -> Event {
     }
 }
 
+/// Polls (bounded) until `agent` keeps `n` events on disk.
+async fn keeps(agent: &Agent, n: usize) {
+    soon(&format!("the agent keeps {n} events"), async {
+        while agent.link().kept_events() != n {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    })
+    .await;
+}
+
 #[tokio::test]
-async fn events_are_deduplicated_across_restarts_and_acknowledged() {
+async fn events_kept_across_restarts_reach_the_app_once_in_order_and_are_acknowledged_once_taken() {
     let mut rig = Rig::with_stand_in().await;
     let config = rig.car_config();
     let topic = proto::topics::events(&VIN.parse().unwrap());
 
+    // Three events arrive while no app listens; the app sees two of them, then the agent
+    // stops (what is on disk is what a crash leaves: nothing about events is written at
+    // shutdown) before the app acknowledged anything.
     let agent = connected_agent(&config).await;
-    let mut stream = events_of(&agent).await;
-    for sequence in [1, 2] {
+    for sequence in 1..=3 {
         rig.gateway.publish(&topic, event(sequence).encode_to_vec()).await;
     }
-    for sequence in [1, 2] {
-        let got = soon("the event reaches the app", stream.message()).await.unwrap();
-        assert_eq!(got, Some(event(sequence)));
-        assert_eq!(rig.gateway.next_ack().await.1.sequence, sequence);
-    }
-    // Shutdown ends open event streams instead of waiting for them.
+    keeps(&agent, 3).await;
+    let mut stream = events_of(&agent, 0).await;
+    assert_eq!(next_sequence(&mut stream).await, 1);
+    assert_eq!(next_sequence(&mut stream).await, 2);
     soon("the agent shuts down with a subscriber", agent.shutdown()).await;
-    assert!(matches!(stream.message().await, Ok(None) | Err(_)));
+    // The stream ends (after event 3 if it was on its way already).
+    let mut rest = Vec::new();
+    while let Ok(Some(event)) = soon("the stream ends", stream.message()).await {
+        rest.push(event.sequence);
+    }
+    assert!(rest.is_empty() || rest == [3], "{rest:?}");
 
+    // Unacknowledged, they are redelivered by the gateway: kept once. The app resumes after
+    // the last one it handled and sees the rest once, in order, with the new one.
     let agent = connected_agent(&config).await;
-    let mut stream = events_of(&agent).await;
-    // The gateway redelivers event 2 (its ack was lost, say): acknowledged, not shown again.
-    rig.gateway.publish(&topic, event(2).encode_to_vec()).await;
-    assert_eq!(rig.gateway.next_ack().await.1.sequence, 2);
-    rig.gateway.publish(&topic, event(3).encode_to_vec()).await;
-    let got = soon("event 3 reaches the app", stream.message()).await.unwrap();
-    assert_eq!(got, Some(event(3)), "event 2 was not shown twice");
-    assert_eq!(rig.gateway.next_ack().await.1.sequence, 3);
-    let stored = std::fs::read_to_string(rig.pki.state_dir().join("events/last_sequence")).unwrap();
-    assert_eq!(stored.trim(), "3");
+    assert_eq!(agent.link().kept_events(), 3, "kept across the restart");
+    for sequence in 1..=4 {
+        rig.gateway.publish(&topic, event(sequence).encode_to_vec()).await;
+    }
+    let mut stream = events_of(&agent, 2).await;
+    assert_eq!(next_sequence(&mut stream).await, 3);
+    assert_eq!(next_sequence(&mut stream).await, 4);
+    keeps(&agent, 4).await;
+    let mut app = api(&agent).await;
+    let acked = app.ack_events(AckEventsRequest { up_to_sequence: 4 }).await.unwrap();
+    assert_eq!(acked.into_inner().kept, 0);
+    // The first acknowledgement the gateway ever sees is the app's.
+    assert_eq!(rig.gateway.next_ack().await.1.sequence, 4);
+    agent.shutdown().await;
+
+    // After another restart nothing taken comes back: a redelivery of 4 (its ack was lost,
+    // say) is acknowledged again, and the app sees only what is new.
+    let agent = connected_agent(&config).await;
+    let mut stream = events_of(&agent, 0).await;
+    rig.gateway.publish(&topic, event(4).encode_to_vec()).await;
+    assert_eq!(rig.gateway.next_ack().await.1.sequence, 4);
+    rig.gateway.publish(&topic, event(5).encode_to_vec()).await;
+    assert_eq!(next_sequence(&mut stream).await, 5, "nothing taken is shown again");
+    let cursor = std::fs::read_to_string(rig.pki.state_dir().join("events/last_sequence")).unwrap();
+    assert_eq!(cursor.trim(), "4");
+    assert_eq!(rig.gateway.acks.try_recv().unwrap_err(), TryRecvError::Empty);
 
     agent.shutdown().await;
 }

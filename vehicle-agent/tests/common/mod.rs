@@ -157,13 +157,14 @@ enum Say {
 
 /// Stands in for the gateway: speaks MQTT 3.1.1 over mutual TLS (vehicles CA only) on
 /// 127.0.0.1 port 0, shows the test every request and event acknowledgement a car sends,
-/// and publishes to the car, or hangs up, when told. One car at a time: what the test says
+/// and the filters of every SUBSCRIBE, and publishes to the car, or hangs up, when told. One car at a time: what the test says
 /// goes to the car's current connection, or waits for its next.
 pub struct StandIn {
     pub port: u16,
     say: mpsc::UnboundedSender<Say>,
     pub requests: mpsc::UnboundedReceiver<(String, Request)>,
     pub acks: mpsc::UnboundedReceiver<(String, EventAck)>,
+    pub subscribes: mpsc::UnboundedReceiver<Vec<String>>,
 }
 
 impl StandIn {
@@ -175,6 +176,7 @@ impl StandIn {
         let told = Arc::new(Mutex::new(told));
         let (requests_tx, requests) = mpsc::unbounded_channel();
         let (acks_tx, acks) = mpsc::unbounded_channel();
+        let (subscribes_tx, subscribes) = mpsc::unbounded_channel();
         tokio::spawn(async move {
             while let Ok((tcp, _)) = listener.accept().await {
                 let Ok(tls) = acceptor.accept(tcp).await else { continue };
@@ -183,7 +185,12 @@ impl StandIn {
                     read: BytesMut::new(),
                     next_pkid: 0,
                 };
-                tokio::spawn(car.serve(told.clone(), requests_tx.clone(), acks_tx.clone()));
+                tokio::spawn(car.serve(
+                    told.clone(),
+                    requests_tx.clone(),
+                    acks_tx.clone(),
+                    subscribes_tx.clone(),
+                ));
             }
         });
         StandIn {
@@ -191,6 +198,7 @@ impl StandIn {
             say,
             requests,
             acks,
+            subscribes,
         }
     }
 
@@ -209,6 +217,13 @@ impl StandIn {
     /// The next event acknowledgement any car sent.
     pub async fn next_ack(&mut self) -> (String, EventAck) {
         soon("an event ack reaches the gateway", self.acks.recv())
+            .await
+            .unwrap()
+    }
+
+    /// The filters of the next SUBSCRIBE any car sent.
+    pub async fn next_subscribe(&mut self) -> Vec<String> {
+        soon("a SUBSCRIBE reaches the gateway", self.subscribes.recv())
             .await
             .unwrap()
     }
@@ -242,6 +257,7 @@ impl Connection {
         shared: Arc<Mutex<mpsc::UnboundedReceiver<Say>>>,
         requests: mpsc::UnboundedSender<(String, Request)>,
         acks: mpsc::UnboundedSender<(String, EventAck)>,
+        subscribes: mpsc::UnboundedSender<Vec<String>>,
     ) -> std::io::Result<()> {
         let Some(Packet::Connect(_)) = self.read().await? else {
             return Ok(());
@@ -278,6 +294,7 @@ impl Connection {
             match packet {
                 None | Some(Packet::Disconnect) => return Ok(()),
                 Some(Packet::Subscribe(subscribe)) => {
+                    let _ = subscribes.send(subscribe.filters.iter().map(|f| f.path.clone()).collect());
                     let granted = subscribe
                         .filters
                         .iter()
