@@ -67,3 +67,47 @@ async fn a_flood_of_acknowledgements_is_one_entry_and_another_cars_event_still_g
     tracker.wait().await;
     store.close().await;
 }
+
+/// Sequences of the events popped from `mailbox` until it has delivered `count`.
+async fn next_sequences(mailbox: &gateway::bus::Mailbox, count: usize) -> Vec<u64> {
+    let mut got = Vec::new();
+    while got.len() < count {
+        match mailbox.pop() {
+            Some(message) => got.push(Event::decode(message.payload).unwrap().sequence),
+            None => tokio::time::timeout(Duration::from_secs(10), mailbox.changed())
+                .await
+                .unwrap_or_else(|_| panic!("only {got:?} of {count} events were queued")),
+        }
+    }
+    got
+}
+
+#[tokio::test(flavor = "current_thread")]
+async fn subscribing_again_while_a_delivery_pass_runs_sends_everything_again() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::connect(&format!("sqlite://{}", dir.path().join("gw.db").display()))
+        .await
+        .unwrap();
+    let mailboxes = Mailboxes::new(MailboxLimits {
+        max_messages: 64,
+        max_bytes: 1 << 20,
+    });
+    let (shutdown, tracker) = (CancellationToken::new(), TaskTracker::new());
+    let delivery = EventDelivery::spawn(store.clone(), mailboxes.clone(), shutdown.clone(), tracker.clone());
+    let car = Vin::parse("LSVAU2180N2183294").unwrap();
+    for id in ["e1", "e2", "e3"] {
+        store.append_event(&event_for(&car, id), 1000).await.unwrap();
+    }
+    let mailbox = mailboxes.open(&car, false);
+    delivery.subscribed(car.clone(), 1);
+    // On this one thread, the pass starts and waits for the database; the car subscribes
+    // again meanwhile (as the agent does to have an event it refused sent again).
+    tokio::task::yield_now().await;
+    delivery.subscribed(car.clone(), 1);
+    assert_eq!(next_sequences(&mailbox, 6).await, [1, 2, 3, 1, 2, 3]);
+
+    shutdown.cancel();
+    tracker.close();
+    tracker.wait().await;
+    store.close().await;
+}

@@ -57,7 +57,10 @@ struct Shared {
 struct Listening {
     /// The connection it subscribed on.
     conn: u64,
-    /// The last sequence queued in its mailbox on that connection.
+    /// Counts the car's subscriptions: a pass that began before the latest one must not
+    /// record what it queued, or what the new subscription must get again would be skipped.
+    subscription: u64,
+    /// The last sequence queued in its mailbox since that subscription.
     published: u64,
     /// A delivery pass is running for it.
     running: bool,
@@ -91,15 +94,18 @@ impl EventDelivery {
     /// The car's subscription to its events topic is live on connection `conn`: everything
     /// not acknowledged goes out again.
     pub fn subscribed(&self, vin: Vin, conn: u64) {
+        let mut all = self.shared.listening();
+        let (running, subscription) = all
+            .get(&vin)
+            .map_or((false, 0), |l| (l.running, l.subscription.wrapping_add(1)));
         let listening = Listening {
             conn,
+            subscription,
             published: 0,
-            running: false,
+            running,
             again: false,
         };
-        let mut all = self.shared.listening();
-        let running = all.get(&vin).is_some_and(|l| l.running);
-        all.insert(vin.clone(), Listening { running, ..listening });
+        all.insert(vin.clone(), listening);
         drop(all);
         self.schedule(&vin);
     }
@@ -167,7 +173,8 @@ impl AckInbox for EventDelivery {
 /// DeliveryOutcome passes for one car until there is nothing more to do for it.
 async fn deliver(shared: Arc<Shared>, vin: Vin) {
     loop {
-        let Some((conn, published)) = shared.listening().get(&vin).map(|l| (l.conn, l.published)) else {
+        let Some((subscription, published)) = shared.listening().get(&vin).map(|l| (l.subscription, l.published))
+        else {
             return;
         };
         let queued = match shared.store.undelivered_events(&vin, now_ms(), BATCH).await {
@@ -179,7 +186,7 @@ async fn deliver(shared: Arc<Shared>, vin: Vin) {
         };
         let mut all = shared.listening();
         let Some(car) = all.get_mut(&vin) else { return };
-        if car.conn == conn {
+        if car.subscription == subscription {
             car.published = car.published.max(queued);
         }
         if car.again {
