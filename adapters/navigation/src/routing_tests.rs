@@ -218,3 +218,30 @@ proptest! {
         }
     }
 }
+
+/// A known drive, to the metre and second: the generator and the planner give the same answer
+/// on every build and machine (a change here must be deliberate, and the docs' examples with it).
+#[test]
+fn jingan_to_the_bund_is_the_same_drive_on_every_build() {
+    let city = City::shanghai();
+    let jingan = geo::point(31.2236, 121.4454);
+    let bund = geo::point(31.2380, 121.4880);
+    let route = plan(&city, &jingan, &bund).unwrap();
+    assert_consistent(&city, &route);
+    assert_eq!(
+        (route.distance_m, route.duration_s, route.polyline.len()),
+        (7_281, 495, 16)
+    );
+    let instructions: Vec<&str> = route.steps.iter().map(|s| s.instruction.as_str()).collect();
+    assert_eq!(
+        instructions,
+        [
+            "Head south on Huashan Road",
+            "Turn left onto Yan'an West Road",
+            "Turn left onto Xizang Road",
+            "Turn right onto Beijing East Road",
+            "Turn left onto Henan Road",
+            "Arrive at your destination",
+        ]
+    );
+}

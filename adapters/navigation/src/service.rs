@@ -113,3 +113,39 @@ impl Navigation for NavigationService {
         self.handle("Route", request, Self::route)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use proto::MethodPath;
+    use proto::json::Contracts;
+    use proto::navigation::v1::PlaceCategory;
+
+    use super::*;
+
+    /// The `vehicle-agent call` examples of docs/partners.md, as the agent turns them into bytes.
+    fn from_json<T: prost::Message + Default>(method: &str, json: &str) -> T {
+        let bytes = Contracts::compiled()
+            .request_from_json(&MethodPath::parse(method).unwrap(), json)
+            .unwrap();
+        T::decode(bytes.as_slice()).unwrap()
+    }
+
+    #[test]
+    fn the_documented_shell_calls_are_answered() {
+        let service = NavigationService::new();
+        let search: SearchPlacesRequest = from_json(
+            "/navigation.v1.Navigation/SearchPlaces",
+            r#"{"near":{"latitude":31.2365,"longitude":121.484},"category":"PLACE_CATEGORY_PARKING","radiusM":1000}"#,
+        );
+        assert_eq!(search.category(), PlaceCategory::Parking);
+        assert_eq!(search.radius_m, 1_000);
+        let places = service.search(search).unwrap().places;
+        assert_eq!(places[0].parking_lot_id, "lot-bund-01");
+
+        let route: RouteRequest = from_json(
+            "/navigation.v1.Navigation/Route",
+            r#"{"origin":{"latitude":31.2236,"longitude":121.4454},"destination":{"latitude":31.238,"longitude":121.488}}"#,
+        );
+        assert_eq!(service.route(route).unwrap().distance_m, 7_281);
+    }
+}
