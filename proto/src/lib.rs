@@ -2,6 +2,7 @@
 //!
 //! - [`vehicle::v1`]: the envelope carried over MQTT between a car and the gateway;
 //! - [`parking::v1`]: the first partner service, `parking.v1.ParkingPayment`;
+//! - [`navigation::v1`]: places and routes, `navigation.v1.Navigation`;
 //! - [`events::v1`]: how partners push events to cars through the gateway;
 //! - [`agent::v1`]: the agent's own local API for in-car apps (results, events);
 //! - [`Vin`], [`topics`] and [`metadata`]: how identity appears on the wire;
@@ -51,6 +52,13 @@ contract!(
     /// Version 1 of the parking contract.
     v1,
     "parking.v1"
+);
+contract!(
+    /// Navigation partner service (`navigation.v1`): places and routes.
+    navigation,
+    /// Version 1 of the navigation contract.
+    v1,
+    "navigation.v1"
 );
 contract!(
     /// Partner -> car events (`events.v1`), hosted by the gateway.

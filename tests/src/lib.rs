@@ -19,7 +19,7 @@
 //! The modules, by role:
 //! - [`pki`]: certificates of every role ([`TestPki`], [`Credentials`]).
 //! - [`partner`]: partners the gateway calls ([`start_parking`], [`start_partner`],
-//!   [`ScriptedParking`], [`SteeredParking`]) and what a driver asks of them
+//!   [`ScriptedParking`], [`SteeredParking`], [`start_navigation`]) and what a driver asks of them
 //!   ([`parking_at_the_bund`]).
 //! - [`described`]: a partner for a service known only by its `.proto`, compiled at test time
 //!   ([`compile_proto`], [`start_described_partner`]).

@@ -1,7 +1,7 @@
 //! Partners the gateway calls, each on its own mTLS listener on port 0 trusting only the
 //! gateway-clients CA: the reference parking adapter, any other `ParkingPayment` standing in
-//! for one (stalling, talkative, scripted, steered while it runs), and an address where nobody
-//! answers. Also what a driver asks of them.
+//! for one (stalling, talkative, scripted, steered while it runs), the reference navigation
+//! adapter, and an address where nobody answers. Also what a driver asks of them.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -23,6 +23,8 @@ use crate::pki::TestPki;
 
 /// The parking partner's gRPC service.
 pub const PARKING: &str = "parking.v1.ParkingPayment";
+/// The navigation partner's gRPC service.
+pub const NAVIGATION: &str = "navigation.v1.Navigation";
 /// The method most tests call: read-only, cheap.
 pub const LIST: &str = "/parking.v1.ParkingPayment/ListNearbyLots";
 /// The payment.
@@ -56,6 +58,35 @@ pub async fn start_parking(pki: &TestPki, service: ParkingService) -> RunningPar
         },
     ));
     RunningPartner { addr, _stop: stop }
+}
+
+/// Starts the reference navigation adapter on `listener` (bound first, so that its address
+/// can go into the gateway's configuration) over mTLS, trusting only `pki`'s gateway-clients CA.
+pub fn start_navigation(pki: &TestPki, listener: std::net::TcpListener) -> RunningPartner {
+    listener.set_nonblocking(true).expect("non-blocking listener");
+    let listener = TcpListener::from_std(listener).expect("a tokio listener");
+    let addr = listener.local_addr().expect("the adapter's address");
+    let me = pki.partner("navigation");
+    let tls = navigation_adapter::mtls_config(&me.pem.cert_pem, &me.pem.key_pem, pki.gateway_clients_ca_pem());
+    let (stop, stopped) = oneshot::channel::<()>();
+    tokio::spawn(navigation_adapter::serve(
+        listener,
+        Some(tls),
+        navigation_adapter::NavigationService::new(),
+        async {
+            let _ = stopped.await;
+        },
+    ));
+    RunningPartner { addr, _stop: stop }
+}
+
+/// The gateway's entry for the navigation adapter at `addr`: both its methods only read.
+pub fn navigation_entry(pki: &TestPki, addr: SocketAddr) -> PartnerConfig {
+    PartnerConfig {
+        name: Some("navigation".into()),
+        read_only_methods: vec!["SearchPlaces".into(), "Route".into()],
+        ..partner_entry(pki, NAVIGATION, addr)
+    }
 }
 
 /// Starts any `ParkingPayment` as if it were the parking adapter: its TLS, and its check that

@@ -40,6 +40,7 @@ const CRATE_RULES: &[(&str, &[&str])] = &[
     ("proto", &[]),
     ("certs", &["proto"]),
     ("adapters/parking", &["proto"]),
+    ("adapters/navigation", &["proto"]),
     ("vehicle-agent", &["proto"]),
     ("gateway", &["proto", "certs"]),
 ];
@@ -47,7 +48,7 @@ const CRATE_RULES: &[(&str, &[&str])] = &[
 /// What each crate's tests may use besides [`CRATE_RULES`] (dev-dependencies only): the
 /// development PKI, which issues their certificates. Never the gateway for the agent, nor the
 /// agent for the gateway: each is tested against stand-ins, and together in `tests/`.
-const DEV_RULES: &[(&str, &[&str])] = &[("vehicle-agent", &["certs"])];
+const DEV_RULES: &[(&str, &[&str])] = &[("vehicle-agent", &["certs"]), ("adapters/navigation", &["certs"])];
 
 #[test]
 fn crates_depend_on_ours_only_as_the_architecture_allows() {

@@ -1,0 +1,66 @@
+//! The `navigation-adapter` binary: a command line it cannot use exits 64 saying why, and
+//! under a service manager it serves on the listening socket it is passed (systemd socket
+//! activation: fd 3, `LISTEN_FDS=1`) instead of binding `--listen`.
+
+use std::os::fd::OwnedFd;
+use std::process::Stdio;
+use std::time::Duration;
+
+use command_fds::{CommandFdExt, FdMapping};
+use proto::navigation::v1::SearchPlacesRequest;
+use proto::navigation::v1::navigation_client::NavigationClient;
+use tokio::io::{AsyncBufReadExt, BufReader};
+use tokio::process::Command;
+
+const BINARY: &str = env!("CARGO_BIN_EXE_navigation-adapter");
+
+#[tokio::test]
+async fn half_a_tls_configuration_exits_64() {
+    let out = Command::new(BINARY)
+        .args(["--listen", "127.0.0.1:0", "--cert", "navigation.pem"])
+        .output()
+        .await
+        .unwrap();
+    assert_eq!(out.status.code(), Some(64));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("--cert, --key and --client-ca go together"), "{stderr}");
+}
+
+#[tokio::test]
+async fn the_adapter_serves_on_the_socket_it_is_passed() {
+    // The service manager's socket: bound here, on port 0, and kept while the adapter runs.
+    let socket = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = socket.local_addr().unwrap();
+    let passed: OwnedFd = socket.try_clone().unwrap().into();
+    let mut cmd = Command::new(BINARY);
+    // --listen names an address it must not bind: the passed socket wins.
+    cmd.args(["--listen", "192.0.2.1:9"])
+        .env("LISTEN_FDS", "1")
+        .env_remove("LISTEN_PID")
+        .stdout(Stdio::piped())
+        .kill_on_drop(true);
+    cmd.fd_mappings(vec![FdMapping {
+        parent_fd: passed,
+        child_fd: 3,
+    }])
+    .unwrap();
+    let mut adapter = cmd.spawn().unwrap();
+    let mut out = BufReader::new(adapter.stdout.take().unwrap()).lines();
+    let line = tokio::time::timeout(Duration::from_secs(20), out.next_line())
+        .await
+        .expect("the adapter says where it listens")
+        .unwrap()
+        .expect("a line");
+    assert_eq!(line, format!("navigation adapter listening on {addr} (plaintext)"));
+
+    let mut client = NavigationClient::connect(format!("http://{addr}")).await.unwrap();
+    let places = client
+        .search_places(SearchPlacesRequest {
+            query: "IFC".into(),
+            ..Default::default()
+        })
+        .await
+        .expect("served on the passed socket");
+    assert_eq!(places.into_inner().places[0].parking_lot_id, "lot-lujiazui-01");
+    adapter.kill().await.unwrap();
+}
