@@ -75,6 +75,15 @@ struct Adapter {
     /// The CA its server certificate chains to.
     server_ca: String,
     _stop: oneshot::Sender<()>,
+    /// Holds its database file.
+    _db: tempfile::TempDir,
+}
+
+/// The service on a fresh database in a temporary directory, which it must not outlive.
+async fn fresh_service() -> (ParkingService, tempfile::TempDir) {
+    let dir = tempfile::tempdir().unwrap();
+    let service = ParkingService::open(&dir.path().join("parking.db")).await.unwrap();
+    (service, dir)
 }
 
 async fn start_adapter(client_ca: &TestCa) -> Adapter {
@@ -90,13 +99,15 @@ async fn start_adapter(client_ca: &TestCa) -> Adapter {
     let port = listener.local_addr().unwrap().port();
     let (stop, stopped) = oneshot::channel::<()>();
     let tls = mtls_config(&server.cert, &server.key, &client_ca.cert_pem);
-    tokio::spawn(serve(listener, Some(tls), ParkingService::new(), async {
+    let (service, db) = fresh_service().await;
+    tokio::spawn(serve(listener, Some(tls), service, async {
         let _ = stopped.await;
     }));
     Adapter {
         port,
         server_ca: server_ca.cert_pem,
         _stop: stop,
+        _db: db,
     }
 }
 
@@ -255,6 +266,7 @@ async fn invalid_pem_is_reported_by_serve() {
     let _ = rustls::crypto::ring::default_provider().install_default();
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let tls = mtls_config("not a certificate", "not a key", "not a CA");
-    let result = serve(listener, Some(tls), ParkingService::new(), std::future::pending()).await;
+    let (service, _db) = fresh_service().await;
+    let result = serve(listener, Some(tls), service, std::future::pending()).await;
     assert!(result.is_err());
 }
