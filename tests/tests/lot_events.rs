@@ -100,17 +100,7 @@ async fn a_car_that_leaves_through_the_exit_gate_hears_what_it_was_charged() {
     let event = car.next_event().await;
     assert_ended_by_lot(&event, &exited);
     // Once the gateway took it, the outbox is empty.
-    let parking = platform.parking.clone();
-    within(
-        SOON,
-        async {
-            while parking.events_waiting().await.unwrap() > 0 {
-                tokio::time::sleep(std::time::Duration::from_millis(5)).await;
-            }
-        },
-        "the outbox empties",
-    )
-    .await;
+    outbox_empties(&platform.parking, "the outbox empties").await;
 }
 
 #[tokio::test]
@@ -191,14 +181,20 @@ async fn an_event_committed_before_kill_9_is_published_by_the_restarted_adapter(
     // Charged once, by the gate.
     let records = parking_adapter::ParkingService::open(&database).await.unwrap();
     assert_eq!(records.charges_recorded().await.unwrap(), 1);
+    outbox_empties(&records, "the restarted adapter's outbox empties").await;
+}
+
+/// Waits, within [`SOON`], until `parking`'s outbox holds no event (the publisher deletes an
+/// event right after the gateway accepted it, so a car may see it a moment before).
+async fn outbox_empties(parking: &parking_adapter::ParkingService, what: &str) {
     within(
         SOON,
         async {
-            while records.events_waiting().await.unwrap() > 0 {
+            while parking.events_waiting().await.unwrap() > 0 {
                 tokio::time::sleep(std::time::Duration::from_millis(5)).await;
             }
         },
-        "the restarted adapter's outbox empties",
+        what,
     )
     .await;
 }
@@ -210,4 +206,57 @@ impl Drop for AbortOnDrop {
     fn drop(&mut self) {
         self.0.abort();
     }
+}
+
+/// `request` as the gateway sends it for car `VIN_A`.
+fn from_car_a<T>(request: T, key: &str) -> tonic::Request<T> {
+    let mut request = tonic::Request::new(request);
+    request
+        .metadata_mut()
+        .insert(proto::metadata::VIN, VIN_A.parse().unwrap());
+    request
+        .metadata_mut()
+        .insert(proto::metadata::IDEMPOTENCY_KEY, key.parse().unwrap());
+    request
+}
+
+#[tokio::test]
+async fn an_event_unsent_for_a_day_is_dropped_not_delivered_late() {
+    use proto::parking::v1::parking_lot_server::ParkingLot;
+    use proto::parking::v1::parking_payment_server::ParkingPayment;
+
+    let platform = Platform::start_with_pki(|pki, c| c.partner_api = partner_api(pki.partners_ca())).await;
+    let clock = parking_adapter::ManualClock::default();
+    let lot = parking_adapter::ParkingService::open_with_clock(
+        &platform.pki.path("lot-on-a-manual-clock.db"),
+        std::sync::Arc::new(clock.clone()),
+    )
+    .await
+    .unwrap();
+    // The lot's own calls, made in process: this test is about the outbox, not the ports.
+    let park_and_leave = |key: &'static str| {
+        let lot = lot.clone();
+        async move {
+            let started = lot.start_session(from_car_a(parking_at_the_bund(), key)).await.unwrap();
+            lot.vehicle_exited(tonic::Request::new(leaving_the_bund()))
+                .await
+                .unwrap();
+            started.into_inner().session.unwrap().session_id
+        }
+    };
+
+    // Ended while nothing publishes, then a day and an hour go by.
+    park_and_leave("first").await;
+    clock.advance(std::time::Duration::from_secs(25 * 60 * 60));
+    let second = park_and_leave("second").await;
+    assert_eq!(lot.events_waiting().await.unwrap(), 2);
+
+    let mut car = RawCar::connect(&platform, VIN_A).await;
+    car.subscribe_events().await;
+    let _publisher = AbortOnDrop(lot.publish_events(partner_api_of(&platform)));
+    let event = car.next_event().await;
+    let ended = SessionEndedByLot::decode(event.payload.as_slice()).unwrap();
+    assert_eq!(ended.session.unwrap().session_id, second, "the stale event was dropped");
+    assert_eq!(event.sequence, 1);
+    outbox_empties(&lot, "the outbox empties").await;
 }
