@@ -10,7 +10,7 @@ CREATE TABLE sessions (
     plate               TEXT NOT NULL,
     started_at_unix_ms  INTEGER NOT NULL,
     ended_at_unix_ms    INTEGER,
-    -- Who ended it: 'car' (EndSession) or 'exit_gate' (ParkingLot.VehicleExited).
+    -- Who ended it: 'car' (EndSession), 'exit_gate' (ParkingLot.VehicleExited) or 'max_stay'.
     ended_by            TEXT
 );
 -- A car parks in one place at a time; the database enforces it, whatever the code does.

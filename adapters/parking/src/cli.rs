@@ -6,7 +6,7 @@
 //! parking-adapter --listen 127.0.0.1:50061 --database parking.db \
 //!     --cert parking.pem --key parking.key --client-ca gateway-clients-ca.pem \
 //!     [--lot-listen 127.0.0.1:50062 --lot-client-ca operators-ca.pem] \
-//!     [--partner-api https://gateway:8443 --partner-api-ca ca.pem]
+//!     [--partner-api https://gateway:8443 --partner-api-ca ca.pem] [--max-stay-hours 72]
 //! parking-adapter --listen 127.0.0.1:50061     # plaintext, for local development only
 //! ```
 //!
@@ -18,6 +18,7 @@ use std::io::IsTerminal as _;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
+use std::time::Duration;
 
 use anyhow::Context as _;
 use clap::Parser;
@@ -65,6 +66,10 @@ struct Args {
     /// PEM CA that verifies the partner API's server certificate (the root ca.pem).
     #[arg(long)]
     partner_api_ca: Option<PathBuf>,
+    /// The lot's maximum stay, in hours: older sessions are ended and charged by the lot, and
+    /// their cars told (checked every minute). Off if unset.
+    #[arg(long, value_parser = clap::value_parser!(u32).range(1..=24 * 366))]
+    max_stay_hours: Option<u32>,
 }
 
 /// Runs the adapter with the process's arguments; the exit code says how it ended.
@@ -216,6 +221,11 @@ async fn run(args: &Args, settings: Settings<'_>, listen: Listen, lot_listen: Op
             None
         }
     };
+
+    let _max_stay = args.max_stay_hours.map(|hours| {
+        tracing::info!(hours, "ending sessions at the maximum stay");
+        AbortOnDrop(service.end_overstays_periodically(Duration::from_secs(u64::from(hours) * 60 * 60)))
+    });
 
     let listener = listen.listener().await?;
     let addr = listener.local_addr().context("cannot read the listening address")?;

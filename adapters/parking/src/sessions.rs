@@ -21,6 +21,8 @@ pub(crate) enum EndedBy {
     Car,
     /// The lot's exit gate (ParkingLot.VehicleExited).
     ExitGate,
+    /// The lot, when the session reached its maximum stay.
+    MaxStay,
 }
 
 impl EndedBy {
@@ -28,6 +30,7 @@ impl EndedBy {
         match self {
             EndedBy::Car => "car",
             EndedBy::ExitGate => "exit_gate",
+            EndedBy::MaxStay => "max_stay",
         }
     }
 }
@@ -149,6 +152,25 @@ pub(crate) async fn active_at(
     .await
     .map_err(unavailable)?;
     Ok(row.map(|row| SessionRecord::from_row(&row)))
+}
+
+/// Active sessions started at or before `started_before`, oldest first, at most `limit`.
+pub(crate) async fn active_since(
+    conn: &mut SqliteConnection,
+    started_before: i64,
+    limit: i64,
+) -> Result<Vec<SessionRecord>, Status> {
+    let rows = sqlx::query(
+        "SELECT session_id, vin, lot_id, plate, started_at_unix_ms, ended_at_unix_ms \
+         FROM sessions WHERE ended_at_unix_ms IS NULL AND started_at_unix_ms <= ?1 \
+         ORDER BY started_at_unix_ms LIMIT ?2",
+    )
+    .bind(started_before)
+    .bind(limit)
+    .fetch_all(conn)
+    .await
+    .map_err(unavailable)?;
+    Ok(rows.iter().map(SessionRecord::from_row).collect())
 }
 
 /// Ends `record` at `now` and charges its fee, or, if it already ended, returns what ending it

@@ -77,3 +77,42 @@ async fn the_gate_ends_only_the_session_of_that_plate_at_that_lot() {
     assert_eq!(h.service.charges_recorded().await.unwrap(), 0);
     assert_eq!(h.service.events_waiting().await.unwrap(), 0);
 }
+
+const HOUR: Duration = Duration::from_secs(60 * 60);
+
+#[tokio::test]
+async fn the_lot_ends_sessions_at_the_maximum_stay() {
+    let mut h = start().await;
+    let overstaying = park_at(&mut h, "lot-jingan-01", CAR_A, "a").await;
+    h.clock.advance(71 * HOUR);
+    let recent = park_at(&mut h, "lot-jingan-01", CAR_B, "b").await;
+    h.clock.advance(HOUR + Duration::from_secs(1));
+
+    let ended = h.service.end_overstays(72 * HOUR).await.unwrap();
+    let ids: Vec<&str> = ended.iter().map(|s| s.session_id.as_str()).collect();
+    assert_eq!(ids, [overstaying.as_str()]);
+    // Jing'an: 15 free minutes, then 1,500 fen an hour, at most 9,000 a day: three capped days.
+    assert_eq!(ended[0].fee.as_ref().unwrap().amount_minor, 27_000);
+    assert_eq!(h.service.events_waiting().await.unwrap(), 1);
+    assert!(h.service.end_overstays(72 * HOUR).await.unwrap().is_empty());
+
+    // The car's late EndSession gets the lot's charge; the recent session is still the car's to end.
+    let late = pay(&mut h, &overstaying, CAR_A, "end-a").await.unwrap().into_inner();
+    assert_eq!(late.receipt.unwrap().fee.unwrap().amount_minor, 27_000);
+    let own = pay(&mut h, &recent, CAR_B, "end-b").await.unwrap().into_inner();
+    assert_eq!(own.receipt.unwrap().fee.unwrap().amount_minor, 1_500);
+    assert_eq!(h.service.charges_recorded().await.unwrap(), 2);
+}
+
+#[tokio::test]
+async fn one_sweep_ends_at_most_a_batch_and_the_next_the_rest() {
+    let mut h = start().await;
+    let cars = usize::try_from(parking_adapter::lot::MAX_STAY_BATCH).unwrap() + 1;
+    for i in 0..cars {
+        park_at(&mut h, "lot-jingan-01", &format!("LTESTCAR{i:09}"), "start").await;
+    }
+    h.clock.advance(73 * HOUR);
+    assert_eq!(h.service.end_overstays(72 * HOUR).await.unwrap().len(), cars - 1);
+    assert_eq!(h.service.end_overstays(72 * HOUR).await.unwrap().len(), 1);
+    assert_eq!(h.service.events_waiting().await.unwrap(), u64::try_from(cars).unwrap());
+}
