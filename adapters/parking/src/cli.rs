@@ -86,7 +86,18 @@ pub fn main() -> ExitCode {
         .with_ansi(std::io::stderr().is_terminal())
         .init();
 
-    let args = Args::parse();
+    let args = match Args::try_parse() {
+        Ok(args) => args,
+        // --help and --version.
+        Err(e) if !e.use_stderr() => {
+            let _ = e.print();
+            return ExitCode::SUCCESS;
+        }
+        Err(e) => {
+            let _ = e.print();
+            return ExitCode::from(EX_USAGE);
+        }
+    };
     let settings = match Settings::check(&args) {
         Ok(settings) => settings,
         Err(problem) => {
@@ -101,15 +112,19 @@ pub fn main() -> ExitCode {
         );
         return ExitCode::from(EX_USAGE);
     }
-    let mut take = |index: usize, configured: Option<SocketAddr>| match activated.take_tcp_listener(index) {
-        Ok(Some(socket)) => Ok(Some(Listen::Activated(socket))),
-        Ok(None) => Ok(configured.map(Listen::Bind)),
-        Err(e) => Err(format!("the passed socket (fd {}): {e}", 3 + index)),
+    // fd 3 serves --listen, fd 4 (if passed) the lot port; what was not passed is bound.
+    let mut passed = |index: usize| {
+        activated
+            .take_tcp_listener(index)
+            .map(|socket| socket.map(Listen::Activated))
+            .map_err(|e| format!("the passed socket (fd {}): {e}", 3 + index))
     };
-    let listeners = take(0, Some(args.listen)).and_then(|main| Ok((main, take(1, args.lot_listen)?)));
+    let listeners = passed(0).and_then(|main| Ok((main, passed(1)?)));
     let (listen, lot_listen) = match listeners {
-        Ok((Some(main), lot)) => (main, lot),
-        Ok((None, _)) => unreachable!("--listen has a default"),
+        Ok((main, lot)) => (
+            main.unwrap_or(Listen::Bind(args.listen)),
+            lot.or(args.lot_listen.map(Listen::Bind)),
+        ),
         Err(problem) => {
             eprintln!("parking-adapter: {problem}");
             return ExitCode::from(EX_USAGE);

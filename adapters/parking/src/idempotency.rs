@@ -18,6 +18,12 @@
 //! so only successes are remembered: re-evaluating a rejected call's retry is safe and lets the
 //! car recover (for example, end its old session and then retry).
 //!
+//! The reference adapter's effects are rows in its own database, so the whole call fits in one
+//! short transaction. If your effect is a remote call (a payment provider), do not hold a
+//! transaction open across it: commit the claim as "in flight" first, call the provider with a
+//! key it deduplicates on, then store the answer and commit; a retry that finds the claim in
+//! flight after a crash calls the provider again with the same key.
+//!
 //! Concurrency: the transaction holds SQLite's write lock from its start (`BEGIN IMMEDIATE`),
 //! so two copies of one call run one after the other and the second replays. On PostgreSQL
 //! the same code is safe because the second INSERT of a primary key waits for the first

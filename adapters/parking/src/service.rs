@@ -8,7 +8,7 @@
 
 use std::path::Path;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
 use proto::events::v1::partner_events_client::PartnerEventsClient;
 use proto::parking::v1::parking_payment_server::{ParkingPayment, ParkingPaymentServer};
@@ -41,7 +41,7 @@ pub struct ParkingService {
     /// Wakes the event publisher when an event was committed to the outbox.
     pub(crate) events_waiting: Arc<Notify>,
     /// Whether a publisher runs, to say in the log when events cannot be pushed.
-    pub(crate) publishing: Arc<std::sync::atomic::AtomicBool>,
+    pub(crate) publishing: Arc<AtomicBool>,
     /// Charges made through this value since it was opened.
     charges: Arc<AtomicU64>,
 }
