@@ -108,3 +108,72 @@ async fn a_session_started_before_kill_9_is_ended_after_it_and_charged_once() {
     let records = ParkingService::open(&db).await.unwrap();
     assert_eq!(records.charges_recorded().await.unwrap(), 1, "charged exactly once");
 }
+
+#[tokio::test]
+async fn payments_in_flight_at_kill_9_are_each_charged_once_after_the_restart() {
+    const CARS: usize = 20;
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("parking.db");
+    let socket = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let car = |i: usize| format!("LTESTCAR{i:09}");
+    let as_car = |i: usize, request: EndSessionRequest| {
+        let mut request = call(request, &format!("end-{i}"));
+        request.metadata_mut().insert(metadata::VIN, car(i).parse().unwrap());
+        request
+    };
+
+    let first_life = adapter(&socket, &db).await;
+    let mut app = client(&socket).await;
+    let mut ends = Vec::new();
+    for i in 0..CARS {
+        let mut start = call(
+            StartSessionRequest {
+                lot_id: "lot-xintiandi-01".into(),
+                plate: format!("沪A{i:05}"),
+            },
+            "start",
+        );
+        start.metadata_mut().insert(metadata::VIN, car(i).parse().unwrap());
+        let session = app.start_session(start).await.unwrap().into_inner().session.unwrap();
+        ends.push(EndSessionRequest {
+            session_id: session.session_id,
+        });
+    }
+    // Every car pays at once, and the adapter is killed as soon as the first payment is
+    // answered, with the others under way: whichever committed before the kill and whichever
+    // did not, each is charged once.
+    let (answered, mut answers) = tokio::sync::mpsc::unbounded_channel();
+    for (i, end) in ends.iter().enumerate() {
+        let mut app = app.clone();
+        let request = as_car(i, end.clone());
+        let answered = answered.clone();
+        tokio::spawn(async move {
+            let _ = answered.send((i, app.end_session(request).await.ok().map(|r| r.into_inner())));
+        });
+    }
+    drop(answered);
+    let mut before_the_kill = vec![None; CARS];
+    let (first, answer) = answers.recv().await.unwrap();
+    before_the_kill[first] = answer;
+    kill9(first_life).await;
+    while let Some((i, answer)) = answers.recv().await {
+        before_the_kill[i] = answer;
+    }
+    assert!(
+        before_the_kill.iter().any(Option::is_some),
+        "the first payment was answered"
+    );
+
+    let _second_life = adapter(&socket, &db).await;
+    let mut app = client(&socket).await;
+    for (i, end) in ends.into_iter().enumerate() {
+        let retried = app.end_session(as_car(i, end)).await.expect("paid after the restart");
+        let retried = retried.into_inner();
+        assert!(retried.receipt.is_some());
+        if let Some(answered) = &before_the_kill[i] {
+            assert_eq!(&retried, answered, "car {i}: the answer given before the kill");
+        }
+    }
+    let records = ParkingService::open(&db).await.unwrap();
+    assert_eq!(records.charges_recorded().await.unwrap(), CARS as u64);
+}
