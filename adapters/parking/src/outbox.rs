@@ -2,8 +2,8 @@
 //! (`events.v1.PartnerEvents`): the transactional outbox pattern.
 //!
 //! Whatever makes an event happen (the exit gate ending a session) writes it to the
-//! `event_outbox` table in the SAME transaction as the change itself ([`enqueue`]). A
-//! [`Publisher`] task sends what the table holds, oldest first, and deletes each event once the
+//! `event_outbox` table in the SAME transaction as the change itself (`enqueue`). A
+//! `Publisher` task sends what the table holds, oldest first, and deletes each event once the
 //! gateway accepted it. So:
 //!
 //! - kill -9 after the commit but before publishing: the event is still in the table, and the
