@@ -233,3 +233,20 @@ async fn reusing_a_key_for_a_different_request_is_refused() {
     // Keys are per car: car B may use "k1" for its own intent.
     park(&mut h, CAR_B, "k1").await;
 }
+
+#[tokio::test]
+async fn an_idempotency_key_answers_for_a_day_then_is_forgotten() {
+    let mut h = start().await;
+    let session_id = park(&mut h, CAR_A, "k").await;
+    pay(&mut h, &session_id, CAR_A, "end").await.unwrap();
+
+    // Within the day, the key belongs to that StartSession: another request with it is refused.
+    h.clock.advance(Duration::from_secs(24 * 60 * 60 - 1));
+    let reused = h.client.start_session(call(start_at("lot-bund-01"), CAR_A, "k")).await;
+    assert_eq!(reused.unwrap_err().code(), Code::FailedPrecondition);
+
+    // After it, the key is free again and starts a new session.
+    h.clock.advance(Duration::from_secs(1));
+    let again = park_at(&mut h, "lot-bund-01", CAR_A, "k").await;
+    assert_ne!(again, session_id);
+}
