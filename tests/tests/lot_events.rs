@@ -260,3 +260,96 @@ async fn an_event_unsent_for_a_day_is_dropped_not_delivered_late() {
     assert_eq!(event.sequence, 1);
     outbox_empties(&lot, "the outbox empties").await;
 }
+
+/// A gateway's partner API standing in for the real one, answering each Publish with the next
+/// scripted status (then OK), and recording the event ids it was sent.
+#[derive(Clone, Default)]
+struct ScriptedPartnerApi {
+    answers: std::sync::Arc<std::sync::Mutex<std::collections::VecDeque<tonic::Code>>>,
+    seen: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
+}
+
+#[tonic::async_trait]
+impl proto::events::v1::partner_events_server::PartnerEvents for ScriptedPartnerApi {
+    async fn publish(
+        &self,
+        request: tonic::Request<proto::events::v1::PublishRequest>,
+    ) -> Result<tonic::Response<proto::events::v1::PublishResponse>, tonic::Status> {
+        self.seen.lock().unwrap().push(request.into_inner().event_id);
+        match self.answers.lock().unwrap().pop_front() {
+            Some(code) => Err(tonic::Status::new(code, "scripted")),
+            None => Ok(tonic::Response::new(proto::events::v1::PublishResponse { sequence: 1 })),
+        }
+    }
+}
+
+#[tokio::test]
+async fn the_publisher_retries_an_unavailable_gateway_with_the_same_event_id_and_drops_a_refused_event() {
+    use proto::parking::v1::parking_lot_server::ParkingLot;
+    use proto::parking::v1::parking_payment_server::ParkingPayment;
+
+    init();
+    let pki = TestPki::new();
+    // The stand-in serves as the gateway does: its server certificate, partners only.
+    let api = ScriptedPartnerApi::default();
+    api.answers.lock().unwrap().extend([
+        tonic::Code::Unavailable,
+        tonic::Code::Unavailable,
+        tonic::Code::InvalidArgument,
+    ]);
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let tls = tonic::transport::ServerTlsConfig::new()
+        .identity(tonic::transport::Identity::from_pem(
+            &pki.gateway.pem.cert_pem,
+            &pki.gateway.pem.key_pem,
+        ))
+        .client_ca_root(tonic::transport::Certificate::from_pem(
+            std::fs::read(pki.partners_ca()).unwrap(),
+        ));
+    let server = tonic::transport::Server::builder()
+        .tls_config(tls)
+        .unwrap()
+        .add_service(proto::events::v1::partner_events_server::PartnerEventsServer::new(
+            api.clone(),
+        ));
+    tokio::spawn(server.serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener)));
+
+    let lot = parking_service(&pki).await;
+    let me = pki.partner("parking");
+    let partner_api = parking_adapter::PartnerApi::new(
+        &format!("https://localhost:{}", addr.port()),
+        &std::fs::read_to_string(&pki.ca_cert).unwrap(),
+        &me.pem.cert_pem,
+        &me.pem.key_pem,
+    )
+    .unwrap();
+    let _publisher = AbortOnDrop(lot.publish_events(partner_api));
+
+    // First event: UNAVAILABLE twice, then accepted, under one event id.
+    let started = lot
+        .start_session(from_car_a(parking_at_the_bund(), "first"))
+        .await
+        .unwrap();
+    let first = started.into_inner().session.unwrap().session_id;
+    lot.vehicle_exited(tonic::Request::new(leaving_the_bund()))
+        .await
+        .unwrap();
+    outbox_empties(&lot, "the first event is published after two failures").await;
+    let expected = format!("{first}-ended-by-lot");
+    assert_eq!(
+        *api.seen.lock().unwrap(),
+        [expected.clone(), expected.clone(), expected]
+    );
+
+    // Second event: refused as malformed, which no retry can fix: dropped after one try.
+    api.seen.lock().unwrap().clear();
+    lot.start_session(from_car_a(parking_at_the_bund(), "second"))
+        .await
+        .unwrap();
+    lot.vehicle_exited(tonic::Request::new(leaving_the_bund()))
+        .await
+        .unwrap();
+    outbox_empties(&lot, "the refused event leaves the outbox").await;
+    assert_eq!(api.seen.lock().unwrap().len(), 1);
+}
