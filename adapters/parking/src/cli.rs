@@ -206,11 +206,11 @@ impl Listen {
 
 async fn run(args: &Args, settings: Settings<'_>, listen: Listen, lot_listen: Option<Listen>) -> anyhow::Result<()> {
     let tls = match settings.tls {
-        Some((cert, key, ca)) => Some(mtls_config(&read(cert)?, &read(key)?, &read(ca)?)),
+        Some((cert, key, ca)) => Some(mtls_config(&read(cert).await?, &read(key).await?, &read(ca).await?)),
         None => None,
     };
     let lot_tls = match (settings.tls, &args.lot_client_ca) {
-        (Some((cert, key, _)), Some(ca)) => Some(mtls_config(&read(cert)?, &read(key)?, &read(ca)?)),
+        (Some((cert, key, _)), Some(ca)) => Some(mtls_config(&read(cert).await?, &read(key).await?, &read(ca).await?)),
         _ => None,
     };
     let mode = if tls.is_some() { "mTLS" } else { "plaintext" };
@@ -223,7 +223,7 @@ async fn run(args: &Args, settings: Settings<'_>, listen: Listen, lot_listen: Op
     let _publisher = match settings.partner_api {
         Some((url, ca)) => {
             let (cert, key, _) = settings.tls.context("--partner-api needs --cert and --key")?;
-            let api = PartnerApi::new(url, &read(ca)?, &read(cert)?, &read(key)?)?;
+            let api = PartnerApi::new(url, &read(ca).await?, &read(cert).await?, &read(key).await?)?;
             tracing::info!(partner_api = url, "publishing events for cars");
             Some(AbortOnDrop(service.publish_events(api)))
         }
@@ -284,8 +284,11 @@ impl Drop for AbortOnDrop {
     }
 }
 
-fn read(path: &Path) -> anyhow::Result<String> {
-    std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))
+/// The text file at `path`, read off the async workers.
+async fn read(path: &Path) -> anyhow::Result<String> {
+    tokio::fs::read_to_string(path)
+        .await
+        .with_context(|| format!("cannot read {}", path.display()))
 }
 
 /// Completes on SIGINT or SIGTERM (Ctrl-C elsewhere); in-flight calls then finish before exit.

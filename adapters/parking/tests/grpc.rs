@@ -203,6 +203,16 @@ async fn start_session_checks_lot_plate_and_active_session() {
     };
     let err = h.client.start_session(call(no_plate, CAR_A, "k2")).await.unwrap_err();
     assert_eq!(err.code(), Code::InvalidArgument);
+    let long_plate = StartSessionRequest {
+        lot_id: "lot-bund-01".into(),
+        plate: "沪".repeat(parking_adapter::service::MAX_PLATE_CHARS + 1),
+    };
+    let err = h
+        .client
+        .start_session(call(long_plate, CAR_A, "k2b"))
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::InvalidArgument);
 
     let session_id = park(&mut h, CAR_A, "k3").await;
     let err = h.client.start_session(call(start_at("lot-bund-01"), CAR_A, "k4")).await;
