@@ -130,8 +130,15 @@ pub fn main() -> ExitCode {
             return ExitCode::from(EX_USAGE);
         }
     };
-    if lot_listen.is_some() && settings.tls.is_some() && args.lot_client_ca.is_none() {
-        eprintln!("parking-adapter: the lot port over mTLS needs --lot-client-ca, the CA of the lot's systems");
+    let lot_problem = match (&lot_listen, &args.lot_client_ca) {
+        (Some(_), None) if settings.tls.is_some() => {
+            Some("the lot port over mTLS needs --lot-client-ca, the CA of the lot's systems")
+        }
+        (None, Some(_)) => Some("--lot-client-ca without --lot-listen (or a second passed socket)"),
+        _ => None,
+    };
+    if let Some(problem) = lot_problem {
+        eprintln!("parking-adapter: {problem}");
         return ExitCode::from(EX_USAGE);
     }
     let runtime = match tokio::runtime::Runtime::new() {
@@ -177,9 +184,6 @@ impl<'a> Settings<'a> {
             (None, None) => None,
             _ => return Err("--partner-api and --partner-api-ca go together".into()),
         };
-        if args.lot_client_ca.is_some() && args.lot_listen.is_none() {
-            return Err("--lot-client-ca without --lot-listen".into());
-        }
         Ok(Settings { tls, partner_api })
     }
 }
@@ -220,7 +224,7 @@ async fn run(args: &Args, settings: Settings<'_>, listen: Listen, lot_listen: Op
 
     let service = ParkingService::open(&args.database).await?;
     tracing::info!(database = %args.database.display(), "database open");
-    let _publisher = match settings.partner_api {
+    let publisher = match settings.partner_api {
         Some((url, ca)) => {
             let (cert, key, _) = settings.tls.context("--partner-api needs --cert and --key")?;
             let api = PartnerApi::new(url, &read(ca).await?, &read(cert).await?, &read(key).await?)?;
@@ -237,7 +241,7 @@ async fn run(args: &Args, settings: Settings<'_>, listen: Listen, lot_listen: Op
         }
     };
 
-    let _max_stay = args.max_stay_hours.map(|hours| {
+    let max_stay = args.max_stay_hours.map(|hours| {
         tracing::info!(hours, "ending sessions at the maximum stay");
         AbortOnDrop(service.end_overstays_periodically(Duration::from_secs(u64::from(hours) * 60 * 60)))
     });
@@ -270,6 +274,8 @@ async fn run(args: &Args, settings: Settings<'_>, listen: Listen, lot_listen: Op
     if let Some(lot) = lot {
         lot.await.context("the lot port's task")??;
     }
+    // The background tasks stop before the database closes under them.
+    drop((publisher, max_stay));
     service.close().await;
     tracing::info!("parking adapter stopped");
     Ok(())

@@ -78,3 +78,35 @@ async fn a_database_that_cannot_be_opened_is_named() {
     assert!(stderr.contains("cannot open the database"), "{stderr}");
     assert!(stderr.contains("no-such-dir"), "{stderr}");
 }
+
+#[tokio::test]
+async fn sigterm_stops_both_ports_and_exits_0() {
+    use tokio::io::{AsyncBufReadExt, BufReader};
+
+    let dir = tempfile::tempdir().unwrap();
+    let mut adapter = Command::new(env!("CARGO_BIN_EXE_parking-adapter"))
+        .args(["--listen", "127.0.0.1:0", "--lot-listen", "127.0.0.1:0", "--database"])
+        .arg(dir.path().join("parking.db"))
+        .env_remove("LISTEN_FDS")
+        .stdout(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(adapter.stdout.take().unwrap()).lines();
+    for port in ["parking adapter listening on", "parking lot listening on"] {
+        let line = tokio::time::timeout(Duration::from_secs(20), lines.next_line())
+            .await
+            .expect("the adapter announces its ports")
+            .unwrap()
+            .unwrap();
+        assert!(line.starts_with(port), "{line}");
+    }
+    let pid = adapter.id().unwrap().to_string();
+    let sent = Command::new("kill").args(["-TERM", &pid]).status().await.unwrap();
+    assert!(sent.success());
+    let status = tokio::time::timeout(Duration::from_secs(20), adapter.wait())
+        .await
+        .expect("the adapter stops on SIGTERM")
+        .unwrap();
+    assert_eq!(status.code(), Some(0));
+}
