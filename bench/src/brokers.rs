@@ -743,6 +743,8 @@ pub async fn start_adapter(bin: Option<&Path>, fleet: &Fleet, dir: &Path) -> Res
                 .arg(&fleet.adapter.key)
                 .arg("--client-ca")
                 .arg(&fleet.gateway_clients_ca_file)
+                .arg("--database")
+                .arg(dir.join("parking.db"))
                 // One log line per call would cost the adapter more than the call itself.
                 .env("RUST_LOG", "warn")
                 .env("NO_COLOR", "1");
@@ -766,14 +768,10 @@ pub async fn start_adapter(bin: Option<&Path>, fleet: &Fleet, dir: &Path) -> Res
             let key = std::fs::read_to_string(&fleet.adapter.key)?;
             let tls = parking_adapter::mtls_config(&cert, &key, fleet.gateway_clients_ca_pem());
             let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-            tokio::spawn(parking_adapter::serve(
-                listener,
-                Some(tls),
-                parking_adapter::ParkingService::new(),
-                async {
-                    let _ = stopped.await;
-                },
-            ));
+            let parking = parking_adapter::ParkingService::open(&dir.join("parking.db")).await?;
+            tokio::spawn(parking_adapter::serve(listener, Some(tls), parking, async {
+                let _ = stopped.await;
+            }));
             Ok(Adapter {
                 addr,
                 pid: None,

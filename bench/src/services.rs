@@ -107,7 +107,7 @@ pub async fn run(plan: &ServicesPlan, launch: &GatewayLaunch, work: &Path, comma
     let hosts = vec![IpAddr::V4(Ipv4Addr::LOCALHOST)];
     started.say(&format!("issuing {} vehicle certificates", plan.vehicles));
     let fleet = Fleet::create(&work.join("pki"), plan.vehicles, &hosts)?;
-    let (partner, _stop_partner) = start_twin_partner(&fleet).await?;
+    let (partner, _stop_partner) = start_twin_partner(&fleet, work).await?;
     let dir = work.join("gateway");
     std::fs::create_dir_all(&dir)?;
     let read_only = vec!["ListNearbyLots".to_owned()];
@@ -224,7 +224,7 @@ fn totals(service: &str, kind: &str, phases: &[Phase]) -> ServiceTotals {
 /// One partner for both services: the reference parking service under its own name, and the
 /// same under [`CONFIGURED`] (the path renamed before tonic's router sees it). Its mTLS is the
 /// adapter's: the fleet's partner certificate, gateway clients only.
-async fn start_twin_partner(fleet: &Fleet) -> Result<(SocketAddr, tokio::sync::oneshot::Sender<()>)> {
+async fn start_twin_partner(fleet: &Fleet, work: &Path) -> Result<(SocketAddr, tokio::sync::oneshot::Sender<()>)> {
     let listener = tokio::net::TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).await?;
     let addr = listener.local_addr()?;
     let read = |p: &Path| std::fs::read_to_string(p).with_context(|| format!("read {}", p.display()));
@@ -233,7 +233,10 @@ async fn start_twin_partner(fleet: &Fleet) -> Result<(SocketAddr, tokio::sync::o
         &read(&fleet.adapter.key)?,
         fleet.gateway_clients_ca_pem(),
     );
-    let parking = ParkingPaymentServer::new(ParkingService::new());
+    let service = ParkingService::open(&work.join("twin-parking.db"))
+        .await
+        .context("open the twin partner's database")?;
+    let parking = ParkingPaymentServer::new(service);
     let renamed = parking.clone().map_request(|mut req: http::Request<axum::body::Body>| {
         let path = req.uri().path().replacen(CONFIGURED, COMPILED, 1);
         *req.uri_mut() = path.parse().expect("a renamed gRPC path is a valid URI");

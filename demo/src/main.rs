@@ -62,7 +62,9 @@ async fn main() -> Result<()> {
         args.dir.display()
     );
 
-    let parking = ParkingService::new();
+    // The adapter's state (sessions, charges, answers to retries) outlives the demo, as it
+    // would a restart of a real adapter.
+    let parking = ParkingService::open(&args.dir.join("parking.db")).await?;
     let adapter = tokio::net::TcpListener::bind(args.adapter_listen)
         .await
         .with_context(|| format!("adapter cannot listen on {}", args.adapter_listen))?;

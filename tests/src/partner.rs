@@ -13,7 +13,7 @@ use parking_adapter::ParkingService;
 use proto::parking::v1::parking_payment_server::{ParkingPayment, ParkingPaymentServer};
 use proto::parking::v1::{
     EndSessionRequest, EndSessionResponse, GeoPoint, GetReceiptRequest, ListNearbyLotsRequest, ListNearbyLotsResponse,
-    Receipt, StartSessionRequest, StartSessionResponse,
+    Receipt, RefundSessionRequest, RefundSessionResponse, StartSessionRequest, StartSessionResponse,
 };
 use tokio::net::TcpListener;
 use tokio::sync::{Notify, Semaphore, oneshot};
@@ -42,6 +42,14 @@ impl RunningPartner {
     pub fn new(addr: SocketAddr, stop: oneshot::Sender<()>) -> RunningPartner {
         RunningPartner { addr, _stop: stop }
     }
+}
+
+/// The reference adapter's service on a fresh SQLite file in `pki`'s directory.
+pub async fn parking_service(pki: &TestPki) -> ParkingService {
+    let path = pki.path(&format!("parking-{}.db", crate::unique_name()));
+    ParkingService::open(&path)
+        .await
+        .unwrap_or_else(|e| panic!("open the parking database {}: {e:#}", path.display()))
 }
 
 /// Starts the reference parking adapter on mTLS, trusting only `pki`'s gateway-clients CA.
@@ -288,6 +296,13 @@ impl ParkingPayment for ScriptedParking {
     async fn get_receipt(&self, r: Request<GetReceiptRequest>) -> Result<Response<Receipt>, Status> {
         self.inner.get_receipt(r).await
     }
+
+    async fn refund_session(
+        &self,
+        r: Request<RefundSessionRequest>,
+    ) -> Result<Response<RefundSessionResponse>, Status> {
+        self.inner.refund_session(r).await
+    }
 }
 
 /// What a [`SteeredParking`] does with the calls it gets.
@@ -389,5 +404,12 @@ impl ParkingPayment for SteeredParking {
 
     async fn get_receipt(&self, r: Request<GetReceiptRequest>) -> Result<Response<Receipt>, Status> {
         self.inner.get_receipt(r).await
+    }
+
+    async fn refund_session(
+        &self,
+        r: Request<RefundSessionRequest>,
+    ) -> Result<Response<RefundSessionResponse>, Status> {
+        self.inner.refund_session(r).await
     }
 }

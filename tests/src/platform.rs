@@ -13,7 +13,9 @@ use proto::parking::v1::parking_payment_server::ParkingPayment;
 use tokio::sync::broadcast;
 use tonic::transport::Channel;
 
-use crate::partner::{PARKING, RunningPartner, ScriptedParking, partner_entry, start_parking, start_partner};
+use crate::partner::{
+    PARKING, RunningPartner, ScriptedParking, parking_service, partner_entry, start_parking, start_partner,
+};
 use crate::pki::{Credentials, TestPki};
 
 /// The vehicles' port: a listener bound once on 127.0.0.1 port 0 and kept for the whole test,
@@ -90,7 +92,7 @@ impl Platform {
     pub async fn start_with_pki(tweak: impl FnOnce(&TestPki, &mut GatewayConfig)) -> Platform {
         crate::init();
         let pki = TestPki::new();
-        let parking = ParkingService::new();
+        let parking = parking_service(&pki).await;
         let server = start_parking(&pki, parking.clone()).await;
         Platform::in_front_of(pki, parking, server, tweak).await
     }
@@ -107,26 +109,39 @@ impl Platform {
         script: impl FnOnce(ScriptedParking) -> ScriptedParking,
         tweak: impl FnOnce(&TestPki, &mut GatewayConfig),
     ) -> (Platform, ScriptedParking) {
-        let parking = ParkingService::new();
-        let scripted = script(ScriptedParking::new(parking.clone()));
-        let platform = Platform::start_partner_with(scripted.clone(), parking, tweak).await;
-        (platform, scripted)
+        Platform::start_wrapping(|parking| script(ScriptedParking::new(parking)), tweak).await
+    }
+
+    /// The gateway in front of a partner that `wrap` makes around the reference adapter's
+    /// state (a scripted or steered stand-in), `tweak` applied to the gateway's configuration.
+    pub async fn start_wrapping<P: ParkingPayment + Clone>(
+        wrap: impl FnOnce(ParkingService) -> P,
+        tweak: impl FnOnce(&TestPki, &mut GatewayConfig),
+    ) -> (Platform, P) {
+        crate::init();
+        let pki = TestPki::new();
+        let parking = parking_service(&pki).await;
+        let partner = wrap(parking.clone());
+        let server = start_partner(&pki, partner.clone()).await;
+        let platform = Platform::in_front_of(pki, parking, server, tweak).await;
+        (platform, partner)
     }
 
     /// The gateway in front of `partner`, any `ParkingPayment` (a stalling one, a talkative one).
     pub async fn start_partner(partner: impl ParkingPayment) -> Platform {
-        Platform::start_partner_with(partner, ParkingService::new(), |_, _| {}).await
+        Platform::start_partner_with(partner, |_, _| {}).await
     }
 
-    /// [`Platform::start_partner`], with `parking` as the reference state it stands for and
-    /// `tweak` applied to the gateway's configuration (the PKI at hand).
+    /// [`Platform::start_partner`], with `tweak` applied to the gateway's configuration (the
+    /// PKI at hand); `parking` is a reference adapter's state of its own, which `partner` does
+    /// not use.
     pub async fn start_partner_with(
         partner: impl ParkingPayment,
-        parking: ParkingService,
         tweak: impl FnOnce(&TestPki, &mut GatewayConfig),
     ) -> Platform {
         crate::init();
         let pki = TestPki::new();
+        let parking = parking_service(&pki).await;
         let server = start_partner(&pki, partner).await;
         Platform::in_front_of(pki, parking, server, tweak).await
     }

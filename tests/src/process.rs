@@ -8,8 +8,8 @@
 //! built there, stale or missing. Cargo builds a package's `[[bin]]` targets before its
 //! integration tests and tells them where (`CARGO_BIN_EXE_<name>`, at compile time). So this
 //! crate has thin binaries of its own (`src/bin/`) that call the real programs' `main`
-//! (`gateway::cli::main`, `vehicle_agent::cli::main`): the same code, always freshly built, and
-//! a build failure fails the test run. (Running `cargo build` from inside a test, as the
+//! (`gateway::cli::main`, `vehicle_agent::cli::main`, `parking_adapter::cli::main`): the same
+//! code, always freshly built, and a build failure fails the test run. (Running `cargo build` from inside a test, as the
 //! `escargot` crate does, would contend for the build directory's lock with the `cargo test`
 //! running it, and build again with settings of its own.)
 
@@ -32,7 +32,8 @@ pub struct Binary {
     pub path: &'static str,
 }
 
-/// The [`Binary`] of `gateway` or `vehicle_agent` that cargo built for this test run. A macro
+/// The [`Binary`] of `gateway`, `vehicle_agent` or `parking_adapter` that cargo built for this
+/// test run. A macro
 /// because `CARGO_BIN_EXE_*` is set only while compiling integration tests, not this library.
 #[macro_export]
 macro_rules! built_binary {
@@ -46,6 +47,12 @@ macro_rules! built_binary {
         $crate::process::Binary {
             name: "vehicle-agent",
             path: env!("CARGO_BIN_EXE_vehicle-agent-under-test"),
+        }
+    };
+    (parking_adapter) => {
+        $crate::process::Binary {
+            name: "parking-adapter",
+            path: env!("CARGO_BIN_EXE_parking-adapter-under-test"),
         }
     };
 }

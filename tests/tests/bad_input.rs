@@ -4,7 +4,6 @@
 use std::time::Duration;
 
 use integration_tests::*;
-use parking_adapter::ParkingService;
 use proto::parking::v1::parking_payment_server::ParkingPayment;
 use proto::parking::v1::*;
 use proto::vehicle::v1::Code;
@@ -119,6 +118,12 @@ impl ParkingPayment for Stalling {
     async fn get_receipt(&self, _: Request<GetReceiptRequest>) -> Result<Response<Receipt>, Status> {
         std::future::pending().await
     }
+    async fn refund_session(
+        &self,
+        _: Request<RefundSessionRequest>,
+    ) -> Result<Response<RefundSessionResponse>, Status> {
+        std::future::pending().await
+    }
 }
 
 #[tokio::test]
@@ -170,14 +175,17 @@ impl ParkingPayment for Talkative {
     async fn get_receipt(&self, _: Request<GetReceiptRequest>) -> Result<Response<Receipt>, Status> {
         Err(Status::unimplemented("lots only"))
     }
+    async fn refund_session(
+        &self,
+        _: Request<RefundSessionRequest>,
+    ) -> Result<Response<RefundSessionResponse>, Status> {
+        Err(Status::unimplemented("lots only"))
+    }
 }
 
 #[tokio::test]
 async fn a_partner_answer_over_the_maximum_size_is_refused_before_it_is_read() {
-    let platform = Platform::start_partner_with(Talkative, ParkingService::new(), |_, c| {
-        c.requests.max_response_bytes = 16 * 1024
-    })
-    .await;
+    let platform = Platform::start_partner_with(Talkative, |_, c| c.requests.max_response_bytes = 16 * 1024).await;
     let mut car = RawCar::connect(&platform, VIN_A).await;
     let answer = car.ask(envelope("too-much", LIST, nearby_lots())).await;
     assert_eq!(outcome(&answer), ("too-much", Code::OutOfRange), "{answer:?}");

@@ -8,7 +8,6 @@ use std::time::Duration;
 
 use gateway::config::PartnerConfig;
 use gateway::routing::{BreakerState, PartnerHealth};
-use parking_adapter::ParkingService;
 use prost::Message;
 use proto::vehicle::v1::Code;
 
@@ -18,10 +17,7 @@ const START: &str = "/parking.v1.ParkingPayment/StartSession";
 
 /// The gateway in front of a [`SteeredParking`], its parking entry adjusted by `settings`.
 async fn platform_with(settings: impl FnOnce(&mut PartnerConfig)) -> (Platform, SteeredParking) {
-    let parking = ParkingService::new();
-    let partner = SteeredParking::new(parking.clone());
-    let platform = Platform::start_partner_with(partner.clone(), parking, |_, c| settings(&mut c.partners[0])).await;
-    (platform, partner)
+    Platform::start_wrapping(SteeredParking::new, |_, c| settings(&mut c.partners[0])).await
 }
 
 fn health(platform: &Platform) -> PartnerHealth {

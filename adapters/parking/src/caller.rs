@@ -8,6 +8,8 @@ use proto::metadata;
 use tonic::Status;
 use tonic::metadata::MetadataMap;
 
+use crate::idempotency::MAX_KEY_BYTES;
+
 /// Identity and correlation data of one call, read from its metadata.
 #[derive(Debug, Clone)]
 pub(crate) struct Caller {
@@ -57,11 +59,20 @@ impl Caller {
     /// The gateway always sends one. A call without a key is still served, just not
     /// deduplicated; the state checks (one active session per car, ending an ended session
     /// returns it unchanged) still prevent double charges.
+    /// A key longer than [`MAX_KEY_BYTES`] is INVALID_ARGUMENT: keys are stored for a day.
     pub(crate) fn idempotency_key(&self) -> Result<Option<&str>, Status> {
-        self.idempotency_key
+        let key = self
+            .idempotency_key
             .as_ref()
             .map(Option::as_deref)
-            .map_err(Clone::clone)
+            .map_err(Clone::clone)?;
+        if key.is_some_and(|key| key.len() > MAX_KEY_BYTES) {
+            return Err(Status::invalid_argument(format!(
+                "{} metadata is longer than {MAX_KEY_BYTES} bytes",
+                metadata::IDEMPOTENCY_KEY
+            )));
+        }
+        Ok(key)
     }
 
     /// The VIN for logs, "-" when absent.
@@ -92,6 +103,19 @@ mod tests {
         let anonymous = Caller::from_metadata(&MetadataMap::new());
         assert_eq!(anonymous.vin().unwrap_err().code(), tonic::Code::Unauthenticated);
         assert_eq!(anonymous.idempotency_key().unwrap(), None);
+    }
+
+    #[test]
+    fn an_idempotency_key_past_the_limit_is_rejected() {
+        let mut md = MetadataMap::new();
+        md.insert(metadata::IDEMPOTENCY_KEY, "k".repeat(MAX_KEY_BYTES).parse().unwrap());
+        assert!(Caller::from_metadata(&md).idempotency_key().is_ok());
+        md.insert(
+            metadata::IDEMPOTENCY_KEY,
+            "k".repeat(MAX_KEY_BYTES + 1).parse().unwrap(),
+        );
+        let err = Caller::from_metadata(&md).idempotency_key().unwrap_err();
+        assert_eq!(err.code(), tonic::Code::InvalidArgument);
     }
 
     #[test]

@@ -5,6 +5,8 @@
 
 use proto::parking::v1::{GeoPoint, Lot, Money};
 
+use crate::pricing::PriceRules;
+
 /// Currency of every price in the catalogue (ISO 4217).
 pub const CURRENCY: &str = "CNY";
 
@@ -28,20 +30,25 @@ pub struct LotInfo {
     pub latitude: f64,
     /// Longitude of the entrance, in degrees.
     pub longitude: f64,
-    /// Price of one started hour, in fen (1/100 CNY).
-    pub price_per_hour_fen: i64,
+    /// What a stay costs.
+    pub price: PriceRules,
     /// Free spaces, as the lot's sensors last reported them.
     pub free_spaces: u32,
 }
 
-/// The fixed catalogue: six lots in central Shanghai.
+/// The fixed catalogue: six lots in central Shanghai. People's Square and the Bund are busy
+/// enough to bill from the first minute; the others give 15 or 30 free minutes for a drop-off.
 pub const LOTS: &[LotInfo] = &[
     LotInfo {
         id: "lot-peoplessquare-01",
         name: "People's Square Underground Car Park",
         latitude: 31.2317,
         longitude: 121.4726,
-        price_per_hour_fen: 1_200,
+        price: PriceRules {
+            free_minutes: 0,
+            hourly_rate_fen: 1_200,
+            daily_cap_fen: 8_000,
+        },
         free_spaces: 156,
     },
     LotInfo {
@@ -49,7 +56,11 @@ pub const LOTS: &[LotInfo] = &[
         name: "Xintiandi South Block Car Park",
         latitude: 31.2190,
         longitude: 121.4760,
-        price_per_hour_fen: 2_000,
+        price: PriceRules {
+            free_minutes: 15,
+            hourly_rate_fen: 2_000,
+            daily_cap_fen: 12_000,
+        },
         free_spaces: 18,
     },
     LotInfo {
@@ -57,7 +68,11 @@ pub const LOTS: &[LotInfo] = &[
         name: "The Bund Riverside Garage",
         latitude: 31.2380,
         longitude: 121.4880,
-        price_per_hour_fen: 2_500,
+        price: PriceRules {
+            free_minutes: 0,
+            hourly_rate_fen: 2_500,
+            daily_cap_fen: 15_000,
+        },
         free_spaces: 7,
     },
     LotInfo {
@@ -65,7 +80,11 @@ pub const LOTS: &[LotInfo] = &[
         name: "Jing'an Temple Plaza Car Park",
         latitude: 31.2236,
         longitude: 121.4454,
-        price_per_hour_fen: 1_500,
+        price: PriceRules {
+            free_minutes: 15,
+            hourly_rate_fen: 1_500,
+            daily_cap_fen: 9_000,
+        },
         free_spaces: 42,
     },
     LotInfo {
@@ -73,7 +92,11 @@ pub const LOTS: &[LotInfo] = &[
         name: "Lujiazui IFC Car Park",
         latitude: 31.2368,
         longitude: 121.5018,
-        price_per_hour_fen: 2_000,
+        price: PriceRules {
+            free_minutes: 15,
+            hourly_rate_fen: 2_000,
+            daily_cap_fen: 12_000,
+        },
         free_spaces: 230,
     },
     LotInfo {
@@ -81,7 +104,11 @@ pub const LOTS: &[LotInfo] = &[
         name: "Xujiahui Grand Gateway Car Park",
         latitude: 31.1940,
         longitude: 121.4375,
-        price_per_hour_fen: 1_000,
+        price: PriceRules {
+            free_minutes: 30,
+            hourly_rate_fen: 1_000,
+            daily_cap_fen: 6_000,
+        },
         free_spaces: 64,
     },
 ];
@@ -150,7 +177,7 @@ impl LotInfo {
     pub fn price_per_hour(&self) -> Money {
         Money {
             currency: CURRENCY.to_owned(),
-            amount_minor: self.price_per_hour_fen,
+            amount_minor: self.price.hourly_rate_fen,
         }
     }
 
@@ -164,6 +191,7 @@ impl LotInfo {
             distance_m: distance_m.round() as u32,
             price_per_hour: Some(self.price_per_hour()),
             free_spaces: self.free_spaces,
+            price_rules: Some(self.price.to_proto()),
         }
     }
 }

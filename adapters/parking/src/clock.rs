@@ -29,8 +29,9 @@ impl Clock for SystemClock {
 
 /// A clock that only moves when told to; clones share the same time.
 ///
-/// Hand one clone to [`ParkingService::with_clock`](crate::ParkingService::with_clock) and keep
-/// another in the test to [`advance`](ManualClock::advance) it.
+/// Hand one clone to
+/// [`ParkingService::open_with_clock`](crate::ParkingService::open_with_clock) and keep another
+/// in the test to [`advance`](ManualClock::advance) it.
 #[derive(Debug, Clone)]
 pub struct ManualClock {
     now_ms: Arc<AtomicI64>,

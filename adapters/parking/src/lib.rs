@@ -11,20 +11,34 @@
 //!   and other cars get NOT_FOUND.
 //! - `x-request-id`: logged with every call so one driver action can be followed end to end.
 //! - `idempotency-key`: identical on every retry of one driver intent. Mobile links drop replies,
-//!   so the same StartSession or EndSession can arrive twice; the adapter remembers its answer
-//!   per (VIN, key) and replays it instead of charging again.
+//!   so the same StartSession or EndSession can arrive twice; the adapter stores its answer
+//!   per (VIN, key) in the same transaction as the effect and replays it instead of charging
+//!   again, across restarts and kill -9.
+//!
+//! Everything the adapter must not forget (sessions, charges, refunds, idempotency answers,
+//! events for cars) is in one SQLite database (`--database`), through sqlx.
 //!
 //! Reading order: [`service`] (the handlers), `caller.rs` (reading the metadata),
-//! `idempotency.rs` (replaying retries), [`catalogue`] (lots and distances), [`clock`]
-//! (injectable time, so tests can advance it), then [`serve`], [`mtls_config`] and
-//! [`require_gateway_client`] below.
+//! `idempotency.rs` (the pattern: claim the key, act, store the answer, commit),
+//! `sessions.rs` and `refunds.rs` (the rows), `store.rs` (the database), [`pricing`] and
+//! [`catalogue`] (lots and their price rules), [`lot`] (the exit gate ending a session) and
+//! [`outbox`] (pushing its event to the car reliably), [`clock`] (injectable time, so tests
+//! can advance it), then [`serve`], [`serve_lot`], [`mtls_config`] and
+//! [`require_gateway_client`] below; [`cli`] is the command line.
 
 pub mod catalogue;
+pub mod cli;
 pub mod clock;
+pub mod lot;
+pub mod outbox;
+pub mod pricing;
+pub mod refunds;
 pub mod service;
 
 mod caller;
 mod idempotency;
+mod sessions;
+mod store;
 
 use std::future::Future;
 use std::time::Duration;
@@ -38,6 +52,7 @@ use tonic::transport::{Certificate, Identity, Server, ServerTlsConfig};
 use tonic::{Request, Status};
 
 pub use clock::{Clock, ManualClock, SystemClock};
+pub use outbox::PartnerApi;
 pub use service::ParkingService;
 
 /// Longest a client may take to complete the TLS handshake before its connection is dropped.
@@ -56,19 +71,7 @@ pub async fn serve(
     service: ParkingService,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
-    // tonic ignores its own tcp_nodelay setting for a listener we hand it; without it every
-    // small reply waits out Nagle's algorithm and the peer's delayed ACK (~40 ms).
-    let incoming = TcpListenerStream::new(listener).map(|conn| {
-        conn.and_then(|tcp| {
-            tcp.set_nodelay(true)?;
-            Ok(tcp)
-        })
-    });
-    let mut builder = Server::builder();
     let mtls = tls.is_some();
-    if let Some(tls) = tls {
-        builder = builder.tls_config(tls).context("invalid TLS configuration")?;
-    }
     let gateway_only = InterceptedService::new(service.into_server(), move |request| {
         if mtls {
             require_gateway_client(request)
@@ -76,11 +79,60 @@ pub async fn serve(
             Ok(request)
         }
     });
-    builder
+    server(tls)?
         .add_service(gateway_only)
-        .serve_with_incoming_shutdown(incoming, shutdown)
+        .serve_with_incoming_shutdown(incoming(listener), shutdown)
         .await
         .context("parking adapter server failed")
+}
+
+/// Serves `parking.v1.ParkingLot` (the exit gate, `lot.rs`) until `shutdown` completes, on a
+/// listener of its own. `tls` = None means plaintext (dev only).
+///
+/// Over TLS every call must come from a certificate with role `operator`, chaining to the CA
+/// in `tls` (build it with [`mtls_config`] and the CA of the lot's systems, never the one of
+/// the gateway: the gateway forwards cars' calls, and no car may end a session by plate).
+pub async fn serve_lot(
+    listener: tokio::net::TcpListener,
+    tls: Option<ServerTlsConfig>,
+    service: ParkingService,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> anyhow::Result<()> {
+    let mtls = tls.is_some();
+    let operators_only = InterceptedService::new(service.into_lot_server(), move |request: Request<()>| {
+        if mtls {
+            require_peer_role(&request, Role::Operator)?;
+        }
+        Ok(request)
+    });
+    server(tls)?
+        .add_service(operators_only)
+        .serve_with_incoming_shutdown(incoming(listener), shutdown)
+        .await
+        .context("parking lot server failed")
+}
+
+/// A tonic server builder, over `tls` if given.
+fn server(tls: Option<ServerTlsConfig>) -> anyhow::Result<Server> {
+    let builder = Server::builder();
+    match tls {
+        Some(tls) => builder.tls_config(tls).context("invalid TLS configuration"),
+        None => Ok(builder),
+    }
+}
+
+/// The connections `listener` accepts, with Nagle's algorithm off.
+fn incoming(
+    listener: tokio::net::TcpListener,
+) -> impl tokio_stream::Stream<Item = std::io::Result<tokio::net::TcpStream>> {
+    // tonic ignores its own tcp_nodelay setting for a listener we hand it; without it every
+    // small reply waits out Nagle's algorithm and the peer's delayed ACK (~40 ms).
+    TcpListenerStream::new(listener).map(|conn| {
+        conn.and_then(|tcp| {
+            tcp.set_nodelay(true)?;
+            Ok(tcp)
+        })
+    })
 }
 
 /// Builds an mTLS server config from PEM strings: server cert+key, and the CA that client certificates must chain to.

@@ -1,92 +1,22 @@
 //! The adapter as the gateway sees it: a real server on a loopback port, called with the
 //! generated client and the metadata the gateway attaches.
 
-use std::sync::Arc;
+mod common;
+
 use std::time::Duration;
 
-use parking_adapter::{Clock, ManualClock, ParkingService, serve};
+use common::*;
+use parking_adapter::Clock;
 use proto::metadata;
-use proto::parking::v1::parking_payment_client::ParkingPaymentClient;
 use proto::parking::v1::{
-    EndSessionRequest, EndSessionResponse, GeoPoint, GetReceiptRequest, ListNearbyLotsRequest, Money, SessionState,
-    StartSessionRequest,
+    GeoPoint, GetReceiptRequest, ListNearbyLotsRequest, Money, SessionState, StartSessionRequest,
 };
-use tokio::net::TcpListener;
-use tokio::sync::oneshot;
-use tonic::transport::Channel;
-use tonic::{Code, Request, Response, Status};
+use tonic::{Code, Request};
 
-const CAR_A: &str = "LSVAU2180N2183294";
-const CAR_B: &str = "LFV2A21K6A4000001";
 const PEOPLES_SQUARE: GeoPoint = GeoPoint {
     latitude: 31.2317,
     longitude: 121.4726,
 };
-
-struct Harness {
-    client: ParkingPaymentClient<Channel>,
-    service: ParkingService,
-    clock: ManualClock,
-    /// Dropping it stops the server.
-    _stop: oneshot::Sender<()>,
-}
-
-async fn start() -> Harness {
-    let clock = ManualClock::default();
-    let service = ParkingService::with_clock(Arc::new(clock.clone()));
-    // Bound before the server task starts, so the client can connect at once: no sleeps.
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    let (stop, stopped) = oneshot::channel::<()>();
-    let shutdown = async {
-        let _ = stopped.await;
-    };
-    tokio::spawn(serve(listener, None, service.clone(), shutdown));
-    let client = ParkingPaymentClient::connect(format!("http://{addr}")).await.unwrap();
-    Harness {
-        client,
-        service,
-        clock,
-        _stop: stop,
-    }
-}
-
-/// A request as the gateway sends it: VIN, request id and idempotency key in the metadata.
-fn call<T>(message: T, vin: &str, key: &str) -> Request<T> {
-    let mut request = Request::new(message);
-    let md = request.metadata_mut();
-    md.insert(metadata::VIN, vin.parse().unwrap());
-    md.insert(metadata::REQUEST_ID, format!("req-{key}").parse().unwrap());
-    md.insert(metadata::IDEMPOTENCY_KEY, key.parse().unwrap());
-    request
-}
-
-fn start_at(lot_id: &str) -> StartSessionRequest {
-    StartSessionRequest {
-        lot_id: lot_id.into(),
-        plate: "沪A12345".into(),
-    }
-}
-
-fn end(session_id: &str) -> EndSessionRequest {
-    EndSessionRequest {
-        session_id: session_id.into(),
-    }
-}
-
-/// Ends (pays for) `session_id` as `vin`, with idempotency key `key`.
-async fn pay(h: &mut Harness, session_id: &str, vin: &str, key: &str) -> Result<Response<EndSessionResponse>, Status> {
-    h.client.end_session(call(end(session_id), vin, key)).await
-}
-
-/// Starts a session for `vin` and returns its id.
-async fn park(h: &mut Harness, vin: &str, key: &str) -> String {
-    let response = h
-        .client
-        .start_session(call(start_at("lot-xintiandi-01"), vin, key))
-        .await;
-    response.unwrap().into_inner().session.unwrap().session_id
-}
 
 #[tokio::test]
 async fn nearby_lots_are_nearest_first_and_limited() {
@@ -113,6 +43,9 @@ async fn nearby_lots_are_nearest_first_and_limited() {
             amount_minor: 1_200
         })
     );
+    let rules = lots[0].price_rules.as_ref().expect("the lot shows its price rules");
+    assert_eq!(rules.free_minutes, 0);
+    assert_eq!(rules.hourly_rate, lots[0].price_per_hour);
 
     // Defaults: 2000 m, 10 results. Jing'an and Lujiazui are about 2.8 km away.
     let lots = h.client.list_nearby_lots(call(near(0, 0), CAR_A, "n2")).await.unwrap();
@@ -133,7 +66,7 @@ async fn nearby_lots_are_nearest_first_and_limited() {
 }
 
 #[tokio::test]
-async fn ninety_minutes_are_billed_as_two_hours() {
+async fn ninety_minutes_are_fifteen_free_then_two_started_hours() {
     let mut h = start().await;
     let started_at = h.clock.now_unix_ms();
     let session_id = park(&mut h, CAR_A, "start-1").await;
@@ -153,9 +86,20 @@ async fn ninety_minutes_are_billed_as_two_hours() {
     assert_eq!(receipt.started_at_unix_ms, started_at);
     assert_eq!(receipt.ended_at_unix_ms, started_at + 90 * 60 * 1_000);
     assert_eq!(receipt.duration_s, 90 * 60);
-    assert_eq!(receipt.payment_reference, "wxpay-1");
+    assert!(receipt.payment_reference.starts_with("wxpay-"), "{receipt:?}");
     assert_eq!(receipt.lot_name, "Xintiandi South Block Car Park");
+    let breakdown = receipt.breakdown.as_ref().expect("the receipt explains the fee");
+    assert_eq!(breakdown.free_minutes_used, 15);
+    assert_eq!(breakdown.billed_hours, 2);
+    assert_eq!(breakdown.before_cap.as_ref(), Some(&two_hours));
+    assert_eq!(breakdown.cap_discount.as_ref().map(|m| m.amount_minor), Some(0));
+    let rules = breakdown.rules.as_ref().unwrap();
+    assert_eq!(
+        (rules.free_minutes, rules.daily_cap.as_ref().unwrap().amount_minor),
+        (15, 12_000)
+    );
     assert_eq!(h.service.charges(), 1);
+    assert_eq!(h.service.charges_recorded().await.unwrap(), 1);
 
     let read = GetReceiptRequest {
         receipt_id: receipt.receipt_id.clone(),
@@ -177,16 +121,16 @@ async fn retries_with_the_same_key_charge_once() {
     assert_eq!(park(&mut h, CAR_A, "start-1").await, session_id);
     h.clock.advance(Duration::from_secs(10 * 60));
 
-    let first = pay(&mut h, &session_id, CAR_A, "end-1").await.unwrap();
+    let first = pay(&mut h, &session_id, CAR_A, "end-1").await.unwrap().into_inner();
     h.clock.advance(Duration::from_secs(3 * 60 * 60));
     let retry = pay(&mut h, &session_id, CAR_A, "end-1").await.unwrap();
-    assert_eq!(first.into_inner(), retry.into_inner());
+    assert_eq!(first, retry.into_inner());
     assert_eq!(h.service.charges(), 1);
 
     // A fresh key on an ended session returns it unchanged: still one charge.
     let again = pay(&mut h, &session_id, CAR_A, "end-2").await.unwrap();
-    assert_eq!(again.into_inner().receipt.unwrap().payment_reference, "wxpay-1");
-    assert_eq!(h.service.charges(), 1);
+    assert_eq!(again.into_inner().receipt, first.receipt);
+    assert_eq!(h.service.charges_recorded().await.unwrap(), 1);
 }
 
 // Several worker threads, so that the retries really do race for the session.
@@ -217,7 +161,9 @@ async fn other_vehicles_cannot_end_or_read_a_session() {
     let err = pay(&mut h, &session_id, CAR_B, "b-end").await.unwrap_err();
     assert_eq!(err.code(), Code::NotFound);
     // Indistinguishable from a session that does not exist.
-    let unknown = pay(&mut h, "ps-999", CAR_B, "b-end-2").await.unwrap_err();
+    let unknown = pay(&mut h, "ps-00000000000000000000000000000000", CAR_B, "b-end-2")
+        .await
+        .unwrap_err();
     assert_eq!(unknown.code(), Code::NotFound);
     assert_eq!(h.service.charges(), 0);
 
@@ -257,6 +203,16 @@ async fn start_session_checks_lot_plate_and_active_session() {
     };
     let err = h.client.start_session(call(no_plate, CAR_A, "k2")).await.unwrap_err();
     assert_eq!(err.code(), Code::InvalidArgument);
+    let long_plate = StartSessionRequest {
+        lot_id: "lot-bund-01".into(),
+        plate: "沪".repeat(parking_adapter::service::MAX_PLATE_CHARS + 1),
+    };
+    let err = h
+        .client
+        .start_session(call(long_plate, CAR_A, "k2b"))
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::InvalidArgument);
 
     let session_id = park(&mut h, CAR_A, "k3").await;
     let err = h.client.start_session(call(start_at("lot-bund-01"), CAR_A, "k4")).await;
@@ -286,4 +242,21 @@ async fn reusing_a_key_for_a_different_request_is_refused() {
 
     // Keys are per car: car B may use "k1" for its own intent.
     park(&mut h, CAR_B, "k1").await;
+}
+
+#[tokio::test]
+async fn an_idempotency_key_answers_for_a_day_then_is_forgotten() {
+    let mut h = start().await;
+    let session_id = park(&mut h, CAR_A, "k").await;
+    pay(&mut h, &session_id, CAR_A, "end").await.unwrap();
+
+    // Within the day, the key belongs to that StartSession: another request with it is refused.
+    h.clock.advance(Duration::from_secs(24 * 60 * 60 - 1));
+    let reused = h.client.start_session(call(start_at("lot-bund-01"), CAR_A, "k")).await;
+    assert_eq!(reused.unwrap_err().code(), Code::FailedPrecondition);
+
+    // After it, the key is free again and starts a new session.
+    h.clock.advance(Duration::from_secs(1));
+    let again = park_at(&mut h, "lot-bund-01", CAR_A, "k").await;
+    assert_ne!(again, session_id);
 }

@@ -1,11 +1,13 @@
 //! The adapter over mutual TLS: only the gateway's client certificate gets a call through,
-//! both at the TLS layer (the CA it is given) and on every call (the certificate's role).
+//! both at the TLS layer (the CA it is given) and on every call (the certificate's role); on
+//! the lot port, only an operator's.
 
-use parking_adapter::{ParkingService, mtls_config, serve};
+use parking_adapter::{ParkingService, mtls_config, serve, serve_lot};
 use proto::identity::Role;
 use proto::metadata;
+use proto::parking::v1::parking_lot_client::ParkingLotClient;
 use proto::parking::v1::parking_payment_client::ParkingPaymentClient;
-use proto::parking::v1::{GeoPoint, ListNearbyLotsRequest, StartSessionRequest};
+use proto::parking::v1::{GeoPoint, ListNearbyLotsRequest, StartSessionRequest, VehicleExitedRequest};
 use rcgen::{
     BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair, KeyUsagePurpose,
 };
@@ -75,6 +77,15 @@ struct Adapter {
     /// The CA its server certificate chains to.
     server_ca: String,
     _stop: oneshot::Sender<()>,
+    /// Holds its database file.
+    _db: tempfile::TempDir,
+}
+
+/// The service on a fresh database in a temporary directory, which it must not outlive.
+async fn fresh_service() -> (ParkingService, tempfile::TempDir) {
+    let dir = tempfile::tempdir().unwrap();
+    let service = ParkingService::open(&dir.path().join("parking.db")).await.unwrap();
+    (service, dir)
 }
 
 async fn start_adapter(client_ca: &TestCa) -> Adapter {
@@ -90,13 +101,15 @@ async fn start_adapter(client_ca: &TestCa) -> Adapter {
     let port = listener.local_addr().unwrap().port();
     let (stop, stopped) = oneshot::channel::<()>();
     let tls = mtls_config(&server.cert, &server.key, &client_ca.cert_pem);
-    tokio::spawn(serve(listener, Some(tls), ParkingService::new(), async {
+    let (service, db) = fresh_service().await;
+    tokio::spawn(serve(listener, Some(tls), service, async {
         let _ = stopped.await;
     }));
     Adapter {
         port,
         server_ca: server_ca.cert_pem,
         _stop: stop,
+        _db: db,
     }
 }
 
@@ -255,6 +268,55 @@ async fn invalid_pem_is_reported_by_serve() {
     let _ = rustls::crypto::ring::default_provider().install_default();
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let tls = mtls_config("not a certificate", "not a key", "not a CA");
-    let result = serve(listener, Some(tls), ParkingService::new(), std::future::pending()).await;
+    let (service, _db) = fresh_service().await;
+    let result = serve(listener, Some(tls), service, std::future::pending()).await;
     assert!(result.is_err());
+}
+
+#[tokio::test]
+async fn the_lot_port_answers_operators_only() {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    // A CA that signs every role: the role check on each call is what keeps the others out.
+    let lots_ca = TestCa::new("lot systems CA");
+    let server_ca = TestCa::new("partners CA");
+    let server = server_ca.issue(
+        "parking",
+        &[Role::Partner.as_str()],
+        ExtendedKeyUsagePurpose::ServerAuth,
+    );
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let (service, _db) = fresh_service().await;
+    let tls = mtls_config(&server.cert, &server.key, &lots_ca.cert_pem);
+    let (_stop, stopped) = oneshot::channel::<()>();
+    tokio::spawn(serve_lot(listener, Some(tls), service, async {
+        let _ = stopped.await;
+    }));
+
+    let exit_as = |certificate: Pem| {
+        let server_ca = server_ca.cert_pem.clone();
+        async move {
+            let tls = ClientTlsConfig::new()
+                .ca_certificate(Certificate::from_pem(&server_ca))
+                .domain_name("localhost")
+                .identity(Identity::from_pem(&certificate.cert, &certificate.key));
+            let endpoint = Endpoint::from_shared(format!("https://127.0.0.1:{port}"))
+                .unwrap()
+                .tls_config(tls)
+                .unwrap();
+            let mut gate = ParkingLotClient::new(endpoint.connect().await.unwrap());
+            let exit = VehicleExitedRequest {
+                lot_id: "lot-bund-01".into(),
+                plate: "沪A12345".into(),
+            };
+            gate.vehicle_exited(exit).await.unwrap_err()
+        }
+    };
+    // An operator gets through to the lot (no session of that plate there).
+    let operator = exit_as(lots_ca.client("bund-exit-gate", Role::Operator)).await;
+    assert_eq!(operator.code(), Code::NotFound, "{operator:?}");
+    for role in [Role::GatewayClient, Role::Vehicle, Role::Partner] {
+        let refused = exit_as(lots_ca.client("someone", role)).await;
+        assert_eq!(refused.code(), Code::PermissionDenied, "{role:?}: {refused:?}");
+    }
 }

@@ -17,9 +17,12 @@ async fn the_adapter_serves_on_the_socket_it_is_passed() {
     let socket = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let addr = socket.local_addr().unwrap();
     let passed: OwnedFd = socket.try_clone().unwrap().into();
+    let db = tempfile::tempdir().unwrap();
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_parking-adapter"));
     // --listen names an address it must not bind: the passed socket wins.
     cmd.args(["--listen", "192.0.2.1:9"])
+        .arg("--database")
+        .arg(db.path().join("parking.db"))
         .env("LISTEN_FDS", "1")
         .env_remove("LISTEN_PID")
         .stdout(Stdio::piped())

@@ -1,0 +1,325 @@
+//! The `parking-adapter` command line: options, socket activation, and running the service,
+//! its lot port and its event publisher. `main.rs` only calls [`main`]; so do the test
+//! binaries that run the adapter as a process.
+//!
+//! ```text
+//! parking-adapter --listen 127.0.0.1:50061 --database parking.db \
+//!     --cert parking.pem --key parking.key --client-ca gateway-clients-ca.pem \
+//!     [--lot-listen 127.0.0.1:50062 --lot-client-ca operators-ca.pem] \
+//!     [--partner-api https://gateway:8443 --partner-api-ca ca.pem] [--max-stay-hours 72]
+//! parking-adapter --listen 127.0.0.1:50061     # plaintext, for local development only
+//! ```
+//!
+//! Under a service manager that passes it listening sockets (systemd socket activation,
+//! `LISTEN_FDS`), it serves on them instead of binding: the first for `--listen`, the second,
+//! if passed, for the lot port.
+
+use std::io::IsTerminal as _;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::time::Duration;
+
+use anyhow::Context as _;
+use clap::Parser;
+use tracing_subscriber::EnvFilter;
+
+use crate::{ParkingService, PartnerApi, mtls_config, serve, serve_lot};
+
+/// Exit status for a command line that cannot be used (sysexits.h EX_USAGE).
+const EX_USAGE: u8 = 64;
+
+/// Reference partner adapter for parking.v1.ParkingPayment.
+#[derive(Debug, Parser)]
+#[command(name = "parking-adapter", version)]
+struct Args {
+    /// Address to listen on; not bound when a service manager passes a listening socket
+    /// (systemd socket activation: LISTEN_FDS, with LISTEN_PID unset or this process).
+    #[arg(long, default_value = "127.0.0.1:50061")]
+    listen: SocketAddr,
+    /// SQLite database file with the sessions, charges, refunds, idempotency answers and
+    /// events for cars (created if missing). Keep it across restarts.
+    #[arg(long, default_value = "parking.db")]
+    database: PathBuf,
+    /// PEM certificate the adapter presents to the gateway (and to the partner API).
+    #[arg(long)]
+    cert: Option<PathBuf>,
+    /// PEM private key of --cert.
+    #[arg(long)]
+    key: Option<PathBuf>,
+    /// PEM CA that the gateway's client certificate must chain to, and that signs nothing else
+    /// (gateway-clients-ca.pem in the development PKI); calls must also carry role gateway-client.
+    #[arg(long)]
+    client_ca: Option<PathBuf>,
+    /// Serve parking.v1.ParkingLot (the exit gate ending sessions) on this address; off if
+    /// unset. Bound unless a service manager passes a second socket.
+    #[arg(long)]
+    lot_listen: Option<SocketAddr>,
+    /// PEM CA of the lot's systems (e.g. operators-ca.pem); required with --lot-listen over
+    /// mTLS. Calls must also carry role operator.
+    #[arg(long)]
+    lot_client_ca: Option<PathBuf>,
+    /// The gateway's partner API (https://host:port), where events for cars are published
+    /// with --cert/--key. Without it, events wait in the database.
+    #[arg(long)]
+    partner_api: Option<String>,
+    /// PEM CA that verifies the partner API's server certificate (the root ca.pem).
+    #[arg(long)]
+    partner_api_ca: Option<PathBuf>,
+    /// The lot's maximum stay, in hours: older sessions are ended and charged by the lot, and
+    /// their cars told (checked every minute). Off if unset.
+    #[arg(long, value_parser = clap::value_parser!(u32).range(1..=24 * 366))]
+    max_stay_hours: Option<u32>,
+}
+
+/// Runs the adapter with the process's arguments; the exit code says how it ended.
+pub fn main() -> ExitCode {
+    // Taken while the process has one thread: it clears LISTEN_FDS, as the protocol asks.
+    let mut activated = listenfd::ListenFd::from_env();
+    // rustls needs exactly one process-wide crypto provider; install it before any TLS use.
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    tracing_subscriber::fmt()
+        .with_env_filter(EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")))
+        // Logs go to stderr so that stdout carries only the "listening" lines scripts wait for.
+        .with_writer(std::io::stderr)
+        // No colour codes when logs go to a file or a log collector.
+        .with_ansi(std::io::stderr().is_terminal())
+        .init();
+
+    let args = match Args::try_parse() {
+        Ok(args) => args,
+        // --help and --version.
+        Err(e) if !e.use_stderr() => {
+            let _ = e.print();
+            return ExitCode::SUCCESS;
+        }
+        Err(e) => {
+            let _ = e.print();
+            return ExitCode::from(EX_USAGE);
+        }
+    };
+    let settings = match Settings::check(&args) {
+        Ok(settings) => settings,
+        Err(problem) => {
+            eprintln!("parking-adapter: {problem}");
+            return ExitCode::from(EX_USAGE);
+        }
+    };
+    if activated.len() > 2 {
+        eprintln!(
+            "parking-adapter: LISTEN_FDS={}: at most two sockets (the service, then the lot port)",
+            activated.len()
+        );
+        return ExitCode::from(EX_USAGE);
+    }
+    // fd 3 serves --listen, fd 4 (if passed) the lot port; what was not passed is bound.
+    let mut passed = |index: usize| {
+        activated
+            .take_tcp_listener(index)
+            .map(|socket| socket.map(Listen::Activated))
+            .map_err(|e| format!("the passed socket (fd {}): {e}", 3 + index))
+    };
+    let listeners = passed(0).and_then(|main| Ok((main, passed(1)?)));
+    let (listen, lot_listen) = match listeners {
+        Ok((main, lot)) => (
+            main.unwrap_or(Listen::Bind(args.listen)),
+            lot.or(args.lot_listen.map(Listen::Bind)),
+        ),
+        Err(problem) => {
+            eprintln!("parking-adapter: {problem}");
+            return ExitCode::from(EX_USAGE);
+        }
+    };
+    let lot_problem = match (&lot_listen, &args.lot_client_ca) {
+        (Some(_), None) if settings.tls.is_some() => {
+            Some("the lot port over mTLS needs --lot-client-ca, the CA of the lot's systems")
+        }
+        (None, Some(_)) => Some("--lot-client-ca without --lot-listen (or a second passed socket)"),
+        _ => None,
+    };
+    if let Some(problem) = lot_problem {
+        eprintln!("parking-adapter: {problem}");
+        return ExitCode::from(EX_USAGE);
+    }
+    let runtime = match tokio::runtime::Runtime::new() {
+        Ok(runtime) => runtime,
+        Err(e) => {
+            eprintln!("parking-adapter: cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(run(&args, settings, listen, lot_listen)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("parking-adapter: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// The files the options name, checked for combinations that cannot work.
+struct Settings<'a> {
+    /// Certificate, key and gateway-clients CA, for mTLS; `None` for plaintext.
+    tls: Option<(&'a Path, &'a Path, &'a Path)>,
+    /// Partner API address and the CA verifying it.
+    partner_api: Option<(&'a str, &'a Path)>,
+}
+
+impl<'a> Settings<'a> {
+    fn check(args: &'a Args) -> Result<Settings<'a>, String> {
+        let tls = match (&args.cert, &args.key, &args.client_ca) {
+            (Some(cert), Some(key), Some(ca)) => Some((cert.as_path(), key.as_path(), ca.as_path())),
+            (None, None, None) => None,
+            _ => {
+                return Err(
+                    "--cert, --key and --client-ca go together: give all three for mTLS, or none for plaintext".into(),
+                );
+            }
+        };
+        let partner_api = match (&args.partner_api, &args.partner_api_ca) {
+            (Some(_), Some(_)) if tls.is_none() => {
+                return Err("--partner-api needs --cert and --key: the adapter authenticates with them".into());
+            }
+            (Some(url), Some(ca)) => Some((url.as_str(), ca.as_path())),
+            (None, None) => None,
+            _ => return Err("--partner-api and --partner-api-ca go together".into()),
+        };
+        Ok(Settings { tls, partner_api })
+    }
+}
+
+/// Where to serve: an address to bind, or a socket a service manager passed.
+enum Listen {
+    Bind(SocketAddr),
+    Activated(std::net::TcpListener),
+}
+
+impl Listen {
+    async fn listener(self) -> anyhow::Result<tokio::net::TcpListener> {
+        match self {
+            Listen::Bind(addr) => tokio::net::TcpListener::bind(addr)
+                .await
+                .with_context(|| format!("cannot listen on {addr}")),
+            Listen::Activated(socket) => {
+                socket.set_nonblocking(true).context("the passed socket")?;
+                tokio::net::TcpListener::from_std(socket).context("the passed socket")
+            }
+        }
+    }
+}
+
+async fn run(args: &Args, settings: Settings<'_>, listen: Listen, lot_listen: Option<Listen>) -> anyhow::Result<()> {
+    let tls = match settings.tls {
+        Some((cert, key, ca)) => Some(mtls_config(&read(cert).await?, &read(key).await?, &read(ca).await?)),
+        None => None,
+    };
+    let lot_tls = match (settings.tls, &args.lot_client_ca) {
+        (Some((cert, key, _)), Some(ca)) => Some(mtls_config(&read(cert).await?, &read(key).await?, &read(ca).await?)),
+        _ => None,
+    };
+    let mode = if tls.is_some() { "mTLS" } else { "plaintext" };
+    // Register signal handlers before announcing the address, so that a supervisor which stops
+    // us right after reading the line still gets a graceful shutdown.
+    let signal = shutdown_signal()?;
+
+    let service = ParkingService::open(&args.database).await?;
+    tracing::info!(database = %args.database.display(), "database open");
+    let publisher = match settings.partner_api {
+        Some((url, ca)) => {
+            let (cert, key, _) = settings.tls.context("--partner-api needs --cert and --key")?;
+            let api = PartnerApi::new(url, &read(ca).await?, &read(cert).await?, &read(key).await?)?;
+            tracing::info!(partner_api = url, "publishing events for cars");
+            Some(AbortOnDrop(service.publish_events(api)))
+        }
+        None => {
+            let waiting = service.events_waiting().await.unwrap_or(0);
+            tracing::warn!(
+                waiting,
+                "no --partner-api: events for cars (the exit gate ending a session) wait in the database"
+            );
+            None
+        }
+    };
+
+    let max_stay = args.max_stay_hours.map(|hours| {
+        tracing::info!(hours, "ending sessions at the maximum stay");
+        AbortOnDrop(service.end_overstays_periodically(Duration::from_secs(u64::from(hours) * 60 * 60)))
+    });
+
+    let listener = listen.listener().await?;
+    let addr = listener.local_addr().context("cannot read the listening address")?;
+    println!("parking adapter listening on {addr} ({mode})");
+    let (stop, stopped) = tokio::sync::watch::channel(false);
+    let until_stopped = move || {
+        let mut stopped = stopped.clone();
+        async move {
+            let _ = stopped.wait_for(|stop| *stop).await;
+        }
+    };
+    let lot = match lot_listen {
+        Some(lot_listen) => {
+            let listener = lot_listen.listener().await?;
+            let lot_addr = listener.local_addr().context("cannot read the lot port's address")?;
+            println!("parking lot listening on {lot_addr} ({mode})");
+            let lot = serve_lot(listener, lot_tls, service.clone(), until_stopped());
+            Some(tokio::spawn(lot))
+        }
+        None => None,
+    };
+    tokio::spawn(async move {
+        signal.await;
+        let _ = stop.send(true);
+    });
+    serve(listener, tls, service.clone(), until_stopped()).await?;
+    if let Some(lot) = lot {
+        lot.await.context("the lot port's task")??;
+    }
+    // The background tasks stop before the database closes under them.
+    drop((publisher, max_stay));
+    service.close().await;
+    tracing::info!("parking adapter stopped");
+    Ok(())
+}
+
+/// Aborts the task when dropped: the publisher stops with the server.
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+/// The text file at `path`, read off the async workers.
+async fn read(path: &Path) -> anyhow::Result<String> {
+    tokio::fs::read_to_string(path)
+        .await
+        .with_context(|| format!("cannot read {}", path.display()))
+}
+
+/// Completes on SIGINT or SIGTERM (Ctrl-C elsewhere); in-flight calls then finish before exit.
+#[cfg(unix)]
+fn shutdown_signal() -> anyhow::Result<impl Future<Output = ()> + Send + 'static> {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut interrupt = signal(SignalKind::interrupt()).context("cannot handle SIGINT")?;
+    let mut terminate = signal(SignalKind::terminate()).context("cannot handle SIGTERM")?;
+    Ok(async move {
+        let name = tokio::select! {
+            _ = interrupt.recv() => "SIGINT",
+            _ = terminate.recv() => "SIGTERM",
+        };
+        tracing::info!(signal = name, "shutting down");
+    })
+}
+
+/// Completes on Ctrl-C; in-flight calls then finish before exit.
+#[cfg(not(unix))]
+fn shutdown_signal() -> anyhow::Result<impl Future<Output = ()> + Send + 'static> {
+    Ok(async {
+        if tokio::signal::ctrl_c().await.is_ok() {
+            tracing::info!("shutting down");
+        } else {
+            std::future::pending::<()>().await;
+        }
+    })
+}

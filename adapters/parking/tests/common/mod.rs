@@ -1,0 +1,120 @@
+//! The adapter as the gateway and the lot see it, shared by the test files: a real server on
+//! loopback ports (the service, and the lot port) over a database file in a temporary
+//! directory, called with the generated clients and the metadata the gateway attaches.
+
+#![allow(dead_code)] // Each test file uses its own part of the harness.
+
+use std::sync::Arc;
+
+use parking_adapter::{ManualClock, ParkingService, serve, serve_lot};
+use proto::metadata;
+use proto::parking::v1::parking_lot_client::ParkingLotClient;
+use proto::parking::v1::parking_payment_client::ParkingPaymentClient;
+use proto::parking::v1::{EndSessionRequest, EndSessionResponse, StartSessionRequest, VehicleExitedRequest};
+use tokio::net::TcpListener;
+use tokio::sync::oneshot;
+use tonic::transport::Channel;
+use tonic::{Request, Response, Status};
+
+pub const CAR_A: &str = "LSVAU2180N2183294";
+pub const CAR_B: &str = "LFV2A21K6A4000001";
+/// The plate every test car has.
+pub const PLATE: &str = "沪A12345";
+
+pub struct Harness {
+    pub client: ParkingPaymentClient<Channel>,
+    /// The lot's systems: the exit gate.
+    pub lot: ParkingLotClient<Channel>,
+    pub service: ParkingService,
+    pub clock: ManualClock,
+    /// Holds the database file.
+    pub dir: tempfile::TempDir,
+    /// Dropping it stops the servers.
+    _stop: oneshot::Sender<()>,
+}
+
+/// The adapter on a fresh database, on a manual clock.
+pub async fn start() -> Harness {
+    let dir = tempfile::tempdir().unwrap();
+    let clock = ManualClock::default();
+    let service = ParkingService::open_with_clock(&dir.path().join("parking.db"), Arc::new(clock.clone()))
+        .await
+        .unwrap();
+    // Bound before the server tasks start, so the clients can connect at once: no sleeps.
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let lot_listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let lot_addr = lot_listener.local_addr().unwrap();
+    let (stop, stopped) = oneshot::channel::<()>();
+    let (stop_lot, lot_stopped) = tokio::sync::watch::channel(());
+    tokio::spawn(serve(listener, None, service.clone(), async move {
+        let _ = stopped.await;
+        drop(stop_lot);
+    }));
+    tokio::spawn(serve_lot(lot_listener, None, service.clone(), async move {
+        let mut lot_stopped = lot_stopped;
+        let _ = lot_stopped.changed().await;
+    }));
+    let client = ParkingPaymentClient::connect(format!("http://{addr}")).await.unwrap();
+    let lot = ParkingLotClient::connect(format!("http://{lot_addr}")).await.unwrap();
+    Harness {
+        client,
+        lot,
+        service,
+        clock,
+        dir,
+        _stop: stop,
+    }
+}
+
+/// A request as the gateway sends it: VIN, request id and idempotency key in the metadata.
+pub fn call<T>(message: T, vin: &str, key: &str) -> Request<T> {
+    let mut request = Request::new(message);
+    let md = request.metadata_mut();
+    md.insert(metadata::VIN, vin.parse().unwrap());
+    md.insert(metadata::REQUEST_ID, format!("req-{key}").parse().unwrap());
+    md.insert(metadata::IDEMPOTENCY_KEY, key.parse().unwrap());
+    request
+}
+
+pub fn start_at(lot_id: &str) -> StartSessionRequest {
+    StartSessionRequest {
+        lot_id: lot_id.into(),
+        plate: PLATE.into(),
+    }
+}
+
+pub fn end(session_id: &str) -> EndSessionRequest {
+    EndSessionRequest {
+        session_id: session_id.into(),
+    }
+}
+
+/// The exit gate of `lot_id` reading the test plate.
+pub fn exit_of(lot_id: &str) -> VehicleExitedRequest {
+    VehicleExitedRequest {
+        lot_id: lot_id.into(),
+        plate: PLATE.into(),
+    }
+}
+
+/// Ends (pays for) `session_id` as `vin`, with idempotency key `key`.
+pub async fn pay(
+    h: &mut Harness,
+    session_id: &str,
+    vin: &str,
+    key: &str,
+) -> Result<Response<EndSessionResponse>, Status> {
+    h.client.end_session(call(end(session_id), vin, key)).await
+}
+
+/// Starts a session for `vin` at Xintiandi and returns its id.
+pub async fn park(h: &mut Harness, vin: &str, key: &str) -> String {
+    park_at(h, "lot-xintiandi-01", vin, key).await
+}
+
+/// Starts a session for `vin` at `lot_id` and returns its id.
+pub async fn park_at(h: &mut Harness, lot_id: &str, vin: &str, key: &str) -> String {
+    let response = h.client.start_session(call(start_at(lot_id), vin, key)).await;
+    response.unwrap().into_inner().session.unwrap().session_id
+}
