@@ -1,0 +1,144 @@
+//! The command line: `partner-kit check ...` parses and validates its arguments (exit 64 on a
+//! bad one), runs the checks, prints the report and exits 0 only if no check failed.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use anyhow::Context as _;
+use clap::{Args, Parser, Subcommand};
+
+use crate::{ClientCertificate, Endpoint, KitConfig, MAX_DEADLINE_SLACK, PartnerApi, TrustAnchors};
+
+/// Exit status for a command line that cannot be used (sysexits.h EX_USAGE).
+pub const EX_USAGE: u8 = 64;
+/// Exit status when a check failed.
+pub const EX_FAILED: u8 = 1;
+
+/// Checks a partner adapter against the Carlink partner contract (docs/partners.md).
+#[derive(Debug, Parser)]
+#[command(name = "partner-kit", version)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Runs every check against an adapter and prints one line per check: PASS, FAIL (why, and
+    /// what the contract says) or SKIP (what to give for it to run). Exits 0 only if none failed.
+    Check(CheckArgs),
+}
+
+#[derive(Debug, Args)]
+struct CheckArgs {
+    /// The adapter, as the gateway's [[partners]] endpoint names it: https://host:port.
+    #[arg(long)]
+    endpoint: String,
+    /// The name the adapter's certificate must carry, if not the endpoint's host.
+    #[arg(long)]
+    server_name: Option<String>,
+    /// PEM CA the adapter's certificate (and the partner API's) chains to: ca.pem.
+    #[arg(long)]
+    ca: PathBuf,
+    /// The gateway's client certificate, PEM (gateway-client.pem).
+    #[arg(long)]
+    client_cert: PathBuf,
+    /// Its key (gateway-client.key).
+    #[arg(long)]
+    client_key: PathBuf,
+    /// A car's certificate (`certs vehicle <VIN>`), which the adapter must refuse.
+    #[arg(long, requires = "vehicle_key")]
+    vehicle_cert: Option<PathBuf>,
+    /// Its key.
+    #[arg(long, requires = "vehicle_cert")]
+    vehicle_key: Option<PathBuf>,
+    /// The service the adapter implements: package.Service.
+    #[arg(long, default_value = "parking.v1.ParkingPayment")]
+    service: String,
+    /// For a service the kit has no profile for: a method the generic checks call (with an
+    /// empty message), e.g. GetRoute.
+    #[arg(long)]
+    method: Option<String>,
+    /// The gateway's partner API (partner_api.listen) as https://host:port, to check that the
+    /// partner's certificate may publish events for its service and no other.
+    #[arg(long, requires_all = ["partner_cert", "partner_key"])]
+    partner_api: Option<String>,
+    /// The partner's own certificate (`certs partner <name>`).
+    #[arg(long, requires = "partner_api")]
+    partner_cert: Option<PathBuf>,
+    /// Its key.
+    #[arg(long, requires = "partner_api")]
+    partner_key: Option<PathBuf>,
+    /// How long past a short deadline the kit still waits for the answer, in milliseconds
+    /// (at most 30000).
+    #[arg(long, default_value_t = 1000)]
+    deadline_slack_ms: u64,
+}
+
+/// Runs the command line of the `partner-kit` binary.
+pub fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let Command::Check(args) = cli.command;
+    let config = match config(args) {
+        Ok(config) => config,
+        Err(e) => {
+            eprintln!("partner-kit: {e:#}");
+            return ExitCode::from(EX_USAGE);
+        }
+    };
+    let runtime = match tokio::runtime::Runtime::new() {
+        Ok(runtime) => runtime,
+        Err(e) => {
+            eprintln!("partner-kit: cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let report = runtime.block_on(crate::check(config));
+    print!("{report}");
+    if report.passed() {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(EX_FAILED)
+    }
+}
+
+fn config(args: CheckArgs) -> anyhow::Result<KitConfig> {
+    if !proto::method::is_service_name(&args.service) {
+        anyhow::bail!(
+            "--service {:?} is not a gRPC service name (package.Service, e.g. parking.v1.ParkingPayment)",
+            args.service
+        );
+    }
+    if let Some(method) = &args.method
+        && (method.is_empty() || !method.chars().all(|c| c.is_ascii_alphanumeric() || c == '_'))
+    {
+        anyhow::bail!("--method {method:?} is not a method name (e.g. GetRoute)");
+    }
+    let slack = Duration::from_millis(args.deadline_slack_ms);
+    if slack > MAX_DEADLINE_SLACK {
+        anyhow::bail!(
+            "--deadline-slack-ms {} is more than {}: a deadline check that waits that long checks nothing",
+            args.deadline_slack_ms,
+            MAX_DEADLINE_SLACK.as_millis()
+        );
+    }
+    let mut config = KitConfig::new(
+        Endpoint::parse(&args.endpoint, args.server_name.as_deref())?,
+        &args.service,
+        TrustAnchors::read(&args.ca).context("--ca")?,
+        ClientCertificate::read(&args.client_cert, &args.client_key).context("--client-cert/--client-key")?,
+    );
+    config.deadline_slack = slack;
+    config.method = args.method;
+    if let (Some(cert), Some(key)) = (&args.vehicle_cert, &args.vehicle_key) {
+        config.vehicle = Some(ClientCertificate::read(cert, key).context("--vehicle-cert/--vehicle-key")?);
+    }
+    if let (Some(api), Some(cert), Some(key)) = (&args.partner_api, &args.partner_cert, &args.partner_key) {
+        config.partner_api = Some(PartnerApi {
+            endpoint: Endpoint::parse(api, None).context("--partner-api")?,
+            certificate: ClientCertificate::read(cert, key).context("--partner-cert/--partner-key")?,
+        });
+    }
+    Ok(config)
+}
