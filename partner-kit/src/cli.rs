@@ -53,6 +53,13 @@ struct CheckArgs {
     /// Its key.
     #[arg(long, requires = "vehicle_cert")]
     vehicle_key: Option<PathBuf>,
+    /// Instead of --vehicle-cert: the vehicles CA (vehicles-ca.pem) to mint a car's
+    /// certificate from, for a VIN no car has.
+    #[arg(long, requires = "vehicles_ca_key", conflicts_with = "vehicle_cert")]
+    vehicles_ca_cert: Option<PathBuf>,
+    /// Its key (vehicles-ca.key).
+    #[arg(long, requires = "vehicles_ca_cert")]
+    vehicles_ca_key: Option<PathBuf>,
     /// The service the adapter implements: package.Service.
     #[arg(long, default_value = "parking.v1.ParkingPayment")]
     service: String,
@@ -134,6 +141,10 @@ fn config(args: CheckArgs) -> anyhow::Result<KitConfig> {
     if let (Some(cert), Some(key)) = (&args.vehicle_cert, &args.vehicle_key) {
         config.vehicle = Some(ClientCertificate::read(cert, key).context("--vehicle-cert/--vehicle-key")?);
     }
+    if let (Some(cert), Some(key)) = (&args.vehicles_ca_cert, &args.vehicles_ca_key) {
+        config.vehicle =
+            Some(ClientCertificate::mint_vehicle(cert, key).context("--vehicles-ca-cert/--vehicles-ca-key")?);
+    }
     if let (Some(api), Some(cert), Some(key)) = (&args.partner_api, &args.partner_cert, &args.partner_key) {
         config.partner_api = Some(PartnerApi {
             endpoint: Endpoint::parse(api, None).context("--partner-api")?,
@@ -141,4 +152,34 @@ fn config(args: CheckArgs) -> anyhow::Result<KitConfig> {
         });
     }
     Ok(config)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn refused(args: &[&str]) -> String {
+        let cli = Cli::try_parse_from([&["partner-kit", "check"], args].concat()).expect("parses");
+        let Command::Check(args) = cli.command;
+        format!("{:#}", config(args).expect_err("refused"))
+    }
+
+    #[test]
+    fn a_bad_service_method_or_slack_is_refused_before_any_file_is_read() {
+        let required = [
+            "--endpoint",
+            "https://localhost:1",
+            "--ca",
+            "/nonexistent",
+            "--client-cert",
+            "/c",
+            "--client-key",
+            "/k",
+        ];
+        let with = |extra: &[&'static str]| [&required[..], extra].concat();
+        assert!(refused(&with(&["--service", "parking"])).contains("is not a gRPC service name"));
+        assert!(refused(&with(&["--method", "Get/Route"])).contains("is not a method name"));
+        assert!(refused(&with(&["--deadline-slack-ms", "30001"])).contains("more than 30000"));
+        assert!(refused(&with(&["--deadline-slack-ms", "30000"])).contains("/nonexistent"));
+    }
 }

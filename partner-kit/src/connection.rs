@@ -299,3 +299,24 @@ impl tower::Service<http::Request<tonic::body::Body>> for Http2 {
         })
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_endpoint_is_https_with_a_host_and_a_port() {
+        let endpoint = Endpoint::parse("https://localhost:50061", None).unwrap();
+        assert_eq!(endpoint.host_port(), ("localhost".to_owned(), 50061));
+        let renamed = Endpoint::parse("https://127.0.0.1:50061", Some("parking.internal")).unwrap();
+        assert_eq!(renamed.server_name.to_str(), "parking.internal");
+        for (bad, says) in [
+            ("http://localhost:50061", "must be https://host:port"),
+            ("https://localhost", "has no port"),
+            ("not a uri", "is not a URI"),
+        ] {
+            let error = Endpoint::parse(bad, None).unwrap_err().to_string();
+            assert!(error.contains(says), "{bad}: {error}");
+        }
+    }
+}

@@ -53,9 +53,45 @@ impl ClientCertificate {
         let cert = params.self_signed(&key).context("self-sign")?;
         Ok(ClientCertificate {
             chain: vec![cert.der().clone()],
-            key: PrivateKeyDer::try_from(key.serialize_der()).map_err(|e| anyhow::anyhow!("the generated key: {e}"))?,
+            key: private_key(&key)?,
         })
     }
+
+    /// A car's certificate (`OU=vehicle`, `CN=<a VIN no car has>`) signed by the vehicles CA
+    /// in `ca_cert` with its key `ca_key`, as `certs vehicle` issues them; the chain holds the
+    /// leaf then that CA.
+    pub fn mint_vehicle(ca_cert: &Path, ca_key: &Path) -> anyhow::Result<ClientCertificate> {
+        let ca_pem = std::fs::read_to_string(ca_cert).with_context(|| format!("cannot read {}", ca_cert.display()))?;
+        let ca_key_pem =
+            std::fs::read_to_string(ca_key).with_context(|| format!("cannot read {}", ca_key.display()))?;
+        let ca_key = rcgen::KeyPair::from_pem(&ca_key_pem)
+            .with_context(|| format!("{} is not a PEM private key", ca_key.display()))?;
+        let issuer = rcgen::Issuer::from_ca_cert_pem(&ca_pem, ca_key)
+            .with_context(|| format!("{} is not a CA certificate for that key", ca_cert.display()))?;
+        let key = rcgen::KeyPair::generate().context("generate a key")?;
+        let mut params = rcgen::CertificateParams::default();
+        params.distinguished_name = rcgen::DistinguishedName::new();
+        params
+            .distinguished_name
+            .push(rcgen::DnType::OrganizationalUnitName, proto::identity::VEHICLE_ROLE);
+        params
+            .distinguished_name
+            .push(rcgen::DnType::CommonName, crate::probe_vin());
+        params.is_ca = rcgen::IsCa::ExplicitNoCa;
+        params.key_usages = vec![rcgen::KeyUsagePurpose::DigitalSignature];
+        params.use_authority_key_identifier_extension = true;
+        let cert = params.signed_by(&key, &issuer).context("sign the car's certificate")?;
+        let ca = CertificateDer::from_pem_slice(ca_pem.as_bytes())
+            .with_context(|| format!("{} is not a PEM certificate", ca_cert.display()))?;
+        Ok(ClientCertificate {
+            chain: vec![cert.der().clone(), ca],
+            key: private_key(&key)?,
+        })
+    }
+}
+
+fn private_key(key: &rcgen::KeyPair) -> anyhow::Result<PrivateKeyDer<'static>> {
+    PrivateKeyDer::try_from(key.serialize_der()).map_err(|e| anyhow::anyhow!("the generated key: {e}"))
 }
 
 /// The CA certificates the adapter's server certificate must chain to.

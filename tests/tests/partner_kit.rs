@@ -232,6 +232,14 @@ async fn a_careless_adapter_fails_each_broken_promise_with_a_message_naming_it()
     let (pki, addr, _serving) = careless_partner().await;
     let mut config = kit_config(&pki, addr, PARKING);
     config.deadline_slack = Duration::from_millis(500);
+    // Minted by the kit from the vehicles CA: the careless adapter taking it shows it is a car's.
+    config.vehicle = Some(
+        ClientCertificate::mint_vehicle(
+            &pki.vehicles_ca(),
+            &pki.layout.issuing_ca_key(certs::IssuingCa::Vehicles),
+        )
+        .unwrap(),
+    );
 
     let report = partner_kit::check(config).await;
     println!("{report}");
@@ -338,10 +346,27 @@ async fn the_binary_prints_one_line_per_check_and_exits_by_the_verdict() {
     let reference = start_parking(&pki, ParkingService::new()).await;
     let (careless_pki, careless_addr, _serving) = careless_partner().await;
 
-    let args = kit_args(&pki, reference.addr);
-    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    // The car's certificate minted by the kit from the vehicles CA, instead of files.
+    let mut args = kit_args(&pki, reference.addr);
+    args.truncate(args.len() - 4);
+    let vehicles_ca_key = pki.layout.issuing_ca_key(certs::IssuingCa::Vehicles);
+    let vehicles_ca = [
+        pki.vehicles_ca().display().to_string(),
+        vehicles_ca_key.display().to_string(),
+    ];
+    let mut args: Vec<&str> = args.iter().map(String::as_str).collect();
+    args.extend([
+        "--vehicles-ca-cert",
+        &vehicles_ca[0],
+        "--vehicles-ca-key",
+        &vehicles_ca[1],
+    ]);
     let (code, out) = Process::spawn(built_binary!(partner_kit), &args).exit().await;
     assert_eq!(code, Some(0), "{out}");
+    assert!(
+        out.contains("PASS  mtls.vehicle-certificate         a car's certificate: refused"),
+        "{out}"
+    );
     assert!(out.contains("PASS  idempotency.end-session"), "{out}");
     assert!(out.contains("SKIP  events.publish-own-service"), "{out}");
     assert!(out.contains(" passed, 0 failed, 2 skipped"), "{out}");

@@ -76,7 +76,7 @@ pub async fn vehicle_certificate(kit: &Kit) -> Outcome {
     match &kit.config.vehicle {
         Some(car) => refused(kit, Some(car), "a car's certificate").await,
         None => Outcome::Skip(
-            "no --vehicle-cert/--vehicle-key given (`certs vehicle <VIN>` makes one): a car's certificate was not tried".into(),
+            "no --vehicle-cert/--vehicle-key (`certs vehicle <VIN>` makes one) nor --vehicles-ca-cert/--vehicles-ca-key given: a car's certificate was not tried".into(),
         ),
     }
 }
