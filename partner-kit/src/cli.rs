@@ -8,6 +8,9 @@ use std::time::Duration;
 use anyhow::Context as _;
 use clap::{Args, Parser, Subcommand};
 
+use certs::{DevPki, IssuingCa};
+
+use crate::tls::CaFiles;
 use crate::{ClientCertificate, Endpoint, KitConfig, MAX_DEADLINE_SLACK, PartnerApi, TrustAnchors};
 
 /// Exit status for a command line that cannot be used (sysexits.h EX_USAGE).
@@ -38,15 +41,19 @@ struct CheckArgs {
     /// The name the adapter's certificate must carry, if not the endpoint's host.
     #[arg(long)]
     server_name: Option<String>,
+    /// A development PKI directory (`certs init --out DIR`): the default of --ca,
+    /// --client-cert, --client-key, --vehicles-ca-* and --gateway-clients-ca-*.
+    #[arg(long)]
+    pki: Option<PathBuf>,
     /// PEM CA the adapter's certificate (and the partner API's) chains to: ca.pem.
     #[arg(long)]
-    ca: PathBuf,
+    ca: Option<PathBuf>,
     /// The gateway's client certificate, PEM (gateway-client.pem).
     #[arg(long)]
-    client_cert: PathBuf,
+    client_cert: Option<PathBuf>,
     /// Its key (gateway-client.key).
     #[arg(long)]
-    client_key: PathBuf,
+    client_key: Option<PathBuf>,
     /// A car's certificate (`certs vehicle <VIN>`), which the adapter must refuse.
     #[arg(long, requires = "vehicle_key")]
     vehicle_cert: Option<PathBuf>,
@@ -60,6 +67,13 @@ struct CheckArgs {
     /// Its key (vehicles-ca.key).
     #[arg(long, requires = "vehicles_ca_cert")]
     vehicles_ca_key: Option<PathBuf>,
+    /// The gateway-clients CA (gateway-clients-ca.pem), to mint certificates the adapter's
+    /// TLS trusts but whose role is not the gateway's: its role check must refuse them.
+    #[arg(long, requires = "gateway_clients_ca_key")]
+    gateway_clients_ca_cert: Option<PathBuf>,
+    /// Its key (gateway-clients-ca.key).
+    #[arg(long, requires = "gateway_clients_ca_cert")]
+    gateway_clients_ca_key: Option<PathBuf>,
     /// The service the adapter implements: package.Service.
     #[arg(long, default_value = "parking.v1.ParkingPayment")]
     service: String,
@@ -130,21 +144,43 @@ fn config(args: CheckArgs) -> anyhow::Result<KitConfig> {
             MAX_DEADLINE_SLACK.as_millis()
         );
     }
+    let endpoint = Endpoint::parse(&args.endpoint, args.server_name.as_deref())?;
+    let pki = args.pki.as_deref().map(DevPki::open);
+    let from_pki = |given: Option<PathBuf>, flag: &str, in_pki: fn(&DevPki) -> PathBuf| match (given, &pki) {
+        (Some(path), _) => Ok(path),
+        (None, Some(pki)) => Ok(in_pki(pki)),
+        (None, None) => Err(anyhow::anyhow!("give {flag}, or --pki DIR for a development PKI")),
+    };
+    let ca = from_pki(args.ca, "--ca", DevPki::ca_cert)?;
+    let client_cert = from_pki(args.client_cert, "--client-cert", DevPki::gateway_client_cert)?;
+    let client_key = from_pki(args.client_key, "--client-key", DevPki::gateway_client_key)?;
     let mut config = KitConfig::new(
-        Endpoint::parse(&args.endpoint, args.server_name.as_deref())?,
+        endpoint,
         &args.service,
-        TrustAnchors::read(&args.ca).context("--ca")?,
-        ClientCertificate::read(&args.client_cert, &args.client_key).context("--client-cert/--client-key")?,
+        TrustAnchors::read(&ca).context("--ca")?,
+        ClientCertificate::read(&client_cert, &client_key).context("--client-cert/--client-key")?,
     );
     config.deadline_slack = slack;
     config.method = args.method;
-    if let (Some(cert), Some(key)) = (&args.vehicle_cert, &args.vehicle_key) {
-        config.vehicle = Some(ClientCertificate::read(cert, key).context("--vehicle-cert/--vehicle-key")?);
-    }
-    if let (Some(cert), Some(key)) = (&args.vehicles_ca_cert, &args.vehicles_ca_key) {
-        config.vehicle =
-            Some(ClientCertificate::mint_vehicle(cert, key).context("--vehicles-ca-cert/--vehicles-ca-key")?);
-    }
+    let vehicles_ca = given_or_in_pki(
+        args.vehicles_ca_cert,
+        args.vehicles_ca_key,
+        pki.as_ref(),
+        IssuingCa::Vehicles,
+    );
+    config.vehicle = match (&args.vehicle_cert, &args.vehicle_key, vehicles_ca) {
+        (Some(cert), Some(key), _) => Some(ClientCertificate::read(cert, key).context("--vehicle-cert/--vehicle-key")?),
+        (_, _, Some(ca)) => {
+            Some(ClientCertificate::mint_vehicle(&ca).context("a car's certificate from the vehicles CA")?)
+        }
+        _ => None,
+    };
+    config.gateway_clients_ca = given_or_in_pki(
+        args.gateway_clients_ca_cert,
+        args.gateway_clients_ca_key,
+        pki.as_ref(),
+        IssuingCa::GatewayClients,
+    );
     if let (Some(api), Some(cert), Some(key)) = (&args.partner_api, &args.partner_cert, &args.partner_key) {
         config.partner_api = Some(PartnerApi {
             endpoint: Endpoint::parse(api, None).context("--partner-api")?,
@@ -152,6 +188,23 @@ fn config(args: CheckArgs) -> anyhow::Result<KitConfig> {
         });
     }
     Ok(config)
+}
+
+/// The CA given as files, or `which` of the development PKI if its key is there.
+fn given_or_in_pki(
+    cert: Option<PathBuf>,
+    key: Option<PathBuf>,
+    pki: Option<&DevPki>,
+    which: IssuingCa,
+) -> Option<CaFiles> {
+    match (cert, key, pki) {
+        (Some(cert), Some(key), _) => Some(CaFiles { cert, key }),
+        (_, _, Some(pki)) if pki.issuing_ca_key(which).exists() => Some(CaFiles {
+            cert: pki.issuing_ca_cert(which),
+            key: pki.issuing_ca_key(which),
+        }),
+        _ => None,
+    }
 }
 
 #[cfg(test)]

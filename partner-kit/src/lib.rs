@@ -34,7 +34,7 @@ use futures::future::BoxFuture;
 pub use connection::{Answer, CallMetadata, Connection, Endpoint, TimedAnswer};
 pub use profile::{Probe, Profile};
 pub use report::{CheckResult, Contract, Outcome, Report};
-pub use tls::{ClientCertificate, TrustAnchors};
+pub use tls::{CaFiles, ClientCertificate, TrustAnchors};
 
 /// How long after a short deadline the kit still waits for the adapter's answer, by default:
 /// room for the network and a busy machine, far less than a car waits.
@@ -65,6 +65,9 @@ pub struct KitConfig {
     pub gateway_client: ClientCertificate,
     /// A car's certificate, which the adapter must refuse.
     pub vehicle: Option<ClientCertificate>,
+    /// The gateway-clients CA, to mint certificates the adapter's TLS accepts but its role
+    /// check must refuse.
+    pub gateway_clients_ca: Option<CaFiles>,
     /// For a service without a profile: the method the generic checks call.
     pub method: Option<String>,
     /// The partner API, for the events checks.
@@ -87,6 +90,7 @@ impl KitConfig {
             anchors,
             gateway_client,
             vehicle: None,
+            gateway_clients_ca: None,
             method: None,
             partner_api: None,
             deadline_slack: DEFAULT_DEADLINE_SLACK,

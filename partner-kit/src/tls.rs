@@ -1,13 +1,25 @@
 //! The client certificates the kit presents (the gateway's, a car's, none, a forged one) and
 //! the rustls configuration for each.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use anyhow::Context as _;
 use rustls::{ClientConfig, RootCertStore};
 use rustls_pki_types::pem::PemObject as _;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer};
+
+/// X.520 organizationalUnitName: where a certificate's role is.
+const OU_OID: [u64; 4] = [2, 5, 4, 11];
+
+/// An issuing CA's certificate and key files, for the kit to sign certificates with.
+#[derive(Debug, Clone)]
+pub struct CaFiles {
+    /// PEM certificate.
+    pub cert: PathBuf,
+    /// PEM private key.
+    pub key: PathBuf,
+}
 
 /// A certificate chain (leaf first) and its private key.
 #[derive(Debug)]
@@ -57,34 +69,44 @@ impl ClientCertificate {
         })
     }
 
-    /// A car's certificate (`OU=vehicle`, `CN=<a VIN no car has>`) signed by the vehicles CA
-    /// in `ca_cert` with its key `ca_key`, as `certs vehicle` issues them; the chain holds the
-    /// leaf then that CA.
-    pub fn mint_vehicle(ca_cert: &Path, ca_key: &Path) -> anyhow::Result<ClientCertificate> {
-        let ca_pem = std::fs::read_to_string(ca_cert).with_context(|| format!("cannot read {}", ca_cert.display()))?;
+    /// A car's certificate (`OU=vehicle`, `CN=<a VIN no car has>`) signed by the vehicles CA,
+    /// as `certs vehicle` issues them.
+    pub fn mint_vehicle(vehicles_ca: &CaFiles) -> anyhow::Result<ClientCertificate> {
+        ClientCertificate::mint(vehicles_ca, &[proto::identity::VEHICLE_ROLE], &crate::probe_vin())
+    }
+
+    /// A certificate signed by `ca` whose subject has the OUs `ous` and the CN `cn`; the chain
+    /// holds the leaf then the CA.
+    pub fn mint(ca: &CaFiles, ous: &[&str], cn: &str) -> anyhow::Result<ClientCertificate> {
+        let ca_pem = std::fs::read_to_string(&ca.cert).with_context(|| format!("cannot read {}", ca.cert.display()))?;
         let ca_key_pem =
-            std::fs::read_to_string(ca_key).with_context(|| format!("cannot read {}", ca_key.display()))?;
+            std::fs::read_to_string(&ca.key).with_context(|| format!("cannot read {}", ca.key.display()))?;
         let ca_key = rcgen::KeyPair::from_pem(&ca_key_pem)
-            .with_context(|| format!("{} is not a PEM private key", ca_key.display()))?;
+            .with_context(|| format!("{} is not a PEM private key", ca.key.display()))?;
         let issuer = rcgen::Issuer::from_ca_cert_pem(&ca_pem, ca_key)
-            .with_context(|| format!("{} is not a CA certificate for that key", ca_cert.display()))?;
+            .with_context(|| format!("{} is not a CA certificate for that key", ca.cert.display()))?;
         let key = rcgen::KeyPair::generate().context("generate a key")?;
         let mut params = rcgen::CertificateParams::default();
         params.distinguished_name = rcgen::DistinguishedName::new();
-        params
-            .distinguished_name
-            .push(rcgen::DnType::OrganizationalUnitName, proto::identity::VEHICLE_ROLE);
-        params
-            .distinguished_name
-            .push(rcgen::DnType::CommonName, crate::probe_vin());
+        for (i, ou) in ous.iter().enumerate() {
+            // rcgen's own OU type holds one value; a second OU goes in under the OU's OID.
+            let ty = match i {
+                0 => rcgen::DnType::OrganizationalUnitName,
+                _ => rcgen::DnType::CustomDnType(OU_OID.to_vec()),
+            };
+            params
+                .distinguished_name
+                .push(ty, rcgen::DnValue::Utf8String((*ou).to_owned()));
+        }
+        params.distinguished_name.push(rcgen::DnType::CommonName, cn);
         params.is_ca = rcgen::IsCa::ExplicitNoCa;
         params.key_usages = vec![rcgen::KeyUsagePurpose::DigitalSignature];
         params.use_authority_key_identifier_extension = true;
-        let cert = params.signed_by(&key, &issuer).context("sign the car's certificate")?;
-        let ca = CertificateDer::from_pem_slice(ca_pem.as_bytes())
-            .with_context(|| format!("{} is not a PEM certificate", ca_cert.display()))?;
+        let cert = params.signed_by(&key, &issuer).context("sign the certificate")?;
+        let ca_der = CertificateDer::from_pem_slice(ca_pem.as_bytes())
+            .with_context(|| format!("{} is not a PEM certificate", ca.cert.display()))?;
         Ok(ClientCertificate {
-            chain: vec![cert.der().clone(), ca],
+            chain: vec![cert.der().clone(), ca_der],
             key: private_key(&key)?,
         })
     }

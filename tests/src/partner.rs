@@ -257,7 +257,8 @@ impl ParkingPayment for ScriptedParking {
 }
 
 /// The partner kit's configuration for checking the adapter at `addr` as the gateway of `pki`
-/// would call it, with a car's certificate (`VIN_A`) for the kit to try as well.
+/// would call it, with a car's certificate (`VIN_A`) for the kit to try as well, and the
+/// gateway-clients CA to sign certificates of other roles with.
 pub fn kit_config(pki: &TestPki, addr: SocketAddr, service: &str) -> partner_kit::KitConfig {
     let endpoint = partner_kit::Endpoint::parse(&format!("https://localhost:{}", addr.port()), None)
         .expect("the adapter's endpoint");
@@ -270,6 +271,10 @@ pub fn kit_config(pki: &TestPki, addr: SocketAddr, service: &str) -> partner_kit
     );
     let car = pki.vehicle(crate::car::VIN_A);
     config.vehicle = Some(partner_kit::ClientCertificate::read(&car.cert, &car.key).expect("a car's certificate"));
+    config.gateway_clients_ca = Some(partner_kit::CaFiles {
+        cert: pki.layout.issuing_ca_cert(certs::IssuingCa::GatewayClients),
+        key: pki.layout.issuing_ca_key(certs::IssuingCa::GatewayClients),
+    });
     config
 }
 

@@ -12,7 +12,7 @@ use hyper_util::rt::{TokioExecutor, TokioIo};
 use hyper_util::service::TowerToHyperService;
 use integration_tests::*;
 use parking_adapter::ParkingService;
-use partner_kit::{ClientCertificate, Endpoint, Outcome, PartnerApi, Report};
+use partner_kit::{CaFiles, ClientCertificate, Endpoint, Outcome, PartnerApi, Report};
 use proto::parking::v1::parking_payment_server::{ParkingPayment, ParkingPaymentServer};
 use proto::parking::v1::{
     EndSessionRequest, EndSessionResponse, GetReceiptRequest, ListNearbyLotsRequest, ListNearbyLotsResponse, Receipt,
@@ -234,10 +234,10 @@ async fn a_careless_adapter_fails_each_broken_promise_with_a_message_naming_it()
     config.deadline_slack = Duration::from_millis(500);
     // Minted by the kit from the vehicles CA: the careless adapter taking it shows it is a car's.
     config.vehicle = Some(
-        ClientCertificate::mint_vehicle(
-            &pki.vehicles_ca(),
-            &pki.layout.issuing_ca_key(certs::IssuingCa::Vehicles),
-        )
+        ClientCertificate::mint_vehicle(&CaFiles {
+            cert: pki.vehicles_ca(),
+            key: pki.layout.issuing_ca_key(certs::IssuingCa::Vehicles),
+        })
         .unwrap(),
     );
 
@@ -250,6 +250,11 @@ async fn a_careless_adapter_fails_each_broken_promise_with_a_message_naming_it()
         "{report}"
     );
     failed_saying(&report, "mtls.vehicle-certificate", "a car's certificate was let in");
+    failed_saying(
+        &report,
+        "mtls.role-check",
+        "a certificate of the gateway-clients CA with OU=vehicle was let in",
+    );
     failed_saying(
         &report,
         "metadata.vin-required",
@@ -346,27 +351,18 @@ async fn the_binary_prints_one_line_per_check_and_exits_by_the_verdict() {
     let reference = start_parking(&pki, ParkingService::new()).await;
     let (careless_pki, careless_addr, _serving) = careless_partner().await;
 
-    // The car's certificate minted by the kit from the vehicles CA, instead of files.
-    let mut args = kit_args(&pki, reference.addr);
-    args.truncate(args.len() - 4);
-    let vehicles_ca_key = pki.layout.issuing_ca_key(certs::IssuingCa::Vehicles);
-    let vehicles_ca = [
-        pki.vehicles_ca().display().to_string(),
-        vehicles_ca_key.display().to_string(),
-    ];
-    let mut args: Vec<&str> = args.iter().map(String::as_str).collect();
-    args.extend([
-        "--vehicles-ca-cert",
-        &vehicles_ca[0],
-        "--vehicles-ca-key",
-        &vehicles_ca[1],
-    ]);
+    // Everything from the development PKI's directory: the gateway's client certificate, and
+    // certificates the kit mints from the vehicles and gateway-clients CAs.
+    let endpoint = format!("https://localhost:{}", reference.addr.port());
+    let dir = pki.dir.path().display().to_string();
+    let args = ["check", "--endpoint", &endpoint, "--pki", &dir];
     let (code, out) = Process::spawn(built_binary!(partner_kit), &args).exit().await;
     assert_eq!(code, Some(0), "{out}");
     assert!(
         out.contains("PASS  mtls.vehicle-certificate         a car's certificate: refused"),
         "{out}"
     );
+    assert!(out.contains("PASS  mtls.role-check "), "{out}");
     assert!(out.contains("PASS  idempotency.end-session"), "{out}");
     assert!(out.contains("SKIP  events.publish-own-service"), "{out}");
     assert!(out.contains(" passed, 0 failed, 2 skipped"), "{out}");

@@ -40,7 +40,7 @@ const CRATE_RULES: &[(&str, &[&str])] = &[
     ("proto", &[]),
     ("certs", &["proto"]),
     ("adapters/parking", &["proto"]),
-    ("partner-kit", &["proto"]),
+    ("partner-kit", &["proto", "certs"]),
     ("vehicle-agent", &["proto"]),
     ("gateway", &["proto", "certs"]),
 ];

@@ -40,6 +40,11 @@ pub const GENERIC: &[Check] = &[
         run: |kit| mtls::vehicle_certificate(kit).boxed(),
     },
     Check {
+        name: "mtls.role-check",
+        contract: mtls::ROLE,
+        run: |kit| mtls::role_check(kit).boxed(),
+    },
+    Check {
         name: "metadata.vin-required",
         contract: calls::VIN,
         run: |kit| calls::vin_required(kit).boxed(),

@@ -21,6 +21,12 @@ pub const ONLY_THE_GATEWAY: Contract = Contract {
     says: "never trust a CA that also signs cars, and check the role (OU=gateway-client) on every call: PERMISSION_DENIED otherwise",
 };
 
+/// Certificates from the right CA with the wrong role are refused on every call.
+pub const ROLE: Contract = Contract {
+    section: "docs/partners.md#connecting",
+    says: "check the role on every call: exactly one OU, gateway-client, and one CN; PERMISSION_DENIED otherwise",
+};
+
 /// The handshake with the gateway's client certificate completes and a call is answered.
 pub async fn gateway_certificate(kit: &Kit) -> Outcome {
     let mut connection = match kit.connect_as_gateway().await {
@@ -111,4 +117,39 @@ async fn refused(kit: &Kit, certificate: Option<&ClientCertificate>, who: &str) 
             answer.describe()
         )),
     }
+}
+
+/// Certificates the adapter's TLS trusts (signed by the gateway-clients CA) whose subject is not
+/// the gateway's are refused: one with a car's role, and one with two roles, the gateway's first.
+pub async fn role_check(kit: &Kit) -> Outcome {
+    let Some(ca) = &kit.config.gateway_clients_ca else {
+        return Outcome::Skip(
+            "no --gateway-clients-ca-cert/--gateway-clients-ca-key (or --pki) given: the role check was not tried"
+                .into(),
+        );
+    };
+    let subjects: [(&[&str], &str); 2] = [
+        (&[proto::identity::VEHICLE_ROLE], "OU=vehicle"),
+        (
+            &["gateway-client", proto::identity::VEHICLE_ROLE],
+            "OU=gateway-client and OU=vehicle",
+        ),
+    ];
+    let mut seen = Vec::new();
+    for (ous, what) in subjects {
+        let certificate = match ClientCertificate::mint(ca, ous, "gateway") {
+            Ok(certificate) => certificate,
+            Err(e) => {
+                return Outcome::Skip(format!(
+                    "could not sign a certificate with the gateway-clients CA: {e:#}"
+                ));
+            }
+        };
+        let who = format!("a certificate of the gateway-clients CA with {what}");
+        match refused(kit, Some(&certificate), &who).await {
+            Outcome::Pass(reason) => seen.push(reason),
+            other => return other,
+        }
+    }
+    Outcome::Pass(seen.join("; "))
 }
