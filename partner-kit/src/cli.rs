@@ -10,8 +10,7 @@ use clap::{Args, Parser, Subcommand};
 
 use certs::{DevPki, IssuingCa};
 
-use crate::tls::CaFiles;
-use crate::{ClientCertificate, Endpoint, KitConfig, MAX_DEADLINE_SLACK, PartnerApi, TrustAnchors};
+use crate::{ClientCertificate, Endpoint, KitConfig, MAX_DEADLINE_SLACK, PartnerApi, SigningCa, TrustAnchors};
 
 /// Exit status for a command line that cannot be used (sysexits.h EX_USAGE).
 pub const EX_USAGE: u8 = 64;
@@ -167,7 +166,8 @@ fn config(args: CheckArgs) -> anyhow::Result<KitConfig> {
         args.vehicles_ca_key,
         pki.as_ref(),
         IssuingCa::Vehicles,
-    );
+    )
+    .context("the vehicles CA")?;
     config.vehicle = match (&args.vehicle_cert, &args.vehicle_key, vehicles_ca) {
         (Some(cert), Some(key), _) => Some(ClientCertificate::read(cert, key).context("--vehicle-cert/--vehicle-key")?),
         (_, _, Some(ca)) => {
@@ -180,7 +180,8 @@ fn config(args: CheckArgs) -> anyhow::Result<KitConfig> {
         args.gateway_clients_ca_key,
         pki.as_ref(),
         IssuingCa::GatewayClients,
-    );
+    )
+    .context("the gateway-clients CA")?;
     if let (Some(api), Some(cert), Some(key)) = (&args.partner_api, &args.partner_cert, &args.partner_key) {
         config.partner_api = Some(PartnerApi {
             endpoint: Endpoint::parse(api, None).context("--partner-api")?,
@@ -196,14 +197,13 @@ fn given_or_in_pki(
     key: Option<PathBuf>,
     pki: Option<&DevPki>,
     which: IssuingCa,
-) -> Option<CaFiles> {
+) -> anyhow::Result<Option<SigningCa>> {
     match (cert, key, pki) {
-        (Some(cert), Some(key), _) => Some(CaFiles { cert, key }),
-        (_, _, Some(pki)) if pki.issuing_ca_key(which).exists() => Some(CaFiles {
-            cert: pki.issuing_ca_cert(which),
-            key: pki.issuing_ca_key(which),
-        }),
-        _ => None,
+        (Some(cert), Some(key), _) => SigningCa::read(&cert, &key).map(Some),
+        (_, _, Some(pki)) if pki.issuing_ca_key(which).exists() => {
+            SigningCa::read(&pki.issuing_ca_cert(which), &pki.issuing_ca_key(which)).map(Some)
+        }
+        _ => Ok(None),
     }
 }
 

@@ -25,7 +25,6 @@ pub mod profile;
 pub mod report;
 pub mod tls;
 
-use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -34,7 +33,7 @@ use futures::future::BoxFuture;
 pub use connection::{Answer, CallMetadata, Connection, Endpoint, TimedAnswer};
 pub use profile::{Probe, Profile};
 pub use report::{CheckResult, Contract, Outcome, Report};
-pub use tls::{CaFiles, ClientCertificate, TrustAnchors};
+pub use tls::{ClientCertificate, SigningCa, TrustAnchors};
 
 /// How long after a short deadline the kit still waits for the adapter's answer, by default:
 /// room for the network and a busy machine, far less than a car waits.
@@ -67,7 +66,7 @@ pub struct KitConfig {
     pub vehicle: Option<ClientCertificate>,
     /// The gateway-clients CA, to mint certificates the adapter's TLS accepts but its role
     /// check must refuse.
-    pub gateway_clients_ca: Option<CaFiles>,
+    pub gateway_clients_ca: Option<SigningCa>,
     /// For a service without a profile: the method the generic checks call.
     pub method: Option<String>,
     /// The partner API, for the events checks.
@@ -202,7 +201,7 @@ pub async fn check(config: KitConfig) -> Report {
             }
         )),
     }
-    let kit = Arc::new(Kit { config, profile });
+    let kit = Kit { config, profile };
     let mut results = Vec::new();
     let service_checks = profile.map_or(&[][..], |p| p.checks());
     for check in checks::GENERIC.iter().chain(service_checks).chain(events::CHECKS) {

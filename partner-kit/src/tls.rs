@@ -12,13 +12,25 @@ use rustls_pki_types::{CertificateDer, PrivateKeyDer};
 /// X.520 organizationalUnitName: where a certificate's role is.
 const OU_OID: [u64; 4] = [2, 5, 4, 11];
 
-/// An issuing CA's certificate and key files, for the kit to sign certificates with.
+/// An issuing CA, read once, for the kit to sign certificates with (no file is read while
+/// checking).
 #[derive(Debug, Clone)]
-pub struct CaFiles {
-    /// PEM certificate.
-    pub cert: PathBuf,
-    /// PEM private key.
-    pub key: PathBuf,
+pub struct SigningCa {
+    cert_pem: String,
+    key_pem: String,
+    /// Where the certificate came from, for messages.
+    origin: PathBuf,
+}
+
+impl SigningCa {
+    /// Reads a CA's PEM certificate and PEM key.
+    pub fn read(cert: &Path, key: &Path) -> anyhow::Result<SigningCa> {
+        Ok(SigningCa {
+            cert_pem: std::fs::read_to_string(cert).with_context(|| format!("cannot read {}", cert.display()))?,
+            key_pem: std::fs::read_to_string(key).with_context(|| format!("cannot read {}", key.display()))?,
+            origin: cert.to_owned(),
+        })
+    }
 }
 
 /// A certificate chain (leaf first) and its private key.
@@ -71,20 +83,18 @@ impl ClientCertificate {
 
     /// A car's certificate (`OU=vehicle`, `CN=<a VIN no car has>`) signed by the vehicles CA,
     /// as `certs vehicle` issues them.
-    pub fn mint_vehicle(vehicles_ca: &CaFiles) -> anyhow::Result<ClientCertificate> {
+    pub fn mint_vehicle(vehicles_ca: &SigningCa) -> anyhow::Result<ClientCertificate> {
         ClientCertificate::mint(vehicles_ca, &[proto::identity::VEHICLE_ROLE], &crate::probe_vin())
     }
 
     /// A certificate signed by `ca` whose subject has the OUs `ous` and the CN `cn`; the chain
     /// holds the leaf then the CA.
-    pub fn mint(ca: &CaFiles, ous: &[&str], cn: &str) -> anyhow::Result<ClientCertificate> {
-        let ca_pem = std::fs::read_to_string(&ca.cert).with_context(|| format!("cannot read {}", ca.cert.display()))?;
-        let ca_key_pem =
-            std::fs::read_to_string(&ca.key).with_context(|| format!("cannot read {}", ca.key.display()))?;
-        let ca_key = rcgen::KeyPair::from_pem(&ca_key_pem)
-            .with_context(|| format!("{} is not a PEM private key", ca.key.display()))?;
-        let issuer = rcgen::Issuer::from_ca_cert_pem(&ca_pem, ca_key)
-            .with_context(|| format!("{} is not a CA certificate for that key", ca.cert.display()))?;
+    pub fn mint(ca: &SigningCa, ous: &[&str], cn: &str) -> anyhow::Result<ClientCertificate> {
+        let origin = ca.origin.display();
+        let ca_key = rcgen::KeyPair::from_pem(&ca.key_pem)
+            .with_context(|| format!("the key of {origin} is not a PEM private key"))?;
+        let issuer = rcgen::Issuer::from_ca_cert_pem(&ca.cert_pem, ca_key)
+            .with_context(|| format!("{origin} is not a CA certificate for that key"))?;
         let key = rcgen::KeyPair::generate().context("generate a key")?;
         let mut params = rcgen::CertificateParams::default();
         params.distinguished_name = rcgen::DistinguishedName::new();
@@ -103,8 +113,8 @@ impl ClientCertificate {
         params.key_usages = vec![rcgen::KeyUsagePurpose::DigitalSignature];
         params.use_authority_key_identifier_extension = true;
         let cert = params.signed_by(&key, &issuer).context("sign the certificate")?;
-        let ca_der = CertificateDer::from_pem_slice(ca_pem.as_bytes())
-            .with_context(|| format!("{} is not a PEM certificate", ca.cert.display()))?;
+        let ca_der = CertificateDer::from_pem_slice(ca.cert_pem.as_bytes())
+            .with_context(|| format!("{origin} is not a PEM certificate"))?;
         Ok(ClientCertificate {
             chain: vec![cert.der().clone(), ca_der],
             key: private_key(&key)?,

@@ -271,10 +271,14 @@ pub fn kit_config(pki: &TestPki, addr: SocketAddr, service: &str) -> partner_kit
     );
     let car = pki.vehicle(crate::car::VIN_A);
     config.vehicle = Some(partner_kit::ClientCertificate::read(&car.cert, &car.key).expect("a car's certificate"));
-    config.gateway_clients_ca = Some(partner_kit::CaFiles {
-        cert: pki.layout.issuing_ca_cert(certs::IssuingCa::GatewayClients),
-        key: pki.layout.issuing_ca_key(certs::IssuingCa::GatewayClients),
-    });
+    let gateway_clients = certs::IssuingCa::GatewayClients;
+    config.gateway_clients_ca = Some(
+        partner_kit::SigningCa::read(
+            &pki.layout.issuing_ca_cert(gateway_clients),
+            &pki.layout.issuing_ca_key(gateway_clients),
+        )
+        .expect("the gateway-clients CA"),
+    );
     config
 }
 

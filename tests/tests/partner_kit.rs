@@ -12,7 +12,7 @@ use hyper_util::rt::{TokioExecutor, TokioIo};
 use hyper_util::service::TowerToHyperService;
 use integration_tests::*;
 use parking_adapter::ParkingService;
-use partner_kit::{CaFiles, ClientCertificate, Endpoint, Outcome, PartnerApi, Report};
+use partner_kit::{ClientCertificate, Endpoint, Outcome, PartnerApi, Report, SigningCa};
 use proto::parking::v1::parking_payment_server::{ParkingPayment, ParkingPaymentServer};
 use proto::parking::v1::{
     EndSessionRequest, EndSessionResponse, GetReceiptRequest, ListNearbyLotsRequest, ListNearbyLotsResponse, Receipt,
@@ -234,10 +234,13 @@ async fn a_careless_adapter_fails_each_broken_promise_with_a_message_naming_it()
     config.deadline_slack = Duration::from_millis(500);
     // Minted by the kit from the vehicles CA: the careless adapter taking it shows it is a car's.
     config.vehicle = Some(
-        ClientCertificate::mint_vehicle(&CaFiles {
-            cert: pki.vehicles_ca(),
-            key: pki.layout.issuing_ca_key(certs::IssuingCa::Vehicles),
-        })
+        ClientCertificate::mint_vehicle(
+            &SigningCa::read(
+                &pki.vehicles_ca(),
+                &pki.layout.issuing_ca_key(certs::IssuingCa::Vehicles),
+            )
+            .unwrap(),
+        )
         .unwrap(),
     );
 
