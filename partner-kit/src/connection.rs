@@ -151,6 +151,32 @@ pub fn code_name(code: Code) -> &'static str {
     }
 }
 
+/// Why a connection could not be opened.
+#[derive(Debug, Clone)]
+pub struct OpenError {
+    /// True if the adapter refused it (a TLS alert, the connection closed in the handshake);
+    /// false if the kit did not get that far (nothing listening, a timeout, an adapter
+    /// certificate the kit does not trust).
+    pub refused_by_adapter: bool,
+    /// What happened.
+    pub message: String,
+}
+
+impl OpenError {
+    fn not_reached(message: String) -> OpenError {
+        OpenError {
+            refused_by_adapter: false,
+            message,
+        }
+    }
+}
+
+impl std::fmt::Display for OpenError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.message)
+    }
+}
+
 /// An answer and how long it took to arrive.
 #[derive(Debug, Clone)]
 pub struct TimedAnswer {
@@ -168,25 +194,48 @@ pub struct Connection {
 impl Connection {
     /// Dials `endpoint` and sets up TLS (with `tls`: the trust anchors and the client
     /// certificate, if any) and HTTP/2. Bounded by [`CONNECT_TIMEOUT`].
-    pub async fn open(endpoint: &Endpoint, tls: Arc<ClientConfig>) -> Result<Connection, String> {
+    pub async fn open(endpoint: &Endpoint, tls: Arc<ClientConfig>) -> Result<Connection, OpenError> {
         tokio::time::timeout(CONNECT_TIMEOUT, Connection::open_unbounded(endpoint, tls))
             .await
-            .unwrap_or_else(|_| Err(format!("no connection within {CONNECT_TIMEOUT:?}")))
+            .unwrap_or_else(|_| {
+                Err(OpenError::not_reached(format!(
+                    "no connection within {CONNECT_TIMEOUT:?}"
+                )))
+            })
     }
 
-    async fn open_unbounded(endpoint: &Endpoint, tls: Arc<ClientConfig>) -> Result<Connection, String> {
+    async fn open_unbounded(endpoint: &Endpoint, tls: Arc<ClientConfig>) -> Result<Connection, OpenError> {
         let (host, port) = endpoint.host_port();
         let tcp = TcpStream::connect((host.as_str(), port))
             .await
-            .map_err(|e| format!("cannot connect to {host}:{port}: {e}"))?;
-        tcp.set_nodelay(true).map_err(|e| format!("TCP_NODELAY: {e}"))?;
+            .map_err(|e| OpenError::not_reached(format!("cannot connect to {host}:{port}: {e}")))?;
+        tcp.set_nodelay(true)
+            .map_err(|e| OpenError::not_reached(format!("TCP_NODELAY: {e}")))?;
         let stream = tokio_rustls::TlsConnector::from(tls)
             .connect(endpoint.server_name.clone(), tcp)
             .await
-            .map_err(|e| format!("TLS handshake failed: {e}"))?;
+            .map_err(|e| {
+                // The kit's own verdict on the adapter's certificate is not the adapter refusing.
+                let untrusted = e
+                    .get_ref()
+                    .and_then(|inner| inner.downcast_ref::<rustls::Error>())
+                    .is_some_and(|tls| matches!(tls, rustls::Error::InvalidCertificate(_)));
+                match untrusted {
+                    true => OpenError::not_reached(format!(
+                        "the adapter's certificate is not trusted: {e} (check --ca and --server-name)"
+                    )),
+                    false => OpenError {
+                        refused_by_adapter: true,
+                        message: format!("TLS handshake failed: {e}"),
+                    },
+                }
+            })?;
         let (send, driver) = hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(stream))
             .await
-            .map_err(|e| format!("HTTP/2 handshake failed: {}", error_chain(&e)))?;
+            .map_err(|e| OpenError {
+                refused_by_adapter: true,
+                message: format!("HTTP/2 handshake failed: {}", error_chain(&e)),
+            })?;
         // The driver ends with the connection; its error also reaches the call that was cut off.
         tokio::spawn(driver);
         Ok(Connection {

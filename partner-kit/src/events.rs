@@ -49,7 +49,7 @@ async fn publish(kit: &Kit, api: &PartnerApi, service: &str) -> Answer {
     };
     let mut connection = match Connection::open(&api.endpoint, tls).await {
         Ok(connection) => connection,
-        Err(e) => return Answer::Transport(e),
+        Err(e) => return Answer::Transport(e.message),
     };
     let event = PublishRequest {
         vin: probe_vin(),

@@ -30,7 +30,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use futures::future::BoxFuture;
 
-pub use connection::{Answer, CallMetadata, Connection, Endpoint, TimedAnswer};
+pub use connection::{Answer, CallMetadata, Connection, Endpoint, OpenError, TimedAnswer};
 pub use profile::{Probe, Profile};
 pub use report::{CheckResult, Contract, Outcome, Report};
 pub use tls::{ClientCertificate, SigningCa, TrustAnchors};
@@ -117,17 +117,16 @@ pub struct Kit {
 
 impl Kit {
     /// A connection presenting `certificate` (None: no client certificate).
-    pub async fn connect(&self, certificate: Option<&ClientCertificate>) -> Result<Connection, String> {
-        let tls = self
-            .config
-            .anchors
-            .client_config(certificate)
-            .map_err(|e| format!("{e:#}"))?;
+    pub async fn connect(&self, certificate: Option<&ClientCertificate>) -> Result<Connection, OpenError> {
+        let tls = self.config.anchors.client_config(certificate).map_err(|e| OpenError {
+            refused_by_adapter: false,
+            message: format!("{e:#}"),
+        })?;
         Connection::open(&self.config.endpoint, tls).await
     }
 
     /// A connection as the gateway makes it.
-    pub async fn connect_as_gateway(&self) -> Result<Connection, String> {
+    pub async fn connect_as_gateway(&self) -> Result<Connection, OpenError> {
         self.connect(Some(&self.config.gateway_client)).await
     }
 

@@ -1,7 +1,8 @@
 //! The partner kit tells a conforming adapter from a careless one: the reference adapter passes
 //! every check (events included, through the real gateway's partner API), an adapter that
 //! breaks the contract five ways fails each matching check with a message naming what is
-//! wrong, a service without a profile gets the generic checks, and the `partner-kit` binary
+//! wrong, a service without a profile gets the generic checks, an adapter the kit cannot reach
+//! or trust passes nothing (not even the refusals it never saw), and the `partner-kit` binary
 //! prints one line per check and exits by the verdict.
 
 use std::net::SocketAddr;
@@ -406,4 +407,31 @@ async fn the_binary_prints_one_line_per_check_and_exits_by_the_verdict() {
     let (code, out) = Process::spawn(built_binary!(partner_kit), &args).exit().await;
     assert_eq!(code, Some(64), "{out}");
     assert!(out.contains("--deadline-slack-ms 30001 is more than 30000"), "{out}");
+}
+
+#[tokio::test]
+async fn an_adapter_the_kit_cannot_reach_or_trust_passes_nothing() {
+    init();
+    let pki = TestPki::new();
+    let nobody = RefusingPartner::new();
+    let reference = start_parking(&pki, ParkingService::new()).await;
+    let mut trusting_another_root = kit_config(&pki, reference.addr, PARKING);
+    trusting_another_root.anchors = partner_kit::TrustAnchors::read(&TestPki::new().ca_cert).unwrap();
+
+    for (what, config) in [
+        ("nothing listening", kit_config(&pki, nobody.addr(), PARKING)),
+        ("an adapter certificate the kit does not trust", trusting_another_root),
+    ] {
+        let report = partner_kit::check(config).await;
+        let passed: Vec<_> = report
+            .results
+            .iter()
+            .filter(|r| matches!(r.outcome, Outcome::Pass(_)))
+            .collect();
+        assert!(
+            passed.is_empty(),
+            "{what}: a refusal the kit never saw is no pass:\n{report}"
+        );
+        failed_saying(&report, "mtls.vehicle-certificate", "not tried, the kit cannot connect");
+    }
 }

@@ -77,7 +77,7 @@ pub fn expect_codes(what: &str, answer: &Answer, expected: &[Code]) -> Outcome {
 }
 
 /// The outcome of a check that could not even connect as the gateway.
-pub fn no_connection(error: &str) -> Outcome {
+pub fn no_connection(error: &impl std::fmt::Display) -> Outcome {
     Outcome::Fail(format!(
         "cannot connect with the gateway's client certificate ({error}); see mtls.gateway-certificate"
     ))

@@ -92,7 +92,8 @@ pub async fn vehicle_certificate(kit: &Kit) -> Outcome {
 async fn refused(kit: &Kit, certificate: Option<&ClientCertificate>, who: &str) -> Outcome {
     let mut connection = match kit.connect(certificate).await {
         Ok(connection) => connection,
-        Err(e) => return Outcome::Pass(format!("{who}: refused at the handshake ({e})")),
+        Err(e) if e.refused_by_adapter => return Outcome::Pass(format!("{who}: refused at the handshake ({e})")),
+        Err(e) => return Outcome::Fail(format!("{who}: not tried, the kit cannot connect ({e})")),
     };
     let probe = kit.call_needing_a_car();
     let (method, message) = match &probe {
