@@ -98,6 +98,8 @@ struct CheckArgs {
 
 /// Runs the command line of the `partner-kit` binary.
 pub fn main() -> ExitCode {
+    // The process's one crypto provider, as in every binary; the kit's own TLS names ring too.
+    let _ = rustls::crypto::ring::default_provider().install_default();
     let cli = Cli::parse();
     let Command::Check(args) = cli.command;
     let config = match config(args) {
