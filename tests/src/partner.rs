@@ -413,3 +413,50 @@ impl ParkingPayment for SteeredParking {
         self.inner.refund_session(r).await
     }
 }
+
+/// The partner kit's configuration for checking the adapter at `addr` as the gateway of `pki`
+/// would call it, with a car's certificate (`VIN_A`) for the kit to try as well, and the
+/// gateway-clients CA to sign certificates of other roles with.
+pub fn kit_config(pki: &TestPki, addr: SocketAddr, service: &str) -> partner_kit::KitConfig {
+    let endpoint = partner_kit::Endpoint::parse(&format!("https://localhost:{}", addr.port()), None)
+        .expect("the adapter's endpoint");
+    let client = &pki.gateway_client;
+    let mut config = partner_kit::KitConfig::new(
+        endpoint,
+        service,
+        partner_kit::TrustAnchors::read(&pki.ca_cert).expect("the root"),
+        partner_kit::ClientCertificate::read(&client.cert, &client.key).expect("the gateway's client certificate"),
+    );
+    let car = pki.vehicle(crate::car::VIN_A);
+    config.vehicle = Some(partner_kit::ClientCertificate::read(&car.cert, &car.key).expect("a car's certificate"));
+    let gateway_clients = certs::IssuingCa::GatewayClients;
+    config.gateway_clients_ca = Some(
+        partner_kit::SigningCa::read(
+            &pki.layout.issuing_ca_cert(gateway_clients),
+            &pki.layout.issuing_ca_key(gateway_clients),
+        )
+        .expect("the gateway-clients CA"),
+    );
+    config
+}
+
+/// The arguments of `partner-kit check` for the adapter at `addr`, as [`kit_config`] has them.
+pub fn kit_args(pki: &TestPki, addr: SocketAddr) -> Vec<String> {
+    let car = pki.vehicle(crate::car::VIN_A);
+    let path = |p: &std::path::Path| p.display().to_string();
+    vec![
+        "check".into(),
+        "--endpoint".into(),
+        format!("https://localhost:{}", addr.port()),
+        "--ca".into(),
+        path(&pki.ca_cert),
+        "--client-cert".into(),
+        path(&pki.gateway_client.cert),
+        "--client-key".into(),
+        path(&pki.gateway_client.key),
+        "--vehicle-cert".into(),
+        path(&car.cert),
+        "--vehicle-key".into(),
+        path(&car.key),
+    ]
+}

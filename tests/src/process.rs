@@ -1,4 +1,4 @@
-//! Child processes for the kill -9 tests: the binaries cargo built for this very test run
+//! Child processes for the kill -9 tests and the partner kit's: the binaries cargo built for this very test run
 //! ([`built_binary!`]), started with their output watched line by line, optionally serving on
 //! a listening socket the test holds and hands over as a service manager does (systemd socket
 //! activation: the socket as fd 3, `LISTEN_FDS=1`), so that a process killed and started again
@@ -8,8 +8,9 @@
 //! built there, stale or missing. Cargo builds a package's `[[bin]]` targets before its
 //! integration tests and tells them where (`CARGO_BIN_EXE_<name>`, at compile time). So this
 //! crate has thin binaries of its own (`src/bin/`) that call the real programs' `main`
-//! (`gateway::cli::main`, `vehicle_agent::cli::main`, `parking_adapter::cli::main`): the same
-//! code, always freshly built, and a build failure fails the test run. (Running `cargo build` from inside a test, as the
+//! (`gateway::cli::main`, `vehicle_agent::cli::main`, `parking_adapter::cli::main`,
+//! `partner_kit::cli::main`): the same code, always freshly built, and a build failure fails the
+//! test run. (Running `cargo build` from inside a test, as the
 //! `escargot` crate does, would contend for the build directory's lock with the `cargo test`
 //! running it, and build again with settings of its own.)
 
@@ -53,6 +54,12 @@ macro_rules! built_binary {
         $crate::process::Binary {
             name: "parking-adapter",
             path: env!("CARGO_BIN_EXE_parking-adapter-under-test"),
+        }
+    };
+    (partner_kit) => {
+        $crate::process::Binary {
+            name: "partner-kit",
+            path: env!("CARGO_BIN_EXE_partner-kit-under-test"),
         }
     };
 }

@@ -41,6 +41,7 @@ const CRATE_RULES: &[(&str, &[&str])] = &[
     ("certs", &["proto"]),
     ("adapters/parking", &["proto"]),
     ("adapters/navigation", &["proto"]),
+    ("partner-kit", &["proto", "certs"]),
     ("vehicle-agent", &["proto"]),
     ("gateway", &["proto", "certs"]),
 ];
