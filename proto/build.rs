@@ -9,6 +9,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         "proto/parking/v1/parking.proto",
         "proto/events/v1/events.proto",
         "proto/agent/v1/agent.proto",
+        "proto/identity/v1/identity.proto",
     ];
     for f in &files {
         println!("cargo:rerun-if-changed={f}");
