@@ -40,6 +40,7 @@ const CRATE_RULES: &[(&str, &[&str])] = &[
     ("proto", &[]),
     ("certs", &["proto"]),
     ("adapters/parking", &["proto"]),
+    ("adapters/identity", &["proto"]),
     ("vehicle-agent", &["proto"]),
     ("gateway", &["proto", "certs"]),
 ];

@@ -179,18 +179,13 @@ impl DeviceLogins {
     ) -> Result<StartDeviceLoginResponse, StartRefused> {
         let now = self.clock.now_unix_ms();
         let mut held = self.held();
-        if let Some(key) = idempotency_key {
-            let intent = (vin.to_owned(), key.to_owned());
-            if let Some(login) = held
-                .by_intent
-                .get(&intent)
-                .and_then(|code| held.by_device_code.get(code))
-            {
-                if now < login.expires_ms {
-                    let code = held.by_intent[&intent].clone();
-                    return Ok(self.answer(&code, &held.by_device_code[&code], now));
-                }
-            }
+        // A retry of the same intent gets the same login while it lives.
+        let retried = idempotency_key
+            .and_then(|key| held.by_intent.get(&(vin.to_owned(), key.to_owned())))
+            .and_then(|code| held.by_device_code.get_key_value(code))
+            .filter(|(_, login)| now < login.expires_ms);
+        if let Some((code, login)) = retried {
+            return Ok(self.answer(code, login, now));
         }
         held.sweep(now);
         if held.by_device_code.len() >= self.settings.max_logins {

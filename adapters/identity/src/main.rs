@@ -20,6 +20,7 @@ use std::time::Duration;
 
 use anyhow::Context as _;
 use clap::Parser;
+use clap::error::ErrorKind;
 use humantime_serde::re::humantime;
 use identity_adapter::{
     DeviceLogins, GuessLimits, LoginSettings, SocialLoginService, SystemClock, mtls_config, serve, web,
@@ -92,7 +93,15 @@ fn main() -> ExitCode {
         .with_ansi(std::io::stderr().is_terminal())
         .init();
 
-    let args = Args::parse();
+    let args = match Args::try_parse() {
+        Ok(args) => args,
+        Err(e) if matches!(e.kind(), ErrorKind::DisplayHelp | ErrorKind::DisplayVersion) => e.exit(),
+        Err(e) => {
+            // A value clap cannot read is a bad configuration like any other: EX_USAGE.
+            let _ = e.print();
+            return ExitCode::from(EX_USAGE);
+        }
+    };
     let usage = |message: String| {
         eprintln!("identity-adapter: {message}");
         ExitCode::from(EX_USAGE)

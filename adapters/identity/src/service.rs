@@ -5,6 +5,7 @@
 //! and the link token are bearer secrets, the user code is one while it is pending.
 
 use proto::metadata;
+use proto::social_login::v1::poll_device_login_response::Outcome;
 use proto::social_login::v1::social_login_server::{SocialLogin, SocialLoginServer};
 use proto::social_login::v1::{
     PollDeviceLoginRequest, PollDeviceLoginResponse, SocialProvider, StartDeviceLoginRequest, StartDeviceLoginResponse,
@@ -99,6 +100,58 @@ fn logged<T>(
     result.map(Response::new)
 }
 
+impl SocialLoginService {
+    fn start(
+        &self,
+        caller: &Caller,
+        request: &Request<StartDeviceLoginRequest>,
+    ) -> Result<StartDeviceLoginResponse, Status> {
+        let vin = caller.vin()?;
+        let key = idempotency_key(request.metadata())?;
+        let provider = match SocialProvider::try_from(request.get_ref().provider) {
+            Ok(SocialProvider::Unspecified) | Err(_) => {
+                return Err(Status::invalid_argument(
+                    "provider must be one of SOCIAL_PROVIDER_WECHAT, SOCIAL_PROVIDER_ALIPAY, SOCIAL_PROVIDER_WEIBO",
+                ));
+            }
+            Ok(provider) => provider,
+        };
+        let settings = self.logins.settings();
+        let started = self
+            .logins
+            .start(vin, key.as_deref(), provider)
+            .map_err(|refused| match refused {
+                StartRefused::Full => Status::resource_exhausted(format!(
+                    "{} device logins are waiting, the most this partner holds; try again in a few minutes",
+                    settings.max_logins
+                )),
+                StartRefused::TooManyForCar => Status::resource_exhausted(format!(
+                    "this car already has {} device logins waiting; finish or let one expire",
+                    settings.max_pending_per_car
+                )),
+            })?;
+        tracing::debug!(provider = provider_name(provider), "device login started");
+        Ok(started)
+    }
+
+    fn poll(&self, caller: &Caller, request: &PollDeviceLoginRequest) -> Result<PollDeviceLoginResponse, Status> {
+        let vin = caller.vin()?;
+        let device_code = &request.device_code;
+        if !codes::is_device_code_shaped(device_code) {
+            return Err(Status::invalid_argument(format!(
+                "device_code must be the 1 to {} letters, digits, '-' or '_' StartDeviceLogin returned",
+                codes::MAX_DEVICE_CODE_CHARS
+            )));
+        }
+        // Unknown and another car's are one answer: a car learns nothing of other cars' codes.
+        let outcome = self
+            .logins
+            .poll(vin, device_code)
+            .map_err(|NotFound| Status::not_found("no device login with this device_code for this car"))?;
+        Ok(PollDeviceLoginResponse { outcome: Some(outcome) })
+    }
+}
+
 #[tonic::async_trait]
 impl SocialLogin for SocialLoginService {
     async fn start_device_login(
@@ -106,33 +159,7 @@ impl SocialLogin for SocialLoginService {
         request: Request<StartDeviceLoginRequest>,
     ) -> Result<Response<StartDeviceLoginResponse>, Status> {
         let caller = Caller::of(request.metadata());
-        let key = idempotency_key(request.metadata());
-        let result = (|| {
-            let vin = caller.vin()?;
-            let key = key?;
-            let provider = match SocialProvider::try_from(request.get_ref().provider) {
-                Ok(SocialProvider::Unspecified) | Err(_) => {
-                    return Err(Status::invalid_argument(
-                        "provider must be one of SOCIAL_PROVIDER_WECHAT, SOCIAL_PROVIDER_ALIPAY, SOCIAL_PROVIDER_WEIBO",
-                    ));
-                }
-                Ok(provider) => provider,
-            };
-            let settings = self.logins.settings();
-            self.logins
-                .start(vin, key.as_deref(), provider)
-                .map_err(|refused| match refused {
-                    StartRefused::Full => Status::resource_exhausted(format!(
-                        "{} device logins are waiting, the most this partner holds; try again in a few minutes",
-                        settings.max_logins
-                    )),
-                    StartRefused::TooManyForCar => Status::resource_exhausted(format!(
-                        "this car already has {} device logins waiting; finish or let one expire",
-                        settings.max_pending_per_car
-                    )),
-                })
-                .inspect(|_| tracing::debug!(provider = provider_name(provider), "device login started"))
-        })();
+        let result = self.start(&caller, &request);
         logged("StartDeviceLogin", &caller, result, |_| "started")
     }
 
@@ -140,24 +167,8 @@ impl SocialLogin for SocialLoginService {
         &self,
         request: Request<PollDeviceLoginRequest>,
     ) -> Result<Response<PollDeviceLoginResponse>, Status> {
-        use proto::social_login::v1::poll_device_login_response::Outcome;
         let caller = Caller::of(request.metadata());
-        let result = (|| {
-            let vin = caller.vin()?;
-            let device_code = &request.get_ref().device_code;
-            if !codes::is_device_code_shaped(device_code) {
-                return Err(Status::invalid_argument(format!(
-                    "device_code must be the 1 to {} letters, digits, '-' or '_' StartDeviceLogin returned",
-                    codes::MAX_DEVICE_CODE_CHARS
-                )));
-            }
-            // Unknown and another car's are one answer: a car learns nothing of other cars' codes.
-            let outcome = self
-                .logins
-                .poll(vin, device_code)
-                .map_err(|NotFound| Status::not_found("no device login with this device_code for this car"))?;
-            Ok(PollDeviceLoginResponse { outcome: Some(outcome) })
-        })();
+        let result = self.poll(&caller, request.get_ref());
         logged("PollDeviceLogin", &caller, result, |answer| match answer.outcome {
             Some(Outcome::Pending(_)) => "authorization_pending",
             Some(Outcome::SlowDown(_)) => "slow_down",

@@ -119,7 +119,7 @@ async fn submit_code(
     }
     let canonical = match page.check_code(peer.ip(), &form.user_code) {
         Ok(canonical) => canonical,
-        Err(refusal) => return refusal,
+        Err(refusal) => return *refusal,
     };
     match page.logins.lookup(&canonical) {
         CodeLookup::Pending(login) => with_new_token(StatusCode::OK, |csrf| {
@@ -159,7 +159,7 @@ async fn decide(
     };
     let canonical = match page.check_code(peer.ip(), &form.user_code) {
         Ok(canonical) => canonical,
-        Err(refusal) => return refusal,
+        Err(refusal) => return *refusal,
     };
     let linked = matches!(decision, Decision::Approve { .. });
     match page.logins.decide(&canonical, decision) {
@@ -170,7 +170,7 @@ async fn decide(
 
 impl Page {
     /// The canonical code typed, if this client may submit one now and it could be a code.
-    fn check_code(&self, client: IpAddr, typed: &str) -> Result<String, Response> {
+    fn check_code(&self, client: IpAddr, typed: &str) -> Result<String, Box<Response>> {
         let admitted = self
             .guesses
             .lock()
@@ -179,28 +179,28 @@ impl Page {
         match admitted {
             Ok(()) => {}
             Err(Limited::Client) => {
-                return Err(refusal(
+                return Err(Box::new(refusal(
                     StatusCode::TOO_MANY_REQUESTS,
                     "Too many wrong codes",
                     "Too many wrong codes from this network. Wait a minute, then try again.",
-                ));
+                )));
             }
             Err(Limited::Everyone) => {
-                return Err(refusal(
+                return Err(Box::new(refusal(
                     StatusCode::TOO_MANY_REQUESTS,
                     "Too many wrong codes",
                     "Too many wrong codes are being tried right now. Wait a minute, then try again.",
-                ));
+                )));
             }
         }
         codes::normalise_user_code(typed).ok_or_else(|| {
-            with_new_token(StatusCode::UNPROCESSABLE_ENTITY, |csrf| {
+            Box::new(with_new_token(StatusCode::UNPROCESSABLE_ENTITY, |csrf| {
                 pages::enter_code(
                     typed,
                     csrf,
                     Some("That is not a code: it has 8 letters, like BCDF-GHJK."),
                 )
-            })
+            }))
         })
     }
 
