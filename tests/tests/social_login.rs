@@ -18,7 +18,7 @@ use vehicle_agent::Agent;
 
 /// The gateway with the parking and identity partners, and a car whose agent serves both.
 struct SignInDesk {
-    _platform: Platform,
+    platform: Platform,
     identity: RunningIdentity,
     car: Agent,
     other_car: Agent,
@@ -34,7 +34,7 @@ impl SignInDesk {
         let car = car_with_social_login(&platform, VIN_A).await;
         let other_car = car_with_social_login(&platform, VIN_B).await;
         SignInDesk {
-            _platform: platform,
+            platform,
             identity,
             car,
             other_car,
@@ -53,6 +53,25 @@ async fn sign_in_app(car: &Agent) -> SocialLoginClient<Channel> {
     SocialLoginClient::connect(format!("http://{}", car.local_addr()))
         .await
         .expect("connect to the agent")
+}
+
+/// Polls `login` from `app` by the rules until it ends, on a task of its own.
+fn poll_until_it_ends(
+    app: &SocialLoginClient<Channel>,
+    mut poller: DevicePoller,
+    device_code: &str,
+) -> tokio::task::JoinHandle<Result<LoginEnd, Status>> {
+    let app = app.clone();
+    let device_code = device_code.to_owned();
+    tokio::spawn(async move {
+        poller
+            .run(|| {
+                let mut app = app.clone();
+                let device_code = device_code.clone();
+                async move { poll(&mut app, &device_code).await }
+            })
+            .await
+    })
 }
 
 async fn poll(app: &mut SocialLoginClient<Channel>, device_code: &str) -> Result<PollDeviceLoginResponse, Status> {
@@ -100,17 +119,8 @@ async fn the_driver_approves_in_a_browser_and_the_app_gets_the_linked_account() 
     // The app polls by the rules while the driver scans the code.
     let mut poller = DevicePoller::new(&login);
     poller.slow_down(slow.interval);
-    let polling_app = app.clone();
-    let device_code = login.device_code.clone();
-    let polling = tokio::spawn(async move {
-        poller
-            .run(|| {
-                let mut app = polling_app.clone();
-                let device_code = device_code.clone();
-                async move { poll(&mut app, &device_code).await }
-            })
-            .await
-    });
+    assert_eq!(poller.interval(), Duration::from_secs(6));
+    let polling = poll_until_it_ends(&app, poller, &login.device_code);
 
     let chromium = Chromium::launch().await;
     let page = chromium.open(&login.verification_uri_complete).await;
@@ -139,4 +149,62 @@ async fn the_driver_approves_in_a_browser_and_the_app_gets_the_linked_account() 
     // Asked again (an answer lost on the way), the partner answers LINKED again.
     let again = poll(&mut app, &login.device_code).await.unwrap();
     assert_eq!(again.outcome, Some(Outcome::Linked(identity)));
+}
+
+#[tokio::test]
+async fn the_driver_types_the_code_denies_and_the_app_is_told() {
+    let desk = SignInDesk::open().await;
+    let mut app = sign_in_app(&desk.car).await;
+    let start = StartDeviceLoginRequest {
+        provider: SocialProvider::Alipay.into(),
+    };
+    let login = app
+        .start_device_login(start)
+        .await
+        .expect("a device login starts")
+        .into_inner();
+    let polling = poll_until_it_ends(&app, DevicePoller::new(&login), &login.device_code);
+
+    // No QR code this time: the driver opens the page and types the code as they read it.
+    let chromium = Chromium::launch().await;
+    let page = chromium.open(&login.verification_uri).await;
+    assert_eq!(input_value(&page, "#user_code").await, "");
+    let as_typed = login.user_code.to_lowercase().replace('-', " ");
+    fill(&page, "#user_code", &as_typed).await;
+    click(&page, "#continue").await;
+    assert_eq!(
+        text_of(&page, "#question").await,
+        "Link your Alipay account to car LSV**********3294?"
+    );
+    click(&page, "#deny").await;
+    assert_eq!(text_of(&page, "#outcome").await, "Not linked");
+
+    let end = within(Duration::from_secs(30), polling, "the app learns the outcome")
+        .await
+        .expect("the poller runs");
+    assert_eq!(end.expect("polling ends well"), LoginEnd::Denied);
+}
+
+#[tokio::test]
+async fn a_cars_own_certificate_cannot_call_the_identity_partner() {
+    let desk = SignInDesk::open().await;
+    let car = desk.platform.pki.vehicle(VIN_B);
+    let start = || {
+        let mut request = tonic::Request::new(StartDeviceLoginRequest {
+            provider: SocialProvider::Wechat.into(),
+        });
+        // Claiming another car's VIN is the point of calling directly.
+        request.metadata_mut().insert("x-vehicle-vin", VIN_A.parse().unwrap());
+        request
+    };
+    // With TLS 1.3 the refusal of the client certificate may surface at the first call.
+    let refused = match desk.platform.pki.grpc_channel(desk.identity.addr, &car).await {
+        Err(_) => true,
+        Ok(channel) => SocialLoginClient::new(channel)
+            .start_device_login(start())
+            .await
+            .is_err(),
+    };
+    assert!(refused, "a car's certificate called the partner");
+    assert_eq!(desk.identity.logins.held_count(), 0);
 }
