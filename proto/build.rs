@@ -10,6 +10,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         "proto/events/v1/events.proto",
         "proto/agent/v1/agent.proto",
         "proto/navigation/v1/navigation.proto",
+        "proto/identity/v1/identity.proto",
     ];
     for f in &files {
         println!("cargo:rerun-if-changed={f}");

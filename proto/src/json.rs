@@ -152,6 +152,28 @@ mod tests {
     }
 
     #[test]
+    fn social_login_is_compiled_in_enums_and_oneofs_included() {
+        use crate::social_login::v1::poll_device_login_response::Outcome;
+        use crate::social_login::v1::{LoginPending, PollDeviceLoginResponse, SocialProvider, StartDeviceLoginRequest};
+        let contracts = Contracts::compiled();
+        let start = MethodPath::parse("/identity.v1.SocialLogin/StartDeviceLogin").unwrap();
+        let bytes = contracts
+            .request_from_json(&start, r#"{"provider":"SOCIAL_PROVIDER_WECHAT"}"#)
+            .unwrap();
+        let request = StartDeviceLoginRequest::decode(bytes.as_slice()).unwrap();
+        assert_eq!(request.provider, SocialProvider::Wechat as i32);
+        let poll = MethodPath::parse("/identity.v1.SocialLogin/PollDeviceLogin").unwrap();
+        let pending = PollDeviceLoginResponse {
+            outcome: Some(Outcome::Pending(LoginPending { interval: 5 })),
+        };
+        let json = contracts.response_to_json(&poll, &pending.encode_to_vec()).unwrap();
+        assert!(
+            json.contains("\"pending\"") && json.contains("\"interval\": 5"),
+            "{json}"
+        );
+    }
+
+    #[test]
     fn response_decodes_to_json() {
         let resp = ListNearbyLotsResponse {
             lots: vec![Lot {

@@ -5,6 +5,8 @@
 //! - [`navigation::v1`]: places and routes, `navigation.v1.Navigation`;
 //! - [`events::v1`]: how partners push events to cars through the gateway;
 //! - [`agent::v1`]: the agent's own local API for in-car apps (results, events);
+//! - [`social_login::v1`]: package `identity.v1`, social login by the OAuth 2.0 device
+//!   authorization grant (the Rust module is not `identity`, which is the certificate profile);
 //! - [`Vin`], [`topics`] and [`metadata`]: how identity appears on the wire;
 //! - [`identity`]: the certificate profile (role and holder) and its one parser;
 //! - [`json`]: JSON <-> protobuf by method name (compiled-in contracts and installed
@@ -73,6 +75,14 @@ contract!(
     /// Version 1 of the agent API.
     v1,
     "agent.v1"
+);
+
+contract!(
+    /// Social login partner service (package `identity.v1`), by the device authorization grant.
+    social_login,
+    /// Version 1 of the social login contract.
+    v1,
+    "identity.v1"
 );
 
 /// The encoded `FileDescriptorSet` of every contract in this crate.

@@ -33,7 +33,11 @@
 //! - [`process`]: the binaries cargo built for this run, as child processes that can be
 //!   killed with SIGKILL and restarted on the same socket ([`Process`], [`built_binary!`]).
 //! - [`postgres`]: the local PostgreSQL, which the tests that need it require loudly.
+//! - [`social_login`]: the identity partner and its verification page ([`start_identity`],
+//!   [`identity_entry`]) and the car's side of a device login ([`DevicePoller`]).
+//! - [`browser`]: headless Chromium ([`browser::Chromium`]), required loudly.
 
+pub mod browser;
 pub mod car;
 pub mod described;
 pub mod partner;
@@ -41,6 +45,7 @@ pub mod pki;
 pub mod platform;
 pub mod postgres;
 pub mod process;
+pub mod social_login;
 pub mod wait;
 pub mod wire;
 
@@ -51,6 +56,7 @@ pub use pki::*;
 pub use platform::*;
 pub use postgres::*;
 pub use process::*;
+pub use social_login::*;
 pub use wait::*;
 pub use wire::*;
 

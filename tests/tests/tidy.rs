@@ -42,6 +42,7 @@ const CRATE_RULES: &[(&str, &[&str])] = &[
     ("adapters/parking", &["proto"]),
     ("adapters/navigation", &["proto"]),
     ("partner-kit", &["proto", "certs"]),
+    ("adapters/identity", &["proto"]),
     ("vehicle-agent", &["proto"]),
     ("gateway", &["proto", "certs"]),
 ];

@@ -1,0 +1,273 @@
+//! `identity-adapter`: runs the reference social login partner: the `identity.v1.SocialLogin`
+//! gRPC service for the gateway, and the verification page for drivers.
+//!
+//! ```text
+//! identity-adapter --listen 127.0.0.1:50063 --web-listen 127.0.0.1:50081 \
+//!     --cert identity.pem --key identity.key --client-ca gateway-clients-ca.pem
+//! identity-adapter --public-url https://login.example.com   # what verification_uri says
+//! ```
+//!
+//! Under a service manager that passes it listening sockets (systemd socket activation,
+//! `LISTEN_FDS`), it serves gRPC on the first and the page on the second, if passed, instead of
+//! binding `--listen` and `--web-listen`.
+
+use std::io::IsTerminal as _;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context as _;
+use clap::Parser;
+use clap::error::ErrorKind;
+use humantime_serde::re::humantime;
+use identity_adapter::{
+    DeviceLogins, GuessLimits, LoginSettings, SocialLoginService, SystemClock, mtls_config, serve, web,
+};
+use tracing_subscriber::EnvFilter;
+
+/// Exit status for a command line that cannot be used (sysexits.h EX_USAGE).
+const EX_USAGE: u8 = 64;
+
+/// Reference partner adapter for identity.v1.SocialLogin (RFC 8628 device login) and its
+/// verification page.
+#[derive(Debug, Parser)]
+#[command(version)]
+struct Args {
+    /// Address of the gRPC service the gateway calls; not bound when a service manager passes
+    /// listening sockets (LISTEN_FDS: the first is this one).
+    #[arg(long, default_value = "127.0.0.1:50063")]
+    listen: SocketAddr,
+    /// Address of the verification page (plain HTTP); the second passed socket replaces it.
+    #[arg(long, default_value = "127.0.0.1:50081")]
+    web_listen: SocketAddr,
+    /// Base URL drivers reach the page at (verification_uri is this plus /device); default
+    /// http://<the page's address>.
+    #[arg(long)]
+    public_url: Option<String>,
+    /// PEM certificate the adapter presents to the gateway.
+    #[arg(long)]
+    cert: Option<PathBuf>,
+    /// PEM private key of --cert.
+    #[arg(long)]
+    key: Option<PathBuf>,
+    /// PEM CA that the gateway's client certificate must chain to, and that signs nothing else
+    /// (gateway-clients-ca.pem in the development PKI).
+    #[arg(long)]
+    client_ca: Option<PathBuf>,
+    /// First polling interval told to cars (RFC 8628 `interval`), whole seconds, 1s to 300s.
+    #[arg(long, default_value = "5s", value_parser = humantime::parse_duration)]
+    poll_interval: Duration,
+    /// How long codes live (RFC 8628 `expires_in`), 1 minute to 1 hour.
+    #[arg(long, default_value = "10m", value_parser = humantime::parse_duration)]
+    code_lifetime: Duration,
+    /// Logins held at once, all cars together (1 to 1,000,000).
+    #[arg(long, default_value_t = 10_000)]
+    max_logins: usize,
+    /// Pending logins one car may have at once (1 to 100).
+    #[arg(long, default_value_t = 3)]
+    max_pending_per_car: usize,
+    /// Wrong user codes one client address may submit per minute (1 to 1,000).
+    #[arg(long, default_value_t = 5)]
+    wrong_codes_per_client: usize,
+    /// Wrong user codes all clients together may submit per minute (1 to 100,000).
+    #[arg(long, default_value_t = 100)]
+    wrong_codes_global: usize,
+}
+
+/// Where to serve: an address to bind, or a socket a service manager passed.
+enum Listen {
+    Bind(SocketAddr),
+    Activated(std::net::TcpListener),
+}
+
+fn main() -> ExitCode {
+    // Taken while the process has one thread: it clears LISTEN_FDS, as the protocol asks.
+    let mut activated = listenfd::ListenFd::from_env();
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    tracing_subscriber::fmt()
+        .with_env_filter(EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")))
+        // Logs go to stderr so that stdout carries only the "listening" lines scripts wait for.
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal())
+        .init();
+
+    let args = match Args::try_parse() {
+        Ok(args) => args,
+        Err(e) if matches!(e.kind(), ErrorKind::DisplayHelp | ErrorKind::DisplayVersion) => e.exit(),
+        Err(e) => {
+            // A value clap cannot read is a bad configuration like any other: EX_USAGE.
+            let _ = e.print();
+            return ExitCode::from(EX_USAGE);
+        }
+    };
+    let usage = |message: String| {
+        eprintln!("identity-adapter: {message}");
+        ExitCode::from(EX_USAGE)
+    };
+    let tls_files = match (&args.cert, &args.key, &args.client_ca) {
+        (Some(cert), Some(key), Some(ca)) => Some((cert.as_path(), key.as_path(), ca.as_path())),
+        (None, None, None) => None,
+        _ => {
+            return usage(
+                "--cert, --key and --client-ca go together: give all three for mTLS, or none for plaintext".into(),
+            );
+        }
+    };
+    if let Err(problem) = check_bounds(&args) {
+        return usage(problem);
+    }
+    let public_url = args
+        .public_url
+        .clone()
+        .unwrap_or_else(|| format!("http://{}", args.web_listen));
+    let public_url = public_url.trim_end_matches('/').to_owned();
+    if !(public_url.starts_with("http://") || public_url.starts_with("https://"))
+        || public_url.contains(['?', '#', ' '])
+    {
+        return usage(format!(
+            "--public-url {public_url:?} must be an http:// or https:// URL without query or fragment"
+        ));
+    }
+
+    let count = activated.len();
+    if count > 2 {
+        return usage(format!("LISTEN_FDS={count}: at most two sockets (gRPC, then the page)"));
+    }
+    let mut passed = Vec::new();
+    for index in 0..count {
+        match activated.take_tcp_listener(index) {
+            Ok(Some(socket)) => passed.push(socket),
+            Ok(None) => return usage(format!("passed socket {index} was already taken")),
+            Err(e) => return usage(format!("the passed socket (fd {}): {e}", 3 + index)),
+        }
+    }
+    let mut passed = passed.into_iter();
+    let grpc = passed.next().map_or(Listen::Bind(args.listen), Listen::Activated);
+    let page = passed.next().map_or(Listen::Bind(args.web_listen), Listen::Activated);
+
+    let runtime = match tokio::runtime::Runtime::new() {
+        Ok(runtime) => runtime,
+        Err(e) => {
+            eprintln!("identity-adapter: cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(run(&args, public_url, grpc, page, tls_files)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("identity-adapter: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn check_bounds(args: &Args) -> Result<(), String> {
+    let within = |name: &str, value: usize, max: usize| {
+        if (1..=max).contains(&value) {
+            Ok(())
+        } else {
+            Err(format!("--{name} {value} must be between 1 and {max}"))
+        }
+    };
+    within("max-logins", args.max_logins, 1_000_000)?;
+    within("max-pending-per-car", args.max_pending_per_car, 100)?;
+    within("wrong-codes-per-client", args.wrong_codes_per_client, 1_000)?;
+    within("wrong-codes-global", args.wrong_codes_global, 100_000)?;
+    let interval = args.poll_interval;
+    if interval.subsec_nanos() != 0 || !(1..=300).contains(&interval.as_secs()) {
+        return Err(format!(
+            "--poll-interval {} must be whole seconds between 1s and 300s",
+            humantime::format_duration(interval)
+        ));
+    }
+    if !(Duration::from_secs(60)..=Duration::from_secs(3600)).contains(&args.code_lifetime) {
+        return Err(format!(
+            "--code-lifetime {} must be between 1m and 1h",
+            humantime::format_duration(args.code_lifetime)
+        ));
+    }
+    Ok(())
+}
+
+async fn bind(listen: Listen) -> anyhow::Result<tokio::net::TcpListener> {
+    match listen {
+        Listen::Bind(addr) => tokio::net::TcpListener::bind(addr)
+            .await
+            .with_context(|| format!("cannot listen on {addr}")),
+        Listen::Activated(socket) => {
+            socket.set_nonblocking(true).context("the passed socket")?;
+            tokio::net::TcpListener::from_std(socket).context("the passed socket")
+        }
+    }
+}
+
+async fn run(
+    args: &Args,
+    public_url: String,
+    grpc: Listen,
+    page: Listen,
+    tls_files: Option<(&Path, &Path, &Path)>,
+) -> anyhow::Result<()> {
+    let tls = match tls_files {
+        Some((cert, key, ca)) => Some(mtls_config(&read(cert)?, &read(key)?, &read(ca)?)),
+        None => None,
+    };
+    let mode = if tls.is_some() { "mTLS" } else { "plaintext" };
+    let (stop, _) = tokio::sync::broadcast::channel::<()>(1);
+    let signal = shutdown_signal()?;
+    let grpc = bind(grpc).await?;
+    let page = bind(page).await?;
+    let mut settings = LoginSettings::new(format!("{public_url}/device"));
+    settings.interval = args.poll_interval;
+    settings.expires_in = args.code_lifetime;
+    settings.max_logins = args.max_logins;
+    settings.max_pending_per_car = args.max_pending_per_car;
+    let limits = GuessLimits {
+        per_client: args.wrong_codes_per_client,
+        global: args.wrong_codes_global,
+        ..GuessLimits::default()
+    };
+    let logins = DeviceLogins::new(settings, Arc::new(SystemClock));
+    println!(
+        "identity adapter listening on {} ({mode}); verification page on http://{} ({public_url}/device)",
+        grpc.local_addr().context("the gRPC address")?,
+        page.local_addr().context("the page's address")?,
+    );
+    let stopped = |stop: &tokio::sync::broadcast::Sender<()>| {
+        let mut rx = stop.subscribe();
+        async move {
+            let _ = rx.recv().await;
+        }
+    };
+    let grpc_server = serve(grpc, tls, SocialLoginService::new(logins.clone()), stopped(&stop));
+    let page_server = web::serve_page(page, web::router(logins, limits), stopped(&stop));
+    let signalled = async {
+        signal.await;
+        let _ = stop.send(());
+    };
+    let (grpc, page, ()) = tokio::join!(grpc_server, page_server, signalled);
+    grpc?;
+    page?;
+    tracing::info!("identity adapter stopped");
+    Ok(())
+}
+
+fn read(path: &Path) -> anyhow::Result<String> {
+    std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))
+}
+
+/// Completes on SIGINT or SIGTERM; in-flight calls then finish before exit.
+fn shutdown_signal() -> anyhow::Result<impl Future<Output = ()> + Send + 'static> {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut interrupt = signal(SignalKind::interrupt()).context("cannot handle SIGINT")?;
+    let mut terminate = signal(SignalKind::terminate()).context("cannot handle SIGTERM")?;
+    Ok(async move {
+        let name = tokio::select! {
+            _ = interrupt.recv() => "SIGINT",
+            _ = terminate.recv() => "SIGTERM",
+        };
+        tracing::info!(signal = name, "shutting down");
+    })
+}

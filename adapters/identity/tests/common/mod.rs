@@ -1,0 +1,87 @@
+//! The adapter in this process on 127.0.0.1 port 0: its gRPC service in plaintext (the mTLS
+//! path is the gateway's, tested end to end) and its verification page, on a manual clock.
+
+#![allow(dead_code)]
+
+use std::sync::Arc;
+
+use identity_adapter::{DeviceLogins, GuessLimits, LoginSettings, ManualClock, SocialLoginService, serve, web};
+use proto::metadata;
+use proto::social_login::v1::poll_device_login_response::Outcome;
+use proto::social_login::v1::social_login_client::SocialLoginClient;
+use proto::social_login::v1::{
+    PollDeviceLoginRequest, SocialProvider, StartDeviceLoginRequest, StartDeviceLoginResponse,
+};
+use tokio::net::TcpListener;
+use tokio::sync::oneshot;
+use tonic::Request;
+use tonic::transport::Channel;
+
+pub const CAR: &str = "LSVAU2180N2183294";
+pub const OTHER_CAR: &str = "WBA3B5C50DF123456";
+
+/// A running adapter; dropping it stops both servers.
+pub struct Adapter {
+    pub grpc: SocialLoginClient<Channel>,
+    /// `http://127.0.0.1:<port>`, where the page is.
+    pub page: String,
+    pub clock: ManualClock,
+    _stop: (oneshot::Sender<()>, oneshot::Sender<()>),
+}
+
+pub async fn start(limits: GuessLimits) -> Adapter {
+    let grpc_listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let page_listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let grpc_addr = grpc_listener.local_addr().unwrap();
+    let page = format!("http://{}", page_listener.local_addr().unwrap());
+    let clock = ManualClock::default();
+    let logins = DeviceLogins::new(LoginSettings::new(format!("{page}/device")), Arc::new(clock.clone()));
+    let (stop_grpc, grpc_stopped) = oneshot::channel::<()>();
+    let (stop_page, page_stopped) = oneshot::channel::<()>();
+    tokio::spawn(serve(
+        grpc_listener,
+        None,
+        SocialLoginService::new(logins.clone()),
+        async {
+            let _ = grpc_stopped.await;
+        },
+    ));
+    tokio::spawn(web::serve_page(page_listener, web::router(logins, limits), async {
+        let _ = page_stopped.await;
+    }));
+    let grpc = SocialLoginClient::connect(format!("http://{grpc_addr}")).await.unwrap();
+    Adapter {
+        grpc,
+        page,
+        clock,
+        _stop: (stop_grpc, stop_page),
+    }
+}
+
+/// `message` as the gateway sends it for `vin`.
+pub fn from_car<T>(vin: &str, message: T) -> Request<T> {
+    let mut request = Request::new(message);
+    request.metadata_mut().insert(metadata::VIN, vin.parse().unwrap());
+    request
+}
+
+impl Adapter {
+    pub async fn start_login(&mut self, vin: &str) -> StartDeviceLoginResponse {
+        let start = StartDeviceLoginRequest {
+            provider: SocialProvider::Wechat.into(),
+        };
+        self.grpc
+            .start_device_login(from_car(vin, start))
+            .await
+            .unwrap()
+            .into_inner()
+    }
+
+    pub async fn poll(&mut self, vin: &str, device_code: &str) -> Result<Outcome, tonic::Status> {
+        let poll = PollDeviceLoginRequest {
+            device_code: device_code.into(),
+        };
+        let answer = self.grpc.poll_device_login(from_car(vin, poll)).await?.into_inner();
+        Ok(answer.outcome.expect("an outcome"))
+    }
+}

@@ -1,0 +1,143 @@
+//! Headless Chromium, driven over the DevTools protocol (chromiumoxide), for tests of pages a
+//! driver uses on their phone. Needs Debian's `chromium` (`/usr/bin/chromium`); without it the
+//! test fails saying how to install it, it never passes by skipping. Runs as root, so without
+//! Chromium's sandbox, and with a profile directory of its own that goes with it.
+
+use std::path::Path;
+use std::time::Duration;
+
+use chromiumoxide::browser::{Browser, BrowserConfig};
+use chromiumoxide::page::Page;
+use futures::StreamExt as _;
+use tokio::task::JoinHandle;
+
+use crate::wait::within;
+
+/// Where Debian's `chromium` package puts the browser.
+pub const CHROMIUM: &str = "/usr/bin/chromium";
+
+/// A headless Chromium; dropping it kills the browser.
+pub struct Chromium {
+    browser: Browser,
+    handler: JoinHandle<()>,
+    _profile: tempfile::TempDir,
+}
+
+impl Chromium {
+    /// Launches it, or panics saying how to install it.
+    pub async fn launch() -> Chromium {
+        assert!(
+            Path::new(CHROMIUM).exists(),
+            "{CHROMIUM} is missing: this test drives headless Chromium. Install it with \
+             `apt-get update && apt-get install -y chromium` (.ci/run does it when missing)"
+        );
+        let profile = tempfile::tempdir().expect("a profile directory");
+        let config = BrowserConfig::builder()
+            .chrome_executable(CHROMIUM)
+            .no_sandbox()
+            .user_data_dir(profile.path())
+            .arg("--disable-gpu")
+            .arg("--disable-dev-shm-usage")
+            .launch_timeout(Duration::from_secs(30))
+            .build()
+            .expect("a Chromium configuration");
+        let (browser, mut events) = Browser::launch(config)
+            .await
+            .unwrap_or_else(|e| panic!("launch {CHROMIUM} headless: {e}"));
+        // The protocol's messages flow only while someone drives the handler.
+        let handler = tokio::spawn(async move { while events.next().await.is_some() {} });
+        Chromium {
+            browser,
+            handler,
+            _profile: profile,
+        }
+    }
+
+    /// A tab that has loaded `url`.
+    pub async fn open(&self, url: &str) -> Page {
+        let page = within(
+            Duration::from_secs(30),
+            self.browser.new_page(url),
+            "Chromium opens the page",
+        )
+        .await
+        .unwrap_or_else(|e| panic!("open {url}: {e}"));
+        within(Duration::from_secs(30), page.wait_for_navigation(), "the page loads")
+            .await
+            .unwrap_or_else(|e| panic!("load {url}: {e}"));
+        page
+    }
+}
+
+impl Drop for Chromium {
+    fn drop(&mut self) {
+        self.handler.abort();
+    }
+}
+
+/// What `expression` (JavaScript) gives on `page` once it gives a string: checked every few
+/// milliseconds while the page loads or changes, failing the test after 30 s. Errors while a
+/// navigation replaces the document count as "not yet".
+async fn once_shown(page: &Page, expression: &str, what: &str) -> String {
+    within(
+        Duration::from_secs(30),
+        async {
+            loop {
+                if let Ok(result) = page.evaluate(expression).await
+                    && let Ok(Some(text)) = result.into_value::<Option<String>>()
+                {
+                    return text;
+                }
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        },
+        what,
+    )
+    .await
+}
+
+/// The text of the element `selector` on `page`, once the page shows it.
+pub async fn text_of(page: &Page, selector: &str) -> String {
+    let expression = format!("document.querySelector({selector:?})?.innerText ?? null");
+    once_shown(page, &expression, &format!("the page shows {selector}")).await
+}
+
+/// The `value` of the input `selector` on `page` (what the user sees in the field), once shown.
+pub async fn input_value(page: &Page, selector: &str) -> String {
+    let expression = format!("document.querySelector({selector:?})?.value ?? null");
+    once_shown(page, &expression, &format!("the page shows the field {selector}")).await
+}
+
+/// Clicks the element `selector` (a real mouse click where it is shown), once the page shows it.
+pub async fn click(page: &Page, selector: &str) {
+    text_of(page, selector).await;
+    let element = page
+        .find_element(selector)
+        .await
+        .unwrap_or_else(|e| panic!("{selector}: {e}"));
+    element
+        .click()
+        .await
+        .unwrap_or_else(|e| panic!("click {selector}: {e}"));
+}
+
+/// Types `text` into the input `selector`, replacing what it held.
+pub async fn fill(page: &Page, selector: &str, text: &str) {
+    input_value(page, selector).await;
+    let clear = format!("document.querySelector({selector:?}).value = ''");
+    page.evaluate(clear)
+        .await
+        .unwrap_or_else(|e| panic!("clear {selector}: {e}"));
+    let element = page
+        .find_element(selector)
+        .await
+        .unwrap_or_else(|e| panic!("{selector}: {e}"));
+    element
+        .click()
+        .await
+        .unwrap_or_else(|e| panic!("focus {selector}: {e}"));
+    element
+        .type_str(text)
+        .await
+        .unwrap_or_else(|e| panic!("type into {selector}: {e}"));
+}
