@@ -29,7 +29,7 @@ impl Chromium {
         assert!(
             Path::new(CHROMIUM).exists(),
             "{CHROMIUM} is missing: this test drives headless Chromium. Install it with \
-             `apt-get update && apt-get install -y chromium` (.ci/run does it when missing)"
+             `apt-get update && apt-get install -y chromium` (scripts/test.sh does it when missing)"
         );
         let profile = tempfile::tempdir().expect("a profile directory");
         let config = BrowserConfig::builder()

@@ -7,7 +7,7 @@ use std::sync::Once;
 
 /// What to do when PostgreSQL or `psql` is missing.
 const HOW_TO_GET_IT: &str = "start PostgreSQL on 127.0.0.1:5432 with trust auth and a database `test` \
-(`pg_ctlcluster <version> main start`; .ci/run does it) or point TEST_POSTGRES_URL at one";
+(`pg_ctlcluster <version> main start`; scripts/test.sh does it) or point TEST_POSTGRES_URL at one";
 
 /// The server the tests use.
 pub fn base_url() -> String {

@@ -3,7 +3,7 @@
 //! reference adapter passes.
 //!
 //! It needs Python 3 with the example's requirements in `target/python-venv` (or the Python
-//! named by `PARTNER_KIT_PYTHON`), which `.ci/run` sets up; without them the test fails saying
+//! named by `PARTNER_KIT_PYTHON`), which `scripts/test.sh` sets up; without them the test fails saying
 //! how to set them up.
 
 use std::path::{Path, PathBuf};
