@@ -444,3 +444,36 @@ async fn an_adapter_the_kit_cannot_reach_or_trust_passes_nothing() {
         failed_saying(&report, "mtls.vehicle-certificate", "not tried, the kit cannot connect");
     }
 }
+
+#[tokio::test]
+async fn the_navigation_and_social_login_reference_adapters_pass_the_generic_checks() {
+    init();
+    let pki = TestPki::new();
+    let navigation = start_navigation(&pki, std::net::TcpListener::bind("127.0.0.1:0").unwrap());
+    let identity = start_identity(
+        &pki,
+        std::net::TcpListener::bind("127.0.0.1:0").unwrap(),
+        Duration::from_secs(5),
+    )
+    .await;
+    for (addr, service, method) in [
+        (navigation.addr, NAVIGATION, "SearchPlaces"),
+        (identity.addr, SOCIAL_LOGIN, "PollDeviceLogin"),
+    ] {
+        let mut config = kit_config(&pki, addr, service);
+        config.method = Some(method.into());
+        let report = partner_kit::check(config).await;
+        assert!(report.passed(), "{service}:\n{report}");
+        for name in [
+            "mtls.vehicle-certificate",
+            "mtls.role-check",
+            "metadata.vin-required",
+            "deadline.short",
+        ] {
+            assert!(
+                matches!(outcome(&report, name), Outcome::Pass(_)),
+                "{service} {name}:\n{report}"
+            );
+        }
+    }
+}
