@@ -9,7 +9,7 @@ use std::time::Duration;
 use anyhow::{Context, Result};
 use certs::{DevPki, IssuingCa};
 use gateway::GatewayConfig;
-use gateway::config::PartnerConfig;
+use gateway::config::{PartnerApiConfig, PartnerConfig};
 use proto::Vin;
 use vehicle_agent::AgentConfig;
 
@@ -54,6 +54,8 @@ pub struct PartnerAddrs {
 pub struct RunAddrs {
     /// The gateway's MQTT listener.
     pub mqtt: SocketAddr,
+    /// The gateway's partner API, where partners push events.
+    pub partner_api: SocketAddr,
     /// The car's local endpoint for in-car apps.
     pub agent: SocketAddr,
     /// The partners.
@@ -70,6 +72,8 @@ pub struct DemoFiles {
     pub vehicles_ca: PathBuf,
     /// What the partners trust: it signs only the gateway's client certificate.
     pub gateway_clients_ca: PathBuf,
+    /// What the gateway's partner API trusts: it signs only partners.
+    pub partners_ca: PathBuf,
     /// The gateway's server certificate.
     pub gateway_cert: PathBuf,
     /// Its key.
@@ -122,6 +126,7 @@ impl DemoFiles {
             ca_cert: pki.ca_cert(),
             vehicles_ca: pki.issuing_ca_cert(IssuingCa::Vehicles),
             gateway_clients_ca: pki.issuing_ca_cert(IssuingCa::GatewayClients),
+            partners_ca: pki.issuing_ca_cert(IssuingCa::Partners),
             gateway_cert: pki.gateway_cert(),
             gateway_key: pki.gateway_key(),
             client_cert: pki.gateway_client_cert(),
@@ -140,14 +145,24 @@ impl DemoFiles {
             .with_context(|| format!("cannot read {}", self.gateway_clients_ca.display()))
     }
 
-    /// The gateway's configuration for this run: MQTT on `mqtt`, the three partners at `partners`.
-    pub fn gateway_config(&self, mqtt: SocketAddr, partners: PartnerAddrs) -> GatewayConfig {
+    /// The root CA as PEM text: what partners verify the gateway's partner API with.
+    pub fn ca_cert_pem(&self) -> Result<String> {
+        std::fs::read_to_string(&self.ca_cert).with_context(|| format!("cannot read {}", self.ca_cert.display()))
+    }
+
+    /// The gateway's configuration for this run: MQTT on `mqtt`, the partner API (for events)
+    /// on `partner_api`, the three partners at `partners`.
+    pub fn gateway_config(&self, mqtt: SocketAddr, partner_api: SocketAddr, partners: PartnerAddrs) -> GatewayConfig {
         let mut config = GatewayConfig::new(
             self.gateway_cert.clone(),
             self.gateway_key.clone(),
             self.vehicles_ca.clone(),
         );
         config.mqtt.listen = mqtt;
+        config.partner_api = Some(PartnerApiConfig {
+            listen: partner_api,
+            client_ca: self.partners_ca.clone(),
+        });
         config.storage.url = format!("sqlite://{}", self.dir.join("gateway.db").display());
         config.partners = vec![
             self.partner_entry(
@@ -205,7 +220,7 @@ impl DemoFiles {
     /// its place: the configuration structs themselves, serialized, so every setting is there
     /// with its default.
     pub fn write_sample_configs(&self, run: &RunAddrs) -> Result<()> {
-        let gateway = self.gateway_config(run.mqtt, run.partners);
+        let gateway = self.gateway_config(run.mqtt, run.partner_api, run.partners);
         let agent = self.agent_config(run.mqtt, run.agent);
         let header = |what: &str| format!("# Sample {what} configuration written by `demo`.\n");
         let gateway = header("gateway") + &toml::to_string(&gateway)?;

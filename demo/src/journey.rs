@@ -1,11 +1,14 @@
 //! The journey an in-car app makes through the car's local endpoint, printed step by step
 //! (method, outcome, time): the car is at Jing'an Temple and the driver wants to go to the
 //! Bund. Navigation finds car parks near the Bund and a route to one; parking starts a session
-//! there, ends it and pays, and fetches the receipt; then the driver signs in with WeChat.
+//! there, ends it and pays, and fetches the receipt; the driver signs in with WeChat; later the
+//! car parks again and the lot's exit gate ends the session, which the car hears about.
 
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
+use parking_adapter::ParkingService;
+use proto::agent::v1::vehicle_agent_client::VehicleAgentClient;
 use proto::navigation::v1::navigation_client::NavigationClient;
 use proto::navigation::v1::{self as navigation, PlaceCategory, RouteRequest, SearchPlacesRequest};
 use proto::parking::v1::parking_payment_client::ParkingPaymentClient;
@@ -13,6 +16,7 @@ use proto::parking::v1::{EndSessionRequest, GetReceiptRequest, Money, StartSessi
 use proto::social_login::v1::social_login_client::SocialLoginClient;
 use tonic::transport::Channel;
 
+use crate::lot::leave_through_the_exit_gate;
 use crate::sign_in::sign_in_with_wechat;
 
 /// Where the car is: Jing'an Temple.
@@ -27,6 +31,9 @@ const GOING_TO: navigation::GeoPoint = navigation::GeoPoint {
     longitude: 121.4900,
 };
 
+/// The demo car's plate.
+const PLATE: &str = "沪A12345";
+
 /// Turn-by-turn instructions printed; the rest are counted.
 const STEPS_SHOWN: usize = 4;
 
@@ -38,6 +45,8 @@ pub struct InCarApp {
     pub parking: ParkingPaymentClient<Channel>,
     /// identity.v1.SocialLogin.
     pub social_login: SocialLoginClient<Channel>,
+    /// The agent's own API: partner events.
+    pub agent: VehicleAgentClient<Channel>,
 }
 
 impl InCarApp {
@@ -47,13 +56,15 @@ impl InCarApp {
         Ok(InCarApp {
             navigation: NavigationClient::new(channel.clone()),
             parking: ParkingPaymentClient::new(channel.clone()),
-            social_login: SocialLoginClient::new(channel),
+            social_login: SocialLoginClient::new(channel.clone()),
+            agent: VehicleAgentClient::new(channel),
         })
     }
 }
 
-/// The whole journey; `once` lets the demo approve the sign-in itself.
-pub async fn jingan_to_the_bund(app: &mut InCarApp, once: bool) -> Result<()> {
+/// The whole journey; `once` lets the demo approve the sign-in itself. `lot` is the parking
+/// partner, whose exit gate the demo plays.
+pub async fn jingan_to_the_bund(app: &mut InCarApp, lot: &ParkingService, once: bool) -> Result<()> {
     let search = SearchPlacesRequest {
         near: Some(GOING_TO),
         radius_m: 1_500,
@@ -75,21 +86,21 @@ pub async fn jingan_to_the_bund(app: &mut InCarApp, once: bool) -> Result<()> {
             place.name, place.distance_m, place.parking_lot_id
         );
     }
-    let lot = places
+    let car_park = places
         .iter()
         .find(|p| !p.parking_lot_id.is_empty())
         .context("no car park with a parking partner near the Bund")?;
 
     let route = RouteRequest {
         origin: Some(CAR_AT),
-        destination: lot.location,
+        destination: car_park.location,
     };
     let (drive, took) = timed(app.navigation.route(route)).await?;
     let summary = format!(
         "{:.1} km, about {} min to {}",
         f64::from(drive.distance_m) / 1e3,
         drive.duration_s.div_ceil(60),
-        lot.name
+        car_park.name
     );
     step(2, "Route", summary, took);
     for turn in drive.steps.iter().take(STEPS_SHOWN) {
@@ -100,15 +111,15 @@ pub async fn jingan_to_the_bund(app: &mut InCarApp, once: bool) -> Result<()> {
     }
 
     let parking = StartSessionRequest {
-        lot_id: lot.parking_lot_id.clone(),
-        plate: "沪A12345".into(),
+        lot_id: car_park.parking_lot_id.clone(),
+        plate: PLATE.into(),
     };
     let (started, took) = timed(app.parking.start_session(parking)).await?;
     let session = started.session.context("no session")?;
     step(
         3,
         "StartSession",
-        format!("{} at {}", session.session_id, lot.name),
+        format!("{} at {}", session.session_id, car_park.name),
         took,
     );
 
@@ -152,11 +163,13 @@ pub async fn jingan_to_the_bund(app: &mut InCarApp, once: bool) -> Result<()> {
     let by = format!("{} paid by {}", again.receipt_id, again.payment_reference);
     step(5, "GetReceipt", by, took);
 
-    sign_in_with_wechat(&mut app.social_login, 6, once).await
+    sign_in_with_wechat(&mut app.social_login, 6, once).await?;
+
+    leave_through_the_exit_gate(app, lot, &car_park.parking_lot_id, PLATE, 8).await
 }
 
 /// `money` as yuan, e.g. ¥12.50 (absent is ¥0.00).
-fn yuan(money: Option<&Money>) -> String {
+pub fn yuan(money: Option<&Money>) -> String {
     let minor = money.map_or(0, |m| m.amount_minor);
     let sign = if minor < 0 { "-" } else { "" };
     format!(

@@ -1,13 +1,16 @@
 //! `demo`: the whole system on one machine with no setup. Makes development certificates,
 //! starts the three reference partners (parking, navigation, identity and its sign-in page),
 //! the gateway and one simulated car, then plays an in-car app's journey from Jing'an Temple to
-//! the Bund (find a car park, route there, park and pay, sign in with WeChat), prints what
-//! happened, and keeps running for you to try.
+//! the Bund (find a car park, route there, park and pay, sign in with WeChat, leave through
+//! the lot's exit gate and hear what it charged), prints what happened, and keeps running for
+//! you to try.
 //!
-//! Reading order: [`files`] (certificates and configs), [`partners`], [`journey`], [`sign_in`].
+//! Reading order: [`files`] (certificates and configs), [`partners`], [`journey`], [`sign_in`],
+//! [`lot`].
 
 mod files;
 mod journey;
+mod lot;
 mod partners;
 mod sign_in;
 
@@ -54,6 +57,9 @@ struct Args {
     /// The identity adapter's verification page (plain HTTP), where drivers approve sign-ins.
     #[arg(long, default_value = "127.0.0.1:50081")]
     identity_page_listen: SocketAddr,
+    /// The gateway's partner API, where partners push events to cars (mTLS, partners only).
+    #[arg(long, default_value = "127.0.0.1:50071")]
+    partner_api_listen: SocketAddr,
     /// The simulated car's local gRPC endpoint for in-car apps.
     #[arg(long, default_value = "127.0.0.1:50051")]
     agent_listen: SocketAddr,
@@ -85,7 +91,7 @@ async fn main() -> Result<()> {
         identity: args.identity_listen,
         identity_page: args.identity_page_listen,
     };
-    let partners = Partners::start(&files, &listen).await?;
+    let mut partners = Partners::start(&files, &listen).await?;
     let at = partners.addrs;
     println!(
         "parking adapter    https://{}  (parking.v1.ParkingPayment, mTLS)",
@@ -101,11 +107,13 @@ async fn main() -> Result<()> {
     );
     println!("sign-in page       {}/device  (drivers approve here)", partners.page);
 
-    let config = files.gateway_config(args.mqtt_listen, at);
+    let config = files.gateway_config(args.mqtt_listen, args.partner_api_listen, at);
     config.validate()?;
     let gateway = Gateway::start(config).await?;
+    let partner_api = gateway.partner_api_addr().context("the gateway's partner API is off")?;
+    partners.publish_parking_events(&files, partner_api)?;
     println!(
-        "gateway            mqtts://{}  (MQTT 3.1.1, mutual TLS)",
+        "gateway            mqtts://{}  (MQTT 3.1.1, mutual TLS), partner API https://{partner_api}",
         gateway.mqtt_addr()
     );
 
@@ -120,6 +128,7 @@ async fn main() -> Result<()> {
     );
     files.write_sample_configs(&RunAddrs {
         mqtt: gateway.mqtt_addr(),
+        partner_api,
         agent: car.local_addr(),
         partners: at,
     })?;
@@ -128,7 +137,7 @@ async fn main() -> Result<()> {
     let mut app = InCarApp::connect(format!("http://{}", car.local_addr())).await?;
     // Waiting for a driver to approve may be cut short with Ctrl-C.
     let interrupted = tokio::select! {
-        done = journey::jingan_to_the_bund(&mut app, args.once) => {
+        done = journey::jingan_to_the_bund(&mut app, &partners.parking, args.once) => {
             done?;
             false
         }

@@ -43,6 +43,7 @@ pub struct Partners {
     pub page: String,
     stops: Vec<oneshot::Sender<()>>,
     tasks: Vec<JoinHandle<Result<()>>>,
+    publisher: Option<JoinHandle<()>>,
 }
 
 impl Partners {
@@ -67,6 +68,7 @@ impl Partners {
             page,
             stops: Vec::new(),
             tasks: Vec::new(),
+            publisher: None,
         };
 
         let (cert, key) = files.parking.read()?;
@@ -91,6 +93,20 @@ impl Partners {
         Ok(partners)
     }
 
+    /// Lets the parking partner push its events (a session the lot ended) to the gateway's
+    /// partner API at `partner_api`, with its own certificate.
+    pub fn publish_parking_events(&mut self, files: &DemoFiles, partner_api: SocketAddr) -> Result<()> {
+        let (cert, key) = files.parking.read()?;
+        let api = parking_adapter::PartnerApi::new(
+            &format!("https://localhost:{}", partner_api.port()),
+            &files.ca_cert_pem()?,
+            &cert,
+            &key,
+        )?;
+        self.publisher = Some(self.parking.publish_events(api));
+        Ok(())
+    }
+
     /// Spawns one server, handing it a shutdown signal that [`Partners::stop`] fires.
     fn run<F>(&mut self, serve: impl FnOnce(std::pin::Pin<Box<dyn Future<Output = ()> + Send>>) -> F)
     where
@@ -105,6 +121,9 @@ impl Partners {
 
     /// Stops every server and waits for them; the first failure of any is returned.
     pub async fn stop(self) -> Result<()> {
+        if let Some(publisher) = self.publisher {
+            publisher.abort();
+        }
         for stop in self.stops {
             let _ = stop.send(());
         }

@@ -1,7 +1,8 @@
 //! The newcomer's first command works: the demo makes certificates, runs the three reference
 //! partners, the gateway and a car, and the whole journey succeeds: a car park near the Bund
-//! and a route there (navigation), parking paid for (parking), and a WeChat sign-in that the
-//! demo approves itself on the verification page (identity).
+//! and a route there (navigation), parking paid for (parking), a WeChat sign-in that the
+//! demo approves itself on the verification page (identity), and a session the lot's exit gate
+//! ends, which reaches the car as an event through the gateway's partner API.
 
 use std::path::Path;
 use std::process::Command;
@@ -23,6 +24,8 @@ fn run_demo(certs: &Path, extra: &[&str]) -> String {
             "--identity-listen",
             "127.0.0.1:0",
             "--identity-page-listen",
+            "127.0.0.1:0",
+            "--partner-api-listen",
             "127.0.0.1:0",
             "--agent-listen",
             "127.0.0.1:0",
@@ -57,7 +60,12 @@ fn the_demo_makes_the_whole_journey_with_all_three_partners() {
         "▀",
         "7. PollDeviceLogin",
         "linked Demo Driver (WeChat)",
-        "parking partner charged 1 time(s)",
+        "8. StartSession",
+        "the exit gate reads",
+        "9. SubscribeEvents",
+        "SessionEndedByLot",
+        "acknowledged",
+        "parking partner charged 2 time(s)",
         "bench: 20",
     ] {
         assert!(stdout.contains(step), "missing {step:?} in:\n{stdout}");
@@ -116,6 +124,6 @@ fn a_certificate_directory_from_before_per_role_cas_is_replaced() {
     let stdout = run_demo(&certs, &[]);
 
     assert!(stdout.contains("replacing the development PKI"), "{stdout}");
-    assert!(stdout.contains("7. PollDeviceLogin"), "{stdout}");
+    assert!(stdout.contains("9. SubscribeEvents"), "{stdout}");
     assert!(certs.join("vehicles-ca.pem").is_file());
 }
