@@ -1,22 +1,34 @@
 //! `demo`: the whole system on one machine with no setup. Makes development certificates,
-//! starts the reference parking adapter, the gateway and one simulated car, pays for parking
-//! from a simulated in-car app, prints what happened, then keeps running for you to try.
+//! starts the three reference partners (parking, navigation, identity and its sign-in page),
+//! the gateway and one simulated car, then plays an in-car app's journey from Jing'an Temple to
+//! the Bund (find a car park, route there, park and pay, sign in with WeChat, leave through
+//! the lot's exit gate and hear what it charged), prints what happened, and keeps running for
+//! you to try.
+//!
+//! Reading order: [`files`] (certificates and configs), [`partners`], [`journey`], [`sign_in`],
+//! [`lot`].
+
+mod files;
+mod journey;
+mod lot;
+mod partners;
+mod sign_in;
 
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
-use certs::{DevPki, IssuingCa};
 use clap::Parser;
-use gateway::config::PartnerConfig;
-use gateway::{Gateway, GatewayConfig};
-use parking_adapter::ParkingService;
-use proto::Vin;
+use gateway::Gateway;
 use proto::parking::v1::parking_payment_client::ParkingPaymentClient;
-use proto::parking::v1::{EndSessionRequest, GeoPoint, GetReceiptRequest, ListNearbyLotsRequest, StartSessionRequest};
+use proto::parking::v1::{GeoPoint, ListNearbyLotsRequest};
 use tonic::transport::Channel;
-use vehicle_agent::{Agent, AgentConfig};
+use vehicle_agent::Agent;
+
+use crate::files::{DemoFiles, RunAddrs};
+use crate::journey::InCarApp;
+use crate::partners::{Listen, Partners};
 
 /// The demo car.
 const DEMO_VIN: &str = "LSVAU2180N2183294";
@@ -24,10 +36,10 @@ const DEMO_VIN: &str = "LSVAU2180N2183294";
 #[derive(Parser)]
 #[command(
     name = "demo",
-    about = "Run gateway, reference parking adapter and a simulated car on this machine"
+    about = "Run the gateway, the reference parking, navigation and identity adapters and a simulated car on this machine"
 )]
 struct Args {
-    /// Where development certificates and sample configs are kept (created if missing).
+    /// Where development certificates, sample configs and databases are kept (created if missing).
     #[arg(long, default_value = "dev-certs")]
     dir: PathBuf,
     /// Vehicle-facing MQTT over mTLS listener of the gateway.
@@ -36,13 +48,25 @@ struct Args {
     /// The reference parking adapter's gRPC listener.
     #[arg(long, default_value = "127.0.0.1:50061")]
     adapter_listen: SocketAddr,
+    /// The reference navigation adapter's gRPC listener.
+    #[arg(long, default_value = "127.0.0.1:50062")]
+    navigation_listen: SocketAddr,
+    /// The reference identity adapter's gRPC listener.
+    #[arg(long, default_value = "127.0.0.1:50063")]
+    identity_listen: SocketAddr,
+    /// The identity adapter's verification page (plain HTTP), where drivers approve sign-ins.
+    #[arg(long, default_value = "127.0.0.1:50081")]
+    identity_page_listen: SocketAddr,
+    /// The gateway's partner API, where partners push events to cars (mTLS, partners only).
+    #[arg(long, default_value = "127.0.0.1:50071")]
+    partner_api_listen: SocketAddr,
     /// The simulated car's local gRPC endpoint for in-car apps.
     #[arg(long, default_value = "127.0.0.1:50051")]
     agent_listen: SocketAddr,
-    /// Exit after the demo round trip instead of running until Ctrl-C.
+    /// Exit after the journey instead of running until Ctrl-C; the demo approves the sign-in itself.
     #[arg(long)]
     once: bool,
-    /// After the demo, time this many sequential round trips and print latency percentiles.
+    /// After the journey, time this many sequential round trips and print latency percentiles.
     #[arg(long, value_name = "N")]
     bench: Option<usize>,
 }
@@ -56,143 +80,88 @@ async fn main() -> Result<()> {
         .init();
 
     let files = DemoFiles::ensure(&args.dir)?;
-    files.write_sample_configs(&args)?;
     println!(
-        "certificates in {}/ (root and per-role CAs, gateway, partner and vehicle {DEMO_VIN})",
-        args.dir.display()
+        "certificates in {}/ (root and per-role CAs, gateway, partners parking, navigation and identity, vehicle {DEMO_VIN})",
+        files.dir.display()
     );
 
-    // The adapter's state (sessions, charges, answers to retries) outlives the demo, as it
-    // would a restart of a real adapter.
-    let parking = ParkingService::open(&args.dir.join("parking.db")).await?;
-    let adapter = tokio::net::TcpListener::bind(args.adapter_listen)
-        .await
-        .with_context(|| format!("adapter cannot listen on {}", args.adapter_listen))?;
-    let adapter_addr = adapter.local_addr()?;
-    let tls = parking_adapter::mtls_config(
-        &std::fs::read_to_string(&files.parking_cert)?,
-        &std::fs::read_to_string(&files.parking_key)?,
-        // Only the gateway's client certificate opens the adapter, not the car's.
-        &std::fs::read_to_string(&files.gateway_clients_ca)?,
+    let listen = Listen {
+        parking: args.adapter_listen,
+        navigation: args.navigation_listen,
+        identity: args.identity_listen,
+        identity_page: args.identity_page_listen,
+    };
+    let mut partners = Partners::start(&files, &listen).await?;
+    let at = partners.addrs;
+    println!(
+        "parking adapter    https://{}  (parking.v1.ParkingPayment, mTLS)",
+        at.parking
     );
-    let (stop_adapter, adapter_stopped) = tokio::sync::oneshot::channel::<()>();
-    let adapter_task = tokio::spawn(parking_adapter::serve(adapter, Some(tls), parking.clone(), async {
-        let _ = adapter_stopped.await;
-    }));
-    println!("parking adapter   https://{adapter_addr}  (parking.v1.ParkingPayment, mTLS)");
+    println!(
+        "navigation adapter https://{}  (navigation.v1.Navigation, mTLS)",
+        at.navigation
+    );
+    println!(
+        "identity adapter   https://{}  (identity.v1.SocialLogin, mTLS)",
+        at.identity
+    );
+    println!("sign-in page       {}/device  (drivers approve here)", partners.page);
 
-    let mut config = GatewayConfig::new(
-        files.gateway_cert.clone(),
-        files.gateway_key.clone(),
-        files.vehicles_ca.clone(),
-    );
-    config.mqtt.listen = args.mqtt_listen;
-    config.partners = vec![files.partner_entry(adapter_addr)];
-    config.storage.url = format!("sqlite://{}", args.dir.join("gateway.db").display());
+    let config = files.gateway_config(args.mqtt_listen, args.partner_api_listen, at);
     config.validate()?;
     let gateway = Gateway::start(config).await?;
+    let partner_api = gateway.partner_api_addr().context("the gateway's partner API is off")?;
+    partners.publish_parking_events(&files, partner_api)?;
     println!(
-        "gateway           mqtts://{}  (MQTT 3.1.1, mutual TLS)",
+        "gateway            mqtts://{}  (MQTT 3.1.1, mutual TLS), partner API https://{partner_api}",
         gateway.mqtt_addr()
     );
 
-    let mut agent_config = AgentConfig::new(
-        format!("localhost:{}", gateway.mqtt_addr().port()),
-        files.ca_cert.clone(),
-        files.vehicle_cert.clone(),
-        files.vehicle_key.clone(),
-    );
-    agent_config.local_listen = args.agent_listen;
-    agent_config.state_dir = args.dir.join("agent-state");
-    let car = Agent::start(agent_config).await?;
+    let car = Agent::start(files.agent_config(gateway.mqtt_addr(), args.agent_listen)).await?;
     tokio::time::timeout(Duration::from_secs(10), car.wait_connected())
         .await
         .context("the simulated car did not connect within 10 s")?;
     println!(
-        "simulated car     {} connected; in-car apps call http://{}\n",
+        "simulated car      {} connected; in-car apps call http://{}",
         car.vin(),
         car.local_addr()
     );
+    files.write_sample_configs(&RunAddrs {
+        mqtt: gateway.mqtt_addr(),
+        partner_api,
+        agent: car.local_addr(),
+        partners: at,
+    })?;
+    println!("sample configs     {}/gateway.toml, agent.toml\n", files.dir.display());
 
-    let mut app = ParkingPaymentClient::connect(format!("http://{}", car.local_addr())).await?;
-    drive_to_the_bund_and_park(&mut app).await?;
-    println!("\npartner charged {} time(s)", parking.charges());
-
-    if let Some(n) = args.bench {
-        bench(&mut app, n).await?;
-    }
-
-    if !args.once {
-        println!(
-            "\nRunning. Try, from another terminal:\n  cargo run -q -p vehicle-agent -- call /parking.v1.ParkingPayment/ListNearbyLots \
-             '{{\"near\":{{\"latitude\":31.2304,\"longitude\":121.4737}}}}'\nCtrl-C to stop."
-        );
-        tokio::signal::ctrl_c().await?;
+    let mut app = InCarApp::connect(format!("http://{}", car.local_addr())).await?;
+    // Waiting for a driver to approve may be cut short with Ctrl-C.
+    let interrupted = tokio::select! {
+        done = journey::jingan_to_the_bund(&mut app, &partners.parking, args.once) => {
+            done?;
+            false
+        }
+        _ = tokio::signal::ctrl_c() => true,
+    };
+    if !interrupted {
+        println!("\nparking partner charged {} time(s)", partners.parking.charges());
+        if let Some(n) = args.bench {
+            bench(&mut app.parking, n).await?;
+        }
+        if !args.once {
+            println!(
+                "\nRunning. Try, from another terminal:\n  cargo run -q -p vehicle-agent -- call /parking.v1.ParkingPayment/ListNearbyLots \
+                 '{{\"near\":{{\"latitude\":31.2304,\"longitude\":121.4737}}}}'\n  \
+                 cargo run -q -p vehicle-agent -- call /navigation.v1.Navigation/SearchPlaces \
+                 '{{\"near\":{{\"latitude\":31.24,\"longitude\":121.49}},\"category\":\"PLACE_CATEGORY_PARKING\"}}'\n\
+                 Ctrl-C to stop."
+            );
+            tokio::signal::ctrl_c().await?;
+        }
     }
     car.shutdown().await;
     gateway.shutdown().await;
-    let _ = stop_adapter.send(());
-    adapter_task.await??;
-    Ok(())
-}
-
-async fn drive_to_the_bund_and_park(app: &mut ParkingPaymentClient<Channel>) -> Result<()> {
-    let near_the_bund = ListNearbyLotsRequest {
-        near: Some(GeoPoint {
-            latitude: 31.2400,
-            longitude: 121.4900,
-        }),
-        radius_m: 5_000,
-        max_results: 3,
-    };
-    let (nearby, took) = timed(app.list_nearby_lots(near_the_bund)).await?;
-    let lots = nearby.lots;
-    step(1, "ListNearbyLots", format!("{} lots", lots.len()), took);
-    for lot in &lots {
-        let price = lot.price_per_hour.as_ref().map_or(0, |p| p.amount_minor);
-        println!(
-            "     {:<28} {:>5} m  ¥{}.{:02}/h",
-            lot.name,
-            lot.distance_m,
-            price / 100,
-            price % 100
-        );
-    }
-    let lot = lots.first().context("no lot nearby")?;
-    let parking = StartSessionRequest {
-        lot_id: lot.lot_id.clone(),
-        plate: "沪A12345".into(),
-    };
-    let (started, took) = timed(app.start_session(parking)).await?;
-    let session = started.session.context("no session")?;
-    step(
-        2,
-        "StartSession",
-        format!("{} at {}", session.session_id, lot.name),
-        took,
-    );
-    let (ended, took) = timed(app.end_session(EndSessionRequest {
-        session_id: session.session_id.clone(),
-    }))
-    .await?;
-    let receipt = ended.receipt.context("no receipt")?;
-    let fee = receipt.fee.as_ref().map_or(0, |f| f.amount_minor);
-    let paid = format!("fee ¥{}.{:02}, receipt {}", fee / 100, fee % 100, receipt.receipt_id);
-    step(3, "EndSession", paid, took);
-    let (again, took) = timed(app.get_receipt(GetReceiptRequest {
-        receipt_id: receipt.receipt_id.clone(),
-    }))
-    .await?;
-    let by = format!("{} paid by {}", again.receipt_id, again.payment_reference);
-    step(4, "GetReceipt", by, took);
-    Ok(())
-}
-
-/// The answer to `call` and how long it took.
-async fn timed<T>(call: impl Future<Output = Result<tonic::Response<T>, tonic::Status>>) -> Result<(T, Duration)> {
-    let t = Instant::now();
-    let answer = call.await?.into_inner();
-    Ok((answer, t.elapsed()))
+    partners.stop().await
 }
 
 /// Sequential round trips app -> agent -> gateway -> adapter -> back; prints percentiles.
@@ -215,6 +184,9 @@ async fn bench(app: &mut ParkingPaymentClient<Channel>, n: usize) -> Result<()> 
         app.list_nearby_lots(request).await?;
         samples.push(t.elapsed());
     }
+    if samples.is_empty() {
+        return Ok(());
+    }
     let total = started.elapsed();
     samples.sort();
     let pct = |p: f64| samples[((samples.len() as f64 * p) as usize).min(samples.len() - 1)].as_secs_f64() * 1e3;
@@ -228,115 +200,4 @@ async fn bench(app: &mut ParkingPaymentClient<Channel>, n: usize) -> Result<()> 
         n as f64 / total.as_secs_f64()
     );
     Ok(())
-}
-
-/// Prints step `n` of the round trip: the method called, what came back, how long it took.
-fn step(n: u32, method: &str, outcome: String, took: Duration) {
-    println!("{n}. {method:<16}-> {outcome} ({:.1} ms)", took.as_secs_f64() * 1e3);
-}
-
-/// The demo's files: a development PKI plus sample configs for running the binaries yourself.
-struct DemoFiles {
-    /// The root: what the car and the gateway verify servers with.
-    ca_cert: PathBuf,
-    /// What the gateway's MQTT port trusts.
-    vehicles_ca: PathBuf,
-    /// What the parking adapter trusts.
-    gateway_clients_ca: PathBuf,
-    gateway_cert: PathBuf,
-    gateway_key: PathBuf,
-    parking_cert: PathBuf,
-    parking_key: PathBuf,
-    client_cert: PathBuf,
-    client_key: PathBuf,
-    vehicle_cert: PathBuf,
-    vehicle_key: PathBuf,
-}
-
-impl DemoFiles {
-    /// Reuses the PKI in `dir` if there is a complete one, so repeated runs keep the same CAs.
-    fn ensure(dir: &Path) -> Result<DemoFiles> {
-        // Absolute paths, so that the sample configurations work from any directory.
-        std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
-        let dir = &std::fs::canonicalize(dir)?;
-        let existing = DevPki::open(dir);
-        let pki = if existing.is_complete() {
-            existing
-        } else if existing.ca_cert().exists() {
-            // Made before the per-role CAs: its certificates would not pass the new trust.
-            println!(
-                "replacing the development PKI in {}/: it predates the per-role CAs",
-                dir.display()
-            );
-            DevPki::init(dir, &[], true)?
-        } else {
-            DevPki::init(dir, &[], false)?
-        };
-        let ca = pki.authority()?;
-        let vin = Vin::parse(DEMO_VIN)?;
-        let (vehicle_cert, vehicle_key) = ca.issue_vehicle(&vin)?.write(dir, vin.as_str())?;
-        let (parking_cert, parking_key) = ca.issue_partner("parking")?.write(dir, "parking")?;
-        let files = DemoFiles {
-            ca_cert: pki.ca_cert(),
-            vehicles_ca: pki.issuing_ca_cert(IssuingCa::Vehicles),
-            gateway_clients_ca: pki.issuing_ca_cert(IssuingCa::GatewayClients),
-            gateway_cert: pki.gateway_cert(),
-            gateway_key: pki.gateway_key(),
-            parking_cert,
-            parking_key,
-            client_cert: pki.gateway_client_cert(),
-            client_key: pki.gateway_client_key(),
-            vehicle_cert,
-            vehicle_key,
-        };
-        Ok(files)
-    }
-
-    fn partner_entry(&self, adapter: SocketAddr) -> PartnerConfig {
-        PartnerConfig {
-            service: "parking.v1.ParkingPayment".into(),
-            name: Some("parking".into()),
-            read_only_methods: vec!["ListNearbyLots".into(), "GetReceipt".into()],
-            endpoint: format!("https://localhost:{}", adapter.port()),
-            timeout: Some(Duration::from_secs(10)),
-            connect_timeout: Duration::from_secs(3),
-            ca_cert: Some(self.ca_cert.clone()),
-            client_cert: Some(self.client_cert.clone()),
-            client_key: Some(self.client_key.clone()),
-            tls_server_name: None,
-            max_concurrent_calls: gateway::config::DEFAULT_MAX_CONCURRENT_CALLS,
-            breaker_failures: gateway::config::DEFAULT_BREAKER_FAILURES,
-            breaker_open_for: gateway::config::DEFAULT_BREAKER_OPEN_FOR,
-        }
-    }
-
-    /// `gateway.toml` and `agent.toml` matching this run of the demo (its addresses, its
-    /// database and the car's state directory), for `gateway run` / `vehicle-agent run` in
-    /// its place: the configuration structs themselves, serialized, so every setting is there
-    /// with its default.
-    fn write_sample_configs(&self, args: &Args) -> Result<()> {
-        let dir = std::fs::canonicalize(&args.dir)?;
-        let mut gateway = GatewayConfig::new(
-            self.gateway_cert.clone(),
-            self.gateway_key.clone(),
-            self.vehicles_ca.clone(),
-        );
-        gateway.mqtt.listen = args.mqtt_listen;
-        gateway.storage.url = format!("sqlite://{}", dir.join("gateway.db").display());
-        gateway.partners = vec![self.partner_entry(args.adapter_listen)];
-        let mut agent = AgentConfig::new(
-            format!("localhost:{}", args.mqtt_listen.port()),
-            self.ca_cert.clone(),
-            self.vehicle_cert.clone(),
-            self.vehicle_key.clone(),
-        );
-        agent.local_listen = args.agent_listen;
-        agent.state_dir = dir.join("agent-state");
-        let header = |what: &str| format!("# Sample {what} configuration written by `demo`.\n");
-        let gateway = header("gateway") + &toml::to_string(&gateway)?;
-        let agent = header("vehicle agent") + &toml::to_string(&agent)?;
-        std::fs::write(dir.join("gateway.toml"), gateway)?;
-        std::fs::write(dir.join("agent.toml"), agent)?;
-        Ok(())
-    }
 }

@@ -1,5 +1,8 @@
-//! The newcomer's first command works: the demo makes certificates, runs everything, and a
-//! parking round trip succeeds.
+//! The newcomer's first command works: the demo makes certificates, runs the three reference
+//! partners, the gateway and a car, and the whole journey succeeds: a car park near the Bund
+//! and a route there (navigation), parking paid for (parking), a WeChat sign-in that the
+//! demo approves itself on the verification page (identity), and a session the lot's exit gate
+//! ends, which reaches the car as an event through the gateway's partner API.
 
 use std::path::Path;
 use std::process::Command;
@@ -16,6 +19,14 @@ fn run_demo(certs: &Path, extra: &[&str]) -> String {
             "127.0.0.1:0",
             "--adapter-listen",
             "127.0.0.1:0",
+            "--navigation-listen",
+            "127.0.0.1:0",
+            "--identity-listen",
+            "127.0.0.1:0",
+            "--identity-page-listen",
+            "127.0.0.1:0",
+            "--partner-api-listen",
+            "127.0.0.1:0",
             "--agent-listen",
             "127.0.0.1:0",
         ])
@@ -31,20 +42,57 @@ fn run_demo(certs: &Path, extra: &[&str]) -> String {
 }
 
 #[test]
-fn the_demo_pays_for_parking_end_to_end() {
+fn the_demo_makes_the_whole_journey_with_all_three_partners() {
     let dir = tempfile::tempdir().unwrap();
     let stdout = run_demo(&dir.path().join("certs"), &["--bench", "20"]);
     for step in [
-        "1. ListNearbyLots",
-        "2. StartSession",
-        "3. EndSession",
-        "4. GetReceipt",
-        "partner charged 1 time(s)",
+        "1. SearchPlaces",
+        "lot-bund-01",
+        "2. Route",
+        "Head ",
+        "3. StartSession",
+        "4. EndSession",
+        "/h = ",
+        "5. GetReceipt",
+        "6. StartDeviceLogin",
+        "/device?user_code=",
+        // The QR code's half blocks.
+        "▀",
+        "7. PollDeviceLogin",
+        "linked Demo Driver (WeChat)",
+        "8. StartSession",
+        "the exit gate reads",
+        "9. SubscribeEvents",
+        "SessionEndedByLot",
+        "acknowledged",
+        "parking partner charged 2 time(s)",
         "bench: 20",
     ] {
         assert!(stdout.contains(step), "missing {step:?} in:\n{stdout}");
     }
-    assert!(dir.path().join("certs/agent.toml").exists());
+    // The user code as the driver types it.
+    let code = stdout
+        .split("-> code ")
+        .nth(1)
+        .unwrap()
+        .split_whitespace()
+        .next()
+        .unwrap();
+    assert!(
+        code.len() == 9 && code.as_bytes()[4] == b'-' && code.chars().filter(char::is_ascii_uppercase).count() == 8,
+        "{code}"
+    );
+    // Every listener was asked for port 0 and is printed with the port it got.
+    assert!(!stdout.contains(":0 "), "{stdout}");
+
+    let agent_toml = std::fs::read_to_string(dir.path().join("certs/agent.toml")).unwrap();
+    for service in [
+        "parking.v1.ParkingPayment",
+        "navigation.v1.Navigation",
+        "identity.v1.SocialLogin",
+    ] {
+        assert!(agent_toml.contains(service), "{agent_toml}");
+    }
     // Each listener trusts one role: cars on MQTT; the gateway presents its own client
     // certificate to the adapter and verifies the adapter against the root.
     let gateway_toml = std::fs::read_to_string(dir.path().join("certs/gateway.toml")).unwrap();
@@ -52,6 +100,16 @@ fn the_demo_pays_for_parking_end_to_end() {
     assert!(client_ca.ends_with("vehicles-ca.pem\""), "{client_ca}");
     let client_cert = gateway_toml.lines().find(|l| l.starts_with("client_cert")).unwrap();
     assert!(client_cert.ends_with("gateway-client.pem\""), "{client_cert}");
+    let partners: Vec<&str> = gateway_toml.lines().filter(|l| l.starts_with("name = ")).collect();
+    assert_eq!(
+        partners,
+        ["name = \"parking\"", "name = \"navigation\"", "name = \"identity\""],
+        "{gateway_toml}"
+    );
+    // Each partner has its own certificate.
+    for partner in ["parking", "navigation", "identity"] {
+        assert!(dir.path().join(format!("certs/{partner}.pem")).is_file(), "{partner}");
+    }
 }
 
 #[test]
@@ -66,6 +124,6 @@ fn a_certificate_directory_from_before_per_role_cas_is_replaced() {
     let stdout = run_demo(&certs, &[]);
 
     assert!(stdout.contains("replacing the development PKI"), "{stdout}");
-    assert!(stdout.contains("4. GetReceipt"), "{stdout}");
+    assert!(stdout.contains("9. SubscribeEvents"), "{stdout}");
     assert!(certs.join("vehicles-ca.pem").is_file());
 }
