@@ -286,7 +286,10 @@ impl RunningAgent {
             .and_then(|addr| addr.parse::<SocketAddr>().ok())
             .unwrap_or_else(|| panic!("no local_addr in {started:?}"));
         agent.url = format!("http://{addr}");
-        agent.wait_for("connected to the gateway").await;
+        // The link may connect before the local endpoint is announced, or after it.
+        if !agent.lines.iter().any(|l| l.contains("connected to the gateway")) {
+            agent.wait_for("connected to the gateway").await;
+        }
         agent
     }
 
@@ -294,16 +297,24 @@ impl RunningAgent {
     async fn wait_for(&mut self, text: &str) -> String {
         let log = &mut self.log;
         let lines = &mut self.lines;
-        soon(&format!("the agent logs {text:?}"), async {
+        let found = tokio::time::timeout(SOON, async {
             while let Some(line) = log.next_line().await.unwrap() {
                 lines.push(line.clone());
                 if line.contains(text) {
-                    return line;
+                    return Some(line);
                 }
             }
-            panic!("the agent exited before logging {text:?}:\n{}", lines.join("\n"));
+            None
         })
-        .await
+        .await;
+        match found {
+            Ok(Some(line)) => line,
+            Ok(None) => panic!("the agent exited before logging {text:?}:\n{}", lines.join("\n")),
+            Err(_) => panic!(
+                "the agent did not log {text:?} within {SOON:?}; its log:\n{}",
+                lines.join("\n")
+            ),
+        }
     }
 
     /// SIGTERM, then the rest of its log; it must exit successfully.
