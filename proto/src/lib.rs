@@ -11,10 +11,13 @@
 //! - [`identity`]: the certificate profile (role and holder) and its one parser;
 //! - [`json`]: JSON <-> protobuf by method name (compiled-in contracts and installed
 //!   descriptor sets), for shells and demos;
+//! - [`adapter`]: what a Rust partner adapter can reuse: mTLS and the gateway-client check,
+//!   serving a listener until shutdown, the command-line pieces, a test clock and distances;
 //! - [`raw`]: a pass-through gRPC codec for brokering calls without decoding them.
 //!
 //! This crate depends on nothing else of ours, so partners can build against it alone.
 
+pub mod adapter;
 pub mod identity;
 pub mod json;
 pub mod metadata;

@@ -27,24 +27,19 @@ pub mod service;
 pub mod web;
 
 use std::future::Future;
-use std::time::Duration;
 
 use anyhow::Context as _;
-use proto::identity::{Role, require_peer_role};
-use tokio_stream::StreamExt as _;
-use tokio_stream::wrappers::TcpListenerStream;
+use proto::adapter::RequireRole;
+use tonic::service::Routes;
 use tonic::service::interceptor::InterceptedService;
-use tonic::transport::{Certificate, Identity, Server, ServerTlsConfig};
-use tonic::{Request, Status};
+use tonic::transport::ServerTlsConfig;
 
 pub use clock::{Clock, ManualClock, SystemClock};
 pub use logins::{DeviceLogins, LoginSettings};
+pub use proto::adapter::{mtls_config, require_gateway_client};
 pub use qr::terminal_qr;
 pub use service::SocialLoginService;
 pub use web::GuessLimits;
-
-/// Longest a client may take to complete the TLS handshake before its connection is dropped.
-const TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Serves the gRPC service until `shutdown` completes. `tls` = None means plaintext (dev only).
 ///
@@ -56,50 +51,8 @@ pub async fn serve(
     service: SocialLoginService,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
-    // tonic ignores its own tcp_nodelay setting for a listener we hand it.
-    let incoming = TcpListenerStream::new(listener).map(|conn| {
-        conn.and_then(|tcp| {
-            tcp.set_nodelay(true)?;
-            Ok(tcp)
-        })
-    });
-    let mut builder = Server::builder();
-    let mtls = tls.is_some();
-    if let Some(tls) = tls {
-        builder = builder.tls_config(tls).context("invalid TLS configuration")?;
-    }
-    let gateway_only = InterceptedService::new(service.into_server(), move |request| {
-        if mtls {
-            require_gateway_client(request)
-        } else {
-            Ok(request)
-        }
-    });
-    builder
-        .add_service(gateway_only)
-        .serve_with_incoming_shutdown(incoming, shutdown)
+    let gateway_only = InterceptedService::new(service.into_server(), RequireRole::gateway_client(tls.is_some()));
+    proto::adapter::serve(listener, tls, Routes::new(gateway_only), shutdown)
         .await
         .context("identity adapter server failed")
-}
-
-/// An mTLS server config from PEM strings: server cert+key, and the CA that client
-/// certificates must chain to: the one that signs only the gateway's client certificate
-/// (`gateway-clients-ca.pem`), never one that also signs cars.
-pub fn mtls_config(cert_pem: &str, key_pem: &str, client_ca_pem: &str) -> ServerTlsConfig {
-    ServerTlsConfig::new()
-        .identity(Identity::from_pem(cert_pem, key_pem))
-        .client_ca_root(Certificate::from_pem(client_ca_pem))
-        .timeout(TLS_HANDSHAKE_TIMEOUT)
-}
-
-/// Lets a call through only if its client certificate has the role `gateway-client`, else
-/// PERMISSION_DENIED: a tonic interceptor for adapters served over mutual TLS.
-pub fn require_gateway_client(request: Request<()>) -> Result<Request<()>, Status> {
-    require_peer_role(&request, Role::GatewayClient).map_err(|status| match status.code() {
-        tonic::Code::PermissionDenied => {
-            Status::permission_denied(format!("only the gateway may call this adapter: {}", status.message()))
-        }
-        _ => status,
-    })?;
-    Ok(request)
 }

@@ -13,7 +13,7 @@
 
 use std::io::IsTerminal as _;
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::Duration;
@@ -22,13 +22,9 @@ use anyhow::Context as _;
 use clap::Parser;
 use clap::error::ErrorKind;
 use humantime_serde::re::humantime;
-use identity_adapter::{
-    DeviceLogins, GuessLimits, LoginSettings, SocialLoginService, SystemClock, mtls_config, serve, web,
-};
+use identity_adapter::{DeviceLogins, GuessLimits, LoginSettings, SocialLoginService, SystemClock, serve, web};
+use proto::adapter::cli::{EX_USAGE, Listen, TlsFiles, passed_sockets, shutdown_signal};
 use tracing_subscriber::EnvFilter;
-
-/// Exit status for a command line that cannot be used (sysexits.h EX_USAGE).
-const EX_USAGE: u8 = 64;
 
 /// Reference partner adapter for identity.v1.SocialLogin (RFC 8628 device login) and its
 /// verification page.
@@ -76,15 +72,9 @@ struct Args {
     wrong_codes_global: usize,
 }
 
-/// Where to serve: an address to bind, or a socket a service manager passed.
-enum Listen {
-    Bind(SocketAddr),
-    Activated(std::net::TcpListener),
-}
-
 fn main() -> ExitCode {
     // Taken while the process has one thread: it clears LISTEN_FDS, as the protocol asks.
-    let mut activated = listenfd::ListenFd::from_env();
+    let passed = passed_sockets(2, "gRPC, then the page");
     let _ = rustls::crypto::ring::default_provider().install_default();
     tracing_subscriber::fmt()
         .with_env_filter(EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")))
@@ -106,14 +96,9 @@ fn main() -> ExitCode {
         eprintln!("identity-adapter: {message}");
         ExitCode::from(EX_USAGE)
     };
-    let tls_files = match (&args.cert, &args.key, &args.client_ca) {
-        (Some(cert), Some(key), Some(ca)) => Some((cert.as_path(), key.as_path(), ca.as_path())),
-        (None, None, None) => None,
-        _ => {
-            return usage(
-                "--cert, --key and --client-ca go together: give all three for mTLS, or none for plaintext".into(),
-            );
-        }
+    let tls_files = match TlsFiles::from_options(args.cert.as_deref(), args.key.as_deref(), args.client_ca.as_deref()) {
+        Ok(files) => files,
+        Err(problem) => return usage(problem),
     };
     if let Err(problem) = check_bounds(&args) {
         return usage(problem);
@@ -131,18 +116,10 @@ fn main() -> ExitCode {
         ));
     }
 
-    let count = activated.len();
-    if count > 2 {
-        return usage(format!("LISTEN_FDS={count}: at most two sockets (gRPC, then the page)"));
-    }
-    let mut passed = Vec::new();
-    for index in 0..count {
-        match activated.take_tcp_listener(index) {
-            Ok(Some(socket)) => passed.push(socket),
-            Ok(None) => return usage(format!("passed socket {index} was already taken")),
-            Err(e) => return usage(format!("the passed socket (fd {}): {e}", 3 + index)),
-        }
-    }
+    let passed = match passed {
+        Ok(sockets) => sockets,
+        Err(problem) => return usage(problem),
+    };
     let mut passed = passed.into_iter();
     let grpc = passed.next().map_or(Listen::Bind(args.listen), Listen::Activated);
     let page = passed.next().map_or(Listen::Bind(args.web_listen), Listen::Activated);
@@ -191,34 +168,22 @@ fn check_bounds(args: &Args) -> Result<(), String> {
     Ok(())
 }
 
-async fn bind(listen: Listen) -> anyhow::Result<tokio::net::TcpListener> {
-    match listen {
-        Listen::Bind(addr) => tokio::net::TcpListener::bind(addr)
-            .await
-            .with_context(|| format!("cannot listen on {addr}")),
-        Listen::Activated(socket) => {
-            socket.set_nonblocking(true).context("the passed socket")?;
-            tokio::net::TcpListener::from_std(socket).context("the passed socket")
-        }
-    }
-}
-
 async fn run(
     args: &Args,
     public_url: String,
     grpc: Listen,
     page: Listen,
-    tls_files: Option<(&Path, &Path, &Path)>,
+    tls_files: Option<TlsFiles>,
 ) -> anyhow::Result<()> {
     let tls = match tls_files {
-        Some((cert, key, ca)) => Some(mtls_config(&read(cert)?, &read(key)?, &read(ca)?)),
+        Some(files) => Some(files.server_config().await?),
         None => None,
     };
     let mode = if tls.is_some() { "mTLS" } else { "plaintext" };
     let (stop, _) = tokio::sync::broadcast::channel::<()>(1);
-    let signal = shutdown_signal()?;
-    let grpc = bind(grpc).await?;
-    let page = bind(page).await?;
+    let signal = shutdown_signal().context("cannot handle SIGINT and SIGTERM")?;
+    let grpc = grpc.listener().await?;
+    let page = page.listener().await?;
     let mut settings = LoginSettings::new(format!("{public_url}/device"));
     settings.interval = args.poll_interval;
     settings.expires_in = args.code_lifetime;
@@ -244,7 +209,8 @@ async fn run(
     let grpc_server = serve(grpc, tls, SocialLoginService::new(logins.clone()), stopped(&stop));
     let page_server = web::serve_page(page, web::router(logins, limits), stopped(&stop));
     let signalled = async {
-        signal.await;
+        let name = signal.await;
+        tracing::info!(signal = name, "shutting down");
         let _ = stop.send(());
     };
     let (grpc, page, ()) = tokio::join!(grpc_server, page_server, signalled);
@@ -252,22 +218,4 @@ async fn run(
     page?;
     tracing::info!("identity adapter stopped");
     Ok(())
-}
-
-fn read(path: &Path) -> anyhow::Result<String> {
-    std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))
-}
-
-/// Completes on SIGINT or SIGTERM; in-flight calls then finish before exit.
-fn shutdown_signal() -> anyhow::Result<impl Future<Output = ()> + Send + 'static> {
-    use tokio::signal::unix::{SignalKind, signal};
-    let mut interrupt = signal(SignalKind::interrupt()).context("cannot handle SIGINT")?;
-    let mut terminate = signal(SignalKind::terminate()).context("cannot handle SIGTERM")?;
-    Ok(async move {
-        let name = tokio::select! {
-            _ = interrupt.recv() => "SIGINT",
-            _ = terminate.recv() => "SIGTERM",
-        };
-        tracing::info!(signal = name, "shutting down");
-    })
 }

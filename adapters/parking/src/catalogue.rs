@@ -7,6 +7,10 @@ use proto::parking::v1::{GeoPoint, Lot, Money};
 
 use crate::pricing::PriceRules;
 
+// Haversine treats the Earth as a sphere; the error (under 0.5 %) is far below what matters
+// when choosing a car park.
+pub use proto::adapter::geo::{distance_m, is_valid};
+
 /// Currency of every price in the catalogue (ISO 4217).
 pub const CURRENCY: &str = "CNY";
 
@@ -15,9 +19,6 @@ pub const DEFAULT_RADIUS_M: u32 = 2_000;
 
 /// Number of lots returned when a request leaves `max_results` at 0.
 pub const DEFAULT_MAX_RESULTS: u32 = 10;
-
-/// Mean Earth radius (IUGG), in metres.
-const EARTH_RADIUS_M: f64 = 6_371_008.8;
 
 /// One car park of the catalogue.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -143,27 +144,6 @@ pub fn nearby(near: &GeoPoint, radius_m: u32, max_results: u32) -> Vec<Lot> {
         .collect()
 }
 
-/// Whether `point` is a real position: finite, latitude within ±90° and longitude within ±180°.
-pub fn is_valid(point: &GeoPoint) -> bool {
-    point.latitude.is_finite()
-        && point.longitude.is_finite()
-        && (-90.0..=90.0).contains(&point.latitude)
-        && (-180.0..=180.0).contains(&point.longitude)
-}
-
-/// Great-circle distance between two points in metres (haversine formula).
-///
-/// Haversine treats the Earth as a sphere; the error (under 0.5 %) is far below what matters
-/// when choosing a car park.
-pub fn distance_m(a: &GeoPoint, b: &GeoPoint) -> f64 {
-    let (lat_a, lat_b) = (a.latitude.to_radians(), b.latitude.to_radians());
-    let d_lat = lat_b - lat_a;
-    let d_lon = (b.longitude - a.longitude).to_radians();
-    let h = (d_lat / 2.0).sin().powi(2) + lat_a.cos() * lat_b.cos() * (d_lon / 2.0).sin().powi(2);
-    // min(1.0) guards asin against rounding just above 1 for antipodal points.
-    2.0 * EARTH_RADIUS_M * h.sqrt().min(1.0).asin()
-}
-
 impl LotInfo {
     /// Where the lot is.
     pub fn location(&self) -> GeoPoint {
@@ -205,14 +185,6 @@ mod tests {
     }
 
     #[test]
-    fn haversine_matches_known_distance() {
-        // People's Square to Lujiazui IFC: about 2.8 km as the crow flies.
-        let d = distance_m(&point(31.2317, 121.4726), &point(31.2368, 121.5018));
-        assert!((2_700.0..2_900.0).contains(&d), "{d}");
-        assert_eq!(distance_m(&point(31.2, 121.4), &point(31.2, 121.4)), 0.0);
-    }
-
-    #[test]
     fn ids_are_unique() {
         for (i, lot) in LOTS.iter().enumerate() {
             assert!(LOTS[i + 1..].iter().all(|other| other.id != lot.id), "{}", lot.id);
@@ -228,13 +200,5 @@ mod tests {
         assert_eq!(nearby(&point(31.2317, 121.4726), 50_000, 0).len(), LOTS.len());
         assert_eq!(nearby(&point(31.2317, 121.4726), 50_000, 2).len(), 2);
         assert!(nearby(&point(0.0, 0.0), 0, 0).is_empty());
-    }
-
-    #[test]
-    fn rejects_impossible_points() {
-        assert!(is_valid(&point(31.2, 121.4)));
-        assert!(!is_valid(&point(91.0, 0.0)));
-        assert!(!is_valid(&point(0.0, -180.5)));
-        assert!(!is_valid(&point(f64::NAN, 0.0)));
     }
 }

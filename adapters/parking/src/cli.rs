@@ -24,10 +24,9 @@ use anyhow::Context as _;
 use clap::Parser;
 use tracing_subscriber::EnvFilter;
 
-use crate::{ParkingService, PartnerApi, mtls_config, serve, serve_lot};
+use proto::adapter::cli::{EX_USAGE, Listen, TlsFiles, passed_sockets, read_text, shutdown_signal};
 
-/// Exit status for a command line that cannot be used (sysexits.h EX_USAGE).
-const EX_USAGE: u8 = 64;
+use crate::{ParkingService, PartnerApi, serve, serve_lot};
 
 /// Reference partner adapter for parking.v1.ParkingPayment.
 #[derive(Debug, Parser)]
@@ -75,7 +74,8 @@ struct Args {
 /// Runs the adapter with the process's arguments; the exit code says how it ended.
 pub fn main() -> ExitCode {
     // Taken while the process has one thread: it clears LISTEN_FDS, as the protocol asks.
-    let mut activated = listenfd::ListenFd::from_env();
+    // fd 3 serves --listen, fd 4 (if passed) the lot port; what was not passed is bound.
+    let passed = passed_sockets(2, "the service, then the lot port");
     // rustls needs exactly one process-wide crypto provider; install it before any TLS use.
     let _ = rustls::crypto::ring::default_provider().install_default();
     tracing_subscriber::fmt()
@@ -105,26 +105,12 @@ pub fn main() -> ExitCode {
             return ExitCode::from(EX_USAGE);
         }
     };
-    if activated.len() > 2 {
-        eprintln!(
-            "parking-adapter: LISTEN_FDS={}: at most two sockets (the service, then the lot port)",
-            activated.len()
-        );
-        return ExitCode::from(EX_USAGE);
-    }
-    // fd 3 serves --listen, fd 4 (if passed) the lot port; what was not passed is bound.
-    let mut passed = |index: usize| {
-        activated
-            .take_tcp_listener(index)
-            .map(|socket| socket.map(Listen::Activated))
-            .map_err(|e| format!("the passed socket (fd {}): {e}", 3 + index))
-    };
-    let listeners = passed(0).and_then(|main| Ok((main, passed(1)?)));
-    let (listen, lot_listen) = match listeners {
-        Ok((main, lot)) => (
-            main.unwrap_or(Listen::Bind(args.listen)),
-            lot.or(args.lot_listen.map(Listen::Bind)),
-        ),
+    let (listen, lot_listen) = match passed {
+        Ok(sockets) => {
+            let mut sockets = sockets.into_iter().map(Listen::Activated);
+            let main = sockets.next().unwrap_or(Listen::Bind(args.listen));
+            (main, sockets.next().or(args.lot_listen.map(Listen::Bind)))
+        }
         Err(problem) => {
             eprintln!("parking-adapter: {problem}");
             return ExitCode::from(EX_USAGE);
@@ -160,22 +146,14 @@ pub fn main() -> ExitCode {
 /// The files the options name, checked for combinations that cannot work.
 struct Settings<'a> {
     /// Certificate, key and gateway-clients CA, for mTLS; `None` for plaintext.
-    tls: Option<(&'a Path, &'a Path, &'a Path)>,
+    tls: Option<TlsFiles>,
     /// Partner API address and the CA verifying it.
     partner_api: Option<(&'a str, &'a Path)>,
 }
 
 impl<'a> Settings<'a> {
     fn check(args: &'a Args) -> Result<Settings<'a>, String> {
-        let tls = match (&args.cert, &args.key, &args.client_ca) {
-            (Some(cert), Some(key), Some(ca)) => Some((cert.as_path(), key.as_path(), ca.as_path())),
-            (None, None, None) => None,
-            _ => {
-                return Err(
-                    "--cert, --key and --client-ca go together: give all three for mTLS, or none for plaintext".into(),
-                );
-            }
-        };
+        let tls = TlsFiles::from_options(args.cert.as_deref(), args.key.as_deref(), args.client_ca.as_deref())?;
         let partner_api = match (&args.partner_api, &args.partner_api_ca) {
             (Some(_), Some(_)) if tls.is_none() => {
                 return Err("--partner-api needs --cert and --key: the adapter authenticates with them".into());
@@ -188,46 +166,31 @@ impl<'a> Settings<'a> {
     }
 }
 
-/// Where to serve: an address to bind, or a socket a service manager passed.
-enum Listen {
-    Bind(SocketAddr),
-    Activated(std::net::TcpListener),
-}
-
-impl Listen {
-    async fn listener(self) -> anyhow::Result<tokio::net::TcpListener> {
-        match self {
-            Listen::Bind(addr) => tokio::net::TcpListener::bind(addr)
-                .await
-                .with_context(|| format!("cannot listen on {addr}")),
-            Listen::Activated(socket) => {
-                socket.set_nonblocking(true).context("the passed socket")?;
-                tokio::net::TcpListener::from_std(socket).context("the passed socket")
-            }
-        }
-    }
-}
-
 async fn run(args: &Args, settings: Settings<'_>, listen: Listen, lot_listen: Option<Listen>) -> anyhow::Result<()> {
-    let tls = match settings.tls {
-        Some((cert, key, ca)) => Some(mtls_config(&read(cert).await?, &read(key).await?, &read(ca).await?)),
+    let tls = match &settings.tls {
+        Some(files) => Some(files.server_config().await?),
         None => None,
     };
-    let lot_tls = match (settings.tls, &args.lot_client_ca) {
-        (Some((cert, key, _)), Some(ca)) => Some(mtls_config(&read(cert).await?, &read(key).await?, &read(ca).await?)),
+    let lot_tls = match (&settings.tls, &args.lot_client_ca) {
+        (Some(files), Some(ca)) => Some(files.server_config_for(ca).await?),
         _ => None,
     };
     let mode = if tls.is_some() { "mTLS" } else { "plaintext" };
     // Register signal handlers before announcing the address, so that a supervisor which stops
     // us right after reading the line still gets a graceful shutdown.
-    let signal = shutdown_signal()?;
+    let signal = shutdown_signal().context("cannot handle SIGINT and SIGTERM")?;
 
     let service = ParkingService::open(&args.database).await?;
     tracing::info!(database = %args.database.display(), "database open");
     let publisher = match settings.partner_api {
         Some((url, ca)) => {
-            let (cert, key, _) = settings.tls.context("--partner-api needs --cert and --key")?;
-            let api = PartnerApi::new(url, &read(ca).await?, &read(cert).await?, &read(key).await?)?;
+            let files = settings.tls.as_ref().context("--partner-api needs --cert and --key")?;
+            let api = PartnerApi::new(
+                url,
+                &read_text(ca).await?,
+                &read_text(&files.cert).await?,
+                &read_text(&files.key).await?,
+            )?;
             tracing::info!(partner_api = url, "publishing events for cars");
             Some(AbortOnDrop(service.publish_events(api)))
         }
@@ -267,7 +230,8 @@ async fn run(args: &Args, settings: Settings<'_>, listen: Listen, lot_listen: Op
         None => None,
     };
     tokio::spawn(async move {
-        signal.await;
+        let name = signal.await;
+        tracing::info!(signal = name, "shutting down");
         let _ = stop.send(true);
     });
     serve(listener, tls, service.clone(), until_stopped()).await?;
@@ -288,38 +252,4 @@ impl Drop for AbortOnDrop {
     fn drop(&mut self) {
         self.0.abort();
     }
-}
-
-/// The text file at `path`, read off the async workers.
-async fn read(path: &Path) -> anyhow::Result<String> {
-    tokio::fs::read_to_string(path)
-        .await
-        .with_context(|| format!("cannot read {}", path.display()))
-}
-
-/// Completes on SIGINT or SIGTERM (Ctrl-C elsewhere); in-flight calls then finish before exit.
-#[cfg(unix)]
-fn shutdown_signal() -> anyhow::Result<impl Future<Output = ()> + Send + 'static> {
-    use tokio::signal::unix::{SignalKind, signal};
-    let mut interrupt = signal(SignalKind::interrupt()).context("cannot handle SIGINT")?;
-    let mut terminate = signal(SignalKind::terminate()).context("cannot handle SIGTERM")?;
-    Ok(async move {
-        let name = tokio::select! {
-            _ = interrupt.recv() => "SIGINT",
-            _ = terminate.recv() => "SIGTERM",
-        };
-        tracing::info!(signal = name, "shutting down");
-    })
-}
-
-/// Completes on Ctrl-C; in-flight calls then finish before exit.
-#[cfg(not(unix))]
-fn shutdown_signal() -> anyhow::Result<impl Future<Output = ()> + Send + 'static> {
-    Ok(async {
-        if tokio::signal::ctrl_c().await.is_ok() {
-            tracing::info!("shutting down");
-        } else {
-            std::future::pending::<()>().await;
-        }
-    })
 }

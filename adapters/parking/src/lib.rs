@@ -41,22 +41,18 @@ mod sessions;
 mod store;
 
 use std::future::Future;
-use std::time::Duration;
 
 use anyhow::Context as _;
-use proto::identity::{Role, require_peer_role};
-use tokio_stream::StreamExt as _;
-use tokio_stream::wrappers::TcpListenerStream;
+use proto::adapter::RequireRole;
+use proto::identity::Role;
+use tonic::service::Routes;
 use tonic::service::interceptor::InterceptedService;
-use tonic::transport::{Certificate, Identity, Server, ServerTlsConfig};
-use tonic::{Request, Status};
+use tonic::transport::ServerTlsConfig;
 
 pub use clock::{Clock, ManualClock, SystemClock};
 pub use outbox::PartnerApi;
+pub use proto::adapter::{mtls_config, require_gateway_client};
 pub use service::ParkingService;
-
-/// Longest a client may take to complete the TLS handshake before its connection is dropped.
-const TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Serves until `shutdown` completes. `tls` = None means plaintext (dev only).
 ///
@@ -71,17 +67,8 @@ pub async fn serve(
     service: ParkingService,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
-    let mtls = tls.is_some();
-    let gateway_only = InterceptedService::new(service.into_server(), move |request| {
-        if mtls {
-            require_gateway_client(request)
-        } else {
-            Ok(request)
-        }
-    });
-    server(tls)?
-        .add_service(gateway_only)
-        .serve_with_incoming_shutdown(incoming(listener), shutdown)
+    let gateway_only = InterceptedService::new(service.into_server(), RequireRole::gateway_client(tls.is_some()));
+    proto::adapter::serve(listener, tls, Routes::new(gateway_only), shutdown)
         .await
         .context("parking adapter server failed")
 }
@@ -98,71 +85,11 @@ pub async fn serve_lot(
     service: ParkingService,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
-    let mtls = tls.is_some();
-    let operators_only = InterceptedService::new(service.into_lot_server(), move |request: Request<()>| {
-        if mtls {
-            require_peer_role(&request, Role::Operator)?;
-        }
-        Ok(request)
-    });
-    server(tls)?
-        .add_service(operators_only)
-        .serve_with_incoming_shutdown(incoming(listener), shutdown)
+    let operators_only = InterceptedService::new(
+        service.into_lot_server(),
+        RequireRole::new(Role::Operator, tls.is_some()),
+    );
+    proto::adapter::serve(listener, tls, Routes::new(operators_only), shutdown)
         .await
         .context("parking lot server failed")
-}
-
-/// A tonic server builder, over `tls` if given.
-fn server(tls: Option<ServerTlsConfig>) -> anyhow::Result<Server> {
-    let builder = Server::builder();
-    match tls {
-        Some(tls) => builder.tls_config(tls).context("invalid TLS configuration"),
-        None => Ok(builder),
-    }
-}
-
-/// The connections `listener` accepts, with Nagle's algorithm off.
-fn incoming(
-    listener: tokio::net::TcpListener,
-) -> impl tokio_stream::Stream<Item = std::io::Result<tokio::net::TcpStream>> {
-    // tonic ignores its own tcp_nodelay setting for a listener we hand it; without it every
-    // small reply waits out Nagle's algorithm and the peer's delayed ACK (~40 ms).
-    TcpListenerStream::new(listener).map(|conn| {
-        conn.and_then(|tcp| {
-            tcp.set_nodelay(true)?;
-            Ok(tcp)
-        })
-    })
-}
-
-/// Builds an mTLS server config from PEM strings: server cert+key, and the CA that client certificates must chain to.
-///
-/// Client certificates are required, not optional: the adapter trusts the `x-vehicle-vin`
-/// metadata only because the caller proved it is the gateway. Give it the CA that signs only
-/// the gateway's client certificate (`gateway-clients-ca.pem` in the development PKI), never
-/// one that also signs cars: a car holding a valid certificate of its own could otherwise call
-/// the adapter directly and claim another VIN. [`serve`] also checks the certificate's role on
-/// every call. PEM errors are reported by [`serve`] when it applies the config.
-pub fn mtls_config(cert_pem: &str, key_pem: &str, client_ca_pem: &str) -> ServerTlsConfig {
-    ServerTlsConfig::new()
-        .identity(Identity::from_pem(cert_pem, key_pem))
-        .client_ca_root(Certificate::from_pem(client_ca_pem))
-        // Handshakes run concurrently, but a client that stalls one still holds a socket.
-        .timeout(TLS_HANDSHAKE_TIMEOUT)
-}
-
-/// Lets a call through only if its client certificate has the role `gateway-client`, else
-/// PERMISSION_DENIED: a tonic interceptor for adapters served over mutual TLS.
-///
-/// The TLS trust anchor should already admit nothing else; this check keeps a car out even
-/// when an adapter is given a CA that signs cars too, and refuses certificates whose subject
-/// names more than one role.
-pub fn require_gateway_client(request: Request<()>) -> Result<Request<()>, Status> {
-    require_peer_role(&request, Role::GatewayClient).map_err(|status| match status.code() {
-        tonic::Code::PermissionDenied => {
-            Status::permission_denied(format!("only the gateway may call this adapter: {}", status.message()))
-        }
-        _ => status,
-    })?;
-    Ok(request)
 }

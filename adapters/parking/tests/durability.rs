@@ -2,18 +2,17 @@
 //! activation, the same port) knows every open session, charges it once, and replays the
 //! answers it gave before the crash.
 
-use std::os::fd::OwnedFd;
-use std::path::Path;
-use std::process::Stdio;
-use std::time::Duration;
+mod common;
 
-use command_fds::{CommandFdExt, FdMapping};
+use std::ffi::OsStr;
+use std::path::Path;
+
+use common::adapter_on_passed_socket;
 use parking_adapter::ParkingService;
 use proto::metadata;
 use proto::parking::v1::parking_payment_client::ParkingPaymentClient;
 use proto::parking::v1::{EndSessionRequest, StartSessionRequest};
-use tokio::io::{AsyncBufReadExt, BufReader};
-use tokio::process::{Child, Command};
+use tokio::process::Child;
 use tonic::Request;
 use tonic::transport::Channel;
 
@@ -22,26 +21,7 @@ const CAR: &str = "LSVAU2180N2183294";
 /// The adapter binary serving on `socket` (fd 3, as a service manager passes it) over the
 /// database `db`, once it says it is listening.
 async fn adapter(socket: &std::net::TcpListener, db: &Path) -> Child {
-    let passed: OwnedFd = socket.try_clone().unwrap().into();
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_parking-adapter"));
-    cmd.arg("--database")
-        .arg(db)
-        .env("LISTEN_FDS", "1")
-        .env_remove("LISTEN_PID")
-        .stdout(Stdio::piped())
-        .kill_on_drop(true);
-    cmd.fd_mappings(vec![FdMapping {
-        parent_fd: passed,
-        child_fd: 3,
-    }])
-    .unwrap();
-    let mut child = cmd.spawn().unwrap();
-    let mut out = BufReader::new(child.stdout.take().unwrap()).lines();
-    let line = tokio::time::timeout(Duration::from_secs(20), out.next_line())
-        .await
-        .expect("the adapter says where it listens")
-        .unwrap()
-        .expect("a line");
+    let (child, line) = adapter_on_passed_socket(socket, &[OsStr::new("--database"), db.as_os_str()]).await;
     assert!(line.starts_with("parking adapter listening on"), "{line}");
     child
 }
