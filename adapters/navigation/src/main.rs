@@ -15,6 +15,7 @@ use std::process::ExitCode;
 
 use anyhow::Context as _;
 use clap::Parser;
+use clap::error::ErrorKind;
 use navigation_adapter::{NavigationService, serve};
 use proto::adapter::cli::{EX_USAGE, Listen, TlsFiles, passed_sockets, shutdown_signal};
 use tracing_subscriber::EnvFilter;
@@ -52,7 +53,15 @@ fn main() -> ExitCode {
         .with_ansi(std::io::stderr().is_terminal())
         .init();
 
-    let args = Args::parse();
+    let args = match Args::try_parse() {
+        Ok(args) => args,
+        Err(e) if matches!(e.kind(), ErrorKind::DisplayHelp | ErrorKind::DisplayVersion) => e.exit(),
+        Err(e) => {
+            // A value clap cannot read is a bad configuration like any other: EX_USAGE.
+            let _ = e.print();
+            return ExitCode::from(EX_USAGE);
+        }
+    };
     let usage = |problem: String| {
         eprintln!("navigation-adapter: {problem}");
         ExitCode::from(EX_USAGE)

@@ -27,6 +27,17 @@ async fn half_a_tls_configuration_exits_64() {
 }
 
 #[tokio::test]
+async fn an_option_it_cannot_read_exits_64() {
+    let out = Command::new(BINARY)
+        .args(["--listen", "nowhere"])
+        .output()
+        .await
+        .unwrap();
+    assert_eq!(out.status.code(), Some(64));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--listen"));
+}
+
+#[tokio::test]
 async fn the_adapter_serves_on_the_socket_it_is_passed() {
     // The service manager's socket: bound here, on port 0, and kept while the adapter runs.
     let socket = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
