@@ -7,7 +7,7 @@
 use std::time::Duration;
 
 use anyhow::{Context, Result, bail, ensure};
-use proto::social_login::v1::poll_device_login_response::Outcome;
+use proto::device_login::{DevicePoller, LoginEnd};
 use proto::social_login::v1::social_login_client::SocialLoginClient;
 use proto::social_login::v1::{
     LinkedIdentity, PollDeviceLoginRequest, PollDeviceLoginResponse, SocialProvider, StartDeviceLoginRequest,
@@ -15,8 +15,8 @@ use proto::social_login::v1::{
 };
 use reqwest::header::{COOKIE, SET_COOKIE};
 use tokio::time::Instant;
+use tonic::Status;
 use tonic::transport::Channel;
-use tonic::{Code, Status};
 
 use crate::journey::{step, timed};
 
@@ -161,93 +161,5 @@ impl PageSeen {
         form.push(("csrf", self.token()?));
         let response = browser.post(url).header(COOKIE, cookie).form(&form).send().await?;
         PageSeen::of(response).await
-    }
-}
-
-/// How a device login ended, as the car sees it.
-#[derive(Debug, Clone, PartialEq)]
-pub enum LoginEnd {
-    /// The driver approved: the linked account.
-    Linked(LinkedIdentity),
-    /// The driver refused.
-    Denied,
-    /// The partner said the codes expired.
-    Expired,
-    /// `expires_in` passed without an answer; the car stopped polling by itself.
-    GaveUp,
-}
-
-/// Polls one device login by the rules of RFC 8628 §3.4–3.5: waits `interval` before each
-/// poll, 5 s more for this and every later poll on SLOW_DOWN, stops on LINKED, DENIED or
-/// EXPIRED, and gives up when `expires_in` has passed.
-///
-/// A copy of `DevicePoller` in the end-to-end fixtures (tests/src/social_login.rs, where it
-/// is tested): in-car apps are not in this workspace, and the demo plays one.
-#[derive(Debug, Clone)]
-pub struct DevicePoller {
-    interval: Duration,
-    deadline: Instant,
-    polls: u32,
-}
-
-impl DevicePoller {
-    /// For the login `started`, from now: its interval (at least 1 s) and its expiry.
-    pub fn new(started: &StartDeviceLoginResponse) -> DevicePoller {
-        DevicePoller {
-            interval: Duration::from_secs(u64::from(started.interval.max(1))),
-            deadline: Instant::now() + Duration::from_secs(u64::from(started.expires_in)),
-            polls: 0,
-        }
-    }
-
-    /// The wait before the next poll.
-    pub fn interval(&self) -> Duration {
-        self.interval
-    }
-
-    /// Polls made so far.
-    pub fn polls(&self) -> u32 {
-        self.polls
-    }
-
-    /// Polls with `poll` until the login ends: waits the interval before each poll (the
-    /// protocol's pacing, not synchronisation), slows down when told to, keeps going through a
-    /// link that is briefly down (UNAVAILABLE, DEADLINE_EXCEEDED, RESOURCE_EXHAUSTED), returns
-    /// any other error.
-    pub async fn run<F, Fut>(&mut self, mut poll: F) -> Result<LoginEnd, Status>
-    where
-        F: FnMut() -> Fut,
-        Fut: Future<Output = Result<PollDeviceLoginResponse, Status>>,
-    {
-        loop {
-            if Instant::now() + self.interval > self.deadline {
-                return Ok(LoginEnd::GaveUp);
-            }
-            tokio::time::sleep(self.interval).await;
-            self.polls += 1;
-            let outcome = match poll().await {
-                Ok(answer) => answer.outcome,
-                Err(status)
-                    if matches!(
-                        status.code(),
-                        Code::Unavailable | Code::DeadlineExceeded | Code::ResourceExhausted
-                    ) =>
-                {
-                    continue;
-                }
-                Err(status) => return Err(status),
-            };
-            match outcome {
-                Some(Outcome::Pending(_)) => {}
-                Some(Outcome::SlowDown(slow)) => {
-                    self.interval =
-                        (self.interval + Duration::from_secs(5)).max(Duration::from_secs(slow.interval.into()));
-                }
-                Some(Outcome::Linked(identity)) => return Ok(LoginEnd::Linked(identity)),
-                Some(Outcome::Denied(_)) => return Ok(LoginEnd::Denied),
-                Some(Outcome::Expired(_)) => return Ok(LoginEnd::Expired),
-                None => return Err(Status::internal("the partner answered a poll without an outcome")),
-            }
-        }
     }
 }

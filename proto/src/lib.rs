@@ -9,6 +9,7 @@
 //!   authorization grant (the Rust module is not `identity`, which is the certificate profile);
 //! - [`Vin`], [`topics`] and [`metadata`]: how identity appears on the wire;
 //! - [`identity`]: the certificate profile (role and holder) and its one parser;
+//! - [`device_login`]: the car's side of a social login's polling rules (RFC 8628);
 //! - [`json`]: JSON <-> protobuf by method name (compiled-in contracts and installed
 //!   descriptor sets), for shells and demos;
 //! - [`adapter`]: what a Rust partner adapter can reuse: mTLS and the gateway-client check,
@@ -18,6 +19,7 @@
 //! This crate depends on nothing else of ours, so partners can build against it alone.
 
 pub mod adapter;
+pub mod device_login;
 pub mod identity;
 pub mod json;
 pub mod metadata;
