@@ -322,6 +322,23 @@ fn main() -> ExitCode {
     }
 }
 
+/// The gateway's release binary: `given`, or the workspace's own, built first unless `no_build`.
+fn gateway_binary(no_build: bool, given: Option<&Path>) -> anyhow::Result<PathBuf> {
+    if !no_build && given.is_none() {
+        brokers::build_workspace_binaries()?;
+    }
+    let bin = match given {
+        Some(p) => p.to_path_buf(),
+        None => brokers::workspace_binary("gateway")?,
+    };
+    anyhow::ensure!(
+        bin.exists(),
+        "{} does not exist (build it or pass --gateway-bin)",
+        bin.display()
+    );
+    Ok(bin)
+}
+
 /// The brokers to measure, ready to start: the gateway (built first unless told not to) with
 /// its adapter, and Mosquitto (installed if missing and allowed); files of the run go in
 /// `work`. The notes say what was done.
@@ -329,19 +346,10 @@ fn prepare(args: &BrokerArgs, work: &Path) -> anyhow::Result<(BrokerSetup, Vec<S
     let mut notes = Vec::new();
     let wants = |name: &str| args.brokers.iter().any(|b| b == name);
     let gateway = if wants("gateway") {
-        if !args.no_build && args.gateway_bin.is_none() {
-            brokers::build_workspace_binaries()?;
-        }
-        let bin = match &args.gateway_bin {
-            Some(p) => p.clone(),
-            None => brokers::workspace_binary("gateway")?,
-        };
-        anyhow::ensure!(
-            bin.exists(),
-            "{} does not exist (build it or pass --gateway-bin)",
-            bin.display()
-        );
-        Some(GatewayLaunch::Binary(bin))
+        Some(GatewayLaunch::Binary(gateway_binary(
+            args.no_build,
+            args.gateway_bin.as_deref(),
+        )?))
     } else {
         None
     };
@@ -404,18 +412,7 @@ fn command_line() -> String {
 /// `fleet-bench services`: a configuration-only service against a compiled-in one.
 async fn services_only(args: ServicesOnly) -> anyhow::Result<()> {
     let work = tempfile::Builder::new().prefix("fleet-bench-services-").tempdir()?;
-    if !args.no_build && args.gateway_bin.is_none() {
-        brokers::build_workspace_binaries()?;
-    }
-    let bin = match &args.gateway_bin {
-        Some(p) => p.clone(),
-        None => brokers::workspace_binary("gateway")?,
-    };
-    anyhow::ensure!(
-        bin.exists(),
-        "{} does not exist (build it or pass --gateway-bin)",
-        bin.display()
-    );
+    let bin = gateway_binary(args.no_build, args.gateway_bin.as_deref())?;
     let plan = ServicesPlan {
         vehicles: args.vehicles,
         rate: args.rate,
