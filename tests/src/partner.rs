@@ -88,6 +88,18 @@ pub fn start_navigation(pki: &TestPki, listener: std::net::TcpListener) -> Runni
     RunningPartner { addr, _stop: stop }
 }
 
+/// Where the tests' driver is going: Nanjing East Road, a short walk from the Bund.
+pub const DESTINATION: proto::navigation::v1::GeoPoint = proto::navigation::v1::GeoPoint {
+    latitude: 31.2365,
+    longitude: 121.4840,
+};
+
+/// Where the tests' car is: by Jing'an Temple.
+pub const CAR_POSITION: proto::navigation::v1::GeoPoint = proto::navigation::v1::GeoPoint {
+    latitude: 31.2236,
+    longitude: 121.4454,
+};
+
 /// The gateway's entry for the navigation adapter at `addr`: both its methods only read.
 pub fn navigation_entry(pki: &TestPki, addr: SocketAddr) -> PartnerConfig {
     PartnerConfig {

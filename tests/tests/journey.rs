@@ -8,23 +8,12 @@ use std::time::Duration;
 use integration_tests::browser::{Chromium, click, fill, input_value, text_of};
 use integration_tests::*;
 use proto::navigation::v1::navigation_client::NavigationClient;
-use proto::navigation::v1::{GeoPoint, Maneuver, PlaceCategory, RouteRequest, SearchPlacesRequest};
+use proto::navigation::v1::{Maneuver, PlaceCategory, RouteRequest, SearchPlacesRequest};
 use proto::parking::v1::{EndSessionRequest, GetReceiptRequest, SessionState};
 use proto::social_login::v1::poll_device_login_response::Outcome;
 use proto::social_login::v1::social_login_client::SocialLoginClient;
 use proto::social_login::v1::{PollDeviceLoginRequest, SocialProvider, StartDeviceLoginRequest};
 use vehicle_agent::Agent;
-
-/// Where the driver is going: Nanjing East Road, a short walk from the Bund.
-const DESTINATION: GeoPoint = GeoPoint {
-    latitude: 31.2365,
-    longitude: 121.4840,
-};
-/// Where the car is: by Jing'an Temple.
-const CAR_POSITION: GeoPoint = GeoPoint {
-    latitude: 31.2236,
-    longitude: 121.4454,
-};
 
 /// The gateway in front of all three reference partners, and a car whose agent forwards the
 /// three services.

@@ -13,17 +13,6 @@ use tonic::transport::Channel;
 use integration_tests::*;
 use vehicle_agent::Agent;
 
-/// Where the driver is going: Nanjing East Road, a short walk from the Bund.
-const DESTINATION: GeoPoint = GeoPoint {
-    latitude: 31.2365,
-    longitude: 121.4840,
-};
-/// Where the car is: by Jing'an Temple.
-const CAR_POSITION: GeoPoint = GeoPoint {
-    latitude: 31.2236,
-    longitude: 121.4454,
-};
-
 /// The gateway in front of the parking and the navigation partners, and a car whose agent
 /// forwards both services.
 struct Town {
