@@ -88,6 +88,25 @@ pub fn start_navigation(pki: &TestPki, listener: std::net::TcpListener) -> Runni
     RunningPartner { addr, _stop: stop }
 }
 
+/// The command line of the parking adapter's binary as the partner `parking` of `pki`: its
+/// state in `database`, its certificate, and only the gateway-clients CA trusted.
+pub fn parking_adapter_args(pki: &TestPki, database: &std::path::Path) -> Vec<String> {
+    let me = pki.partner("parking");
+    let gateway_clients_ca = pki.layout.issuing_ca_cert(certs::IssuingCa::GatewayClients);
+    [
+        "--database",
+        &database.display().to_string(),
+        "--cert",
+        &me.cert.display().to_string(),
+        "--key",
+        &me.key.display().to_string(),
+        "--client-ca",
+        &gateway_clients_ca.display().to_string(),
+    ]
+    .map(str::to_owned)
+    .to_vec()
+}
+
 /// Where the tests' driver is going: Nanjing East Road, a short walk from the Bund.
 pub const DESTINATION: proto::navigation::v1::GeoPoint = proto::navigation::v1::GeoPoint {
     latitude: 31.2365,

@@ -37,19 +37,8 @@ async fn every_session_open_at_the_kill_is_paid_after_the_restart_once() {
     })
     .await;
     let pki = &platform.pki;
-    let me = pki.partner("parking");
     let database = pki.path("parking-process.db");
-    let gateway_clients_ca = pki.layout.issuing_ca_cert(certs::IssuingCa::GatewayClients);
-    let args = [
-        "--database".to_owned(),
-        database.display().to_string(),
-        "--cert".into(),
-        me.cert.display().to_string(),
-        "--key".into(),
-        me.key.display().to_string(),
-        "--client-ca".into(),
-        gateway_clients_ca.display().to_string(),
-    ];
+    let args = parking_adapter_args(pki, &database);
     let args: Vec<&str> = args.iter().map(String::as_str).collect();
     let start = || async {
         let mut adapter = Process::spawn_on(built_binary!(parking_adapter), &args, adapter_port.socket());

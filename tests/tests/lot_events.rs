@@ -114,26 +114,17 @@ async fn an_event_committed_before_kill_9_is_published_by_the_restarted_adapter(
     })
     .await;
     let pki = &platform.pki;
-    let me = pki.partner("parking");
     let database = pki.path("parking-process.db");
-    let gateway_clients_ca = pki.layout.issuing_ca_cert(certs::IssuingCa::GatewayClients);
     let nobody = RefusingPartner::new();
     let partner_api_addr = platform.gateway.partner_api_addr().unwrap();
     let args = |partner_api: std::net::SocketAddr, lot: bool| {
-        let mut args = vec![
-            "--database".to_owned(),
-            database.display().to_string(),
-            "--cert".into(),
-            me.cert.display().to_string(),
-            "--key".into(),
-            me.key.display().to_string(),
-            "--client-ca".into(),
-            gateway_clients_ca.display().to_string(),
+        let mut args = parking_adapter_args(pki, &database);
+        args.extend([
             "--partner-api".into(),
             format!("https://localhost:{}", partner_api.port()),
             "--partner-api-ca".into(),
             pki.ca_cert.display().to_string(),
-        ];
+        ]);
         if lot {
             args.extend([
                 "--lot-listen".into(),
