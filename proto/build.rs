@@ -11,6 +11,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         "proto/agent/v1/agent.proto",
         "proto/navigation/v1/navigation.proto",
         "proto/identity/v1/identity.proto",
+        "proto/fleet/v1/fleet.proto",
     ];
     for f in &files {
         println!("cargo:rerun-if-changed={f}");

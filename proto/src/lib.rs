@@ -68,6 +68,13 @@ contract!(
     "navigation.v1"
 );
 contract!(
+    /// Fleet operations (`fleet.v1`), hosted by the gateway on its ops listener for operators.
+    fleet,
+    /// Version 1 of the fleet operations API.
+    v1,
+    "fleet.v1"
+);
+contract!(
     /// Partner -> car events (`events.v1`), hosted by the gateway.
     events,
     /// Version 1 of the partner events contract.

@@ -34,6 +34,10 @@ pub enum DisconnectReason {
     LimitExceeded(String),
     /// The gateway is shutting down.
     ServerShutdown,
+    /// An operator ended the session (fleet ops `KickVehicle`).
+    KickedByOperator,
+    /// The car's certificate was revoked: its session ends and it may not connect again.
+    Revoked,
 }
 
 impl fmt::Display for DisconnectReason {
@@ -53,6 +57,8 @@ impl fmt::Display for DisconnectReason {
             }
             DisconnectReason::LimitExceeded(why) => write!(f, "limit exceeded: {why}"),
             DisconnectReason::ServerShutdown => f.write_str("server shutdown"),
+            DisconnectReason::KickedByOperator => f.write_str("kicked by an operator"),
+            DisconnectReason::Revoked => f.write_str("certificate revoked"),
         }
     }
 }
