@@ -126,7 +126,9 @@ pub fn main() -> ExitCode {
             Err(e) => {
                 eprintln!("error: {e}");
                 return match e {
-                    StartError::Tls(_) | StartError::Partner(_) => ExitCode::from(EXIT_BAD_CONFIG),
+                    StartError::Tls(_) | StartError::Partner(_) | StartError::Crl(_) | StartError::Ops(_) => {
+                        ExitCode::from(EXIT_BAD_CONFIG)
+                    }
                     StartError::Storage(_) => ExitCode::from(EXIT_UNAVAILABLE),
                     _ => ExitCode::FAILURE,
                 };

@@ -17,6 +17,7 @@ pub mod connection_log;
 pub mod events;
 pub mod fuzz;
 pub mod logsafe;
+pub mod ops;
 pub mod routing;
 pub mod store;
 
@@ -43,6 +44,7 @@ const LISTEN_BACKLOG: u32 = 8192;
 pub struct Gateway {
     mqtt_addr: SocketAddr,
     partner_api_addr: Option<SocketAddr>,
+    ops_addr: Option<SocketAddr>,
     shutdown: CancellationToken,
     tracker: TaskTracker,
     sessions: broadcast::Sender<ConnectionEvent>,
@@ -92,6 +94,12 @@ pub enum StartError {
     /// tonic refused the partner API's TLS setup.
     #[error("partner API: {0}")]
     PartnerApiTls(#[source] tonic::transport::Error),
+    /// The ops listener could not start.
+    #[error(transparent)]
+    Ops(#[from] ops::OpsStartError),
+    /// A CRL file (`tls.crls`) could not be read.
+    #[error("tls.crls: {0}")]
+    Crl(#[from] broker::revocation::CrlError),
 }
 
 /// Runs blocking `work` (file IO) on tokio's blocking threads and returns its result.
@@ -135,11 +143,22 @@ impl Gateway {
         listener: TcpListener,
         partner_api: Option<TcpListener>,
     ) -> Result<Gateway, StartError> {
+        Gateway::start_on_all(config, listener, partner_api, None).await
+    }
+
+    /// [`Gateway::start_on_listeners`], with the ops listener (if `[ops]` is configured) on
+    /// `ops` instead of a socket bound to `ops.listen`.
+    pub async fn start_on_all(
+        config: GatewayConfig,
+        listener: TcpListener,
+        partner_api: Option<TcpListener>,
+        ops: Option<TcpListener>,
+    ) -> Result<Gateway, StartError> {
         let mqtt_addr = listener.local_addr().map_err(|source| StartError::Bind {
             addr: config.mqtt.listen,
             source,
         })?;
-        let (tls, partners) = {
+        let (tls, partners, crl_serials) = {
             // Certificates and keys are read from disk: off the async workers.
             let (tls, partners, max_response) = (
                 config.tls.clone(),
@@ -150,10 +169,13 @@ impl Gateway {
                 Ok::<_, StartError>((
                     broker::tls::server_config(&tls)?,
                     routing::PartnerDirectory::from_config(&partners, max_response)?,
+                    broker::revocation::read_crl_serials(&tls.crls)?,
                 ))
             })
             .await?
         };
+        let revocation_list = Arc::new(broker::RevocationList::default());
+        revocation_list.set_crl_serials(crl_serials);
         let m = &config.mqtt;
         let max_packet_bytes = config.requests.max_payload_bytes + ENVELOPE_OVERHEAD_BYTES;
         let mailboxes = bus::Mailboxes::new(bus::MailboxLimits {
@@ -241,6 +263,28 @@ impl Gateway {
             None => None,
         };
 
+        let revocations = ops::Revocations::load(revocation_list.clone(), store.clone(), mailboxes.clone()).await?;
+        tracker.spawn(ops::reload_revocations(
+            revocations.clone(),
+            config.tls.crls.clone(),
+            config.revocation.reload_interval,
+            shutdown.clone(),
+        ));
+        let ops_addr = match &config.ops {
+            Some(ops_config) => {
+                let context = ops::OpsContext {
+                    node: config.storage.node.clone(),
+                    store: store.clone(),
+                    mailboxes: mailboxes.clone(),
+                    revocations,
+                    connection_events: sessions.clone(),
+                    partners: partners.clone(),
+                };
+                Some(ops::serve(&config, ops_config, ops, context, shutdown.clone(), &tracker).await?)
+            }
+            None => None,
+        };
+
         let settings = broker::ListenerSettings {
             first_flight_timeout: m.first_flight_timeout,
             handshake_timeout: m.handshake_timeout,
@@ -273,6 +317,7 @@ impl Gateway {
                     max_bytes: m.max_retained_bytes,
                 },
             },
+            revocations: revocation_list,
         };
         tracker.spawn(broker::expire_saved_sessions(
             services.clone(),
@@ -297,6 +342,7 @@ impl Gateway {
         Ok(Gateway {
             mqtt_addr,
             partner_api_addr,
+            ops_addr,
             shutdown,
             tracker,
             sessions,
@@ -318,6 +364,11 @@ impl Gateway {
     /// Where partners push events, if the partner API is enabled.
     pub fn partner_api_addr(&self) -> Option<SocketAddr> {
         self.partner_api_addr
+    }
+
+    /// Where operators connect (fleet ops API, dashboard, metrics), if `[ops]` is configured.
+    pub fn ops_addr(&self) -> Option<SocketAddr> {
+        self.ops_addr
     }
 
     /// Connection events from now on, each passed on once it is recorded in the connection log.

@@ -111,6 +111,8 @@ impl<'a> ConnectedSession<'a> {
                 MailboxState::Open | MailboxState::Parked => {}
                 MailboxState::Kicked => return DisconnectReason::Kicked,
                 MailboxState::Overflowed => return DisconnectReason::SlowConsumer,
+                MailboxState::Evicted => return DisconnectReason::KickedByOperator,
+                MailboxState::Revoked => return DisconnectReason::Revoked,
             }
             if let Err(reason) = self.drain(mqtt, mailbox) {
                 return reason;

@@ -6,6 +6,8 @@ use proto::Vin;
 use proto::identity::{self, Role};
 use rustls_pki_types::CertificateDer;
 
+use super::revocation::CertificateFacts;
+
 /// A vehicle, as its certificate proves it.
 #[derive(Debug, Clone)]
 pub struct VehicleIdentity {
@@ -13,6 +15,8 @@ pub struct VehicleIdentity {
     pub vin: Vin,
     /// SHA-256 of the certificate (hex), to tell certificates of one VIN apart in logs.
     pub fingerprint: String,
+    /// Serial and notBefore, for the revocation check.
+    pub certificate: CertificateFacts,
 }
 
 /// Why a verified certificate still does not identify a vehicle.
@@ -43,6 +47,9 @@ pub fn vehicle_identity(chain: Option<&[CertificateDer<'_>]>) -> Result<VehicleI
     Ok(VehicleIdentity {
         vin,
         fingerprint: fingerprint(leaf.as_ref()),
+        // `identify` parsed it already, so this cannot fail; were it to, notBefore 0 is older
+        // than any revocation: the safe side.
+        certificate: CertificateFacts::of(leaf.as_ref()).unwrap_or_default(),
     })
 }
 

@@ -126,6 +126,8 @@ pub struct Peer {
     pub vin: Vin,
     /// SHA-256 of the certificate.
     pub fingerprint: String,
+    /// Serial and notBefore of the certificate, for the revocation check at CONNECT.
+    pub certificate: super::revocation::CertificateFacts,
     /// Remote address.
     pub remote: SocketAddr,
 }

@@ -183,6 +183,7 @@ async fn handle(tcp: TcpStream, remote: SocketAddr, shared: &Listener, pending: 
         conn: shared.next_conn.fetch_add(1, Ordering::Relaxed),
         vin: identity.vin,
         fingerprint: identity.fingerprint,
+        certificate: identity.certificate,
         remote,
     };
     let reason = serve_vehicle(tls, &peer, &shared.services, &shared.shutdown).await;

@@ -7,6 +7,7 @@ pub mod handshakes;
 pub mod identity;
 pub mod lifecycle;
 pub mod listener;
+pub mod revocation;
 pub mod saved;
 pub mod session;
 pub mod subscriptions;
@@ -20,6 +21,7 @@ pub use handshakes::HandshakePool;
 pub use identity::{IdentityError, VehicleIdentity, vehicle_identity};
 pub use lifecycle::{ConnectionEvent, ConnectionEventSink, ConnectionInfo, DisconnectReason, Peer};
 pub use listener::{ListenerSettings, ListenerStats};
+pub use revocation::{CertificateFacts, RevocationList, Revoked};
 pub use saved::{RetainedLimits, SavedSessions, SavedStats};
 pub use session::{SessionLimits, SessionServices};
 

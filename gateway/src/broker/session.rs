@@ -18,6 +18,7 @@ use super::connected::ConnectedSession;
 use super::flood::{ConnectLimiter, PacketLimiter};
 use super::lifecycle::{ConnectionEvent, ConnectionEventSink, ConnectionInfo, DisconnectReason, Peer};
 use super::mqtt::MqttIo;
+use super::revocation::RevocationList;
 use super::saved::{RetainedLimits, SavedSessions};
 use super::subscriptions::Subscriptions;
 use crate::bus::{AckInbox, Mailbox, Mailboxes, RequestInbox};
@@ -65,6 +66,8 @@ pub struct SessionServices {
     pub connect_limiter: Arc<ConnectLimiter>,
     /// Per-car bounds.
     pub limits: SessionLimits,
+    /// Revoked certificates, checked at every CONNECT (resumed TLS included).
+    pub revocations: Arc<RevocationList>,
 }
 
 fn connack(session_present: bool, code: ConnectReturnCode) -> Packet {
@@ -127,6 +130,10 @@ async fn open<'a, S: AsyncRead + AsyncWrite + Unpin>(
         return Err(DisconnectReason::Refused(
             "reconnecting faster than its connect rate".into(),
         ));
+    }
+    if let Some(revoked) = services.revocations.check(vin, &peer.certificate) {
+        let _ = mqtt.send(&connack(false, ConnectReturnCode::NotAuthorized)).await;
+        return Err(DisconnectReason::Refused(revoked.to_string()));
     }
     if connect.protocol != Protocol::V4 {
         let _ = mqtt

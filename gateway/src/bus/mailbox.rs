@@ -107,12 +107,27 @@ pub enum MailboxState {
     Overflowed,
     /// Its persistent session ended; it keeps messages for the next one.
     Parked,
+    /// An operator ended the session.
+    Evicted,
+    /// The car's certificate was revoked.
+    Revoked,
+}
+
+/// Why an operator ends a car's session ([`Mailboxes::evict`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Eviction {
+    /// A kick: the car may reconnect.
+    Kick,
+    /// A revocation: it may not.
+    Revocation,
 }
 
 const OPEN: u8 = 0;
 const KICKED: u8 = 1;
 const OVERFLOWED: u8 = 2;
 const PARKED: u8 = 3;
+const EVICTED: u8 = 4;
+const REVOKED: u8 = 5;
 
 /// Messages kept for a car whose persistent session is away; beyond it new ones are dropped
 /// (the car republishes what it has no answer for).
@@ -207,6 +222,8 @@ impl Mailbox {
             OPEN => MailboxState::Open,
             KICKED => MailboxState::Kicked,
             OVERFLOWED => MailboxState::Overflowed,
+            EVICTED => MailboxState::Evicted,
+            REVOKED => MailboxState::Revoked,
             _ => MailboxState::Parked,
         }
     }
@@ -311,6 +328,28 @@ impl Mailboxes {
         } else {
             live.remove(vin);
         }
+    }
+
+    /// Ends `vin`'s live session, if it has one here, for an operator; returns whether it had.
+    /// A revocation also drops what a parked mailbox kept: that car will not be back.
+    pub fn evict(&self, vin: &Vin, why: Eviction) -> bool {
+        let mut live = self.live.write().unwrap_or_else(PoisonError::into_inner);
+        let Some(mailbox) = live.get(vin) else {
+            return false;
+        };
+        if mailbox.state() == MailboxState::Parked {
+            if why == Eviction::Revocation {
+                live.remove(vin);
+            }
+            return false;
+        }
+        let state = match why {
+            Eviction::Kick => EVICTED,
+            Eviction::Revocation => REVOKED,
+        };
+        let open = mailbox.state() == MailboxState::Open;
+        mailbox.close_with(state);
+        open
     }
 
     /// Drops `vin`'s parked mailbox, if it has one: its saved session expired.

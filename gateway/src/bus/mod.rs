@@ -20,7 +20,9 @@ use bytes::Bytes;
 use proto::Vin;
 use tokio::sync::OwnedSemaphorePermit;
 
-pub use mailbox::{DeliveryOutcome, Mailbox, MailboxLimits, MailboxState, Mailboxes, Outbound, OutboundMessage};
+pub use mailbox::{
+    DeliveryOutcome, Eviction, Mailbox, MailboxLimits, MailboxState, Mailboxes, Outbound, OutboundMessage,
+};
 
 /// Receives the requests cars publish on their `v1/req` topic; implemented by routing.
 pub trait RequestInbox: Send + Sync + 'static {

@@ -35,6 +35,12 @@ pub struct GatewayConfig {
     /// The gRPC endpoint partners call to push events (off when absent).
     #[serde(default)]
     pub partner_api: Option<PartnerApiConfig>,
+    /// The operators' endpoint: fleet ops API, dashboard, metrics, health (off when absent).
+    #[serde(default)]
+    pub ops: Option<OpsConfig>,
+    /// How revocations made elsewhere (CRL files, other nodes) reach this node.
+    #[serde(default)]
+    pub revocation: RevocationConfig,
 }
 
 /// The database.
@@ -397,6 +403,8 @@ impl GatewayConfig {
             idempotency: IdempotencyConfig::default(),
             events: EventsConfig::default(),
             partner_api: None,
+            ops: None,
+            revocation: RevocationConfig::default(),
         }
     }
 
@@ -449,7 +457,10 @@ fn explain_missing(e: figment::Error) -> ConfigError {
     ConfigError::Parse(Box::new(e))
 }
 
+mod ops;
 mod validate;
+
+pub use ops::{OpsConfig, RevocationConfig};
 
 #[cfg(test)]
 mod tests;

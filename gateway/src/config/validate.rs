@@ -167,6 +167,10 @@ impl GatewayConfig {
                 return Err(invalid(field, "must be at most 100 years"));
             }
         }
+        if let Some(ops) = &self.ops {
+            ops.validate()?;
+        }
+        self.revocation.validate()?;
         if let Some(api) = &self.partner_api {
             must_exist("partner_api.client_ca", &api.client_ca)?;
         }
@@ -270,7 +274,7 @@ impl GatewayConfig {
     }
 }
 
-fn must_exist(field: &str, path: &Path) -> Result<(), ConfigError> {
+pub(super) fn must_exist(field: &str, path: &Path) -> Result<(), ConfigError> {
     if path.is_file() {
         Ok(())
     } else {

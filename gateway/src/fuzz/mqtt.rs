@@ -188,11 +188,13 @@ async fn run_session(data: &[u8]) {
         // Each run is the car's first connection.
         connect_limiter: Arc::new(ConnectLimiter::new(NonZeroU32::MAX, NonZeroU32::MAX)),
         limits: limits.clone(),
+        revocations: Default::default(),
     };
     let peer = Peer {
         conn: 1,
         vin: car.clone(),
         fingerprint: "fuzz".into(),
+        certificate: Default::default(),
         remote: ([127, 0, 0, 1], 50_000).into(),
     };
     let shutdown = CancellationToken::new();

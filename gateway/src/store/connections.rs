@@ -241,6 +241,48 @@ impl Store {
         rows.into_iter().map(record).collect()
     }
 
+    /// Open connections on every node whose VIN starts with `vin_prefix` (ISO 3779 characters
+    /// only, checked by the caller), oldest first, at most `limit`; and how many match in all.
+    pub async fn open_connections_page(
+        &self,
+        vin_prefix: &str,
+        limit: u32,
+    ) -> Result<(Vec<ConnectionRecord>, u64), StoreError> {
+        const SQL: &str =
+            select_connections!("WHERE disconnected_at IS NULL AND vin LIKE $1 ORDER BY connected_at, id LIMIT $2");
+        const COUNT: &str = "SELECT COUNT(*) FROM connections WHERE disconnected_at IS NULL AND vin LIKE $1";
+        const OP: &str = "listing open connections";
+        let pattern = format!("{vin_prefix}%");
+        let rows: Vec<ConnectionRow> = on_pool!(self, |pool| sqlx::query_as(SQL)
+            .bind(&pattern)
+            .bind(super::limit(limit))
+            .fetch_all(pool)
+            .await)
+        .map_err(StoreError::query(OP))?;
+        let (total,): (i64,) = on_pool!(self, |pool| sqlx::query_as(COUNT).bind(&pattern).fetch_one(pool).await)
+            .map_err(StoreError::query(OP))?;
+        let records = rows.into_iter().map(record).collect::<Result<_, _>>()?;
+        Ok((records, super::to_u64("open connections", total)?))
+    }
+
+    /// The most recently closed connections whose VIN starts with `vin_prefix`, newest first.
+    pub async fn recently_closed_connections(
+        &self,
+        vin_prefix: &str,
+        limit: u32,
+    ) -> Result<Vec<ConnectionRecord>, StoreError> {
+        const SQL: &str = select_connections!(
+            "WHERE disconnected_at IS NOT NULL AND vin LIKE $1 ORDER BY disconnected_at DESC, id DESC LIMIT $2"
+        );
+        let rows: Vec<ConnectionRow> = on_pool!(self, |pool| sqlx::query_as(SQL)
+            .bind(format!("{vin_prefix}%"))
+            .bind(super::limit(limit))
+            .fetch_all(pool)
+            .await)
+        .map_err(StoreError::query("listing closed connections"))?;
+        rows.into_iter().map(record).collect()
+    }
+
     /// Deletes the connections that ended before `before_ms`; returns how many. Open ones stay.
     pub async fn purge_connections(&self, before_ms: i64) -> Result<u64, StoreError> {
         const SQL: &str = "DELETE FROM connections WHERE disconnected_at IS NOT NULL AND disconnected_at < $1";

@@ -19,6 +19,7 @@ mod connections;
 mod error;
 mod events;
 mod ledger;
+mod revocations;
 mod url;
 mod writer;
 
@@ -35,6 +36,7 @@ pub use connections::{ConnectionChange, ConnectionId, ConnectionRecord, NewConne
 pub use error::StoreError;
 pub use events::{Appended, NewEvent, StoredEvent};
 pub use ledger::{Claim, LedgerKey, RequestFingerprint};
+pub use revocations::RevocationRecord;
 pub use url::redact_url;
 
 /// How long [`Store::connect`] waits for the database before giving up.

@@ -1,0 +1,91 @@
+//! Domain types to `fleet.v1` messages: the one place the ops API's protobuf is built.
+
+use proto::fleet::v1 as fleet;
+
+use crate::broker::ConnectionEvent;
+use crate::routing::{BreakerState, PartnerHealth};
+use crate::store::{ConnectionRecord, RevocationRecord};
+
+/// A recorded connection as a `Session`.
+pub fn session(record: ConnectionRecord) -> fleet::Session {
+    let c = record.connection;
+    fleet::Session {
+        vin: c.vin.as_str().to_owned(),
+        node: c.node,
+        remote_addr: c.remote_addr,
+        agent_version: c.agent_version.unwrap_or_default(),
+        cert_fingerprint: c.cert_fingerprint,
+        connected_at_ms: c.connected_at_ms,
+        disconnected_at_ms: record.disconnected_at_ms.unwrap_or(0),
+        disconnect_reason: record.disconnect_reason.unwrap_or_default(),
+    }
+}
+
+/// A connection event of `node` as a `SessionChange` (`None` for what operators do not see).
+pub fn session_change(node: &str, event: &ConnectionEvent) -> Option<fleet::SessionChange> {
+    use fleet::session_change::Kind;
+    let (kind, session) = match event {
+        ConnectionEvent::Connected(info) => (
+            Kind::Connected,
+            fleet::Session {
+                vin: info.vin.as_str().to_owned(),
+                node: node.to_owned(),
+                remote_addr: info.remote.to_string(),
+                agent_version: info.agent_version.clone().unwrap_or_default(),
+                cert_fingerprint: info.fingerprint.clone(),
+                connected_at_ms: info.at_ms,
+                ..Default::default()
+            },
+        ),
+        ConnectionEvent::Disconnected { vin, reason, at_ms, .. } => (
+            Kind::Disconnected,
+            fleet::Session {
+                vin: vin.as_str().to_owned(),
+                node: node.to_owned(),
+                disconnected_at_ms: *at_ms,
+                disconnect_reason: reason.to_string(),
+                ..Default::default()
+            },
+        ),
+        ConnectionEvent::EventsSubscribed { .. } => return None,
+    };
+    Some(fleet::SessionChange {
+        kind: kind.into(),
+        session: Some(session),
+    })
+}
+
+/// The VIN a connection event is about.
+pub fn event_vin(event: &ConnectionEvent) -> &str {
+    match event {
+        ConnectionEvent::Connected(info) => info.vin.as_str(),
+        ConnectionEvent::Disconnected { vin, .. } | ConnectionEvent::EventsSubscribed { vin, .. } => vin.as_str(),
+    }
+}
+
+/// A partner's limits and breaker as a `PartnerStatus`.
+pub fn partner_status(health: PartnerHealth) -> fleet::PartnerStatus {
+    fleet::PartnerStatus {
+        service: health.service,
+        breaker: match health.breaker {
+            BreakerState::Closed => "closed",
+            BreakerState::Open { .. } => "open",
+            BreakerState::HalfOpen => "half-open",
+        }
+        .to_owned(),
+        calls_in_flight: u32::try_from(health.calls_in_flight).unwrap_or(u32::MAX),
+        shed_total: health.shed_total,
+        refused_total: health.refused_while_open_total,
+        ..Default::default()
+    }
+}
+
+/// A stored revocation as a `Revocation`.
+pub fn revocation(record: RevocationRecord) -> fleet::Revocation {
+    fleet::Revocation {
+        vin: record.vin.as_str().to_owned(),
+        revoked_at_ms: record.revoked_at_ms,
+        reason: record.reason,
+        revoked_by: record.revoked_by,
+    }
+}

@@ -1,0 +1,310 @@
+//! `fleet.v1.FleetOps`: what operators ask of the gateway and what they do to cars.
+
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::Stream;
+use proto::Vin;
+use proto::fleet::v1 as fleet;
+use proto::fleet::v1::fleet_ops_server::{FleetOps, FleetOpsServer};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tokio_stream::StreamExt;
+use tokio_stream::wrappers::BroadcastStream;
+use tokio_stream::wrappers::errors::BroadcastStreamRecvError;
+use tonic::{Request, Response, Status};
+use tracing::info;
+
+use super::auth::{NotOperator, Operator, SignIns, operator_of};
+use super::{OpsContext, convert};
+use crate::bus::Eviction;
+use crate::logsafe::printable_within;
+use crate::store::StoreError;
+
+/// Most sessions `ListSessions` returns at once.
+const MAX_LIVE: u32 = 10_000;
+/// Most closed sessions `ListSessions` returns at once.
+const MAX_CLOSED: u32 = 1000;
+/// Longest revocation reason kept.
+const MAX_REASON_CHARS: usize = 500;
+
+/// The FleetOps service. Cheap to clone.
+#[derive(Clone)]
+pub struct FleetOpsApi {
+    context: OpsContext,
+    sign_ins: Arc<SignIns>,
+    public_url: String,
+    watchers: Arc<Semaphore>,
+}
+
+impl FleetOpsApi {
+    /// Serves `context`; dashboard links point at `public_url`; at most `max_watchers` session
+    /// streams at once.
+    pub fn new(context: OpsContext, sign_ins: Arc<SignIns>, public_url: String, max_watchers: usize) -> Self {
+        FleetOpsApi {
+            context,
+            sign_ins,
+            public_url,
+            watchers: Arc::new(Semaphore::new(max_watchers)),
+        }
+    }
+
+    /// The tonic server for this service.
+    pub fn into_server(self) -> FleetOpsServer<FleetOpsApi> {
+        FleetOpsServer::new(self)
+    }
+
+    /// The ops context this service acts on.
+    pub fn context(&self) -> &OpsContext {
+        &self.context
+    }
+
+    /// A stream of session changes for VINs starting with `prefix`, holding a watcher permit;
+    /// RESOURCE_EXHAUSTED when `ops.max_watchers` streams are open.
+    pub fn watch(&self, prefix: &str) -> Result<SessionChanges, Status> {
+        let prefix = vin_prefix(prefix)?;
+        let permit =
+            self.watchers.clone().try_acquire_owned().map_err(|_| {
+                Status::resource_exhausted("too many session watchers open (ops.max_watchers); close one")
+            })?;
+        let node = self.context.node.clone();
+        let changes = BroadcastStream::new(self.context.connection_events.subscribe()).filter_map(move |event| {
+            let _held: &OwnedSemaphorePermit = &permit;
+            match event {
+                Ok(event) if convert::event_vin(&event).starts_with(&prefix) => {
+                    convert::session_change(&node, &event).map(Ok)
+                }
+                Ok(_) => None,
+                Err(BroadcastStreamRecvError::Lagged(missed)) => Some(Err(Status::data_loss(format!(
+                    "this watcher fell {missed} session changes behind; list the sessions and watch again"
+                )))),
+            }
+        });
+        Ok(Box::pin(changes))
+    }
+}
+
+/// Session changes as `WatchSessions` streams them.
+pub type SessionChanges = Pin<Box<dyn Stream<Item = Result<fleet::SessionChange, Status>> + Send>>;
+
+/// The operator making `request`: one the dashboard already checked (an extension only
+/// in-process code can set), or the one its client certificate names.
+pub fn operator<T>(request: &Request<T>) -> Result<Operator, Status> {
+    if let Some(operator) = request.extensions().get::<Operator>() {
+        return Ok(operator.clone());
+    }
+    let certs = request.peer_certs();
+    operator_of(certs.as_deref().map(Vec::as_slice)).map_err(|e| match e {
+        NotOperator::Anonymous => Status::unauthenticated(e.to_string()),
+        NotOperator::Refused(why) => Status::permission_denied(why),
+    })
+}
+
+fn vin(text: &str) -> Result<Vin, Status> {
+    Vin::parse(text).map_err(|e| Status::invalid_argument(format!("vin: {e}")))
+}
+
+/// A VIN prefix as typed: uppercased, ISO 3779 characters only (it goes into a LIKE pattern).
+fn vin_prefix(text: &str) -> Result<String, Status> {
+    let prefix = text.to_ascii_uppercase();
+    if prefix.len() > 17 || !prefix.chars().all(|c| c.is_ascii_alphanumeric()) {
+        return Err(Status::invalid_argument(format!(
+            "vin_prefix {:?}: at most 17 letters and digits",
+            printable_within(text, 40)
+        )));
+    }
+    Ok(prefix)
+}
+
+fn store_error(e: StoreError) -> Status {
+    Status::unavailable(format!("the gateway's store: {e}"))
+}
+
+fn unimplemented_yet(what: &str) -> Status {
+    Status::unimplemented(format!("{what} is not served by this gateway build"))
+}
+
+#[tonic::async_trait]
+impl FleetOps for FleetOpsApi {
+    async fn list_sessions(
+        &self,
+        request: Request<fleet::ListSessionsRequest>,
+    ) -> Result<Response<fleet::ListSessionsResponse>, Status> {
+        operator(&request)?;
+        let r = request.into_inner();
+        let prefix = vin_prefix(&r.vin_prefix)?;
+        let live_limit = match r.live_limit {
+            0 => 1000,
+            n => n.min(MAX_LIVE),
+        };
+        let closed_limit = match r.closed_limit {
+            0 => 50,
+            n => n.min(MAX_CLOSED),
+        };
+        let store = &self.context.store;
+        let (live, live_total) = store
+            .open_connections_page(&prefix, live_limit)
+            .await
+            .map_err(store_error)?;
+        let closed = store
+            .recently_closed_connections(&prefix, closed_limit)
+            .await
+            .map_err(store_error)?;
+        Ok(Response::new(fleet::ListSessionsResponse {
+            live: live.into_iter().map(convert::session).collect(),
+            recently_closed: closed.into_iter().map(convert::session).collect(),
+            live_total,
+        }))
+    }
+
+    type WatchSessionsStream = SessionChanges;
+
+    async fn watch_sessions(
+        &self,
+        request: Request<fleet::WatchSessionsRequest>,
+    ) -> Result<Response<Self::WatchSessionsStream>, Status> {
+        operator(&request)?;
+        Ok(Response::new(self.watch(&request.into_inner().vin_prefix)?))
+    }
+
+    async fn vehicle_timeline(
+        &self,
+        request: Request<fleet::VehicleTimelineRequest>,
+    ) -> Result<Response<fleet::TimelinePage>, Status> {
+        operator(&request)?;
+        Err(unimplemented_yet("the interaction journal"))
+    }
+
+    async fn customer_timeline(
+        &self,
+        request: Request<fleet::CustomerTimelineRequest>,
+    ) -> Result<Response<fleet::TimelinePage>, Status> {
+        operator(&request)?;
+        Err(unimplemented_yet("the interaction journal"))
+    }
+
+    async fn partner_health(
+        &self,
+        request: Request<fleet::PartnerHealthRequest>,
+    ) -> Result<Response<fleet::PartnerHealthResponse>, Status> {
+        operator(&request)?;
+        Ok(Response::new(fleet::PartnerHealthResponse {
+            partners: self
+                .context
+                .partners
+                .health()
+                .into_iter()
+                .map(convert::partner_status)
+                .collect(),
+            window_seconds: 60,
+        }))
+    }
+
+    async fn kick_vehicle(
+        &self,
+        request: Request<fleet::KickVehicleRequest>,
+    ) -> Result<Response<fleet::KickVehicleResponse>, Status> {
+        let by = operator(&request)?;
+        let vin = vin(&request.into_inner().vin)?;
+        let was_connected = self.context.mailboxes.evict(&vin, Eviction::Kick);
+        info!(%vin, by = %by.name, was_connected, "vehicle kicked by an operator");
+        Ok(Response::new(fleet::KickVehicleResponse { was_connected }))
+    }
+
+    async fn revoke_vehicle(
+        &self,
+        request: Request<fleet::RevokeVehicleRequest>,
+    ) -> Result<Response<fleet::RevokeVehicleResponse>, Status> {
+        let by = operator(&request)?;
+        let r = request.into_inner();
+        let vin = vin(&r.vin)?;
+        let reason = printable_within(&r.reason, MAX_REASON_CHARS);
+        let (record, was_connected) = self
+            .context
+            .revocations
+            .revoke(&vin, &reason, &by.name)
+            .await
+            .map_err(store_error)?;
+        Ok(Response::new(fleet::RevokeVehicleResponse {
+            revoked_at_ms: record.revoked_at_ms,
+            was_connected,
+        }))
+    }
+
+    async fn list_revocations(
+        &self,
+        request: Request<fleet::ListRevocationsRequest>,
+    ) -> Result<Response<fleet::ListRevocationsResponse>, Status> {
+        operator(&request)?;
+        let all = self.context.revocations.all().await.map_err(store_error)?;
+        Ok(Response::new(fleet::ListRevocationsResponse {
+            revocations: all.into_iter().map(convert::revocation).collect(),
+        }))
+    }
+
+    async fn create_customer(
+        &self,
+        request: Request<fleet::CreateCustomerRequest>,
+    ) -> Result<Response<fleet::Customer>, Status> {
+        operator(&request)?;
+        Err(unimplemented_yet("customers"))
+    }
+
+    async fn get_customer(
+        &self,
+        request: Request<fleet::GetCustomerRequest>,
+    ) -> Result<Response<fleet::Customer>, Status> {
+        operator(&request)?;
+        Err(unimplemented_yet("customers"))
+    }
+
+    async fn link_vehicle(
+        &self,
+        request: Request<fleet::LinkVehicleRequest>,
+    ) -> Result<Response<fleet::Customer>, Status> {
+        operator(&request)?;
+        Err(unimplemented_yet("customers"))
+    }
+
+    async fn unlink_vehicle(
+        &self,
+        request: Request<fleet::UnlinkVehicleRequest>,
+    ) -> Result<Response<fleet::Customer>, Status> {
+        operator(&request)?;
+        Err(unimplemented_yet("customers"))
+    }
+
+    async fn link_social_identity(
+        &self,
+        request: Request<fleet::LinkSocialIdentityRequest>,
+    ) -> Result<Response<fleet::Customer>, Status> {
+        operator(&request)?;
+        Err(unimplemented_yet("customers"))
+    }
+
+    async fn unlink_social_identity(
+        &self,
+        request: Request<fleet::UnlinkSocialIdentityRequest>,
+    ) -> Result<Response<fleet::Customer>, Status> {
+        operator(&request)?;
+        Err(unimplemented_yet("customers"))
+    }
+
+    async fn create_dashboard_link(
+        &self,
+        request: Request<fleet::CreateDashboardLinkRequest>,
+    ) -> Result<Response<fleet::DashboardLink>, Status> {
+        let by = operator(&request)?;
+        let seconds = match request.into_inner().valid_seconds {
+            0 => 300,
+            n => u64::from(n).min(super::auth::MAX_LINK_TTL.as_secs()),
+        };
+        let token = self.sign_ins.issue_link(by.clone(), Duration::from_secs(seconds));
+        info!(by = %by.name, valid_s = seconds, "dashboard sign-in link issued");
+        let expires_at_ms = crate::clock::now_ms() + i64::try_from(seconds * 1000).unwrap_or(i64::MAX);
+        Ok(Response::new(fleet::DashboardLink {
+            url: format!("{}/signin?token={token}", self.public_url.trim_end_matches('/')),
+            expires_at_ms,
+        }))
+    }
+}
