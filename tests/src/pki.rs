@@ -74,6 +74,11 @@ impl TestPki {
         self.layout.issuing_ca_cert(IssuingCa::Partners)
     }
 
+    /// The operators CA file: the only anchor of the gateway's ops listener.
+    pub fn operators_ca(&self) -> PathBuf {
+        self.layout.issuing_ca_cert(IssuingCa::Operators)
+    }
+
     /// The gateway-clients CA, PEM: the only anchor of partner adapters.
     pub fn gateway_clients_ca_pem(&self) -> &str {
         self.ca.issuing_cert_pem(IssuingCa::GatewayClients)

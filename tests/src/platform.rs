@@ -9,6 +9,7 @@ use gateway::config::{PartnerApiConfig, PartnerConfig};
 use gateway::{ConnectionEvent, Gateway, GatewayConfig};
 use parking_adapter::ParkingService;
 use proto::events::v1::partner_events_client::PartnerEventsClient;
+use proto::fleet::v1::fleet_ops_client::FleetOpsClient;
 use proto::parking::v1::parking_payment_server::ParkingPayment;
 use tokio::sync::broadcast;
 use tonic::transport::Channel;
@@ -200,12 +201,31 @@ impl Platform {
         Ok(PartnerEventsClient::new(self.pki.grpc_channel(addr, creds).await?))
     }
 
+    /// A client of the gateway's ops listener (which must be on: [`ops`]) presenting `creds`.
+    pub async fn try_fleet_ops(&self, creds: &Credentials) -> Result<FleetOpsClient<Channel>, tonic::transport::Error> {
+        let addr = self.gateway.ops_addr().expect("the ops listener is on");
+        Ok(FleetOpsClient::new(self.pki.grpc_channel(addr, creds).await?))
+    }
+
+    /// [`Platform::try_fleet_ops`], which must connect.
+    pub async fn fleet_ops(&self, creds: &Credentials) -> FleetOpsClient<Channel> {
+        self.try_fleet_ops(creds).await.expect("connect to the ops listener")
+    }
+
     /// [`Platform::try_partner_events`], which must connect.
     pub async fn partner_events(&self, creds: &Credentials) -> PartnerEventsClient<Channel> {
         self.try_partner_events(creds)
             .await
             .expect("connect to the partner API")
     }
+}
+
+/// The ops listener on 127.0.0.1 port 0, trusting `pki`'s operators CA.
+pub fn ops(pki: &TestPki) -> Option<gateway::config::OpsConfig> {
+    Some(gateway::config::OpsConfig::new(
+        "127.0.0.1:0".parse().unwrap(),
+        pki.operators_ca(),
+    ))
 }
 
 /// The partner API on 127.0.0.1 port 0, trusting the CA file `client_ca`.
