@@ -272,6 +272,37 @@ impl CertificateAuthority {
         }
     }
 
+    /// A certificate revocation list (PEM) signed by the vehicles CA, revoking the vehicle
+    /// certificates `revoked` (PEM), valid for `valid_days`. The gateway checks it (`tls.crls`)
+    /// at every full handshake and every CONNECT, and reads it again when the file changes.
+    pub fn vehicle_revocation_list(&self, revoked: &[&str], valid_days: i64) -> Result<String, CertsError> {
+        let now = time::OffsetDateTime::now_utc();
+        let mut revoked_certs = Vec::with_capacity(revoked.len());
+        for (i, pem) in revoked.iter().enumerate() {
+            let bad = |e: String| CertsError::NotACertificate {
+                index: i + 1,
+                reason: e,
+            };
+            let (_, pem) = x509_parser::pem::parse_x509_pem(pem.as_bytes()).map_err(|e| bad(e.to_string()))?;
+            let cert = pem.parse_x509().map_err(|e| bad(e.to_string()))?;
+            revoked_certs.push(rcgen::RevokedCertParams {
+                serial_number: SerialNumber::from_slice(&cert.tbs_certificate.serial.to_bytes_be()),
+                revocation_time: now,
+                reason_code: Some(rcgen::RevocationReason::KeyCompromise),
+                invalidity_date: None,
+            });
+        }
+        let params = rcgen::CertificateRevocationListParams {
+            this_update: now,
+            next_update: now + time::Duration::days(valid_days.max(1)),
+            crl_number: SerialNumber::from_slice(&now.unix_timestamp().to_be_bytes()),
+            issuing_distribution_point: None,
+            revoked_certs,
+            key_identifier_method: rcgen::KeyIdMethod::Sha256,
+        };
+        Ok(params.signed_by(&self.vehicles.issuer)?.pem()?)
+    }
+
     /// Issues the gateway's server certificate (signed by the root) for localhost plus
     /// `extra_names` (IP addresses or DNS names).
     pub fn issue_gateway(&self, extra_names: &[String]) -> Result<IssuedCert, CertsError> {

@@ -53,6 +53,19 @@ enum Command {
         #[command(flatten)]
         dirs: Dirs,
     },
+    /// Write a certificate revocation list signed by vehicles-ca revoking the given vehicle
+    /// certificates, to <OUT>/vehicles.crl.pem; list it in the gateway's `tls.crls`, which it
+    /// reads again when the file changes (no restart).
+    Crl {
+        /// The vehicle certificates (PEM files) to revoke: every one still revoked, as the
+        /// new list replaces the old.
+        certificates: Vec<PathBuf>,
+        /// How many days the list is valid for.
+        #[arg(long, default_value_t = 30)]
+        days: i64,
+        #[command(flatten)]
+        dirs: Dirs,
+    },
 }
 
 /// Where an issued certificate goes and which PKI signs it.
@@ -92,6 +105,21 @@ pub fn main() -> ExitCode {
 /// Runs one command; returns the files it wrote.
 fn run(cli: Cli) -> Result<Vec<PathBuf>, CertsError> {
     let (issued, dirs, stem) = match cli.command {
+        Command::Crl {
+            certificates,
+            days,
+            dirs,
+        } => {
+            let pems = certificates
+                .iter()
+                .map(|path| std::fs::read_to_string(path).map_err(CertsError::io("read", path)))
+                .collect::<Result<Vec<_>, _>>()?;
+            let pems: Vec<&str> = pems.iter().map(String::as_str).collect();
+            let crl = dirs.authority()?.vehicle_revocation_list(&pems, days)?;
+            let path = dirs.out.join("vehicles.crl.pem");
+            certs::write_revocation_list(&path, &crl)?;
+            return Ok(vec![path]);
+        }
         Command::Init { out, names, force } => return Ok(DevPki::init(&out, &names, force)?.files()),
         Command::Vehicle { vin, dirs } => {
             // Validate before touching the CA, so a typo is reported as such.

@@ -68,6 +68,12 @@ pub(crate) fn write_cert(path: &Path, pem: &str) -> Result<(), CertsError> {
     write_replacing(path, pem.as_bytes(), CERT_MODE, false)
 }
 
+/// Writes a certificate revocation list (PEM) atomically: a reader (the gateway reloading it)
+/// sees the old list or the new one, never half of one.
+pub fn write_revocation_list(path: &Path, pem: &str) -> Result<(), CertsError> {
+    write_replacing(path, pem.as_bytes(), CERT_MODE, false)
+}
+
 /// Writes `contents` to a new temporary file created with `mode`, then renames it over `path`.
 ///
 /// Writing in place would keep the permissions of an existing file (perhaps world-readable) and

@@ -26,7 +26,7 @@ use time::{Duration, OffsetDateTime};
 pub use authority::{
     CA_CERT_FILE, CA_COMMON_NAME, CA_KEY_FILE, CertificateAuthority, GATEWAY_COMMON_NAME, IssuingCa, check_name,
 };
-pub use files::IssuedCert;
+pub use files::{IssuedCert, write_revocation_list};
 pub use pki::{DevPki, GATEWAY_CLIENT_STEM, GATEWAY_STEM};
 
 /// Default lifetime of leaf certificates: the longest browsers and most TLS stacks accept.
@@ -93,6 +93,14 @@ pub enum CertsError {
         "{0} already exists; refusing to replace the CA (use --force to replace it, which invalidates every certificate it signed)"
     )]
     CaExists(PathBuf),
+    /// A certificate to revoke is not a PEM X.509 certificate.
+    #[error("certificate {index} to revoke is not a PEM X.509 certificate: {reason}")]
+    NotACertificate {
+        /// Its position in the list, from 1.
+        index: usize,
+        /// What is wrong with it.
+        reason: String,
+    },
     /// A CA certificate file is not usable.
     #[error("{path} is not a usable CA certificate: {reason}")]
     BadCaCert {
@@ -143,7 +151,8 @@ pub enum CertsError {
 }
 
 impl CertsError {
-    pub(crate) fn io(action: &'static str, path: impl Into<PathBuf>) -> impl FnOnce(std::io::Error) -> CertsError {
+    /// How an IO error on `path` while doing `action` is reported.
+    pub fn io(action: &'static str, path: impl Into<PathBuf>) -> impl FnOnce(std::io::Error) -> CertsError {
         let path = path.into();
         move |source| CertsError::Io { action, path, source }
     }

@@ -280,7 +280,14 @@ impl Gateway {
                     connection_events: sessions.clone(),
                     partners: partners.clone(),
                 };
-                Some(ops::serve(&config, ops_config, ops, context, shutdown.clone(), &tracker).await?)
+                let listener = match ops {
+                    Some(listener) => listener,
+                    None => bind(ops_config.listen).map_err(|source| StartError::Bind {
+                        addr: ops_config.listen,
+                        source,
+                    })?,
+                };
+                Some(ops::serve(&config, ops_config, listener, context, shutdown.clone(), &tracker).await?)
             }
             None => None,
         };

@@ -266,6 +266,11 @@ impl WireCar {
     /// A TLS connection as `vin` (its own certificate), nothing sent yet.
     pub async fn open(platform: &Platform, vin: &str) -> WireCar {
         let config = client_tls(&platform.pki.ca_cert, &platform.pki.vehicle(vin));
+        WireCar::open_with(platform, config).await
+    }
+
+    /// A TLS connection with `config`: keep one config to resume its TLS session next time.
+    pub async fn open_with(platform: &Platform, config: std::sync::Arc<rustls::ClientConfig>) -> WireCar {
         let tcp = tokio::net::TcpStream::connect(platform.mqtt_addr()).await.unwrap();
         let tls = tokio_rustls::TlsConnector::from(config)
             .connect("localhost".try_into().unwrap(), tcp)
@@ -290,6 +295,21 @@ impl WireCar {
             other => panic!("expected CONNACK, got {other:?}"),
         }
         car
+    }
+
+    /// Whether this connection's TLS handshake resumed an earlier session.
+    pub fn resumed(&self) -> bool {
+        self.tls.get_ref().1.handshake_kind() == Some(rustls::HandshakeKind::Resumed)
+    }
+
+    /// Sends CONNECT as `vin` (clean session) and returns the CONNACK's code, if one came.
+    pub async fn connect_as(&mut self, vin: &str) -> Option<rumqttc::mqttbytes::v4::ConnectReturnCode> {
+        self.send(&WirePacket::Connect(rumqttc::mqttbytes::v4::Connect::new(vin)))
+            .await;
+        match self.read().await {
+            Some(WirePacket::ConnAck(ack)) => Some(ack.code),
+            _ => None,
+        }
     }
 
     /// Sends `packet`.

@@ -123,6 +123,10 @@ const MODULE_RULES: &[(&str, &[&str])] = &[
     ("routing", &["bus", "config", "store", "clock", "logsafe"]),
     ("events", &["bus", "config", "store", "clock", "logsafe"]),
     ("store", &["clock", "logsafe"]),
+    (
+        "ops",
+        &["broker", "bus", "routing", "store", "config", "clock", "logsafe"],
+    ),
     ("config", &[]),
     ("clock", &[]),
     ("logsafe", &[]),

@@ -72,11 +72,11 @@ pub enum OpsStartError {
     },
 }
 
-/// Starts the ops listener on `listener` (or binds `ops.listen`) and returns its address.
+/// Starts the ops listener on `listener` and returns its address.
 pub async fn serve(
     config: &GatewayConfig,
     ops: &OpsConfig,
-    listener: Option<TcpListener>,
+    listener: TcpListener,
     context: OpsContext,
     shutdown: CancellationToken,
     tracker: &TaskTracker,
@@ -99,13 +99,6 @@ pub async fn serve(
         .identity(Identity::from_pem(cert, key))
         .client_ca_root(Certificate::from_pem(ca))
         .client_auth_optional(true);
-    let listener = match listener {
-        Some(listener) => listener,
-        None => crate::bind(ops.listen).map_err(|source| OpsStartError::Bind {
-            addr: ops.listen,
-            source,
-        })?,
-    };
     let addr = listener.local_addr().map_err(|source| OpsStartError::Bind {
         addr: ops.listen,
         source,
