@@ -4,7 +4,7 @@
 //! Layout: [`broker`] is the vehicle-facing connection layer (TLS, identity, MQTT sessions);
 //! [`routing`] maps requests to partner adapters and [`events`] delivers partner events; they
 //! meet the broker on the [`bus`] (per-VIN mailboxes, a request inbox, an acknowledgement
-//! inbox). [`clock`] and [`logsafe`] are leaves every layer may use. [`Gateway`] wires them
+//! inbox). [`clock`], [`logsafe`] and [`metrics`] are leaves every layer may use. [`Gateway`] wires them
 //! together. ARCHITECTURE.md says which layer may use which; a test holds them to it. [`fuzz`]
 //! holds the fuzzers' entry points, not an API.
 
@@ -16,7 +16,9 @@ pub mod config;
 pub mod connection_log;
 pub mod events;
 pub mod fuzz;
+pub mod health;
 pub mod logsafe;
+pub mod metrics;
 pub mod routing;
 pub mod store;
 
@@ -33,6 +35,7 @@ use tracing::{error, info};
 
 pub use broker::{ConnectionEvent, DisconnectReason};
 pub use config::{ConfigError, GatewayConfig};
+pub use health::NotReady;
 
 /// Headroom over the largest request payload for the envelope and MQTT headers.
 const ENVELOPE_OVERHEAD_BYTES: usize = 16 * 1024;
@@ -56,6 +59,14 @@ pub struct Gateway {
     mailboxes: bus::Mailboxes,
     /// The partners, for their limits' and breakers' state.
     partners: routing::PartnerDirectory,
+    /// Their service names, in configuration order (metrics labels).
+    configured_services: Vec<String>,
+    /// The metric families the layers count into.
+    metrics: Arc<metrics::Metrics>,
+    /// Each partner's last minute of requests.
+    request_stats: Arc<routing::RequestStats>,
+    /// `storage.acquire_timeout`: how long readiness waits for the database.
+    store_timeout: Duration,
 }
 
 /// Why the gateway could not start.
@@ -139,7 +150,7 @@ impl Gateway {
             addr: config.mqtt.listen,
             source,
         })?;
-        let (tls, partners) = {
+        let (tls, partners, certificate_expiry) = {
             // Certificates and keys are read from disk: off the async workers.
             let (tls, partners, max_response) = (
                 config.tls.clone(),
@@ -150,10 +161,13 @@ impl Gateway {
                 Ok::<_, StartError>((
                     broker::tls::server_config(&tls)?,
                     routing::PartnerDirectory::from_config(&partners, max_response)?,
+                    health::certificate_expiry(&tls.cert),
                 ))
             })
             .await?
         };
+        let metrics = metrics::Metrics::new(certificate_expiry);
+        let request_stats = Arc::new(routing::RequestStats::new(&partners, &metrics));
         let m = &config.mqtt;
         let max_packet_bytes = config.requests.max_payload_bytes + ENVELOPE_OVERHEAD_BYTES;
         let mailboxes = bus::Mailboxes::new(bus::MailboxLimits {
@@ -189,11 +203,10 @@ impl Gateway {
         let ledger = Arc::new(routing::Ledger::new(store.clone(), owner, config.idempotency.retention));
         let delivery =
             events::EventDelivery::spawn(store.clone(), mailboxes.clone(), shutdown.clone(), tracker.clone());
-        let router = Arc::new(routing::RequestRouter::new(
-            partners.clone(),
-            config.requests.clone(),
-            ledger.clone(),
-        ));
+        let router = Arc::new(
+            routing::RequestRouter::new(partners.clone(), config.requests.clone(), ledger.clone())
+                .with_stats(request_stats.clone()),
+        );
         let requests = TaskTracker::new();
         let dispatcher = routing::Dispatcher::new(router.clone(), mailboxes.clone(), requests.clone());
         {
@@ -273,6 +286,7 @@ impl Gateway {
                     max_bytes: m.max_retained_bytes,
                 },
             },
+            metrics: metrics.clone(),
         };
         tracker.spawn(broker::expire_saved_sessions(
             services.clone(),
@@ -282,6 +296,8 @@ impl Gateway {
         ));
         let stats = Arc::new(broker::ListenerStats::default());
         let handshakes = Arc::new(broker::HandshakePool::new(m.handshake_threads).map_err(StartError::Handshakes)?);
+        // The socket is listening: cars queue in its backlog until the loop takes them.
+        stats.accepting.store(true, std::sync::atomic::Ordering::Release);
         tracker.spawn(broker::listener::serve(
             listener,
             tls,
@@ -307,6 +323,10 @@ impl Gateway {
             saved: services.saved.clone(),
             mailboxes: services.mailboxes.clone(),
             partners,
+            configured_services: config.partners.iter().map(|p| p.service.clone()).collect(),
+            metrics,
+            request_stats,
+            store_timeout: config.storage.acquire_timeout,
         })
     }
 

@@ -188,6 +188,7 @@ async fn run_session(data: &[u8]) {
         // Each run is the car's first connection.
         connect_limiter: Arc::new(ConnectLimiter::new(NonZeroU32::MAX, NonZeroU32::MAX)),
         limits: limits.clone(),
+        metrics: crate::metrics::Metrics::new(None),
     };
     let peer = Peer {
         conn: 1,
