@@ -148,6 +148,11 @@ async fn ready_with_the_database_up_and_not_ready_saying_so_when_it_is_gone() {
     let db = postgres::Database::create("readiness");
     let platform = Platform::start_with(|c| c.storage.url = db.url()).await;
     assert_eq!(platform.gateway.readiness().await, Ok(()));
+    // The store's counts run on PostgreSQL too.
+    let up = parse(&platform.gateway.metrics_text().await);
+    assert_eq!(must(&up, "carlink_store_up", &[]), 1.0);
+    assert_eq!(must(&up, "carlink_ledger_entries", &[]), 0.0);
+    assert_eq!(must(&up, "carlink_events_pending", &[("service", PARKING)]), 0.0);
 
     db.go_away();
     let not_ready = platform.gateway.readiness().await.expect_err("the database is gone");
