@@ -4,7 +4,7 @@
 //! Layout: [`broker`] is the vehicle-facing connection layer (TLS, identity, MQTT sessions);
 //! [`routing`] maps requests to partner adapters and [`events`] delivers partner events; they
 //! meet the broker on the [`bus`] (per-VIN mailboxes, a request inbox, an acknowledgement
-//! inbox). [`clock`] and [`logsafe`] are leaves every layer may use. [`Gateway`] wires them
+//! inbox). [`clock`], [`logsafe`] and [`metrics`] are leaves every layer may use. [`Gateway`] wires them
 //! together. ARCHITECTURE.md says which layer may use which; a test holds them to it. [`fuzz`]
 //! holds the fuzzers' entry points, not an API.
 
@@ -16,7 +16,9 @@ pub mod config;
 pub mod connection_log;
 pub mod events;
 pub mod fuzz;
+pub mod health;
 pub mod logsafe;
+pub mod metrics;
 pub mod ops;
 pub mod routing;
 pub mod store;
@@ -34,6 +36,7 @@ use tracing::{error, info};
 
 pub use broker::{ConnectionEvent, DisconnectReason};
 pub use config::{ConfigError, GatewayConfig};
+pub use health::NotReady;
 
 /// Headroom over the largest request payload for the envelope and MQTT headers.
 const ENVELOPE_OVERHEAD_BYTES: usize = 16 * 1024;
@@ -58,6 +61,8 @@ pub struct Gateway {
     mailboxes: bus::Mailboxes,
     /// The partners, for their limits' and breakers' state.
     partners: routing::PartnerDirectory,
+    /// Metrics, readiness and partner status.
+    health: health::Health,
 }
 
 /// Why the gateway could not start.
@@ -158,7 +163,7 @@ impl Gateway {
             addr: config.mqtt.listen,
             source,
         })?;
-        let (tls, partners, crl_serials) = {
+        let (tls, partners, crl_serials, certificate_expiry) = {
             // Certificates and keys are read from disk: off the async workers.
             let (tls, partners, max_response) = (
                 config.tls.clone(),
@@ -170,12 +175,15 @@ impl Gateway {
                     broker::tls::server_config(&tls)?,
                     routing::PartnerDirectory::from_config(&partners, max_response)?,
                     broker::revocation::read_crl_serials(&tls.crls)?,
+                    health::certificate_expiry(&tls.cert),
                 ))
             })
             .await?
         };
         let revocation_list = Arc::new(broker::RevocationList::default());
         revocation_list.set_crl_serials(crl_serials);
+        let metrics = metrics::Metrics::new(certificate_expiry);
+        let request_stats = Arc::new(routing::RequestStats::new(&partners, &metrics));
         let m = &config.mqtt;
         let max_packet_bytes = config.requests.max_payload_bytes + ENVELOPE_OVERHEAD_BYTES;
         let mailboxes = bus::Mailboxes::new(bus::MailboxLimits {
@@ -211,11 +219,10 @@ impl Gateway {
         let ledger = Arc::new(routing::Ledger::new(store.clone(), owner, config.idempotency.retention));
         let delivery =
             events::EventDelivery::spawn(store.clone(), mailboxes.clone(), shutdown.clone(), tracker.clone());
-        let router = Arc::new(routing::RequestRouter::new(
-            partners.clone(),
-            config.requests.clone(),
-            ledger.clone(),
-        ));
+        let router = Arc::new(
+            routing::RequestRouter::new(partners.clone(), config.requests.clone(), ledger.clone())
+                .with_stats(request_stats.clone()),
+        );
         let requests = TaskTracker::new();
         let dispatcher = routing::Dispatcher::new(router.clone(), mailboxes.clone(), requests.clone());
         {
@@ -263,35 +270,6 @@ impl Gateway {
             None => None,
         };
 
-        let revocations = ops::Revocations::load(revocation_list.clone(), store.clone(), mailboxes.clone()).await?;
-        tracker.spawn(ops::reload_revocations(
-            revocations.clone(),
-            config.tls.crls.clone(),
-            config.revocation.reload_interval,
-            shutdown.clone(),
-        ));
-        let ops_addr = match &config.ops {
-            Some(ops_config) => {
-                let context = ops::OpsContext {
-                    node: config.storage.node.clone(),
-                    store: store.clone(),
-                    mailboxes: mailboxes.clone(),
-                    revocations,
-                    connection_events: sessions.clone(),
-                    partners: partners.clone(),
-                };
-                let listener = match ops {
-                    Some(listener) => listener,
-                    None => bind(ops_config.listen).map_err(|source| StartError::Bind {
-                        addr: ops_config.listen,
-                        source,
-                    })?,
-                };
-                Some(ops::serve(&config, ops_config, listener, context, shutdown.clone(), &tracker).await?)
-            }
-            None => None,
-        };
-
         let settings = broker::ListenerSettings {
             first_flight_timeout: m.first_flight_timeout,
             handshake_timeout: m.handshake_timeout,
@@ -324,7 +302,8 @@ impl Gateway {
                     max_bytes: m.max_retained_bytes,
                 },
             },
-            revocations: revocation_list,
+            revocations: revocation_list.clone(),
+            metrics: metrics.clone(),
         };
         tracker.spawn(broker::expire_saved_sessions(
             services.clone(),
@@ -334,6 +313,48 @@ impl Gateway {
         ));
         let stats = Arc::new(broker::ListenerStats::default());
         let handshakes = Arc::new(broker::HandshakePool::new(m.handshake_threads).map_err(StartError::Handshakes)?);
+        let health = health::Health {
+            store: store.clone(),
+            stats: stats.clone(),
+            saved: services.saved.clone(),
+            mailboxes: services.mailboxes.clone(),
+            partners: partners.clone(),
+            configured_services: config.partners.iter().map(|p| p.service.clone()).collect(),
+            metrics,
+            request_stats,
+            store_timeout: config.storage.acquire_timeout,
+        };
+        let revocations = ops::Revocations::load(revocation_list, store.clone(), services.mailboxes.clone()).await?;
+        tracker.spawn(ops::reload_revocations(
+            revocations.clone(),
+            config.tls.crls.clone(),
+            config.revocation.reload_interval,
+            shutdown.clone(),
+        ));
+        let ops_addr = match &config.ops {
+            Some(ops_config) => {
+                let context = ops::OpsContext {
+                    node: config.storage.node.clone(),
+                    store: store.clone(),
+                    mailboxes: services.mailboxes.clone(),
+                    revocations,
+                    connection_events: sessions.clone(),
+                    health: health.clone(),
+                };
+                let listener = match ops {
+                    Some(listener) => listener,
+                    None => bind(ops_config.listen).map_err(|source| StartError::Bind {
+                        addr: ops_config.listen,
+                        source,
+                    })?,
+                };
+                Some(ops::serve(&config, ops_config, listener, context, shutdown.clone(), &tracker).await?)
+            }
+            None => None,
+        };
+
+        // The socket is listening: cars queue in its backlog until the loop takes them.
+        stats.accepting.store(true, std::sync::atomic::Ordering::Release);
         tracker.spawn(broker::listener::serve(
             listener,
             tls,
@@ -360,6 +381,7 @@ impl Gateway {
             saved: services.saved.clone(),
             mailboxes: services.mailboxes.clone(),
             partners,
+            health,
         })
     }
 

@@ -40,6 +40,27 @@ pub enum DisconnectReason {
     Revoked,
 }
 
+impl DisconnectReason {
+    /// A short fixed label for the reason (metrics, dashboards): one per variant, never the
+    /// free text some variants carry.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            DisconnectReason::Clean => "clean",
+            DisconnectReason::KeepAliveTimeout => "keep_alive_timeout",
+            DisconnectReason::Kicked => "kicked",
+            DisconnectReason::ProtocolError(_) => "protocol_error",
+            DisconnectReason::Refused(_) => "refused",
+            DisconnectReason::ConnectionLost(_) => "connection_lost",
+            DisconnectReason::SlowConsumer => "slow_consumer",
+            DisconnectReason::Flooding { .. } => "flooding",
+            DisconnectReason::LimitExceeded(_) => "limit_exceeded",
+            DisconnectReason::ServerShutdown => "server_shutdown",
+            DisconnectReason::KickedByOperator => "kicked_by_operator",
+            DisconnectReason::Revoked => "revoked",
+        }
+    }
+}
+
 impl fmt::Display for DisconnectReason {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
@@ -130,4 +151,38 @@ pub struct Peer {
     pub certificate: super::revocation::CertificateFacts,
     /// Remote address.
     pub remote: SocketAddr,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn each_reason_has_its_own_short_label_without_the_free_text() {
+        let all = [
+            DisconnectReason::Clean,
+            DisconnectReason::KeepAliveTimeout,
+            DisconnectReason::Kicked,
+            DisconnectReason::ProtocolError("car text".into()),
+            DisconnectReason::Refused("car text".into()),
+            DisconnectReason::ConnectionLost("car text".into()),
+            DisconnectReason::SlowConsumer,
+            DisconnectReason::Flooding {
+                per_second: 1,
+                for_: std::time::Duration::from_secs(1),
+            },
+            DisconnectReason::LimitExceeded("car text".into()),
+            DisconnectReason::ServerShutdown,
+            DisconnectReason::KickedByOperator,
+            DisconnectReason::Revoked,
+        ];
+        let kinds: std::collections::BTreeSet<&str> = all.iter().map(DisconnectReason::kind).collect();
+        assert_eq!(kinds.len(), all.len(), "{kinds:?}");
+        assert!(
+            kinds
+                .iter()
+                .all(|k| k.bytes().all(|b| b.is_ascii_lowercase() || b == b'_')),
+            "{kinds:?}"
+        );
+    }
 }

@@ -14,7 +14,7 @@
 
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
@@ -52,6 +52,10 @@ pub struct ListenerSettings {
 /// What the listener has done, for operators and benchmarks.
 #[derive(Debug, Default)]
 pub struct ListenerStats {
+    /// Whether the listener takes connections (readiness): set by whoever starts [`serve`] on a
+    /// listening socket (connections queue in its backlog until the loop takes them), cleared
+    /// when the loop stops.
+    pub accepting: AtomicBool,
     /// TCP connections accepted.
     pub accepted: AtomicU64,
     /// Closed at once: the connection limit was reached.
@@ -62,15 +66,42 @@ pub struct ListenerStats {
     pub shed_handshakes: AtomicU64,
     /// Dropped for not sending a whole ClientHello within the first-flight timeout.
     pub first_flight_timeouts: AtomicU64,
-    /// Handshakes that failed (bad certificate, not TLS, ...) or timed out after the ClientHello.
+    /// Handshakes that failed (bad certificate, not TLS, ...) or timed out after the ClientHello:
+    /// the sum of the next three.
     pub failed_handshakes: AtomicU64,
+    /// Of those: the first bytes were not a TLS ClientHello.
+    pub not_tls: AtomicU64,
+    /// Of those: TLS refused the handshake (bad or missing certificate, no common protocol, ...).
+    pub tls_errors: AtomicU64,
+    /// Of those: the handshake did not finish within the handshake timeout.
+    pub handshake_timeouts: AtomicU64,
     /// Handshakes that completed.
     pub completed_handshakes: AtomicU64,
+    /// Completed handshakes whose certificate the CA accepted but which is not a vehicle's.
+    pub not_vehicle: AtomicU64,
 }
 
 impl ListenerStats {
     fn bump(counter: &AtomicU64) {
         counter.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Every socket refused or dropped before its MQTT session, by a short fixed reason (the
+    /// `reason` label of `carlink_handshake_failures_total`).
+    pub fn failures(&self) -> Vec<(&'static str, u64)> {
+        [
+            ("connection_limit", &self.shed_connections),
+            ("per_source_limit", &self.shed_per_source),
+            ("handshake_capacity", &self.shed_handshakes),
+            ("first_flight_timeout", &self.first_flight_timeouts),
+            ("not_tls", &self.not_tls),
+            ("tls_error", &self.tls_errors),
+            ("handshake_timeout", &self.handshake_timeouts),
+            ("not_vehicle", &self.not_vehicle),
+        ]
+        .into_iter()
+        .map(|(reason, n)| (reason, n.load(Ordering::Relaxed)))
+        .collect()
     }
 
     /// The refusal and failure counters, in a fixed order, for reporting.
@@ -160,6 +191,7 @@ pub async fn serve(
             .instrument(span),
         );
     }
+    shared.stats.accepting.store(false, Ordering::Release);
     info!("vehicle listener stopped accepting");
 }
 
@@ -172,6 +204,7 @@ async fn handle(tcp: TcpStream, remote: SocketAddr, shared: &Listener, pending: 
     let identity = match vehicle_identity(tls.get_ref().1.peer_certificates()) {
         Ok(id) => id,
         Err(e) => {
+            ListenerStats::bump(&shared.stats.not_vehicle);
             warn!(error = %e, "certificate accepted by the CA but not a vehicle's; closing");
             return;
         }
@@ -204,6 +237,7 @@ async fn handshake(tcp: TcpStream, shared: &Listener) -> Option<Tls> {
         Ok(Ok(start)) => start,
         Ok(Err(e)) => {
             ListenerStats::bump(&shared.stats.failed_handshakes);
+            ListenerStats::bump(&shared.stats.not_tls);
             debug!(error = %e, "not a TLS ClientHello");
             return None;
         }
@@ -234,11 +268,13 @@ async fn handshake(tcp: TcpStream, shared: &Listener) -> Option<Tls> {
         Ok(Ok(tls)) => Some(tls),
         Ok(Err(e)) => {
             ListenerStats::bump(&shared.stats.failed_handshakes);
+            ListenerStats::bump(&shared.stats.tls_errors);
             debug!(error = %e, "TLS handshake refused");
             None
         }
         Err(_) => {
             ListenerStats::bump(&shared.stats.failed_handshakes);
+            ListenerStats::bump(&shared.stats.handshake_timeouts);
             debug!(timeout = ?limit, "TLS handshake timed out after the ClientHello");
             None
         }

@@ -24,6 +24,7 @@ use super::subscriptions::Subscriptions;
 use crate::bus::{AckInbox, Mailbox, Mailboxes, RequestInbox};
 use crate::clock::now_ms;
 use crate::logsafe::{printable, printable_within};
+use crate::metrics::{ConnectResult, Metrics};
 
 /// Per-car bounds of a session, each configurable (`[mqtt]`).
 #[derive(Debug, Clone)]
@@ -68,6 +69,8 @@ pub struct SessionServices {
     pub limits: SessionLimits,
     /// Revoked certificates, checked at every CONNECT (resumed TLS included).
     pub revocations: Arc<RevocationList>,
+    /// Where connects, disconnects and takeovers are counted.
+    pub metrics: Arc<Metrics>,
 }
 
 fn connack(session_present: bool, code: ConnectReturnCode) -> Packet {
@@ -91,8 +94,12 @@ where
     let mut mqtt = MqttIo::new(io, services.limits.max_packet_bytes);
     let (mut session, opened) = match Box::pin(open(&mut mqtt, peer, services)).await {
         Ok(opened) => opened,
-        Err(reason) => return reason,
+        Err((result, reason)) => {
+            services.metrics.connect(result);
+            return reason;
+        }
     };
+    services.metrics.connect(ConnectResult::Accepted);
     let reason = session
         .run(&mut mqtt, &opened.mailbox, opened.keep_alive, shutdown)
         .await;
@@ -112,49 +119,62 @@ async fn open<'a, S: AsyncRead + AsyncWrite + Unpin>(
     mqtt: &mut MqttIo<S>,
     peer: &'a Peer,
     services: &'a SessionServices,
-) -> Result<(ConnectedSession<'a>, Opened), DisconnectReason> {
+) -> Result<(ConnectedSession<'a>, Opened), (ConnectResult, DisconnectReason)> {
     let vin = &peer.vin;
     let limits = &services.limits;
+    let no_connect = |reason| (ConnectResult::NoConnect, reason);
     let connect = match timeout(limits.connect_timeout, mqtt.read()).await {
         Ok(Ok(Packet::Connect(connect))) => connect,
-        Ok(Ok(_)) => return Err(DisconnectReason::ProtocolError("first packet is not CONNECT".into())),
-        Ok(Err(reason)) => return Err(reason),
+        Ok(Ok(_)) => {
+            return Err(no_connect(DisconnectReason::ProtocolError(
+                "first packet is not CONNECT".into(),
+            )));
+        }
+        Ok(Err(reason)) => return Err(no_connect(reason)),
         Err(_) => {
-            return Err(DisconnectReason::ProtocolError(
+            return Err(no_connect(DisconnectReason::ProtocolError(
                 "no CONNECT within the connect timeout".into(),
-            ));
+            )));
         }
     };
     if !services.connect_limiter.admit(vin) {
         let _ = mqtt.send(&connack(false, ConnectReturnCode::ServiceUnavailable)).await;
-        return Err(DisconnectReason::Refused(
-            "reconnecting faster than its connect rate".into(),
+        return Err((
+            ConnectResult::Rate,
+            DisconnectReason::Refused("reconnecting faster than its connect rate".into()),
         ));
     }
     if let Some(revoked) = services.revocations.check(vin, &peer.certificate) {
         let _ = mqtt.send(&connack(false, ConnectReturnCode::NotAuthorized)).await;
-        return Err(DisconnectReason::Refused(revoked.to_string()));
+        return Err((ConnectResult::Revoked, DisconnectReason::Refused(revoked.to_string())));
     }
     if connect.protocol != Protocol::V4 {
         let _ = mqtt
             .send(&connack(false, ConnectReturnCode::RefusedProtocolVersion))
             .await;
-        return Err(DisconnectReason::Refused("only MQTT 3.1.1 is served".into()));
+        return Err((
+            ConnectResult::ProtocolVersion,
+            DisconnectReason::Refused("only MQTT 3.1.1 is served".into()),
+        ));
     }
     // The certificate is the identity: the client id may only repeat it.
     if !(connect.client_id == vin.as_str() || connect.client_id.is_empty() && connect.clean_session) {
         let _ = mqtt.send(&connack(false, ConnectReturnCode::BadClientId)).await;
-        return Err(DisconnectReason::Refused(format!(
-            "client id {:?} is not the certificate's VIN",
-            printable(&connect.client_id)
-        )));
+        return Err((
+            ConnectResult::ClientId,
+            DisconnectReason::Refused(format!(
+                "client id {:?} is not the certificate's VIN",
+                printable(&connect.client_id)
+            )),
+        ));
     }
     if let Some(will) = &connect.last_will
         && (!may_publish(vin, &will.topic) || will.topic.contains('\0') || will.topic.len() > limits.max_topic_bytes)
     {
         let _ = mqtt.send(&connack(false, ConnectReturnCode::NotAuthorized)).await;
-        return Err(DisconnectReason::Refused(
-            "will topic outside the vehicle's namespace, too long or with a NUL".into(),
+        return Err((
+            ConnectResult::Will,
+            DisconnectReason::Refused("will topic outside the vehicle's namespace, too long or with a NUL".into()),
         ));
     }
     let asked = Duration::from_secs(connect.keep_alive.into());
@@ -184,7 +204,7 @@ async fn open<'a, S: AsyncRead + AsyncWrite + Unpin>(
     if let Err(reason) = mqtt.send(&connack(session_present, ConnectReturnCode::Success)).await {
         services.mailboxes.close(vin, &mailbox, false);
         services.saved.detach(vin, peer.conn, session.persistent());
-        return Err(reason);
+        return Err(no_connect(reason));
     }
     info!(
         keep_alive_s = connect.keep_alive,
@@ -238,6 +258,11 @@ async fn close<S: AsyncRead + AsyncWrite + Unpin>(
         mqtt.shutdown().await;
     }
     session.end(&opened.mailbox);
+    let metrics = &session.services().metrics;
+    metrics.disconnected(reason.kind());
+    if reason == DisconnectReason::Kicked {
+        metrics.takeover();
+    }
     finish(&session.services().events, session.peer(), reason).await
 }
 

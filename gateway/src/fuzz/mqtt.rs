@@ -189,6 +189,7 @@ async fn run_session(data: &[u8]) {
         connect_limiter: Arc::new(ConnectLimiter::new(NonZeroU32::MAX, NonZeroU32::MAX)),
         limits: limits.clone(),
         revocations: Default::default(),
+        metrics: crate::metrics::Metrics::new(None),
     };
     let peer = Peer {
         conn: 1,

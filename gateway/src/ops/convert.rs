@@ -3,7 +3,7 @@
 use proto::fleet::v1 as fleet;
 
 use crate::broker::ConnectionEvent;
-use crate::routing::{BreakerState, PartnerHealth};
+use crate::routing::PartnerStatus;
 use crate::store::{ConnectionRecord, RevocationRecord};
 
 /// A recorded connection as a `Session`.
@@ -63,20 +63,18 @@ pub fn event_vin(event: &ConnectionEvent) -> &str {
     }
 }
 
-/// A partner's limits and breaker as a `PartnerStatus`.
-pub fn partner_status(health: PartnerHealth) -> fleet::PartnerStatus {
+/// A partner's last minute and its breaker as a `PartnerStatus`.
+pub fn partner_status(status: PartnerStatus) -> fleet::PartnerStatus {
     fleet::PartnerStatus {
-        service: health.service,
-        breaker: match health.breaker {
-            BreakerState::Closed => "closed",
-            BreakerState::Open { .. } => "open",
-            BreakerState::HalfOpen => "half-open",
-        }
-        .to_owned(),
-        calls_in_flight: u32::try_from(health.calls_in_flight).unwrap_or(u32::MAX),
-        shed_total: health.shed_total,
-        refused_total: health.refused_while_open_total,
-        ..Default::default()
+        service: status.service,
+        requests_per_second: status.requests_per_second,
+        p50_latency_seconds: status.p50_latency.as_secs_f64(),
+        p99_latency_seconds: status.p99_latency.as_secs_f64(),
+        error_rate: status.error_rate,
+        breaker: status.breaker.name().to_owned(),
+        calls_in_flight: u32::try_from(status.calls_in_flight).unwrap_or(u32::MAX),
+        shed_total: status.shed_total,
+        refused_total: status.refused_total,
     }
 }
 

@@ -50,6 +50,7 @@ pub fn routes(api: FleetOpsApi, sign_ins: Arc<SignIns>) -> Router {
         .route("/api/{method}", post(call))
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/readyz", get(ready))
+        .route("/metrics", get(metrics))
         .with_state(state)
 }
 
@@ -133,10 +134,16 @@ async fn sign_in(State(dashboard): State<Dashboard>, Query(query): Query<SignInQ
 }
 
 async fn ready(State(dashboard): State<Dashboard>) -> Response {
-    match dashboard.api.context().store.ping().await {
+    match dashboard.api.context().health.readiness().await {
         Ok(()) => (StatusCode::OK, "ready\n").into_response(),
-        Err(e) => (StatusCode::SERVICE_UNAVAILABLE, format!("not ready: store: {e}\n")).into_response(),
+        Err(e) => (StatusCode::SERVICE_UNAVAILABLE, format!("{e}\n")).into_response(),
     }
+}
+
+/// `GET /metrics`: no VIN or other customer data, so scrapers need no operator certificate.
+async fn metrics(State(dashboard): State<Dashboard>) -> Response {
+    let text = dashboard.api.context().health.metrics_text().await;
+    ([(header::CONTENT_TYPE, crate::metrics::CONTENT_TYPE)], text).into_response()
 }
 
 /// `POST /api/{Method}`: the JSON request of a FleetOps method in, its JSON response out.

@@ -28,7 +28,7 @@ pub use service::FleetOpsApi;
 use crate::broker::ConnectionEvent;
 use crate::bus::Mailboxes;
 use crate::config::{GatewayConfig, OpsConfig};
-use crate::routing::PartnerDirectory;
+use crate::health::Health;
 use crate::store::Store;
 
 /// What the operators' endpoint reads and acts on. Cheap to clone.
@@ -44,8 +44,8 @@ pub struct OpsContext {
     pub revocations: Revocations,
     /// Connects and disconnects as they are recorded.
     pub connection_events: broadcast::Sender<ConnectionEvent>,
-    /// Partners' limits and breakers.
-    pub partners: PartnerDirectory,
+    /// Metrics, readiness and each partner's figures.
+    pub health: Health,
 }
 
 /// Why the ops listener could not start.

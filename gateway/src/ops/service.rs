@@ -191,12 +191,12 @@ impl FleetOps for FleetOpsApi {
         Ok(Response::new(fleet::PartnerHealthResponse {
             partners: self
                 .context
-                .partners
-                .health()
+                .health
+                .partner_status()
                 .into_iter()
                 .map(convert::partner_status)
                 .collect(),
-            window_seconds: 60,
+            window_seconds: u32::try_from(crate::routing::stats::WINDOW.as_secs()).unwrap_or(u32::MAX),
         }))
     }
 

@@ -18,6 +18,7 @@ use tracing::{Instrument, debug, info, info_span, warn};
 
 use super::idempotency::{Admission, Ledger};
 use super::partners::{CallContext, PartnerDirectory, PartnerError};
+use super::stats::RequestStats;
 use crate::bus::{DeliveryOutcome, Mailboxes, Outbound, RequestInbox};
 use crate::config::RequestLimits;
 use crate::logsafe::{printable, printable_within};
@@ -38,18 +39,29 @@ pub struct RequestRouter {
     ledger: Arc<Ledger>,
     /// Each car's request rate.
     rate: DefaultKeyedRateLimiter<Vin>,
+    /// Where each answered request is counted (metrics, partner status).
+    stats: Arc<RequestStats>,
 }
 
 impl RequestRouter {
     /// A router over the given partners and limits, deduplicating through `ledger`.
     pub fn new(partners: PartnerDirectory, limits: RequestLimits, ledger: Arc<Ledger>) -> RequestRouter {
         let quota = Quota::per_second(limits.max_per_second_per_car).allow_burst(limits.burst_per_car);
+        let stats = Arc::new(RequestStats::new(&partners, &crate::metrics::Metrics::new(None)));
         RequestRouter {
             partners,
             limits,
             ledger,
             rate: RateLimiter::keyed(quota),
+            stats,
         }
+    }
+
+    /// Counts answered requests in `stats` (shared with whoever reads them) instead of
+    /// counters of its own.
+    pub fn with_stats(mut self, stats: Arc<RequestStats>) -> RequestRouter {
+        self.stats = stats;
+        self
     }
 
     /// Forgets the rate of cars that stayed within it lately (bounds the memory it takes).
@@ -64,6 +76,9 @@ impl RequestRouter {
             Ok(r) => r,
             Err(e) => {
                 warn!(%vin, error = %e, "malformed request envelope");
+                self.stats
+                    .for_method("")
+                    .record(Code::InvalidArgument as i32, Duration::ZERO);
                 return Response::error("", Code::InvalidArgument, format!("malformed vehicle.v1.Request: {e}"));
             }
         };
@@ -75,8 +90,10 @@ impl RequestRouter {
         );
         async {
             let started = Instant::now();
+            let stats = self.stats.for_method(&request.method);
             let response = self.route(vin, request).await;
             let status = response.status.clone().unwrap_or_default();
+            stats.record(status.code, started.elapsed());
             info!(code = ?status.code(), latency_us = started.elapsed().as_micros() as u64, message = %status.message, "request done");
             response
         }

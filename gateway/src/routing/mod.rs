@@ -5,8 +5,10 @@ pub mod dispatcher;
 pub mod idempotency;
 pub mod partners;
 pub mod resilience;
+pub mod stats;
 
 pub use dispatcher::{Dispatcher, RequestRouter};
 pub use idempotency::Ledger;
 pub use partners::{CallContext, PartnerAdapter, PartnerDirectory, PartnerError};
 pub use resilience::{BreakerState, PartnerHealth};
+pub use stats::{PartnerStatus, RequestStats};

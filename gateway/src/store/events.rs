@@ -199,4 +199,24 @@ impl Store {
         const OP: &str = "purging events";
         rows_changed!(self, OP, SQL, now_ms)
     }
+
+    /// Events stored (pending, acknowledged or expired, until purged), for metrics.
+    pub async fn events_stored(&self) -> Result<u64, StoreError> {
+        const SQL: &str = "SELECT COUNT(*) FROM events";
+        let (n,): (i64,) = on_pool!(self, |pool| sqlx::query_as(SQL).fetch_one(pool).await)
+            .map_err(StoreError::query("counting events"))?;
+        to_u64("stored events", n)
+    }
+
+    /// Events neither acknowledged nor expired at `now_ms`, by the service that raised them
+    /// (services with none are absent), for metrics.
+    pub async fn events_pending_by_service(&self, now_ms: i64) -> Result<Vec<(String, u64)>, StoreError> {
+        const SQL: &str = "SELECT service, COUNT(*) FROM events WHERE acked = FALSE AND expires_at > $1 \
+            GROUP BY service ORDER BY service";
+        let rows: Vec<(String, i64)> = on_pool!(self, |pool| sqlx::query_as(SQL).bind(now_ms).fetch_all(pool).await)
+            .map_err(StoreError::query("counting pending events"))?;
+        rows.into_iter()
+            .map(|(service, n)| Ok((service, to_u64("pending events", n)?)))
+            .collect()
+    }
 }

@@ -20,7 +20,7 @@
 use proto::Vin;
 use ring::digest;
 
-use super::{Store, StoreError, on_writer, rows_changed};
+use super::{Store, StoreError, on_pool, on_writer, rows_changed, to_u64};
 
 /// Rounds of "insert, read, take over" before giving up with [`StoreError::Contention`].
 /// Each extra round needs another writer to have changed the row in between.
@@ -253,5 +253,13 @@ impl Store {
         const SQL: &str = "DELETE FROM idempotency_ledger WHERE expires_at <= $1";
         const OP: &str = "purging expired idempotency keys";
         rows_changed!(self, OP, SQL, now_ms)
+    }
+
+    /// Entries in the ledger (claims and stored outcomes, until purged), for metrics.
+    pub async fn ledger_entries(&self) -> Result<u64, StoreError> {
+        const SQL: &str = "SELECT COUNT(*) FROM idempotency_ledger";
+        let (n,): (i64,) = on_pool!(self, |pool| sqlx::query_as(SQL).fetch_one(pool).await)
+            .map_err(StoreError::query("counting ledger entries"))?;
+        to_u64("ledger entries", n)
     }
 }

@@ -86,17 +86,28 @@ impl CallOutcome {
         let Err(status) = result else {
             return CallOutcome::Answered;
         };
-        let failed = || CallOutcome::Failed(format!("{:?}: {}", status.code(), status.message()));
         match status.code() {
             tonic::Code::DeadlineExceeded if deadline < MIN_TELLING_DEADLINE => CallOutcome::Inconclusive,
-            tonic::Code::DeadlineExceeded
-            | tonic::Code::Unavailable
-            | tonic::Code::Internal
-            | tonic::Code::Unknown
-            | tonic::Code::DataLoss => failed(),
+            code if is_partner_failure(code) => {
+                CallOutcome::Failed(format!("{:?}: {}", status.code(), status.message()))
+            }
             _ => CallOutcome::Answered,
         }
     }
+}
+
+/// Whether a call ending with `code` shows a failing partner: unreachable or too slow
+/// (UNAVAILABLE, DEADLINE_EXCEEDED) or broken (INTERNAL, UNKNOWN, DATA_LOSS). Every other code,
+/// the car's own errors included, comes from a partner that works.
+pub fn is_partner_failure(code: tonic::Code) -> bool {
+    matches!(
+        code,
+        tonic::Code::DeadlineExceeded
+            | tonic::Code::Unavailable
+            | tonic::Code::Internal
+            | tonic::Code::Unknown
+            | tonic::Code::DataLoss
+    )
 }
 
 /// Why a call was not made.
@@ -145,6 +156,17 @@ pub enum BreakerState {
     },
     /// The next call (or the one running) is the probe.
     HalfOpen,
+}
+
+impl BreakerState {
+    /// `closed`, `open` or `half-open`, for operators.
+    pub fn name(&self) -> &'static str {
+        match self {
+            BreakerState::Closed => "closed",
+            BreakerState::Open { .. } => "open",
+            BreakerState::HalfOpen => "half-open",
+        }
+    }
 }
 
 /// A snapshot of one partner's limit and breaker, for operators and metrics.
