@@ -53,7 +53,7 @@ enum Command {
     },
     /// Operate a running fleet: sessions, timelines, partners, kick, revoke, customers (a
     /// client of the ops listener, with an operator certificate).
-    Fleet(crate::fleet_cli::FleetArgs),
+    Fleet(Box<crate::fleet_cli::FleetArgs>),
 }
 
 /// Listening sockets passed by a service manager: the MQTT port, then the partner API's.
@@ -94,7 +94,7 @@ pub fn main() -> ExitCode {
         Command::Run { config } => (config, false),
         Command::CheckConfig { config } => (config, true),
         // A client: no log lines (stdout is its output) and no configuration to load.
-        Command::Fleet(args) => return crate::fleet_cli::main(args),
+        Command::Fleet(args) => return crate::fleet_cli::main(*args),
     };
     tracing_subscriber::fmt()
         .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()))

@@ -94,11 +94,7 @@ async fn sessions_lists_a_connected_car_as_a_table_and_as_json() {
     let row = lines.next().expect("a row");
     assert!(row.starts_with(VIN_A), "{table}");
     // Aligned: the row's second column starts where the header's does.
-    assert_eq!(
-        header.find("NODE"),
-        row.find(|c: char| c == ' ').map(|i| i + 2),
-        "{table}"
-    );
+    assert_eq!(header.find("NODE"), row.find(' ').map(|i| i + 2), "{table}");
 
     let json = alice(&platform, &["--json", "sessions"]).await;
     assert_eq!(json.lines().count(), 1, "one object per line: {json}");

@@ -126,6 +126,8 @@ const MODULE_RULES: &[(&str, &[&str])] = &[
     ("config", &[]),
     ("clock", &[]),
     ("logsafe", &[]),
+    // A client of fleet.v1 only: it must work against any gateway serving the contract.
+    ("fleet_cli", &[]),
 ];
 
 /// The top-level module a gateway source file belongs to (`broker` for

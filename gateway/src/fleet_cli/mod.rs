@@ -4,10 +4,12 @@
 //! It uses only `proto` and crates, never the rest of the gateway (tests/tests/tidy.rs holds it
 //! to that): it is a client of the contract, so it must work against any gateway serving it, and
 //! must not learn anything a remote gateway would not tell it. `args.rs` is the command line,
-//! `output.rs` the tables and JSON it prints.
+//! `output.rs` the tables and JSON it prints, `tls.rs` tells a refused certificate from an
+//! unreachable listener.
 
 mod args;
 mod output;
+mod tls;
 
 use std::error::Error as _;
 use std::path::Path;
@@ -39,6 +41,8 @@ enum Failure {
     Unreachable { url: String, detail: String },
     /// The gateway answered with an error (exit 1).
     Rpc(tonic::Status),
+    /// The ops listener refused our certificate at the TLS handshake (exit 1).
+    CertificateRefused(rustls::AlertDescription),
     /// Anything else that stops the command (exit 1).
     Other(String),
 }
@@ -75,6 +79,10 @@ fn describe(failure: &Failure) -> String {
         Failure::Unreachable { url, detail } => {
             format!("error: UNAVAILABLE: the ops URL {url} could not be reached: {detail}")
         }
+        Failure::CertificateRefused(alert) => format!(
+            "error: PERMISSION_DENIED: the ops listener refused this client certificate at the TLS \
+             handshake ({alert:?}): an operator certificate (OU=operator) from the operators CA is required"
+        ),
         Failure::Rpc(status) => {
             let message = match status.message() {
                 "" => "(no message)",
@@ -86,17 +94,32 @@ fn describe(failure: &Failure) -> String {
 }
 
 async fn run(args: FleetArgs) -> Result<(), Failure> {
-    let channel = connect(&args.connection).await?;
-    let url = args.connection.url.clone().unwrap_or_default();
-    let mut client = FleetOpsClient::new(channel);
+    let settings = Settings::from_args(&args.connection)?;
     let out = Printer::new(args.json);
-    let result = command(&mut client, &out, args.command).await;
-    // A call that failed in transport (the connection dropped, the server refused our
-    // certificate after the handshake) is an unreachable listener, not the gateway's answer.
+    let result = match connect(&settings).await {
+        Ok(channel) => command(&mut FleetOpsClient::new(channel), &out, args.command).await,
+        Err(e) => Err(e),
+    };
+    let transport_failed = match &result {
+        Err(Failure::Unreachable { .. }) => true,
+        // A status tonic made of a transport error (it has a source) is not the gateway's answer.
+        Err(Failure::Rpc(status)) => status.source().is_some(),
+        _ => false,
+    };
+    if !transport_failed {
+        return result;
+    }
+    if let Some(alert) = tls::refused_certificate(&settings.target()).await {
+        return Err(Failure::CertificateRefused(alert));
+    }
     match result {
-        Err(Failure::Rpc(status)) if status.source().is_some() => Err(Failure::Unreachable {
-            url,
-            detail: error_chain(&status),
+        Err(Failure::Rpc(status)) => Err(Failure::Unreachable {
+            url: settings.url,
+            detail: format!(
+                "{}: {}",
+                status.message(),
+                status.source().map(error_chain).unwrap_or_default()
+            ),
         }),
         other => other,
     }
@@ -278,40 +301,71 @@ where
     }
 }
 
-/// Reads the certificate files and connects to the ops listener over mutual TLS.
-async fn connect(args: &ConnectionArgs) -> Result<Channel, Failure> {
-    let required = |value: &Option<std::path::PathBuf>, flag: &str, env: &str| {
-        value
-            .clone()
-            .ok_or_else(|| Failure::Usage(format!("{flag} (or {env}) is required")))
-    };
-    let url = args.url.clone().ok_or_else(|| {
-        Failure::Usage("--ops (or CARLINK_OPS_URL) is required: the ops listener's https:// URL".into())
-    })?;
-    let cert = required(&args.cert, "--cert", "CARLINK_OPS_CERT")?;
-    let key = required(&args.key, "--key", "CARLINK_OPS_KEY")?;
-    let ca = required(&args.ca, "--ca", "CARLINK_OPS_CA")?;
-    let cert = read_pem(&cert, "--cert", PemKind::Certificates)?;
-    let key = read_pem(&key, "--key", PemKind::PrivateKey)?;
-    let ca = read_pem(&ca, "--ca", PemKind::Certificates)?;
-    let parsed: http::Uri = url
-        .parse()
-        .map_err(|e| Failure::Usage(format!("--ops {url:?}: not a URL: {e}")))?;
-    if parsed.scheme_str() != Some("https") || parsed.authority().is_none() {
-        return Err(Failure::Usage(format!(
-            "--ops {url:?}: must be an https:// URL with a host and port, e.g. https://127.0.0.1:9443"
-        )));
+/// The connection settings, checked and with the files read.
+struct Settings {
+    url: String,
+    uri: http::Uri,
+    server_name: String,
+    cert: Vec<u8>,
+    key: Vec<u8>,
+    ca: Vec<u8>,
+}
+
+impl Settings {
+    /// Checks the options and reads the files they name: a usage error if any is missing.
+    fn from_args(args: &ConnectionArgs) -> Result<Settings, Failure> {
+        let required = |value: &Option<std::path::PathBuf>, flag: &str, env: &str| {
+            value
+                .clone()
+                .ok_or_else(|| Failure::Usage(format!("{flag} (or {env}) is required")))
+        };
+        let url = args.url.clone().ok_or_else(|| {
+            Failure::Usage("--ops (or CARLINK_OPS_URL) is required: the ops listener's https:// URL".into())
+        })?;
+        let cert = required(&args.cert, "--cert", "CARLINK_OPS_CERT")?;
+        let key = required(&args.key, "--key", "CARLINK_OPS_KEY")?;
+        let ca = required(&args.ca, "--ca", "CARLINK_OPS_CA")?;
+        let uri: http::Uri = url
+            .parse()
+            .map_err(|e| Failure::Usage(format!("--ops {url:?}: not a URL: {e}")))?;
+        if uri.scheme_str() != Some("https") || uri.port().is_none() {
+            return Err(Failure::Usage(format!(
+                "--ops {url:?}: must be an https:// URL with a host and port, e.g. https://127.0.0.1:9443"
+            )));
+        }
+        Ok(Settings {
+            cert: read_pem(&cert, "--cert", PemKind::Certificates)?,
+            key: read_pem(&key, "--key", PemKind::PrivateKey)?,
+            ca: read_pem(&ca, "--ca", PemKind::Certificates)?,
+            url,
+            uri,
+            server_name: args.server_name.clone(),
+        })
     }
+
+    fn target(&self) -> tls::Target<'_> {
+        tls::Target {
+            authority: self.uri.authority().map_or("", |a| a.as_str()),
+            server_name: &self.server_name,
+            cert: &self.cert,
+            key: &self.key,
+            ca: &self.ca,
+        }
+    }
+}
+
+/// Connects to the ops listener over mutual TLS.
+async fn connect(settings: &Settings) -> Result<Channel, Failure> {
     let tls = ClientTlsConfig::new()
-        .ca_certificate(Certificate::from_pem(ca))
-        .identity(Identity::from_pem(cert, key))
-        .domain_name(args.server_name.clone());
-    let endpoint = Endpoint::from(parsed)
+        .ca_certificate(Certificate::from_pem(&settings.ca))
+        .identity(Identity::from_pem(&settings.cert, &settings.key))
+        .domain_name(settings.server_name.clone());
+    let endpoint = Endpoint::from(settings.uri.clone())
         .connect_timeout(CONNECT_TIMEOUT)
         .tls_config(tls)
         .map_err(|e| Failure::Usage(format!("TLS settings: {}", error_chain(&e))))?;
     endpoint.connect().await.map_err(|e| Failure::Unreachable {
-        url,
+        url: settings.url.clone(),
         detail: error_chain(&e),
     })
 }
