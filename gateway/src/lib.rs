@@ -15,6 +15,7 @@ pub mod clock;
 pub mod config;
 pub mod connection_log;
 pub mod events;
+pub mod fleet_cli;
 pub mod fuzz;
 pub mod health;
 pub mod logsafe;

@@ -133,6 +133,8 @@ const MODULE_RULES: &[(&str, &[&str])] = &[
     ("clock", &[]),
     ("logsafe", &[]),
     ("metrics", &[]),
+    // A client of fleet.v1 only: it must work against any gateway serving the contract.
+    ("fleet_cli", &[]),
 ];
 
 /// The top-level module a gateway source file belongs to (`broker` for
