@@ -91,8 +91,9 @@ async fn a_car_appears_its_request_is_in_its_timeline_and_revoking_it_from_the_p
         "the live feed opens",
     )
     .await;
-    assert!(
-        evaluate(&page, "location.pathname").await.as_deref() == Some("/"),
+    assert_eq!(
+        evaluate(&page, "location.pathname").await.as_deref(),
+        Some("/"),
         "signed in and on the dashboard"
     );
     // Marks this document: if the page reloaded, the mark would be gone.
@@ -173,6 +174,7 @@ async fn a_car_appears_its_request_is_in_its_timeline_and_revoking_it_from_the_p
         .revocations;
     assert_eq!(revoked.len(), 1, "{revoked:?}");
     assert_eq!((revoked[0].vin.as_str(), revoked[0].reason.as_str()), (VIN_A, "stolen"));
+    // The revoked car's agent lived to here, trying to reconnect and refused.
     drop(car);
 }
 
