@@ -120,8 +120,9 @@ fn every_crate_with_rules_is_a_workspace_member() {
 const MODULE_RULES: &[(&str, &[&str])] = &[
     ("broker", &["bus", "config", "clock", "logsafe"]),
     ("bus", &["clock", "logsafe"]),
-    ("routing", &["bus", "config", "store", "clock", "logsafe"]),
-    ("events", &["bus", "config", "store", "clock", "logsafe"]),
+    ("routing", &["bus", "config", "store", "journal", "clock", "logsafe"]),
+    ("events", &["bus", "config", "store", "journal", "clock", "logsafe"]),
+    ("journal", &["store", "config", "clock", "logsafe"]),
     ("store", &["clock", "logsafe"]),
     ("config", &[]),
     ("clock", &[]),

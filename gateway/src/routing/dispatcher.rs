@@ -18,8 +18,10 @@ use tracing::{Instrument, debug, info, info_span, warn};
 
 use super::idempotency::{Admission, Ledger};
 use super::partners::{CallContext, PartnerDirectory, PartnerError};
+use super::recorded::Seen;
 use crate::bus::{DeliveryOutcome, Mailboxes, Outbound, RequestInbox};
 use crate::config::RequestLimits;
+use crate::journal::Journal;
 use crate::logsafe::{printable, printable_within};
 
 /// Longest request id or idempotency key accepted (Stripe's limit for keys).
@@ -38,6 +40,8 @@ pub struct RequestRouter {
     ledger: Arc<Ledger>,
     /// Each car's request rate.
     rate: DefaultKeyedRateLimiter<Vin>,
+    /// Where every outcome is recorded (disabled unless [`RequestRouter::with_journal`]).
+    journal: Journal,
 }
 
 impl RequestRouter {
@@ -49,7 +53,14 @@ impl RequestRouter {
             limits,
             ledger,
             rate: RateLimiter::keyed(quota),
+            journal: Journal::disabled(),
         }
+    }
+
+    /// Records every request's outcome in `journal`.
+    pub fn with_journal(mut self, journal: Journal) -> RequestRouter {
+        self.journal = journal;
+        self
     }
 
     /// Forgets the rate of cars that stayed within it lately (bounds the memory it takes).
@@ -58,8 +69,16 @@ impl RequestRouter {
         self.rate.shrink_to_fit();
     }
 
-    /// Handles one encoded `vehicle.v1.Request` from `vin` and returns the response to send back.
+    /// Handles one encoded `vehicle.v1.Request` from `vin` and returns the response to send
+    /// back; its outcome goes to the journal.
     pub async fn handle(&self, vin: &Vin, envelope: &[u8]) -> Response {
+        let mut seen = Seen::new(&self.journal);
+        let response = self.handle_recorded(vin, envelope, &mut seen).await;
+        seen.record(&self.journal, vin, &response);
+        response
+    }
+
+    async fn handle_recorded(&self, vin: &Vin, envelope: &[u8], seen: &mut Seen) -> Response {
         let request = match Request::decode(envelope) {
             Ok(r) => r,
             Err(e) => {
@@ -73,9 +92,10 @@ impl RequestRouter {
             request_id = %printable_within(&request.request_id, MAX_ID_LEN),
             method = %printable(&request.method)
         );
+        seen.request(&request);
         async {
             let started = Instant::now();
-            let response = self.route(vin, request).await;
+            let response = self.route(vin, request, seen).await;
             let status = response.status.clone().unwrap_or_default();
             info!(code = ?status.code(), latency_us = started.elapsed().as_micros() as u64, message = %status.message, "request done");
             response
@@ -84,7 +104,7 @@ impl RequestRouter {
         .await
     }
 
-    async fn route(&self, vin: &Vin, request: Request) -> Response {
+    async fn route(&self, vin: &Vin, request: Request, seen: &mut Seen) -> Response {
         let Request {
             request_id,
             idempotency_key,
@@ -169,7 +189,10 @@ impl RequestRouter {
         let response = loop {
             let left = deadline.saturating_duration_since(Instant::now());
             match partner.call(&ctx, &method, payload.clone(), left).await {
-                Ok(reply) => break Response::ok(request_id.clone(), reply.to_vec()),
+                Ok(reply) => {
+                    seen.amount(&reply.metadata);
+                    break Response::ok(request_id.clone(), reply.body.to_vec());
+                }
                 // Retrying is safe: the partner sees the same idempotency key. A call its
                 // limit or open breaker refused is answered at once instead (and, being
                 // RESOURCE_EXHAUSTED or UNAVAILABLE, not stored: a later retry calls it).
