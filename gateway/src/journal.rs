@@ -41,6 +41,8 @@ pub struct JournalStats {
     pub dropped: u64,
     /// Rows waiting to be written, the batch being written included.
     pub queued: u64,
+    /// Attempts at writing a batch that the database refused (each is tried again).
+    pub failed_writes: u64,
 }
 
 /// A handle to the journal; cheap to clone. [`Journal::record`] never blocks.
@@ -61,6 +63,8 @@ struct Shared {
     queued: AtomicU64,
     /// Rows written so far; tests and shutdown wait on it.
     written: watch::Sender<u64>,
+    /// Batch writes the database refused so far.
+    failed_writes: watch::Sender<u64>,
     closed: AtomicBool,
     close_now: Notify,
     /// When rows were last reported dropped (unix ms).
@@ -91,6 +95,7 @@ impl Journal {
                 dropped: AtomicU64::new(0),
                 queued: AtomicU64::new(0),
                 written: watch::Sender::new(0),
+                failed_writes: watch::Sender::new(0),
                 closed: AtomicBool::new(false),
                 close_now: Notify::new(),
                 last_drop_warning: AtomicI64::new(i64::MIN),
@@ -122,6 +127,7 @@ impl Journal {
                 dropped: AtomicU64::new(0),
                 queued: AtomicU64::new(0),
                 written: watch::Sender::new(0),
+                failed_writes: watch::Sender::new(0),
                 closed: AtomicBool::new(true),
                 close_now: Notify::new(),
                 last_drop_warning: AtomicI64::new(i64::MIN),
@@ -184,6 +190,7 @@ impl Journal {
             written: *s.written.borrow(),
             dropped: s.dropped.load(Ordering::Relaxed),
             queued: s.queued.load(Ordering::Acquire),
+            failed_writes: *s.failed_writes.borrow(),
         }
     }
 
@@ -192,6 +199,12 @@ impl Journal {
         let mut written = self.shared.written.subscribe();
         // The sender lives in `shared`, which `self` holds: the wait cannot fail.
         let _ = written.wait_for(|w| *w >= rows).await;
+    }
+
+    /// Waits until the database refused at least `attempts` batch writes in all.
+    pub async fn failed_writes(&self, attempts: u64) {
+        let mut failed = self.shared.failed_writes.subscribe();
+        let _ = failed.wait_for(|f| *f >= attempts).await;
     }
 
     /// Waits until every row recorded before this call (and not dropped) is written.
@@ -257,6 +270,7 @@ async fn write_batches(
                 shared.written.send_modify(|w| *w += n);
             }
             Err(e) => {
+                shared.failed_writes.send_modify(|f| *f += 1);
                 if let Some(since) = closing_since
                     && since.elapsed() >= DRAIN_GIVE_UP
                 {
