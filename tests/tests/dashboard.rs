@@ -19,13 +19,6 @@ use rustls_pki_types::CertificateDer;
 use rustls_pki_types::pem::PemObject;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-/// Whether the interaction journal (issue 13 item 2, another branch) is in this build. Without
-/// it `VehicleTimeline` answers UNIMPLEMENTED and the page says so instead of showing rows.
-/// LEAD, AFTER MERGING THE JOURNAL: set this to `true`; the test then asserts the request's
-/// timeline row. It cannot pass by skipping: with `false` it asserts the page shows the
-/// journal missing, which fails once the journal answers.
-const JOURNAL_MERGED: bool = false;
-
 /// The platform with its ops listener on, and a fresh one-time sign-in link from operator alice.
 async fn ops_platform() -> (Platform, String) {
     let platform = Platform::start_with_pki(|pki, config| config.ops = integration_tests::platform::ops(pki)).await;
@@ -126,26 +119,15 @@ async fn a_car_appears_its_request_is_in_its_timeline_and_revoking_it_from_the_p
         std::fs::write(&path, &png).unwrap_or_else(|e| panic!("write {}: {e}", path.display()));
     }
     click(&page, &format!("{} button[data-action=\"timeline\"]", live_row(VIN_A))).await;
-    if JOURNAL_MERGED {
-        let row = once_shown(
-            &page,
-            "[...document.querySelectorAll('#timeline tbody tr[data-kind=\"request\"]')]\
-             .map(r => r.innerText).find(t => t.includes('StartSession')) ?? null",
-            "the car's StartSession is in its timeline",
-        )
-        .await;
-        assert!(row.contains(VIN_A) && row.contains("OK"), "{row}");
-        assert_eq!(text_of(&page, "#timeline-of").await, format!("vehicle {VIN_A}"));
-    } else {
-        // NOT YET: the journal is on another branch (see JOURNAL_MERGED).
-        let error = once_shown(
-            &page,
-            "(t => t.includes('VehicleTimeline') ? t : null)(document.querySelector('#error').innerText)",
-            "the page says the timeline is not served",
-        )
-        .await;
-        assert!(error.contains("interaction journal"), "{error}");
-    }
+    let row = once_shown(
+        &page,
+        "[...document.querySelectorAll('#timeline tbody tr[data-kind=\"request\"]')]\
+         .map(r => r.innerText).find(t => t.includes('StartSession')) ?? null",
+        "the car's StartSession is in its timeline",
+    )
+    .await;
+    assert!(row.contains(VIN_A) && row.contains("OK"), "{row}");
+    assert_eq!(text_of(&page, "#timeline-of").await, format!("vehicle {VIN_A}"));
 
     // (c) Revoked from the page: its row goes, the other car's stays, its connection ends.
     let mut events = platform.connection_events();

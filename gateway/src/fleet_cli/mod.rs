@@ -88,7 +88,11 @@ fn describe(failure: &Failure) -> String {
                 "" => "(no message)",
                 m => m,
             };
-            format!("error: {}: {}", code_name(status.code()), output::printable(message))
+            format!(
+                "error: {}: {}",
+                proto::status::code_name(status.code() as i32),
+                output::printable(message)
+            )
         }
     }
 }
@@ -410,30 +414,6 @@ fn error_chain(e: &dyn std::error::Error) -> String {
         next = e.source();
     }
     parts.join(": ")
-}
-
-/// The gRPC name of `code`, as the contract and `grpcurl` spell it.
-fn code_name(code: tonic::Code) -> &'static str {
-    use tonic::Code::*;
-    match code {
-        Ok => "OK",
-        Cancelled => "CANCELLED",
-        Unknown => "UNKNOWN",
-        InvalidArgument => "INVALID_ARGUMENT",
-        DeadlineExceeded => "DEADLINE_EXCEEDED",
-        NotFound => "NOT_FOUND",
-        AlreadyExists => "ALREADY_EXISTS",
-        PermissionDenied => "PERMISSION_DENIED",
-        ResourceExhausted => "RESOURCE_EXHAUSTED",
-        FailedPrecondition => "FAILED_PRECONDITION",
-        Aborted => "ABORTED",
-        OutOfRange => "OUT_OF_RANGE",
-        Unimplemented => "UNIMPLEMENTED",
-        Internal => "INTERNAL",
-        Unavailable => "UNAVAILABLE",
-        DataLoss => "DATA_LOSS",
-        Unauthenticated => "UNAUTHENTICATED",
-    }
 }
 
 #[cfg(test)]
