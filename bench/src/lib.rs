@@ -19,6 +19,7 @@ pub mod abuser;
 pub mod agents;
 pub mod brokers;
 pub mod fleet;
+pub mod journal;
 pub mod partner;
 pub mod process;
 pub mod procfs;

@@ -47,6 +47,23 @@ enum Command {
     /// Compares a service the gateway knows by configuration only with a compiled-in one and
     /// writes services.json and services.md.
     Services(Box<ServicesOnly>),
+    /// Measures the rows per second the gateway's journal writer sustains into SQLite (a file)
+    /// and PostgreSQL, and prints a table.
+    Journal(Box<JournalOnly>),
+}
+
+/// The journal writer scenario.
+#[derive(clap::Args)]
+struct JournalOnly {
+    /// Request rows recorded per database.
+    #[arg(long, default_value_t = 200_000)]
+    rows: u64,
+    /// Rows per transaction (`journal.max_batch_rows`).
+    #[arg(long, default_value_t = 1_000)]
+    batch: usize,
+    /// The PostgreSQL database (a fresh schema is made in it, and dropped).
+    #[arg(long, default_value = "postgres://postgres@127.0.0.1:5432/test")]
+    postgres: String,
 }
 
 /// The configuration-only service scenario.
@@ -312,6 +329,7 @@ fn main() -> ExitCode {
         Command::Report(args) => runtime.block_on(report(*args)),
         Command::Abuse(args) => runtime.block_on(abuse_only(*args)),
         Command::Services(args) => runtime.block_on(services_only(*args)),
+        Command::Journal(args) => runtime.block_on(journal_only(*args)),
     };
     match done {
         Ok(()) => ExitCode::SUCCESS,
@@ -320,6 +338,14 @@ fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+/// Runs the journal scenario and prints its table.
+async fn journal_only(args: JournalOnly) -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    let runs = fleet_bench::journal::sqlite_and_postgres(dir.path(), &args.postgres, args.rows, args.batch).await?;
+    print!("{}", fleet_bench::journal::table(&runs));
+    Ok(())
 }
 
 /// The gateway's release binary: `given`, or the workspace's own, built first unless `no_build`.
