@@ -11,7 +11,6 @@
 //! `LISTEN_FDS`), it serves gRPC on the first and the page on the second, if passed, instead of
 //! binding `--listen` and `--web-listen`.
 
-use std::io::IsTerminal as _;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -20,11 +19,9 @@ use std::time::Duration;
 
 use anyhow::Context as _;
 use clap::Parser;
-use clap::error::ErrorKind;
 use humantime_serde::re::humantime;
 use identity_adapter::{DeviceLogins, GuessLimits, LoginSettings, SocialLoginService, SystemClock, serve, web};
-use proto::adapter::cli::{EX_USAGE, Listen, TlsFiles, passed_sockets, shutdown_signal};
-use tracing_subscriber::EnvFilter;
+use proto::adapter::cli::{Listen, TlsFiles, passed_sockets, run_to_exit, shutdown_signal, start, usage_error};
 
 /// Reference partner adapter for identity.v1.SocialLogin (RFC 8628 device login) and its
 /// verification page.
@@ -75,27 +72,11 @@ struct Args {
 fn main() -> ExitCode {
     // Taken while the process has one thread: it clears LISTEN_FDS, as the protocol asks.
     let passed = passed_sockets(2, "gRPC, then the page");
-    let _ = rustls::crypto::ring::default_provider().install_default();
-    tracing_subscriber::fmt()
-        .with_env_filter(EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")))
-        // Logs go to stderr so that stdout carries only the "listening" lines scripts wait for.
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::stderr().is_terminal())
-        .init();
-
-    let args = match Args::try_parse() {
+    let args: Args = match start() {
         Ok(args) => args,
-        Err(e) if matches!(e.kind(), ErrorKind::DisplayHelp | ErrorKind::DisplayVersion) => e.exit(),
-        Err(e) => {
-            // A value clap cannot read is a bad configuration like any other: EX_USAGE.
-            let _ = e.print();
-            return ExitCode::from(EX_USAGE);
-        }
+        Err(exit) => return exit,
     };
-    let usage = |message: String| {
-        eprintln!("identity-adapter: {message}");
-        ExitCode::from(EX_USAGE)
-    };
+    let usage = |message: String| usage_error("identity-adapter", message);
     let tls_files = match TlsFiles::from_options(args.cert.as_deref(), args.key.as_deref(), args.client_ca.as_deref()) {
         Ok(files) => files,
         Err(problem) => return usage(problem),
@@ -124,20 +105,7 @@ fn main() -> ExitCode {
     let grpc = passed.next().map_or(Listen::Bind(args.listen), Listen::Activated);
     let page = passed.next().map_or(Listen::Bind(args.web_listen), Listen::Activated);
 
-    let runtime = match tokio::runtime::Runtime::new() {
-        Ok(runtime) => runtime,
-        Err(e) => {
-            eprintln!("identity-adapter: cannot start the runtime: {e}");
-            return ExitCode::FAILURE;
-        }
-    };
-    match runtime.block_on(run(&args, public_url, grpc, page, tls_files)) {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
-            eprintln!("identity-adapter: {e:#}");
-            ExitCode::FAILURE
-        }
-    }
+    run_to_exit("identity-adapter", run(&args, public_url, grpc, page, tls_files))
 }
 
 fn check_bounds(args: &Args) -> Result<(), String> {

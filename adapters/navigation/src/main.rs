@@ -8,17 +8,14 @@
 //! Under a service manager that passes it a listening socket (systemd socket activation,
 //! `LISTEN_FDS`), it serves on that socket instead of binding `--listen`.
 
-use std::io::IsTerminal as _;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
 use anyhow::Context as _;
 use clap::Parser;
-use clap::error::ErrorKind;
 use navigation_adapter::{NavigationService, serve};
-use proto::adapter::cli::{EX_USAGE, Listen, TlsFiles, passed_sockets, shutdown_signal};
-use tracing_subscriber::EnvFilter;
+use proto::adapter::cli::{Listen, TlsFiles, passed_sockets, run_to_exit, shutdown_signal, start, usage_error};
 
 /// Reference partner adapter for navigation.v1.Navigation.
 #[derive(Debug, Parser)]
@@ -43,29 +40,11 @@ struct Args {
 fn main() -> ExitCode {
     // Taken while the process has one thread: it clears LISTEN_FDS, as the protocol asks.
     let passed = passed_sockets(1, "the service");
-    // rustls needs exactly one process-wide crypto provider; install it before any TLS use.
-    let _ = rustls::crypto::ring::default_provider().install_default();
-    tracing_subscriber::fmt()
-        .with_env_filter(EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")))
-        // Logs go to stderr so that stdout carries only the "listening" line scripts wait for.
-        .with_writer(std::io::stderr)
-        // No colour codes when logs go to a file or a log collector.
-        .with_ansi(std::io::stderr().is_terminal())
-        .init();
-
-    let args = match Args::try_parse() {
+    let args: Args = match start() {
         Ok(args) => args,
-        Err(e) if matches!(e.kind(), ErrorKind::DisplayHelp | ErrorKind::DisplayVersion) => e.exit(),
-        Err(e) => {
-            // A value clap cannot read is a bad configuration like any other: EX_USAGE.
-            let _ = e.print();
-            return ExitCode::from(EX_USAGE);
-        }
+        Err(exit) => return exit,
     };
-    let usage = |problem: String| {
-        eprintln!("navigation-adapter: {problem}");
-        ExitCode::from(EX_USAGE)
-    };
+    let usage = |problem: String| usage_error("navigation-adapter", problem);
     let tls_files = match TlsFiles::from_options(args.cert.as_deref(), args.key.as_deref(), args.client_ca.as_deref()) {
         Ok(files) => files,
         Err(problem) => return usage(problem),
@@ -74,20 +53,7 @@ fn main() -> ExitCode {
         Ok(mut sockets) => sockets.pop().map_or(Listen::Bind(args.listen), Listen::Activated),
         Err(problem) => return usage(problem),
     };
-    let runtime = match tokio::runtime::Runtime::new() {
-        Ok(runtime) => runtime,
-        Err(e) => {
-            eprintln!("navigation-adapter: cannot start the runtime: {e}");
-            return ExitCode::FAILURE;
-        }
-    };
-    match runtime.block_on(run(listen, tls_files)) {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
-            eprintln!("navigation-adapter: {e:#}");
-            ExitCode::FAILURE
-        }
-    }
+    run_to_exit("navigation-adapter", run(listen, tls_files))
 }
 
 async fn run(listen: Listen, tls_files: Option<TlsFiles>) -> anyhow::Result<()> {

@@ -14,7 +14,6 @@
 //! `LISTEN_FDS`), it serves on them instead of binding: the first for `--listen`, the second,
 //! if passed, for the lot port.
 
-use std::io::IsTerminal as _;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -22,9 +21,8 @@ use std::time::Duration;
 
 use anyhow::Context as _;
 use clap::Parser;
-use tracing_subscriber::EnvFilter;
 
-use proto::adapter::cli::{EX_USAGE, Listen, TlsFiles, passed_sockets, read_text, shutdown_signal};
+use proto::adapter::cli::{Listen, TlsFiles, passed_sockets, read_text, run_to_exit, shutdown_signal, start, usage_error};
 
 use crate::{ParkingService, PartnerApi, serve, serve_lot};
 
@@ -76,34 +74,14 @@ pub fn main() -> ExitCode {
     // Taken while the process has one thread: it clears LISTEN_FDS, as the protocol asks.
     // fd 3 serves --listen, fd 4 (if passed) the lot port; what was not passed is bound.
     let passed = passed_sockets(2, "the service, then the lot port");
-    // rustls needs exactly one process-wide crypto provider; install it before any TLS use.
-    let _ = rustls::crypto::ring::default_provider().install_default();
-    tracing_subscriber::fmt()
-        .with_env_filter(EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")))
-        // Logs go to stderr so that stdout carries only the "listening" lines scripts wait for.
-        .with_writer(std::io::stderr)
-        // No colour codes when logs go to a file or a log collector.
-        .with_ansi(std::io::stderr().is_terminal())
-        .init();
-
-    let args = match Args::try_parse() {
+    let args: Args = match start() {
         Ok(args) => args,
-        // --help and --version.
-        Err(e) if !e.use_stderr() => {
-            let _ = e.print();
-            return ExitCode::SUCCESS;
-        }
-        Err(e) => {
-            let _ = e.print();
-            return ExitCode::from(EX_USAGE);
-        }
+        Err(exit) => return exit,
     };
+    let usage = |problem: &str| usage_error("parking-adapter", problem);
     let settings = match Settings::check(&args) {
         Ok(settings) => settings,
-        Err(problem) => {
-            eprintln!("parking-adapter: {problem}");
-            return ExitCode::from(EX_USAGE);
-        }
+        Err(problem) => return usage(&problem),
     };
     let (listen, lot_listen) = match passed {
         Ok(sockets) => {
@@ -111,10 +89,7 @@ pub fn main() -> ExitCode {
             let main = sockets.next().unwrap_or(Listen::Bind(args.listen));
             (main, sockets.next().or(args.lot_listen.map(Listen::Bind)))
         }
-        Err(problem) => {
-            eprintln!("parking-adapter: {problem}");
-            return ExitCode::from(EX_USAGE);
-        }
+        Err(problem) => return usage(&problem),
     };
     let lot_problem = match (&lot_listen, &args.lot_client_ca) {
         (Some(_), None) if settings.tls.is_some() => {
@@ -124,23 +99,9 @@ pub fn main() -> ExitCode {
         _ => None,
     };
     if let Some(problem) = lot_problem {
-        eprintln!("parking-adapter: {problem}");
-        return ExitCode::from(EX_USAGE);
+        return usage(problem);
     }
-    let runtime = match tokio::runtime::Runtime::new() {
-        Ok(runtime) => runtime,
-        Err(e) => {
-            eprintln!("parking-adapter: cannot start the runtime: {e}");
-            return ExitCode::FAILURE;
-        }
-    };
-    match runtime.block_on(run(&args, settings, listen, lot_listen)) {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
-            eprintln!("parking-adapter: {e:#}");
-            ExitCode::FAILURE
-        }
-    }
+    run_to_exit("parking-adapter", run(&args, settings, listen, lot_listen))
 }
 
 /// The files the options name, checked for combinations that cannot work.

@@ -15,6 +15,69 @@ use super::mtls_config;
 /// Exit status for a command line that cannot be used (sysexits.h EX_USAGE).
 pub const EX_USAGE: u8 = 64;
 
+/// Starts an adapter binary, in the order every one needs: ring as rustls' one crypto provider,
+/// logs on stderr (`RUST_LOG`, default `info`; no colour codes unless stderr is a terminal), then
+/// its command line. `Err` is the exit code to return at once: success after `--help` or
+/// `--version`, [`EX_USAGE`] for a command line clap cannot read.
+#[cfg(feature = "adapter-binary")]
+pub fn start<A: clap::Parser>() -> Result<A, std::process::ExitCode> {
+    use std::io::IsTerminal as _;
+    use std::process::ExitCode;
+
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        // Logs go to stderr so that stdout carries only the "listening" lines scripts wait for.
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal())
+        .init();
+    A::try_parse().map_err(|e| {
+        let _ = e.print();
+        // --help and --version print to stdout and are no error.
+        if e.use_stderr() {
+            ExitCode::from(EX_USAGE)
+        } else {
+            ExitCode::SUCCESS
+        }
+    })
+}
+
+/// Prints `problem` as `binary: problem` and gives [`EX_USAGE`], for a command line that parsed
+/// but cannot be used.
+#[cfg(feature = "adapter-binary")]
+pub fn usage_error(binary: &str, problem: impl std::fmt::Display) -> std::process::ExitCode {
+    eprintln!("{binary}: {problem}");
+    std::process::ExitCode::from(EX_USAGE)
+}
+
+/// Runs `serving` on a multi-threaded tokio runtime until it ends; an error (or a runtime that
+/// cannot start) is printed as `binary: error` with its causes, and the exit code says which.
+#[cfg(feature = "adapter-binary")]
+pub fn run_to_exit<E: std::fmt::Display>(
+    binary: &str,
+    serving: impl Future<Output = Result<(), E>>,
+) -> std::process::ExitCode {
+    use std::process::ExitCode;
+
+    let runtime = match tokio::runtime::Runtime::new() {
+        Ok(runtime) => runtime,
+        Err(e) => {
+            eprintln!("{binary}: cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(serving) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("{binary}: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
 /// The certificate and key an adapter presents, and the CA its callers' certificates must
 /// chain to.
 #[derive(Debug, Clone, PartialEq, Eq)]
