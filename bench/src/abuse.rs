@@ -501,4 +501,3 @@ impl PeakRss {
 
 /// Disconnect reasons and how many connections ended with each.
 type Reasons = BTreeMap<String, u64>;
-

@@ -79,7 +79,9 @@ async fn main() -> Result<()> {
         .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into()))
         .init();
 
-    let files = DemoFiles::ensure(&args.dir)?;
+    // Issuing the certificates is disk and CPU work: off the async workers.
+    let dir = args.dir.clone();
+    let files = tokio::task::spawn_blocking(move || DemoFiles::ensure(&dir)).await??;
     println!(
         "certificates in {}/ (root and per-role CAs, gateway, partners parking, navigation and identity, vehicle {DEMO_VIN})",
         files.dir.display()
@@ -111,7 +113,7 @@ async fn main() -> Result<()> {
     config.validate()?;
     let gateway = Gateway::start(config).await?;
     let partner_api = gateway.partner_api_addr().context("the gateway's partner API is off")?;
-    partners.publish_parking_events(&files, partner_api)?;
+    partners.publish_parking_events(&files, partner_api).await?;
     println!(
         "gateway            mqtts://{}  (MQTT 3.1.1, mutual TLS), partner API https://{partner_api}",
         gateway.mqtt_addr()
@@ -126,12 +128,14 @@ async fn main() -> Result<()> {
         car.vin(),
         car.local_addr()
     );
-    files.write_sample_configs(&RunAddrs {
-        mqtt: gateway.mqtt_addr(),
-        partner_api,
-        agent: car.local_addr(),
-        partners: at,
-    })?;
+    files
+        .write_sample_configs(&RunAddrs {
+            mqtt: gateway.mqtt_addr(),
+            partner_api,
+            agent: car.local_addr(),
+            partners: at,
+        })
+        .await?;
     println!("sample configs     {}/gateway.toml, agent.toml\n", files.dir.display());
 
     let mut app = InCarApp::connect(format!("http://{}", car.local_addr())).await?;

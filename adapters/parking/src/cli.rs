@@ -22,7 +22,9 @@ use std::time::Duration;
 use anyhow::Context as _;
 use clap::Parser;
 
-use proto::adapter::cli::{Listen, TlsFiles, passed_sockets, read_text, run_to_exit, shutdown_signal, start, usage_error};
+use proto::adapter::cli::{
+    Listen, TlsFiles, passed_sockets, read_text, run_to_exit, shutdown_signal, start, usage_error,
+};
 
 use crate::{ParkingService, PartnerApi, serve, serve_lot};
 

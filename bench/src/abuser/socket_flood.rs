@@ -55,7 +55,12 @@ pub fn spawn_socket_flood(
     })
 }
 
-pub(super) async fn socket_flood(addr: SocketAddr, source: IpAddr, sockets: usize, until: Instant) -> SocketFloodOutcome {
+pub(super) async fn socket_flood(
+    addr: SocketAddr,
+    source: IpAddr,
+    sockets: usize,
+    until: Instant,
+) -> SocketFloodOutcome {
     let out = Arc::new(Mutex::new(SocketFloodOutcome {
         sockets,
         source: source.to_string(),

@@ -84,7 +84,13 @@ impl LinkState {
 
     /// A caller's own deadline passed. Its request expires with it unless other callers
     /// joined it with a later deadline than the request's (`first`: this call made it).
-    pub(super) async fn give_up(&self, request_id: &str, app: &Owner, first: bool, timeout: Duration) -> Result<Bytes, Status> {
+    pub(super) async fn give_up(
+        &self,
+        request_id: &str,
+        app: &Owner,
+        first: bool,
+        timeout: Duration,
+    ) -> Result<Bytes, Status> {
         let request_due = self.outbox.deadline_of(request_id).is_none_or(|d| d <= unix_ms_now());
         if !first && !request_due {
             let after = humantime_serde::re::humantime::format_duration(timeout);
