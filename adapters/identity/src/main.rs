@@ -12,7 +12,6 @@
 //! binding `--listen` and `--web-listen`.
 
 use std::net::SocketAddr;
-use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::Duration;
@@ -21,7 +20,7 @@ use anyhow::Context as _;
 use clap::Parser;
 use humantime_serde::re::humantime;
 use identity_adapter::{DeviceLogins, GuessLimits, LoginSettings, SocialLoginService, SystemClock, serve, web};
-use proto::adapter::cli::{Listen, TlsFiles, passed_sockets, run_to_exit, shutdown_signal, start, usage_error};
+use proto::adapter::cli::{Listen, Started, TlsFiles, TlsOptions, run_to_exit, shutdown_signal, start, usage_error};
 
 /// Reference partner adapter for identity.v1.SocialLogin (RFC 8628 device login) and its
 /// verification page.
@@ -39,16 +38,9 @@ struct Args {
     /// http://<the page's address>.
     #[arg(long)]
     public_url: Option<String>,
-    /// PEM certificate the adapter presents to the gateway.
-    #[arg(long)]
-    cert: Option<PathBuf>,
-    /// PEM private key of --cert.
-    #[arg(long)]
-    key: Option<PathBuf>,
-    /// PEM CA that the gateway's client certificate must chain to, and that signs nothing else
-    /// (gateway-clients-ca.pem in the development PKI).
-    #[arg(long)]
-    client_ca: Option<PathBuf>,
+    /// The TLS files: all three for mTLS, none for plaintext.
+    #[command(flatten)]
+    tls: TlsOptions,
     /// First polling interval told to cars (RFC 8628 `interval`), whole seconds, 1s to 300s.
     #[arg(long, default_value = "5s", value_parser = humantime::parse_duration)]
     poll_interval: Duration,
@@ -70,14 +62,12 @@ struct Args {
 }
 
 fn main() -> ExitCode {
-    // Taken while the process has one thread: it clears LISTEN_FDS, as the protocol asks.
-    let passed = passed_sockets(2, "gRPC, then the page");
-    let args: Args = match start() {
-        Ok(args) => args,
+    let Started { args, passed } = match start::<Args>("identity-adapter", 2, "gRPC, then the page") {
+        Ok(started) => started,
         Err(exit) => return exit,
     };
     let usage = |message: String| usage_error("identity-adapter", message);
-    let tls_files = match TlsFiles::from_options(args.cert.as_deref(), args.key.as_deref(), args.client_ca.as_deref()) {
+    let tls_files = match args.tls.files() {
         Ok(files) => files,
         Err(problem) => return usage(problem),
     };
@@ -97,10 +87,6 @@ fn main() -> ExitCode {
         ));
     }
 
-    let passed = match passed {
-        Ok(sockets) => sockets,
-        Err(problem) => return usage(problem),
-    };
     let mut passed = passed.into_iter();
     let grpc = passed.next().map_or(Listen::Bind(args.listen), Listen::Activated);
     let page = passed.next().map_or(Listen::Bind(args.web_listen), Listen::Activated);

@@ -9,13 +9,12 @@
 //! `LISTEN_FDS`), it serves on that socket instead of binding `--listen`.
 
 use std::net::SocketAddr;
-use std::path::PathBuf;
 use std::process::ExitCode;
 
 use anyhow::Context as _;
 use clap::Parser;
 use navigation_adapter::{NavigationService, serve};
-use proto::adapter::cli::{Listen, TlsFiles, passed_sockets, run_to_exit, shutdown_signal, start, usage_error};
+use proto::adapter::cli::{Listen, Started, TlsFiles, TlsOptions, run_to_exit, shutdown_signal, start, usage_error};
 
 /// Reference partner adapter for navigation.v1.Navigation.
 #[derive(Debug, Parser)]
@@ -25,34 +24,21 @@ struct Args {
     /// (systemd socket activation: LISTEN_FDS, with LISTEN_PID unset or this process).
     #[arg(long, default_value = "127.0.0.1:50062")]
     listen: SocketAddr,
-    /// PEM certificate the adapter presents to the gateway.
-    #[arg(long)]
-    cert: Option<PathBuf>,
-    /// PEM private key of --cert.
-    #[arg(long)]
-    key: Option<PathBuf>,
-    /// PEM CA that the gateway's client certificate must chain to, and that signs nothing else
-    /// (gateway-clients-ca.pem in the development PKI); calls must also carry role gateway-client.
-    #[arg(long)]
-    client_ca: Option<PathBuf>,
+    /// The TLS files: all three for mTLS, none for plaintext.
+    #[command(flatten)]
+    tls: TlsOptions,
 }
 
 fn main() -> ExitCode {
-    // Taken while the process has one thread: it clears LISTEN_FDS, as the protocol asks.
-    let passed = passed_sockets(1, "the service");
-    let args: Args = match start() {
-        Ok(args) => args,
+    let Started { args, mut passed } = match start::<Args>("navigation-adapter", 1, "the service") {
+        Ok(started) => started,
         Err(exit) => return exit,
     };
-    let usage = |problem: String| usage_error("navigation-adapter", problem);
-    let tls_files = match TlsFiles::from_options(args.cert.as_deref(), args.key.as_deref(), args.client_ca.as_deref()) {
+    let tls_files = match args.tls.files() {
         Ok(files) => files,
-        Err(problem) => return usage(problem),
+        Err(problem) => return usage_error("navigation-adapter", problem),
     };
-    let listen = match passed {
-        Ok(mut sockets) => sockets.pop().map_or(Listen::Bind(args.listen), Listen::Activated),
-        Err(problem) => return usage(problem),
-    };
+    let listen = passed.pop().map_or(Listen::Bind(args.listen), Listen::Activated);
     run_to_exit("navigation-adapter", run(listen, tls_files))
 }
 

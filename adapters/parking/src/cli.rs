@@ -23,7 +23,7 @@ use anyhow::Context as _;
 use clap::Parser;
 
 use proto::adapter::cli::{
-    Listen, TlsFiles, passed_sockets, read_text, run_to_exit, shutdown_signal, start, usage_error,
+    Listen, Started, TlsFiles, TlsOptions, read_text, run_to_exit, shutdown_signal, start, usage_error,
 };
 
 use crate::{ParkingService, PartnerApi, serve, serve_lot};
@@ -40,16 +40,9 @@ struct Args {
     /// events for cars (created if missing). Keep it across restarts.
     #[arg(long, default_value = "parking.db")]
     database: PathBuf,
-    /// PEM certificate the adapter presents to the gateway (and to the partner API).
-    #[arg(long)]
-    cert: Option<PathBuf>,
-    /// PEM private key of --cert.
-    #[arg(long)]
-    key: Option<PathBuf>,
-    /// PEM CA that the gateway's client certificate must chain to, and that signs nothing else
-    /// (gateway-clients-ca.pem in the development PKI); calls must also carry role gateway-client.
-    #[arg(long)]
-    client_ca: Option<PathBuf>,
+    /// The TLS files: all three for mTLS, none for plaintext.
+    #[command(flatten)]
+    tls: TlsOptions,
     /// Serve parking.v1.ParkingLot (the exit gate ending sessions) on this address; off if
     /// unset. Bound unless a service manager passes a second socket.
     #[arg(long)]
@@ -73,11 +66,9 @@ struct Args {
 
 /// Runs the adapter with the process's arguments; the exit code says how it ended.
 pub fn main() -> ExitCode {
-    // Taken while the process has one thread: it clears LISTEN_FDS, as the protocol asks.
     // fd 3 serves --listen, fd 4 (if passed) the lot port; what was not passed is bound.
-    let passed = passed_sockets(2, "the service, then the lot port");
-    let args: Args = match start() {
-        Ok(args) => args,
+    let Started { args, passed } = match start::<Args>("parking-adapter", 2, "the service, then the lot port") {
+        Ok(started) => started,
         Err(exit) => return exit,
     };
     let usage = |problem: &str| usage_error("parking-adapter", problem);
@@ -85,14 +76,9 @@ pub fn main() -> ExitCode {
         Ok(settings) => settings,
         Err(problem) => return usage(&problem),
     };
-    let (listen, lot_listen) = match passed {
-        Ok(sockets) => {
-            let mut sockets = sockets.into_iter().map(Listen::Activated);
-            let main = sockets.next().unwrap_or(Listen::Bind(args.listen));
-            (main, sockets.next().or(args.lot_listen.map(Listen::Bind)))
-        }
-        Err(problem) => return usage(&problem),
-    };
+    let mut sockets = passed.into_iter().map(Listen::Activated);
+    let listen = sockets.next().unwrap_or(Listen::Bind(args.listen));
+    let lot_listen = sockets.next().or(args.lot_listen.map(Listen::Bind));
     let lot_problem = match (&lot_listen, &args.lot_client_ca) {
         (Some(_), None) if settings.tls.is_some() => {
             Some("the lot port over mTLS needs --lot-client-ca, the CA of the lot's systems")
@@ -116,7 +102,7 @@ struct Settings<'a> {
 
 impl<'a> Settings<'a> {
     fn check(args: &'a Args) -> Result<Settings<'a>, String> {
-        let tls = TlsFiles::from_options(args.cert.as_deref(), args.key.as_deref(), args.client_ca.as_deref())?;
+        let tls = args.tls.files()?;
         let partner_api = match (&args.partner_api, &args.partner_api_ca) {
             (Some(_), Some(_)) if tls.is_none() => {
                 return Err("--partner-api needs --cert and --key: the adapter authenticates with them".into());
