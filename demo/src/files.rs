@@ -11,6 +11,7 @@ use certs::{DevPki, IssuingCa};
 use gateway::GatewayConfig;
 use gateway::config::{OpsConfig, PartnerApiConfig, PartnerConfig};
 use proto::Vin;
+use proto::adapter::cli::read_text;
 use vehicle_agent::AgentConfig;
 
 use crate::DEMO_VIN;
@@ -35,10 +36,8 @@ pub struct PartnerFiles {
 
 impl PartnerFiles {
     /// The certificate and key as PEM text.
-    pub fn read(&self) -> Result<(String, String)> {
-        let read =
-            |path: &Path| std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()));
-        Ok((read(&self.cert)?, read(&self.key)?))
+    pub async fn read(&self) -> Result<(String, String)> {
+        Ok((read_text(&self.cert).await?, read_text(&self.key).await?))
     }
 }
 
@@ -155,14 +154,13 @@ impl DemoFiles {
     }
 
     /// The CA partners trust, as PEM text.
-    pub fn gateway_clients_ca_pem(&self) -> Result<String> {
-        std::fs::read_to_string(&self.gateway_clients_ca)
-            .with_context(|| format!("cannot read {}", self.gateway_clients_ca.display()))
+    pub async fn gateway_clients_ca_pem(&self) -> Result<String> {
+        Ok(read_text(&self.gateway_clients_ca).await?)
     }
 
     /// The root CA as PEM text: what partners verify the gateway's partner API with.
-    pub fn ca_cert_pem(&self) -> Result<String> {
-        std::fs::read_to_string(&self.ca_cert).with_context(|| format!("cannot read {}", self.ca_cert.display()))
+    pub async fn ca_cert_pem(&self) -> Result<String> {
+        Ok(read_text(&self.ca_cert).await?)
     }
 
     /// The gateway's configuration for this run: MQTT on `mqtt`, the partner API (for events)
@@ -240,15 +238,15 @@ impl DemoFiles {
     /// its database and the car's state directory), for `gateway run` / `vehicle-agent run` in
     /// its place: the configuration structs themselves, serialized, so every setting is there
     /// with its default.
-    pub fn write_sample_configs(&self, run: &RunAddrs) -> Result<()> {
+    pub async fn write_sample_configs(&self, run: &RunAddrs) -> Result<()> {
         let mut gateway = self.gateway_config(run.mqtt, run.partner_api, run.partners);
         gateway.ops = Some(self.ops_config(run.ops));
         let agent = self.agent_config(run.mqtt, run.agent);
         let header = |what: &str| format!("# Sample {what} configuration written by `demo`.\n");
         let gateway = header("gateway") + &toml::to_string(&gateway)?;
         let agent = header("vehicle agent") + &toml::to_string(&agent)?;
-        std::fs::write(self.dir.join("gateway.toml"), gateway)?;
-        std::fs::write(self.dir.join("agent.toml"), agent)?;
+        tokio::fs::write(self.dir.join("gateway.toml"), gateway).await?;
+        tokio::fs::write(self.dir.join("agent.toml"), agent).await?;
         Ok(())
     }
 }

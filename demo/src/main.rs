@@ -84,7 +84,9 @@ async fn main() -> Result<()> {
         .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into()))
         .init();
 
-    let files = DemoFiles::ensure(&args.dir)?;
+    // Issuing the certificates is disk and CPU work: off the async workers.
+    let dir = args.dir.clone();
+    let files = tokio::task::spawn_blocking(move || DemoFiles::ensure(&dir)).await??;
     println!(
         "certificates in {}/ (root and per-role CAs, gateway, partners parking, navigation and identity, vehicle {DEMO_VIN})",
         files.dir.display()
@@ -117,7 +119,7 @@ async fn main() -> Result<()> {
     config.validate()?;
     let gateway = Gateway::start(config).await?;
     let partner_api = gateway.partner_api_addr().context("the gateway's partner API is off")?;
-    partners.publish_parking_events(&files, partner_api)?;
+    partners.publish_parking_events(&files, partner_api).await?;
     println!(
         "gateway            mqtts://{}  (MQTT 3.1.1, mutual TLS), partner API https://{partner_api}",
         gateway.mqtt_addr()
@@ -134,13 +136,15 @@ async fn main() -> Result<()> {
         car.vin(),
         car.local_addr()
     );
-    files.write_sample_configs(&RunAddrs {
-        mqtt: gateway.mqtt_addr(),
-        partner_api,
-        ops,
-        agent: car.local_addr(),
-        partners: at,
-    })?;
+    files
+        .write_sample_configs(&RunAddrs {
+            mqtt: gateway.mqtt_addr(),
+            partner_api,
+            ops,
+            agent: car.local_addr(),
+            partners: at,
+        })
+        .await?;
     println!("sample configs     {}/gateway.toml, agent.toml", files.dir.display());
     // Asked for once the car is connected, so the dashboard shows it at once.
     let link = ops::dashboard_link(&files, ops).await?;
