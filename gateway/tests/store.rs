@@ -4,13 +4,9 @@
 //! PostgreSQL half; it is never skipped.
 
 use std::collections::BTreeSet;
-use std::future::Future;
-use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use futures::FutureExt;
 use gateway::store::{
     Appended, Backend, Claim, ConnectionChange, ConnectionId, LedgerKey, NewConnection, NewEvent, RequestFingerprint,
     Store, StoreError, StoreOptions,
@@ -19,7 +15,6 @@ use proto::Vin;
 use sqlx::Connection;
 use tokio::sync::Barrier;
 
-const DEFAULT_POSTGRES_URL: &str = "postgres://postgres@127.0.0.1:5432/test";
 /// A fixed "now" (unix ms); tests move time by passing other values, never by sleeping.
 const T0: i64 = 1_700_000_000_000;
 const LEASE: i64 = 30_000;
@@ -36,128 +31,8 @@ async fn append(store: &Store, event: &NewEvent) -> Result<u64, StoreError> {
     }
 }
 
-/// One test's database: a store on it, and its URL to open more stores (more "nodes") on it.
-struct Db {
-    store: Store,
-    url: String,
-}
-
-impl Db {
-    /// Another pool on the same database, as a second gateway node would have.
-    async fn another_node(&self) -> Store {
-        Store::connect(&self.url)
-            .await
-            .expect("second store on the same database")
-    }
-}
-
-async fn on_sqlite<F, Fut>(case: F)
-where
-    F: FnOnce(Db) -> Fut,
-    Fut: Future<Output = ()>,
-{
-    let dir = tempfile::tempdir().expect("temporary directory");
-    let url = format!("sqlite://{}/state/gateway.db", dir.path().display());
-    run_case(url, Backend::Sqlite, case).await;
-}
-
-/// Connects a store to `url` (which must be on `backend`), runs `case` on it, closes it.
-async fn run_case<F, Fut>(url: String, backend: Backend, case: F)
-where
-    F: FnOnce(Db) -> Fut,
-    Fut: Future<Output = ()>,
-{
-    let store = Store::connect(&url)
-        .await
-        .unwrap_or_else(|e| panic!("connect {url}: {e}"));
-    assert_eq!(store.backend(), backend);
-    case(Db {
-        store: store.clone(),
-        url,
-    })
-    .await;
-    store.close().await;
-}
-
-fn postgres_url() -> String {
-    std::env::var("TEST_POSTGRES_URL").unwrap_or_else(|_| DEFAULT_POSTGRES_URL.to_owned())
-}
-
-fn unique_schema() -> String {
-    static SEQ: AtomicU64 = AtomicU64::new(0);
-    let nanos = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .subsec_nanos();
-    format!(
-        "store_test_{}_{}_{}",
-        std::process::id(),
-        SEQ.fetch_add(1, Ordering::Relaxed),
-        nanos
-    )
-}
-
-/// `url` with `search_path` set to `schema` for every connection.
-fn with_search_path(url: &str, schema: &str) -> String {
-    let sep = if url.contains('?') { '&' } else { '?' };
-    format!("{url}{sep}options=-c%20search_path%3D{schema}")
-}
-
-async fn on_postgres<F, Fut>(case: F)
-where
-    F: FnOnce(Db) -> Fut,
-    Fut: Future<Output = ()>,
-{
-    let base = postgres_url();
-    let mut admin = sqlx::PgConnection::connect(&base).await.unwrap_or_else(|e| {
-        panic!(
-            "PostgreSQL at {} is not reachable ({e}); the PostgreSQL half of the store suite needs it \
-             (set TEST_POSTGRES_URL, or start it: pg_ctlcluster <version> main start)",
-            gateway::store::redact_url(&base)
-        )
-    });
-    let schema = unique_schema();
-    sqlx::query(sqlx::AssertSqlSafe(format!("CREATE SCHEMA {schema}")))
-        .execute(&mut admin)
-        .await
-        .expect("create schema");
-    let url = with_search_path(&base, &schema);
-
-    let outcome = AssertUnwindSafe(run_case(url, Backend::Postgres, case))
-        .catch_unwind()
-        .await;
-
-    sqlx::query(sqlx::AssertSqlSafe(format!("DROP SCHEMA {schema} CASCADE")))
-        .execute(&mut admin)
-        .await
-        .expect("drop schema");
-    let _ = admin.close().await;
-    if let Err(panic) = outcome {
-        std::panic::resume_unwind(panic);
-    }
-}
-
-/// Runs each named `async fn(Db)` as two tests: `sqlite::NAME` and `postgres::NAME`.
-macro_rules! on_both_backends {
-    ($($case:ident),+ $(,)?) => {
-        mod sqlite {
-            $(
-                #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-                async fn $case() {
-                    super::on_sqlite(super::$case).await
-                }
-            )+
-        }
-        mod postgres {
-            $(
-                #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-                async fn $case() {
-                    super::on_postgres(super::$case).await
-                }
-            )+
-        }
-    };
-}
+mod two_backends;
+use two_backends::{Db, on_sqlite};
 
 // The cases, by what they exercise, in store/ (the crate root is this file, so the paths are
 // spelled out); each case named below runs on both backends.

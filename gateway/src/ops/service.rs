@@ -21,8 +21,8 @@ use crate::bus::Eviction;
 use crate::clock::now_ms;
 use crate::logsafe::printable_within;
 use crate::store::{
-    CustomerId, Interaction, JournalCursor, JournalEntry, SessionChange, SessionRecord, StoreError, TimelinePage,
-    TimelineQuery,
+    Customer, CustomerId, Interaction, JournalCursor, JournalEntry, SessionChange, SessionRecord, StoreError,
+    TimelinePage, TimelineQuery,
 };
 
 /// Most sessions `ListSessions` returns at once.
@@ -168,6 +168,10 @@ fn timeline_page(page: TimelinePage) -> fleet::TimelinePage {
     }
 }
 
+fn answer_customer(result: Result<Customer, StoreError>) -> Result<Response<fleet::Customer>, Status> {
+    result.map(|c| Response::new(convert::customer(c))).map_err(store_error)
+}
+
 fn customer_id(text: &str) -> Result<CustomerId, Status> {
     if text.is_empty() || text.len() > 64 {
         return Err(Status::invalid_argument("customer_id: 1 to 64 characters"));
@@ -255,11 +259,12 @@ impl FleetOps for FleetOpsApi {
         let r = request.into_inner();
         let id = customer_id(&r.customer_id)?;
         let query = timeline_query(r.from_ms, r.to_ms, r.page_size, &r.page_token)?;
-        let store = &self.context.store;
-        if store.customer(&id).await.map_err(store_error)?.is_none() {
-            return Err(store_error(StoreError::UnknownCustomer(id.0)));
-        }
-        let page = store.customer_timeline(&id, query).await.map_err(store_error)?;
+        let page = self
+            .context
+            .store
+            .customer_timeline(&id, query)
+            .await
+            .map_err(store_error)?;
         Ok(Response::new(timeline_page(page)))
     }
 
@@ -330,8 +335,7 @@ impl FleetOps for FleetOpsApi {
     ) -> Result<Response<fleet::Customer>, Status> {
         operator(&request)?;
         let name = request.into_inner().display_name;
-        let customer = self.context.store.create_customer(&name).await.map_err(store_error)?;
-        Ok(Response::new(convert::customer(customer)))
+        answer_customer(self.context.store.create_customer(&name).await)
     }
 
     async fn get_customer(
@@ -372,14 +376,17 @@ impl FleetOps for FleetOpsApi {
     ) -> Result<Response<fleet::Customer>, Status> {
         operator(&request)?;
         let r = request.into_inner();
-        let role = convert::role_of(r.role()).ok_or_else(|| Status::invalid_argument("role: OWNER or DRIVER"))?;
-        let customer = self
-            .context
-            .store
-            .link_vehicle(&customer_id(&r.customer_id)?, &vin(&r.vin)?, role, now_ms())
-            .await
-            .map_err(store_error)?;
-        Ok(Response::new(convert::customer(customer)))
+        answer_customer(
+            self.context
+                .store
+                .link_vehicle(
+                    &customer_id(&r.customer_id)?,
+                    &vin(&r.vin)?,
+                    convert::role_of(r.role()).ok_or_else(|| Status::invalid_argument("role: OWNER or DRIVER"))?,
+                    now_ms(),
+                )
+                .await,
+        )
     }
 
     async fn unlink_vehicle(
@@ -388,13 +395,12 @@ impl FleetOps for FleetOpsApi {
     ) -> Result<Response<fleet::Customer>, Status> {
         operator(&request)?;
         let r = request.into_inner();
-        let customer = self
-            .context
-            .store
-            .unlink_vehicle(&customer_id(&r.customer_id)?, &vin(&r.vin)?, now_ms())
-            .await
-            .map_err(store_error)?;
-        Ok(Response::new(convert::customer(customer)))
+        answer_customer(
+            self.context
+                .store
+                .unlink_vehicle(&customer_id(&r.customer_id)?, &vin(&r.vin)?, now_ms())
+                .await,
+        )
     }
 
     async fn link_social_identity(
@@ -404,13 +410,12 @@ impl FleetOps for FleetOpsApi {
         operator(&request)?;
         let r = request.into_inner();
         let i = identity(r.identity)?;
-        let customer = self
-            .context
-            .store
-            .link_social(&customer_id(&r.customer_id)?, &i.provider, &i.subject, now_ms())
-            .await
-            .map_err(store_error)?;
-        Ok(Response::new(convert::customer(customer)))
+        answer_customer(
+            self.context
+                .store
+                .link_social(&customer_id(&r.customer_id)?, &i.provider, &i.subject, now_ms())
+                .await,
+        )
     }
 
     async fn unlink_social_identity(
@@ -420,13 +425,12 @@ impl FleetOps for FleetOpsApi {
         operator(&request)?;
         let r = request.into_inner();
         let i = identity(r.identity)?;
-        let customer = self
-            .context
-            .store
-            .unlink_social(&customer_id(&r.customer_id)?, &i.provider, &i.subject)
-            .await
-            .map_err(store_error)?;
-        Ok(Response::new(convert::customer(customer)))
+        answer_customer(
+            self.context
+                .store
+                .unlink_social(&customer_id(&r.customer_id)?, &i.provider, &i.subject)
+                .await,
+        )
     }
 
     async fn create_dashboard_link(

@@ -57,7 +57,7 @@ async fn sqlite_in_memory_works_with_one_shared_connection() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn sqlite_a_failing_write_does_not_take_its_batch_down() {
-    on_sqlite(|db| async move {
+    on_sqlite(|db: Db| async move {
         // Break one kind of write behind the store's back.
         let mut raw = sqlx::SqliteConnection::connect(&db.url).await.unwrap();
         sqlx::query("DROP TABLE events").execute(&mut raw).await.unwrap();

@@ -1,6 +1,6 @@
 //! Runs a storage case on SQLite (a file in a temporary directory) and on PostgreSQL
 //! (`TEST_POSTGRES_URL`, default `postgres://postgres@127.0.0.1:5432/test`, each case in its own
-//! fresh schema, dropped afterwards), as `gateway/tests/store.rs` does. PostgreSQL being
+//! fresh schema, dropped afterwards), for the storage suites (`store.rs`, `journal.rs`, `customers.rs`). PostgreSQL being
 //! unreachable fails the PostgreSQL half; it is never skipped.
 
 use std::future::Future;
@@ -13,10 +13,36 @@ use sqlx::Connection;
 
 const DEFAULT_POSTGRES_URL: &str = "postgres://postgres@127.0.0.1:5432/test";
 
-/// Runs `case` on a store over a fresh SQLite file, then closes it.
-pub async fn on_sqlite<F, Fut>(case: F)
+/// One case's database: a store on it, and its URL to open more stores (more "nodes") on it.
+pub struct Db {
+    /// The store the case uses.
+    pub store: Store,
+    /// Its database, with the case's schema selected.
+    pub url: String,
+}
+
+impl Db {
+    /// Another pool on the same database, as a second gateway node would have.
+    pub async fn another_node(&self) -> Store {
+        Store::connect(&self.url)
+            .await
+            .expect("second store on the same database")
+    }
+}
+
+/// For cases that need only the store.
+impl From<Db> for Store {
+    fn from(db: Db) -> Store {
+        db.store
+    }
+}
+
+/// Runs `case` (taking a [`Db`] or just its [`Store`]) on a store over a fresh SQLite file, then
+/// closes it.
+pub async fn on_sqlite<C, F, Fut>(case: F)
 where
-    F: FnOnce(Store) -> Fut,
+    Db: Into<C>,
+    F: FnOnce(C) -> Fut,
     Fut: Future<Output = ()>,
 {
     let dir = tempfile::tempdir().expect("temporary directory");
@@ -25,9 +51,10 @@ where
 }
 
 /// Runs `case` on a store over a fresh PostgreSQL schema, then drops the schema.
-pub async fn on_postgres<F, Fut>(case: F)
+pub async fn on_postgres<C, F, Fut>(case: F)
 where
-    F: FnOnce(Store) -> Fut,
+    Db: Into<C>,
+    F: FnOnce(C) -> Fut,
     Fut: Future<Output = ()>,
 {
     let base = std::env::var("TEST_POSTGRES_URL").unwrap_or_else(|_| DEFAULT_POSTGRES_URL.to_owned());
@@ -65,33 +92,41 @@ fn unique_schema() -> String {
         .unwrap()
         .subsec_nanos();
     format!(
-        "journal_test_{}_{}_{}",
+        "store_test_{}_{}_{}",
         std::process::id(),
         SEQ.fetch_add(1, Ordering::Relaxed),
         nanos
     )
 }
 
-async fn run_case<F, Fut>(url: String, backend: Backend, case: F)
+async fn run_case<C, F, Fut>(url: String, backend: Backend, case: F)
 where
-    F: FnOnce(Store) -> Fut,
+    Db: Into<C>,
+    F: FnOnce(C) -> Fut,
     Fut: Future<Output = ()>,
 {
     let store = Store::connect(&url)
         .await
         .unwrap_or_else(|e| panic!("connect {url}: {e}"));
     assert_eq!(store.backend(), backend);
-    case(store.clone()).await;
+    case(
+        Db {
+            store: store.clone(),
+            url,
+        }
+        .into(),
+    )
+    .await;
     store.close().await;
 }
 
-/// Runs each named `async fn(Store)` as two tests: `sqlite::NAME` and `postgres::NAME`.
+/// Runs each named `async fn(Db)` or `async fn(Store)` as two tests: `sqlite::NAME` and `postgres::NAME`.
 #[macro_export]
 macro_rules! on_both_backends {
     ($($case:ident),+ $(,)?) => {
         mod sqlite {
             $(
-                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
                 async fn $case() {
                     super::two_backends::on_sqlite(super::$case).await
                 }
@@ -99,7 +134,7 @@ macro_rules! on_both_backends {
         }
         mod postgres {
             $(
-                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
                 async fn $case() {
                     super::two_backends::on_postgres(super::$case).await
                 }
