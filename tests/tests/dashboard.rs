@@ -111,13 +111,6 @@ async fn a_car_appears_its_request_is_in_its_timeline_and_revoking_it_from_the_p
     assert!(!parked.session_id.is_empty());
     // The partner table is filled too before the picture is taken.
     text_of(&page, "#partners tbody tr[data-service=\"parking.v1.ParkingPayment\"]").await;
-    let png = screenshot(&page).await;
-    assert!(png.starts_with(b"\x89PNG\r\n\x1a\n"), "a PNG");
-    if std::env::var_os("SAVE_SCREENSHOT").is_some_and(|v| v == "1") {
-        let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../docs/images/dashboard.png");
-        std::fs::create_dir_all(path.parent().unwrap()).unwrap();
-        std::fs::write(&path, &png).unwrap_or_else(|e| panic!("write {}: {e}", path.display()));
-    }
     click(&page, &format!("{} button[data-action=\"timeline\"]", live_row(VIN_A))).await;
     let row = once_shown(
         &page,
@@ -128,6 +121,13 @@ async fn a_car_appears_its_request_is_in_its_timeline_and_revoking_it_from_the_p
     .await;
     assert!(row.contains(VIN_A) && row.contains("OK"), "{row}");
     assert_eq!(text_of(&page, "#timeline-of").await, format!("vehicle {VIN_A}"));
+    let png = screenshot(&page).await;
+    assert!(png.starts_with(b"\x89PNG\r\n\x1a\n"), "a PNG");
+    if std::env::var_os("SAVE_SCREENSHOT").is_some_and(|v| v == "1") {
+        let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../docs/images/dashboard.png");
+        std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+        std::fs::write(&path, &png).unwrap_or_else(|e| panic!("write {}: {e}", path.display()));
+    }
 
     // (c) Revoked from the page: its row goes, the other car's stays, its connection ends.
     let mut events = platform.connection_events();
@@ -164,6 +164,7 @@ async fn a_car_appears_its_request_is_in_its_timeline_and_revoking_it_from_the_p
 struct Answer {
     status: u16,
     head: String,
+    body: String,
 }
 
 impl Answer {
@@ -210,13 +211,34 @@ async fn https(platform: &Platform, method: &str, target: &str, cookie: Option<&
         .await
         .ok();
     let answer = String::from_utf8_lossy(&answer);
-    let head = answer.split("\r\n\r\n").next().unwrap_or_default().to_owned();
+    let (head, body) = answer.split_once("\r\n\r\n").unwrap_or((&answer, ""));
+    let (head, body) = (head.to_owned(), body.to_owned());
     let status = head
         .split_whitespace()
         .nth(1)
         .and_then(|s| s.parse().ok())
         .unwrap_or_else(|| panic!("no HTTP answer: {answer}"));
-    Answer { status, head }
+    Answer { status, head, body }
+}
+
+#[tokio::test]
+async fn probes_and_metrics_answer_without_credentials_and_name_no_car() {
+    let (platform, _link) = ops_platform().await;
+    let _car = platform.agent(VIN_A).await;
+    let health = https(&platform, "GET", "/healthz", None).await;
+    assert_eq!((health.status, health.body.trim()), (200, "ok"));
+    assert_eq!(https(&platform, "GET", "/readyz", None).await.status, 200);
+    let metrics = https(&platform, "GET", "/metrics", None).await;
+    assert_eq!(metrics.status, 200);
+    assert!(metrics.header("content-type").is_some_and(|t| t.starts_with("text/plain")), "{}", metrics.head);
+    assert!(!metrics.body.contains(VIN_A), "no VIN in the metrics");
+    let scrape = prometheus_parse::Scrape::parse(metrics.body.lines().map(|l| Ok(l.to_owned()))).expect("Prometheus text");
+    let connected = scrape
+        .samples
+        .iter()
+        .find(|s| s.metric == "carlink_vehicles_connected")
+        .expect("the connected gauge");
+    assert!(matches!(connected.value, prometheus_parse::Value::Gauge(v) if v == 1.0), "{connected:?}");
 }
 
 #[tokio::test]
