@@ -230,15 +230,25 @@ async fn probes_and_metrics_answer_without_credentials_and_name_no_car() {
     assert_eq!(https(&platform, "GET", "/readyz", None).await.status, 200);
     let metrics = https(&platform, "GET", "/metrics", None).await;
     assert_eq!(metrics.status, 200);
-    assert!(metrics.header("content-type").is_some_and(|t| t.starts_with("text/plain")), "{}", metrics.head);
+    assert!(
+        metrics
+            .header("content-type")
+            .is_some_and(|t| t.starts_with("text/plain")),
+        "{}",
+        metrics.head
+    );
     assert!(!metrics.body.contains(VIN_A), "no VIN in the metrics");
-    let scrape = prometheus_parse::Scrape::parse(metrics.body.lines().map(|l| Ok(l.to_owned()))).expect("Prometheus text");
+    let scrape =
+        prometheus_parse::Scrape::parse(metrics.body.lines().map(|l| Ok(l.to_owned()))).expect("Prometheus text");
     let connected = scrape
         .samples
         .iter()
         .find(|s| s.metric == "carlink_vehicles_connected")
         .expect("the connected gauge");
-    assert!(matches!(connected.value, prometheus_parse::Value::Gauge(v) if v == 1.0), "{connected:?}");
+    assert!(
+        matches!(connected.value, prometheus_parse::Value::Gauge(v) if v == 1.0),
+        "{connected:?}"
+    );
 }
 
 #[tokio::test]

@@ -471,3 +471,24 @@ async fn timelines_page_through_a_long_range_and_unknown_ids_are_not_found() {
         .unwrap_err();
     assert_eq!(bad.code(), Code::InvalidArgument, "{bad:?}");
 }
+
+#[tokio::test]
+async fn session_streams_beyond_the_bound_are_refused() {
+    let platform = Platform::start_with_pki(|pki, config| {
+        let mut ops = ops(pki).unwrap();
+        ops.max_watchers = 1;
+        config.ops = Some(ops);
+    })
+    .await;
+    let mut client = operator(&platform).await;
+    let _first = client
+        .watch_sessions(WatchSessionsRequest::default())
+        .await
+        .expect("the first stream is served");
+    let second = client
+        .watch_sessions(WatchSessionsRequest::default())
+        .await
+        .unwrap_err();
+    assert_eq!(second.code(), Code::ResourceExhausted, "{second:?}");
+    assert!(second.message().contains("ops.max_watchers"), "{second:?}");
+}
