@@ -116,6 +116,11 @@ impl SignIns {
         }
     }
 
+    /// How long a signed-in browser stays signed in.
+    pub fn session_ttl(&self) -> Duration {
+        self.session_ttl
+    }
+
     /// Links and sessions held now (expired ones included until they are pushed out).
     pub fn len(&self) -> usize {
         self.grants.lock().unwrap_or_else(PoisonError::into_inner).len()

@@ -124,7 +124,7 @@ async fn sign_in(State(dashboard): State<Dashboard>, Query(query): Query<SignInQ
             "this sign-in link is unknown, used or expired: ask for a new one".into(),
         ));
     };
-    let max_age = 7 * 24 * 3600;
+    let max_age = dashboard.sign_ins.session_ttl().as_secs();
     let cookie = format!("{COOKIE}={session}; Path=/; Secure; HttpOnly; SameSite=Strict; Max-Age={max_age}");
     let mut response = Redirect::to("/").into_response();
     if let Ok(value) = HeaderValue::from_str(&cookie) {
