@@ -12,6 +12,8 @@
 //! - [`abuse`]: well-behaved cars served while one car abuses MQTT ([`abuser`], over the raw
 //!   client [`rawmqtt`]) and sockets flood the listener; partner events from [`partner`];
 //! - [`services`]: a service known by configuration only against a compiled-in one;
+//! - [`revoke`]: from an operator's revocation (over [`ops`], the gateway's ops API) to the car
+//!   cut off;
 //! - [`run`]: one run of every scenario; [`report`]: its JSON and Markdown.
 
 pub mod abuse;
@@ -19,12 +21,14 @@ pub mod abuser;
 pub mod agents;
 pub mod brokers;
 pub mod fleet;
+pub mod ops;
 pub mod partner;
 pub mod process;
 pub mod procfs;
 pub mod rawmqtt;
 pub mod report;
 pub mod restart;
+pub mod revoke;
 pub mod run;
 pub mod services;
 pub mod stats;

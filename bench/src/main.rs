@@ -1,12 +1,14 @@
 //! `fleet-bench report`: runs every scenario against the gateway and Mosquitto, one after the
 //! other with the same fleet, and writes `report.json` and `report.md`. `fleet-bench abuse`
 //! runs only the abusive-car scenario and writes `abuse.json` and `abuse.md`; `fleet-bench
-//! services` compares a service known by configuration only with a compiled-in one.
+//! services` compares a service known by configuration only with a compiled-in one; `fleet-bench
+//! revoke` times revocations from the operator's call to the car cut off.
 //!
 //! ```text
 //! cargo run --release -p fleet-bench -- report --vehicles 2000 --out docs/benchmarks
 //! cargo run --release -p fleet-bench -- abuse --out docs/benchmarks
 //! cargo run --release -p fleet-bench -- services --out docs/benchmarks
+//! cargo run --release -p fleet-bench -- revoke --out docs/benchmarks
 //! ```
 
 use std::net::{IpAddr, Ipv4Addr};
@@ -22,6 +24,7 @@ use fleet_bench::brokers::{self, BrokerSetup, ConfigOverride, GatewayLaunch};
 use fleet_bench::fleet::Fleet;
 use fleet_bench::report::Started;
 use fleet_bench::restart::RestartPlan;
+use fleet_bench::revoke::{self, RevokeArgs};
 use fleet_bench::run::{self, LedgerRun, Plan};
 use fleet_bench::services::{self, ServicesPlan};
 use fleet_bench::swarm::StormSettings;
@@ -47,6 +50,9 @@ enum Command {
     /// Compares a service the gateway knows by configuration only with a compiled-in one and
     /// writes services.json and services.md.
     Services(Box<ServicesOnly>),
+    /// Revokes connected cars one by one over the ops API, timing the call and the car's
+    /// disconnection, and writes revoke.json and revoke.md.
+    Revoke(Box<RevokeArgs>),
 }
 
 /// The configuration-only service scenario.
@@ -312,6 +318,7 @@ fn main() -> ExitCode {
         Command::Report(args) => runtime.block_on(report(*args)),
         Command::Abuse(args) => runtime.block_on(abuse_only(*args)),
         Command::Services(args) => runtime.block_on(services_only(*args)),
+        Command::Revoke(args) => runtime.block_on(revoke_only(*args)),
     };
     match done {
         Ok(()) => ExitCode::SUCCESS,
@@ -423,6 +430,14 @@ async fn services_only(args: ServicesOnly) -> anyhow::Result<()> {
     };
     let run = services::run(&plan, &GatewayLaunch::Binary(bin), work.path(), command_line()).await?;
     publish(&args.out, "services", &run, &run.markdown(), work, args.keep_work)
+}
+
+/// `fleet-bench revoke`: revocation from the call to the car cut off.
+async fn revoke_only(args: RevokeArgs) -> anyhow::Result<()> {
+    let work = tempfile::Builder::new().prefix("fleet-bench-revoke-").tempdir()?;
+    let bin = gateway_binary(args.no_build, args.gateway_bin.as_deref())?;
+    let run = revoke::run(&args.plan(), &GatewayLaunch::Binary(bin), work.path(), command_line()).await?;
+    publish(&args.out, "revoke", &run, &run.markdown(), work, args.keep_work)
 }
 
 /// `fleet-bench abuse`: the abusive-car scenario alone.
