@@ -13,7 +13,7 @@
 //!   client [`rawmqtt`]) and sockets flood the listener; partner events from [`partner`];
 //! - [`services`]: a service known by configuration only against a compiled-in one;
 //! - [`revoke`]: from an operator's revocation (over [`ops`], the gateway's ops API) to the car
-//!   cut off;
+//!   cut off; [`journal_cost`]: request round trips with the interaction journal off and on;
 //! - [`run`]: one run of every scenario; [`report`]: its JSON and Markdown.
 
 pub mod abuse;
@@ -21,6 +21,7 @@ pub mod abuser;
 pub mod agents;
 pub mod brokers;
 pub mod fleet;
+pub mod journal_cost;
 pub mod ops;
 pub mod partner;
 pub mod process;
