@@ -13,6 +13,7 @@ use std::path::Path;
 use std::time::Duration;
 
 use anyhow::{Result, bail};
+use gateway::store::{Interaction, MAX_PAGE, Store, TimelineQuery};
 use serde::Serialize;
 
 use crate::brokers::{self, ConfigOverride, GatewayLaunch, GatewayOptions};
@@ -293,10 +294,34 @@ pub async fn run(
     })
 }
 
-/// The request rows the journal at `url` holds for the fleet's cars.
+/// The request rows the journal at `url` holds for the fleet's cars, read page by page through
+/// the gateway's own store code (`None` if the database cannot be read).
 async fn request_rows(url: &str, fleet: &Fleet) -> Option<u64> {
-    let _ = (url, fleet);
-    None
+    let store = Store::connect(url).await.ok()?;
+    let mut rows = 0;
+    for vehicle in &fleet.vehicles {
+        let mut after = None;
+        loop {
+            let query = TimelineQuery {
+                from_ms: 0,
+                to_ms: i64::MAX,
+                after,
+                limit: MAX_PAGE,
+            };
+            let page = store.vehicle_timeline(&vehicle.vin, query).await.ok()?;
+            rows += page
+                .entries
+                .iter()
+                .filter(|e| matches!(e.what, Interaction::Request(_)))
+                .count() as u64;
+            match page.next {
+                Some(next) => after = Some(next),
+                None => break,
+            }
+        }
+    }
+    store.close().await;
+    Some(rows)
 }
 
 fn totals(journal: bool, phases: &[Phase]) -> SettingTotals {

@@ -14,6 +14,7 @@
 //! - [`services`]: a service known by configuration only against a compiled-in one;
 //! - [`revoke`]: from an operator's revocation (over [`ops`], the gateway's ops API) to the car
 //!   cut off; [`journal_cost`]: request round trips with the interaction journal off and on;
+//! - [`journal`]: rows per second of the gateway's journal writer, SQLite and PostgreSQL;
 //! - [`run`]: one run of every scenario; [`report`]: its JSON and Markdown.
 
 pub mod abuse;
@@ -21,6 +22,7 @@ pub mod abuser;
 pub mod agents;
 pub mod brokers;
 pub mod fleet;
+pub mod journal;
 pub mod journal_cost;
 pub mod ops;
 pub mod partner;

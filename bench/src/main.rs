@@ -59,6 +59,23 @@ enum Command {
     /// Sends the same requests with the interaction journal off and on, in alternating phases,
     /// and writes journal-cost.json and journal-cost.md.
     JournalCost(Box<JournalCostArgs>),
+    /// Measures the rows per second the gateway's journal writer sustains into SQLite (a file)
+    /// and PostgreSQL, and prints a table.
+    Journal(Box<JournalOnly>),
+}
+
+/// The journal writer scenario.
+#[derive(clap::Args)]
+struct JournalOnly {
+    /// Request rows recorded per database.
+    #[arg(long, default_value_t = 200_000)]
+    rows: u64,
+    /// Rows per transaction (`journal.max_batch_rows`).
+    #[arg(long, default_value_t = 1_000)]
+    batch: usize,
+    /// The PostgreSQL database (a fresh schema is made in it, and dropped).
+    #[arg(long, default_value = "postgres://postgres@127.0.0.1:5432/test")]
+    postgres: String,
 }
 
 /// The configuration-only service scenario.
@@ -326,6 +343,7 @@ fn main() -> ExitCode {
         Command::Services(args) => runtime.block_on(services_only(*args)),
         Command::Revoke(args) => runtime.block_on(revoke_only(*args)),
         Command::JournalCost(args) => runtime.block_on(journal_cost_only(*args)),
+        Command::Journal(args) => runtime.block_on(journal_only(*args)),
     };
     match done {
         Ok(()) => ExitCode::SUCCESS,
@@ -334,6 +352,14 @@ fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+/// Runs the journal scenario and prints its table.
+async fn journal_only(args: JournalOnly) -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    let runs = fleet_bench::journal::sqlite_and_postgres(dir.path(), &args.postgres, args.rows, args.batch).await?;
+    print!("{}", fleet_bench::journal::table(&runs));
+    Ok(())
 }
 
 /// The gateway's release binary: `given`, or the workspace's own, built first unless `no_build`.

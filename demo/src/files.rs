@@ -1,5 +1,5 @@
-//! The demo's files: the development PKI (with a certificate for each partner and the car),
-//! the gateway's partner entries, and the sample `gateway.toml` / `agent.toml` that let you run
+//! The demo's files: the development PKI (with a certificate for each partner, the car and the
+//! demo's operator), the gateway's partner entries and ops listener, and the sample `gateway.toml` / `agent.toml` that let you run
 //! the binaries yourself in the demo's place.
 
 use std::net::SocketAddr;
@@ -9,11 +9,15 @@ use std::time::Duration;
 use anyhow::{Context, Result};
 use certs::{DevPki, IssuingCa};
 use gateway::GatewayConfig;
-use gateway::config::{PartnerApiConfig, PartnerConfig};
+use gateway::config::{OpsConfig, PartnerApiConfig, PartnerConfig};
 use proto::Vin;
+use proto::adapter::cli::read_text;
 use vehicle_agent::AgentConfig;
 
 use crate::DEMO_VIN;
+
+/// The name (certificate CN) of the demo's fleet operator.
+pub const DEMO_OPERATOR: &str = "demo-operator";
 
 /// The gRPC services of the three reference partners, which the car forwards.
 pub const SERVICES: [&str; 3] = [
@@ -32,10 +36,8 @@ pub struct PartnerFiles {
 
 impl PartnerFiles {
     /// The certificate and key as PEM text.
-    pub fn read(&self) -> Result<(String, String)> {
-        let read =
-            |path: &Path| std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()));
-        Ok((read(&self.cert)?, read(&self.key)?))
+    pub async fn read(&self) -> Result<(String, String)> {
+        Ok((read_text(&self.cert).await?, read_text(&self.key).await?))
     }
 }
 
@@ -56,6 +58,8 @@ pub struct RunAddrs {
     pub mqtt: SocketAddr,
     /// The gateway's partner API, where partners push events.
     pub partner_api: SocketAddr,
+    /// The gateway's ops listener.
+    pub ops: SocketAddr,
     /// The car's local endpoint for in-car apps.
     pub agent: SocketAddr,
     /// The partners.
@@ -86,6 +90,12 @@ pub struct DemoFiles {
     pub vehicle_cert: PathBuf,
     /// Its key.
     pub vehicle_key: PathBuf,
+    /// What the gateway's ops listener trusts: it signs only operators.
+    pub operators_ca: PathBuf,
+    /// The demo operator's certificate ([`DEMO_OPERATOR`]), for the dashboard and the CLI.
+    pub operator_cert: PathBuf,
+    /// Its key.
+    pub operator_key: PathBuf,
     /// The parking partner's server certificate.
     pub parking: PartnerFiles,
     /// The navigation partner's.
@@ -116,6 +126,7 @@ impl DemoFiles {
         let ca = pki.authority()?;
         let vin = Vin::parse(DEMO_VIN)?;
         let (vehicle_cert, vehicle_key) = ca.issue_vehicle(&vin)?.write(dir, vin.as_str())?;
+        let (operator_cert, operator_key) = ca.issue_operator(DEMO_OPERATOR)?.write(dir, DEMO_OPERATOR)?;
         // Each partner its own certificate, as each would be a different company.
         let partner = |name: &str| -> Result<PartnerFiles> {
             let (cert, key) = ca.issue_partner(name)?.write(dir, name)?;
@@ -133,6 +144,9 @@ impl DemoFiles {
             client_key: pki.gateway_client_key(),
             vehicle_cert,
             vehicle_key,
+            operators_ca: pki.issuing_ca_cert(IssuingCa::Operators),
+            operator_cert,
+            operator_key,
             parking: partner("parking")?,
             navigation: partner("navigation")?,
             identity: partner("identity")?,
@@ -140,14 +154,13 @@ impl DemoFiles {
     }
 
     /// The CA partners trust, as PEM text.
-    pub fn gateway_clients_ca_pem(&self) -> Result<String> {
-        std::fs::read_to_string(&self.gateway_clients_ca)
-            .with_context(|| format!("cannot read {}", self.gateway_clients_ca.display()))
+    pub async fn gateway_clients_ca_pem(&self) -> Result<String> {
+        Ok(read_text(&self.gateway_clients_ca).await?)
     }
 
     /// The root CA as PEM text: what partners verify the gateway's partner API with.
-    pub fn ca_cert_pem(&self) -> Result<String> {
-        std::fs::read_to_string(&self.ca_cert).with_context(|| format!("cannot read {}", self.ca_cert.display()))
+    pub async fn ca_cert_pem(&self) -> Result<String> {
+        Ok(read_text(&self.ca_cert).await?)
     }
 
     /// The gateway's configuration for this run: MQTT on `mqtt`, the partner API (for events)
@@ -181,6 +194,12 @@ impl DemoFiles {
             self.partner_entry(SERVICES[2], "identity", &["PollDeviceLogin"], partners.identity),
         ];
         config
+    }
+
+    /// The gateway's ops listener on `listen` (fleet ops gRPC and the dashboard), for operator
+    /// certificates of the operators CA only.
+    pub fn ops_config(&self, listen: SocketAddr) -> OpsConfig {
+        OpsConfig::new(listen, self.operators_ca.clone())
     }
 
     /// The car's configuration: the gateway's MQTT port on `mqtt`, apps on `local`, all three services.
@@ -219,14 +238,15 @@ impl DemoFiles {
     /// its database and the car's state directory), for `gateway run` / `vehicle-agent run` in
     /// its place: the configuration structs themselves, serialized, so every setting is there
     /// with its default.
-    pub fn write_sample_configs(&self, run: &RunAddrs) -> Result<()> {
-        let gateway = self.gateway_config(run.mqtt, run.partner_api, run.partners);
+    pub async fn write_sample_configs(&self, run: &RunAddrs) -> Result<()> {
+        let mut gateway = self.gateway_config(run.mqtt, run.partner_api, run.partners);
+        gateway.ops = Some(self.ops_config(run.ops));
         let agent = self.agent_config(run.mqtt, run.agent);
         let header = |what: &str| format!("# Sample {what} configuration written by `demo`.\n");
         let gateway = header("gateway") + &toml::to_string(&gateway)?;
         let agent = header("vehicle agent") + &toml::to_string(&agent)?;
-        std::fs::write(self.dir.join("gateway.toml"), gateway)?;
-        std::fs::write(self.dir.join("agent.toml"), agent)?;
+        tokio::fs::write(self.dir.join("gateway.toml"), gateway).await?;
+        tokio::fs::write(self.dir.join("agent.toml"), agent).await?;
         Ok(())
     }
 }

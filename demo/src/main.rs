@@ -3,14 +3,16 @@
 //! the gateway and one simulated car, then plays an in-car app's journey from Jing'an Temple to
 //! the Bund (find a car park, route there, park and pay, sign in with WeChat, leave through
 //! the lot's exit gate and hear what it charged), prints what happened, and keeps running for
-//! you to try.
+//! you to try. It also prints a sign-in link to the gateway's fleet dashboard, where the car is
+//! seen live, and the operator CLI's command line.
 //!
-//! Reading order: [`files`] (certificates and configs), [`partners`], [`journey`], [`sign_in`],
-//! [`lot`].
+//! Reading order: [`files`] (certificates and configs), [`partners`], [`ops`], [`journey`],
+//! [`sign_in`], [`lot`].
 
 mod files;
 mod journey;
 mod lot;
+mod ops;
 mod partners;
 mod sign_in;
 
@@ -60,6 +62,9 @@ struct Args {
     /// The gateway's partner API, where partners push events to cars (mTLS, partners only).
     #[arg(long, default_value = "127.0.0.1:50071")]
     partner_api_listen: SocketAddr,
+    /// The gateway's ops listener: the fleet dashboard and `fleet.v1.FleetOps` (operators only).
+    #[arg(long, default_value = "127.0.0.1:9443")]
+    ops_listen: SocketAddr,
     /// The simulated car's local gRPC endpoint for in-car apps.
     #[arg(long, default_value = "127.0.0.1:50051")]
     agent_listen: SocketAddr,
@@ -79,7 +84,9 @@ async fn main() -> Result<()> {
         .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into()))
         .init();
 
-    let files = DemoFiles::ensure(&args.dir)?;
+    // Issuing the certificates is disk and CPU work: off the async workers.
+    let dir = args.dir.clone();
+    let files = tokio::task::spawn_blocking(move || DemoFiles::ensure(&dir)).await??;
     println!(
         "certificates in {}/ (root and per-role CAs, gateway, partners parking, navigation and identity, vehicle {DEMO_VIN})",
         files.dir.display()
@@ -107,15 +114,18 @@ async fn main() -> Result<()> {
     );
     println!("sign-in page       {}/device  (drivers approve here)", partners.page);
 
-    let config = files.gateway_config(args.mqtt_listen, args.partner_api_listen, at);
+    let mut config = files.gateway_config(args.mqtt_listen, args.partner_api_listen, at);
+    config.ops = Some(files.ops_config(args.ops_listen));
     config.validate()?;
     let gateway = Gateway::start(config).await?;
     let partner_api = gateway.partner_api_addr().context("the gateway's partner API is off")?;
-    partners.publish_parking_events(&files, partner_api)?;
+    partners.publish_parking_events(&files, partner_api).await?;
     println!(
         "gateway            mqtts://{}  (MQTT 3.1.1, mutual TLS), partner API https://{partner_api}",
         gateway.mqtt_addr()
     );
+    let ops = gateway.ops_addr().context("the gateway's ops listener is off")?;
+    println!("ops listener       https://{ops}  (fleet dashboard and fleet.v1.FleetOps, operators only)");
 
     let car = Agent::start(files.agent_config(gateway.mqtt_addr(), args.agent_listen)).await?;
     tokio::time::timeout(Duration::from_secs(10), car.wait_connected())
@@ -126,13 +136,19 @@ async fn main() -> Result<()> {
         car.vin(),
         car.local_addr()
     );
-    files.write_sample_configs(&RunAddrs {
-        mqtt: gateway.mqtt_addr(),
-        partner_api,
-        agent: car.local_addr(),
-        partners: at,
-    })?;
-    println!("sample configs     {}/gateway.toml, agent.toml\n", files.dir.display());
+    files
+        .write_sample_configs(&RunAddrs {
+            mqtt: gateway.mqtt_addr(),
+            partner_api,
+            ops,
+            agent: car.local_addr(),
+            partners: at,
+        })
+        .await?;
+    println!("sample configs     {}/gateway.toml, agent.toml", files.dir.display());
+    // Asked for once the car is connected, so the dashboard shows it at once.
+    let link = ops::dashboard_link(&files, ops).await?;
+    ops::print_how_to_operate(&files, ops, &link);
 
     let mut app = InCarApp::connect(format!("http://{}", car.local_addr())).await?;
     // Waiting for a driver to approve may be cut short with Ctrl-C.
@@ -154,6 +170,7 @@ async fn main() -> Result<()> {
                  '{{\"near\":{{\"latitude\":31.2304,\"longitude\":121.4737}}}}'\n  \
                  cargo run -q -p vehicle-agent -- call /navigation.v1.Navigation/SearchPlaces \
                  '{{\"near\":{{\"latitude\":31.24,\"longitude\":121.49}},\"category\":\"PLACE_CATEGORY_PARKING\"}}'\n\
+                 Fleet dashboard: https://{ops}/ (sign in with the link above; `gateway fleet ... dashboard-link` makes another)\n\
                  Ctrl-C to stop."
             );
             tokio::signal::ctrl_c().await?;

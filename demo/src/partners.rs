@@ -59,7 +59,7 @@ impl Partners {
             identity: identity_listener.local_addr()?,
         };
         let page = format!("http://{}", page_listener.local_addr()?);
-        let trusted = files.gateway_clients_ca_pem()?;
+        let trusted = files.gateway_clients_ca_pem().await?;
         let mut partners = Partners {
             // The adapter's state (sessions, charges, answers to retries) outlives the demo, as
             // it would a restart of a real adapter.
@@ -71,12 +71,12 @@ impl Partners {
             publisher: None,
         };
 
-        let (cert, key) = files.parking.read()?;
+        let (cert, key) = files.parking.read().await?;
         let tls = parking_adapter::mtls_config(&cert, &key, &trusted);
         let parking = partners.parking.clone();
         partners.run(|stopped| parking_adapter::serve(parking_listener, Some(tls), parking, stopped));
 
-        let (cert, key) = files.navigation.read()?;
+        let (cert, key) = files.navigation.read().await?;
         let tls = navigation_adapter::mtls_config(&cert, &key, &trusted);
         let navigation = NavigationService::new();
         partners.run(|stopped| navigation_adapter::serve(navigation_listener, Some(tls), navigation, stopped));
@@ -84,7 +84,7 @@ impl Partners {
         let mut settings = LoginSettings::new(format!("{}/device", partners.page));
         settings.interval = SIGN_IN_POLL_INTERVAL;
         let logins = DeviceLogins::new(settings, Arc::new(SystemClock));
-        let (cert, key) = files.identity.read()?;
+        let (cert, key) = files.identity.read().await?;
         let tls = identity_adapter::mtls_config(&cert, &key, &trusted);
         let identity = SocialLoginService::new(logins.clone());
         partners.run(|stopped| identity_adapter::serve(identity_listener, Some(tls), identity, stopped));
@@ -95,11 +95,11 @@ impl Partners {
 
     /// Lets the parking partner push its events (a session the lot ended) to the gateway's
     /// partner API at `partner_api`, with its own certificate.
-    pub fn publish_parking_events(&mut self, files: &DemoFiles, partner_api: SocketAddr) -> Result<()> {
-        let (cert, key) = files.parking.read()?;
+    pub async fn publish_parking_events(&mut self, files: &DemoFiles, partner_api: SocketAddr) -> Result<()> {
+        let (cert, key) = files.parking.read().await?;
         let api = parking_adapter::PartnerApi::new(
             &format!("https://localhost:{}", partner_api.port()),
-            &files.ca_cert_pem()?,
+            &files.ca_cert_pem().await?,
             &cert,
             &key,
         )?;

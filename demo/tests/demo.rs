@@ -2,7 +2,8 @@
 //! partners, the gateway and a car, and the whole journey succeeds: a car park near the Bund
 //! and a route there (navigation), parking paid for (parking), a WeChat sign-in that the
 //! demo approves itself on the verification page (identity), and a session the lot's exit gate
-//! ends, which reaches the car as an event through the gateway's partner API.
+//! ends, which reaches the car as an event through the gateway's partner API. And it tells the
+//! newcomer how to see the fleet: a dashboard sign-in link and the operator CLI's command line.
 
 use std::path::Path;
 use std::process::Command;
@@ -28,6 +29,8 @@ fn run_demo(certs: &Path, extra: &[&str]) -> String {
             "--partner-api-listen",
             "127.0.0.1:0",
             "--agent-listen",
+            "127.0.0.1:0",
+            "--ops-listen",
             "127.0.0.1:0",
         ])
         .output()
@@ -84,6 +87,31 @@ fn the_demo_makes_the_whole_journey_with_all_three_partners() {
     );
     // Every listener was asked for port 0 and is printed with the port it got.
     assert!(!stdout.contains(":0 "), "{stdout}");
+    assert!(!stdout.contains(":0/"), "{stdout}");
+
+    // The way to the fleet dashboard: a sign-in link on the ops listener, the warning about the
+    // development CA with the root to import, and the CLI with the demo operator's files.
+    let ops = stdout
+        .split("ops listener       https://")
+        .nth(1)
+        .and_then(|rest| rest.split_whitespace().next())
+        .unwrap_or_else(|| panic!("no ops listener in:\n{stdout}"));
+    let link = format!("https://{ops}/signin?token=");
+    assert!(stdout.contains(&link), "missing {link:?} in:\n{stdout}");
+    let certs = dir.path().join("certs");
+    let root = certs.join("ca.pem");
+    assert!(stdout.contains("not private"), "{stdout}");
+    assert!(
+        stdout.contains(&format!("import\n  {} as a trusted", root.display())),
+        "{stdout}"
+    );
+    let cli = format!(
+        "cargo run -q -p gateway -- fleet --ops https://{ops} --cert {} --key {} --ca {} sessions",
+        certs.join("demo-operator.pem").display(),
+        certs.join("demo-operator.key").display(),
+        root.display()
+    );
+    assert!(stdout.contains(&cli), "missing {cli:?} in:\n{stdout}");
 
     let agent_toml = std::fs::read_to_string(dir.path().join("certs/agent.toml")).unwrap();
     for service in [
@@ -98,6 +126,10 @@ fn the_demo_makes_the_whole_journey_with_all_three_partners() {
     let gateway_toml = std::fs::read_to_string(dir.path().join("certs/gateway.toml")).unwrap();
     let client_ca = gateway_toml.lines().find(|l| l.starts_with("client_ca")).unwrap();
     assert!(client_ca.ends_with("vehicles-ca.pem\""), "{client_ca}");
+    // The ops listener trusts operators only.
+    let ops_table = gateway_toml.split("[ops]").nth(1).expect("an [ops] table");
+    let ops_ca = ops_table.lines().find(|l| l.starts_with("client_ca")).unwrap();
+    assert!(ops_ca.ends_with("operators-ca.pem\""), "{ops_ca}");
     let client_cert = gateway_toml.lines().find(|l| l.starts_with("client_cert")).unwrap();
     assert!(client_cert.ends_with("gateway-client.pem\""), "{client_cert}");
     let partners: Vec<&str> = gateway_toml.lines().filter(|l| l.starts_with("name = ")).collect();

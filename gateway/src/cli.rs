@@ -51,6 +51,9 @@ enum Command {
         #[arg(long, short, env = "GATEWAY_CONFIG")]
         config: Option<PathBuf>,
     },
+    /// Operate a running fleet: sessions, timelines, partners, kick, revoke, customers (a
+    /// client of the ops listener, with an operator certificate).
+    Fleet(Box<crate::fleet_cli::FleetArgs>),
 }
 
 /// Listening sockets passed by a service manager: the MQTT port, then the partner API's.
@@ -86,13 +89,18 @@ fn activated_sockets() -> Result<Option<Activated>, String> {
 pub fn main() -> ExitCode {
     let activated = activated_sockets();
     let cli = Cli::parse();
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let (config, check_only) = match cli.command {
+        Command::Run { config } => (config, false),
+        Command::CheckConfig { config } => (config, true),
+        // A client: no log lines (stdout is its output) and no configuration to load.
+        Command::Fleet(args) => return crate::fleet_cli::main(*args),
+    };
     tracing_subscriber::fmt()
         .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()))
         // Colour codes only for a person at a terminal, never in a file or a log collector.
         .with_ansi(std::io::stdout().is_terminal())
         .init();
-    let _ = rustls::crypto::ring::default_provider().install_default();
-    let (Command::Run { config } | Command::CheckConfig { config }) = &cli.command;
     let config = match GatewayConfig::load(config.as_deref()) {
         Ok(c) => c,
         Err(e) => {
@@ -100,7 +108,7 @@ pub fn main() -> ExitCode {
             return ExitCode::from(EXIT_BAD_CONFIG);
         }
     };
-    if let Command::CheckConfig { .. } = cli.command {
+    if check_only {
         println!("configuration is valid");
         return ExitCode::SUCCESS;
     }

@@ -12,18 +12,23 @@ use tracing::warn;
 
 use crate::broker::ConnectionEvent;
 use crate::events::EventDelivery;
-use crate::store::{ConnectionChange, ConnectionId, NewConnection, Store};
+use crate::journal::Journal;
+use crate::store::{
+    ConnectionChange, ConnectionId, Interaction, JournalEntry, NewConnection, SessionChange, SessionRecord, Store,
+};
 
 /// Most connection events recorded in one store call.
 const MAX_BATCH: usize = 1024;
 
-/// Records connections until every sender of `events` is gone.
+/// Records connections until every sender of `events` is gone, each connect and disconnect
+/// in the journal too.
 pub async fn record(
     mut events: mpsc::Receiver<ConnectionEvent>,
     store: Store,
     node: String,
     delivery: EventDelivery,
     watchers: broadcast::Sender<ConnectionEvent>,
+    journal: Journal,
 ) {
     let mut open: HashMap<u64, ConnectionId> = HashMap::new();
     let mut batch = Vec::with_capacity(MAX_BATCH);
@@ -61,6 +66,9 @@ pub async fn record(
             }
         }
         for event in batch.drain(..) {
+            if let Some(entry) = journal_entry(&event) {
+                journal.record(entry);
+            }
             match &event {
                 ConnectionEvent::Connected(_) => {}
                 ConnectionEvent::EventsSubscribed { conn, vin } => delivery.subscribed(vin.clone(), *conn),
@@ -72,4 +80,23 @@ pub async fn record(
             let _ = watchers.send(event);
         }
     }
+}
+
+/// The journal's row for a connect or disconnect: from where it connected, why it ended. (An
+/// operator's kick or revocation is a row of its own, with who and why, recorded by the ops
+/// API; the session's end it causes is a disconnect like any other.)
+fn journal_entry(event: &ConnectionEvent) -> Option<JournalEntry> {
+    let (vin, at_ms, change, detail) = match event {
+        ConnectionEvent::Connected(info) => (&info.vin, info.at_ms, SessionChange::Connected, info.remote.to_string()),
+        ConnectionEvent::Disconnected { vin, reason, at_ms, .. } => {
+            (vin, *at_ms, SessionChange::Disconnected, reason.to_string())
+        }
+        ConnectionEvent::EventsSubscribed { .. } => return None,
+    };
+    Some(JournalEntry {
+        id: 0,
+        at_ms,
+        vin: vin.clone(),
+        what: Interaction::Session(SessionRecord { change, detail }),
+    })
 }

@@ -15,8 +15,10 @@ pub mod clock;
 pub mod config;
 pub mod connection_log;
 pub mod events;
+pub mod fleet_cli;
 pub mod fuzz;
 pub mod health;
+pub mod journal;
 pub mod logsafe;
 pub mod metrics;
 pub mod ops;
@@ -63,6 +65,8 @@ pub struct Gateway {
     partners: routing::PartnerDirectory,
     /// Metrics, readiness and partner status.
     health: health::Health,
+    /// The interaction journal's handle; its writer drains before the store closes.
+    journal: journal::Journal,
 }
 
 /// Why the gateway could not start.
@@ -217,11 +221,13 @@ impl Gateway {
             info!(freed, "freed idempotency claims left by this node's previous run");
         }
         let ledger = Arc::new(routing::Ledger::new(store.clone(), owner, config.idempotency.retention));
+        let journal = journal::Journal::spawn(store.clone(), &config.journal);
         let delivery =
             events::EventDelivery::spawn(store.clone(), mailboxes.clone(), shutdown.clone(), tracker.clone());
         let router = Arc::new(
             routing::RequestRouter::new(partners.clone(), config.requests.clone(), ledger.clone())
-                .with_stats(request_stats.clone()),
+                .with_stats(request_stats.clone())
+                .with_journal(journal.clone()),
         );
         let requests = TaskTracker::new();
         let dispatcher = routing::Dispatcher::new(router.clone(), mailboxes.clone(), requests.clone());
@@ -242,7 +248,10 @@ impl Gateway {
             router,
             store.clone(),
             config.idempotency.purge_interval,
-            config.storage.connection_log_retention,
+            Retention {
+                connection_log: config.storage.connection_log_retention,
+                journal: config.journal.enabled.then_some(config.journal.retention),
+            },
             shutdown.clone(),
         ));
         let (session_tx, session_rx) = mpsc::channel(64 * 1024);
@@ -252,6 +261,7 @@ impl Gateway {
             node,
             delivery.clone(),
             sessions.clone(),
+            journal.clone(),
         ));
 
         let partner_api_addr = match &config.partner_api {
@@ -260,8 +270,13 @@ impl Gateway {
                     &config,
                     api,
                     partner_api,
-                    store.clone(),
-                    delivery.clone(),
+                    events::PartnerEventsApi::new(
+                        store.clone(),
+                        delivery.clone(),
+                        &config.partners,
+                        config.events.clone(),
+                    )
+                    .with_journal(journal.clone()),
                     shutdown.clone(),
                     &tracker,
                 )
@@ -340,6 +355,7 @@ impl Gateway {
                     revocations,
                     connection_events: sessions.clone(),
                     health: health.clone(),
+                    journal: journal.clone(),
                 };
                 let listener = match ops {
                     Some(listener) => listener,
@@ -382,6 +398,7 @@ impl Gateway {
             mailboxes: services.mailboxes.clone(),
             partners,
             health,
+            journal,
         })
     }
 
@@ -428,32 +445,54 @@ impl Gateway {
         self.partners.health()
     }
 
+    /// The interaction journal (requests, partner events, session changes by vehicle): its
+    /// counters, and waiting for rows to be written.
+    pub fn journal(&self) -> &journal::Journal {
+        &self.journal
+    }
+
     /// The gateway's store (connection log, ledger, events), for operators and tests.
     pub fn store(&self) -> &store::Store {
         &self.store
     }
 
     /// Stops accepting, disconnects every car, finishes requests in flight, records the
-    /// disconnects, then returns.
+    /// disconnects, writes the journal's queued rows, then returns.
     pub async fn shutdown(self) {
         self.shutdown.cancel();
         self.tracker.close();
         self.tracker.wait().await;
         let _ = self.recorder.await;
+        // After the requests and the connection log: what they recorded is queued by now.
+        self.journal.close().await;
+        journal::log_final_stats(&self.journal);
         drop(self.handshakes);
         self.store.close().await;
         info!("gateway stopped");
     }
 }
 
-/// Deletes expired ledger entries and events every `interval` until shutdown, and forgets
-/// the request rates of cars that stayed within theirs.
+/// How long the purge keeps history.
+struct Retention {
+    /// Connections, after they ended (`storage.connection_log_retention`).
+    connection_log: Duration,
+    /// Journal rows (`journal.retention`); `None` when the journal is off.
+    journal: Option<Duration>,
+}
+
+/// The unix-ms time `retention` before now.
+fn ago(retention: Duration) -> i64 {
+    clock::now_ms() - i64::try_from(retention.as_millis()).unwrap_or(i64::MAX)
+}
+
+/// Deletes expired ledger entries, events, connections and journal rows every `interval`
+/// until shutdown, and forgets the request rates of cars that stayed within theirs.
 async fn purge_expired(
     ledger: Arc<routing::Ledger>,
     router: Arc<routing::RequestRouter>,
     store: store::Store,
     interval: std::time::Duration,
-    connection_log_retention: std::time::Duration,
+    retention: Retention,
     shutdown: CancellationToken,
 ) {
     let mut ticks = tokio::time::interval(interval);
@@ -471,8 +510,7 @@ async fn purge_expired(
             tracing::warn!(error = %e, "event purge failed; will retry");
         }
         router.prune_rates();
-        let before = clock::now_ms() - i64::try_from(connection_log_retention.as_millis()).unwrap_or(i64::MAX);
-        match store.purge_connections(before).await {
+        match store.purge_connections(ago(retention.connection_log)).await {
             Ok(n) if n > 0 => info!(
                 purged = n,
                 "connections older than the connection log's retention purged"
@@ -480,16 +518,23 @@ async fn purge_expired(
             Ok(_) => {}
             Err(e) => tracing::warn!(error = %e, "connection log purge failed; will retry"),
         }
+        if let Some(journal) = retention.journal {
+            match store.purge_journal(ago(journal)).await {
+                Ok(n) if n > 0 => info!(purged = n, "journal rows older than its retention purged"),
+                Ok(_) => {}
+                Err(e) => tracing::warn!(error = %e, "journal purge failed; will retry"),
+            }
+        }
     }
 }
 
-/// Starts the partner-facing gRPC endpoint (mTLS, partners' client certificates required).
+/// Starts the partner-facing gRPC endpoint serving `service` (mTLS, partners' client
+/// certificates required).
 async fn serve_partner_api(
     config: &GatewayConfig,
     api: &config::PartnerApiConfig,
     listener: Option<TcpListener>,
-    store: store::Store,
-    delivery: events::EventDelivery,
+    service: events::PartnerEventsApi,
     shutdown: CancellationToken,
     tracker: &TaskTracker,
 ) -> Result<SocketAddr, StartError> {
@@ -520,7 +565,6 @@ async fn serve_partner_api(
         addr: api.listen,
         source,
     })?;
-    let service = events::PartnerEventsApi::new(store, delivery, &config.partners, config.events.clone());
     let server = Server::builder()
         .tls_config(tls)
         .map_err(StartError::PartnerApiTls)?

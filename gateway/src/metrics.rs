@@ -36,26 +36,8 @@ pub const DURATION_BUCKETS: [f64; 14] = [
 /// The service label of a request whose service no partner is configured for.
 pub const UNKNOWN_SERVICE: &str = "unknown";
 
-/// gRPC status code names (the `code` label), indexed by code number.
-const CODE_NAMES: [&str; 17] = [
-    "OK",
-    "CANCELLED",
-    "UNKNOWN",
-    "INVALID_ARGUMENT",
-    "DEADLINE_EXCEEDED",
-    "NOT_FOUND",
-    "ALREADY_EXISTS",
-    "PERMISSION_DENIED",
-    "RESOURCE_EXHAUSTED",
-    "FAILED_PRECONDITION",
-    "ABORTED",
-    "OUT_OF_RANGE",
-    "UNIMPLEMENTED",
-    "INTERNAL",
-    "UNAVAILABLE",
-    "DATA_LOSS",
-    "UNAUTHENTICATED",
-];
+/// gRPC status codes (the `code` label): 0 to 16.
+const CODES: usize = 17;
 
 /// How a car's CONNECT ended (the `result` label of `carlink_connects_total`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -161,8 +143,10 @@ impl Metrics {
     pub fn service(&self, service: &str) -> ServiceMetrics {
         let name: Cow<'static, str> = Cow::Owned(service.to_owned());
         let by_code = std::array::from_fn(|code| {
-            self.requests
-                .get_or_create_owned(&[("service", name.clone()), ("code", Cow::Borrowed(CODE_NAMES[code]))])
+            self.requests.get_or_create_owned(&[
+                ("service", name.clone()),
+                ("code", Cow::Borrowed(proto::status::code_name(code as i32))),
+            ])
         });
         let duration = self.durations.get_or_create_owned(&[("service", name)]);
         ServiceMetrics { by_code, duration }
@@ -328,7 +312,7 @@ pub struct StoreGauges {
 /// One service's request counters (one per gRPC code) and duration histogram.
 #[derive(Debug, Clone)]
 pub struct ServiceMetrics {
-    by_code: [Counter; 17],
+    by_code: [Counter; CODES],
     duration: DurationHistogram,
 }
 
@@ -336,10 +320,7 @@ impl ServiceMetrics {
     /// Counts one answered request with gRPC code `code` (0 to 16; others count as UNKNOWN)
     /// that took `elapsed`.
     pub fn observe(&self, code: i32, elapsed: Duration) {
-        let i = usize::try_from(code)
-            .ok()
-            .filter(|i| *i < CODE_NAMES.len())
-            .unwrap_or(2);
+        let i = usize::try_from(code).ok().filter(|i| *i < CODES).unwrap_or(2);
         self.by_code[i].inc();
         self.duration.observe(elapsed);
     }

@@ -14,6 +14,12 @@ impl From<Code> for tonic::Code {
     }
 }
 
+/// The gRPC name of status code `code` (`OK`, `NOT_FOUND`, ...); `UNKNOWN` for a number that
+/// is no code.
+pub fn code_name(code: i32) -> &'static str {
+    Code::try_from(code).unwrap_or(Code::Unknown).as_str_name()
+}
+
 impl Request {
     /// A request envelope: the app's `request_id`, the driver intent's `idempotency_key`, the
     /// full gRPC `method` path, the time left in milliseconds (0: the gateway's default) and the

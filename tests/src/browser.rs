@@ -6,8 +6,8 @@
 use std::path::Path;
 use std::time::Duration;
 
-use chromiumoxide::browser::{Browser, BrowserConfig};
-use chromiumoxide::page::Page;
+use chromiumoxide::browser::{Browser, BrowserConfig, BrowserConfigBuilder};
+use chromiumoxide::page::{Page, ScreenshotParams};
 use futures::StreamExt as _;
 use tokio::task::JoinHandle;
 
@@ -26,6 +26,11 @@ pub struct Chromium {
 impl Chromium {
     /// Launches it, or panics saying how to install it.
     pub async fn launch() -> Chromium {
+        Chromium::launch_with(|config| config).await
+    }
+
+    /// [`Chromium::launch`], with `tweak` adding to the configuration (flags, window size).
+    pub async fn launch_with(tweak: impl FnOnce(BrowserConfigBuilder) -> BrowserConfigBuilder) -> Chromium {
         assert!(
             Path::new(CHROMIUM).exists(),
             "{CHROMIUM} is missing: this test drives headless Chromium. Install it with \
@@ -36,11 +41,11 @@ impl Chromium {
             .chrome_executable(CHROMIUM)
             .no_sandbox()
             .user_data_dir(profile.path())
-            .arg("--disable-gpu")
-            .arg("--disable-dev-shm-usage")
-            .launch_timeout(Duration::from_secs(30))
-            .build()
-            .expect("a Chromium configuration");
+            // chromiumoxide adds the leading `--` itself.
+            .arg("disable-gpu")
+            .arg("disable-dev-shm-usage")
+            .launch_timeout(Duration::from_secs(30));
+        let config = tweak(config).build().expect("a Chromium configuration");
         let (browser, mut events) = Browser::launch(config)
             .await
             .unwrap_or_else(|e| panic!("launch {CHROMIUM} headless: {e}"));
@@ -78,7 +83,7 @@ impl Drop for Chromium {
 /// What `expression` (JavaScript) gives on `page` once it gives a string: checked every few
 /// milliseconds while the page loads or changes, failing the test after 30 s. Errors while a
 /// navigation replaces the document count as "not yet".
-async fn once_shown(page: &Page, expression: &str, what: &str) -> String {
+pub async fn once_shown(page: &Page, expression: &str, what: &str) -> String {
     within(
         Duration::from_secs(30),
         async {
@@ -100,6 +105,33 @@ async fn once_shown(page: &Page, expression: &str, what: &str) -> String {
 pub async fn text_of(page: &Page, selector: &str) -> String {
     let expression = format!("document.querySelector({selector:?})?.innerText ?? null");
     once_shown(page, &expression, &format!("the page shows {selector}")).await
+}
+
+/// Waits until `page` shows no element `selector` (one it showed went away, say).
+pub async fn gone(page: &Page, selector: &str) {
+    let expression = format!("document.querySelector({selector:?}) ? null : 'gone'");
+    once_shown(page, &expression, &format!("{selector} goes from the page")).await;
+}
+
+/// What `expression` (JavaScript) gives on `page`, as a string (`null` and `undefined` as
+/// `None`), evaluated once: for state the page holds rather than shows.
+pub async fn evaluate(page: &Page, expression: &str) -> Option<String> {
+    page.evaluate(expression)
+        .await
+        .unwrap_or_else(|e| panic!("evaluate {expression}: {e}"))
+        .into_value::<Option<String>>()
+        .unwrap_or_else(|e| panic!("{expression} gives no string: {e}"))
+}
+
+/// A PNG of what `page` shows in its window (CDP `Page.captureScreenshot`).
+pub async fn screenshot(page: &Page) -> Vec<u8> {
+    within(
+        Duration::from_secs(30),
+        page.screenshot(ScreenshotParams::builder().build()),
+        "Chromium takes a screenshot",
+    )
+    .await
+    .unwrap_or_else(|e| panic!("screenshot: {e}"))
 }
 
 /// The `value` of the input `selector` on `page` (what the user sees in the field), once shown.

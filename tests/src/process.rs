@@ -14,11 +14,10 @@
 //! `escargot` crate does, would contend for the build directory's lock with the `cargo test`
 //! running it, and build again with settings of its own.)
 
-use std::os::fd::OwnedFd;
 use std::process::Stdio;
 use std::time::Duration;
 
-use command_fds::{CommandFdExt, FdMapping};
+use proto::adapter::activation::pass_sockets;
 use tokio::io::{AsyncBufReadExt, AsyncRead, BufReader};
 use tokio::sync::mpsc;
 
@@ -84,11 +83,10 @@ impl Process {
     /// binding its configured address. The test keeps its own copy, so the port stays bound
     /// while the process is down, and connections made meanwhile wait in its backlog.
     pub fn spawn_on(binary: Binary, args: &[&str], socket: &std::net::TcpListener) -> Process {
-        let copy: OwnedFd = socket.try_clone().expect("dup the listening socket").into();
-        Process::start(binary, args, Some(copy))
+        Process::start(binary, args, Some(socket))
     }
 
-    fn start(binary: Binary, args: &[&str], socket: Option<OwnedFd>) -> Process {
+    fn start(binary: Binary, args: &[&str], socket: Option<&std::net::TcpListener>) -> Process {
         let mut cmd = tokio::process::Command::new(binary.path);
         cmd.args(args)
             .env("RUST_LOG", "info,rumqttd=off")
@@ -100,13 +98,7 @@ impl Process {
             .stderr(Stdio::piped())
             .kill_on_drop(true);
         if let Some(socket) = socket {
-            // LISTEN_PID is left unset: the child is the process the sockets are for.
-            cmd.env("LISTEN_FDS", "1");
-            cmd.fd_mappings(vec![FdMapping {
-                parent_fd: socket,
-                child_fd: 3,
-            }])
-            .expect("one mapping");
+            pass_sockets(&mut cmd, &[socket]).expect("the socket can be passed");
         }
         let mut child = cmd
             .spawn()

@@ -7,9 +7,13 @@ use std::time::{Duration, Instant};
 use gateway::DisconnectReason;
 use integration_tests::*;
 use proto::fleet::v1::fleet_ops_client::FleetOpsClient;
+use proto::fleet::v1::get_customer_request::By;
 use proto::fleet::v1::session_change::Kind;
+use proto::fleet::v1::timeline_entry::What;
 use proto::fleet::v1::{
-    KickVehicleRequest, ListRevocationsRequest, ListSessionsRequest, RevokeVehicleRequest, WatchSessionsRequest,
+    CreateCustomerRequest, CustomerTimelineRequest, GetCustomerRequest, KickVehicleRequest, LinkVehicleRequest,
+    ListRevocationsRequest, ListSessionsRequest, RevokeVehicleRequest, TimelineEntry, VehicleRole,
+    VehicleTimelineRequest, WatchSessionsRequest,
 };
 use rumqttc::mqttbytes::v4::ConnectReturnCode;
 use tonic::Code;
@@ -287,4 +291,183 @@ async fn a_crl_written_by_the_certs_tool_is_reloaded_without_a_restart() {
     .await;
     // A certificate of the same VIN that is not on the list still gets in.
     let _reissued = WireCar::connect(&platform, VIN_A).await;
+}
+
+/// The timeline of `vin` (first page, everything so far) once it holds `rows` entries.
+async fn timeline_of(
+    ops: &mut FleetOpsClient<tonic::transport::Channel>,
+    vin: &str,
+    rows: usize,
+) -> Vec<TimelineEntry> {
+    within(
+        SOON,
+        async {
+            loop {
+                let page = ops
+                    .vehicle_timeline(VehicleTimelineRequest {
+                        vin: vin.into(),
+                        ..Default::default()
+                    })
+                    .await
+                    .unwrap()
+                    .into_inner();
+                if page.entries.len() >= rows {
+                    break page.entries;
+                }
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+        },
+        "the timeline fills",
+    )
+    .await
+}
+
+fn describe(entry: &TimelineEntry) -> String {
+    match entry.what.as_ref().unwrap() {
+        What::Request(r) => format!("request {}/{} {}", r.service, r.method, r.code_name),
+        What::Event(e) => format!("event {} {}", e.service, e.kind),
+        What::Session(s) => format!("session {:?} {}", s.change(), s.detail),
+    }
+}
+
+#[tokio::test]
+async fn a_cars_connect_request_and_revocation_are_in_its_timeline_and_its_customers() {
+    let platform = platform_with_ops().await;
+    let mut ops = operator(&platform).await;
+    let customer = ops
+        .create_customer(CreateCustomerRequest {
+            display_name: "Li Wei".into(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    ops.link_vehicle(LinkVehicleRequest {
+        customer_id: customer.id.clone(),
+        vin: VIN_A.into(),
+        role: VehicleRole::Owner.into(),
+    })
+    .await
+    .unwrap();
+
+    let mut car = RawCar::connect(&platform, VIN_A).await;
+    car.park().await;
+    ops.revoke_vehicle(RevokeVehicleRequest {
+        vin: VIN_A.into(),
+        reason: "stolen".into(),
+    })
+    .await
+    .unwrap();
+
+    let entries = timeline_of(&mut ops, VIN_A, 4).await;
+    let seen: Vec<String> = entries.iter().map(describe).collect();
+    assert!(seen[0].starts_with("session Connected"), "{seen:?}");
+    assert!(
+        seen.contains(&"request parking.v1.ParkingPayment/StartSession OK".to_owned()),
+        "{seen:?}"
+    );
+    assert!(
+        seen.contains(&"session Revoked by alice: stolen".to_owned()),
+        "{seen:?}"
+    );
+    assert!(
+        seen.iter()
+            .any(|s| s.starts_with("session Disconnected certificate revoked")),
+        "{seen:?}"
+    );
+    assert!(entries.iter().all(|e| e.vin == VIN_A));
+
+    let of_customer = ops
+        .customer_timeline(CustomerTimelineRequest {
+            customer_id: customer.id.clone(),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(
+        of_customer.entries.len(),
+        entries.len(),
+        "all of it happened while the car was theirs"
+    );
+    let found = ops
+        .get_customer(GetCustomerRequest {
+            by: Some(By::Vin(VIN_A.into())),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(found.id, customer.id);
+    assert_eq!(found.vehicles[0].role(), VehicleRole::Owner);
+}
+
+#[tokio::test]
+async fn timelines_page_through_a_long_range_and_unknown_ids_are_not_found() {
+    let platform = platform_with_ops().await;
+    let mut ops = operator(&platform).await;
+    for _ in 0..3 {
+        let car = WireCar::connect(&platform, VIN_A).await;
+        drop(car);
+    }
+    let all = timeline_of(&mut ops, VIN_A, 6).await;
+    // Ten years back, two entries a page: every page at most two, together the whole history.
+    let ten_years_ago = gateway::clock::now_ms() - 10 * 365 * 24 * 3600 * 1000;
+    let mut token = String::new();
+    let mut paged = Vec::new();
+    loop {
+        let page = ops
+            .vehicle_timeline(VehicleTimelineRequest {
+                vin: VIN_A.into(),
+                from_ms: ten_years_ago,
+                page_size: 2,
+                page_token: token.clone(),
+                ..Default::default()
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        assert!(page.entries.len() <= 2);
+        paged.extend(page.entries);
+        if page.next_page_token.is_empty() {
+            break;
+        }
+        token = page.next_page_token;
+    }
+    assert!(paged.len() >= all.len());
+    assert_eq!(paged[..all.len()], all[..]);
+
+    let unknown = ops
+        .vehicle_timeline(VehicleTimelineRequest {
+            vin: VIN_B.into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(unknown.code(), Code::NotFound);
+    assert!(unknown.message().contains(VIN_B), "{unknown:?}");
+    let unknown = ops
+        .customer_timeline(CustomerTimelineRequest {
+            customer_id: "c-nobody".into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(unknown.code(), Code::NotFound);
+    assert!(unknown.message().contains("c-nobody"), "{unknown:?}");
+    let unknown = ops
+        .get_customer(GetCustomerRequest {
+            by: Some(By::Vin(VIN_B.into())),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(unknown.code(), Code::NotFound);
+    assert!(unknown.message().contains(VIN_B), "{unknown:?}");
+    let bad = ops
+        .vehicle_timeline(VehicleTimelineRequest {
+            vin: VIN_A.into(),
+            page_token: "not-a-token".into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(bad.code(), Code::InvalidArgument, "{bad:?}");
 }

@@ -5,6 +5,7 @@
 
 use std::time::Duration;
 
+use gateway::store::VehicleRole;
 use integration_tests::browser::{Chromium, click, fill, input_value, text_of};
 use integration_tests::*;
 use proto::social_login::v1::poll_device_login_response::Outcome;
@@ -147,6 +148,38 @@ async fn the_driver_approves_in_a_browser_and_the_app_gets_the_linked_account() 
     assert_eq!(identity.display_name, "Li Wei");
     assert!(identity.subject_id.starts_with("wx-"), "{}", identity.subject_id);
     assert_eq!(identity.link_token.len(), 64);
+
+    // The partner reported the sign-in in a header; the gateway linked the identity to a
+    // customer (a new one: the car had none) who drives this car.
+    let store = desk.platform.gateway.store();
+    let customer = within(
+        SOON,
+        async {
+            loop {
+                match store.customer_by_social("wechat", &identity.subject_id).await.unwrap() {
+                    Some(customer) => break customer,
+                    None => tokio::time::sleep(Duration::from_millis(10)).await,
+                }
+            }
+        },
+        "the sign-in is linked to a customer",
+    )
+    .await;
+    assert!(
+        customer
+            .vehicles
+            .iter()
+            .any(|v| v.vin.as_str() == VIN_A && v.role == VehicleRole::Driver),
+        "{customer:?}"
+    );
+    assert_eq!(
+        store
+            .customer_by_vin(&VIN_A.parse().unwrap())
+            .await
+            .unwrap()
+            .map(|c| c.id),
+        Some(customer.id)
+    );
 
     // Asked again (an answer lost on the way), the partner answers LINKED again.
     let again = poll(&mut app, &login.device_code).await.unwrap();

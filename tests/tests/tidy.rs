@@ -120,19 +120,28 @@ fn every_crate_with_rules_is_a_workspace_member() {
 const MODULE_RULES: &[(&str, &[&str])] = &[
     ("broker", &["bus", "config", "clock", "logsafe", "metrics"]),
     ("bus", &["clock", "logsafe", "metrics"]),
-    ("routing", &["bus", "config", "store", "clock", "logsafe", "metrics"]),
-    ("events", &["bus", "config", "store", "clock", "logsafe", "metrics"]),
+    (
+        "routing",
+        &["bus", "config", "store", "journal", "clock", "logsafe", "metrics"],
+    ),
+    (
+        "events",
+        &["bus", "config", "store", "journal", "clock", "logsafe", "metrics"],
+    ),
+    ("journal", &["store", "config", "clock", "logsafe", "metrics"]),
     ("store", &["clock", "logsafe", "metrics"]),
     (
         "ops",
         &[
-            "broker", "bus", "routing", "store", "config", "clock", "logsafe", "metrics", "health",
+            "broker", "bus", "routing", "store", "journal", "config", "clock", "logsafe", "metrics", "health",
         ],
     ),
     ("config", &[]),
     ("clock", &[]),
     ("logsafe", &[]),
     ("metrics", &[]),
+    // A client of fleet.v1 only: it must work against any gateway serving the contract.
+    ("fleet_cli", &[]),
 ];
 
 /// The top-level module a gateway source file belongs to (`broker` for

@@ -11,12 +11,12 @@ use std::time::Duration;
 use bytes::Bytes;
 use clap::{Args, Parser, Subcommand};
 use http::uri::PathAndQuery;
-use tokio::net::TcpListener;
 use tonic::Status;
 use tonic::metadata::{Ascii, MetadataValue};
 use tonic::transport::Endpoint;
 
 use proto::MethodPath;
+use proto::adapter::cli::{Listen, passed_sockets, shutdown_signal};
 use proto::agent::v1::vehicle_agent_client::VehicleAgentClient;
 use proto::agent::v1::{GetResultRequest, ResultState};
 use proto::json::{Contracts, JsonError};
@@ -199,7 +199,7 @@ fn parse_duration(s: &str) -> Result<Duration, String> {
 /// Parses the command line and runs it; the process's exit status.
 pub fn main() -> ExitCode {
     // Taken while the process has one thread: it clears LISTEN_FDS, as the protocol asks.
-    let activated = listenfd::ListenFd::from_env();
+    let activated = passed_sockets(1, "local_listen");
     // The first thing: rustls panics later if two providers are linked and none is chosen.
     let _ = rustls::crypto::ring::default_provider().install_default();
     match Cli::parse().command {
@@ -226,7 +226,7 @@ fn fail(code: u8, message: impl std::fmt::Display) -> ExitCode {
     ExitCode::from(code)
 }
 
-fn run(config_path: Option<PathBuf>, mut activated: listenfd::ListenFd) -> ExitCode {
+fn run(config_path: Option<PathBuf>, activated: Result<Vec<std::net::TcpListener>, String>) -> ExitCode {
     let config = match AgentConfig::load(config_path.as_deref()) {
         Ok(config) => config,
         Err(e) => return fail(EXIT_USAGE, e),
@@ -234,18 +234,9 @@ fn run(config_path: Option<PathBuf>, mut activated: listenfd::ListenFd) -> ExitC
     if let Err(e) = config.validate() {
         return fail(EXIT_USAGE, e);
     }
-    if activated.len() > 1 {
-        return fail(
-            EXIT_USAGE,
-            format!(
-                "socket activation: LISTEN_FDS={}: one socket only (local_listen)",
-                activated.len()
-            ),
-        );
-    }
-    let local_listener = match activated.take_tcp_listener(0) {
-        Ok(listener) => listener,
-        Err(e) => return fail(EXIT_USAGE, format!("socket activation: passed socket (fd 3): {e}")),
+    let local_listener = match activated {
+        Ok(mut sockets) => sockets.pop(),
+        Err(problem) => return fail(EXIT_USAGE, format!("socket activation: {problem}")),
     };
     tracing_subscriber::fmt()
         .with_env_filter(log_filter())
@@ -261,12 +252,9 @@ fn run(config_path: Option<PathBuf>, mut activated: listenfd::ListenFd) -> ExitC
             None => Agent::start(config).await,
             Some(listener) => {
                 tracing::info!("serving apps on the socket passed by the service manager (socket activation)");
-                match listener
-                    .set_nonblocking(true)
-                    .and_then(|()| TcpListener::from_std(listener))
-                {
+                match Listen::Activated(listener).listener().await {
                     Ok(listener) => Agent::start_on(config, listener).await,
-                    Err(e) => Err(anyhow::anyhow!("socket activation: passed socket (fd 3): {e}")),
+                    Err(e) => Err(anyhow::anyhow!("socket activation: {e}")),
                 }
             }
         };
@@ -274,11 +262,13 @@ fn run(config_path: Option<PathBuf>, mut activated: listenfd::ListenFd) -> ExitC
             Ok(agent) => agent,
             Err(e) => return fail(EXIT_FAILURE, format!("{e:#}")),
         };
-        if let Err(e) = shutdown_signal().await {
-            agent.shutdown().await;
-            return fail(EXIT_FAILURE, format!("cannot wait for signals: {e}"));
+        match shutdown_signal() {
+            Ok(signal) => tracing::info!(signal = signal.await, "shutting down"),
+            Err(e) => {
+                agent.shutdown().await;
+                return fail(EXIT_FAILURE, format!("cannot wait for signals: {e}"));
+            }
         }
-        tracing::info!("shutting down");
         agent.shutdown().await;
         ExitCode::SUCCESS
     })
@@ -296,22 +286,6 @@ fn log_filter() -> tracing_subscriber::EnvFilter {
     // then returns it as an error, which the agent logs itself as a disconnection, with the
     // reason, at warning level: a gateway going away is not an error of the car.
     filter.add_directive("rumqttc::state=off".parse().expect("a valid directive"))
-}
-
-/// Resolves on SIGINT or SIGTERM.
-async fn shutdown_signal() -> std::io::Result<()> {
-    #[cfg(unix)]
-    {
-        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
-        tokio::select! {
-            r = tokio::signal::ctrl_c() => r,
-            _ = term.recv() => Ok(()),
-        }
-    }
-    #[cfg(not(unix))]
-    {
-        tokio::signal::ctrl_c().await
-    }
 }
 
 fn call(

@@ -11,20 +11,16 @@
 //! `LISTEN_FDS`), it serves gRPC on the first and the page on the second, if passed, instead of
 //! binding `--listen` and `--web-listen`.
 
-use std::io::IsTerminal as _;
 use std::net::SocketAddr;
-use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context as _;
 use clap::Parser;
-use clap::error::ErrorKind;
 use humantime_serde::re::humantime;
 use identity_adapter::{DeviceLogins, GuessLimits, LoginSettings, SocialLoginService, SystemClock, serve, web};
-use proto::adapter::cli::{EX_USAGE, Listen, TlsFiles, passed_sockets, shutdown_signal};
-use tracing_subscriber::EnvFilter;
+use proto::adapter::cli::{Listen, Started, TlsFiles, TlsOptions, run_to_exit, shutdown_signal, start, usage_error};
 
 /// Reference partner adapter for identity.v1.SocialLogin (RFC 8628 device login) and its
 /// verification page.
@@ -42,16 +38,9 @@ struct Args {
     /// http://<the page's address>.
     #[arg(long)]
     public_url: Option<String>,
-    /// PEM certificate the adapter presents to the gateway.
-    #[arg(long)]
-    cert: Option<PathBuf>,
-    /// PEM private key of --cert.
-    #[arg(long)]
-    key: Option<PathBuf>,
-    /// PEM CA that the gateway's client certificate must chain to, and that signs nothing else
-    /// (gateway-clients-ca.pem in the development PKI).
-    #[arg(long)]
-    client_ca: Option<PathBuf>,
+    /// The TLS files: all three for mTLS, none for plaintext.
+    #[command(flatten)]
+    tls: TlsOptions,
     /// First polling interval told to cars (RFC 8628 `interval`), whole seconds, 1s to 300s.
     #[arg(long, default_value = "5s", value_parser = humantime::parse_duration)]
     poll_interval: Duration,
@@ -73,30 +62,12 @@ struct Args {
 }
 
 fn main() -> ExitCode {
-    // Taken while the process has one thread: it clears LISTEN_FDS, as the protocol asks.
-    let passed = passed_sockets(2, "gRPC, then the page");
-    let _ = rustls::crypto::ring::default_provider().install_default();
-    tracing_subscriber::fmt()
-        .with_env_filter(EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")))
-        // Logs go to stderr so that stdout carries only the "listening" lines scripts wait for.
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::stderr().is_terminal())
-        .init();
-
-    let args = match Args::try_parse() {
-        Ok(args) => args,
-        Err(e) if matches!(e.kind(), ErrorKind::DisplayHelp | ErrorKind::DisplayVersion) => e.exit(),
-        Err(e) => {
-            // A value clap cannot read is a bad configuration like any other: EX_USAGE.
-            let _ = e.print();
-            return ExitCode::from(EX_USAGE);
-        }
+    let Started { args, passed } = match start::<Args>("identity-adapter", 2, "gRPC, then the page") {
+        Ok(started) => started,
+        Err(exit) => return exit,
     };
-    let usage = |message: String| {
-        eprintln!("identity-adapter: {message}");
-        ExitCode::from(EX_USAGE)
-    };
-    let tls_files = match TlsFiles::from_options(args.cert.as_deref(), args.key.as_deref(), args.client_ca.as_deref()) {
+    let usage = |message: String| usage_error("identity-adapter", message);
+    let tls_files = match args.tls.files() {
         Ok(files) => files,
         Err(problem) => return usage(problem),
     };
@@ -116,28 +87,11 @@ fn main() -> ExitCode {
         ));
     }
 
-    let passed = match passed {
-        Ok(sockets) => sockets,
-        Err(problem) => return usage(problem),
-    };
     let mut passed = passed.into_iter();
     let grpc = passed.next().map_or(Listen::Bind(args.listen), Listen::Activated);
     let page = passed.next().map_or(Listen::Bind(args.web_listen), Listen::Activated);
 
-    let runtime = match tokio::runtime::Runtime::new() {
-        Ok(runtime) => runtime,
-        Err(e) => {
-            eprintln!("identity-adapter: cannot start the runtime: {e}");
-            return ExitCode::FAILURE;
-        }
-    };
-    match runtime.block_on(run(&args, public_url, grpc, page, tls_files)) {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
-            eprintln!("identity-adapter: {e:#}");
-            ExitCode::FAILURE
-        }
-    }
+    run_to_exit("identity-adapter", run(&args, public_url, grpc, page, tls_files))
 }
 
 fn check_bounds(args: &Args) -> Result<(), String> {

@@ -169,13 +169,28 @@ impl SocialLogin for SocialLoginService {
     ) -> Result<Response<PollDeviceLoginResponse>, Status> {
         let caller = Caller::of(request.metadata());
         let result = self.poll(&caller, request.get_ref());
-        logged("PollDeviceLogin", &caller, result, |answer| match answer.outcome {
+        // The sign-in is reported to the gateway in a header, so that it links the social
+        // identity to the car's customer without decoding this contract.
+        let signed_in = match &result {
+            Ok(PollDeviceLoginResponse {
+                outcome: Some(Outcome::Linked(linked)),
+            }) => SocialProvider::try_from(linked.provider)
+                .ok()
+                .and_then(|p| metadata::format_signed_in(&provider_name(p).to_ascii_lowercase(), &linked.subject_id))
+                .and_then(|value| value.parse().ok()),
+            _ => None,
+        };
+        let mut response = logged("PollDeviceLogin", &caller, result, |answer| match answer.outcome {
             Some(Outcome::Pending(_)) => "authorization_pending",
             Some(Outcome::SlowDown(_)) => "slow_down",
             Some(Outcome::Denied(_)) => "access_denied",
             Some(Outcome::Expired(_)) => "expired_token",
             Some(Outcome::Linked(_)) => "linked",
             None => "-",
-        })
+        })?;
+        if let Some(value) = signed_in {
+            response.metadata_mut().insert(metadata::SIGNED_IN, value);
+        }
+        Ok(response)
     }
 }

@@ -2,14 +2,11 @@
 //! is passed and the page on the second (systemd socket activation, `LISTEN_FDS=2`); a command
 //! line it cannot use exits 64 saying why.
 
-use std::os::fd::OwnedFd;
-use std::process::Stdio;
-use std::time::Duration;
+use std::path::Path;
 
-use command_fds::{CommandFdExt, FdMapping};
+use proto::adapter::activation::start_on_passed_sockets;
 use proto::social_login::v1::social_login_client::SocialLoginClient;
 use proto::social_login::v1::{SocialProvider, StartDeviceLoginRequest};
-use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::process::Command;
 
 const ADAPTER: &str = env!("CARGO_BIN_EXE_identity-adapter");
@@ -20,26 +17,18 @@ async fn the_adapter_serves_grpc_and_the_page_on_the_sockets_it_is_passed() {
     let page = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let (grpc_addr, page_addr) = (grpc.local_addr().unwrap(), page.local_addr().unwrap());
     let public = format!("http://{page_addr}");
-    let mut cmd = Command::new(ADAPTER);
     // The addresses named must not be bound: the passed sockets win.
-    cmd.args(["--listen", "192.0.2.1:9", "--web-listen", "192.0.2.1:10"])
-        .args(["--public-url", &public, "--poll-interval", "2s"])
-        .env("LISTEN_FDS", "2")
-        .env_remove("LISTEN_PID")
-        .stdout(Stdio::piped())
-        .kill_on_drop(true);
-    let passed = |socket: &std::net::TcpListener, child_fd| FdMapping {
-        parent_fd: OwnedFd::from(socket.try_clone().unwrap()),
-        child_fd,
-    };
-    cmd.fd_mappings(vec![passed(&grpc, 3), passed(&page, 4)]).unwrap();
-    let mut adapter = cmd.spawn().unwrap();
-    let mut out = BufReader::new(adapter.stdout.take().unwrap()).lines();
-    let line = tokio::time::timeout(Duration::from_secs(20), out.next_line())
-        .await
-        .expect("the adapter says where it listens")
-        .unwrap()
-        .expect("a line");
+    let args = [
+        "--listen",
+        "192.0.2.1:9",
+        "--web-listen",
+        "192.0.2.1:10",
+        "--public-url",
+        &public,
+        "--poll-interval",
+        "2s",
+    ];
+    let (mut adapter, line) = start_on_passed_sockets(Path::new(ADAPTER), &args, &[&grpc, &page]).await;
     assert_eq!(
         line,
         format!(

@@ -2,14 +2,11 @@
 //! under a service manager it serves on the listening socket it is passed (systemd socket
 //! activation: fd 3, `LISTEN_FDS=1`) instead of binding `--listen`.
 
-use std::os::fd::OwnedFd;
-use std::process::Stdio;
-use std::time::Duration;
+use std::path::Path;
 
-use command_fds::{CommandFdExt, FdMapping};
+use proto::adapter::activation::start_on_passed_sockets;
 use proto::navigation::v1::SearchPlacesRequest;
 use proto::navigation::v1::navigation_client::NavigationClient;
-use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::process::Command;
 
 const BINARY: &str = env!("CARGO_BIN_EXE_navigation-adapter");
@@ -42,26 +39,9 @@ async fn the_adapter_serves_on_the_socket_it_is_passed() {
     // The service manager's socket: bound here, on port 0, and kept while the adapter runs.
     let socket = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let addr = socket.local_addr().unwrap();
-    let passed: OwnedFd = socket.try_clone().unwrap().into();
-    let mut cmd = Command::new(BINARY);
     // --listen names an address it must not bind: the passed socket wins.
-    cmd.args(["--listen", "192.0.2.1:9"])
-        .env("LISTEN_FDS", "1")
-        .env_remove("LISTEN_PID")
-        .stdout(Stdio::piped())
-        .kill_on_drop(true);
-    cmd.fd_mappings(vec![FdMapping {
-        parent_fd: passed,
-        child_fd: 3,
-    }])
-    .unwrap();
-    let mut adapter = cmd.spawn().unwrap();
-    let mut out = BufReader::new(adapter.stdout.take().unwrap()).lines();
-    let line = tokio::time::timeout(Duration::from_secs(20), out.next_line())
-        .await
-        .expect("the adapter says where it listens")
-        .unwrap()
-        .expect("a line");
+    let args = ["--listen", "192.0.2.1:9"];
+    let (mut adapter, line) = start_on_passed_sockets(Path::new(BINARY), &args, &[&socket]).await;
     assert_eq!(line, format!("navigation adapter listening on {addr} (plaintext)"));
 
     let mut client = NavigationClient::connect(format!("http://{addr}")).await.unwrap();

@@ -14,7 +14,6 @@
 //! `LISTEN_FDS`), it serves on them instead of binding: the first for `--listen`, the second,
 //! if passed, for the lot port.
 
-use std::io::IsTerminal as _;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -22,9 +21,10 @@ use std::time::Duration;
 
 use anyhow::Context as _;
 use clap::Parser;
-use tracing_subscriber::EnvFilter;
 
-use proto::adapter::cli::{EX_USAGE, Listen, TlsFiles, passed_sockets, read_text, shutdown_signal};
+use proto::adapter::cli::{
+    Listen, Started, TlsFiles, TlsOptions, read_text, run_to_exit, shutdown_signal, start, usage_error,
+};
 
 use crate::{ParkingService, PartnerApi, serve, serve_lot};
 
@@ -40,16 +40,9 @@ struct Args {
     /// events for cars (created if missing). Keep it across restarts.
     #[arg(long, default_value = "parking.db")]
     database: PathBuf,
-    /// PEM certificate the adapter presents to the gateway (and to the partner API).
-    #[arg(long)]
-    cert: Option<PathBuf>,
-    /// PEM private key of --cert.
-    #[arg(long)]
-    key: Option<PathBuf>,
-    /// PEM CA that the gateway's client certificate must chain to, and that signs nothing else
-    /// (gateway-clients-ca.pem in the development PKI); calls must also carry role gateway-client.
-    #[arg(long)]
-    client_ca: Option<PathBuf>,
+    /// The TLS files: all three for mTLS, none for plaintext.
+    #[command(flatten)]
+    tls: TlsOptions,
     /// Serve parking.v1.ParkingLot (the exit gate ending sessions) on this address; off if
     /// unset. Bound unless a service manager passes a second socket.
     #[arg(long)]
@@ -73,49 +66,19 @@ struct Args {
 
 /// Runs the adapter with the process's arguments; the exit code says how it ended.
 pub fn main() -> ExitCode {
-    // Taken while the process has one thread: it clears LISTEN_FDS, as the protocol asks.
     // fd 3 serves --listen, fd 4 (if passed) the lot port; what was not passed is bound.
-    let passed = passed_sockets(2, "the service, then the lot port");
-    // rustls needs exactly one process-wide crypto provider; install it before any TLS use.
-    let _ = rustls::crypto::ring::default_provider().install_default();
-    tracing_subscriber::fmt()
-        .with_env_filter(EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")))
-        // Logs go to stderr so that stdout carries only the "listening" lines scripts wait for.
-        .with_writer(std::io::stderr)
-        // No colour codes when logs go to a file or a log collector.
-        .with_ansi(std::io::stderr().is_terminal())
-        .init();
-
-    let args = match Args::try_parse() {
-        Ok(args) => args,
-        // --help and --version.
-        Err(e) if !e.use_stderr() => {
-            let _ = e.print();
-            return ExitCode::SUCCESS;
-        }
-        Err(e) => {
-            let _ = e.print();
-            return ExitCode::from(EX_USAGE);
-        }
+    let Started { args, passed } = match start::<Args>("parking-adapter", 2, "the service, then the lot port") {
+        Ok(started) => started,
+        Err(exit) => return exit,
     };
+    let usage = |problem: &str| usage_error("parking-adapter", problem);
     let settings = match Settings::check(&args) {
         Ok(settings) => settings,
-        Err(problem) => {
-            eprintln!("parking-adapter: {problem}");
-            return ExitCode::from(EX_USAGE);
-        }
+        Err(problem) => return usage(&problem),
     };
-    let (listen, lot_listen) = match passed {
-        Ok(sockets) => {
-            let mut sockets = sockets.into_iter().map(Listen::Activated);
-            let main = sockets.next().unwrap_or(Listen::Bind(args.listen));
-            (main, sockets.next().or(args.lot_listen.map(Listen::Bind)))
-        }
-        Err(problem) => {
-            eprintln!("parking-adapter: {problem}");
-            return ExitCode::from(EX_USAGE);
-        }
-    };
+    let mut sockets = passed.into_iter().map(Listen::Activated);
+    let listen = sockets.next().unwrap_or(Listen::Bind(args.listen));
+    let lot_listen = sockets.next().or(args.lot_listen.map(Listen::Bind));
     let lot_problem = match (&lot_listen, &args.lot_client_ca) {
         (Some(_), None) if settings.tls.is_some() => {
             Some("the lot port over mTLS needs --lot-client-ca, the CA of the lot's systems")
@@ -124,23 +87,9 @@ pub fn main() -> ExitCode {
         _ => None,
     };
     if let Some(problem) = lot_problem {
-        eprintln!("parking-adapter: {problem}");
-        return ExitCode::from(EX_USAGE);
+        return usage(problem);
     }
-    let runtime = match tokio::runtime::Runtime::new() {
-        Ok(runtime) => runtime,
-        Err(e) => {
-            eprintln!("parking-adapter: cannot start the runtime: {e}");
-            return ExitCode::FAILURE;
-        }
-    };
-    match runtime.block_on(run(&args, settings, listen, lot_listen)) {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
-            eprintln!("parking-adapter: {e:#}");
-            ExitCode::FAILURE
-        }
-    }
+    run_to_exit("parking-adapter", run(&args, settings, listen, lot_listen))
 }
 
 /// The files the options name, checked for combinations that cannot work.
@@ -153,7 +102,7 @@ struct Settings<'a> {
 
 impl<'a> Settings<'a> {
     fn check(args: &'a Args) -> Result<Settings<'a>, String> {
-        let tls = TlsFiles::from_options(args.cert.as_deref(), args.key.as_deref(), args.client_ca.as_deref())?;
+        let tls = args.tls.files()?;
         let partner_api = match (&args.partner_api, &args.partner_api_ca) {
             (Some(_), Some(_)) if tls.is_none() => {
                 return Err("--partner-api needs --cert and --key: the adapter authenticates with them".into());

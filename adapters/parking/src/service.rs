@@ -13,8 +13,8 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use proto::events::v1::partner_events_client::PartnerEventsClient;
 use proto::parking::v1::parking_payment_server::{ParkingPayment, ParkingPaymentServer};
 use proto::parking::v1::{
-    EndSessionRequest, EndSessionResponse, GetReceiptRequest, ListNearbyLotsRequest, ListNearbyLotsResponse, Receipt,
-    RefundSessionRequest, RefundSessionResponse, StartSessionRequest, StartSessionResponse,
+    EndSessionRequest, EndSessionResponse, GetReceiptRequest, ListNearbyLotsRequest, ListNearbyLotsResponse, Money,
+    Receipt, RefundSessionRequest, RefundSessionResponse, StartSessionRequest, StartSessionResponse,
 };
 use tokio::sync::Notify;
 use tonic::{Request, Response, Status};
@@ -166,7 +166,9 @@ impl ParkingService {
         Ok(response)
     }
 
-    async fn end(&self, caller: &Caller, request: EndSessionRequest) -> Result<EndSessionResponse, Status> {
+    /// Ends the session; the answer, and whether it reports a charge (this call ended and
+    /// charged it, or it replays the answer of the call that did).
+    async fn end(&self, caller: &Caller, request: EndSessionRequest) -> Result<(EndSessionResponse, bool), Status> {
         let vin = caller.vin()?;
         let key = caller.idempotency_key()?.map(|key| Key { vin, key });
         if request.session_id.is_empty() {
@@ -176,7 +178,7 @@ impl ParkingService {
 
         let mut tx = self.db.write().await?;
         if let Some(replayed) = idempotency::claim(&mut tx, key, "EndSession", &request, now).await? {
-            return Ok(replayed);
+            return Ok((replayed, true));
         }
         let record = sessions::owned(&mut tx, vin, &request.session_id).await?;
         let was_active = record.ended_at_unix_ms.is_none();
@@ -190,7 +192,7 @@ impl ParkingService {
         if was_active {
             self.charged();
         }
-        Ok(response)
+        Ok((response, was_active))
     }
 
     async fn refund(&self, caller: &Caller, request: RefundSessionRequest) -> Result<RefundSessionResponse, Status> {
@@ -247,6 +249,21 @@ pub(crate) async fn logged<Resp>(
     result.map(Response::new)
 }
 
+/// Reports the money an answer moved to the gateway in the `carlink-amount` response header
+/// (`sign` 1 for a charge, -1 for a refund), so it appears in the car's journal.
+fn with_amount<T>(mut response: Response<T>, money: Option<&Money>, sign: i64) -> Response<T> {
+    if let Some(money) = money {
+        let value = proto::metadata::format_amount(sign * money.amount_minor, &money.currency);
+        match value.parse() {
+            Ok(value) => {
+                response.metadata_mut().insert(proto::metadata::AMOUNT, value);
+            }
+            Err(_) => tracing::warn!(currency = %money.currency, "amount not reported: the currency is not ASCII"),
+        }
+    }
+    response
+}
+
 #[tonic::async_trait]
 impl ParkingPayment for ParkingService {
     async fn list_nearby_lots(
@@ -272,7 +289,13 @@ impl ParkingPayment for ParkingService {
 
     async fn end_session(&self, request: Request<EndSessionRequest>) -> Result<Response<EndSessionResponse>, Status> {
         let caller = Caller::from_metadata(request.metadata());
-        logged("EndSession", &caller, self.end(&caller, request.into_inner())).await
+        let (response, charged) = logged("EndSession", &caller, self.end(&caller, request.into_inner()))
+            .await?
+            .into_inner();
+        let fee = charged
+            .then(|| response.receipt.as_ref().and_then(|r| r.fee.clone()))
+            .flatten();
+        Ok(with_amount(Response::new(response), fee.as_ref(), 1))
     }
 
     async fn get_receipt(&self, request: Request<GetReceiptRequest>) -> Result<Response<Receipt>, Status> {
@@ -285,6 +308,8 @@ impl ParkingPayment for ParkingService {
         request: Request<RefundSessionRequest>,
     ) -> Result<Response<RefundSessionResponse>, Status> {
         let caller = Caller::from_metadata(request.metadata());
-        logged("RefundSession", &caller, self.refund(&caller, request.into_inner())).await
+        let response = logged("RefundSession", &caller, self.refund(&caller, request.into_inner())).await?;
+        let given_back = response.get_ref().refund.as_ref().and_then(|r| r.amount.clone());
+        Ok(with_amount(response, given_back.as_ref(), -1))
     }
 }

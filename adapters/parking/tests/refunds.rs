@@ -162,3 +162,29 @@ async fn refunds_per_session_are_bounded() {
     let one_more = refund(&mut h, refund_of(&session_id, 1), "one-more").await.unwrap_err();
     assert_eq!(one_more.code(), Code::ResourceExhausted);
 }
+
+/// The money an answer moved is reported to the gateway in the `carlink-amount` response
+/// header: the fee on the EndSession that charged, minus the refund on RefundSession, nothing
+/// on an EndSession that charged nothing.
+#[tokio::test]
+async fn answers_that_move_money_report_the_amount() {
+    let mut h = start().await;
+    let session_id = park(&mut h, CAR_A, "start").await;
+    h.clock.advance(Duration::from_secs(90 * 60));
+    let amount = |md: &tonic::metadata::MetadataMap| md.get(metadata::AMOUNT).map(|v| v.to_str().unwrap().to_owned());
+    let paid = pay(&mut h, &session_id, CAR_A, "end").await.unwrap();
+    assert_eq!(amount(paid.metadata()).as_deref(), Some("4000 CNY"));
+    // A retry with the key replays the charge's answer, amount included.
+    let replayed = pay(&mut h, &session_id, CAR_A, "end").await.unwrap();
+    assert_eq!(amount(replayed.metadata()).as_deref(), Some("4000 CNY"));
+    // Another key on the ended session charges nothing: no amount.
+    let again = pay(&mut h, &session_id, CAR_A, "end-again").await.unwrap();
+    assert_eq!(amount(again.metadata()), None);
+    let refunded = h
+        .client
+        .refund_session(call(refund_of(&session_id, 1_500), CAR_A, "refund-1"))
+        .await
+        .unwrap();
+    assert_eq!(amount(refunded.metadata()).as_deref(), Some("-1500 CNY"));
+    assert_eq!(metadata::parse_amount("-1500 CNY"), Some((-1500, "CNY".into())));
+}

@@ -41,6 +41,41 @@ pub struct GatewayConfig {
     /// How revocations made elsewhere (CRL files, other nodes) reach this node.
     #[serde(default)]
     pub revocation: RevocationConfig,
+    /// The interaction journal (requests, partner events, session changes per vehicle).
+    #[serde(default)]
+    pub journal: JournalConfig,
+}
+
+/// The interaction journal.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct JournalConfig {
+    /// Whether interactions are recorded at all.
+    pub enabled: bool,
+    /// Whether request and response bodies are stored with each request (off: they may carry
+    /// personal data, and they are most of a row's size).
+    pub record_payloads: bool,
+    /// How long a row is kept; older ones are purged by the periodic purge
+    /// (`idempotency.purge_interval`).
+    #[serde(with = "humantime_serde")]
+    pub retention: Duration,
+    /// Rows waiting to be written; beyond it new rows are dropped and counted (the request path
+    /// never waits for the journal), also while the database is down.
+    pub max_queued_rows: usize,
+    /// Most rows written in one transaction.
+    pub max_batch_rows: usize,
+}
+
+impl Default for JournalConfig {
+    fn default() -> Self {
+        JournalConfig {
+            enabled: true,
+            record_payloads: false,
+            retention: Duration::from_secs(90 * 24 * 3600),
+            max_queued_rows: 65_536,
+            max_batch_rows: 1_000,
+        }
+    }
 }
 
 /// The database.
@@ -405,6 +440,7 @@ impl GatewayConfig {
             partner_api: None,
             ops: None,
             revocation: RevocationConfig::default(),
+            journal: JournalConfig::default(),
         }
     }
 

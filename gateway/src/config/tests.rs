@@ -239,3 +239,24 @@ fn durations_added_to_clocks_are_bounded() {
     check_refused(|c| c.requests.max_timeout = over, "requests.max_timeout");
     check_refused(|c| c.events.max_ttl = Duration::MAX, "events.max_ttl");
 }
+
+#[test]
+fn journal_settings_default_parse_and_are_checked() {
+    let (dir, c) = files();
+    let loaded = GatewayConfig::load(Some(&toml_file(&dir, &c, ""))).unwrap();
+    let j = &loaded.journal;
+    assert!(j.enabled && !j.record_payloads);
+    assert_eq!(j.retention, Duration::from_secs(90 * 24 * 3600));
+    assert_eq!((j.max_queued_rows, j.max_batch_rows), (65_536, 1_000));
+    let tuned = "[journal]\nenabled = false\nrecord_payloads = true\nretention = \"7days\"\nmax_queued_rows = 10\nmax_batch_rows = 5\n";
+    let j = GatewayConfig::load(Some(&toml_file(&dir, &c, tuned))).unwrap().journal;
+    assert!(!j.enabled && j.record_payloads);
+    assert_eq!(j.retention, Duration::from_secs(7 * 24 * 3600));
+    assert_eq!((j.max_queued_rows, j.max_batch_rows), (10, 5));
+
+    check_refused(|c| c.journal.retention = Duration::from_secs(60), "journal.retention");
+    check_refused(|c| c.journal.max_queued_rows = 0, "journal.max_queued_rows");
+    check_refused(|c| c.journal.max_queued_rows = 20_000_000, "journal.max_queued_rows");
+    check_refused(|c| c.journal.max_batch_rows = 0, "journal.max_batch_rows");
+    check_refused(|c| c.journal.max_batch_rows = 10_001, "journal.max_batch_rows");
+}

@@ -137,6 +137,16 @@ impl GatewayConfig {
         if id.purge_interval.is_zero() {
             return Err(invalid("idempotency.purge_interval", "must be positive"));
         }
+        let j = &self.journal;
+        if j.retention < Duration::from_secs(3600) || j.retention > MAX_DURATION {
+            return Err(invalid("journal.retention", "must be between 1 hour and 100 years"));
+        }
+        if !(1..=10_000_000).contains(&j.max_queued_rows) {
+            return Err(invalid("journal.max_queued_rows", "must be between 1 and 10000000"));
+        }
+        if !(1..=10_000).contains(&j.max_batch_rows) {
+            return Err(invalid("journal.max_batch_rows", "must be between 1 and 10000"));
+        }
         let ev = &self.events;
         if ev.default_ttl.is_zero() || ev.default_ttl > ev.max_ttl {
             return Err(invalid(

@@ -20,8 +20,9 @@ use tracing::{info, warn};
 use super::EventDelivery;
 use crate::clock::now_ms;
 use crate::config::{EventsConfig, PartnerConfig};
+use crate::journal::Journal;
 use crate::logsafe::printable;
-use crate::store::{Appended, NewEvent, Store};
+use crate::store::{Appended, EventRecord, Interaction, JournalEntry, NewEvent, Store};
 
 /// The PartnerEvents service.
 #[derive(Clone)]
@@ -32,6 +33,8 @@ pub struct PartnerEventsApi {
     limits: EventsConfig,
     /// Publishes per second, per partner name.
     rate: Arc<DefaultKeyedRateLimiter<String>>,
+    /// Where accepted events are recorded (disabled unless [`PartnerEventsApi::with_journal`]).
+    journal: Journal,
 }
 
 impl PartnerEventsApi {
@@ -50,7 +53,14 @@ impl PartnerEventsApi {
             services_of,
             limits,
             rate: Arc::new(RateLimiter::keyed(quota)),
+            journal: Journal::disabled(),
         }
+    }
+
+    /// Records every accepted event in `journal`.
+    pub fn with_journal(mut self, journal: Journal) -> Self {
+        self.journal = journal;
+        self
     }
 
     /// The tonic server for this service.
@@ -152,6 +162,16 @@ impl PartnerEvents for PartnerEventsApi {
             }
         };
         info!(partner = %printable(&partner), %vin, sequence, kind = %event.kind, "event accepted");
+        self.journal.record(JournalEntry {
+            id: 0,
+            at_ms: event.created_at_ms,
+            vin: vin.clone(),
+            what: Interaction::Event(EventRecord {
+                service: event.service.clone(),
+                kind: event.kind.clone(),
+                sequence,
+            }),
+        });
         self.delivery.flush(vin);
         Ok(Response::new(PublishResponse { sequence }))
     }

@@ -4,7 +4,9 @@ use proto::fleet::v1 as fleet;
 
 use crate::broker::ConnectionEvent;
 use crate::routing::PartnerStatus;
-use crate::store::{ConnectionRecord, RevocationRecord};
+use crate::store::{
+    ConnectionRecord, Customer, Interaction, JournalEntry, RevocationRecord, SessionChange, VehicleRole,
+};
 
 /// A recorded connection as a `Session`.
 pub fn session(record: ConnectionRecord) -> fleet::Session {
@@ -85,5 +87,89 @@ pub fn revocation(record: RevocationRecord) -> fleet::Revocation {
         revoked_at_ms: record.revoked_at_ms,
         reason: record.reason,
         revoked_by: record.revoked_by,
+    }
+}
+
+/// A customer as a `Customer`.
+pub fn customer(c: Customer) -> fleet::Customer {
+    fleet::Customer {
+        id: c.id.as_str().to_owned(),
+        display_name: c.display_name,
+        created_at_ms: c.created_at_ms,
+        vehicles: c
+            .vehicles
+            .into_iter()
+            .map(|v| fleet::VehicleLink {
+                vin: v.vin.as_str().to_owned(),
+                role: vehicle_role(v.role).into(),
+                linked_at_ms: v.linked_at_ms,
+            })
+            .collect(),
+        social_identities: c
+            .social_identities
+            .into_iter()
+            .map(|s| fleet::SocialIdentity {
+                provider: s.provider,
+                subject: s.subject,
+                linked_at_ms: s.linked_at_ms,
+            })
+            .collect(),
+    }
+}
+
+fn vehicle_role(role: VehicleRole) -> fleet::VehicleRole {
+    match role {
+        VehicleRole::Owner => fleet::VehicleRole::Owner,
+        VehicleRole::Driver => fleet::VehicleRole::Driver,
+    }
+}
+
+/// A `VehicleRole` as the store's, `None` when unspecified.
+pub fn role_of(role: fleet::VehicleRole) -> Option<VehicleRole> {
+    match role {
+        fleet::VehicleRole::Owner => Some(VehicleRole::Owner),
+        fleet::VehicleRole::Driver => Some(VehicleRole::Driver),
+        fleet::VehicleRole::Unspecified => None,
+    }
+}
+
+/// A journal row as a `TimelineEntry`.
+pub fn timeline_entry(entry: JournalEntry) -> fleet::TimelineEntry {
+    use fleet::timeline_entry::What;
+    let what = match entry.what {
+        Interaction::Request(r) => What::Request(fleet::RequestRecord {
+            service: r.service,
+            method: r.method,
+            code: r.code,
+            code_name: proto::status::code_name(r.code).to_owned(),
+            latency_us: r.latency_us,
+            amount: r.amount.map(|a| fleet::Amount {
+                minor_units: a.minor_units,
+                currency: a.currency,
+            }),
+            request_id: r.request_id,
+            request_payload: r.request_payload.unwrap_or_default(),
+            response_payload: r.response_payload.unwrap_or_default(),
+        }),
+        Interaction::Event(e) => What::Event(fleet::EventRecord {
+            service: e.service,
+            kind: e.kind,
+            sequence: e.sequence,
+        }),
+        Interaction::Session(s) => What::Session(fleet::SessionRecord {
+            change: match s.change {
+                SessionChange::Connected => fleet::session_record::Change::Connected,
+                SessionChange::Disconnected => fleet::session_record::Change::Disconnected,
+                SessionChange::Kicked => fleet::session_record::Change::Kicked,
+                SessionChange::Revoked => fleet::session_record::Change::Revoked,
+            }
+            .into(),
+            detail: s.detail,
+        }),
+    };
+    fleet::TimelineEntry {
+        at_ms: entry.at_ms,
+        vin: entry.vin.as_str().to_owned(),
+        what: Some(what),
     }
 }

@@ -29,6 +29,7 @@ use crate::broker::ConnectionEvent;
 use crate::bus::Mailboxes;
 use crate::config::{GatewayConfig, OpsConfig};
 use crate::health::Health;
+use crate::journal::Journal;
 use crate::store::Store;
 
 /// What the operators' endpoint reads and acts on. Cheap to clone.
@@ -46,6 +47,8 @@ pub struct OpsContext {
     pub connection_events: broadcast::Sender<ConnectionEvent>,
     /// Metrics, readiness and each partner's figures.
     pub health: Health,
+    /// Where operators' kicks and revocations are recorded in the car's timeline.
+    pub journal: Journal,
 }
 
 /// Why the ops listener could not start.

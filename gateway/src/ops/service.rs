@@ -18,8 +18,12 @@ use tracing::info;
 use super::auth::{NotOperator, Operator, SignIns, operator_of};
 use super::{OpsContext, convert};
 use crate::bus::Eviction;
+use crate::clock::now_ms;
 use crate::logsafe::printable_within;
-use crate::store::StoreError;
+use crate::store::{
+    CustomerId, Interaction, JournalCursor, JournalEntry, SessionChange, SessionRecord, StoreError, TimelinePage,
+    TimelineQuery,
+};
 
 /// Most sessions `ListSessions` returns at once.
 const MAX_LIVE: u32 = 10_000;
@@ -84,6 +88,18 @@ impl FleetOpsApi {
     }
 }
 
+impl FleetOpsApi {
+    /// Records an operator's action on a car in its timeline.
+    fn record(&self, vin: &Vin, change: SessionChange, detail: String) {
+        self.context.journal.record(JournalEntry {
+            id: 0,
+            at_ms: now_ms(),
+            vin: vin.clone(),
+            what: Interaction::Session(SessionRecord { change, detail }),
+        });
+    }
+}
+
 /// Session changes as `WatchSessions` streams them.
 pub type SessionChanges = Pin<Box<dyn Stream<Item = Result<fleet::SessionChange, Status>> + Send>>;
 
@@ -117,11 +133,52 @@ fn vin_prefix(text: &str) -> Result<String, Status> {
 }
 
 fn store_error(e: StoreError) -> Status {
-    Status::unavailable(format!("the gateway's store: {e}"))
+    Status::new(e.code(), e.to_string())
 }
 
-fn unimplemented_yet(what: &str) -> Status {
-    Status::unimplemented(format!("{what} is not served by this gateway build"))
+/// Most entries a timeline page holds.
+const MAX_PAGE: u32 = 1000;
+
+fn timeline_query(from_ms: i64, to_ms: i64, page_size: u32, page_token: &str) -> Result<TimelineQuery, Status> {
+    let after = match page_token {
+        "" => None,
+        token => Some(JournalCursor::from_token(token).map_err(store_error)?),
+    };
+    let to_ms = if to_ms == 0 { now_ms().saturating_add(1) } else { to_ms };
+    if from_ms < 0 || to_ms < from_ms {
+        return Err(Status::invalid_argument(format!(
+            "time range [{from_ms}, {to_ms}) is empty or negative"
+        )));
+    }
+    Ok(TimelineQuery {
+        from_ms,
+        to_ms,
+        after,
+        limit: match page_size {
+            0 => 100,
+            n => n.min(MAX_PAGE),
+        },
+    })
+}
+
+fn timeline_page(page: TimelinePage) -> fleet::TimelinePage {
+    fleet::TimelinePage {
+        entries: page.entries.into_iter().map(convert::timeline_entry).collect(),
+        next_page_token: page.next.map(|c| c.to_token()).unwrap_or_default(),
+    }
+}
+
+fn customer_id(text: &str) -> Result<CustomerId, Status> {
+    if text.is_empty() || text.len() > 64 {
+        return Err(Status::invalid_argument("customer_id: 1 to 64 characters"));
+    }
+    Ok(CustomerId(text.to_owned()))
+}
+
+fn identity(identity: Option<fleet::SocialIdentity>) -> Result<fleet::SocialIdentity, Status> {
+    identity
+        .filter(|i| !i.provider.is_empty() && !i.subject.is_empty())
+        .ok_or_else(|| Status::invalid_argument("identity: provider and subject are required"))
 }
 
 #[tonic::async_trait]
@@ -172,7 +229,22 @@ impl FleetOps for FleetOpsApi {
         request: Request<fleet::VehicleTimelineRequest>,
     ) -> Result<Response<fleet::TimelinePage>, Status> {
         operator(&request)?;
-        Err(unimplemented_yet("the interaction journal"))
+        let r = request.into_inner();
+        let vin = vin(&r.vin)?;
+        let query = timeline_query(r.from_ms, r.to_ms, r.page_size, &r.page_token)?;
+        let store = &self.context.store;
+        let page = store.vehicle_timeline(&vin, query).await.map_err(store_error)?;
+        if page.entries.is_empty() && query.after.is_none() {
+            // An empty first page: a quiet period, or a VIN the gateway has never seen.
+            let known = !store.connections_of(&vin, 1).await.map_err(store_error)?.is_empty()
+                || store.customer_by_vin(&vin).await.map_err(store_error)?.is_some();
+            if !known {
+                return Err(Status::not_found(format!(
+                    "vehicle {vin} has never connected to this fleet"
+                )));
+            }
+        }
+        Ok(Response::new(timeline_page(page)))
     }
 
     async fn customer_timeline(
@@ -180,7 +252,15 @@ impl FleetOps for FleetOpsApi {
         request: Request<fleet::CustomerTimelineRequest>,
     ) -> Result<Response<fleet::TimelinePage>, Status> {
         operator(&request)?;
-        Err(unimplemented_yet("the interaction journal"))
+        let r = request.into_inner();
+        let id = customer_id(&r.customer_id)?;
+        let query = timeline_query(r.from_ms, r.to_ms, r.page_size, &r.page_token)?;
+        let store = &self.context.store;
+        if store.customer(&id).await.map_err(store_error)?.is_none() {
+            return Err(store_error(StoreError::UnknownCustomer(id.0)));
+        }
+        let page = store.customer_timeline(&id, query).await.map_err(store_error)?;
+        Ok(Response::new(timeline_page(page)))
     }
 
     async fn partner_health(
@@ -208,6 +288,7 @@ impl FleetOps for FleetOpsApi {
         let vin = vin(&request.into_inner().vin)?;
         let was_connected = self.context.mailboxes.evict(&vin, Eviction::Kick);
         info!(%vin, by = %by.name, was_connected, "vehicle kicked by an operator");
+        self.record(&vin, SessionChange::Kicked, format!("by {}", by.name));
         Ok(Response::new(fleet::KickVehicleResponse { was_connected }))
     }
 
@@ -225,6 +306,7 @@ impl FleetOps for FleetOpsApi {
             .revoke(&vin, &reason, &by.name)
             .await
             .map_err(store_error)?;
+        self.record(&vin, SessionChange::Revoked, format!("by {}: {reason}", by.name));
         Ok(Response::new(fleet::RevokeVehicleResponse {
             revoked_at_ms: record.revoked_at_ms,
             was_connected,
@@ -247,15 +329,41 @@ impl FleetOps for FleetOpsApi {
         request: Request<fleet::CreateCustomerRequest>,
     ) -> Result<Response<fleet::Customer>, Status> {
         operator(&request)?;
-        Err(unimplemented_yet("customers"))
+        let name = request.into_inner().display_name;
+        let customer = self.context.store.create_customer(&name).await.map_err(store_error)?;
+        Ok(Response::new(convert::customer(customer)))
     }
 
     async fn get_customer(
         &self,
         request: Request<fleet::GetCustomerRequest>,
     ) -> Result<Response<fleet::Customer>, Status> {
+        use fleet::get_customer_request::By;
         operator(&request)?;
-        Err(unimplemented_yet("customers"))
+        let store = &self.context.store;
+        let (found, asked) = match request.into_inner().by {
+            Some(By::CustomerId(id)) => (store.customer(&customer_id(&id)?).await, format!("customer {id}")),
+            Some(By::Vin(text)) => {
+                let vin = vin(&text)?;
+                (store.customer_by_vin(&vin).await, format!("customer of vehicle {vin}"))
+            }
+            Some(By::SocialIdentity(i)) => {
+                let i = identity(Some(i))?;
+                (
+                    store.customer_by_social(&i.provider, &i.subject).await,
+                    format!("customer with {} identity {}", i.provider, i.subject),
+                )
+            }
+            None => {
+                return Err(Status::invalid_argument(
+                    "by: a customer id, a VIN or a social identity",
+                ));
+            }
+        };
+        match found.map_err(store_error)? {
+            Some(customer) => Ok(Response::new(convert::customer(customer))),
+            None => Err(Status::not_found(format!("no {asked}"))),
+        }
     }
 
     async fn link_vehicle(
@@ -263,7 +371,15 @@ impl FleetOps for FleetOpsApi {
         request: Request<fleet::LinkVehicleRequest>,
     ) -> Result<Response<fleet::Customer>, Status> {
         operator(&request)?;
-        Err(unimplemented_yet("customers"))
+        let r = request.into_inner();
+        let role = convert::role_of(r.role()).ok_or_else(|| Status::invalid_argument("role: OWNER or DRIVER"))?;
+        let customer = self
+            .context
+            .store
+            .link_vehicle(&customer_id(&r.customer_id)?, &vin(&r.vin)?, role, now_ms())
+            .await
+            .map_err(store_error)?;
+        Ok(Response::new(convert::customer(customer)))
     }
 
     async fn unlink_vehicle(
@@ -271,7 +387,14 @@ impl FleetOps for FleetOpsApi {
         request: Request<fleet::UnlinkVehicleRequest>,
     ) -> Result<Response<fleet::Customer>, Status> {
         operator(&request)?;
-        Err(unimplemented_yet("customers"))
+        let r = request.into_inner();
+        let customer = self
+            .context
+            .store
+            .unlink_vehicle(&customer_id(&r.customer_id)?, &vin(&r.vin)?, now_ms())
+            .await
+            .map_err(store_error)?;
+        Ok(Response::new(convert::customer(customer)))
     }
 
     async fn link_social_identity(
@@ -279,7 +402,15 @@ impl FleetOps for FleetOpsApi {
         request: Request<fleet::LinkSocialIdentityRequest>,
     ) -> Result<Response<fleet::Customer>, Status> {
         operator(&request)?;
-        Err(unimplemented_yet("customers"))
+        let r = request.into_inner();
+        let i = identity(r.identity)?;
+        let customer = self
+            .context
+            .store
+            .link_social(&customer_id(&r.customer_id)?, &i.provider, &i.subject, now_ms())
+            .await
+            .map_err(store_error)?;
+        Ok(Response::new(convert::customer(customer)))
     }
 
     async fn unlink_social_identity(
@@ -287,7 +418,15 @@ impl FleetOps for FleetOpsApi {
         request: Request<fleet::UnlinkSocialIdentityRequest>,
     ) -> Result<Response<fleet::Customer>, Status> {
         operator(&request)?;
-        Err(unimplemented_yet("customers"))
+        let r = request.into_inner();
+        let i = identity(r.identity)?;
+        let customer = self
+            .context
+            .store
+            .unlink_social(&customer_id(&r.customer_id)?, &i.provider, &i.subject)
+            .await
+            .map_err(store_error)?;
+        Ok(Response::new(convert::customer(customer)))
     }
 
     async fn create_dashboard_link(

@@ -18,9 +18,11 @@ use tracing::{Instrument, debug, info, info_span, warn};
 
 use super::idempotency::{Admission, Ledger};
 use super::partners::{CallContext, PartnerDirectory, PartnerError};
+use super::recorded::Seen;
 use super::stats::RequestStats;
 use crate::bus::{DeliveryOutcome, Mailboxes, Outbound, RequestInbox};
 use crate::config::RequestLimits;
+use crate::journal::Journal;
 use crate::logsafe::{printable, printable_within};
 
 /// Longest request id or idempotency key accepted (Stripe's limit for keys).
@@ -41,6 +43,8 @@ pub struct RequestRouter {
     rate: DefaultKeyedRateLimiter<Vin>,
     /// Where each answered request is counted (metrics, partner status).
     stats: Arc<RequestStats>,
+    /// Where every outcome is recorded (disabled unless [`RequestRouter::with_journal`]).
+    journal: Journal,
 }
 
 impl RequestRouter {
@@ -54,6 +58,7 @@ impl RequestRouter {
             ledger,
             rate: RateLimiter::keyed(quota),
             stats,
+            journal: Journal::disabled(),
         }
     }
 
@@ -64,14 +69,40 @@ impl RequestRouter {
         self
     }
 
+    /// Records every request's outcome in `journal`.
+    pub fn with_journal(mut self, journal: Journal) -> RequestRouter {
+        self.journal = journal;
+        self
+    }
+
     /// Forgets the rate of cars that stayed within it lately (bounds the memory it takes).
     pub fn prune_rates(&self) {
         self.rate.retain_recent();
         self.rate.shrink_to_fit();
     }
 
-    /// Handles one encoded `vehicle.v1.Request` from `vin` and returns the response to send back.
+    /// Handles one encoded `vehicle.v1.Request` from `vin` and returns the response to send
+    /// back; its outcome goes to the journal.
     pub async fn handle(&self, vin: &Vin, envelope: &[u8]) -> Response {
+        let mut seen = Seen::new(&self.journal);
+        let response = self.handle_recorded(vin, envelope, &mut seen).await;
+        if let Some((provider, subject)) = seen.take_sign_in() {
+            // Off the request path: the car's answer does not wait for the customer's records.
+            let (store, vin) = (self.ledger.store().clone(), vin.clone());
+            tokio::spawn(async move {
+                if let Err(e) = store
+                    .link_sign_in(&vin, &provider, &subject, crate::clock::now_ms())
+                    .await
+                {
+                    warn!(%vin, provider, error = %e, "a driver's sign-in was not linked to the car's customer");
+                }
+            });
+        }
+        seen.record(&self.journal, vin, &response);
+        response
+    }
+
+    async fn handle_recorded(&self, vin: &Vin, envelope: &[u8], seen: &mut Seen) -> Response {
         let request = match Request::decode(envelope) {
             Ok(r) => r,
             Err(e) => {
@@ -88,10 +119,11 @@ impl RequestRouter {
             request_id = %printable_within(&request.request_id, MAX_ID_LEN),
             method = %printable(&request.method)
         );
+        seen.request(&request);
         async {
             let started = Instant::now();
             let stats = self.stats.for_method(&request.method);
-            let response = self.route(vin, request).await;
+            let response = self.route(vin, request, seen).await;
             let status = response.status.clone().unwrap_or_default();
             stats.record(status.code, started.elapsed());
             info!(code = ?status.code(), latency_us = started.elapsed().as_micros() as u64, message = %status.message, "request done");
@@ -101,7 +133,7 @@ impl RequestRouter {
         .await
     }
 
-    async fn route(&self, vin: &Vin, request: Request) -> Response {
+    async fn route(&self, vin: &Vin, request: Request, seen: &mut Seen) -> Response {
         let Request {
             request_id,
             idempotency_key,
@@ -186,7 +218,11 @@ impl RequestRouter {
         let response = loop {
             let left = deadline.saturating_duration_since(Instant::now());
             match partner.call(&ctx, &method, payload.clone(), left).await {
-                Ok(reply) => break Response::ok(request_id.clone(), reply.to_vec()),
+                Ok(reply) => {
+                    seen.amount(&reply.metadata);
+                    seen.signed_in(&reply.metadata);
+                    break Response::ok(request_id.clone(), reply.body.to_vec());
+                }
                 // Retrying is safe: the partner sees the same idempotency key. A call its
                 // limit or open breaker refused is answered at once instead (and, being
                 // RESOURCE_EXHAUSTED or UNAVAILABLE, not stored: a later retry calls it).

@@ -4,11 +4,12 @@
 pub mod dispatcher;
 pub mod idempotency;
 pub mod partners;
+mod recorded;
 pub mod resilience;
 pub mod stats;
 
 pub use dispatcher::{Dispatcher, RequestRouter};
 pub use idempotency::Ledger;
-pub use partners::{CallContext, PartnerAdapter, PartnerDirectory, PartnerError};
+pub use partners::{CallContext, PartnerAdapter, PartnerDirectory, PartnerError, PartnerReply};
 pub use resilience::{BreakerState, PartnerHealth};
 pub use stats::{PartnerStatus, RequestStats};

@@ -27,6 +27,15 @@ pub struct CallContext {
     pub idempotency_key: String,
 }
 
+/// A partner's answer: the encoded response and the response metadata it sent.
+#[derive(Debug)]
+pub struct PartnerReply {
+    /// The encoded response message, untouched.
+    pub body: Bytes,
+    /// The response headers (e.g. [`metadata::AMOUNT`]).
+    pub metadata: tonic::metadata::MetadataMap,
+}
+
 /// One partner's adapter endpoint.
 #[derive(Debug, Clone)]
 pub struct PartnerAdapter {
@@ -90,7 +99,7 @@ impl PartnerAdapter {
         method: &MethodPath,
         payload: Bytes,
         timeout: Duration,
-    ) -> Result<Bytes, PartnerError> {
+    ) -> Result<PartnerReply, PartnerError> {
         let started = tokio::time::Instant::now();
         let permit = self
             .guard
@@ -110,9 +119,10 @@ impl PartnerAdapter {
             md.insert(metadata::IDEMPOTENCY_KEY, ascii(&ctx.idempotency_key)?);
             let path = PathAndQuery::try_from(method.as_str())
                 .map_err(|_| tonic::Status::invalid_argument("method is not a valid path"))?;
-            grpc.unary(request, path, RawCodec)
-                .await
-                .map(tonic::Response::into_inner)
+            grpc.unary(request, path, RawCodec).await.map(|response| {
+                let (metadata, body, _) = response.into_parts();
+                PartnerReply { body, metadata }
+            })
         };
         // tonic does not enforce the deadline on the client side by itself; this does, and
         // it covers connection setup too.

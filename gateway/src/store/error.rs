@@ -88,9 +88,80 @@ pub enum StoreError {
     /// A stored value is not what the schema promises.
     #[error("corrupt data in the store: {0}")]
     Corrupt(String),
+    /// No customer has this id (gRPC NOT_FOUND).
+    #[error("no customer {0}")]
+    UnknownCustomer(String),
+    /// The link to unlink does not exist, or is no longer current (gRPC NOT_FOUND).
+    #[error("customer {customer} has no current link to {what}")]
+    UnknownLink {
+        /// The customer.
+        customer: String,
+        /// The vehicle (`vehicle <VIN>`) or identity (`<provider> identity <subject>`).
+        what: String,
+    },
+    /// The social identity is linked to another customer already (gRPC ALREADY_EXISTS).
+    #[error("{provider} identity {subject:?} is already linked to customer {customer}; unlink it there first")]
+    IdentityTaken {
+        /// The identity's provider.
+        provider: String,
+        /// The provider's id of the person.
+        subject: String,
+        /// The customer it is linked to.
+        customer: String,
+    },
+    /// The vehicle is linked to this customer already, in another role (gRPC ALREADY_EXISTS).
+    #[error("vehicle {vin} is already linked to customer {customer} as {role}; unlink it first to change the role")]
+    AlreadyLinked {
+        /// The vehicle.
+        vin: String,
+        /// The customer.
+        customer: String,
+        /// The role it has now (`owner`, `driver`).
+        role: &'static str,
+    },
+    /// The vehicle has a current owner already (gRPC FAILED_PRECONDITION).
+    #[error("vehicle {vin} already has an owner, customer {owner}; unlink that owner first")]
+    VehicleHasOwner {
+        /// The vehicle.
+        vin: String,
+        /// Its current owner.
+        owner: String,
+    },
+    /// An argument is out of its bounds or malformed (gRPC INVALID_ARGUMENT).
+    #[error("invalid {what}: {problem}")]
+    Invalid {
+        /// The argument.
+        what: &'static str,
+        /// What is wrong with it.
+        problem: String,
+    },
 }
 
 impl StoreError {
+    /// The gRPC status code a caller answers with for this error: NOT_FOUND, ALREADY_EXISTS,
+    /// FAILED_PRECONDITION and INVALID_ARGUMENT for the customer and journal errors above,
+    /// UNAVAILABLE for a database that cannot be reached or failed, INTERNAL for corrupt data.
+    pub fn code(&self) -> tonic::Code {
+        match self {
+            StoreError::UnknownCustomer(_) | StoreError::UnknownLink { .. } | StoreError::UnknownConnection(_) => {
+                tonic::Code::NotFound
+            }
+            StoreError::IdentityTaken { .. } | StoreError::AlreadyLinked { .. } => tonic::Code::AlreadyExists,
+            StoreError::VehicleHasOwner { .. } | StoreError::NotLedgerOwner { .. } => tonic::Code::FailedPrecondition,
+            StoreError::Invalid { .. } => tonic::Code::InvalidArgument,
+            StoreError::Contention { .. } => tonic::Code::Aborted,
+            StoreError::Corrupt(_) | StoreError::UnsupportedUrl { .. } | StoreError::BadUrl { .. } => {
+                tonic::Code::Internal
+            }
+            StoreError::Connect { .. }
+            | StoreError::ConnectTimeout { .. }
+            | StoreError::Migrate { .. }
+            | StoreError::Query { .. }
+            | StoreError::Commit(_)
+            | StoreError::Closed { .. } => tonic::Code::Unavailable,
+        }
+    }
+
     /// Maps a driver error raised while doing `op`.
     pub(super) fn query(op: &'static str) -> impl FnOnce(sqlx::Error) -> StoreError {
         move |source| StoreError::Query { op, source }

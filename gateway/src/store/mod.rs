@@ -1,4 +1,5 @@
-//! Persistence: the connection log, the idempotency ledger and the partner event outbox.
+//! Persistence: the connection log, the idempotency ledger, the partner event outbox,
+//! customers and the interaction journal.
 //!
 //! One [`Store`] serves two backends chosen by the URL given to [`Store::connect`]:
 //!
@@ -16,8 +17,10 @@
 //! and applied by [`Store::connect`]. Times are `i64` unix milliseconds everywhere.
 
 mod connections;
+mod customers;
 mod error;
 mod events;
+mod journal;
 mod ledger;
 mod revocations;
 mod url;
@@ -33,8 +36,16 @@ use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePo
 use sqlx::{ConnectOptions, Connection};
 
 pub use connections::{ConnectionChange, ConnectionId, ConnectionRecord, NewConnection};
+pub use customers::{
+    Customer, CustomerId, MAX_DISPLAY_NAME_CHARS, MAX_PROVIDER_CHARS, MAX_SUBJECT_CHARS, SocialIdentity, VehicleLink,
+    VehicleRole,
+};
 pub use error::StoreError;
 pub use events::{Appended, NewEvent, StoredEvent};
+pub use journal::{
+    Amount, EventRecord, Interaction, JournalCursor, JournalEntry, MAX_PAGE, RequestRecord, SessionChange,
+    SessionRecord, TimelinePage, TimelineQuery,
+};
 pub use ledger::{Claim, LedgerKey, RequestFingerprint};
 pub use revocations::RevocationRecord;
 pub use url::redact_url;

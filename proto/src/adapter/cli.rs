@@ -15,6 +15,113 @@ use super::mtls_config;
 /// Exit status for a command line that cannot be used (sysexits.h EX_USAGE).
 pub const EX_USAGE: u8 = 64;
 
+/// What an adapter binary starts with: its command line, and the sockets a service manager
+/// passed it, in order (empty when none were).
+#[cfg(feature = "adapter-binary")]
+#[derive(Debug)]
+pub struct Started<A> {
+    /// The parsed command line.
+    pub args: A,
+    /// The passed listening sockets ([`passed_sockets`]).
+    pub passed: Vec<std::net::TcpListener>,
+}
+
+/// Starts the adapter binary `binary`, in the order every one needs: the sockets a service
+/// manager passed (at most `max_sockets`, serving `what_they_serve`; taken first, while the
+/// process has one thread), ring as rustls' one crypto provider, logs on stderr (`RUST_LOG`,
+/// default `info`; no colour codes unless stderr is a terminal), then its command line. `Err` is
+/// the exit code to return at once: success after `--help` or `--version`, [`EX_USAGE`] for a
+/// command line clap cannot read or sockets it cannot use.
+#[cfg(feature = "adapter-binary")]
+pub fn start<A: clap::Parser>(
+    binary: &str,
+    max_sockets: usize,
+    what_they_serve: &str,
+) -> Result<Started<A>, std::process::ExitCode> {
+    use std::io::IsTerminal as _;
+    use std::process::ExitCode;
+
+    let passed = passed_sockets(max_sockets, what_they_serve);
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        // Logs go to stderr so that stdout carries only the "listening" lines scripts wait for.
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal())
+        .init();
+    let args = A::try_parse().map_err(|e| {
+        let _ = e.print();
+        // --help and --version print to stdout and are no error.
+        if e.use_stderr() {
+            ExitCode::from(EX_USAGE)
+        } else {
+            ExitCode::SUCCESS
+        }
+    })?;
+    let passed = passed.map_err(|problem| usage_error(binary, problem))?;
+    Ok(Started { args, passed })
+}
+
+/// The `--cert`, `--key` and `--client-ca` options of an adapter binary (`#[command(flatten)]`).
+#[cfg(feature = "adapter-binary")]
+#[derive(Debug, Clone, clap::Args)]
+pub struct TlsOptions {
+    /// PEM certificate the adapter presents to the gateway.
+    #[arg(long)]
+    pub cert: Option<PathBuf>,
+    /// PEM private key of --cert.
+    #[arg(long)]
+    pub key: Option<PathBuf>,
+    /// PEM CA that the gateway's client certificate must chain to, and that signs nothing else
+    /// (gateway-clients-ca.pem in the development PKI); calls must also carry role gateway-client.
+    #[arg(long)]
+    pub client_ca: Option<PathBuf>,
+}
+
+#[cfg(feature = "adapter-binary")]
+impl TlsOptions {
+    /// The files, all three or none ([`TlsFiles::from_options`]).
+    pub fn files(&self) -> Result<Option<TlsFiles>, String> {
+        TlsFiles::from_options(self.cert.as_deref(), self.key.as_deref(), self.client_ca.as_deref())
+    }
+}
+
+/// Prints `problem` as `binary: problem` and gives [`EX_USAGE`], for a command line that parsed
+/// but cannot be used.
+#[cfg(feature = "adapter-binary")]
+pub fn usage_error(binary: &str, problem: impl std::fmt::Display) -> std::process::ExitCode {
+    eprintln!("{binary}: {problem}");
+    std::process::ExitCode::from(EX_USAGE)
+}
+
+/// Runs `serving` on a multi-threaded tokio runtime until it ends; an error (or a runtime that
+/// cannot start) is printed as `binary: error` with its causes, and the exit code says which.
+#[cfg(feature = "adapter-binary")]
+pub fn run_to_exit<E: std::fmt::Display>(
+    binary: &str,
+    serving: impl Future<Output = Result<(), E>>,
+) -> std::process::ExitCode {
+    use std::process::ExitCode;
+
+    let runtime = match tokio::runtime::Runtime::new() {
+        Ok(runtime) => runtime,
+        Err(e) => {
+            eprintln!("{binary}: cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(serving) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("{binary}: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
 /// The certificate and key an adapter presents, and the CA its callers' certificates must
 /// chain to.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -2,13 +2,16 @@
 //! mutual TLS trusting only the gateway-clients CA ([`mtls_config`]), the role check on every
 //! call ([`require_gateway_client`], [`RequireRole`]), serving an already bound listener until a
 //! shutdown future completes ([`serve`]), and the command-line pieces of an adapter binary
-//! ([`cli`]: TLS files, socket activation, signals). [`clock`] and [`geo`] are the injectable
+//! ([`cli`]: TLS files, socket activation, signals). With the `adapter-testing` feature, `activation` starts an adapter binary on sockets
+//! passed as a service manager passes them, for tests. [`clock`] and [`geo`] are the injectable
 //! time and the distances the reference adapters share.
 //!
 //! The three reference adapters (`adapters/parking`, `adapters/navigation`,
 //! `adapters/identity`) are built on this module and nothing else of the platform, so a partner
 //! writing in Rust can start from them with `proto` as its only dependency of ours.
 
+#[cfg(feature = "adapter-testing")]
+pub mod activation;
 pub mod cli;
 pub mod clock;
 pub mod geo;

@@ -5,21 +5,17 @@
 #![allow(dead_code)] // Each test file uses its own part of the harness.
 
 use std::ffi::OsStr;
-use std::os::fd::OwnedFd;
-use std::process::Stdio;
+use std::path::Path;
 use std::sync::Arc;
-use std::time::Duration;
-
-use command_fds::{CommandFdExt, FdMapping};
 
 use parking_adapter::{ManualClock, ParkingService, serve, serve_lot};
+use proto::adapter::activation::start_on_passed_sockets;
 use proto::metadata;
 use proto::parking::v1::parking_lot_client::ParkingLotClient;
 use proto::parking::v1::parking_payment_client::ParkingPaymentClient;
 use proto::parking::v1::{EndSessionRequest, EndSessionResponse, StartSessionRequest, VehicleExitedRequest};
-use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::net::TcpListener;
-use tokio::process::{Child, Command};
+use tokio::process::Child;
 use tokio::sync::oneshot;
 use tonic::transport::Channel;
 use tonic::{Request, Response, Status};
@@ -130,24 +126,5 @@ pub async fn park_at(h: &mut Harness, lot_id: &str, vin: &str, key: &str) -> Str
 /// The adapter binary run with `args`, serving on `socket` (fd 3, `LISTEN_FDS=1`, as a service
 /// manager passes it), and the line it prints once it listens.
 pub async fn adapter_on_passed_socket<S: AsRef<OsStr>>(socket: &std::net::TcpListener, args: &[S]) -> (Child, String) {
-    let passed: OwnedFd = socket.try_clone().unwrap().into();
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_parking-adapter"));
-    cmd.args(args)
-        .env("LISTEN_FDS", "1")
-        .env_remove("LISTEN_PID")
-        .stdout(Stdio::piped())
-        .kill_on_drop(true);
-    cmd.fd_mappings(vec![FdMapping {
-        parent_fd: passed,
-        child_fd: 3,
-    }])
-    .unwrap();
-    let mut child = cmd.spawn().unwrap();
-    let mut out = BufReader::new(child.stdout.take().unwrap()).lines();
-    let line = tokio::time::timeout(Duration::from_secs(20), out.next_line())
-        .await
-        .expect("the adapter says where it listens")
-        .unwrap()
-        .expect("a line");
-    (child, line)
+    start_on_passed_sockets(Path::new(env!("CARGO_BIN_EXE_parking-adapter")), args, &[socket]).await
 }

@@ -1,0 +1,255 @@
+//! Customers on SQLite and PostgreSQL: linking vehicles and social identities, looking a
+//! customer up by each key, and every refusal (unknown ids, conflicts, strings beyond their
+//! bounds) with the gRPC code a caller answers with and the id in the message.
+
+mod two_backends;
+
+use gateway::store::{
+    CustomerId, MAX_DISPLAY_NAME_CHARS, MAX_PROVIDER_CHARS, MAX_SUBJECT_CHARS, Store, StoreError, VehicleRole,
+};
+use proto::Vin;
+
+const T0: i64 = 1_700_000_000_000;
+
+fn vin(n: u32) -> Vin {
+    Vin::parse(&format!("LSVAU2180N{n:07}")).expect("valid VIN")
+}
+
+#[track_caller]
+fn refused(result: Result<impl std::fmt::Debug, StoreError>, code: tonic::Code, mentions: &str) -> StoreError {
+    let e = result.expect_err("refused");
+    assert_eq!(e.code(), code, "{e}");
+    assert!(e.to_string().contains(mentions), "{e:?} should mention {mentions}");
+    e
+}
+
+async fn a_customer_is_found_by_id_vin_and_social_identity(s: Store) {
+    let c = s.create_customer("Li Wei").await.unwrap();
+    assert!(c.vehicles.is_empty() && c.social_identities.is_empty());
+    assert_eq!(uuid_version(&c.id), Some(4));
+    assert_eq!(s.customer(&c.id).await.unwrap().unwrap(), c);
+
+    let linked = s.link_vehicle(&c.id, &vin(1), VehicleRole::Owner, T0).await.unwrap();
+    assert_eq!(linked.vehicles.len(), 1);
+    assert_eq!(
+        (
+            linked.vehicles[0].vin.clone(),
+            linked.vehicles[0].role,
+            linked.vehicles[0].linked_at_ms
+        ),
+        (vin(1), VehicleRole::Owner, T0)
+    );
+    let linked = s
+        .link_social(&c.id, "wechat", "o6_bmjrPTlm6_2sgVt7hMZOPfL2M", T0 + 1)
+        .await
+        .unwrap();
+    assert_eq!(linked.social_identities[0].provider, "wechat");
+
+    assert_eq!(s.customer_by_vin(&vin(1)).await.unwrap().unwrap().id, c.id);
+    let by_social = s
+        .customer_by_social("wechat", "o6_bmjrPTlm6_2sgVt7hMZOPfL2M")
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(by_social, linked);
+    assert_eq!(s.customer(&c.id).await.unwrap().unwrap(), linked);
+
+    // Unknown keys find nobody.
+    assert!(s.customer(&CustomerId("nobody".into())).await.unwrap().is_none());
+    assert!(s.customer_by_vin(&vin(2)).await.unwrap().is_none());
+    assert!(s.customer_by_social("wechat", "someone-else").await.unwrap().is_none());
+}
+
+fn uuid_version(id: &CustomerId) -> Option<usize> {
+    uuid::Uuid::parse_str(id.as_str()).ok().map(|u| u.get_version_num())
+}
+
+async fn a_vehicle_has_one_owner_and_several_drivers(s: Store) {
+    let (owner, driver, other) = (
+        s.create_customer("owner").await.unwrap(),
+        s.create_customer("driver").await.unwrap(),
+        s.create_customer("other").await.unwrap(),
+    );
+    s.link_vehicle(&driver.id, &vin(1), VehicleRole::Driver, T0)
+        .await
+        .unwrap();
+    // Only a driver: the vehicle's customer is that driver.
+    assert_eq!(s.customer_by_vin(&vin(1)).await.unwrap().unwrap().id, driver.id);
+    s.link_vehicle(&other.id, &vin(1), VehicleRole::Driver, T0 + 5)
+        .await
+        .unwrap();
+    assert_eq!(
+        s.customer_by_vin(&vin(1)).await.unwrap().unwrap().id,
+        other.id,
+        "the most recently linked driver"
+    );
+    s.link_vehicle(&owner.id, &vin(1), VehicleRole::Owner, T0 + 10)
+        .await
+        .unwrap();
+    assert_eq!(
+        s.customer_by_vin(&vin(1)).await.unwrap().unwrap().id,
+        owner.id,
+        "the owner first"
+    );
+
+    // A second current owner is refused, naming the first.
+    let e = refused(
+        s.link_vehicle(&other.id, &vin(1), VehicleRole::Owner, T0 + 20).await,
+        tonic::Code::AlreadyExists,
+        "driver",
+    );
+    assert!(matches!(e, StoreError::AlreadyLinked { .. }));
+    let e = s.create_customer("buyer").await.unwrap();
+    refused(
+        s.link_vehicle(&e.id, &vin(1), VehicleRole::Owner, T0 + 20).await,
+        tonic::Code::FailedPrecondition,
+        owner.id.as_str(),
+    );
+    // Linking again in the same role changes nothing.
+    let again = s
+        .link_vehicle(&owner.id, &vin(1), VehicleRole::Owner, T0 + 30)
+        .await
+        .unwrap();
+    assert_eq!(again.vehicles[0].linked_at_ms, T0 + 10);
+
+    // The owner sells: unlinked, the buyer may own it; history stays but is not current.
+    let sold = s.unlink_vehicle(&owner.id, &vin(1), T0 + 40).await.unwrap();
+    assert!(sold.vehicles.is_empty());
+    s.link_vehicle(&e.id, &vin(1), VehicleRole::Owner, T0 + 41)
+        .await
+        .unwrap();
+    assert_eq!(s.customer_by_vin(&vin(1)).await.unwrap().unwrap().id, e.id);
+    // The former owner may link again later (as a driver now).
+    let back = s
+        .link_vehicle(&owner.id, &vin(1), VehicleRole::Driver, T0 + 50)
+        .await
+        .unwrap();
+    assert_eq!(back.vehicles[0].role, VehicleRole::Driver);
+}
+
+async fn unknown_customers_and_links_are_not_found_with_the_id(s: Store) {
+    let ghost = CustomerId("8d4c1c1e-0000-4000-8000-000000000000".into());
+    refused(
+        s.link_vehicle(&ghost, &vin(1), VehicleRole::Owner, T0).await,
+        tonic::Code::NotFound,
+        ghost.as_str(),
+    );
+    refused(
+        s.unlink_vehicle(&ghost, &vin(1), T0).await,
+        tonic::Code::NotFound,
+        ghost.as_str(),
+    );
+    refused(
+        s.link_social(&ghost, "wechat", "x", T0).await,
+        tonic::Code::NotFound,
+        ghost.as_str(),
+    );
+    refused(
+        s.unlink_social(&ghost, "wechat", "x").await,
+        tonic::Code::NotFound,
+        ghost.as_str(),
+    );
+
+    let c = s.create_customer("").await.unwrap();
+    let e = refused(
+        s.unlink_vehicle(&c.id, &vin(7), T0).await,
+        tonic::Code::NotFound,
+        vin(7).as_str(),
+    );
+    assert!(matches!(e, StoreError::UnknownLink { .. }), "{e:?}");
+    refused(
+        s.unlink_social(&c.id, "wechat", "x").await,
+        tonic::Code::NotFound,
+        "wechat",
+    );
+    // A link that ended is not current any more: unlinking it again is NOT_FOUND.
+    s.link_vehicle(&c.id, &vin(7), VehicleRole::Driver, T0).await.unwrap();
+    s.unlink_vehicle(&c.id, &vin(7), T0 + 1).await.unwrap();
+    refused(
+        s.unlink_vehicle(&c.id, &vin(7), T0 + 2).await,
+        tonic::Code::NotFound,
+        c.id.as_str(),
+    );
+}
+
+async fn a_social_identity_links_to_one_customer(s: Store) {
+    let (a, b) = (
+        s.create_customer("a").await.unwrap(),
+        s.create_customer("b").await.unwrap(),
+    );
+    s.link_social(&a.id, "wechat", "sub-1", T0).await.unwrap();
+    // Again for the same customer: nothing changes.
+    let again = s.link_social(&a.id, "wechat", "sub-1", T0 + 9).await.unwrap();
+    assert_eq!(again.social_identities.len(), 1);
+    assert_eq!(again.social_identities[0].linked_at_ms, T0);
+    // For another: refused, naming the holder.
+    let e = refused(
+        s.link_social(&b.id, "wechat", "sub-1", T0).await,
+        tonic::Code::AlreadyExists,
+        a.id.as_str(),
+    );
+    assert!(matches!(e, StoreError::IdentityTaken { .. }));
+    // The same subject at another provider is another identity.
+    s.link_social(&b.id, "alipay", "sub-1", T0).await.unwrap();
+    // Unlinked from a, b may take it.
+    let a_now = s.unlink_social(&a.id, "wechat", "sub-1").await.unwrap();
+    assert!(a_now.social_identities.is_empty());
+    let b_now = s.link_social(&b.id, "wechat", "sub-1", T0 + 20).await.unwrap();
+    assert_eq!(b_now.social_identities.len(), 2);
+    assert_eq!(s.customer_by_social("wechat", "sub-1").await.unwrap().unwrap().id, b.id);
+}
+
+async fn strings_beyond_their_bounds_are_refused(s: Store) {
+    refused(
+        s.create_customer(&"n".repeat(MAX_DISPLAY_NAME_CHARS + 1)).await,
+        tonic::Code::InvalidArgument,
+        "display name",
+    );
+    refused(
+        s.create_customer("tab\tname").await,
+        tonic::Code::InvalidArgument,
+        "control",
+    );
+    // Characters, not bytes: 200 Chinese characters are fine.
+    s.create_customer(&"李".repeat(MAX_DISPLAY_NAME_CHARS)).await.unwrap();
+    let c = s.create_customer("c").await.unwrap();
+    refused(
+        s.link_social(&c.id, &"p".repeat(MAX_PROVIDER_CHARS + 1), "s", T0).await,
+        tonic::Code::InvalidArgument,
+        "provider",
+    );
+    refused(
+        s.link_social(&c.id, "wechat", &"s".repeat(MAX_SUBJECT_CHARS + 1), T0)
+            .await,
+        tonic::Code::InvalidArgument,
+        "subject",
+    );
+    refused(
+        s.link_social(&c.id, "", "s", T0).await,
+        tonic::Code::InvalidArgument,
+        "empty",
+    );
+    refused(
+        s.customer_by_social("wechat", "").await,
+        tonic::Code::InvalidArgument,
+        "subject",
+    );
+    let at_bounds = s
+        .link_social(
+            &c.id,
+            &"p".repeat(MAX_PROVIDER_CHARS),
+            &"s".repeat(MAX_SUBJECT_CHARS),
+            T0,
+        )
+        .await
+        .unwrap();
+    assert_eq!(at_bounds.social_identities.len(), 1);
+}
+
+on_both_backends!(
+    a_customer_is_found_by_id_vin_and_social_identity,
+    a_vehicle_has_one_owner_and_several_drivers,
+    unknown_customers_and_links_are_not_found_with_the_id,
+    a_social_identity_links_to_one_customer,
+    strings_beyond_their_bounds_are_refused,
+);
