@@ -403,7 +403,8 @@ fn log_fields(line: &str) -> impl Iterator<Item = (&str, &str)> {
     line.split_whitespace().filter_map(|w| w.split_once('='))
 }
 
-/// Starts the gateway with [`gateway_toml`]; its database goes in `db_dir`.
+/// Starts the gateway with [`gateway_toml`] on a fresh database in `db_dir` (any older one of
+/// this process is removed first).
 pub async fn start_gateway(
     launch: &GatewayLaunch,
     fleet: &Fleet,
@@ -417,6 +418,20 @@ pub async fn start_gateway(
     for suffix in ["", "-wal", "-shm"] {
         let _ = std::fs::remove_file(format!("{}{suffix}", db.display()));
     }
+    launch_gateway(launch, fleet, dir, &db, hosts, options).await
+}
+
+/// Starts the gateway with [`gateway_toml`] (written in `dir`, with its log) on the SQLite
+/// file `db` as it is: a gateway started again on the same file finds what the last one stored.
+pub async fn launch_gateway(
+    launch: &GatewayLaunch,
+    fleet: &Fleet,
+    dir: &Path,
+    db: &Path,
+    hosts: &[IpAddr],
+    options: &GatewayOptions<'_>,
+) -> Result<Broker> {
+    let db = db.to_path_buf();
     let url = format!("sqlite://{}", db.display());
     let ip = listen_ip(hosts);
     let toml = dir.join("gateway.toml");

@@ -1,6 +1,6 @@
 //! The simulated fleet: deterministic VINs, one certificate per vehicle issued in-process by
 //! the workspace's development CA (its vehicles CA), and the rustls client configurations the
-//! vehicles use.
+//! vehicles use; also an operator's certificate for the gateway's ops API.
 //!
 //! Each vehicle gets its own [`ClientConfig`] (its own identity and its own TLS session cache),
 //! so reconnecting with the same config resumes the TLS session exactly as the real agent does.
@@ -71,6 +71,10 @@ pub struct Fleet {
     pub gateway_clients_ca_file: PathBuf,
     /// The CA that signs partners' certificates: what the gateway's partner API trusts.
     pub partners_ca_file: PathBuf,
+    /// The CA that signs operators' certificates: what the gateway's ops listener trusts.
+    pub operators_ca_file: PathBuf,
+    /// An operator's certificate (OU=operator, CN=`fleet-bench`), for `fleet.v1.FleetOps`.
+    pub operator: CertFiles,
     /// The MQTT server certificate, shared by the gateway and Mosquitto so both do the same work.
     pub server: CertFiles,
     /// The parking adapter's certificate (gRPC server), also the partner `parking`'s client
@@ -98,6 +102,7 @@ impl Fleet {
         let server = write(dir, "server", ca.issue_gateway(&names)?)?;
         let adapter = write(dir, "parking", ca.issue_partner("parking")?)?;
         let gateway_client = write(dir, GATEWAY_CLIENT_STEM, ca.issue_gateway_client()?)?;
+        let operator = write(dir, "operator-fleet-bench", ca.issue_operator("fleet-bench")?)?;
 
         let started = Instant::now();
         let issued = issue_vehicles(&ca, vehicles)?;
@@ -112,6 +117,8 @@ impl Fleet {
             ca_file: layout.ca_cert(),
             gateway_clients_ca_file: layout.issuing_ca_cert(IssuingCa::GatewayClients),
             partners_ca_file: layout.issuing_ca_cert(IssuingCa::Partners),
+            operators_ca_file: layout.issuing_ca_cert(IssuingCa::Operators),
+            operator,
             server,
             adapter,
             gateway_client,

@@ -12,6 +12,9 @@
 //! - [`abuse`]: well-behaved cars served while one car abuses MQTT ([`abuser`], over the raw
 //!   client [`rawmqtt`]) and sockets flood the listener; partner events from [`partner`];
 //! - [`services`]: a service known by configuration only against a compiled-in one;
+//! - [`revoke`]: from an operator's revocation (over [`ops`], the gateway's ops API) to the car
+//!   cut off; [`journal_cost`]: request round trips with the interaction journal off and on;
+//! - [`journal`]: rows per second of the gateway's journal writer, SQLite and PostgreSQL;
 //! - [`run`]: one run of every scenario; [`report`]: its JSON and Markdown.
 
 pub mod abuse;
@@ -20,12 +23,15 @@ pub mod agents;
 pub mod brokers;
 pub mod fleet;
 pub mod journal;
+pub mod journal_cost;
+pub mod ops;
 pub mod partner;
 pub mod process;
 pub mod procfs;
 pub mod rawmqtt;
 pub mod report;
 pub mod restart;
+pub mod revoke;
 pub mod run;
 pub mod services;
 pub mod stats;

@@ -1,12 +1,16 @@
 //! `fleet-bench report`: runs every scenario against the gateway and Mosquitto, one after the
 //! other with the same fleet, and writes `report.json` and `report.md`. `fleet-bench abuse`
 //! runs only the abusive-car scenario and writes `abuse.json` and `abuse.md`; `fleet-bench
-//! services` compares a service known by configuration only with a compiled-in one.
+//! services` compares a service known by configuration only with a compiled-in one; `fleet-bench
+//! revoke` times revocations from the operator's call to the car cut off; `fleet-bench
+//! journal-cost` compares request round trips with the interaction journal off and on.
 //!
 //! ```text
 //! cargo run --release -p fleet-bench -- report --vehicles 2000 --out docs/benchmarks
 //! cargo run --release -p fleet-bench -- abuse --out docs/benchmarks
 //! cargo run --release -p fleet-bench -- services --out docs/benchmarks
+//! cargo run --release -p fleet-bench -- revoke --out docs/benchmarks
+//! cargo run --release -p fleet-bench -- journal-cost --out docs/benchmarks
 //! ```
 
 use std::net::{IpAddr, Ipv4Addr};
@@ -20,8 +24,10 @@ use fleet_bench::abuser::{Abuse, AbuseSizes};
 use fleet_bench::agents::Mix;
 use fleet_bench::brokers::{self, BrokerSetup, ConfigOverride, GatewayLaunch};
 use fleet_bench::fleet::Fleet;
+use fleet_bench::journal_cost::{self, JournalCostArgs};
 use fleet_bench::report::Started;
 use fleet_bench::restart::RestartPlan;
+use fleet_bench::revoke::{self, RevokeArgs};
 use fleet_bench::run::{self, LedgerRun, Plan};
 use fleet_bench::services::{self, ServicesPlan};
 use fleet_bench::swarm::StormSettings;
@@ -47,6 +53,12 @@ enum Command {
     /// Compares a service the gateway knows by configuration only with a compiled-in one and
     /// writes services.json and services.md.
     Services(Box<ServicesOnly>),
+    /// Revokes connected cars one by one over the ops API, timing the call and the car's
+    /// disconnection, and writes revoke.json and revoke.md.
+    Revoke(Box<RevokeArgs>),
+    /// Sends the same requests with the interaction journal off and on, in alternating phases,
+    /// and writes journal-cost.json and journal-cost.md.
+    JournalCost(Box<JournalCostArgs>),
     /// Measures the rows per second the gateway's journal writer sustains into SQLite (a file)
     /// and PostgreSQL, and prints a table.
     Journal(Box<JournalOnly>),
@@ -329,6 +341,8 @@ fn main() -> ExitCode {
         Command::Report(args) => runtime.block_on(report(*args)),
         Command::Abuse(args) => runtime.block_on(abuse_only(*args)),
         Command::Services(args) => runtime.block_on(services_only(*args)),
+        Command::Revoke(args) => runtime.block_on(revoke_only(*args)),
+        Command::JournalCost(args) => runtime.block_on(journal_cost_only(*args)),
         Command::Journal(args) => runtime.block_on(journal_only(*args)),
     };
     match done {
@@ -449,6 +463,22 @@ async fn services_only(args: ServicesOnly) -> anyhow::Result<()> {
     };
     let run = services::run(&plan, &GatewayLaunch::Binary(bin), work.path(), command_line()).await?;
     publish(&args.out, "services", &run, &run.markdown(), work, args.keep_work)
+}
+
+/// `fleet-bench revoke`: revocation from the call to the car cut off.
+async fn revoke_only(args: RevokeArgs) -> anyhow::Result<()> {
+    let work = tempfile::Builder::new().prefix("fleet-bench-revoke-").tempdir()?;
+    let bin = gateway_binary(args.no_build, args.gateway_bin.as_deref())?;
+    let run = revoke::run(&args.plan(), &GatewayLaunch::Binary(bin), work.path(), command_line()).await?;
+    publish(&args.out, "revoke", &run, &run.markdown(), work, args.keep_work)
+}
+
+/// `fleet-bench journal-cost`: request round trips with the journal off and on.
+async fn journal_cost_only(args: JournalCostArgs) -> anyhow::Result<()> {
+    let work = tempfile::Builder::new().prefix("fleet-bench-journal-").tempdir()?;
+    let bin = gateway_binary(args.no_build, args.gateway_bin.as_deref())?;
+    let run = journal_cost::run(&args.plan(), &GatewayLaunch::Binary(bin), work.path(), command_line()).await?;
+    publish(&args.out, "journal-cost", &run, &run.markdown(), work, args.keep_work)
 }
 
 /// `fleet-bench abuse`: the abusive-car scenario alone.

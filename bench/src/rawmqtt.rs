@@ -9,10 +9,11 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, Result, bail};
 use bytes::BytesMut;
+use rumqttc::mqttbytes;
+pub use rumqttc::mqttbytes::v4::ConnectReturnCode;
 pub use rumqttc::mqttbytes::v4::Packet;
 use rumqttc::mqttbytes::v4::{ConnAck, Connect};
-use rumqttc::mqttbytes::{self, v4::ConnectReturnCode};
-use rustls::ClientConfig;
+use rustls::{ClientConfig, HandshakeKind};
 use rustls_pki_types::ServerName;
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _, ReadHalf, WriteHalf};
 use tokio::net::TcpStream;
@@ -48,42 +49,96 @@ pub async fn connect(
     limit: Duration,
 ) -> Result<(RawWriter, RawReader, Duration)> {
     let started = Instant::now();
-    let name = ServerName::try_from(server_name.to_owned()).context("server name")?;
-    let exchange = async {
-        let tcp = TcpStream::connect(addr).await.context("TCP connect")?;
-        // Small packets: without NODELAY each waits out Nagle against the delayed ACK.
-        tcp.set_nodelay(true)?;
-        let tls = TlsConnector::from(config)
-            .connect(name, tcp)
-            .await
-            .context("TLS handshake")?;
-        let (io, write) = tokio::io::split(tls);
-        let mut writer = RawWriter {
-            io: write,
-            buf: BytesMut::new(),
-        };
-        let mut reader = RawReader {
-            io,
-            buf: BytesMut::new(),
-        };
-        let mut connect = Connect::new(client_id);
-        connect.keep_alive = u16::try_from(keep_alive.as_secs()).unwrap_or(u16::MAX);
-        connect.clean_session = true;
-        writer.queue(&Packet::Connect(connect))?;
-        writer.flush().await.context("send CONNECT")?;
-        match reader.next().await.context("no CONNACK")? {
-            Packet::ConnAck(ConnAck {
-                code: ConnectReturnCode::Success,
-                ..
-            }) => Ok((writer, reader)),
-            Packet::ConnAck(ConnAck { code, .. }) => bail!("CONNACK {code:?}"),
-            other => bail!("expected CONNACK, got {other:?}"),
+    match tokio::time::timeout(limit, open(config, addr, server_name, client_id, keep_alive)).await {
+        Ok(Ok(opened)) if opened.code == ConnectReturnCode::Success => {
+            Ok((opened.writer, opened.reader, started.elapsed()))
         }
-    };
-    match tokio::time::timeout(limit, exchange).await {
-        Ok(Ok((writer, reader))) => Ok((writer, reader, started.elapsed())),
+        Ok(Ok(opened)) => bail!("CONNACK {:?}", opened.code),
         Ok(Err(e)) => Err(e),
         Err(_) => bail!("no CONNACK within {limit:?}"),
+    }
+}
+
+/// What the broker answered one CONNECT, and how the TLS handshake before it went.
+#[derive(Debug, Clone, Copy)]
+pub struct ConnectAnswer {
+    /// The CONNACK's return code.
+    pub code: ConnectReturnCode,
+    /// The TLS handshake resumed an earlier session (as rustls on this side saw it).
+    pub resumed: bool,
+    /// From the TCP connect to the CONNACK.
+    pub elapsed: Duration,
+}
+
+/// Like [`connect`], but any CONNACK is an answer: returns its code and whether the handshake
+/// resumed, then closes the connection. Fails on no CONNACK within `limit`.
+pub async fn connect_answer(
+    config: Arc<ClientConfig>,
+    addr: SocketAddr,
+    server_name: &str,
+    client_id: &str,
+    keep_alive: Duration,
+    limit: Duration,
+) -> Result<ConnectAnswer> {
+    let started = Instant::now();
+    match tokio::time::timeout(limit, open(config, addr, server_name, client_id, keep_alive)).await {
+        Ok(Ok(opened)) => Ok(ConnectAnswer {
+            code: opened.code,
+            resumed: opened.resumed,
+            elapsed: started.elapsed(),
+        }),
+        Ok(Err(e)) => Err(e),
+        Err(_) => bail!("no CONNACK within {limit:?}"),
+    }
+}
+
+/// A connection whose CONNECT was answered, with or without success.
+struct Opened {
+    writer: RawWriter,
+    reader: RawReader,
+    code: ConnectReturnCode,
+    resumed: bool,
+}
+
+/// TCP, TLS, CONNECT, and the CONNACK whatever its code.
+async fn open(
+    config: Arc<ClientConfig>,
+    addr: SocketAddr,
+    server_name: &str,
+    client_id: &str,
+    keep_alive: Duration,
+) -> Result<Opened> {
+    let name = ServerName::try_from(server_name.to_owned()).context("server name")?;
+    let tcp = TcpStream::connect(addr).await.context("TCP connect")?;
+    // Small packets: without NODELAY each waits out Nagle against the delayed ACK.
+    tcp.set_nodelay(true)?;
+    let tls = TlsConnector::from(config)
+        .connect(name, tcp)
+        .await
+        .context("TLS handshake")?;
+    let resumed = tls.get_ref().1.handshake_kind() == Some(HandshakeKind::Resumed);
+    let (io, write) = tokio::io::split(tls);
+    let mut writer = RawWriter {
+        io: write,
+        buf: BytesMut::new(),
+    };
+    let mut reader = RawReader {
+        io,
+        buf: BytesMut::new(),
+    };
+    let mut connect = Connect::new(client_id);
+    connect.keep_alive = u16::try_from(keep_alive.as_secs()).unwrap_or(u16::MAX);
+    connect.clean_session = true;
+    writer.queue(&Packet::Connect(connect))?;
+    writer.flush().await.context("send CONNECT")?;
+    match reader.next().await.context("no CONNACK")? {
+        Packet::ConnAck(ConnAck { code, .. }) => Ok(Opened {
+            writer,
+            reader,
+            code,
+            resumed,
+        }),
+        other => bail!("expected CONNACK, got {other:?}"),
     }
 }
 

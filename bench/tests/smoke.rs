@@ -11,8 +11,10 @@ use fleet_bench::abuse::AbusePlan;
 use fleet_bench::abuser::{Abuse, AbuseSizes};
 use fleet_bench::agents::Mix;
 use fleet_bench::brokers::{BrokerSetup, GatewayLaunch};
+use fleet_bench::journal_cost::{self, JournalCostPlan};
 use fleet_bench::report::TrafficReport;
 use fleet_bench::restart::RestartPlan;
+use fleet_bench::revoke::{self, RevokePlan};
 use fleet_bench::run::{LedgerRun, Plan, run, traffic_overrides, write_report};
 use fleet_bench::services::{self, ServicesPlan};
 use fleet_bench::swarm::StormSettings;
@@ -283,4 +285,69 @@ async fn the_configuration_only_service_scenario_answers_both_services() {
             .markdown()
             .contains("| `karaoke.v1.Karaoke` | configuration only |")
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn revoked_cars_are_cut_off_and_stay_out() {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let work = tempfile::tempdir().unwrap();
+    let plan = RevokePlan {
+        vehicles: 5,
+        interval: Duration::ZERO,
+        sample: 3,
+        close_limit: Duration::from_secs(30),
+        overrides: traffic_overrides(),
+    };
+    let report = revoke::run(&plan, &GatewayLaunch::InProcess, work.path(), "smoke".into())
+        .await
+        .unwrap();
+    assert_eq!((report.revoked, report.was_connected, report.rpc_failed), (5, 5, 0));
+    assert_eq!((report.closed, report.not_closed), (5, 0));
+    assert_eq!((report.rpc.count, report.to_close.count), (5, 5));
+    assert_eq!(
+        report.recorded_reasons.get("certificate revoked"),
+        Some(&5),
+        "{report:?}"
+    );
+    assert_eq!(report.listed_revocations, 5);
+    for (what, r) in [("resumed", &report.resumed), ("full", &report.full)] {
+        assert_eq!(
+            (r.tried, r.not_authorized, r.accepted, r.other),
+            (3, 3, 0, 0),
+            "{what}: {r:?}"
+        );
+    }
+    assert_eq!(report.resumed.resumed_handshakes, 3, "the same TLS config resumes");
+    assert_eq!(report.full.resumed_handshakes, 0, "a fresh TLS config does not");
+    assert!(report.markdown().contains("| call to the car's socket closed | 5 |"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_journal_cost_scenario_records_only_with_the_journal_on() {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let work = tempfile::tempdir().unwrap();
+    let plan = JournalCostPlan {
+        vehicles: 5,
+        rate: 50.0,
+        phase: Duration::from_secs(1),
+        warmup: Duration::from_millis(200),
+        rounds: 1,
+        overrides: traffic_overrides(),
+    };
+    let report = journal_cost::run(&plan, &GatewayLaunch::InProcess, work.path(), "smoke".into())
+        .await
+        .unwrap();
+    let settings: Vec<bool> = report.phases.iter().map(|p| p.journal).collect();
+    assert_eq!(settings, [false, true]);
+    for phase in &report.phases {
+        assert_clean(&format!("journal {}", phase.journal), &phase.traffic);
+    }
+    assert!(report.totals.iter().all(|t| t.answered > 0 && t.failed == 0));
+    assert!(report.requests_with_journal > 0);
+    assert_eq!(
+        report.journal_request_rows,
+        Some(report.requests_with_journal),
+        "every request of the phase with the journal on, none of the other"
+    );
+    assert!(report.markdown().contains("| on |"));
 }
