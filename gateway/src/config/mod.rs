@@ -64,6 +64,10 @@ pub struct JournalConfig {
     pub max_queued_rows: usize,
     /// Most rows written in one transaction.
     pub max_batch_rows: usize,
+    /// How long the writer waits for more rows after the first of a batch, so that one
+    /// transaction (one fsync) carries many requests' rows instead of one each.
+    #[serde(with = "humantime_serde")]
+    pub batch_delay: Duration,
 }
 
 impl Default for JournalConfig {
@@ -74,6 +78,7 @@ impl Default for JournalConfig {
             retention: Duration::from_secs(90 * 24 * 3600),
             max_queued_rows: 65_536,
             max_batch_rows: 1_000,
+            batch_delay: Duration::from_millis(20),
         }
     }
 }

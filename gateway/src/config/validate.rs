@@ -147,6 +147,9 @@ impl GatewayConfig {
         if !(1..=10_000).contains(&j.max_batch_rows) {
             return Err(invalid("journal.max_batch_rows", "must be between 1 and 10000"));
         }
+        if j.batch_delay > Duration::from_secs(1) {
+            return Err(invalid("journal.batch_delay", "must be at most 1s"));
+        }
         let ev = &self.events;
         if ev.default_ttl.is_zero() || ev.default_ttl > ev.max_ttl {
             return Err(invalid(
