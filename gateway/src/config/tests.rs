@@ -259,5 +259,8 @@ fn journal_settings_default_parse_and_are_checked() {
     check_refused(|c| c.journal.max_queued_rows = 20_000_000, "journal.max_queued_rows");
     check_refused(|c| c.journal.max_batch_rows = 0, "journal.max_batch_rows");
     check_refused(|c| c.journal.max_batch_rows = 10_001, "journal.max_batch_rows");
-    check_refused(|c| c.journal.batch_delay = Duration::from_secs(2), "journal.batch_delay");
+    check_refused(
+        |c| c.journal.batch_delay = Duration::from_secs(2),
+        "journal.batch_delay",
+    );
 }
