@@ -445,6 +445,31 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn an_operator_ends_a_live_session_and_a_revocation_forgets_a_parked_one() {
+        let boxes = mailboxes(8);
+        let car = vin("WBA3B5C50DF123456");
+        assert!(!boxes.evict(&car, Eviction::Kick), "no session, nothing to end");
+        let live = boxes.open(&car, false);
+        assert!(boxes.evict(&car, Eviction::Kick));
+        live.changed().await;
+        assert_eq!(live.state(), MailboxState::Evicted);
+        boxes.close(&car, &live, true);
+        assert_eq!(boxes.live(), 0, "an evicted session is not parked");
+
+        let persistent = boxes.open(&car, true);
+        boxes.close(&car, &persistent, true);
+        assert_eq!(boxes.parked().0, 1);
+        assert!(!boxes.evict(&car, Eviction::Kick), "a kick leaves a parked session alone");
+        assert_eq!(boxes.parked().0, 1);
+        assert!(!boxes.evict(&car, Eviction::Revocation));
+        assert_eq!(boxes.parked().0, 0, "a revoked car will not be back for it");
+
+        let revoked = boxes.open(&car, false);
+        assert!(boxes.evict(&car, Eviction::Revocation));
+        assert_eq!(revoked.state(), MailboxState::Revoked);
+    }
+
+    #[tokio::test]
     async fn a_full_mailbox_closes_its_session_instead_of_growing() {
         let boxes = mailboxes(2);
         let car = vin("WBA3B5C50DF123456");
