@@ -459,7 +459,10 @@ mod tests {
         let persistent = boxes.open(&car, true);
         boxes.close(&car, &persistent, true);
         assert_eq!(boxes.parked().0, 1);
-        assert!(!boxes.evict(&car, Eviction::Kick), "a kick leaves a parked session alone");
+        assert!(
+            !boxes.evict(&car, Eviction::Kick),
+            "a kick leaves a parked session alone"
+        );
         assert_eq!(boxes.parked().0, 1);
         assert!(!boxes.evict(&car, Eviction::Revocation));
         assert_eq!(boxes.parked().0, 0, "a revoked car will not be back for it");
