@@ -49,9 +49,10 @@ pub struct JournalStats {
 #[derive(Clone)]
 pub struct Journal {
     shared: Arc<Shared>,
-    /// Unbounded: `shared.queued` is the bound, checked before every send. Not in `shared`,
-    /// which the writer holds: the writer ends once every handle is gone.
-    tx: mpsc::UnboundedSender<JournalEntry>,
+    /// Bounded by `journal.max_queued_rows`, like `shared.queued`, which also counts the batch
+    /// being written and is checked first, so a send never finds the channel full. Not in
+    /// `shared`, which the writer holds: the writer ends once every handle is gone.
+    tx: mpsc::Sender<JournalEntry>,
 }
 
 struct Shared {
@@ -85,24 +86,7 @@ impl Journal {
     /// Starts the journal's writer on `store` with `config`'s bounds. A disabled journal starts
     /// no task and records nothing.
     pub fn spawn(store: Store, config: &JournalConfig) -> Journal {
-        let (tx, rx) = mpsc::unbounded_channel();
-        let journal = Journal {
-            shared: Arc::new(Shared {
-                enabled: config.enabled,
-                record_payloads: config.record_payloads,
-                max_queued: config.max_queued_rows as u64,
-                recorded: AtomicU64::new(0),
-                dropped: AtomicU64::new(0),
-                queued: AtomicU64::new(0),
-                written: watch::Sender::new(0),
-                failed_writes: watch::Sender::new(0),
-                closed: AtomicBool::new(false),
-                close_now: Notify::new(),
-                last_drop_warning: AtomicI64::new(i64::MIN),
-                writer: std::sync::Mutex::new(None),
-            }),
-            tx,
-        };
+        let (journal, rx) = Journal::new(config.enabled, config.record_payloads, config.max_queued_rows);
         if config.enabled {
             let writer = tokio::spawn(write_batches(
                 journal.shared.clone(),
@@ -118,24 +102,30 @@ impl Journal {
 
     /// A journal that records nothing (for routers and services built without one).
     pub fn disabled() -> Journal {
-        let (tx, _) = mpsc::unbounded_channel();
-        Journal {
+        Journal::new(false, false, 1).0
+    }
+
+    fn new(enabled: bool, record_payloads: bool, max_queued: usize) -> (Journal, mpsc::Receiver<JournalEntry>) {
+        let max_queued = max_queued.max(1);
+        let (tx, rx) = mpsc::channel(max_queued);
+        let journal = Journal {
             shared: Arc::new(Shared {
-                enabled: false,
-                record_payloads: false,
-                max_queued: 0,
+                enabled,
+                record_payloads,
+                max_queued: max_queued as u64,
                 recorded: AtomicU64::new(0),
                 dropped: AtomicU64::new(0),
                 queued: AtomicU64::new(0),
                 written: watch::Sender::new(0),
                 failed_writes: watch::Sender::new(0),
-                closed: AtomicBool::new(true),
+                closed: AtomicBool::new(!enabled),
                 close_now: Notify::new(),
                 last_drop_warning: AtomicI64::new(i64::MIN),
                 writer: std::sync::Mutex::new(None),
             }),
             tx,
-        }
+        };
+        (journal, rx)
     }
 
     /// Whether rows are recorded at all.
@@ -162,7 +152,7 @@ impl Journal {
                     (q < s.max_queued).then_some(q + 1)
                 })
                 .is_ok();
-        if !room || self.tx.send(entry).is_err() {
+        if !room || self.tx.try_send(entry).is_err() {
             if room {
                 s.queued.fetch_sub(1, Ordering::AcqRel);
             }
@@ -231,7 +221,7 @@ impl Journal {
 /// keeps a refused batch and tries it again with backoff; on close, drains and ends.
 async fn write_batches(
     shared: Arc<Shared>,
-    mut rx: mpsc::UnboundedReceiver<JournalEntry>,
+    mut rx: mpsc::Receiver<JournalEntry>,
     store: Store,
     max_batch: usize,
     batch_delay: Duration,
