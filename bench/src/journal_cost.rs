@@ -19,7 +19,7 @@ use serde::Serialize;
 use crate::brokers::{self, ConfigOverride, GatewayLaunch, GatewayOptions};
 use crate::fleet::Fleet;
 use crate::procfs::Roles;
-use crate::report::{RunInfo, Started, TrafficReport, notes_markdown, table_head};
+use crate::report::{PhaseSummary, RunInfo, Started, TrafficReport, notes_markdown, table_head};
 use crate::swarm::{StormSettings, Swarm, Target};
 use crate::traffic::{self, Load, ParkingRequests, Schedule};
 
@@ -330,30 +330,17 @@ fn totals(journal: bool, phases: &[Phase]) -> SettingTotals {
         .filter(|p| p.journal == journal)
         .map(|p| &p.traffic)
         .collect();
-    let answered: u64 = mine.iter().map(|t| t.outcome.replies - t.outcome.errors).sum();
-    let failed = mine.iter().map(|t| t.outcome.errors + t.outcome.missing).sum();
-    let cpu_s: f64 = mine.iter().map(|t| t.cpu.broker_cpu_s).sum();
-    let sorted = |f: fn(&TrafficReport) -> f64| {
-        let mut v: Vec<f64> = mine.iter().map(|t| f(t)).collect();
-        v.sort_by(f64::total_cmp);
-        v
-    };
-    let median = |v: &[f64]| v.get(v.len() / 2).copied().unwrap_or(0.0);
-    let p99s = sorted(|t| t.outcome.latency.p99_ms);
+    let summary = PhaseSummary::of(&mine);
     SettingTotals {
         journal,
-        answered,
-        failed,
-        gateway_cpu_us_per_request: if answered == 0 {
-            0.0
-        } else {
-            cpu_s * 1e6 / answered as f64
-        },
-        p50_ms: median(&sorted(|t| t.outcome.latency.p50_ms)),
-        p99_ms: median(&p99s),
+        answered: summary.answered,
+        failed: summary.failed,
+        gateway_cpu_us_per_request: summary.gateway_cpu_us_per_request,
+        p50_ms: summary.p50_ms,
+        p99_ms: summary.p99_ms(),
         p99_range_ms: (
-            p99s.first().copied().unwrap_or(0.0),
-            p99s.last().copied().unwrap_or(0.0),
+            summary.p99s_ms.first().copied().unwrap_or(0.0),
+            summary.p99s_ms.last().copied().unwrap_or(0.0),
         ),
     }
 }

@@ -21,7 +21,7 @@ use tower::ServiceExt as _;
 use crate::brokers::{self, ConfigOverride, GatewayLaunch, GatewayOptions};
 use crate::fleet::Fleet;
 use crate::procfs::Roles;
-use crate::report::{RunInfo, Started, TrafficReport, notes_markdown, table_head};
+use crate::report::{PhaseSummary, RunInfo, Started, TrafficReport, notes_markdown, table_head};
 use crate::swarm::{StormSettings, Swarm, Target};
 use crate::traffic::{self, LIST_NEARBY_LOTS, Load, ParkingRequests, Schedule};
 
@@ -198,26 +198,15 @@ fn totals(service: &str, kind: &str, phases: &[Phase]) -> ServiceTotals {
         .filter(|p| p.service == service)
         .map(|p| &p.traffic)
         .collect();
-    let answered: u64 = mine.iter().map(|t| t.outcome.replies - t.outcome.errors).sum();
-    let failed = mine.iter().map(|t| t.outcome.errors + t.outcome.missing).sum();
-    let cpu_s: f64 = mine.iter().map(|t| t.cpu.broker_cpu_s).sum();
-    let median = |f: fn(&TrafficReport) -> f64| {
-        let mut v: Vec<f64> = mine.iter().map(|t| f(t)).collect();
-        v.sort_by(f64::total_cmp);
-        v.get(v.len() / 2).copied().unwrap_or(0.0)
-    };
+    let summary = PhaseSummary::of(&mine);
     ServiceTotals {
         service: service.into(),
         kind: kind.into(),
-        answered,
-        failed,
-        gateway_cpu_us_per_request: if answered == 0 {
-            0.0
-        } else {
-            cpu_s * 1e6 / answered as f64
-        },
-        p50_ms: median(|t| t.outcome.latency.p50_ms),
-        p99_ms: median(|t| t.outcome.latency.p99_ms),
+        answered: summary.answered,
+        failed: summary.failed,
+        gateway_cpu_us_per_request: summary.gateway_cpu_us_per_request,
+        p50_ms: summary.p50_ms,
+        p99_ms: summary.p99_ms(),
     }
 }
 

@@ -36,11 +36,6 @@ impl Revocations {
         Ok(Revocations { list, store, mailboxes })
     }
 
-    /// The list sessions check at CONNECT.
-    pub fn list(&self) -> &Arc<RevocationList> {
-        &self.list
-    }
-
     /// Revokes `vin` now: stored, in force, and its live session (if on this node) ended.
     /// Returns the revocation and whether the car was connected here.
     pub async fn revoke(&self, vin: &Vin, reason: &str, by: &str) -> Result<(RevocationRecord, bool), StoreError> {
