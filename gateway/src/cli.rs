@@ -10,6 +10,7 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 use tokio::net::TcpListener;
 
+use crate::listeners::EndpointError;
 use crate::{Gateway, GatewayConfig, StartError};
 
 /// Exit code for a configuration that cannot run (sysexits' EX_USAGE).
@@ -134,7 +135,8 @@ pub fn main() -> ExitCode {
             Err(e) => {
                 eprintln!("error: {e}");
                 return match e {
-                    StartError::Tls(_) | StartError::Partner(_) | StartError::Crl(_) | StartError::Ops(_) => {
+                    StartError::Endpoint(EndpointError::Bind { .. }) => ExitCode::FAILURE,
+                    StartError::Tls(_) | StartError::Partner(_) | StartError::Crl(_) | StartError::Endpoint(_) => {
                         ExitCode::from(EXIT_BAD_CONFIG)
                     }
                     StartError::Storage(_) => ExitCode::from(EXIT_UNAVAILABLE),

@@ -19,6 +19,7 @@ pub mod fleet_cli;
 pub mod fuzz;
 pub mod health;
 pub mod journal;
+pub mod listeners;
 pub mod logsafe;
 pub mod metrics;
 pub mod ops;
@@ -29,21 +30,20 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::net::{TcpListener, TcpSocket};
+use tokio::net::TcpListener;
 use tokio::sync::{broadcast, mpsc};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
-use tracing::{error, info};
+use tracing::info;
 
 pub use broker::{ConnectionEvent, DisconnectReason};
 pub use config::{ConfigError, GatewayConfig};
 pub use health::NotReady;
+pub use listeners::bind;
 
 /// Headroom over the largest request payload for the envelope and MQTT headers.
 const ENVELOPE_OVERHEAD_BYTES: usize = 16 * 1024;
-/// Pending connections the kernel queues for us; bursts of reconnecting cars must not overflow it.
-const LISTEN_BACKLOG: u32 = 8192;
 
 /// A running gateway.
 pub struct Gateway {
@@ -92,20 +92,9 @@ pub enum StartError {
     /// The handshake threads could not be started.
     #[error("cannot start the TLS handshake threads: {0}")]
     Handshakes(#[source] std::io::Error),
-    /// A file of the partner API's TLS setup could not be read.
-    #[error("partner API: {path}: {source}")]
-    PartnerApiFile {
-        /// The file.
-        path: std::path::PathBuf,
-        /// The OS error.
-        source: std::io::Error,
-    },
-    /// tonic refused the partner API's TLS setup.
-    #[error("partner API: {0}")]
-    PartnerApiTls(#[source] tonic::transport::Error),
-    /// The ops listener could not start.
+    /// The partner API or the ops listener could not start.
     #[error(transparent)]
-    Ops(#[from] ops::OpsStartError),
+    Endpoint(#[from] listeners::EndpointError),
     /// A CRL file (`tls.crls`) could not be read.
     #[error("tls.crls: {0}")]
     Crl(#[from] broker::revocation::CrlError),
@@ -117,18 +106,6 @@ async fn on_blocking_thread<T: Send + 'static>(work: impl FnOnce() -> T + Send +
         Ok(done) => done,
         Err(e) => std::panic::resume_unwind(e.into_panic()),
     }
-}
-
-/// Binds `addr` with a large accept backlog.
-pub fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
-    let socket = if addr.is_ipv4() {
-        TcpSocket::new_v4()?
-    } else {
-        TcpSocket::new_v6()?
-    };
-    socket.set_reuseaddr(true)?;
-    socket.bind(addr)?;
-    socket.listen(LISTEN_BACKLOG)
 }
 
 impl Gateway {
@@ -357,14 +334,7 @@ impl Gateway {
                     health: health.clone(),
                     journal: journal.clone(),
                 };
-                let listener = match ops {
-                    Some(listener) => listener,
-                    None => bind(ops_config.listen).map_err(|source| StartError::Bind {
-                        addr: ops_config.listen,
-                        source,
-                    })?,
-                };
-                Some(ops::serve(&config, ops_config, listener, context, shutdown.clone(), &tracker).await?)
+                Some(ops::serve(&config, ops_config, ops, context, shutdown.clone(), &tracker).await?)
             }
             None => None,
         };
@@ -537,47 +507,20 @@ async fn serve_partner_api(
     service: events::PartnerEventsApi,
     shutdown: CancellationToken,
     tracker: &TaskTracker,
-) -> Result<SocketAddr, StartError> {
-    use tonic::transport::{Certificate, Identity, Server, ServerTlsConfig};
-    let read = |path: &std::path::Path| {
-        std::fs::read(path).map_err(|source| StartError::PartnerApiFile {
-            path: path.to_owned(),
-            source,
-        })
+) -> Result<SocketAddr, listeners::EndpointError> {
+    const ENDPOINT: &str = "partner API";
+    let files = listeners::TlsFiles {
+        client_ca: api.client_ca.clone(),
+        cert: config.tls.cert.clone(),
+        key: config.tls.key.clone(),
     };
-    let files = [api.client_ca.clone(), config.tls.cert.clone(), config.tls.key.clone()];
-    let [ca, cert, key] = on_blocking_thread(move || {
-        let [ca, cert, key] = files.each_ref().map(|path| read(path));
-        Ok::<_, StartError>([ca?, cert?, key?])
-    })
-    .await?;
-    let tls = ServerTlsConfig::new()
-        .identity(Identity::from_pem(cert, key))
-        .client_ca_root(Certificate::from_pem(ca));
-    let listener = match listener {
-        Some(listener) => listener,
-        None => bind(api.listen).map_err(|source| StartError::Bind {
-            addr: api.listen,
-            source,
-        })?,
-    };
-    let addr = listener.local_addr().map_err(|source| StartError::Bind {
-        addr: api.listen,
-        source,
-    })?;
-    let server = Server::builder()
+    let tls = listeners::server_tls(ENDPOINT, files).await?;
+    let (listener, addr) = listeners::listener(ENDPOINT, listener, api.listen)?;
+    let router = tonic::transport::Server::builder()
         .tls_config(tls)
-        .map_err(StartError::PartnerApiTls)?
+        .map_err(listeners::tls_refused(ENDPOINT))?
         .add_service(service.into_server());
-    tracker.spawn(async move {
-        let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
-        if let Err(e) = server
-            .serve_with_incoming_shutdown(incoming, shutdown.cancelled_owned())
-            .await
-        {
-            error!(error = %e, "partner API stopped");
-        }
-    });
+    listeners::spawn(ENDPOINT, router, listener, shutdown, tracker);
     info!(%addr, "partner API listening (gRPC over mTLS)");
     Ok(addr)
 }

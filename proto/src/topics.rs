@@ -65,35 +65,37 @@ pub fn may_publish(vin: &Vin, topic: &str) -> bool {
 mod tests {
     use super::*;
 
-    fn vin() -> Vin {
-        Vin::parse("WBA3B5C50DF123456").unwrap()
-    }
-
     #[test]
     fn request_topic_round_trips() {
-        assert_eq!(vin_of_request_topic(&requests(&vin())), Some(vin()));
+        assert_eq!(vin_of_request_topic(&requests(&Vin::example())), Some(Vin::example()));
         assert_eq!(vin_of_request_topic("/tenants/WBA3B5C50DF123456/v1/resp"), None);
         assert_eq!(vin_of_request_topic("/tenants/+/v1/req"), None);
-        assert_eq!(vin_of_event_ack_topic(&event_acks(&vin())), Some(vin()));
-        assert!(may_publish(&vin(), &event_acks(&vin())));
+        assert_eq!(
+            vin_of_event_ack_topic(&event_acks(&Vin::example())),
+            Some(Vin::example())
+        );
+        assert!(may_publish(&Vin::example(), &event_acks(&Vin::example())));
     }
 
     #[test]
     fn cars_publish_requests_but_not_gateway_topics() {
-        assert!(may_publish(&vin(), &requests(&vin())));
-        assert!(!may_publish(&vin(), &responses(&vin())));
-        assert!(!may_publish(&vin(), &events(&vin())));
-        assert!(!may_publish(&vin(), "/tenants/WBA3B5C50DF123456/v1/+"));
+        assert!(may_publish(&Vin::example(), &requests(&Vin::example())));
+        assert!(!may_publish(&Vin::example(), &responses(&Vin::example())));
+        assert!(!may_publish(&Vin::example(), &events(&Vin::example())));
+        assert!(!may_publish(&Vin::example(), "/tenants/WBA3B5C50DF123456/v1/+"));
     }
 
     #[test]
     fn tenant_namespace_is_exact() {
-        assert!(is_within_tenant(&vin(), "/tenants/WBA3B5C50DF123456/v1/resp"));
-        assert!(is_within_tenant(&vin(), "/tenants/WBA3B5C50DF123456/#"));
-        assert!(!is_within_tenant(&vin(), "/tenants/WBA3B5C50DF123456"));
-        assert!(!is_within_tenant(&vin(), "/tenants/WBA3B5C50DF1234567/x"));
-        assert!(!is_within_tenant(&vin(), "/tenants/+/v1/resp"));
-        assert!(!is_within_tenant(&vin(), "#"));
-        assert!(!is_within_tenant(&vin(), "$share/g/tenants/WBA3B5C50DF123456/x"));
+        assert!(is_within_tenant(&Vin::example(), "/tenants/WBA3B5C50DF123456/v1/resp"));
+        assert!(is_within_tenant(&Vin::example(), "/tenants/WBA3B5C50DF123456/#"));
+        assert!(!is_within_tenant(&Vin::example(), "/tenants/WBA3B5C50DF123456"));
+        assert!(!is_within_tenant(&Vin::example(), "/tenants/WBA3B5C50DF1234567/x"));
+        assert!(!is_within_tenant(&Vin::example(), "/tenants/+/v1/resp"));
+        assert!(!is_within_tenant(&Vin::example(), "#"));
+        assert!(!is_within_tenant(
+            &Vin::example(),
+            "$share/g/tenants/WBA3B5C50DF123456/x"
+        ));
     }
 }

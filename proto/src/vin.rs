@@ -39,6 +39,11 @@ impl Vin {
     pub fn as_str(&self) -> &str {
         &self.0
     }
+
+    /// A well-formed VIN for examples and tests (the shape of a BMW's), not a car of any fleet.
+    pub fn example() -> Vin {
+        Vin("WBA3B5C50DF123456".to_owned())
+    }
 }
 
 impl FromStr for Vin {

@@ -143,10 +143,6 @@ impl ConnectLimiter {
 mod tests {
     use super::*;
 
-    fn vin() -> Vin {
-        Vin::parse("WBA3B5C50DF123456").unwrap()
-    }
-
     fn one_per_second_burst_3(flood_disconnect_after: Duration) -> PacketLimiter {
         PacketLimiter::new(PacketRate {
             per_second: NonZeroU32::new(1).unwrap(),
@@ -160,17 +156,17 @@ mod tests {
         let limiter = one_per_second_burst_3(Duration::from_secs(3600));
         let mut throttle = Throttle::default();
         for _ in 0..3 {
-            assert_eq!(limiter.check(&vin(), &mut throttle), Verdict::Now);
+            assert_eq!(limiter.check(&Vin::example(), &mut throttle), Verdict::Now);
         }
-        assert!(matches!(limiter.check(&vin(), &mut throttle), Verdict::After(wait) if wait > Duration::ZERO));
+        assert!(matches!(limiter.check(&Vin::example(), &mut throttle), Verdict::After(wait) if wait > Duration::ZERO));
         assert!(throttle.since.is_some(), "the car is over its rate from now on");
 
         let strict = one_per_second_burst_3(Duration::ZERO);
         let mut throttle = Throttle::default();
         for _ in 0..3 {
-            strict.check(&vin(), &mut throttle);
+            strict.check(&Vin::example(), &mut throttle);
         }
-        assert_eq!(strict.check(&vin(), &mut throttle), Verdict::Flooding);
+        assert_eq!(strict.check(&Vin::example(), &mut throttle), Verdict::Flooding);
     }
 
     #[test]
@@ -178,9 +174,9 @@ mod tests {
         let limiter = one_per_second_burst_3(Duration::from_secs(3600));
         let mut throttle = Throttle::default();
         for _ in 0..3 {
-            limiter.check(&vin(), &mut throttle);
+            limiter.check(&Vin::example(), &mut throttle);
         }
-        limiter.check(&vin(), &mut throttle);
+        limiter.check(&Vin::example(), &mut throttle);
         let since = throttle.since;
         // The session waited, then the same publish passes: the car is still over its rate.
         throttle.waited = true;
@@ -189,10 +185,10 @@ mod tests {
             burst: NonZeroU32::MAX,
             flood_disconnect_after: Duration::from_secs(3600),
         });
-        assert_eq!(unlimited.check(&vin(), &mut throttle), Verdict::Now);
+        assert_eq!(unlimited.check(&Vin::example(), &mut throttle), Verdict::Now);
         assert_eq!(throttle.since, since);
         // The next one passes without waiting: it is back within its rate.
-        assert_eq!(unlimited.check(&vin(), &mut throttle), Verdict::Now);
+        assert_eq!(unlimited.check(&Vin::example(), &mut throttle), Verdict::Now);
         assert_eq!(throttle.since, None);
     }
 
@@ -202,7 +198,7 @@ mod tests {
         let other = Vin::parse("LSVAU2180N2183294").unwrap();
         let (mut a, mut b) = (Throttle::default(), Throttle::default());
         for _ in 0..3 {
-            limiter.check(&vin(), &mut a);
+            limiter.check(&Vin::example(), &mut a);
         }
         assert_eq!(limiter.check(&other, &mut b), Verdict::Now);
         assert_eq!(limiter.len(), 2);

@@ -141,10 +141,6 @@ fn modified(path: &Path) -> Option<SystemTime> {
 mod tests {
     use super::*;
 
-    fn vin() -> Vin {
-        Vin::parse("WDB12345678901234").unwrap()
-    }
-
     #[test]
     fn a_revoked_vin_refuses_older_certificates_only() {
         let list = RevocationList::default();
@@ -156,13 +152,13 @@ mod tests {
             serial: vec![2],
             not_before_ms: 3_000,
         };
-        assert_eq!(list.check(&vin(), &old), None);
-        list.revoke_vin(vin(), 2_000);
-        assert_eq!(list.check(&vin(), &old), Some(Revoked::Vin));
-        assert_eq!(list.check(&vin(), &newer), None);
+        assert_eq!(list.check(&Vin::example(), &old), None);
+        list.revoke_vin(Vin::example(), 2_000);
+        assert_eq!(list.check(&Vin::example(), &old), Some(Revoked::Vin));
+        assert_eq!(list.check(&Vin::example(), &newer), None);
         // A second revocation never moves the cut-off back.
-        list.revoke_vin(vin(), 500);
-        assert_eq!(list.check(&vin(), &old), Some(Revoked::Vin));
+        list.revoke_vin(Vin::example(), 500);
+        assert_eq!(list.check(&Vin::example(), &old), Some(Revoked::Vin));
     }
 
     #[test]
@@ -173,6 +169,6 @@ mod tests {
             serial: vec![7, 7],
             not_before_ms: 0,
         };
-        assert_eq!(list.check(&vin(), &cert), Some(Revoked::Crl));
+        assert_eq!(list.check(&Vin::example(), &cert), Some(Revoked::Crl));
     }
 }

@@ -238,10 +238,6 @@ mod tests {
         max_bytes: 100,
     };
 
-    fn vin() -> Vin {
-        Vin::parse("WBA3B5C50DF123456").unwrap()
-    }
-
     fn topic(level: &str) -> String {
         format!("/tenants/WBA3B5C50DF123456/{level}")
     }
@@ -249,38 +245,47 @@ mod tests {
     #[test]
     fn a_persistent_session_keeps_its_subscriptions_and_a_clean_one_forgets_them() {
         let saved = SavedSessions::default();
-        assert_eq!(saved.attach(&vin(), 1, false), None);
+        assert_eq!(saved.attach(&Vin::example(), 1, false), None);
         let mut subs = Subscriptions::default();
-        subs.add(&vin(), &proto::topics::responses(&vin()), QoS::AtLeastOnce, 8)
-            .unwrap();
-        saved.save_filters(&vin(), 1, &subs);
-        saved.detach(&vin(), 1, true);
-        assert_eq!(saved.attach(&vin(), 2, false).map(|f| f.len()), Some(1));
-        saved.detach(&vin(), 2, true);
-        assert_eq!(saved.attach(&vin(), 3, true), None);
-        saved.detach(&vin(), 3, false);
-        assert_eq!(saved.attach(&vin(), 4, false), None);
+        subs.add(
+            &Vin::example(),
+            &proto::topics::responses(&Vin::example()),
+            QoS::AtLeastOnce,
+            8,
+        )
+        .unwrap();
+        saved.save_filters(&Vin::example(), 1, &subs);
+        saved.detach(&Vin::example(), 1, true);
+        assert_eq!(saved.attach(&Vin::example(), 2, false).map(|f| f.len()), Some(1));
+        saved.detach(&Vin::example(), 2, true);
+        assert_eq!(saved.attach(&Vin::example(), 3, true), None);
+        saved.detach(&Vin::example(), 3, false);
+        assert_eq!(saved.attach(&Vin::example(), 4, false), None);
     }
 
     #[test]
     fn a_session_taken_over_cannot_change_what_its_successor_owns() {
         let saved = SavedSessions::default();
-        saved.attach(&vin(), 1, false);
-        saved.attach(&vin(), 2, false);
+        saved.attach(&Vin::example(), 1, false);
+        saved.attach(&Vin::example(), 2, false);
         let mut subs = Subscriptions::default();
-        subs.add(&vin(), &topic("a"), QoS::AtMostOnce, 8).unwrap();
-        saved.save_filters(&vin(), 1, &subs);
-        saved.detach(&vin(), 1, false);
+        subs.add(&Vin::example(), &topic("a"), QoS::AtMostOnce, 8).unwrap();
+        saved.save_filters(&Vin::example(), 1, &subs);
+        saved.detach(&Vin::example(), 1, false);
         assert_eq!(saved.stats().vehicles, 1, "the live session's entry stays");
         assert!(saved.expire(Duration::ZERO).is_empty(), "a live session never expires");
-        saved.detach(&vin(), 2, true);
-        assert_eq!(saved.attach(&vin(), 3, false), None, "the old session saved nothing");
+        saved.detach(&Vin::example(), 2, true);
+        assert_eq!(
+            saved.attach(&Vin::example(), 3, false),
+            None,
+            "the old session saved nothing"
+        );
     }
 
     #[test]
     fn retained_messages_are_capped_in_count_and_bytes_and_replacing_one_is_free() {
         let saved = SavedSessions::default();
-        let car = vin();
+        let car = Vin::example();
         let payload = |n: usize| Bytes::from(vec![b'x'; n]);
         saved.retain(&car, &topic("a"), payload(10), 1, LIMITS).unwrap();
         saved.retain(&car, &topic("a"), payload(20), 1, LIMITS).unwrap();
@@ -309,13 +314,19 @@ mod tests {
     #[test]
     fn what_an_absent_car_kept_expires() {
         let saved = SavedSessions::default();
-        saved.attach(&vin(), 1, false);
+        saved.attach(&Vin::example(), 1, false);
         saved
-            .retain(&vin(), &topic("status"), Bytes::from_static(b"parked"), 1, LIMITS)
+            .retain(
+                &Vin::example(),
+                &topic("status"),
+                Bytes::from_static(b"parked"),
+                1,
+                LIMITS,
+            )
             .unwrap();
-        saved.detach(&vin(), 1, true);
+        saved.detach(&Vin::example(), 1, true);
         assert_eq!(saved.expire(Duration::from_secs(3600)), Vec::<Vin>::new());
-        assert_eq!(saved.expire(Duration::ZERO), vec![vin()]);
+        assert_eq!(saved.expire(Duration::ZERO), vec![Vin::example()]);
         assert_eq!(saved.stats(), SavedStats::default());
     }
 }

@@ -96,15 +96,16 @@ impl Subscriptions {
 mod tests {
     use super::*;
 
-    fn vin() -> Vin {
-        Vin::parse("WBA3B5C50DF123456").unwrap()
-    }
-
     #[test]
     fn overlapping_filters_deliver_at_their_highest_qos() {
         let mut subs = Subscriptions::default();
         let resp = subs
-            .add(&vin(), &topics::responses(&vin()), QoS::ExactlyOnce, 8)
+            .add(
+                &Vin::example(),
+                &topics::responses(&Vin::example()),
+                QoS::ExactlyOnce,
+                8,
+            )
             .unwrap();
         assert_eq!(
             resp,
@@ -114,15 +115,21 @@ mod tests {
             }
         );
         let all = subs
-            .add(&vin(), "/tenants/WBA3B5C50DF123456/#", QoS::AtMostOnce, 8)
+            .add(&Vin::example(), "/tenants/WBA3B5C50DF123456/#", QoS::AtMostOnce, 8)
             .unwrap();
         assert!(all.events);
-        assert_eq!(subs.qos_for_topic(&topics::responses(&vin())), Some(QoS::AtLeastOnce));
-        assert_eq!(subs.qos_for_topic(&topics::events(&vin())), Some(QoS::AtMostOnce));
+        assert_eq!(
+            subs.qos_for_topic(&topics::responses(&Vin::example())),
+            Some(QoS::AtLeastOnce)
+        );
+        assert_eq!(
+            subs.qos_for_topic(&topics::events(&Vin::example())),
+            Some(QoS::AtMostOnce)
+        );
         subs.remove("/tenants/WBA3B5C50DF123456/#");
-        assert!(!subs.covers_events(&vin()));
-        subs.remove(&topics::responses(&vin()));
-        assert_eq!(subs.qos_for_topic(&topics::responses(&vin())), None);
+        assert!(!subs.covers_events(&Vin::example()));
+        subs.remove(&topics::responses(&Vin::example()));
+        assert_eq!(subs.qos_for_topic(&topics::responses(&Vin::example())), None);
     }
 
     #[test]
@@ -130,7 +137,7 @@ mod tests {
         let mut subs = Subscriptions::default();
         for level in ["a", "b"] {
             subs.add(
-                &vin(),
+                &Vin::example(),
                 &format!("/tenants/WBA3B5C50DF123456/{level}"),
                 QoS::AtMostOnce,
                 2,
@@ -138,10 +145,10 @@ mod tests {
             .unwrap();
         }
         assert_eq!(
-            subs.add(&vin(), "/tenants/WBA3B5C50DF123456/c", QoS::AtMostOnce, 2),
+            subs.add(&Vin::example(), "/tenants/WBA3B5C50DF123456/c", QoS::AtMostOnce, 2),
             Err(TooManyFilters)
         );
-        let again = subs.add(&vin(), "/tenants/WBA3B5C50DF123456/a", QoS::AtLeastOnce, 2);
+        let again = subs.add(&Vin::example(), "/tenants/WBA3B5C50DF123456/a", QoS::AtLeastOnce, 2);
         assert_eq!(again.map(|g| g.qos), Ok(QoS::AtLeastOnce));
         assert_eq!(subs.filters().len(), 2);
     }

@@ -33,10 +33,8 @@ pub struct GatewayConfig {
     #[serde(default)]
     pub events: EventsConfig,
     /// The gRPC endpoint partners call to push events (off when absent).
-    #[serde(default)]
     pub partner_api: Option<PartnerApiConfig>,
     /// The operators' endpoint: fleet ops API, dashboard, metrics, health (off when absent).
-    #[serde(default)]
     pub ops: Option<OpsConfig>,
     /// How revocations made elsewhere (CRL files, other nodes) reach this node.
     #[serde(default)]
@@ -293,7 +291,6 @@ pub struct PartnerConfig {
     /// Fully qualified gRPC service, e.g. `parking.v1.ParkingPayment`.
     pub service: String,
     /// The partner's name: the CN of the certificate allowed to push events for `service`.
-    #[serde(default)]
     pub name: Option<String>,
     /// `https://host:port` (mTLS) or, for local development only, `http://host:port`.
     pub endpoint: String,
@@ -308,16 +305,12 @@ pub struct PartnerConfig {
     #[serde(default = "default_partner_connect_timeout", with = "humantime_serde")]
     pub connect_timeout: Duration,
     /// CA the adapter's server certificate must chain to (required for https).
-    #[serde(default)]
     pub ca_cert: Option<PathBuf>,
     /// Client certificate the gateway presents to the adapter (mTLS).
-    #[serde(default)]
     pub client_cert: Option<PathBuf>,
     /// Key of `client_cert`.
-    #[serde(default)]
     pub client_key: Option<PathBuf>,
     /// Name to verify the adapter's certificate against, if not the endpoint's host.
-    #[serde(default)]
     pub tls_server_name: Option<String>,
     /// Calls to this partner in flight at once, from all cars. One more is refused at once
     /// with RESOURCE_EXHAUSTED (load shedding: nothing queues), so a partner that hangs holds

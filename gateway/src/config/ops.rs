@@ -19,7 +19,6 @@ pub struct OpsConfig {
     pub client_ca: PathBuf,
     /// The URL operators reach this listener at, for dashboard sign-in links
     /// (default `https://{listen}`).
-    #[serde(default)]
     pub public_url: Option<String>,
     /// How long a browser stays signed in to the dashboard.
     #[serde(default = "default_dashboard_session_ttl", with = "humantime_serde")]

@@ -20,7 +20,7 @@ use tokio::net::TcpListener;
 use tokio::sync::broadcast;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
-use tracing::{error, info};
+use tracing::info;
 
 pub use revocations::{Revocations, reload_revocations};
 pub use service::FleetOpsApi;
@@ -30,6 +30,7 @@ use crate::bus::Mailboxes;
 use crate::config::{GatewayConfig, OpsConfig};
 use crate::health::Health;
 use crate::journal::Journal;
+use crate::listeners::{self, EndpointError, TlsFiles};
 use crate::store::Store;
 
 /// What the operators' endpoint reads and acts on. Cheap to clone.
@@ -51,61 +52,23 @@ pub struct OpsContext {
     pub journal: Journal,
 }
 
-/// Why the ops listener could not start.
-#[derive(Debug, thiserror::Error)]
-pub enum OpsStartError {
-    /// A certificate file could not be read.
-    #[error("ops: {path}: {source}")]
-    File {
-        /// The file.
-        path: std::path::PathBuf,
-        /// The OS error.
-        source: std::io::Error,
-    },
-    /// tonic refused the TLS setup.
-    #[error("ops: {0}")]
-    Tls(#[source] tonic::transport::Error),
-    /// The address could not be bound.
-    #[error("ops: cannot listen on {addr}: {source}")]
-    Bind {
-        /// The configured address.
-        addr: SocketAddr,
-        /// The OS error.
-        source: std::io::Error,
-    },
-}
-
-/// Starts the ops listener on `listener` and returns its address.
+/// Starts the ops listener (the one passed, or `ops.listen` bound now) and returns its address.
 pub async fn serve(
     config: &GatewayConfig,
     ops: &OpsConfig,
-    listener: TcpListener,
+    listener: Option<TcpListener>,
     context: OpsContext,
     shutdown: CancellationToken,
     tracker: &TaskTracker,
-) -> Result<SocketAddr, OpsStartError> {
-    use tonic::transport::{Certificate, Identity, Server, ServerTlsConfig};
-    let files = [ops.client_ca.clone(), config.tls.cert.clone(), config.tls.key.clone()];
-    let [ca, cert, key] = tokio::task::spawn_blocking(move || {
-        let read = |path: &std::path::Path| {
-            std::fs::read(path).map_err(|source| OpsStartError::File {
-                path: path.to_owned(),
-                source,
-            })
-        };
-        let [ca, cert, key] = files.each_ref().map(|path| read(path));
-        Ok::<_, OpsStartError>([ca?, cert?, key?])
-    })
-    .await
-    .unwrap_or_else(|e| std::panic::resume_unwind(e.into_panic()))?;
-    let tls = ServerTlsConfig::new()
-        .identity(Identity::from_pem(cert, key))
-        .client_ca_root(Certificate::from_pem(ca))
-        .client_auth_optional(true);
-    let addr = listener.local_addr().map_err(|source| OpsStartError::Bind {
-        addr: ops.listen,
-        source,
-    })?;
+) -> Result<SocketAddr, EndpointError> {
+    const ENDPOINT: &str = "ops";
+    let files = TlsFiles {
+        client_ca: ops.client_ca.clone(),
+        cert: config.tls.cert.clone(),
+        key: config.tls.key.clone(),
+    };
+    let tls = listeners::server_tls(ENDPOINT, files).await?.client_auth_optional(true);
+    let (listener, addr) = listeners::listener(ENDPOINT, listener, ops.listen)?;
     let public_url = ops.public_url.clone().unwrap_or_else(|| format!("https://{addr}"));
     let sign_ins = Arc::new(auth::SignIns::new(
         ops.max_dashboard_sessions,
@@ -113,21 +76,13 @@ pub async fn serve(
     ));
     let api = FleetOpsApi::new(context.clone(), sign_ins.clone(), public_url, ops.max_watchers);
     let routes = dashboard::routes(api.clone(), sign_ins);
-    let server = Server::builder()
+    let router = tonic::transport::Server::builder()
         .tls_config(tls)
-        .map_err(OpsStartError::Tls)?
+        .map_err(listeners::tls_refused(ENDPOINT))?
         .accept_http1(true)
         .add_routes(tonic::service::Routes::from(routes))
         .add_service(api.into_server());
-    tracker.spawn(async move {
-        let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
-        if let Err(e) = server
-            .serve_with_incoming_shutdown(incoming, shutdown.cancelled_owned())
-            .await
-        {
-            error!(error = %e, "ops listener stopped");
-        }
-    });
+    listeners::spawn(ENDPOINT, router, listener, shutdown, tracker);
     info!(%addr, "ops listener up (fleet ops gRPC, dashboard, metrics; operators by certificate)");
     Ok(addr)
 }

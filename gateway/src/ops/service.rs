@@ -12,6 +12,7 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio_stream::StreamExt;
 use tokio_stream::wrappers::BroadcastStream;
 use tokio_stream::wrappers::errors::BroadcastStreamRecvError;
+use tonic::service::{Interceptor, interceptor::InterceptedService};
 use tonic::{Request, Response, Status};
 use tracing::info;
 
@@ -53,9 +54,9 @@ impl FleetOpsApi {
         }
     }
 
-    /// The tonic server for this service.
-    pub fn into_server(self) -> FleetOpsServer<FleetOpsApi> {
-        FleetOpsServer::new(self)
+    /// The tonic server for this service, behind the operator check: the only way it is served.
+    pub fn into_server(self) -> InterceptedService<FleetOpsServer<FleetOpsApi>, RequireOperator> {
+        InterceptedService::new(FleetOpsServer::new(self), RequireOperator)
     }
 
     /// The ops context this service acts on.
@@ -103,17 +104,32 @@ impl FleetOpsApi {
 /// Session changes as `WatchSessions` streams them.
 pub type SessionChanges = Pin<Box<dyn Stream<Item = Result<fleet::SessionChange, Status>> + Send>>;
 
-/// The operator making `request`: one the dashboard already checked (an extension only
-/// in-process code can set), or the one its client certificate names.
-pub fn operator<T>(request: &Request<T>) -> Result<Operator, Status> {
-    if let Some(operator) = request.extensions().get::<Operator>() {
-        return Ok(operator.clone());
+/// Checks every gRPC call for an operator before any method runs: the caller's client
+/// certificate must name one (the TLS layer accepts callers without a certificate, for probes
+/// and browsers). The operator rides on in the request's extensions for `operator`.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct RequireOperator;
+
+impl Interceptor for RequireOperator {
+    fn call(&mut self, mut request: Request<()>) -> Result<Request<()>, Status> {
+        let certs = request.peer_certs();
+        let operator = operator_of(certs.as_deref().map(Vec::as_slice)).map_err(|e| match e {
+            NotOperator::Anonymous => Status::unauthenticated(e.to_string()),
+            NotOperator::Refused(why) => Status::permission_denied(why),
+        })?;
+        request.extensions_mut().insert(operator);
+        Ok(request)
     }
-    let certs = request.peer_certs();
-    operator_of(certs.as_deref().map(Vec::as_slice)).map_err(|e| match e {
-        NotOperator::Anonymous => Status::unauthenticated(e.to_string()),
-        NotOperator::Refused(why) => Status::permission_denied(why),
-    })
+}
+
+/// The operator making `request`, as `RequireOperator` or the dashboard (in process, after its
+/// own check) put it there; UNAUTHENTICATED for a request that passed neither.
+pub fn operator<T>(request: &Request<T>) -> Result<Operator, Status> {
+    request
+        .extensions()
+        .get::<Operator>()
+        .cloned()
+        .ok_or_else(|| Status::unauthenticated(NotOperator::Anonymous.to_string()))
 }
 
 fn vin(text: &str) -> Result<Vin, Status> {
@@ -185,13 +201,12 @@ fn identity(identity: Option<fleet::SocialIdentity>) -> Result<fleet::SocialIden
         .ok_or_else(|| Status::invalid_argument("identity: provider and subject are required"))
 }
 
+/// What a FleetOps method answers.
+type Answer<T> = Result<Response<T>, Status>;
+
 #[tonic::async_trait]
 impl FleetOps for FleetOpsApi {
-    async fn list_sessions(
-        &self,
-        request: Request<fleet::ListSessionsRequest>,
-    ) -> Result<Response<fleet::ListSessionsResponse>, Status> {
-        operator(&request)?;
+    async fn list_sessions(&self, request: Request<fleet::ListSessionsRequest>) -> Answer<fleet::ListSessionsResponse> {
         let r = request.into_inner();
         let prefix = vin_prefix(&r.vin_prefix)?;
         let live_limit = match r.live_limit {
@@ -220,19 +235,11 @@ impl FleetOps for FleetOpsApi {
 
     type WatchSessionsStream = SessionChanges;
 
-    async fn watch_sessions(
-        &self,
-        request: Request<fleet::WatchSessionsRequest>,
-    ) -> Result<Response<Self::WatchSessionsStream>, Status> {
-        operator(&request)?;
+    async fn watch_sessions(&self, request: Request<fleet::WatchSessionsRequest>) -> Answer<SessionChanges> {
         Ok(Response::new(self.watch(&request.into_inner().vin_prefix)?))
     }
 
-    async fn vehicle_timeline(
-        &self,
-        request: Request<fleet::VehicleTimelineRequest>,
-    ) -> Result<Response<fleet::TimelinePage>, Status> {
-        operator(&request)?;
+    async fn vehicle_timeline(&self, request: Request<fleet::VehicleTimelineRequest>) -> Answer<fleet::TimelinePage> {
         let r = request.into_inner();
         let vin = vin(&r.vin)?;
         let query = timeline_query(r.from_ms, r.to_ms, r.page_size, &r.page_token)?;
@@ -251,44 +258,23 @@ impl FleetOps for FleetOpsApi {
         Ok(Response::new(timeline_page(page)))
     }
 
-    async fn customer_timeline(
-        &self,
-        request: Request<fleet::CustomerTimelineRequest>,
-    ) -> Result<Response<fleet::TimelinePage>, Status> {
-        operator(&request)?;
+    async fn customer_timeline(&self, request: Request<fleet::CustomerTimelineRequest>) -> Answer<fleet::TimelinePage> {
         let r = request.into_inner();
         let id = customer_id(&r.customer_id)?;
         let query = timeline_query(r.from_ms, r.to_ms, r.page_size, &r.page_token)?;
-        let page = self
-            .context
-            .store
-            .customer_timeline(&id, query)
-            .await
-            .map_err(store_error)?;
-        Ok(Response::new(timeline_page(page)))
+        let page = self.context.store.customer_timeline(&id, query).await;
+        Ok(Response::new(timeline_page(page.map_err(store_error)?)))
     }
 
-    async fn partner_health(
-        &self,
-        request: Request<fleet::PartnerHealthRequest>,
-    ) -> Result<Response<fleet::PartnerHealthResponse>, Status> {
-        operator(&request)?;
+    async fn partner_health(&self, _: Request<fleet::PartnerHealthRequest>) -> Answer<fleet::PartnerHealthResponse> {
+        let partners = self.context.health.partner_status();
         Ok(Response::new(fleet::PartnerHealthResponse {
-            partners: self
-                .context
-                .health
-                .partner_status()
-                .into_iter()
-                .map(convert::partner_status)
-                .collect(),
+            partners: partners.into_iter().map(convert::partner_status).collect(),
             window_seconds: u32::try_from(crate::routing::stats::WINDOW.as_secs()).unwrap_or(u32::MAX),
         }))
     }
 
-    async fn kick_vehicle(
-        &self,
-        request: Request<fleet::KickVehicleRequest>,
-    ) -> Result<Response<fleet::KickVehicleResponse>, Status> {
+    async fn kick_vehicle(&self, request: Request<fleet::KickVehicleRequest>) -> Answer<fleet::KickVehicleResponse> {
         let by = operator(&request)?;
         let vin = vin(&request.into_inner().vin)?;
         let was_connected = self.context.mailboxes.evict(&vin, Eviction::Kick);
@@ -300,17 +286,13 @@ impl FleetOps for FleetOpsApi {
     async fn revoke_vehicle(
         &self,
         request: Request<fleet::RevokeVehicleRequest>,
-    ) -> Result<Response<fleet::RevokeVehicleResponse>, Status> {
+    ) -> Answer<fleet::RevokeVehicleResponse> {
         let by = operator(&request)?;
         let r = request.into_inner();
         let vin = vin(&r.vin)?;
         let reason = printable_within(&r.reason, MAX_REASON_CHARS);
-        let (record, was_connected) = self
-            .context
-            .revocations
-            .revoke(&vin, &reason, &by.name)
-            .await
-            .map_err(store_error)?;
+        let revoked = self.context.revocations.revoke(&vin, &reason, &by.name).await;
+        let (record, was_connected) = revoked.map_err(store_error)?;
         self.record(&vin, SessionChange::Revoked, format!("by {}: {reason}", by.name));
         Ok(Response::new(fleet::RevokeVehicleResponse {
             revoked_at_ms: record.revoked_at_ms,
@@ -320,30 +302,21 @@ impl FleetOps for FleetOpsApi {
 
     async fn list_revocations(
         &self,
-        request: Request<fleet::ListRevocationsRequest>,
-    ) -> Result<Response<fleet::ListRevocationsResponse>, Status> {
-        operator(&request)?;
+        _: Request<fleet::ListRevocationsRequest>,
+    ) -> Answer<fleet::ListRevocationsResponse> {
         let all = self.context.revocations.all().await.map_err(store_error)?;
         Ok(Response::new(fleet::ListRevocationsResponse {
             revocations: all.into_iter().map(convert::revocation).collect(),
         }))
     }
 
-    async fn create_customer(
-        &self,
-        request: Request<fleet::CreateCustomerRequest>,
-    ) -> Result<Response<fleet::Customer>, Status> {
-        operator(&request)?;
+    async fn create_customer(&self, request: Request<fleet::CreateCustomerRequest>) -> Answer<fleet::Customer> {
         let name = request.into_inner().display_name;
         answer_customer(self.context.store.create_customer(&name).await)
     }
 
-    async fn get_customer(
-        &self,
-        request: Request<fleet::GetCustomerRequest>,
-    ) -> Result<Response<fleet::Customer>, Status> {
+    async fn get_customer(&self, request: Request<fleet::GetCustomerRequest>) -> Answer<fleet::Customer> {
         use fleet::get_customer_request::By;
-        operator(&request)?;
         let store = &self.context.store;
         let (found, asked) = match request.into_inner().by {
             Some(By::CustomerId(id)) => (store.customer(&customer_id(&id)?).await, format!("customer {id}")),
@@ -370,50 +343,29 @@ impl FleetOps for FleetOpsApi {
         }
     }
 
-    async fn link_vehicle(
-        &self,
-        request: Request<fleet::LinkVehicleRequest>,
-    ) -> Result<Response<fleet::Customer>, Status> {
-        operator(&request)?;
+    async fn link_vehicle(&self, request: Request<fleet::LinkVehicleRequest>) -> Answer<fleet::Customer> {
         let r = request.into_inner();
-        answer_customer(
-            self.context
-                .store
-                .link_vehicle(
-                    &customer_id(&r.customer_id)?,
-                    &vin(&r.vin)?,
-                    convert::role_of(r.role()).ok_or_else(|| Status::invalid_argument("role: OWNER or DRIVER"))?,
-                    now_ms(),
-                )
-                .await,
-        )
+        let role = convert::role_of(r.role()).ok_or_else(|| Status::invalid_argument("role: OWNER or DRIVER"))?;
+        let (id, vin) = (customer_id(&r.customer_id)?, vin(&r.vin)?);
+        answer_customer(self.context.store.link_vehicle(&id, &vin, role, now_ms()).await)
     }
 
-    async fn unlink_vehicle(
-        &self,
-        request: Request<fleet::UnlinkVehicleRequest>,
-    ) -> Result<Response<fleet::Customer>, Status> {
-        operator(&request)?;
+    async fn unlink_vehicle(&self, request: Request<fleet::UnlinkVehicleRequest>) -> Answer<fleet::Customer> {
         let r = request.into_inner();
-        answer_customer(
-            self.context
-                .store
-                .unlink_vehicle(&customer_id(&r.customer_id)?, &vin(&r.vin)?, now_ms())
-                .await,
-        )
+        let (id, vin) = (customer_id(&r.customer_id)?, vin(&r.vin)?);
+        answer_customer(self.context.store.unlink_vehicle(&id, &vin, now_ms()).await)
     }
 
     async fn link_social_identity(
         &self,
         request: Request<fleet::LinkSocialIdentityRequest>,
-    ) -> Result<Response<fleet::Customer>, Status> {
-        operator(&request)?;
+    ) -> Answer<fleet::Customer> {
         let r = request.into_inner();
-        let i = identity(r.identity)?;
+        let (id, i) = (customer_id(&r.customer_id)?, identity(r.identity)?);
         answer_customer(
             self.context
                 .store
-                .link_social(&customer_id(&r.customer_id)?, &i.provider, &i.subject, now_ms())
+                .link_social(&id, &i.provider, &i.subject, now_ms())
                 .await,
         )
     }
@@ -421,22 +373,16 @@ impl FleetOps for FleetOpsApi {
     async fn unlink_social_identity(
         &self,
         request: Request<fleet::UnlinkSocialIdentityRequest>,
-    ) -> Result<Response<fleet::Customer>, Status> {
-        operator(&request)?;
+    ) -> Answer<fleet::Customer> {
         let r = request.into_inner();
-        let i = identity(r.identity)?;
-        answer_customer(
-            self.context
-                .store
-                .unlink_social(&customer_id(&r.customer_id)?, &i.provider, &i.subject)
-                .await,
-        )
+        let (id, i) = (customer_id(&r.customer_id)?, identity(r.identity)?);
+        answer_customer(self.context.store.unlink_social(&id, &i.provider, &i.subject).await)
     }
 
     async fn create_dashboard_link(
         &self,
         request: Request<fleet::CreateDashboardLinkRequest>,
-    ) -> Result<Response<fleet::DashboardLink>, Status> {
+    ) -> Answer<fleet::DashboardLink> {
         let by = operator(&request)?;
         let seconds = match request.into_inner().valid_seconds {
             0 => 300,

@@ -393,18 +393,4 @@ mod tests {
         assert_eq!(bucket_of(Duration::from_secs(3600)), LATENCY_BUCKETS - 1);
         assert!(middle_of(LATENCY_BUCKETS - 1) > Duration::from_secs(60));
     }
-
-    #[test]
-    fn errors_are_what_counts_against_a_partner() {
-        for code in [
-            tonic::Code::Unavailable,
-            tonic::Code::DeadlineExceeded,
-            tonic::Code::Internal,
-        ] {
-            assert!(is_partner_failure(code), "{code:?}");
-        }
-        for code in [tonic::Code::Ok, tonic::Code::NotFound, tonic::Code::ResourceExhausted] {
-            assert!(!is_partner_failure(code), "{code:?}");
-        }
-    }
 }

@@ -2,7 +2,7 @@
 
 use proto::Vin;
 
-use super::{Store, StoreError, on_pool, on_writer, parse_vin, rows_changed};
+use super::{Store, StoreError, on_pool, on_writer, parse_vin, rows_changed, rows_changed_on};
 
 /// The database id of a connection.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -44,17 +44,19 @@ pub struct ConnectionRecord {
     pub disconnect_reason: Option<String>,
 }
 
-type ConnectionRow = (
-    i64,
-    String,
-    String,
-    String,
-    Option<String>,
-    String,
-    i64,
-    Option<i64>,
-    Option<String>,
-);
+/// A connection row as the table holds it (times in unix ms).
+#[derive(sqlx::FromRow)]
+struct ConnectionRow {
+    id: i64,
+    vin: String,
+    node: String,
+    cert_fingerprint: String,
+    agent_version: Option<String>,
+    remote_addr: String,
+    connected_at: i64,
+    disconnected_at: Option<i64>,
+    disconnect_reason: Option<String>,
+}
 
 /// `SELECT <every column> FROM connections <rest>`, as one literal.
 macro_rules! select_connections {
@@ -68,20 +70,18 @@ macro_rules! select_connections {
 }
 
 fn record(row: ConnectionRow) -> Result<ConnectionRecord, StoreError> {
-    let (id, vin, node, cert_fingerprint, agent_version, remote_addr, connected_at_ms, disconnected_at_ms, reason) =
-        row;
     Ok(ConnectionRecord {
-        id: ConnectionId(id),
+        id: ConnectionId(row.id),
         connection: NewConnection {
-            vin: parse_vin(&vin)?,
-            node,
-            cert_fingerprint,
-            agent_version,
-            remote_addr,
-            connected_at_ms,
+            vin: parse_vin(&row.vin)?,
+            node: row.node,
+            cert_fingerprint: row.cert_fingerprint,
+            agent_version: row.agent_version,
+            remote_addr: row.remote_addr,
+            connected_at_ms: row.connected_at,
         },
-        disconnected_at_ms,
-        disconnect_reason: reason,
+        disconnected_at_ms: row.disconnected_at,
+        disconnect_reason: row.disconnect_reason,
     })
 }
 
@@ -136,14 +136,7 @@ impl Store {
         const OP: &str = "closing a connection";
         let reason = reason.to_owned();
         on_writer!(self, OP, |conn| {
-            let closed = sqlx::query(CLOSE_CONNECTION)
-                .bind(id.0)
-                .bind(at_ms)
-                .bind(&reason)
-                .execute(&mut *conn)
-                .await
-                .map_err(StoreError::query(OP))?
-                .rows_affected();
+            let closed = rows_changed_on!(&mut *conn, OP, CLOSE_CONNECTION, id.0, at_ms, &reason)?;
             if closed == 0 {
                 let found: Option<(i64,)> = sqlx::query_as(EXISTS)
                     .bind(id.0)

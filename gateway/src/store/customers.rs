@@ -16,7 +16,7 @@
 use proto::Vin;
 use sqlx::Connection as _;
 
-use super::{Store, StoreError, on_pool, on_writer, parse_vin};
+use super::{Store, StoreError, on_pool, on_writer, parse_vin, rows_changed_on};
 
 /// Longest display name, in characters.
 pub const MAX_DISPLAY_NAME_CHARS: usize = 200;
@@ -338,14 +338,7 @@ impl Store {
         on_writer!(self, OP, |conn| {
             let mut tx = conn.begin().await.map_err(StoreError::query(OP))?;
             require_customer!(tx, customer.as_str(), OP);
-            let ended = sqlx::query(SQL)
-                .bind(&customer)
-                .bind(&vin_text)
-                .bind(at_ms)
-                .execute(&mut *tx)
-                .await
-                .map_err(StoreError::query(OP))?
-                .rows_affected();
+            let ended = rows_changed_on!(&mut *tx, OP, SQL, &customer, &vin_text, at_ms)?;
             if ended == 0 {
                 return Err(StoreError::UnknownLink {
                     customer,
@@ -404,14 +397,7 @@ impl Store {
         on_writer!(self, OP, |conn| {
             let mut tx = conn.begin().await.map_err(StoreError::query(OP))?;
             require_customer!(tx, customer.as_str(), OP);
-            sqlx::query(INSERT)
-                .bind(&provider)
-                .bind(&subject)
-                .bind(&customer)
-                .bind(at_ms)
-                .execute(&mut *tx)
-                .await
-                .map_err(StoreError::query(OP))?;
+            rows_changed_on!(&mut *tx, OP, INSERT, &provider, &subject, &customer, at_ms)?;
             // Whoever holds it now (us, or whoever won a race) decides the answer.
             let (holder,): (String,) = sqlx::query_as(FIND)
                 .bind(&provider)
@@ -442,14 +428,7 @@ impl Store {
         on_writer!(self, OP, |conn| {
             let mut tx = conn.begin().await.map_err(StoreError::query(OP))?;
             require_customer!(tx, customer.as_str(), OP);
-            let deleted = sqlx::query(SQL)
-                .bind(&provider)
-                .bind(&subject)
-                .bind(&customer)
-                .execute(&mut *tx)
-                .await
-                .map_err(StoreError::query(OP))?
-                .rows_affected();
+            let deleted = rows_changed_on!(&mut *tx, OP, SQL, &provider, &subject, &customer)?;
             if deleted == 0 {
                 return Err(StoreError::UnknownLink {
                     customer,

@@ -202,10 +202,7 @@ impl Store {
 
     /// Events stored (pending, acknowledged or expired, until purged), for metrics.
     pub async fn events_stored(&self) -> Result<u64, StoreError> {
-        const SQL: &str = "SELECT COUNT(*) FROM events";
-        let (n,): (i64,) = on_pool!(self, |pool| sqlx::query_as(SQL).fetch_one(pool).await)
-            .map_err(StoreError::query("counting events"))?;
-        to_u64("stored events", n)
+        self.count("SELECT COUNT(*) FROM events", "stored events").await
     }
 
     /// Events neither acknowledged nor expired at `now_ms`, by the service that raised them

@@ -188,23 +188,79 @@ pub struct TimelinePage {
     pub next: Option<JournalCursor>,
 }
 
-type JournalRow = (
-    i64,
-    i64,
-    String,
-    String,
-    Option<String>,
-    Option<String>,
-    Option<i64>,
-    Option<i64>,
-    Option<i64>,
-    Option<String>,
-    Option<String>,
-    Option<String>,
-    Option<i64>,
-    Option<Vec<u8>>,
-    Option<Vec<u8>>,
-);
+/// A journal row as the table holds it: the one place journal entries meet SQL, both ways.
+#[derive(sqlx::FromRow)]
+struct JournalRow {
+    id: i64,
+    at_ms: i64,
+    vin: String,
+    /// "request", "event" or "session": which of the columns below mean something.
+    kind: String,
+    service: Option<String>,
+    /// The method of a request; the change of a session.
+    method: Option<String>,
+    code: Option<i64>,
+    latency_us: Option<i64>,
+    amount_minor: Option<i64>,
+    currency: Option<String>,
+    request_id: Option<String>,
+    /// The kind of an event; the detail of a session change.
+    detail: Option<String>,
+    sequence: Option<i64>,
+    request_payload: Option<Vec<u8>>,
+    response_payload: Option<Vec<u8>>,
+}
+
+impl JournalRow {
+    /// The row `e` is stored as (its id is the database's to give).
+    fn of(e: &JournalEntry) -> JournalRow {
+        let row = JournalRow {
+            id: e.id,
+            at_ms: e.at_ms,
+            vin: e.vin.to_string(),
+            kind: String::new(),
+            service: None,
+            method: None,
+            code: None,
+            latency_us: None,
+            amount_minor: None,
+            currency: None,
+            request_id: None,
+            detail: None,
+            sequence: None,
+            request_payload: None,
+            response_payload: None,
+        };
+        match &e.what {
+            Interaction::Request(r) => JournalRow {
+                kind: "request".into(),
+                service: Some(r.service.clone()),
+                method: Some(r.method.clone()),
+                code: Some(i64::from(r.code)),
+                latency_us: Some(to_i64(r.latency_us)),
+                amount_minor: r.amount.as_ref().map(|a| a.minor_units),
+                currency: r.amount.as_ref().map(|a| a.currency.clone()),
+                request_id: Some(r.request_id.clone()),
+                request_payload: r.request_payload.clone(),
+                response_payload: r.response_payload.clone(),
+                ..row
+            },
+            Interaction::Event(ev) => JournalRow {
+                kind: "event".into(),
+                service: Some(ev.service.clone()),
+                detail: Some(ev.kind.clone()),
+                sequence: Some(to_i64(ev.sequence)),
+                ..row
+            },
+            Interaction::Session(session) => JournalRow {
+                kind: "session".into(),
+                method: Some(session.change.as_str().to_owned()),
+                detail: Some(session.detail.clone()),
+                ..row
+            },
+        }
+    }
+}
 
 /// `SELECT <every journal column> FROM journal j <rest>`, as one literal.
 macro_rules! select_journal {
@@ -218,7 +274,7 @@ macro_rules! select_journal {
 }
 
 fn entry(row: JournalRow) -> Result<JournalEntry, StoreError> {
-    let (
+    let JournalRow {
         id,
         at_ms,
         vin,
@@ -232,9 +288,9 @@ fn entry(row: JournalRow) -> Result<JournalEntry, StoreError> {
         request_id,
         detail,
         sequence,
-        req,
-        resp,
-    ) = row;
+        request_payload: req,
+        response_payload: resp,
+    } = row;
     let what = match kind.as_str() {
         "request" => Interaction::Request(RequestRecord {
             service: service.unwrap_or_default(),
@@ -312,52 +368,21 @@ impl Store {
                     "INSERT INTO journal (at_ms, vin, kind, service, method, code, latency_us, amount_minor, \
                      currency, request_id, detail, sequence, request_payload, response_payload) ",
                 );
-                insert.push_values(chunk, |mut row, e| {
-                    row.push_bind(e.at_ms).push_bind(e.vin.to_string());
-                    match &e.what {
-                        Interaction::Request(r) => {
-                            row.push_bind("request")
-                                .push_bind(r.service.clone())
-                                .push_bind(r.method.clone())
-                                .push_bind(i64::from(r.code))
-                                .push_bind(to_i64(r.latency_us))
-                                .push_bind(r.amount.as_ref().map(|a| a.minor_units))
-                                .push_bind(r.amount.as_ref().map(|a| a.currency.clone()))
-                                .push_bind(r.request_id.clone())
-                                .push_bind(None::<String>)
-                                .push_bind(None::<i64>)
-                                .push_bind(r.request_payload.clone())
-                                .push_bind(r.response_payload.clone());
-                        }
-                        Interaction::Event(ev) => {
-                            row.push_bind("event")
-                                .push_bind(ev.service.clone())
-                                .push_bind(None::<String>)
-                                .push_bind(None::<i64>)
-                                .push_bind(None::<i64>)
-                                .push_bind(None::<i64>)
-                                .push_bind(None::<String>)
-                                .push_bind(None::<String>)
-                                .push_bind(ev.kind.clone())
-                                .push_bind(to_i64(ev.sequence))
-                                .push_bind(None::<Vec<u8>>)
-                                .push_bind(None::<Vec<u8>>);
-                        }
-                        Interaction::Session(s) => {
-                            row.push_bind("session")
-                                .push_bind(None::<String>)
-                                .push_bind(s.change.as_str())
-                                .push_bind(None::<i64>)
-                                .push_bind(None::<i64>)
-                                .push_bind(None::<i64>)
-                                .push_bind(None::<String>)
-                                .push_bind(None::<String>)
-                                .push_bind(s.detail.clone())
-                                .push_bind(None::<i64>)
-                                .push_bind(None::<Vec<u8>>)
-                                .push_bind(None::<Vec<u8>>);
-                        }
-                    }
+                insert.push_values(chunk.iter().map(JournalRow::of), |mut b, row| {
+                    b.push_bind(row.at_ms)
+                        .push_bind(row.vin)
+                        .push_bind(row.kind)
+                        .push_bind(row.service)
+                        .push_bind(row.method)
+                        .push_bind(row.code)
+                        .push_bind(row.latency_us)
+                        .push_bind(row.amount_minor)
+                        .push_bind(row.currency)
+                        .push_bind(row.request_id)
+                        .push_bind(row.detail)
+                        .push_bind(row.sequence)
+                        .push_bind(row.request_payload)
+                        .push_bind(row.response_payload);
                 });
                 stored += insert
                     .build()
@@ -377,17 +402,7 @@ impl Store {
             "WHERE j.vin = $1 AND j.at_ms >= $2 AND j.at_ms < $4 AND (j.at_ms > $2 OR j.id > $3) \
              ORDER BY j.at_ms, j.id LIMIT $5"
         );
-        let (after_at, after_id, fetch, limit) = bounds(&q);
-        let rows: Vec<JournalRow> = on_pool!(self, |pool| sqlx::query_as(SQL)
-            .bind(vin.as_str())
-            .bind(after_at)
-            .bind(after_id)
-            .bind(q.to_ms)
-            .bind(fetch)
-            .fetch_all(pool)
-            .await)
-        .map_err(StoreError::query("reading a vehicle's timeline"))?;
-        page(rows, limit)
+        self.timeline_page(SQL, vin.as_str(), q, "reading a vehicle's timeline").await
     }
 
     /// One page of the journal of every vehicle linked to the customer, each row only if it
@@ -411,16 +426,28 @@ impl Store {
         if found.is_none() {
             return Err(StoreError::UnknownCustomer(id.0.clone()));
         }
+        self.timeline_page(SQL, id.as_str(), q, OP).await
+    }
+
+    /// Runs a timeline query `sql` of `whose` rows (`$1`) for the page `q` asks for: `$2`, `$3`
+    /// the cursor, `$4` the end of the range, `$5` how many rows to fetch.
+    async fn timeline_page(
+        &self,
+        sql: &'static str,
+        whose: &str,
+        q: TimelineQuery,
+        op: &'static str,
+    ) -> Result<TimelinePage, StoreError> {
         let (after_at, after_id, fetch, limit) = bounds(&q);
-        let rows: Vec<JournalRow> = on_pool!(self, |pool| sqlx::query_as(SQL)
-            .bind(id.as_str())
+        let rows: Vec<JournalRow> = on_pool!(self, |pool| sqlx::query_as(sql)
+            .bind(whose)
             .bind(after_at)
             .bind(after_id)
             .bind(q.to_ms)
             .bind(fetch)
             .fetch_all(pool)
             .await)
-        .map_err(StoreError::query(OP))?;
+        .map_err(StoreError::query(op))?;
         page(rows, limit)
     }
 

@@ -20,7 +20,7 @@
 use proto::Vin;
 use ring::digest;
 
-use super::{Store, StoreError, on_pool, on_writer, rows_changed, to_u64};
+use super::{Store, StoreError, on_writer, rows_changed, rows_changed_on};
 
 /// Rounds of "insert, read, take over" before giving up with [`StoreError::Contention`].
 /// Each extra round needs another writer to have changed the row in between.
@@ -167,18 +167,18 @@ impl Store {
                 if lease_until > now_ms {
                     return Ok(Claim::InFlight);
                 }
-                let taken = sqlx::query(TAKE_OVER)
-                    .bind(&vin)
-                    .bind(&idem)
-                    .bind(&owner)
-                    .bind(now_ms)
-                    .bind(&holder)
-                    .bind(attempts)
-                    .bind(lease_expires_at)
-                    .execute(&mut *conn)
-                    .await
-                    .map_err(StoreError::query(OP))?
-                    .rows_affected();
+                let taken = rows_changed_on!(
+                    &mut *conn,
+                    OP,
+                    TAKE_OVER,
+                    &vin,
+                    &idem,
+                    &owner,
+                    now_ms,
+                    &holder,
+                    attempts,
+                    lease_expires_at
+                )?;
                 if taken == 1 {
                     tracing::info!(%vin, idempotency_key = %idem, previous_owner = %holder, %owner, "took over an expired idempotency claim");
                     return Ok(Claim::Fresh);
@@ -257,9 +257,6 @@ impl Store {
 
     /// Entries in the ledger (claims and stored outcomes, until purged), for metrics.
     pub async fn ledger_entries(&self) -> Result<u64, StoreError> {
-        const SQL: &str = "SELECT COUNT(*) FROM idempotency_ledger";
-        let (n,): (i64,) = on_pool!(self, |pool| sqlx::query_as(SQL).fetch_one(pool).await)
-            .map_err(StoreError::query("counting ledger entries"))?;
-        to_u64("ledger entries", n)
+        self.count("SELECT COUNT(*) FROM idempotency_ledger", "ledger entries").await
     }
 }

@@ -156,16 +156,25 @@ pub(crate) use on_writer;
 macro_rules! rows_changed {
     ($store:expr, $op:expr, $sql:expr $(, $arg:expr)* $(,)?) => {
         $crate::store::on_writer!($store, $op, |conn| {
-            sqlx::query($sql)
-                $(.bind($arg))*
-                .execute(&mut *conn)
-                .await
-                .map(|done| done.rows_affected())
-                .map_err($crate::store::StoreError::query($op))
+            $crate::store::rows_changed_on!(&mut *conn, $op, $sql $(, $arg)*)
         })
     };
 }
 pub(crate) use rows_changed;
+
+/// Runs the write statement `$sql` with the arguments `$arg`s on `$conn` (a connection or a
+/// transaction already open, inside `on_writer!`) and evaluates to the rows it changed.
+macro_rules! rows_changed_on {
+    ($conn:expr, $op:expr, $sql:expr $(, $arg:expr)* $(,)?) => {
+        sqlx::query($sql)
+            $(.bind($arg))*
+            .execute($conn)
+            .await
+            .map(|done| done.rows_affected())
+            .map_err($crate::store::StoreError::query($op))
+    };
+}
+pub(crate) use rows_changed_on;
 
 /// How a [`Store`] uses its database, beyond the URL.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -224,6 +233,13 @@ impl Store {
     /// The database URL with its password redacted, for logs.
     pub fn database(&self) -> &str {
         &self.inner.database
+    }
+
+    /// Runs `sql`, a `SELECT COUNT(*)` without arguments, for the figure `what` (metrics).
+    async fn count(&self, sql: &'static str, what: &'static str) -> Result<u64, StoreError> {
+        let (n,): (i64,) = on_pool!(self, |pool| sqlx::query_as(sql).fetch_one(pool).await)
+            .map_err(StoreError::query(what))?;
+        to_u64(what, n)
     }
 
     /// Checks that the database answers.
