@@ -70,27 +70,17 @@ async fn a_vehicle_has_one_owner_and_several_drivers(s: Store) {
         s.create_customer("driver").await.unwrap(),
         s.create_customer("other").await.unwrap(),
     );
-    s.link_vehicle(&driver.id, &vin(1), VehicleRole::Driver, T0)
-        .await
-        .unwrap();
-    // Only a driver: the vehicle's customer is that driver.
-    assert_eq!(s.customer_by_vin(&vin(1)).await.unwrap().unwrap().id, driver.id);
-    s.link_vehicle(&other.id, &vin(1), VehicleRole::Driver, T0 + 5)
-        .await
-        .unwrap();
-    assert_eq!(
-        s.customer_by_vin(&vin(1)).await.unwrap().unwrap().id,
-        other.id,
-        "the most recently linked driver"
-    );
-    s.link_vehicle(&owner.id, &vin(1), VehicleRole::Owner, T0 + 10)
-        .await
-        .unwrap();
-    assert_eq!(
-        s.customer_by_vin(&vin(1)).await.unwrap().unwrap().id,
-        owner.id,
-        "the owner first"
-    );
+    // Who is the vehicle's customer as links are added: (who is linked, as what, then whose it is).
+    let steps = [
+        (&driver, VehicleRole::Driver, &driver, "only a driver: that driver"),
+        (&other, VehicleRole::Driver, &other, "the most recently linked driver"),
+        (&owner, VehicleRole::Owner, &owner, "the owner first"),
+    ];
+    for (at, (linked, role, expected, why)) in (0..).zip(steps) {
+        s.link_vehicle(&linked.id, &vin(1), role, T0 + 5 * at).await.unwrap();
+        let customer = s.customer_by_vin(&vin(1)).await.unwrap().unwrap();
+        assert_eq!(customer.id, expected.id, "{why}");
+    }
 
     // A second current owner is refused, naming the first.
     let e = refused(

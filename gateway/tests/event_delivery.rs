@@ -27,18 +27,50 @@ fn event_for(vin: &Vin, id: &str) -> NewEvent {
     }
 }
 
+/// Event delivery running on a fresh SQLite store, with mailboxes of `max_messages` each.
+struct Rig {
+    _dir: tempfile::TempDir,
+    store: Store,
+    mailboxes: Mailboxes,
+    delivery: EventDelivery,
+    shutdown: CancellationToken,
+    tracker: TaskTracker,
+}
+
+impl Rig {
+    async fn start(max_messages: usize) -> Rig {
+        let dir = tempfile::tempdir().unwrap();
+        let url = format!("sqlite://{}", dir.path().join("gw.db").display());
+        let store = Store::connect(&url).await.unwrap();
+        let mailboxes = Mailboxes::new(MailboxLimits {
+            max_messages,
+            max_bytes: 1 << 20,
+        });
+        let (shutdown, tracker) = (CancellationToken::new(), TaskTracker::new());
+        let delivery = EventDelivery::spawn(store.clone(), mailboxes.clone(), shutdown.clone(), tracker.clone());
+        Rig {
+            _dir: dir,
+            store,
+            mailboxes,
+            delivery,
+            shutdown,
+            tracker,
+        }
+    }
+
+    /// Stops delivery, waits for its tasks, closes the store.
+    async fn stop(self) {
+        self.shutdown.cancel();
+        self.tracker.close();
+        self.tracker.wait().await;
+        self.store.close().await;
+    }
+}
+
 #[tokio::test]
 async fn a_flood_of_acknowledgements_is_one_entry_and_another_cars_event_still_goes_out() {
-    let dir = tempfile::tempdir().unwrap();
-    let store = Store::connect(&format!("sqlite://{}", dir.path().join("gw.db").display()))
-        .await
-        .unwrap();
-    let mailboxes = Mailboxes::new(MailboxLimits {
-        max_messages: 16,
-        max_bytes: 1 << 20,
-    });
-    let (shutdown, tracker) = (CancellationToken::new(), TaskTracker::new());
-    let delivery = EventDelivery::spawn(store.clone(), mailboxes.clone(), shutdown.clone(), tracker.clone());
+    let rig = Rig::start(16).await;
+    let (store, mailboxes, delivery) = (&rig.store, &rig.mailboxes, &rig.delivery);
     let flooder = Vin::parse("LSVAU2180N2183294").unwrap();
     let other = Vin::parse("WBA3B5C50DF123456").unwrap();
     let mailbox = mailboxes.open(&other, false);
@@ -62,10 +94,7 @@ async fn a_flood_of_acknowledgements_is_one_entry_and_another_cars_event_still_g
     assert_eq!(message.topic, Outbound::Events);
     assert_eq!(Event::decode(message.payload).unwrap().sequence, 1);
 
-    shutdown.cancel();
-    tracker.close();
-    tracker.wait().await;
-    store.close().await;
+    rig.stop().await;
 }
 
 /// Sequences of the events popped from `mailbox` until it has delivered `count`.
@@ -84,16 +113,8 @@ async fn next_sequences(mailbox: &gateway::bus::Mailbox, count: usize) -> Vec<u6
 
 #[tokio::test(flavor = "current_thread")]
 async fn subscribing_again_while_a_delivery_pass_runs_sends_everything_again() {
-    let dir = tempfile::tempdir().unwrap();
-    let store = Store::connect(&format!("sqlite://{}", dir.path().join("gw.db").display()))
-        .await
-        .unwrap();
-    let mailboxes = Mailboxes::new(MailboxLimits {
-        max_messages: 64,
-        max_bytes: 1 << 20,
-    });
-    let (shutdown, tracker) = (CancellationToken::new(), TaskTracker::new());
-    let delivery = EventDelivery::spawn(store.clone(), mailboxes.clone(), shutdown.clone(), tracker.clone());
+    let rig = Rig::start(64).await;
+    let (store, mailboxes, delivery) = (&rig.store, &rig.mailboxes, &rig.delivery);
     let car = Vin::parse("LSVAU2180N2183294").unwrap();
     for id in ["e1", "e2", "e3"] {
         store.append_event(&event_for(&car, id), 1000).await.unwrap();
@@ -106,8 +127,5 @@ async fn subscribing_again_while_a_delivery_pass_runs_sends_everything_again() {
     delivery.subscribed(car.clone(), 1);
     assert_eq!(next_sequences(&mailbox, 6).await, [1, 2, 3, 1, 2, 3]);
 
-    shutdown.cancel();
-    tracker.close();
-    tracker.wait().await;
-    store.close().await;
+    rig.stop().await;
 }

@@ -11,7 +11,7 @@ use gateway::config::JournalConfig;
 use gateway::journal::Journal;
 use gateway::store::{
     Amount, EventRecord, Interaction, JournalCursor, JournalEntry, MAX_PAGE, RequestRecord, SessionChange,
-    SessionRecord, Store, StoreError, StoreOptions, TimelineQuery, VehicleRole,
+    SessionRecord, Store, StoreError, TimelineQuery, VehicleRole,
 };
 use proto::Vin;
 
@@ -359,12 +359,7 @@ async fn the_writer_drops_and_counts_beyond_its_queue() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_writer_survives_a_full_database_and_writes_the_batch_later() {
     let dir = tempfile::tempdir().unwrap();
-    let url = format!("sqlite://{}", dir.path().join("full.db").display());
-    let options = StoreOptions {
-        sqlite_max_pages: Some(64),
-        ..StoreOptions::default()
-    };
-    let s = Store::connect_with(&url, options).await.unwrap();
+    let s = two_backends::sqlite_on_a_small_disk(dir.path()).await;
     // Fill the file with rows that are old enough to purge.
     let filler = |i: i64| JournalEntry {
         what: Interaction::Request(RequestRecord {

@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use gateway::store::{
     Appended, Backend, Claim, ConnectionChange, ConnectionId, LedgerKey, NewConnection, NewEvent, RequestFingerprint,
-    Store, StoreError, StoreOptions,
+    Store, StoreError,
 };
 use proto::Vin;
 use sqlx::Connection;

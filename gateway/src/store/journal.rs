@@ -402,7 +402,8 @@ impl Store {
             "WHERE j.vin = $1 AND j.at_ms >= $2 AND j.at_ms < $4 AND (j.at_ms > $2 OR j.id > $3) \
              ORDER BY j.at_ms, j.id LIMIT $5"
         );
-        self.timeline_page(SQL, vin.as_str(), q, "reading a vehicle's timeline").await
+        self.timeline_page(SQL, vin.as_str(), q, "reading a vehicle's timeline")
+            .await
     }
 
     /// One page of the journal of every vehicle linked to the customer, each row only if it

@@ -257,6 +257,7 @@ impl Store {
 
     /// Entries in the ledger (claims and stored outcomes, until purged), for metrics.
     pub async fn ledger_entries(&self) -> Result<u64, StoreError> {
-        self.count("SELECT COUNT(*) FROM idempotency_ledger", "ledger entries").await
+        self.count("SELECT COUNT(*) FROM idempotency_ledger", "ledger entries")
+            .await
     }
 }

@@ -237,8 +237,8 @@ impl Store {
 
     /// Runs `sql`, a `SELECT COUNT(*)` without arguments, for the figure `what` (metrics).
     async fn count(&self, sql: &'static str, what: &'static str) -> Result<u64, StoreError> {
-        let (n,): (i64,) = on_pool!(self, |pool| sqlx::query_as(sql).fetch_one(pool).await)
-            .map_err(StoreError::query(what))?;
+        let (n,): (i64,) =
+            on_pool!(self, |pool| sqlx::query_as(sql).fetch_one(pool).await).map_err(StoreError::query(what))?;
         to_u64(what, n)
     }
 

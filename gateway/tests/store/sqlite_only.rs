@@ -8,12 +8,7 @@ use super::*;
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sqlite_recovers_by_itself_after_the_disk_was_full() {
     let dir = tempfile::tempdir().unwrap();
-    let url = format!("sqlite://{}", dir.path().join("full.db").display());
-    let options = StoreOptions {
-        sqlite_max_pages: Some(64),
-        ..StoreOptions::default()
-    };
-    let s = Store::connect_with(&url, options).await.unwrap();
+    let s = two_backends::sqlite_on_a_small_disk(dir.path()).await;
     let big = |i: usize| NewEvent {
         payload: vec![7u8; 16 * 1024],
         ..event(1, "parking", &format!("big-{i}"), T0, T0 + 1)

@@ -37,6 +37,18 @@ impl From<Db> for Store {
     }
 }
 
+/// A store over a fresh SQLite file in `dir` that can grow to 64 pages (`PRAGMA
+/// max_page_count`) and then fails writes as a full disk does, until old rows are deleted.
+#[allow(dead_code)] // the suites without a full-disk case include this file too
+pub async fn sqlite_on_a_small_disk(dir: &std::path::Path) -> Store {
+    let url = format!("sqlite://{}", dir.join("full.db").display());
+    let options = gateway::store::StoreOptions {
+        sqlite_max_pages: Some(64),
+        ..gateway::store::StoreOptions::default()
+    };
+    Store::connect_with(&url, options).await.expect("SQLite store")
+}
+
 /// Runs `case` (taking a [`Db`] or just its [`Store`]) on a store over a fresh SQLite file, then
 /// closes it.
 pub async fn on_sqlite<C, F, Fut>(case: F)
