@@ -24,6 +24,19 @@ pub fn printable_within(s: &str, max_chars: usize) -> String {
     out
 }
 
+/// `s` with the same characters escaped as [`printable`], but whole and with its quotes as they
+/// are: for text shown to a person in a table or a terminal line, not quoted in a log line.
+pub fn printable_whole(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for c in s.chars() {
+        match c {
+            '"' | '\'' | '\\' => out.push(c),
+            c => out.extend(c.escape_debug()),
+        }
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -41,6 +54,14 @@ mod tests {
             "/tenants/LSVAU2180N2183294/v1/req"
         );
         assert_eq!(printable("停车场"), "停车场");
+    }
+
+    #[test]
+    fn whole_text_keeps_its_quotes_and_length() {
+        let long = "x".repeat(1000);
+        assert_eq!(printable_whole(&long), long);
+        assert_eq!(printable_whole("O'Brien \"VIP\" C:\\"), "O'Brien \"VIP\" C:\\");
+        assert_eq!(printable_whole("pay\u{202e}gnp\n"), "pay\\u{202e}gnp\\n");
     }
 
     #[test]

@@ -91,7 +91,7 @@ fn describe(failure: &Failure) -> String {
             format!(
                 "error: {}: {}",
                 proto::status::code_name(status.code() as i32),
-                output::printable(message)
+                crate::logsafe::printable_whole(message)
             )
         }
     }

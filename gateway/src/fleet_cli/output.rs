@@ -11,6 +11,7 @@ use proto::fleet::v1::timeline_entry::What;
 use proto::json::Contracts;
 
 use super::Failure;
+use crate::logsafe::printable_whole;
 
 /// Prints responses as tables or as JSON lines.
 pub(super) struct Printer {
@@ -23,228 +24,220 @@ impl Printer {
         Printer { json }
     }
 
-    /// Prints `message`, the response of `FleetOps/{method}`, as one JSON line.
-    fn json(&self, method: &str, message: &impl Message) -> Result<(), Failure> {
-        println!("{}", json_line(method, message)?);
+    /// Prints `message`, the answer of `FleetOps/{method}`: as one JSON line, or as the text
+    /// `human` makes of it.
+    fn answer<M: Message>(&self, method: &str, message: &M, human: impl FnOnce(&M) -> String) -> Result<(), Failure> {
+        match self.json {
+            true => println!("{}", json_line(method, message)?),
+            false => print!("{}", human(message)),
+        }
         Ok(())
     }
 
     pub(super) fn sessions(&self, r: &fleet::ListSessionsResponse) -> Result<(), Failure> {
-        if self.json {
-            return self.json("ListSessions", r);
-        }
-        let mut live = Table::new(&["VIN", "NODE", "REMOTE", "AGENT", "CONNECTED"]);
-        for s in &r.live {
-            live.row([
-                s.vin.clone(),
-                s.node.clone(),
-                s.remote_addr.clone(),
-                s.agent_version.clone(),
-                time(s.connected_at_ms),
-            ]);
-        }
-        match r.live.len() {
-            0 => println!("no live sessions"),
-            n => println!("{}{n} live sessions (of {})", live.render(), r.live_total),
-        }
-        if !r.recently_closed.is_empty() {
-            let mut closed = Table::new(&["VIN", "NODE", "CONNECTED", "DISCONNECTED", "REASON"]);
-            for s in &r.recently_closed {
-                closed.row([
-                    s.vin.clone(),
-                    s.node.clone(),
-                    time(s.connected_at_ms),
-                    time(s.disconnected_at_ms),
-                    s.disconnect_reason.clone(),
-                ]);
-            }
-            println!("\nrecently closed:\n{}", closed.render().trim_end());
-        }
-        Ok(())
+        self.answer("ListSessions", r, sessions)
     }
 
     pub(super) fn session_change(&self, c: &fleet::SessionChange) -> Result<(), Failure> {
-        if self.json {
-            return self.json("WatchSessions", c);
-        }
-        let s = c.session.clone().unwrap_or_default();
-        let line = match fleet::session_change::Kind::try_from(c.kind) {
-            Ok(fleet::session_change::Kind::Connected) => format!(
-                "{}  connected     {}  node={} remote={} agent={}",
-                time(s.connected_at_ms),
-                s.vin,
-                s.node,
-                s.remote_addr,
-                s.agent_version
-            ),
-            Ok(fleet::session_change::Kind::Disconnected) => format!(
-                "{}  disconnected  {}  node={} reason={}",
-                time(s.disconnected_at_ms),
-                s.vin,
-                s.node,
-                s.disconnect_reason
-            ),
-            _ => format!("(unknown change {})  {}", c.kind, s.vin),
-        };
-        println!("{}", printable(&line));
-        Ok(())
+        self.answer("WatchSessions", c, session_change)
     }
 
     pub(super) fn timeline_page(&self, page: &fleet::TimelinePage, first: bool) -> Result<(), Failure> {
-        if self.json {
-            // Both timelines answer a TimelinePage: either method decodes it.
-            return self.json("VehicleTimeline", page);
-        }
-        if first && page.entries.is_empty() {
-            println!("no entries in this range");
-            return Ok(());
-        }
-        let mut table = Table::new(&["TIME", "VIN", "WHAT", "DETAIL"]);
-        for e in &page.entries {
-            let (what, detail) = describe_entry(e.what.as_ref());
-            table.row([time_ms(e.at_ms), e.vin.clone(), what.to_owned(), detail]);
-        }
-        let text = table.render();
-        // Later pages continue the first one's table, without its header again.
-        let body = if first {
-            &text[..]
-        } else {
-            text.split_once('\n').map_or("", |(_, rest)| rest)
-        };
-        print!("{body}");
-        Ok(())
+        // Both timelines answer a TimelinePage: either method decodes it.
+        self.answer("VehicleTimeline", page, |page| timeline_page(page, first))
     }
 
     pub(super) fn partners(&self, r: &fleet::PartnerHealthResponse) -> Result<(), Failure> {
-        if self.json {
-            return self.json("PartnerHealth", r);
-        }
-        if r.partners.is_empty() {
-            println!("no partner services configured");
-            return Ok(());
-        }
-        let mut table = Table::new(&[
-            "SERVICE",
-            "REQ/S",
-            "P50",
-            "P99",
-            "ERRORS",
-            "BREAKER",
-            "IN FLIGHT",
-            "SHED",
-            "REFUSED",
-        ]);
-        for p in &r.partners {
-            table.row([
-                p.service.clone(),
-                format!("{:.2}", p.requests_per_second),
-                seconds(p.p50_latency_seconds),
-                seconds(p.p99_latency_seconds),
-                format!("{:.1}%", p.error_rate * 100.0),
-                p.breaker.clone(),
-                p.calls_in_flight.to_string(),
-                p.shed_total.to_string(),
-                p.refused_total.to_string(),
-            ]);
-        }
-        println!("{}over the last {} s", table.render(), r.window_seconds);
-        Ok(())
+        self.answer("PartnerHealth", r, partners)
     }
 
     pub(super) fn kicked(&self, vin: &str, r: &fleet::KickVehicleResponse) -> Result<(), Failure> {
-        if self.json {
-            return self.json("KickVehicle", r);
-        }
-        match r.was_connected {
-            true => println!("{vin}: session ended (the car may reconnect; `revoke` keeps it out)"),
-            false => println!("{vin}: no live session on this gateway node"),
-        }
-        Ok(())
+        self.answer("KickVehicle", r, |r| match r.was_connected {
+            true => format!("{vin}: session ended (the car may reconnect; `revoke` keeps it out)\n"),
+            false => format!("{vin}: no live session on this gateway node\n"),
+        })
     }
 
     pub(super) fn revoked(&self, vin: &str, r: &fleet::RevokeVehicleResponse) -> Result<(), Failure> {
-        if self.json {
-            return self.json("RevokeVehicle", r);
-        }
-        let session = match r.was_connected {
-            true => "its live session was ended",
-            false => "it had no live session on this node",
-        };
-        println!("{vin}: revoked at {}; {session}", time(r.revoked_at_ms));
-        Ok(())
+        self.answer("RevokeVehicle", r, |r| {
+            let session = match r.was_connected {
+                true => "its live session was ended",
+                false => "it had no live session on this node",
+            };
+            format!("{vin}: revoked at {}; {session}\n", time(r.revoked_at_ms))
+        })
     }
 
     pub(super) fn revocations(&self, r: &fleet::ListRevocationsResponse) -> Result<(), Failure> {
-        if self.json {
-            return self.json("ListRevocations", r);
-        }
-        if r.revocations.is_empty() {
-            println!("no revoked vehicles");
-            return Ok(());
-        }
-        let mut table = Table::new(&["VIN", "REVOKED", "BY", "REASON"]);
-        for v in &r.revocations {
-            table.row([
-                v.vin.clone(),
-                time(v.revoked_at_ms),
-                v.revoked_by.clone(),
-                v.reason.clone(),
-            ]);
-        }
-        print!("{}", table.render());
-        Ok(())
+        self.answer("ListRevocations", r, revocations)
     }
 
     /// A customer, the answer of `method`.
     pub(super) fn customer(&self, method: &str, c: &fleet::Customer) -> Result<(), Failure> {
-        if self.json {
-            return self.json(method, c);
-        }
-        let mut text = format!(
-            "customer {}  {:?}  created {}\n",
-            c.id,
-            c.display_name,
-            time(c.created_at_ms)
-        );
-        if c.vehicles.is_empty() {
-            text.push_str("no vehicles\n");
-        } else {
-            let mut vehicles = Table::new(&["VIN", "ROLE", "LINKED"]);
-            for v in &c.vehicles {
-                let role = match fleet::VehicleRole::try_from(v.role) {
-                    Ok(fleet::VehicleRole::Owner) => "owner".to_owned(),
-                    Ok(fleet::VehicleRole::Driver) => "driver".to_owned(),
-                    _ => format!("role {}", v.role),
-                };
-                vehicles.row([v.vin.clone(), role, time(v.linked_at_ms)]);
-            }
-            text.push_str(&vehicles.render());
-        }
-        if c.social_identities.is_empty() {
-            text.push_str("no social identities\n");
-        } else {
-            let mut social = Table::new(&["PROVIDER", "SUBJECT", "LINKED"]);
-            for s in &c.social_identities {
-                social.row([s.provider.clone(), s.subject.clone(), time(s.linked_at_ms)]);
-            }
-            text.push_str(&social.render());
-        }
-        print!("{text}");
-        Ok(())
+        self.answer(method, c, customer)
     }
 
     pub(super) fn dashboard_link(&self, r: &fleet::DashboardLink) -> Result<(), Failure> {
-        if self.json {
-            return self.json("CreateDashboardLink", r);
-        }
-        // The URL alone on stdout, so that `xdg-open "$(gateway fleet dashboard-link)"` works.
-        println!("{}", r.url);
-        eprintln!(
-            "open it once, before {}, in a browser trusting the gateway's CA",
-            time(r.expires_at_ms)
-        );
-        Ok(())
+        self.answer("CreateDashboardLink", r, |r| {
+            // On stderr, so that `xdg-open "$(gateway fleet dashboard-link)"` gets the URL alone.
+            eprintln!(
+                "open it once, before {}, in a browser trusting the gateway's CA",
+                time(r.expires_at_ms)
+            );
+            format!("{}\n", r.url)
+        })
     }
+}
+
+fn sessions(r: &fleet::ListSessionsResponse) -> String {
+    let mut live = Table::new(&["VIN", "NODE", "REMOTE", "AGENT", "CONNECTED"]);
+    for s in &r.live {
+        live.row([
+            s.vin.clone(),
+            s.node.clone(),
+            s.remote_addr.clone(),
+            s.agent_version.clone(),
+            time(s.connected_at_ms),
+        ]);
+    }
+    let mut text = match r.live.len() {
+        0 => "no live sessions\n".to_owned(),
+        n => format!("{}{n} live sessions (of {})\n", live.render(), r.live_total),
+    };
+    if !r.recently_closed.is_empty() {
+        let mut closed = Table::new(&["VIN", "NODE", "CONNECTED", "DISCONNECTED", "REASON"]);
+        for s in &r.recently_closed {
+            closed.row([
+                s.vin.clone(),
+                s.node.clone(),
+                time(s.connected_at_ms),
+                time(s.disconnected_at_ms),
+                s.disconnect_reason.clone(),
+            ]);
+        }
+        let _ = writeln!(text, "\nrecently closed:\n{}", closed.render().trim_end());
+    }
+    text
+}
+
+fn session_change(c: &fleet::SessionChange) -> String {
+    let s = c.session.clone().unwrap_or_default();
+    let line = match fleet::session_change::Kind::try_from(c.kind) {
+        Ok(fleet::session_change::Kind::Connected) => format!(
+            "{}  connected     {}  node={} remote={} agent={}",
+            time(s.connected_at_ms),
+            s.vin,
+            s.node,
+            s.remote_addr,
+            s.agent_version
+        ),
+        Ok(fleet::session_change::Kind::Disconnected) => format!(
+            "{}  disconnected  {}  node={} reason={}",
+            time(s.disconnected_at_ms),
+            s.vin,
+            s.node,
+            s.disconnect_reason
+        ),
+        _ => format!("(unknown change {})  {}", c.kind, s.vin),
+    };
+    format!("{}\n", printable_whole(&line))
+}
+
+fn timeline_page(page: &fleet::TimelinePage, first: bool) -> String {
+    if first && page.entries.is_empty() {
+        return "no entries in this range\n".to_owned();
+    }
+    let mut table = Table::new(&["TIME", "VIN", "WHAT", "DETAIL"]);
+    for e in &page.entries {
+        let (what, detail) = describe_entry(e.what.as_ref());
+        table.row([time_ms(e.at_ms), e.vin.clone(), what.to_owned(), detail]);
+    }
+    let text = table.render();
+    // Later pages continue the first one's table, without its header again.
+    match first {
+        true => text,
+        false => text.split_once('\n').map_or("", |(_, rest)| rest).to_owned(),
+    }
+}
+
+fn partners(r: &fleet::PartnerHealthResponse) -> String {
+    if r.partners.is_empty() {
+        return "no partner services configured\n".to_owned();
+    }
+    let mut table = Table::new(&[
+        "SERVICE",
+        "REQ/S",
+        "P50",
+        "P99",
+        "ERRORS",
+        "BREAKER",
+        "IN FLIGHT",
+        "SHED",
+        "REFUSED",
+    ]);
+    for p in &r.partners {
+        table.row([
+            p.service.clone(),
+            format!("{:.2}", p.requests_per_second),
+            seconds(p.p50_latency_seconds),
+            seconds(p.p99_latency_seconds),
+            format!("{:.1}%", p.error_rate * 100.0),
+            p.breaker.clone(),
+            p.calls_in_flight.to_string(),
+            p.shed_total.to_string(),
+            p.refused_total.to_string(),
+        ]);
+    }
+    format!("{}over the last {} s\n", table.render(), r.window_seconds)
+}
+
+fn revocations(r: &fleet::ListRevocationsResponse) -> String {
+    let mut table = Table::new(&["VIN", "REVOKED", "BY", "REASON"]);
+    for v in &r.revocations {
+        table.row([
+            v.vin.clone(),
+            time(v.revoked_at_ms),
+            v.revoked_by.clone(),
+            v.reason.clone(),
+        ]);
+    }
+    match r.revocations.len() {
+        0 => "no revoked vehicles\n".to_owned(),
+        _ => table.render(),
+    }
+}
+
+fn customer(c: &fleet::Customer) -> String {
+    let mut text = format!(
+        "customer {}  {:?}  created {}\n",
+        c.id,
+        c.display_name,
+        time(c.created_at_ms)
+    );
+    if c.vehicles.is_empty() {
+        text.push_str("no vehicles\n");
+    } else {
+        let mut vehicles = Table::new(&["VIN", "ROLE", "LINKED"]);
+        for v in &c.vehicles {
+            let role = match fleet::VehicleRole::try_from(v.role) {
+                Ok(fleet::VehicleRole::Owner) => "owner".to_owned(),
+                Ok(fleet::VehicleRole::Driver) => "driver".to_owned(),
+                _ => format!("role {}", v.role),
+            };
+            vehicles.row([v.vin.clone(), role, time(v.linked_at_ms)]);
+        }
+        text.push_str(&vehicles.render());
+    }
+    if c.social_identities.is_empty() {
+        text.push_str("no social identities\n");
+    } else {
+        let mut social = Table::new(&["PROVIDER", "SUBJECT", "LINKED"]);
+        for s in &c.social_identities {
+            social.row([s.provider.clone(), s.subject.clone(), time(s.linked_at_ms)]);
+        }
+        text.push_str(&social.render());
+    }
+    text
 }
 
 /// What a timeline entry was, and its particulars.
@@ -330,19 +323,6 @@ fn json_line(method: &str, message: &impl Message) -> Result<String, Failure> {
     Ok(value.to_string())
 }
 
-/// Text the gateway sent, safe for a terminal: control characters escaped, so that a car's
-/// or partner's text cannot move the cursor or hide a line.
-pub(super) fn printable(text: &str) -> String {
-    let mut out = String::with_capacity(text.len());
-    for c in text.chars() {
-        match c {
-            c if c.is_control() => out.extend(c.escape_default()),
-            c => out.push(c),
-        }
-    }
-    out
-}
-
 /// Columns aligned on the widest cell, two spaces apart; the last column is not padded.
 struct Table {
     rows: Vec<Vec<String>>,
@@ -356,7 +336,7 @@ impl Table {
     }
 
     fn row(&mut self, cells: impl IntoIterator<Item = String>) {
-        self.rows.push(cells.into_iter().map(|c| printable(&c)).collect());
+        self.rows.push(cells.into_iter().map(|c| printable_whole(&c)).collect());
     }
 
     /// The table, each line ending in a newline.
