@@ -23,6 +23,8 @@ use proto::fleet::v1::fleet_ops_server::FleetOps;
 use proto::json::Contracts;
 use tonic::transport::server::{TcpConnectInfo, TlsConnectInfo};
 
+use cookie::{Cookie, SameSite};
+
 use super::auth::{COOKIE, NotOperator, Operator, SignIns, operator_of};
 use super::service::FleetOpsApi;
 
@@ -70,15 +72,16 @@ fn operator(dashboard: &Dashboard, request: &Request) -> Result<Operator, NotOpe
         .ok_or(NotOperator::Anonymous)
 }
 
+/// The value of the dashboard's session cookie, if the browser sent one.
 fn cookie(headers: &HeaderMap) -> Option<String> {
-    headers
+    let sent = headers
         .get_all(header::COOKIE)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(';'))
-        .filter_map(|pair| pair.trim().split_once('='))
-        .find(|(name, _)| *name == COOKIE)
-        .map(|(_, value)| value.to_owned())
+        .into_iter()
+        .filter_map(|v| v.to_str().ok());
+    sent.flat_map(Cookie::split_parse)
+        .filter_map(Result::ok)
+        .find(|c| c.name() == COOKIE)
+        .map(|c| c.value().to_owned())
 }
 
 fn refused(why: NotOperator) -> Response {
@@ -124,10 +127,16 @@ async fn sign_in(State(dashboard): State<Dashboard>, Query(query): Query<SignInQ
             "this sign-in link is unknown, used or expired: ask for a new one".into(),
         ));
     };
-    let max_age = dashboard.sign_ins.session_ttl().as_secs();
-    let cookie = format!("{COOKIE}={session}; Path=/; Secure; HttpOnly; SameSite=Strict; Max-Age={max_age}");
+    let max_age = i64::try_from(dashboard.sign_ins.session_ttl().as_secs()).unwrap_or(i64::MAX);
+    let cookie = Cookie::build((COOKIE, session))
+        .path("/")
+        .secure(true)
+        .http_only(true)
+        .same_site(SameSite::Strict)
+        .max_age(cookie::time::Duration::seconds(max_age))
+        .build();
     let mut response = Redirect::to("/").into_response();
-    if let Ok(value) = HeaderValue::from_str(&cookie) {
+    if let Ok(value) = HeaderValue::from_str(&cookie.to_string()) {
         response.headers_mut().insert(header::SET_COOKIE, value);
     }
     response

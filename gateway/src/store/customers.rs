@@ -143,6 +143,32 @@ macro_rules! require_customer {
     }};
 }
 
+/// Runs `$change` (a `Result<(), StoreError>` expression using `$tx`, the transaction, and
+/// `$customer`, the id as text) on the write connection once the customer `$id` is known to
+/// exist, commits, and evaluates to the customer as it is then. A `return` inside `$change`
+/// ends the transaction without committing.
+macro_rules! change_customer {
+    ($store:expr, $id:expr, $op:expr, |$tx:ident, $customer:ident| $change:expr) => {{
+        let $customer = $id.0.clone();
+        on_writer!($store, $op, |conn| {
+            // A savepoint on SQLite (inside the writer's transaction), a transaction on PostgreSQL.
+            let mut $tx = conn.begin().await.map_err(StoreError::query($op))?;
+            require_customer!($tx, $customer.as_str(), $op);
+            $change?;
+            $tx.commit().await.map_err(StoreError::query($op))
+        })?;
+        $store.existing_customer($id).await
+    }};
+}
+
+/// `Ok` if the write ended a link (`changed` rows); otherwise the customer had no link `what`.
+fn link_ended(changed: u64, customer: String, what: String) -> Result<(), StoreError> {
+    match changed {
+        0 => Err(StoreError::UnknownLink { customer, what }),
+        _ => Ok(()),
+    }
+}
+
 impl Store {
     /// Creates a customer with a new id and no links.
     pub async fn create_customer(&self, display_name: &str) -> Result<Customer, StoreError> {
@@ -273,11 +299,8 @@ impl Store {
         const INSERT: &str =
             "INSERT INTO customer_vehicles (customer_id, vin, role, linked_at_ms) VALUES ($1, $2, $3, $4)";
         const OP: &str = "linking a vehicle to a customer";
-        let (customer, vin_text) = (id.0.clone(), vin.to_string());
-        on_writer!(self, OP, |conn| {
-            // A savepoint on SQLite (inside the writer's transaction), a transaction on PostgreSQL.
-            let mut tx = conn.begin().await.map_err(StoreError::query(OP))?;
-            require_customer!(tx, customer.as_str(), OP);
+        let vin_text = vin.to_string();
+        change_customer!(self, id, OP, |tx, customer| {
             let current: Option<(String,)> = sqlx::query_as(CURRENT)
                 .bind(&customer)
                 .bind(&vin_text)
@@ -305,27 +328,18 @@ impl Store {
                     return Err(StoreError::VehicleHasOwner { vin: vin_text, owner });
                 }
             }
-            let inserted = sqlx::query(INSERT)
-                .bind(&customer)
-                .bind(&vin_text)
-                .bind(role.as_str())
-                .bind(at_ms)
-                .execute(&mut *tx)
-                .await;
-            match inserted {
-                Ok(_) => {}
+            match rows_changed_on!(&mut *tx, OP, INSERT, &customer, &vin_text, role.as_str(), at_ms) {
                 // Another node linked an owner between our check and insert.
-                Err(sqlx::Error::Database(e)) if e.is_unique_violation() => {
-                    return Err(StoreError::VehicleHasOwner {
-                        vin: vin_text,
-                        owner: "(linked concurrently)".into(),
-                    });
-                }
-                Err(e) => return Err(StoreError::query(OP)(e)),
+                Err(StoreError::Query {
+                    source: sqlx::Error::Database(e),
+                    ..
+                }) if e.is_unique_violation() => Err(StoreError::VehicleHasOwner {
+                    vin: vin_text,
+                    owner: "(linked concurrently)".into(),
+                }),
+                other => other.map(drop),
             }
-            tx.commit().await.map_err(StoreError::query(OP))
-        })?;
-        self.existing_customer(id).await
+        })
     }
 
     /// Ends the customer's current link to `vin` at `at_ms` (kept as history) and returns the
@@ -334,20 +348,11 @@ impl Store {
         const SQL: &str = "UPDATE customer_vehicles SET unlinked_at_ms = $3 \
             WHERE customer_id = $1 AND vin = $2 AND unlinked_at_ms IS NULL";
         const OP: &str = "unlinking a vehicle from a customer";
-        let (customer, vin_text) = (id.0.clone(), vin.to_string());
-        on_writer!(self, OP, |conn| {
-            let mut tx = conn.begin().await.map_err(StoreError::query(OP))?;
-            require_customer!(tx, customer.as_str(), OP);
+        let vin_text = vin.to_string();
+        change_customer!(self, id, OP, |tx, customer| {
             let ended = rows_changed_on!(&mut *tx, OP, SQL, &customer, &vin_text, at_ms)?;
-            if ended == 0 {
-                return Err(StoreError::UnknownLink {
-                    customer,
-                    what: format!("vehicle {vin_text}"),
-                });
-            }
-            tx.commit().await.map_err(StoreError::query(OP))
-        })?;
-        self.existing_customer(id).await
+            link_ended(ended, customer, format!("vehicle {vin_text}"))
+        })
     }
 
     /// A driver of `vin` signed in as `subject` at `provider` (an identity partner said so): the
@@ -393,10 +398,8 @@ impl Store {
             VALUES ($1, $2, $3, $4) ON CONFLICT (provider, subject) DO NOTHING";
         const OP: &str = "linking a social identity to a customer";
         check_identity(provider, subject)?;
-        let (customer, provider, subject) = (id.0.clone(), provider.to_owned(), subject.to_owned());
-        on_writer!(self, OP, |conn| {
-            let mut tx = conn.begin().await.map_err(StoreError::query(OP))?;
-            require_customer!(tx, customer.as_str(), OP);
+        let (provider, subject) = (provider.to_owned(), subject.to_owned());
+        change_customer!(self, id, OP, |tx, customer| {
             rows_changed_on!(&mut *tx, OP, INSERT, &provider, &subject, &customer, at_ms)?;
             // Whoever holds it now (us, or whoever won a race) decides the answer.
             let (holder,): (String,) = sqlx::query_as(FIND)
@@ -405,16 +408,15 @@ impl Store {
                 .fetch_one(&mut *tx)
                 .await
                 .map_err(StoreError::query(OP))?;
-            if holder != customer {
-                return Err(StoreError::IdentityTaken {
+            match holder == customer {
+                true => Ok(()),
+                false => Err(StoreError::IdentityTaken {
                     provider,
                     subject,
                     customer: holder,
-                });
+                }),
             }
-            tx.commit().await.map_err(StoreError::query(OP))
-        })?;
-        self.existing_customer(id).await
+        })
     }
 
     /// Unlinks a social identity from the customer and returns the customer; an identity not
@@ -424,19 +426,10 @@ impl Store {
             "DELETE FROM customer_social_identities WHERE provider = $1 AND subject = $2 AND customer_id = $3";
         const OP: &str = "unlinking a social identity from a customer";
         check_identity(provider, subject)?;
-        let (customer, provider, subject) = (id.0.clone(), provider.to_owned(), subject.to_owned());
-        on_writer!(self, OP, |conn| {
-            let mut tx = conn.begin().await.map_err(StoreError::query(OP))?;
-            require_customer!(tx, customer.as_str(), OP);
+        let (provider, subject) = (provider.to_owned(), subject.to_owned());
+        change_customer!(self, id, OP, |tx, customer| {
             let deleted = rows_changed_on!(&mut *tx, OP, SQL, &provider, &subject, &customer)?;
-            if deleted == 0 {
-                return Err(StoreError::UnknownLink {
-                    customer,
-                    what: format!("{provider} identity {subject:?}"),
-                });
-            }
-            tx.commit().await.map_err(StoreError::query(OP))
-        })?;
-        self.existing_customer(id).await
+            link_ended(deleted, customer, format!("{provider} identity {subject:?}"))
+        })
     }
 }
