@@ -29,7 +29,7 @@ use fleet_bench::report::Started;
 use fleet_bench::restart::RestartPlan;
 use fleet_bench::revoke::{self, RevokeArgs};
 use fleet_bench::run::{self, LedgerRun, Plan};
-use fleet_bench::services::{self, ServicesPlan};
+use fleet_bench::services::{self, ServicesArgs};
 use fleet_bench::swarm::StormSettings;
 use fleet_bench::under_storm::UnderStormPlan;
 
@@ -52,7 +52,7 @@ enum Command {
     Abuse(Box<AbuseOnly>),
     /// Compares a service the gateway knows by configuration only with a compiled-in one and
     /// writes services.json and services.md.
-    Services(Box<ServicesOnly>),
+    Services(Box<ServicesArgs>),
     /// Revokes connected cars one by one over the ops API, timing the call and the car's
     /// disconnection, and writes revoke.json and revoke.md.
     Revoke(Box<RevokeArgs>),
@@ -76,38 +76,6 @@ struct JournalOnly {
     /// The PostgreSQL database (a fresh schema is made in it, and dropped).
     #[arg(long, default_value = "postgres://postgres@127.0.0.1:5432/test")]
     postgres: String,
-}
-
-/// The configuration-only service scenario.
-#[derive(clap::Args)]
-struct ServicesOnly {
-    /// Where services.json and services.md go.
-    #[arg(long, default_value = "docs/benchmarks")]
-    out: PathBuf,
-    /// Cars connected, all sending.
-    #[arg(long, default_value_t = 200)]
-    vehicles: usize,
-    /// Requests per second, all cars together.
-    #[arg(long, default_value_t = 500.0)]
-    rate: f64,
-    /// Seconds per phase.
-    #[arg(long, default_value_t = 10.0)]
-    phase: f64,
-    /// Seconds at the start of each phase left out of its figures.
-    #[arg(long, default_value_t = 2.0)]
-    warmup: f64,
-    /// Phases per service, alternating.
-    #[arg(long, default_value_t = 3)]
-    rounds: usize,
-    /// Do not run `cargo build` for the gateway first.
-    #[arg(long)]
-    no_build: bool,
-    /// Gateway binary (default: next to this executable).
-    #[arg(long)]
-    gateway_bin: Option<PathBuf>,
-    /// Keep the temporary directory (certificates, configs, the gateway's log).
-    #[arg(long)]
-    keep_work: bool,
 }
 
 /// Which brokers, and how to get them.
@@ -362,23 +330,6 @@ async fn journal_only(args: JournalOnly) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// The gateway's release binary: `given`, or the workspace's own, built first unless `no_build`.
-fn gateway_binary(no_build: bool, given: Option<&Path>) -> anyhow::Result<PathBuf> {
-    if !no_build && given.is_none() {
-        brokers::build_workspace_binaries()?;
-    }
-    let bin = match given {
-        Some(p) => p.to_path_buf(),
-        None => brokers::workspace_binary("gateway")?,
-    };
-    anyhow::ensure!(
-        bin.exists(),
-        "{} does not exist (build it or pass --gateway-bin)",
-        bin.display()
-    );
-    Ok(bin)
-}
-
 /// The brokers to measure, ready to start: the gateway (built first unless told not to) with
 /// its adapter, and Mosquitto (installed if missing and allowed); files of the run go in
 /// `work`. The notes say what was done.
@@ -386,7 +337,7 @@ fn prepare(args: &BrokerArgs, work: &Path) -> anyhow::Result<(BrokerSetup, Vec<S
     let mut notes = Vec::new();
     let wants = |name: &str| args.brokers.iter().any(|b| b == name);
     let gateway = if wants("gateway") {
-        Some(GatewayLaunch::Binary(gateway_binary(
+        Some(GatewayLaunch::Binary(brokers::gateway_binary(
             args.no_build,
             args.gateway_bin.as_deref(),
         )?))
@@ -450,35 +401,41 @@ fn command_line() -> String {
 }
 
 /// `fleet-bench services`: a configuration-only service against a compiled-in one.
-async fn services_only(args: ServicesOnly) -> anyhow::Result<()> {
+async fn services_only(args: ServicesArgs) -> anyhow::Result<()> {
     let work = tempfile::Builder::new().prefix("fleet-bench-services-").tempdir()?;
-    let bin = gateway_binary(args.no_build, args.gateway_bin.as_deref())?;
-    let plan = ServicesPlan {
-        vehicles: args.vehicles,
-        rate: args.rate,
-        phase: Duration::from_secs_f64(args.phase),
-        warmup: Duration::from_secs_f64(args.warmup),
-        rounds: args.rounds,
-        overrides: fleet_bench::run::traffic_overrides(),
-    };
-    let run = services::run(&plan, &GatewayLaunch::Binary(bin), work.path(), command_line()).await?;
-    publish(&args.out, "services", &run, &run.markdown(), work, args.keep_work)
+    let launch = GatewayLaunch::Binary(args.gateway.binary()?);
+    let run = services::run(&args.plan(), &launch, work.path(), command_line()).await?;
+    publish(
+        &args.out,
+        "services",
+        &run,
+        &run.markdown(),
+        work,
+        args.gateway.keep_work,
+    )
 }
 
 /// `fleet-bench revoke`: revocation from the call to the car cut off.
 async fn revoke_only(args: RevokeArgs) -> anyhow::Result<()> {
     let work = tempfile::Builder::new().prefix("fleet-bench-revoke-").tempdir()?;
-    let bin = gateway_binary(args.no_build, args.gateway_bin.as_deref())?;
-    let run = revoke::run(&args.plan(), &GatewayLaunch::Binary(bin), work.path(), command_line()).await?;
-    publish(&args.out, "revoke", &run, &run.markdown(), work, args.keep_work)
+    let launch = GatewayLaunch::Binary(args.gateway.binary()?);
+    let run = revoke::run(&args.plan(), &launch, work.path(), command_line()).await?;
+    publish(&args.out, "revoke", &run, &run.markdown(), work, args.gateway.keep_work)
 }
 
 /// `fleet-bench journal-cost`: request round trips with the journal off and on.
 async fn journal_cost_only(args: JournalCostArgs) -> anyhow::Result<()> {
     let work = tempfile::Builder::new().prefix("fleet-bench-journal-").tempdir()?;
-    let bin = gateway_binary(args.no_build, args.gateway_bin.as_deref())?;
-    let run = journal_cost::run(&args.plan(), &GatewayLaunch::Binary(bin), work.path(), command_line()).await?;
-    publish(&args.out, "journal-cost", &run, &run.markdown(), work, args.keep_work)
+    let launch = GatewayLaunch::Binary(args.gateway.binary()?);
+    let run = journal_cost::run(&args.plan(), &launch, work.path(), command_line()).await?;
+    publish(
+        &args.out,
+        "journal-cost",
+        &run,
+        &run.markdown(),
+        work,
+        args.gateway.keep_work,
+    )
 }
 
 /// `fleet-bench abuse`: the abusive-car scenario alone.

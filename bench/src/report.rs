@@ -313,55 +313,6 @@ impl TrafficReport {
     }
 }
 
-/// What several phases of one setting add up to, for scenarios that alternate settings.
-#[derive(Debug, Clone)]
-pub struct PhaseSummary {
-    /// Answers received, warm-ups included.
-    pub answered: u64,
-    /// Non-OK answers and requests never answered.
-    pub failed: u64,
-    /// Gateway CPU per answered request over all the phases, microseconds.
-    pub gateway_cpu_us_per_request: f64,
-    /// The median of the phases' p50 round trips, milliseconds.
-    pub p50_ms: f64,
-    /// The phases' p99 round trips, sorted, milliseconds.
-    pub p99s_ms: Vec<f64>,
-}
-
-impl PhaseSummary {
-    /// Adds up `phases`.
-    pub fn of(phases: &[&TrafficReport]) -> PhaseSummary {
-        let answered: u64 = phases.iter().map(|t| t.outcome.replies - t.outcome.errors).sum();
-        let cpu_s: f64 = phases.iter().map(|t| t.cpu.broker_cpu_s).sum();
-        let sorted = |f: fn(&TrafficReport) -> f64| {
-            let mut v: Vec<f64> = phases.iter().map(|t| f(t)).collect();
-            v.sort_by(f64::total_cmp);
-            v
-        };
-        PhaseSummary {
-            answered,
-            failed: phases.iter().map(|t| t.outcome.errors + t.outcome.missing).sum(),
-            gateway_cpu_us_per_request: if answered == 0 {
-                0.0
-            } else {
-                cpu_s * 1e6 / answered as f64
-            },
-            p50_ms: median(&sorted(|t| t.outcome.latency.p50_ms)),
-            p99s_ms: sorted(|t| t.outcome.latency.p99_ms),
-        }
-    }
-
-    /// The median of the phases' p99 round trips, milliseconds.
-    pub fn p99_ms(&self) -> f64 {
-        median(&self.p99s_ms)
-    }
-}
-
-/// The middle of sorted `values` (the upper one of an even count), 0 for none.
-fn median(values: &[f64]) -> f64 {
-    values.get(values.len() / 2).copied().unwrap_or(0.0)
-}
-
 /// Full requests car -> gateway -> parking adapter -> car.
 #[derive(Debug, Clone, Serialize)]
 pub struct RequestReport {

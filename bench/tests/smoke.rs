@@ -11,12 +11,13 @@ use fleet_bench::abuse::AbusePlan;
 use fleet_bench::abuser::{Abuse, AbuseSizes};
 use fleet_bench::agents::Mix;
 use fleet_bench::brokers::{BrokerSetup, GatewayLaunch};
-use fleet_bench::journal_cost::{self, JournalCostPlan};
+use fleet_bench::journal_cost;
+use fleet_bench::phased::PhasedPlan;
 use fleet_bench::report::TrafficReport;
 use fleet_bench::restart::RestartPlan;
 use fleet_bench::revoke::{self, RevokePlan};
 use fleet_bench::run::{LedgerRun, Plan, run, traffic_overrides, write_report};
-use fleet_bench::services::{self, ServicesPlan};
+use fleet_bench::services;
 use fleet_bench::swarm::StormSettings;
 use fleet_bench::under_storm::UnderStormPlan;
 
@@ -258,19 +259,23 @@ async fn every_scenario_produces_figures_and_no_failures() {
     assert_eq!(parsed["settings"]["vehicles"], VEHICLES);
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_configuration_only_service_scenario_answers_both_services() {
-    let _ = rustls::crypto::ring::default_provider().install_default();
-    let work = tempfile::tempdir().unwrap();
-    let plan = ServicesPlan {
+/// One round of a phased scenario (one phase per setting), small and short.
+fn one_round() -> PhasedPlan {
+    PhasedPlan {
         vehicles: 5,
         rate: 50.0,
         phase: Duration::from_secs(1),
         warmup: Duration::from_millis(200),
         rounds: 1,
         overrides: traffic_overrides(),
-    };
-    let report = services::run(&plan, &GatewayLaunch::InProcess, work.path(), "smoke".into())
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_configuration_only_service_scenario_answers_both_services() {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let work = tempfile::tempdir().unwrap();
+    let report = services::run(&one_round(), &GatewayLaunch::InProcess, work.path(), "smoke".into())
         .await
         .unwrap();
     assert_eq!(report.phases.len(), 2);
@@ -279,7 +284,12 @@ async fn the_configuration_only_service_scenario_answers_both_services() {
     }
     let services: Vec<&str> = report.totals.iter().map(|t| t.service.as_str()).collect();
     assert_eq!(services, [services::COMPILED, services::CONFIGURED]);
-    assert!(report.totals.iter().all(|t| t.answered > 0 && t.failed == 0));
+    assert!(
+        report
+            .totals
+            .iter()
+            .all(|t| t.summary.answered > 0 && t.summary.failed == 0)
+    );
     assert!(
         report
             .markdown()
@@ -326,15 +336,7 @@ async fn revoked_cars_are_cut_off_and_stay_out() {
 async fn the_journal_cost_scenario_records_only_with_the_journal_on() {
     let _ = rustls::crypto::ring::default_provider().install_default();
     let work = tempfile::tempdir().unwrap();
-    let plan = JournalCostPlan {
-        vehicles: 5,
-        rate: 50.0,
-        phase: Duration::from_secs(1),
-        warmup: Duration::from_millis(200),
-        rounds: 1,
-        overrides: traffic_overrides(),
-    };
-    let report = journal_cost::run(&plan, &GatewayLaunch::InProcess, work.path(), "smoke".into())
+    let report = journal_cost::run(&one_round(), &GatewayLaunch::InProcess, work.path(), "smoke".into())
         .await
         .unwrap();
     let settings: Vec<bool> = report.phases.iter().map(|p| p.journal).collect();
@@ -342,7 +344,12 @@ async fn the_journal_cost_scenario_records_only_with_the_journal_on() {
     for phase in &report.phases {
         assert_clean(&format!("journal {}", phase.journal), &phase.traffic);
     }
-    assert!(report.totals.iter().all(|t| t.answered > 0 && t.failed == 0));
+    assert!(
+        report
+            .totals
+            .iter()
+            .all(|t| t.summary.answered > 0 && t.summary.failed == 0)
+    );
     assert!(report.requests_with_journal > 0);
     assert_eq!(
         report.journal_request_rows,
@@ -350,4 +357,11 @@ async fn the_journal_cost_scenario_records_only_with_the_journal_on() {
         "every request of the phase with the journal on, none of the other"
     );
     assert!(report.markdown().contains("| on |"));
+    let json = serde_json::to_value(&report).unwrap();
+    assert_eq!(json["vehicles"], 5, "the load stays at the report's top level");
+    assert!(
+        json["totals"][0]["p99_ms"].is_number() && json["totals"][0]["p99_range_ms"].is_array(),
+        "the figures stay flat in each setting's totals: {}",
+        json["totals"][0]
+    );
 }
