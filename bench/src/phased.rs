@@ -162,6 +162,15 @@ impl PhaseSummary {
         }
     }
 
+    /// Its figures as the cells of a totals row: answered, failed, gateway CPU per request,
+    /// p50 and p99 (without the outer `|`).
+    pub fn cells(&self) -> String {
+        format!(
+            "{} | {} | {:.0} | {:.2} | {:.2}",
+            self.answered, self.failed, self.gateway_cpu_us_per_request, self.p50_ms, self.p99_ms
+        )
+    }
+
     /// The lowest and highest p99 of the phases, milliseconds (0 for none).
     pub fn p99_range_ms(&self) -> (f64, f64) {
         (

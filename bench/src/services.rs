@@ -237,12 +237,7 @@ impl ServicesRun {
             "| service | the gateway knows it by | answered | failed | gateway CPU µs / request | p50 ms (median of phases) | p99 ms (median of phases) |",
         );
         for t in &self.totals {
-            let s = &t.summary;
-            let _ = writeln!(
-                md,
-                "| `{}` | {} | {} | {} | {:.0} | {:.2} | {:.2} |",
-                t.service, t.kind, s.answered, s.failed, s.gateway_cpu_us_per_request, s.p50_ms, s.p99_ms
-            );
+            let _ = writeln!(md, "| `{}` | {} | {} |", t.service, t.kind, t.summary.cells());
         }
         phases_markdown(
             &mut md,

@@ -38,10 +38,15 @@ fn assert_clean(what: &str, t: &TrafficReport) {
     assert!(t.cpu.wall_s > 0.0, "{what} {}: no CPU split", t.load);
 }
 
+/// What every scenario needs: rustls's crypto provider, and a directory for its files.
+fn setup() -> tempfile::TempDir {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    tempfile::tempdir().unwrap()
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_scenario_produces_figures_and_no_failures() {
-    let _ = rustls::crypto::ring::default_provider().install_default();
-    let work = tempfile::tempdir().unwrap();
+    let work = setup();
     let mosquitto = PathBuf::from("/usr/sbin/mosquitto");
     let mosquitto = mosquitto.exists().then_some(mosquitto);
     let plan = Plan {
@@ -273,8 +278,7 @@ fn one_round() -> PhasedPlan {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_configuration_only_service_scenario_answers_both_services() {
-    let _ = rustls::crypto::ring::default_provider().install_default();
-    let work = tempfile::tempdir().unwrap();
+    let work = setup();
     let report = services::run(&one_round(), &GatewayLaunch::InProcess, work.path(), "smoke".into())
         .await
         .unwrap();
@@ -299,8 +303,7 @@ async fn the_configuration_only_service_scenario_answers_both_services() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn revoked_cars_are_cut_off_and_stay_out() {
-    let _ = rustls::crypto::ring::default_provider().install_default();
-    let work = tempfile::tempdir().unwrap();
+    let work = setup();
     let plan = RevokePlan {
         vehicles: 5,
         interval: Duration::ZERO,
@@ -334,8 +337,7 @@ async fn revoked_cars_are_cut_off_and_stay_out() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_journal_cost_scenario_records_only_with_the_journal_on() {
-    let _ = rustls::crypto::ring::default_provider().install_default();
-    let work = tempfile::tempdir().unwrap();
+    let work = setup();
     let report = journal_cost::run(&one_round(), &GatewayLaunch::InProcess, work.path(), "smoke".into())
         .await
         .unwrap();
