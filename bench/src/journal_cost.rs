@@ -17,7 +17,7 @@ use serde::Serialize;
 
 use crate::brokers::{self, ConfigOverride, GatewayBinArgs, GatewayLaunch, GatewayOptions};
 use crate::fleet::Fleet;
-use crate::phased::{HOSTS, PhaseSummary, PhasedLoad, PhasedPlan, phases_markdown};
+use crate::phased::{HOSTS, PhaseSummary, PhasedArgs, PhasedLoad, PhasedPlan, phases_markdown};
 use crate::procfs::Roles;
 use crate::report::{RunInfo, Started, TrafficReport, notes_markdown, table_head};
 use crate::swarm::Swarm;
@@ -29,42 +29,20 @@ const SETTLE: Duration = Duration::from_secs(1);
 
 /// `fleet-bench journal-cost`'s options.
 #[derive(Debug, Clone, clap::Args)]
+#[command(
+    mut_arg("rate", |a| a.required(false).default_value("300")),
+    mut_arg("phase", |a| a.required(false).default_value("15"))
+)]
 pub struct JournalCostArgs {
     /// Where journal-cost.json and journal-cost.md go.
     #[arg(long, default_value = "docs/benchmarks")]
     pub out: std::path::PathBuf,
-    /// Cars connected, all sending.
-    #[arg(long, default_value_t = 200)]
-    pub vehicles: usize,
-    /// Requests per second, all cars together.
-    #[arg(long, default_value_t = 300.0)]
-    pub rate: f64,
-    /// Seconds per phase.
-    #[arg(long, default_value_t = 15.0)]
-    pub phase: f64,
-    /// Seconds at the start of each phase left out of its figures.
-    #[arg(long, default_value_t = 2.0)]
-    pub warmup: f64,
-    /// Rounds; each runs one phase per setting.
-    #[arg(long, default_value_t = 3)]
-    pub rounds: usize,
+    /// Cars, rate, phases.
+    #[command(flatten)]
+    pub load: PhasedArgs,
     /// The gateway binary and the work files.
     #[command(flatten)]
     pub gateway: GatewayBinArgs,
-}
-
-impl JournalCostArgs {
-    /// The plan these options make, with the per-car bounds lifted.
-    pub fn plan(&self) -> PhasedPlan {
-        PhasedPlan {
-            vehicles: self.vehicles,
-            rate: self.rate,
-            phase: Duration::from_secs_f64(self.phase),
-            warmup: Duration::from_secs_f64(self.warmup),
-            rounds: self.rounds,
-            overrides: crate::run::traffic_overrides(),
-        }
-    }
 }
 
 /// One phase: one setting, one round.

@@ -297,10 +297,11 @@ fn positive(rates: &[f64]) -> Vec<f64> {
 
 fn main() -> ExitCode {
     let _ = rustls::crypto::ring::default_provider().install_default();
+    // The agents' reconnect warnings during the reconnect storm are expected noise.
     tracing_subscriber::fmt()
         .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env().// The agents' reconnect warnings during the reconnect storm are expected noise.
-            unwrap_or_else(|_| "warn,rumqttd=off,vehicle_agent=error".into()),
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| "warn,rumqttd=off,vehicle_agent=error".into()),
         )
         .with_writer(std::io::stderr)
         .init();
@@ -404,7 +405,7 @@ fn command_line() -> String {
 async fn services_only(args: ServicesArgs) -> anyhow::Result<()> {
     let work = tempfile::Builder::new().prefix("fleet-bench-services-").tempdir()?;
     let launch = GatewayLaunch::Binary(args.gateway.binary()?);
-    let run = services::run(&args.plan(), &launch, work.path(), command_line()).await?;
+    let run = services::run(&args.load.plan(), &launch, work.path(), command_line()).await?;
     publish(
         &args.out,
         "services",
@@ -427,7 +428,7 @@ async fn revoke_only(args: RevokeArgs) -> anyhow::Result<()> {
 async fn journal_cost_only(args: JournalCostArgs) -> anyhow::Result<()> {
     let work = tempfile::Builder::new().prefix("fleet-bench-journal-").tempdir()?;
     let launch = GatewayLaunch::Binary(args.gateway.binary()?);
-    let run = journal_cost::run(&args.plan(), &launch, work.path(), command_line()).await?;
+    let run = journal_cost::run(&args.load.plan(), &launch, work.path(), command_line()).await?;
     publish(
         &args.out,
         "journal-cost",
@@ -551,4 +552,30 @@ async fn report(args: Args) -> anyhow::Result<()> {
         work,
         args.brokers.keep_work,
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The load options of the two phased scenarios, parsed from `args` after the subcommand.
+    fn load(args: &[&str]) -> (f64, f64, usize) {
+        let cli = Cli::try_parse_from(["fleet-bench"].iter().chain(args)).unwrap();
+        let load = match cli.command {
+            Command::Services(a) => a.load,
+            Command::JournalCost(a) => a.load,
+            _ => unreachable!("not a phased scenario"),
+        };
+        (load.rate, load.phase, load.vehicles)
+    }
+
+    #[test]
+    fn each_phased_scenario_has_its_own_default_rate_and_phase() {
+        assert_eq!(load(&["services"]), (500.0, 10.0, 200));
+        assert_eq!(load(&["journal-cost"]), (300.0, 15.0, 200));
+        assert_eq!(
+            load(&["journal-cost", "--rate", "40", "--phase", "2"]),
+            (40.0, 2.0, 200)
+        );
+    }
 }

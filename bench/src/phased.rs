@@ -22,6 +22,41 @@ use crate::traffic::{Load, Schedule};
 /// The cars reach the gateway on this one address.
 pub const HOSTS: [IpAddr; 1] = [IpAddr::V4(Ipv4Addr::LOCALHOST)];
 
+/// The load options of a phased scenario. `--rate` and `--phase` have no default here: each
+/// scenario sets its own (`#[command(mut_arg(...))]` on its options).
+#[derive(Debug, Clone, clap::Args)]
+pub struct PhasedArgs {
+    /// Cars connected, all sending.
+    #[arg(long, default_value_t = 200)]
+    pub vehicles: usize,
+    /// Requests per second, all cars together.
+    #[arg(long)]
+    pub rate: f64,
+    /// Seconds per phase.
+    #[arg(long)]
+    pub phase: f64,
+    /// Seconds at the start of each phase left out of its figures.
+    #[arg(long, default_value_t = 2.0)]
+    pub warmup: f64,
+    /// Rounds; each runs one phase per setting.
+    #[arg(long, default_value_t = 3)]
+    pub rounds: usize,
+}
+
+impl PhasedArgs {
+    /// The plan these options make, with the per-car bounds lifted.
+    pub fn plan(&self) -> PhasedPlan {
+        PhasedPlan {
+            vehicles: self.vehicles,
+            rate: self.rate,
+            phase: Duration::from_secs_f64(self.phase),
+            warmup: Duration::from_secs_f64(self.warmup),
+            rounds: self.rounds,
+            overrides: crate::run::traffic_overrides(),
+        }
+    }
+}
+
 /// The load of a phased scenario: the same cars send at the same open-loop rate in every phase.
 #[derive(Debug, Clone)]
 pub struct PhasedPlan {

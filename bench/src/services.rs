@@ -19,7 +19,7 @@ use tower::ServiceExt as _;
 
 use crate::brokers::{self, GatewayBinArgs, GatewayLaunch, GatewayOptions};
 use crate::fleet::Fleet;
-use crate::phased::{HOSTS, PhaseSummary, PhasedLoad, PhasedPlan, phases_markdown};
+use crate::phased::{HOSTS, PhaseSummary, PhasedArgs, PhasedLoad, PhasedPlan, phases_markdown};
 use crate::procfs::Roles;
 use crate::report::{RunInfo, Started, TrafficReport, notes_markdown, table_head};
 use crate::swarm::Swarm;
@@ -32,42 +32,20 @@ pub const CONFIGURED: &str = "karaoke.v1.Karaoke";
 
 /// `fleet-bench services`'s options.
 #[derive(Debug, Clone, clap::Args)]
+#[command(
+    mut_arg("rate", |a| a.required(false).default_value("500")),
+    mut_arg("phase", |a| a.required(false).default_value("10"))
+)]
 pub struct ServicesArgs {
     /// Where services.json and services.md go.
     #[arg(long, default_value = "docs/benchmarks")]
     pub out: std::path::PathBuf,
-    /// Cars connected, all sending.
-    #[arg(long, default_value_t = 200)]
-    pub vehicles: usize,
-    /// Requests per second, all cars together.
-    #[arg(long, default_value_t = 500.0)]
-    pub rate: f64,
-    /// Seconds per phase.
-    #[arg(long, default_value_t = 10.0)]
-    pub phase: f64,
-    /// Seconds at the start of each phase left out of its figures.
-    #[arg(long, default_value_t = 2.0)]
-    pub warmup: f64,
-    /// Phases per service, alternating.
-    #[arg(long, default_value_t = 3)]
-    pub rounds: usize,
+    /// Cars, rate, phases.
+    #[command(flatten)]
+    pub load: PhasedArgs,
     /// The gateway binary and the work files.
     #[command(flatten)]
     pub gateway: GatewayBinArgs,
-}
-
-impl ServicesArgs {
-    /// The plan these options make, with the per-car bounds lifted.
-    pub fn plan(&self) -> PhasedPlan {
-        PhasedPlan {
-            vehicles: self.vehicles,
-            rate: self.rate,
-            phase: std::time::Duration::from_secs_f64(self.phase),
-            warmup: std::time::Duration::from_secs_f64(self.warmup),
-            rounds: self.rounds,
-            overrides: crate::run::traffic_overrides(),
-        }
-    }
 }
 
 /// One phase: one service, one round.
