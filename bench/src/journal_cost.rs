@@ -15,9 +15,9 @@ use anyhow::Result;
 use gateway::store::{Interaction, MAX_PAGE, Store, TimelineQuery};
 use serde::Serialize;
 
-use crate::brokers::{self, ConfigOverride, GatewayBinArgs, GatewayLaunch, GatewayOptions};
+use crate::brokers::{self, ConfigOverride, GatewayLaunch, GatewayOptions};
 use crate::fleet::Fleet;
-use crate::phased::{HOSTS, PhaseSummary, PhasedArgs, PhasedLoad, PhasedPlan, phases_markdown};
+use crate::phased::{HOSTS, PhaseSummary, PhasedLoad, PhasedPlan, phases_markdown};
 use crate::procfs::Roles;
 use crate::report::{RunInfo, Started, TrafficReport, notes_markdown, table_head};
 use crate::swarm::Swarm;
@@ -28,23 +28,6 @@ use crate::traffic::{self, ParkingRequests};
 const SETTLE: Duration = Duration::from_secs(1);
 
 /// `fleet-bench journal-cost`'s options.
-#[derive(Debug, Clone, clap::Args)]
-#[command(
-    mut_arg("rate", |a| a.required(false).default_value("300")),
-    mut_arg("phase", |a| a.required(false).default_value("15"))
-)]
-pub struct JournalCostArgs {
-    /// Where journal-cost.json and journal-cost.md go.
-    #[arg(long, default_value = "docs/benchmarks")]
-    pub out: std::path::PathBuf,
-    /// Cars, rate, phases.
-    #[command(flatten)]
-    pub load: PhasedArgs,
-    /// The gateway binary and the work files.
-    #[command(flatten)]
-    pub gateway: GatewayBinArgs,
-}
-
 /// One phase: one setting, one round.
 #[derive(Debug, Clone, Serialize)]
 pub struct Phase {

@@ -24,12 +24,13 @@ use fleet_bench::abuser::{Abuse, AbuseSizes};
 use fleet_bench::agents::Mix;
 use fleet_bench::brokers::{self, BrokerSetup, ConfigOverride, GatewayLaunch};
 use fleet_bench::fleet::Fleet;
-use fleet_bench::journal_cost::{self, JournalCostArgs};
+use fleet_bench::journal_cost;
+use fleet_bench::phased::PhasedArgs;
 use fleet_bench::report::Started;
 use fleet_bench::restart::RestartPlan;
 use fleet_bench::revoke::{self, RevokeArgs};
 use fleet_bench::run::{self, LedgerRun, Plan};
-use fleet_bench::services::{self, ServicesArgs};
+use fleet_bench::services;
 use fleet_bench::swarm::StormSettings;
 use fleet_bench::under_storm::UnderStormPlan;
 
@@ -52,13 +53,21 @@ enum Command {
     Abuse(Box<AbuseOnly>),
     /// Compares a service the gateway knows by configuration only with a compiled-in one and
     /// writes services.json and services.md.
-    Services(Box<ServicesArgs>),
+    #[command(
+        mut_arg("rate", |a| a.required(false).default_value("500")),
+        mut_arg("phase", |a| a.required(false).default_value("10"))
+    )]
+    Services(Box<PhasedArgs>),
     /// Revokes connected cars one by one over the ops API, timing the call and the car's
     /// disconnection, and writes revoke.json and revoke.md.
     Revoke(Box<RevokeArgs>),
     /// Sends the same requests with the interaction journal off and on, in alternating phases,
     /// and writes journal-cost.json and journal-cost.md.
-    JournalCost(Box<JournalCostArgs>),
+    #[command(
+        mut_arg("rate", |a| a.required(false).default_value("300")),
+        mut_arg("phase", |a| a.required(false).default_value("15"))
+    )]
+    JournalCost(Box<PhasedArgs>),
     /// Measures the rows per second the gateway's journal writer sustains into SQLite (a file)
     /// and PostgreSQL, and prints a table.
     Journal(Box<JournalOnly>),
@@ -402,10 +411,10 @@ fn command_line() -> String {
 }
 
 /// `fleet-bench services`: a configuration-only service against a compiled-in one.
-async fn services_only(args: ServicesArgs) -> anyhow::Result<()> {
+async fn services_only(args: PhasedArgs) -> anyhow::Result<()> {
     let work = tempfile::Builder::new().prefix("fleet-bench-services-").tempdir()?;
     let launch = GatewayLaunch::Binary(args.gateway.binary()?);
-    let run = services::run(&args.load.plan(), &launch, work.path(), command_line()).await?;
+    let run = services::run(&args.plan(), &launch, work.path(), command_line()).await?;
     publish(
         &args.out,
         "services",
@@ -425,10 +434,10 @@ async fn revoke_only(args: RevokeArgs) -> anyhow::Result<()> {
 }
 
 /// `fleet-bench journal-cost`: request round trips with the journal off and on.
-async fn journal_cost_only(args: JournalCostArgs) -> anyhow::Result<()> {
+async fn journal_cost_only(args: PhasedArgs) -> anyhow::Result<()> {
     let work = tempfile::Builder::new().prefix("fleet-bench-journal-").tempdir()?;
     let launch = GatewayLaunch::Binary(args.gateway.binary()?);
-    let run = journal_cost::run(&args.load.plan(), &launch, work.path(), command_line()).await?;
+    let run = journal_cost::run(&args.plan(), &launch, work.path(), command_line()).await?;
     publish(
         &args.out,
         "journal-cost",
@@ -562,8 +571,7 @@ mod tests {
     fn load(args: &[&str]) -> (f64, f64, usize) {
         let cli = Cli::try_parse_from(["fleet-bench"].iter().chain(args)).unwrap();
         let load = match cli.command {
-            Command::Services(a) => a.load,
-            Command::JournalCost(a) => a.load,
+            Command::Services(a) | Command::JournalCost(a) => a,
             _ => unreachable!("not a phased scenario"),
         };
         (load.rate, load.phase, load.vehicles)

@@ -1,7 +1,7 @@
 //! What the scenarios that alternate two settings of the gateway in phases share
-//! ([`crate::services`], [`crate::journal_cost`]): the load plan, the load as their reports
-//! give it, what one setting's phases add up to, connecting the cars before the phases, and
-//! the per-phase table.
+//! ([`crate::services`], [`crate::journal_cost`]): the command-line options, the load plan,
+//! the load as their reports give it, what one setting's phases add up to, connecting the
+//! cars before the phases, and the per-phase table.
 
 use std::fmt::Write as _;
 use std::net::{IpAddr, Ipv4Addr};
@@ -22,10 +22,13 @@ use crate::traffic::{Load, Schedule};
 /// The cars reach the gateway on this one address.
 pub const HOSTS: [IpAddr; 1] = [IpAddr::V4(Ipv4Addr::LOCALHOST)];
 
-/// The load options of a phased scenario. `--rate` and `--phase` have no default here: each
-/// scenario sets its own (`#[command(mut_arg(...))]` on its options).
+/// A phased scenario's command-line options. `--rate` and `--phase` have no default here:
+/// each scenario's subcommand sets its own (`#[command(mut_arg(...))]`).
 #[derive(Debug, Clone, clap::Args)]
 pub struct PhasedArgs {
+    /// Directory the report's .json and .md go in.
+    #[arg(long, default_value = "docs/benchmarks")]
+    pub out: std::path::PathBuf,
     /// Cars connected, all sending.
     #[arg(long, default_value_t = 200)]
     pub vehicles: usize,
@@ -41,6 +44,9 @@ pub struct PhasedArgs {
     /// Rounds; each runs one phase per setting.
     #[arg(long, default_value_t = 3)]
     pub rounds: usize,
+    /// The gateway binary and the work files.
+    #[command(flatten)]
+    pub gateway: crate::brokers::GatewayBinArgs,
 }
 
 impl PhasedArgs {

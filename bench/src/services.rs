@@ -17,9 +17,9 @@ use serde::Serialize;
 use tonic::service::Routes;
 use tower::ServiceExt as _;
 
-use crate::brokers::{self, GatewayBinArgs, GatewayLaunch, GatewayOptions};
+use crate::brokers::{self, GatewayLaunch, GatewayOptions};
 use crate::fleet::Fleet;
-use crate::phased::{HOSTS, PhaseSummary, PhasedArgs, PhasedLoad, PhasedPlan, phases_markdown};
+use crate::phased::{HOSTS, PhaseSummary, PhasedLoad, PhasedPlan, phases_markdown};
 use crate::procfs::Roles;
 use crate::report::{RunInfo, Started, TrafficReport, notes_markdown, table_head};
 use crate::swarm::Swarm;
@@ -31,23 +31,6 @@ pub const COMPILED: &str = "parking.v1.ParkingPayment";
 pub const CONFIGURED: &str = "karaoke.v1.Karaoke";
 
 /// `fleet-bench services`'s options.
-#[derive(Debug, Clone, clap::Args)]
-#[command(
-    mut_arg("rate", |a| a.required(false).default_value("500")),
-    mut_arg("phase", |a| a.required(false).default_value("10"))
-)]
-pub struct ServicesArgs {
-    /// Where services.json and services.md go.
-    #[arg(long, default_value = "docs/benchmarks")]
-    pub out: std::path::PathBuf,
-    /// Cars, rate, phases.
-    #[command(flatten)]
-    pub load: PhasedArgs,
-    /// The gateway binary and the work files.
-    #[command(flatten)]
-    pub gateway: GatewayBinArgs,
-}
-
 /// One phase: one service, one round.
 #[derive(Debug, Clone, Serialize)]
 pub struct Phase {
