@@ -29,7 +29,7 @@ use fleet_bench::phased::PhasedArgs;
 use fleet_bench::report::Started;
 use fleet_bench::restart::RestartPlan;
 use fleet_bench::revoke::{self, RevokeArgs};
-use fleet_bench::run::{self, LedgerRun, Plan};
+use fleet_bench::run::{self, LedgerRun, Plan, Rates};
 use fleet_bench::services;
 use fleet_bench::swarm::StormSettings;
 use fleet_bench::under_storm::UnderStormPlan;
@@ -514,11 +514,13 @@ async fn report(args: Args) -> anyhow::Result<()> {
         storm: storm_settings(&args),
         duration: Duration::from_secs_f64(args.duration),
         warmup: Duration::from_secs_f64(args.warmup),
-        echo_rates: positive(&args.echo_rates),
-        request_rates: positive(&args.request_rates),
-        closed_in_flight: args.closed_in_flight,
-        agents: args.agents,
-        agent_rates: positive(&args.agent_rates),
+        rates: Rates {
+            echo_rates: positive(&args.echo_rates),
+            request_rates: positive(&args.request_rates),
+            closed_in_flight: args.closed_in_flight,
+            agents: args.agents,
+            agent_rates: positive(&args.agent_rates),
+        },
         agent_mix: args.agent_mix.clone(),
         brokers,
         ledger_runs: ledger_runs.clone(),

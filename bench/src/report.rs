@@ -150,16 +150,9 @@ pub struct Settings {
     pub duration_s: f64,
     /// Warm-up excluded from each traffic run's figures.
     pub warmup_s: f64,
-    /// Open-loop echo rates.
-    pub echo_rates: Vec<f64>,
-    /// Open-loop request rates.
-    pub request_rates: Vec<f64>,
-    /// Messages in flight in the closed-loop (maximum throughput) runs.
-    pub closed_in_flight: usize,
-    /// Real agents (vehicle_agent::GatewayLink) for the agent request runs.
-    pub agents: usize,
-    /// Their open-loop rates.
-    pub agent_rates: Vec<f64>,
+    /// The traffic runs' rates, and the real agents.
+    #[serde(flatten)]
+    pub rates: crate::run::Rates,
     /// What they ask for, by weight.
     pub agent_mix: String,
     /// Settings of the traffic gateways beyond their defaults.

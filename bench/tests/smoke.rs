@@ -16,7 +16,7 @@ use fleet_bench::phased::PhasedPlan;
 use fleet_bench::report::TrafficReport;
 use fleet_bench::restart::RestartPlan;
 use fleet_bench::revoke::{self, RevokePlan};
-use fleet_bench::run::{LedgerRun, Plan, run, traffic_overrides, write_report};
+use fleet_bench::run::{LedgerRun, Plan, Rates, run, traffic_overrides, write_report};
 use fleet_bench::services;
 use fleet_bench::swarm::StormSettings;
 use fleet_bench::under_storm::UnderStormPlan;
@@ -59,11 +59,13 @@ async fn every_scenario_produces_figures_and_no_failures() {
         },
         duration: Duration::from_millis(1000),
         warmup: Duration::from_millis(200),
-        echo_rates: vec![50.0],
-        request_rates: vec![50.0],
-        closed_in_flight: 10,
-        agents: 2,
-        agent_rates: vec![10.0],
+        rates: Rates {
+            echo_rates: vec![50.0],
+            request_rates: vec![50.0],
+            closed_in_flight: 10,
+            agents: 2,
+            agent_rates: vec![10.0],
+        },
         agent_mix: Mix::default(),
         brokers: BrokerSetup {
             gateway: Some(GatewayLaunch::InProcess),
@@ -262,6 +264,7 @@ async fn every_scenario_produces_figures_and_no_failures() {
     assert!(markdown.contains("## Abusive car: gateway"));
     let parsed: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(json).unwrap()).unwrap();
     assert_eq!(parsed["settings"]["vehicles"], VEHICLES);
+    assert_eq!(parsed["settings"]["closed_in_flight"], 10, "the rates stay flat in the settings");
 }
 
 /// One round of a phased scenario (one phase per setting), small and short.
