@@ -27,7 +27,6 @@ use crate::traffic::{self, ParkingRequests};
 /// batch is counted (the same wait for both settings).
 const SETTLE: Duration = Duration::from_secs(1);
 
-/// `fleet-bench journal-cost`'s options.
 /// One phase: one setting, one round.
 #[derive(Debug, Clone, Serialize)]
 pub struct Phase {

@@ -30,7 +30,6 @@ pub const COMPILED: &str = "parking.v1.ParkingPayment";
 /// The service the gateway knows by configuration only (same messages, another name).
 pub const CONFIGURED: &str = "karaoke.v1.Karaoke";
 
-/// `fleet-bench services`'s options.
 /// One phase: one service, one round.
 #[derive(Debug, Clone, Serialize)]
 pub struct Phase {

@@ -264,7 +264,10 @@ async fn every_scenario_produces_figures_and_no_failures() {
     assert!(markdown.contains("## Abusive car: gateway"));
     let parsed: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(json).unwrap()).unwrap();
     assert_eq!(parsed["settings"]["vehicles"], VEHICLES);
-    assert_eq!(parsed["settings"]["closed_in_flight"], 10, "the rates stay flat in the settings");
+    assert_eq!(
+        parsed["settings"]["closed_in_flight"], 10,
+        "the rates stay flat in the settings"
+    );
 }
 
 /// One round of a phased scenario (one phase per setting), small and short.
