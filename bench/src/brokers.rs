@@ -7,66 +7,21 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
 
-use anyhow::{Context as _, Result, bail};
+use anyhow::{Context as _, Result};
 
 use crate::fleet::Fleet;
 pub use crate::process::{ChildProcess, Launch, log_tail};
 
+mod binaries;
 mod gateway_config;
 mod mosquitto;
+pub use binaries::{GatewayBinArgs, build_workspace_binaries, gateway_binary, workspace_binary};
 pub use gateway_config::{ConfigOverride, GatewayOptions, gateway_toml};
 pub use mosquitto::{ensure_mosquitto, mosquitto_conf, mosquitto_version, start_mosquitto};
 
 /// A free TCP port on `ip` (bound then released: fine on a machine we control).
 pub fn free_port(ip: IpAddr) -> Result<u16> {
     Ok(std::net::TcpListener::bind((ip, 0))?.local_addr()?.port())
-}
-
-/// A binary of this workspace built with the same profile as the running executable: next to
-/// it for the bench binary (`target/release/`), one level up for test binaries (`deps/`).
-pub fn workspace_binary(name: &str) -> Result<PathBuf> {
-    Ok(profile_dir()?.join(name))
-}
-
-/// The running executable's profile directory, e.g. `target/release/`.
-fn profile_dir() -> Result<PathBuf> {
-    let exe = std::env::current_exe()?;
-    let mut dir = exe.parent().context("executable has no directory")?.to_path_buf();
-    if dir.ends_with("deps") {
-        dir.pop();
-    }
-    Ok(dir)
-}
-
-/// Builds the gateway and the parking adapter with the profile of the running executable, so
-/// that the figures are always those of the current source.
-pub fn build_workspace_binaries() -> Result<()> {
-    let dir = profile_dir()?;
-    let profile = match dir.file_name().and_then(|n| n.to_str()) {
-        Some("debug") | None => "dev".to_owned(),
-        Some(other) => other.to_owned(),
-    };
-    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-    let manifest = Path::new(env!("CARGO_MANIFEST_DIR")).join("../Cargo.toml");
-    eprintln!("building gateway and parking-adapter (profile {profile}) ...");
-    let status = Command::new(cargo)
-        .args([
-            "build",
-            "--profile",
-            &profile,
-            "-p",
-            "gateway",
-            "-p",
-            "parking-adapter",
-            "--manifest-path",
-        ])
-        .arg(&manifest)
-        .status()
-        .context("cannot run cargo")?;
-    if !status.success() {
-        bail!("cargo build of gateway and parking-adapter failed ({status})");
-    }
-    Ok(())
 }
 
 /// Which broker.

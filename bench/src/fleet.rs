@@ -9,7 +9,7 @@
 //! verifies the server's certificate, a resumed one does not, which tells the two apart
 //! without trusting either broker's word for it.
 
-use std::net::IpAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -20,6 +20,7 @@ use proto::Vin;
 use rustls::{ClientConfig, RootCertStore};
 use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer};
+use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity};
 pub use vehicle_agent::tls::HandshakeCounter;
 use vehicle_agent::tls::{GatewayVerifier, client_config};
 
@@ -132,6 +133,22 @@ impl Fleet {
     /// The CA that signs only the gateway's client certificate, PEM: what the adapter trusts.
     pub fn gateway_clients_ca_pem(&self) -> &str {
         &self.gateway_clients_ca_pem
+    }
+
+    /// A gRPC channel to a gateway listener at `addr` presenting `identity` (one of this
+    /// fleet's certificates), verifying the gateway's certificate (issued for `localhost`)
+    /// against the fleet's root; connected before it returns.
+    pub async fn grpc_channel(&self, identity: &CertFiles, addr: SocketAddr) -> Result<Channel> {
+        let read = |p: &Path| std::fs::read(p).with_context(|| format!("read {}", p.display()));
+        let tls = ClientTlsConfig::new()
+            .ca_certificate(Certificate::from_pem(read(&self.ca_file)?))
+            .identity(Identity::from_pem(read(&identity.cert)?, read(&identity.key)?))
+            .domain_name("localhost");
+        Ok(Endpoint::from_shared(format!("https://{addr}"))?
+            .tls_config(tls)?
+            .tcp_nodelay(true)
+            .connect()
+            .await?)
     }
 
     /// Writes vehicle `index`'s certificate and key to files (for the real agent, which reads files).

@@ -8,88 +8,24 @@
 //! change of p99 with the journal on.
 
 use std::fmt::Write as _;
-use std::net::{IpAddr, Ipv4Addr};
 use std::path::Path;
 use std::time::Duration;
 
-use anyhow::{Result, bail};
+use anyhow::Result;
 use gateway::store::{Interaction, MAX_PAGE, Store, TimelineQuery};
 use serde::Serialize;
 
 use crate::brokers::{self, ConfigOverride, GatewayLaunch, GatewayOptions};
 use crate::fleet::Fleet;
+use crate::phased::{HOSTS, PhaseSummary, PhasedLoad, PhasedPlan, phases_markdown};
 use crate::procfs::Roles;
-use crate::report::{PhaseSummary, RunInfo, Started, TrafficReport, notes_markdown, table_head};
-use crate::swarm::{StormSettings, Swarm, Target};
-use crate::traffic::{self, Load, ParkingRequests, Schedule};
+use crate::report::{RunInfo, Started, TrafficReport, notes_markdown, table_head};
+use crate::swarm::Swarm;
+use crate::traffic::{self, ParkingRequests};
 
 /// How long after a phase's last answer its gateway CPU is read, so that the journal's last
 /// batch is counted (the same wait for both settings).
 const SETTLE: Duration = Duration::from_secs(1);
-
-/// `fleet-bench journal-cost`'s options.
-#[derive(Debug, Clone, clap::Args)]
-pub struct JournalCostArgs {
-    /// Where journal-cost.json and journal-cost.md go.
-    #[arg(long, default_value = "docs/benchmarks")]
-    pub out: std::path::PathBuf,
-    /// Cars connected, all sending.
-    #[arg(long, default_value_t = 200)]
-    pub vehicles: usize,
-    /// Requests per second, all cars together.
-    #[arg(long, default_value_t = 300.0)]
-    pub rate: f64,
-    /// Seconds per phase.
-    #[arg(long, default_value_t = 15.0)]
-    pub phase: f64,
-    /// Seconds at the start of each phase left out of its figures.
-    #[arg(long, default_value_t = 2.0)]
-    pub warmup: f64,
-    /// Rounds; each runs one phase per setting.
-    #[arg(long, default_value_t = 3)]
-    pub rounds: usize,
-    /// Do not run `cargo build` for the gateway first.
-    #[arg(long)]
-    pub no_build: bool,
-    /// Gateway binary (default: next to this executable).
-    #[arg(long)]
-    pub gateway_bin: Option<std::path::PathBuf>,
-    /// Keep the temporary directory (certificates, configs, the gateway's logs, the database).
-    #[arg(long)]
-    pub keep_work: bool,
-}
-
-impl JournalCostArgs {
-    /// The plan these options make, with the per-car bounds lifted.
-    pub fn plan(&self) -> JournalCostPlan {
-        JournalCostPlan {
-            vehicles: self.vehicles,
-            rate: self.rate,
-            phase: Duration::from_secs_f64(self.phase),
-            warmup: Duration::from_secs_f64(self.warmup),
-            rounds: self.rounds,
-            overrides: crate::run::traffic_overrides(),
-        }
-    }
-}
-
-/// What the scenario does.
-#[derive(Debug, Clone)]
-pub struct JournalCostPlan {
-    /// Cars connected, all sending.
-    pub vehicles: usize,
-    /// Requests per second, all cars together, open loop.
-    pub rate: f64,
-    /// How long each phase sends.
-    pub phase: Duration,
-    /// The first part of each phase left out of its figures.
-    pub warmup: Duration,
-    /// Rounds of one phase per setting.
-    pub rounds: usize,
-    /// Settings of the gateway beyond the defaults (the per-car rates lifted); the bench adds
-    /// `journal.enabled`.
-    pub overrides: Vec<ConfigOverride>,
-}
 
 /// One phase: one setting, one round.
 #[derive(Debug, Clone, Serialize)]
@@ -107,16 +43,9 @@ pub struct Phase {
 pub struct SettingTotals {
     /// `journal.enabled`.
     pub journal: bool,
-    /// Answers received, warm-ups included.
-    pub answered: u64,
-    /// Non-OK answers and requests never answered.
-    pub failed: u64,
-    /// Gateway CPU per answer over all its phases, microseconds.
-    pub gateway_cpu_us_per_request: f64,
-    /// The median of its phases' p50 round trips, milliseconds.
-    pub p50_ms: f64,
-    /// The median of its phases' p99 round trips, milliseconds.
-    pub p99_ms: f64,
+    /// Its phases added up.
+    #[serde(flatten)]
+    pub summary: PhaseSummary,
     /// The lowest and highest p99 of its phases.
     pub p99_range_ms: (f64, f64),
 }
@@ -126,14 +55,9 @@ pub struct SettingTotals {
 pub struct JournalCostRun {
     /// When and where.
     pub run: RunInfo,
-    /// Cars, all sending.
-    pub vehicles: usize,
-    /// Requests per second.
-    pub rate: f64,
-    /// Seconds per phase.
-    pub phase_s: f64,
-    /// Seconds of each phase left out.
-    pub warmup_s: f64,
+    /// Cars, rate, phases.
+    #[serde(flatten)]
+    pub load: PhasedLoad,
     /// Every phase in order.
     pub phases: Vec<Phase>,
     /// Off, then on.
@@ -163,19 +87,9 @@ fn order(rounds: usize) -> Vec<(usize, bool)> {
 }
 
 /// Runs the scenario with the gateway as `launch` says, files in `work`.
-pub async fn run(
-    plan: &JournalCostPlan,
-    launch: &GatewayLaunch,
-    work: &Path,
-    command: String,
-) -> Result<JournalCostRun> {
+pub async fn run(plan: &PhasedPlan, launch: &GatewayLaunch, work: &Path, command: String) -> Result<JournalCostRun> {
     let started = Started::now();
-    if plan.vehicles == 0 || plan.rounds == 0 || plan.rate <= 0.0 {
-        bail!("need vehicles, rounds and a rate");
-    }
-    let hosts = vec![IpAddr::V4(Ipv4Addr::LOCALHOST)];
-    started.say(&format!("issuing {} vehicle certificates", plan.vehicles));
-    let fleet = Fleet::create(&work.join("pki"), plan.vehicles, &hosts)?;
+    let fleet = plan.issue_fleet(&started, work)?;
     let adapter = brokers::start_adapter(None, &fleet, work).await?;
     let db_dir = work.join("db");
     std::fs::create_dir_all(&db_dir)?;
@@ -184,11 +98,6 @@ pub async fn run(
     let mut swarm = Swarm::new(fleet.vehicles.iter().map(|v| v.vin.clone()).collect());
     let configs = fleet.client_configs(0..plan.vehicles, &Default::default())?;
     let workload = ParkingRequests::default();
-    let schedule = Schedule {
-        load: Load::Rate(plan.rate),
-        duration: plan.phase,
-        warmup: plan.warmup,
-    };
     let mut phases = Vec::new();
     let mut storage_url = None;
     for (k, (round, journal)) in order(plan.rounds).into_iter().enumerate() {
@@ -199,7 +108,7 @@ pub async fn run(
             value: journal.to_string(),
         });
         let options = GatewayOptions {
-            max_connections: plan.vehicles + 100,
+            max_connections: plan.max_connections(),
             adapter: adapter.addr,
             read_only_methods: &read_only,
             partner_api: false,
@@ -208,38 +117,24 @@ pub async fn run(
         };
         let dir = work.join(format!("gateway-{}", k + 1));
         std::fs::create_dir_all(&dir)?;
-        let setting = if journal { "on" } else { "off" };
+        let setting = on_off(journal);
         started.say(&format!(
             "round {round}: journal {setting}, {:.0} requests/s",
             plan.rate
         ));
-        let broker = brokers::launch_gateway(launch, &fleet, &dir, &db, &hosts, &options).await?;
+        let broker = brokers::launch_gateway(launch, &fleet, &dir, &db, &HOSTS, &options).await?;
         storage_url.clone_from(&broker.storage_url);
         let roles = Roles::new(broker.pid, None);
-        let target = Target {
-            hosts: hosts.clone(),
-            port: broker.port,
-        };
-        let outcome = swarm.storm(&configs, &target, &StormSettings::default()).await?;
-        if outcome.connected < plan.vehicles {
-            bail!(
-                "{} of {} vehicles connected: {:?}",
-                outcome.connected,
-                plan.vehicles,
-                outcome.first_error
-            );
-        }
-        let active = swarm.connected();
+        let active = plan.connect_all(&mut swarm, &configs, broker.port).await?;
         traffic::prepare(&mut swarm, &active, &workload).await?;
         let mark = roles.mark();
-        let outcome = traffic::run(&mut swarm, &active, &workload, schedule).await;
+        let outcome = traffic::run(&mut swarm, &active, &workload, plan.schedule()).await;
         tokio::time::sleep(SETTLE).await;
         let cpu = roles.since(&mark);
-        let scenario = format!("ListNearbyLots, journal {setting}");
         phases.push(Phase {
             journal,
             round,
-            traffic: TrafficReport::new(&scenario, Load::Rate(plan.rate).describe(), outcome, cpu),
+            traffic: plan.traffic_report(&format!("ListNearbyLots, journal {setting}"), outcome, cpu),
         });
         swarm.disconnect_all().await?;
         broker.stop().await;
@@ -247,11 +142,9 @@ pub async fn run(
     drop(adapter);
     let totals: Vec<SettingTotals> = [false, true].into_iter().map(|j| totals(j, &phases)).collect();
     let change = |off: f64, on: f64| if off > 0.0 { (on / off - 1.0) * 100.0 } else { 0.0 };
-    let p99_change_pct = change(totals[0].p99_ms, totals[1].p99_ms);
-    let cpu_change_pct = change(
-        totals[0].gateway_cpu_us_per_request,
-        totals[1].gateway_cpu_us_per_request,
-    );
+    let (off, on) = (&totals[0].summary, &totals[1].summary);
+    let p99_change_pct = change(off.p99_ms, on.p99_ms);
+    let cpu_change_pct = change(off.gateway_cpu_us_per_request, on.gateway_cpu_us_per_request);
     let requests_with_journal = phases
         .iter()
         .filter(|p| p.journal)
@@ -280,10 +173,7 @@ pub async fn run(
     ];
     Ok(JournalCostRun {
         run: started.finish(command),
-        vehicles: plan.vehicles,
-        rate: plan.rate,
-        phase_s: plan.phase.as_secs_f64(),
-        warmup_s: plan.warmup.as_secs_f64(),
+        load: plan.load(),
         phases,
         totals,
         p99_change_pct,
@@ -325,24 +215,17 @@ async fn request_rows(url: &str, fleet: &Fleet) -> Option<u64> {
 }
 
 fn totals(journal: bool, phases: &[Phase]) -> SettingTotals {
-    let mine: Vec<&TrafficReport> = phases
-        .iter()
-        .filter(|p| p.journal == journal)
-        .map(|p| &p.traffic)
-        .collect();
-    let summary = PhaseSummary::of(&mine);
+    let summary = PhaseSummary::of(phases.iter().filter(|p| p.journal == journal).map(|p| &p.traffic));
     SettingTotals {
         journal,
-        answered: summary.answered,
-        failed: summary.failed,
-        gateway_cpu_us_per_request: summary.gateway_cpu_us_per_request,
-        p50_ms: summary.p50_ms,
-        p99_ms: summary.p99_ms(),
-        p99_range_ms: (
-            summary.p99s_ms.first().copied().unwrap_or(0.0),
-            summary.p99s_ms.last().copied().unwrap_or(0.0),
-        ),
+        p99_range_ms: summary.p99_range_ms(),
+        summary,
     }
+}
+
+/// `journal.enabled` as the tables give it.
+fn on_off(journal: bool) -> &'static str {
+    if journal { "on" } else { "off" }
 }
 
 impl JournalCostRun {
@@ -355,7 +238,7 @@ impl JournalCostRun {
             "- {} cars, {:.0} ListNearbyLots requests/s between them (open loop), {:.0} s per phase ({:.0} s warm-up \
              left out), `journal.enabled` alternating (ABBA), the gateway restarted between phases on the same \
              database\n",
-            self.vehicles, self.rate, self.phase_s, self.warmup_s
+            self.load.vehicles, self.load.rate, self.load.phase_s, self.load.warmup_s
         );
         table_head(
             &mut md,
@@ -364,13 +247,9 @@ impl JournalCostRun {
         for t in &self.totals {
             let _ = writeln!(
                 md,
-                "| {} | {} | {} | {:.0} | {:.2} | {:.2} | {:.2} to {:.2} |",
-                if t.journal { "on" } else { "off" },
-                t.answered,
-                t.failed,
-                t.gateway_cpu_us_per_request,
-                t.p50_ms,
-                t.p99_ms,
+                "| {} | {} | {:.2} to {:.2} |",
+                on_off(t.journal),
+                t.summary.cells(),
                 t.p99_range_ms.0,
                 t.p99_range_ms.1
             );
@@ -388,26 +267,13 @@ impl JournalCostRun {
             "- request rows in the journal at the end: {rows}; requests sent while it was on: {}",
             self.requests_with_journal
         );
-        let _ = writeln!(md, "\n## Phases\n");
-        table_head(
+        phases_markdown(
             &mut md,
-            "| round | journal | answered | errors | missing | gateway CPU µs / request | p50 ms | p99 ms |",
+            "journal",
+            self.phases
+                .iter()
+                .map(|p| (p.round, on_off(p.journal).to_owned(), &p.traffic)),
         );
-        for p in &self.phases {
-            let o = &p.traffic.outcome;
-            let _ = writeln!(
-                md,
-                "| {} | {} | {} | {} | {} | {:.0} | {:.2} | {:.2} |",
-                p.round,
-                if p.journal { "on" } else { "off" },
-                o.replies - o.errors,
-                o.errors,
-                o.missing,
-                p.traffic.broker_cpu_us_per_msg,
-                o.latency.p50_ms,
-                o.latency.p99_ms
-            );
-        }
         notes_markdown(&mut md, &self.notes);
         md
     }

@@ -12,6 +12,7 @@
 //! - [`abuse`]: well-behaved cars served while one car abuses MQTT ([`abuser`], over the raw
 //!   client [`rawmqtt`]) and sockets flood the listener; partner events from [`partner`];
 //! - [`services`]: a service known by configuration only against a compiled-in one;
+//!   [`phased`]: what it shares with [`journal_cost`] (settings alternating in phases);
 //! - [`revoke`]: from an operator's revocation (over [`ops`], the gateway's ops API) to the car
 //!   cut off; [`journal_cost`]: request round trips with the interaction journal off and on;
 //! - [`journal`]: rows per second of the gateway's journal writer, SQLite and PostgreSQL;
@@ -26,6 +27,7 @@ pub mod journal;
 pub mod journal_cost;
 pub mod ops;
 pub mod partner;
+pub mod phased;
 pub mod process;
 pub mod procfs;
 pub mod rawmqtt;

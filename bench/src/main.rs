@@ -24,12 +24,13 @@ use fleet_bench::abuser::{Abuse, AbuseSizes};
 use fleet_bench::agents::Mix;
 use fleet_bench::brokers::{self, BrokerSetup, ConfigOverride, GatewayLaunch};
 use fleet_bench::fleet::Fleet;
-use fleet_bench::journal_cost::{self, JournalCostArgs};
+use fleet_bench::journal_cost;
+use fleet_bench::phased::PhasedArgs;
 use fleet_bench::report::Started;
 use fleet_bench::restart::RestartPlan;
 use fleet_bench::revoke::{self, RevokeArgs};
-use fleet_bench::run::{self, LedgerRun, Plan};
-use fleet_bench::services::{self, ServicesPlan};
+use fleet_bench::run::{self, LedgerRun, Plan, Rates};
+use fleet_bench::services;
 use fleet_bench::swarm::StormSettings;
 use fleet_bench::under_storm::UnderStormPlan;
 
@@ -52,13 +53,21 @@ enum Command {
     Abuse(Box<AbuseOnly>),
     /// Compares a service the gateway knows by configuration only with a compiled-in one and
     /// writes services.json and services.md.
-    Services(Box<ServicesOnly>),
+    #[command(
+        mut_arg("rate", |a| a.required(false).default_value("500")),
+        mut_arg("phase", |a| a.required(false).default_value("10"))
+    )]
+    Services(Box<PhasedArgs>),
     /// Revokes connected cars one by one over the ops API, timing the call and the car's
     /// disconnection, and writes revoke.json and revoke.md.
     Revoke(Box<RevokeArgs>),
     /// Sends the same requests with the interaction journal off and on, in alternating phases,
     /// and writes journal-cost.json and journal-cost.md.
-    JournalCost(Box<JournalCostArgs>),
+    #[command(
+        mut_arg("rate", |a| a.required(false).default_value("300")),
+        mut_arg("phase", |a| a.required(false).default_value("15"))
+    )]
+    JournalCost(Box<PhasedArgs>),
     /// Measures the rows per second the gateway's journal writer sustains into SQLite (a file)
     /// and PostgreSQL, and prints a table.
     Journal(Box<JournalOnly>),
@@ -76,38 +85,6 @@ struct JournalOnly {
     /// The PostgreSQL database (a fresh schema is made in it, and dropped).
     #[arg(long, default_value = "postgres://postgres@127.0.0.1:5432/test")]
     postgres: String,
-}
-
-/// The configuration-only service scenario.
-#[derive(clap::Args)]
-struct ServicesOnly {
-    /// Where services.json and services.md go.
-    #[arg(long, default_value = "docs/benchmarks")]
-    out: PathBuf,
-    /// Cars connected, all sending.
-    #[arg(long, default_value_t = 200)]
-    vehicles: usize,
-    /// Requests per second, all cars together.
-    #[arg(long, default_value_t = 500.0)]
-    rate: f64,
-    /// Seconds per phase.
-    #[arg(long, default_value_t = 10.0)]
-    phase: f64,
-    /// Seconds at the start of each phase left out of its figures.
-    #[arg(long, default_value_t = 2.0)]
-    warmup: f64,
-    /// Phases per service, alternating.
-    #[arg(long, default_value_t = 3)]
-    rounds: usize,
-    /// Do not run `cargo build` for the gateway first.
-    #[arg(long)]
-    no_build: bool,
-    /// Gateway binary (default: next to this executable).
-    #[arg(long)]
-    gateway_bin: Option<PathBuf>,
-    /// Keep the temporary directory (certificates, configs, the gateway's log).
-    #[arg(long)]
-    keep_work: bool,
 }
 
 /// Which brokers, and how to get them.
@@ -329,10 +306,11 @@ fn positive(rates: &[f64]) -> Vec<f64> {
 
 fn main() -> ExitCode {
     let _ = rustls::crypto::ring::default_provider().install_default();
+    // The agents' reconnect warnings during the reconnect storm are expected noise.
     tracing_subscriber::fmt()
         .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env().// The agents' reconnect warnings during the reconnect storm are expected noise.
-            unwrap_or_else(|_| "warn,rumqttd=off,vehicle_agent=error".into()),
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| "warn,rumqttd=off,vehicle_agent=error".into()),
         )
         .with_writer(std::io::stderr)
         .init();
@@ -362,23 +340,6 @@ async fn journal_only(args: JournalOnly) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// The gateway's release binary: `given`, or the workspace's own, built first unless `no_build`.
-fn gateway_binary(no_build: bool, given: Option<&Path>) -> anyhow::Result<PathBuf> {
-    if !no_build && given.is_none() {
-        brokers::build_workspace_binaries()?;
-    }
-    let bin = match given {
-        Some(p) => p.to_path_buf(),
-        None => brokers::workspace_binary("gateway")?,
-    };
-    anyhow::ensure!(
-        bin.exists(),
-        "{} does not exist (build it or pass --gateway-bin)",
-        bin.display()
-    );
-    Ok(bin)
-}
-
 /// The brokers to measure, ready to start: the gateway (built first unless told not to) with
 /// its adapter, and Mosquitto (installed if missing and allowed); files of the run go in
 /// `work`. The notes say what was done.
@@ -386,7 +347,7 @@ fn prepare(args: &BrokerArgs, work: &Path) -> anyhow::Result<(BrokerSetup, Vec<S
     let mut notes = Vec::new();
     let wants = |name: &str| args.brokers.iter().any(|b| b == name);
     let gateway = if wants("gateway") {
-        Some(GatewayLaunch::Binary(gateway_binary(
+        Some(GatewayLaunch::Binary(brokers::gateway_binary(
             args.no_build,
             args.gateway_bin.as_deref(),
         )?))
@@ -450,35 +411,41 @@ fn command_line() -> String {
 }
 
 /// `fleet-bench services`: a configuration-only service against a compiled-in one.
-async fn services_only(args: ServicesOnly) -> anyhow::Result<()> {
+async fn services_only(args: PhasedArgs) -> anyhow::Result<()> {
     let work = tempfile::Builder::new().prefix("fleet-bench-services-").tempdir()?;
-    let bin = gateway_binary(args.no_build, args.gateway_bin.as_deref())?;
-    let plan = ServicesPlan {
-        vehicles: args.vehicles,
-        rate: args.rate,
-        phase: Duration::from_secs_f64(args.phase),
-        warmup: Duration::from_secs_f64(args.warmup),
-        rounds: args.rounds,
-        overrides: fleet_bench::run::traffic_overrides(),
-    };
-    let run = services::run(&plan, &GatewayLaunch::Binary(bin), work.path(), command_line()).await?;
-    publish(&args.out, "services", &run, &run.markdown(), work, args.keep_work)
+    let launch = GatewayLaunch::Binary(args.gateway.binary()?);
+    let run = services::run(&args.plan(), &launch, work.path(), command_line()).await?;
+    publish(
+        &args.out,
+        "services",
+        &run,
+        &run.markdown(),
+        work,
+        args.gateway.keep_work,
+    )
 }
 
 /// `fleet-bench revoke`: revocation from the call to the car cut off.
 async fn revoke_only(args: RevokeArgs) -> anyhow::Result<()> {
     let work = tempfile::Builder::new().prefix("fleet-bench-revoke-").tempdir()?;
-    let bin = gateway_binary(args.no_build, args.gateway_bin.as_deref())?;
-    let run = revoke::run(&args.plan(), &GatewayLaunch::Binary(bin), work.path(), command_line()).await?;
-    publish(&args.out, "revoke", &run, &run.markdown(), work, args.keep_work)
+    let launch = GatewayLaunch::Binary(args.gateway.binary()?);
+    let run = revoke::run(&args.plan(), &launch, work.path(), command_line()).await?;
+    publish(&args.out, "revoke", &run, &run.markdown(), work, args.gateway.keep_work)
 }
 
 /// `fleet-bench journal-cost`: request round trips with the journal off and on.
-async fn journal_cost_only(args: JournalCostArgs) -> anyhow::Result<()> {
+async fn journal_cost_only(args: PhasedArgs) -> anyhow::Result<()> {
     let work = tempfile::Builder::new().prefix("fleet-bench-journal-").tempdir()?;
-    let bin = gateway_binary(args.no_build, args.gateway_bin.as_deref())?;
-    let run = journal_cost::run(&args.plan(), &GatewayLaunch::Binary(bin), work.path(), command_line()).await?;
-    publish(&args.out, "journal-cost", &run, &run.markdown(), work, args.keep_work)
+    let launch = GatewayLaunch::Binary(args.gateway.binary()?);
+    let run = journal_cost::run(&args.plan(), &launch, work.path(), command_line()).await?;
+    publish(
+        &args.out,
+        "journal-cost",
+        &run,
+        &run.markdown(),
+        work,
+        args.gateway.keep_work,
+    )
 }
 
 /// `fleet-bench abuse`: the abusive-car scenario alone.
@@ -547,11 +514,13 @@ async fn report(args: Args) -> anyhow::Result<()> {
         storm: storm_settings(&args),
         duration: Duration::from_secs_f64(args.duration),
         warmup: Duration::from_secs_f64(args.warmup),
-        echo_rates: positive(&args.echo_rates),
-        request_rates: positive(&args.request_rates),
-        closed_in_flight: args.closed_in_flight,
-        agents: args.agents,
-        agent_rates: positive(&args.agent_rates),
+        rates: Rates {
+            echo_rates: positive(&args.echo_rates),
+            request_rates: positive(&args.request_rates),
+            closed_in_flight: args.closed_in_flight,
+            agents: args.agents,
+            agent_rates: positive(&args.agent_rates),
+        },
         agent_mix: args.agent_mix.clone(),
         brokers,
         ledger_runs: ledger_runs.clone(),
@@ -594,4 +563,29 @@ async fn report(args: Args) -> anyhow::Result<()> {
         work,
         args.brokers.keep_work,
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The load options of the two phased scenarios, parsed from `args` after the subcommand.
+    fn load(args: &[&str]) -> (f64, f64, usize) {
+        let cli = Cli::try_parse_from(["fleet-bench"].iter().chain(args)).unwrap();
+        let load = match cli.command {
+            Command::Services(a) | Command::JournalCost(a) => a,
+            _ => unreachable!("not a phased scenario"),
+        };
+        (load.rate, load.phase, load.vehicles)
+    }
+
+    #[test]
+    fn each_phased_scenario_has_its_own_default_rate_and_phase() {
+        assert_eq!(load(&["services"]), (500.0, 10.0, 200));
+        assert_eq!(load(&["journal-cost"]), (300.0, 15.0, 200));
+        assert_eq!(
+            load(&["journal-cost", "--rate", "40", "--phase", "2"]),
+            (40.0, 2.0, 200)
+        );
+    }
 }

@@ -6,7 +6,7 @@ use std::net::SocketAddr;
 
 use anyhow::{Context as _, Result};
 use proto::fleet::v1::fleet_ops_client::FleetOpsClient;
-use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity};
+use tonic::transport::Channel;
 
 use crate::brokers::ConfigOverride;
 use crate::fleet::Fleet;
@@ -30,18 +30,8 @@ pub fn ops_settings(fleet: &Fleet, listen: SocketAddr) -> Vec<ConfigOverride> {
 /// A `fleet.v1.FleetOps` client on `addr` as the fleet's operator, verifying the gateway's
 /// certificate (issued for `localhost`) against the fleet's root; connected before it returns.
 pub async fn operator_client(fleet: &Fleet, addr: SocketAddr) -> Result<FleetOpsClient<Channel>> {
-    let read = |p: &std::path::Path| std::fs::read(p).with_context(|| format!("read {}", p.display()));
-    let tls = ClientTlsConfig::new()
-        .ca_certificate(Certificate::from_pem(read(&fleet.ca_file)?))
-        .identity(Identity::from_pem(
-            read(&fleet.operator.cert)?,
-            read(&fleet.operator.key)?,
-        ))
-        .domain_name("localhost");
-    let channel = Endpoint::from_shared(format!("https://{addr}"))?
-        .tls_config(tls)?
-        .tcp_nodelay(true)
-        .connect()
+    let channel = fleet
+        .grpc_channel(&fleet.operator, addr)
         .await
         .with_context(|| format!("connect to the ops listener at {addr}"))?;
     Ok(FleetOpsClient::new(channel))

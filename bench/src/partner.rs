@@ -21,7 +21,7 @@ use rumqttc::QoS;
 use serde::Serialize;
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
-use tonic::transport::{Certificate, Channel, ClientTlsConfig, Identity};
+use tonic::transport::Channel;
 
 use crate::fleet::Fleet;
 use crate::stats::{Latencies, Summary};
@@ -35,17 +35,8 @@ const MAGIC: &[u8; 4] = b"EVT1";
 
 /// A gRPC client of the gateway's partner API at `addr`, as the partner `parking`.
 pub async fn client(fleet: &Fleet, addr: SocketAddr) -> Result<PartnerEventsClient<Channel>> {
-    let read = |p: &std::path::Path| std::fs::read(p).with_context(|| format!("read {}", p.display()));
-    let tls = ClientTlsConfig::new()
-        .ca_certificate(Certificate::from_pem(read(&fleet.ca_file)?))
-        .identity(Identity::from_pem(
-            read(&fleet.adapter.cert)?,
-            read(&fleet.adapter.key)?,
-        ))
-        .domain_name("localhost");
-    let channel = Channel::from_shared(format!("https://{addr}"))?
-        .tls_config(tls)?
-        .connect()
+    let channel = fleet
+        .grpc_channel(&fleet.adapter, addr)
         .await
         .context("connect to the gateway's partner API")?;
     Ok(PartnerEventsClient::new(channel))

@@ -48,15 +48,11 @@ pub async fn connect(
     keep_alive: Duration,
     limit: Duration,
 ) -> Result<(RawWriter, RawReader, Duration)> {
-    let started = Instant::now();
-    match tokio::time::timeout(limit, open(config, addr, server_name, client_id, keep_alive)).await {
-        Ok(Ok(opened)) if opened.code == ConnectReturnCode::Success => {
-            Ok((opened.writer, opened.reader, started.elapsed()))
-        }
-        Ok(Ok(opened)) => bail!("CONNACK {:?}", opened.code),
-        Ok(Err(e)) => Err(e),
-        Err(_) => bail!("no CONNACK within {limit:?}"),
+    let opened = open(config, addr, server_name, client_id, keep_alive, limit).await?;
+    if opened.answer.code != ConnectReturnCode::Success {
+        bail!("CONNACK {:?}", opened.answer.code);
     }
+    Ok((opened.writer, opened.reader, opened.answer.elapsed))
 }
 
 /// What the broker answered one CONNECT, and how the TLS handshake before it went.
@@ -80,65 +76,67 @@ pub async fn connect_answer(
     keep_alive: Duration,
     limit: Duration,
 ) -> Result<ConnectAnswer> {
-    let started = Instant::now();
-    match tokio::time::timeout(limit, open(config, addr, server_name, client_id, keep_alive)).await {
-        Ok(Ok(opened)) => Ok(ConnectAnswer {
-            code: opened.code,
-            resumed: opened.resumed,
-            elapsed: started.elapsed(),
-        }),
-        Ok(Err(e)) => Err(e),
-        Err(_) => bail!("no CONNACK within {limit:?}"),
-    }
+    let opened = open(config, addr, server_name, client_id, keep_alive, limit).await?;
+    Ok(opened.answer)
 }
 
 /// A connection whose CONNECT was answered, with or without success.
 struct Opened {
     writer: RawWriter,
     reader: RawReader,
-    code: ConnectReturnCode,
-    resumed: bool,
+    answer: ConnectAnswer,
 }
 
-/// TCP, TLS, CONNECT, and the CONNACK whatever its code.
+/// TCP, TLS, CONNECT, and the CONNACK whatever its code; fails on no CONNACK within `limit`.
 async fn open(
     config: Arc<ClientConfig>,
     addr: SocketAddr,
     server_name: &str,
     client_id: &str,
     keep_alive: Duration,
+    limit: Duration,
 ) -> Result<Opened> {
-    let name = ServerName::try_from(server_name.to_owned()).context("server name")?;
-    let tcp = TcpStream::connect(addr).await.context("TCP connect")?;
-    // Small packets: without NODELAY each waits out Nagle against the delayed ACK.
-    tcp.set_nodelay(true)?;
-    let tls = TlsConnector::from(config)
-        .connect(name, tcp)
-        .await
-        .context("TLS handshake")?;
-    let resumed = tls.get_ref().1.handshake_kind() == Some(HandshakeKind::Resumed);
-    let (io, write) = tokio::io::split(tls);
-    let mut writer = RawWriter {
-        io: write,
-        buf: BytesMut::new(),
+    let started = Instant::now();
+    let steps = async {
+        let name = ServerName::try_from(server_name.to_owned()).context("server name")?;
+        let tcp = TcpStream::connect(addr).await.context("TCP connect")?;
+        // Small packets: without NODELAY each waits out Nagle against the delayed ACK.
+        tcp.set_nodelay(true)?;
+        let tls = TlsConnector::from(config)
+            .connect(name, tcp)
+            .await
+            .context("TLS handshake")?;
+        let resumed = tls.get_ref().1.handshake_kind() == Some(HandshakeKind::Resumed);
+        let (io, write) = tokio::io::split(tls);
+        let mut writer = RawWriter {
+            io: write,
+            buf: BytesMut::new(),
+        };
+        let mut reader = RawReader {
+            io,
+            buf: BytesMut::new(),
+        };
+        let mut connect = Connect::new(client_id);
+        connect.keep_alive = u16::try_from(keep_alive.as_secs()).unwrap_or(u16::MAX);
+        connect.clean_session = true;
+        writer.queue(&Packet::Connect(connect))?;
+        writer.flush().await.context("send CONNECT")?;
+        match reader.next().await.context("no CONNACK")? {
+            Packet::ConnAck(ConnAck { code, .. }) => Ok(Opened {
+                writer,
+                reader,
+                answer: ConnectAnswer {
+                    code,
+                    resumed,
+                    elapsed: started.elapsed(),
+                },
+            }),
+            other => bail!("expected CONNACK, got {other:?}"),
+        }
     };
-    let mut reader = RawReader {
-        io,
-        buf: BytesMut::new(),
-    };
-    let mut connect = Connect::new(client_id);
-    connect.keep_alive = u16::try_from(keep_alive.as_secs()).unwrap_or(u16::MAX);
-    connect.clean_session = true;
-    writer.queue(&Packet::Connect(connect))?;
-    writer.flush().await.context("send CONNECT")?;
-    match reader.next().await.context("no CONNACK")? {
-        Packet::ConnAck(ConnAck { code, .. }) => Ok(Opened {
-            writer,
-            reader,
-            code,
-            resumed,
-        }),
-        other => bail!("expected CONNACK, got {other:?}"),
+    match tokio::time::timeout(limit, steps).await {
+        Ok(opened) => opened,
+        Err(_) => bail!("no CONNACK within {limit:?}"),
     }
 }
 

@@ -150,16 +150,9 @@ pub struct Settings {
     pub duration_s: f64,
     /// Warm-up excluded from each traffic run's figures.
     pub warmup_s: f64,
-    /// Open-loop echo rates.
-    pub echo_rates: Vec<f64>,
-    /// Open-loop request rates.
-    pub request_rates: Vec<f64>,
-    /// Messages in flight in the closed-loop (maximum throughput) runs.
-    pub closed_in_flight: usize,
-    /// Real agents (vehicle_agent::GatewayLink) for the agent request runs.
-    pub agents: usize,
-    /// Their open-loop rates.
-    pub agent_rates: Vec<f64>,
+    /// The traffic runs' rates, and the real agents.
+    #[serde(flatten)]
+    pub rates: crate::run::Rates,
     /// What they ask for, by weight.
     pub agent_mix: String,
     /// Settings of the traffic gateways beyond their defaults.
@@ -311,55 +304,6 @@ impl TrafficReport {
             cpu,
         }
     }
-}
-
-/// What several phases of one setting add up to, for scenarios that alternate settings.
-#[derive(Debug, Clone)]
-pub struct PhaseSummary {
-    /// Answers received, warm-ups included.
-    pub answered: u64,
-    /// Non-OK answers and requests never answered.
-    pub failed: u64,
-    /// Gateway CPU per answered request over all the phases, microseconds.
-    pub gateway_cpu_us_per_request: f64,
-    /// The median of the phases' p50 round trips, milliseconds.
-    pub p50_ms: f64,
-    /// The phases' p99 round trips, sorted, milliseconds.
-    pub p99s_ms: Vec<f64>,
-}
-
-impl PhaseSummary {
-    /// Adds up `phases`.
-    pub fn of(phases: &[&TrafficReport]) -> PhaseSummary {
-        let answered: u64 = phases.iter().map(|t| t.outcome.replies - t.outcome.errors).sum();
-        let cpu_s: f64 = phases.iter().map(|t| t.cpu.broker_cpu_s).sum();
-        let sorted = |f: fn(&TrafficReport) -> f64| {
-            let mut v: Vec<f64> = phases.iter().map(|t| f(t)).collect();
-            v.sort_by(f64::total_cmp);
-            v
-        };
-        PhaseSummary {
-            answered,
-            failed: phases.iter().map(|t| t.outcome.errors + t.outcome.missing).sum(),
-            gateway_cpu_us_per_request: if answered == 0 {
-                0.0
-            } else {
-                cpu_s * 1e6 / answered as f64
-            },
-            p50_ms: median(&sorted(|t| t.outcome.latency.p50_ms)),
-            p99s_ms: sorted(|t| t.outcome.latency.p99_ms),
-        }
-    }
-
-    /// The median of the phases' p99 round trips, milliseconds.
-    pub fn p99_ms(&self) -> f64 {
-        median(&self.p99s_ms)
-    }
-}
-
-/// The middle of sorted `values` (the upper one of an even count), 0 for none.
-fn median(values: &[f64]) -> f64 {
-    values.get(values.len() / 2).copied().unwrap_or(0.0)
 }
 
 /// Full requests car -> gateway -> parking adapter -> car.

@@ -20,7 +20,7 @@ use rustls::ClientConfig;
 use serde::Serialize;
 use tokio::sync::oneshot;
 
-use crate::brokers::{self, ConfigOverride, GatewayLaunch, GatewayOptions};
+use crate::brokers::{self, ConfigOverride, GatewayBinArgs, GatewayLaunch, GatewayOptions};
 use crate::fleet::{Fleet, HandshakeCounter};
 use crate::ops;
 use crate::procfs::Roles;
@@ -65,15 +65,9 @@ pub struct RevokeArgs {
     /// Revoked cars that try to come back, once resumed and once with a full handshake.
     #[arg(long, default_value_t = 20)]
     pub sample: usize,
-    /// Do not run `cargo build` for the gateway first.
-    #[arg(long)]
-    pub no_build: bool,
-    /// Gateway binary (default: next to this executable).
-    #[arg(long)]
-    pub gateway_bin: Option<std::path::PathBuf>,
-    /// Keep the temporary directory (certificates, configs, the gateway's log).
-    #[arg(long)]
-    pub keep_work: bool,
+    /// The gateway binary and the work files.
+    #[command(flatten)]
+    pub gateway: GatewayBinArgs,
 }
 
 impl RevokeArgs {

@@ -22,7 +22,7 @@ use crate::traffic::{self, Echo, Load, ParkingRequests, Schedule};
 use crate::under_storm::{UnderStormPlan, served_during_storm};
 
 mod plan;
-pub use plan::{LedgerRun, Plan, traffic_overrides};
+pub use plan::{LedgerRun, Plan, Rates, traffic_overrides};
 
 /// Runs `plan` with its files in `work`.
 pub async fn run(plan: &Plan, work: &Path) -> Result<Report> {
@@ -32,7 +32,7 @@ pub async fn run(plan: &Plan, work: &Path) -> Result<Report> {
             started.say(&msg);
         }
     };
-    let total = plan.vehicles + plan.agents;
+    let total = plan.vehicles + plan.rates.agents;
     if let Some(limit) = procfs::open_files_limit()
         && (total as u64) + 256 > limit
     {
@@ -81,7 +81,7 @@ pub async fn run(plan: &Plan, work: &Path) -> Result<Report> {
         brokers_out.push(report);
     }
     if let (Some(launch), Some(adapter)) = (&plan.brokers.gateway, &adapter)
-        && (!plan.request_rates.is_empty() || plan.closed_in_flight > 0)
+        && (!plan.rates.request_rates.is_empty() || plan.rates.closed_in_flight > 0)
     {
         for (k, run) in plan.ledger_runs.iter().enumerate() {
             say(format!(
@@ -145,11 +145,7 @@ pub async fn run(plan: &Plan, work: &Path) -> Result<Report> {
             keep_alive_s: plan.storm.keep_alive.as_secs(),
             duration_s: plan.duration.as_secs_f64(),
             warmup_s: plan.warmup.as_secs_f64(),
-            echo_rates: plan.echo_rates.clone(),
-            request_rates: plan.request_rates.clone(),
-            closed_in_flight: plan.closed_in_flight,
-            agents: plan.agents,
-            agent_rates: plan.agent_rates.clone(),
+            rates: plan.rates.clone(),
             agent_mix: plan.agent_mix.to_string(),
             gateway_overrides: plan.gateway_overrides.iter().map(ToString::to_string).collect(),
         },
@@ -294,11 +290,11 @@ async fn measure(
 
     let active: Vec<usize> = swarm.connected().into_iter().take(plan.active).collect();
     let mut echo = Vec::new();
-    if !plan.echo_rates.is_empty() || plan.closed_in_flight > 0 {
+    if !plan.rates.echo_rates.is_empty() || plan.rates.closed_in_flight > 0 {
         traffic::prepare(&mut swarm, &active, &Echo).await?;
-        let mut loads: Vec<Load> = plan.echo_rates.iter().map(|r| Load::Rate(*r)).collect();
-        if plan.closed_in_flight > 0 {
-            loads.push(Load::Closed(plan.closed_in_flight));
+        let mut loads: Vec<Load> = plan.rates.echo_rates.iter().map(|r| Load::Rate(*r)).collect();
+        if plan.rates.closed_in_flight > 0 {
+            loads.push(Load::Closed(plan.rates.closed_in_flight));
         }
         for load in loads {
             say(format!("{name}: publish round trips, {}", load.describe()));
@@ -310,17 +306,17 @@ async fn measure(
     if broker.kind == BrokerKind::Gateway {
         let raw = request_runs(&mut swarm, &active, plan, &roles, say).await?;
         let mut agent_runs = Vec::new();
-        if plan.agents > 0 && !plan.agent_rates.is_empty() {
-            say(format!("{name}: starting {} real agents", plan.agents));
+        if plan.rates.agents > 0 && !plan.rates.agent_rates.is_empty() {
+            say(format!("{name}: starting {} real agents", plan.rates.agents));
             let agents = Agents::start(
                 fleet,
-                n..n + plan.agents,
+                n..n + plan.rates.agents,
                 &plan.hosts[0].to_string(),
                 broker.port,
                 &dir.join("agents"),
             )
             .await?;
-            for rate in &plan.agent_rates {
+            for rate in &plan.rates.agent_rates {
                 say(format!("{name}: agent requests at {rate}/s"));
                 let mark = roles.mark();
                 let outcome = agents
@@ -367,7 +363,7 @@ async fn measure(
     let restart = match &plan.restart {
         Some(restart) => {
             let agents = if broker.kind == BrokerKind::Gateway {
-                plan.agents
+                plan.rates.agents
             } else {
                 0
             };
@@ -431,9 +427,9 @@ async fn request_runs(
 ) -> Result<Vec<TrafficReport>> {
     let workload = ParkingRequests::default();
     traffic::prepare(swarm, active, &workload).await?;
-    let mut loads: Vec<Load> = plan.request_rates.iter().map(|r| Load::Rate(*r)).collect();
-    if plan.closed_in_flight > 0 {
-        loads.push(Load::Closed(plan.closed_in_flight));
+    let mut loads: Vec<Load> = plan.rates.request_rates.iter().map(|r| Load::Rate(*r)).collect();
+    if plan.rates.closed_in_flight > 0 {
+        loads.push(Load::Closed(plan.rates.closed_in_flight));
     }
     let mut out = Vec::new();
     for load in loads {

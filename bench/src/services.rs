@@ -7,45 +7,28 @@
 //! request and the round trip.
 
 use std::fmt::Write as _;
-use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::net::{Ipv4Addr, SocketAddr};
 use std::path::Path;
-use std::time::Duration;
 
-use anyhow::{Context as _, Result, bail};
+use anyhow::{Context as _, Result};
 use parking_adapter::ParkingService;
 use proto::parking::v1::parking_payment_server::ParkingPaymentServer;
 use serde::Serialize;
 use tonic::service::Routes;
 use tower::ServiceExt as _;
 
-use crate::brokers::{self, ConfigOverride, GatewayLaunch, GatewayOptions};
+use crate::brokers::{self, GatewayLaunch, GatewayOptions};
 use crate::fleet::Fleet;
+use crate::phased::{HOSTS, PhaseSummary, PhasedLoad, PhasedPlan, phases_markdown};
 use crate::procfs::Roles;
-use crate::report::{PhaseSummary, RunInfo, Started, TrafficReport, notes_markdown, table_head};
-use crate::swarm::{StormSettings, Swarm, Target};
-use crate::traffic::{self, LIST_NEARBY_LOTS, Load, ParkingRequests, Schedule};
+use crate::report::{RunInfo, Started, TrafficReport, notes_markdown, table_head};
+use crate::swarm::Swarm;
+use crate::traffic::{self, LIST_NEARBY_LOTS, ParkingRequests};
 
 /// The service whose contract is compiled in.
 pub const COMPILED: &str = "parking.v1.ParkingPayment";
 /// The service the gateway knows by configuration only (same messages, another name).
 pub const CONFIGURED: &str = "karaoke.v1.Karaoke";
-
-/// What the scenario does.
-#[derive(Debug, Clone)]
-pub struct ServicesPlan {
-    /// Cars connected, all sending.
-    pub vehicles: usize,
-    /// Requests per second, all cars together, open loop.
-    pub rate: f64,
-    /// How long each phase sends.
-    pub phase: Duration,
-    /// The first part of each phase left out of its figures.
-    pub warmup: Duration,
-    /// Rounds of one phase per service (compiled, configured, compiled, ...).
-    pub rounds: usize,
-    /// Settings of the gateway beyond the defaults (the per-car rates lifted).
-    pub overrides: Vec<ConfigOverride>,
-}
 
 /// One phase: one service, one round.
 #[derive(Debug, Clone, Serialize)]
@@ -58,23 +41,16 @@ pub struct Phase {
     pub traffic: TrafficReport,
 }
 
-/// Both services over every round.
+/// One service over every round.
 #[derive(Debug, Clone, Serialize)]
 pub struct ServiceTotals {
     /// The service.
     pub service: String,
     /// How the gateway knows it.
     pub kind: String,
-    /// Answers received, after the warm-ups.
-    pub answered: u64,
-    /// Non-OK answers and requests never answered.
-    pub failed: u64,
-    /// Gateway CPU per answered request over all its phases, microseconds.
-    pub gateway_cpu_us_per_request: f64,
-    /// The median of its phases' p50 and p99 round trips, milliseconds.
-    pub p50_ms: f64,
-    /// See `p50_ms`.
-    pub p99_ms: f64,
+    /// Its phases added up.
+    #[serde(flatten)]
+    pub summary: PhaseSummary,
 }
 
 /// The scenario's report.
@@ -83,13 +59,8 @@ pub struct ServicesRun {
     /// When and where.
     pub run: RunInfo,
     /// Cars, rate, phases.
-    pub vehicles: usize,
-    /// Requests per second.
-    pub rate: f64,
-    /// Seconds per phase.
-    pub phase_s: f64,
-    /// Seconds of each phase left out.
-    pub warmup_s: f64,
+    #[serde(flatten)]
+    pub load: PhasedLoad,
     /// Every phase in order.
     pub phases: Vec<Phase>,
     /// Per service.
@@ -99,21 +70,16 @@ pub struct ServicesRun {
 }
 
 /// Runs the scenario with the gateway as `launch` says, files in `work`.
-pub async fn run(plan: &ServicesPlan, launch: &GatewayLaunch, work: &Path, command: String) -> Result<ServicesRun> {
+pub async fn run(plan: &PhasedPlan, launch: &GatewayLaunch, work: &Path, command: String) -> Result<ServicesRun> {
     let started = Started::now();
-    if plan.vehicles == 0 || plan.rounds == 0 || plan.rate <= 0.0 {
-        bail!("need vehicles, rounds and a rate");
-    }
-    let hosts = vec![IpAddr::V4(Ipv4Addr::LOCALHOST)];
-    started.say(&format!("issuing {} vehicle certificates", plan.vehicles));
-    let fleet = Fleet::create(&work.join("pki"), plan.vehicles, &hosts)?;
+    let fleet = plan.issue_fleet(&started, work)?;
     let (partner, _stop_partner) = start_twin_partner(&fleet, work).await?;
     let dir = work.join("gateway");
     std::fs::create_dir_all(&dir)?;
     let read_only = vec!["ListNearbyLots".to_owned()];
     let extra = vec![CONFIGURED.to_owned()];
     let options = GatewayOptions {
-        max_connections: plan.vehicles + 100,
+        max_connections: plan.max_connections(),
         adapter: partner,
         read_only_methods: &read_only,
         partner_api: false,
@@ -121,43 +87,25 @@ pub async fn run(plan: &ServicesPlan, launch: &GatewayLaunch, work: &Path, comma
         extra_services: &extra,
     };
     started.say("starting the gateway");
-    let broker = brokers::start_gateway(launch, &fleet, &dir, &work.join("db"), &hosts, &options).await?;
+    let broker = brokers::start_gateway(launch, &fleet, &dir, &work.join("db"), &HOSTS, &options).await?;
     let roles = Roles::new(broker.pid, None);
     let mut swarm = Swarm::new(fleet.vehicles.iter().map(|v| v.vin.clone()).collect());
     let configs = fleet.client_configs(0..plan.vehicles, &Default::default())?;
-    let target = Target {
-        hosts: hosts.clone(),
-        port: broker.port,
-    };
-    let outcome = swarm.storm(&configs, &target, &StormSettings::default()).await?;
-    if outcome.connected < plan.vehicles {
-        bail!(
-            "{} of {} vehicles connected: {:?}",
-            outcome.connected,
-            plan.vehicles,
-            outcome.first_error
-        );
-    }
-    let active = swarm.connected();
+    let active = plan.connect_all(&mut swarm, &configs, broker.port).await?;
     let compiled = ParkingRequests::default();
     let configured = ParkingRequests::calling(&LIST_NEARBY_LOTS.replace(COMPILED, CONFIGURED));
     traffic::prepare(&mut swarm, &active, &compiled).await?;
-    let schedule = Schedule {
-        load: Load::Rate(plan.rate),
-        duration: plan.phase,
-        warmup: plan.warmup,
-    };
     let mut phases = Vec::new();
     for round in 1..=plan.rounds {
         for (service, workload) in [(COMPILED, &compiled), (CONFIGURED, &configured)] {
             started.say(&format!("round {round}: {service}, {:.0} requests/s", plan.rate));
             let mark = roles.mark();
-            let outcome = traffic::run(&mut swarm, &active, workload, schedule).await;
+            let outcome = traffic::run(&mut swarm, &active, workload, plan.schedule()).await;
             let scenario = format!("ListNearbyLots via {service}");
             phases.push(Phase {
                 service: service.into(),
                 round,
-                traffic: TrafficReport::new(&scenario, Load::Rate(plan.rate).describe(), outcome, roles.since(&mark)),
+                traffic: plan.traffic_report(&scenario, outcome, roles.since(&mark)),
             });
         }
     }
@@ -182,10 +130,7 @@ pub async fn run(plan: &ServicesPlan, launch: &GatewayLaunch, work: &Path, comma
     ];
     Ok(ServicesRun {
         run: started.finish(command),
-        vehicles: plan.vehicles,
-        rate: plan.rate,
-        phase_s: plan.phase.as_secs_f64(),
-        warmup_s: plan.warmup.as_secs_f64(),
+        load: plan.load(),
         phases,
         totals,
         notes,
@@ -193,20 +138,10 @@ pub async fn run(plan: &ServicesPlan, launch: &GatewayLaunch, work: &Path, comma
 }
 
 fn totals(service: &str, kind: &str, phases: &[Phase]) -> ServiceTotals {
-    let mine: Vec<&TrafficReport> = phases
-        .iter()
-        .filter(|p| p.service == service)
-        .map(|p| &p.traffic)
-        .collect();
-    let summary = PhaseSummary::of(&mine);
     ServiceTotals {
         service: service.into(),
         kind: kind.into(),
-        answered: summary.answered,
-        failed: summary.failed,
-        gateway_cpu_us_per_request: summary.gateway_cpu_us_per_request,
-        p50_ms: summary.p50_ms,
-        p99_ms: summary.p99_ms(),
+        summary: PhaseSummary::of(phases.iter().filter(|p| p.service == service).map(|p| &p.traffic)),
     }
 }
 
@@ -255,39 +190,22 @@ impl ServicesRun {
             md,
             "- {} cars, {:.0} requests/s between them (open loop), {:.0} s per phase ({:.0} s warm-up left out), \
              the services alternating\n",
-            self.vehicles, self.rate, self.phase_s, self.warmup_s
+            self.load.vehicles, self.load.rate, self.load.phase_s, self.load.warmup_s
         );
         table_head(
             &mut md,
             "| service | the gateway knows it by | answered | failed | gateway CPU µs / request | p50 ms (median of phases) | p99 ms (median of phases) |",
         );
         for t in &self.totals {
-            let _ = writeln!(
-                md,
-                "| `{}` | {} | {} | {} | {:.0} | {:.2} | {:.2} |",
-                t.service, t.kind, t.answered, t.failed, t.gateway_cpu_us_per_request, t.p50_ms, t.p99_ms
-            );
+            let _ = writeln!(md, "| `{}` | {} | {} |", t.service, t.kind, t.summary.cells());
         }
-        let _ = writeln!(md, "\n## Phases\n");
-        table_head(
+        phases_markdown(
             &mut md,
-            "| round | service | answered | errors | missing | gateway CPU µs / request | p50 ms | p99 ms |",
+            "service",
+            self.phases
+                .iter()
+                .map(|p| (p.round, format!("`{}`", p.service), &p.traffic)),
         );
-        for p in &self.phases {
-            let o = &p.traffic.outcome;
-            let _ = writeln!(
-                md,
-                "| {} | `{}` | {} | {} | {} | {:.0} | {:.2} | {:.2} |",
-                p.round,
-                p.service,
-                o.replies - o.errors,
-                o.errors,
-                o.missing,
-                p.traffic.broker_cpu_us_per_msg,
-                o.latency.p50_ms,
-                o.latency.p99_ms
-            );
-        }
         notes_markdown(&mut md, &self.notes);
         md
     }

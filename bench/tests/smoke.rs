@@ -11,12 +11,13 @@ use fleet_bench::abuse::AbusePlan;
 use fleet_bench::abuser::{Abuse, AbuseSizes};
 use fleet_bench::agents::Mix;
 use fleet_bench::brokers::{BrokerSetup, GatewayLaunch};
-use fleet_bench::journal_cost::{self, JournalCostPlan};
+use fleet_bench::journal_cost;
+use fleet_bench::phased::PhasedPlan;
 use fleet_bench::report::TrafficReport;
 use fleet_bench::restart::RestartPlan;
 use fleet_bench::revoke::{self, RevokePlan};
-use fleet_bench::run::{LedgerRun, Plan, run, traffic_overrides, write_report};
-use fleet_bench::services::{self, ServicesPlan};
+use fleet_bench::run::{LedgerRun, Plan, Rates, run, traffic_overrides, write_report};
+use fleet_bench::services;
 use fleet_bench::swarm::StormSettings;
 use fleet_bench::under_storm::UnderStormPlan;
 
@@ -37,10 +38,15 @@ fn assert_clean(what: &str, t: &TrafficReport) {
     assert!(t.cpu.wall_s > 0.0, "{what} {}: no CPU split", t.load);
 }
 
+/// What every scenario needs: rustls's crypto provider, and a directory for its files.
+fn setup() -> tempfile::TempDir {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    tempfile::tempdir().unwrap()
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_scenario_produces_figures_and_no_failures() {
-    let _ = rustls::crypto::ring::default_provider().install_default();
-    let work = tempfile::tempdir().unwrap();
+    let work = setup();
     let mosquitto = PathBuf::from("/usr/sbin/mosquitto");
     let mosquitto = mosquitto.exists().then_some(mosquitto);
     let plan = Plan {
@@ -53,11 +59,13 @@ async fn every_scenario_produces_figures_and_no_failures() {
         },
         duration: Duration::from_millis(1000),
         warmup: Duration::from_millis(200),
-        echo_rates: vec![50.0],
-        request_rates: vec![50.0],
-        closed_in_flight: 10,
-        agents: 2,
-        agent_rates: vec![10.0],
+        rates: Rates {
+            echo_rates: vec![50.0],
+            request_rates: vec![50.0],
+            closed_in_flight: 10,
+            agents: 2,
+            agent_rates: vec![10.0],
+        },
         agent_mix: Mix::default(),
         brokers: BrokerSetup {
             gateway: Some(GatewayLaunch::InProcess),
@@ -256,21 +264,28 @@ async fn every_scenario_produces_figures_and_no_failures() {
     assert!(markdown.contains("## Abusive car: gateway"));
     let parsed: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(json).unwrap()).unwrap();
     assert_eq!(parsed["settings"]["vehicles"], VEHICLES);
+    assert_eq!(
+        parsed["settings"]["closed_in_flight"], 10,
+        "the rates stay flat in the settings"
+    );
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_configuration_only_service_scenario_answers_both_services() {
-    let _ = rustls::crypto::ring::default_provider().install_default();
-    let work = tempfile::tempdir().unwrap();
-    let plan = ServicesPlan {
+/// One round of a phased scenario (one phase per setting), small and short.
+fn one_round() -> PhasedPlan {
+    PhasedPlan {
         vehicles: 5,
         rate: 50.0,
         phase: Duration::from_secs(1),
         warmup: Duration::from_millis(200),
         rounds: 1,
         overrides: traffic_overrides(),
-    };
-    let report = services::run(&plan, &GatewayLaunch::InProcess, work.path(), "smoke".into())
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_configuration_only_service_scenario_answers_both_services() {
+    let work = setup();
+    let report = services::run(&one_round(), &GatewayLaunch::InProcess, work.path(), "smoke".into())
         .await
         .unwrap();
     assert_eq!(report.phases.len(), 2);
@@ -279,7 +294,12 @@ async fn the_configuration_only_service_scenario_answers_both_services() {
     }
     let services: Vec<&str> = report.totals.iter().map(|t| t.service.as_str()).collect();
     assert_eq!(services, [services::COMPILED, services::CONFIGURED]);
-    assert!(report.totals.iter().all(|t| t.answered > 0 && t.failed == 0));
+    assert!(
+        report
+            .totals
+            .iter()
+            .all(|t| t.summary.answered > 0 && t.summary.failed == 0)
+    );
     assert!(
         report
             .markdown()
@@ -289,8 +309,7 @@ async fn the_configuration_only_service_scenario_answers_both_services() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn revoked_cars_are_cut_off_and_stay_out() {
-    let _ = rustls::crypto::ring::default_provider().install_default();
-    let work = tempfile::tempdir().unwrap();
+    let work = setup();
     let plan = RevokePlan {
         vehicles: 5,
         interval: Duration::ZERO,
@@ -324,17 +343,8 @@ async fn revoked_cars_are_cut_off_and_stay_out() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_journal_cost_scenario_records_only_with_the_journal_on() {
-    let _ = rustls::crypto::ring::default_provider().install_default();
-    let work = tempfile::tempdir().unwrap();
-    let plan = JournalCostPlan {
-        vehicles: 5,
-        rate: 50.0,
-        phase: Duration::from_secs(1),
-        warmup: Duration::from_millis(200),
-        rounds: 1,
-        overrides: traffic_overrides(),
-    };
-    let report = journal_cost::run(&plan, &GatewayLaunch::InProcess, work.path(), "smoke".into())
+    let work = setup();
+    let report = journal_cost::run(&one_round(), &GatewayLaunch::InProcess, work.path(), "smoke".into())
         .await
         .unwrap();
     let settings: Vec<bool> = report.phases.iter().map(|p| p.journal).collect();
@@ -342,7 +352,12 @@ async fn the_journal_cost_scenario_records_only_with_the_journal_on() {
     for phase in &report.phases {
         assert_clean(&format!("journal {}", phase.journal), &phase.traffic);
     }
-    assert!(report.totals.iter().all(|t| t.answered > 0 && t.failed == 0));
+    assert!(
+        report
+            .totals
+            .iter()
+            .all(|t| t.summary.answered > 0 && t.summary.failed == 0)
+    );
     assert!(report.requests_with_journal > 0);
     assert_eq!(
         report.journal_request_rows,
@@ -350,4 +365,11 @@ async fn the_journal_cost_scenario_records_only_with_the_journal_on() {
         "every request of the phase with the journal on, none of the other"
     );
     assert!(report.markdown().contains("| on |"));
+    let json = serde_json::to_value(&report).unwrap();
+    assert_eq!(json["vehicles"], 5, "the load stays at the report's top level");
+    assert!(
+        json["totals"][0]["p99_ms"].is_number() && json["totals"][0]["p99_range_ms"].is_array(),
+        "the figures stay flat in each setting's totals: {}",
+        json["totals"][0]
+    );
 }

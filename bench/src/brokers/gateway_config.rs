@@ -113,29 +113,25 @@ pub fn gateway_toml(fleet: &Fleet, listen: SocketAddr, db: &Path, options: &Gate
             fleet.partners_ca_file
         );
     }
-    let _ = write!(
-        toml,
-        "[[partners]]\nservice = \"parking.v1.ParkingPayment\"\nname = \"parking\"\nread_only_methods = {read_only:?}\n\
-         endpoint = \"https://localhost:{adapter_port}\"\ntimeout = \"30s\"\n\
-         ca_cert = {ca:?}\nclient_cert = {client_cert:?}\nclient_key = {client_key:?}\n",
-        ca = fleet.ca_file,
-        adapter_port = options.adapter.port(),
-        client_cert = fleet.gateway_client.cert,
-        client_key = fleet.gateway_client.key,
-        read_only = options.read_only_methods,
-    );
-    for service in options.extra_services {
-        let _ = write!(
-            toml,
-            "\n[[partners]]\nservice = {service:?}\nread_only_methods = {read_only:?}\n\
+    // Every entry is served by the same adapter, with the same read-only methods.
+    let partner = |service: &str, name: Option<&str>| {
+        format!(
+            "[[partners]]\nservice = {service:?}\n{name}read_only_methods = {read_only:?}\n\
              endpoint = \"https://localhost:{adapter_port}\"\ntimeout = \"30s\"\n\
              ca_cert = {ca:?}\nclient_cert = {client_cert:?}\nclient_key = {client_key:?}\n",
+            name = name.map(|n| format!("name = {n:?}\n")).unwrap_or_default(),
             ca = fleet.ca_file,
             adapter_port = options.adapter.port(),
             client_cert = fleet.gateway_client.cert,
             client_key = fleet.gateway_client.key,
             read_only = options.read_only_methods,
-        );
+        )
+    };
+    // Named, so that the partner API knows the adapter's certificate as partner `parking`'s.
+    toml.push_str(&partner("parking.v1.ParkingPayment", Some("parking")));
+    for service in options.extra_services {
+        toml.push('\n');
+        toml.push_str(&partner(service, None));
     }
     toml
 }

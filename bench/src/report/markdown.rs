@@ -39,7 +39,7 @@ impl Report {
             md,
             "- traffic: {} active vehicles (the rest stay connected and idle), {:.0} s per run of which the first {:.1} s are warm-up; \
              latency from each message's due time (open loop) or send time (closed loop, {} in flight)",
-            s.active, s.duration_s, s.warmup_s, s.closed_in_flight
+            s.active, s.duration_s, s.warmup_s, s.rates.closed_in_flight
         );
         if !s.gateway_overrides.is_empty() {
             let _ = writeln!(

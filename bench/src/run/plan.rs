@@ -1,6 +1,8 @@
 //! What a benchmark run runs: the fleet, the storms, the traffic rates, the ledger runs and the
 //! optional scenarios, and the settings its traffic gateways get beyond the bench's own.
 
+use serde::Serialize;
+
 use super::*;
 
 /// What to run.
@@ -18,16 +20,8 @@ pub struct Plan {
     pub duration: Duration,
     /// Warm-up excluded from each traffic run.
     pub warmup: Duration,
-    /// Open-loop publish round-trip rates (both brokers).
-    pub echo_rates: Vec<f64>,
-    /// Open-loop request rates (gateway).
-    pub request_rates: Vec<f64>,
-    /// Messages in flight for the maximum-throughput runs (0 = skip them).
-    pub closed_in_flight: usize,
-    /// Real agents for agent request runs (0 = none).
-    pub agents: usize,
-    /// Their open-loop rates.
-    pub agent_rates: Vec<f64>,
+    /// The traffic runs' rates, and the real agents.
+    pub rates: Rates,
     /// What the agents ask for.
     pub agent_mix: Mix,
     /// The brokers measured (the ledger runs' gateways declare no method read-only).
@@ -61,6 +55,22 @@ pub struct Plan {
     pub notes: Vec<String>,
     /// Print progress to stderr.
     pub verbose: bool,
+}
+
+/// The traffic runs' rates and the real agents: what the plan asks for and what the report's
+/// settings say it asked for.
+#[derive(Debug, Clone, Serialize)]
+pub struct Rates {
+    /// Open-loop publish round-trip rates (both brokers).
+    pub echo_rates: Vec<f64>,
+    /// Open-loop request rates (gateway).
+    pub request_rates: Vec<f64>,
+    /// Messages in flight for the maximum-throughput runs (0 = skip them).
+    pub closed_in_flight: usize,
+    /// Real agents (`vehicle_agent::GatewayLink`) for the agent request runs (0 = none).
+    pub agents: usize,
+    /// Their open-loop rates.
+    pub agent_rates: Vec<f64>,
 }
 
 /// The per-car and per-address bounds lifted on the traffic gateways, whose few active cars
