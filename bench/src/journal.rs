@@ -104,22 +104,13 @@ pub async fn sqlite_and_postgres(
     rows: u64,
     batch: usize,
 ) -> anyhow::Result<Vec<JournalRun>> {
-    use sqlx::Connection as _;
     let sqlite = Store::connect(&format!("sqlite://{}", dir.join("journal.db").display())).await?;
     let mut runs = vec![run("sqlite (file)", sqlite, rows, batch).await?];
 
-    let mut admin = sqlx::PgConnection::connect(postgres).await?;
-    let schema = format!("journal_bench_{}", std::process::id());
-    sqlx::query(sqlx::AssertSqlSafe(format!("CREATE SCHEMA {schema}")))
-        .execute(&mut admin)
-        .await?;
-    let sep = if postgres.contains('?') { '&' } else { '?' };
-    let url = format!("{postgres}{sep}options=-c%20search_path%3D{schema}");
-    let outcome = async { run("postgres", Store::connect(&url).await?, rows, batch).await }.await;
-    sqlx::query(sqlx::AssertSqlSafe(format!("DROP SCHEMA {schema} CASCADE")))
-        .execute(&mut admin)
-        .await?;
-    let _ = admin.close().await;
+    let schema =
+        gateway::store::ScratchSchema::create(postgres, &format!("journal_bench_{}", std::process::id())).await?;
+    let outcome = async { run("postgres", Store::connect(schema.url()).await?, rows, batch).await }.await;
+    schema.drop().await?;
     runs.push(outcome?);
     Ok(runs)
 }

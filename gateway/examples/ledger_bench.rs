@@ -14,9 +14,8 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
 use clap::Parser;
-use gateway::store::{Claim, LedgerKey, RequestFingerprint, Store, redact_url};
+use gateway::store::{Claim, LedgerKey, RequestFingerprint, ScratchSchema, Store, redact_url};
 use proto::Vin;
-use sqlx::Connection;
 
 #[derive(Parser)]
 #[command(about = "Idempotency ledger benchmark: claim + complete pairs for distinct keys")]
@@ -95,19 +94,11 @@ async fn main() -> anyhow::Result<()> {
 
 async fn bench_in_fresh_schema(args: &Args) -> anyhow::Result<Figures> {
     let base = &args.postgres_url;
-    let mut admin = sqlx::PgConnection::connect(base)
+    let schema = ScratchSchema::create(base, &format!("ledger_bench_{}", std::process::id()))
         .await
         .with_context(|| format!("cannot reach PostgreSQL at {}", redact_url(base)))?;
-    let schema = format!("ledger_bench_{}", std::process::id());
-    sqlx::query(sqlx::AssertSqlSafe(format!("CREATE SCHEMA {schema}")))
-        .execute(&mut admin)
-        .await?;
-    let sep = if base.contains('?') { '&' } else { '?' };
-    let url = format!("{base}{sep}options=-c%20search_path%3D{schema}");
-    let result = bench(&url, args).await;
-    sqlx::query(sqlx::AssertSqlSafe(format!("DROP SCHEMA {schema} CASCADE")))
-        .execute(&mut admin)
-        .await?;
+    let result = bench(schema.url(), args).await;
+    schema.drop().await?;
     result
 }
 

@@ -23,6 +23,7 @@ mod events;
 mod journal;
 mod ledger;
 mod revocations;
+mod scratch;
 mod url;
 mod writer;
 
@@ -48,6 +49,7 @@ pub use journal::{
 };
 pub use ledger::{Claim, LedgerKey, RequestFingerprint};
 pub use revocations::RevocationRecord;
+pub use scratch::ScratchSchema;
 pub use url::redact_url;
 
 /// How long [`Store::connect`] waits for the database before giving up.

@@ -8,8 +8,7 @@ use std::panic::AssertUnwindSafe;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use futures::FutureExt;
-use gateway::store::{Backend, Store};
-use sqlx::Connection;
+use gateway::store::{Backend, ScratchSchema, Store};
 
 const DEFAULT_POSTGRES_URL: &str = "postgres://postgres@127.0.0.1:5432/test";
 
@@ -70,28 +69,19 @@ where
     Fut: Future<Output = ()>,
 {
     let base = std::env::var("TEST_POSTGRES_URL").unwrap_or_else(|_| DEFAULT_POSTGRES_URL.to_owned());
-    let mut admin = sqlx::PgConnection::connect(&base).await.unwrap_or_else(|e| {
-        panic!(
-            "PostgreSQL at {} is not reachable ({e}); the PostgreSQL half of this suite needs it \
-             (set TEST_POSTGRES_URL, or start it: pg_ctlcluster <version> main start)",
-            gateway::store::redact_url(&base)
-        )
-    });
-    let schema = unique_schema();
-    sqlx::query(sqlx::AssertSqlSafe(format!("CREATE SCHEMA {schema}")))
-        .execute(&mut admin)
+    let schema = ScratchSchema::create(&base, &unique_schema())
         .await
-        .expect("create schema");
-    let sep = if base.contains('?') { '&' } else { '?' };
-    let url = format!("{base}{sep}options=-c%20search_path%3D{schema}");
-    let outcome = AssertUnwindSafe(run_case(url, Backend::Postgres, case))
+        .unwrap_or_else(|e| {
+            panic!(
+                "PostgreSQL at {} is not reachable ({e}); the PostgreSQL half of this suite needs it \
+             (set TEST_POSTGRES_URL, or start it: pg_ctlcluster <version> main start)",
+                gateway::store::redact_url(&base)
+            )
+        });
+    let outcome = AssertUnwindSafe(run_case(schema.url().to_owned(), Backend::Postgres, case))
         .catch_unwind()
         .await;
-    sqlx::query(sqlx::AssertSqlSafe(format!("DROP SCHEMA {schema} CASCADE")))
-        .execute(&mut admin)
-        .await
-        .expect("drop schema");
-    let _ = admin.close().await;
+    schema.drop().await.expect("drop schema");
     if let Err(panic) = outcome {
         std::panic::resume_unwind(panic);
     }
