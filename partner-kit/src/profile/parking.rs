@@ -147,6 +147,13 @@ impl Gateway {
         }
     }
 
+    /// The connection and a lot to park at, for a check that starts sessions.
+    async fn open_at_a_lot(kit: &Kit) -> Result<(Gateway, String), Outcome> {
+        let mut gateway = Gateway::open(kit).await?;
+        let lot = gateway.lot().await?;
+        Ok((gateway, lot))
+    }
+
     async fn call(&mut self, method: &str, message: &impl Message, vin: &str, key: &str) -> Answer {
         let message = Bytes::from(message.encode_to_vec());
         let metadata = CallMetadata::from_car(vin, key);
@@ -219,8 +226,7 @@ fn session_of(answer: &Answer) -> Option<String> {
 
 async fn vin_isolation(kit: &Kit) -> Outcome {
     outcome(async {
-        let mut gateway = Gateway::open(kit).await?;
-        let lot = gateway.lot().await?;
+        let (mut gateway, lot) = Gateway::open_at_a_lot(kit).await?;
         let (car_a, car_b) = (probe_vin(), probe_vin());
         let (session, _) = gateway.started(&car_a, &probe_key(), &lot, "car A").await?;
         let by_b = gateway.call(END, &end(&session), &car_b, &probe_key()).await;
@@ -247,8 +253,7 @@ async fn vin_isolation(kit: &Kit) -> Outcome {
 
 async fn start_once_per_key(kit: &Kit) -> Outcome {
     outcome(async {
-        let mut gateway = Gateway::open(kit).await?;
-        let lot = gateway.lot().await?;
+        let (mut gateway, lot) = Gateway::open_at_a_lot(kit).await?;
         let car = probe_vin();
         let key = probe_key();
         let (first, first_answer) = gateway.started(&car, &key, &lot, "a car").await?;
@@ -290,8 +295,7 @@ async fn start_once_per_key(kit: &Kit) -> Outcome {
 
 async fn end_once_per_key(kit: &Kit) -> Outcome {
     outcome(async {
-        let mut gateway = Gateway::open(kit).await?;
-        let lot = gateway.lot().await?;
+        let (mut gateway, lot) = Gateway::open_at_a_lot(kit).await?;
         let car = probe_vin();
         let (session, _) = gateway.started(&car, &probe_key(), &lot, "a car").await?;
         let key = probe_key();
