@@ -2,10 +2,11 @@
 //! mutual TLS trusting only the gateway-clients CA ([`mtls_config`]), the role check on every
 //! call ([`require_gateway_client`], [`RequireRole`]), serving an already bound listener until a
 //! shutdown future completes ([`serve`]; [`serve_for_role`] for one service behind its role
-//! check), and the command-line pieces of an adapter binary
-//! ([`cli`]: TLS files, socket activation, signals). With the `adapter-testing` feature, `activation` starts an adapter binary on sockets
-//! passed as a service manager passes them, for tests. [`clock`] and [`geo`] are the injectable
-//! time and the distances the reference adapters share.
+//! check), and the command-line pieces of an adapter binary ([`cli`]: TLS files, socket
+//! activation, signals). With the `adapter-testing` feature, `activation` starts an adapter
+//! binary on sockets passed as a service manager passes them, and `testing` serves an adapter in
+//! a test and calls it as the gateway does. [`clock`] and [`geo`] are the injectable time and the
+//! distances the reference adapters share.
 //!
 //! The three reference adapters (`adapters/parking`, `adapters/navigation`,
 //! `adapters/identity`) are built on this module and nothing else of the platform, so a partner
@@ -16,6 +17,8 @@ pub mod activation;
 pub mod cli;
 pub mod clock;
 pub mod geo;
+#[cfg(feature = "adapter-testing")]
+pub mod testing;
 
 use std::convert::Infallible;
 use std::future::Future;
