@@ -140,59 +140,63 @@ async fn bad_requests_get_clear_errors() {
     let adapter = start_adapter().await;
     let mut gateway = adapter.gateway().await;
 
-    let no_origin = RouteRequest {
-        origin: None,
-        destination: Some(DESTINATION),
-    };
-    expect(
-        route(&mut gateway, no_origin).await,
-        Code::InvalidArgument,
-        "origin is required",
-    );
-    let impossible = RouteRequest {
-        origin: Some(CAR_POSITION),
-        destination: Some(GeoPoint {
-            latitude: 31.2,
-            longitude: 200.0,
-        }),
-    };
-    expect(
-        route(&mut gateway, impossible).await,
-        Code::InvalidArgument,
-        "destination must have latitude within ±90 and longitude within ±180",
-    );
-    let hangzhou = RouteRequest {
-        origin: Some(GeoPoint {
-            latitude: 30.2741,
-            longitude: 120.1551,
-        }),
-        destination: Some(DESTINATION),
-    };
-    expect(route(&mut gateway, hangzhou).await, Code::NotFound, "the map covers");
+    let bad_routes = [
+        (
+            RouteRequest {
+                origin: None,
+                destination: Some(DESTINATION),
+            },
+            Code::InvalidArgument,
+            "origin is required",
+        ),
+        (
+            RouteRequest {
+                origin: Some(CAR_POSITION),
+                destination: Some(GeoPoint {
+                    latitude: 31.2,
+                    longitude: 200.0,
+                }),
+            },
+            Code::InvalidArgument,
+            "destination must have latitude within ±90 and longitude within ±180",
+        ),
+        (
+            // From Hangzhou.
+            RouteRequest {
+                origin: Some(GeoPoint {
+                    latitude: 30.2741,
+                    longitude: 120.1551,
+                }),
+                destination: Some(DESTINATION),
+            },
+            Code::NotFound,
+            "the map covers",
+        ),
+    ];
+    for (request, code, text) in bad_routes {
+        expect(route(&mut gateway, request).await, code, text);
+    }
 
-    expect(
-        search(&mut gateway, SearchPlacesRequest::default()).await,
-        Code::InvalidArgument,
-        "give near, query or both",
-    );
-    let too_many = SearchPlacesRequest {
-        max_results: 51,
-        ..parking_near(DESTINATION)
-    };
-    expect(
-        search(&mut gateway, too_many).await,
-        Code::InvalidArgument,
-        "max_results 51",
-    );
-    let too_far = SearchPlacesRequest {
-        radius_m: 50_001,
-        ..parking_near(DESTINATION)
-    };
-    expect(
-        search(&mut gateway, too_far).await,
-        Code::InvalidArgument,
-        "radius_m 50001",
-    );
+    let bad_searches = [
+        (SearchPlacesRequest::default(), "give near, query or both"),
+        (
+            SearchPlacesRequest {
+                max_results: 51,
+                ..parking_near(DESTINATION)
+            },
+            "max_results 51",
+        ),
+        (
+            SearchPlacesRequest {
+                radius_m: 50_001,
+                ..parking_near(DESTINATION)
+            },
+            "radius_m 50001",
+        ),
+    ];
+    for (request, text) in bad_searches {
+        expect(search(&mut gateway, request).await, Code::InvalidArgument, text);
+    }
 }
 
 /// How a call presenting some certificate ended.

@@ -25,6 +25,13 @@ pub struct OnLoopback {
     _stop: oneshot::Sender<()>,
 }
 
+impl OnLoopback {
+    /// `http://<addr>`, where a plaintext client connects.
+    pub fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+}
+
 /// Binds 127.0.0.1 port 0 and spawns `serve` on the listener, with a [`Shutdown`] that completes
 /// when the returned [`OnLoopback`] is dropped.
 ///

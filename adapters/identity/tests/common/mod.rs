@@ -38,9 +38,7 @@ pub async fn start(limits: GuessLimits) -> Adapter {
     let page_server = on_listener(page_listener, |listener, stopped| {
         web::serve_page(listener, web::router(logins, limits), stopped)
     });
-    let grpc = SocialLoginClient::connect(format!("http://{}", grpc_server.addr))
-        .await
-        .unwrap();
+    let grpc = SocialLoginClient::connect(grpc_server.url()).await.unwrap();
     Adapter {
         grpc,
         page,

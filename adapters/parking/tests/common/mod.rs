@@ -46,12 +46,8 @@ pub async fn start() -> Harness {
         .unwrap();
     let payment = on_loopback(|listener, stopped| serve(listener, None, service.clone(), stopped)).await;
     let gate = on_loopback(|listener, stopped| serve_lot(listener, None, service.clone(), stopped)).await;
-    let client = ParkingPaymentClient::connect(format!("http://{}", payment.addr))
-        .await
-        .unwrap();
-    let lot = ParkingLotClient::connect(format!("http://{}", gate.addr))
-        .await
-        .unwrap();
+    let client = ParkingPaymentClient::connect(payment.url()).await.unwrap();
+    let lot = ParkingLotClient::connect(gate.url()).await.unwrap();
     Harness {
         client,
         lot,
