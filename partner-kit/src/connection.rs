@@ -87,6 +87,12 @@ impl CallMetadata {
             deadline: Some(Duration::from_secs(5)),
         }
     }
+
+    /// What the gateway sends for a car no real car is ([`crate::probe_vin`]), with a fresh
+    /// idempotency key.
+    pub fn from_probe_car() -> CallMetadata {
+        CallMetadata::from_car(&crate::probe_vin(), &crate::probe_key())
+    }
 }
 
 /// How one call ended.

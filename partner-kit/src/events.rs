@@ -12,7 +12,7 @@ use tonic::Code;
 
 use crate::checks::GIVE_UP_AFTER;
 use crate::connection::{Answer, CallMetadata, Connection};
-use crate::report::{Contract, Outcome};
+use crate::report::{Contract, Outcome, section};
 use crate::{Check, Kit, PartnerApi, probe_vin};
 
 const PUBLISH: &str = "/events.v1.PartnerEvents/Publish";
@@ -23,10 +23,10 @@ pub const NOT_YOURS: &str = "partnerkit.v1.NobodysService";
 /// How long the gateway keeps the kit's probe event for a car that does not exist.
 const PROBE_TTL: Duration = Duration::from_secs(60);
 
-const PUSHING_EVENTS: Contract = Contract {
-    section: "docs/partners.md#pushing-events-to-cars",
-    says: "a partner publishes with its own certificate (OU=partner, CN=<name>) for the service whose [[partners]] entry says name = \"<name>\"; any other service is PERMISSION_DENIED",
-};
+const PUSHING_EVENTS: Contract = Contract::new(
+    section::PUSHING_EVENTS,
+    "a partner publishes with its own certificate (OU=partner, CN=<name>) for the service whose [[partners]] entry says name = \"<name>\"; any other service is PERMISSION_DENIED",
+);
 
 /// The events checks, in the order they run.
 pub const CHECKS: &[Check] = &[

@@ -12,6 +12,25 @@ pub struct Contract {
     pub says: &'static str,
 }
 
+impl Contract {
+    /// What the contract says, `says`, in `section` (one of [`section`]'s).
+    pub const fn new(section: &'static str, says: &'static str) -> Contract {
+        Contract { section, says }
+    }
+}
+
+/// The sections of the partner documentation that checks cite.
+pub mod section {
+    /// Mutual TLS: the client certificate, its CA and its role.
+    pub const CONNECTING: &str = "docs/partners.md#connecting";
+    /// The metadata of every call: the car, the idempotency key and the deadline.
+    pub const EVERY_CALL: &str = "docs/partners.md#what-every-call-carries";
+    /// The status codes an adapter answers.
+    pub const ERRORS: &str = "docs/partners.md#errors";
+    /// Publishing events through the gateway's partner API.
+    pub const PUSHING_EVENTS: &str = "docs/partners.md#pushing-events-to-cars";
+}
+
 /// How one check ended.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Outcome {
@@ -120,10 +139,7 @@ impl fmt::Display for Report {
 mod tests {
     use super::*;
 
-    const CONTRACT: Contract = Contract {
-        section: "docs/partners.md#connecting",
-        says: "require a client certificate",
-    };
+    const CONTRACT: Contract = Contract::new(section::CONNECTING, "require a client certificate");
 
     #[test]
     fn a_failure_names_the_contract_and_the_totals_count_every_verdict() {

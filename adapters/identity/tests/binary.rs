@@ -5,6 +5,7 @@
 use std::path::Path;
 
 use proto::adapter::activation::start_on_passed_sockets;
+use proto::adapter::testing::from_car;
 use proto::social_login::v1::social_login_client::SocialLoginClient;
 use proto::social_login::v1::{SocialProvider, StartDeviceLoginRequest};
 use tokio::process::Command;
@@ -37,14 +38,11 @@ async fn the_adapter_serves_grpc_and_the_page_on_the_sockets_it_is_passed() {
     );
 
     let mut client = SocialLoginClient::connect(format!("http://{grpc_addr}")).await.unwrap();
-    let mut start = tonic::Request::new(StartDeviceLoginRequest {
+    let start = StartDeviceLoginRequest {
         provider: SocialProvider::Weibo.into(),
-    });
-    start
-        .metadata_mut()
-        .insert(proto::metadata::VIN, "LSVAU2180N2183294".parse().unwrap());
+    };
     let login = client
-        .start_device_login(start)
+        .start_device_login(from_car("LSVAU2180N2183294", start))
         .await
         .expect("served on the passed socket")
         .into_inner();

@@ -3,8 +3,9 @@
 
 mod common;
 
-use common::{CAR, OTHER_CAR, from_car, start};
+use common::{CAR, OTHER_CAR, start};
 use identity_adapter::GuessLimits;
+use proto::adapter::testing::from_car;
 use proto::social_login::v1::poll_device_login_response::Outcome;
 use proto::social_login::v1::{LoginPending, PollDeviceLoginRequest, SocialProvider, StartDeviceLoginRequest};
 use tonic::{Code, Request};

@@ -53,6 +53,22 @@ impl Page {
             .form(&form);
         Page::of(request.send().await.unwrap()).await
     }
+
+    /// Approves the login of `user_code` for the account `display_name`, with this page's token.
+    async fn approve(&self, adapter: &Adapter, user_code: &str, display_name: &str) -> Page {
+        let fields = [
+            ("user_code", user_code),
+            ("decision", "approve"),
+            ("display_name", display_name),
+        ];
+        self.submit(adapter, "/device/decision", &fields).await
+    }
+
+    /// Denies the login of `user_code`, with this page's token.
+    async fn deny(&self, adapter: &Adapter, user_code: &str) -> Page {
+        let fields = [("user_code", user_code), ("decision", "deny")];
+        self.submit(adapter, "/device/decision", &fields).await
+    }
 }
 
 async fn get(url: &str) -> Page {
@@ -86,17 +102,7 @@ async fn the_qr_link_prefills_the_code_and_approving_links_the_car() {
     );
     assert!(!consent.html.contains(CAR), "the page shows the whole VIN");
 
-    let done = consent
-        .submit(
-            &adapter,
-            "/device/decision",
-            &[
-                ("user_code", &login.user_code),
-                ("decision", "approve"),
-                ("display_name", "Li <b>Wei</b>"),
-            ],
-        )
-        .await;
+    let done = consent.approve(&adapter, &login.user_code, "Li <b>Wei</b>").await;
     assert_eq!(done.status, StatusCode::OK, "{}", done.html);
     assert!(done.html.contains("Your WeChat account is linked"), "{}", done.html);
 
@@ -107,13 +113,7 @@ async fn the_qr_link_prefills_the_code_and_approving_links_the_car() {
     assert_eq!(identity.display_name, "Li <b>Wei</b>");
 
     // The code is used up: a second decision is refused, and nothing changes.
-    let again = consent
-        .submit(
-            &adapter,
-            "/device/decision",
-            &[("user_code", &login.user_code), ("decision", "deny")],
-        )
-        .await;
+    let again = consent.deny(&adapter, &login.user_code).await;
     assert_eq!(again.status, StatusCode::CONFLICT);
     assert!(matches!(
         adapter.poll(CAR, &login.device_code).await.unwrap(),
@@ -130,13 +130,7 @@ async fn denying_tells_the_car_access_denied() {
     let consent = form
         .submit(&adapter, "/device", &[("user_code", &login.user_code)])
         .await;
-    let done = consent
-        .submit(
-            &adapter,
-            "/device/decision",
-            &[("user_code", &login.user_code), ("decision", "deny")],
-        )
-        .await;
+    let done = consent.deny(&adapter, &login.user_code).await;
     assert_eq!(done.status, StatusCode::OK);
     assert!(done.html.contains("Nothing was linked"), "{}", done.html);
     assert_eq!(
@@ -214,17 +208,7 @@ async fn after_5_wrong_codes_a_minute_even_the_right_code_waits() {
     assert_eq!(limited.status, StatusCode::TOO_MANY_REQUESTS);
     assert!(limited.html.contains("Wait a minute"), "{}", limited.html);
     // The decision form is held to the same limit.
-    let decided = form
-        .submit(
-            &adapter,
-            "/device/decision",
-            &[
-                ("user_code", &login.user_code),
-                ("decision", "approve"),
-                ("display_name", "x"),
-            ],
-        )
-        .await;
+    let decided = form.approve(&adapter, &login.user_code, "x").await;
     assert_eq!(decided.status, StatusCode::TOO_MANY_REQUESTS);
     assert_eq!(
         adapter.poll(CAR, &login.device_code).await.unwrap(),
@@ -308,17 +292,7 @@ async fn what_anyone_types_is_rendered_as_text_and_bounded() {
         .await;
     assert_eq!(undecided.status, StatusCode::BAD_REQUEST);
     let long_name = "n".repeat(65);
-    let named = form
-        .submit(
-            &adapter,
-            "/device/decision",
-            &[
-                ("user_code", "BCDF-GHJK"),
-                ("decision", "approve"),
-                ("display_name", &long_name),
-            ],
-        )
-        .await;
+    let named = form.approve(&adapter, "BCDF-GHJK", &long_name).await;
     assert_eq!(named.status, StatusCode::BAD_REQUEST);
     assert!(named.html.contains("1 to 64 characters"), "{}", named.html);
     let huge = "x".repeat(MAX_FORM_BYTES + 1);

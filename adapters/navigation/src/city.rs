@@ -73,6 +73,7 @@ struct GridLine {
     traffic: Traffic,
 }
 
+/// A street with one name along its whole length.
 const fn line(name: &'static str, class: StreetClass, traffic: Traffic) -> GridLine {
     GridLine {
         name,
@@ -82,12 +83,11 @@ const fn line(name: &'static str, class: StreetClass, traffic: Traffic) -> GridL
     }
 }
 
+/// A street whose name changes east of Xizang Road (Nanjing West Road, then Nanjing East Road).
 const fn split(name: &'static str, name_east: &'static str, class: StreetClass, traffic: Traffic) -> GridLine {
     GridLine {
-        name,
         name_east: Some(name_east),
-        class,
-        traffic,
+        ..line(name, class, traffic)
     }
 }
 

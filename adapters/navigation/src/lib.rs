@@ -20,9 +20,7 @@ pub mod service;
 use std::future::Future;
 
 use anyhow::Context as _;
-use proto::adapter::RequireRole;
-use tonic::service::Routes;
-use tonic::service::interceptor::InterceptedService;
+use proto::identity::Role;
 use tonic::transport::ServerTlsConfig;
 
 pub use proto::adapter::{mtls_config, require_gateway_client};
@@ -41,8 +39,7 @@ pub async fn serve(
     service: NavigationService,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
-    let gateway_only = InterceptedService::new(service.into_server(), RequireRole::gateway_client(tls.is_some()));
-    proto::adapter::serve(listener, tls, Routes::new(gateway_only), shutdown)
+    proto::adapter::serve_for_role(listener, tls, Role::GatewayClient, service.into_server(), shutdown)
         .await
         .context("navigation adapter server failed")
 }

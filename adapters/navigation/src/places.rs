@@ -43,6 +43,7 @@ pub struct PlaceInfo {
     pub parking_lot_id: Option<&'static str>,
 }
 
+/// A car park, whose id here is its lot id at the parking operator.
 const fn parking(
     lot_id: &'static str,
     name: &'static str,
@@ -51,16 +52,12 @@ const fn parking(
     longitude: f64,
 ) -> PlaceInfo {
     PlaceInfo {
-        id: lot_id,
-        name,
-        local_name,
-        category: PlaceCategory::Parking,
-        latitude,
-        longitude,
         parking_lot_id: Some(lot_id),
+        ..place(lot_id, PlaceCategory::Parking, name, local_name, latitude, longitude)
     }
 }
 
+/// A place of `category`, with no lot id at a parking operator.
 const fn place(
     id: &'static str,
     category: PlaceCategory,

@@ -4,14 +4,13 @@
 
 use certs::{CertificateAuthority, IssuedCert, IssuingCa};
 use navigation_adapter::{NavigationService, mtls_config, serve};
-use proto::metadata;
+use proto::adapter::testing::{OnLoopback, from_car_with_key, mtls_channel, on_loopback};
 use proto::navigation::v1::navigation_client::NavigationClient;
 use proto::navigation::v1::{
     GeoPoint, Maneuver, PlaceCategory, RouteRequest, RouteResponse, SearchPlacesRequest, SearchPlacesResponse,
 };
 use tokio::net::TcpListener;
-use tokio::sync::oneshot;
-use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity};
+use tonic::transport::Channel;
 use tonic::{Code, Request, Status};
 
 const CAR: &str = "LSVAU2180N2183294";
@@ -26,47 +25,34 @@ const CAR_POSITION: GeoPoint = GeoPoint {
     longitude: 121.4454,
 };
 
-/// A running adapter on 127.0.0.1 port 0 trusting only the gateway-clients CA of `pki`;
-/// dropping it stops the server.
+/// A running adapter on 127.0.0.1 port 0 with a certificate of `pki`; dropping it stops the
+/// server.
 struct Adapter {
-    port: u16,
+    server: OnLoopback,
     pki: CertificateAuthority,
-    _stop: oneshot::Sender<()>,
 }
 
+/// An adapter trusting only the gateway-clients CA of a fresh PKI.
 async fn start_adapter() -> Adapter {
-    let _ = rustls::crypto::ring::default_provider().install_default();
     let pki = CertificateAuthority::generate().unwrap();
+    let gateway_clients = pki.issuing_cert_pem(IssuingCa::GatewayClients).to_owned();
+    start_adapter_trusting(pki, &gateway_clients).await
+}
+
+/// An adapter trusting `client_ca_pem` for its clients.
+async fn start_adapter_trusting(pki: CertificateAuthority, client_ca_pem: &str) -> Adapter {
+    let _ = rustls::crypto::ring::default_provider().install_default();
     let me = pki.issue_partner("navigation").unwrap();
-    let tls = mtls_config(
-        &me.cert_pem,
-        &me.key_pem,
-        pki.issuing_cert_pem(IssuingCa::GatewayClients),
-    );
-    // Bound before the server task starts, so clients can connect at once: no sleeps.
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let port = listener.local_addr().unwrap().port();
-    let (stop, stopped) = oneshot::channel::<()>();
-    tokio::spawn(serve(listener, Some(tls), NavigationService::new(), async {
-        let _ = stopped.await;
-    }));
-    Adapter { port, pki, _stop: stop }
+    let tls = mtls_config(&me.cert_pem, &me.key_pem, client_ca_pem);
+    let server = on_loopback(|listener, stopped| serve(listener, Some(tls), NavigationService::new(), stopped)).await;
+    Adapter { server, pki }
 }
 
 impl Adapter {
     /// A client presenting `certificate` (none if None), verifying the adapter against the root.
     async fn client(&self, certificate: Option<&IssuedCert>) -> Result<NavigationClient<Channel>, String> {
-        let mut tls = ClientTlsConfig::new()
-            .ca_certificate(Certificate::from_pem(self.pki.root_cert_pem()))
-            .domain_name("localhost");
-        if let Some(certificate) = certificate {
-            tls = tls.identity(Identity::from_pem(&certificate.cert_pem, &certificate.key_pem));
-        }
-        let endpoint = Endpoint::from_shared(format!("https://127.0.0.1:{}", self.port))
-            .unwrap()
-            .tls_config(tls)
-            .unwrap();
-        let channel = endpoint.connect().await.map_err(|e| format!("{e:?}"))?;
+        let client = certificate.map(|c| (c.cert_pem.as_str(), c.key_pem.as_str()));
+        let channel = mtls_channel(self.server.addr, self.pki.root_cert_pem(), client).await?;
         Ok(NavigationClient::new(channel))
     }
 
@@ -79,12 +65,7 @@ impl Adapter {
 
 /// A request as the gateway sends it: VIN, request id and idempotency key in the metadata.
 fn call<T>(message: T) -> Request<T> {
-    let mut request = Request::new(message);
-    let md = request.metadata_mut();
-    md.insert(metadata::VIN, CAR.parse().unwrap());
-    md.insert(metadata::REQUEST_ID, "req-1".parse().unwrap());
-    md.insert(metadata::IDEMPOTENCY_KEY, "key-1".parse().unwrap());
-    request
+    from_car_with_key(CAR, "key-1", message)
 }
 
 fn parking_near(point: GeoPoint) -> SearchPlacesRequest {
@@ -125,15 +106,11 @@ async fn the_gateway_finds_parking_near_a_destination_and_a_route_to_it() {
         "{places:?}"
     );
 
-    let drive = route(
-        &mut gateway,
-        RouteRequest {
-            origin: Some(CAR_POSITION),
-            destination: lot.location,
-        },
-    )
-    .await
-    .unwrap();
+    let to_the_lot = RouteRequest {
+        origin: Some(CAR_POSITION),
+        destination: lot.location,
+    };
+    let drive = route(&mut gateway, to_the_lot).await.unwrap();
     // Jing'an to the Bund: about 4 km as the crow flies, more along the streets.
     assert!((4_000..8_000).contains(&drive.distance_m), "{}", drive.distance_m);
     assert!(drive.duration_s > 0);
@@ -147,15 +124,7 @@ async fn the_gateway_finds_parking_near_a_destination_and_a_route_to_it() {
     assert!(drive.destination_approach_m < 400, "{}", drive.destination_approach_m);
 
     // Reading only: the same question gets the same answer.
-    let again = route(
-        &mut gateway,
-        RouteRequest {
-            origin: Some(CAR_POSITION),
-            destination: lot.location,
-        },
-    )
-    .await
-    .unwrap();
+    let again = route(&mut gateway, to_the_lot).await.unwrap();
     assert_eq!(again, drive);
 }
 
@@ -171,59 +140,63 @@ async fn bad_requests_get_clear_errors() {
     let adapter = start_adapter().await;
     let mut gateway = adapter.gateway().await;
 
-    let no_origin = RouteRequest {
-        origin: None,
-        destination: Some(DESTINATION),
-    };
-    expect(
-        route(&mut gateway, no_origin).await,
-        Code::InvalidArgument,
-        "origin is required",
-    );
-    let impossible = RouteRequest {
-        origin: Some(CAR_POSITION),
-        destination: Some(GeoPoint {
-            latitude: 31.2,
-            longitude: 200.0,
-        }),
-    };
-    expect(
-        route(&mut gateway, impossible).await,
-        Code::InvalidArgument,
-        "destination must have latitude within ±90 and longitude within ±180",
-    );
-    let hangzhou = RouteRequest {
-        origin: Some(GeoPoint {
-            latitude: 30.2741,
-            longitude: 120.1551,
-        }),
-        destination: Some(DESTINATION),
-    };
-    expect(route(&mut gateway, hangzhou).await, Code::NotFound, "the map covers");
+    let bad_routes = [
+        (
+            RouteRequest {
+                origin: None,
+                destination: Some(DESTINATION),
+            },
+            Code::InvalidArgument,
+            "origin is required",
+        ),
+        (
+            RouteRequest {
+                origin: Some(CAR_POSITION),
+                destination: Some(GeoPoint {
+                    latitude: 31.2,
+                    longitude: 200.0,
+                }),
+            },
+            Code::InvalidArgument,
+            "destination must have latitude within ±90 and longitude within ±180",
+        ),
+        (
+            // From Hangzhou.
+            RouteRequest {
+                origin: Some(GeoPoint {
+                    latitude: 30.2741,
+                    longitude: 120.1551,
+                }),
+                destination: Some(DESTINATION),
+            },
+            Code::NotFound,
+            "the map covers",
+        ),
+    ];
+    for (request, code, text) in bad_routes {
+        expect(route(&mut gateway, request).await, code, text);
+    }
 
-    expect(
-        search(&mut gateway, SearchPlacesRequest::default()).await,
-        Code::InvalidArgument,
-        "give near, query or both",
-    );
-    let too_many = SearchPlacesRequest {
-        max_results: 51,
-        ..parking_near(DESTINATION)
-    };
-    expect(
-        search(&mut gateway, too_many).await,
-        Code::InvalidArgument,
-        "max_results 51",
-    );
-    let too_far = SearchPlacesRequest {
-        radius_m: 50_001,
-        ..parking_near(DESTINATION)
-    };
-    expect(
-        search(&mut gateway, too_far).await,
-        Code::InvalidArgument,
-        "radius_m 50001",
-    );
+    let bad_searches = [
+        (SearchPlacesRequest::default(), "give near, query or both"),
+        (
+            SearchPlacesRequest {
+                max_results: 51,
+                ..parking_near(DESTINATION)
+            },
+            "max_results 51",
+        ),
+        (
+            SearchPlacesRequest {
+                radius_m: 50_001,
+                ..parking_near(DESTINATION)
+            },
+            "radius_m 50001",
+        ),
+    ];
+    for (request, text) in bad_searches {
+        expect(search(&mut gateway, request).await, Code::InvalidArgument, text);
+    }
 }
 
 /// How a call presenting some certificate ended.
@@ -279,21 +252,12 @@ async fn only_the_gateway_gets_through_a_vehicle_certificate_is_refused() {
 async fn a_car_certificate_is_refused_by_role_even_behind_a_ca_that_signs_cars() {
     // A misconfigured adapter trusting the root (which chains to every role): the handshake
     // admits a car, the role check on each call still refuses it.
-    let _ = rustls::crypto::ring::default_provider().install_default();
     let pki = CertificateAuthority::generate().unwrap();
-    let me = pki.issue_partner("navigation").unwrap();
     let mut trusts_everyone = pki.root_cert_pem().to_owned();
     for ca in IssuingCa::ALL {
         trusts_everyone.push_str(pki.issuing_cert_pem(ca));
     }
-    let tls = mtls_config(&me.cert_pem, &me.key_pem, &trusts_everyone);
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let port = listener.local_addr().unwrap().port();
-    let (_stop, stopped) = oneshot::channel::<()>();
-    tokio::spawn(serve(listener, Some(tls), NavigationService::new(), async {
-        let _ = stopped.await;
-    }));
-    let adapter = Adapter { port, pki, _stop };
+    let adapter = start_adapter_trusting(pki, &trusts_everyone).await;
 
     let car = adapter.pki.issue_vehicle(&CAR.parse().unwrap()).unwrap();
     match search_presenting(&adapter, Some(&car)).await {

@@ -43,10 +43,7 @@ mod store;
 use std::future::Future;
 
 use anyhow::Context as _;
-use proto::adapter::RequireRole;
 use proto::identity::Role;
-use tonic::service::Routes;
-use tonic::service::interceptor::InterceptedService;
 use tonic::transport::ServerTlsConfig;
 
 pub use clock::{Clock, ManualClock, SystemClock};
@@ -67,8 +64,7 @@ pub async fn serve(
     service: ParkingService,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
-    let gateway_only = InterceptedService::new(service.into_server(), RequireRole::gateway_client(tls.is_some()));
-    proto::adapter::serve(listener, tls, Routes::new(gateway_only), shutdown)
+    proto::adapter::serve_for_role(listener, tls, Role::GatewayClient, service.into_server(), shutdown)
         .await
         .context("parking adapter server failed")
 }
@@ -85,11 +81,7 @@ pub async fn serve_lot(
     service: ParkingService,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
-    let operators_only = InterceptedService::new(
-        service.into_lot_server(),
-        RequireRole::new(Role::Operator, tls.is_some()),
-    );
-    proto::adapter::serve(listener, tls, Routes::new(operators_only), shutdown)
+    proto::adapter::serve_for_role(listener, tls, Role::Operator, service.into_lot_server(), shutdown)
         .await
         .context("parking lot server failed")
 }

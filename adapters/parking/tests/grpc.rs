@@ -101,16 +101,7 @@ async fn ninety_minutes_are_fifteen_free_then_two_started_hours() {
     assert_eq!(h.service.charges(), 1);
     assert_eq!(h.service.charges_recorded().await.unwrap(), 1);
 
-    let read = GetReceiptRequest {
-        receipt_id: receipt.receipt_id.clone(),
-    };
-    let fetched = h
-        .client
-        .get_receipt(call(read, CAR_A, "r-1"))
-        .await
-        .unwrap()
-        .into_inner();
-    assert_eq!(fetched, receipt);
+    assert_eq!(read_receipt(&mut h, &receipt.receipt_id, CAR_A, "r-1").await, receipt);
 }
 
 #[tokio::test]

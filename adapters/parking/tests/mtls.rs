@@ -3,8 +3,8 @@
 //! the lot port, only an operator's.
 
 use parking_adapter::{ParkingService, mtls_config, serve, serve_lot};
+use proto::adapter::testing::{OnLoopback, from_car_with_key, mtls_channel, on_loopback};
 use proto::identity::Role;
-use proto::metadata;
 use proto::parking::v1::parking_lot_client::ParkingLotClient;
 use proto::parking::v1::parking_payment_client::ParkingPaymentClient;
 use proto::parking::v1::{GeoPoint, ListNearbyLotsRequest, StartSessionRequest, VehicleExitedRequest};
@@ -12,9 +12,8 @@ use rcgen::{
     BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair, KeyUsagePurpose,
 };
 use tokio::net::TcpListener;
-use tokio::sync::oneshot;
-use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity};
-use tonic::{Code, Request};
+use tonic::Code;
+use tonic::transport::{Channel, ServerTlsConfig};
 
 const CAR: &str = "LSVAU2180N2183294";
 const OTHER_CAR: &str = "WBA3B5C50DF123456";
@@ -71,12 +70,11 @@ impl TestCa {
     }
 }
 
-/// A running adapter on 127.0.0.1 port 0 trusting `client_ca`; dropping it stops the server.
+/// A running adapter on 127.0.0.1 port 0; dropping it stops the server.
 struct Adapter {
-    port: u16,
+    server: OnLoopback,
     /// The CA its server certificate chains to.
     server_ca: String,
-    _stop: oneshot::Sender<()>,
     /// Holds its database file.
     _db: tempfile::TempDir,
 }
@@ -88,7 +86,8 @@ async fn fresh_service() -> (ParkingService, tempfile::TempDir) {
     (service, dir)
 }
 
-async fn start_adapter(client_ca: &TestCa) -> Adapter {
+/// The server's TLS, trusting `client_ca` for clients, and the CA its certificate chains to.
+fn server_tls(client_ca: &TestCa) -> (ServerTlsConfig, String) {
     let _ = rustls::crypto::ring::default_provider().install_default();
     let server_ca = TestCa::new("partners CA");
     let server = server_ca.issue(
@@ -96,21 +95,28 @@ async fn start_adapter(client_ca: &TestCa) -> Adapter {
         &[Role::Partner.as_str()],
         ExtendedKeyUsagePurpose::ServerAuth,
     );
-    // Bound before the server task starts, so clients can connect at once: no sleeps.
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let port = listener.local_addr().unwrap().port();
-    let (stop, stopped) = oneshot::channel::<()>();
-    let tls = mtls_config(&server.cert, &server.key, &client_ca.cert_pem);
+    (
+        mtls_config(&server.cert, &server.key, &client_ca.cert_pem),
+        server_ca.cert_pem,
+    )
+}
+
+/// The adapter's service port, trusting `client_ca`.
+async fn start_adapter(client_ca: &TestCa) -> Adapter {
+    let (tls, server_ca) = server_tls(client_ca);
     let (service, db) = fresh_service().await;
-    tokio::spawn(serve(listener, Some(tls), service, async {
-        let _ = stopped.await;
-    }));
+    let server = on_loopback(|listener, stopped| serve(listener, Some(tls), service, stopped)).await;
     Adapter {
-        port,
-        server_ca: server_ca.cert_pem,
-        _stop: stop,
+        server,
+        server_ca,
         _db: db,
     }
+}
+
+/// A channel to `adapter` presenting `certificate` (none if None).
+async fn channel(adapter: &Adapter, certificate: Option<&Pem>) -> Result<Channel, String> {
+    let client = certificate.map(|c| (c.cert.as_str(), c.key.as_str()));
+    mtls_channel(adapter.server.addr, &adapter.server_ca, client).await
 }
 
 /// How a call ended: the number of lots, a gRPC status code, or a transport error (TLS refusal).
@@ -121,19 +127,8 @@ enum Outcome {
     Transport(String),
 }
 
-async fn client(adapter: &Adapter, client: Option<&Pem>) -> Result<ParkingPaymentClient<Channel>, String> {
-    let mut tls = ClientTlsConfig::new()
-        .ca_certificate(Certificate::from_pem(&adapter.server_ca))
-        .domain_name("localhost");
-    if let Some(client) = client {
-        tls = tls.identity(Identity::from_pem(&client.cert, &client.key));
-    }
-    let endpoint = Endpoint::from_shared(format!("https://127.0.0.1:{}", adapter.port))
-        .unwrap()
-        .tls_config(tls)
-        .unwrap();
-    let channel = endpoint.connect().await.map_err(|e| format!("{e:?}"))?;
-    Ok(ParkingPaymentClient::new(channel))
+async fn client(adapter: &Adapter, certificate: Option<&Pem>) -> Result<ParkingPaymentClient<Channel>, String> {
+    Ok(ParkingPaymentClient::new(channel(adapter, certificate).await?))
 }
 
 fn outcome<T>(result: Result<T, tonic::Status>, ok: impl FnOnce(T) -> usize) -> Outcome {
@@ -171,15 +166,14 @@ async fn start_session_as(adapter: &Adapter, certificate: &Pem, vin: &str) -> Ou
         Ok(client) => client,
         Err(e) => return Outcome::Transport(e),
     };
-    let mut request = Request::new(StartSessionRequest {
+    let request = StartSessionRequest {
         lot_id: "lot-bund-01".into(),
         plate: "沪A12345".into(),
-    });
-    request.metadata_mut().insert(metadata::VIN, vin.parse().unwrap());
-    request
-        .metadata_mut()
-        .insert(metadata::IDEMPOTENCY_KEY, "k-1".parse().unwrap());
-    outcome(client.start_session(request).await, |_| 1)
+    };
+    outcome(
+        client.start_session(from_car_with_key(vin, "k-1", request)).await,
+        |_| 1,
+    )
 }
 
 fn assert_permission_denied(outcome: &Outcome, mentioning: &str) {
@@ -275,42 +269,20 @@ async fn invalid_pem_is_reported_by_serve() {
 
 #[tokio::test]
 async fn the_lot_port_answers_operators_only() {
-    let _ = rustls::crypto::ring::default_provider().install_default();
     // A CA that signs every role: the role check on each call is what keeps the others out.
     let lots_ca = TestCa::new("lot systems CA");
-    let server_ca = TestCa::new("partners CA");
-    let server = server_ca.issue(
-        "parking",
-        &[Role::Partner.as_str()],
-        ExtendedKeyUsagePurpose::ServerAuth,
-    );
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let port = listener.local_addr().unwrap().port();
+    let (tls, server_ca) = server_tls(&lots_ca);
     let (service, _db) = fresh_service().await;
-    let tls = mtls_config(&server.cert, &server.key, &lots_ca.cert_pem);
-    let (_stop, stopped) = oneshot::channel::<()>();
-    tokio::spawn(serve_lot(listener, Some(tls), service, async {
-        let _ = stopped.await;
-    }));
+    let lot = on_loopback(|listener, stopped| serve_lot(listener, Some(tls), service, stopped)).await;
 
-    let exit_as = |certificate: Pem| {
-        let server_ca = server_ca.cert_pem.clone();
-        async move {
-            let tls = ClientTlsConfig::new()
-                .ca_certificate(Certificate::from_pem(&server_ca))
-                .domain_name("localhost")
-                .identity(Identity::from_pem(&certificate.cert, &certificate.key));
-            let endpoint = Endpoint::from_shared(format!("https://127.0.0.1:{port}"))
-                .unwrap()
-                .tls_config(tls)
-                .unwrap();
-            let mut gate = ParkingLotClient::new(endpoint.connect().await.unwrap());
-            let exit = VehicleExitedRequest {
-                lot_id: "lot-bund-01".into(),
-                plate: "沪A12345".into(),
-            };
-            gate.vehicle_exited(exit).await.unwrap_err()
-        }
+    let exit_as = async |certificate: Pem| {
+        let client = Some((certificate.cert.as_str(), certificate.key.as_str()));
+        let mut gate = ParkingLotClient::new(mtls_channel(lot.addr, &server_ca, client).await.unwrap());
+        let exit = VehicleExitedRequest {
+            lot_id: "lot-bund-01".into(),
+            plate: "沪A12345".into(),
+        };
+        gate.vehicle_exited(exit).await.unwrap_err()
     };
     // An operator gets through to the lot (no session of that plate there).
     let operator = exit_as(lots_ca.client("bund-exit-gate", Role::Operator)).await;

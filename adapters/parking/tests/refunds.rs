@@ -8,7 +8,7 @@ use std::time::Duration;
 use common::*;
 use parking_adapter::refunds::{MAX_REASON_CHARS, MAX_REFUNDS_PER_SESSION};
 use proto::metadata;
-use proto::parking::v1::{GetReceiptRequest, Money, RefundSessionRequest, RefundSessionResponse};
+use proto::parking::v1::{Money, RefundSessionRequest, RefundSessionResponse};
 use tonic::{Code, Request, Status};
 
 fn refund_of(session_id: &str, fen: i64) -> RefundSessionRequest {
@@ -29,19 +29,19 @@ async fn refund(h: &mut Harness, request: RefundSessionRequest, key: &str) -> Re
         .map(|r| r.into_inner())
 }
 
-/// A session of car A at Xintiandi, parked 90 minutes and paid: 4,000 fen.
-async fn paid_session(h: &mut Harness) -> String {
-    let session_id = park(h, CAR_A, "start").await;
+/// The adapter, and a session of car A at Xintiandi, parked 90 minutes and paid: 4,000 fen.
+async fn start_with_a_paid_session() -> (Harness, String) {
+    let mut h = start().await;
+    let session_id = park(&mut h, CAR_A, "start").await;
     h.clock.advance(Duration::from_secs(90 * 60));
-    let paid = pay(h, &session_id, CAR_A, "end").await.unwrap().into_inner();
+    let paid = pay(&mut h, &session_id, CAR_A, "end").await.unwrap().into_inner();
     assert_eq!(paid.receipt.unwrap().fee.unwrap().amount_minor, 4_000);
-    session_id
+    (h, session_id)
 }
 
 #[tokio::test]
 async fn the_same_key_refunds_once_and_answers_the_same() {
-    let mut h = start().await;
-    let session_id = paid_session(&mut h).await;
+    let (mut h, session_id) = start_with_a_paid_session().await;
 
     let first = refund(&mut h, refund_of(&session_id, 1_500), "refund-1").await.unwrap();
     h.clock.advance(Duration::from_secs(60));
@@ -52,15 +52,7 @@ async fn the_same_key_refunds_once_and_answers_the_same() {
     assert_eq!(first.refund.unwrap().amount.unwrap().amount_minor, 1_500);
 
     // The receipt, read again, counts the refund once.
-    let read = GetReceiptRequest {
-        receipt_id: receipt.receipt_id,
-    };
-    let fetched = h
-        .client
-        .get_receipt(call(read, CAR_A, "read"))
-        .await
-        .unwrap()
-        .into_inner();
+    let fetched = read_receipt(&mut h, &receipt.receipt_id, CAR_A, "read").await;
     assert_eq!(fetched.refunded.unwrap().amount_minor, 1_500);
 
     // The same key for another amount is a bug of the caller.
@@ -72,8 +64,7 @@ async fn the_same_key_refunds_once_and_answers_the_same() {
 
 #[tokio::test]
 async fn never_more_than_was_charged() {
-    let mut h = start().await;
-    let session_id = paid_session(&mut h).await;
+    let (mut h, session_id) = start_with_a_paid_session().await;
 
     let too_much = refund(&mut h, refund_of(&session_id, 4_001), "r1").await.unwrap_err();
     assert_eq!(too_much.code(), Code::FailedPrecondition);
@@ -116,8 +107,7 @@ async fn unknown_active_and_other_cars_sessions_are_refused_clearly() {
 
 #[tokio::test]
 async fn bad_refund_requests_are_invalid() {
-    let mut h = start().await;
-    let session_id = paid_session(&mut h).await;
+    let (mut h, session_id) = start_with_a_paid_session().await;
 
     // Without a key a retry would refund twice: refused.
     let mut keyless = Request::new(refund_of(&session_id, 100));
@@ -152,8 +142,7 @@ async fn bad_refund_requests_are_invalid() {
 
 #[tokio::test]
 async fn refunds_per_session_are_bounded() {
-    let mut h = start().await;
-    let session_id = paid_session(&mut h).await;
+    let (mut h, session_id) = start_with_a_paid_session().await;
     for i in 0..MAX_REFUNDS_PER_SESSION {
         refund(&mut h, refund_of(&session_id, 1), &format!("r{i}"))
             .await

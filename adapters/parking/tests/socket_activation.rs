@@ -5,7 +5,8 @@ mod common;
 
 use std::ffi::OsStr;
 
-use common::adapter_on_passed_socket;
+use common::{CAR_A, adapter_on_passed_socket};
+use proto::adapter::testing::from_car;
 use proto::parking::v1::parking_payment_client::ParkingPaymentClient;
 use proto::parking::v1::{GeoPoint, ListNearbyLotsRequest};
 
@@ -27,19 +28,16 @@ async fn the_adapter_serves_on_the_socket_it_is_passed() {
     assert_eq!(line, format!("parking adapter listening on {addr} (plaintext)"));
 
     let mut client = ParkingPaymentClient::connect(format!("http://{addr}")).await.unwrap();
-    let mut request = tonic::Request::new(ListNearbyLotsRequest {
+    let request = ListNearbyLotsRequest {
         near: Some(GeoPoint {
             latitude: 31.23,
             longitude: 121.47,
         }),
         radius_m: 5_000,
         max_results: 1,
-    });
-    request
-        .metadata_mut()
-        .insert(proto::metadata::VIN, "LSVAU2180N2183294".parse().unwrap());
+    };
     let lots = client
-        .list_nearby_lots(request)
+        .list_nearby_lots(from_car(CAR_A, request))
         .await
         .expect("served on the passed socket");
     assert_eq!(lots.into_inner().lots.len(), 1);

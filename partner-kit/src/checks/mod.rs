@@ -10,9 +10,9 @@ use std::time::Duration;
 use futures::FutureExt as _;
 use tonic::Code;
 
-use crate::connection::{Answer, code_name};
-use crate::report::{Contract, Outcome};
-use crate::{Check, Kit};
+use crate::connection::{Answer, Connection, code_name};
+use crate::report::Outcome;
+use crate::{Check, Kit, Probe};
 
 /// Longest the kit waits for an answer to a call with the normal 5 s deadline.
 pub const GIVE_UP_AFTER: Duration = Duration::from_secs(10);
@@ -76,6 +76,20 @@ pub fn expect_codes(what: &str, answer: &Answer, expected: &[Code]) -> Outcome {
     }
 }
 
+/// Runs `check`; an early `Err` is its outcome.
+pub async fn outcome(check: impl Future<Output = Result<Outcome, Outcome>>) -> Outcome {
+    check.await.unwrap_or_else(|outcome| outcome)
+}
+
+/// `probe`, the call a check makes, and a connection as the gateway to make it on; or the
+/// outcome of a check that cannot make it: no method to call ([`needs_a_method`]), or no
+/// connection ([`no_connection`]).
+pub async fn connected(kit: &Kit, probe: Option<Probe>) -> Result<(Probe, Connection), Outcome> {
+    let probe = probe.ok_or_else(|| needs_a_method(kit))?;
+    let connection = kit.connect_as_gateway().await.map_err(|e| no_connection(&e))?;
+    Ok((probe, connection))
+}
+
 /// The outcome of a check that could not even connect as the gateway.
 pub fn no_connection(error: &impl std::fmt::Display) -> Outcome {
     Outcome::Fail(format!(
@@ -89,12 +103,4 @@ pub fn needs_a_method(kit: &Kit) -> Outcome {
         "no profile for {} and no --method given: name a method of the service for the kit to call",
         kit.config.service
     ))
-}
-
-/// The contract's section on errors.
-pub const ERRORS: &str = "docs/partners.md#errors";
-
-/// A contract sentence in the errors section.
-pub const fn errors_say(says: &'static str) -> Contract {
-    Contract { section: ERRORS, says }
 }

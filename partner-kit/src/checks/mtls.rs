@@ -4,28 +4,28 @@
 use tonic::Code;
 
 use super::{GIVE_UP_AFTER, needs_a_method};
-use crate::connection::{Answer, CallMetadata};
-use crate::report::{Contract, Outcome};
+use crate::connection::{Answer, CallMetadata, Connection, TimedAnswer};
+use crate::report::{Contract, Outcome, section};
 use crate::tls::ClientCertificate;
-use crate::{Kit, probe_key, probe_vin};
+use crate::{Kit, Probe};
 
 /// Require a client certificate and trust only the gateway-clients CA for it.
-pub const CONNECTING: Contract = Contract {
-    section: "docs/partners.md#connecting",
-    says: "require a client certificate and take only the gateway-clients CA as trust anchor for clients",
-};
+pub const CONNECTING: Contract = Contract::new(
+    section::CONNECTING,
+    "require a client certificate and take only the gateway-clients CA as trust anchor for clients",
+);
 
 /// A car's certificate must not get in.
-pub const ONLY_THE_GATEWAY: Contract = Contract {
-    section: "docs/partners.md#connecting",
-    says: "never trust a CA that also signs cars, and check the role (OU=gateway-client) on every call: PERMISSION_DENIED otherwise",
-};
+pub const ONLY_THE_GATEWAY: Contract = Contract::new(
+    section::CONNECTING,
+    "never trust a CA that also signs cars, and check the role (OU=gateway-client) on every call: PERMISSION_DENIED otherwise",
+);
 
 /// Certificates from the right CA with the wrong role are refused on every call.
-pub const ROLE: Contract = Contract {
-    section: "docs/partners.md#connecting",
-    says: "check the role on every call: exactly one OU, gateway-client, and one CN; PERMISSION_DENIED otherwise",
-};
+pub const ROLE: Contract = Contract::new(
+    section::CONNECTING,
+    "check the role on every call: exactly one OU, gateway-client, and one CN; PERMISSION_DENIED otherwise",
+);
 
 /// The handshake with the gateway's client certificate completes and a call is answered.
 pub async fn gateway_certificate(kit: &Kit) -> Outcome {
@@ -37,13 +37,7 @@ pub async fn gateway_certificate(kit: &Kit) -> Outcome {
             ));
         }
     };
-    // Without a method to call, one that cannot exist: any status proves TLS and HTTP/2 work.
-    let (method, message) = match kit.harmless_call() {
-        Some(probe) => (probe.method, probe.message),
-        None => (kit.method_path("PartnerKitNoSuchMethod"), bytes::Bytes::new()),
-    };
-    let metadata = CallMetadata::from_car(&probe_vin(), &probe_key());
-    let answered = connection.call(&method, message, &metadata, GIVE_UP_AFTER).await;
+    let (method, answered) = call_any(kit, &mut connection, kit.harmless_call()).await;
     match &answered.answer {
         Answer::Transport(e) => Outcome::Fail(format!(
             "the connection with the gateway's client certificate failed at the first call: {e}"
@@ -87,6 +81,19 @@ pub async fn vehicle_certificate(kit: &Kit) -> Outcome {
     }
 }
 
+/// Makes `probe` as a probe car; without one, calls a method that cannot exist, since any
+/// status proves TLS and HTTP/2 work. The method called, and how it ended.
+async fn call_any(kit: &Kit, connection: &mut Connection, probe: Option<Probe>) -> (String, TimedAnswer) {
+    let (method, message) = match probe {
+        Some(probe) => (probe.method, probe.message),
+        None => (kit.method_path("PartnerKitNoSuchMethod"), bytes::Bytes::new()),
+    };
+    let answered = connection
+        .call(&method, message, &CallMetadata::from_probe_car(), GIVE_UP_AFTER)
+        .await;
+    (method, answered)
+}
+
 /// PASS if the adapter refuses `who` (presenting `certificate`) at the handshake or with
 /// UNAUTHENTICATED/PERMISSION_DENIED on a call that needs a car.
 async fn refused(kit: &Kit, certificate: Option<&ClientCertificate>, who: &str) -> Outcome {
@@ -96,19 +103,15 @@ async fn refused(kit: &Kit, certificate: Option<&ClientCertificate>, who: &str) 
         Err(e) => return Outcome::Fail(format!("{who}: not tried, the kit cannot connect ({e})")),
     };
     let probe = kit.call_needing_a_car();
-    let (method, message) = match &probe {
-        Some(probe) => (probe.method.clone(), probe.message.clone()),
-        None => (kit.method_path("PartnerKitNoSuchMethod"), bytes::Bytes::new()),
-    };
-    let metadata = CallMetadata::from_car(&probe_vin(), &probe_key());
-    let answered = connection.call(&method, message, &metadata, GIVE_UP_AFTER).await;
+    let had_a_method = probe.is_some();
+    let (method, answered) = call_any(kit, &mut connection, probe).await;
     match &answered.answer {
         Answer::Transport(e) => Outcome::Pass(format!("{who}: refused ({e})")),
         Answer::Status(Code::PermissionDenied | Code::Unauthenticated, _) => Outcome::Pass(format!(
             "{who}: the handshake completed but {method} was refused: {}",
             answered.answer.describe()
         )),
-        _ if probe.is_none() => Outcome::Skip(format!(
+        _ if !had_a_method => Outcome::Skip(format!(
             "{who} completed the handshake and {method} answered {}; {}",
             answered.answer.describe(),
             needs_a_method(kit).reason()

@@ -14,9 +14,9 @@ use proto::parking::v1::{
 use tonic::Code;
 
 use super::{Probe, Profile};
-use crate::checks::{GIVE_UP_AFTER, errors_say, expect_codes, no_connection};
+use crate::checks::{GIVE_UP_AFTER, expect_codes, no_connection, outcome};
 use crate::connection::{Answer, CallMetadata, Connection};
-use crate::report::{Contract, Outcome};
+use crate::report::{Contract, Outcome, section};
 use crate::{Check, Kit, probe_key, probe_vin};
 
 const SERVICE: &str = "parking.v1.ParkingPayment";
@@ -35,16 +35,16 @@ const NO_SUCH_LOT: &str = "partner-kit-no-such-lot";
 const NO_SUCH_SESSION: &str = "partner-kit-no-such-session";
 
 /// Dedupe side effects on (x-vehicle-vin, idempotency-key).
-const IDEMPOTENCY: Contract = Contract {
-    section: "docs/partners.md#what-every-call-carries",
-    says: "deduplicate side effects on (x-vehicle-vin, idempotency-key): store the answer per key and replay it",
-};
+const IDEMPOTENCY: Contract = Contract::new(
+    section::EVERY_CALL,
+    "deduplicate side effects on (x-vehicle-vin, idempotency-key): store the answer per key and replay it",
+);
 
 /// Each car sees only its own sessions.
-const ISOLATION: Contract = Contract {
-    section: "docs/partners.md#what-every-call-carries",
-    says: "x-vehicle-vin is the only identity to trust: another car's session is NOT_FOUND (or PERMISSION_DENIED)",
-};
+const ISOLATION: Contract = Contract::new(
+    section::EVERY_CALL,
+    "x-vehicle-vin is the only identity to trust: another car's session is NOT_FOUND (or PERMISSION_DENIED)",
+);
 
 /// The parking profile.
 pub struct Parking;
@@ -95,17 +95,20 @@ const CHECKS: &[Check] = &[
     },
     Check {
         name: "errors.unknown-lot",
-        contract: errors_say("a lot that does not exist is NOT_FOUND"),
+        contract: Contract::new(section::ERRORS, "a lot that does not exist is NOT_FOUND"),
         run: |kit| unknown_lot(kit).boxed(),
     },
     Check {
         name: "errors.unknown-session",
-        contract: errors_say("a session that does not exist is NOT_FOUND"),
+        contract: Contract::new(section::ERRORS, "a session that does not exist is NOT_FOUND"),
         run: |kit| unknown_session(kit).boxed(),
     },
     Check {
         name: "errors.empty-fields",
-        contract: errors_say("a request without its required fields is INVALID_ARGUMENT"),
+        contract: Contract::new(
+            section::ERRORS,
+            "a request without its required fields is INVALID_ARGUMENT",
+        ),
         run: |kit| empty_fields(kit).boxed(),
     },
 ];
@@ -144,6 +147,13 @@ impl Gateway {
         }
     }
 
+    /// The connection and a lot to park at, for a check that starts sessions.
+    async fn open_at_a_lot(kit: &Kit) -> Result<(Gateway, String), Outcome> {
+        let mut gateway = Gateway::open(kit).await?;
+        let lot = gateway.lot().await?;
+        Ok((gateway, lot))
+    }
+
     async fn call(&mut self, method: &str, message: &impl Message, vin: &str, key: &str) -> Answer {
         let message = Bytes::from(message.encode_to_vec());
         let metadata = CallMetadata::from_car(vin, key);
@@ -178,6 +188,18 @@ impl Gateway {
         }
     }
 
+    /// Calls `method` as `car` expecting a refusal; a session a StartSession starts anyway is
+    /// ended, so that the run leaves nothing open.
+    async fn call_to_be_refused(&mut self, method: &str, message: &impl Message, car: &str) -> Answer {
+        let answer = self.call(method, message, car, &probe_key()).await;
+        if method == START
+            && let Some(session) = session_of(&answer)
+        {
+            self.call(END, &end(&session), car, &probe_key()).await;
+        }
+        answer
+    }
+
     /// Starts a session for `vin` at `lot`: its id, or the outcome saying why not.
     async fn started(&mut self, vin: &str, key: &str, lot: &str, who: &str) -> Result<(String, Answer), Outcome> {
         let answer = self.call(START, &start(lot), vin, key).await;
@@ -202,15 +224,9 @@ fn session_of(answer: &Answer) -> Option<String> {
     }
 }
 
-/// Runs `check`; an early `Err` is its outcome.
-async fn outcome(check: impl Future<Output = Result<Outcome, Outcome>>) -> Outcome {
-    check.await.unwrap_or_else(|outcome| outcome)
-}
-
 async fn vin_isolation(kit: &Kit) -> Outcome {
     outcome(async {
-        let mut gateway = Gateway::open(kit).await?;
-        let lot = gateway.lot().await?;
+        let (mut gateway, lot) = Gateway::open_at_a_lot(kit).await?;
         let (car_a, car_b) = (probe_vin(), probe_vin());
         let (session, _) = gateway.started(&car_a, &probe_key(), &lot, "car A").await?;
         let by_b = gateway.call(END, &end(&session), &car_b, &probe_key()).await;
@@ -237,8 +253,7 @@ async fn vin_isolation(kit: &Kit) -> Outcome {
 
 async fn start_once_per_key(kit: &Kit) -> Outcome {
     outcome(async {
-        let mut gateway = Gateway::open(kit).await?;
-        let lot = gateway.lot().await?;
+        let (mut gateway, lot) = Gateway::open_at_a_lot(kit).await?;
         let car = probe_vin();
         let key = probe_key();
         let (first, first_answer) = gateway.started(&car, &key, &lot, "a car").await?;
@@ -280,8 +295,7 @@ async fn start_once_per_key(kit: &Kit) -> Outcome {
 
 async fn end_once_per_key(kit: &Kit) -> Outcome {
     outcome(async {
-        let mut gateway = Gateway::open(kit).await?;
-        let lot = gateway.lot().await?;
+        let (mut gateway, lot) = Gateway::open_at_a_lot(kit).await?;
         let car = probe_vin();
         let (session, _) = gateway.started(&car, &probe_key(), &lot, "a car").await?;
         let key = probe_key();
@@ -320,36 +334,24 @@ async fn end_once_per_key(kit: &Kit) -> Outcome {
     .await
 }
 
-async fn unknown_lot(kit: &Kit) -> Outcome {
+/// One call, as a new car, that must be refused with one of `codes`; `what` names it.
+async fn refused(kit: &Kit, what: &str, method: &str, message: &impl Message, codes: &[Code]) -> Outcome {
     outcome(async {
         let mut gateway = Gateway::open(kit).await?;
-        let car = probe_vin();
-        let answer = gateway.call(START, &start(NO_SUCH_LOT), &car, &probe_key()).await;
-        if let Some(session) = session_of(&answer) {
-            gateway.call(END, &end(&session), &car, &probe_key()).await;
-        }
-        Ok(expect_codes(
-            &format!("StartSession at lot {NO_SUCH_LOT:?}, which does not exist"),
-            &answer,
-            &[Code::NotFound],
-        ))
+        let answer = gateway.call_to_be_refused(method, message, &probe_vin()).await;
+        Ok(expect_codes(what, &answer, codes))
     })
     .await
 }
 
+async fn unknown_lot(kit: &Kit) -> Outcome {
+    let what = format!("StartSession at lot {NO_SUCH_LOT:?}, which does not exist");
+    refused(kit, &what, START, &start(NO_SUCH_LOT), &[Code::NotFound]).await
+}
+
 async fn unknown_session(kit: &Kit) -> Outcome {
-    outcome(async {
-        let mut gateway = Gateway::open(kit).await?;
-        let answer = gateway
-            .call(END, &end(NO_SUCH_SESSION), &probe_vin(), &probe_key())
-            .await;
-        Ok(expect_codes(
-            &format!("EndSession of session {NO_SUCH_SESSION:?}, which does not exist"),
-            &answer,
-            &[Code::NotFound],
-        ))
-    })
-    .await
+    let what = format!("EndSession of session {NO_SUCH_SESSION:?}, which does not exist");
+    refused(kit, &what, END, &end(NO_SUCH_SESSION), &[Code::NotFound]).await
 }
 
 async fn empty_fields(kit: &Kit) -> Outcome {
@@ -357,12 +359,9 @@ async fn empty_fields(kit: &Kit) -> Outcome {
         let mut gateway = Gateway::open(kit).await?;
         let car = probe_vin();
         let empty_start = gateway
-            .call(START, &StartSessionRequest::default(), &car, &probe_key())
+            .call_to_be_refused(START, &StartSessionRequest::default(), &car)
             .await;
-        if let Some(session) = session_of(&empty_start) {
-            gateway.call(END, &end(&session), &car, &probe_key()).await;
-        }
-        let empty_end = gateway.call(END, &end(""), &car, &probe_key()).await;
+        let empty_end = gateway.call_to_be_refused(END, &end(""), &car).await;
         let checks = [
             expect_codes(
                 "StartSession without lot_id and plate",

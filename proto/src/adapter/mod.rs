@@ -1,10 +1,12 @@
 //! What a Rust partner adapter can reuse to serve its contract the way the gateway expects:
 //! mutual TLS trusting only the gateway-clients CA ([`mtls_config`]), the role check on every
 //! call ([`require_gateway_client`], [`RequireRole`]), serving an already bound listener until a
-//! shutdown future completes ([`serve`]), and the command-line pieces of an adapter binary
-//! ([`cli`]: TLS files, socket activation, signals). With the `adapter-testing` feature, `activation` starts an adapter binary on sockets
-//! passed as a service manager passes them, for tests. [`clock`] and [`geo`] are the injectable
-//! time and the distances the reference adapters share.
+//! shutdown future completes ([`serve`]; [`serve_for_role`] for one service behind its role
+//! check), and the command-line pieces of an adapter binary ([`cli`]: TLS files, socket
+//! activation, signals). With the `adapter-testing` feature, `activation` starts an adapter
+//! binary on sockets passed as a service manager passes them, and `testing` serves an adapter in
+//! a test and calls it as the gateway does. [`clock`] and [`geo`] are the injectable time and the
+//! distances the reference adapters share.
 //!
 //! The three reference adapters (`adapters/parking`, `adapters/navigation`,
 //! `adapters/identity`) are built on this module and nothing else of the platform, so a partner
@@ -15,12 +17,19 @@ pub mod activation;
 pub mod cli;
 pub mod clock;
 pub mod geo;
+#[cfg(feature = "adapter-testing")]
+pub mod testing;
 
+use std::convert::Infallible;
 use std::future::Future;
 use std::time::Duration;
 
 use tokio_stream::StreamExt as _;
 use tokio_stream::wrappers::TcpListenerStream;
+use tonic::body::Body;
+use tonic::codegen::{Service, http};
+use tonic::server::NamedService;
+use tonic::service::interceptor::InterceptedService;
 use tonic::service::{Interceptor, Routes};
 use tonic::transport::{Certificate, Identity, Server, ServerTlsConfig};
 use tonic::{Request, Status};
@@ -120,6 +129,32 @@ pub async fn serve(
         .add_routes(routes)
         .serve_with_incoming_shutdown(incoming(listener), shutdown)
         .await
+}
+
+/// Serves the one service `server` on `listener` until `shutdown` completes, as [`serve`] does,
+/// behind a [`RequireRole`] for `role`: over `tls` only a caller whose certificate has `role`
+/// gets a call through; in plaintext (`tls` None, dev only) there is no certificate to check.
+///
+/// An adapter with one service per listener needs no more: its server, the role its callers
+/// have, and where to listen.
+pub async fn serve_for_role<S>(
+    listener: tokio::net::TcpListener,
+    tls: Option<ServerTlsConfig>,
+    role: Role,
+    server: S,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<(), tonic::transport::Error>
+where
+    S: Service<http::Request<Body>, Response = http::Response<Body>, Error = Infallible>
+        + NamedService
+        + Clone
+        + Send
+        + Sync
+        + 'static,
+    S::Future: Send + 'static,
+{
+    let guarded = InterceptedService::new(server, RequireRole::new(role, tls.is_some()));
+    serve(listener, tls, Routes::new(guarded), shutdown).await
 }
 
 /// The connections `listener` accepts, with Nagle's algorithm off.

@@ -16,6 +16,20 @@ fn logins() -> (DeviceLogins, ManualClock) {
     (logins, clock)
 }
 
+/// The driver approving, for the account `display_name`.
+fn approve(display_name: &str) -> Decision {
+    Decision::Approve {
+        display_name: display_name.into(),
+    }
+}
+
+/// The page finds `user_code` in `state`, no longer pending, and an approval of it is refused
+/// saying so.
+fn assert_answered_or_expired(logins: &DeviceLogins, user_code: &str, state: CodeLookup) {
+    assert_eq!(logins.lookup(&canonical(user_code)), state);
+    assert_eq!(logins.decide(&canonical(user_code), approve("Mallory")), Err(state));
+}
+
 fn canonical(user_code: &str) -> String {
     codes::normalise_user_code(user_code).unwrap()
 }
@@ -51,10 +65,7 @@ fn pending_then_linked_to_the_identity_the_driver_approved() {
             masked_vin: "LSV**********3294".into()
         })
     );
-    let approve = Decision::Approve {
-        display_name: "Li Wei".into(),
-    };
-    logins.decide(&canonical(&start.user_code), approve).unwrap();
+    logins.decide(&canonical(&start.user_code), approve("Li Wei")).unwrap();
     clock.advance(Duration::from_secs(5));
     let Ok(Outcome::Linked(identity)) = logins.poll(CAR, &start.device_code) else {
         panic!("not linked");
@@ -66,14 +77,7 @@ fn pending_then_linked_to_the_identity_the_driver_approved() {
     // A lost answer can be asked for again, even sooner than the interval.
     assert_eq!(logins.poll(CAR, &start.device_code), Ok(Outcome::Linked(identity)));
     // The code is used up.
-    assert_eq!(logins.lookup(&canonical(&start.user_code)), CodeLookup::Answered);
-    let again = Decision::Approve {
-        display_name: "Mallory".into(),
-    };
-    assert_eq!(
-        logins.decide(&canonical(&start.user_code), again),
-        Err(CodeLookup::Answered)
-    );
+    assert_answered_or_expired(&logins, &start.user_code, CodeLookup::Answered);
 }
 
 #[test]
@@ -96,14 +100,7 @@ fn pending_then_expired_then_forgotten() {
         logins.poll(CAR, &start.device_code),
         Ok(Outcome::Expired(LoginExpired {}))
     );
-    assert_eq!(logins.lookup(&canonical(&start.user_code)), CodeLookup::Expired);
-    let late = Decision::Approve {
-        display_name: "Li Wei".into(),
-    };
-    assert_eq!(
-        logins.decide(&canonical(&start.user_code), late),
-        Err(CodeLookup::Expired)
-    );
+    assert_answered_or_expired(&logins, &start.user_code, CodeLookup::Expired);
     // Swept when a later login starts, once retained long enough.
     clock.advance(RETAINED_AFTER_EXPIRY);
     logins.start(OTHER_CAR, None, SocialProvider::Weibo).unwrap();

@@ -23,12 +23,13 @@ use std::time::Instant;
 
 use anyhow::Context as _;
 use axum::Router;
-use axum::extract::{ConnectInfo, DefaultBodyLimit, Form, Query, State};
+use axum::extract::{ConnectInfo, DefaultBodyLimit, Form, FromRequest, Query, Request, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{Html, IntoResponse, Response};
 use axum::routing::{get, post};
 use maud::Markup;
 use serde::Deserialize;
+use serde::de::DeserializeOwned;
 
 pub use guesses::{GuessLimiter, GuessLimits, Limited};
 pub use pages::field;
@@ -99,6 +100,48 @@ struct DecisionForm {
     display_name: String,
 }
 
+/// A form carrying the anti-forgery token it was served with.
+trait WithToken {
+    /// The token, from the form's hidden `csrf` field.
+    fn csrf(&self) -> &str;
+}
+
+impl WithToken for CodeForm {
+    fn csrf(&self) -> &str {
+        &self.csrf
+    }
+}
+
+impl WithToken for DecisionForm {
+    fn csrf(&self) -> &str {
+        &self.csrf
+    }
+}
+
+/// A posted form whose token equals the cookie's ([`token_matches`]): only such a form reaches a
+/// handler, so none can forget the check; any other is answered as [`forged`].
+struct Unforged<T>(T);
+
+impl<S, T> FromRequest<S> for Unforged<T>
+where
+    S: Send + Sync,
+    T: DeserializeOwned + WithToken + Send,
+{
+    type Rejection = Response;
+
+    async fn from_request(request: Request, state: &S) -> Result<Self, Response> {
+        let headers = request.headers().clone();
+        let Form(form) = Form::<T>::from_request(request, state)
+            .await
+            .map_err(IntoResponse::into_response)?;
+        if token_matches(&headers, form.csrf()) {
+            Ok(Unforged(form))
+        } else {
+            Err(forged())
+        }
+    }
+}
+
 async fn show_form(Query(prefill): Query<Prefill>) -> Response {
     // Only something that could be a code is put back in the form.
     let prefill = prefill
@@ -111,12 +154,8 @@ async fn show_form(Query(prefill): Query<Prefill>) -> Response {
 async fn submit_code(
     State(page): State<Page>,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
-    headers: HeaderMap,
-    Form(form): Form<CodeForm>,
+    Unforged(form): Unforged<CodeForm>,
 ) -> Response {
-    if !token_matches(&headers, &form.csrf) {
-        return forged();
-    }
     let canonical = match page.check_code(peer.ip(), &form.user_code) {
         Ok(canonical) => canonical,
         Err(refusal) => return *refusal,
@@ -132,12 +171,8 @@ async fn submit_code(
 async fn decide(
     State(page): State<Page>,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
-    headers: HeaderMap,
-    Form(form): Form<DecisionForm>,
+    Unforged(form): Unforged<DecisionForm>,
 ) -> Response {
-    if !token_matches(&headers, &form.csrf) {
-        return forged();
-    }
     let decision = match form.decision.as_str() {
         "approve" => {
             let name = form.display_name.trim();

@@ -6,15 +6,13 @@
 use std::sync::Arc;
 
 use identity_adapter::{DeviceLogins, GuessLimits, LoginSettings, ManualClock, SocialLoginService, serve, web};
-use proto::metadata;
+use proto::adapter::testing::{OnLoopback, from_car, on_listener, on_loopback};
 use proto::social_login::v1::poll_device_login_response::Outcome;
 use proto::social_login::v1::social_login_client::SocialLoginClient;
 use proto::social_login::v1::{
     PollDeviceLoginRequest, SocialProvider, StartDeviceLoginRequest, StartDeviceLoginResponse,
 };
 use tokio::net::TcpListener;
-use tokio::sync::oneshot;
-use tonic::Request;
 use tonic::transport::Channel;
 
 pub const CAR: &str = "LSVAU2180N2183294";
@@ -26,43 +24,27 @@ pub struct Adapter {
     /// `http://127.0.0.1:<port>`, where the page is.
     pub page: String,
     pub clock: ManualClock,
-    _stop: (oneshot::Sender<()>, oneshot::Sender<()>),
+    _servers: [OnLoopback; 2],
 }
 
 pub async fn start(limits: GuessLimits) -> Adapter {
-    let grpc_listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let page_listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let grpc_addr = grpc_listener.local_addr().unwrap();
     let page = format!("http://{}", page_listener.local_addr().unwrap());
     let clock = ManualClock::default();
     let logins = DeviceLogins::new(LoginSettings::new(format!("{page}/device")), Arc::new(clock.clone()));
-    let (stop_grpc, grpc_stopped) = oneshot::channel::<()>();
-    let (stop_page, page_stopped) = oneshot::channel::<()>();
-    tokio::spawn(serve(
-        grpc_listener,
-        None,
-        SocialLoginService::new(logins.clone()),
-        async {
-            let _ = grpc_stopped.await;
-        },
-    ));
-    tokio::spawn(web::serve_page(page_listener, web::router(logins, limits), async {
-        let _ = page_stopped.await;
-    }));
-    let grpc = SocialLoginClient::connect(format!("http://{grpc_addr}")).await.unwrap();
+    let grpc_server =
+        on_loopback(|listener, stopped| serve(listener, None, SocialLoginService::new(logins.clone()), stopped)).await;
+    // The page's address is in its settings, so its listener is bound before they are made.
+    let page_server = on_listener(page_listener, |listener, stopped| {
+        web::serve_page(listener, web::router(logins, limits), stopped)
+    });
+    let grpc = SocialLoginClient::connect(grpc_server.url()).await.unwrap();
     Adapter {
         grpc,
         page,
         clock,
-        _stop: (stop_grpc, stop_page),
+        _servers: [grpc_server, page_server],
     }
-}
-
-/// `message` as the gateway sends it for `vin`.
-pub fn from_car<T>(vin: &str, message: T) -> Request<T> {
-    let mut request = Request::new(message);
-    request.metadata_mut().insert(metadata::VIN, vin.parse().unwrap());
-    request
 }
 
 impl Adapter {

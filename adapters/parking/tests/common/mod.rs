@@ -10,13 +10,13 @@ use std::sync::Arc;
 
 use parking_adapter::{ManualClock, ParkingService, serve, serve_lot};
 use proto::adapter::activation::start_on_passed_sockets;
-use proto::metadata;
+use proto::adapter::testing::{OnLoopback, from_car_with_key, on_loopback};
 use proto::parking::v1::parking_lot_client::ParkingLotClient;
 use proto::parking::v1::parking_payment_client::ParkingPaymentClient;
-use proto::parking::v1::{EndSessionRequest, EndSessionResponse, StartSessionRequest, VehicleExitedRequest};
-use tokio::net::TcpListener;
+use proto::parking::v1::{
+    EndSessionRequest, EndSessionResponse, GetReceiptRequest, Receipt, StartSessionRequest, VehicleExitedRequest,
+};
 use tokio::process::Child;
-use tokio::sync::oneshot;
 use tonic::transport::Channel;
 use tonic::{Request, Response, Status};
 
@@ -33,8 +33,8 @@ pub struct Harness {
     pub clock: ManualClock,
     /// Holds the database file.
     pub dir: tempfile::TempDir,
-    /// Dropping it stops the servers.
-    _stop: oneshot::Sender<()>,
+    /// Dropping them stops the servers.
+    _servers: [OnLoopback; 2],
 }
 
 /// The adapter on a fresh database, on a manual clock.
@@ -44,41 +44,23 @@ pub async fn start() -> Harness {
     let service = ParkingService::open_with_clock(&dir.path().join("parking.db"), Arc::new(clock.clone()))
         .await
         .unwrap();
-    // Bound before the server tasks start, so the clients can connect at once: no sleeps.
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    let lot_listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let lot_addr = lot_listener.local_addr().unwrap();
-    let (stop, stopped) = oneshot::channel::<()>();
-    let (stop_lot, lot_stopped) = tokio::sync::watch::channel(());
-    tokio::spawn(serve(listener, None, service.clone(), async move {
-        let _ = stopped.await;
-        drop(stop_lot);
-    }));
-    tokio::spawn(serve_lot(lot_listener, None, service.clone(), async move {
-        let mut lot_stopped = lot_stopped;
-        let _ = lot_stopped.changed().await;
-    }));
-    let client = ParkingPaymentClient::connect(format!("http://{addr}")).await.unwrap();
-    let lot = ParkingLotClient::connect(format!("http://{lot_addr}")).await.unwrap();
+    let payment = on_loopback(|listener, stopped| serve(listener, None, service.clone(), stopped)).await;
+    let gate = on_loopback(|listener, stopped| serve_lot(listener, None, service.clone(), stopped)).await;
+    let client = ParkingPaymentClient::connect(payment.url()).await.unwrap();
+    let lot = ParkingLotClient::connect(gate.url()).await.unwrap();
     Harness {
         client,
         lot,
         service,
         clock,
         dir,
-        _stop: stop,
+        _servers: [payment, gate],
     }
 }
 
 /// A request as the gateway sends it: VIN, request id and idempotency key in the metadata.
 pub fn call<T>(message: T, vin: &str, key: &str) -> Request<T> {
-    let mut request = Request::new(message);
-    let md = request.metadata_mut();
-    md.insert(metadata::VIN, vin.parse().unwrap());
-    md.insert(metadata::REQUEST_ID, format!("req-{key}").parse().unwrap());
-    md.insert(metadata::IDEMPOTENCY_KEY, key.parse().unwrap());
-    request
+    from_car_with_key(vin, key, message)
 }
 
 pub fn start_at(lot_id: &str) -> StartSessionRequest {
@@ -100,6 +82,14 @@ pub fn exit_of(lot_id: &str) -> VehicleExitedRequest {
         lot_id: lot_id.into(),
         plate: PLATE.into(),
     }
+}
+
+/// The receipt `receipt_id`, read as `vin` with idempotency key `key`.
+pub async fn read_receipt(h: &mut Harness, receipt_id: &str, vin: &str, key: &str) -> Receipt {
+    let read = GetReceiptRequest {
+        receipt_id: receipt_id.into(),
+    };
+    h.client.get_receipt(call(read, vin, key)).await.unwrap().into_inner()
 }
 
 /// Ends (pays for) `session_id` as `vin`, with idempotency key `key`.
