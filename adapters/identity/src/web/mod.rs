@@ -16,10 +16,12 @@
 mod guesses;
 mod pages;
 
+use cookie::{Cookie, SameSite};
 use std::future::Future;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Instant;
+use subtle::ConstantTimeEq;
 
 use anyhow::Context as _;
 use axum::Router;
@@ -278,9 +280,13 @@ impl Page {
 fn with_new_token(status: StatusCode, render: impl FnOnce(&str) -> Markup) -> Response {
     // A device code's randomness: 256 bits from the OS, hex.
     let token = codes::new_device_code();
-    let cookie = format!("{CSRF_COOKIE}={token}; Path=/device; HttpOnly; SameSite=Strict");
+    let cookie = Cookie::build((CSRF_COOKIE, token.as_str()))
+        .path("/device")
+        .http_only(true)
+        .same_site(SameSite::Strict)
+        .build();
     let mut response = (status, Html(render(&token).into_string())).into_response();
-    if let Ok(value) = HeaderValue::from_str(&cookie) {
+    if let Ok(value) = HeaderValue::from_str(&cookie.to_string()) {
         response.headers_mut().insert(header::SET_COOKIE, value);
     }
     response
@@ -288,21 +294,17 @@ fn with_new_token(status: StatusCode, render: impl FnOnce(&str) -> Markup) -> Re
 
 /// Whether the form's token equals the cookie's (compared in constant time).
 fn token_matches(headers: &HeaderMap, submitted: &str) -> bool {
-    let cookie = headers
+    let sent = headers
         .get_all(header::COOKIE)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(';'))
-        .filter_map(|pair| pair.trim().split_once('='))
-        .find(|(name, _)| *name == CSRF_COOKIE)
-        .map(|(_, value)| value);
-    match cookie {
-        Some(expected) if !expected.is_empty() && expected.len() == submitted.len() => {
-            expected
-                .bytes()
-                .zip(submitted.bytes())
-                .fold(0u8, |diff, (a, b)| diff | (a ^ b))
-                == 0
+        .into_iter()
+        .filter_map(|v| v.to_str().ok());
+    let expected = sent
+        .flat_map(Cookie::split_parse)
+        .filter_map(Result::ok)
+        .find(|c| c.name() == CSRF_COOKIE);
+    match expected {
+        Some(expected) if !expected.value().is_empty() => {
+            bool::from(expected.value().as_bytes().ct_eq(submitted.as_bytes()))
         }
         _ => false,
     }
