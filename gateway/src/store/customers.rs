@@ -252,10 +252,7 @@ impl Store {
             .fetch_optional(pool)
             .await)
         .map_err(StoreError::query("finding a vehicle's customer"))?;
-        match found {
-            Some((id,)) => self.customer(&CustomerId(id)).await,
-            None => Ok(None),
-        }
+        self.customer_found(found).await
     }
 
     /// The customer a social identity is linked to, if any. Bad arguments are
@@ -269,6 +266,11 @@ impl Store {
             .fetch_optional(pool)
             .await)
         .map_err(StoreError::query("finding a social identity's customer"))?;
+        self.customer_found(found).await
+    }
+
+    /// The customer whose id a lookup `found`, if it found one.
+    async fn customer_found(&self, found: Option<(String,)>) -> Result<Option<Customer>, StoreError> {
         match found {
             Some((id,)) => self.customer(&CustomerId(id)).await,
             None => Ok(None),
