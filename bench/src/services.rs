@@ -124,8 +124,8 @@ pub async fn run(plan: &PhasedPlan, launch: &GatewayLaunch, work: &Path, command
              ({CONFIGURED}/M is answered as {COMPILED}/M), so the partner's work is the same for both; its CPU is \
              the load generator's, not the gateway's."
         ),
-        "Gateway CPU per request is the gateway process's CPU time over the whole phase (warm-up included) \
-         divided by the answers after the warm-up: compare the two services, not with other reports."
+        "Gateway CPU per request is the gateway process's CPU time over the whole phase divided by the \
+         phase's answers (both warm-up included): compare the two services, not with other reports."
             .into(),
     ];
     Ok(ServicesRun {
