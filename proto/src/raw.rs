@@ -1,11 +1,17 @@
-//! A gRPC codec that passes message bytes through untouched.
+//! gRPC with the messages left as bytes: a codec that passes them through untouched
+//! ([`RawCodec`]), and a server for unary calls of any path ([`RawService`]).
 //!
 //! The gateway brokers calls for services it has no generated code for, and the agent
 //! forwards in-car calls without decoding them; both only move bytes.
 
+use std::convert::Infallible;
+use std::task::{Context, Poll};
+
 use bytes::{Buf, BufMut, Bytes};
 use tonic::Status;
 use tonic::codec::{Codec, DecodeBuf, Decoder, EncodeBuf, Encoder};
+use tonic::codegen::{Body, BoxFuture, Service, StdError, http};
+use tonic::server::{Grpc, UnaryService};
 
 /// Encodes and decodes gRPC messages as opaque [`Bytes`].
 #[derive(Debug, Clone, Copy, Default)]
@@ -50,5 +56,54 @@ impl Decoder for RawDecoder {
 
     fn decode(&mut self, src: &mut DecodeBuf<'_>) -> Result<Option<Bytes>, Status> {
         Ok(Some(src.copy_to_bytes(src.remaining())))
+    }
+}
+
+/// Answers unary gRPC calls whose messages stay bytes, whatever method is called.
+pub trait RawHandler: Clone + Send + 'static {
+    /// Answers one call of `path` (`/package.Service/Method`).
+    fn call(&self, path: &str, request: tonic::Request<Bytes>) -> BoxFuture<tonic::Response<Bytes>, Status>;
+}
+
+/// A tower service answering every path it is routed for as a unary gRPC method, by its
+/// [`RawHandler`]; a route for `/package.Service/{*method}` serves a whole service.
+#[derive(Debug, Clone)]
+pub struct RawService<H>(pub H);
+
+impl<H, B> Service<http::Request<B>> for RawService<H>
+where
+    H: RawHandler,
+    B: Body + Send + 'static,
+    B::Error: Into<StdError> + Send + 'static,
+{
+    type Response = http::Response<tonic::body::Body>;
+    type Error = Infallible;
+    type Future = BoxFuture<Self::Response, Infallible>;
+
+    fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, req: http::Request<B>) -> Self::Future {
+        let call = RawCall {
+            handler: self.0.clone(),
+            path: req.uri().path().to_owned(),
+        };
+        Box::pin(async move { Ok(Grpc::new(RawCodec).unary(call, req).await) })
+    }
+}
+
+/// One call: knows its path, which the codec-level request no longer carries.
+struct RawCall<H> {
+    handler: H,
+    path: String,
+}
+
+impl<H: RawHandler> UnaryService<Bytes> for RawCall<H> {
+    type Response = Bytes;
+    type Future = BoxFuture<tonic::Response<Bytes>, Status>;
+
+    fn call(&mut self, request: tonic::Request<Bytes>) -> Self::Future {
+        self.handler.call(&self.path, request)
     }
 }

@@ -17,6 +17,7 @@ use proto::parking::v1::{
 };
 use tokio::net::TcpListener;
 use tokio::sync::{Notify, Semaphore, oneshot};
+use tonic::service::Routes;
 use tonic::{Request, Response, Status};
 
 use crate::pki::TestPki;
@@ -71,8 +72,7 @@ pub async fn start_parking(pki: &TestPki, service: ParkingService) -> RunningPar
 /// Starts the reference navigation adapter on `listener` (bound first, so that its address
 /// can go into the gateway's configuration) over mTLS, trusting only `pki`'s gateway-clients CA.
 pub fn start_navigation(pki: &TestPki, listener: std::net::TcpListener) -> RunningPartner {
-    listener.set_nonblocking(true).expect("non-blocking listener");
-    let listener = TcpListener::from_std(listener).expect("a tokio listener");
+    let listener = tokio_listener(listener);
     let addr = listener.local_addr().expect("the adapter's address");
     let me = pki.partner("navigation");
     let tls = navigation_adapter::mtls_config(&me.pem.cert_pem, &me.pem.key_pem, pki.gateway_clients_ca_pem());
@@ -132,6 +132,12 @@ pub fn navigation_entry(pki: &TestPki, addr: SocketAddr) -> PartnerConfig {
 /// every call comes from the gateway.
 pub async fn start_partner(pki: &TestPki, partner: impl ParkingPayment) -> RunningPartner {
     let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind the partner");
+    serve_as_partner(pki, listener, Routes::new(ParkingPaymentServer::new(partner)))
+}
+
+/// Serves `routes` on `listener` as the parking adapter would: its TLS, and its check that
+/// every call comes from the gateway.
+pub(crate) fn serve_as_partner(pki: &TestPki, listener: TcpListener, routes: Routes) -> RunningPartner {
     let addr = listener.local_addr().expect("the partner's address");
     let (stop, stopped) = oneshot::channel::<()>();
     let server = tonic::transport::Server::builder()
@@ -140,7 +146,7 @@ pub async fn start_partner(pki: &TestPki, partner: impl ParkingPayment) -> Runni
         .layer(tonic::service::InterceptorLayer::new(
             parking_adapter::require_gateway_client,
         ))
-        .add_service(ParkingPaymentServer::new(partner));
+        .add_routes(routes);
     tokio::spawn(server.serve_with_incoming_shutdown(
         tokio_stream::wrappers::TcpListenerStream::new(listener),
         async {
@@ -150,8 +156,14 @@ pub async fn start_partner(pki: &TestPki, partner: impl ParkingPayment) -> Runni
     RunningPartner { addr, _stop: stop }
 }
 
+/// `listener`, bound beforehand so that its address could go into a configuration, for tokio.
+pub(crate) fn tokio_listener(listener: std::net::TcpListener) -> TcpListener {
+    listener.set_nonblocking(true).expect("non-blocking listener");
+    TcpListener::from_std(listener).expect("a tokio listener")
+}
+
 /// The TLS of a partner adapter: its partner certificate, and only the gateway-clients CA trusted.
-pub(crate) fn partner_tls(pki: &TestPki) -> tonic::transport::ServerTlsConfig {
+fn partner_tls(pki: &TestPki) -> tonic::transport::ServerTlsConfig {
     let me = pki.partner("parking");
     parking_adapter::mtls_config(&me.pem.cert_pem, &me.pem.key_pem, pki.gateway_clients_ca_pem())
 }

@@ -10,7 +10,7 @@ use gateway::config::PartnerConfig;
 use identity_adapter::{DeviceLogins, GuessLimits, LoginSettings, SocialLoginService, SystemClock};
 use tokio::sync::oneshot;
 
-use crate::partner::partner_entry;
+use crate::partner::{partner_entry, tokio_listener};
 use crate::pki::TestPki;
 
 /// The social login partner's gRPC service.
@@ -31,8 +31,7 @@ pub struct RunningIdentity {
 /// Starts the identity adapter on `listener` (bound by the caller, so that the gateway's
 /// partner entry can name it first), telling cars to poll every `interval`.
 pub async fn start_identity(pki: &TestPki, listener: std::net::TcpListener, interval: Duration) -> RunningIdentity {
-    listener.set_nonblocking(true).expect("non-blocking listener");
-    let listener = tokio::net::TcpListener::from_std(listener).expect("a tokio listener");
+    let listener = tokio_listener(listener);
     let addr = listener.local_addr().expect("the adapter's address");
     let page_listener = tokio::net::TcpListener::bind("127.0.0.1:0")
         .await
