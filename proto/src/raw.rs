@@ -1,5 +1,6 @@
 //! gRPC with the messages left as bytes: a codec that passes them through untouched
-//! ([`RawCodec`]), and a server for unary calls of any path ([`RawService`]).
+//! ([`RawCodec`]), a server for unary calls of any path ([`RawService`]) and a client of them
+//! ([`RawClient`]).
 //!
 //! The gateway brokers calls for services it has no generated code for, and the agent
 //! forwards in-car calls without decoding them; both only move bytes.
@@ -9,9 +10,11 @@ use std::task::{Context, Poll};
 
 use bytes::{Buf, BufMut, Bytes};
 use tonic::Status;
+use tonic::client::Grpc as GrpcClient;
 use tonic::codec::{Codec, DecodeBuf, Decoder, EncodeBuf, Encoder};
 use tonic::codegen::{Body, BoxFuture, Service, StdError, http};
 use tonic::server::{Grpc, UnaryService};
+use tonic::transport::{Channel, Endpoint};
 
 /// Encodes and decodes gRPC messages as opaque [`Bytes`].
 #[derive(Debug, Clone, Copy, Default)]
@@ -105,5 +108,36 @@ impl<H: RawHandler> UnaryService<Bytes> for RawCall<H> {
 
     fn call(&mut self, request: tonic::Request<Bytes>) -> Self::Future {
         self.handler.call(&self.path, request)
+    }
+}
+
+/// A client calling unary gRPC methods of any path, the messages left as bytes.
+#[derive(Debug, Clone)]
+pub struct RawClient {
+    grpc: GrpcClient<Channel>,
+}
+
+impl RawClient {
+    /// Connects to the server at `uri` (`http://host:port`).
+    pub async fn connect(uri: String) -> Result<RawClient, tonic::transport::Error> {
+        let channel = Endpoint::from_shared(uri)?.connect().await?;
+        Ok(RawClient {
+            grpc: GrpcClient::new(channel),
+        })
+    }
+
+    /// Calls `path` (`/package.Service/Method`) with `request`.
+    pub async fn unary(
+        &mut self,
+        path: &str,
+        request: tonic::Request<Bytes>,
+    ) -> Result<tonic::Response<Bytes>, Status> {
+        let path = http::uri::PathAndQuery::try_from(path)
+            .map_err(|e| Status::invalid_argument(format!("{path:?} is not a gRPC path: {e}")))?;
+        self.grpc
+            .ready()
+            .await
+            .map_err(|e| Status::unavailable(format!("the server is not ready: {e}")))?;
+        self.grpc.unary(request, path, RawCodec).await
     }
 }

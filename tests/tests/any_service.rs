@@ -8,14 +8,13 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
 
 use bytes::Bytes;
-use http::uri::PathAndQuery;
 use prost::Message;
 use prost_reflect::{DynamicMessage, Value};
 use tonic::Code;
 
 use gateway::config::PartnerConfig;
 use integration_tests::*;
-use proto::raw::RawCodec;
+use proto::raw::RawClient;
 use vehicle_agent::Agent;
 
 const KARAOKE: &str = "karaoke.v1.Karaoke";
@@ -115,18 +114,18 @@ impl KaraokeBar {
         let mut request = DynamicMessage::new(method.input());
         request.set_field_by_name("song", Value::String(song.into()));
         request.set_field_by_name("singers", Value::U32(2));
-        let channel = tonic::transport::Endpoint::from_shared(format!("http://{}", self.car.local_addr()))
-            .unwrap()
-            .connect()
-            .await
-            .expect("connect to the agent");
-        let mut grpc = tonic::client::Grpc::new(channel);
-        grpc.ready().await.unwrap();
         let mut call = tonic::Request::new(Bytes::from(request.encode_to_vec()));
         call.metadata_mut().insert("idempotency-key", key.parse().unwrap());
-        let reply = grpc.unary(call, PathAndQuery::from_static(QUEUE), RawCodec).await?;
+        let reply = raw_app(&self.car).await.unary(QUEUE, call).await?;
         Ok(DynamicMessage::decode(method.output(), reply.into_inner()).expect("a QueueReply"))
     }
+}
+
+/// An app on `car`'s local endpoint calling methods by path, without generated code.
+async fn raw_app(car: &Agent) -> RawClient {
+    RawClient::connect(format!("http://{}", car.local_addr()))
+        .await
+        .expect("connect to the agent")
 }
 
 fn field(message: &DynamicMessage, name: &str) -> Value {
@@ -162,19 +161,9 @@ async fn a_service_the_agent_is_not_told_of_is_unimplemented_with_the_way_to_add
     let mut config = bar.platform.agent_config(VIN_B);
     config.services = vec![PARKING.into()];
     let car = connected_agent(config).await;
-    let channel = tonic::transport::Endpoint::from_shared(format!("http://{}", car.local_addr()))
-        .unwrap()
-        .connect()
+    let err = raw_app(&car)
         .await
-        .unwrap();
-    let mut grpc = tonic::client::Grpc::new(channel);
-    grpc.ready().await.unwrap();
-    let err = grpc
-        .unary(
-            tonic::Request::new(Bytes::new()),
-            PathAndQuery::from_static(QUEUE),
-            RawCodec,
-        )
+        .unary(QUEUE, tonic::Request::new(Bytes::new()))
         .await
         .unwrap_err();
     assert_eq!(err.code(), Code::Unimplemented);
