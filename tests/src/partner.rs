@@ -215,9 +215,12 @@ pub fn partner_entry(pki: &TestPki, service: &str, addr: SocketAddr) -> PartnerC
     }
 }
 
+/// The lot the tests' driver parks in, by the Bund.
+pub const BUND_LOT: &str = "lot-bund-01";
+
 /// The parking the tests' driver does: lot `lot-bund-01` in Shanghai, plate 沪A12345.
 pub fn parking_at_the_bund() -> StartSessionRequest {
-    parking_at("lot-bund-01")
+    parking_at(BUND_LOT)
 }
 
 /// The tests' driver (plate 沪A12345) parking at `lot_id`.

@@ -98,6 +98,24 @@ impl Platform {
         Platform::in_front_of(pki, parking, server, tweak).await
     }
 
+    /// [`Platform::start`] with more partners: one listener bound on 127.0.0.1 port 0 per
+    /// entry, returned for the test to start its partner on, and each `entries` function
+    /// making the gateway's entry for the partner at its listener's address.
+    pub async fn start_beside<const N: usize>(
+        entries: [&dyn Fn(&TestPki, SocketAddr) -> PartnerConfig; N],
+    ) -> (Platform, [std::net::TcpListener; N]) {
+        let listeners = entries.map(|_| std::net::TcpListener::bind("127.0.0.1:0").expect("bind a partner"));
+        let platform = Platform::start_with_pki(|pki, config| {
+            for (entry, listener) in entries.iter().zip(&listeners) {
+                config
+                    .partners
+                    .push(entry(pki, listener.local_addr().expect("a bound listener")));
+            }
+        })
+        .await;
+        (platform, listeners)
+    }
+
     /// The gateway in front of a scripted parking partner instead of the plain one.
     pub async fn start_scripted(
         script: impl FnOnce(ScriptedParking) -> ScriptedParking,

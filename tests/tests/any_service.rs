@@ -57,15 +57,11 @@ struct KaraokeBar {
 
 impl KaraokeBar {
     async fn open() -> KaraokeBar {
-        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind the karaoke partner");
-        let addr = listener.local_addr().unwrap();
-        let platform = Platform::start_with_pki(|pki, config| {
-            config.partners.push(PartnerConfig {
-                name: Some("karaoke".into()),
-                read_only_methods: vec![],
-                ..partner_entry(pki, KARAOKE, addr)
-            })
-        })
+        let (platform, [listener]) = Platform::start_beside([&|pki, addr| PartnerConfig {
+            name: Some("karaoke".into()),
+            read_only_methods: vec![],
+            ..partner_entry(pki, KARAOKE, addr)
+        }])
         .await;
         let contract = compile_proto(&platform.pki.path("protos"), "karaoke/v1/karaoke.proto", KARAOKE_PROTO);
         let calls = Arc::new(AtomicU32::new(0));
@@ -91,9 +87,7 @@ impl KaraokeBar {
                 Ok(reply)
             }),
         );
-        let mut config = platform.agent_config(VIN_A);
-        config.services = vec![PARKING.into(), KARAOKE.into()];
-        let car = connected_agent(config).await;
+        let car = platform.agent_forwarding(VIN_A, &[KARAOKE]).await;
         KaraokeBar {
             platform,
             contract,
@@ -158,9 +152,7 @@ async fn an_app_calls_a_service_added_by_configuration_alone() {
 #[tokio::test]
 async fn a_service_the_agent_is_not_told_of_is_unimplemented_with_the_way_to_add_it() {
     let bar = KaraokeBar::open().await;
-    let mut config = bar.platform.agent_config(VIN_B);
-    config.services = vec![PARKING.into()];
-    let car = connected_agent(config).await;
+    let car = bar.platform.agent_forwarding(VIN_B, &[]).await;
     let err = raw_app(&car)
         .await
         .unary(QUEUE, tonic::Request::new(Bytes::new()))

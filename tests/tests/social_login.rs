@@ -27,15 +27,13 @@ struct SignInDesk {
 
 impl SignInDesk {
     async fn open() -> SignInDesk {
-        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind the identity partner");
-        let addr = listener.local_addr().unwrap();
-        let platform = Platform::start_with_pki(|pki, config| config.partners.push(identity_entry(pki, addr))).await;
+        let (platform, [listener]) = Platform::start_beside([&identity_entry]).await;
         // 3 s between polls keeps the test short (cars are told 5 s by default) and leaves two
         // round trips through agent, gateway and partner 2.4 s to prove a poll "too soon", even
         // on a loaded machine.
         let identity = start_identity(&platform.pki, listener, Duration::from_secs(3)).await;
-        let car = car_with_social_login(&platform, VIN_A).await;
-        let other_car = car_with_social_login(&platform, VIN_B).await;
+        let car = platform.agent_forwarding(VIN_A, &[SOCIAL_LOGIN]).await;
+        let other_car = platform.agent_forwarding(VIN_B, &[SOCIAL_LOGIN]).await;
         SignInDesk {
             platform,
             identity,
@@ -43,12 +41,6 @@ impl SignInDesk {
             other_car,
         }
     }
-}
-
-async fn car_with_social_login(platform: &Platform, vin: &str) -> Agent {
-    let mut config = platform.agent_config(vin);
-    config.services = vec![PARKING.into(), SOCIAL_LOGIN.into()];
-    connected_agent(config).await
 }
 
 /// A generated social login client on a car's local endpoint, as an in-car app would hold.
