@@ -62,10 +62,13 @@ impl Decoder for RawDecoder {
     }
 }
 
+/// What a [`RawHandler`] answers a call with, in time.
+pub type RawReply = BoxFuture<tonic::Response<Bytes>, Status>;
+
 /// Answers unary gRPC calls whose messages stay bytes, whatever method is called.
 pub trait RawHandler: Clone + Send + 'static {
     /// Answers one call of `path` (`/package.Service/Method`).
-    fn call(&self, path: &str, request: tonic::Request<Bytes>) -> BoxFuture<tonic::Response<Bytes>, Status>;
+    fn call(&self, path: &str, request: tonic::Request<Bytes>) -> RawReply;
 }
 
 /// A tower service answering every path it is routed for as a unary gRPC method, by its
@@ -104,7 +107,7 @@ struct RawCall<H> {
 
 impl<H: RawHandler> UnaryService<Bytes> for RawCall<H> {
     type Response = Bytes;
-    type Future = BoxFuture<tonic::Response<Bytes>, Status>;
+    type Future = RawReply;
 
     fn call(&mut self, request: tonic::Request<Bytes>) -> Self::Future {
         self.handler.call(&self.path, request)

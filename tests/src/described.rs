@@ -7,10 +7,9 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use bytes::Bytes;
-use futures::future::BoxFuture;
 use prost::Message;
 use prost_reflect::{DescriptorPool, DynamicMessage, MethodDescriptor, ServiceDescriptor};
-use proto::raw::{RawHandler, RawService};
+use proto::raw::{RawHandler, RawReply, RawService};
 use tonic::Status;
 use tonic::metadata::MetadataMap;
 use tonic::service::Routes;
@@ -77,11 +76,7 @@ struct Described {
 }
 
 impl RawHandler for Described {
-    fn call(
-        &self,
-        path: &str,
-        request: tonic::Request<Bytes>,
-    ) -> BoxFuture<'static, Result<tonic::Response<Bytes>, Status>> {
+    fn call(&self, path: &str, request: tonic::Request<Bytes>) -> RawReply {
         let name = path.rsplit('/').next().unwrap_or_default().to_owned();
         let method = self.service.methods().find(|m| m.name() == name);
         let answer = self.answer.clone();

@@ -169,7 +169,7 @@ const TOKEN: &str = "karaoke-app-token-0123456789";
 /// holding [`TOKEN`]; its exit code, stdout and stderr.
 async fn vehicle_agent(bar: &KaraokeBar, args: &[&str]) -> (Option<i32>, String, String) {
     let agent = format!("http://{}", bar.car.local_addr());
-    let mut cmd = tokio::process::Command::new(built_binary!(vehicle_agent).path);
+    let mut cmd = tokio::process::Command::new(built_binary!("vehicle-agent").path);
     cmd.args(args)
         .args(["--agent", &agent, "--app-token", TOKEN])
         .env_remove("AGENT_DESCRIPTOR_SETS")

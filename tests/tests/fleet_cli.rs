@@ -33,7 +33,7 @@ fn fleet_args(platform: &Platform, creds: &Credentials, args: &[&str]) -> Vec<St
 
 /// Runs `gateway` with `args` to its end, none of the CARLINK_OPS_* variables set.
 async fn gateway_cli(args: &[String]) -> Output {
-    let mut cmd = tokio::process::Command::new(built_binary!(gateway).path);
+    let mut cmd = tokio::process::Command::new(built_binary!("gateway").path);
     cmd.args(args).kill_on_drop(true);
     for var in [
         "CARLINK_OPS_URL",
@@ -157,7 +157,7 @@ async fn watch_prints_a_line_per_connect_as_it_happens() {
     let platform = platform().await;
     let args = fleet_args(&platform, &platform.pki.operator("alice"), &["watch"]);
     let args: Vec<&str> = args.iter().map(String::as_str).collect();
-    let mut watch = Process::spawn(built_binary!(gateway), &args);
+    let mut watch = Process::spawn(built_binary!("gateway"), &args);
     // Printed once the stream is open, so the connect below cannot come before it.
     watch.wait_for_line("watching sessions").await;
     let _car = platform.agent(VIN_A).await;

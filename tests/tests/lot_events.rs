@@ -143,7 +143,7 @@ async fn an_event_committed_before_kill_9_is_published_by_the_restarted_adapter(
     };
     let spawn = |args: Vec<String>| {
         let args: Vec<&str> = args.iter().map(String::as_str).collect();
-        Process::spawn_on(built_binary!(parking_adapter), &args, adapter_port.socket())
+        Process::spawn_on(built_binary!("parking-adapter"), &args, adapter_port.socket())
     };
 
     // First life: it cannot reach the partner API (nobody listens there), so the event stays

@@ -369,7 +369,7 @@ async fn the_binary_prints_one_line_per_check_and_exits_by_the_verdict() {
     let endpoint = format!("https://localhost:{}", reference.addr.port());
     let dir = pki.dir.path().display().to_string();
     let args = ["check", "--endpoint", &endpoint, "--pki", &dir];
-    let (code, out) = Process::spawn(built_binary!(partner_kit), &args).exit().await;
+    let (code, out) = Process::spawn(built_binary!("partner-kit"), &args).exit().await;
     assert_eq!(code, Some(0), "{out}");
     assert!(
         out.contains("PASS  mtls.vehicle-certificate         a car's certificate: refused"),
@@ -383,7 +383,7 @@ async fn the_binary_prints_one_line_per_check_and_exits_by_the_verdict() {
     let args = kit_args(&careless_pki, careless_addr);
     let mut args: Vec<&str> = args.iter().map(String::as_str).collect();
     args.extend(["--deadline-slack-ms", "500"]);
-    let (code, out) = Process::spawn(built_binary!(partner_kit), &args).exit().await;
+    let (code, out) = Process::spawn(built_binary!("partner-kit"), &args).exit().await;
     assert_eq!(code, Some(1), "{out}");
     assert!(out.contains("FAIL  errors.unknown-lot"), "{out}");
     assert!(
@@ -392,7 +392,7 @@ async fn the_binary_prints_one_line_per_check_and_exits_by_the_verdict() {
     );
 
     let (code, out) = Process::spawn(
-        built_binary!(partner_kit),
+        built_binary!("partner-kit"),
         &[
             "check",
             "--endpoint",
@@ -413,7 +413,7 @@ async fn the_binary_prints_one_line_per_check_and_exits_by_the_verdict() {
     let too_slack = kit_args(&pki, reference.addr);
     let mut args: Vec<&str> = too_slack.iter().map(String::as_str).collect();
     args.extend(["--deadline-slack-ms", "30001"]);
-    let (code, out) = Process::spawn(built_binary!(partner_kit), &args).exit().await;
+    let (code, out) = Process::spawn(built_binary!("partner-kit"), &args).exit().await;
     assert_eq!(code, Some(64), "{out}");
     assert!(out.contains("--deadline-slack-ms 30001 is more than 30000"), "{out}");
 }

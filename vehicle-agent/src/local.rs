@@ -28,7 +28,7 @@ use tracing::warn;
 
 use proto::MethodPath;
 use proto::metadata::{IDEMPOTENCY_KEY, REQUEST_ID};
-use proto::raw::{RawHandler, RawService};
+use proto::raw::{RawHandler, RawReply, RawService};
 
 use crate::api::AgentApi;
 use crate::link::{CallIds, GatewayLink};
@@ -93,11 +93,7 @@ impl Forwarder {
 }
 
 impl RawHandler for Forwarder {
-    fn call(
-        &self,
-        path: &str,
-        request: tonic::Request<Bytes>,
-    ) -> BoxFuture<'static, Result<tonic::Response<Bytes>, Status>> {
+    fn call(&self, path: &str, request: tonic::Request<Bytes>) -> RawReply {
         let method = MethodPath::parse(path);
         let timeout = match request.metadata().get("grpc-timeout") {
             Some(value) => value
