@@ -34,7 +34,8 @@
 //!   killed with SIGKILL and restarted on the same socket ([`Process`], [`built_binary!`]).
 //! - [`postgres`]: the local PostgreSQL, which the tests that need it require loudly.
 //! - [`social_login`]: the identity partner and its verification page ([`start_identity`],
-//!   [`identity_entry`]) and the car's side of a device login ([`DevicePoller`]).
+//!   [`identity_entry`]) and the car's side of a device login ([`sign_in_app`],
+//!   [`start_login_from_the_app`], [`DevicePoller`]).
 //! - [`browser`]: headless Chromium ([`browser::Chromium`]), required loudly.
 
 pub mod browser;

@@ -11,8 +11,7 @@ use proto::navigation::v1::navigation_client::NavigationClient;
 use proto::navigation::v1::{Maneuver, PlaceCategory, RouteRequest, SearchPlacesRequest};
 use proto::parking::v1::{EndSessionRequest, SessionState};
 use proto::social_login::v1::poll_device_login_response::Outcome;
-use proto::social_login::v1::social_login_client::SocialLoginClient;
-use proto::social_login::v1::{PollDeviceLoginRequest, SocialProvider, StartDeviceLoginRequest};
+use proto::social_login::v1::{PollDeviceLoginRequest, SocialProvider};
 use vehicle_agent::Agent;
 
 /// The gateway in front of all three reference partners, and a car whose agent forwards the
@@ -48,7 +47,7 @@ async fn find_route_park_pay_once_keep_the_receipt_and_sign_in_approved_in_a_bro
     let city = Shanghai::open().await;
     let mut navigation = NavigationClient::connect(city.dashboard()).await.unwrap();
     let mut parking = in_car_app(&city.car).await;
-    let mut sign_in = SocialLoginClient::connect(city.dashboard()).await.unwrap();
+    let mut sign_in = sign_in_app(&city.car).await;
 
     // A car park near the destination, and the way there.
     let search = SearchPlacesRequest {
@@ -93,10 +92,7 @@ async fn find_route_park_pay_once_keep_the_receipt_and_sign_in_approved_in_a_bro
     assert_eq!(kept, receipt);
 
     // Signing in: the dashboard shows the code and its QR link; the driver approves on a phone.
-    let start = StartDeviceLoginRequest {
-        provider: SocialProvider::Wechat.into(),
-    };
-    let login = sign_in.start_device_login(start).await.unwrap().into_inner();
+    let login = start_login_from_the_app(&mut sign_in, SocialProvider::Wechat).await;
     assert_eq!(login.verification_uri, format!("{}/device", city.identity.page));
     let polling = {
         let (app, device_code, mut poller) = (sign_in.clone(), login.device_code.clone(), DevicePoller::new(&login));

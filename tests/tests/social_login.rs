@@ -43,13 +43,6 @@ impl SignInDesk {
     }
 }
 
-/// A generated social login client on a car's local endpoint, as an in-car app would hold.
-async fn sign_in_app(car: &Agent) -> SocialLoginClient<Channel> {
-    SocialLoginClient::connect(format!("http://{}", car.local_addr()))
-        .await
-        .expect("connect to the agent")
-}
-
 /// Polls `login` from `app` by the rules until it ends, on a task of its own.
 fn poll_until_it_ends(
     app: &SocialLoginClient<Channel>,
@@ -80,14 +73,7 @@ async fn poll(app: &mut SocialLoginClient<Channel>, device_code: &str) -> Result
 async fn the_driver_approves_in_a_browser_and_the_app_gets_the_linked_account() {
     let desk = SignInDesk::open().await;
     let mut app = sign_in_app(&desk.car).await;
-    let start = StartDeviceLoginRequest {
-        provider: SocialProvider::Wechat.into(),
-    };
-    let login = app
-        .start_device_login(start)
-        .await
-        .expect("a device login starts")
-        .into_inner();
+    let login = start_login_from_the_app(&mut app, SocialProvider::Wechat).await;
     assert_eq!(login.interval, 3);
     assert!((599..=600).contains(&login.expires_in), "{}", login.expires_in);
     assert_eq!(login.verification_uri, format!("{}/device", desk.identity.page));
@@ -182,14 +168,7 @@ async fn the_driver_approves_in_a_browser_and_the_app_gets_the_linked_account() 
 async fn the_driver_types_the_code_denies_and_the_app_is_told() {
     let desk = SignInDesk::open().await;
     let mut app = sign_in_app(&desk.car).await;
-    let start = StartDeviceLoginRequest {
-        provider: SocialProvider::Alipay.into(),
-    };
-    let login = app
-        .start_device_login(start)
-        .await
-        .expect("a device login starts")
-        .into_inner();
+    let login = start_login_from_the_app(&mut app, SocialProvider::Alipay).await;
     let polling = poll_until_it_ends(&app, DevicePoller::new(&login), &login.device_code);
 
     // No QR code this time: the driver opens the page and types the code as they read it.
