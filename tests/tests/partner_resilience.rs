@@ -58,6 +58,13 @@ fn start(request_id: &str, key: &str) -> Vec<u8> {
     keyed_envelope(request_id, key, START, parking_at_the_bund().encode_to_vec())
 }
 
+/// Asserts that the breaker is open, and has opened `times` times in all.
+fn assert_open(platform: &Platform, times: u64) {
+    let h = health(platform);
+    assert!(matches!(h.breaker, BreakerState::Open { .. }), "{h:?}");
+    assert_eq!(h.opened_total, times, "{h:?}");
+}
+
 /// Waits until the open breaker lets a probe through: the state change, not a guessed sleep.
 async fn probe_due(platform: &Platform) {
     eventually("the breaker is due for a probe", || {
@@ -105,9 +112,7 @@ async fn a_failing_partner_opens_the_breaker_and_is_not_called_while_it_is_open(
     let (platform, partner, mut car) = failing(tonic::Code::Internal, 3, Duration::from_secs(3600)).await;
     asks_answered(&mut car, "failing", 3, Code::Internal).await;
     assert_eq!(partner.calls(), 3);
-    let h = health(&platform);
-    assert!(matches!(h.breaker, BreakerState::Open { .. }), "{h:?}");
-    assert_eq!(h.opened_total, 1);
+    assert_open(&platform, 1);
 
     let refused = car.ask(lots("while-open")).await;
     assert_eq!(outcome(&refused), ("while-open", Code::Unavailable));
@@ -164,9 +169,7 @@ async fn a_failing_probe_opens_the_breaker_again() {
         "the probe reached the partner"
     );
     assert_eq!(partner.calls(), 2);
-    let h = health(&platform);
-    assert!(matches!(h.breaker, BreakerState::Open { .. }), "{h:?}");
-    assert_eq!(h.opened_total, 2);
+    assert_open(&platform, 2);
     let refused = car.ask(lots("after-probe")).await;
     assert_eq!(outcome(&refused), ("after-probe", Code::Unavailable));
     assert_eq!(partner.calls(), 2, "open again: the partner is not called");
