@@ -19,8 +19,9 @@
 //! The modules, by role:
 //! - [`pki`]: certificates of every role ([`TestPki`], [`Credentials`]).
 //! - [`partner`]: partners the gateway calls ([`start_parking`], [`start_partner`],
-//!   [`ScriptedParking`], [`SteeredParking`], [`start_navigation`]) and what a driver asks of them
-//!   ([`parking_at_the_bund`]).
+//!   [`start_navigation`]) and what a driver asks of them ([`parking_at_the_bund`]).
+//! - [`stand_in`]: the reference parking adapter behind faults a test scripts or steers
+//!   ([`ScriptedParking`], [`SteeredParking`]).
 //! - [`described`]: a partner for a service known only by its `.proto`, compiled at test time
 //!   ([`compile_proto`], [`start_described_partner`]).
 //! - [`platform`]: the gateway in front of a partner ([`Platform`]), its configuration and
@@ -47,6 +48,7 @@ pub mod platform;
 pub mod postgres;
 pub mod process;
 pub mod social_login;
+pub mod stand_in;
 pub mod wait;
 pub mod wire;
 
@@ -58,6 +60,7 @@ pub use platform::*;
 pub use postgres::*;
 pub use process::*;
 pub use social_login::*;
+pub use stand_in::*;
 pub use wait::*;
 pub use wire::*;
 

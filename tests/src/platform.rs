@@ -14,10 +14,9 @@ use proto::parking::v1::parking_payment_server::ParkingPayment;
 use tokio::sync::broadcast;
 use tonic::transport::Channel;
 
-use crate::partner::{
-    PARKING, RunningPartner, ScriptedParking, parking_service, partner_entry, start_parking, start_partner,
-};
+use crate::partner::{PARKING, RunningPartner, parking_service, partner_entry, start_parking, start_partner};
 use crate::pki::{Credentials, TestPki};
+use crate::stand_in::ScriptedParking;
 
 /// The vehicles' port: a listener bound once on 127.0.0.1 port 0 and kept for the whole test,
 /// of which each gateway (in this process or a child) gets a copy. While no gateway runs,
