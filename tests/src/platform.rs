@@ -61,6 +61,10 @@ impl Default for KeptPort {
     }
 }
 
+/// Makes the gateway's entry for a partner listening at an address: [`partner_entry`] and its
+/// kin.
+pub type PartnerEntry = dyn Fn(&TestPki, SocketAddr) -> PartnerConfig;
+
 /// The whole system but the cars: PKI, a parking partner, and the gateway routing to it.
 pub struct Platform {
     /// The PKI everything trusts.
@@ -100,9 +104,7 @@ impl Platform {
     /// [`Platform::start`] with more partners: one listener bound on 127.0.0.1 port 0 per
     /// entry, returned for the test to start its partner on, and each `entries` function
     /// making the gateway's entry for the partner at its listener's address.
-    pub async fn start_beside<const N: usize>(
-        entries: [&dyn Fn(&TestPki, SocketAddr) -> PartnerConfig; N],
-    ) -> (Platform, [std::net::TcpListener; N]) {
+    pub async fn start_beside<const N: usize>(entries: [&PartnerEntry; N]) -> (Platform, [std::net::TcpListener; N]) {
         let listeners = entries.map(|_| std::net::TcpListener::bind("127.0.0.1:0").expect("bind a partner"));
         let platform = Platform::start_with_pki(|pki, config| {
             for (entry, listener) in entries.iter().zip(&listeners) {
