@@ -14,7 +14,7 @@
 //!   descriptor sets), for shells and demos;
 //! - [`adapter`]: what a Rust partner adapter can reuse: mTLS and the gateway-client check,
 //!   serving a listener until shutdown, the command-line pieces, a test clock and distances;
-//! - [`raw`]: a pass-through gRPC codec for brokering calls without decoding them.
+//! - [`raw`]: gRPC without decoding: a pass-through codec, and a server of unary calls of any path.
 //!
 //! This crate depends on nothing else of ours, so partners can build against it alone.
 

@@ -7,6 +7,7 @@ use std::path::Path;
 use std::time::Duration;
 
 use chromiumoxide::browser::{Browser, BrowserConfig, BrowserConfigBuilder};
+use chromiumoxide::element::Element;
 use chromiumoxide::page::{Page, ScreenshotParams};
 use futures::StreamExt as _;
 use tokio::task::JoinHandle;
@@ -143,14 +144,7 @@ pub async fn input_value(page: &Page, selector: &str) -> String {
 /// Clicks the element `selector` (a real mouse click where it is shown), once the page shows it.
 pub async fn click(page: &Page, selector: &str) {
     text_of(page, selector).await;
-    let element = page
-        .find_element(selector)
-        .await
-        .unwrap_or_else(|e| panic!("{selector}: {e}"));
-    element
-        .click()
-        .await
-        .unwrap_or_else(|e| panic!("click {selector}: {e}"));
+    mouse_click(page, selector, "click").await;
 }
 
 /// Types `text` into the input `selector`, replacing what it held.
@@ -160,6 +154,15 @@ pub async fn fill(page: &Page, selector: &str, text: &str) {
     page.evaluate(clear)
         .await
         .unwrap_or_else(|e| panic!("clear {selector}: {e}"));
+    mouse_click(page, selector, "focus")
+        .await
+        .type_str(text)
+        .await
+        .unwrap_or_else(|e| panic!("type into {selector}: {e}"));
+}
+
+/// Clicks the element `selector`, shown on `page`, with the mouse (to `what` it); the element.
+async fn mouse_click(page: &Page, selector: &str, what: &str) -> Element {
     let element = page
         .find_element(selector)
         .await
@@ -167,9 +170,6 @@ pub async fn fill(page: &Page, selector: &str, text: &str) {
     element
         .click()
         .await
-        .unwrap_or_else(|e| panic!("focus {selector}: {e}"));
+        .unwrap_or_else(|e| panic!("{what} {selector}: {e}"));
     element
-        .type_str(text)
-        .await
-        .unwrap_or_else(|e| panic!("type into {selector}: {e}"));
 }

@@ -11,7 +11,7 @@ use bytes::BytesMut;
 use prost::Message;
 use proto::Vin;
 use proto::parking::v1::parking_payment_client::ParkingPaymentClient;
-use proto::parking::v1::{EndSessionRequest, EndSessionResponse};
+use proto::parking::v1::{EndSessionRequest, EndSessionResponse, GetReceiptRequest, ParkingSession, Receipt};
 use proto::vehicle::v1::{Code, Event, EventAck, Response};
 use rumqttc::mqttbytes::v4::Packet as WirePacket;
 use rumqttc::{AsyncClient, EventLoop, MqttOptions, Packet, QoS, SubscribeReasonCode, TlsConfiguration, Transport};
@@ -19,7 +19,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tonic::transport::Channel;
 use vehicle_agent::{Agent, AgentConfig};
 
-use crate::partner::parking_at_the_bund;
+use crate::partner::{BUND_LOT, PARKING, parking_at, parking_at_the_bund};
 use crate::pki::{Credentials, client_tls};
 use crate::platform::Platform;
 use crate::wait::{SOON, connack, next_incoming, within};
@@ -51,6 +51,13 @@ impl Platform {
     /// A started agent for `vin`, connected to the gateway.
     pub async fn agent(&self, vin: &str) -> Agent {
         connected_agent(self.agent_config(vin)).await
+    }
+
+    /// A started agent for `vin` forwarding the parking service and `services`, connected.
+    pub async fn agent_forwarding(&self, vin: &str, services: &[&str]) -> Agent {
+        let mut config = self.agent_config(vin);
+        config.services = [PARKING].iter().chain(services).map(|s| (*s).to_owned()).collect();
+        connected_agent(config).await
     }
 
     /// A stock MQTT client presenting `creds`, with client id `client_id`.
@@ -91,8 +98,13 @@ pub async fn in_car_app(agent: &Agent) -> ParkingPaymentClient<Channel> {
 }
 
 /// Starts [`parking_at_the_bund`] from an in-car app and returns the session the partner opened.
-pub async fn park_from_the_app(app: &mut ParkingPaymentClient<Channel>) -> proto::parking::v1::ParkingSession {
-    app.start_session(parking_at_the_bund())
+pub async fn park_from_the_app(app: &mut ParkingPaymentClient<Channel>) -> ParkingSession {
+    park_from_the_app_at(app, BUND_LOT).await
+}
+
+/// [`park_from_the_app`] in the lot `lot_id` ([`parking_at`]).
+pub async fn park_from_the_app_at(app: &mut ParkingPaymentClient<Channel>, lot_id: &str) -> ParkingSession {
+    app.start_session(parking_at(lot_id))
         .await
         .expect("the parking session starts")
         .into_inner()
@@ -106,6 +118,17 @@ pub async fn pay_from_the_app(app: &mut ParkingPaymentClient<Channel>, session_i
         session_id: session_id.into(),
     };
     app.end_session(pay).await.expect("the session ends").into_inner()
+}
+
+/// The receipt `receipt_id` as an in-car app asks for it again.
+pub async fn receipt_from_the_app(app: &mut ParkingPaymentClient<Channel>, receipt_id: &str) -> Receipt {
+    let request = GetReceiptRequest {
+        receipt_id: receipt_id.into(),
+    };
+    app.get_receipt(request)
+        .await
+        .expect("the receipt is kept")
+        .into_inner()
 }
 
 /// A stock MQTT 3.1.1 client over mTLS, for tests that play a misbehaving car.

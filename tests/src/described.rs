@@ -3,22 +3,18 @@
 //! its descriptors alone ([`start_described_partner`]), with the parking adapter's TLS and its
 //! check that every call comes from the gateway.
 
-use std::convert::Infallible;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::task::{Context, Poll};
 
 use bytes::Bytes;
-use futures::future::BoxFuture;
 use prost::Message;
 use prost_reflect::{DescriptorPool, DynamicMessage, MethodDescriptor, ServiceDescriptor};
+use proto::raw::{RawHandler, RawReply, RawService};
 use tonic::Status;
-use tonic::codegen::{Body, Service, StdError};
 use tonic::metadata::MetadataMap;
-use tonic::server::{Grpc, UnaryService};
 use tonic::service::Routes;
 
-use crate::partner::{RunningPartner, partner_tls};
+use crate::partner::{RunningPartner, serve_as_partner, tokio_listener};
 use crate::pki::TestPki;
 
 /// A contract compiled at test time: its descriptors, and the `FileDescriptorSet` file an
@@ -65,81 +61,27 @@ pub fn start_described_partner(
     service: ServiceDescriptor,
     answer: DescribedAnswer,
 ) -> RunningPartner {
-    listener.set_nonblocking(true).expect("non-blocking listener");
-    let listener = tokio::net::TcpListener::from_std(listener).expect("a tokio listener");
-    let addr = listener.local_addr().expect("the partner's address");
     let route = format!("/{}/{{*method}}", service.full_name());
     let router = Routes::default()
         .into_axum_router()
-        .route_service(&route, Described { service, answer });
-    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let server = tonic::transport::Server::builder()
-        .tls_config(partner_tls(pki))
-        .expect("partner TLS")
-        .layer(tonic::service::InterceptorLayer::new(
-            parking_adapter::require_gateway_client,
-        ))
-        .add_routes(Routes::from(router));
-    tokio::spawn(server.serve_with_incoming_shutdown(
-        tokio_stream::wrappers::TcpListenerStream::new(listener),
-        async {
-            let _ = stopped.await;
-        },
-    ));
-    RunningPartner::new(addr, stop)
+        .route_service(&route, RawService(Described { service, answer }));
+    serve_as_partner(pki, tokio_listener(listener), Routes::from(router))
 }
 
-/// The service, as a tower service over raw gRPC bodies.
+/// The service's methods, decoding each request and encoding each answer by the descriptors.
 #[derive(Clone)]
 struct Described {
     service: ServiceDescriptor,
     answer: DescribedAnswer,
 }
 
-impl<B> Service<http::Request<B>> for Described
-where
-    B: Body + Send + 'static,
-    B::Error: Into<StdError> + Send + 'static,
-{
-    type Response = http::Response<tonic::body::Body>;
-    type Error = Infallible;
-    type Future = BoxFuture<'static, Result<Self::Response, Infallible>>;
-
-    fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
-        Poll::Ready(Ok(()))
-    }
-
-    fn call(&mut self, req: http::Request<B>) -> Self::Future {
-        let name = req.uri().path().rsplit('/').next().unwrap_or_default().to_owned();
+impl RawHandler for Described {
+    fn call(&self, path: &str, request: tonic::Request<Bytes>) -> RawReply {
+        let name = path.rsplit('/').next().unwrap_or_default().to_owned();
         let method = self.service.methods().find(|m| m.name() == name);
         let answer = self.answer.clone();
         Box::pin(async move {
-            Ok(match method {
-                Some(method) => {
-                    Grpc::new(proto::raw::RawCodec)
-                        .unary(Call { method, answer }, req)
-                        .await
-                }
-                None => Status::unimplemented(format!("no method {name}")).into_http(),
-            })
-        })
-    }
-}
-
-/// One call of `method`.
-struct Call {
-    method: MethodDescriptor,
-    answer: DescribedAnswer,
-}
-
-impl UnaryService<Bytes> for Call {
-    type Response = Bytes;
-    type Future = BoxFuture<'static, Result<tonic::Response<Bytes>, Status>>;
-
-    fn call(&mut self, request: tonic::Request<Bytes>) -> Self::Future {
-        let method = self.method.clone();
-        let answer = self.answer.clone();
-        Box::pin(async move {
+            let method = method.ok_or_else(|| Status::unimplemented(format!("no method {name}")))?;
             let request_message = DynamicMessage::decode(method.input(), request.get_ref().clone())
                 .map_err(|e| Status::invalid_argument(format!("not a {}: {e}", method.input().full_name())))?;
             let reply = answer(&method, request_message, request.metadata())?;

@@ -19,8 +19,9 @@
 //! The modules, by role:
 //! - [`pki`]: certificates of every role ([`TestPki`], [`Credentials`]).
 //! - [`partner`]: partners the gateway calls ([`start_parking`], [`start_partner`],
-//!   [`ScriptedParking`], [`SteeredParking`], [`start_navigation`]) and what a driver asks of them
-//!   ([`parking_at_the_bund`]).
+//!   [`start_navigation`]) and what a driver asks of them ([`parking_at_the_bund`]).
+//! - [`stand_in`]: the reference parking adapter behind faults a test scripts or steers
+//!   ([`ScriptedParking`], [`SteeredParking`]).
 //! - [`described`]: a partner for a service known only by its `.proto`, compiled at test time
 //!   ([`compile_proto`], [`start_described_partner`]).
 //! - [`platform`]: the gateway in front of a partner ([`Platform`]), its configuration and
@@ -34,7 +35,8 @@
 //!   killed with SIGKILL and restarted on the same socket ([`Process`], [`built_binary!`]).
 //! - [`postgres`]: the local PostgreSQL, which the tests that need it require loudly.
 //! - [`social_login`]: the identity partner and its verification page ([`start_identity`],
-//!   [`identity_entry`]) and the car's side of a device login ([`DevicePoller`]).
+//!   [`identity_entry`]) and the car's side of a device login ([`sign_in_app`],
+//!   [`start_login_from_the_app`], [`DevicePoller`]).
 //! - [`browser`]: headless Chromium ([`browser::Chromium`]), required loudly.
 
 pub mod browser;
@@ -46,6 +48,7 @@ pub mod platform;
 pub mod postgres;
 pub mod process;
 pub mod social_login;
+pub mod stand_in;
 pub mod wait;
 pub mod wire;
 
@@ -57,6 +60,7 @@ pub use platform::*;
 pub use postgres::*;
 pub use process::*;
 pub use social_login::*;
+pub use stand_in::*;
 pub use wait::*;
 pub use wire::*;
 

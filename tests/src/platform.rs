@@ -14,10 +14,9 @@ use proto::parking::v1::parking_payment_server::ParkingPayment;
 use tokio::sync::broadcast;
 use tonic::transport::Channel;
 
-use crate::partner::{
-    PARKING, RunningPartner, ScriptedParking, parking_service, partner_entry, start_parking, start_partner,
-};
+use crate::partner::{PARKING, RunningPartner, parking_service, partner_entry, start_parking, start_partner};
 use crate::pki::{Credentials, TestPki};
+use crate::stand_in::ScriptedParking;
 
 /// The vehicles' port: a listener bound once on 127.0.0.1 port 0 and kept for the whole test,
 /// of which each gateway (in this process or a child) gets a copy. While no gateway runs,
@@ -62,6 +61,10 @@ impl Default for KeptPort {
     }
 }
 
+/// Makes the gateway's entry for a partner listening at an address: [`partner_entry`] and its
+/// kin.
+pub type PartnerEntry = dyn Fn(&TestPki, SocketAddr) -> PartnerConfig;
+
 /// The whole system but the cars: PKI, a parking partner, and the gateway routing to it.
 pub struct Platform {
     /// The PKI everything trusts.
@@ -96,6 +99,22 @@ impl Platform {
         let parking = parking_service(&pki).await;
         let server = start_parking(&pki, parking.clone()).await;
         Platform::in_front_of(pki, parking, server, tweak).await
+    }
+
+    /// [`Platform::start`] with more partners: one listener bound on 127.0.0.1 port 0 per
+    /// entry, returned for the test to start its partner on, and each `entries` function
+    /// making the gateway's entry for the partner at its listener's address.
+    pub async fn start_beside<const N: usize>(entries: [&PartnerEntry; N]) -> (Platform, [std::net::TcpListener; N]) {
+        let listeners = entries.map(|_| std::net::TcpListener::bind("127.0.0.1:0").expect("bind a partner"));
+        let platform = Platform::start_with_pki(|pki, config| {
+            for (entry, listener) in entries.iter().zip(&listeners) {
+                config
+                    .partners
+                    .push(entry(pki, listener.local_addr().expect("a bound listener")));
+            }
+        })
+        .await;
+        (platform, listeners)
     }
 
     /// The gateway in front of a scripted parking partner instead of the plain one.

@@ -32,33 +32,15 @@ pub struct Binary {
     pub path: &'static str,
 }
 
-/// The [`Binary`] of `gateway`, `vehicle_agent` or `parking_adapter` that cargo built for this
-/// test run. A macro
+/// The [`Binary`] named `"gateway"`, `"vehicle-agent"`, `"parking-adapter"` or
+/// `"partner-kit"` (`src/bin/<name>-under-test.rs`) that cargo built for this test run. A macro
 /// because `CARGO_BIN_EXE_*` is set only while compiling integration tests, not this library.
 #[macro_export]
 macro_rules! built_binary {
-    (gateway) => {
+    ($name:literal) => {
         $crate::process::Binary {
-            name: "gateway",
-            path: env!("CARGO_BIN_EXE_gateway-under-test"),
-        }
-    };
-    (vehicle_agent) => {
-        $crate::process::Binary {
-            name: "vehicle-agent",
-            path: env!("CARGO_BIN_EXE_vehicle-agent-under-test"),
-        }
-    };
-    (parking_adapter) => {
-        $crate::process::Binary {
-            name: "parking-adapter",
-            path: env!("CARGO_BIN_EXE_parking-adapter-under-test"),
-        }
-    };
-    (partner_kit) => {
-        $crate::process::Binary {
-            name: "partner-kit",
-            path: env!("CARGO_BIN_EXE_partner-kit-under-test"),
+            name: $name,
+            path: env!(concat!("CARGO_BIN_EXE_", $name, "-under-test")),
         }
     };
 }

@@ -1,6 +1,6 @@
 //! The social login partner (the reference identity adapter and its verification page) for
-//! the end-to-end tests. The car's side of polling a device login is
-//! [`proto::device_login::DevicePoller`], re-exported here.
+//! the end-to-end tests, and an in-car app starting a device login. The car's side of polling
+//! one is [`proto::device_login::DevicePoller`], re-exported here.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -8,9 +8,13 @@ use std::time::Duration;
 
 use gateway::config::PartnerConfig;
 use identity_adapter::{DeviceLogins, GuessLimits, LoginSettings, SocialLoginService, SystemClock};
+use proto::social_login::v1::social_login_client::SocialLoginClient;
+use proto::social_login::v1::{SocialProvider, StartDeviceLoginRequest, StartDeviceLoginResponse};
 use tokio::sync::oneshot;
+use tonic::transport::Channel;
+use vehicle_agent::Agent;
 
-use crate::partner::partner_entry;
+use crate::partner::{partner_entry, tokio_listener};
 use crate::pki::TestPki;
 
 /// The social login partner's gRPC service.
@@ -31,8 +35,7 @@ pub struct RunningIdentity {
 /// Starts the identity adapter on `listener` (bound by the caller, so that the gateway's
 /// partner entry can name it first), telling cars to poll every `interval`.
 pub async fn start_identity(pki: &TestPki, listener: std::net::TcpListener, interval: Duration) -> RunningIdentity {
-    listener.set_nonblocking(true).expect("non-blocking listener");
-    let listener = tokio::net::TcpListener::from_std(listener).expect("a tokio listener");
+    let listener = tokio_listener(listener);
     let addr = listener.local_addr().expect("the adapter's address");
     let page_listener = tokio::net::TcpListener::bind("127.0.0.1:0")
         .await
@@ -76,3 +79,24 @@ pub fn identity_entry(pki: &TestPki, addr: SocketAddr) -> PartnerConfig {
 }
 
 pub use proto::device_login::{DevicePoller, LoginEnd};
+
+/// A generated social login client on a car's local endpoint, as an in-car app would hold.
+pub async fn sign_in_app(car: &Agent) -> SocialLoginClient<Channel> {
+    SocialLoginClient::connect(format!("http://{}", car.local_addr()))
+        .await
+        .expect("connect to the agent")
+}
+
+/// A device login with `provider`, started from an in-car app.
+pub async fn start_login_from_the_app(
+    app: &mut SocialLoginClient<Channel>,
+    provider: SocialProvider,
+) -> StartDeviceLoginResponse {
+    let start = StartDeviceLoginRequest {
+        provider: provider.into(),
+    };
+    app.start_device_login(start)
+        .await
+        .expect("a device login starts")
+        .into_inner()
+}

@@ -41,7 +41,7 @@ async fn every_session_open_at_the_kill_is_paid_after_the_restart_once() {
     let args = parking_adapter_args(pki, &database);
     let args: Vec<&str> = args.iter().map(String::as_str).collect();
     let start = || async {
-        let mut adapter = Process::spawn_on(built_binary!(parking_adapter), &args, adapter_port.socket());
+        let mut adapter = Process::spawn_on(built_binary!("parking-adapter"), &args, adapter_port.socket());
         adapter.wait_for_line("parking adapter listening on").await;
         adapter
     };

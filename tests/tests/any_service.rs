@@ -8,14 +8,13 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
 
 use bytes::Bytes;
-use http::uri::PathAndQuery;
 use prost::Message;
 use prost_reflect::{DynamicMessage, Value};
 use tonic::Code;
 
 use gateway::config::PartnerConfig;
 use integration_tests::*;
-use proto::raw::RawCodec;
+use proto::raw::RawClient;
 use vehicle_agent::Agent;
 
 const KARAOKE: &str = "karaoke.v1.Karaoke";
@@ -58,15 +57,11 @@ struct KaraokeBar {
 
 impl KaraokeBar {
     async fn open() -> KaraokeBar {
-        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind the karaoke partner");
-        let addr = listener.local_addr().unwrap();
-        let platform = Platform::start_with_pki(|pki, config| {
-            config.partners.push(PartnerConfig {
-                name: Some("karaoke".into()),
-                read_only_methods: vec![],
-                ..partner_entry(pki, KARAOKE, addr)
-            })
-        })
+        let (platform, [listener]) = Platform::start_beside([&|pki, addr| PartnerConfig {
+            name: Some("karaoke".into()),
+            read_only_methods: vec![],
+            ..partner_entry(pki, KARAOKE, addr)
+        }])
         .await;
         let contract = compile_proto(&platform.pki.path("protos"), "karaoke/v1/karaoke.proto", KARAOKE_PROTO);
         let calls = Arc::new(AtomicU32::new(0));
@@ -92,9 +87,7 @@ impl KaraokeBar {
                 Ok(reply)
             }),
         );
-        let mut config = platform.agent_config(VIN_A);
-        config.services = vec![PARKING.into(), KARAOKE.into()];
-        let car = connected_agent(config).await;
+        let car = platform.agent_forwarding(VIN_A, &[KARAOKE]).await;
         KaraokeBar {
             platform,
             contract,
@@ -115,18 +108,18 @@ impl KaraokeBar {
         let mut request = DynamicMessage::new(method.input());
         request.set_field_by_name("song", Value::String(song.into()));
         request.set_field_by_name("singers", Value::U32(2));
-        let channel = tonic::transport::Endpoint::from_shared(format!("http://{}", self.car.local_addr()))
-            .unwrap()
-            .connect()
-            .await
-            .expect("connect to the agent");
-        let mut grpc = tonic::client::Grpc::new(channel);
-        grpc.ready().await.unwrap();
         let mut call = tonic::Request::new(Bytes::from(request.encode_to_vec()));
         call.metadata_mut().insert("idempotency-key", key.parse().unwrap());
-        let reply = grpc.unary(call, PathAndQuery::from_static(QUEUE), RawCodec).await?;
+        let reply = raw_app(&self.car).await.unary(QUEUE, call).await?;
         Ok(DynamicMessage::decode(method.output(), reply.into_inner()).expect("a QueueReply"))
     }
+}
+
+/// An app on `car`'s local endpoint calling methods by path, without generated code.
+async fn raw_app(car: &Agent) -> RawClient {
+    RawClient::connect(format!("http://{}", car.local_addr()))
+        .await
+        .expect("connect to the agent")
 }
 
 fn field(message: &DynamicMessage, name: &str) -> Value {
@@ -159,22 +152,10 @@ async fn an_app_calls_a_service_added_by_configuration_alone() {
 #[tokio::test]
 async fn a_service_the_agent_is_not_told_of_is_unimplemented_with_the_way_to_add_it() {
     let bar = KaraokeBar::open().await;
-    let mut config = bar.platform.agent_config(VIN_B);
-    config.services = vec![PARKING.into()];
-    let car = connected_agent(config).await;
-    let channel = tonic::transport::Endpoint::from_shared(format!("http://{}", car.local_addr()))
-        .unwrap()
-        .connect()
+    let car = bar.platform.agent_forwarding(VIN_B, &[]).await;
+    let err = raw_app(&car)
         .await
-        .unwrap();
-    let mut grpc = tonic::client::Grpc::new(channel);
-    grpc.ready().await.unwrap();
-    let err = grpc
-        .unary(
-            tonic::Request::new(Bytes::new()),
-            PathAndQuery::from_static(QUEUE),
-            RawCodec,
-        )
+        .unary(QUEUE, tonic::Request::new(Bytes::new()))
         .await
         .unwrap_err();
     assert_eq!(err.code(), Code::Unimplemented);
@@ -188,7 +169,7 @@ const TOKEN: &str = "karaoke-app-token-0123456789";
 /// holding [`TOKEN`]; its exit code, stdout and stderr.
 async fn vehicle_agent(bar: &KaraokeBar, args: &[&str]) -> (Option<i32>, String, String) {
     let agent = format!("http://{}", bar.car.local_addr());
-    let mut cmd = tokio::process::Command::new(built_binary!(vehicle_agent).path);
+    let mut cmd = tokio::process::Command::new(built_binary!("vehicle-agent").path);
     cmd.args(args)
         .args(["--agent", &agent, "--app-token", TOKEN])
         .env_remove("AGENT_DESCRIPTOR_SETS")

@@ -38,12 +38,12 @@ async fn started(binary: Binary, config: &std::path::Path, port: &KeptPort, read
 
 /// The gateway as a process, serving vehicles on `port`, once it is listening.
 async fn gateway_process(config: &std::path::Path, port: &KeptPort) -> Process {
-    started(built_binary!(gateway), config, port, "gateway listening").await
+    started(built_binary!("gateway"), config, port, "gateway listening").await
 }
 
 /// The agent as a process, serving apps on `port`, once it is connected.
 async fn agent_process(config: &std::path::Path, port: &KeptPort) -> Process {
-    started(built_binary!(vehicle_agent), config, port, "connected to the gateway").await
+    started(built_binary!("vehicle-agent"), config, port, "connected to the gateway").await
 }
 
 /// Paying for the session `session_id` as request `pay-123`, waiting up to a minute.
@@ -164,7 +164,7 @@ async fn an_unreachable_database_at_startup_is_a_clear_error_and_exit_69() {
     let mut config = gateway_config(&pki, vec![]);
     config.storage.url = "postgres://postgres:s3cret@127.0.0.1:1/test".into();
     let path = write_gateway_toml(&pki, &config);
-    let gateway = Process::spawn(built_binary!(gateway), &["run", "--config", path.to_str().unwrap()]);
+    let gateway = Process::spawn(built_binary!("gateway"), &["run", "--config", path.to_str().unwrap()]);
     let (code, output) = gateway.exit().await;
     assert_eq!(code, Some(69), "{output}");
     assert!(output.contains("127.0.0.1:1"), "names the database: {output}");

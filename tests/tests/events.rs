@@ -355,7 +355,7 @@ async fn an_event_over_the_maximum_size_is_refused_and_nothing_is_stored() {
 /// The agent as a process, serving apps on `apps`, once it is connected to the gateway.
 async fn agent_process(config: &std::path::Path, apps: &KeptPort) -> Process {
     let args = ["run", "--config", config.to_str().unwrap()];
-    let mut agent = Process::spawn_on(built_binary!(vehicle_agent), &args, apps.socket());
+    let mut agent = Process::spawn_on(built_binary!("vehicle-agent"), &args, apps.socket());
     agent.wait_for_line("connected to the gateway").await;
     agent
 }

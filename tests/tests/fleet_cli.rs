@@ -8,6 +8,7 @@ use std::time::Duration;
 use gateway::{ConnectionEvent, DisconnectReason};
 use integration_tests::*;
 use tokio::sync::broadcast;
+use vehicle_agent::Agent;
 
 /// The gateway with its ops listener on, trusting the operators CA.
 async fn platform() -> Platform {
@@ -33,7 +34,7 @@ fn fleet_args(platform: &Platform, creds: &Credentials, args: &[&str]) -> Vec<St
 
 /// Runs `gateway` with `args` to its end, none of the CARLINK_OPS_* variables set.
 async fn gateway_cli(args: &[String]) -> Output {
-    let mut cmd = tokio::process::Command::new(built_binary!(gateway).path);
+    let mut cmd = tokio::process::Command::new(built_binary!("gateway").path);
     cmd.args(args).kill_on_drop(true);
     for var in [
         "CARLINK_OPS_URL",
@@ -62,6 +63,16 @@ async fn alice(platform: &Platform, args: &[&str]) -> String {
     stdout
 }
 
+/// [`platform`] with car [`VIN_A`] connected, its connect recorded; the connection events
+/// since just before it connected.
+async fn platform_with_a_car() -> (Platform, Agent, broadcast::Receiver<ConnectionEvent>) {
+    let platform = platform().await;
+    let mut events = platform.connection_events();
+    let car = platform.agent(VIN_A).await;
+    connected(&mut events, VIN_A).await;
+    (platform, car, events)
+}
+
 /// Waits until `vin`'s connect is recorded (so that the connection log lists it).
 async fn connected(events: &mut broadcast::Receiver<ConnectionEvent>, vin: &str) {
     within(
@@ -82,10 +93,7 @@ async fn connected(events: &mut broadcast::Receiver<ConnectionEvent>, vin: &str)
 
 #[tokio::test]
 async fn sessions_lists_a_connected_car_as_a_table_and_as_json() {
-    let platform = platform().await;
-    let mut events = platform.connection_events();
-    let _car = platform.agent(VIN_A).await;
-    connected(&mut events, VIN_A).await;
+    let (platform, _car, _) = platform_with_a_car().await;
 
     let table = alice(&platform, &["sessions"]).await;
     let mut lines = table.lines();
@@ -108,10 +116,7 @@ async fn sessions_lists_a_connected_car_as_a_table_and_as_json() {
 
 #[tokio::test]
 async fn kick_ends_the_cars_session() {
-    let platform = platform().await;
-    let mut events = platform.connection_events();
-    let _car = platform.agent(VIN_A).await;
-    connected(&mut events, VIN_A).await;
+    let (platform, _car, mut events) = platform_with_a_car().await;
 
     let out = alice(&platform, &["kick", VIN_A]).await;
     assert!(out.contains("session ended"), "{out}");
@@ -123,10 +128,7 @@ async fn kick_ends_the_cars_session() {
 
 #[tokio::test]
 async fn a_revoked_car_is_cut_off_and_listed_with_the_reason_and_who_did_it() {
-    let platform = platform().await;
-    let mut events = platform.connection_events();
-    let _car = platform.agent(VIN_A).await;
-    connected(&mut events, VIN_A).await;
+    let (platform, _car, mut events) = platform_with_a_car().await;
 
     let out = alice(&platform, &["revoke", VIN_A, "--reason", "stolen in Pudong"]).await;
     assert!(
@@ -157,7 +159,7 @@ async fn watch_prints_a_line_per_connect_as_it_happens() {
     let platform = platform().await;
     let args = fleet_args(&platform, &platform.pki.operator("alice"), &["watch"]);
     let args: Vec<&str> = args.iter().map(String::as_str).collect();
-    let mut watch = Process::spawn(built_binary!(gateway), &args);
+    let mut watch = Process::spawn(built_binary!("gateway"), &args);
     // Printed once the stream is open, so the connect below cannot come before it.
     watch.wait_for_line("watching sessions").await;
     let _car = platform.agent(VIN_A).await;

@@ -9,10 +9,9 @@ use integration_tests::browser::{Chromium, click, fill, input_value, text_of};
 use integration_tests::*;
 use proto::navigation::v1::navigation_client::NavigationClient;
 use proto::navigation::v1::{Maneuver, PlaceCategory, RouteRequest, SearchPlacesRequest};
-use proto::parking::v1::{EndSessionRequest, GetReceiptRequest, SessionState};
+use proto::parking::v1::{EndSessionRequest, SessionState};
 use proto::social_login::v1::poll_device_login_response::Outcome;
-use proto::social_login::v1::social_login_client::SocialLoginClient;
-use proto::social_login::v1::{PollDeviceLoginRequest, SocialProvider, StartDeviceLoginRequest};
+use proto::social_login::v1::{PollDeviceLoginRequest, SocialProvider};
 use vehicle_agent::Agent;
 
 /// The gateway in front of all three reference partners, and a car whose agent forwards the
@@ -26,19 +25,10 @@ struct Shanghai {
 
 impl Shanghai {
     async fn open() -> Shanghai {
-        let bind = || std::net::TcpListener::bind("127.0.0.1:0").expect("bind a partner");
-        let (navigation, identity) = (bind(), bind());
-        let (navigation_addr, identity_addr) = (navigation.local_addr().unwrap(), identity.local_addr().unwrap());
-        let platform = Platform::start_with_pki(|pki, config| {
-            config.partners.push(navigation_entry(pki, navigation_addr));
-            config.partners.push(identity_entry(pki, identity_addr));
-        })
-        .await;
+        let (platform, [navigation, identity]) = Platform::start_beside([&navigation_entry, &identity_entry]).await;
         let navigation = start_navigation(&platform.pki, navigation);
         let identity = start_identity(&platform.pki, identity, Duration::from_secs(1)).await;
-        let mut config = platform.agent_config(VIN_A);
-        config.services = vec![PARKING.into(), NAVIGATION.into(), SOCIAL_LOGIN.into()];
-        let car = connected_agent(config).await;
+        let car = platform.agent_forwarding(VIN_A, &[NAVIGATION, SOCIAL_LOGIN]).await;
         Shanghai {
             platform,
             identity,
@@ -57,7 +47,7 @@ async fn find_route_park_pay_once_keep_the_receipt_and_sign_in_approved_in_a_bro
     let city = Shanghai::open().await;
     let mut navigation = NavigationClient::connect(city.dashboard()).await.unwrap();
     let mut parking = in_car_app(&city.car).await;
-    let mut sign_in = SocialLoginClient::connect(city.dashboard()).await.unwrap();
+    let mut sign_in = sign_in_app(&city.car).await;
 
     // A car park near the destination, and the way there.
     let search = SearchPlacesRequest {
@@ -78,13 +68,7 @@ async fn find_route_park_pay_once_keep_the_receipt_and_sign_in_approved_in_a_bro
     assert_eq!(drive.steps.last().map(|s| s.maneuver()), Some(Maneuver::Arrive));
 
     // Parked there, by the lot id navigation gave; paid with one intent, sent twice.
-    let session = parking
-        .start_session(parking_at(&lot.parking_lot_id))
-        .await
-        .unwrap()
-        .into_inner()
-        .session
-        .expect("a session");
+    let session = park_from_the_app_at(&mut parking, &lot.parking_lot_id).await;
     assert_eq!(session.state(), SessionState::Active);
     let pay = || {
         let mut request = tonic::Request::new(EndSessionRequest {
@@ -104,20 +88,11 @@ async fn find_route_park_pay_once_keep_the_receipt_and_sign_in_approved_in_a_bro
         "charged exactly once"
     );
     let receipt = paid.receipt.expect("a receipt");
-    let kept = parking
-        .get_receipt(GetReceiptRequest {
-            receipt_id: receipt.receipt_id.clone(),
-        })
-        .await
-        .unwrap()
-        .into_inner();
+    let kept = receipt_from_the_app(&mut parking, &receipt.receipt_id).await;
     assert_eq!(kept, receipt);
 
     // Signing in: the dashboard shows the code and its QR link; the driver approves on a phone.
-    let start = StartDeviceLoginRequest {
-        provider: SocialProvider::Wechat.into(),
-    };
-    let login = sign_in.start_device_login(start).await.unwrap().into_inner();
+    let login = start_login_from_the_app(&mut sign_in, SocialProvider::Wechat).await;
     assert_eq!(login.verification_uri, format!("{}/device", city.identity.page));
     let polling = {
         let (app, device_code, mut poller) = (sign_in.clone(), login.device_code.clone(), DevicePoller::new(&login));

@@ -29,6 +29,18 @@ async fn exit_gate(pki: &TestPki, addr: std::net::SocketAddr) -> ParkingLotClien
     ParkingLotClient::new(pki.grpc_channel(addr, &gate).await.expect("connect to the lot port"))
 }
 
+/// The exit gate at `addr` sees the car [`leaving_the_bund`], which ends its session `session_id`.
+async fn the_car_leaves(pki: &TestPki, addr: std::net::SocketAddr, session_id: &str) -> VehicleExitedResponse {
+    let exited = exit_gate(pki, addr)
+        .await
+        .vehicle_exited(leaving_the_bund())
+        .await
+        .expect("the gate ends the session")
+        .into_inner();
+    assert_eq!(exited.session.as_ref().unwrap().session_id, session_id);
+    exited
+}
+
 /// The parking partner's view of the gateway's partner API.
 fn partner_api_of(platform: &Platform) -> parking_adapter::PartnerApi {
     let addr = platform.gateway.partner_api_addr().expect("the partner API is on");
@@ -88,13 +100,7 @@ async fn a_car_that_leaves_through_the_exit_gate_hears_what_it_was_charged() {
     };
     assert!(as_a_car, "a car's certificate is refused by the lot port");
 
-    let exited = exit_gate(&platform.pki, lot_addr)
-        .await
-        .vehicle_exited(leaving_the_bund())
-        .await
-        .expect("the gate ends the session")
-        .into_inner();
-    assert_eq!(exited.session.as_ref().unwrap().session_id, session_id);
+    let exited = the_car_leaves(&platform.pki, lot_addr, &session_id).await;
     assert_eq!(platform.parking.charges(), 1);
 
     let event = car.next_event().await;
@@ -137,7 +143,7 @@ async fn an_event_committed_before_kill_9_is_published_by_the_restarted_adapter(
     };
     let spawn = |args: Vec<String>| {
         let args: Vec<&str> = args.iter().map(String::as_str).collect();
-        Process::spawn_on(built_binary!(parking_adapter), &args, adapter_port.socket())
+        Process::spawn_on(built_binary!("parking-adapter"), &args, adapter_port.socket())
     };
 
     // First life: it cannot reach the partner API (nobody listens there), so the event stays
@@ -154,13 +160,7 @@ async fn an_event_committed_before_kill_9_is_published_by_the_restarted_adapter(
     let mut car = RawCar::connect(&platform, VIN_A).await;
     car.subscribe_events().await;
     let session_id = car.park().await;
-    let exited = exit_gate(pki, lot_addr)
-        .await
-        .vehicle_exited(leaving_the_bund())
-        .await
-        .expect("the gate ends the session")
-        .into_inner();
-    assert_eq!(exited.session.as_ref().unwrap().session_id, session_id);
+    let exited = the_car_leaves(pki, lot_addr, &session_id).await;
     first_life.kill9().await;
 
     // Second life, on the same database, with the gateway reachable.

@@ -6,7 +6,7 @@
 
 use proto::navigation::v1::navigation_client::NavigationClient;
 use proto::navigation::v1::{GeoPoint, Maneuver, Place, PlaceCategory, RouteRequest, SearchPlacesRequest};
-use proto::parking::v1::{GetReceiptRequest, ListNearbyLotsRequest, SessionState};
+use proto::parking::v1::{ListNearbyLotsRequest, SessionState};
 use tonic::Code;
 use tonic::transport::Channel;
 
@@ -23,13 +23,9 @@ struct Town {
 
 impl Town {
     async fn open() -> Town {
-        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind the navigation adapter");
-        let addr = listener.local_addr().unwrap();
-        let platform = Platform::start_with_pki(|pki, config| config.partners.push(navigation_entry(pki, addr))).await;
+        let (platform, [listener]) = Platform::start_beside([&navigation_entry]).await;
         let navigation = start_navigation(&platform.pki, listener);
-        let mut config = platform.agent_config(VIN_A);
-        config.services = vec![PARKING.into(), NAVIGATION.into()];
-        let car = connected_agent(config).await;
+        let car = platform.agent_forwarding(VIN_A, &[NAVIGATION]).await;
         Town {
             platform,
             car,
@@ -99,13 +95,7 @@ async fn parking_near_my_destination_from_search_to_receipt() {
 
     // 3. Parking there, with the lot id the navigation partner gave, paid from the dashboard.
     let mut parking = in_car_app(&town.car).await;
-    let session = parking
-        .start_session(parking_at(&lot.parking_lot_id))
-        .await
-        .expect("the parking session starts")
-        .into_inner()
-        .session
-        .expect("a session");
+    let session = park_from_the_app_at(&mut parking, &lot.parking_lot_id).await;
     assert_eq!(session.lot_id, lot.parking_lot_id);
     assert_eq!(session.state(), SessionState::Active);
 
@@ -115,13 +105,7 @@ async fn parking_near_my_destination_from_search_to_receipt() {
     assert_eq!(receipt.lot_name, lot.name);
     assert_eq!(town.platform.parking.charges(), 1);
 
-    let kept = parking
-        .get_receipt(GetReceiptRequest {
-            receipt_id: receipt.receipt_id.clone(),
-        })
-        .await
-        .expect("the receipt is kept")
-        .into_inner();
+    let kept = receipt_from_the_app(&mut parking, &receipt.receipt_id).await;
     assert_eq!(kept, receipt);
 }
 

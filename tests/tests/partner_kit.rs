@@ -47,23 +47,23 @@ async fn platform_with_partner_api() -> Platform {
     Platform::start_with_pki(|pki, c| c.partner_api = partner_api(pki.partners_ca())).await
 }
 
-/// The partner API of `platform` with the certificate of partner `name`.
-fn partner_api_as(platform: &Platform, name: &str) -> PartnerApi {
+/// The kit's report on `platform`'s parking adapter, the kit publishing events to the
+/// gateway's partner API with the certificate of partner `name`.
+async fn check_publishing_as(platform: &Platform, name: &str) -> Report {
     let addr = platform.gateway.partner_api_addr().expect("the partner API is on");
     let me = platform.pki.partner(name);
-    PartnerApi {
+    let mut config = kit_config(&platform.pki, platform.parking_server.addr, PARKING);
+    config.partner_api = Some(PartnerApi {
         endpoint: Endpoint::parse(&format!("https://localhost:{}", addr.port()), None).unwrap(),
         certificate: ClientCertificate::read(&me.cert, &me.key).unwrap(),
-    }
+    });
+    partner_kit::check(config).await
 }
 
 #[tokio::test]
 async fn the_reference_adapter_passes_every_check() {
     let platform = platform_with_partner_api().await;
-    let mut config = kit_config(&platform.pki, platform.parking_server.addr, PARKING);
-    config.partner_api = Some(partner_api_as(&platform, "parking"));
-
-    let report = partner_kit::check(config).await;
+    let report = check_publishing_as(&platform, "parking").await;
     println!("{report}");
 
     assert!(report.passed(), "{report}");
@@ -83,10 +83,7 @@ async fn the_reference_adapter_passes_every_check() {
 #[tokio::test]
 async fn a_partner_whose_certificate_the_gateway_does_not_name_cannot_publish() {
     let platform = platform_with_partner_api().await;
-    let mut config = kit_config(&platform.pki, platform.parking_server.addr, PARKING);
-    config.partner_api = Some(partner_api_as(&platform, "valet"));
-
-    let report = partner_kit::check(config).await;
+    let report = check_publishing_as(&platform, "valet").await;
 
     failed_saying(
         &report,
@@ -369,7 +366,7 @@ async fn the_binary_prints_one_line_per_check_and_exits_by_the_verdict() {
     let endpoint = format!("https://localhost:{}", reference.addr.port());
     let dir = pki.dir.path().display().to_string();
     let args = ["check", "--endpoint", &endpoint, "--pki", &dir];
-    let (code, out) = Process::spawn(built_binary!(partner_kit), &args).exit().await;
+    let (code, out) = Process::spawn(built_binary!("partner-kit"), &args).exit().await;
     assert_eq!(code, Some(0), "{out}");
     assert!(
         out.contains("PASS  mtls.vehicle-certificate         a car's certificate: refused"),
@@ -383,7 +380,7 @@ async fn the_binary_prints_one_line_per_check_and_exits_by_the_verdict() {
     let args = kit_args(&careless_pki, careless_addr);
     let mut args: Vec<&str> = args.iter().map(String::as_str).collect();
     args.extend(["--deadline-slack-ms", "500"]);
-    let (code, out) = Process::spawn(built_binary!(partner_kit), &args).exit().await;
+    let (code, out) = Process::spawn(built_binary!("partner-kit"), &args).exit().await;
     assert_eq!(code, Some(1), "{out}");
     assert!(out.contains("FAIL  errors.unknown-lot"), "{out}");
     assert!(
@@ -392,7 +389,7 @@ async fn the_binary_prints_one_line_per_check_and_exits_by_the_verdict() {
     );
 
     let (code, out) = Process::spawn(
-        built_binary!(partner_kit),
+        built_binary!("partner-kit"),
         &[
             "check",
             "--endpoint",
@@ -413,7 +410,7 @@ async fn the_binary_prints_one_line_per_check_and_exits_by_the_verdict() {
     let too_slack = kit_args(&pki, reference.addr);
     let mut args: Vec<&str> = too_slack.iter().map(String::as_str).collect();
     args.extend(["--deadline-slack-ms", "30001"]);
-    let (code, out) = Process::spawn(built_binary!(partner_kit), &args).exit().await;
+    let (code, out) = Process::spawn(built_binary!("partner-kit"), &args).exit().await;
     assert_eq!(code, Some(64), "{out}");
     assert!(out.contains("--deadline-slack-ms 30001 is more than 30000"), "{out}");
 }

@@ -20,6 +20,28 @@ async fn platform_with(settings: impl FnOnce(&mut PartnerConfig)) -> (Platform, 
     Platform::start_wrapping(SteeredParking::new, |_, c| settings(&mut c.partners[0])).await
 }
 
+/// A car, and the gateway in front of a [`SteeredParking`] steered to fail every call with
+/// `code`, whose breaker opens for `open_for` after `breaker_failures` failures in a row.
+async fn failing(code: tonic::Code, breaker_failures: u32, open_for: Duration) -> (Platform, SteeredParking, RawCar) {
+    let (platform, partner) = platform_with(|p| {
+        p.breaker_failures = breaker_failures;
+        p.breaker_open_for = open_for;
+    })
+    .await;
+    partner.steer(Steering::Fail(code));
+    let car = RawCar::connect(&platform, VIN_A).await;
+    (platform, partner, car)
+}
+
+/// `car` asks for lots `n` times (request ids `{name}-1`, `{name}-2`, …) and is answered
+/// `code` each time.
+async fn asks_answered(car: &mut RawCar, name: &str, n: usize, code: Code) {
+    for i in 1..=n {
+        let id = format!("{name}-{i}");
+        assert_eq!(outcome(&car.ask(lots(&id)).await), (id.as_str(), code));
+    }
+}
+
 fn health(platform: &Platform) -> PartnerHealth {
     let all = platform.gateway.partner_health();
     assert_eq!(all.len(), 1, "{all:?}");
@@ -34,6 +56,13 @@ fn lots(request_id: &str) -> Vec<u8> {
 /// An envelope starting a parking session under idempotency key `key` (through the ledger).
 fn start(request_id: &str, key: &str) -> Vec<u8> {
     keyed_envelope(request_id, key, START, parking_at_the_bund().encode_to_vec())
+}
+
+/// Asserts that the breaker is open, and has opened `times` times in all.
+fn assert_open(platform: &Platform, times: u64) {
+    let h = health(platform);
+    assert!(matches!(h.breaker, BreakerState::Open { .. }), "{h:?}");
+    assert_eq!(h.opened_total, times, "{h:?}");
 }
 
 /// Waits until the open breaker lets a probe through: the state change, not a guessed sleep.
@@ -80,21 +109,10 @@ async fn a_hanging_partner_holds_at_most_its_limit_and_the_next_call_is_refused_
 
 #[tokio::test]
 async fn a_failing_partner_opens_the_breaker_and_is_not_called_while_it_is_open() {
-    let (platform, partner) = platform_with(|p| {
-        p.breaker_failures = 3;
-        p.breaker_open_for = Duration::from_secs(3600);
-    })
-    .await;
-    partner.steer(Steering::Fail(tonic::Code::Internal));
-    let mut car = RawCar::connect(&platform, VIN_A).await;
-    for i in 1..=3 {
-        let id = format!("failing-{i}");
-        assert_eq!(outcome(&car.ask(lots(&id)).await), (id.as_str(), Code::Internal));
-    }
+    let (platform, partner, mut car) = failing(tonic::Code::Internal, 3, Duration::from_secs(3600)).await;
+    asks_answered(&mut car, "failing", 3, Code::Internal).await;
     assert_eq!(partner.calls(), 3);
-    let h = health(&platform);
-    assert!(matches!(h.breaker, BreakerState::Open { .. }), "{h:?}");
-    assert_eq!(h.opened_total, 1);
+    assert_open(&platform, 1);
 
     let refused = car.ask(lots("while-open")).await;
     assert_eq!(outcome(&refused), ("while-open", Code::Unavailable));
@@ -106,29 +124,17 @@ async fn a_failing_partner_opens_the_breaker_and_is_not_called_while_it_is_open(
 
 #[tokio::test]
 async fn the_cars_own_errors_do_not_open_the_breaker() {
-    let (platform, partner) = platform_with(|p| p.breaker_failures = 2).await;
-    partner.steer(Steering::Fail(tonic::Code::InvalidArgument));
-    let mut car = RawCar::connect(&platform, VIN_A).await;
-    for i in 1..=4 {
-        let id = format!("bad-{i}");
-        assert_eq!(outcome(&car.ask(lots(&id)).await), (id.as_str(), Code::InvalidArgument));
-    }
+    let open_for = gateway::config::DEFAULT_BREAKER_OPEN_FOR;
+    let (platform, partner, mut car) = failing(tonic::Code::InvalidArgument, 2, open_for).await;
+    asks_answered(&mut car, "bad", 4, Code::InvalidArgument).await;
     assert_eq!(partner.calls(), 4, "every call reached the partner");
     assert_eq!(health(&platform).breaker, BreakerState::Closed);
 }
 
 #[tokio::test]
 async fn after_the_open_interval_one_probe_reaches_the_partner_and_its_success_closes_the_breaker() {
-    let (platform, partner) = platform_with(|p| {
-        p.breaker_failures = 2;
-        p.breaker_open_for = Duration::from_millis(200);
-    })
-    .await;
-    partner.steer(Steering::Fail(tonic::Code::Internal));
-    let mut car = RawCar::connect(&platform, VIN_A).await;
-    for id in ["failing-1", "failing-2"] {
-        assert_eq!(outcome(&car.ask(lots(id)).await), (id, Code::Internal));
-    }
+    let (platform, partner, mut car) = failing(tonic::Code::Internal, 2, Duration::from_millis(200)).await;
+    asks_answered(&mut car, "failing", 2, Code::Internal).await;
     // Refused while open, its key not stored.
     let refused = car.ask(start("while-open", "park-1")).await;
     assert_eq!(outcome(&refused), ("while-open", Code::Unavailable));
@@ -152,14 +158,8 @@ async fn after_the_open_interval_one_probe_reaches_the_partner_and_its_success_c
 
 #[tokio::test]
 async fn a_failing_probe_opens_the_breaker_again() {
-    let (platform, partner) = platform_with(|p| {
-        p.breaker_failures = 1;
-        p.breaker_open_for = Duration::from_millis(200);
-    })
-    .await;
-    partner.steer(Steering::Fail(tonic::Code::Internal));
-    let mut car = RawCar::connect(&platform, VIN_A).await;
-    assert_eq!(outcome(&car.ask(lots("failing")).await), ("failing", Code::Internal));
+    let (platform, partner, mut car) = failing(tonic::Code::Internal, 1, Duration::from_millis(200)).await;
+    asks_answered(&mut car, "failing", 1, Code::Internal).await;
     probe_due(&platform).await;
 
     let probe = car.ask(lots("probe")).await;
@@ -169,9 +169,7 @@ async fn a_failing_probe_opens_the_breaker_again() {
         "the probe reached the partner"
     );
     assert_eq!(partner.calls(), 2);
-    let h = health(&platform);
-    assert!(matches!(h.breaker, BreakerState::Open { .. }), "{h:?}");
-    assert_eq!(h.opened_total, 2);
+    assert_open(&platform, 2);
     let refused = car.ask(lots("after-probe")).await;
     assert_eq!(outcome(&refused), ("after-probe", Code::Unavailable));
     assert_eq!(partner.calls(), 2, "open again: the partner is not called");

@@ -4,7 +4,7 @@
 use std::time::Duration;
 
 use integration_tests::*;
-use proto::parking::v1::{EndSessionRequest, GeoPoint, GetReceiptRequest, ListNearbyLotsRequest};
+use proto::parking::v1::{EndSessionRequest, GeoPoint, ListNearbyLotsRequest};
 
 #[tokio::test]
 async fn an_in_car_app_pays_for_parking_through_the_agent() {
@@ -30,26 +30,14 @@ async fn an_in_car_app_pays_for_parking_through_the_agent() {
         "nearest first"
     );
 
-    let session = app
-        .start_session(parking_at(&lots[0].lot_id))
-        .await
-        .expect("session starts")
-        .into_inner()
-        .session
-        .expect("session");
+    let session = park_from_the_app_at(&mut app, &lots[0].lot_id).await;
     assert_eq!(session.lot_id, lots[0].lot_id);
 
     let ended = pay_from_the_app(&mut app, &session.session_id).await;
     let receipt = ended.receipt.expect("receipt");
     assert!(receipt.fee.as_ref().expect("fee").amount_minor > 0);
 
-    let again = app
-        .get_receipt(GetReceiptRequest {
-            receipt_id: receipt.receipt_id.clone(),
-        })
-        .await
-        .expect("receipt")
-        .into_inner();
+    let again = receipt_from_the_app(&mut app, &receipt.receipt_id).await;
     assert_eq!(again.session_id, session.session_id);
     assert_eq!(platform.parking.charges(), 1, "charged exactly once");
     car.shutdown().await;

@@ -27,15 +27,13 @@ struct SignInDesk {
 
 impl SignInDesk {
     async fn open() -> SignInDesk {
-        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind the identity partner");
-        let addr = listener.local_addr().unwrap();
-        let platform = Platform::start_with_pki(|pki, config| config.partners.push(identity_entry(pki, addr))).await;
+        let (platform, [listener]) = Platform::start_beside([&identity_entry]).await;
         // 3 s between polls keeps the test short (cars are told 5 s by default) and leaves two
         // round trips through agent, gateway and partner 2.4 s to prove a poll "too soon", even
         // on a loaded machine.
         let identity = start_identity(&platform.pki, listener, Duration::from_secs(3)).await;
-        let car = car_with_social_login(&platform, VIN_A).await;
-        let other_car = car_with_social_login(&platform, VIN_B).await;
+        let car = platform.agent_forwarding(VIN_A, &[SOCIAL_LOGIN]).await;
+        let other_car = platform.agent_forwarding(VIN_B, &[SOCIAL_LOGIN]).await;
         SignInDesk {
             platform,
             identity,
@@ -43,19 +41,6 @@ impl SignInDesk {
             other_car,
         }
     }
-}
-
-async fn car_with_social_login(platform: &Platform, vin: &str) -> Agent {
-    let mut config = platform.agent_config(vin);
-    config.services = vec![PARKING.into(), SOCIAL_LOGIN.into()];
-    connected_agent(config).await
-}
-
-/// A generated social login client on a car's local endpoint, as an in-car app would hold.
-async fn sign_in_app(car: &Agent) -> SocialLoginClient<Channel> {
-    SocialLoginClient::connect(format!("http://{}", car.local_addr()))
-        .await
-        .expect("connect to the agent")
 }
 
 /// Polls `login` from `app` by the rules until it ends, on a task of its own.
@@ -88,14 +73,7 @@ async fn poll(app: &mut SocialLoginClient<Channel>, device_code: &str) -> Result
 async fn the_driver_approves_in_a_browser_and_the_app_gets_the_linked_account() {
     let desk = SignInDesk::open().await;
     let mut app = sign_in_app(&desk.car).await;
-    let start = StartDeviceLoginRequest {
-        provider: SocialProvider::Wechat.into(),
-    };
-    let login = app
-        .start_device_login(start)
-        .await
-        .expect("a device login starts")
-        .into_inner();
+    let login = start_login_from_the_app(&mut app, SocialProvider::Wechat).await;
     assert_eq!(login.interval, 3);
     assert!((599..=600).contains(&login.expires_in), "{}", login.expires_in);
     assert_eq!(login.verification_uri, format!("{}/device", desk.identity.page));
@@ -190,14 +168,7 @@ async fn the_driver_approves_in_a_browser_and_the_app_gets_the_linked_account() 
 async fn the_driver_types_the_code_denies_and_the_app_is_told() {
     let desk = SignInDesk::open().await;
     let mut app = sign_in_app(&desk.car).await;
-    let start = StartDeviceLoginRequest {
-        provider: SocialProvider::Alipay.into(),
-    };
-    let login = app
-        .start_device_login(start)
-        .await
-        .expect("a device login starts")
-        .into_inner();
+    let login = start_login_from_the_app(&mut app, SocialProvider::Alipay).await;
     let polling = poll_until_it_ends(&app, DevicePoller::new(&login), &login.device_code);
 
     // No QR code this time: the driver opens the page and types the code as they read it.

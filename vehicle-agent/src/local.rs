@@ -7,7 +7,6 @@
 //! gateway link) without decoding, so a new partner service needs a line of configuration and
 //! no agent build. The agent's own API ([`crate::api`]) is served next to the forwarded services.
 
-use std::convert::Infallible;
 use std::fs::{self, DirBuilder, Permissions};
 use std::future::Future;
 use std::io;
@@ -15,7 +14,6 @@ use std::os::unix::fs::{DirBuilderExt as _, FileTypeExt as _, MetadataExt as _, 
 use std::os::unix::net::{UnixListener as StdUnixListener, UnixStream as StdUnixStream};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::task::{Context, Poll};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -24,15 +22,13 @@ use tokio::net::{TcpListener, UnixListener};
 use tokio_stream::StreamExt as _;
 use tokio_stream::wrappers::{TcpListenerStream, UnixListenerStream};
 use tonic::Status;
-use tonic::codegen::{Body, Service, StdError};
-use tonic::server::{Grpc, UnaryService};
 use tonic::service::Routes;
 use tonic::transport::server::Router;
 use tracing::warn;
 
 use proto::MethodPath;
 use proto::metadata::{IDEMPOTENCY_KEY, REQUEST_ID};
-use proto::raw::RawCodec;
+use proto::raw::{RawHandler, RawReply, RawService};
 
 use crate::api::AgentApi;
 use crate::link::{CallIds, GatewayLink};
@@ -70,7 +66,7 @@ impl Caller for GatewayLink {
     }
 }
 
-/// Serves every method of the services it is routed for by forwarding it to a [`Caller`]:
+/// Answers every method of the services it is routed for (as a [`RawService`]) by forwarding it to a [`Caller`]:
 /// the bytes, untouched, whatever the service (its contract is between the app and the partner).
 #[derive(Clone)]
 pub struct Forwarder {
@@ -96,42 +92,9 @@ impl Forwarder {
     }
 }
 
-impl<B> Service<http::Request<B>> for Forwarder
-where
-    B: Body + Send + 'static,
-    B::Error: Into<StdError> + Send + 'static,
-{
-    type Response = http::Response<tonic::body::Body>;
-    type Error = Infallible;
-    type Future = BoxFuture<'static, Result<Self::Response, Infallible>>;
-
-    fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
-        Poll::Ready(Ok(()))
-    }
-
-    fn call(&mut self, req: http::Request<B>) -> Self::Future {
-        let handler = Handler {
-            caller: self.caller.clone(),
-            path: req.uri().path().to_owned(),
-            default_timeout: self.default_timeout,
-        };
-        Box::pin(async move { Ok(Grpc::new(RawCodec).unary(handler, req).await) })
-    }
-}
-
-/// One call: knows its path, which the codec-level request no longer carries.
-struct Handler {
-    caller: Arc<dyn Caller>,
-    path: String,
-    default_timeout: Duration,
-}
-
-impl UnaryService<Bytes> for Handler {
-    type Response = Bytes;
-    type Future = BoxFuture<'static, Result<tonic::Response<Bytes>, Status>>;
-
-    fn call(&mut self, request: tonic::Request<Bytes>) -> Self::Future {
-        let method = MethodPath::parse(&self.path);
+impl RawHandler for Forwarder {
+    fn call(&self, path: &str, request: tonic::Request<Bytes>) -> RawReply {
+        let method = MethodPath::parse(path);
         let timeout = match request.metadata().get("grpc-timeout") {
             Some(value) => value
                 .to_str()
@@ -252,7 +215,7 @@ impl LocalServer {
         let forwarder = Forwarder::new(self.caller, self.default_timeout);
         let mut router = routes.into_axum_router();
         for service in &self.services {
-            router = router.route_service(&format!("/{service}/{{*method}}"), forwarder.clone());
+            router = router.route_service(&format!("/{service}/{{*method}}"), RawService(forwarder.clone()));
         }
         let router = router.fallback(not_forwarded);
         tonic::transport::Server::builder().add_routes(Routes::from(router))

@@ -87,34 +87,29 @@ async fn bad_configuration_exits_64_with_the_reason() {
         "{err}"
     );
 
-    // AGENT_* variables override the file.
+    // AGENT_* variables override the file: the car's certificate, and a bad setting.
     let car = pki.vehicle(VIN);
-    let (code, _, err) = output(
-        agent()
-            .args(["run", "--config"])
-            .arg(&path)
-            .env("AGENT_CERT", &car.cert)
-            .env("AGENT_KEY", &car.key)
-            .env("AGENT_KEEP_ALIVE", "1s"),
-    )
-    .await;
-    assert_eq!(code, Some(64));
+    let refused_with = async |name: &str, value: &str| {
+        let (code, _, err) = output(
+            agent()
+                .args(["run", "--config"])
+                .arg(&path)
+                .env("AGENT_CERT", &car.cert)
+                .env("AGENT_KEY", &car.key)
+                .env(name, value),
+        )
+        .await;
+        assert_eq!(code, Some(64), "{name}={value}");
+        err
+    };
+    let err = refused_with("AGENT_KEEP_ALIVE", "1s").await;
     assert_eq!(
         err.trim(),
         "error: keep_alive: 1s is out of range: it must be between 5s and 1h"
     );
 
     // A list from the environment, in TOML's array syntax.
-    let (code, _, err) = output(
-        agent()
-            .args(["run", "--config"])
-            .arg(&path)
-            .env("AGENT_CERT", &car.cert)
-            .env("AGENT_KEY", &car.key)
-            .env("AGENT_SERVICES", r#"["karaoke.v1.Karaoke", "Karaoke"]"#),
-    )
-    .await;
-    assert_eq!(code, Some(64));
+    let err = refused_with("AGENT_SERVICES", r#"["karaoke.v1.Karaoke", "Karaoke"]"#).await;
     assert!(
         err.trim()
             .starts_with(r#"error: services: "Karaoke" is not a fully qualified gRPC service"#),

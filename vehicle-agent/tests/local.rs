@@ -7,7 +7,6 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use futures::future::BoxFuture;
-use http::uri::PathAndQuery;
 use prost::Message;
 use tokio::net::TcpListener;
 use tokio::sync::oneshot;
@@ -15,7 +14,7 @@ use tonic::{Code, Status};
 
 use proto::parking::v1::parking_payment_client::ParkingPaymentClient;
 use proto::parking::v1::{GetReceiptRequest, Receipt};
-use proto::raw::RawCodec;
+use proto::raw::RawClient;
 use vehicle_agent::local::{self, AppCall, Caller};
 
 #[derive(Debug, Clone, PartialEq)]
@@ -152,16 +151,12 @@ async fn forwards_path_bytes_deadline_and_key() {
 async fn any_method_of_a_configured_service_is_forwarded_raw() {
     common::install_provider();
     let server = serve(Ok(Bytes::from_static(b"\x01\x02"))).await;
-    let channel = tonic::transport::Endpoint::from_shared(format!("http://{}", server.addr))
-        .unwrap()
-        .connect()
-        .await
-        .unwrap();
-    let mut grpc = tonic::client::Grpc::new(channel);
-    grpc.ready().await.unwrap();
-    let path = PathAndQuery::from_static("/parking.v1.ParkingPayment/FutureMethod");
-    let got = grpc
-        .unary(tonic::Request::new(Bytes::from_static(b"raw")), path, RawCodec)
+    let mut app = RawClient::connect(format!("http://{}", server.addr)).await.unwrap();
+    let got = app
+        .unary(
+            "/parking.v1.ParkingPayment/FutureMethod",
+            tonic::Request::new(Bytes::from_static(b"raw")),
+        )
         .await
         .unwrap()
         .into_inner();
@@ -171,20 +166,19 @@ async fn any_method_of_a_configured_service_is_forwarded_raw() {
     assert_eq!(seen[0].payload, Bytes::from_static(b"raw"));
 
     // A service known only by the configuration is forwarded the same way.
-    grpc.ready().await.unwrap();
-    let path = PathAndQuery::from_static("/karaoke.v1.Karaoke/Queue");
-    grpc.unary(tonic::Request::new(Bytes::from_static(b"song")), path, RawCodec)
-        .await
-        .unwrap();
+    app.unary(
+        "/karaoke.v1.Karaoke/Queue",
+        tonic::Request::new(Bytes::from_static(b"song")),
+    )
+    .await
+    .unwrap();
     let seen = server.stub.seen.lock().unwrap().clone();
     assert_eq!(seen[1].method, "/karaoke.v1.Karaoke/Queue");
     assert_eq!(seen[1].payload, Bytes::from_static(b"song"));
 
     // Services not configured are not served at all, and the app is told how to add one.
-    grpc.ready().await.unwrap();
-    let path = PathAndQuery::from_static("/fuel.v1.Fuel/Pay");
-    let err = grpc
-        .unary(tonic::Request::new(Bytes::new()), path, RawCodec)
+    let err = app
+        .unary("/fuel.v1.Fuel/Pay", tonic::Request::new(Bytes::new()))
         .await
         .unwrap_err();
     assert_eq!(err.code(), Code::Unimplemented);
