@@ -217,20 +217,13 @@ impl DemoFiles {
     }
 
     fn partner_entry(&self, service: &str, name: &str, read_only: &[&str], addr: SocketAddr) -> PartnerConfig {
+        let endpoint = format!("https://localhost:{}", addr.port());
+        let files = (self.ca_cert.clone(), self.client_cert.clone(), self.client_key.clone());
         PartnerConfig {
-            service: service.into(),
             name: Some(name.into()),
             read_only_methods: read_only.iter().map(|m| (*m).to_owned()).collect(),
-            endpoint: format!("https://localhost:{}", addr.port()),
             timeout: Some(Duration::from_secs(10)),
-            connect_timeout: Duration::from_secs(3),
-            ca_cert: Some(self.ca_cert.clone()),
-            client_cert: Some(self.client_cert.clone()),
-            client_key: Some(self.client_key.clone()),
-            tls_server_name: None,
-            max_concurrent_calls: gateway::config::DEFAULT_MAX_CONCURRENT_CALLS,
-            breaker_failures: gateway::config::DEFAULT_BREAKER_FAILURES,
-            breaker_open_for: gateway::config::DEFAULT_BREAKER_OPEN_FOR,
+            ..PartnerConfig::new(service, endpoint).over_mtls(files.0, files.1, files.2)
         }
     }
 

@@ -192,20 +192,13 @@ impl Default for RefusingPartner {
 /// and verifies the adapter against the root.
 pub fn partner_entry(pki: &TestPki, service: &str, addr: SocketAddr) -> PartnerConfig {
     let client = &pki.gateway_client;
+    let endpoint = format!("https://localhost:{}", addr.port());
     PartnerConfig {
-        service: service.into(),
         name: Some("parking".into()),
         read_only_methods: vec!["ListNearbyLots".into(), "GetReceipt".into()],
-        endpoint: format!("https://localhost:{}", addr.port()),
         timeout: Some(Duration::from_secs(5)),
         connect_timeout: Duration::from_secs(2),
-        ca_cert: Some(pki.ca_cert.clone()),
-        client_cert: Some(client.cert.clone()),
-        client_key: Some(client.key.clone()),
-        tls_server_name: None,
-        max_concurrent_calls: gateway::config::DEFAULT_MAX_CONCURRENT_CALLS,
-        breaker_failures: gateway::config::DEFAULT_BREAKER_FAILURES,
-        breaker_open_for: gateway::config::DEFAULT_BREAKER_OPEN_FOR,
+        ..PartnerConfig::new(service, endpoint).over_mtls(pki.ca_cert.clone(), client.cert.clone(), client.key.clone())
     }
 }
 

@@ -327,6 +327,39 @@ pub struct PartnerConfig {
     pub breaker_open_for: Duration,
 }
 
+impl PartnerConfig {
+    /// The entry for `service` at `endpoint` with every other setting at its default, as a
+    /// `[[partners]]` table naming only these two would read.
+    pub fn new(service: impl Into<String>, endpoint: impl Into<String>) -> PartnerConfig {
+        PartnerConfig {
+            service: service.into(),
+            name: None,
+            endpoint: endpoint.into(),
+            timeout: None,
+            read_only_methods: Vec::new(),
+            connect_timeout: default_partner_connect_timeout(),
+            ca_cert: None,
+            client_cert: None,
+            client_key: None,
+            tls_server_name: None,
+            max_concurrent_calls: DEFAULT_MAX_CONCURRENT_CALLS,
+            breaker_failures: DEFAULT_BREAKER_FAILURES,
+            breaker_open_for: DEFAULT_BREAKER_OPEN_FOR,
+        }
+    }
+
+    /// This entry calling its adapter over mTLS: verifying it against `ca_cert` and presenting
+    /// the gateway's client certificate `client_cert` with its key `client_key`.
+    pub fn over_mtls(self, ca_cert: PathBuf, client_cert: PathBuf, client_key: PathBuf) -> PartnerConfig {
+        PartnerConfig {
+            ca_cert: Some(ca_cert),
+            client_cert: Some(client_cert),
+            client_key: Some(client_key),
+            ..self
+        }
+    }
+}
+
 fn default_partner_connect_timeout() -> Duration {
     Duration::from_secs(3)
 }

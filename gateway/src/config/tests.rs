@@ -42,19 +42,8 @@ fn toml_file(dir: &tempfile::TempDir, c: &GatewayConfig, rest: &str) -> std::pat
 
 fn partner(endpoint: &str) -> PartnerConfig {
     PartnerConfig {
-        service: "parking.v1.ParkingPayment".into(),
-        name: None,
-        read_only_methods: vec![],
-        endpoint: endpoint.into(),
-        timeout: None,
         connect_timeout: Duration::from_secs(1),
-        ca_cert: None,
-        client_cert: None,
-        client_key: None,
-        tls_server_name: None,
-        max_concurrent_calls: DEFAULT_MAX_CONCURRENT_CALLS,
-        breaker_failures: DEFAULT_BREAKER_FAILURES,
-        breaker_open_for: DEFAULT_BREAKER_OPEN_FOR,
+        ..PartnerConfig::new("parking.v1.ParkingPayment", endpoint)
     }
 }
 
