@@ -288,14 +288,14 @@ async fn abuse_until(abuse: Abuse, target: &AbuserTarget, sizes: &AbuseSizes, un
     while Instant::now() < until {
         let attempt = tokio::select! {
             _ = tokio::time::sleep_until(until.into()) => break,
-            attempt = rawmqtt::connect(
+            opened = rawmqtt::open(
                 target.config.clone(),
                 target.addr,
                 &target.server_name,
                 target.vin.as_str(),
                 KEEP_ALIVE,
                 CONNECT_LIMIT,
-            ) => attempt,
+            ) => opened.and_then(rawmqtt::Opened::accepted),
         };
         let (mut writer, mut reader) = match attempt {
             Ok((writer, reader, _)) => (writer, reader),

@@ -37,24 +37,6 @@ pub struct RawReader {
     buf: BytesMut,
 }
 
-/// Connects to `addr` over TLS with `config` (verifying the server as `server_name`), sends
-/// CONNECT with `client_id` (clean session) and waits for CONNACK 0. Returns the two sides and
-/// the time from the TCP connect to the CONNACK. Fails after `limit`.
-pub async fn connect(
-    config: Arc<ClientConfig>,
-    addr: SocketAddr,
-    server_name: &str,
-    client_id: &str,
-    keep_alive: Duration,
-    limit: Duration,
-) -> Result<(RawWriter, RawReader, Duration)> {
-    let opened = open(config, addr, server_name, client_id, keep_alive, limit).await?;
-    if opened.answer.code != ConnectReturnCode::Success {
-        bail!("CONNACK {:?}", opened.answer.code);
-    }
-    Ok((opened.writer, opened.reader, opened.answer.elapsed))
-}
-
 /// What the broker answered one CONNECT, and how the TLS handshake before it went.
 #[derive(Debug, Clone, Copy)]
 pub struct ConnectAnswer {
@@ -66,29 +48,31 @@ pub struct ConnectAnswer {
     pub elapsed: Duration,
 }
 
-/// Like [`connect`], but any CONNACK is an answer: returns its code and whether the handshake
-/// resumed, then closes the connection. Fails on no CONNACK within `limit`.
-pub async fn connect_answer(
-    config: Arc<ClientConfig>,
-    addr: SocketAddr,
-    server_name: &str,
-    client_id: &str,
-    keep_alive: Duration,
-    limit: Duration,
-) -> Result<ConnectAnswer> {
-    let opened = open(config, addr, server_name, client_id, keep_alive, limit).await?;
-    Ok(opened.answer)
-}
-
 /// A connection whose CONNECT was answered, with or without success.
-struct Opened {
-    writer: RawWriter,
-    reader: RawReader,
-    answer: ConnectAnswer,
+pub struct Opened {
+    /// The sending side.
+    pub writer: RawWriter,
+    /// The receiving side.
+    pub reader: RawReader,
+    /// The CONNACK, and how the connection got there.
+    pub answer: ConnectAnswer,
 }
 
-/// TCP, TLS, CONNECT, and the CONNACK whatever its code; fails on no CONNACK within `limit`.
-async fn open(
+impl Opened {
+    /// The two sides and the time from the TCP connect to the CONNACK, if the broker accepted
+    /// the CONNECT (CONNACK 0); otherwise the code it answered, as an error.
+    pub fn accepted(self) -> Result<(RawWriter, RawReader, Duration)> {
+        if self.answer.code != ConnectReturnCode::Success {
+            bail!("CONNACK {:?}", self.answer.code);
+        }
+        Ok((self.writer, self.reader, self.answer.elapsed))
+    }
+}
+
+/// Connects to `addr` over TLS with `config` (verifying the server as `server_name`), sends
+/// CONNECT with `client_id` (clean session) and reads the CONNACK whatever its code (see
+/// [`Opened::accepted`]). Fails on no CONNACK within `limit`.
+pub async fn open(
     config: Arc<ClientConfig>,
     addr: SocketAddr,
     server_name: &str,

@@ -302,7 +302,11 @@ async fn connect_all(fleet: &Fleet, configs: &[Arc<ClientConfig>], addr: SocketA
     let server_name = addr.ip().to_string();
     let attempts = fleet.vehicles.iter().zip(configs).map(|(v, config)| {
         let (config, vin, server_name) = (config.clone(), v.vin.to_string(), server_name.clone());
-        async move { rawmqtt::connect(config, addr, &server_name, &vin, KEEP_ALIVE, CONNECT_LIMIT).await }
+        async move {
+            rawmqtt::open(config, addr, &server_name, &vin, KEEP_ALIVE, CONNECT_LIMIT)
+                .await?
+                .accepted()
+        }
     });
     let connected: Vec<_> = futures::stream::iter(attempts)
         .buffered(CONNECTING_AT_ONCE)
@@ -352,8 +356,9 @@ async fn reconnects(
     for &i in sample {
         let vin = fleet.vehicles[i].vin.as_str();
         out.tried += 1;
-        let answer = rawmqtt::connect_answer(config(i), addr, &server_name, vin, KEEP_ALIVE, CONNECT_LIMIT).await;
-        match answer {
+        // Only the answer: the connection closes here.
+        let answer = rawmqtt::open(config(i), addr, &server_name, vin, KEEP_ALIVE, CONNECT_LIMIT).await;
+        match answer.map(|opened| opened.answer) {
             Ok(a) => {
                 connack.push(a.elapsed);
                 out.resumed_handshakes += usize::from(a.resumed);

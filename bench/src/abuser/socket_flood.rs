@@ -136,7 +136,9 @@ pub async fn car_connects(
         // Each attempt on its own: a slow one does not delay the next.
         attempts.spawn(async move {
             let (mut writer, _reader, took) =
-                rawmqtt::connect(config, addr, &server_name, &vin, KEEP_ALIVE, CONNECT_LIMIT).await?;
+                rawmqtt::open(config, addr, &server_name, &vin, KEEP_ALIVE, CONNECT_LIMIT)
+                    .await?
+                    .accepted()?;
             let _ = writer.queue(&Packet::Disconnect);
             let _ = writer.flush().await;
             anyhow::Ok(took)
