@@ -201,12 +201,14 @@ impl Gateway {
         let journal = journal::Journal::spawn(store.clone(), &config.journal);
         let delivery =
             events::EventDelivery::spawn(store.clone(), mailboxes.clone(), shutdown.clone(), tracker.clone());
+        // Request tasks, and the work they leave behind (linking a sign-in to its customer).
+        let requests = TaskTracker::new();
         let router = Arc::new(
             routing::RequestRouter::new(partners.clone(), config.requests.clone(), ledger.clone())
                 .with_stats(request_stats.clone())
-                .with_journal(journal.clone()),
+                .with_journal(journal.clone())
+                .with_tasks(requests.clone()),
         );
-        let requests = TaskTracker::new();
         let dispatcher = routing::Dispatcher::new(router.clone(), mailboxes.clone(), requests.clone());
         {
             // On shutdown: requests in flight finish (bounded by their deadlines), then their

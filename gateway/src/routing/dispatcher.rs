@@ -45,6 +45,8 @@ pub struct RequestRouter {
     stats: Arc<RequestStats>,
     /// Where every outcome is recorded (disabled unless [`RequestRouter::with_journal`]).
     journal: Journal,
+    /// Where work a request leaves behind runs (linking a sign-in), so shutdown waits for it.
+    tasks: TaskTracker,
 }
 
 impl RequestRouter {
@@ -59,6 +61,7 @@ impl RequestRouter {
             rate: RateLimiter::keyed(quota),
             stats,
             journal: Journal::disabled(),
+            tasks: TaskTracker::new(),
         }
     }
 
@@ -72,6 +75,13 @@ impl RequestRouter {
     /// Records every request's outcome in `journal`.
     pub fn with_journal(mut self, journal: Journal) -> RequestRouter {
         self.journal = journal;
+        self
+    }
+
+    /// Runs the work requests leave behind on `tasks` (the gateway waits for them on shutdown,
+    /// before the store closes).
+    pub fn with_tasks(mut self, tasks: TaskTracker) -> RequestRouter {
+        self.tasks = tasks;
         self
     }
 
@@ -89,7 +99,7 @@ impl RequestRouter {
         if let Some((provider, subject)) = seen.take_sign_in() {
             // Off the request path: the car's answer does not wait for the customer's records.
             let (store, vin) = (self.ledger.store().clone(), vin.clone());
-            tokio::spawn(async move {
+            self.tasks.spawn(async move {
                 if let Err(e) = store
                     .link_sign_in(&vin, &provider, &subject, crate::clock::now_ms())
                     .await
