@@ -23,16 +23,29 @@ pub async fn within<T>(limit: Duration, fut: impl Future<Output = T>, what: &str
 /// Waits until `condition` holds, checking every few milliseconds, failing the test with `what`
 /// after [`SOON`]. For state that is seen only by asking (counters, saved sessions, outboxes).
 pub async fn eventually(what: &str, mut condition: impl FnMut() -> bool) {
+    until_answered(what, || std::future::ready(condition().then_some(()))).await
+}
+
+/// Asks `ask` again every few milliseconds until it answers `Some`, and returns that answer,
+/// failing the test with `what` after [`SOON`]. For state seen only by asking over the wire or
+/// the database (a timeline filling, a file reloaded, an outbox emptied).
+pub async fn until_answered<T, Fut>(what: &str, mut ask: impl FnMut() -> Fut) -> T
+where
+    Fut: Future<Output = Option<T>>,
+{
     within(
         SOON,
         async {
-            while !condition() {
+            loop {
+                if let Some(answer) = ask().await {
+                    return answer;
+                }
                 tokio::time::sleep(Duration::from_millis(5)).await;
             }
         },
         what,
     )
-    .await;
+    .await
 }
 
 /// Waits for the next `Disconnected` event of `vin` and returns its reason.

@@ -409,20 +409,11 @@ async fn a_car_reconnecting_faster_than_its_connect_rate_gets_connack_3_and_no_l
     }
     // The refused one is not in the connection log: only the two accepted ones are.
     let vin = proto::Vin::parse(VIN_A).unwrap();
-    within(
-        SOON,
-        async {
-            loop {
-                let logged = platform.gateway.store().connections_of(&vin, 10).await.unwrap();
-                if logged.iter().all(|c| c.disconnected_at_ms.is_some()) && logged.len() == 2 {
-                    return;
-                }
-                assert!(logged.len() <= 2, "{logged:?}");
-                tokio::time::sleep(Duration::from_millis(5)).await;
-            }
-        },
-        "both accepted connections are logged, closed",
-    )
+    until_answered("both accepted connections are logged, closed", || async {
+        let logged = platform.gateway.store().connections_of(&vin, 10).await.unwrap();
+        assert!(logged.len() <= 2, "{logged:?}");
+        (logged.len() == 2 && logged.iter().all(|c| c.disconnected_at_ms.is_some())).then_some(())
+    })
     .await;
     // Another car is not affected.
     WireCar::connect(&platform, VIN_B).await;

@@ -2,8 +2,6 @@
 //! car acknowledges them, and a partner can speak only for its own service. The agent keeps
 //! them until an in-car app has taken them, and acknowledges them only then.
 
-use std::time::Duration;
-
 use integration_tests::*;
 use prost::Message;
 use proto::events::v1::PublishRequest;
@@ -272,21 +270,16 @@ async fn a_partner_gets_resource_exhausted_beyond_the_events_waiting_for_one_car
     let first = car.next_event().await.sequence;
     car.ack_events(first).await;
     // The acknowledgement is written behind the car's back: the partner retries until there is room.
-    within(
-        Duration::from_secs(10),
-        async {
-            loop {
-                match partner.publish(event(VIN_A, "e3", "x")).await {
-                    Ok(_) => return,
-                    Err(e) if e.code() == tonic::Code::ResourceExhausted => {
-                        tokio::time::sleep(Duration::from_millis(10)).await
-                    }
-                    Err(e) => panic!("{e:?}"),
-                }
+    until_answered("the acknowledgement makes room", || {
+        let mut partner = partner.clone();
+        async move {
+            match partner.publish(event(VIN_A, "e3", "x")).await {
+                Ok(_) => Some(()),
+                Err(e) if e.code() == tonic::Code::ResourceExhausted => None,
+                Err(e) => panic!("{e:?}"),
             }
-        },
-        "the acknowledgement makes room",
-    )
+        }
+    })
     .await;
 }
 

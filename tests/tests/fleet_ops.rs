@@ -284,23 +284,15 @@ async fn a_crl_written_by_the_certs_tool_is_reloaded_without_a_restart() {
         .vehicle_revocation_list(&[&creds.pem.cert_pem], 30)
         .unwrap();
     certs::write_revocation_list(&crl, &list).unwrap();
-    within(
-        SOON,
-        async {
-            loop {
-                let mut car = WireCar::open_with(&platform, client_tls(&platform.pki.ca_cert, &creds)).await;
-                match car.connect_as(VIN_A).await {
-                    Some(ConnectReturnCode::NotAuthorized) => break,
-                    // Not reloaded yet (every 50 ms): ask again a little later.
-                    Some(ConnectReturnCode::Success | ConnectReturnCode::ServiceUnavailable) => {
-                        tokio::time::sleep(Duration::from_millis(20)).await
-                    }
-                    other => panic!("unexpected answer to CONNECT: {other:?}"),
-                }
-            }
-        },
-        "the reloaded CRL refuses the car",
-    )
+    until_answered("the reloaded CRL refuses the car", || async {
+        let mut car = WireCar::open_with(&platform, client_tls(&platform.pki.ca_cert, &creds)).await;
+        match car.connect_as(VIN_A).await {
+            Some(ConnectReturnCode::NotAuthorized) => Some(()),
+            // Not reloaded yet (every 50 ms): ask again.
+            Some(ConnectReturnCode::Success | ConnectReturnCode::ServiceUnavailable) => None,
+            other => panic!("unexpected answer to CONNECT: {other:?}"),
+        }
+    })
     .await;
     // A certificate of the same VIN that is not on the list still gets in.
     let _reissued = WireCar::connect(&platform, VIN_A).await;
@@ -312,26 +304,17 @@ async fn timeline_of(
     vin: &str,
     rows: usize,
 ) -> Vec<TimelineEntry> {
-    within(
-        SOON,
-        async {
-            loop {
-                let page = ops
-                    .vehicle_timeline(VehicleTimelineRequest {
-                        vin: vin.into(),
-                        ..Default::default()
-                    })
-                    .await
-                    .unwrap()
-                    .into_inner();
-                if page.entries.len() >= rows {
-                    break page.entries;
-                }
-                tokio::time::sleep(Duration::from_millis(10)).await;
-            }
-        },
-        "the timeline fills",
-    )
+    until_answered("the timeline fills", || {
+        let mut ops = ops.clone();
+        async move {
+            let request = VehicleTimelineRequest {
+                vin: vin.into(),
+                ..Default::default()
+            };
+            let page = ops.vehicle_timeline(request).await.unwrap().into_inner();
+            (page.entries.len() >= rows).then_some(page.entries)
+        }
+    })
     .await
 }
 

@@ -178,16 +178,10 @@ async fn an_event_committed_before_kill_9_is_published_by_the_restarted_adapter(
 /// Waits, within [`SOON`], until `parking`'s outbox holds no event (the publisher deletes an
 /// event right after the gateway accepted it, so a car may see it a moment before).
 async fn outbox_empties(parking: &parking_adapter::ParkingService, what: &str) {
-    within(
-        SOON,
-        async {
-            while parking.events_waiting().await.unwrap() > 0 {
-                tokio::time::sleep(std::time::Duration::from_millis(5)).await;
-            }
-        },
-        what,
-    )
-    .await;
+    until_answered(what, || async {
+        (parking.events_waiting().await.unwrap() == 0).then_some(())
+    })
+    .await
 }
 
 /// Aborts the task when dropped.
