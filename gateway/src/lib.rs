@@ -201,14 +201,21 @@ impl Gateway {
         let journal = journal::Journal::spawn(store.clone(), &config.journal);
         let delivery =
             events::EventDelivery::spawn(store.clone(), mailboxes.clone(), shutdown.clone(), tracker.clone());
-        // Request tasks, and the work they leave behind (linking a sign-in to its customer).
-        let requests = TaskTracker::new();
+        // Linked one at a time; drained once the requests that report them have finished.
+        let sign_ins_drain = CancellationToken::new();
+        let sign_ins = routing::SignInLinker::spawn(
+            store.clone(),
+            routing::sign_ins::MAX_PENDING_SIGN_INS,
+            sign_ins_drain.clone(),
+            &tracker,
+        );
         let router = Arc::new(
             routing::RequestRouter::new(partners.clone(), config.requests.clone(), ledger.clone())
                 .with_stats(request_stats.clone())
                 .with_journal(journal.clone())
-                .with_tasks(requests.clone()),
+                .with_sign_ins(sign_ins),
         );
+        let requests = TaskTracker::new();
         let dispatcher = routing::Dispatcher::new(router.clone(), mailboxes.clone(), requests.clone());
         {
             // On shutdown: requests in flight finish (bounded by their deadlines), then their
@@ -218,6 +225,7 @@ impl Gateway {
                 shutdown.cancelled().await;
                 requests.close();
                 requests.wait().await;
+                sign_ins_drain.cancel();
                 ledger.drain().await;
             });
         }

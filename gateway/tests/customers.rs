@@ -4,10 +4,14 @@
 
 mod two_backends;
 
+use gateway::routing::SignInLinker;
+use gateway::routing::sign_ins::MAX_PENDING_SIGN_INS;
 use gateway::store::{
     CustomerId, MAX_DISPLAY_NAME_CHARS, MAX_PROVIDER_CHARS, MAX_SUBJECT_CHARS, Store, StoreError, VehicleRole,
 };
 use proto::Vin;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 
 const T0: i64 = 1_700_000_000_000;
 
@@ -236,7 +240,51 @@ async fn strings_beyond_their_bounds_are_refused(s: Store) {
     assert_eq!(at_bounds.social_identities.len(), 1);
 }
 
+/// An app polls a login again after its answer was lost, and the identity partner reports the
+/// same sign-in twice at once: the car and the identity end up with one customer, and both
+/// reports are linked before the linker's task ends (as at shutdown, before the store closes).
+async fn a_sign_in_reported_twice_at_once_makes_one_customer(s: Store) {
+    let (drain, tracker) = (CancellationToken::new(), TaskTracker::new());
+    let linker = SignInLinker::spawn(s.clone(), MAX_PENDING_SIGN_INS, drain.clone(), &tracker);
+    for _ in 0..2 {
+        linker.report(&vin(1), "wechat".into(), "wx-1".into());
+    }
+    drain.cancel();
+    tracker.close();
+    tracker.wait().await;
+    let by_identity = s.customer_by_social("wechat", "wx-1").await.unwrap().expect("linked");
+    let by_car = s.customer_by_vin(&vin(1)).await.unwrap().expect("linked");
+    assert_eq!(by_identity.id, by_car.id);
+    assert_eq!(by_identity.vehicles.len(), 1, "{by_identity:?}");
+    assert_eq!(by_identity.vehicles[0].role, VehicleRole::Driver);
+}
+
+/// Sign-ins reported faster than they are linked wait up to the bound; beyond it they are
+/// dropped (and warned about), never blocking the request that reported them. On one thread, so
+/// that the linking task cannot take any while they are reported (the bound is the queue's, the
+/// same on either backend).
+#[tokio::test(flavor = "current_thread")]
+async fn sign_ins_beyond_the_queue_bound_are_dropped() {
+    two_backends::on_sqlite(sign_ins_beyond_the_bound).await
+}
+
+async fn sign_ins_beyond_the_bound(s: Store) {
+    let (drain, tracker) = (CancellationToken::new(), TaskTracker::new());
+    let linker = SignInLinker::spawn(s.clone(), 4, drain.clone(), &tracker);
+    // No await between the reports: the linking task cannot take any meanwhile.
+    for subject in ["wx-1", "wx-2", "wx-3", "wx-4", "wx-5", "wx-6"] {
+        linker.report(&vin(1), "wechat".into(), subject.into());
+    }
+    drain.cancel();
+    tracker.close();
+    tracker.wait().await;
+    let customer = s.customer_by_vin(&vin(1)).await.unwrap().expect("linked");
+    let subjects: Vec<&str> = customer.social_identities.iter().map(|i| i.subject.as_str()).collect();
+    assert_eq!(subjects, ["wx-1", "wx-2", "wx-3", "wx-4"]);
+}
+
 on_both_backends!(
+    a_sign_in_reported_twice_at_once_makes_one_customer,
     a_customer_is_found_by_id_vin_and_social_identity,
     a_vehicle_has_one_owner_and_several_drivers,
     unknown_customers_and_links_are_not_found_with_the_id,

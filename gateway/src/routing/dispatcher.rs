@@ -19,6 +19,7 @@ use tracing::{Instrument, debug, info, info_span, warn};
 use super::idempotency::{Admission, Ledger};
 use super::partners::{CallContext, PartnerDirectory, PartnerError};
 use super::recorded::Seen;
+use super::sign_ins::SignInLinker;
 use super::stats::RequestStats;
 use crate::bus::{DeliveryOutcome, Mailboxes, Outbound, RequestInbox};
 use crate::config::RequestLimits;
@@ -45,8 +46,8 @@ pub struct RequestRouter {
     stats: Arc<RequestStats>,
     /// Where every outcome is recorded (disabled unless [`RequestRouter::with_journal`]).
     journal: Journal,
-    /// Where work a request leaves behind runs (linking a sign-in), so shutdown waits for it.
-    tasks: TaskTracker,
+    /// Where the sign-ins identity partners report go to be linked to the car's customer.
+    sign_ins: SignInLinker,
 }
 
 impl RequestRouter {
@@ -61,7 +62,7 @@ impl RequestRouter {
             rate: RateLimiter::keyed(quota),
             stats,
             journal: Journal::disabled(),
-            tasks: TaskTracker::new(),
+            sign_ins: SignInLinker::disabled(),
         }
     }
 
@@ -78,10 +79,10 @@ impl RequestRouter {
         self
     }
 
-    /// Runs the work requests leave behind on `tasks` (the gateway waits for them on shutdown,
-    /// before the store closes).
-    pub fn with_tasks(mut self, tasks: TaskTracker) -> RequestRouter {
-        self.tasks = tasks;
+    /// Links the sign-ins identity partners report through `sign_ins` (none are linked
+    /// otherwise).
+    pub fn with_sign_ins(mut self, sign_ins: SignInLinker) -> RequestRouter {
+        self.sign_ins = sign_ins;
         self
     }
 
@@ -98,15 +99,7 @@ impl RequestRouter {
         let response = self.handle_recorded(vin, envelope, &mut seen).await;
         if let Some((provider, subject)) = seen.take_sign_in() {
             // Off the request path: the car's answer does not wait for the customer's records.
-            let (store, vin) = (self.ledger.store().clone(), vin.clone());
-            self.tasks.spawn(async move {
-                if let Err(e) = store
-                    .link_sign_in(&vin, &provider, &subject, crate::clock::now_ms())
-                    .await
-                {
-                    warn!(%vin, provider, error = %e, "a driver's sign-in was not linked to the car's customer");
-                }
-            });
+            self.sign_ins.report(vin, provider, subject);
         }
         seen.record(&self.journal, vin, &response);
         response

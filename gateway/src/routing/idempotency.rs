@@ -54,11 +54,6 @@ impl Ledger {
         }
     }
 
-    /// The store the ledger keeps its entries in.
-    pub(crate) fn store(&self) -> &Store {
-        &self.store
-    }
-
     /// Decides whether this attempt calls the partner, waiting out one already in flight.
     pub async fn admit(
         &self,

@@ -361,7 +361,8 @@ impl Store {
     /// identity's customer gets the car as one they drive; else the car's customer gets the
     /// identity; else a new customer gets both. Returns that customer. Several steps, not one
     /// transaction: two sign-ins of one car at the same instant could make two customers, which
-    /// an operator can merge by relinking.
+    /// an operator can merge by relinking. The gateway calls it for one sign-in at a time
+    /// (`routing::SignInLinker`), so only two nodes linking at once can.
     pub async fn link_sign_in(
         &self,
         vin: &Vin,
