@@ -260,6 +260,29 @@ async fn a_revocation_survives_a_restart() {
     assert_eq!(listed.revocations[0].revoked_by, "alice");
 }
 
+/// Another node's revocation (in the shared database) reaches this node within the reload
+/// interval: the car's live session here ends, and it cannot come back.
+#[tokio::test]
+async fn a_revocation_made_on_another_node_ends_the_session_here() {
+    let platform = Platform::start_with_pki(|pki, config| {
+        config.ops = ops(pki);
+        config.revocation.reload_interval = Duration::from_millis(50);
+    })
+    .await;
+    let mut events = platform.connection_events();
+    let _car = WireCar::connect(&platform, VIN_A).await;
+    let other_node = platform.gateway.store();
+    let vin = proto::Vin::parse(VIN_A).unwrap();
+    other_node
+        .revoke_vehicle(&vin, gateway::clock::now_ms(), "reported stolen", "bob")
+        .await
+        .unwrap();
+    let reason = within(SOON, disconnected(&mut events, VIN_A), "the session here ends").await;
+    assert_eq!(reason, DisconnectReason::Revoked);
+    let mut again = WireCar::open(&platform, VIN_A).await;
+    assert_eq!(again.connect_as(VIN_A).await, Some(ConnectReturnCode::NotAuthorized));
+}
+
 #[tokio::test]
 async fn a_crl_written_by_the_certs_tool_is_reloaded_without_a_restart() {
     let pki_crl = std::sync::Mutex::new(None);

@@ -62,16 +62,21 @@ pub struct RevocationList {
 }
 
 impl RevocationList {
-    /// Revokes every certificate of `vin` issued before `at_ms`.
-    pub fn revoke_vin(&self, vin: Vin, at_ms: i64) {
+    /// Revokes every certificate of `vin` issued before `at_ms`; whether that put a revocation
+    /// in force that was not (a new VIN, or a later time). A revocation is never taken back.
+    pub fn revoke_vin(&self, vin: Vin, at_ms: i64) -> bool {
         let mut vins = self.vins.write().unwrap_or_else(PoisonError::into_inner);
-        let at = vins.entry(vin).or_insert(at_ms);
-        *at = (*at).max(at_ms);
-    }
-
-    /// Replaces the revoked VINs (as the store holds them).
-    pub fn set_vins(&self, revoked: impl IntoIterator<Item = (Vin, i64)>) {
-        *self.vins.write().unwrap_or_else(PoisonError::into_inner) = revoked.into_iter().collect();
+        match vins.get_mut(&vin) {
+            Some(at) if *at >= at_ms => false,
+            Some(at) => {
+                *at = at_ms;
+                true
+            }
+            None => {
+                vins.insert(vin, at_ms);
+                true
+            }
+        }
     }
 
     /// Replaces the serials revoked by CRLs.
@@ -153,12 +158,16 @@ mod tests {
             not_before_ms: 3_000,
         };
         assert_eq!(list.check(&Vin::example(), &old), None);
-        list.revoke_vin(Vin::example(), 2_000);
+        assert!(list.revoke_vin(Vin::example(), 2_000), "newly in force");
         assert_eq!(list.check(&Vin::example(), &old), Some(Revoked::Vin));
         assert_eq!(list.check(&Vin::example(), &newer), None);
-        // A second revocation never moves the cut-off back.
-        list.revoke_vin(Vin::example(), 500);
+        // The same revocation again, or an earlier one, changes nothing: the cut-off never moves back.
+        assert!(!list.revoke_vin(Vin::example(), 2_000));
+        assert!(!list.revoke_vin(Vin::example(), 500));
         assert_eq!(list.check(&Vin::example(), &old), Some(Revoked::Vin));
+        // A later one moves it forward.
+        assert!(list.revoke_vin(Vin::example(), 4_000));
+        assert_eq!(list.check(&Vin::example(), &newer), Some(Revoked::Vin));
     }
 
     #[test]

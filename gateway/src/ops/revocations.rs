@@ -2,7 +2,6 @@
 //! force on this node at once, then the car's live session ended. And the reload that brings
 //! CRL files and other nodes' revocations to this node.
 
-use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
@@ -29,7 +28,9 @@ impl Revocations {
     /// Loads the stored revocations into `list`.
     pub async fn load(list: Arc<RevocationList>, store: Store, mailboxes: Mailboxes) -> Result<Self, StoreError> {
         let stored = store.revocations().await?;
-        list.set_vins(stored.iter().map(|r| (r.vin.clone(), r.revoked_at_ms)));
+        for r in &stored {
+            list.revoke_vin(r.vin.clone(), r.revoked_at_ms);
+        }
         if !stored.is_empty() {
             info!(vehicles = stored.len(), "revocations loaded");
         }
@@ -40,6 +41,7 @@ impl Revocations {
     /// Returns the revocation and whether the car was connected here.
     pub async fn revoke(&self, vin: &Vin, reason: &str, by: &str) -> Result<(RevocationRecord, bool), StoreError> {
         let record = self.store.revoke_vehicle(vin, now_ms(), reason, by).await?;
+        // Already in force if a reload pass saw it first; the session ends either way.
         self.list.revoke_vin(vin.clone(), record.revoked_at_ms);
         let was_connected = self.mailboxes.evict(vin, Eviction::Revocation);
         info!(%vin, by, was_connected, "vehicle revoked");
@@ -52,8 +54,10 @@ impl Revocations {
     }
 }
 
-/// Every `interval` until shutdown: reads the CRL files again if one changed, and the
-/// revocations other nodes stored, ending the sessions here of VINs newly revoked elsewhere.
+/// Every `interval` until shutdown (the first pass one interval after start, which loaded
+/// both): reads the CRL files again if one changed, and the revocations other nodes stored,
+/// ending the sessions here of VINs newly revoked elsewhere. Revocations are only ever added to
+/// the list, so one made here while a pass reads the store is never lost.
 pub async fn reload_revocations(
     revocations: Revocations,
     crls: Vec<PathBuf>,
@@ -61,9 +65,7 @@ pub async fn reload_revocations(
     shutdown: CancellationToken,
 ) {
     let mut seen_crls = None;
-    // What the store held at the last pass; `None` before the first (loaded at startup).
-    let mut known: Option<HashMap<Vin, i64>> = None;
-    let mut ticks = tokio::time::interval(interval);
+    let mut ticks = tokio::time::interval_at(tokio::time::Instant::now() + interval, interval);
     loop {
         tokio::select! {
             _ = shutdown.cancelled() => return,
@@ -90,16 +92,11 @@ pub async fn reload_revocations(
         }
         match revocations.store.revocations().await {
             Ok(stored) => {
-                if let Some(known) = &known {
-                    for r in stored.iter().filter(|r| known.get(&r.vin) != Some(&r.revoked_at_ms)) {
-                        revocations.list.revoke_vin(r.vin.clone(), r.revoked_at_ms);
+                for r in stored {
+                    if revocations.list.revoke_vin(r.vin.clone(), r.revoked_at_ms) {
                         revocations.mailboxes.evict(&r.vin, Eviction::Revocation);
                     }
                 }
-                revocations
-                    .list
-                    .set_vins(stored.iter().map(|r| (r.vin.clone(), r.revoked_at_ms)));
-                known = Some(stored.into_iter().map(|r| (r.vin, r.revoked_at_ms)).collect());
             }
             Err(e) => warn!(error = %e, "revocations not reloaded from the store; will retry"),
         }
