@@ -100,14 +100,6 @@ pub enum StartError {
     Crl(#[from] broker::revocation::CrlError),
 }
 
-/// Runs blocking `work` (file IO) on tokio's blocking threads and returns its result.
-async fn on_blocking_thread<T: Send + 'static>(work: impl FnOnce() -> T + Send + 'static) -> T {
-    match tokio::task::spawn_blocking(work).await {
-        Ok(done) => done,
-        Err(e) => std::panic::resume_unwind(e.into_panic()),
-    }
-}
-
 impl Gateway {
     /// Binds `config.mqtt.listen` and starts serving.
     pub async fn start(config: GatewayConfig) -> Result<Gateway, StartError> {
@@ -151,7 +143,7 @@ impl Gateway {
                 config.partners.clone(),
                 config.requests.max_response_bytes,
             );
-            on_blocking_thread(move || {
+            listeners::on_blocking_thread(move || {
                 Ok::<_, StartError>((
                     broker::tls::server_config(&tls)?,
                     routing::PartnerDirectory::from_config(&partners, max_response)?,

@@ -74,16 +74,22 @@ pub struct TlsFiles {
     pub key: PathBuf,
 }
 
+/// Runs blocking `work` (reading files at startup) on tokio's blocking threads and returns its
+/// result; a panic in it goes on in the caller.
+pub(crate) async fn on_blocking_thread<T: Send + 'static>(work: impl FnOnce() -> T + Send + 'static) -> T {
+    match tokio::task::spawn_blocking(work).await {
+        Ok(done) => done,
+        Err(e) => std::panic::resume_unwind(e.into_panic()),
+    }
+}
+
 /// Reads `files` on a blocking thread into tonic's server TLS settings.
 pub async fn server_tls(endpoint: &'static str, files: TlsFiles) -> Result<ServerTlsConfig, EndpointError> {
     let read =
         move |path: PathBuf| std::fs::read(&path).map_err(|source| EndpointError::File { endpoint, path, source });
     let read_all =
         move || -> Result<_, EndpointError> { Ok((read(files.client_ca)?, read(files.cert)?, read(files.key)?)) };
-    let (ca, cert, key) = match tokio::task::spawn_blocking(read_all).await {
-        Ok(read) => read?,
-        Err(e) => std::panic::resume_unwind(e.into_panic()),
-    };
+    let (ca, cert, key) = on_blocking_thread(read_all).await?;
     Ok(ServerTlsConfig::new()
         .identity(Identity::from_pem(cert, key))
         .client_ca_root(Certificate::from_pem(ca)))

@@ -390,7 +390,7 @@ impl FleetOps for FleetOpsApi {
         };
         let token = self.sign_ins.issue_link(by.clone(), Duration::from_secs(seconds));
         info!(by = %by.name, valid_s = seconds, "dashboard sign-in link issued");
-        let expires_at_ms = crate::clock::now_ms() + i64::try_from(seconds * 1000).unwrap_or(i64::MAX);
+        let expires_at_ms = now_ms() + i64::try_from(seconds * 1000).unwrap_or(i64::MAX);
         Ok(Response::new(fleet::DashboardLink {
             url: format!("{}/signin?token={token}", self.public_url.trim_end_matches('/')),
             expires_at_ms,
