@@ -15,7 +15,10 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Result, bail};
 use futures::StreamExt as _;
-use proto::fleet::v1::{ListRevocationsRequest, ListSessionsRequest, RevokeVehicleRequest};
+use proto::fleet::v1::session_change::Kind;
+use proto::fleet::v1::{
+    ListRevocationsRequest, ListSessionsRequest, RevokeVehicleRequest, SessionChange, WatchSessionsRequest,
+};
 use rustls::ClientConfig;
 use serde::Serialize;
 use tokio::sync::oneshot;
@@ -187,6 +190,12 @@ pub async fn run(plan: &RevokePlan, launch: &GatewayLaunch, work: &Path, command
     let mut operator = ops::operator_client(&fleet, ops_addr).await?;
     // The first call sets up the HTTP/2 connection; the measured ones reuse it.
     operator.list_revocations(ListRevocationsRequest {}).await?;
+    // The connection log tells watchers of a close once it has stored it; the recorded reasons
+    // are read only after every close seen by a car has been told, or they could miss the last.
+    let mut log = operator
+        .watch_sessions(WatchSessionsRequest::default())
+        .await?
+        .into_inner();
 
     started.say(&format!("revoking {} cars one after the other", plan.vehicles));
     let mut rpc = Latencies::default();
@@ -223,6 +232,13 @@ pub async fn run(plan: &RevokePlan, launch: &GatewayLaunch, work: &Path, command
         tokio::time::sleep(plan.interval).await;
     }
     let cpu = roles.since(&mark);
+    let logged = closes_logged(&mut log, closed, plan.close_limit).await;
+    if logged < closed {
+        bail!(
+            "the connection log recorded {logged} of the {closed} closes within {:?}",
+            plan.close_limit
+        );
+    }
 
     started.say(&format!(
         "{} revoked cars try to come back",
@@ -265,6 +281,9 @@ pub async fn run(plan: &RevokePlan, launch: &GatewayLaunch, work: &Path, command
             .into(),
         "The first ListRevocations call, not measured, set up the operator's HTTP/2 connection. The gateway's per-car \
          bounds are lifted (as in the other fleet scenarios: every car comes from 127.0.0.1)."
+            .into(),
+        "The recorded reasons are read once a WatchSessions stream, opened before the first revocation, has told \
+         every close: the connection log tells a close after storing it, and a car can see its socket close first."
             .into(),
         "Reconnects: each car of the sample tries once with the TLS configuration it connected with (its session \
          cache holds the gateway's ticket, so the handshake resumes and the certificate is not verified again), then \
@@ -338,6 +357,22 @@ async fn connect_all(fleet: &Fleet, configs: &[Arc<ClientConfig>], addr: SocketA
 }
 
 /// `count` indexes out of `0..n`, spread evenly.
+/// Waits until `log` has told `closes` disconnections (each told after the store recorded it),
+/// or `limit` passes; returns how many it told.
+async fn closes_logged(log: &mut tonic::Streaming<SessionChange>, closes: usize, limit: Duration) -> usize {
+    let mut told = 0;
+    let _ = tokio::time::timeout(limit, async {
+        while told < closes {
+            match log.message().await {
+                Ok(Some(change)) => told += usize::from(change.kind() == Kind::Disconnected),
+                Ok(None) | Err(_) => return,
+            }
+        }
+    })
+    .await;
+    told
+}
+
 fn sample_indexes(n: usize, count: usize) -> Vec<usize> {
     let count = count.min(n);
     (0..count).map(|k| k * n / count).collect()

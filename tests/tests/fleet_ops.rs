@@ -493,6 +493,27 @@ async fn timelines_page_through_a_long_range_and_unknown_ids_are_not_found() {
 }
 
 #[tokio::test]
+async fn an_open_watch_ends_when_the_gateway_stops_and_does_not_hold_the_stop() {
+    let platform = platform_with_ops().await;
+    let mut changes = operator(&platform)
+        .await
+        .watch_sessions(WatchSessionsRequest::default())
+        .await
+        .expect("watch")
+        .into_inner();
+
+    let (_platform, ended) = within(
+        SOON,
+        platform.restart_gateway(changes.message()),
+        "the gateway's stop with a watch open",
+    )
+    .await;
+    let status = ended.expect_err("the watch ends with a status, not as if it were done");
+    assert_eq!(status.code(), Code::Unavailable, "{status:?}");
+    assert!(status.message().contains("stopping"), "{status:?}");
+}
+
+#[tokio::test]
 async fn session_streams_beyond_the_bound_are_refused() {
     let platform = Platform::start_with_pki(|pki, config| {
         let mut ops = ops(pki).unwrap();

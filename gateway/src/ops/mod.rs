@@ -74,7 +74,13 @@ pub async fn serve(
         ops.max_dashboard_sessions,
         ops.dashboard_session_ttl,
     ));
-    let api = FleetOpsApi::new(context.clone(), sign_ins.clone(), public_url, ops.max_watchers);
+    let api = FleetOpsApi::new(
+        context.clone(),
+        sign_ins.clone(),
+        public_url,
+        ops.max_watchers,
+        shutdown.clone(),
+    );
     let routes = dashboard::routes(api.clone(), sign_ins);
     let router = tonic::transport::Server::builder()
         .tls_config(tls)

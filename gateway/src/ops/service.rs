@@ -12,6 +12,7 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio_stream::StreamExt;
 use tokio_stream::wrappers::BroadcastStream;
 use tokio_stream::wrappers::errors::BroadcastStreamRecvError;
+use tokio_util::sync::CancellationToken;
 use tonic::service::{Interceptor, interceptor::InterceptedService};
 use tonic::{Request, Response, Status};
 use tracing::info;
@@ -40,17 +41,25 @@ pub struct FleetOpsApi {
     sign_ins: Arc<SignIns>,
     public_url: String,
     watchers: Arc<Semaphore>,
+    stopping: CancellationToken,
 }
 
 impl FleetOpsApi {
     /// Serves `context`; dashboard links point at `public_url`; at most `max_watchers` session
-    /// streams at once.
-    pub fn new(context: OpsContext, sign_ins: Arc<SignIns>, public_url: String, max_watchers: usize) -> Self {
+    /// streams at once, each ended when `stopping` is cancelled.
+    pub fn new(
+        context: OpsContext,
+        sign_ins: Arc<SignIns>,
+        public_url: String,
+        max_watchers: usize,
+        stopping: CancellationToken,
+    ) -> Self {
         FleetOpsApi {
             context,
             sign_ins,
             public_url,
             watchers: Arc::new(Semaphore::new(max_watchers)),
+            stopping,
         }
     }
 
@@ -85,7 +94,16 @@ impl FleetOpsApi {
                 )))),
             }
         });
-        Ok(Box::pin(changes))
+        // A watch never ends by itself, and the listener's graceful stop waits for every open
+        // call: without this, one operator watching would hold the gateway's stop.
+        let stopping = self.stopping.clone().cancelled_owned();
+        let stopped = futures::stream::once(async move {
+            stopping.await;
+            Err(Status::unavailable(
+                "the gateway is stopping; watch again once it is back, or watch another node",
+            ))
+        });
+        Ok(Box::pin(changes.merge(stopped)))
     }
 }
 
