@@ -238,6 +238,14 @@ async fn strings_beyond_their_bounds_are_refused(s: Store) {
         .await
         .unwrap();
     assert_eq!(at_bounds.social_identities.len(), 1);
+
+    // A sign-in at the bounds makes a customer whose name (provider and subject) is cut to its own.
+    let signed_in = s
+        .link_sign_in(&vin(7), "wechat", &"w".repeat(MAX_SUBJECT_CHARS), T0)
+        .await
+        .expect("a sign-in within the bounds is linked");
+    assert_eq!(signed_in.display_name.chars().count(), MAX_DISPLAY_NAME_CHARS);
+    assert!(signed_in.display_name.starts_with("wechat www"), "{signed_in:?}");
 }
 
 /// An app polls a login again after its answer was lost, and the identity partner reports the
@@ -257,6 +265,85 @@ async fn a_sign_in_reported_twice_at_once_makes_one_customer(s: Store) {
     assert_eq!(by_identity.id, by_car.id);
     assert_eq!(by_identity.vehicles.len(), 1, "{by_identity:?}");
     assert_eq!(by_identity.vehicles[0].role, VehicleRole::Driver);
+}
+
+/// Two gateway nodes sharing the database link the same sign-in at the same instant (an app's
+/// retry reached the other node, or the partner reported to both): every link answers with the
+/// one customer that holds the identity and drives the car, whoever got there first.
+async fn one_sign_in_linked_on_two_nodes_at_once_makes_one_customer(db: two_backends::Db) {
+    let node_b = db.another_node().await;
+    let nodes = [db.store.clone(), node_b.clone()];
+    for round in 0..10 {
+        let (car, subject) = (vin(100 + round), format!("wx-{round}"));
+        let links: Vec<_> = (0..8)
+            .map(|i| {
+                let (node, car, subject) = (nodes[i % 2].clone(), car.clone(), subject.clone());
+                tokio::spawn(async move { node.link_sign_in(&car, "wechat", &subject, T0).await })
+            })
+            .collect();
+        let mut linked = Vec::new();
+        for link in links {
+            linked.push(link.await.expect("the link task").expect("every link succeeds"));
+        }
+        let holder = db
+            .store
+            .customer_by_social("wechat", &subject)
+            .await
+            .unwrap()
+            .expect("linked");
+        assert!(linked.iter().all(|c| c.id == holder.id), "round {round}: {linked:?}");
+        let driver = db.store.customer_by_vin(&car).await.unwrap().expect("linked");
+        assert_eq!(driver.id, holder.id, "round {round}");
+        assert_eq!(holder.vehicles.len(), 1, "round {round}: {holder:?}");
+    }
+    node_b.close().await;
+}
+
+/// Two nodes make the same link at the same instant: both are told it is made, and it is made
+/// once. Two customers claiming to own the car at once: one does, the others are told who.
+async fn links_made_on_two_nodes_at_once_answer_alike(db: two_backends::Db) {
+    let node_b = db.another_node().await;
+    let nodes = [db.store.clone(), node_b.clone()];
+    for round in 0..5 {
+        let car = vin(200 + round);
+        let driver = db.store.create_customer("driver").await.unwrap();
+        let links: Vec<_> = (0..8)
+            .map(|i| {
+                let (node, car, id) = (nodes[i % 2].clone(), car.clone(), driver.id.clone());
+                tokio::spawn(async move { node.link_vehicle(&id, &car, VehicleRole::Driver, T0).await })
+            })
+            .collect();
+        for link in links {
+            let linked = link.await.unwrap().expect("the same link again is no error");
+            assert_eq!(linked.vehicles.len(), 1, "round {round}: {linked:?}");
+        }
+
+        let mut owners = Vec::new();
+        for _ in 0..4 {
+            owners.push(db.store.create_customer("owner").await.unwrap().id);
+        }
+        let claims: Vec<_> = owners
+            .iter()
+            .enumerate()
+            .map(|(i, id)| {
+                let (node, car, id) = (nodes[i % 2].clone(), car.clone(), id.clone());
+                tokio::spawn(async move { node.link_vehicle(&id, &car, VehicleRole::Owner, T0).await })
+            })
+            .collect();
+        let mut answers = Vec::new();
+        for claim in claims {
+            answers.push(claim.await.unwrap());
+        }
+        let owner = db.store.customer_by_vin(&car).await.unwrap().expect("an owner").id;
+        for answer in answers {
+            match answer {
+                Ok(customer) => assert_eq!(customer.id, owner, "round {round}: only the owner is told yes"),
+                Err(StoreError::VehicleHasOwner { owner: named, .. }) => assert_eq!(named, owner.0),
+                Err(e) => panic!("round {round}: {e:?}"),
+            }
+        }
+    }
+    node_b.close().await;
 }
 
 /// Sign-ins reported faster than they are linked wait up to the bound; beyond it they are
@@ -285,6 +372,8 @@ async fn sign_ins_beyond_the_bound(s: Store) {
 
 on_both_backends!(
     a_sign_in_reported_twice_at_once_makes_one_customer,
+    one_sign_in_linked_on_two_nodes_at_once_makes_one_customer,
+    links_made_on_two_nodes_at_once_answer_alike,
     a_customer_is_found_by_id_vin_and_social_identity,
     a_vehicle_has_one_owner_and_several_drivers,
     unknown_customers_and_links_are_not_found_with_the_id,

@@ -1,7 +1,9 @@
 //! Links the sign-ins identity partners report (`carlink-signed-in`) to the car's customer, off
-//! the request path and one at a time in the order they were reported: an app may poll a login
-//! again after its answer was lost, and the partner reports the same sign-in again; two links of
-//! one sign-in running at once would each create a customer for the car.
+//! the request path and one at a time in the order they were reported, in a bounded queue that
+//! shutdown drains. An app may poll a login again after its answer was lost, and the partner
+//! reports the same sign-in again: the store links it once however many links of it run at
+//! once, on this node or another (`Store::link_sign_in`); one at a time keeps this node from
+//! racing itself and keeps the links in the order reported.
 
 use proto::Vin;
 use tokio::sync::mpsc;

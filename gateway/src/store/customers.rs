@@ -127,6 +127,9 @@ fn check_identity(provider: &str, subject: &str) -> Result<(), StoreError> {
     check_text("social identity subject", subject, MAX_SUBJECT_CHARS, false)
 }
 
+/// Looks at a sign-in this many times when other nodes keep claiming its identity first.
+const SIGN_IN_ATTEMPTS: u32 = 3;
+
 const CUSTOMER_EXISTS: &str = "SELECT id FROM customers WHERE id = $1";
 
 /// Fails with [`StoreError::UnknownCustomer`] unless `id` exists, on the write's connection.
@@ -298,48 +301,45 @@ impl Store {
             "SELECT role FROM customer_vehicles WHERE customer_id = $1 AND vin = $2 AND unlinked_at_ms IS NULL";
         const OWNER: &str =
             "SELECT customer_id FROM customer_vehicles WHERE vin = $1 AND role = 'owner' AND unlinked_at_ms IS NULL";
-        const INSERT: &str =
-            "INSERT INTO customer_vehicles (customer_id, vin, role, linked_at_ms) VALUES ($1, $2, $3, $4)";
+        // Refused by either partial unique index: one current link per (customer, vehicle), one
+        // current owner per vehicle.
+        const INSERT: &str = "INSERT INTO customer_vehicles (customer_id, vin, role, linked_at_ms) \
+            VALUES ($1, $2, $3, $4) ON CONFLICT DO NOTHING";
         const OP: &str = "linking a vehicle to a customer";
         let vin_text = vin.to_string();
         change_customer!(self, id, OP, |tx, customer| {
-            let current: Option<(String,)> = sqlx::query_as(CURRENT)
-                .bind(&customer)
-                .bind(&vin_text)
-                .fetch_optional(&mut *tx)
-                .await
-                .map_err(StoreError::query(OP))?;
-            if let Some((current,)) = current {
-                let current = VehicleRole::parse(&current)?;
-                if current == role {
-                    return Ok(());
+            // Insert first and explain a refusal after: another node linking the car at the
+            // same instant then makes this an answer (the same link is no change), not an error.
+            if rows_changed_on!(&mut *tx, OP, INSERT, &customer, &vin_text, role.as_str(), at_ms)? > 0 {
+                Ok(())
+            } else {
+                let current: Option<(String,)> = sqlx::query_as(CURRENT)
+                    .bind(&customer)
+                    .bind(&vin_text)
+                    .fetch_optional(&mut *tx)
+                    .await
+                    .map_err(StoreError::query(OP))?;
+                if let Some((current,)) = current {
+                    let current = VehicleRole::parse(&current)?;
+                    return match current == role {
+                        true => Ok(()),
+                        false => Err(StoreError::AlreadyLinked {
+                            vin: vin_text,
+                            customer,
+                            role: current.as_str(),
+                        }),
+                    };
                 }
-                return Err(StoreError::AlreadyLinked {
-                    vin: vin_text,
-                    customer,
-                    role: current.as_str(),
-                });
-            }
-            if role == VehicleRole::Owner {
                 let owner: Option<(String,)> = sqlx::query_as(OWNER)
                     .bind(&vin_text)
                     .fetch_optional(&mut *tx)
                     .await
                     .map_err(StoreError::query(OP))?;
-                if let Some((owner,)) = owner {
-                    return Err(StoreError::VehicleHasOwner { vin: vin_text, owner });
-                }
-            }
-            match rows_changed_on!(&mut *tx, OP, INSERT, &customer, &vin_text, role.as_str(), at_ms) {
-                // Another node linked an owner between our check and insert.
-                Err(StoreError::Query {
-                    source: sqlx::Error::Database(e),
-                    ..
-                }) if e.is_unique_violation() => Err(StoreError::VehicleHasOwner {
+                Err(StoreError::VehicleHasOwner {
                     vin: vin_text,
-                    owner: "(linked concurrently)".into(),
-                }),
-                other => other.map(drop),
+                    // Unlinked again since our insert: rare enough to name no one.
+                    owner: owner.map_or_else(|| "(unlinked since)".to_owned(), |(owner,)| owner),
+                })
             }
         })
     }
@@ -359,10 +359,11 @@ impl Store {
 
     /// A driver of `vin` signed in as `subject` at `provider` (an identity partner said so): the
     /// identity's customer gets the car as one they drive; else the car's customer gets the
-    /// identity; else a new customer gets both. Returns that customer. Several steps, not one
-    /// transaction: two sign-ins of one car at the same instant could make two customers, which
-    /// an operator can merge by relinking. The gateway calls it for one sign-in at a time
-    /// (`routing::SignInLinker`), so only two nodes linking at once can.
+    /// identity; else a new customer gets both. Returns that customer.
+    ///
+    /// Nodes sharing the database may link the same sign-in at the same instant: each step that
+    /// can lose to another node's (the identity claimed first) looks again, so every node
+    /// answers with the one customer that holds the identity and drives the car.
     pub async fn link_sign_in(
         &self,
         vin: &Vin,
@@ -371,20 +372,79 @@ impl Store {
         at_ms: i64,
     ) -> Result<Customer, StoreError> {
         check_identity(provider, subject)?;
-        if let Some(customer) = self.customer_by_social(provider, subject).await? {
-            if customer.vehicles.iter().any(|v| &v.vin == vin) {
-                return Ok(customer);
+        let mut attempt = 1;
+        loop {
+            if let Some(holder) = self.customer_by_social(provider, subject).await? {
+                return self.driven_by(holder, vin, at_ms).await;
             }
-            return self.link_vehicle(&customer.id, vin, VehicleRole::Driver, at_ms).await;
+            let claimed = match self.customer_by_vin(vin).await? {
+                Some(customer) => self.link_social(&customer.id, provider, subject, at_ms).await,
+                None => self.create_signed_in_customer(vin, provider, subject, at_ms).await,
+            };
+            match claimed {
+                Ok(customer) => return self.driven_by(customer, vin, at_ms).await,
+                // Another node claimed the identity between our look-up and our claim: look again.
+                Err(StoreError::IdentityTaken { .. }) if attempt < SIGN_IN_ATTEMPTS => attempt += 1,
+                Err(e) => return Err(e),
+            }
         }
-        let customer = match self.customer_by_vin(vin).await? {
-            Some(customer) => customer,
-            None => {
-                let created = self.create_customer(&format!("{provider} {subject}")).await?;
-                self.link_vehicle(&created.id, vin, VehicleRole::Driver, at_ms).await?
+    }
+
+    /// The customer, with `vin` linked as a car they drive unless it is linked already.
+    async fn driven_by(&self, customer: Customer, vin: &Vin, at_ms: i64) -> Result<Customer, StoreError> {
+        if customer.vehicles.iter().any(|v| &v.vin == vin) {
+            return Ok(customer);
+        }
+        self.link_vehicle(&customer.id, vin, VehicleRole::Driver, at_ms).await
+    }
+
+    /// A new customer holding the social identity and driving `vin`, in one transaction: if
+    /// another customer holds the identity already, nothing is created and the answer is
+    /// [`StoreError::IdentityTaken`] with that customer.
+    async fn create_signed_in_customer(
+        &self,
+        vin: &Vin,
+        provider: &str,
+        subject: &str,
+        at_ms: i64,
+    ) -> Result<Customer, StoreError> {
+        const CUSTOMER: &str = "INSERT INTO customers (id, display_name, created_at_ms) VALUES ($1, $2, $3)";
+        const IDENTITY: &str = "INSERT INTO customer_social_identities (provider, subject, customer_id, linked_at_ms) \
+            VALUES ($1, $2, $3, $4) ON CONFLICT (provider, subject) DO NOTHING";
+        const HOLDER: &str = "SELECT customer_id FROM customer_social_identities WHERE provider = $1 AND subject = $2";
+        const VEHICLE: &str =
+            "INSERT INTO customer_vehicles (customer_id, vin, role, linked_at_ms) VALUES ($1, $2, 'driver', $3)";
+        const OP: &str = "creating a customer for a sign-in";
+        let id = CustomerId(uuid::Uuid::new_v4().to_string());
+        let customer = id.0.clone();
+        // Provider and subject are within their bounds, which together exceed a name's.
+        let name: String = format!("{provider} {subject}")
+            .chars()
+            .take(MAX_DISPLAY_NAME_CHARS)
+            .collect();
+        let vin_text = vin.to_string();
+        let (provider, subject) = (provider.to_owned(), subject.to_owned());
+        on_writer!(self, OP, |conn| {
+            let mut tx = conn.begin().await.map_err(StoreError::query(OP))?;
+            rows_changed_on!(&mut *tx, OP, CUSTOMER, &customer, &name, crate::clock::now_ms())?;
+            if rows_changed_on!(&mut *tx, OP, IDENTITY, &provider, &subject, &customer, at_ms)? == 0 {
+                let (holder,): (String,) = sqlx::query_as(HOLDER)
+                    .bind(&provider)
+                    .bind(&subject)
+                    .fetch_one(&mut *tx)
+                    .await
+                    .map_err(StoreError::query(OP))?;
+                // Dropping the transaction rolls the new customer back.
+                return Err(StoreError::IdentityTaken {
+                    provider,
+                    subject,
+                    customer: holder,
+                });
             }
-        };
-        self.link_social(&customer.id, provider, subject, at_ms).await
+            rows_changed_on!(&mut *tx, OP, VEHICLE, &customer, &vin_text, at_ms)?;
+            tx.commit().await.map_err(StoreError::query(OP))
+        })?;
+        self.existing_customer(&id).await
     }
 
     /// Links a social identity to the customer and returns the customer. Linking it to the same
