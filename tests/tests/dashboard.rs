@@ -2,7 +2,8 @@
 //! Chromium) over real TLS: an operator signs in with a one-time link asked for with their
 //! certificate; a car connects and appears without a reload, its request shows in its
 //! timeline, and revoking it from the page removes it and ends its connection. Without
-//! credentials the page and its API answer 401, and a sign-in link works once.
+//! credentials the page and its API answer 401, a sign-in link works once, and an open live
+//! feed ends when the gateway stops.
 //!
 //! `SAVE_SCREENSHOT=1` writes the dashboard with cars connected to `docs/images/dashboard.png`
 //! (the README shows it); without it the screenshot is taken and checked but written nowhere.
@@ -182,30 +183,8 @@ impl Answer {
 /// rustls stream: the workspace's reqwest is built without TLS, and giving it TLS would build
 /// a second TLS stack (aws-lc-rs) or new crates for this one check.
 async fn https(platform: &Platform, method: &str, target: &str, cookie: Option<&str>) -> Answer {
-    let addr = platform.gateway.ops_addr().expect("the ops listener is on");
-    let mut roots = rustls::RootCertStore::empty();
-    for cert in CertificateDer::pem_file_iter(&platform.pki.ca_cert).expect("read the root") {
-        roots.add(cert.expect("a certificate")).expect("a usable root");
-    }
-    let tls = rustls::ClientConfig::builder()
-        .with_root_certificates(roots)
-        .with_no_client_auth();
-    let tcp = tokio::net::TcpStream::connect(addr)
-        .await
-        .expect("connect to the ops listener");
-    let name = rustls_pki_types::ServerName::try_from("localhost").unwrap();
-    let mut stream = tokio_rustls::TlsConnector::from(Arc::new(tls))
-        .connect(name, tcp)
-        .await
-        .expect("a TLS handshake without a client certificate");
-    let cookie = cookie.map(|c| format!("cookie: {c}\r\n")).unwrap_or_default();
-    let body = if method == "POST" { "{}" } else { "" };
-    let request = format!(
-        "{method} {target} HTTP/1.1\r\nhost: localhost\r\nconnection: close\r\n{cookie}\
-         content-type: application/json\r\ncontent-length: {}\r\n\r\n{body}",
-        body.len()
-    );
-    stream.write_all(request.as_bytes()).await.expect("send the request");
+    let mut stream = ops_connection(platform).await;
+    send(&mut stream, method, target, cookie).await;
     let mut answer = Vec::new();
     within(SOON, stream.read_to_end(&mut answer), "the ops listener answers")
         .await
@@ -219,6 +198,51 @@ async fn https(platform: &Platform, method: &str, target: &str, cookie: Option<&
         .and_then(|s| s.parse().ok())
         .unwrap_or_else(|| panic!("no HTTP answer: {answer}"));
     Answer { status, head, body }
+}
+
+type OpsConnection = tokio_rustls::client::TlsStream<tokio::net::TcpStream>;
+
+/// A TLS connection to the ops listener, as a browser without a client certificate has.
+async fn ops_connection(platform: &Platform) -> OpsConnection {
+    let addr = platform.gateway.ops_addr().expect("the ops listener is on");
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in CertificateDer::pem_file_iter(&platform.pki.ca_cert).expect("read the root") {
+        roots.add(cert.expect("a certificate")).expect("a usable root");
+    }
+    let tls = rustls::ClientConfig::builder()
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    let tcp = tokio::net::TcpStream::connect(addr)
+        .await
+        .expect("connect to the ops listener");
+    let name = rustls_pki_types::ServerName::try_from("localhost").unwrap();
+    tokio_rustls::TlsConnector::from(Arc::new(tls))
+        .connect(name, tcp)
+        .await
+        .expect("a TLS handshake without a client certificate")
+}
+
+/// Sends one request (a POST carries `{}`); the connection closes after its answer.
+async fn send(stream: &mut OpsConnection, method: &str, target: &str, cookie: Option<&str>) {
+    let cookie = cookie.map(|c| format!("cookie: {c}\r\n")).unwrap_or_default();
+    let body = if method == "POST" { "{}" } else { "" };
+    let request = format!(
+        "{method} {target} HTTP/1.1\r\nhost: localhost\r\nconnection: close\r\n{cookie}\
+         content-type: application/json\r\ncontent-length: {}\r\n\r\n{body}",
+        body.len()
+    );
+    stream.write_all(request.as_bytes()).await.expect("send the request");
+}
+
+/// The session cookie (`name=value`) that following the one-time `link` sets.
+async fn signed_in(platform: &Platform, link: &str) -> String {
+    let target = link
+        .split_once("/signin")
+        .map(|(_, rest)| format!("/signin{rest}"))
+        .expect("a sign-in link");
+    let answer = https(platform, "GET", &target, None).await;
+    let set_cookie = answer.header("set-cookie").expect("a session cookie");
+    set_cookie.split(';').next().unwrap().to_owned()
 }
 
 #[tokio::test]
@@ -261,6 +285,36 @@ async fn without_credentials_the_page_and_its_api_answer_401() {
     // A cookie nobody issued is no credential either.
     let forged = Some("carlink_ops=0123456789abcdef");
     assert_eq!(https(&platform, "POST", "/api/ListSessions", forged).await.status, 401);
+}
+
+/// The page's live feed never ends by itself; the listener's graceful stop waits for every open
+/// answer, so the feed must end when the gateway stops, or one open dashboard holds the stop.
+#[tokio::test]
+async fn an_open_live_feed_ends_when_the_gateway_stops() {
+    let (platform, link) = ops_platform().await;
+    let cookie = signed_in(&platform, &link).await;
+    let mut feed = ops_connection(&platform).await;
+    send(&mut feed, "GET", "/api/watch", Some(&cookie)).await;
+    let mut head = Vec::new();
+    while !head.ends_with(b"\r\n\r\n") {
+        let byte = within(SOON, feed.read_u8(), "the feed's head")
+            .await
+            .expect("the feed's head");
+        head.push(byte);
+    }
+    let head = String::from_utf8_lossy(&head);
+    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+    assert!(head.contains("text/event-stream"), "{head}");
+
+    let mut rest = Vec::new();
+    let (_platform, _) = within(
+        SOON,
+        platform.restart_gateway(feed.read_to_end(&mut rest)),
+        "the gateway's stop with a live feed open",
+    )
+    .await;
+    let rest = String::from_utf8_lossy(&rest);
+    assert!(rest.ends_with("0\r\n\r\n"), "the feed ends as a whole answer: {rest:?}");
 }
 
 #[tokio::test]
