@@ -131,6 +131,37 @@ fn check_identity(provider: &str, subject: &str) -> Result<(), StoreError> {
 const SIGN_IN_ATTEMPTS: u32 = 3;
 
 const CUSTOMER_EXISTS: &str = "SELECT id FROM customers WHERE id = $1";
+const INSERT_CUSTOMER: &str = "INSERT INTO customers (id, display_name, created_at_ms) VALUES ($1, $2, $3)";
+const CLAIM_IDENTITY: &str = "INSERT INTO customer_social_identities (provider, subject, customer_id, linked_at_ms) \
+    VALUES ($1, $2, $3, $4) ON CONFLICT (provider, subject) DO NOTHING";
+const IDENTITY_HOLDER: &str = "SELECT customer_id FROM customer_social_identities WHERE provider = $1 AND subject = $2";
+
+/// Links the identity (`$provider`, `$subject`: `&String`s) to `$customer` (`&String`) unless
+/// another customer holds it, on the write's transaction `$tx`: evaluates to `Ok` if
+/// `$customer` holds it now, else [`StoreError::IdentityTaken`] naming the holder.
+macro_rules! claim_identity {
+    ($tx:expr, $op:expr, $provider:expr, $subject:expr, $customer:expr, $at_ms:expr) => {
+        async {
+            rows_changed_on!(&mut *$tx, $op, CLAIM_IDENTITY, $provider, $subject, $customer, $at_ms)?;
+            // Whoever holds it now (this customer, or whoever won a race) decides the answer.
+            let (holder,): (String,) = sqlx::query_as(IDENTITY_HOLDER)
+                .bind($provider)
+                .bind($subject)
+                .fetch_one(&mut *$tx)
+                .await
+                .map_err(StoreError::query($op))?;
+            match &holder == $customer {
+                true => Ok(()),
+                false => Err(StoreError::IdentityTaken {
+                    provider: $provider.clone(),
+                    subject: $subject.clone(),
+                    customer: holder,
+                }),
+            }
+        }
+        .await
+    };
+}
 
 /// Fails with [`StoreError::UnknownCustomer`] unless `id` exists, on the write's connection.
 macro_rules! require_customer {
@@ -175,7 +206,6 @@ fn link_ended(changed: u64, customer: String, what: String) -> Result<(), StoreE
 impl Store {
     /// Creates a customer with a new id and no links.
     pub async fn create_customer(&self, display_name: &str) -> Result<Customer, StoreError> {
-        const SQL: &str = "INSERT INTO customers (id, display_name, created_at_ms) VALUES ($1, $2, $3)";
         const OP: &str = "creating a customer";
         check_text("display name", display_name, MAX_DISPLAY_NAME_CHARS, true)?;
         let customer = Customer {
@@ -190,7 +220,7 @@ impl Store {
             customer.display_name.clone(),
             customer.created_at_ms,
         );
-        super::rows_changed!(self, OP, SQL, id, name, at)?;
+        super::rows_changed!(self, OP, INSERT_CUSTOMER, id, name, at)?;
         Ok(customer)
     }
 
@@ -408,10 +438,6 @@ impl Store {
         subject: &str,
         at_ms: i64,
     ) -> Result<Customer, StoreError> {
-        const CUSTOMER: &str = "INSERT INTO customers (id, display_name, created_at_ms) VALUES ($1, $2, $3)";
-        const IDENTITY: &str = "INSERT INTO customer_social_identities (provider, subject, customer_id, linked_at_ms) \
-            VALUES ($1, $2, $3, $4) ON CONFLICT (provider, subject) DO NOTHING";
-        const HOLDER: &str = "SELECT customer_id FROM customer_social_identities WHERE provider = $1 AND subject = $2";
         const VEHICLE: &str =
             "INSERT INTO customer_vehicles (customer_id, vin, role, linked_at_ms) VALUES ($1, $2, 'driver', $3)";
         const OP: &str = "creating a customer for a sign-in";
@@ -426,21 +452,9 @@ impl Store {
         let (provider, subject) = (provider.to_owned(), subject.to_owned());
         on_writer!(self, OP, |conn| {
             let mut tx = conn.begin().await.map_err(StoreError::query(OP))?;
-            rows_changed_on!(&mut *tx, OP, CUSTOMER, &customer, &name, crate::clock::now_ms())?;
-            if rows_changed_on!(&mut *tx, OP, IDENTITY, &provider, &subject, &customer, at_ms)? == 0 {
-                let (holder,): (String,) = sqlx::query_as(HOLDER)
-                    .bind(&provider)
-                    .bind(&subject)
-                    .fetch_one(&mut *tx)
-                    .await
-                    .map_err(StoreError::query(OP))?;
-                // Dropping the transaction rolls the new customer back.
-                return Err(StoreError::IdentityTaken {
-                    provider,
-                    subject,
-                    customer: holder,
-                });
-            }
+            rows_changed_on!(&mut *tx, OP, INSERT_CUSTOMER, &customer, &name, crate::clock::now_ms())?;
+            // Held by another customer: dropping the transaction rolls the new one back.
+            claim_identity!(tx, OP, &provider, &subject, &customer, at_ms)?;
             rows_changed_on!(&mut *tx, OP, VEHICLE, &customer, &vin_text, at_ms)?;
             tx.commit().await.map_err(StoreError::query(OP))
         })?;
@@ -456,29 +470,11 @@ impl Store {
         subject: &str,
         at_ms: i64,
     ) -> Result<Customer, StoreError> {
-        const FIND: &str = "SELECT customer_id FROM customer_social_identities WHERE provider = $1 AND subject = $2";
-        const INSERT: &str = "INSERT INTO customer_social_identities (provider, subject, customer_id, linked_at_ms) \
-            VALUES ($1, $2, $3, $4) ON CONFLICT (provider, subject) DO NOTHING";
         const OP: &str = "linking a social identity to a customer";
         check_identity(provider, subject)?;
         let (provider, subject) = (provider.to_owned(), subject.to_owned());
         change_customer!(self, id, OP, |tx, customer| {
-            rows_changed_on!(&mut *tx, OP, INSERT, &provider, &subject, &customer, at_ms)?;
-            // Whoever holds it now (us, or whoever won a race) decides the answer.
-            let (holder,): (String,) = sqlx::query_as(FIND)
-                .bind(&provider)
-                .bind(&subject)
-                .fetch_one(&mut *tx)
-                .await
-                .map_err(StoreError::query(OP))?;
-            match holder == customer {
-                true => Ok(()),
-                false => Err(StoreError::IdentityTaken {
-                    provider,
-                    subject,
-                    customer: holder,
-                }),
-            }
+            claim_identity!(tx, OP, &provider, &subject, &customer, at_ms)
         })
     }
 
