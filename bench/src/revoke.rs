@@ -356,7 +356,6 @@ async fn connect_all(fleet: &Fleet, configs: &[Arc<ClientConfig>], addr: SocketA
     Ok((cars, latencies))
 }
 
-/// `count` indexes out of `0..n`, spread evenly.
 /// Waits until `log` has told `closes` disconnections (each told after the store recorded it),
 /// or `limit` passes; returns how many it told.
 async fn closes_logged(log: &mut tonic::Streaming<SessionChange>, closes: usize, limit: Duration) -> usize {
@@ -373,6 +372,7 @@ async fn closes_logged(log: &mut tonic::Streaming<SessionChange>, closes: usize,
     told
 }
 
+/// `count` indexes out of `0..n`, spread evenly.
 fn sample_indexes(n: usize, count: usize) -> Vec<usize> {
     let count = count.min(n);
     (0..count).map(|k| k * n / count).collect()
