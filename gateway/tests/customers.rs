@@ -1,6 +1,7 @@
 //! Customers on SQLite and PostgreSQL: linking vehicles and social identities, looking a
 //! customer up by each key, and every refusal (unknown ids, conflicts, strings beyond their
-//! bounds) with the gRPC code a caller answers with and the id in the message.
+//! bounds) with the gRPC code a caller answers with and the id in the message; sign-ins and
+//! links made on two nodes (two stores on one database) at the same instant.
 
 mod two_backends;
 
