@@ -42,11 +42,14 @@ mod connections;
 mod events;
 #[path = "store/ledger.rs"]
 mod ledger;
+#[path = "store/revocations.rs"]
+mod revocations;
 #[path = "store/sqlite_only.rs"]
 mod sqlite_only;
 use connections::*;
 use events::*;
 use ledger::*;
+use revocations::*;
 
 on_both_backends!(
     connect_migrates_idempotently_and_pings,
@@ -72,6 +75,7 @@ on_both_backends!(
     ledger_a_restarted_node_frees_its_predecessors_claims_only,
     connections_recorded_in_one_batch_open_and_close_in_order,
     many_concurrent_writes_all_commit,
+    a_later_revocation_moves_the_cut_off_and_an_earlier_one_changes_nothing,
 );
 
 // ---------------------------------------------------------------------------------------------

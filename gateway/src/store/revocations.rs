@@ -20,8 +20,10 @@ pub struct RevocationRecord {
 type RevocationRow = (String, i64, String, String);
 
 impl Store {
-    /// Revokes `vin` at `at_ms` (a later revocation moves the cut-off forward, never back) and
-    /// returns the revocation in force.
+    /// Revokes `vin` at `at_ms` and returns the revocation in force: a later revocation moves the
+    /// cut-off forward with its reason and operator; an earlier one (another node's clock, a
+    /// call that took longer) changes nothing, so the record never pairs one operator's
+    /// cut-off with another's reason.
     pub async fn revoke_vehicle(
         &self,
         vin: &Vin,
@@ -33,7 +35,10 @@ impl Store {
                            ON CONFLICT (vin) DO UPDATE SET \
                              revoked_at = CASE WHEN excluded.revoked_at > revocations.revoked_at \
                                           THEN excluded.revoked_at ELSE revocations.revoked_at END, \
-                             reason = excluded.reason, revoked_by = excluded.revoked_by \
+                             reason = CASE WHEN excluded.revoked_at > revocations.revoked_at \
+                                      THEN excluded.reason ELSE revocations.reason END, \
+                             revoked_by = CASE WHEN excluded.revoked_at > revocations.revoked_at \
+                                          THEN excluded.revoked_by ELSE revocations.revoked_by END \
                            RETURNING vin, revoked_at, reason, revoked_by";
         const OP: &str = "revoking a vehicle";
         let (vin, reason, by) = (vin.as_str().to_owned(), reason.to_owned(), revoked_by.to_owned());
