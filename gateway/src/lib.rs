@@ -286,6 +286,7 @@ impl Gateway {
             limits: broker::SessionLimits {
                 connect_timeout: m.connect_timeout,
                 max_keep_alive: m.max_keep_alive,
+                write_stall_timeout: m.write_stall_timeout,
                 max_packet_bytes,
                 max_requests_in_flight: m.max_requests_in_flight,
                 max_subscriptions: m.max_subscriptions,

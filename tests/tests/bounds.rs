@@ -1,6 +1,7 @@
 //! Every bound on what one car can make the gateway hold or do, exceeded over the real wire:
 //! subscriptions, topic size, retained messages, QoS 2 awaiting release, bytes queued for a
-//! car that stops reading, the publish and request rates, and saved sessions that expire.
+//! car that stops reading (its queue, and writes it takes no bytes of), the publish and request
+//! rates, and saved sessions that expire.
 
 use std::num::NonZeroU32;
 use std::time::Duration;
@@ -275,6 +276,75 @@ async fn a_car_that_stops_acknowledging_is_disconnected_before_its_queue_exceeds
     )
     .await;
     assert_eq!(disconnected(&mut events, VIN_A).await, DisconnectReason::SlowConsumer);
+}
+
+/// A gateway whose only bound on a car that reads nothing is the write stall timeout: queues
+/// and packet rates far beyond what the tests send.
+async fn a_gateway_bounding_only_stalled_writes(stall: Duration) -> Platform {
+    Platform::start_with(move |c| {
+        c.mqtt.write_stall_timeout = stall;
+        c.mqtt.max_queued_bytes = 1 << 30;
+        c.mqtt.max_queued_messages = 1_000_000;
+        c.mqtt.max_packets_per_second = rate(1_000_000);
+        c.mqtt.packet_burst = rate(1_000_000);
+    })
+    .await
+}
+
+/// The car subscribes to a topic of its own, then publishes to it and never reads what comes
+/// back, until its own writes stop going through: the gateway, stuck writing to it, has
+/// stopped reading (a write the kernel cannot take within a second), or has cut it off (a
+/// write fails). Returns the car (its stream maybe cut mid-packet: only good for holding) and
+/// whether its writes were still open (stalled, not cut off).
+async fn stop_reading_until_the_gateway_stalls(mut car: WireCar) -> (WireCar, bool) {
+    let topic = own(VIN_A, "camera");
+    car.send(&subscribe(1, &[&topic])).await;
+    suback(&mut car).await;
+    let image = vec![0u8; 32 * 1024];
+    let stalled = within(
+        Duration::from_secs(60),
+        async {
+            loop {
+                let sent = tokio::time::timeout(
+                    Duration::from_secs(1),
+                    car.try_send(&publish(&topic, QoS::AtMostOnce, 0, &image, false)),
+                )
+                .await;
+                match sent {
+                    Ok(Ok(())) => {}
+                    Ok(Err(_)) => return false,
+                    Err(_) => return true,
+                }
+            }
+        },
+        "the car's writes stop going through",
+    )
+    .await;
+    (car, stalled)
+}
+
+#[tokio::test]
+async fn a_car_that_takes_no_bytes_is_disconnected_after_the_write_stall_timeout() {
+    let platform = a_gateway_bounding_only_stalled_writes(Duration::from_secs(1)).await;
+    let mut events = platform.connection_events();
+    let car = WireCar::connect(&platform, VIN_A).await;
+    let _car = stop_reading_until_the_gateway_stalls(car).await;
+    assert_eq!(disconnected(&mut events, VIN_A).await, DisconnectReason::SlowConsumer);
+}
+
+#[tokio::test]
+async fn a_car_that_takes_no_bytes_does_not_hold_the_gateways_stop() {
+    // The stall timeout (30 s by default) is longer than the test waits for the stop.
+    let platform = a_gateway_bounding_only_stalled_writes(Duration::from_secs(600)).await;
+    let car = WireCar::connect(&platform, VIN_A).await;
+    let (_car, stalled) = stop_reading_until_the_gateway_stalls(car).await;
+    assert!(stalled, "the gateway cut the car off instead of stalling on it");
+    within(
+        SOON,
+        platform.restart_gateway(async {}),
+        "the gateway's stop with a car stalled",
+    )
+    .await;
 }
 
 #[tokio::test]

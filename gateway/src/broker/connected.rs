@@ -117,7 +117,13 @@ impl<'a> ConnectedSession<'a> {
             if let Err(reason) = self.drain(mqtt, mailbox) {
                 return reason;
             }
-            if let Err(reason) = mqtt.flush().await {
+            let flushed = tokio::select! {
+                flushed = mqtt.flush() => flushed,
+                // A car that takes no bytes would hold the gateway's stop until the write
+                // stall timeout; the connection is closing anyway.
+                _ = shutdown.cancelled() => Err(DisconnectReason::ServerShutdown),
+            };
+            if let Err(reason) = flushed {
                 return reason;
             }
             tokio::select! {

@@ -6,10 +6,13 @@
 //! here, on the raw bytes, before a packet is decoded.
 
 use std::io;
+use std::time::Duration;
 
 use bytes::BytesMut;
 use rumqttc::mqttbytes::{self, v4::Packet};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::time::error::Elapsed;
+use tokio::time::timeout;
 
 use super::lifecycle::DisconnectReason;
 
@@ -17,6 +20,8 @@ use super::lifecycle::DisconnectReason;
 const READ_CHUNK: usize = 512;
 /// Buffers larger than this are given back when they are empty.
 const KEEP_WHEN_IDLE: usize = 2048;
+/// Longest the close (TLS close_notify) waits for a car that takes no bytes.
+const CLOSE_LIMIT: Duration = Duration::from_secs(2);
 
 /// One car's MQTT stream.
 pub(crate) struct MqttIo<S> {
@@ -24,15 +29,19 @@ pub(crate) struct MqttIo<S> {
     read: BytesMut,
     write: BytesMut,
     max_packet_bytes: usize,
+    write_stall_timeout: Duration,
 }
 
 impl<S: AsyncRead + AsyncWrite + Unpin> MqttIo<S> {
-    pub(crate) fn new(io: S, max_packet_bytes: usize) -> MqttIo<S> {
+    /// A stream whose packets may be `max_packet_bytes` long, and whose writes fail with
+    /// [`DisconnectReason::SlowConsumer`] after `write_stall_timeout` without the car taking a byte.
+    pub(crate) fn new(io: S, max_packet_bytes: usize, write_stall_timeout: Duration) -> MqttIo<S> {
         MqttIo {
             io,
             read: BytesMut::new(),
             write: BytesMut::new(),
             max_packet_bytes,
+            write_stall_timeout,
         }
     }
 
@@ -76,13 +85,21 @@ impl<S: AsyncRead + AsyncWrite + Unpin> MqttIo<S> {
         Ok(())
     }
 
-    /// Writes every queued packet, in one TLS write where it fits.
+    /// Writes every queued packet, in one TLS write where it fits. A car that takes no bytes
+    /// for the write stall timeout fails it: TCP keeps a connection whose reader stopped alive
+    /// for ever, and the session could then not be stopped, kicked or revoked.
     pub(crate) async fn flush(&mut self) -> Result<(), DisconnectReason> {
         if self.write.is_empty() {
             return Ok(());
         }
-        self.io.write_all(&self.write).await.map_err(lost)?;
-        self.io.flush().await.map_err(lost)?;
+        let (limit, mut written) = (self.write_stall_timeout, 0);
+        while written < self.write.len() {
+            match within_stall(timeout(limit, self.io.write(&self.write[written..])).await)? {
+                0 => return Err(DisconnectReason::ConnectionLost("closed by peer".into())),
+                n => written += n,
+            }
+        }
+        within_stall(timeout(limit, self.io.flush()).await)?;
         if self.write.capacity() > KEEP_WHEN_IDLE {
             self.write = BytesMut::new();
         } else {
@@ -97,9 +114,10 @@ impl<S: AsyncRead + AsyncWrite + Unpin> MqttIo<S> {
         self.flush().await
     }
 
-    /// Closes the stream (for TLS, with close_notify).
+    /// Closes the stream (for TLS, with close_notify), giving up after a moment on a car that
+    /// takes no bytes.
     pub(crate) async fn shutdown(&mut self) {
-        let _ = self.io.shutdown().await;
+        let _ = timeout(CLOSE_LIMIT, self.io.shutdown()).await;
     }
 }
 
@@ -136,6 +154,14 @@ pub(crate) fn reserved_bits_problem(buffer: &[u8]) -> Option<&'static str> {
         }
     }
     None
+}
+
+/// The outcome of one write or flush bounded by the write stall timeout.
+fn within_stall<T>(outcome: Result<io::Result<T>, Elapsed>) -> Result<T, DisconnectReason> {
+    match outcome {
+        Ok(done) => done.map_err(lost),
+        Err(_) => Err(DisconnectReason::SlowConsumer),
+    }
 }
 
 fn lost(e: io::Error) -> DisconnectReason {

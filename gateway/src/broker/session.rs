@@ -18,7 +18,7 @@ use super::connected::ConnectedSession;
 use super::flood::{ConnectLimiter, PacketLimiter};
 use super::lifecycle::{ConnectionEvent, ConnectionEventSink, ConnectionInfo, DisconnectReason, Peer};
 use super::mqtt::MqttIo;
-use super::revocation::RevocationList;
+use super::revocation::{RevocationList, Revoked};
 use super::saved::{RetainedLimits, SavedSessions};
 use super::subscriptions::Subscriptions;
 use crate::bus::{AckInbox, Mailbox, Mailboxes, RequestInbox};
@@ -33,6 +33,8 @@ pub struct SessionLimits {
     pub connect_timeout: Duration,
     /// Cap on the keep-alive a car may ask for, and the value used when it asks for none.
     pub max_keep_alive: Duration,
+    /// Longest a write waits for the car to take any bytes before it is a slow consumer.
+    pub write_stall_timeout: Duration,
     /// Largest MQTT packet accepted (remaining length).
     pub max_packet_bytes: usize,
     /// Requests of one car being handled at once; beyond it the session stops reading from
@@ -91,7 +93,11 @@ pub async fn serve_vehicle<S>(
 where
     S: AsyncRead + AsyncWrite + Unpin,
 {
-    let mut mqtt = MqttIo::new(io, services.limits.max_packet_bytes);
+    let mut mqtt = MqttIo::new(
+        io,
+        services.limits.max_packet_bytes,
+        services.limits.write_stall_timeout,
+    );
     let (mut session, opened) = match Box::pin(open(&mut mqtt, peer, services)).await {
         Ok(opened) => opened,
         Err((result, reason)) => {
@@ -104,6 +110,15 @@ where
         .run(&mut mqtt, &opened.mailbox, opened.keep_alive, shutdown)
         .await;
     Box::pin(close(mqtt, session, opened, reason)).await
+}
+
+/// Answers CONNACK "not authorized" to a revoked car; what its connection attempt counts as.
+async fn refused_as_revoked<S: AsyncRead + AsyncWrite + Unpin>(
+    mqtt: &mut MqttIo<S>,
+    revoked: Revoked,
+) -> (ConnectResult, DisconnectReason) {
+    let _ = mqtt.send(&connack(false, ConnectReturnCode::NotAuthorized)).await;
+    (ConnectResult::Revoked, DisconnectReason::Refused(revoked.to_string()))
 }
 
 /// What a session keeps from its CONNECT.
@@ -145,8 +160,7 @@ async fn open<'a, S: AsyncRead + AsyncWrite + Unpin>(
         ));
     }
     if let Some(revoked) = services.revocations.check(vin, &peer.certificate) {
-        let _ = mqtt.send(&connack(false, ConnectReturnCode::NotAuthorized)).await;
-        return Err((ConnectResult::Revoked, DisconnectReason::Refused(revoked.to_string())));
+        return Err(refused_as_revoked(mqtt, revoked).await);
     }
     if connect.protocol != Protocol::V4 {
         let _ = mqtt
@@ -195,6 +209,13 @@ async fn open<'a, S: AsyncRead + AsyncWrite + Unpin>(
     let restored = services.saved.attach(vin, peer.conn, connect.clean_session);
     let session_present = restored.is_some();
     let mailbox = services.mailboxes.open(vin, !connect.clean_session);
+    // A revocation puts itself in force, then ends the car's session by its mailbox: one made
+    // since the check above found no mailbox to end, so look again now that it would.
+    if let Some(revoked) = services.revocations.check(vin, &peer.certificate) {
+        services.mailboxes.close(vin, &mailbox, false);
+        services.saved.detach(vin, peer.conn, !connect.clean_session);
+        return Err(refused_as_revoked(mqtt, revoked).await);
+    }
     let session = ConnectedSession::new(
         peer,
         services,

@@ -198,6 +198,11 @@ pub struct MqttConfig {
     /// Upper bound on the keep-alive a car may ask for (also used when it asks for none).
     #[serde(with = "humantime_serde")]
     pub max_keep_alive: Duration,
+    /// How long a write to a car may wait for it to take any bytes; a car that reads nothing
+    /// for this long is disconnected as a slow consumer (a car that keeps reading, however
+    /// slowly, is not). Until then its session can neither be kicked nor stopped by its mailbox.
+    #[serde(with = "humantime_serde")]
+    pub write_stall_timeout: Duration,
     /// Vehicles connected at once; further connection attempts are closed before TLS.
     pub max_connections: usize,
     /// TLS handshakes in progress at once. Beyond it, new connections are closed before any
@@ -395,6 +400,7 @@ impl Default for MqttConfig {
             max_pending_per_source: 64,
             connect_timeout: Duration::from_secs(10),
             max_keep_alive: Duration::from_secs(20 * 60),
+            write_stall_timeout: Duration::from_secs(30),
             max_connections: 20_000,
             max_handshakes_in_flight: 256,
             handshake_threads: 0,

@@ -87,6 +87,14 @@ fn per_car_bounds_are_checked() {
 fn session_limits_are_checked() {
     check_refused(|c| c.mqtt.max_requests_in_flight = 0, "mqtt.max_requests_in_flight");
     check_refused(|c| c.mqtt.handshake_threads = 1000, "mqtt.handshake_threads");
+    check_refused(
+        |c| c.mqtt.write_stall_timeout = Duration::ZERO,
+        "mqtt.write_stall_timeout",
+    );
+    check_refused(
+        |c| c.mqtt.write_stall_timeout = Duration::from_secs(3600),
+        "mqtt.write_stall_timeout",
+    );
 }
 
 #[test]

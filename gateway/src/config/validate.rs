@@ -29,6 +29,9 @@ impl GatewayConfig {
         if m.max_keep_alive < Duration::from_secs(5) || m.max_keep_alive > Duration::from_secs(65_535) {
             return Err(invalid("mqtt.max_keep_alive", "must be between 5s and 65535s"));
         }
+        if m.write_stall_timeout.is_zero() || m.write_stall_timeout > Duration::from_secs(600) {
+            return Err(invalid("mqtt.write_stall_timeout", "must be between 1ms and 10min"));
+        }
         if m.max_handshakes_in_flight == 0 {
             return Err(invalid("mqtt.max_handshakes_in_flight", "must be at least 1"));
         }

@@ -119,6 +119,7 @@ fn session_limits() -> SessionLimits {
     SessionLimits {
         connect_timeout: Duration::from_secs(10),
         max_keep_alive: Duration::from_secs(60),
+        write_stall_timeout: Duration::from_secs(30),
         max_packet_bytes: MAX_PACKET_BYTES,
         max_requests_in_flight: 2,
         max_subscriptions: 4,

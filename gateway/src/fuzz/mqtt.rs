@@ -36,7 +36,7 @@ pub fn mqtt_packet(data: &[u8]) {
 fn frame_all(bytes: &[u8], chunk: usize) -> (Vec<Packet>, DisconnectReason) {
     RUNTIME.with(|rt| {
         rt.block_on(async {
-            let mut io = MqttIo::new(Trickle { bytes, chunk }, MAX_PACKET_BYTES);
+            let mut io = MqttIo::new(Trickle { bytes, chunk }, MAX_PACKET_BYTES, Duration::from_secs(30));
             let mut packets = Vec::new();
             loop {
                 match io.read().await {
