@@ -519,7 +519,7 @@ async fn serve_partner_api(
     };
     let tls = listeners::server_tls(ENDPOINT, files).await?;
     let (listener, addr) = listeners::listener(ENDPOINT, listener, api.listen)?;
-    let router = tonic::transport::Server::builder()
+    let router = listeners::server()
         .tls_config(tls)
         .map_err(listeners::tls_refused(ENDPOINT))?
         .add_service(service.into_server());

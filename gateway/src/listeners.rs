@@ -5,16 +5,30 @@
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::time::Duration;
 
 use tokio::net::{TcpListener, TcpSocket};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tonic::transport::server::Router;
-use tonic::transport::{Certificate, Identity, ServerTlsConfig};
-use tracing::error;
+use tonic::transport::{Certificate, Identity, Server, ServerTlsConfig};
+use tracing::{error, warn};
 
 /// Pending connections the kernel queues for us; bursts of reconnecting cars must not overflow it.
 const LISTEN_BACKLOG: u32 = 8192;
+/// Longest a client of a gRPC endpoint may take over its TLS handshake: one that sends nothing
+/// would otherwise hold a socket and a task for ever.
+pub const TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+/// Longest a call may take to be answered (its request read, its handler run); a stream's
+/// messages after its answer are not bounded by it.
+pub const CALL_TIMEOUT: Duration = Duration::from_secs(30);
+/// How often an idle HTTP/2 connection is pinged, and how long the answer may take: a peer
+/// that vanished (its host died, a NAT forgot it) is noticed and its calls end.
+const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(30);
+const KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(10);
+/// Longest the gateway's stop waits for an endpoint's open calls once it stopped accepting;
+/// a call still open then (a client that sent half a request and vanished) is not waited for.
+pub const STOP_GRACE: Duration = Duration::from_secs(5);
 
 /// Binds `addr` with a large accept backlog.
 pub fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
@@ -92,7 +106,17 @@ pub async fn server_tls(endpoint: &'static str, files: TlsFiles) -> Result<Serve
     let (ca, cert, key) = on_blocking_thread(read_all).await?;
     Ok(ServerTlsConfig::new()
         .identity(Identity::from_pem(cert, key))
-        .client_ca_root(Certificate::from_pem(ca)))
+        .client_ca_root(Certificate::from_pem(ca))
+        .timeout(TLS_HANDSHAKE_TIMEOUT))
+}
+
+/// A gRPC server with the bounds every endpoint of the gateway has: calls answered within
+/// [`CALL_TIMEOUT`], idle connections pinged.
+pub fn server() -> Server {
+    Server::builder()
+        .timeout(CALL_TIMEOUT)
+        .http2_keepalive_interval(Some(KEEPALIVE_INTERVAL))
+        .http2_keepalive_timeout(Some(KEEPALIVE_TIMEOUT))
 }
 
 /// The listener a supervisor passed, or `listen` bound now; and its address.
@@ -120,7 +144,7 @@ pub fn tls_refused(endpoint: &'static str) -> impl FnOnce(tonic::transport::Erro
 }
 
 /// Serves `router` on `listener` until `shutdown`, on `tracker` so that the gateway's stop waits
-/// for it.
+/// for it: for its open calls to end, at most [`STOP_GRACE`].
 pub fn spawn(
     endpoint: &'static str,
     router: Router,
@@ -130,11 +154,18 @@ pub fn spawn(
 ) {
     tracker.spawn(async move {
         let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
-        if let Err(e) = router
-            .serve_with_incoming_shutdown(incoming, shutdown.cancelled_owned())
-            .await
-        {
-            error!(error = %e, "{endpoint} stopped");
+        let serve = router.serve_with_incoming_shutdown(incoming, shutdown.clone().cancelled_owned());
+        let grace_over = async {
+            shutdown.cancelled().await;
+            tokio::time::sleep(STOP_GRACE).await;
+        };
+        tokio::select! {
+            served = serve => {
+                if let Err(e) = served {
+                    error!(error = %e, "{endpoint} stopped");
+                }
+            }
+            () = grace_over => warn!("{endpoint}: calls still open {STOP_GRACE:?} into the stop; not waiting for them"),
         }
     });
 }

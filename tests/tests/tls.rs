@@ -1,6 +1,8 @@
 //! The handshake is the front door: only certificates from our vehicles CA, valid today, get
-//! in, and a socket that never finishes its handshake delays no one. Behind the gateway, a
-//! partner adapter's door opens for the gateway's client certificate only.
+//! in, and a socket that never finishes its handshake delays no one, on the cars' port or the
+//! gateway's gRPC endpoints (partner API, ops). Behind the gateway, a partner adapter's door
+//! opens for the gateway's client certificate only. A partner that sends half a call and
+//! vanishes does not hold the gateway's stop.
 
 use std::time::Duration;
 
@@ -142,4 +144,72 @@ async fn an_agent_refuses_a_gateway_whose_certificate_is_not_for_the_name_it_exp
     // The same car expecting the right name gets in: the refusal was about the name.
     config.server_name = Some("localhost".into());
     connected_agent(config).await.shutdown().await;
+}
+
+/// The platform with both gRPC endpoints of the gateway on: the partner API and the ops listener.
+async fn platform_with_grpc_endpoints() -> Platform {
+    Platform::start_with_pki(|pki, c| {
+        c.partner_api = partner_api(pki.partners_ca());
+        c.ops = ops(pki);
+    })
+    .await
+}
+
+#[tokio::test]
+async fn a_socket_silent_on_a_grpc_endpoint_is_dropped_after_the_handshake_timeout() {
+    let platform = platform_with_grpc_endpoints().await;
+    let endpoints = [
+        platform.gateway.partner_api_addr().expect("the partner API is on"),
+        platform.gateway.ops_addr().expect("the ops listener is on"),
+    ];
+    let closed = endpoints.map(|addr| async move {
+        let mut silent = TcpStream::connect(addr).await.unwrap();
+        let mut buf = [0u8; 16];
+        let limit = gateway::listeners::TLS_HANDSHAKE_TIMEOUT + SOON;
+        let n = within(limit, silent.read(&mut buf), "the silent socket is closed").await;
+        assert!(matches!(n, Ok(0) | Err(_)), "{addr}: expected EOF, got {n:?}");
+    });
+    futures::future::join_all(closed).await;
+}
+
+#[tokio::test]
+async fn a_partner_call_sent_by_half_does_not_hold_the_gateways_stop() {
+    let platform = platform_with_grpc_endpoints().await;
+    let addr = platform.gateway.partner_api_addr().expect("the partner API is on");
+    let mut tls = (*client_tls(&platform.pki.ca_cert, &platform.pki.partner("parking"))).clone();
+    tls.alpn_protocols = vec![b"h2".to_vec()];
+    let tcp = TcpStream::connect(addr).await.unwrap();
+    let name = rustls_pki_types::ServerName::try_from("localhost").unwrap();
+    let stream = tokio_rustls::TlsConnector::from(std::sync::Arc::new(tls))
+        .connect(name, tcp)
+        .await
+        .expect("the partner's handshake");
+    let (mut calls, connection) = h2::client::handshake(stream).await.expect("HTTP/2");
+    let connection = tokio::spawn(connection);
+    let publish = || {
+        http::Request::post(format!("https://{addr}/events.v1.PartnerEvents/Publish"))
+            .header("content-type", "application/grpc")
+            .header("te", "trailers")
+            .body(())
+            .unwrap()
+    };
+    // Headers sent, the message never: the call stays open until the peer ends it.
+    let (stuck, _never_sent) = calls.send_request(publish(), false).expect("the call is sent");
+    // A whole call after it on the same connection: once it is answered, the gateway has taken
+    // the first one's headers (one connection's frames are read in order).
+    let (answered, mut message) = calls.send_request(publish(), false).expect("the call is sent");
+    message
+        .send_data(bytes::Bytes::from_static(&[0, 0, 0, 0, 0]), true)
+        .expect("an empty message");
+    within(SOON, answered, "the whole call's answer")
+        .await
+        .expect("answered");
+
+    within(
+        gateway::listeners::STOP_GRACE + SOON,
+        platform.restart_gateway(async {}),
+        "the gateway's stop with a call sent by half",
+    )
+    .await;
+    drop((stuck, calls, connection));
 }

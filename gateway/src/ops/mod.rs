@@ -82,7 +82,7 @@ pub async fn serve(
         shutdown.clone(),
     );
     let routes = dashboard::routes(api.clone(), sign_ins);
-    let router = tonic::transport::Server::builder()
+    let router = listeners::server()
         .tls_config(tls)
         .map_err(listeners::tls_refused(ENDPOINT))?
         .accept_http1(true)
