@@ -1,6 +1,7 @@
 //! Connection log: every connect and disconnect of a vehicle.
 
 use proto::Vin;
+use sqlx::Connection as _;
 
 use super::{Store, StoreError, on_pool, on_writer, parse_vin, rows_changed, rows_changed_on};
 
@@ -151,16 +152,19 @@ impl Store {
         })
     }
 
-    /// Records a batch of connects and disconnects, in order, in one transaction on SQLite (a
-    /// reconnect storm of thousands of cars costs a few fsyncs, not one per car). Returns the
-    /// new connection id of each `Open`, by connection. A `Close` whose connection is unknown is
-    /// skipped.
+    /// Records a batch of connects and disconnects, in order, in one transaction (a reconnect
+    /// storm of thousands of cars costs a few fsyncs, not one per car; a batch the database
+    /// refuses half-way leaves nothing, rather than connections opened whose ids the caller
+    /// never learns, which no close could then find). Returns the new connection id of each
+    /// `Open`, by connection. A `Close` whose connection is unknown is skipped.
     pub async fn record_connections(
         &self,
         changes: Vec<ConnectionChange>,
     ) -> Result<Vec<(u64, ConnectionId)>, StoreError> {
         const OP: &str = "recording connections";
         on_writer!(self, OP, |conn| {
+            // A savepoint on SQLite (inside the writer's transaction), a transaction on PostgreSQL.
+            let mut conn = conn.begin().await.map_err(StoreError::query(OP))?;
             let mut opened: Vec<(u64, ConnectionId)> = Vec::new();
             for change in &changes {
                 match change {
@@ -195,6 +199,7 @@ impl Store {
                     }
                 }
             }
+            conn.commit().await.map_err(StoreError::query(OP))?;
             Ok(opened)
         })
     }

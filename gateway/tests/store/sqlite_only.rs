@@ -1,4 +1,4 @@
-//! What only SQLite has: the group-commit writer recovering after a full disk and a failed write, an in-memory database.
+//! What only SQLite has: the group-commit writer recovering after a full disk and a failed write, an in-memory database; and a full disk refusing a connection batch half-way (only SQLite can be made to fill up on cue).
 
 use super::*;
 
@@ -74,4 +74,29 @@ async fn sqlite_a_failing_write_does_not_take_its_batch_down() {
         );
     })
     .await;
+}
+
+/// A batch of connections the database refuses half-way (here: the disk fills) leaves nothing
+/// behind: were its first opens kept, the caller (told the batch failed) would never learn
+/// their ids, and no close could end them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sqlite_a_connection_batch_refused_half_way_leaves_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = two_backends::sqlite_on_a_small_disk(dir.path()).await;
+    let long = |i: u32| NewConnection {
+        // Long enough that the small disk fills within the batch.
+        agent_version: Some("v".repeat(4000)),
+        ..connection(i, "gw-1", T0)
+    };
+    let batch = (0..2_000)
+        .map(|i| ConnectionChange::Open {
+            conn: u64::from(i),
+            connection: long(i),
+        })
+        .collect();
+    let refused = s.record_connections(batch).await.expect_err("the disk fills half-way");
+    assert!(refused.to_string().contains("full"), "{refused}");
+    let (_, open) = s.open_connections_page("", 10).await.unwrap();
+    assert_eq!(open, 0, "connections of a refused batch were kept");
+    s.close().await;
 }
