@@ -1,4 +1,6 @@
-//! What only SQLite has: the group-commit writer recovering after a full disk and a failed write, an in-memory database; and a full disk refusing a connection batch half-way (only SQLite can be made to fill up on cue).
+//! What only SQLite has: the group-commit writer recovering after a full disk and a failed
+//! write, an in-memory database; and a full disk refusing a connection batch half-way (only
+//! SQLite can be made to fill up on cue).
 
 use super::*;
 
