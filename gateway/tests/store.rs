@@ -76,6 +76,7 @@ on_both_backends!(
     connections_recorded_in_one_batch_open_and_close_in_order,
     many_concurrent_writes_all_commit,
     a_later_revocation_moves_the_cut_off_and_an_earlier_one_changes_nothing,
+    events_last_sequences_are_read_for_any_number_of_cars,
 );
 
 // ---------------------------------------------------------------------------------------------

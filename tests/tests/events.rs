@@ -175,6 +175,40 @@ async fn unacknowledged_events_are_redelivered_after_reconnect_and_acked_ones_ar
     );
 }
 
+/// A partner's publish may reach another node sharing the database: here the event is stored as
+/// that node would store it, and this node is not told. The car connected here still gets it,
+/// once this node looks for other nodes' events.
+#[tokio::test]
+async fn an_event_another_node_stored_reaches_the_car_connected_here() {
+    let (platform, mut partner) = platform_and_parking_partner().await;
+    let mut car = a_car_that_read(&platform, &mut partner, event(VIN_A, "e1", "session.started")).await;
+    let other_node = platform.gateway.store();
+    let now = gateway::clock::now_ms();
+    let stored = other_node
+        .append_event(
+            &gateway::store::NewEvent {
+                vin: proto::Vin::parse(VIN_A).unwrap(),
+                service: PARKING.into(),
+                kind: "session.ended".into(),
+                payload: b"session.ended".to_vec(),
+                event_id: "e2".into(),
+                created_at_ms: now,
+                expires_at_ms: now + 3_600_000,
+            },
+            u64::MAX,
+        )
+        .await
+        .expect("stored by the other node");
+    assert_eq!(stored, gateway::store::Appended::Stored(2));
+    let next = within(
+        gateway::events::OTHER_NODES_INTERVAL + SOON,
+        car.next_event(),
+        "the other node's event",
+    )
+    .await;
+    assert_eq!((next.sequence, next.kind.as_str()), (2, "session.ended"));
+}
+
 #[tokio::test]
 async fn publishing_the_same_event_id_twice_stores_it_once() {
     let (_platform, mut partner) = platform_and_parking_partner().await;

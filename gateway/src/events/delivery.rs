@@ -7,6 +7,11 @@
 //! Acknowledgements are cumulative, so only a car's highest one matters: they are coalesced in
 //! memory (one entry per car) and written in batches by one task, one database write per batch
 //! whatever the number of acks. A car flooding acks costs a map update per ack.
+//!
+//! A partner's publish may reach any node sharing the database, and only the node holding the
+//! car's connection can deliver: every [`OTHER_NODES_INTERVAL`] each node asks the store for
+//! the last sequence of every car listening to it (one query per 500 cars) and runs a pass for
+//! each with events it has not queued.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
@@ -29,6 +34,9 @@ use crate::store::Store;
 const BATCH: u32 = 100;
 /// Pause before writing acknowledgements again after the database refused them.
 const ACK_RETRY_PAUSE: Duration = Duration::from_secs(1);
+/// How often a node looks for events other nodes stored for the cars connected to it: the
+/// longest such an event waits before it is sent.
+pub const OTHER_NODES_INTERVAL: Duration = Duration::from_secs(2);
 
 /// Handle to event delivery; cheap to clone.
 #[derive(Clone)]
@@ -62,6 +70,9 @@ struct Listening {
     subscription: u64,
     /// The last sequence queued in its mailbox since that subscription.
     published: u64,
+    /// The last sequence the store showed for it that a pass has been run for (events that
+    /// expired before they could be sent would otherwise look new at every look).
+    seen: u64,
     /// A delivery pass is running for it.
     running: bool,
     /// Something happened during that pass: run another.
@@ -87,6 +98,10 @@ impl EventDelivery {
                 acks_waiting: Notify::new(),
             }),
         };
+        tracker.spawn(
+            look_for_other_nodes_events(delivery.clone(), OTHER_NODES_INTERVAL, shutdown.clone())
+                .instrument(info_span!("other_nodes_events")),
+        );
         tracker.spawn(write_acks(delivery.clone(), shutdown).instrument(info_span!("event_acks")));
         delivery
     }
@@ -102,6 +117,7 @@ impl EventDelivery {
             conn,
             subscription,
             published: 0,
+            seen: 0,
             running,
             again: false,
         };
@@ -218,6 +234,44 @@ fn queue(mailboxes: &Mailboxes, vin: &Vin, events: Vec<crate::store::StoredEvent
         }
     }
     last
+}
+
+/// Every `interval` until shutdown: runs a pass for each car listening here whose last stored
+/// sequence is past what this node queued or looked at (events another node stored for it).
+async fn look_for_other_nodes_events(delivery: EventDelivery, interval: Duration, shutdown: CancellationToken) {
+    let shared = &delivery.shared;
+    let mut ticks = tokio::time::interval_at(tokio::time::Instant::now() + interval, interval);
+    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            _ = ticks.tick() => {}
+        }
+        let known: HashMap<Vin, u64> = shared
+            .listening()
+            .iter()
+            .map(|(vin, car)| (vin.clone(), car.published.max(car.seen)))
+            .collect();
+        if known.is_empty() {
+            continue;
+        }
+        let cars: Vec<Vin> = known.keys().cloned().collect();
+        let lasts = match shared.store.last_event_sequences(&cars).await {
+            Ok(lasts) => lasts,
+            Err(e) => {
+                warn!(error = %e, "cannot look for events stored by other nodes; will look again");
+                continue;
+            }
+        };
+        for (vin, last) in lasts {
+            if known.get(&vin).is_some_and(|&known| last > known) {
+                if let Some(car) = shared.listening().get_mut(&vin) {
+                    car.seen = car.seen.max(last);
+                }
+                delivery.schedule(&vin);
+            }
+        }
+    }
 }
 
 /// Writes the coalesced acknowledgements, one batch at a time, until shutdown; then the last.

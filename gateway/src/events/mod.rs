@@ -4,5 +4,5 @@
 pub mod delivery;
 pub mod service;
 
-pub use delivery::EventDelivery;
+pub use delivery::{EventDelivery, OTHER_NODES_INTERVAL};
 pub use service::PartnerEventsApi;

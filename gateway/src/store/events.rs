@@ -200,6 +200,31 @@ impl Store {
         rows_changed!(self, OP, SQL, now_ms)
     }
 
+    /// The last sequence stored for each of `vins` that has ever had an event (the others are
+    /// absent): how a node learns of events other nodes stored for the cars connected to it.
+    pub async fn last_event_sequences(&self, vins: &[Vin]) -> Result<Vec<(Vin, u64)>, StoreError> {
+        // Well within either database's limit on parameters in one statement.
+        const CHUNK: usize = 500;
+        const OP: &str = "reading the cars' last event sequences";
+        let mut found = Vec::new();
+        for chunk in vins.chunks(CHUNK) {
+            let rows: Vec<(String, i64)> = on_pool!(self, |pool| {
+                let mut query = sqlx::QueryBuilder::new("SELECT vin, last_sequence FROM event_streams WHERE vin IN (");
+                let mut listed = query.separated(", ");
+                for vin in chunk {
+                    listed.push_bind(vin.as_str());
+                }
+                query.push(")");
+                query.build_query_as().fetch_all(pool).await
+            })
+            .map_err(StoreError::query(OP))?;
+            for (vin, last) in rows {
+                found.push((parse_vin(&vin)?, to_u64("last event sequence", last)?));
+            }
+        }
+        Ok(found)
+    }
+
     /// Events stored (pending, acknowledged or expired, until purged), for metrics.
     pub async fn events_stored(&self) -> Result<u64, StoreError> {
         self.count("SELECT COUNT(*) FROM events", "stored events").await

@@ -195,3 +195,21 @@ pub(crate) async fn events_acks_of_many_cars_are_written_at_once(db: Db) {
     let left = |car| async move { s.undelivered_events(&vin(car), T0, 10).await.unwrap().len() };
     assert_eq!((left(1).await, left(2).await, left(3).await), (1, 0, 3));
 }
+
+/// What a node asks to learn of events other nodes stored for its cars: the last sequence of
+/// each car that has events, however many cars it asks about (more than one statement takes).
+pub(crate) async fn events_last_sequences_are_read_for_any_number_of_cars(s: Store) {
+    let exp = T0 + 3_600_000;
+    for (car, count) in [(3, 2), (700, 1), (1_100, 3)] {
+        for i in 0..count {
+            append(&s, &event(car, "parking", &format!("e{i}"), T0, exp))
+                .await
+                .unwrap();
+        }
+    }
+    let asked: Vec<Vin> = (1..=1_200).map(vin).collect();
+    let mut lasts = s.last_event_sequences(&asked).await.unwrap();
+    lasts.sort();
+    assert_eq!(lasts, vec![(vin(3), 2), (vin(700), 1), (vin(1_100), 3)]);
+    assert!(s.last_event_sequences(&[]).await.unwrap().is_empty());
+}
