@@ -45,14 +45,18 @@ fn try_psql(sql: &str) -> Result<(), String> {
 
 /// A URL for a new, empty schema in the test PostgreSQL.
 pub fn schema_url() -> String {
-    // Schemas of earlier runs (older than an hour) are dropped, once per test process.
+    // Schemas of earlier runs (older than an hour) are dropped, once per test process, each in
+    // a transaction of its own: all in one ran out of the server's lock table ("out of shared
+    // memory") once a few hundred had piled up.
     static SWEEP: Once = Once::new();
     SWEEP.call_once(|| {
         psql(
-            "DO $$ DECLARE s text; BEGIN FOR s IN SELECT nspname FROM pg_namespace \
+            "DO $$ DECLARE s text; BEGIN \
+             PERFORM set_config('client_min_messages', 'warning', false); \
+             FOR s IN SELECT nspname FROM pg_namespace \
              WHERE nspname ~ '^it_[0-9]+_[0-9]+_[0-9]+$' \
              AND split_part(nspname, '_', 3)::numeric < (extract(epoch from now()) - 3600) * 1e9 \
-             LOOP EXECUTE format('DROP SCHEMA %I CASCADE', s); END LOOP; END $$",
+             LOOP EXECUTE format('DROP SCHEMA %I CASCADE', s); COMMIT; END LOOP; END $$",
         )
     });
     let schema = format!("it_{}", crate::unique_name());
