@@ -327,9 +327,21 @@ async fn stop_reading_until_the_gateway_stalls(mut car: WireCar) -> (WireCar, bo
 async fn a_car_that_takes_no_bytes_is_disconnected_after_the_write_stall_timeout() {
     let platform = a_gateway_bounding_only_stalled_writes(Duration::from_secs(1)).await;
     let mut events = platform.connection_events();
-    let car = WireCar::connect(&platform, VIN_A).await;
-    let _car = stop_reading_until_the_gateway_stalls(car).await;
+    let mut car = WireCar::connect(&platform, VIN_A).await;
+    let topic = own(VIN_A, "camera");
+    car.send(&subscribe(1, &[&topic])).await;
+    suback(&mut car).await;
+    // It publishes to its own subscription for as long as the gateway lets it, reading nothing.
+    let flood = tokio::spawn(async move {
+        let image = vec![0u8; 32 * 1024];
+        while car
+            .try_send(&publish(&topic, QoS::AtMostOnce, 0, &image, false))
+            .await
+            .is_ok()
+        {}
+    });
     assert_eq!(disconnected(&mut events, VIN_A).await, DisconnectReason::SlowConsumer);
+    flood.abort();
 }
 
 #[tokio::test]
