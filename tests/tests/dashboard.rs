@@ -234,13 +234,16 @@ async fn send(stream: &mut OpsConnection, method: &str, target: &str, cookie: Op
     stream.write_all(request.as_bytes()).await.expect("send the request");
 }
 
+/// The path and query of the one-time sign-in `link`, as a request target.
+fn sign_in_target(link: &str) -> String {
+    link.split_once("/signin")
+        .map(|(_, rest)| format!("/signin{rest}"))
+        .expect("a sign-in link")
+}
+
 /// The session cookie (`name=value`) that following the one-time `link` sets.
 async fn signed_in(platform: &Platform, link: &str) -> String {
-    let target = link
-        .split_once("/signin")
-        .map(|(_, rest)| format!("/signin{rest}"))
-        .expect("a sign-in link");
-    let answer = https(platform, "GET", &target, None).await;
+    let answer = https(platform, "GET", &sign_in_target(link), None).await;
     let set_cookie = answer.header("set-cookie").expect("a session cookie");
     set_cookie.split(';').next().unwrap().to_owned()
 }
@@ -320,10 +323,7 @@ async fn an_open_live_feed_ends_when_the_gateway_stops() {
 #[tokio::test]
 async fn a_sign_in_link_works_once() {
     let (platform, link) = ops_platform().await;
-    let target = link
-        .split_once("/signin")
-        .map(|(_, rest)| format!("/signin{rest}"))
-        .expect("a sign-in link");
+    let target = sign_in_target(&link);
 
     let first = https(&platform, "GET", &target, None).await;
     assert!((300..400).contains(&first.status), "{}", first.head);
